@@ -1,0 +1,246 @@
+//! JSON bodies of the PServer's two HTTP APIs.
+//!
+//! # Control API (`/api/v1`, for the local `peerdex` client)
+//!
+//! | method & path                          | body / answer                                   |
+//! |----------------------------------------|-------------------------------------------------|
+//! | `PUT /api/v1/files/{name}`             | raw bytes → 201 [`FileInfo`] (200 if identical already shared), 409 name clash, 413 too large |
+//! | `GET /api/v1/files`                    | → [`FileList`]                                  |
+//! | `DELETE /api/v1/files/{id}`            | → [`FileList`] of the removed entries, 404      |
+//! | `GET /api/v1/files/{id}/content`       | → the bytes (`application/octet-stream`)        |
+//! | `GET /api/v1/status`                   | → [`Status`]                                    |
+//! | `GET /api/v1/search?q=&limit=&page=`   | → [`SearchResults`]                             |
+//! | `POST /api/v1/downloads`               | [`DownloadRequest`] → 202 [`Job`], 404, 409 [`ApiError`] with candidates |
+//! | `GET /api/v1/downloads`                | → [`JobList`]                                   |
+//! | `GET /api/v1/downloads/{job}`          | → [`Job`]                                       |
+//! | `GET /api/v1/downloads/{job}/events`   | → `application/x-ndjson`: one [`Job`] per line on each change, ends after a final state |
+//! | `DELETE /api/v1/downloads/{job}`       | cancel → [`Job`]                                |
+//! | `GET /api/v1/openapi.json`             | the OpenAPI document                            |
+//!
+//! # Peer API (`/peer/v1`, public)
+//!
+//! | method & path                          | answer                                          |
+//! |----------------------------------------|-------------------------------------------------|
+//! | `GET`/`HEAD /peer/v1/files/{id}`       | the bytes; single `Range` → 206; 416 otherwise  |
+//! | `GET /peer/v1/locate?file_id=` or `?name=` | → [`LocateResult`] (neighbour role)         |
+//! | `GET /peer/v1/search?q=&limit=&page=`  | → [`SearchResults`] (neighbour role)            |
+//!
+//! Neighbour requests carry the hop count in the `x-peerdex-hops` header.
+//!
+//! Every error answer is an [`ApiError`].
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A file shared by this PServer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileInfo {
+    /// BLAKE3 of the content, 64 hex characters.
+    pub file_id: String,
+    pub name: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FileList {
+    pub files: Vec<FileInfo>,
+}
+
+/// Reachability of one neighbour.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NeighbourStatus {
+    pub url: String,
+    pub reachable: bool,
+}
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Status {
+    pub peer_id: String,
+    pub public_url: String,
+    pub central_url: String,
+    /// Did the last call to the central succeed?
+    pub central_reachable: bool,
+    /// Seconds since the lease was last renewed (Join or Heartbeat); none if never.
+    pub lease_age_secs: Option<u64>,
+    pub neighbours: Vec<NeighbourStatus>,
+    pub shared_files: u64,
+    pub shared_bytes: u64,
+    pub active_uploads: u32,
+    pub active_downloads: u32,
+    pub version: String,
+}
+
+/// One search result: a (name, content) pair and how many live peers hold it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SearchHit {
+    pub name: String,
+    pub file_id: String,
+    pub size: u64,
+    pub holders: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SearchResults {
+    pub hits: Vec<SearchHit>,
+    /// Pass as `page` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<String>,
+}
+
+/// Query string of the search endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SearchQuery {
+    pub q: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<String>,
+}
+
+/// Per-chunk hashes of a file (hex), for verified multi-source downloads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChunkManifest {
+    pub chunk_size: u64,
+    pub chunk_hashes: Vec<String>,
+}
+
+/// A live peer holding a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Holder {
+    pub peer_id: String,
+    pub peer_url: String,
+    pub active_uploads: u32,
+    pub free_upload_slots: u32,
+}
+
+/// A content and its live holders, least-loaded first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LocatedFile {
+    pub file_id: String,
+    pub size: u64,
+    pub names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ChunkManifest>,
+    pub holders: Vec<Holder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LocateResult {
+    pub files: Vec<LocatedFile>,
+}
+
+/// Query string of `GET /peer/v1/locate`: exactly one of the two.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LocateQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// `POST /api/v1/downloads`: exactly one of `file_id` and `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DownloadRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Lifecycle of a download job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Locating,
+    Downloading,
+    Verifying,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    /// No further changes will happen.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Throughput from one source peer during a download.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SourceProgress {
+    pub peer_id: String,
+    pub peer_url: String,
+    pub bytes: u64,
+    /// Recent rate in bytes per second.
+    pub rate_bps: u64,
+}
+
+/// A download job, as polled or streamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub job_id: String,
+    pub state: JobState,
+    /// What was asked for: the id or the name.
+    pub request: DownloadRequest,
+    /// Known once located.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+    /// Name the file is stored under in the share dir (known once located).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub bytes_done: u64,
+    /// Known once located.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Peer URL currently sending, while downloading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default)]
+    pub sources: Vec<SourceProgress>,
+    /// Why the job failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Seconds since the job was created.
+    pub elapsed_secs: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+}
+
+/// A content that matches a name, offered when the name is ambiguous.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Candidate {
+    pub file_id: String,
+    pub size: u64,
+    pub holders: u32,
+}
+
+/// Every error answer of both APIs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// Stable machine-readable code, e.g. `not_found`, `ambiguous_name`,
+    /// `name_conflict`, `too_large`, `invalid_argument`, `unauthorized`,
+    /// `busy`, `unavailable`, `loop_detected`, `internal`.
+    pub code: String,
+    /// One lowercase sentence for people, naming the offending value or limit.
+    pub message: String,
+    /// For `ambiguous_name`: every content carrying the name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<Candidate>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_state_wire_names() {
+        assert_eq!(serde_json::to_string(&JobState::Downloading).unwrap(), "\"downloading\"");
+        assert!(JobState::Failed.is_final());
+        assert!(!JobState::Verifying.is_final());
+    }
+}
