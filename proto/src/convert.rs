@@ -36,7 +36,11 @@ pub enum ManifestError {
     #[error("chunk_size {0} must be a power of two of at least 1048576")]
     ChunkSize(u64),
     #[error("chunk_hashes has {got} entries, expected {expected} for size {size}")]
-    Count { got: usize, expected: u64, size: u64 },
+    Count {
+        got: usize,
+        expected: u64,
+        size: u64,
+    },
     #[error("chunk hash #{0} is not 32 bytes")]
     HashLen(usize),
 }
@@ -49,7 +53,11 @@ impl Manifest {
         }
         let expected = chunk_count(size, m.chunk_size);
         if m.chunk_hashes.len() as u64 != expected {
-            return Err(ManifestError::Count { got: m.chunk_hashes.len(), expected, size });
+            return Err(ManifestError::Count {
+                got: m.chunk_hashes.len(),
+                expected,
+                size,
+            });
         }
         let hashes = m
             .chunk_hashes
@@ -57,7 +65,10 @@ impl Manifest {
             .enumerate()
             .map(|(i, h)| <[u8; 32]>::try_from(h.as_slice()).map_err(|_| ManifestError::HashLen(i)))
             .collect::<Result<_, _>>()?;
-        Ok(Self { chunk_size: m.chunk_size, hashes })
+        Ok(Self {
+            chunk_size: m.chunk_size,
+            hashes,
+        })
     }
 
     pub fn to_wire(&self) -> v1::ChunkManifest {
@@ -82,7 +93,13 @@ impl Manifest {
             hex::decode_to_slice(h, &mut b).map_err(|_| ManifestError::HashLen(i))?;
             hashes.push(b.to_vec());
         }
-        Self::from_wire(&v1::ChunkManifest { chunk_size: m.chunk_size, chunk_hashes: hashes }, size)
+        Self::from_wire(
+            &v1::ChunkManifest {
+                chunk_size: m.chunk_size,
+                chunk_hashes: hashes,
+            },
+            size,
+        )
     }
 }
 
@@ -99,9 +116,15 @@ pub struct SharedFile {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("{field}: {source}")]
-    Parse { field: &'static str, source: ParseError },
+    Parse {
+        field: &'static str,
+        source: ParseError,
+    },
     #[error("{field}: {source}")]
-    Manifest { field: &'static str, source: ManifestError },
+    Manifest {
+        field: &'static str,
+        source: ManifestError,
+    },
     #[error("{0} is required")]
     Missing(&'static str),
 }
@@ -109,21 +132,29 @@ pub enum WireError {
 impl TryFrom<&v1::SharedFile> for SharedFile {
     type Error = WireError;
     fn try_from(f: &v1::SharedFile) -> Result<Self, WireError> {
-        let id = f
-            .file_id
-            .parse()
-            .map_err(|source| WireError::Parse { field: "file_id", source })?;
-        let name = f
-            .name
-            .parse()
-            .map_err(|source| WireError::Parse { field: "name", source })?;
+        let id = f.file_id.parse().map_err(|source| WireError::Parse {
+            field: "file_id",
+            source,
+        })?;
+        let name = f.name.parse().map_err(|source| WireError::Parse {
+            field: "name",
+            source,
+        })?;
         let manifest = f
             .manifest
             .as_ref()
             .map(|m| Manifest::from_wire(m, f.size))
             .transpose()
-            .map_err(|source| WireError::Manifest { field: "manifest", source })?;
-        Ok(Self { id, size: f.size, name, manifest })
+            .map_err(|source| WireError::Manifest {
+                field: "manifest",
+                source,
+            })?;
+        Ok(Self {
+            id,
+            size: f.size,
+            name,
+            manifest,
+        })
     }
 }
 
@@ -167,7 +198,12 @@ impl From<v1::LocatedFile> for rest::LocatedFile {
 
 impl From<v1::SearchHit> for rest::SearchHit {
     fn from(h: v1::SearchHit) -> Self {
-        rest::SearchHit { name: h.name, file_id: h.file_id, size: h.size, holders: h.holders }
+        rest::SearchHit {
+            name: h.name,
+            file_id: h.file_id,
+            size: h.size,
+            holders: h.holders,
+        }
     }
 }
 
@@ -180,7 +216,10 @@ mod tests {
     fn chunk_sizes() {
         assert_eq!(chunk_size_for(0), MIN_CHUNK_SIZE);
         assert_eq!(chunk_size_for(8192 * MIN_CHUNK_SIZE), MIN_CHUNK_SIZE);
-        assert_eq!(chunk_size_for(8192 * MIN_CHUNK_SIZE + 1), 2 * MIN_CHUNK_SIZE);
+        assert_eq!(
+            chunk_size_for(8192 * MIN_CHUNK_SIZE + 1),
+            2 * MIN_CHUNK_SIZE
+        );
         assert!(chunk_count(1 << 40, chunk_size_for(1 << 40)) <= MAX_CHUNKS);
     }
 

@@ -68,6 +68,9 @@ pub struct Status {
     pub shared_bytes: u64,
     pub active_uploads: u32,
     pub active_downloads: u32,
+    /// Largest upload this PServer accepts, in bytes.
+    #[serde(default)]
+    pub max_upload_bytes: u64,
     pub version: String,
 }
 
@@ -239,7 +242,10 @@ mod tests {
 
     #[test]
     fn job_state_wire_names() {
-        assert_eq!(serde_json::to_string(&JobState::Downloading).unwrap(), "\"downloading\"");
+        assert_eq!(
+            serde_json::to_string(&JobState::Downloading).unwrap(),
+            "\"downloading\""
+        );
         assert!(JobState::Failed.is_final());
         assert!(!JobState::Verifying.is_final());
     }

@@ -48,7 +48,11 @@ impl FromStr for FileId {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, ParseError> {
         let err = || ParseError::FileId(truncate(s));
-        if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() != 64
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(err());
         }
         let mut out = [0u8; 32];
@@ -120,7 +124,10 @@ impl FileName {
 impl FromStr for FileName {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        let reject = |reason| ParseError::FileName { name: truncate(s), reason };
+        let reject = |reason| ParseError::FileName {
+            name: truncate(s),
+            reason,
+        };
         if s.is_empty() {
             return Err(reject("empty"));
         }
@@ -173,7 +180,10 @@ impl PeerUrl {
 impl FromStr for PeerUrl {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        let reject = |reason| ParseError::PeerUrl { url: truncate(s), reason };
+        let reject = |reason| ParseError::PeerUrl {
+            url: truncate(s),
+            reason,
+        };
         if s.len() > MAX_URL_BYTES {
             return Err(reject("longer than 512 bytes"));
         }
@@ -186,7 +196,9 @@ impl FromStr for PeerUrl {
             return Err(reject("missing host"));
         }
         if authority.contains(['/', '?', '#', '@']) {
-            return Err(reject("must be scheme://host:port with no path, query or credentials"));
+            return Err(reject(
+                "must be scheme://host:port with no path, query or credentials",
+            ));
         }
         if !authority
             .chars()
@@ -196,7 +208,10 @@ impl FromStr for PeerUrl {
         }
         // Optional port must be numeric and in range.
         let host_end = if authority.starts_with('[') {
-            authority.find(']').ok_or_else(|| reject("unclosed ipv6 bracket"))? + 1
+            authority
+                .find(']')
+                .ok_or_else(|| reject("unclosed ipv6 bracket"))?
+                + 1
         } else {
             authority.find(':').unwrap_or(authority.len())
         };
@@ -258,12 +273,32 @@ mod tests {
     #[test]
     fn file_names() {
         for bad in [
-            "", ".", "..", "../x", "a/b", "a\\b", "..\\x", "a\0b", "C:", "c:evil", "/etc/passwd",
-            ".hidden", " x", "x ", "a\nb", "a:b",
+            "",
+            ".",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            "..\\x",
+            "a\0b",
+            "C:",
+            "c:evil",
+            "/etc/passwd",
+            ".hidden",
+            " x",
+            "x ",
+            "a\nb",
+            "a:b",
         ] {
             assert!(bad.parse::<FileName>().is_err(), "{bad:?} accepted");
         }
-        for good in ["report.pdf", "alpha-report.bin", "ünïcødé.txt", "a b", "x..y"] {
+        for good in [
+            "report.pdf",
+            "alpha-report.bin",
+            "ünïcødé.txt",
+            "a b",
+            "x..y",
+        ] {
             assert_eq!(good.parse::<FileName>().unwrap().as_str(), good);
         }
         assert!("a".repeat(256).parse::<FileName>().is_err());
@@ -285,7 +320,11 @@ mod tests {
 
     #[test]
     fn peer_urls() {
-        for good in ["http://127.0.0.1:7071", "https://peer.example.com", "http://[::1]:80/"] {
+        for good in [
+            "http://127.0.0.1:7071",
+            "https://peer.example.com",
+            "http://[::1]:80/",
+        ] {
             good.parse::<PeerUrl>().unwrap();
         }
         assert_eq!(
@@ -293,8 +332,15 @@ mod tests {
             "http://h:1"
         );
         for bad in [
-            "ftp://x", "http://", "http://h:0", "http://h:99999", "http://h/path",
-            "http://u@h", "http://h?x", "h:1", "http://h x",
+            "ftp://x",
+            "http://",
+            "http://h:0",
+            "http://h:99999",
+            "http://h/path",
+            "http://u@h",
+            "http://h?x",
+            "h:1",
+            "http://h x",
         ] {
             assert!(bad.parse::<PeerUrl>().is_err(), "{bad:?} accepted");
         }

@@ -1,0 +1,251 @@
+//! Configuration: one typed [`Config`], built from flags, environment
+//! variables and a `.env` file by [`Args`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use peerdex_proto::PeerUrl;
+
+/// Validated settings of one PServer.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URL other peers use to reach our peer API (sent to the central).
+    pub public_url: PeerUrl,
+    pub share_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub central_url: String,
+    /// Peer-API base URLs of neighbours, asked in order.
+    pub neighbours: Vec<PeerUrl>,
+    /// Required on every control-API request when set.
+    pub api_token: Option<String>,
+    pub max_upload_bytes: u64,
+    pub max_uploads: u32,
+    pub drain: Duration,
+    /// How often the share dir is rescanned for files added or removed by hand.
+    pub rescan_interval: Duration,
+    /// Per-request timeout when asking a neighbour.
+    pub neighbour_timeout: Duration,
+    /// A holder that sends no bytes for this long loses the transfer.
+    pub stall_timeout: Duration,
+}
+
+impl Config {
+    /// Settings for a peer with everything at its default, for tests and tools.
+    pub fn new(
+        public_url: PeerUrl,
+        share_dir: PathBuf,
+        data_dir: PathBuf,
+        central_url: String,
+    ) -> Self {
+        Self {
+            public_url,
+            share_dir,
+            data_dir,
+            central_url,
+            neighbours: Vec::new(),
+            api_token: None,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_uploads: 32,
+            drain: Duration::from_secs(10),
+            rescan_interval: Duration::from_secs(2),
+            neighbour_timeout: Duration::from_secs(3),
+            stall_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
+
+/// The peerdex peer daemon: shares the files in a folder, finds files through
+/// a neighbour PServer and the central directory, and downloads them directly
+/// from the peers that hold them, verified with BLAKE3.
+///
+/// Every flag can also be set with the environment variable shown, or in a
+/// `.env` file in the working directory.
+#[derive(Debug, Parser)]
+#[command(name = "pserver", version, about, long_about = None)]
+pub struct Args {
+    /// Address of the control API used by the local `peerdex` client. Keep it
+    /// on loopback; any other address requires PSERVER_API_TOKEN.
+    #[arg(long, env = "PSERVER_API_ADDR", default_value = "127.0.0.1:7070")]
+    pub api_addr: SocketAddr,
+
+    /// Address of the peer API that other peers download from.
+    #[arg(long, env = "PSERVER_PEER_ADDR", default_value = "0.0.0.0:7071")]
+    pub peer_addr: SocketAddr,
+
+    /// URL other peers use to reach the peer API, e.g. http://203.0.113.7:7071.
+    /// Defaults to http://<peer addr> unless the peer address is 0.0.0.0/::,
+    /// in which case it is required (the central must hand out a reachable URL).
+    #[arg(long, env = "PSERVER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+
+    /// Folder of shared files, under their human names. Files dropped in or
+    /// removed by hand are published or withdrawn within a few seconds.
+    #[arg(long, env = "PSERVER_SHARE_DIR", default_value = "./data/share")]
+    pub share_dir: PathBuf,
+
+    /// Folder for the peer id, the hash cache and downloads in progress.
+    #[arg(long, env = "PSERVER_DATA_DIR", default_value = "./data/pserver")]
+    pub data_dir: PathBuf,
+
+    /// gRPC URL of the central directory.
+    #[arg(
+        long,
+        env = "PSERVER_CENTRAL_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub central_url: String,
+
+    /// Comma-separated peer-API URLs of neighbour PServers, asked in order to
+    /// find files. Empty: ask the central directly.
+    #[arg(
+        long,
+        env = "PSERVER_NEIGHBOURS",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    pub neighbours: Vec<String>,
+
+    /// Bearer token required on every control-API request. Mandatory when the
+    /// control API is bound to a non-loopback address.
+    #[arg(long, env = "PSERVER_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Largest file accepted by an upload through the control API, in bytes.
+    #[arg(long, env = "PSERVER_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    pub max_upload_bytes: u64,
+
+    /// Concurrent uploads to other peers; beyond it peers get 503 + Retry-After.
+    #[arg(long, env = "PSERVER_MAX_UPLOADS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_uploads: u32,
+
+    /// On Ctrl+C/SIGTERM, seconds in-flight uploads may take to finish.
+    #[arg(long, env = "PSERVER_DRAIN_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub drain_secs: u64,
+
+    /// Seconds between rescans of the share folder.
+    #[arg(long, env = "PSERVER_RESCAN_SECS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub rescan_secs: u64,
+}
+
+impl Args {
+    /// Check cross-field rules and build the typed [`Config`]. Errors name the
+    /// variable to fix.
+    pub fn into_config(self) -> anyhow::Result<Config> {
+        use anyhow::{Context, bail};
+        let public_url = match &self.public_url {
+            Some(u) => u.parse::<PeerUrl>().context("PSERVER_PUBLIC_URL")?,
+            None if self.peer_addr.ip().is_unspecified() => bail!(
+                "PSERVER_PUBLIC_URL is required when PSERVER_PEER_ADDR is {} \
+                 (set it to the URL other peers can reach, e.g. http://203.0.113.7:{})",
+                self.peer_addr,
+                self.peer_addr.port()
+            ),
+            None => format!("http://{}", self.peer_addr)
+                .parse()
+                .context("PSERVER_PEER_ADDR")?,
+        };
+        if !self.api_addr.ip().is_loopback() && self.api_token.as_deref().unwrap_or("").is_empty() {
+            bail!(
+                "PSERVER_API_TOKEN is required when PSERVER_API_ADDR ({}) is not a loopback address",
+                self.api_addr
+            );
+        }
+        if let Some(t) = &self.api_token
+            && (t.len() < 16 || !t.chars().all(|c| c.is_ascii_graphic()))
+        {
+            bail!(
+                "PSERVER_API_TOKEN must be at least 16 printable ASCII characters without spaces"
+            );
+        }
+        let central = self.central_url.trim_end_matches('/').to_owned();
+        if !(central.starts_with("http://") || central.starts_with("https://")) {
+            bail!("PSERVER_CENTRAL_URL {central:?} must start with http:// or https://");
+        }
+        let neighbours = self
+            .neighbours
+            .iter()
+            .map(|s| s.trim())
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse::<PeerUrl>())
+            .collect::<Result<Vec<_>, _>>()
+            .context("PSERVER_NEIGHBOURS")?;
+        if self.max_upload_bytes == 0 {
+            bail!("PSERVER_MAX_UPLOAD_BYTES must be greater than 0");
+        }
+        let mut c = Config::new(public_url, self.share_dir, self.data_dir, central);
+        c.neighbours = neighbours;
+        c.api_token = self.api_token.filter(|t| !t.is_empty());
+        c.max_upload_bytes = self.max_upload_bytes;
+        c.max_uploads = self.max_uploads;
+        c.drain = Duration::from_secs(self.drain_secs);
+        c.rescan_interval = Duration::from_secs(self.rescan_secs);
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["pserver"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    #[test]
+    fn public_url_rules() {
+        let e = args(&[]).into_config().unwrap_err();
+        assert!(e.to_string().contains("PSERVER_PUBLIC_URL"), "{e}");
+        let c = args(&["--peer-addr", "127.0.0.1:9000"])
+            .into_config()
+            .unwrap();
+        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:9000");
+        let e = args(&["--public-url", "ftp://x"])
+            .into_config()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("PSERVER_PUBLIC_URL"));
+    }
+
+    #[test]
+    fn token_required_off_loopback() {
+        let e = args(&["--peer-addr", "127.0.0.1:1", "--api-addr", "0.0.0.0:7070"])
+            .into_config()
+            .unwrap_err();
+        assert!(e.to_string().contains("PSERVER_API_TOKEN"));
+        args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--api-addr",
+            "0.0.0.0:7070",
+            "--api-token",
+            "0123456789abcdef",
+        ])
+        .into_config()
+        .unwrap();
+    }
+
+    #[test]
+    fn neighbours_parse() {
+        let c = args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--neighbours",
+            "http://a:1, http://b:2",
+        ])
+        .into_config()
+        .unwrap();
+        assert_eq!(c.neighbours.len(), 2);
+        let e = args(&["--peer-addr", "127.0.0.1:1", "--neighbours", "nope"])
+            .into_config()
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("PSERVER_NEIGHBOURS"));
+    }
+}

@@ -1,0 +1,464 @@
+//! The control API (`/api/v1`) used by the local `peerdex` client.
+//!
+//! Guarded by a `Host` check (DNS-rebinding defence: only IP literals and
+//! `localhost`, and only our own address when bound to a specific one) and,
+//! when `PSERVER_API_TOKEN` is set, a bearer token on every request.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use peerdex_proto::rest::{
+    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, NeighbourStatus, SearchQuery,
+    SearchResults, Status,
+};
+use peerdex_proto::{FileId, FileName};
+use tokio::io::AsyncWriteExt;
+use utoipa::OpenApi;
+
+use crate::Shared;
+use crate::error::{Error, Result};
+use crate::store::{Added, ContentHasher};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "peerdex PServer control API",
+        description = "Used by the local `peerdex` client. Errors are always an ApiError."
+    ),
+    paths(
+        upload,
+        list_files,
+        remove_file,
+        file_content,
+        status,
+        search,
+        start_download,
+        list_downloads,
+        get_download,
+        download_events,
+        cancel_download
+    ),
+    components(schemas(
+        ApiError,
+        FileInfo,
+        FileList,
+        Status,
+        NeighbourStatus,
+        SearchResults,
+        DownloadRequest,
+        Job,
+        JobList
+    ))
+)]
+struct ApiDoc;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/api/v1")
+            .route("/openapi.json", web::get().to(openapi))
+            .route("/files", web::get().to(list_files))
+            .route("/files/{name}", web::put().to(upload))
+            .route("/files/{id}", web::delete().to(remove_file))
+            .route("/files/{id}/content", web::get().to(file_content))
+            .route("/status", web::get().to(status))
+            .route("/search", web::get().to(search))
+            .route("/downloads", web::post().to(start_download))
+            .route("/downloads", web::get().to(list_downloads))
+            .route("/downloads/{job}", web::get().to(get_download))
+            .route("/downloads/{job}", web::delete().to(cancel_download))
+            .route("/downloads/{job}/events", web::get().to(download_events)),
+    )
+    .default_service(web::to(|| async {
+        Err::<HttpResponse, _>(Error::NotFound(
+            "no such endpoint; see /api/v1/openapi.json".into(),
+        ))
+    }));
+}
+
+/// Host check and bearer token, for every control-API request.
+pub async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let shared = req
+        .app_data::<web::Data<Shared>>()
+        .expect("shared state")
+        .clone();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if !host_allowed(host, shared.api_addr) {
+        return Err(Error::Forbidden(format!(
+            "host {host:?} is not allowed; address this API by IP address or localhost"
+        ))
+        .into());
+    }
+    if let Some(token) = &shared.config.api_token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            return Err(Error::Unauthorized(
+                "missing or wrong bearer token; pass --token or set PEERDEX_API_TOKEN".into(),
+            )
+            .into());
+        }
+    }
+    next.call(req).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Accept `localhost` and IP literals; when bound to a specific address, only
+/// that address or loopback.
+pub fn host_allowed(host: &str, bound: SocketAddr) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, p)| {
+            if p.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        })
+    };
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    match name.parse::<IpAddr>() {
+        Ok(ip) => ip.is_loopback() || bound.ip().is_unspecified() || ip == bound.ip(),
+        Err(_) => false,
+    }
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(ApiDoc::openapi().to_pretty_json().unwrap_or_default())
+}
+
+/// Upload a file: the request body is the content, streamed.
+#[utoipa::path(put, path = "/api/v1/files/{name}", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = FileInfo, description = "stored and published"), (status = 200, body = FileInfo, description = "identical content already shared under that name"),
+              (status = 400, body = ApiError), (status = 409, body = ApiError, description = "name taken by different content"), (status = 413, body = ApiError)))]
+async fn upload(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    name: web::Path<String>,
+    mut body: web::Payload,
+) -> Result<HttpResponse> {
+    let name: FileName = name.parse()?;
+    let max = shared.config.max_upload_bytes;
+    let too_large = || {
+        Error::TooLarge(format!(
+            "upload exceeds PSERVER_MAX_UPLOAD_BYTES ({max} bytes)"
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let temp = shared.store.temp_path("upload");
+    let guard = TempGuard(temp.clone());
+    let file = tokio::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&temp)
+        .await?;
+    let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
+    let chunk_size = peerdex_proto::convert::chunk_size_for(declared.unwrap_or(0));
+    let mut hasher = ContentHasher::new(chunk_size);
+    while let Some(piece) = body.next().await {
+        let piece =
+            piece.map_err(|e| Error::InvalidArgument(format!("upload interrupted: {e}")))?;
+        if hasher.total() + piece.len() as u64 > max {
+            return Err(too_large());
+        }
+        hasher.update(&piece);
+        out.write_all(&piece).await?;
+    }
+    out.flush().await?;
+    drop(out);
+    let size = hasher.total();
+    let (id, manifest) = hasher.finish();
+    let manifest = match manifest {
+        Some(m) => m,
+        None => {
+            let p = temp.clone();
+            web::block(move || crate::store::hash_path(&p))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??
+                .1
+                .ok_or_else(|| Error::Internal("upload changed while hashing".into()))?
+        }
+    };
+    let s = shared.clone().into_inner();
+    let (n2, t2) = (name.clone(), temp.clone());
+    let added = web::block(move || s.store.add_from_temp(&t2, &n2, id, manifest))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    guard.disarm();
+    let info = FileInfo {
+        file_id: id.to_hex(),
+        name: name.to_string(),
+        size,
+    };
+    if added == Added::New {
+        tracing::info!(name = %name, file = %id, bytes = size, "file uploaded");
+        if let Some(entry) = shared.store.by_name(&name) {
+            shared
+                .into_inner()
+                .on_main(move |s| async move {
+                    s.central.publish(&[entry.to_shared()]).await;
+                    Ok(())
+                })
+                .await?;
+        }
+        Ok(HttpResponse::Created().json(info))
+    } else {
+        Ok(HttpResponse::Ok().json(info))
+    }
+}
+
+/// Removes a temp file unless disarmed.
+struct TempGuard(std::path::PathBuf);
+impl TempGuard {
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// The files this PServer shares.
+#[utoipa::path(get, path = "/api/v1/files", responses((status = 200, body = FileList)))]
+async fn list_files(shared: web::Data<Shared>) -> web::Json<FileList> {
+    web::Json(FileList {
+        files: shared.store.list(),
+    })
+}
+
+/// Stop sharing a file: withdraws it from the central and deletes this peer's copy.
+#[utoipa::path(delete, path = "/api/v1/files/{id}", responses((status = 200, body = FileList, description = "the entries removed"), (status = 404, body = ApiError)))]
+async fn remove_file(
+    shared: web::Data<Shared>,
+    id: web::Path<String>,
+) -> Result<web::Json<FileList>> {
+    let id: FileId = id.parse()?;
+    let s = shared.into_inner();
+    let s2 = s.clone();
+    let removed = web::block(move || s2.store.remove(&id))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let refs: Vec<_> = removed.iter().map(|e| (e.id, e.name.clone())).collect();
+    s.on_main(move |s| async move {
+        s.central.unpublish(&refs).await;
+        Ok(())
+    })
+    .await?;
+    Ok(web::Json(FileList {
+        files: removed.iter().map(|e| e.to_info()).collect(),
+    }))
+}
+
+/// Stream a stored file's bytes.
+#[utoipa::path(get, path = "/api/v1/files/{id}/content", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ApiError)))]
+async fn file_content(shared: web::Data<Shared>, id: web::Path<String>) -> Result<HttpResponse> {
+    let id: FileId = id.parse()?;
+    let s = shared.into_inner();
+    let (file, entry) = web::block(move || s.store.open_shared(&id))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let stream =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!(
+                "attachment; filename=\"{}\"",
+                entry.name.as_str().replace('"', "_")
+            ),
+        ))
+        .insert_header((header::ETAG, format!("\"{id}\"")))
+        .no_chunking(entry.size)
+        .streaming(stream))
+}
+
+/// Peer id, URLs, central and neighbour health, lease age and counts.
+#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
+async fn status(shared: web::Data<Shared>) -> Result<web::Json<Status>> {
+    let s = shared.into_inner();
+    let neighbours = s
+        .on_main(|s| async move { Ok(s.lookup.probe().await) })
+        .await?;
+    let (files, bytes) = s.store.totals();
+    Ok(web::Json(Status {
+        peer_id: s.peer_id.to_string(),
+        public_url: s.config.public_url.to_string(),
+        central_url: s.central.url().to_owned(),
+        central_reachable: s.central.reachable(),
+        lease_age_secs: s.central.lease_age().map(|d| d.as_secs()),
+        neighbours: neighbours
+            .into_iter()
+            .map(|(u, ok)| NeighbourStatus {
+                url: u.to_string(),
+                reachable: ok,
+            })
+            .collect(),
+        shared_files: files,
+        shared_bytes: bytes,
+        active_uploads: s.uploads.active(),
+        active_downloads: s.jobs.active(),
+        max_upload_bytes: s.config.max_upload_bytes,
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    }))
+}
+
+/// Search the network (through a neighbour, or the central if none answers).
+#[utoipa::path(get, path = "/api/v1/search", params(("q" = String, Query, description = "words; each is a prefix of a word of the name"), ("limit" = Option<u32>, Query), ("page" = Option<String>, Query)),
+    responses((status = 200, body = SearchResults), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+async fn search(
+    shared: web::Data<Shared>,
+    q: web::Query<SearchQuery>,
+) -> Result<web::Json<SearchResults>> {
+    let q = q.into_inner();
+    if q.q.trim().is_empty() {
+        return Err(Error::InvalidArgument(
+            "search query q is empty; give one or more words".into(),
+        ));
+    }
+    let s = shared.into_inner();
+    Ok(web::Json(
+        s.on_main(move |s| async move { s.lookup.search(&s.central, &q).await })
+            .await?,
+    ))
+}
+
+/// Start downloading a file by id or exact name.
+#[utoipa::path(post, path = "/api/v1/downloads", request_body = DownloadRequest,
+    responses((status = 202, body = Job), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the name matches several contents: see candidates")))]
+async fn start_download(
+    shared: web::Data<Shared>,
+    req: web::Json<DownloadRequest>,
+) -> Result<HttpResponse> {
+    let req = req.into_inner();
+    let s = shared.into_inner();
+    let job = s
+        .on_main(move |s| async move { crate::download::start(&s, req).await })
+        .await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+/// All download jobs, oldest first.
+#[utoipa::path(get, path = "/api/v1/downloads", responses((status = 200, body = JobList)))]
+async fn list_downloads(shared: web::Data<Shared>) -> web::Json<JobList> {
+    web::Json(JobList {
+        jobs: shared.jobs.list(),
+    })
+}
+
+fn job_handle(shared: &Shared, id: &str) -> Result<Arc<crate::download::JobHandle>> {
+    let uuid = uuid::Uuid::parse_str(id)
+        .map_err(|_| Error::InvalidArgument(format!("invalid job id {id:?}")))?;
+    shared
+        .jobs
+        .get(&uuid)
+        .ok_or_else(|| Error::NotFound(format!("no download job {id}")))
+}
+
+/// One job's current state.
+#[utoipa::path(get, path = "/api/v1/downloads/{job}", responses((status = 200, body = Job), (status = 404, body = ApiError)))]
+async fn get_download(shared: web::Data<Shared>, job: web::Path<String>) -> Result<web::Json<Job>> {
+    Ok(web::Json(job_handle(&shared, &job)?.snapshot()))
+}
+
+/// Cancel a job; its partial bytes are discarded.
+#[utoipa::path(delete, path = "/api/v1/downloads/{job}", responses((status = 200, body = Job), (status = 404, body = ApiError)))]
+async fn cancel_download(
+    shared: web::Data<Shared>,
+    job: web::Path<String>,
+) -> Result<web::Json<Job>> {
+    let h = job_handle(&shared, &job)?;
+    h.cancel();
+    let mut rx = h.subscribe();
+    let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|j| j.state.is_final())).await;
+    Ok(web::Json(h.snapshot()))
+}
+
+/// Follow a job live: newline-delimited JSON, one Job per change (at least
+/// every second), ending after a final state.
+#[utoipa::path(get, path = "/api/v1/downloads/{job}/events", responses((status = 200, content_type = "application/x-ndjson", body = Job), (status = 404, body = ApiError)))]
+async fn download_events(
+    shared: web::Data<Shared>,
+    job: web::Path<String>,
+) -> Result<HttpResponse> {
+    let h = job_handle(&shared, &job)?;
+    let stream = async_stream(h);
+    Ok(HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream))
+}
+
+fn async_stream(
+    h: Arc<crate::download::JobHandle>,
+) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, actix_web::Error>> {
+    let rx = h.subscribe();
+    futures_util::stream::unfold((h, rx, false), |(h, mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        rx.mark_unchanged();
+        let job = h.snapshot();
+        let last = job.state.is_final();
+        let mut line = serde_json::to_vec(&job).unwrap_or_default();
+        line.push(b'\n');
+        if !last {
+            // Wait for a change, but emit at least every second.
+            let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
+            tokio::time::sleep(Duration::from_millis(50)).await; // coalesce bursts
+        }
+        Some((Ok(bytes::Bytes::from(line)), (h, rx, last)))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn hosts() {
+        let lo: std::net::SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert!(host_allowed("127.0.0.1:7070", lo));
+        assert!(host_allowed("localhost:7070", lo));
+        assert!(host_allowed("[::1]:7070", lo));
+        assert!(!host_allowed("evil.example.com:7070", lo));
+        assert!(!host_allowed("10.0.0.5:7070", lo));
+        assert!(!host_allowed("", lo));
+        let any: std::net::SocketAddr = "0.0.0.0:7070".parse().unwrap();
+        assert!(host_allowed("10.0.0.5:7070", any));
+        assert!(!host_allowed("attacker.test", any));
+    }
+}

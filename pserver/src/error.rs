@@ -1,0 +1,106 @@
+//! The crate's one error type, mapped to HTTP answers at the edge.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use peerdex_proto::rest::{ApiError, Candidate};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, phrased so the caller knows what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request itself is wrong: fix it.
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// A name matches several contents: ask again by id.
+    #[error("{message}")]
+    Ambiguous {
+        message: String,
+        candidates: Vec<Candidate>,
+    },
+    /// The name is taken by a different content.
+    #[error("{0}")]
+    NameConflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// All upload slots are taken: retry after the given seconds.
+    #[error("all {slots} upload slots are busy; retry in {retry_after} s")]
+    Busy { slots: u32, retry_after: u64 },
+    /// A dependency (central, neighbours, holders) cannot be reached: retry later.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    LoopDetected(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::Ambiguous { .. } => "ambiguous_name",
+            Error::NameConflict(_) => "name_conflict",
+            Error::TooLarge(_) => "too_large",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
+            Error::Busy { .. } => "busy",
+            Error::Unavailable(_) => "unavailable",
+            Error::LoopDetected(_) => "loop_detected",
+            Error::Io(_) | Error::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<peerdex_proto::ParseError> for Error {
+    fn from(e: peerdex_proto::ParseError) -> Self {
+        Error::InvalidArgument(e.to_string())
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Ambiguous { .. } | Error::NameConflict(_) => StatusCode::CONFLICT,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Busy { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::LoopDetected(_) => StatusCode::LOOP_DETECTED,
+            Error::Io(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let candidates = match self {
+            Error::Ambiguous { candidates, .. } => candidates.clone(),
+            _ => Vec::new(),
+        };
+        let mut resp = HttpResponse::build(self.status_code());
+        if let Error::Busy { retry_after, .. } = self {
+            resp.insert_header(("Retry-After", retry_after.to_string()));
+        }
+        if let Error::Unauthorized(_) = self {
+            resp.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if matches!(self, Error::Io(_) | Error::Internal(_)) {
+            tracing::error!(error = %self, "internal error answered with 500");
+        }
+        resp.json(ApiError {
+            code: self.code().to_owned(),
+            message: self.to_string(),
+            candidates,
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! Finding files: ask the neighbours in order (each with a short timeout, a
+//! failing one skipped for a while), and the central directly only when no
+//! neighbour answers.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use peerdex_proto::rest::{
+    LocateQuery, LocateResult, LocatedFile, SearchHit, SearchQuery, SearchResults,
+};
+use peerdex_proto::v1::locate_request::Target;
+use peerdex_proto::{FileId, FileName, HOPS_HEADER, PeerUrl};
+use serde::de::DeserializeOwned;
+
+use crate::central::Central;
+use crate::error::{Error, Result};
+
+/// How long a neighbour that failed is skipped.
+const SKIP_FOR: Duration = Duration::from_secs(15);
+
+/// What to locate.
+#[derive(Debug, Clone)]
+pub enum LocateTarget {
+    Id(FileId),
+    Name(FileName),
+}
+
+impl LocateTarget {
+    fn query(&self) -> LocateQuery {
+        match self {
+            Self::Id(id) => LocateQuery {
+                file_id: Some(id.to_hex()),
+                name: None,
+            },
+            Self::Name(n) => LocateQuery {
+                file_id: None,
+                name: Some(n.to_string()),
+            },
+        }
+    }
+
+    fn grpc(&self) -> Target {
+        match self {
+            Self::Id(id) => Target::FileId(id.to_hex()),
+            Self::Name(n) => Target::Name(n.to_string()),
+        }
+    }
+
+    /// Parse the neighbour-role query (exactly one of the two).
+    pub fn from_query(q: &LocateQuery) -> Result<Self> {
+        match (&q.file_id, &q.name) {
+            (Some(id), None) => Ok(Self::Id(id.parse()?)),
+            (None, Some(n)) => Ok(Self::Name(n.parse()?)),
+            _ => Err(Error::InvalidArgument(
+                "give exactly one of file_id and name".into(),
+            )),
+        }
+    }
+}
+
+struct Neighbour {
+    url: PeerUrl,
+    skip_until: Mutex<Option<Instant>>,
+}
+
+pub struct Lookup {
+    neighbours: Vec<Neighbour>,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl Lookup {
+    pub fn new(neighbours: &[PeerUrl], http: reqwest::Client, timeout: Duration) -> Self {
+        Self {
+            neighbours: neighbours
+                .iter()
+                .map(|u| Neighbour {
+                    url: u.clone(),
+                    skip_until: Mutex::new(None),
+                })
+                .collect(),
+            http,
+            timeout,
+        }
+    }
+
+    pub fn neighbour_urls(&self) -> impl Iterator<Item = &PeerUrl> {
+        self.neighbours.iter().map(|n| &n.url)
+    }
+
+    /// Ask each usable neighbour in turn; `None` if none answered.
+    async fn ask<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &impl serde::Serialize,
+    ) -> Option<T> {
+        for n in &self.neighbours {
+            if n.skip_until
+                .lock()
+                .unwrap()
+                .is_some_and(|t| Instant::now() < t)
+            {
+                continue;
+            }
+            let result = async {
+                let resp = self
+                    .http
+                    .get(format!("{}{path}", n.url))
+                    .query(query)
+                    .header(HOPS_HEADER, "1")
+                    .timeout(self.timeout)
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                resp.json::<T>().await
+            }
+            .await;
+            match result {
+                Ok(v) => {
+                    *n.skip_until.lock().unwrap() = None;
+                    return Some(v);
+                }
+                Err(e) => {
+                    tracing::warn!(neighbour = %n.url, error = %e, "neighbour did not answer; skipping it for a while");
+                    *n.skip_until.lock().unwrap() = Some(Instant::now() + SKIP_FOR);
+                }
+            }
+        }
+        None
+    }
+
+    /// Metadata and live holders of a file, through a neighbour or the central.
+    pub async fn locate(
+        &self,
+        central: &Central,
+        target: &LocateTarget,
+    ) -> Result<Vec<LocatedFile>> {
+        if let Some(r) = self
+            .ask::<LocateResult>("/peer/v1/locate", &target.query())
+            .await
+        {
+            return Ok(r.files);
+        }
+        if !self.neighbours.is_empty() {
+            tracing::warn!("no neighbour answered; asking the central directly");
+        }
+        locate_at_central(central, target).await
+    }
+
+    pub async fn search(&self, central: &Central, q: &SearchQuery) -> Result<SearchResults> {
+        if let Some(r) = self.ask::<SearchResults>("/peer/v1/search", q).await {
+            return Ok(r);
+        }
+        if !self.neighbours.is_empty() {
+            tracing::warn!("no neighbour answered; asking the central directly");
+        }
+        search_at_central(central, q).await
+    }
+
+    /// Probe every neighbour's health endpoint concurrently.
+    pub async fn probe(&self) -> Vec<(PeerUrl, bool)> {
+        let probes = self.neighbours.iter().map(|n| async move {
+            let ok = self
+                .http
+                .get(format!("{}/peer/v1/health", n.url))
+                .timeout(Duration::from_secs(1))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            (n.url.clone(), ok)
+        });
+        futures_util::future::join_all(probes).await
+    }
+}
+
+fn central_error(s: tonic::Status) -> Error {
+    match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+            Error::InvalidArgument(s.message().to_owned())
+        }
+        _ => Error::Unavailable(format!("central directory unavailable: {}", s.message())),
+    }
+}
+
+pub async fn locate_at_central(
+    central: &Central,
+    target: &LocateTarget,
+) -> Result<Vec<LocatedFile>> {
+    let files = central.locate(target.grpc()).await.map_err(central_error)?;
+    Ok(files.into_iter().map(Into::into).collect())
+}
+
+pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<SearchResults> {
+    let r = central
+        .search(&q.q, q.limit.unwrap_or(0), q.page.as_deref().unwrap_or(""))
+        .await
+        .map_err(central_error)?;
+    Ok(SearchResults {
+        hits: r.hits.into_iter().map(SearchHit::from).collect(),
+        next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
+    })
+}

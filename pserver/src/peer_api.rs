@@ -1,0 +1,265 @@
+//! The public peer API (`/peer/v1`): serve files by id with HTTP Range, and
+//! the neighbour role (locate and search on behalf of another peer).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use actix_web::http::{Method, StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use peerdex_proto::rest::{LocateQuery, LocateResult, SearchQuery};
+use peerdex_proto::{FileId, HOPS_HEADER};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::Shared;
+use crate::error::{Error, Result};
+use crate::lookup::{self, LocateTarget};
+
+/// Counts concurrent uploads to other peers against `PSERVER_MAX_UPLOADS`.
+pub struct UploadSlots {
+    active: AtomicU32,
+    max: u32,
+}
+
+/// Holds one upload slot until dropped (with the response body).
+pub struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.uploads.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl UploadSlots {
+    pub fn new(max: u32) -> Self {
+        Self {
+            active: AtomicU32::new(0),
+            max,
+        }
+    }
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+    pub fn free(&self) -> u32 {
+        self.max.saturating_sub(self.active())
+    }
+    fn acquire(shared: &Arc<Shared>) -> Result<Slot> {
+        let s = &shared.uploads;
+        s.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < s.max).then_some(n + 1)
+            })
+            .map(|_| Slot(shared.clone()))
+            .map_err(|_| Error::Busy {
+                slots: s.max,
+                retry_after: 1,
+            })
+    }
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/peer/v1")
+            .route(
+                "/files/{id}",
+                web::route()
+                    .guard(
+                        actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()),
+                    )
+                    .to(serve_file),
+            )
+            .route("/locate", web::get().to(locate))
+            .route("/search", web::get().to(search))
+            .route("/health", web::get().to(health)),
+    )
+    .default_service(web::to(|| async {
+        Err::<HttpResponse, _>(Error::NotFound(
+            "no such endpoint; the peer API lives under /peer/v1".into(),
+        ))
+    }));
+}
+
+/// What a `Range` header asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RangeReq {
+    Full,
+    /// Inclusive byte range.
+    Part(u64, u64),
+    Unsatisfiable,
+}
+
+/// Parse a `Range` header against a representation of `size` bytes. Only one
+/// range is served: several ranges, or numbers that do not parse, are
+/// unsatisfiable (never a multiplied body). Units other than bytes are ignored.
+pub fn parse_range(value: &str, size: u64) -> RangeReq {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeReq::Full;
+    };
+    if spec.contains(',') {
+        return RangeReq::Unsatisfiable;
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return RangeReq::Unsatisfiable;
+    };
+    let num = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        (!s.is_empty() && s.len() <= 19 && s.bytes().all(|c| c.is_ascii_digit()))
+            .then(|| s.parse().ok())?
+    };
+    match (a.trim().is_empty(), b.trim().is_empty()) {
+        (true, true) => RangeReq::Unsatisfiable,
+        (true, false) => match num(b) {
+            Some(n) if n > 0 && size > 0 => RangeReq::Part(size - n.min(size), size - 1),
+            _ => RangeReq::Unsatisfiable,
+        },
+        (false, true) => match num(a) {
+            Some(start) if start < size => RangeReq::Part(start, size - 1),
+            _ => RangeReq::Unsatisfiable,
+        },
+        (false, false) => match (num(a), num(b)) {
+            (Some(start), Some(end)) if start <= end && start < size => {
+                RangeReq::Part(start, end.min(size - 1))
+            }
+            _ => RangeReq::Unsatisfiable,
+        },
+    }
+}
+
+async fn serve_file(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
+    let id: FileId = id.parse()?;
+    let shared = shared.into_inner();
+    let (file, entry) = {
+        let shared = shared.clone();
+        web::block(move || shared.store.open_shared(&id))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??
+    };
+    let size = entry.size;
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map_or(RangeReq::Full, |v| parse_range(v, size));
+    let (status, start, len) = match range {
+        RangeReq::Full => (StatusCode::OK, 0, size),
+        RangeReq::Part(a, b) => (StatusCode::PARTIAL_CONTENT, a, b - a + 1),
+        RangeReq::Unsatisfiable => {
+            return Ok(HttpResponse::RangeNotSatisfiable()
+                .insert_header((header::CONTENT_RANGE, format!("bytes */{size}")))
+                .insert_header((header::ACCEPT_RANGES, "bytes"))
+                .finish());
+        }
+    };
+    let mut resp = HttpResponse::build(status);
+    resp.insert_header((header::ETAG, format!("\"{id}\"")))
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
+        .no_chunking(len);
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp.insert_header((
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", start + len - 1),
+        ));
+    }
+    if req.method() == Method::HEAD {
+        return Ok(resp.streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
+    }
+    let slot = UploadSlots::acquire(&shared)?;
+    let mut file = tokio::fs::File::from_std(file);
+    file.seek(std::io::SeekFrom::Start(start)).await?;
+    let body =
+        tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024).map(move |chunk| {
+            let _held = &slot; // the slot is released when the body is dropped
+            chunk
+        });
+    Ok(resp.streaming(body))
+}
+
+fn check_hops(req: &HttpRequest) -> Result<()> {
+    let hops = match req.headers().get(HOPS_HEADER) {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.parse::<u32>().ok())
+            .ok_or_else(|| {
+                Error::InvalidArgument(format!("{HOPS_HEADER} must be a small number"))
+            })?,
+    };
+    // A neighbour answers from the central itself and never forwards, so a
+    // request that already made more than one hop came through a loop.
+    if hops > 1 {
+        return Err(Error::LoopDetected(format!(
+            "request already made {hops} hops; neighbours do not forward"
+        )));
+    }
+    Ok(())
+}
+
+async fn locate(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    q: web::Query<LocateQuery>,
+) -> Result<web::Json<LocateResult>> {
+    check_hops(&req)?;
+    let target = LocateTarget::from_query(&q)?;
+    let shared = shared.into_inner();
+    let files = shared
+        .on_main(move |s| async move { lookup::locate_at_central(&s.central, &target).await })
+        .await?;
+    Ok(web::Json(LocateResult { files }))
+}
+
+async fn search(
+    shared: web::Data<Shared>,
+    req: HttpRequest,
+    q: web::Query<SearchQuery>,
+) -> Result<web::Json<peerdex_proto::rest::SearchResults>> {
+    check_hops(&req)?;
+    let q = q.into_inner();
+    if q.q.trim().is_empty() {
+        return Err(Error::InvalidArgument("search query q is empty".into()));
+    }
+    let shared = shared.into_inner();
+    let r = shared
+        .on_main(move |s| async move { lookup::search_at_central(&s.central, &q).await })
+        .await?;
+    Ok(web::Json(r))
+}
+
+async fn health(shared: web::Data<Shared>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "peer_id": shared.peer_id.to_string() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use RangeReq::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-0", 10), Part(0, 0));
+        assert_eq!(parse_range("bytes=9-9", 10), Part(9, 9));
+        assert_eq!(parse_range("bytes=3-5", 10), Part(3, 5));
+        assert_eq!(parse_range("bytes=3-", 10), Part(3, 9));
+        assert_eq!(parse_range("bytes=-4", 10), Part(6, 9));
+        assert_eq!(parse_range("bytes=-40", 10), Part(0, 9));
+        assert_eq!(parse_range("bytes=5-100", 10), Part(5, 9));
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-3", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-1,2-3", 10), Unsatisfiable);
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999", 10),
+            Unsatisfiable
+        );
+        assert_eq!(parse_range("bytes=abc", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-", 10), Unsatisfiable);
+        assert_eq!(parse_range("items=0-1", 10), Full);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+    }
+}

@@ -1,0 +1,620 @@
+//! The store: the share folder (files under their human names) and the data
+//! folder (peer id, hash cache, temp files).
+//!
+//! Layout of the data folder:
+//! ```text
+//! peer-id          the UUID of this peer, created on first start
+//! session.token    the central's session token (so a quick restart can re-join)
+//! hash-cache.json  (name, size, mtime) → BLAKE3 id + chunk manifest
+//! tmp/             uploads and downloads in progress; emptied at start
+//! ```
+//! Only names that parse as [`FileName`] are ever joined onto the share
+//! folder, and files reached through a symlink that leaves the share folder
+//! are neither listed nor served.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use peerdex_proto::convert::{Manifest, SharedFile, chunk_count, chunk_size_for};
+use peerdex_proto::rest::FileInfo;
+use peerdex_proto::{FileId, FileName, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One shared file.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: FileName,
+    pub id: FileId,
+    pub size: u64,
+    mtime_ns: u128,
+    pub manifest: Manifest,
+}
+
+impl Entry {
+    pub fn to_shared(&self) -> SharedFile {
+        SharedFile {
+            id: self.id,
+            size: self.size,
+            name: self.name.clone(),
+            manifest: Some(self.manifest.clone()),
+        }
+    }
+    pub fn to_info(&self) -> FileInfo {
+        FileInfo {
+            file_id: self.id.to_hex(),
+            name: self.name.to_string(),
+            size: self.size,
+        }
+    }
+}
+
+/// What a rescan found changed on disk.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub added: Vec<SharedFile>,
+    pub removed: Vec<(FileId, FileName)>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Outcome of adding a file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Added {
+    New,
+    /// The same content was already shared under that name.
+    AlreadyShared,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheEntry {
+    size: u64,
+    mtime_ns: u128,
+    file_id: String,
+    chunk_size: u64,
+    chunk_hashes: Vec<String>,
+}
+
+pub struct Store {
+    share_dir: PathBuf,
+    data_dir: PathBuf,
+    tmp_dir: PathBuf,
+    files: Mutex<BTreeMap<FileName, Entry>>,
+    /// Files hashed since start (the cache saves re-hashing unchanged ones).
+    hashed: AtomicU64,
+}
+
+impl Store {
+    /// Create the folders if needed, empty `tmp/`, and load the hash cache.
+    /// Call [`Store::rescan`] to read the share folder.
+    pub fn open(share_dir: &Path, data_dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(share_dir)?;
+        fs::create_dir_all(data_dir)?;
+        let share_dir = share_dir.canonicalize()?;
+        let data_dir = data_dir.canonicalize()?;
+        let tmp_dir = data_dir.join("tmp");
+        if tmp_dir.exists() {
+            fs::remove_dir_all(&tmp_dir)?;
+        }
+        fs::create_dir_all(&tmp_dir)?;
+        let store = Self {
+            share_dir,
+            data_dir,
+            tmp_dir,
+            files: Mutex::new(BTreeMap::new()),
+            hashed: AtomicU64::new(0),
+        };
+        let cache = store.load_cache();
+        *store.files.lock().unwrap() = cache;
+        Ok(store)
+    }
+
+    pub fn share_dir(&self) -> &Path {
+        &self.share_dir
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// How many files were hashed since start.
+    pub fn hashed_count(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
+    /// The peer id kept in the data folder; created on first start.
+    pub fn peer_id(&self) -> io::Result<PeerId> {
+        let path = self.data_dir.join("peer-id");
+        match fs::read_to_string(&path) {
+            Ok(s) => s.trim().parse().map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let id = PeerId::new_random();
+                write_atomic(&path, format!("{id}\n").as_bytes())?;
+                Ok(id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A fresh temp file path under `tmp/` (removed at the next start at the latest).
+    pub fn temp_path(&self, what: &str) -> PathBuf {
+        self.tmp_dir
+            .join(format!("{what}-{}", uuid::Uuid::new_v4()))
+    }
+
+    pub fn list(&self) -> Vec<FileInfo> {
+        self.files
+            .lock()
+            .unwrap()
+            .values()
+            .map(Entry::to_info)
+            .collect()
+    }
+
+    pub fn inventory(&self) -> Vec<SharedFile> {
+        self.files
+            .lock()
+            .unwrap()
+            .values()
+            .map(Entry::to_shared)
+            .collect()
+    }
+
+    pub fn totals(&self) -> (u64, u64) {
+        let files = self.files.lock().unwrap();
+        (files.len() as u64, files.values().map(|e| e.size).sum())
+    }
+
+    pub fn by_name(&self, name: &FileName) -> Option<Entry> {
+        self.files.lock().unwrap().get(name).cloned()
+    }
+
+    pub fn by_id(&self, id: &FileId) -> Option<Entry> {
+        self.files
+            .lock()
+            .unwrap()
+            .values()
+            .find(|e| e.id == *id)
+            .cloned()
+    }
+
+    /// Open a shared file for reading, refusing anything that resolves outside
+    /// the share folder or no longer matches the indexed size.
+    pub fn open_shared(&self, id: &FileId) -> Result<(fs::File, Entry)> {
+        let entry = self
+            .by_id(id)
+            .ok_or_else(|| Error::NotFound(format!("file {id} is not shared here")))?;
+        let path = self.share_dir.join(entry.name.as_str());
+        let real = path
+            .canonicalize()
+            .map_err(|_| Error::NotFound(format!("file {id} is no longer on disk")))?;
+        if !real.starts_with(&self.share_dir) {
+            return Err(Error::NotFound(format!("file {id} is not shared here")));
+        }
+        let file = fs::File::open(&real)?;
+        let len = file.metadata()?.len();
+        if len != entry.size {
+            return Err(Error::NotFound(format!(
+                "file {id} changed on disk; it will be re-hashed"
+            )));
+        }
+        Ok((file, entry))
+    }
+
+    /// Read the share folder and bring the index in line with it: new or
+    /// changed files are hashed (unless the cache knows them), vanished ones
+    /// dropped. Blocking; run it off the async runtime.
+    pub fn rescan(&self) -> io::Result<Changes> {
+        let mut seen: HashMap<FileName, (u64, u128)> = HashMap::new();
+        for dirent in fs::read_dir(&self.share_dir)? {
+            let Ok(dirent) = dirent else { continue };
+            let Some(name) = dirent
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<FileName>().ok())
+            else {
+                continue; // hidden, temp or unrepresentable names are never shared
+            };
+            let path = dirent.path();
+            let Ok(real) = path.canonicalize() else {
+                continue;
+            };
+            if !real.starts_with(&self.share_dir) {
+                tracing::warn!(name = %name, target = %real.display(), "not sharing a symlink that leaves the share folder");
+                continue;
+            }
+            let Ok(meta) = fs::metadata(&real) else {
+                continue;
+            };
+            if !meta.is_file() {
+                continue;
+            }
+            seen.insert(name, (meta.len(), mtime_ns(&meta)));
+        }
+
+        let mut changes = Changes::default();
+        // Drop vanished or changed entries.
+        let stale: Vec<Entry> = {
+            let files = self.files.lock().unwrap();
+            files
+                .values()
+                .filter(|e| seen.get(&e.name) != Some(&(e.size, e.mtime_ns)))
+                .cloned()
+                .collect()
+        };
+        {
+            let mut files = self.files.lock().unwrap();
+            for e in &stale {
+                files.remove(&e.name);
+                changes.removed.push((e.id, e.name.clone()));
+            }
+        }
+        // Hash new or changed files, outside the lock.
+        let todo: Vec<(FileName, u64, u128)> = {
+            let files = self.files.lock().unwrap();
+            seen.into_iter()
+                .filter(|(n, _)| !files.contains_key(n))
+                .map(|(n, (s, m))| (n, s, m))
+                .collect()
+        };
+        for (name, size, mtime) in todo {
+            let path = self.share_dir.join(name.as_str());
+            self.hashed.fetch_add(1, Ordering::Relaxed);
+            let (id, manifest) = match hash_path(&path) {
+                Ok((id, Some(m), read)) if read == size => (id, m),
+                Ok(_) => continue, // still being written; the next scan picks it up
+                Err(e) => {
+                    tracing::warn!(name = %name, error = %e, "cannot hash file; skipping it");
+                    continue;
+                }
+            };
+            let entry = Entry {
+                name: name.clone(),
+                id,
+                size,
+                mtime_ns: mtime,
+                manifest,
+            };
+            changes.added.push(entry.to_shared());
+            self.files.lock().unwrap().insert(name, entry);
+        }
+        // A changed file is both removed (old id) and added (new id); the
+        // removal only needs sending if the id really changed.
+        changes
+            .removed
+            .retain(|(id, name)| !changes.added.iter().any(|a| a.id == *id && a.name == *name));
+        if !changes.is_empty() {
+            self.save_cache();
+        }
+        Ok(changes)
+    }
+
+    /// Move a verified temp file into the share folder under `name`
+    /// (atomically, never replacing a different content).
+    pub fn add_from_temp(
+        &self,
+        temp: &Path,
+        name: &FileName,
+        id: FileId,
+        manifest: Manifest,
+    ) -> Result<Added> {
+        if let Some(existing) = self.by_name(name) {
+            let _ = fs::remove_file(temp);
+            return if existing.id == id {
+                Ok(Added::AlreadyShared)
+            } else {
+                Err(Error::NameConflict(format!(
+                    "a different file named {name:?} is already shared (id {}); rename yours or remove that one first",
+                    existing.id
+                )))
+            };
+        }
+        let dest = self.share_dir.join(name.as_str());
+        let file = fs::File::open(temp)?;
+        file.sync_all()?;
+        let meta = file.metadata()?;
+        drop(file);
+        // Hard-link then unlink: fails instead of replacing a file that appeared
+        // meanwhile under the same name (a rename would silently overwrite it).
+        match fs::hard_link(temp, &dest) {
+            Ok(()) => {
+                let _ = fs::remove_file(temp);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(temp);
+                return Err(Error::NameConflict(format!(
+                    "a file named {name:?} appeared in the share folder meanwhile; rename yours"
+                )));
+            }
+            Err(_) => {
+                // Different file systems (or no hard links): copy to a hidden
+                // temp next to the destination, then rename.
+                let side = self
+                    .share_dir
+                    .join(format!(".peerdex-{}", uuid::Uuid::new_v4()));
+                fs::copy(temp, &side)?;
+                fs::File::open(&side)?.sync_all()?;
+                if dest.exists() {
+                    let _ = fs::remove_file(&side);
+                    return Err(Error::NameConflict(format!(
+                        "a file named {name:?} already exists"
+                    )));
+                }
+                fs::rename(&side, &dest)?;
+                let _ = fs::remove_file(temp);
+            }
+        }
+        if let Ok(dir) = fs::File::open(&self.share_dir) {
+            let _ = dir.sync_all();
+        }
+        let dest_meta = fs::metadata(&dest).unwrap_or(meta);
+        let entry = Entry {
+            name: name.clone(),
+            id,
+            size: dest_meta.len(),
+            mtime_ns: mtime_ns(&dest_meta),
+            manifest,
+        };
+        self.files.lock().unwrap().insert(name.clone(), entry);
+        self.save_cache();
+        Ok(Added::New)
+    }
+
+    /// Stop sharing every name of `id` and delete those files from the share folder.
+    pub fn remove(&self, id: &FileId) -> Result<Vec<Entry>> {
+        let removed: Vec<Entry> = {
+            let mut files = self.files.lock().unwrap();
+            let names: Vec<FileName> = files
+                .values()
+                .filter(|e| e.id == *id)
+                .map(|e| e.name.clone())
+                .collect();
+            names.iter().filter_map(|n| files.remove(n)).collect()
+        };
+        if removed.is_empty() {
+            return Err(Error::NotFound(format!("file {id} is not shared here")));
+        }
+        for e in &removed {
+            let path = self.share_dir.join(e.name.as_str());
+            if let Err(err) = fs::remove_file(&path)
+                && err.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %err, "cannot delete unshared file");
+            }
+        }
+        self.save_cache();
+        Ok(removed)
+    }
+
+    fn cache_path(&self) -> PathBuf {
+        self.data_dir.join("hash-cache.json")
+    }
+
+    fn load_cache(&self) -> BTreeMap<FileName, Entry> {
+        let Ok(bytes) = fs::read(self.cache_path()) else {
+            return BTreeMap::new();
+        };
+        let Ok(raw) = serde_json::from_slice::<BTreeMap<String, CacheEntry>>(&bytes) else {
+            tracing::warn!("hash cache unreadable; files will be re-hashed");
+            return BTreeMap::new();
+        };
+        raw.into_iter()
+            .filter_map(|(name, c)| {
+                let name: FileName = name.parse().ok()?;
+                let id: FileId = c.file_id.parse().ok()?;
+                let manifest = Manifest::from_rest(
+                    &peerdex_proto::rest::ChunkManifest {
+                        chunk_size: c.chunk_size,
+                        chunk_hashes: c.chunk_hashes,
+                    },
+                    c.size,
+                )
+                .ok()?;
+                Some((
+                    name.clone(),
+                    Entry {
+                        name,
+                        id,
+                        size: c.size,
+                        mtime_ns: c.mtime_ns,
+                        manifest,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn save_cache(&self) {
+        let raw: BTreeMap<String, CacheEntry> = self
+            .files
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| {
+                let m = e.manifest.to_rest();
+                (
+                    e.name.to_string(),
+                    CacheEntry {
+                        size: e.size,
+                        mtime_ns: e.mtime_ns,
+                        file_id: e.id.to_hex(),
+                        chunk_size: m.chunk_size,
+                        chunk_hashes: m.chunk_hashes,
+                    },
+                )
+            })
+            .collect();
+        let result = serde_json::to_vec(&raw)
+            .map_err(io::Error::other)
+            .and_then(|bytes| write_atomic(&self.cache_path(), &bytes));
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot save hash cache");
+        }
+    }
+}
+
+fn mtime_ns(meta: &fs::Metadata) -> u128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Write a small file atomically (temp + fsync + rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        io::Write::write_all(&mut f, bytes)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)
+}
+
+/// Incremental BLAKE3 of a whole file plus its chunk manifest at a fixed
+/// chunk size.
+pub struct ContentHasher {
+    whole: blake3::Hasher,
+    chunk: blake3::Hasher,
+    chunk_size: u64,
+    in_chunk: u64,
+    total: u64,
+    chunks: Vec<[u8; 32]>,
+}
+
+impl ContentHasher {
+    pub fn new(chunk_size: u64) -> Self {
+        Self {
+            whole: blake3::Hasher::new(),
+            chunk: blake3::Hasher::new(),
+            chunk_size,
+            in_chunk: 0,
+            total: 0,
+            chunks: Vec::new(),
+        }
+    }
+
+    pub fn update(&mut self, mut data: &[u8]) {
+        self.whole.update(data);
+        self.total += data.len() as u64;
+        while !data.is_empty() {
+            let room = (self.chunk_size - self.in_chunk) as usize;
+            let take = room.min(data.len());
+            self.chunk.update(&data[..take]);
+            self.in_chunk += take as u64;
+            data = &data[take..];
+            if self.in_chunk == self.chunk_size {
+                self.chunks.push(*self.chunk.finalize().as_bytes());
+                self.chunk.reset();
+                self.in_chunk = 0;
+            }
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total
+    }
+
+    /// The id and manifest; `None` for the manifest if the chunk size chosen
+    /// up front turned out wrong for the final size.
+    pub fn finish(mut self) -> (FileId, Option<Manifest>) {
+        if self.in_chunk > 0 {
+            self.chunks.push(*self.chunk.finalize().as_bytes());
+        }
+        let id = FileId::from_bytes(*self.whole.finalize().as_bytes());
+        let ok = chunk_size_for(self.total) == self.chunk_size
+            && chunk_count(self.total, self.chunk_size) == self.chunks.len() as u64;
+        (
+            id,
+            ok.then(|| Manifest {
+                chunk_size: self.chunk_size,
+                hashes: self.chunks,
+            }),
+        )
+    }
+}
+
+/// Hash a file on disk: id, manifest and the size actually read. The
+/// manifest is `None` if the file changed size while being read.
+pub fn hash_path(path: &Path) -> io::Result<(FileId, Option<Manifest>, u64)> {
+    let mut f = fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut h = ContentHasher::new(chunk_size_for(size));
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    let read = h.total();
+    let (id, manifest) = h.finish();
+    Ok((id, manifest, read))
+}
+
+/// Seconds since the Unix epoch, for logs.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hasher_matches_one_shot() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut h = ContentHasher::new(1 << 20);
+        for piece in data.chunks(12_345) {
+            h.update(piece);
+        }
+        let (id, m) = h.finish();
+        let m = m.unwrap();
+        assert_eq!(id.to_hex(), blake3::hash(&data).to_hex().as_str());
+        assert_eq!(m.hashes.len(), 4);
+        assert_eq!(m.hashes[3], *blake3::hash(&data[3 << 20..]).as_bytes());
+    }
+
+    #[test]
+    fn rescan_uses_cache_and_skips_escaping_symlinks() {
+        let root = tempfile::tempdir().unwrap();
+        let share = root.path().join("share");
+        let data = root.path().join("data");
+        fs::create_dir_all(&share).unwrap();
+        fs::write(share.join("a.txt"), b"hello").unwrap();
+        fs::write(share.join(".hidden"), b"x").unwrap();
+        fs::write(root.path().join("secret"), b"top secret").unwrap();
+        std::os::unix::fs::symlink(root.path().join("secret"), share.join("link")).unwrap();
+        let store = Store::open(&share, &data).unwrap();
+        let c = store.rescan().unwrap();
+        assert_eq!(c.added.len(), 1);
+        assert_eq!(c.added[0].name.as_str(), "a.txt");
+        assert_eq!(store.hashed_count(), 1);
+        drop(store);
+        let store = Store::open(&share, &data).unwrap();
+        let c = store.rescan().unwrap();
+        assert!(c.is_empty());
+        assert_eq!(store.hashed_count(), 0, "unchanged file re-hashed");
+        fs::remove_file(share.join("a.txt")).unwrap();
+        let c = store.rescan().unwrap();
+        assert_eq!(c.removed.len(), 1);
+    }
+}
