@@ -71,6 +71,9 @@ pub struct Status {
     /// Largest upload this PServer accepts, in bytes.
     #[serde(default)]
     pub max_upload_bytes: u64,
+    /// Files hashed since start (unchanged files are known from the hash cache).
+    #[serde(default)]
+    pub files_hashed: u64,
     pub version: String,
 }
 

@@ -29,6 +29,10 @@ pub struct Config {
     pub neighbour_timeout: Duration,
     /// A holder that sends no bytes for this long loses the transfer.
     pub stall_timeout: Duration,
+    /// Upload cap across all transfers to other peers, bytes/s (0 = unlimited).
+    pub max_upload_bps: u64,
+    /// Download cap across all jobs, bytes/s (0 = unlimited).
+    pub max_download_bps: u64,
 }
 
 impl Config {
@@ -52,6 +56,8 @@ impl Config {
             rescan_interval: Duration::from_secs(2),
             neighbour_timeout: Duration::from_secs(3),
             stall_timeout: Duration::from_secs(15),
+            max_upload_bps: 0,
+            max_download_bps: 0,
         }
     }
 }
@@ -132,6 +138,15 @@ pub struct Args {
     #[arg(long, env = "PSERVER_RESCAN_SECS", default_value_t = 2,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rescan_secs: u64,
+
+    /// Upload rate cap across all transfers to other peers, in bytes per
+    /// second (token bucket). 0 = unlimited.
+    #[arg(long, env = "PSERVER_MAX_UPLOAD_BPS", default_value_t = 0)]
+    pub max_upload_bps: u64,
+
+    /// Download rate cap across all download jobs, in bytes per second. 0 = unlimited.
+    #[arg(long, env = "PSERVER_MAX_DOWNLOAD_BPS", default_value_t = 0)]
+    pub max_download_bps: u64,
 }
 
 impl Args {
@@ -186,6 +201,8 @@ impl Args {
         c.max_uploads = self.max_uploads;
         c.drain = Duration::from_secs(self.drain_secs);
         c.rescan_interval = Duration::from_secs(self.rescan_secs);
+        c.max_upload_bps = self.max_upload_bps;
+        c.max_download_bps = self.max_download_bps;
         Ok(c)
     }
 }

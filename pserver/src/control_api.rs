@@ -332,6 +332,7 @@ async fn status(shared: web::Data<Shared>) -> Result<web::Json<Status>> {
         active_uploads: s.uploads.active(),
         active_downloads: s.jobs.active(),
         max_upload_bytes: s.config.max_upload_bytes,
+        files_hashed: s.store.hashed_count(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
 }

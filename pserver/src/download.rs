@@ -633,6 +633,7 @@ async fn fetch_from(
             }
             Ok(Some(Ok(b))) => b,
         };
+        shared.download_limit.take(next.len()).await;
         let mut data = &next[..];
         if p.written + data.len() as u64 > t.size {
             return Err(Attempt::Lied(format!(

@@ -24,7 +24,9 @@ pub mod download;
 pub mod error;
 pub mod lookup;
 pub mod peer_api;
+pub mod rate;
 pub mod store;
+pub mod testkit;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +52,8 @@ pub struct Shared {
     pub uploads: peer_api::UploadSlots,
     pub jobs: download::Jobs,
     pub http: reqwest::Client,
+    pub upload_limit: rate::RateLimiter,
+    pub download_limit: rate::RateLimiter,
     rt: tokio::runtime::Handle,
 }
 
@@ -116,6 +120,8 @@ pub async fn run(
         lookup: lookup::Lookup::new(&config.neighbours, http.clone(), config.neighbour_timeout),
         uploads: peer_api::UploadSlots::new(config.max_uploads),
         jobs: download::Jobs::default(),
+        upload_limit: rate::RateLimiter::new(config.max_upload_bps),
+        download_limit: rate::RateLimiter::new(config.max_download_bps),
         peer_id,
         api_addr,
         store,

@@ -171,10 +171,17 @@ async fn serve_file(
     let slot = UploadSlots::acquire(&shared)?;
     let mut file = tokio::fs::File::from_std(file);
     file.seek(std::io::SeekFrom::Start(start)).await?;
+    let piece = shared.upload_limit.piece_size(256 * 1024);
+    let limited = shared.upload_limit.is_limited();
     let body =
-        tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 * 1024).map(move |chunk| {
-            let _held = &slot; // the slot is released when the body is dropped
-            chunk
+        tokio_util::io::ReaderStream::with_capacity(file.take(len), piece).then(move |chunk| {
+            let shared = slot.0.clone(); // `slot` is released when the body is dropped
+            async move {
+                if limited && let Ok(b) = &chunk {
+                    shared.upload_limit.take(b.len()).await;
+                }
+                chunk
+            }
         });
     Ok(resp.streaming(body))
 }
