@@ -1,1 +1,271 @@
-//! The peerdex central directory.
+//! The peerdex central directory: who holds which content, right now.
+//!
+//! A tonic gRPC server implementing `peerdex.v1.Directory` (Join, Heartbeat,
+//! Publish, Unpublish, Locate, Search, Leave), plus the standard
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), so stock
+//! tools such as `grpcurl` and `grpc-health-probe` work against it.
+//!
+//! # Design
+//!
+//! * **The live index is in memory** ([`index`]): peers, contents and names
+//!   are interned into slabs addressed by `u32`, with a sorted token map
+//!   (lowercased words → names) so a word-prefix search is one range scan.
+//!   Locate and Search never touch the disk.
+//! * **SQLite is the durable store** ([`store`]; rusqlite `bundled`, WAL,
+//!   `synchronous=FULL`). Every Join/Publish/Unpublish/Leave and every lease
+//!   expiry is one transaction, committed on the blocking pool *before* the
+//!   RPC is acknowledged and before the index changes, so an acknowledged
+//!   change survives `kill -9`. Heartbeats touch only memory. SQLite was
+//!   chosen over redb because the durable part is relational (peers, files,
+//!   holdings) and needs no full-text engine: search runs on the in-memory
+//!   token map, so FTS5 is not used.
+//! * **Restart**: everything is bulk-loaded with prepared statements and
+//!   every known peer gets one fresh lease (grace) to heartbeat again.
+//! * **Leases**: Join returns a session token (only its BLAKE3 hash is kept);
+//!   Heartbeat/Publish/Unpublish/Leave must carry it as
+//!   `authorization: Bearer <token>`, and so must a re-Join of a peer whose
+//!   lease is still live — nobody can act for, or hijack, a live peer. After
+//!   expiry anyone may join with that id. A sweeper task removes expired
+//!   peers; until it runs, expired peers are already filtered from answers.
+//! * **Bounds** ([`Limits`]): decoded message size (RESOURCE_EXHAUSTED),
+//!   name length (INVALID_ARGUMENT), entries per Join/Publish/Unpublish and
+//!   per peer (RESOURCE_EXHAUSTED), results per search page and holders per
+//!   located file (silently clamped to the maximum).
+//!
+//! # Answers worth knowing
+//!
+//! * Locate of an unknown id or name is OK with an empty `files` list, as is
+//!   Locate of a content whose holders all expired.
+//! * Locate by name is case-sensitive and exact; it answers every content
+//!   carrying that name, most-held first, at most [`Limits::max_page`] of
+//!   them and at most half of `max_message_bytes` of encoded answer.
+//! * Search is case-insensitive; every query word must be a prefix of a word
+//!   of the name. Hits are `(name, file id)` pairs ranked by live holders of
+//!   the content, then name. A limit above [`Limits::max_page`] is clamped.
+//!   At most [`Limits::max_search_matches`] matches are ranked, so a
+//!   one-letter query answers quickly but partially.
+//! * Heartbeat of an unknown or expired peer is OK with `rejoin = true`;
+//!   Publish/Unpublish of one is FAILED_PRECONDITION ("join again").
+//! * The first announcement of a content fixes its size; a different size
+//!   for a content another peer holds is INVALID_ARGUMENT.
+//!
+//! # Layout
+//!
+//! * `lib.rs` — [`Config`], [`Limits`], [`run`].
+//! * [`service`] — the gRPC service: parsing, auth, write ordering.
+//! * [`index`] — the in-memory index.
+//! * [`store`] — SQLite.
+//! * `oversize` — maps tonic's oversized-message error to RESOURCE_EXHAUSTED.
+//! * `main.rs` — flags/env/`.env`, signals, then [`run`].
+
+pub mod error;
+pub mod index;
+mod oversize;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use peerdex_proto::v1::{self, directory_server::DirectoryServer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use error::{Error, Result};
+pub use service::DirectoryService;
+
+/// How long in-flight calls may take to finish after shutdown is requested.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Explicit bounds on what one request may ask of the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest decoded request message, in bytes (default 4 MiB). Bigger
+    /// requests get RESOURCE_EXHAUSTED before they are parsed.
+    pub max_message_bytes: usize,
+    /// Longest file name, in bytes (default 255, and never more: that is
+    /// what file systems accept).
+    pub max_name_bytes: usize,
+    /// Most entries in one Join/Publish/Unpublish, and in one peer's whole
+    /// inventory (default 100,000).
+    pub max_inventory: usize,
+    /// Most search hits per page, and most contents per Locate by name
+    /// (default 1000).
+    pub max_page: usize,
+    /// Most holders listed per located file (default 64).
+    pub max_holders: usize,
+    /// Most `(name, file)` matches ranked per search (default 10,000).
+    pub max_search_matches: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 4 << 20,
+            max_name_bytes: peerdex_proto::types::MAX_NAME_BYTES,
+            max_inventory: 100_000,
+            max_page: 1000,
+            max_holders: 64,
+            max_search_matches: 10_000,
+        }
+    }
+}
+
+/// Everything [`run`] needs. Build with [`Config::new`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database lives (`central.db` plus WAL files); created if
+    /// missing. Default `./data/central`.
+    pub data_dir: PathBuf,
+    /// A peer that does not heartbeat for this long vanishes (default 30 s).
+    pub lease_ttl: Duration,
+    /// The heartbeat period advised to peers (default 10 s); must be
+    /// shorter than `lease_ttl` so one lost heartbeat is not fatal.
+    pub heartbeat_interval: Duration,
+    pub limits: Limits,
+}
+
+impl Config {
+    /// Defaults (TTL 30 s, heartbeat 10 s, default limits) over `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            limits: Limits::default(),
+        }
+    }
+
+    /// Check the values; the message names the setting and its variable.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if self.lease_ttl.is_zero() {
+            return bad("lease_ttl (CENTRAL_LEASE_TTL_SECS) must be positive".into());
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.lease_ttl {
+            return bad(format!(
+                "heartbeat_interval (CENTRAL_HEARTBEAT_SECS) is {:?}; it must be positive and shorter than lease_ttl (CENTRAL_LEASE_TTL_SECS) {:?}",
+                self.heartbeat_interval, self.lease_ttl
+            ));
+        }
+        let l = &self.limits;
+        if l.max_message_bytes < 1024 {
+            return bad(format!(
+                "max_message_bytes (CENTRAL_MAX_MESSAGE_BYTES) {} is below 1024",
+                l.max_message_bytes
+            ));
+        }
+        if l.max_name_bytes == 0 || l.max_name_bytes > peerdex_proto::types::MAX_NAME_BYTES {
+            return bad(format!(
+                "max_name_bytes (CENTRAL_MAX_NAME_BYTES) {} must be 1-255",
+                l.max_name_bytes
+            ));
+        }
+        for (v, name) in [
+            (l.max_inventory, "max_inventory (CENTRAL_MAX_INVENTORY)"),
+            (l.max_page, "max_page (CENTRAL_MAX_PAGE)"),
+            (l.max_holders, "max_holders (CENTRAL_MAX_HOLDERS)"),
+            (l.max_search_matches, "max_search_matches"),
+        ] {
+            if v == 0 {
+                return bad(format!("{name} must be positive"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serve the directory on `listener` until `shutdown` completes.
+///
+/// Loads the index from `config.data_dir` first (peers get one lease of
+/// grace), then serves Directory, health and reflection. On shutdown it
+/// stops accepting, lets in-flight calls finish (at most
+/// [`DRAIN_TIMEOUT`]), stops the sweeper and closes the database.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    config.validate()?;
+    let addr = listener.local_addr()?;
+    let started = std::time::Instant::now();
+    let dir = config.data_dir.clone();
+    let ttl = config.lease_ttl;
+    let (store, index) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let store = store::Store::open(&dir)?;
+        // Grace is counted from the end of the load.
+        let mut index = store.load(tokio::time::Instant::now())?;
+        index.renew_all(tokio::time::Instant::now() + ttl);
+        Ok((store, index))
+    })
+    .await??;
+    let directory = DirectoryService::new(store, index, &config);
+    let stats = directory.stats();
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<DirectoryServer<DirectoryService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let cancel = CancellationToken::new();
+    let sweeper = tokio::spawn(directory.clone().sweep_loop(cancel.clone()));
+
+    tracing::info!(
+        %addr,
+        peers = stats.peers,
+        files = stats.files,
+        names = stats.names,
+        load_ms = started.elapsed().as_millis() as u64,
+        "central-server listening on {addr}"
+    );
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new connections, draining in-flight calls");
+        let _ = stopping_tx.send(());
+    };
+    let serve = Server::builder()
+        .layer(oversize::OversizeLayer)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            DirectoryServer::new(directory.clone())
+                .max_decoding_message_size(config.limits.max_message_bytes)
+                .max_encoding_message_size(config.limits.max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+    let drain_deadline = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::select! {
+        r = serve => r.map_err(Error::from),
+        () = drain_deadline => {
+            tracing::warn!("in-flight calls did not finish within {DRAIN_TIMEOUT:?}; closing anyway");
+            Ok(())
+        }
+    };
+
+    cancel.cancel();
+    if let Err(e) = sweeper.await {
+        tracing::warn!(error = %e, "sweeper task failed");
+    }
+    directory.close().await?;
+    tracing::info!("database closed; central-server stopped");
+    served
+}

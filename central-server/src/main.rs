@@ -1,1 +1,184 @@
-fn main() {}
+//! `central-server`: parse configuration, bind, serve until Ctrl+C/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use central_server::{Config, Limits};
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// The peerdex central directory (gRPC). Every flag can also be set with the
+/// environment variable shown, or in a `.env` file next to where it runs.
+#[derive(Debug, Parser)]
+#[command(name = "central-server", version, about)]
+struct Args {
+    /// Address to serve gRPC on (port 0 picks a free one; the actual address
+    /// is printed on stdout as `central-server listening on ADDR`).
+    #[arg(long, env = "CENTRAL_LISTEN_ADDR", default_value = "0.0.0.0:50051",
+          value_parser = parse::<SocketAddr>("CENTRAL_LISTEN_ADDR"))]
+    listen_addr: SocketAddr,
+
+    /// Directory of the database (created if missing). The index survives
+    /// restarts there.
+    #[arg(long, env = "CENTRAL_DATA_DIR", default_value = "./data/central")]
+    data_dir: PathBuf,
+
+    /// Lease length in seconds: a peer that does not heartbeat for this long
+    /// vanishes from every answer.
+    #[arg(long, env = "CENTRAL_LEASE_TTL_SECS", default_value_t = 30,
+          value_parser = positive("CENTRAL_LEASE_TTL_SECS"))]
+    lease_ttl_secs: u64,
+
+    /// Heartbeat period advised to peers, in seconds; must be shorter than
+    /// the lease so one lost heartbeat is not fatal.
+    #[arg(long, env = "CENTRAL_HEARTBEAT_SECS", default_value_t = 10,
+          value_parser = positive("CENTRAL_HEARTBEAT_SECS"))]
+    heartbeat_secs: u64,
+
+    /// Largest accepted request message, in bytes.
+    #[arg(long, env = "CENTRAL_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes,
+          value_parser = positive_usize("CENTRAL_MAX_MESSAGE_BYTES"))]
+    max_message_bytes: usize,
+
+    /// Longest accepted file name, in bytes (at most 255).
+    #[arg(long, env = "CENTRAL_MAX_NAME_BYTES", default_value_t = Limits::default().max_name_bytes,
+          value_parser = positive_usize("CENTRAL_MAX_NAME_BYTES"))]
+    max_name_bytes: usize,
+
+    /// Most files in one Join/Publish/Unpublish, and in one peer's inventory.
+    #[arg(long, env = "CENTRAL_MAX_INVENTORY", default_value_t = Limits::default().max_inventory,
+          value_parser = positive_usize("CENTRAL_MAX_INVENTORY"))]
+    max_inventory: usize,
+
+    /// Most search hits per page (larger requested limits are clamped).
+    #[arg(long, env = "CENTRAL_MAX_PAGE", default_value_t = Limits::default().max_page,
+          value_parser = positive_usize("CENTRAL_MAX_PAGE"))]
+    max_page: usize,
+
+    /// Most holders listed per located file.
+    #[arg(long, env = "CENTRAL_MAX_HOLDERS", default_value_t = Limits::default().max_holders,
+          value_parser = positive_usize("CENTRAL_MAX_HOLDERS"))]
+    max_holders: usize,
+}
+
+/// A value parser whose error names the environment variable too.
+fn parse<T: FromStr>(var: &'static str) -> impl Fn(&str) -> Result<T, String> + Clone
+where
+    T::Err: std::fmt::Display,
+{
+    move |s| s.parse().map_err(|e| format!("{var}: {e}"))
+}
+
+fn positive(var: &'static str) -> impl Fn(&str) -> Result<u64, String> + Clone {
+    move |s| match s.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{var}: expected a positive whole number, got {s:?}"
+        )),
+    }
+}
+
+fn positive_usize(var: &'static str) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s| match s.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "{var}: expected a positive whole number, got {s:?}"
+        )),
+    }
+}
+
+impl Args {
+    fn config(&self) -> Config {
+        Config {
+            data_dir: self.data_dir.clone(),
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs),
+            heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
+            limits: Limits {
+                max_message_bytes: self.max_message_bytes,
+                max_name_bytes: self.max_name_bytes,
+                max_inventory: self.max_inventory,
+                max_page: self.max_page,
+                max_holders: self.max_holders,
+                ..Limits::default()
+            },
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(try_main()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn try_main() -> anyhow::Result<()> {
+    match dotenvy::dotenv() {
+        Err(e) if e.not_found() => {}
+        Err(e) => return Err(e).context("cannot read .env"),
+        Ok(_) => {}
+    }
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = args.config();
+    config.validate()?;
+    let listener = tokio::net::TcpListener::bind(args.listen_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (CENTRAL_LISTEN_ADDR)",
+                args.listen_addr
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    println!("central-server listening on {addr}");
+    central_server::run(listener, config, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Ctrl+C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl+C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,66 @@
+//! The crate's one error type, mapped to a gRPC status at the edge.
+
+use peerdex_proto::PeerId;
+use tonic::Status;
+
+/// Everything that can go wrong in the directory. Each variant says what the
+/// caller should do: fix the request, authenticate, join again, send less, or
+/// (for storage trouble) retry later.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; the message names the field. Fix and resend.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Missing or wrong session token. Nothing was changed.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The peer is unknown or its lease expired: it must call Join again.
+    #[error("peer {0} is not joined or its lease expired: join again")]
+    NotJoined(PeerId),
+    /// A configured limit was hit; the message names the limit.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The embedded database failed. Retry later.
+    #[error("storage error: {0}")]
+    Storage(#[from] rusqlite::Error),
+    /// The server is shutting down. Retry against the next instance.
+    #[error("the directory is shutting down")]
+    Closed,
+    /// The database holds something this version cannot read.
+    #[error("corrupt database: {0}")]
+    Corrupt(String),
+    /// A configuration value is out of range; the message names the setting.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("grpc transport error: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidArgument(m) => Status::invalid_argument(m),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            e @ Error::NotJoined(_) => Status::failed_precondition(e.to_string()),
+            Error::LimitExceeded(m) => Status::resource_exhausted(m),
+            e => {
+                tracing::error!(error = %e, "internal error");
+                Status::unavailable(format!("internal error, retry later: {e}"))
+            }
+        }
+    }
+}
+
+impl From<rusqlite::types::FromSqlError> for Error {
+    fn from(e: rusqlite::types::FromSqlError) -> Self {
+        Error::Corrupt(format!("unexpected column type: {e}"))
+    }
+}
