@@ -1,0 +1,387 @@
+//! A typed HTTP client for a PServer's control API (`/api/v1`).
+//!
+//! Every answer is decoded into the DTOs of [`peerdex_proto::rest`]; every
+//! failure becomes an [`Error`] that says what went wrong and what to do. The
+//! client holds no state besides a connection pool, so it is cheap to clone
+//! and can be reused by other tools (the devnet launcher, tests).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use peerdex_proto::rest::{
+    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, SearchQuery, SearchResults, Status,
+};
+use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
+use serde::de::DeserializeOwned;
+
+/// Default address of the control API (what `pserver` binds by default).
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
+
+/// Largest single line accepted on a job's event stream (a serialized [`Job`]).
+const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// Why a control-API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Nothing answered at the URL (connection refused, unknown host, connect timeout).
+    #[error(
+        "cannot reach PServer at {url} — is `pserver` running? set PEERDEX_PSERVER_URL or pass --pserver"
+    )]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The PServer stopped answering in the middle of a call.
+    #[error(
+        "the connection to the PServer at {url} broke during the request — is `pserver` still running?"
+    )]
+    Transport {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The PServer answered with an [`ApiError`].
+    #[error("{}", .error.message)]
+    Api { status: StatusCode, error: ApiError },
+    /// Something answered, but not with the control API's JSON.
+    #[error(
+        "{url} answered {status} with something that is not the PServer control API — check --pserver / PEERDEX_PSERVER_URL"
+    )]
+    BadResponse {
+        url: String,
+        status: StatusCode,
+        #[source]
+        source: Option<serde_json::Error>,
+    },
+}
+
+impl Error {
+    /// The [`ApiError`] the PServer sent, if that is what this is.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            Error::Api { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// A stable machine-readable code: the server's code for API errors,
+    /// `unreachable`, `transport` or `bad_response` otherwise.
+    pub fn code(&self) -> &str {
+        match self {
+            Error::Unreachable { .. } => "unreachable",
+            Error::Transport { .. } => "transport",
+            Error::Api { error, .. } => &error.code,
+            Error::BadResponse { .. } => "bad_response",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Outcome of an upload: the stored file, and whether it is new (201) or was
+/// already shared with identical content under that name (200).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    pub file: FileInfo,
+    pub created: bool,
+}
+
+/// A client for one PServer's control API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: Url,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for the control API at `base` (e.g. `http://127.0.0.1:7070`),
+    /// sending `Authorization: Bearer <token>` when a token is given.
+    pub fn new(base: Url, token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            // Event streams send a line at least every second or so; uploads
+            // get their answer once the body is stored. A minute of silence
+            // means the PServer is stuck.
+            .read_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .user_agent(concat!("peerdex/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a reqwest client with static settings builds");
+        Self {
+            base,
+            token: token.filter(|t| !t.is_empty()),
+            http,
+        }
+    }
+
+    /// The base URL this client talks to.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// `base` + `/api/v1/` + `segments`, each segment percent-encoded on its own.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.set_query(None);
+        url.set_fragment(None);
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(["api", "v1"]).extend(segments);
+        }
+        url
+    }
+
+    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+        let rb = self.http.request(method, self.url(segments));
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    fn base_str(&self) -> String {
+        self.base.as_str().trim_end_matches('/').to_owned()
+    }
+
+    /// Send a request; map transport failures and non-2xx answers to [`Error`].
+    async fn send(&self, rb: RequestBuilder) -> Result<Response> {
+        let resp = rb.send().await.map_err(|e| self.transport_error(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let url = resp.url().to_string();
+        let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        match serde_json::from_slice::<ApiError>(&body) {
+            Ok(error) => Err(Error::Api { status, error }),
+            Err(e) => Err(Error::BadResponse {
+                url,
+                status,
+                source: Some(e),
+            }),
+        }
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> Error {
+        if e.is_connect() || (e.is_timeout() && e.is_request()) {
+            Error::Unreachable {
+                url: self.base_str(),
+                source: e,
+            }
+        } else {
+            Error::Transport {
+                url: self.base_str(),
+                source: e,
+            }
+        }
+    }
+
+    async fn json<T: DeserializeOwned>(&self, rb: RequestBuilder) -> Result<T> {
+        let resp = self.send(rb).await?;
+        let status = resp.status();
+        let url = resp.url().to_string();
+        let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
+            url,
+            status,
+            source: Some(e),
+        })
+    }
+
+    /// `GET /api/v1/status`.
+    pub async fn status(&self) -> Result<Status> {
+        self.json(self.request(Method::GET, &["status"])).await
+    }
+
+    /// `GET /api/v1/files`: the files this PServer shares.
+    pub async fn list_files(&self) -> Result<FileList> {
+        self.json(self.request(Method::GET, &["files"])).await
+    }
+
+    /// `DELETE /api/v1/files/{id}`: stop sharing; answers the removed entries.
+    pub async fn remove_file(&self, file_id: &str) -> Result<FileList> {
+        self.json(self.request(Method::DELETE, &["files", file_id]))
+            .await
+    }
+
+    /// `GET /api/v1/files/{id}/content`: the response, to be streamed with
+    /// [`Response::chunk`].
+    pub async fn file_content(&self, file_id: &str) -> Result<Response> {
+        self.send(self.request(Method::GET, &["files", file_id, "content"]))
+            .await
+    }
+
+    /// `PUT /api/v1/files/{name}` with `body` as the content. `len` is sent as
+    /// `Content-Length` so the PServer can refuse too-large files up front.
+    pub async fn upload(&self, name: &str, len: u64, body: reqwest::Body) -> Result<Uploaded> {
+        let rb = self
+            .request(Method::PUT, &["files", name])
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .body(body);
+        let resp = self.send(rb).await?;
+        let created = resp.status() == StatusCode::CREATED;
+        let status = resp.status();
+        let url = resp.url().to_string();
+        let body = resp.bytes().await.map_err(|e| self.transport_error(e))?;
+        let file = serde_json::from_slice(&body).map_err(|e| Error::BadResponse {
+            url,
+            status,
+            source: Some(e),
+        })?;
+        Ok(Uploaded { file, created })
+    }
+
+    /// `GET /api/v1/search`.
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
+        self.json(self.request(Method::GET, &["search"]).query(query))
+            .await
+    }
+
+    /// `POST /api/v1/downloads`: start a download job. A name that matches
+    /// several contents fails with code `ambiguous_name` and the candidates.
+    pub async fn start_download(&self, req: &DownloadRequest) -> Result<Job> {
+        self.json(self.request(Method::POST, &["downloads"]).json(req))
+            .await
+    }
+
+    /// `GET /api/v1/downloads`: every job, oldest first.
+    pub async fn list_downloads(&self) -> Result<JobList> {
+        self.json(self.request(Method::GET, &["downloads"])).await
+    }
+
+    /// `GET /api/v1/downloads/{job}`.
+    pub async fn job(&self, job_id: &str) -> Result<Job> {
+        self.json(self.request(Method::GET, &["downloads", job_id]))
+            .await
+    }
+
+    /// `DELETE /api/v1/downloads/{job}`: cancel; answers the job's last state.
+    pub async fn cancel(&self, job_id: &str) -> Result<Job> {
+        self.json(self.request(Method::DELETE, &["downloads", job_id]))
+            .await
+    }
+
+    /// `GET /api/v1/downloads/{job}/events`: follow a job live.
+    pub async fn events(&self, job_id: &str) -> Result<Events> {
+        let resp = self
+            .send(self.request(Method::GET, &["downloads", job_id, "events"]))
+            .await?;
+        Ok(Events {
+            client: self.clone(),
+            resp,
+            buf: BytesMut::new(),
+            finished: false,
+        })
+    }
+}
+
+/// A job's event stream: one [`Job`] per line until a final state.
+#[derive(Debug)]
+pub struct Events {
+    client: Client,
+    resp: Response,
+    buf: BytesMut,
+    finished: bool,
+}
+
+impl Events {
+    /// The next update, or `None` when the stream ended (after a final state,
+    /// or because the PServer closed it).
+    pub async fn next(&mut self) -> Result<Option<Job>> {
+        loop {
+            if let Some(line) = take_line(&mut self.buf) {
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                let job: Job = serde_json::from_slice(&line).map_err(|e| Error::BadResponse {
+                    url: self.resp.url().to_string(),
+                    status: self.resp.status(),
+                    source: Some(e),
+                })?;
+                return Ok(Some(job));
+            }
+            if self.finished {
+                return Ok(None);
+            }
+            match self
+                .resp
+                .chunk()
+                .await
+                .map_err(|e| self.client.transport_error(e))?
+            {
+                Some(chunk) => {
+                    self.buf.extend_from_slice(&chunk);
+                    if self.buf.len() > MAX_EVENT_LINE {
+                        return Err(Error::BadResponse {
+                            url: self.resp.url().to_string(),
+                            status: self.resp.status(),
+                            source: None,
+                        });
+                    }
+                }
+                None => {
+                    self.finished = true;
+                    // A last line without its newline still counts.
+                    if !self.buf.is_empty() {
+                        self.buf.extend_from_slice(b"\n");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Split off the first complete line (without its `\n`), if there is one.
+fn take_line(buf: &mut BytesMut) -> Option<Bytes> {
+    let at = buf.iter().position(|&b| b == b'\n')?;
+    let line = buf.split_to(at + 1);
+    Some(line.freeze().slice(..at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_encode_each_segment() {
+        let c = Client::new(Url::parse("http://127.0.0.1:7070").unwrap(), None);
+        assert_eq!(
+            c.url(&["status"]).as_str(),
+            "http://127.0.0.1:7070/api/v1/status"
+        );
+        assert_eq!(
+            c.url(&["files", "my report?#1/2 %.pdf"]).as_str(),
+            "http://127.0.0.1:7070/api/v1/files/my%20report%3F%231%2F2%20%25.pdf"
+        );
+        // A base with a path prefix (reverse proxy) keeps it.
+        let c = Client::new(Url::parse("http://host/peerdex/").unwrap(), None);
+        assert_eq!(
+            c.url(&["files"]).as_str(),
+            "http://host/peerdex/api/v1/files"
+        );
+    }
+
+    #[test]
+    fn lines_split_across_chunks() {
+        let mut buf = BytesMut::from(&b"{\"a\":1}\n{\"b\""[..]);
+        assert_eq!(
+            take_line(&mut buf).unwrap(),
+            Bytes::from_static(b"{\"a\":1}")
+        );
+        assert!(take_line(&mut buf).is_none());
+        buf.extend_from_slice(b":2}\n");
+        assert_eq!(
+            take_line(&mut buf).unwrap(),
+            Bytes::from_static(b"{\"b\":2}")
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn empty_token_is_no_token() {
+        let c = Client::new(Url::parse(DEFAULT_URL).unwrap(), Some(String::new()));
+        assert!(c.token.is_none());
+    }
+}

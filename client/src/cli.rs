@@ -1,0 +1,254 @@
+//! Command-line syntax: global options and the commands shared by one-shot
+//! use (`peerdex search x`) and the REPL (`search x`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use reqwest::Url;
+
+use crate::api::DEFAULT_URL;
+
+/// peerdex: share files with a peer-to-peer network and download files from it.
+///
+/// peerdex talks to your own PServer (the `pserver` daemon). It finds files
+/// through the network's central directory and downloads them directly from
+/// the peers that hold them. Run without a command for an interactive shell.
+///
+/// Every option can also be set in the environment (shown below) or in a
+/// `.env` file in the working directory.
+#[derive(Debug, Parser)]
+#[command(
+    name = "peerdex",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Options that apply to every command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// URL of your PServer's control API.
+    #[arg(long, global = true, env = "PEERDEX_PSERVER_URL", default_value = DEFAULT_URL,
+          hide_env_values = true, value_name = "URL", value_parser = parse_pserver_url)]
+    pub pserver: Url,
+
+    /// Bearer token for the control API, needed when the PServer sets
+    /// PSERVER_API_TOKEN.
+    #[arg(
+        long,
+        global = true,
+        env = "PEERDEX_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Machine-readable output: one JSON document per command on stdout, no
+    /// progress bars. Failures print {"error": {"code", "message", ...}}.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Explain failures in full: print every underlying cause.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+}
+
+/// The commands, in one-shot mode and in the REPL.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Share files: stream them to your PServer, which publishes them.
+    Upload(UploadArgs),
+    /// Download a file by name or id into your PServer's shared folder.
+    Get(GetArgs),
+    /// Search the network by words of file names.
+    Search(SearchArgs),
+    /// List the files your PServer shares.
+    Ls,
+    /// Stop sharing a file and delete your PServer's copy.
+    Rm(RmArgs),
+    /// Show your PServer's peer id, URLs, central and neighbour health.
+    Status,
+    /// List download jobs (running and finished).
+    Jobs,
+    /// Cancel a running download job.
+    Cancel(CancelArgs),
+    /// Print a shell completion script, e.g. `peerdex completions bash > /etc/bash_completion.d/peerdex`.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UploadArgs {
+    /// Files to share (folders need --recursive).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// Upload every file inside the given folders (sub-folders included);
+    /// each is shared under its own file name.
+    #[arg(short, long)]
+    pub recursive: bool,
+
+    /// Share the file under this name instead of its file name (one file only).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The file's name (exact) or its 64-character id. In the shell, a
+    /// short id from the last search works too.
+    #[arg(value_name = "NAME|ID")]
+    pub target: String,
+
+    /// Also write the file to PATH (a file, or a folder to put it in).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Overwrite PATH if it exists.
+    #[arg(short, long, requires = "output")]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SearchArgs {
+    /// Words to look for; each matches the start of a word in a file name.
+    #[arg(required = true, value_name = "WORD")]
+    pub query: Vec<String>,
+
+    /// Most results to show.
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub limit: Option<u32>,
+
+    /// Page token printed by a previous search, for the next results.
+    #[arg(long, value_name = "TOKEN")]
+    pub page: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// Id of the file to stop sharing (a unique prefix of it, as shown by `ls`, works too).
+    #[arg(value_name = "ID")]
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// Job id, as printed by `get` or `jobs`.
+    #[arg(value_name = "JOB")]
+    pub job: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CompletionsArgs {
+    /// Shell to generate the script for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// One line typed into the REPL: a command without the `peerdex` prefix.
+#[derive(Debug, Parser)]
+#[command(
+    name = "peerdex",
+    no_binary_name = true,
+    disable_version_flag = true,
+    subcommand_required = true,
+    help_template = "{all-args}",
+    override_usage = "COMMAND [ARGS]"
+)]
+pub struct ReplLine {
+    #[command(subcommand)]
+    pub command: ReplCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReplCommand {
+    #[command(flatten)]
+    Run(Command),
+    /// Leave the shell (Ctrl+D works too).
+    #[command(alias = "quit")]
+    Exit,
+}
+
+/// Names of every REPL command, for tab completion.
+pub fn repl_command_names() -> Vec<String> {
+    use clap::CommandFactory;
+    let mut names: Vec<String> = ReplLine::command()
+        .get_subcommands()
+        .flat_map(|c| {
+            std::iter::once(c.get_name().to_owned()).chain(c.get_all_aliases().map(str::to_owned))
+        })
+        .collect();
+    names.push("help".to_owned());
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn parse_pserver_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("{e}; expected e.g. {DEFAULT_URL}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err(format!(
+            "expected an http:// or https:// URL with a host, e.g. {DEFAULT_URL}"
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("the URL must not have a query or fragment".to_owned());
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definitions_are_consistent() {
+        Cli::command().debug_assert();
+        ReplLine::command().debug_assert();
+    }
+
+    #[test]
+    fn pserver_urls() {
+        assert!(parse_pserver_url("http://127.0.0.1:7070").is_ok());
+        assert!(parse_pserver_url("https://box.example/peerdex/").is_ok());
+        assert!(parse_pserver_url("127.0.0.1:7070").is_err());
+        assert!(parse_pserver_url("ftp://x").is_err());
+        assert!(parse_pserver_url("http://x/?a=1").is_err());
+    }
+
+    #[test]
+    fn repl_lines_parse() {
+        let l = ReplLine::try_parse_from(["get", "my file.txt", "-o", "/tmp/x"]).unwrap();
+        match l.command {
+            ReplCommand::Run(Command::Get(g)) => {
+                assert_eq!(g.target, "my file.txt");
+                assert_eq!(g.output.unwrap(), PathBuf::from("/tmp/x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            ReplLine::try_parse_from(["quit"]).unwrap().command,
+            ReplCommand::Exit
+        ));
+        assert!(ReplLine::try_parse_from(["frobnicate"]).is_err());
+        let names = repl_command_names();
+        for n in [
+            "upload", "get", "search", "ls", "rm", "status", "cancel", "exit", "quit", "help",
+        ] {
+            assert!(names.contains(&n.to_owned()), "{n} missing from {names:?}");
+        }
+    }
+
+    #[test]
+    fn force_needs_output() {
+        assert!(Cli::try_parse_from(["peerdex", "get", "x", "--force"]).is_err());
+        assert!(Cli::try_parse_from(["peerdex", "get", "x", "-o", "y", "--force"]).is_ok());
+    }
+}
