@@ -1,1 +1,378 @@
-fn main() {}
+//! `devnet`: a whole peerdex network on this machine in one command.
+//!
+//! Builds the binaries, starts one `central-server` and three `pserver`s on
+//! loopback, each in its own folder under `./data/devnet/` with a `.env` file
+//! (exactly how a cloud VM is configured), seeds each share folder with
+//! sample files, and opens the `peerdex` REPL attached to peer 1. Neighbours
+//! form a ring: peer 2 asks peer 1, peer 3 asks peer 2, peer 1 asks peer 3.
+//!
+//! Without a terminal on stdin it runs a short scripted tour instead (search,
+//! get a file held by another peer, status) and exits 0 if it worked.
+//! Ctrl+C (or leaving the REPL) stops every process cleanly.
+
+use std::io::IsTerminal;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Start a local peerdex network (1 central + 3 peers) and open the REPL on peer 1.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Folder for every component's settings, shares and data (emptied at start).
+    #[arg(long, default_value = "./data/devnet")]
+    dir: PathBuf,
+    /// Run the scripted tour even when stdin is a terminal.
+    #[arg(long)]
+    tour: bool,
+    /// Do not run `cargo build` first; use binaries next to this one.
+    #[arg(long)]
+    no_build: bool,
+    /// Lease TTL of the central, in seconds.
+    #[arg(long, default_value_t = 15)]
+    lease_ttl: u64,
+}
+
+/// Set while the interactive REPL owns the terminal.
+static REPL_RUNNING: AtomicBool = AtomicBool::new(false);
+
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let mut procs: Vec<Proc> = Vec::new();
+    let result = {
+        let run = run(&args, &mut procs);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = tokio::signal::ctrl_c() => {
+                    // The REPL handles its own Ctrl+C (cancel following a transfer).
+                    if REPL_RUNNING.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    eprintln!("\ndevnet: Ctrl+C — stopping the network");
+                    break Ok(());
+                }
+            }
+        }
+    };
+    stop_all(&mut procs).await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("devnet: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn bin_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    Ok(exe
+        .parent()
+        .context("no parent folder of devnet")?
+        .to_path_buf())
+}
+
+fn build() -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let profile_release = bin_dir()?.ends_with("release");
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.args([
+        "build",
+        "--bins",
+        "-p",
+        "central-server",
+        "-p",
+        "pserver",
+        "-p",
+        "peerdex-client",
+    ]);
+    if profile_release {
+        cmd.arg("--release");
+    }
+    eprintln!("devnet: building central-server, pserver and peerdex …");
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("cargo build failed");
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn write_env(dir: &Path, lines: &[(&str, String)]) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let body: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(dir.join(".env"), body)?;
+    Ok(())
+}
+
+/// Start a component in `dir` (where its `.env` is), in its own process group
+/// so a Ctrl+C in the terminal reaches devnet only; devnet stops it in order.
+async fn spawn(bins: &Path, bin: &str, dir: &Path, name: &str) -> Result<(Proc, String)> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let mut cmd = Command::new(bins.join(bin));
+    cmd.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", bins.join(bin).display()))?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .with_context(|| {
+            format!(
+                "{name} did not start within 30 s; see {}",
+                dir.join(format!("{name}.log")).display()
+            )
+        })??
+        .with_context(|| {
+            format!(
+                "{name} exited at start; see {}",
+                dir.join(format!("{name}.log")).display()
+            )
+        })?;
+    Ok((
+        Proc {
+            name: name.to_owned(),
+            child,
+        },
+        first,
+    ))
+}
+
+async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
+    if !args.no_build {
+        build()?;
+    }
+    let bins = bin_dir()?;
+    let root = &args.dir;
+    if root.exists() {
+        std::fs::remove_dir_all(root)
+            .with_context(|| format!("cannot empty {}", root.display()))?;
+    }
+    std::fs::create_dir_all(root)?;
+    let root = root.canonicalize()?;
+
+    // Central.
+    let central_dir = root.join("central");
+    write_env(
+        &central_dir,
+        &[
+            ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("CENTRAL_DATA_DIR", "./data".into()),
+            ("CENTRAL_LEASE_TTL_SECS", args.lease_ttl.to_string()),
+            (
+                "CENTRAL_HEARTBEAT_SECS",
+                (args.lease_ttl / 3).max(1).to_string(),
+            ),
+            ("RUST_LOG", "info".into()),
+        ],
+    )?;
+    let (p, line) = spawn(&bins, "central-server", &central_dir, "central").await?;
+    procs.push(p);
+    let central_addr = line
+        .rsplit(' ')
+        .next()
+        .context("unexpected central start line")?
+        .trim()
+        .to_owned();
+    let central_url = format!("http://{central_addr}");
+
+    // Peers: ports chosen up front so the neighbour ring can be written.
+    let peer_ports = [free_port()?, free_port()?, free_port()?];
+    let api_ports = [free_port()?, free_port()?, free_port()?];
+    let peer_url = |i: usize| format!("http://127.0.0.1:{}", peer_ports[i]);
+    let samples = sample_files();
+    let mut api_urls = Vec::new();
+    for i in 0..3 {
+        let dir = root.join(format!("peer{}", i + 1));
+        let neighbour = (i + 2) % 3; // 1→3, 2→1, 3→2
+        write_env(
+            &dir,
+            &[
+                ("PSERVER_API_ADDR", format!("127.0.0.1:{}", api_ports[i])),
+                ("PSERVER_PEER_ADDR", format!("127.0.0.1:{}", peer_ports[i])),
+                ("PSERVER_PUBLIC_URL", peer_url(i)),
+                ("PSERVER_SHARE_DIR", "./share".into()),
+                ("PSERVER_DATA_DIR", "./data".into()),
+                ("PSERVER_CENTRAL_URL", central_url.clone()),
+                ("PSERVER_NEIGHBOURS", peer_url(neighbour)),
+                ("PSERVER_RESCAN_SECS", "1".into()),
+                ("RUST_LOG", "info".into()),
+            ],
+        )?;
+        std::fs::create_dir_all(dir.join("share"))?;
+        for (name, bytes) in &samples[i] {
+            std::fs::write(dir.join("share").join(name), bytes)?;
+        }
+        let (p, _) = spawn(&bins, "pserver", &dir, &format!("peer{}", i + 1)).await?;
+        procs.push(p);
+        api_urls.push(format!("http://127.0.0.1:{}", api_ports[i]));
+    }
+
+    // Wait until every peer holds a lease.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for url in &api_urls {
+        loop {
+            let joined = http
+                .get(format!("{url}/api/v1/status"))
+                .send()
+                .await
+                .ok()
+                .and_then(|r| r.status().is_success().then_some(r));
+            if let Some(r) = joined
+                && let Ok(s) = r.json::<peerdex_proto::rest::Status>().await
+                && s.lease_age_secs.is_some()
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "peer at {url} did not join the central within 60 s; see the logs in {}",
+                    root.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    println!(
+        "peerdex devnet is up (settings, logs and files under {})",
+        root.display()
+    );
+    println!("  central   {central_url}  (gRPC; try: grpcurl -plaintext {central_addr} list)");
+    for (i, url) in api_urls.iter().enumerate() {
+        println!(
+            "  peer{}     control {url}   peer API {}   neighbour {}",
+            i + 1,
+            peer_url(i),
+            peer_url((i + 2) % 3)
+        );
+    }
+    println!(
+        "  in another terminal: PEERDEX_PSERVER_URL={} peerdex status",
+        api_urls[1]
+    );
+
+    let peerdex = bins.join("peerdex");
+    if std::io::stdin().is_terminal() && !args.tour {
+        println!(
+            "\nOpening the peerdex REPL on peer1 — try `search report`, `get alpha-report.bin`, `status`, `help`; `exit` stops the network.\n"
+        );
+        REPL_RUNNING.store(true, Ordering::SeqCst);
+        let status = Command::new(&peerdex)
+            .env("PEERDEX_PSERVER_URL", &api_urls[0])
+            .status()
+            .await;
+        REPL_RUNNING.store(false, Ordering::SeqCst);
+        let status = status.context("cannot start peerdex")?;
+        if !status.success() {
+            eprintln!("devnet: peerdex exited with {status}");
+        }
+        return Ok(());
+    }
+
+    println!("\nNo terminal on stdin: running the scripted tour on peer1.\n");
+    let steps: [&[&str]; 4] = [
+        &["search", "report"],
+        &["get", "beta-notes.md"],
+        &["ls"],
+        &["status"],
+    ];
+    for step in steps {
+        println!("$ peerdex {}", step.join(" "));
+        let status = Command::new(&peerdex)
+            .args(step)
+            .env("PEERDEX_PSERVER_URL", &api_urls[0])
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .status()
+            .await
+            .context("cannot start peerdex")?;
+        if !status.success() {
+            bail!("`peerdex {}` failed ({status})", step.join(" "));
+        }
+        println!();
+    }
+    println!(
+        "Tour complete: peer1 found beta-notes.md through its neighbour, fetched it from peer2 and now shares it."
+    );
+    Ok(())
+}
+
+/// Stop children in reverse order with SIGINT (their Ctrl+C path), then SIGKILL
+/// whatever is still running after a deadline.
+async fn stop_all(procs: &mut Vec<Proc>) {
+    for p in procs.iter().rev() {
+        if let Some(pid) = p.child.id() {
+            // SAFETY: plain kill(2) on a child we started.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid as i32, libc::SIGINT);
+            }
+        }
+    }
+    for p in procs.iter_mut().rev() {
+        match tokio::time::timeout(Duration::from_secs(15), p.child.wait()).await {
+            Ok(Ok(s)) if s.success() => eprintln!("devnet: {} stopped", p.name),
+            Ok(Ok(s)) => eprintln!("devnet: {} stopped ({s})", p.name),
+            _ => {
+                eprintln!("devnet: {} did not stop in 15 s; killing it", p.name);
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+    procs.clear();
+}
+
+/// A few sample files per peer: text and binary, with searchable names.
+fn sample_files() -> [Vec<(String, Vec<u8>)>; 3] {
+    let noise = |len: usize, seed: u64| -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    [
+        vec![
+            ("welcome.txt".into(), b"Welcome to peerdex! This file lives on peer1.\n".to_vec()),
+            ("alpha-report.bin".into(), noise(3 << 20, 11)),
+        ],
+        vec![
+            ("beta-notes.md".into(), b"# Beta notes\n\nShared by peer2. Fetched directly from it, verified with BLAKE3.\n".to_vec()),
+            ("quarterly-report.pdf".into(), noise(1 << 20, 22)),
+        ],
+        vec![
+            ("gamma-dataset.csv".into(), (0..5000).map(|i| format!("{i},{}\n", i * i)).collect::<String>().into_bytes()),
+            ("holiday-photo.jpg".into(), noise(5 << 20, 33)),
+        ],
+    ]
+}

@@ -152,9 +152,12 @@ pub struct Args {
 impl Args {
     /// Check cross-field rules and build the typed [`Config`]. Errors name the
     /// variable to fix.
-    pub fn into_config(self) -> anyhow::Result<Config> {
+    ///
+    /// `peer_local` is the address the peer listener actually got (it differs
+    /// from `peer_addr` when that asks for port 0); a derived public URL uses it.
+    pub fn into_config(self, peer_local: std::net::SocketAddr) -> anyhow::Result<Config> {
         use anyhow::{Context, bail};
-        let public_url = match &self.public_url {
+        let public_url = match self.public_url.as_deref().filter(|u| !u.is_empty()) {
             Some(u) => u.parse::<PeerUrl>().context("PSERVER_PUBLIC_URL")?,
             None if self.peer_addr.ip().is_unspecified() => bail!(
                 "PSERVER_PUBLIC_URL is required when PSERVER_PEER_ADDR is {} \
@@ -162,7 +165,7 @@ impl Args {
                 self.peer_addr,
                 self.peer_addr.port()
             ),
-            None => format!("http://{}", self.peer_addr)
+            None => format!("http://{peer_local}")
                 .parse()
                 .context("PSERVER_PEER_ADDR")?,
         };
@@ -172,7 +175,7 @@ impl Args {
                 self.api_addr
             );
         }
-        if let Some(t) = &self.api_token
+        if let Some(t) = self.api_token.as_deref().filter(|t| !t.is_empty())
             && (t.len() < 16 || !t.chars().all(|c| c.is_ascii_graphic()))
         {
             bail!(
@@ -217,24 +220,27 @@ mod tests {
         Args::try_parse_from(v).unwrap()
     }
 
+    impl Args {
+        fn cfg(self) -> anyhow::Result<Config> {
+            let local = self.peer_addr;
+            self.into_config(local)
+        }
+    }
+
     #[test]
     fn public_url_rules() {
-        let e = args(&[]).into_config().unwrap_err();
+        let e = args(&[]).cfg().unwrap_err();
         assert!(e.to_string().contains("PSERVER_PUBLIC_URL"), "{e}");
-        let c = args(&["--peer-addr", "127.0.0.1:9000"])
-            .into_config()
-            .unwrap();
+        let c = args(&["--peer-addr", "127.0.0.1:9000"]).cfg().unwrap();
         assert_eq!(c.public_url.as_str(), "http://127.0.0.1:9000");
-        let e = args(&["--public-url", "ftp://x"])
-            .into_config()
-            .unwrap_err();
+        let e = args(&["--public-url", "ftp://x"]).cfg().unwrap_err();
         assert!(format!("{e:#}").contains("PSERVER_PUBLIC_URL"));
     }
 
     #[test]
     fn token_required_off_loopback() {
         let e = args(&["--peer-addr", "127.0.0.1:1", "--api-addr", "0.0.0.0:7070"])
-            .into_config()
+            .cfg()
             .unwrap_err();
         assert!(e.to_string().contains("PSERVER_API_TOKEN"));
         args(&[
@@ -245,7 +251,7 @@ mod tests {
             "--api-token",
             "0123456789abcdef",
         ])
-        .into_config()
+        .cfg()
         .unwrap();
     }
 
@@ -257,11 +263,11 @@ mod tests {
             "--neighbours",
             "http://a:1, http://b:2",
         ])
-        .into_config()
+        .cfg()
         .unwrap();
         assert_eq!(c.neighbours.len(), 2);
         let e = args(&["--peer-addr", "127.0.0.1:1", "--neighbours", "nope"])
-            .into_config()
+            .cfg()
             .unwrap_err();
         assert!(format!("{e:#}").contains("PSERVER_NEIGHBOURS"));
     }

@@ -103,7 +103,6 @@ impl TestPeer {
                     .send()
                     .await
                     .ok()
-                    .filter(|r| r.status().is_success())
             },
         )
         .await;
