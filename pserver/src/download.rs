@@ -655,7 +655,7 @@ async fn fetch_from(
             p.written += take as u64;
             data = &data[take..];
             if let Some(m) = &t.manifest {
-                let end_of_chunk = p.written % chunk_size == 0 || p.written == t.size;
+                let end_of_chunk = p.written.is_multiple_of(chunk_size) || p.written == t.size;
                 if end_of_chunk {
                     let idx = ((p.written - 1) / chunk_size) as usize;
                     let got = p.chunk.finalize();

@@ -541,7 +541,7 @@ impl ContentHasher {
             && chunk_count(self.total, self.chunk_size) == self.chunks.len() as u64;
         (
             id,
-            ok.then(|| Manifest {
+            ok.then_some(Manifest {
                 chunk_size: self.chunk_size,
                 hashes: self.chunks,
             }),
