@@ -1070,4 +1070,122 @@ mod tests {
         assert_eq!(ix.search(&q("red"), None, 9, now, 99).hits.len(), 2);
         assert_eq!(ix.tokens.get("red").unwrap().len(), 2);
     }
+
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::{BTreeMap, BTreeSet};
+
+        const NAMES: [&str; 5] = [
+            "red fox.jpg",
+            "red-panda.jpg",
+            "Blue Fox.png",
+            "fox",
+            "a.b.c",
+        ];
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Join(usize, Vec<(u32, usize)>),
+            Publish(usize, u32, usize),
+            Unpublish(usize, u32, Option<usize>),
+            Leave(usize),
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            let holding = (0u32..6, 0usize..NAMES.len());
+            prop_oneof![
+                (0usize..4, prop::collection::vec(holding, 0..6)).prop_map(|(p, f)| Op::Join(p, f)),
+                (0usize..4, 0u32..6, 0usize..NAMES.len())
+                    .prop_map(|(p, f, n)| Op::Publish(p, f, n)),
+                (0usize..4, 0u32..6, prop::option::of(0usize..NAMES.len()))
+                    .prop_map(|(p, f, n)| Op::Unpublish(p, f, n)),
+                (0usize..4).prop_map(Op::Leave),
+            ]
+        }
+
+        proptest! {
+            /// Any sequence of operations leaves the index answering exactly
+            /// what a naive model of `peer → {(file, name)}` says, with no
+            /// leftover files, names or tokens.
+            #[test]
+            fn index_matches_a_naive_model(ops in prop::collection::vec(op(), 1..40)) {
+                let now = Instant::now();
+                let peers: Vec<PeerId> = (0..4).map(|_| PeerId::new_random()).collect();
+                let mut ix = Index::new();
+                let mut model: BTreeMap<usize, BTreeSet<(u32, usize)>> = BTreeMap::new();
+                let shared = |f: u32, n: usize| sf(f, u64::from(f), NAMES[n]);
+                for op in ops {
+                    match op {
+                        Op::Join(p, files) => {
+                            let list: Vec<_> = files.iter().map(|&(f, n)| shared(f, n)).collect();
+                            ix.join(peers[p], url(1), [0; 32], Load::default(), now + TTL, &list);
+                            model.insert(p, files.into_iter().collect());
+                        }
+                        Op::Publish(p, f, n) => {
+                            let known = ix.publish(&peers[p], &[shared(f, n)]);
+                            prop_assert_eq!(known, model.contains_key(&p));
+                            if let Some(set) = model.get_mut(&p) {
+                                set.insert((f, n));
+                            }
+                        }
+                        Op::Unpublish(p, f, n) => {
+                            ix.unpublish(&peers[p], &[(fid(f), n.map(|n| NAMES[n].to_owned()))]);
+                            if let Some(set) = model.get_mut(&p) {
+                                set.retain(|&(mf, mn)| !(mf == f && n.is_none_or(|n| n == mn)));
+                            }
+                        }
+                        Op::Leave(p) => {
+                            ix.remove_peer(&peers[p]);
+                            model.remove(&p);
+                        }
+                    }
+                }
+                let all: BTreeSet<(u32, usize, usize)> = model
+                    .iter()
+                    .flat_map(|(&p, set)| set.iter().map(move |&(f, n)| (f, n, p)))
+                    .collect();
+                for f in 0..6u32 {
+                    let holders: BTreeSet<String> =
+                        all.iter().filter(|h| h.0 == f).map(|h| peers[h.2].to_string()).collect();
+                    let names: BTreeSet<&str> = all.iter().filter(|h| h.0 == f).map(|h| NAMES[h.1]).collect();
+                    match ix.locate_id(&fid(f), now, 64) {
+                        None => prop_assert!(holders.is_empty()),
+                        Some(l) => {
+                            prop_assert_eq!(l.holders.iter().map(|h| h.peer_id.clone()).collect::<BTreeSet<_>>(), holders);
+                            prop_assert_eq!(l.names.iter().map(String::as_str).collect::<BTreeSet<_>>(), names);
+                        }
+                    }
+                }
+                for (n, name) in NAMES.iter().enumerate() {
+                    let files: BTreeSet<String> = all.iter().filter(|h| h.1 == n).map(|h| fid(h.0).to_hex()).collect();
+                    let got: BTreeSet<String> = ix.locate_name(name, now, 64, 64).into_iter().map(|l| l.file_id).collect();
+                    prop_assert_eq!(got, files);
+                }
+                for word in ["fox", "f", "red", "pan", "blue", "jp", "a", "b", "c", "png"] {
+                    let want: BTreeSet<(String, String)> = all
+                        .iter()
+                        .filter(|h| words(NAMES[h.1]).any(|w| w.starts_with(word)))
+                        .map(|h| (NAMES[h.1].to_owned(), fid(h.0).to_hex()))
+                        .collect();
+                    let got: BTreeSet<(String, String)> = ix
+                        .search(&[word.to_owned()], None, 1000, now, 1000)
+                        .hits
+                        .into_iter()
+                        .map(|h| (h.name, h.file_id))
+                        .collect();
+                    prop_assert_eq!(got, want, "word {}", word);
+                }
+                let distinct_files: BTreeSet<u32> = all.iter().map(|h| h.0).collect();
+                let distinct_names: BTreeSet<usize> = all.iter().map(|h| h.1).collect();
+                prop_assert_eq!(ix.stats(), Stats { peers: model.len(), files: distinct_files.len(), names: distinct_names.len() });
+                let token_count: usize = ix.tokens.values().map(Vec::len).sum();
+                let want_tokens: usize = distinct_names
+                    .iter()
+                    .map(|&n| { let mut w: Vec<_> = words(NAMES[n]).collect(); w.sort(); w.dedup(); w.len() })
+                    .sum();
+                prop_assert_eq!(token_count, want_tokens);
+            }
+        }
+    }
 }

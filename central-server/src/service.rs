@@ -510,3 +510,114 @@ impl Directory for DirectoryService {
         Ok(Response::new(v1::LeaveResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(dir: &std::path::Path) -> DirectoryService {
+        let config = Config::new(dir);
+        let store = Store::open(dir).unwrap();
+        let index = store.load(Instant::now()).unwrap();
+        DirectoryService::new(store, index, &config)
+    }
+
+    async fn join(s: &DirectoryService, peer: &PeerId, file: u32) -> String {
+        let files = vec![v1::SharedFile {
+            file_id: blake3::hash(&file.to_le_bytes()).to_hex().to_string(),
+            size: 1,
+            name: format!("file-{file}"),
+            manifest: None,
+        }];
+        let req = v1::JoinRequest {
+            peer_id: peer.to_string(),
+            peer_url: "http://h:1".into(),
+            files,
+            load: None,
+        };
+        s.join(Request::new(req))
+            .await
+            .unwrap()
+            .into_inner()
+            .session_token
+    }
+
+    async fn heartbeat(s: &DirectoryService, peer: &PeerId, token: &str) -> bool {
+        let mut req = Request::new(v1::HeartbeatRequest {
+            peer_id: peer.to_string(),
+            load: None,
+        });
+        req.metadata_mut()
+            .insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+        s.heartbeat(req).await.unwrap().into_inner().rejoin
+    }
+
+    /// Let the sweeper run until `peers` remain (virtual time; bounded).
+    async fn settle(s: &DirectoryService, peers: usize) {
+        for _ in 0..1000 {
+            if s.stats().peers == peers {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("sweeper left {} peers, expected {peers}", s.stats().peers);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peers_expire_after_the_ttl_in_memory_and_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = svc(dir.path());
+        let cancel = CancellationToken::new();
+        let sweeper = tokio::spawn(s.clone().sweep_loop(cancel.clone()));
+        let (a, b) = (PeerId::new_random(), PeerId::new_random());
+        let _ta = join(&s, &a, 1).await;
+        let tb = join(&s, &b, 2).await;
+
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert!(
+            !heartbeat(&s, &b, &tb).await,
+            "b renews at t=20s until t=50s"
+        );
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(
+            s.stats().peers,
+            2,
+            "a is still within its 30 s lease at t=29s"
+        );
+
+        tokio::time::advance(Duration::from_secs(2)).await; // t=31s: a expired
+        settle(&s, 1).await;
+        let id = FileId::from_bytes(*blake3::hash(&1u32.to_le_bytes()).as_bytes());
+        let located = s.index().locate_id(&id, Instant::now(), 9);
+        assert!(located.is_none());
+        assert_eq!(
+            Store::open(dir.path())
+                .unwrap()
+                .load(Instant::now())
+                .unwrap()
+                .stats()
+                .peers,
+            1
+        );
+
+        tokio::time::advance(Duration::from_secs(20)).await; // t≈51s: b expired too
+        settle(&s, 0).await;
+        assert!(
+            heartbeat(&s, &b, &tb).await,
+            "expired peer is asked to rejoin"
+        );
+        assert_eq!(
+            Store::open(dir.path())
+                .unwrap()
+                .load(Instant::now())
+                .unwrap()
+                .stats()
+                .files,
+            0
+        );
+
+        cancel.cancel();
+        sweeper.await.unwrap();
+        s.close().await.unwrap();
+    }
+}

@@ -1,0 +1,805 @@
+//! The real gRPC server, started in-process through `run` on 127.0.0.1:0,
+//! driven with the generated client.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use central_server::{Config, Limits};
+use peerdex_proto::v1::directory_client::DirectoryClient;
+use peerdex_proto::v1::locate_request::Target;
+use peerdex_proto::v1::{self, SharedFile};
+use peerdex_proto::{AUTHORIZATION, PeerId};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+struct Central {
+    addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<central_server::Result<()>>,
+}
+
+impl Central {
+    async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::new(dir);
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(central_server::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        Self { addr, stop, task }
+    }
+
+    async fn client(&self) -> DirectoryClient<Channel> {
+        DirectoryClient::connect(format!("http://{}", self.addr))
+            .await
+            .unwrap()
+    }
+
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("shutdown is bounded")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn fid(i: u32) -> String {
+    blake3::hash(&i.to_le_bytes()).to_hex().to_string()
+}
+
+fn file(i: u32, name: &str) -> SharedFile {
+    SharedFile {
+        file_id: fid(i),
+        size: 1000 + u64::from(i),
+        name: name.into(),
+        manifest: None,
+    }
+}
+
+fn url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
+}
+
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn join(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    port: u16,
+    files: Vec<SharedFile>,
+) -> String {
+    join_with(c, peer, port, files, None).await.unwrap()
+}
+
+async fn join_with(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    port: u16,
+    files: Vec<SharedFile>,
+    token: Option<&str>,
+) -> Result<String, tonic::Status> {
+    let msg = v1::JoinRequest {
+        peer_id: peer.to_string(),
+        peer_url: url(port),
+        files,
+        load: None,
+    };
+    let req = match token {
+        Some(t) => authed(msg, t),
+        None => Request::new(msg),
+    };
+    Ok(c.join(req).await?.into_inner().session_token)
+}
+
+async fn locate_id(c: &mut DirectoryClient<Channel>, i: u32) -> Vec<v1::LocatedFile> {
+    let req = v1::LocateRequest {
+        target: Some(Target::FileId(fid(i))),
+        max_holders: 0,
+    };
+    c.locate(req).await.unwrap().into_inner().files
+}
+
+async fn heartbeat(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    token: &str,
+    load: (u32, u32),
+) -> Result<bool, tonic::Status> {
+    let load = Some(v1::Load {
+        active_uploads: load.0,
+        free_upload_slots: load.1,
+    });
+    let r = c
+        .heartbeat(authed(
+            v1::HeartbeatRequest {
+                peer_id: peer.to_string(),
+                load,
+            },
+            token,
+        ))
+        .await?;
+    Ok(r.into_inner().rejoin)
+}
+
+async fn search(
+    c: &mut DirectoryClient<Channel>,
+    q: &str,
+    limit: u32,
+    page: &str,
+) -> Result<v1::SearchResponse, tonic::Status> {
+    let req = v1::SearchRequest {
+        query: q.into(),
+        limit,
+        page_token: page.into(),
+    };
+    Ok(c.search(req).await?.into_inner())
+}
+
+#[tokio::test]
+async fn join_publish_locate_search_heartbeat_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::start(dir.path(), |_| {}).await;
+    let mut c = central.client().await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+
+    let ta = join(
+        &mut c,
+        &a,
+        7001,
+        vec![file(1, "alpha-report.bin"), file(2, "beta.txt")],
+    )
+    .await;
+    let tb = join(&mut c, &b, 7002, vec![]).await;
+    assert_eq!(ta.len(), 64);
+    assert_ne!(ta, tb);
+
+    // Publish a manifest-carrying copy of file 1 under another name.
+    let mut f1 = file(1, "Alpha Report (copy).bin");
+    f1.manifest = Some(v1::ChunkManifest {
+        chunk_size: 1 << 20,
+        chunk_hashes: vec![vec![7; 32]],
+    });
+    c.publish(authed(
+        v1::PublishRequest {
+            peer_id: b.to_string(),
+            files: vec![f1],
+        },
+        &tb,
+    ))
+    .await
+    .unwrap();
+
+    // b is busier than a → a first.
+    assert!(!heartbeat(&mut c, &a, &ta, (0, 4)).await.unwrap());
+    assert!(!heartbeat(&mut c, &b, &tb, (3, 1)).await.unwrap());
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].size, 1001);
+    assert_eq!(l[0].names, ["Alpha Report (copy).bin", "alpha-report.bin"]);
+    assert_eq!(l[0].manifest.as_ref().unwrap().chunk_hashes.len(), 1);
+    let holders: Vec<_> = l[0].holders.iter().map(|h| h.peer_url.as_str()).collect();
+    assert_eq!(holders, [url(7001), url(7002)]);
+    // Load flips → order flips.
+    heartbeat(&mut c, &a, &ta, (5, 0)).await.unwrap();
+    assert_eq!(
+        locate_id(&mut c, 1).await[0].holders[0].peer_id,
+        b.to_string()
+    );
+
+    // Exact name, case-sensitive.
+    let by_name = |n: &str| v1::LocateRequest {
+        target: Some(Target::Name(n.into())),
+        max_holders: 1,
+    };
+    let l = c
+        .locate(by_name("beta.txt"))
+        .await
+        .unwrap()
+        .into_inner()
+        .files;
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].file_id, fid(2));
+    assert!(
+        c.locate(by_name("Beta.txt"))
+            .await
+            .unwrap()
+            .into_inner()
+            .files
+            .is_empty()
+    );
+    // Unknown → OK, empty.
+    assert!(locate_id(&mut c, 99).await.is_empty());
+
+    // Search: case-insensitive word prefixes, ranked by holders.
+    let r = search(&mut c, "ALPHA rep", 0, "").await.unwrap();
+    let hits: Vec<_> = r
+        .hits
+        .iter()
+        .map(|h| (h.name.as_str(), h.holders))
+        .collect();
+    assert_eq!(
+        hits,
+        [("Alpha Report (copy).bin", 2), ("alpha-report.bin", 2)]
+    );
+    assert!(r.next_page_token.is_empty());
+    let r = search(&mut c, "be", 0, "").await.unwrap();
+    assert_eq!(r.hits.len(), 1);
+    assert_eq!(r.hits[0].holders, 1);
+    assert!(search(&mut c, "eta", 0, "").await.unwrap().hits.is_empty());
+
+    // Pagination: one hit per page, opaque token.
+    let p1 = search(&mut c, "alpha", 1, "").await.unwrap();
+    assert_eq!(p1.hits.len(), 1);
+    assert!(!p1.next_page_token.is_empty());
+    let p2 = search(&mut c, "alpha", 1, &p1.next_page_token)
+        .await
+        .unwrap();
+    assert_eq!(p2.hits.len(), 1);
+    assert_ne!(p1.hits[0].name, p2.hits[0].name);
+    assert!(p2.next_page_token.is_empty());
+
+    // Unpublish every name of file 1 from a.
+    let refs = vec![v1::FileRef {
+        file_id: fid(1),
+        name: String::new(),
+    }];
+    c.unpublish(authed(
+        v1::UnpublishRequest {
+            peer_id: a.to_string(),
+            files: refs,
+        },
+        &ta,
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        locate_id(&mut c, 1).await[0].names,
+        ["Alpha Report (copy).bin"]
+    );
+
+    // Leave: gone at once, heartbeat says rejoin, publish says join again.
+    c.leave(authed(
+        v1::LeaveRequest {
+            peer_id: a.to_string(),
+        },
+        &ta,
+    ))
+    .await
+    .unwrap();
+    assert!(locate_id(&mut c, 2).await.is_empty());
+    assert!(heartbeat(&mut c, &a, &ta, (0, 0)).await.unwrap());
+    let e = c
+        .publish(authed(
+            v1::PublishRequest {
+                peer_id: a.to_string(),
+                files: vec![file(3, "c")],
+            },
+            &ta,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("join again"));
+    // Leaving twice is fine.
+    c.leave(authed(
+        v1::LeaveRequest {
+            peer_id: a.to_string(),
+        },
+        &ta,
+    ))
+    .await
+    .unwrap();
+
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn leases_expire_without_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::start(dir.path(), |c| {
+        c.lease_ttl = Duration::from_millis(800);
+        c.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await;
+    let mut c = central.client().await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+    let ta = join(&mut c, &a, 7001, vec![file(1, "shared.bin")]).await;
+    let tb = join(&mut c, &b, 7002, vec![file(1, "shared.bin")]).await;
+
+    // b keeps heartbeating, a goes silent: a vanishes, b stays.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            !heartbeat(&mut c, &b, &tb, (0, 1)).await.unwrap(),
+            "b must stay live"
+        );
+        let l = locate_id(&mut c, 1).await;
+        if l[0].holders.len() == 1 {
+            assert_eq!(l[0].holders[0].peer_id, b.to_string());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        heartbeat(&mut c, &a, &ta, (0, 0)).await.unwrap(),
+        "expired peer is told to rejoin"
+    );
+    assert_eq!(
+        search(&mut c, "shared", 0, "").await.unwrap().hits[0].holders,
+        1
+    );
+
+    // After expiry anyone may take the id (no token needed).
+    join(&mut c, &a, 7003, vec![file(2, "new.bin")]).await;
+    assert_eq!(locate_id(&mut c, 2).await[0].holders[0].peer_url, url(7003));
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn tokens_cannot_be_spoofed_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::start(dir.path(), |_| {}).await;
+    let mut c = central.client().await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+    let ta = join(&mut c, &a, 7001, vec![file(1, "victim.bin")]).await;
+    let tb = join(&mut c, &b, 7002, vec![]).await;
+    let before = locate_id(&mut c, 1).await;
+
+    let unauth = |r: Result<_, tonic::Status>| {
+        let e = r.expect_err("must be refused");
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    };
+    let pid = a.to_string();
+    // b's token, a garbage token, and no token at all.
+    for token in [tb.as_str(), "not-a-token"] {
+        unauth(heartbeat(&mut c, &a, token, (0, 0)).await.map(|_| ()));
+        let files = vec![file(9, "evil.bin")];
+        unauth(
+            c.publish(authed(
+                v1::PublishRequest {
+                    peer_id: pid.clone(),
+                    files,
+                },
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        );
+        let refs = vec![v1::FileRef {
+            file_id: fid(1),
+            name: String::new(),
+        }];
+        unauth(
+            c.unpublish(authed(
+                v1::UnpublishRequest {
+                    peer_id: pid.clone(),
+                    files: refs,
+                },
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        );
+        unauth(
+            c.leave(authed(
+                v1::LeaveRequest {
+                    peer_id: pid.clone(),
+                },
+                token,
+            ))
+            .await
+            .map(|_| ()),
+        );
+        // Hijacking a live peer by re-joining with another token.
+        unauth(
+            join_with(&mut c, &a, 6666, vec![], Some(token))
+                .await
+                .map(|_| ()),
+        );
+    }
+    unauth(
+        c.leave(v1::LeaveRequest {
+            peer_id: pid.clone(),
+        })
+        .await
+        .map(|_| ()),
+    );
+    unauth(
+        c.heartbeat(v1::HeartbeatRequest {
+            peer_id: pid.clone(),
+            load: None,
+        })
+        .await
+        .map(|_| ()),
+    );
+    unauth(join_with(&mut c, &a, 6666, vec![], None).await.map(|_| ()));
+
+    assert_eq!(locate_id(&mut c, 1).await, before, "nothing changed");
+    assert!(locate_id(&mut c, 9).await.is_empty());
+
+    // The owner may re-join with its token; it gets a new one, the old dies.
+    let ta2 = join_with(&mut c, &a, 7001, vec![file(1, "victim.bin")], Some(&ta))
+        .await
+        .unwrap();
+    assert_ne!(ta2, ta);
+    unauth(heartbeat(&mut c, &a, &ta, (0, 0)).await.map(|_| ()));
+    assert!(!heartbeat(&mut c, &a, &ta2, (0, 0)).await.unwrap());
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn restart_keeps_the_index_and_grants_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = |c: &mut Config| {
+        c.lease_ttl = Duration::from_millis(1500);
+        c.heartbeat_interval = Duration::from_millis(500);
+    };
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+    let central = Central::start(dir.path(), short).await;
+    let mut c = central.client().await;
+    let ta = join(
+        &mut c,
+        &a,
+        7001,
+        vec![file(1, "kept.bin"), file(2, "dropped.bin")],
+    )
+    .await;
+    let tb = join(&mut c, &b, 7002, vec![file(1, "kept too.bin")]).await;
+    let refs = vec![v1::FileRef {
+        file_id: fid(2),
+        name: "dropped.bin".into(),
+    }];
+    c.unpublish(authed(
+        v1::UnpublishRequest {
+            peer_id: a.to_string(),
+            files: refs,
+        },
+        &ta,
+    ))
+    .await
+    .unwrap();
+
+    // Acknowledged means committed: another connection already sees it.
+    let db = rusqlite::Connection::open(dir.path().join(central_server::store::DB_FILE)).unwrap();
+    let holdings: i64 = db
+        .query_row("SELECT count(*) FROM holdings", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(holdings, 2);
+    drop(db);
+    central.stop().await;
+
+    let central = Central::start(dir.path(), short).await;
+    let mut c = central.client().await;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(l[0].names, ["kept too.bin", "kept.bin"]);
+    assert_eq!(l[0].holders.len(), 2, "both peers are in their grace lease");
+    assert!(locate_id(&mut c, 2).await.is_empty());
+    assert_eq!(search(&mut c, "kept", 0, "").await.unwrap().hits.len(), 2);
+
+    // a's old token still works; b stays silent and expires after its grace.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            !heartbeat(&mut c, &a, &ta, (0, 1)).await.unwrap(),
+            "a is known after restart"
+        );
+        if locate_id(&mut c, 1).await[0].holders.len() == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "b never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(heartbeat(&mut c, &b, &tb, (0, 0)).await.unwrap());
+    central.stop().await;
+
+    // The expiry was written too.
+    let central = Central::start(dir.path(), |_| {}).await;
+    let mut c = central.client().await;
+    assert_eq!(locate_id(&mut c, 1).await[0].holders.len(), 1);
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn every_limit_answers_with_the_right_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::start(dir.path(), |c| {
+        c.limits = Limits {
+            max_message_bytes: 16 * 1024,
+            max_name_bytes: 40,
+            max_inventory: 10,
+            max_page: 3,
+            max_holders: 2,
+            ..Limits::default()
+        };
+    })
+    .await;
+    let mut c = central.client().await;
+    let a = PeerId::new_random();
+    let expect = |r: Result<String, tonic::Status>, code: Code, needle: &str| {
+        let e = r.expect_err("must be refused");
+        assert_eq!(e.code(), code, "{e:?}");
+        assert!(
+            e.message().contains(needle),
+            "{needle:?} not in {:?}",
+            e.message()
+        );
+    };
+
+    let many = |n: u32| {
+        (0..n)
+            .map(|i| file(i, &format!("f{i}.bin")))
+            .collect::<Vec<_>>()
+    };
+    expect(
+        join_with(&mut c, &a, 7001, many(11), None).await,
+        Code::ResourceExhausted,
+        "max_inventory",
+    );
+    // Oversized message: refused before decoding.
+    let big: Vec<_> = (0..400).map(|i| file(i, &format!("{i:0>39}"))).collect();
+    expect(
+        join_with(&mut c, &a, 7001, big, None).await,
+        Code::ResourceExhausted,
+        "max_message_bytes",
+    );
+    expect(
+        join_with(&mut c, &a, 7001, vec![file(1, &"n".repeat(41))], None).await,
+        Code::InvalidArgument,
+        "files[0].name",
+    );
+    expect(
+        join_with(&mut c, &a, 7001, vec![file(1, "../etc/passwd")], None).await,
+        Code::InvalidArgument,
+        "files[0].name",
+    );
+    let mut bad_id = file(1, "x");
+    bad_id.file_id = "ABC".into();
+    expect(
+        join_with(&mut c, &a, 7001, vec![bad_id], None).await,
+        Code::InvalidArgument,
+        "files[0].file_id",
+    );
+    let mut bad_manifest = file(1, "x");
+    bad_manifest.manifest = Some(v1::ChunkManifest {
+        chunk_size: 3,
+        chunk_hashes: vec![],
+    });
+    expect(
+        join_with(&mut c, &a, 7001, vec![bad_manifest], None).await,
+        Code::InvalidArgument,
+        "files[0].manifest",
+    );
+    let bad_url = v1::JoinRequest {
+        peer_id: a.to_string(),
+        peer_url: "ftp://x".into(),
+        files: vec![],
+        load: None,
+    };
+    expect(
+        c.join(bad_url).await.map(|_| String::new()),
+        Code::InvalidArgument,
+        "peer_url",
+    );
+    let bad_peer = v1::JoinRequest {
+        peer_id: "nope".into(),
+        peer_url: url(1),
+        files: vec![],
+        load: None,
+    };
+    expect(
+        c.join(bad_peer).await.map(|_| String::new()),
+        Code::InvalidArgument,
+        "peer_id",
+    );
+    assert!(locate_id(&mut c, 1).await.is_empty(), "nothing was stored");
+
+    // Inventory per peer: 6 + 5 > 10.
+    let ta = join(&mut c, &a, 7001, many(6)).await;
+    let more: Vec<_> = (100..105).map(|i| file(i, "more.bin")).collect();
+    let r = c
+        .publish(authed(
+            v1::PublishRequest {
+                peer_id: a.to_string(),
+                files: more,
+            },
+            &ta,
+        ))
+        .await;
+    expect(
+        r.map(|_| String::new()),
+        Code::ResourceExhausted,
+        "max_inventory",
+    );
+
+    // A content's size is fixed by its first announcement.
+    let mut other = file(0, "f0.bin");
+    other.size = 1;
+    expect(
+        join_with(&mut c, &PeerId::new_random(), 7002, vec![other], None).await,
+        Code::InvalidArgument,
+        "size",
+    );
+
+    // Pages are clamped to max_page; holders to max_holders.
+    for port in 0..3 {
+        join(
+            &mut c,
+            &PeerId::new_random(),
+            7100 + port,
+            vec![file(0, "f0.bin")],
+        )
+        .await;
+    }
+    let r = search(&mut c, "f", 1000, "").await.unwrap();
+    assert_eq!(r.hits.len(), 3);
+    assert!(!r.next_page_token.is_empty());
+    let req = v1::LocateRequest {
+        target: Some(Target::FileId(fid(0))),
+        max_holders: 50,
+    };
+    assert_eq!(
+        c.locate(req).await.unwrap().into_inner().files[0]
+            .holders
+            .len(),
+        2
+    );
+
+    // Search/locate argument errors.
+    expect(
+        search(&mut c, " -- ", 0, "").await.map(|_| String::new()),
+        Code::InvalidArgument,
+        "query",
+    );
+    expect(
+        search(&mut c, "", 0, "").await.map(|_| String::new()),
+        Code::InvalidArgument,
+        "query",
+    );
+    expect(
+        search(&mut c, "f", 0, "xyz").await.map(|_| String::new()),
+        Code::InvalidArgument,
+        "page_token",
+    );
+    expect(
+        search(&mut c, &"a ".repeat(600), 0, "")
+            .await
+            .map(|_| String::new()),
+        Code::InvalidArgument,
+        "query",
+    );
+    let r = c
+        .locate(v1::LocateRequest {
+            target: None,
+            max_holders: 0,
+        })
+        .await;
+    expect(r.map(|_| String::new()), Code::InvalidArgument, "target");
+    let r = c
+        .locate(v1::LocateRequest {
+            target: Some(Target::FileId("x".into())),
+            max_holders: 0,
+        })
+        .await;
+    expect(r.map(|_| String::new()), Code::InvalidArgument, "file_id");
+    let r = c
+        .locate(v1::LocateRequest {
+            target: Some(Target::Name("a/b".into())),
+            max_holders: 0,
+        })
+        .await;
+    expect(r.map(|_| String::new()), Code::InvalidArgument, "name");
+
+    // The server is still fine.
+    assert_eq!(locate_id(&mut c, 0).await.len(), 1);
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::start(dir.path(), |_| {}).await;
+    let channel = central.channel().await;
+
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["", "peerdex.v1.Directory"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.status(), ServingStatus::Serving, "{service:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = reflection
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let resp = stream.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("{resp:?}")
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"peerdex.v1.Directory"), "{names:?}");
+    assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn bad_config_is_refused_before_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = Config::new(dir.path());
+    config.heartbeat_interval = config.lease_ttl;
+    let e = central_server::run(listener, config, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("CENTRAL_HEARTBEAT_SECS"), "{e}");
+}
+
+#[tokio::test]
+async fn concurrent_joins_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = Central::start(dir.path(), |_| {}).await;
+    let c = central.client().await;
+    let tasks: Vec<_> = (0..20u32)
+        .map(|k| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let files = (0..10)
+                    .map(|i| file(i, &format!("common-{i}.dat")))
+                    .collect();
+                join(&mut c, &PeerId::new_random(), 8000 + k as u16, files).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut c = c.clone();
+    assert_eq!(
+        locate_id(&mut c, 3).await[0].holders.len(),
+        20,
+        "every acknowledged join is visible"
+    );
+    assert_eq!(
+        search(&mut c, "common", 0, "").await.unwrap().hits[0].holders,
+        20
+    );
+    central.stop().await;
+}
