@@ -1,0 +1,603 @@
+//! End-to-end tests of the `peerdex` binary: real processes, real PServers
+//! and a real central directory in-process on port 0, checked by exit code,
+//! stdout, stderr and the bytes that arrive.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use pserver::testkit::{TestPeer, test_bytes, wait_for};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+const T: Duration = Duration::from_secs(30);
+
+/// What one run of the binary did.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}): {self:?}"))
+    }
+
+    /// Neither stream may carry terminal escape codes (they are pipes here).
+    fn assert_plain(&self) {
+        assert!(
+            !self.stdout.contains('\u{1b}'),
+            "escape code on stdout: {self:?}"
+        );
+        assert!(
+            !self.stderr.contains('\u{1b}'),
+            "escape code on stderr: {self:?}"
+        );
+    }
+}
+
+/// The binary with a clean environment: no PEERDEX_* settings, a terminal
+/// type that would allow colour (to prove pipes are detected), and a fresh
+/// working folder so no `.env` is picked up.
+fn peerdex(cwd: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_peerdex"));
+    cmd.current_dir(cwd)
+        .env_remove("PEERDEX_PSERVER_URL")
+        .env_remove("PEERDEX_API_TOKEN")
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm-256color")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run_cmd(mut cmd: tokio::process::Command, stdin: Option<&str>) -> Run {
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = cmd.spawn().expect("spawn peerdex");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(input.as_bytes()).await.unwrap();
+        drop(pipe);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("peerdex did not finish within 120 s")
+        .unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    run.assert_plain();
+    run
+}
+
+/// `peerdex --pserver URL ARGS...` in `cwd`.
+async fn cli(cwd: &Path, url: &str, args: &[&str]) -> Run {
+    let mut cmd = peerdex(cwd);
+    cmd.arg("--pserver").arg(url).args(args);
+    run_cmd(cmd, None).await
+}
+
+/// The REPL fed `input` through a pipe.
+async fn repl(cwd: &Path, url: &str, input: &str) -> Run {
+    let mut cmd = peerdex(cwd);
+    cmd.arg("--pserver").arg(url);
+    run_cmd(cmd, Some(input)).await
+}
+
+/// A URL where nothing listens: bind port 0, then let it go.
+fn dead_url() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("http://{}", l.local_addr().unwrap())
+}
+
+// ------------------------------------------------------------ no server needed
+
+#[tokio::test]
+async fn unreachable_pserver_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    for args in [
+        &["status"][..],
+        &["ls"],
+        &["search", "x"],
+        &["get", "x.txt"],
+        &["rm", "abcd"],
+        &["jobs"],
+    ] {
+        let r = cli(dir.path(), &url, args).await;
+        assert_eq!(r.code, 1, "{args:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains(&format!("cannot reach PServer at {url}")),
+            "{args:?}: {r:?}"
+        );
+        assert!(r.stderr.contains("is `pserver` running?"), "{r:?}");
+        assert!(r.stderr.contains("PEERDEX_PSERVER_URL"), "{r:?}");
+        assert!(r.stderr.contains("-v"), "hint at -v: {r:?}");
+    }
+    // -v: the whole chain, down to the OS error.
+    let r = cli(dir.path(), &url, &["-v", "status"]).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("caused by:"), "{r:?}");
+    assert!(
+        r.stderr.to_lowercase().contains("connection refused"),
+        "{r:?}"
+    );
+    // --json: one error document on stdout.
+    let r = cli(dir.path(), &url, &["--json", "status"]).await;
+    assert_eq!(r.code, 1);
+    let doc = r.json();
+    assert_eq!(doc["error"]["code"], "unreachable", "{doc}");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach PServer")
+    );
+}
+
+#[tokio::test]
+async fn pserver_url_from_env_and_dotenv() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    let mut cmd = peerdex(dir.path());
+    cmd.env("PEERDEX_PSERVER_URL", &url).arg("status");
+    let r = run_cmd(cmd, None).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains(&url), "{r:?}");
+
+    let other = dead_url();
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("PEERDEX_PSERVER_URL={other}\n"),
+    )
+    .unwrap();
+    let mut cmd = peerdex(dir.path());
+    cmd.arg("ls");
+    let r = run_cmd(cmd, None).await;
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains(&other), "{r:?}");
+}
+
+#[tokio::test]
+async fn usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    for args in [
+        &["frobnicate"][..],
+        &["get"],
+        &["upload"],
+        &["get", "x", "--force"],
+        &["search", "x", "--limit", "0"],
+        &["completions", "tcsh"],
+    ] {
+        let r = cli(dir.path(), &url, args).await;
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {r:?}");
+    }
+    let mut cmd = peerdex(dir.path());
+    cmd.args(["--pserver", "not a url", "status"]);
+    let r = run_cmd(cmd, None).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("--pserver"), "{r:?}");
+    // --help and --version are not errors.
+    assert_eq!(cli(dir.path(), &url, &["--help"]).await.code, 0);
+    let r = cli(dir.path(), &url, &["--version"]).await;
+    assert_eq!(r.code, 0);
+    assert!(r.stdout.starts_with("peerdex "), "{r:?}");
+}
+
+#[tokio::test]
+async fn completions_for_each_shell() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let r = cli(dir.path(), &url, &["completions", shell]).await;
+        assert_eq!(r.code, 0, "{shell}: {r:?}");
+        for word in ["upload", "search", "completions"] {
+            assert!(r.stdout.contains(word), "{shell} script lacks {word}");
+        }
+    }
+    let r = cli(dir.path(), &url, &["completions", "bash"]).await;
+    assert!(r.stdout.contains("_peerdex"), "{r:?}");
+}
+
+#[tokio::test]
+async fn local_mistakes_are_caught_before_any_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let r = cli(dir.path(), &url, &["upload", folder.to_str().unwrap()]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("is a folder; pass --recursive"), "{r:?}");
+
+    let r = cli(dir.path(), &url, &["upload", "no-such-file.bin"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("cannot read no-such-file.bin"), "{r:?}");
+
+    let existing = dir.path().join("there.bin");
+    std::fs::write(&existing, b"keep me").unwrap();
+    let r = cli(
+        dir.path(),
+        &url,
+        &["get", "x.bin", "-o", existing.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("already exists; pass --force"), "{r:?}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
+
+    let r = cli(dir.path(), &url, &["get", "../etc/passwd"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("exact name"), "{r:?}");
+}
+
+#[tokio::test]
+async fn piped_repl_survives_errors_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dead_url();
+    let r = repl(
+        dir.path(),
+        &url,
+        "search x\nfrobnicate\n\n# a comment\nget 'unterminated\nstatus\nexit\nls\n",
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    // search and status failed, each with the hint; ls came after exit.
+    assert_eq!(r.stderr.matches("cannot reach PServer").count(), 2, "{r:?}");
+    assert!(
+        r.stderr.contains("unrecognized subcommand 'frobnicate'"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("missing closing ' quote"), "{r:?}");
+    assert!(
+        !r.stderr.contains("peerdex>"),
+        "no prompt in piped mode: {r:?}"
+    );
+
+    // End of input without `exit` is fine too; `help` lists the commands.
+    let r = repl(dir.path(), &url, "help\n").await;
+    assert_eq!(r.code, 0, "{r:?}");
+    for cmd in [
+        "upload", "get", "search", "ls", "rm", "status", "cancel", "exit",
+    ] {
+        assert!(r.stdout.contains(cmd), "help lacks {cmd}: {r:?}");
+    }
+}
+
+// ------------------------------------------------------------ against real servers
+
+/// A central directory in-process on port 0.
+struct Central {
+    url: String,
+    _dir: tempfile::TempDir,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Central {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let config = central_server::Config::new(dir.path().join("central"));
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            central_server::run(listener, config, async move {
+                let _ = rx.await;
+            })
+            .await
+            .expect("central failed");
+        });
+        Self {
+            url,
+            _dir: dir,
+            _stop: tx,
+        }
+    }
+}
+
+/// Poll `search` through the CLI until it lists `want` hits for `q`.
+async fn wait_for_hits(cwd: &Path, peer: &TestPeer, q: &str, want: usize) -> Value {
+    wait_for(&format!("{want} search hits for {q:?}"), T, || async {
+        let r = cli(cwd, &peer.api_url, &["--json", "search", q]).await;
+        assert_eq!(r.code, 0, "{r:?}");
+        let doc = r.json();
+        (doc["hits"].as_array().unwrap().len() == want).then_some(doc)
+    })
+    .await
+}
+
+fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_on_one_peer_get_on_another() {
+    let central = Central::start().await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    let b = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
+    a.wait_joined().await;
+    b.wait_joined().await;
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+
+    // Upload on A: a name with a space and a '#' must survive the URL.
+    let bytes = test_bytes(2_500_000, 7);
+    let src = write_file(cwd, "holiday #1 photos.bin", &bytes);
+    let r = cli(cwd, &a.api_url, &["upload", src.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("holiday #1 photos.bin"), "{r:?}");
+    // Same again with --json: identical content, so not created.
+    let r = cli(
+        cwd,
+        &a.api_url,
+        &["--json", "upload", src.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let up = r.json();
+    let file = &up["files"][0];
+    let id = file["file_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 64);
+    assert_eq!(file["name"], "holiday #1 photos.bin");
+    assert_eq!(file["size"], bytes.len() as u64);
+    assert_eq!(file["created"], false, "{up}");
+    assert_eq!(up["errors"].as_array().unwrap().len(), 0);
+
+    // B finds it (through its neighbour A) and shows it in a table.
+    let found = wait_for_hits(cwd, &b, "holiday photos", 1).await;
+    assert_eq!(found["hits"][0]["file_id"], id.as_str());
+    let r = cli(cwd, &b.api_url, &["search", "holiday"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("NAME"), "{r:?}");
+    assert!(r.stdout.contains(&id[..12]), "{r:?}");
+    assert!(r.stdout.contains("2.38 MiB"), "{r:?}");
+
+    // Get on B by name, also written to a file of ours.
+    let out = cwd.join("copy.bin");
+    let r = cli(
+        cwd,
+        &b.api_url,
+        &["get", "holiday #1 photos.bin", "-o", out.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&id), "{r:?}");
+    assert!(r.stderr.contains("saved to"), "{r:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    assert_eq!(
+        std::fs::read(b.path_in_share("holiday #1 photos.bin")).unwrap(),
+        bytes
+    );
+    // No temp files left next to the output.
+    let leftovers: Vec<_> = std::fs::read_dir(cwd)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".peerdex-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // Refuses to overwrite, unless forced; -o into a folder uses the name.
+    std::fs::write(&out, b"old").unwrap();
+    let r = cli(cwd, &b.api_url, &["get", &id, "-o", out.to_str().unwrap()]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("--force"), "{r:?}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    let r = cli(
+        cwd,
+        &b.api_url,
+        &["--json", "get", &id, "-o", out.to_str().unwrap(), "--force"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    assert_eq!(doc["job"]["state"], "done", "{doc}");
+    assert_eq!(doc["job"]["file_id"], id.as_str());
+    assert_eq!(doc["saved_to"], out.to_str().unwrap());
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    let folder = cwd.join("downloads");
+    std::fs::create_dir(&folder).unwrap();
+    let r = cli(
+        cwd,
+        &b.api_url,
+        &["get", &id, "-o", folder.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        std::fs::read(folder.join("holiday #1 photos.bin")).unwrap(),
+        bytes
+    );
+
+    // ls, status, jobs on B, as tables and as JSON.
+    let r = cli(cwd, &b.api_url, &["ls"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&id) && r.stdout.contains("holiday #1 photos.bin"),
+        "{r:?}"
+    );
+    let ls = cli(cwd, &b.api_url, &["--json", "ls"]).await.json();
+    assert_eq!(ls["files"][0]["file_id"], id.as_str(), "{ls}");
+    let st = cli(cwd, &b.api_url, &["--json", "status"]).await.json();
+    assert_eq!(st["central_reachable"], true, "{st}");
+    assert_eq!(st["neighbours"][0]["url"], a.peer_url.as_str(), "{st}");
+    assert!(st["peer_id"].as_str().unwrap().len() == 36, "{st}");
+    let r = cli(cwd, &b.api_url, &["status"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("peer id") && r.stdout.contains("reachable"),
+        "{r:?}"
+    );
+    let jobs = cli(cwd, &b.api_url, &["--json", "jobs"]).await.json();
+    assert!(!jobs["jobs"].as_array().unwrap().is_empty(), "{jobs}");
+
+    // rm by id prefix on B; then B no longer lists it.
+    let r = cli(cwd, &b.api_url, &["rm", &id[..12]]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("stopped sharing holiday #1 photos.bin"),
+        "{r:?}"
+    );
+    let ls = cli(cwd, &b.api_url, &["--json", "ls"]).await.json();
+    assert!(ls["files"].as_array().unwrap().is_empty(), "{ls}");
+    let r = cli(cwd, &b.api_url, &["rm", &id]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+
+    // Unknown names and jobs fail with the PServer's message.
+    let r = cli(cwd, &b.api_url, &["get", "no-such-file-anywhere.txt"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no-such-file-anywhere.txt"), "{r:?}");
+    let r = cli(
+        cwd,
+        &b.api_url,
+        &["--json", "cancel", "00000000-0000-4000-8000-000000000000"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "not_found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_name_lists_candidates() {
+    let central = Central::start().await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    let b = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
+    let c = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
+    for p in [&a, &b, &c] {
+        p.wait_joined().await;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let da = cwd.join("a");
+    let db = cwd.join("b");
+    std::fs::create_dir_all(&da).unwrap();
+    std::fs::create_dir_all(&db).unwrap();
+    let fa = write_file(&da, "notes.txt", b"version one");
+    let fb = write_file(&db, "notes.txt", b"version two, longer");
+    let ia = cli(cwd, &a.api_url, &["--json", "upload", fa.to_str().unwrap()])
+        .await
+        .json();
+    let ib = cli(cwd, &b.api_url, &["--json", "upload", fb.to_str().unwrap()])
+        .await
+        .json();
+    let id_a = ia["files"][0]["file_id"].as_str().unwrap().to_owned();
+    let id_b = ib["files"][0]["file_id"].as_str().unwrap().to_owned();
+    wait_for_hits(cwd, &c, "notes", 2).await;
+
+    let r = cli(cwd, &c.api_url, &["get", "notes.txt"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(&id_a) && r.stderr.contains(&id_b),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("ask for one by id"), "{r:?}");
+    assert!(r.stdout.is_empty(), "{r:?}");
+
+    let r = cli(cwd, &c.api_url, &["--json", "get", "notes.txt"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    let doc = r.json();
+    assert_eq!(doc["error"]["code"], "ambiguous_name", "{doc}");
+    let mut ids: Vec<&str> = doc["error"]["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["file_id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    let mut want = vec![id_a.as_str(), id_b.as_str()];
+    want.sort_unstable();
+    assert_eq!(ids, want);
+
+    // Asking by id works; in the REPL a short id from the last search does too.
+    let r = repl(
+        cwd,
+        &c.api_url,
+        &format!("search notes\nget {}\nexit\n", &id_b[..12]),
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&id_b), "{r:?}");
+    assert!(!r.stderr.contains("error:"), "{r:?}");
+    assert_eq!(
+        std::fs::read(c.path_in_share("notes.txt")).unwrap(),
+        b"version two, longer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn piped_repl_against_a_real_pserver() {
+    let central = Central::start().await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    a.wait_joined().await;
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let folder = cwd.join("music");
+    std::fs::create_dir_all(folder.join("live")).unwrap();
+    write_file(&folder, "first song.mp3", &test_bytes(10_000, 1));
+    write_file(
+        &folder.join("live"),
+        "second song.mp3",
+        &test_bytes(20_000, 2),
+    );
+
+    let input = format!(
+        "upload --recursive '{}'\nsearch song\nls\nbogus\nstatus\nquit\n",
+        folder.display()
+    );
+    let r = repl(cwd, &a.api_url, &input).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("first song.mp3") && r.stdout.contains("second song.mp3"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("NAME") && r.stdout.contains("HOLDERS"),
+        "search table: {r:?}"
+    );
+    assert!(
+        r.stdout.contains("peer id"),
+        "status ran after the bad line: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("unrecognized subcommand 'bogus'"),
+        "{r:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token() {
+    let central = Central::start().await;
+    let token = "0123456789abcdef-test";
+    let a = TestPeer::start(&central.url, &[], |c| c.api_token = Some(token.to_owned())).await;
+    let work = tempfile::tempdir().unwrap();
+    let r = cli(work.path(), &a.api_url, &["status"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("--token") || r.stderr.contains("PEERDEX_API_TOKEN"),
+        "{r:?}"
+    );
+    let r = cli(work.path(), &a.api_url, &["--token", token, "status"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let mut cmd = peerdex(work.path());
+    cmd.env("PEERDEX_API_TOKEN", token)
+        .args(["--pserver", &a.api_url, "--json", "ls"]);
+    let r = run_cmd(cmd, None).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.json()["files"].is_array());
+}
