@@ -320,7 +320,17 @@ impl Central {
                     Err(s) => {
                         tracing::warn!(code = ?s.code(), status = %s.message(), retry_in = ?backoff, "heartbeat failed");
                         let w = backoff;
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        // Never wait longer than the advised interval: after a
+                        // central restart the grace period is one lease, and
+                        // the heartbeat must land within it.
+                        let cap = self
+                            .session
+                            .lock()
+                            .unwrap()
+                            .interval
+                            .unwrap_or(MAX_BACKOFF)
+                            .min(MAX_BACKOFF);
+                        backoff = (backoff * 2).min(cap);
                         w
                     }
                 }

@@ -214,6 +214,10 @@ async fn locate(
 ) -> Result<web::Json<LocateResult>> {
     check_hops(&req)?;
     let target = LocateTarget::from_query(&q)?;
+    tracing::info!(
+        ?target,
+        "neighbour role: locating at the central on behalf of a peer"
+    );
     let shared = shared.into_inner();
     let files = shared
         .on_main(move |s| async move { lookup::locate_at_central(&s.central, &target).await })
@@ -231,6 +235,7 @@ async fn search(
     if q.q.trim().is_empty() {
         return Err(Error::InvalidArgument("search query q is empty".into()));
     }
+    tracing::info!(query = %q.q, "neighbour role: searching at the central on behalf of a peer");
     let shared = shared.into_inner();
     let r = shared
         .on_main(move |s| async move { lookup::search_at_central(&s.central, &q).await })
