@@ -410,7 +410,7 @@ fn ctrl_c_drains_uploads_then_leaves_at_once() {
     });
 
     // `peerdex get` in the background; SIGINT the holder once bytes flow.
-    let mut get = Command::new(bin("peerdex"))
+    let get = Command::new(bin("peerdex"))
         .args(["--json", "get", &id])
         .env("PEERDEX_PSERVER_URL", &p.api)
         .stdout(Stdio::piped())
@@ -473,7 +473,7 @@ fn central_killed_and_restarted() {
         (p.holders("survivor", &id) == 1).then_some(())
     });
 
-    let get = Command::new(bin("peerdex"))
+    let mut get = Command::new(bin("peerdex"))
         .args(["--json", "get", &id])
         .env("PEERDEX_PSERVER_URL", &p.api)
         .stdout(Stdio::null())
