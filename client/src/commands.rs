@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, anyhow, bail};
 use futures_util::TryStreamExt;
@@ -37,6 +38,9 @@ pub struct Ctx {
     pub repl: bool,
     /// Results of the last search, for short ids and tab completion.
     pub last_hits: Vec<SearchHit>,
+    /// What to tell the user if Ctrl+C stops the running command (e.g. that
+    /// a download goes on in the PServer). Set by the command.
+    pub interrupt_note: Arc<Mutex<Option<String>>>,
 }
 
 impl Ctx {
@@ -60,12 +64,17 @@ impl Ctx {
 
 /// Run one command until it finishes or the user presses Ctrl+C.
 pub async fn execute(ctx: &mut Ctx, command: Command) -> anyhow::Result<()> {
+    let note = ctx.interrupt_note.clone();
+    *note.lock().unwrap() = None;
     tokio::select! {
-        // Biased: a command that handles Ctrl+C itself (to say what it left
-        // running) gets to report before the generic message.
+        // Biased, Ctrl+C first: the handler is installed before the command
+        // does anything.
         biased;
+        () = ctrl_c() => {
+            let msg = note.lock().unwrap().take().unwrap_or_else(|| "interrupted".to_owned());
+            Err(Interrupted(msg).into())
+        }
         r = dispatch(ctx, command) => r,
-        () = ctrl_c() => Err(Interrupted("interrupted".to_owned()).into()),
     }
 }
 
@@ -134,12 +143,13 @@ async fn upload(ctx: &mut Ctx, args: UploadArgs) -> anyhow::Result<()> {
     };
     for item in items {
         let result = if max > 0 && item.size > max {
-            Err(anyhow!(
+            Err(TooLarge(format!(
                 "{} is {}; this PServer accepts files up to {} (PSERVER_MAX_UPLOAD_BYTES)",
                 item.path.display(),
                 human_size(item.size),
                 human_size(max)
             ))
+            .into())
         } else {
             upload_one(ctx, &item).await
         };
@@ -171,10 +181,12 @@ async fn upload(ctx: &mut Ctx, args: UploadArgs) -> anyhow::Result<()> {
                 if fatal {
                     return Err(e);
                 }
-                let code = e
-                    .downcast_ref::<api::Error>()
-                    .map_or("failed", api::Error::code)
-                    .to_owned();
+                let code = match e.downcast_ref::<api::Error>() {
+                    Some(api_err) => api_err.code(),
+                    None if e.is::<TooLarge>() => "too_large",
+                    None => "failed",
+                }
+                .to_owned();
                 if !ctx.json {
                     eprintln!("error: {}: {e}", item.path.display());
                 }
@@ -197,6 +209,11 @@ async fn upload(ctx: &mut Ctx, args: UploadArgs) -> anyhow::Result<()> {
     }
 }
 
+/// A file over the PServer's upload limit, caught before sending it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TooLarge(String);
+
 /// A failure whose details were already printed (per file); the reporter
 /// prints only this summary and, with `--json`, no second document.
 #[derive(Debug, thiserror::Error)]
@@ -204,6 +221,10 @@ async fn upload(ctx: &mut Ctx, args: UploadArgs) -> anyhow::Result<()> {
 pub struct ReportedFailure(pub String);
 
 async fn upload_one(ctx: &Ctx, item: &UploadItem) -> anyhow::Result<api::Uploaded> {
+    *ctx.interrupt_note.lock().unwrap() = Some(format!(
+        "interrupted while uploading {}; it was not stored (files finished before it stay shared)",
+        item.path.display()
+    ));
     let file = tokio::fs::File::open(&item.path)
         .await
         .map_err(|e| anyhow!("cannot open {}: {e}", item.path.display()))?;
@@ -434,29 +455,35 @@ async fn follow(ctx: &Ctx, job: Job) -> anyhow::Result<Job> {
         return Ok(job);
     }
     let job_id = job.job_id.clone();
+    *ctx.interrupt_note.lock().unwrap() = Some(format!(
+        "stopped following job {job_id}; the download continues in your PServer ({} stops it)",
+        ctx.cmd(&format!("cancel {job_id}"))
+    ));
     let bar = ctx.term.bytes_bar(job.bytes_total);
     let mut view = Progress {
         last_state: None,
         last_source: None,
     };
     view.show(ctx, &bar, &job);
-    let result = tokio::select! {
-        biased;
-        r = follow_events(ctx, &job_id, &bar, &mut view) => r,
-        () = ctrl_c() => {
-            bar.abandon();
-            return Err(Interrupted(format!(
-                "stopped following job {job_id}; the download continues in your PServer ({} stops it)",
-                ctx.cmd(&format!("cancel {job_id}"))
-            ))
-            .into());
-        }
-    };
+    // Dropped on Ctrl+C: leaves the bar where it was instead of erasing it.
+    let _bar_guard = AbandonOnDrop(bar.clone());
+    let result = follow_events(ctx, &job_id, &bar, &mut view).await;
+    *ctx.interrupt_note.lock().unwrap() = None;
     match &result {
         Ok(j) if j.state == JobState::Done => bar.finish(),
         _ => bar.abandon(),
     }
     result
+}
+
+/// Stops a bar's ticking and keeps its last line when the owner is dropped.
+struct AbandonOnDrop(ProgressBar);
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        if !self.0.is_finished() {
+            self.0.abandon();
+        }
+    }
 }
 
 async fn follow_events(

@@ -65,6 +65,7 @@ pub fn run(cli: Cli) -> ExitCode {
         term,
         repl: cli.command.is_none(),
         last_hits: Vec::new(),
+        interrupt_note: Default::default(),
     };
     let Some(command) = cli.command else {
         repl::run(&rt, &mut ctx, cli.global.verbose);

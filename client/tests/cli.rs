@@ -601,3 +601,172 @@ async fn bearer_token() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.json()["files"].is_array());
 }
+
+/// Send SIGINT to a child, as Ctrl+C in its terminal would.
+fn interrupt(child: &tokio::process::Child) {
+    let pid = child.id().expect("child still running");
+    let ok = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "kill -INT failed");
+}
+
+/// Read stderr lines until one starts with `prefix`; returns what was read.
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    prefix: &str,
+) -> String {
+    let mut seen = String::new();
+    let found = tokio::time::timeout(T, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with(prefix) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(
+        found,
+        "no stderr line starting with {prefix:?}; got: {seen}"
+    );
+    seen
+}
+
+/// A peer with a slow (rate-capped) download of a 2 MB file from another.
+async fn slow_download_setup(central: &Central) -> (TestPeer, TestPeer, tempfile::TempDir) {
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    let b = TestPeer::start(&central.url, &[&a.peer_url], |c| {
+        c.max_download_bps = 100_000
+    })
+    .await;
+    a.wait_joined().await;
+    b.wait_joined().await;
+    let work = tempfile::tempdir().unwrap();
+    let src = write_file(work.path(), "slow.bin", &test_bytes(2_000_000, 3));
+    let r = cli(work.path(), &a.api_url, &["upload", src.to_str().unwrap()]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    wait_for_hits(work.path(), &b, "slow", 1).await;
+    (a, b, work)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_following_but_not_the_download() {
+    use tokio::io::AsyncBufReadExt;
+    let central = Central::start().await;
+    let (_a, b, work) = slow_download_setup(&central).await;
+    let cwd = work.path();
+
+    let mut cmd = peerdex(cwd);
+    cmd.args(["--pserver", &b.api_url, "get", "slow.bin"])
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    read_until(&mut lines, "downloading").await;
+    interrupt(&child);
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rest = String::new();
+    while let Some(l) = lines.next_line().await.unwrap() {
+        rest.push_str(&l);
+        rest.push('\n');
+    }
+    assert_eq!(status.code(), Some(130), "stderr: {rest}");
+    assert!(rest.contains("stopped following job"), "{rest}");
+    assert!(rest.contains("peerdex cancel "), "{rest}");
+
+    // The job goes on in the PServer; `cancel` stops it.
+    let jobs = cli(cwd, &b.api_url, &["--json", "jobs"]).await.json();
+    let job = &jobs["jobs"][0];
+    assert_eq!(job["state"], "downloading", "{jobs}");
+    let job_id = job["job_id"].as_str().unwrap();
+    let r = cli(cwd, &b.api_url, &["cancel", job_id]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("cancelled job {job_id}")),
+        "{r:?}"
+    );
+    assert!(!b.path_in_share("slow.bin").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_in_the_repl_returns_to_the_prompt() {
+    use tokio::io::AsyncBufReadExt;
+    let central = Central::start().await;
+    let (_a, b, work) = slow_download_setup(&central).await;
+
+    let mut cmd = peerdex(work.path());
+    cmd.args(["--pserver", &b.api_url]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"get slow.bin\n").await.unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    read_until(&mut lines, "downloading").await;
+    interrupt(&child);
+    read_until(&mut lines, "error: stopped following job").await;
+    // Still alive: the next commands run, then it exits 0.
+    stdin.write_all(b"jobs\nexit\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(T, child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("downloading") && stdout.contains("slow.bin"),
+        "jobs table: {stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_failures_are_reported_per_file() {
+    let central = Central::start().await;
+    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bytes = 1000).await;
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let small = write_file(cwd, "small.txt", b"small");
+    let big = write_file(cwd, "big.bin", &test_bytes(5000, 4));
+    let r = cli(
+        cwd,
+        &a.api_url,
+        &[
+            "--json",
+            "upload",
+            small.to_str().unwrap(),
+            big.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    let doc = r.json();
+    assert_eq!(doc["files"][0]["name"], "small.txt", "{doc}");
+    assert_eq!(doc["files"][0]["created"], true, "{doc}");
+    assert_eq!(doc["errors"][0]["code"], "too_large", "{doc}");
+    assert!(
+        doc["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("PSERVER_MAX_UPLOAD_BYTES")
+    );
+    assert!(r.stderr.contains("1 of 2 uploads failed"), "{r:?}");
+
+    // A different content under a taken name: the PServer's 409, in words.
+    let other = write_file(cwd, "other.txt", b"different");
+    let r = cli(
+        cwd,
+        &a.api_url,
+        &["upload", other.to_str().unwrap(), "--name", "small.txt"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("already shared"), "{r:?}");
+    let ls = cli(cwd, &a.api_url, &["--json", "ls"]).await.json();
+    assert_eq!(ls["files"].as_array().unwrap().len(), 1, "{ls}");
+}
