@@ -352,7 +352,7 @@ fn killed_holder_expires_and_the_other_serves() {
         &root.path().join("p3"),
         &central.url(),
         0,
-        &[holders[0].peer_url.clone()],
+        std::slice::from_ref(&holders[0].peer_url),
         &[],
     );
     wait_until("two holders", T, || {
@@ -402,7 +402,7 @@ fn ctrl_c_drains_uploads_then_leaves_at_once() {
         &root.path().join("p"),
         &central.url(),
         0,
-        &[holder.peer_url.clone()],
+        std::slice::from_ref(&holder.peer_url),
         &[],
     );
     wait_until("file listed", T, || {
@@ -466,7 +466,7 @@ fn central_killed_and_restarted() {
         &root.path().join("p"),
         &central.url(),
         0,
-        &[holder.peer_url.clone()],
+        std::slice::from_ref(&holder.peer_url),
         &[],
     );
     wait_until("file listed", T, || {
