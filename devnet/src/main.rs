@@ -272,15 +272,15 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
             peer_url((i + 2) % 3)
         );
     }
-    println!(
-        "  in another terminal: PEERDEX_PSERVER_URL={} peerdex status",
-        api_urls[1]
-    );
-
     let peerdex = bins.join("peerdex");
+    println!(
+        "  in another terminal, talk to peer2: PEERDEX_PSERVER_URL={} {} status",
+        api_urls[1],
+        peerdex.display()
+    );
     if std::io::stdin().is_terminal() && !args.tour {
         println!(
-            "\nOpening the peerdex REPL on peer1 — try `search report`, `get alpha-report.bin`, `status`, `help`; `exit` stops the network.\n"
+            "\nOpening the peerdex REPL on peer1 — try `search report`, `get holiday-photo.jpg` (held by peer3), `status`, `help`; `exit` stops the network.\n"
         );
         REPL_RUNNING.store(true, Ordering::SeqCst);
         let status = Command::new(&peerdex)
