@@ -1,0 +1,294 @@
+#!/usr/bin/env bash
+# Launch a peerdex deployment on EC2: one central directory + N PServers.
+#
+#   deploy/launch.sh --key-name KEY --bundle dist/peerdex-0.1.0-x86_64-unknown-linux-gnu.tar.gz
+#   deploy/launch.sh --key-name KEY --bundle-url https://example.com/peerdex.tar.gz --pservers 3
+#
+# Options (environment variable in brackets):
+#   --name NAME           deployment name, tags every resource [PEERDEX_DEPLOYMENT] (peerdex)
+#   --region REGION       AWS region [AWS_REGION, AWS_DEFAULT_REGION, aws configure]
+#   --key-name KEY        existing EC2 key pair for SSH, required [PEERDEX_KEY_NAME]
+#   --pservers N          number of PServers wanted (2)
+#   --instance-type TYPE  instance type of every VM [PEERDEX_INSTANCE_TYPE] (t3.micro)
+#   --ami AMI             image id; default: resolved from --ami-param
+#   --ami-param PATH      SSM public parameter naming the image
+#                         (/aws/service/debian/release/12/latest/amd64)
+#   --bundle-url URL      where the VMs download the release bundle (https)
+#   --bundle FILE         a bundle from deploy/bundle.sh: uploaded to a private
+#                         S3 bucket this script creates (peerdex-NAME-ACCOUNT-REGION)
+#                         and handed to the VMs as a 7-day presigned URL
+#   --ssh-cidr CIDR       also open SSH (22/tcp) from CIDR, e.g. 198.51.100.7/32
+#   --ssh-user USER       login shown in the hints (admin: Debian; ec2-user: Amazon Linux)
+#   --subnet-id SUBNET    launch into this subnet (default: the default VPC); it must
+#                         assign public IPv4 addresses
+#   --endpoint-url URL    passed to every aws call (tests against an emulator)
+#
+# Firewall: one security group tagged peerdex:deployment=NAME with exactly
+#   7071/tcp  from 0.0.0.0/0             (peer API: downloads between peers)
+#   50051/tcp from the security group    (central gRPC: only the deployment's VMs)
+#   22/tcp    from --ssh-cidr            (only when given)
+# Any other inbound rule found on it is removed. The control API (7070) stays
+# on each PServer's loopback; reach it through an SSH tunnel.
+#
+# Idempotent: re-running reuses the security group, the central and the running
+# PServers, and only launches PServers missing to reach N (it never terminates
+# any; use teardown.sh). PServer k lists PServer k-1 as its neighbour.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=deploy/lib.sh
+source "$here/lib.sh"
+
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
+
+name="${PEERDEX_DEPLOYMENT:-peerdex}"
+region=""
+key_name="${PEERDEX_KEY_NAME:-}"
+pservers=2
+instance_type="${PEERDEX_INSTANCE_TYPE:-t3.micro}"
+ami=""
+ami_param="/aws/service/debian/release/12/latest/amd64"
+bundle_url=""
+bundle=""
+ssh_cidr=""
+ssh_user="admin"
+subnet_id=""
+endpoint_url=""
+
+need() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
+while [[ $# -gt 0 ]]; do
+	case "$1" in
+	--name) need "$@"; name="$2"; shift 2 ;;
+	--region) need "$@"; region="$2"; shift 2 ;;
+	--key-name) need "$@"; key_name="$2"; shift 2 ;;
+	--pservers | --count) need "$@"; pservers="$2"; shift 2 ;;
+	--instance-type) need "$@"; instance_type="$2"; shift 2 ;;
+	--ami) need "$@"; ami="$2"; shift 2 ;;
+	--ami-param) need "$@"; ami_param="$2"; shift 2 ;;
+	--bundle-url) need "$@"; bundle_url="$2"; shift 2 ;;
+	--bundle) need "$@"; bundle="$2"; shift 2 ;;
+	--ssh-cidr) need "$@"; ssh_cidr="$2"; shift 2 ;;
+	--ssh-user) need "$@"; ssh_user="$2"; shift 2 ;;
+	--subnet-id) need "$@"; subnet_id="$2"; shift 2 ;;
+	--endpoint-url) need "$@"; endpoint_url="$2"; shift 2 ;;
+	-h | --help) usage; exit 0 ;;
+	*) die "unknown argument: $1 (see --help)" ;;
+	esac
+done
+
+# ── checks that need no AWS call ──────────────────────────────────────────────
+[[ "$pservers" =~ ^[0-9]+$ ]] && ((pservers <= 50)) || die "--pservers must be a number from 0 to 50"
+if [[ -n "$bundle" && -n "$bundle_url" ]]; then
+	die "give either --bundle FILE or --bundle-url URL, not both"
+elif [[ -z "$bundle" && -z "$bundle_url" ]]; then
+	die "no release bundle: pass --bundle dist/peerdex-*.tar.gz (built by deploy/bundle.sh) or --bundle-url URL"
+fi
+[[ -z "$bundle" || -f "$bundle" ]] || die "bundle file not found: $bundle (build it with deploy/bundle.sh)"
+[[ -n "$ssh_cidr" && ! "$ssh_cidr" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] &&
+	die "--ssh-cidr must be an IPv4 CIDR such as 198.51.100.7/32"
+
+preflight
+[[ -n "$key_name" ]] ||
+	die "no key pair: pass --key-name (an EC2 key pair in $region; create one with 'aws ec2 create-key-pair --key-name peerdex --query KeyMaterial --output text > peerdex.pem')"
+if ! out="$(awsc ec2 describe-key-pairs --key-names "$key_name" --query 'KeyPairs[0].KeyName' --output text 2>&1)"; then
+	die "key pair '$key_name' not found in $region ($(tail -n 1 <<<"$out")). List yours with 'aws ec2 describe-key-pairs --region $region'"
+fi
+note "account $account, region $region, deployment '$name'"
+
+# ── image ─────────────────────────────────────────────────────────────────────
+if [[ -z "$ami" ]]; then
+	ami="$(awsc ssm get-parameters --names "$ami_param" --query 'Parameters[0].Value' --output text 2>/dev/null || true)"
+	[[ "$ami" == ami-* ]] || die "cannot resolve an image from the SSM parameter $ami_param in $region; pass --ami ami-... (or --ami-param)"
+	note "image $ami (from $ami_param)"
+fi
+
+# ── network ───────────────────────────────────────────────────────────────────
+if [[ -n "$subnet_id" ]]; then
+	vpc_id="$(awsc ec2 describe-subnets --subnet-ids "$subnet_id" --query 'Subnets[0].VpcId' --output text)" ||
+		die "subnet $subnet_id not found in $region"
+else
+	vpc_id="$(awsc ec2 describe-vpcs --filters Name=is-default,Values=true --query 'Vpcs[0].VpcId' --output text)"
+	[[ "$vpc_id" == vpc-* ]] || die "no default VPC in $region: pass --subnet-id of a public subnet"
+fi
+
+tags() { # tag list for --tag-specifications: tags ROLE [INDEX]
+	local t="{Key=Name,Value=peerdex-$name-$1${2:+-$2}},{Key=$TAG_DEPLOYMENT,Value=$name},{Key=$TAG_ROLE,Value=$1}"
+	if [[ -n "${2:-}" ]]; then t+=",{Key=$TAG_INDEX,Value=$2}"; fi
+	echo "Tags=[$t]"
+}
+
+sg_id="$(security_groups | head -n 1)"
+if [[ -z "$sg_id" ]]; then
+	sg_id="$(awsc ec2 create-security-group --group-name "peerdex-$name" --vpc-id "$vpc_id" \
+		--description "peerdex deployment $name: peer API 7071 public, central gRPC 50051 from this group" \
+		--tag-specifications "ResourceType=security-group,$(tags sg)" --query GroupId --output text)"
+	note "created security group $sg_id"
+else
+	note "reusing security group $sg_id"
+fi
+
+# Inbound rules, one line each: protocol from to cidr4 cidr6 prefix-list group
+want=("tcp 7071 7071 0.0.0.0/0 None None None" "tcp 50051 50051 None None None $sg_id")
+if [[ -n "$ssh_cidr" ]]; then want+=("tcp 22 22 $ssh_cidr None None None"); fi
+have=()
+while IFS=$'\t' read -r rule_id rest; do
+	[[ -n "$rule_id" ]] || continue
+	rest="$(tr '\t' ' ' <<<"$rest")"
+	keep=no
+	for w in "${want[@]}"; do if [[ "$w" == "$rest" ]]; then keep=yes; fi; done
+	if [[ $keep == yes ]]; then
+		have+=("$rest")
+	else
+		awsc ec2 revoke-security-group-ingress --group-id "$sg_id" --security-group-rule-ids "$rule_id" >/dev/null
+		note "removed inbound rule $rule_id ($rest): not part of the deployment"
+	fi
+done < <(awsc ec2 describe-security-group-rules --filters "Name=group-id,Values=$sg_id" \
+	--query 'SecurityGroupRules[?IsEgress==`false`].[SecurityGroupRuleId,IpProtocol,FromPort,ToPort,CidrIpv4,CidrIpv6,PrefixListId,ReferencedGroupInfo.GroupId]' \
+	--output text)
+for w in "${want[@]}"; do
+	present=no
+	for h in "${have[@]+"${have[@]}"}"; do if [[ "$h" == "$w" ]]; then present=yes; fi; done
+	[[ $present == yes ]] && continue
+	read -r proto from to cidr _ _ group <<<"$w"
+	if [[ "$group" != None ]]; then
+		perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,UserIdGroupPairs=[{GroupId=$group,Description=peerdex central gRPC from the deployment}]"
+	elif [[ "$from" == 22 ]]; then
+		perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,IpRanges=[{CidrIp=$cidr,Description=SSH}]"
+	else
+		perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,IpRanges=[{CidrIp=$cidr,Description=peerdex peer API}]"
+	fi
+	awsc ec2 authorize-security-group-ingress --group-id "$sg_id" --ip-permissions "$perm" \
+		--tag-specifications "ResourceType=security-group-rule,$(tags sg-rule)" >/dev/null
+	note "opened $proto/$from from ${cidr/None/$group}"
+done
+
+# ── bundle ────────────────────────────────────────────────────────────────────
+if [[ -n "$bundle" ]]; then
+	bucket="$(bucket_name)"
+	if ! awsc s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then
+		if [[ "$region" == us-east-1 ]]; then
+			awsc s3api create-bucket --bucket "$bucket" >/dev/null
+		else
+			awsc s3api create-bucket --bucket "$bucket" \
+				--create-bucket-configuration "LocationConstraint=$region" >/dev/null
+		fi
+		awsc s3api put-public-access-block --bucket "$bucket" --public-access-block-configuration \
+			BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true
+		awsc s3api put-bucket-tagging --bucket "$bucket" \
+			--tagging "TagSet=[{Key=$TAG_DEPLOYMENT,Value=$name},{Key=$TAG_ROLE,Value=bundle}]"
+		note "created bucket s3://$bucket"
+	fi
+	key="bundles/$(basename "$bundle")"
+	awsc s3 cp --only-show-errors "$bundle" "s3://$bucket/$key" >&2
+	bundle_url="$(awsc s3 presign "s3://$bucket/$key" --expires-in 604800)"
+	note "bundle uploaded to s3://$bucket/$key"
+fi
+
+# ── instances ─────────────────────────────────────────────────────────────────
+launched=()
+run_instance() { # run_instance ROLE INDEX USERDATA_FILE -> prints "id private-ip"
+	local args=(--image-id "$ami" --instance-type "$instance_type" --count 1 --key-name "$key_name"
+		--security-group-ids "$sg_id" --user-data "file://$3"
+		--metadata-options "HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=1"
+		--tag-specifications "ResourceType=instance,$(tags "$1" "$2")" "ResourceType=volume,$(tags "$1" "$2")"
+		--query 'Instances[0].[InstanceId,PrivateIpAddress]' --output text)
+	if [[ -n "$subnet_id" ]]; then args+=(--subnet-id "$subnet_id"); fi
+	awsc ec2 run-instances "${args[@]}"
+}
+private_ip() {
+	local ip=""
+	for _ in $(seq 60); do
+		ip="$(awsc ec2 describe-instances --instance-ids "$1" \
+			--query 'Reservations[0].Instances[0].PrivateIpAddress' --output text)"
+		[[ "$ip" =~ ^[0-9.]+$ ]] && { echo "$ip"; return; }
+		sleep 2
+	done
+	die "instance $1 has no private IP after 2 minutes"
+}
+workdir="$(mktemp -d)"
+trap 'rm -rf "$workdir"' EXIT
+
+# Live instances of a role, one "id private-ip index" line each, by index.
+live() {
+	awsc ec2 describe-instances --filters "Name=tag:$TAG_DEPLOYMENT,Values=$name" \
+		"Name=tag:$TAG_ROLE,Values=$1" "Name=instance-state-name,Values=$LIVE_STATES" \
+		--query "Reservations[].Instances[].[InstanceId,PrivateIpAddress,Tags[?Key=='$TAG_INDEX']|[0].Value]" \
+		--output text | sed '/^$/d' | sort -k3,3n
+}
+
+read -r central_id central_ip _ < <(live central | head -n 1) || true
+existing_pservers="$(live pserver)"
+if [[ -n "${central_id:-}" ]]; then
+	note "reusing central $central_id ($central_ip)"
+else
+	"$here/render.sh" central --bundle-url "$bundle_url" >"$workdir/central.yaml"
+	read -r central_id central_ip < <(run_instance central "" "$workdir/central.yaml")
+	launched+=("$central_id")
+	note "launched central $central_id"
+	[[ -n "$existing_pservers" ]] &&
+		note "warning: PServers of '$name' already run and point at the previous central; replace them (teardown.sh, then launch.sh)"
+fi
+[[ "$central_ip" =~ ^[0-9.]+$ ]] || central_ip="$(private_ip "$central_id")"
+central_url="http://$central_ip:50051"
+
+count=0
+last_index=0
+prev_ip=""
+while read -r id ip index; do
+	[[ -n "$id" ]] || continue
+	count=$((count + 1))
+	if [[ "$index" =~ ^[0-9]+$ ]] && ((index > last_index)); then last_index=$index; fi
+	prev_ip="$ip"
+done <<<"$existing_pservers"
+((count > 0)) && note "reusing $count PServer(s)"
+((count > pservers)) && note "$count PServers run, more than --pservers $pservers; none terminated (teardown.sh removes all)"
+while ((count < pservers)); do
+	index=$((last_index + 1))
+	sets=(--set "PSERVER_CENTRAL_URL=$central_url")
+	if [[ -n "$prev_ip" && "$prev_ip" != None ]]; then sets+=(--set "PSERVER_NEIGHBOURS=http://$prev_ip:7071"); fi
+	"$here/render.sh" pserver --bundle-url "$bundle_url" "${sets[@]}" >"$workdir/pserver-$index.yaml"
+	read -r id ip < <(run_instance pserver "$index" "$workdir/pserver-$index.yaml")
+	[[ "$ip" =~ ^[0-9.]+$ ]] || ip="$(private_ip "$id")"
+	launched+=("$id")
+	note "launched pserver $index: $id ($ip)"
+	prev_ip="$ip"
+	last_index=$index
+	count=$((count + 1))
+done
+
+if ((${#launched[@]} > 0)); then
+	note "waiting for ${#launched[@]} instance(s) to run"
+	awsc ec2 wait instance-running --instance-ids "${launched[@]}"
+fi
+
+# ── summary ───────────────────────────────────────────────────────────────────
+echo
+echo "peerdex deployment '$name' in $region (security group $sg_id)"
+echo "  central  $central_id  private $central_ip  gRPC $central_url (VPC only)"
+first_public=""
+while IFS=$'\t' read -r id pub index; do
+	[[ -n "$id" ]] || continue
+	if [[ "$pub" == None ]]; then pub="(no public IP yet)"; fi
+	echo "  pserver $index  $id  public URL http://$pub:7071"
+	if [[ -z "$first_public" && "$pub" =~ ^[0-9.]+$ ]]; then first_public="$pub"; fi
+done < <(awsc ec2 describe-instances --filters "Name=tag:$TAG_DEPLOYMENT,Values=$name" \
+	"Name=tag:$TAG_ROLE,Values=pserver" "Name=instance-state-name,Values=$LIVE_STATES" \
+	--query "Reservations[].Instances[].[InstanceId,PublicIpAddress,Tags[?Key=='$TAG_INDEX']|[0].Value]" \
+	--output text | sort -k3,3n)
+cat <<EOF
+
+The VMs install the bundle and start their service within a minute or two
+(progress: /var/log/cloud-init-output.log; logs: journalctl -u pserver -f).
+
+Use a PServer with the peerdex CLI: its control API listens on the VM's
+loopback (127.0.0.1:7070) only, so tunnel to it over SSH
+$( [[ -z "$ssh_cidr" ]] && echo "(SSH is closed: re-run with --ssh-cidr \$(curl -s https://checkip.amazonaws.com)/32)")
+  ssh -i $key_name.pem -N -L 7070:127.0.0.1:7070 $ssh_user@${first_public:-PSERVER_PUBLIC_IP}
+and in another terminal run peerdex as usual (it talks to http://127.0.0.1:7070):
+  peerdex status
+or run it on the VM itself:  ssh -t $ssh_user@${first_public:-PSERVER_PUBLIC_IP} peerdex
+(If you bind the control API elsewhere, set PSERVER_API_TOKEN on the VM and
+PEERDEX_PSERVER_URL + PEERDEX_API_TOKEN on your machine; port 7070 is not opened
+in the security group.)
+Remove everything: deploy/teardown.sh --name $name --region $region
+EOF

@@ -1,0 +1,62 @@
+# shellcheck shell=bash
+# Shared helpers of launch.sh and teardown.sh (sourced, not run).
+# Expects: $name (deployment name), $region, $endpoint_url (may be empty).
+
+TAG_DEPLOYMENT="peerdex:deployment"
+TAG_ROLE="peerdex:role"
+TAG_INDEX="peerdex:index"
+export AWS_PAGER="" # AWS CLI v2: never open a pager
+
+die() {
+	echo "$(basename "$0"): error: $*" >&2
+	exit 1
+}
+note() { echo "$(basename "$0"): $*" >&2; }
+
+# aws with the chosen region and endpoint, text output unless overridden.
+awsc() {
+	local args=(--region "$region")
+	if [[ -n "${endpoint_url:-}" ]]; then args+=(--endpoint-url "$endpoint_url"); fi
+	aws "${args[@]}" "$@"
+}
+
+# Checks shared by launch and teardown: AWS CLI, name, region, credentials.
+# Sets $account.
+preflight() {
+	command -v aws >/dev/null ||
+		die "the AWS CLI (aws) is not installed: see https://docs.aws.amazon.com/cli/latest/userguide/getting-started-install.html"
+	[[ "$name" =~ ^[a-z0-9][a-z0-9-]{0,29}$ ]] ||
+		die "deployment name '$name' must be 1-30 characters: lowercase letters, digits, '-'"
+	if [[ -z "$region" ]]; then
+		region="${AWS_REGION:-${AWS_DEFAULT_REGION:-}}"
+	fi
+	if [[ -z "$region" ]]; then
+		region="$(aws configure get region 2>/dev/null || true)"
+	fi
+	[[ -n "$region" ]] ||
+		die "no AWS region: pass --region (e.g. --region eu-west-1), set AWS_REGION, or run 'aws configure set region eu-west-1'"
+	local out
+	if ! out="$(awsc sts get-caller-identity --query Account --output text 2>&1)"; then
+		die "AWS credentials are missing or invalid (aws sts get-caller-identity failed: $(tail -n 1 <<<"$out" | sed 's/^[[:space:]]*//')).
+Configure them with 'aws configure', AWS_PROFILE, or AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY."
+	fi
+	account="$out"
+}
+
+# Deterministic, globally unique name of the bucket launch --bundle creates.
+bucket_name() { echo "peerdex-$name-$account-$region"; }
+
+# Ids of the deployment's instances in the given states (comma-separated).
+instances_in() {
+	awsc ec2 describe-instances \
+		--filters "Name=tag:$TAG_DEPLOYMENT,Values=$name" "Name=instance-state-name,Values=$1" \
+		--query 'Reservations[].Instances[].InstanceId' --output text | tr '\t' '\n' | sed '/^$/d;/^None$/d'
+}
+
+# The deployment's security group id(s).
+security_groups() {
+	awsc ec2 describe-security-groups --filters "Name=tag:$TAG_DEPLOYMENT,Values=$name" \
+		--query 'SecurityGroups[].GroupId' --output text | tr '\t' '\n' | sed '/^$/d;/^None$/d'
+}
+
+LIVE_STATES="pending,running,stopping,stopped"
