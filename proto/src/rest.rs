@@ -181,6 +181,19 @@ pub struct SourceProgress {
     pub bytes: u64,
     /// Recent rate in bytes per second.
     pub rate_bps: u64,
+    /// Chunks from this source that passed verification and were kept.
+    #[serde(default)]
+    pub chunks: u64,
+    /// Chunks from this source that failed verification (or broke the
+    /// protocol); three strikes drop the source for the job.
+    #[serde(default)]
+    pub strikes: u32,
+    /// Requests to this source currently in flight.
+    #[serde(default)]
+    pub in_flight: u32,
+    /// Why the source was dropped for this job, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dropped: Option<String>,
 }
 
 /// A download job, as polled or streamed.

@@ -33,6 +33,8 @@ pub struct Config {
     pub max_upload_bps: u64,
     /// Download cap across all jobs, bytes/s (0 = unlimited).
     pub max_download_bps: u64,
+    /// Holders one download fetches from at the same time.
+    pub max_sources: usize,
 }
 
 impl Config {
@@ -58,11 +60,13 @@ impl Config {
             stall_timeout: Duration::from_secs(15),
             max_upload_bps: 0,
             max_download_bps: 0,
+            max_sources: DEFAULT_MAX_SOURCES,
         }
     }
 }
 
 const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
+const DEFAULT_MAX_SOURCES: usize = 8;
 
 /// The peerdex peer daemon: shares the files in a folder, finds files through
 /// a neighbour PServer and the central directory, and downloads them directly
@@ -147,6 +151,13 @@ pub struct Args {
     /// Download rate cap across all download jobs, in bytes per second. 0 = unlimited.
     #[arg(long, env = "PSERVER_MAX_DOWNLOAD_BPS", default_value_t = 0)]
     pub max_download_bps: u64,
+
+    /// Holders a download fetches chunks from at the same time (swarming).
+    /// More sources spread the load and survive slow or dying holders; 1
+    /// fetches from one holder at a time.
+    #[arg(long, env = "PSERVER_MAX_SOURCES", default_value_t = DEFAULT_MAX_SOURCES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub max_sources: u64,
 }
 
 impl Args {
@@ -206,6 +217,7 @@ impl Args {
         c.rescan_interval = Duration::from_secs(self.rescan_secs);
         c.max_upload_bps = self.max_upload_bps;
         c.max_download_bps = self.max_download_bps;
+        c.max_sources = self.max_sources as usize;
         Ok(c)
     }
 }

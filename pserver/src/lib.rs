@@ -6,10 +6,12 @@
 //!
 //! Layout:
 //! * [`config`] — flags / env / `.env` into one typed [`Config`].
-//! * [`store`] — the share folder and the data folder (peer id, hash cache, temp files).
+//! * [`store`] — the share folder and the data folder (peer id, hash cache, temp files;
+//!   partial downloads live in `data/partial/`, see [`download`]).
 //! * [`central`] — gRPC to the central: Join, the lease loop, Publish/Unpublish, Leave.
 //! * [`lookup`] — finding files through neighbours, falling back to the central.
-//! * [`download`] — download jobs: fetch with HTTP Range, verify, store, publish.
+//! * [`download`] — download jobs: swarm chunks from several holders (HTTP Range),
+//!   verify each, resume partials, store, publish.
 //! * [`control_api`] — `/api/v1` for the local `peerdex` client (loopback, optional token).
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
 //!
@@ -142,6 +144,7 @@ pub async fn run(
         }
     });
     let rescan = tokio::spawn(rescan_loop(shared.clone(), cancel.clone()));
+    download::resume_partials(&shared);
 
     let data = web::Data::from(shared.clone());
     let api_data = data.clone();
@@ -179,7 +182,8 @@ pub async fn run(
         drain_secs = drain,
         "shutting down: no new requests; letting uploads finish"
     );
-    shared.jobs.cancel_all();
+    // Jobs stop but keep their partial downloads, which resume at the next start.
+    shared.jobs.shutdown(Duration::from_secs(5)).await;
     // Stop the control API and the peer API; the peer API drains in-flight uploads.
     tokio::join!(api_handle.stop(true), peer_handle.stop(true));
     let _ = tokio::join!(api_task, peer_task);

@@ -1,0 +1,532 @@
+//! A download in progress, kept on disk so it survives failures and restarts.
+//!
+//! ```text
+//! data/partial/<file_id>.part    sparse file of the final size; verified chunks at their offsets
+//! data/partial/<file_id>.json    what is fetched: size, name, chunk manifest (written once)
+//! data/partial/<file_id>.bitmap  one bit per chunk: verified and on disk
+//! ```
+//!
+//! Only chunks that passed verification are ever written, and the bitmap is
+//! replaced (temp + fsync + rename) only *after* the `.part` file was
+//! fsync'd, so a set bit always means verified bytes on disk; a crash loses
+//! at most the chunks since the last checkpoint (about a second's worth).
+//! The folder is outside `tmp/` (emptied at start) and outside the share
+//! folder, so a partial is never listed, served or published.
+//!
+//! One blocking thread per partial writes the chunks and keeps a running
+//! BLAKE3 of the whole file in file order, reading chunks back from the
+//! `.part` file as the verified prefix grows: the whole-file check before
+//! publishing hashes the bytes on disk, and costs little once the last chunk
+//! is in. Checkpoints (fsync + bitmap) run on a second thread so the writer
+//! never waits for the disk to flush.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use peerdex_proto::FileId;
+use peerdex_proto::convert::Manifest;
+use peerdex_proto::rest::ChunkManifest;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::write_atomic;
+
+/// Checkpoint at least this often while chunks arrive...
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// ...or after this many bytes, whichever comes first.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Verified chunks queued for the writer (each holds a chunk in memory).
+const WRITE_QUEUE: usize = 4;
+
+/// What the `.json` file records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartialMeta {
+    pub version: u32,
+    pub file_id: String,
+    pub size: u64,
+    /// The name the file will be stored under.
+    pub name: String,
+    pub manifest: ChunkManifest,
+}
+
+struct Paths {
+    part: PathBuf,
+    meta: PathBuf,
+    bitmap: PathBuf,
+}
+
+impl Paths {
+    fn new(dir: &Path, id: &FileId) -> Self {
+        let hex = id.to_hex();
+        Self {
+            part: dir.join(format!("{hex}.part")),
+            meta: dir.join(format!("{hex}.json")),
+            bitmap: dir.join(format!("{hex}.bitmap")),
+        }
+    }
+
+    fn remove_all(&self) {
+        for p in [&self.part, &self.meta, &self.bitmap] {
+            if let Err(e) = fs::remove_file(p)
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %p.display(), error = %e, "cannot remove partial download file");
+            }
+        }
+    }
+}
+
+enum Cmd {
+    Write(usize, Bytes),
+    /// Checkpoint, then answer the whole-file hash (all chunks must be in).
+    Finish(oneshot::Sender<io::Result<FileId>>),
+}
+
+/// A partial download: the `.part` file and its state, with the writer thread.
+pub struct Partial {
+    paths: Paths,
+    chunk_size: u64,
+    size: u64,
+    /// Verified chunks found on disk when opened.
+    verified: Vec<bool>,
+    tx: Option<mpsc::Sender<Cmd>>,
+    worker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Partial {
+    /// Open the partial download of `id` in `dir`, resuming it if one exists
+    /// for the same size and manifest, else starting afresh. Blocking (small
+    /// files only: the `.part` is created sparse).
+    pub fn open(
+        dir: &Path,
+        id: &FileId,
+        size: u64,
+        manifest: &Manifest,
+        name: &str,
+    ) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let paths = Paths::new(dir, id);
+        let n = manifest.hashes.len();
+        let rest = manifest.to_rest();
+        let resumed = load_meta(&paths.meta)
+            .filter(|m| m.file_id == id.to_hex() && m.size == size && m.manifest == rest)
+            .and_then(|_| {
+                let len = fs::metadata(&paths.part).ok()?.len();
+                (len == size).then(|| load_bitmap(&paths.bitmap, n))
+            });
+        let verified = match resumed {
+            Some(bits) => bits,
+            None => {
+                paths.remove_all();
+                let f = fs::File::create(&paths.part)?;
+                f.set_len(size)?;
+                f.sync_all()?;
+                let meta = PartialMeta {
+                    version: 1,
+                    file_id: id.to_hex(),
+                    size,
+                    name: name.to_owned(),
+                    manifest: rest,
+                };
+                write_atomic(
+                    &paths.meta,
+                    &serde_json::to_vec(&meta).map_err(io::Error::other)?,
+                )?;
+                vec![false; n]
+            }
+        };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&paths.part)?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer = Writer::new(file, &paths, manifest.chunk_size, size, verified.clone())?;
+        let worker = tokio::task::spawn_blocking(move || writer.run(rx));
+        Ok(Self {
+            paths,
+            chunk_size: manifest.chunk_size,
+            size,
+            verified,
+            tx: Some(tx),
+            worker: Some(worker),
+        })
+    }
+
+    /// Chunks already verified and on disk when the partial was opened.
+    pub fn verified(&self) -> &[bool] {
+        &self.verified
+    }
+
+    pub fn verified_bytes(&self) -> u64 {
+        self.verified
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v)
+            .map(|(i, _)| chunk_len(i, self.chunk_size, self.size))
+            .sum()
+    }
+
+    pub fn part_path(&self) -> &Path {
+        &self.paths.part
+    }
+
+    /// Queue a verified chunk for writing (waits when the queue is full).
+    pub async fn write(&self, idx: usize, data: Bytes) -> io::Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        tx.send(Cmd::Write(idx, data)).await.map_err(|_| stopped())
+    }
+
+    /// Wait for every queued write, fsync, and return the BLAKE3 of the
+    /// whole `.part` file. Fails if a chunk is missing.
+    pub async fn finish(&mut self) -> io::Result<FileId> {
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(Cmd::Finish(reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Stop the writer after a last checkpoint; the partial stays for a
+    /// later resume.
+    pub async fn close(mut self) {
+        self.stop().await;
+    }
+
+    /// Stop the writer and delete every file of the partial.
+    pub async fn discard(mut self) {
+        self.stop().await;
+        let paths = Paths {
+            part: self.paths.part.clone(),
+            meta: self.paths.meta.clone(),
+            bitmap: self.paths.bitmap.clone(),
+        };
+        let _ = tokio::task::spawn_blocking(move || paths.remove_all()).await;
+    }
+
+    async fn stop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.await;
+        }
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("the partial-download writer stopped")
+}
+
+/// Length of chunk `i`.
+pub fn chunk_len(i: usize, chunk_size: u64, size: u64) -> u64 {
+    let start = i as u64 * chunk_size;
+    chunk_size.min(size.saturating_sub(start))
+}
+
+fn load_meta(path: &Path) -> Option<PartialMeta> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice::<PartialMeta>(&bytes)
+        .ok()
+        .filter(|m| m.version == 1)
+}
+
+fn load_bitmap(path: &Path, n: usize) -> Vec<bool> {
+    let bytes = fs::read(path).unwrap_or_default();
+    if bytes.len() != n.div_ceil(8) {
+        return vec![false; n];
+    }
+    (0..n).map(|i| bytes[i / 8] >> (i % 8) & 1 == 1).collect()
+}
+
+fn encode_bitmap(bits: &[bool]) -> Vec<u8> {
+    let mut out = vec![0u8; bits.len().div_ceil(8)];
+    for (i, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
+        out[i / 8] |= 1 << (i % 8);
+    }
+    out
+}
+
+/// A partial download found in the data folder at start.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub id: FileId,
+    pub meta: PartialMeta,
+    pub verified_chunks: usize,
+}
+
+/// Every resumable partial in `dir`; files that belong to none (leftovers of
+/// an interrupted checkpoint, a `.part` without state) are removed.
+pub fn scan(dir: &Path) -> Vec<Stored> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .collect();
+    let mut found = Vec::new();
+    for n in &names {
+        let Some(hex) = n.strip_suffix(".json") else {
+            continue;
+        };
+        let Ok(id) = hex.parse::<FileId>() else {
+            continue;
+        };
+        let paths = Paths::new(dir, &id);
+        let Some(meta) = load_meta(&paths.meta).filter(|m| m.file_id == id.to_hex()) else {
+            tracing::warn!(file = %id, "unreadable partial-download state; discarding it");
+            paths.remove_all();
+            continue;
+        };
+        let part_ok = fs::metadata(&paths.part).is_ok_and(|m| m.len() == meta.size);
+        if !part_ok {
+            paths.remove_all();
+            continue;
+        }
+        let bits = load_bitmap(&paths.bitmap, meta.manifest.chunk_hashes.len());
+        found.push(Stored {
+            id,
+            verified_chunks: bits.iter().filter(|b| **b).count(),
+            meta,
+        });
+    }
+    // Leftovers: anything whose id has no state file.
+    for n in &names {
+        let hex = n.split('.').next().unwrap_or("");
+        if !found.iter().any(|s| s.id.to_hex() == hex) {
+            let _ = fs::remove_file(dir.join(n));
+        }
+    }
+    found
+}
+
+/// Delete the partial of `id` in `dir`, if any.
+pub fn remove(dir: &Path, id: &FileId) {
+    Paths::new(dir, id).remove_all();
+}
+
+/// The writer thread's state.
+struct Writer {
+    file: fs::File,
+    chunk_size: u64,
+    size: u64,
+    written: Vec<bool>,
+    dirty: bool,
+    unsynced: u64,
+    last_checkpoint: Instant,
+    /// Whole-file hash over chunks `0..next`, read back from the file.
+    hasher: blake3::Hasher,
+    next: usize,
+    buf: Vec<u8>,
+    checkpoints: Option<std::sync::mpsc::SyncSender<Vec<bool>>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn new(
+        file: fs::File,
+        paths: &Paths,
+        chunk_size: u64,
+        size: u64,
+        written: Vec<bool>,
+    ) -> io::Result<Self> {
+        // Checkpoints run one at a time on their own thread; the writer
+        // skips one while the previous is still flushing.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<bool>>(0);
+        let sync_file = file.try_clone()?;
+        let bitmap = paths.bitmap.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("partial-checkpoint".into())
+            .spawn(move || {
+                while let Ok(bits) = rx.recv() {
+                    let r = sync_file
+                        .sync_data()
+                        .and_then(|_| write_atomic(&bitmap, &encode_bitmap(&bits)));
+                    if let Err(e) = r {
+                        tracing::warn!(path = %bitmap.display(), error = %e, "cannot checkpoint partial download");
+                    }
+                }
+            })?;
+        Ok(Self {
+            file,
+            chunk_size,
+            size,
+            written,
+            dirty: false,
+            unsynced: 0,
+            last_checkpoint: Instant::now(),
+            hasher: blake3::Hasher::new(),
+            next: 0,
+            buf: vec![0u8; (1 << 20).min(chunk_size as usize).max(1)],
+            checkpoints: Some(tx),
+            checkpointer: Some(checkpointer),
+        })
+    }
+
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut failed: Option<io::Error> = self.advance().err();
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                Cmd::Write(i, data) => {
+                    if failed.is_none()
+                        && let Err(e) = self.write(i, &data)
+                    {
+                        tracing::warn!(error = %e, "cannot write a downloaded chunk");
+                        failed = Some(e);
+                    }
+                }
+                Cmd::Finish(reply) => {
+                    let r = match &failed {
+                        Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
+                        None => self.finish(),
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        if failed.is_none() {
+            self.checkpoint(true);
+        }
+        self.checkpoints = None;
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+    }
+
+    fn write(&mut self, i: usize, data: &[u8]) -> io::Result<()> {
+        if i >= self.written.len() || self.written[i] {
+            return Ok(());
+        }
+        let expected = chunk_len(i, self.chunk_size, self.size);
+        if data.len() as u64 != expected {
+            return Err(io::Error::other(format!(
+                "chunk {i} has {} bytes, expected {expected}",
+                data.len()
+            )));
+        }
+        self.file.write_all_at(data, i as u64 * self.chunk_size)?;
+        self.written[i] = true;
+        self.dirty = true;
+        self.unsynced += data.len() as u64;
+        self.advance()?;
+        if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint(false);
+        }
+        Ok(())
+    }
+
+    /// Extend the whole-file hash over the verified prefix.
+    fn advance(&mut self) -> io::Result<()> {
+        while self.next < self.written.len() && self.written[self.next] {
+            let start = self.next as u64 * self.chunk_size;
+            let end = start + chunk_len(self.next, self.chunk_size, self.size);
+            let mut at = start;
+            while at < end {
+                let n = ((end - at) as usize).min(self.buf.len());
+                self.file.read_exact_at(&mut self.buf[..n], at)?;
+                self.hasher.update(&self.buf[..n]);
+                at += n as u64;
+            }
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// Hand the current bitmap to the checkpoint thread (fsync, then the
+    /// bitmap). `wait`: block until it is taken, else skip if one is running.
+    fn checkpoint(&mut self, wait: bool) {
+        if !self.dirty {
+            return;
+        }
+        let Some(tx) = &self.checkpoints else { return };
+        let bits = self.written.clone();
+        let sent = if wait {
+            tx.send(bits).is_ok()
+        } else {
+            tx.try_send(bits).is_ok()
+        };
+        if sent {
+            self.dirty = false;
+            self.unsynced = 0;
+            self.last_checkpoint = Instant::now();
+        }
+    }
+
+    fn finish(&mut self) -> io::Result<FileId> {
+        if let Some(i) = self.written.iter().position(|w| !w) {
+            return Err(io::Error::other(format!("chunk {i} is missing")));
+        }
+        self.checkpoint(true);
+        self.file.sync_all()?;
+        Ok(FileId::from_bytes(*self.hasher.finalize().as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(data: &[u8], cs: u64) -> Manifest {
+        Manifest {
+            chunk_size: cs,
+            hashes: data
+                .chunks(cs as usize)
+                .map(|c| *blake3::hash(c).as_bytes())
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_out_of_order_resumes_and_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::testkit::test_bytes(10_000, 9);
+        let id = FileId::from_bytes(*blake3::hash(&data).as_bytes());
+        let m = manifest(&data, 1024);
+        let p = Partial::open(dir.path(), &id, data.len() as u64, &m, "x.bin").unwrap();
+        assert!(p.verified().iter().all(|v| !v));
+        for i in [3usize, 0, 9, 1] {
+            let c = &data[i * 1024..((i + 1) * 1024).min(data.len())];
+            p.write(i, Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        p.close().await;
+        let found = scan(dir.path());
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].verified_chunks, 4);
+        let mut p = Partial::open(dir.path(), &id, data.len() as u64, &m, "x.bin").unwrap();
+        assert_eq!(
+            p.verified(),
+            &[
+                true, true, false, true, false, false, false, false, false, true
+            ]
+        );
+        assert!(p.finish().await.is_err(), "finished with chunks missing");
+        for i in [2usize, 4, 5, 6, 7, 8] {
+            let c = &data[i * 1024..((i + 1) * 1024).min(data.len())];
+            p.write(i, Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        assert_eq!(p.finish().await.unwrap(), id);
+        assert_eq!(std::fs::read(p.part_path()).unwrap(), data);
+        p.discard().await;
+        assert!(scan(dir.path()).is_empty());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn other_manifest_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = crate::testkit::test_bytes(3000, 1);
+        let id = FileId::from_bytes(*blake3::hash(&data).as_bytes());
+        let m = manifest(&data, 1024);
+        let p = Partial::open(dir.path(), &id, 3000, &m, "x").unwrap();
+        p.write(0, Bytes::copy_from_slice(&data[..1024]))
+            .await
+            .unwrap();
+        p.close().await;
+        let mut other = m.clone();
+        other.hashes[2] = [0; 32];
+        let p = Partial::open(dir.path(), &id, 3000, &other, "x").unwrap();
+        assert!(p.verified().iter().all(|v| !v));
+        p.close().await;
+    }
+}

@@ -1,0 +1,761 @@
+//! Swarming: fetch the chunks of one file from several holders at once.
+//!
+//! Every request asks one holder for one chunk (HTTP `Range`), collects it in
+//! memory while hashing it, and hands it to the [`Partial`] only if its
+//! BLAKE3 matches the manifest — unverified bytes never touch the disk.
+//!
+//! Scheduling is pull-based: each holder keeps a few requests in flight
+//! (more when its measured throughput is high), and whenever one finishes
+//! it takes the lowest missing chunk, so fast holders take more chunks. When
+//! nothing is left to hand out, an idle holder *races* an in-flight chunk if
+//! it would finish it sooner than the holder that has it (end game); the
+//! first verified copy wins and the other request is dropped.
+//!
+//! Faults: a chunk that fails verification (or a holder that breaks the
+//! protocol) earns the holder a strike and the chunk goes back to the queue,
+//! avoiding that holder; three strikes drop the holder for the job. A holder
+//! that cannot be reached, answers an error or sends no bytes for the stall
+//! timeout loses the chunk, backs off, and is dropped after a few failures
+//! in a row. A 503 backs it off for its `Retry-After`. A holder killed
+//! mid-transfer costs only its in-flight chunks.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use peerdex_proto::convert::Manifest;
+use peerdex_proto::rest::SourceProgress;
+use peerdex_proto::{FileId, PeerUrl};
+use tokio::task::JoinSet;
+
+use super::partial::{Partial, chunk_len};
+use crate::Shared;
+
+/// Strikes (chunks that failed verification) that drop a holder.
+pub const MAX_STRIKES: u32 = 3;
+/// Requests in flight per holder: at least / at most.
+const MIN_DEPTH: u32 = 2;
+const MAX_DEPTH: u32 = 4;
+/// At most this many chunks raced at once in the end game.
+const MAX_RACES: usize = 4;
+/// A request must have run this long before its progress counts in the end game.
+const RACE_GRACE: Duration = Duration::from_millis(300);
+/// Window of the per-source rate.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+/// Progress is reported this often.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A holder to fetch from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub peer_id: String,
+    pub url: PeerUrl,
+}
+
+/// A holder's answer to a range request.
+pub struct Reply {
+    pub status: u16,
+    pub content_range: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub body: BoxStream<'static, Result<Bytes, String>>,
+}
+
+/// Sends one range request (inclusive bounds). Over HTTP in the daemon, an
+/// in-memory model in the property tests.
+pub type Fetcher =
+    Arc<dyn Fn(&Source, u64, u64) -> BoxFuture<'static, Result<Reply, String>> + Send + Sync>;
+
+/// Range requests over the peer API, under the download rate cap.
+pub fn http_fetcher(shared: Arc<Shared>, id: FileId) -> Fetcher {
+    Arc::new(move |src: &Source, start: u64, end: u64| {
+        let shared = shared.clone();
+        let url = format!("{}/peer/v1/files/{id}", src.url);
+        Box::pin(async move {
+            let resp = shared
+                .http
+                .get(url)
+                .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .map_err(|e| format!("cannot connect: {}", super::root_cause(&e)))?;
+            let header = |name| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let content_range = header(reqwest::header::CONTENT_RANGE);
+            let retry_after = header(reqwest::header::RETRY_AFTER)
+                .map(|s| Duration::from_secs(s.trim().parse::<u64>().unwrap_or(1).clamp(1, 60)));
+            let status = resp.status().as_u16();
+            let limited = shared.download_limit.is_limited();
+            let body = resp
+                .bytes_stream()
+                .map(|r| r.map_err(|e| super::root_cause(&e)))
+                .then(move |r| {
+                    let shared = shared.clone();
+                    async move {
+                        if limited && let Ok(b) = &r {
+                            shared.download_limit.take(b.len()).await;
+                        }
+                        r
+                    }
+                })
+                .boxed();
+            Ok(Reply {
+                status,
+                content_range,
+                retry_after,
+                body,
+            })
+        })
+    })
+}
+
+/// Tuning of one swarm.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub max_sources: usize,
+    /// A request that gets no bytes for this long loses its chunk.
+    pub stall: Duration,
+    /// First back-off after a failure; doubles with each failure in a row.
+    pub backoff: Duration,
+    /// Failures in a row (no answer, error, stall) that drop a holder.
+    pub max_failures: u32,
+    /// Bytes of chunks held in memory by requests in flight.
+    pub mem_budget: u64,
+}
+
+impl Params {
+    pub fn new(max_sources: usize, stall: Duration) -> Self {
+        Self {
+            max_sources: max_sources.max(1),
+            stall,
+            backoff: Duration::from_millis(250),
+            max_failures: 3,
+            mem_budget: 64 << 20,
+        }
+    }
+}
+
+/// Why a swarm stopped before every chunk was in.
+#[derive(Debug)]
+pub enum SwarmEnd {
+    /// No usable holder is left; says what happened to each.
+    NoHolders(String),
+    /// Writing to the partial failed.
+    Io(io::Error),
+}
+
+/// A snapshot for the job's progress.
+pub struct Report {
+    pub verified_bytes: u64,
+    pub sources: Vec<SourceProgress>,
+    /// URL of the fastest source right now.
+    pub fastest: Option<String>,
+}
+
+enum Outcome {
+    Verified(Bytes),
+    /// Failed verification or broke the protocol: a strike.
+    Bad(String),
+    /// Unreachable, error answer, broken or stalled transfer: back off.
+    Failed(String),
+    /// The holder no longer has the file: drop it.
+    Gone(String),
+    /// 503: come back after this long.
+    Busy(Duration),
+}
+
+struct Holder {
+    src: Arc<Source>,
+    /// Bytes received from it (kept or not).
+    recv: Arc<AtomicU64>,
+    used: bool,
+    chunks: u64,
+    strikes: u32,
+    failures: u32,
+    in_flight: u32,
+    backoff_until: Option<Instant>,
+    /// Why it was dropped; `banned` ones (strikes) stay dropped for the job.
+    dropped: Option<String>,
+    banned: bool,
+    last_error: Option<String>,
+    samples: VecDeque<(Instant, u64)>,
+    rate: f64,
+}
+
+impl Holder {
+    fn new(src: Source) -> Self {
+        Self {
+            src: Arc::new(src),
+            recv: Arc::new(AtomicU64::new(0)),
+            used: false,
+            chunks: 0,
+            strikes: 0,
+            failures: 0,
+            in_flight: 0,
+            backoff_until: None,
+            dropped: None,
+            banned: false,
+            last_error: None,
+            samples: VecDeque::new(),
+            rate: 0.0,
+        }
+    }
+
+    fn sample(&mut self, now: Instant) {
+        self.samples
+            .push_back((now, self.recv.load(Ordering::Relaxed)));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        self.rate = match (self.samples.front(), self.samples.back()) {
+            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
+                (b1 - b0) as f64 / t1.duration_since(*t0).as_secs_f64()
+            }
+            _ => 0.0,
+        };
+    }
+
+    /// Requests to keep in flight: enough to cover ~50 ms of its throughput.
+    fn depth(&self, chunk_size: u64) -> u32 {
+        let ahead = (self.rate * 0.05 / chunk_size as f64).ceil() as u32;
+        (1 + ahead).clamp(MIN_DEPTH, MAX_DEPTH)
+    }
+
+    fn label(&self) -> String {
+        format!("peer {} ({})", self.src.peer_id, self.src.url)
+    }
+}
+
+struct Req {
+    holder: usize,
+    chunk: usize,
+    started: Instant,
+    got: Arc<AtomicU64>,
+    abort: tokio::task::AbortHandle,
+}
+
+/// The chunk bookkeeping of one file, kept across rounds of locating.
+pub struct Swarm {
+    manifest: Arc<Manifest>,
+    size: u64,
+    params: Params,
+    done: Vec<bool>,
+    done_count: usize,
+    verified_bytes: u64,
+    missing: BTreeSet<usize>,
+    /// Holders that sent a bad copy of a chunk; asked again only if no one else can.
+    avoid: HashMap<usize, Vec<usize>>,
+    holders: Vec<Holder>,
+    reqs: HashMap<tokio::task::Id, Req>,
+}
+
+impl Swarm {
+    /// `verified`: chunks already on disk (a resumed partial).
+    pub fn new(manifest: Manifest, size: u64, verified: &[bool], params: Params) -> Self {
+        let n = manifest.hashes.len();
+        let done: Vec<bool> = (0..n).map(|i| verified.get(i) == Some(&true)).collect();
+        let missing = (0..n).filter(|i| !done[*i]).collect();
+        let verified_bytes = (0..n)
+            .filter(|i| done[*i])
+            .map(|i| chunk_len(i, manifest.chunk_size, size))
+            .sum();
+        Self {
+            size,
+            params,
+            done_count: done.iter().filter(|d| **d).count(),
+            done,
+            verified_bytes,
+            missing,
+            avoid: HashMap::new(),
+            holders: Vec::new(),
+            reqs: HashMap::new(),
+            manifest: Arc::new(manifest),
+        }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.done_count == self.done.len()
+    }
+
+    pub fn chunks(&self) -> (usize, usize) {
+        (self.done_count, self.done.len())
+    }
+
+    /// Merge a fresh list of holders (from a new locate). Holders dropped for
+    /// being unreachable get another chance; holders with three strikes do not.
+    pub fn add_holders(&mut self, fresh: impl IntoIterator<Item = Source>) {
+        for src in fresh {
+            match self
+                .holders
+                .iter_mut()
+                .find(|h| h.src.peer_id == src.peer_id)
+            {
+                Some(h) if h.banned => {}
+                Some(h) => {
+                    if h.src.url != src.url {
+                        h.src = Arc::new(src);
+                    }
+                    h.dropped = None;
+                    h.failures = 0;
+                    h.backoff_until = None;
+                }
+                None => self.holders.push(Holder::new(src)),
+            }
+        }
+    }
+
+    /// What happened to every holder, for an error message.
+    pub fn holder_summary(&self) -> String {
+        let parts: Vec<String> = self
+            .holders
+            .iter()
+            .map(|h| {
+                let what = h
+                    .dropped
+                    .clone()
+                    .or_else(|| h.last_error.clone())
+                    .unwrap_or_else(|| "unused".into());
+                format!("{}: {what}", h.label())
+            })
+            .take(6)
+            .collect();
+        if parts.is_empty() {
+            "no holders".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+
+    /// Fetch until every chunk is verified and queued on `partial`, or no
+    /// usable holder remains.
+    pub async fn run(
+        &mut self,
+        partial: &Partial,
+        fetch: &Fetcher,
+        report: &mut (dyn FnMut(Report) + Send),
+    ) -> Result<(), SwarmEnd> {
+        let mut set: JoinSet<Outcome> = JoinSet::new();
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            if self.is_complete() {
+                break Ok(());
+            }
+            let now = Instant::now();
+            self.schedule(&mut set, fetch, now);
+            if self.reqs.is_empty() && !self.any_waiting(now) {
+                break Err(SwarmEnd::NoHolders(self.holder_summary()));
+            }
+            tokio::select! {
+                Some(joined) = set.join_next_with_id(), if !set.is_empty() => {
+                    let (id, outcome) = match joined {
+                        Ok((id, o)) => (id, o),
+                        Err(e) if e.is_cancelled() => continue,
+                        Err(e) => (e.id(), Outcome::Failed(format!("request task failed: {e}"))),
+                    };
+                    if let Err(e) = self.handle(id, outcome, partial).await {
+                        break Err(SwarmEnd::Io(e));
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    for h in &mut self.holders {
+                        h.sample(now);
+                    }
+                    report(self.report());
+                }
+            }
+        };
+        set.abort_all();
+        for r in self.reqs.drain() {
+            let (_, r) = r;
+            if !self.done[r.chunk] {
+                self.missing.insert(r.chunk);
+            }
+            self.holders[r.holder].in_flight = 0;
+        }
+        for h in &mut self.holders {
+            h.in_flight = 0;
+            h.sample(Instant::now());
+        }
+        report(self.report());
+        result
+    }
+
+    /// Holders this job may use now: not dropped, within the first `max_sources`.
+    fn eligible(&self) -> Vec<usize> {
+        self.holders
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.dropped.is_none())
+            .map(|(i, _)| i)
+            .take(self.params.max_sources)
+            .collect()
+    }
+
+    /// Is some eligible holder only backing off (so waiting makes sense)?
+    fn any_waiting(&self, now: Instant) -> bool {
+        self.eligible()
+            .iter()
+            .any(|&i| self.holders[i].backoff_until.is_some_and(|t| t > now))
+    }
+
+    fn max_in_flight(&self) -> usize {
+        (self.params.mem_budget / self.manifest.chunk_size.max(1)).clamp(1, 64) as usize
+    }
+
+    fn schedule(&mut self, set: &mut JoinSet<Outcome>, fetch: &Fetcher, now: Instant) {
+        let eligible = self.eligible();
+        let mut ready: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| self.holders[i].backoff_until.is_none_or(|t| t <= now))
+            .collect();
+        ready.sort_by(|a, b| self.holders[*b].rate.total_cmp(&self.holders[*a].rate));
+        let cs = self.manifest.chunk_size;
+        loop {
+            let mut progressed = false;
+            for &h in &ready {
+                if self.reqs.len() >= self.max_in_flight() {
+                    return;
+                }
+                if self.holders[h].in_flight >= self.holders[h].depth(cs) {
+                    continue;
+                }
+                let chunk = self
+                    .pick_missing(h, &eligible)
+                    .or_else(|| self.pick_race(h, now));
+                if let Some(c) = chunk {
+                    self.spawn(set, fetch, h, c);
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    /// The lowest missing chunk this holder should fetch.
+    fn pick_missing(&mut self, h: usize, eligible: &[usize]) -> Option<usize> {
+        let c = self
+            .missing
+            .iter()
+            .copied()
+            .find(|c| match self.avoid.get(c) {
+                None => true,
+                Some(bad) if !bad.contains(&h) => true,
+                // Failed here before: only if every usable holder failed it too.
+                Some(bad) => eligible.iter().all(|e| bad.contains(e)),
+            })?;
+        self.missing.remove(&c);
+        Some(c)
+    }
+
+    /// End game: an in-flight chunk this holder would finish sooner than the
+    /// holder that has it.
+    fn pick_race(&self, h: usize, now: Instant) -> Option<usize> {
+        if !self.missing.is_empty() {
+            return None;
+        }
+        let mut per_chunk: HashMap<usize, Vec<&Req>> = HashMap::new();
+        for r in self.reqs.values() {
+            per_chunk.entry(r.chunk).or_default().push(r);
+        }
+        if per_chunk.values().filter(|v| v.len() > 1).count() >= MAX_RACES {
+            return None;
+        }
+        let me = &self.holders[h];
+        let cs = self.manifest.chunk_size;
+        // Time this holder needs for a whole chunk, sharing its throughput.
+        let my_eta = (me.rate > 0.0).then(|| cs as f64 * f64::from(me.in_flight + 1) / me.rate);
+        let mut best: Option<(f64, usize)> = None;
+        for (&c, rs) in &per_chunk {
+            if rs.len() > 1 || rs.iter().any(|r| r.holder == h) {
+                continue;
+            }
+            if self.avoid.get(&c).is_some_and(|bad| bad.contains(&h)) {
+                continue;
+            }
+            let r = rs[0];
+            let elapsed = now.duration_since(r.started);
+            if elapsed < RACE_GRACE {
+                continue;
+            }
+            let len = chunk_len(c, cs, self.size) as f64;
+            let got = r.got.load(Ordering::Relaxed) as f64;
+            let their_eta = if got > 0.0 {
+                (len - got) * elapsed.as_secs_f64() / got
+            } else {
+                f64::INFINITY
+            };
+            let race = match my_eta {
+                Some(mine) => mine * 1.5 < their_eta,
+                // Unknown speed: only take over chunks that got nothing at all.
+                None => their_eta.is_infinite(),
+            };
+            if race && best.is_none_or(|(eta, _)| their_eta > eta) {
+                best = Some((their_eta, c));
+            }
+        }
+        best.map(|(_, c)| c)
+    }
+
+    fn spawn(&mut self, set: &mut JoinSet<Outcome>, fetch: &Fetcher, h: usize, c: usize) {
+        let cs = self.manifest.chunk_size;
+        let start = c as u64 * cs;
+        let len = chunk_len(c, cs, self.size);
+        let holder = &mut self.holders[h];
+        holder.used = true;
+        holder.in_flight += 1;
+        let got = Arc::new(AtomicU64::new(0));
+        let task = fetch_chunk(
+            fetch.clone(),
+            holder.src.clone(),
+            c,
+            start,
+            len,
+            self.size,
+            self.manifest.hashes[c],
+            self.params.stall,
+            holder.recv.clone(),
+            got.clone(),
+        );
+        let abort = set.spawn(task);
+        self.reqs.insert(
+            abort.id(),
+            Req {
+                holder: h,
+                chunk: c,
+                started: Instant::now(),
+                got,
+                abort,
+            },
+        );
+    }
+
+    async fn handle(
+        &mut self,
+        id: tokio::task::Id,
+        outcome: Outcome,
+        partial: &Partial,
+    ) -> io::Result<()> {
+        let Some(req) = self.reqs.remove(&id) else {
+            return Ok(()); // lost a race and was dropped already
+        };
+        let (h, c) = (req.holder, req.chunk);
+        let holder = &mut self.holders[h];
+        holder.in_flight = holder.in_flight.saturating_sub(1);
+        match outcome {
+            Outcome::Verified(bytes) => {
+                holder.chunks += 1;
+                holder.failures = 0;
+                // Drop the other copy of a raced chunk.
+                let losers: Vec<tokio::task::Id> = self
+                    .reqs
+                    .iter()
+                    .filter(|(_, r)| r.chunk == c)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in losers {
+                    if let Some(r) = self.reqs.remove(&id) {
+                        r.abort.abort();
+                        let loser = &mut self.holders[r.holder];
+                        loser.in_flight = loser.in_flight.saturating_sub(1);
+                    }
+                }
+                if !self.done[c] {
+                    self.done[c] = true;
+                    self.done_count += 1;
+                    self.verified_bytes += bytes.len() as u64;
+                    partial.write(c, bytes).await?;
+                }
+            }
+            Outcome::Bad(why) => {
+                holder.strikes += 1;
+                holder.last_error = Some(why.clone());
+                let entry = self.avoid.entry(c).or_default();
+                if !entry.contains(&h) {
+                    entry.push(h);
+                }
+                if holder.strikes >= MAX_STRIKES {
+                    tracing::warn!(peer = %holder.src.peer_id, url = %holder.src.url, strikes = holder.strikes, %why,
+                        "holder sent chunks that failed verification; dropping it for this download");
+                    holder.dropped = Some(format!(
+                        "dropped after {} chunks failed BLAKE3 verification (last: {why})",
+                        holder.strikes
+                    ));
+                    holder.banned = true;
+                    self.abort_holder(h);
+                } else {
+                    tracing::info!(peer = %holder.src.peer_id, chunk = c, strikes = holder.strikes, %why,
+                        "chunk failed verification; fetching it from another holder");
+                }
+                self.requeue(c);
+            }
+            Outcome::Failed(why) => {
+                holder.failures += 1;
+                holder.last_error = Some(why.clone());
+                if holder.failures >= self.params.max_failures {
+                    tracing::info!(peer = %holder.src.peer_id, %why, "holder keeps failing; dropping it");
+                    holder.dropped = Some(format!(
+                        "failed {} times in a row (last: {why})",
+                        holder.failures
+                    ));
+                } else {
+                    let pause = self.params.backoff * (1 << (holder.failures - 1).min(5));
+                    tracing::debug!(peer = %holder.src.peer_id, chunk = c, %why, ?pause, "request failed; backing off");
+                    holder.backoff_until = Some(Instant::now() + pause);
+                }
+                self.requeue(c);
+            }
+            Outcome::Gone(why) => {
+                tracing::info!(peer = %holder.src.peer_id, %why, "holder no longer has the file");
+                holder.dropped = Some(why.clone());
+                holder.last_error = Some(why);
+                self.requeue(c);
+            }
+            Outcome::Busy(pause) => {
+                holder.last_error = Some("busy (503)".into());
+                holder.backoff_until = Some(Instant::now() + pause);
+                self.requeue(c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Put a chunk back in the queue unless another request still has it.
+    fn requeue(&mut self, c: usize) {
+        if !self.done[c] && !self.reqs.values().any(|r| r.chunk == c) {
+            self.missing.insert(c);
+        }
+    }
+
+    fn abort_holder(&mut self, h: usize) {
+        let ids: Vec<tokio::task::Id> = self
+            .reqs
+            .iter()
+            .filter(|(_, r)| r.holder == h)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(r) = self.reqs.remove(&id) {
+                r.abort.abort();
+                self.requeue(r.chunk);
+            }
+        }
+        self.holders[h].in_flight = 0;
+    }
+
+    pub fn report(&self) -> Report {
+        let sources = self
+            .holders
+            .iter()
+            .filter(|h| h.used)
+            .map(|h| SourceProgress {
+                peer_id: h.src.peer_id.clone(),
+                peer_url: h.src.url.to_string(),
+                bytes: h.recv.load(Ordering::Relaxed),
+                rate_bps: h.rate as u64,
+                chunks: h.chunks,
+                strikes: h.strikes,
+                in_flight: h.in_flight,
+                dropped: h.dropped.clone(),
+            })
+            .collect();
+        let fastest = self
+            .holders
+            .iter()
+            .filter(|h| h.dropped.is_none() && (h.in_flight > 0 || h.rate > 0.0))
+            .max_by(|a, b| a.rate.total_cmp(&b.rate))
+            .map(|h| h.src.url.to_string());
+        Report {
+            verified_bytes: self.verified_bytes,
+            sources,
+            fastest,
+        }
+    }
+}
+
+/// One request: fetch chunk `idx` (`len` bytes at `start`) and verify it.
+#[allow(clippy::too_many_arguments)]
+async fn fetch_chunk(
+    fetch: Fetcher,
+    src: Arc<Source>,
+    idx: usize,
+    start: u64,
+    len: u64,
+    size: u64,
+    expected: [u8; 32],
+    stall: Duration,
+    recv: Arc<AtomicU64>,
+    got: Arc<AtomicU64>,
+) -> Outcome {
+    let end = start + len - 1;
+    let reply = match tokio::time::timeout(stall, fetch(&src, start, end)).await {
+        Err(_) => return Outcome::Failed(format!("no answer within {stall:?}")),
+        Ok(Err(e)) => return Outcome::Failed(e),
+        Ok(Ok(r)) => r,
+    };
+    match reply.status {
+        206 => {
+            let want = format!("bytes {start}-{end}/{size}");
+            if reply.content_range.as_deref() != Some(want.as_str()) {
+                return Outcome::Bad(format!(
+                    "answered Content-Range {:?} for {want:?}",
+                    reply.content_range
+                ));
+            }
+        }
+        200 if start == 0 && len == size => {}
+        503 => return Outcome::Busy(reply.retry_after.unwrap_or(Duration::from_secs(1))),
+        404 | 410 => return Outcome::Gone(format!("answered HTTP {}", reply.status)),
+        s => return Outcome::Failed(format!("answered HTTP {s}")),
+    }
+    let mut body = reply.body;
+    let mut buf = BytesMut::with_capacity(len as usize);
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let piece = match tokio::time::timeout(stall, body.next()).await {
+            Err(_) => {
+                return Outcome::Failed(format!(
+                    "stalled: no bytes for {stall:?} ({} of {len} received)",
+                    buf.len()
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Outcome::Failed(format!("transfer broke: {e}")),
+            Ok(Some(Ok(b))) => b,
+        };
+        recv.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        if buf.len() as u64 + piece.len() as u64 > len {
+            return Outcome::Bad(format!("sent more than the {len} bytes asked for"));
+        }
+        got.fetch_add(piece.len() as u64, Ordering::Relaxed);
+        hasher.update(&piece);
+        buf.extend_from_slice(&piece);
+    }
+    if (buf.len() as u64) < len {
+        return Outcome::Failed(format!(
+            "closed the connection after {} of {len} bytes",
+            buf.len()
+        ));
+    }
+    if hasher.finalize().as_bytes() != &expected {
+        return Outcome::Bad(format!("chunk {idx} failed BLAKE3 verification"));
+    }
+    Outcome::Verified(buf.freeze())
+}
