@@ -43,9 +43,28 @@ impl From<Option<v1::Load>> for Load {
 /// Split a name or a query into lowercase words: any non-alphanumeric
 /// character separates words.
 pub fn words(s: &str) -> impl Iterator<Item = String> + '_ {
+    raw_words(s).map(|w| {
+        let mut out = String::with_capacity(w.len());
+        lower_into(w, &mut out);
+        out
+    })
+}
+
+fn raw_words(s: &str) -> impl Iterator<Item = &str> {
     s.split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
+}
+
+/// Append the lowercase form of `w` to `out` (per character, so a word
+/// lowercases the same wherever it appears).
+fn lower_into(w: &str, out: &mut String) {
+    if w.is_ascii() {
+        let start = out.len();
+        out.push_str(w);
+        out[start..].make_ascii_lowercase();
+    } else {
+        out.extend(w.chars().flat_map(char::to_lowercase));
+    }
 }
 
 /// A `Vec<Option<T>>` with a free list: stable `u32` handles.
@@ -194,8 +213,9 @@ pub struct Index {
     name_ix: HashMap<Arc<str>, u32>,
     /// Lowercased word → names containing it (sorted, unique).
     tokens: BTreeMap<Box<str>, Vec<u32>>,
-    /// While bulk loading, tokens are collected and indexed at the end.
-    bulk: bool,
+    /// While bulk loading, new names go to a thread that builds the token
+    /// map in parallel with the rest of the load.
+    bulk: Option<TokenBuilder>,
 }
 
 impl Default for Index {
@@ -214,7 +234,7 @@ impl Index {
             names: Slab::new(),
             name_ix: HashMap::new(),
             tokens: BTreeMap::new(),
-            bulk: false,
+            bulk: None,
         }
     }
 
@@ -542,7 +562,7 @@ impl Index {
         ix.file_ix.reserve(files);
         ix.names = Slab::with_capacity(files);
         ix.name_ix.reserve(files);
-        ix.bulk = true;
+        ix.bulk = Some(TokenBuilder::spawn());
         ix
     }
 
@@ -604,23 +624,9 @@ impl Index {
             let file = self.files.remove(f).expect("listed");
             self.file_ix.remove(&file.id);
         }
-        let mut pairs: Vec<(Box<str>, u32)> = Vec::with_capacity(self.names.len() * 3);
-        for (n, name) in self.names.iter() {
-            let mut ws: Vec<String> = words(&name.text).collect();
-            ws.sort_unstable();
-            ws.dedup();
-            pairs.extend(ws.into_iter().map(|w| (w.into_boxed_str(), n)));
+        if let Some(builder) = self.bulk.take() {
+            self.tokens = builder.finish();
         }
-        pairs.sort_unstable();
-        let mut tokens: Vec<(Box<str>, Vec<u32>)> = Vec::new();
-        for (t, n) in pairs {
-            match tokens.last_mut() {
-                Some((last, v)) if *last == t => v.push(n),
-                _ => tokens.push((t, vec![n])),
-            }
-        }
-        self.tokens = tokens.into_iter().collect();
-        self.bulk = false;
     }
 
     // ------------------------------------------------------------ internals
@@ -751,8 +757,11 @@ impl Index {
             text: text.clone(),
             files: Vec::new(),
         });
+        if let Some(builder) = &self.bulk {
+            builder.send(n, text.clone());
+        }
         self.name_ix.insert(text, n);
-        if !self.bulk {
+        if self.bulk.is_none() {
             let mut ws: Vec<String> = words(name).collect();
             ws.sort_unstable();
             ws.dedup();
@@ -782,6 +791,53 @@ impl Index {
                 }
             }
         }
+    }
+}
+
+/// Builds the token map on its own thread during a bulk load (the load is
+/// CPU-bound and the box has more than one core).
+struct TokenBuilder {
+    tx: std::sync::mpsc::Sender<(u32, Arc<str>)>,
+    thread: std::thread::JoinHandle<BTreeMap<Box<str>, Vec<u32>>>,
+}
+
+impl TokenBuilder {
+    fn spawn() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, Arc<str>)>();
+        let thread = std::thread::spawn(move || {
+            // Names arrive in increasing index order, so postings come out
+            // sorted; a word repeated within one name is skipped by `last()`.
+            let mut map: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+            let mut buf = String::new();
+            for (n, text) in rx {
+                for w in raw_words(&text) {
+                    buf.clear();
+                    lower_into(w, &mut buf);
+                    match map.get_mut(buf.as_str()) {
+                        Some(v) if v.last() == Some(&n) => {}
+                        Some(v) => v.push(n),
+                        None => {
+                            map.insert(buf.as_str().into(), vec![n]);
+                        }
+                    }
+                }
+            }
+            let mut sorted: Vec<(Box<str>, Vec<u32>)> = map.into_iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            sorted.into_iter().collect()
+        });
+        Self { tx, thread }
+    }
+
+    fn send(&self, n: u32, text: Arc<str>) {
+        // The receiver lives until `finish`; a failed send means it panicked,
+        // which `finish` reports.
+        let _ = self.tx.send((n, text));
+    }
+
+    fn finish(self) -> BTreeMap<Box<str>, Vec<u32>> {
+        drop(self.tx);
+        self.thread.join().expect("token builder thread panicked")
     }
 }
 

@@ -76,12 +76,23 @@ impl Store {
             let n: Option<i64> = self.conn.query_row(sql, [], |r| r.get(0))?;
             Ok(n.unwrap_or(0).max(0) as usize)
         };
+        let t0 = std::time::Instant::now();
         let mut ix = Index::with_capacity(
             count("SELECT max(id) FROM peers")?,
             count("SELECT max(id) FROM files")?,
         );
 
-        let mut peer_of_row = std::collections::HashMap::new();
+        // Row ids are dense (INTEGER PRIMARY KEY), so plain vectors map them.
+        const NONE: u32 = u32::MAX;
+        let slot = |v: &mut Vec<u32>, row: i64| -> Result<usize> {
+            let i = usize::try_from(row)
+                .map_err(|_| Error::Corrupt(format!("negative row id {row}")))?;
+            if i >= v.len() {
+                v.resize(i + 1, NONE);
+            }
+            Ok(i)
+        };
+        let mut peer_of_row: Vec<u32> = Vec::new();
         let mut stmt = self
             .conn
             .prepare("SELECT id, peer_id, url, token_hash FROM peers")?;
@@ -100,10 +111,11 @@ impl Store {
             let hash: TokenHash = r.get_ref(3)?.as_blob()?.try_into().map_err(|_| {
                 Error::Corrupt(format!("peer row {row}: token hash is not 32 bytes"))
             })?;
-            peer_of_row.insert(row, ix.insert_peer(id, url, hash, expires));
+            let i = slot(&mut peer_of_row, row)?;
+            peer_of_row[i] = ix.insert_peer(id, url, hash, expires);
         }
 
-        let mut file_of_row = std::collections::HashMap::with_capacity(ix.stats().files.max(1024));
+        let mut file_of_row: Vec<u32> = Vec::new();
         let mut stmt = self
             .conn
             .prepare("SELECT id, file_id, size, chunk_size, chunk_hashes FROM files")?;
@@ -135,21 +147,33 @@ impl Store {
                     })
                 }
             };
-            file_of_row.insert(row, ix.insert_file(id, size, manifest));
+            let i = slot(&mut file_of_row, row)?;
+            file_of_row[i] = ix.insert_file(id, size, manifest);
         }
 
+        tracing::debug!(
+            ms = t0.elapsed().as_millis() as u64,
+            "loaded peers and files"
+        );
         let mut stmt = self.conn.prepare("SELECT file, peer, name FROM holdings")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let (f, p): (i64, i64) = (r.get(0)?, r.get(1)?);
-            let (Some(&f), Some(&p)) = (file_of_row.get(&f), peer_of_row.get(&p)) else {
+            let get =
+                |v: &[u32], row: i64| usize::try_from(row).ok().and_then(|i| v.get(i)).copied();
+            let (Some(f), Some(p)) = (get(&file_of_row, f), get(&peer_of_row, p)) else {
                 return Err(Error::Corrupt(format!(
                     "holding ({f}, {p}) refers to a missing row"
                 )));
             };
+            if f == NONE || p == NONE {
+                return Err(Error::Corrupt("a holding refers to a missing row".into()));
+            }
             ix.add_ref(p, f, r.get_ref(2)?.as_str()?);
         }
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "loaded holdings");
         ix.finish_bulk();
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "token index built");
         Ok(ix)
     }
 
