@@ -36,7 +36,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=deploy/lib.sh
+# shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$here/lib.sh"
 
 usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -77,7 +77,9 @@ while [[ $# -gt 0 ]]; do
 done
 
 # ── checks that need no AWS call ──────────────────────────────────────────────
-[[ "$pservers" =~ ^[0-9]+$ ]] && ((pservers <= 50)) || die "--pservers must be a number from 0 to 50"
+if ! [[ "$pservers" =~ ^[0-9]+$ ]] || ((pservers > 50)); then
+	die "--pservers must be a number from 0 to 50"
+fi
 if [[ -n "$bundle" && -n "$bundle_url" ]]; then
 	die "give either --bundle FILE or --bundle-url URL, not both"
 elif [[ -z "$bundle" && -z "$bundle_url" ]]; then
@@ -130,6 +132,8 @@ fi
 # Inbound rules, one line each: protocol from to cidr4 cidr6 prefix-list group
 want=("tcp 7071 7071 0.0.0.0/0 None None None" "tcp 50051 50051 None None None $sg_id")
 if [[ -n "$ssh_cidr" ]]; then want+=("tcp 22 22 $ssh_cidr None None None"); fi
+# shellcheck disable=SC2016 # backticks are JMESPath literals, not shell
+rules_query='SecurityGroupRules[?IsEgress==`false`].[SecurityGroupRuleId,IpProtocol,FromPort,ToPort,CidrIpv4,CidrIpv6,PrefixListId,ReferencedGroupInfo.GroupId]'
 have=()
 while IFS=$'\t' read -r rule_id rest; do
 	[[ -n "$rule_id" ]] || continue
@@ -143,7 +147,7 @@ while IFS=$'\t' read -r rule_id rest; do
 		note "removed inbound rule $rule_id ($rest): not part of the deployment"
 	fi
 done < <(awsc ec2 describe-security-group-rules --filters "Name=group-id,Values=$sg_id" \
-	--query 'SecurityGroupRules[?IsEgress==`false`].[SecurityGroupRuleId,IpProtocol,FromPort,ToPort,CidrIpv4,CidrIpv6,PrefixListId,ReferencedGroupInfo.GroupId]' \
+	--query "$rules_query" \
 	--output text)
 for w in "${want[@]}"; do
 	present=no

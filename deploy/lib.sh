@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared helpers of launch.sh and teardown.sh (sourced, not run).
 # Expects: $name (deployment name), $region, $endpoint_url (may be empty).
+# shellcheck disable=SC2034,SC2154 # variables shared with the sourcing scripts
 
 TAG_DEPLOYMENT="peerdex:deployment"
 TAG_ROLE="peerdex:role"
