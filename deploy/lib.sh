@@ -8,6 +8,11 @@ TAG_ROLE="peerdex:role"
 TAG_INDEX="peerdex:index"
 export AWS_PAGER="" # AWS CLI v2: never open a pager
 
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
+	echo "$(basename "$0"): error: needs bash 4.4 or newer (this is $BASH_VERSION; on macOS: brew install bash)" >&2
+	exit 1
+fi
+
 die() {
 	echo "$(basename "$0"): error: $*" >&2
 	exit 1
