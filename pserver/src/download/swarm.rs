@@ -44,8 +44,6 @@ const MIN_DEPTH: u32 = 2;
 const MAX_DEPTH: u32 = 4;
 /// At most this many chunks raced at once in the end game.
 const MAX_RACES: usize = 4;
-/// A request must have run this long before its progress counts in the end game.
-const RACE_GRACE: Duration = Duration::from_millis(300);
 /// Window of the per-source rate.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Progress is reported this often.
@@ -130,6 +128,8 @@ pub struct Params {
     pub max_failures: u32,
     /// Bytes of chunks held in memory by requests in flight.
     pub mem_budget: u64,
+    /// A request must have run this long before the end game may race it.
+    pub race_grace: Duration,
 }
 
 impl Params {
@@ -140,6 +140,7 @@ impl Params {
             backoff: Duration::from_millis(250),
             max_failures: 3,
             mem_budget: 64 << 20,
+            race_grace: Duration::from_millis(300),
         }
     }
 }
@@ -359,7 +360,16 @@ impl Swarm {
             if self.reqs.is_empty() && !self.any_waiting(now) {
                 break Err(SwarmEnd::NoHolders(self.holder_summary()));
             }
+            // Wake up for the first holder whose back-off ends, if sooner than the tick.
+            let wake = self
+                .holders
+                .iter()
+                .filter_map(|h| h.backoff_until)
+                .filter(|t| *t > now)
+                .min()
+                .unwrap_or(now + TICK);
             tokio::select! {
+                _ = tokio::time::sleep_until(wake.into()) => {}
                 Some(joined) = set.join_next_with_id(), if !set.is_empty() => {
                     let (id, outcome) = match joined {
                         Ok((id, o)) => (id, o),
@@ -492,7 +502,7 @@ impl Swarm {
             }
             let r = rs[0];
             let elapsed = now.duration_since(r.started);
-            if elapsed < RACE_GRACE {
+            if elapsed < self.params.race_grace {
                 continue;
             }
             let len = chunk_len(c, cs, self.size) as f64;
@@ -758,4 +768,349 @@ async fn fetch_chunk(
         return Outcome::Bad(format!("chunk {idx} failed BLAKE3 verification"));
     }
     Outcome::Verified(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    //! The swarm against in-memory holders with random chunk sizes and
+    //! random faults: the assembled file is the source or the job fails,
+    //! and one well-behaved holder is enough to finish.
+
+    use std::sync::atomic::AtomicU32;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Behaviour {
+        Normal,
+        /// The first n requests answer 503.
+        Busy(u32),
+        /// Every k-th request cannot connect.
+        Flaky(u32),
+        /// Headers, then no bytes ever.
+        Stall,
+        /// Half the bytes, then no more.
+        StallHalfway,
+        /// Closes the body early.
+        Truncate,
+        /// One byte more than asked.
+        Extra,
+        /// A Content-Range for other bytes.
+        WrongRange,
+        Refuse,
+        Gone,
+        ServerError,
+        /// The body breaks after half.
+        BreakHalfway,
+    }
+
+    #[derive(Debug, Clone)]
+    struct ModelHolder {
+        behaviour: Behaviour,
+        /// Byte offsets flipped in its copy.
+        corrupt: Vec<usize>,
+        /// Serves other content of the same size.
+        other_content: bool,
+    }
+
+    impl ModelHolder {
+        fn good(&self) -> bool {
+            self.corrupt.is_empty()
+                && !self.other_content
+                && match self.behaviour {
+                    Behaviour::Normal | Behaviour::Busy(_) => true,
+                    // Failures in a row stay below the limit when at least
+                    // MAX_DEPTH requests succeed between two failures.
+                    Behaviour::Flaky(k) => k > MAX_DEPTH,
+                    _ => false,
+                }
+        }
+    }
+
+    fn behaviour() -> impl Strategy<Value = Behaviour> {
+        prop_oneof![
+            6 => Just(Behaviour::Normal),
+            1 => (1u32..4).prop_map(Behaviour::Busy),
+            2 => (2u32..8).prop_map(Behaviour::Flaky),
+            1 => Just(Behaviour::Stall),
+            1 => Just(Behaviour::StallHalfway),
+            1 => Just(Behaviour::Truncate),
+            1 => Just(Behaviour::Extra),
+            1 => Just(Behaviour::WrongRange),
+            1 => Just(Behaviour::Refuse),
+            1 => Just(Behaviour::Gone),
+            1 => Just(Behaviour::ServerError),
+            1 => Just(Behaviour::BreakHalfway),
+        ]
+    }
+
+    fn holder() -> impl Strategy<Value = ModelHolder> {
+        (
+            behaviour(),
+            prop::collection::vec(any::<usize>(), 0..3),
+            prop::bool::weighted(0.1),
+            prop::bool::weighted(0.5),
+        )
+            .prop_map(
+                |(behaviour, corrupt, other_content, honest_copy)| ModelHolder {
+                    behaviour,
+                    corrupt: if honest_copy { Vec::new() } else { corrupt },
+                    other_content,
+                },
+            )
+    }
+
+    #[derive(Debug, Clone)]
+    struct Case {
+        size: usize,
+        chunk_size: u64,
+        holders: Vec<ModelHolder>,
+        /// Chunk whose manifest hash is a lie, if any.
+        lying_manifest: Option<usize>,
+        max_sources: usize,
+        seed: u64,
+    }
+
+    fn case() -> impl Strategy<Value = Case> {
+        (
+            0usize..40_000,
+            1u64..9_000,
+            prop::collection::vec(holder(), 1..5),
+            prop::option::weighted(0.1, any::<usize>()),
+            1usize..5,
+            any::<u64>(),
+        )
+            .prop_map(
+                |(size, chunk_size, holders, lying_manifest, max_sources, seed)| Case {
+                    size,
+                    chunk_size,
+                    holders,
+                    lying_manifest,
+                    max_sources,
+                    seed,
+                },
+            )
+    }
+
+    fn model_fetcher(source: Arc<Vec<u8>>, case: &Case) -> Fetcher {
+        let copies: Vec<(ModelHolder, Arc<Vec<u8>>, AtomicU32)> = case
+            .holders
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let mut data = if h.other_content {
+                    crate::testkit::test_bytes(source.len(), case.seed ^ (i as u64 + 1))
+                } else {
+                    source.to_vec()
+                };
+                if !data.is_empty() {
+                    let n = data.len();
+                    for off in &h.corrupt {
+                        data[off % n] ^= 0x5a;
+                    }
+                }
+                (h.clone(), Arc::new(data), AtomicU32::new(0))
+            })
+            .collect();
+        let copies = Arc::new(copies);
+        Arc::new(move |src: &Source, start: u64, end: u64| {
+            let copies = copies.clone();
+            let i: usize = src.peer_id.parse().unwrap();
+            Box::pin(async move {
+                let (h, data, calls) = &copies[i];
+                let call = calls.fetch_add(1, Ordering::Relaxed) + 1;
+                let size = data.len() as u64;
+                let (s, e) = (start as usize, (end as usize + 1).min(data.len()));
+                let piece = |bytes: Vec<u8>| -> BoxStream<'static, Result<Bytes, String>> {
+                    let parts: Vec<Result<Bytes, String>> = bytes
+                        .chunks(777)
+                        .map(|c| Ok(Bytes::copy_from_slice(c)))
+                        .collect();
+                    futures_util::stream::iter(parts).boxed()
+                };
+                let ok = |body| Reply {
+                    status: 206,
+                    content_range: Some(format!("bytes {start}-{end}/{size}")),
+                    retry_after: None,
+                    body,
+                };
+                if start >= size {
+                    return Ok(Reply {
+                        status: 416,
+                        content_range: None,
+                        retry_after: None,
+                        body: futures_util::stream::empty().boxed(),
+                    });
+                }
+                let bytes = data[s..e].to_vec();
+                let half = bytes.len() / 2;
+                Ok(match h.behaviour {
+                    Behaviour::Normal => ok(piece(bytes)),
+                    Behaviour::Busy(n) if call <= n => Reply {
+                        status: 503,
+                        content_range: None,
+                        retry_after: Some(Duration::from_millis(2)),
+                        body: futures_util::stream::empty().boxed(),
+                    },
+                    Behaviour::Busy(_) => ok(piece(bytes)),
+                    Behaviour::Flaky(k) if call % k == 0 => {
+                        return Err("cannot connect: refused".into());
+                    }
+                    Behaviour::Flaky(_) => ok(piece(bytes)),
+                    Behaviour::Stall => ok(futures_util::stream::pending().boxed()),
+                    Behaviour::StallHalfway => ok(piece(bytes[..half].to_vec())
+                        .chain(futures_util::stream::pending())
+                        .boxed()),
+                    Behaviour::Truncate => ok(piece(bytes[..half].to_vec())),
+                    Behaviour::Extra => {
+                        let mut b = bytes;
+                        b.push(0);
+                        ok(piece(b))
+                    }
+                    Behaviour::WrongRange => Reply {
+                        content_range: Some(format!("bytes 0-{}/{size}", e - s)),
+                        ..ok(piece(bytes))
+                    },
+                    Behaviour::Refuse => return Err("cannot connect: refused".into()),
+                    Behaviour::Gone => Reply {
+                        status: 404,
+                        ..ok(futures_util::stream::empty().boxed())
+                    },
+                    Behaviour::ServerError => Reply {
+                        status: 500,
+                        ..ok(futures_util::stream::empty().boxed())
+                    },
+                    Behaviour::BreakHalfway => ok(piece(bytes[..half].to_vec())
+                        .chain(futures_util::stream::iter([Err("connection reset".into())]))
+                        .boxed()),
+                })
+            })
+        })
+    }
+
+    /// Run the case like a job: swarm, locate again (same holders) up to
+    /// three times, then the whole-file check. `Some(bytes)` if it finished.
+    fn run_case(case: &Case) -> (Option<Vec<u8>>, bool, Report) {
+        let source = Arc::new(crate::testkit::test_bytes(case.size, case.seed));
+        let id = FileId::from_bytes(*blake3::hash(&source).as_bytes());
+        let mut manifest = Manifest {
+            chunk_size: case.chunk_size,
+            hashes: source
+                .chunks(case.chunk_size as usize)
+                .map(|c| *blake3::hash(c).as_bytes())
+                .collect(),
+        };
+        let n = manifest.hashes.len();
+        let lied = match case.lying_manifest {
+            Some(i) if n > 0 => {
+                manifest.hashes[i % n][0] ^= 1;
+                true
+            }
+            _ => false,
+        };
+        let fetch = model_fetcher(source.clone(), case);
+        let sources: Vec<Source> = (0..case.holders.len())
+            .map(|i| Source {
+                peer_id: i.to_string(),
+                url: format!("http://127.0.0.1:{}", 1000 + i).parse().unwrap(),
+            })
+            .collect();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let result = rt.block_on(async {
+            let mut partial =
+                Partial::open(dir.path(), &id, case.size as u64, &manifest, "x").unwrap();
+            let mut params = Params::new(case.max_sources, Duration::from_millis(30));
+            params.backoff = Duration::from_millis(1);
+            params.race_grace = Duration::from_millis(5);
+            params.mem_budget = 6 * case.chunk_size;
+            let mut swarm = Swarm::new(
+                manifest.clone(),
+                case.size as u64,
+                partial.verified(),
+                params,
+            );
+            let mut finished = false;
+            for _round in 0..=3 {
+                swarm.add_holders(sources.clone());
+                match swarm.run(&partial, &fetch, &mut |_| {}).await {
+                    Ok(()) => {
+                        finished = true;
+                        break;
+                    }
+                    Err(SwarmEnd::NoHolders(_)) => continue,
+                    Err(SwarmEnd::Io(e)) => panic!("local i/o error: {e}"),
+                }
+            }
+            if !finished {
+                partial.close().await;
+                return (None, swarm.report());
+            }
+            let got = partial.finish().await.unwrap();
+            let bytes = std::fs::read(partial.part_path()).unwrap();
+            // Chunks verified against an honest manifest are the source's.
+            if !lied {
+                assert_eq!(bytes.len(), source.len());
+                assert!(bytes == *source, "verified chunks differ from the source");
+            }
+            partial.close().await;
+            ((got == id).then_some(bytes), swarm.report())
+        });
+        (result.0, lied, result.1)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn final_file_is_the_source_or_the_job_fails(case in case()) {
+            let (result, lied, _) = run_case(&case);
+            if let Some(bytes) = &result {
+                prop_assert_eq!(bytes, &crate::testkit::test_bytes(case.size, case.seed));
+            }
+            if lied {
+                prop_assert!(result.is_none(), "finished with a lying manifest");
+            } else if case.holders.iter().any(ModelHolder::good) {
+                prop_assert!(result.is_some(), "a good holder was there, yet the job failed");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_chunk_is_refetched_elsewhere_with_one_strike() {
+        let case = Case {
+            size: 10_000,
+            chunk_size: 1000,
+            holders: vec![
+                ModelHolder {
+                    behaviour: Behaviour::Normal,
+                    corrupt: vec![500],
+                    other_content: false,
+                },
+                ModelHolder {
+                    behaviour: Behaviour::Normal,
+                    corrupt: vec![],
+                    other_content: false,
+                },
+            ],
+            lying_manifest: None,
+            max_sources: 8,
+            seed: 7,
+        };
+        let (result, _, report) = run_case(&case);
+        assert!(result.is_some());
+        // Holder 0 gets chunk 0 first (holders start in order), fails it once,
+        // and holder 1 fetches it again; every chunk is kept exactly once.
+        let s = &report.sources;
+        assert_eq!(s[0].strikes, 1, "{s:#?}");
+        assert_eq!(s[1].strikes, 0, "{s:#?}");
+        assert!(s[0].dropped.is_none());
+        assert_eq!(s.iter().map(|s| s.chunks).sum::<u64>(), 10, "{s:#?}");
+        assert_eq!(report.verified_bytes, 10_000);
+    }
 }
