@@ -4,8 +4,10 @@
 //! The launch/teardown test runs the real scripts with the real AWS CLI
 //! against a local EC2/S3/SSM/STS emulator (`moto_server` from PyPI), all
 //! installed by the test into a virtualenv cached under
-//! `target/deploy-test-venv/<hash of the requirements>`. The first run needs
-//! PyPI (about 1-2 minutes); without it the test fails and says why.
+//! `target/deploy-test-venv/<hash of the requirements>` (or under
+//! `$PEERDEX_DEPLOY_TEST_VENV`). The first run needs PyPI (about 1-2 minutes;
+//! pip's own settings such as PIP_INDEX_URL apply); without it the test fails
+//! and says why.
 //!
 //! Needs `python3` (with the venv module), `bash`, `tar`, `base64`. Runs
 //! `systemd-analyze verify` and `shellcheck` when they are installed and says
@@ -154,6 +156,13 @@ fn env_templates_have_every_setting_of_env_example_with_a_comment() {
                     "{}: {line} has no comment above it",
                     path.display()
                 );
+            }
+        }
+        // Same defaults as .env.example, except what differs on a VM.
+        let example_values: BTreeMap<String, String> = env_lines(&example).into_iter().collect();
+        for (k, v) in &got_lines {
+            if !(k.ends_with("_DIR") || k == "PSERVER_PUBLIC_URL") {
+                assert_eq!(Some(v), example_values.get(k), "{}: {k}", path.display());
             }
         }
         // Folders stay inside what the unit may write.
@@ -406,13 +415,15 @@ fn venv() -> PathBuf {
         String::from_utf8_lossy(&version.stdout).trim(),
         REQUIREMENTS.join("|")
     );
-    let target = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf();
-    let dir = target
-        .join("deploy-test-venv")
-        .join(format!("{:016x}", fnv1a(key.as_bytes())));
+    let base = std::env::var_os("PEERDEX_DEPLOY_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .parent()
+                .unwrap()
+                .join("deploy-test-venv")
+        });
+    let dir = base.join(format!("{:016x}", fnv1a(key.as_bytes())));
     let complete = dir.join(".complete");
     if complete.exists() {
         return dir;
