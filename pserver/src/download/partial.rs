@@ -14,10 +14,11 @@
 //! folder, so a partial is never listed, served or published.
 //!
 //! One blocking thread per partial writes the chunks and keeps a running
-//! BLAKE3 of the whole file in file order, reading chunks back from the
-//! `.part` file as the verified prefix grows: the whole-file check before
-//! publishing hashes the bytes on disk, and costs little once the last chunk
-//! is in. Checkpoints (fsync + bitmap) run on a second thread so the writer
+//! BLAKE3 of the whole file in file order: from the very buffers it wrote
+//! (chunks that arrive ahead of the prefix are held back, up to 16 MiB),
+//! else read back from the `.part` file (chunks of a resumed download, or
+//! beyond that window). The whole-file check before publishing thus costs
+//! little once the last chunk is in. Checkpoints (fsync + bitmap) run on a second thread so the writer
 //! never waits for the disk to flush.
 
 use std::fs;
@@ -41,6 +42,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Verified chunks queued for the writer (each holds a chunk in memory).
 const WRITE_QUEUE: usize = 4;
+/// Chunks that arrive ahead of the hashed prefix are kept in memory up to
+/// this much, so the whole-file hash rarely has to read them back.
+const REORDER_BYTES: usize = 16 << 20;
 
 /// What the `.json` file records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -319,6 +323,9 @@ struct Writer {
     hasher: blake3::Hasher,
     next: usize,
     buf: Vec<u8>,
+    /// Chunks written past the hashed prefix, kept for the hash.
+    ahead: std::collections::BTreeMap<usize, Bytes>,
+    ahead_bytes: usize,
     checkpoints: Option<std::sync::mpsc::SyncSender<Vec<bool>>>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
 }
@@ -359,6 +366,8 @@ impl Writer {
             hasher: blake3::Hasher::new(),
             next: 0,
             buf: vec![0u8; (1 << 20).min(chunk_size as usize).max(1)],
+            ahead: std::collections::BTreeMap::new(),
+            ahead_bytes: 0,
             checkpoints: Some(tx),
             checkpointer: Some(checkpointer),
         })
@@ -370,7 +379,7 @@ impl Writer {
             match cmd {
                 Cmd::Write(i, data) => {
                     if failed.is_none()
-                        && let Err(e) = self.write(i, &data)
+                        && let Err(e) = self.write(i, data)
                     {
                         tracing::warn!(error = %e, "cannot write a downloaded chunk");
                         failed = Some(e);
@@ -394,7 +403,7 @@ impl Writer {
         }
     }
 
-    fn write(&mut self, i: usize, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, i: usize, data: Bytes) -> io::Result<()> {
         if i >= self.written.len() || self.written[i] {
             return Ok(());
         }
@@ -405,10 +414,18 @@ impl Writer {
                 data.len()
             )));
         }
-        self.file.write_all_at(data, i as u64 * self.chunk_size)?;
+        self.file.write_all_at(&data, i as u64 * self.chunk_size)?;
         self.written[i] = true;
         self.dirty = true;
         self.unsynced += data.len() as u64;
+        if i == self.next {
+            self.hasher.update(&data);
+            self.next += 1;
+        } else if self.ahead_bytes + data.len() <= REORDER_BYTES {
+            // Keep it for the hash until the prefix reaches it (saves reading it back).
+            self.ahead_bytes += data.len();
+            self.ahead.insert(i, data);
+        }
         self.advance()?;
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint(false);
@@ -416,9 +433,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Extend the whole-file hash over the verified prefix.
+    /// Extend the whole-file hash over the verified prefix: from the chunks
+    /// kept in memory, else read back from the file.
     fn advance(&mut self) -> io::Result<()> {
         while self.next < self.written.len() && self.written[self.next] {
+            if let Some(data) = self.ahead.remove(&self.next) {
+                self.ahead_bytes -= data.len();
+                self.hasher.update(&data);
+                self.next += 1;
+                continue;
+            }
             let start = self.next as u64 * self.chunk_size;
             let end = start + chunk_len(self.next, self.chunk_size, self.size);
             let mut at = start;
