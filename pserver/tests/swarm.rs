@@ -275,3 +275,129 @@ async fn cancel_discards_the_partial_and_a_second_request_joins_the_job() {
     .await;
     assert!(files_under(&d.share_dir).is_empty());
 }
+
+/// The `pserver` binary over the folders of `root` (so it can be killed
+/// with SIGKILL and started again on the same data).
+struct Daemon {
+    child: std::process::Child,
+    api_url: String,
+}
+
+impl Daemon {
+    fn spawn(root: &Path, central_url: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pserver"))
+            .current_dir(root)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("RUST_LOG", "warn")
+            .env("PSERVER_API_ADDR", "127.0.0.1:0")
+            .env("PSERVER_PEER_ADDR", "127.0.0.1:0")
+            .env("PSERVER_SHARE_DIR", root.join("share"))
+            .env("PSERVER_DATA_DIR", root.join("data"))
+            .env("PSERVER_CENTRAL_URL", central_url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn pserver");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let api_url = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("api="))
+            .unwrap_or_else(|| panic!("no api= in {line:?}"))
+            .to_owned();
+        Self { child, api_url }
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        reqwest::get(format!("{}{path}", self.api_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn bitmap_bits(path: &Path) -> u32 {
+    std::fs::read(path)
+        .map(|b| b.iter().map(|x| x.count_ones()).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloader_killed_9_resumes_from_its_last_checkpoint() {
+    let central = TestCentral::start(LONG_TTL).await;
+    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_500_000).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_500_000).await;
+    let bytes = test_bytes(12 * MIB, 66);
+    let id = blake3_hex(&bytes);
+    upload_ok(&a, "crash.bin", bytes.clone()).await;
+    upload_ok(&b, "crash.bin", bytes.clone()).await;
+    wait_holders(&a, "crash", &id, 2).await;
+
+    let root = tempfile::tempdir().unwrap();
+    let mut d = Daemon::spawn(root.path(), &central.url);
+    let job: Job = reqwest::Client::new()
+        .post(format!("{}/api/v1/downloads", d.api_url))
+        .json(&by_id(&id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(job.state, JobState::Downloading, "{job:#?}");
+    // Wait for a checkpoint on disk that records a few verified chunks.
+    let bitmap = root.path().join(format!("data/partial/{id}.bitmap"));
+    wait_for("a checkpoint with 3 chunks", T, || async {
+        (bitmap_bits(&bitmap) >= 3).then_some(())
+    })
+    .await;
+    d.kill9();
+    let kept = bitmap_bits(&bitmap);
+    assert!(kept < 12, "finished before the kill");
+    assert!(files_under(&root.path().join("share")).is_empty());
+
+    let d = Daemon::spawn(root.path(), &central.url);
+    let resumed = wait_for("the job to be resumed", T, || async {
+        let list: JobList = d.get("/api/v1/downloads").await;
+        list.jobs
+            .into_iter()
+            .find(|j| j.file_id.as_deref() == Some(id.as_str()))
+    })
+    .await;
+    let end = wait_for("the resumed job to finish", T, || async {
+        let j: Job = d
+            .get(&format!("/api/v1/downloads/{}", resumed.job_id))
+            .await;
+        j.state.is_final().then_some(j)
+    })
+    .await;
+    assert_eq!(end.state, JobState::Done, "{end:#?}");
+    assert_eq!(
+        std::fs::read(root.path().join("share/crash.bin")).unwrap(),
+        bytes
+    );
+    // Only what the last checkpoint did not record was fetched again.
+    assert!(
+        total_chunks(&end) <= 12 - u64::from(kept),
+        "kept {kept}: {:#?}",
+        end.sources
+    );
+    assert!(partial_files(&root.path().join("data")).is_empty());
+}
