@@ -15,8 +15,9 @@
 //!   holder at a time into a temp file, judged by the whole-file hash.
 //!
 //! Guarantee: no byte that failed verification reaches the share folder or
-//! is served. Chunks are verified in memory before they are written to the
-//! partial (which lives in the data folder, never listed or served), and the
+//! is served. Every chunk is verified against the manifest before it counts
+//! (in memory, before it is even written, for chunks up to 8 MiB); the
+//! partial lives in the data folder, never listed or served; and the
 //! whole-file BLAKE3 of the assembled file is checked against the file id
 //! before the file is moved into the share folder and published.
 //!

@@ -6,10 +6,13 @@
 //! data/partial/<file_id>.bitmap  one bit per chunk: verified and on disk
 //! ```
 //!
-//! Only chunks that passed verification are ever written, and the bitmap is
-//! replaced (temp + fsync + rename) only *after* the `.part` file was
-//! fsync'd, so a set bit always means verified bytes on disk; a crash loses
-//! at most the chunks since the last checkpoint (about a second's worth).
+//! A chunk's bit is set only after the chunk passed verification (chunks up
+//! to 8 MiB are even written only then; larger ones are written in place as
+//! they arrive and a failed one is simply overwritten by the next attempt),
+//! and the bitmap is replaced (temp + fsync + rename) only *after* the
+//! `.part` file was fsync'd, so a set bit always means verified bytes on
+//! disk; a crash loses at most the chunks since the last checkpoint (about a
+//! second's worth).
 //! The folder is outside `tmp/` (emptied at start) and outside the share
 //! folder, so a partial is never listed, served or published.
 //!
@@ -25,6 +28,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -40,8 +44,8 @@ use crate::store::write_atomic;
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// ...or after this many bytes, whichever comes first.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
-/// Verified chunks queued for the writer (each holds a chunk in memory).
-const WRITE_QUEUE: usize = 4;
+/// Verified chunks queued for the writer: at most 4, and about 16 MiB.
+const WRITE_QUEUE_BYTES: u64 = 16 << 20;
 /// Chunks that arrive ahead of the hashed prefix are kept in memory up to
 /// this much, so the whole-file hash rarely has to read them back.
 const REORDER_BYTES: usize = 16 << 20;
@@ -86,6 +90,8 @@ impl Paths {
 
 enum Cmd {
     Write(usize, Bytes),
+    /// Chunk already written in place (streamed by the swarm) and verified.
+    Mark(usize),
     /// Checkpoint, then answer the whole-file hash (all chunks must be in).
     Finish(oneshot::Sender<io::Result<FileId>>),
 }
@@ -99,6 +105,7 @@ pub struct Partial {
     verified: Vec<bool>,
     tx: Option<mpsc::Sender<Cmd>>,
     worker: Option<tokio::task::JoinHandle<()>>,
+    in_place: Arc<fs::File>,
 }
 
 impl Partial {
@@ -147,7 +154,9 @@ impl Partial {
             .read(true)
             .write(true)
             .open(&paths.part)?;
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let queue = (WRITE_QUEUE_BYTES / manifest.chunk_size.max(1)).clamp(1, 4) as usize;
+        let (tx, rx) = mpsc::channel(queue);
+        let in_place = Arc::new(file.try_clone()?);
         let writer = Writer::new(file, &paths, manifest.chunk_size, size, verified.clone())?;
         let worker = tokio::task::spawn_blocking(move || writer.run(rx));
         Ok(Self {
@@ -157,7 +166,21 @@ impl Partial {
             verified,
             tx: Some(tx),
             worker: Some(worker),
+            in_place,
         })
+    }
+
+    /// The `.part` file, for writing a chunk in place while it streams in
+    /// (large chunks). The caller must be the only writer of that chunk, and
+    /// call [`Partial::mark`] only once the chunk is verified.
+    pub fn file(&self) -> Arc<fs::File> {
+        self.in_place.clone()
+    }
+
+    /// Record a chunk written in place with [`Partial::file`] as verified.
+    pub async fn mark(&self, idx: usize) -> io::Result<()> {
+        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        tx.send(Cmd::Mark(idx)).await.map_err(|_| stopped())
     }
 
     /// Chunks already verified and on disk when the partial was opened.
@@ -385,6 +408,14 @@ impl Writer {
                         failed = Some(e);
                     }
                 }
+                Cmd::Mark(i) => {
+                    if failed.is_none()
+                        && let Err(e) = self.mark(i)
+                    {
+                        tracing::warn!(error = %e, "cannot read back a downloaded chunk");
+                        failed = Some(e);
+                    }
+                }
                 Cmd::Finish(reply) => {
                     let r = match &failed {
                         Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
@@ -426,6 +457,20 @@ impl Writer {
             self.ahead_bytes += data.len();
             self.ahead.insert(i, data);
         }
+        self.advance()?;
+        if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+            self.checkpoint(false);
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, i: usize) -> io::Result<()> {
+        if i >= self.written.len() || self.written[i] {
+            return Ok(());
+        }
+        self.written[i] = true;
+        self.dirty = true;
+        self.unsynced += chunk_len(i, self.chunk_size, self.size);
         self.advance()?;
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint(false);

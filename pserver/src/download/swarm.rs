@@ -2,7 +2,12 @@
 //!
 //! Every request asks one holder for one chunk (HTTP `Range`), collects it in
 //! memory while hashing it, and hands it to the [`Partial`] only if its
-//! BLAKE3 matches the manifest — unverified bytes never touch the disk.
+//! BLAKE3 matches the manifest. Chunks above 8 MiB (files over 64 GiB) are
+//! instead written at their place in the partial as they stream in, so
+//! memory stays flat whatever the file size; such a chunk counts as verified
+//! (and is recorded in the bitmap) only once its hash matched, and exactly
+//! one request at a time may write it. Memory: at most 64 MiB of chunks in
+//! flight, plus the writer's queue and reorder window (see `partial`).
 //!
 //! Scheduling is pull-based: each holder keeps a few requests in flight
 //! (more when its measured throughput is high), and whenever one finishes
@@ -132,6 +137,10 @@ pub struct Params {
     pub mem_budget: u64,
     /// A request must have run this long before the end game may race it.
     pub race_grace: Duration,
+    /// Chunks larger than this are written into the partial as they stream
+    /// in (memory stays flat whatever the chunk size) instead of being held
+    /// in memory until verified; the end game does not race them.
+    pub stream_above: u64,
 }
 
 impl Params {
@@ -143,6 +152,7 @@ impl Params {
             max_failures: 3,
             mem_budget: 64 << 20,
             race_grace: Duration::from_millis(300),
+            stream_above: 8 << 20,
         }
     }
 }
@@ -165,7 +175,8 @@ pub struct Report {
 }
 
 enum Outcome {
-    Verified(Bytes),
+    /// The chunk, or `None` if it was written in place.
+    Verified(Option<Bytes>),
     /// Failed verification or broke the protocol: a strike.
     Bad(String),
     /// Unreachable, error answer, broken or stalled transfer: back off.
@@ -174,6 +185,8 @@ enum Outcome {
     Gone(String),
     /// 503: come back after this long.
     Busy(Duration),
+    /// Writing the chunk in place failed: our disk, not the holder.
+    LocalIo(String),
 }
 
 struct Holder {
@@ -248,6 +261,9 @@ struct Req {
     started: Instant,
     got: Arc<AtomicU64>,
     abort: tokio::task::AbortHandle,
+    /// Aborted; kept until its task has ended, so a chunk written in place
+    /// is never handed to a second writer while the first may still write.
+    aborted: bool,
 }
 
 /// The chunk bookkeeping of one file, kept across rounds of locating.
@@ -358,8 +374,8 @@ impl Swarm {
                 break Ok(());
             }
             let now = Instant::now();
-            self.schedule(&mut set, fetch, now);
-            if self.reqs.is_empty() && !self.any_waiting(now) {
+            self.schedule(&mut set, fetch, partial, now);
+            if self.live() == 0 && !self.any_waiting(now) {
                 break Err(SwarmEnd::NoHolders(self.holder_summary()));
             }
             // Wake up for the first holder whose back-off ends, if sooner than the tick.
@@ -375,7 +391,10 @@ impl Swarm {
                 Some(joined) = set.join_next_with_id(), if !set.is_empty() => {
                     let (id, outcome) = match joined {
                         Ok((id, o)) => (id, o),
-                        Err(e) if e.is_cancelled() => continue,
+                        Err(e) if e.is_cancelled() => {
+                            self.ended(e.id());
+                            continue;
+                        }
                         Err(e) => (e.id(), Outcome::Failed(format!("request task failed: {e}"))),
                     };
                     if let Err(e) = self.handle(id, outcome, partial).await {
@@ -391,13 +410,12 @@ impl Swarm {
                 }
             }
         };
-        set.abort_all();
-        for r in self.reqs.drain() {
-            let (_, r) = r;
+        // Wait for every request task to end (none may still write in place).
+        set.shutdown().await;
+        for (_, r) in self.reqs.drain() {
             if !self.done[r.chunk] {
                 self.missing.insert(r.chunk);
             }
-            self.holders[r.holder].in_flight = 0;
         }
         for h in &mut self.holders {
             h.in_flight = 0;
@@ -429,7 +447,22 @@ impl Swarm {
         (self.params.mem_budget / self.manifest.chunk_size.max(1)).clamp(1, 64) as usize
     }
 
-    fn schedule(&mut self, set: &mut JoinSet<Outcome>, fetch: &Fetcher, now: Instant) {
+    /// Requests in flight that were not aborted.
+    fn live(&self) -> usize {
+        self.reqs.values().filter(|r| !r.aborted).count()
+    }
+
+    fn streaming(&self) -> bool {
+        self.manifest.chunk_size > self.params.stream_above
+    }
+
+    fn schedule(
+        &mut self,
+        set: &mut JoinSet<Outcome>,
+        fetch: &Fetcher,
+        partial: &Partial,
+        now: Instant,
+    ) {
         let eligible = self.eligible();
         let mut ready: Vec<usize> = eligible
             .iter()
@@ -441,7 +474,7 @@ impl Swarm {
         loop {
             let mut progressed = false;
             for &h in &ready {
-                if self.reqs.len() >= self.max_in_flight() {
+                if self.live() >= self.max_in_flight() {
                     return;
                 }
                 if self.holders[h].in_flight >= self.holders[h].depth(cs) {
@@ -451,7 +484,7 @@ impl Swarm {
                     .pick_missing(h, &eligible)
                     .or_else(|| self.pick_race(h, now));
                 if let Some(c) = chunk {
-                    self.spawn(set, fetch, h, c);
+                    self.spawn(set, fetch, partial, h, c);
                     progressed = true;
                 }
             }
@@ -480,11 +513,11 @@ impl Swarm {
     /// End game: an in-flight chunk this holder would finish sooner than the
     /// holder that has it.
     fn pick_race(&self, h: usize, now: Instant) -> Option<usize> {
-        if !self.missing.is_empty() {
+        if !self.missing.is_empty() || self.streaming() {
             return None;
         }
         let mut per_chunk: HashMap<usize, Vec<&Req>> = HashMap::new();
-        for r in self.reqs.values() {
+        for r in self.reqs.values().filter(|r| !r.aborted) {
             per_chunk.entry(r.chunk).or_default().push(r);
         }
         if per_chunk.values().filter(|v| v.len() > 1).count() >= MAX_RACES {
@@ -526,7 +559,15 @@ impl Swarm {
         best.map(|(_, c)| c)
     }
 
-    fn spawn(&mut self, set: &mut JoinSet<Outcome>, fetch: &Fetcher, h: usize, c: usize) {
+    fn spawn(
+        &mut self,
+        set: &mut JoinSet<Outcome>,
+        fetch: &Fetcher,
+        partial: &Partial,
+        h: usize,
+        c: usize,
+    ) {
+        let sink = self.streaming().then(|| partial.file());
         let cs = self.manifest.chunk_size;
         let start = c as u64 * cs;
         let len = chunk_len(c, cs, self.size);
@@ -545,6 +586,7 @@ impl Swarm {
             self.params.stall,
             holder.recv.clone(),
             got.clone(),
+            sink,
         );
         let abort = set.spawn(task);
         self.reqs.insert(
@@ -555,6 +597,7 @@ impl Swarm {
                 started: Instant::now(),
                 got,
                 abort,
+                aborted: false,
             },
         );
     }
@@ -565,8 +608,16 @@ impl Swarm {
         outcome: Outcome,
         partial: &Partial,
     ) -> io::Result<()> {
+        let Some(req) = self.reqs.get(&id) else {
+            return Ok(());
+        };
+        if req.aborted {
+            // Ended after we gave up on it: whatever it did is not used.
+            self.ended(id);
+            return Ok(());
+        }
         let Some(req) = self.reqs.remove(&id) else {
-            return Ok(()); // lost a race and was dropped already
+            return Ok(());
         };
         let (h, c) = (req.holder, req.chunk);
         let holder = &mut self.holders[h];
@@ -579,21 +630,21 @@ impl Swarm {
                 let losers: Vec<tokio::task::Id> = self
                     .reqs
                     .iter()
-                    .filter(|(_, r)| r.chunk == c)
+                    .filter(|(_, r)| r.chunk == c && !r.aborted)
                     .map(|(id, _)| *id)
                     .collect();
                 for id in losers {
-                    if let Some(r) = self.reqs.remove(&id) {
-                        r.abort.abort();
-                        let loser = &mut self.holders[r.holder];
-                        loser.in_flight = loser.in_flight.saturating_sub(1);
-                    }
+                    self.abort(id);
                 }
                 if !self.done[c] {
                     self.done[c] = true;
                     self.done_count += 1;
-                    self.verified_bytes += bytes.len() as u64;
-                    partial.write(c, bytes).await?;
+                    let len = chunk_len(c, self.manifest.chunk_size, self.size);
+                    self.verified_bytes += len;
+                    match bytes {
+                        Some(b) => partial.write(c, b).await?,
+                        None => partial.mark(c).await?,
+                    }
                 }
             }
             Outcome::Bad(why) => {
@@ -645,14 +696,47 @@ impl Swarm {
                 holder.backoff_until = Some(Instant::now() + pause);
                 self.requeue(c);
             }
+            Outcome::LocalIo(e) => {
+                self.requeue(c);
+                return Err(io::Error::other(format!("cannot write chunk {c}: {e}")));
+            }
         }
         Ok(())
     }
 
-    /// Put a chunk back in the queue unless another request still has it.
+    /// Put a chunk back in the queue unless another request still has it
+    /// (or, for chunks written in place, may still be writing it).
     fn requeue(&mut self, c: usize) {
-        if !self.done[c] && !self.reqs.values().any(|r| r.chunk == c) {
+        let streaming = self.streaming();
+        let taken = self
+            .reqs
+            .values()
+            .any(|r| r.chunk == c && (!r.aborted || streaming));
+        if !self.done[c] && !taken {
             self.missing.insert(c);
+        }
+    }
+
+    /// Give up on a request; its chunk is requeued once its task has ended.
+    fn abort(&mut self, id: tokio::task::Id) {
+        if let Some(r) = self.reqs.get_mut(&id)
+            && !r.aborted
+        {
+            r.aborted = true;
+            r.abort.abort();
+            let holder = &mut self.holders[r.holder];
+            holder.in_flight = holder.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// The task of an aborted request has ended.
+    fn ended(&mut self, id: tokio::task::Id) {
+        if let Some(r) = self.reqs.remove(&id) {
+            if !r.aborted {
+                let holder = &mut self.holders[r.holder];
+                holder.in_flight = holder.in_flight.saturating_sub(1);
+            }
+            self.requeue(r.chunk);
         }
     }
 
@@ -660,16 +744,12 @@ impl Swarm {
         let ids: Vec<tokio::task::Id> = self
             .reqs
             .iter()
-            .filter(|(_, r)| r.holder == h)
+            .filter(|(_, r)| r.holder == h && !r.aborted)
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(r) = self.reqs.remove(&id) {
-                r.abort.abort();
-                self.requeue(r.chunk);
-            }
+            self.abort(id);
         }
-        self.holders[h].in_flight = 0;
     }
 
     pub fn report(&self) -> Report {
@@ -715,6 +795,7 @@ async fn fetch_chunk(
     stall: Duration,
     recv: Arc<AtomicU64>,
     got: Arc<AtomicU64>,
+    sink: Option<Arc<std::fs::File>>,
 ) -> Outcome {
     let end = start + len - 1;
     let reply = match tokio::time::timeout(stall, fetch(&src, start, end)).await {
@@ -738,7 +819,13 @@ async fn fetch_chunk(
         s => return Outcome::Failed(format!("answered HTTP {s}")),
     }
     let mut body = reply.body;
-    let mut buf = BytesMut::with_capacity(len as usize);
+    // In memory until verified, or (large chunks) straight into the partial
+    // at the chunk's offset, staged in runs for the hash and the write.
+    let mut buf = BytesMut::with_capacity(match sink {
+        None => len as usize,
+        Some(_) => HASH_RUN * 2,
+    });
+    let mut received: u64 = 0;
     let mut hasher = blake3::Hasher::new();
     let mut hashed = 0;
     loop {
@@ -754,9 +841,10 @@ async fn fetch_chunk(
             Ok(Some(Ok(b))) => b,
         };
         recv.fetch_add(piece.len() as u64, Ordering::Relaxed);
-        if buf.len() as u64 + piece.len() as u64 > len {
+        if received + piece.len() as u64 > len {
             return Outcome::Bad(format!("sent more than the {len} bytes asked for"));
         }
+        received += piece.len() as u64;
         got.fetch_add(piece.len() as u64, Ordering::Relaxed);
         buf.extend_from_slice(&piece);
         // Hash in runs of a few hundred KiB: wide enough for BLAKE3's SIMD,
@@ -764,19 +852,38 @@ async fn fetch_chunk(
         if buf.len() - hashed >= HASH_RUN {
             hasher.update(&buf[hashed..]);
             hashed = buf.len();
+            if let Some(file) = &sink {
+                let at = start + received - buf.len() as u64;
+                if let Err(e) = write_in_place(file, &buf, at) {
+                    return Outcome::LocalIo(e.to_string());
+                }
+                buf.clear();
+                hashed = 0;
+            }
         }
     }
     hasher.update(&buf[hashed..]);
-    if (buf.len() as u64) < len {
+    if let Some(file) = &sink {
+        let at = start + received - buf.len() as u64;
+        if let Err(e) = write_in_place(file, &buf, at) {
+            return Outcome::LocalIo(e.to_string());
+        }
+    }
+    if received < len {
         return Outcome::Failed(format!(
-            "closed the connection after {} of {len} bytes",
-            buf.len()
+            "closed the connection after {received} of {len} bytes"
         ));
     }
     if hasher.finalize().as_bytes() != &expected {
         return Outcome::Bad(format!("chunk {idx} failed BLAKE3 verification"));
     }
-    Outcome::Verified(buf.freeze())
+    Outcome::Verified(sink.is_none().then(|| buf.freeze()))
+}
+
+fn write_in_place(file: &std::fs::File, data: &[u8], at: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    // A short positional write into the page cache; not worth a thread hop.
+    file.write_all_at(data, at)
 }
 
 #[cfg(test)]
@@ -879,6 +986,8 @@ mod tests {
         /// Chunk whose manifest hash is a lie, if any.
         lying_manifest: Option<usize>,
         max_sources: usize,
+        /// Write chunks in place as they stream in (the large-chunk path).
+        stream: bool,
         seed: u64,
     }
 
@@ -889,15 +998,17 @@ mod tests {
             prop::collection::vec(holder(), 1..5),
             prop::option::weighted(0.1, any::<usize>()),
             1usize..5,
+            any::<bool>(),
             any::<u64>(),
         )
             .prop_map(
-                |(size, chunk_size, holders, lying_manifest, max_sources, seed)| Case {
+                |(size, chunk_size, holders, lying_manifest, max_sources, stream, seed)| Case {
                     size,
                     chunk_size,
                     holders,
                     lying_manifest,
                     max_sources,
+                    stream,
                     seed,
                 },
             )
@@ -1038,6 +1149,7 @@ mod tests {
             params.backoff = Duration::from_millis(1);
             params.race_grace = Duration::from_millis(5);
             params.mem_budget = 6 * case.chunk_size;
+            params.stream_above = if case.stream { 0 } else { u64::MAX };
             let mut swarm = Swarm::new(
                 manifest.clone(),
                 case.size as u64,
@@ -1092,6 +1204,12 @@ mod tests {
 
     #[test]
     fn bad_chunk_is_refetched_elsewhere_with_one_strike() {
+        for stream in [false, true] {
+            bad_chunk_case(stream);
+        }
+    }
+
+    fn bad_chunk_case(stream: bool) {
         let case = Case {
             size: 10_000,
             chunk_size: 1000,
@@ -1109,6 +1227,7 @@ mod tests {
             ],
             lying_manifest: None,
             max_sources: 8,
+            stream,
             seed: 7,
         };
         let (result, _, report) = run_case(&case);
