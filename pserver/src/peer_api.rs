@@ -9,7 +9,6 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use peerdex_proto::rest::{LocateQuery, LocateResult, SearchQuery};
 use peerdex_proto::{FileId, HOPS_HEADER};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::Shared;
 use crate::error::{Error, Result};
@@ -169,21 +168,62 @@ async fn serve_file(
         return Ok(resp.streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
     }
     let slot = UploadSlots::acquire(&shared)?;
-    let mut file = tokio::fs::File::from_std(file);
-    file.seek(std::io::SeekFrom::Start(start)).await?;
-    let piece = shared.upload_limit.piece_size(256 * 1024);
+    let piece = shared.upload_limit.piece_size(1 << 20);
     let limited = shared.upload_limit.is_limited();
-    let body =
-        tokio_util::io::ReaderStream::with_capacity(file.take(len), piece).then(move |chunk| {
-            let shared = slot.0.clone(); // `slot` is released when the body is dropped
-            async move {
-                if limited && let Ok(b) = &chunk {
-                    shared.upload_limit.take(b.len()).await;
-                }
-                chunk
+    let body = read_ahead(file, start, len, piece).then(move |chunk| {
+        let shared = slot.0.clone(); // `slot` is released when the body is dropped
+        async move {
+            if limited && let Ok(b) = &chunk {
+                shared.upload_limit.take(b.len()).await;
             }
-        });
+            chunk
+        }
+    });
     Ok(resp.streaming(body))
+}
+
+/// Stream `len` bytes of `file` from `start`: one blocking thread reads
+/// ahead in `piece`-sized blocks (a few blocks buffered) while the socket
+/// sends, instead of one thread-pool hop per small read. The reader stops
+/// as soon as the body is dropped.
+fn read_ahead(
+    mut file: std::fs::File,
+    start: u64,
+    len: u64,
+    piece: usize,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
+    use std::io::{Read, Seek};
+    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e));
+            return;
+        }
+        let mut left = len;
+        while left > 0 {
+            let n = piece.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let mut buf = bytes::BytesMut::zeroed(n);
+            let got = match file.read(&mut buf) {
+                Ok(0) => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "file shrank while serving",
+                )),
+                Ok(got) => Ok(got),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let item = got.map(|got| {
+                buf.truncate(got);
+                left -= got as u64;
+                buf.freeze()
+            });
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return; // body dropped (client gone) or read error sent
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 fn check_hops(req: &HttpRequest) -> Result<()> {
