@@ -182,6 +182,27 @@ impl Peer {
             .max()
             .unwrap_or(0)
     }
+    /// `peerdex --json get ID` in the background; returns once the job has
+    /// moved more than `min_bytes` (so a fault can be injected mid-transfer).
+    fn start_get(&self, id: &str, min_bytes: u64) -> Child {
+        let child = Command::new(bin("peerdex"))
+            .args(["--json", "get", id])
+            .env("PEERDEX_PSERVER_URL", &self.api)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("bytes to flow", T, || {
+            let jobs = self.json(&["jobs"]);
+            jobs["jobs"]
+                .as_array()?
+                .iter()
+                .any(|j| j["bytes_done"].as_u64().unwrap_or(0) > min_bytes)
+                .then_some(())
+        });
+        child
+    }
+
     fn joined(&self) -> bool {
         let out = self.peerdex(&["--json", "status"]);
         out.status.success()
@@ -410,21 +431,7 @@ fn ctrl_c_drains_uploads_then_leaves_at_once() {
     });
 
     // `peerdex get` in the background; SIGINT the holder once bytes flow.
-    let get = Command::new(bin("peerdex"))
-        .args(["--json", "get", &id])
-        .env("PEERDEX_PSERVER_URL", &p.api)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("bytes to flow", T, || {
-        let jobs = p.json(&["jobs"]);
-        jobs["jobs"]
-            .as_array()?
-            .iter()
-            .any(|j| j["bytes_done"].as_u64().unwrap_or(0) > 200_000)
-            .then_some(())
-    });
+    let get = p.start_get(&id, 200_000);
     signal(&holder.proc.child, libc::SIGINT);
     let status = wait_until("the holder to exit", T, || {
         holder.proc.child.try_wait().unwrap()
@@ -433,8 +440,7 @@ fn ctrl_c_drains_uploads_then_leaves_at_once() {
     // It is gone from lookups at once, far before its 30 s lease.
     assert_eq!(p.holders("only holder", &b3(b"just here")), 0);
     // And the upload it was serving completed.
-    let out = get.wait_with_output().unwrap();
-    assert!(out.status.success());
+    assert!(get.wait_with_output().unwrap().status.success());
     assert_eq!(
         b3(&std::fs::read(p.share.join("slow-transfer.bin")).unwrap()),
         id
@@ -473,21 +479,7 @@ fn central_killed_and_restarted() {
         (p.holders("survivor", &id) == 1).then_some(())
     });
 
-    let mut get = Command::new(bin("peerdex"))
-        .args(["--json", "get", &id])
-        .env("PEERDEX_PSERVER_URL", &p.api)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("bytes to flow", T, || {
-        let jobs = p.json(&["jobs"]);
-        jobs["jobs"]
-            .as_array()?
-            .iter()
-            .any(|j| j["bytes_done"].as_u64().unwrap_or(0) > 100_000)
-            .then_some(())
-    });
+    let mut get = p.start_get(&id, 100_000);
     central.proc.kill9();
     assert!(
         get.wait().unwrap().success(),
