@@ -18,6 +18,8 @@ die() {
 	exit 1
 }
 note() { echo "$(basename "$0"): $*" >&2; }
+# Option parsing: `need "$@"` before reading "$2" of a flag that takes a value.
+need() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
 
 # aws with the chosen region and endpoint, text output unless overridden.
 awsc() {

@@ -17,7 +17,6 @@ source "$here/lib.sh"
 name="${PEERDEX_DEPLOYMENT:-peerdex}"
 region=""
 endpoint_url=""
-need() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value (see --help)"; }
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	--name) need "$@"; name="$2"; shift 2 ;;

@@ -264,6 +264,31 @@ fn start_peer(
     peer
 }
 
+/// A holder sharing `files`, its uploads capped at 1 MB/s so a fault can be
+/// injected mid-transfer, and a downloading peer whose neighbour it is.
+fn slow_holder_and_downloader(root: &Path, central: &str, files: &[(&str, &[u8])]) -> (Peer, Peer) {
+    let dir = root.join("h");
+    std::fs::create_dir_all(dir.join("share")).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.join("share").join(name), bytes).unwrap();
+    }
+    let holder = start_peer(
+        &dir,
+        central,
+        0,
+        &[],
+        &[("PSERVER_MAX_UPLOAD_BPS", "1000000")],
+    );
+    let p = start_peer(
+        &root.join("p"),
+        central,
+        0,
+        std::slice::from_ref(&holder.peer_url),
+        &[],
+    );
+    (holder, p)
+}
+
 fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     let mut v = Vec::with_capacity(len + 8);
@@ -410,23 +435,13 @@ fn ctrl_c_drains_uploads_then_leaves_at_once() {
     let central = start_central(&root.path().join("central"), "127.0.0.1:0", 30, 10);
     let bytes = noise(3_000_000, 9);
     let id = b3(&bytes);
-    let dir = root.path().join("h");
-    std::fs::create_dir_all(dir.join("share")).unwrap();
-    std::fs::write(dir.join("share/slow-transfer.bin"), &bytes).unwrap();
-    std::fs::write(dir.join("share/only-on-holder.txt"), b"just here").unwrap();
-    let mut holder = start_peer(
-        &dir,
+    let (mut holder, p) = slow_holder_and_downloader(
+        root.path(),
         &central.url(),
-        0,
-        &[],
-        &[("PSERVER_MAX_UPLOAD_BPS", "1000000")],
-    );
-    let p = start_peer(
-        &root.path().join("p"),
-        &central.url(),
-        0,
-        std::slice::from_ref(&holder.peer_url),
-        &[],
+        &[
+            ("slow-transfer.bin", &bytes),
+            ("only-on-holder.txt", b"just here"),
+        ],
     );
     wait_until("file listed", T, || {
         (p.holders("slow", &id) == 1).then_some(())
@@ -460,23 +475,8 @@ fn central_killed_and_restarted() {
     let mut central = start_central(&cdir, "127.0.0.1:0", 6, 2);
     let bytes = noise(3_000_000, 10);
     let id = b3(&bytes);
-    let dir = root.path().join("h");
-    std::fs::create_dir_all(dir.join("share")).unwrap();
-    std::fs::write(dir.join("share/survivor.bin"), &bytes).unwrap();
-    let holder = start_peer(
-        &dir,
-        &central.url(),
-        0,
-        &[],
-        &[("PSERVER_MAX_UPLOAD_BPS", "1000000")],
-    );
-    let p = start_peer(
-        &root.path().join("p"),
-        &central.url(),
-        0,
-        std::slice::from_ref(&holder.peer_url),
-        &[],
-    );
+    let (holder, p) =
+        slow_holder_and_downloader(root.path(), &central.url(), &[("survivor.bin", &bytes)]);
     wait_until("file listed", T, || {
         (p.holders("survivor", &id) == 1).then_some(())
     });
