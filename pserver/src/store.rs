@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use peerdex_proto::convert::{Manifest, SharedFile, chunk_count, chunk_size_for};
 use peerdex_proto::rest::FileInfo;
@@ -566,13 +566,6 @@ pub fn hash_path(path: &Path) -> io::Result<(FileId, Option<Manifest>, u64)> {
     let read = h.total();
     let (id, manifest) = h.finish();
     Ok((id, manifest, read))
-}
-
-/// Seconds since the Unix epoch, for logs.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
