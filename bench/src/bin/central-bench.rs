@@ -9,8 +9,11 @@
 //! a separate process) as the baseline. It also reports the central's RSS
 //! and its restart-to-serving time (after SIGTERM and after `kill -9`).
 //!
+//! It lives in the `peerdex-bench` crate (not in `central-server`) so that
+//! its histogram dependency never reaches the server's build.
+//!
 //! ```text
-//! cargo build --release -p central-server
+//! cargo build --release -p central-server -p peerdex-bench
 //! target/release/central-bench
 //! ```
 
