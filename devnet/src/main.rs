@@ -3,15 +3,17 @@
 //! Builds the binaries, starts one `central-server` and three `pserver`s on
 //! loopback, each in its own folder under `./data/devnet/` with a `.env` file
 //! (exactly how a cloud VM is configured), seeds each share folder with
-//! sample files, and opens the `peerdex` REPL attached to peer 1. Neighbours
-//! form a ring: peer 2 asks peer 1, peer 3 asks peer 2, peer 1 asks peer 3.
+//! sample files, and opens the `peerdex` REPL attached to peer 1. Every
+//! process binds port 0 and reports its addresses on its first output line,
+//! so nothing depends on a port being free. Neighbours: peer 1 asks peer 3,
+//! peer 2 asks peer 1, and peer 3 (started first, before any neighbour's
+//! address is known) asks the central itself.
 //!
 //! Without a terminal on stdin it runs a short scripted tour instead (search,
 //! get a file held by another peer, status) and exits 0 if it worked.
 //! Ctrl+C (or leaving the REPL) stops every process cleanly.
 
 use std::io::IsTerminal;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,8 +114,33 @@ fn build() -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Which peer (index) each peer asks to find files. Peer 1, the one the REPL
+/// and the tour use, has a neighbour, so its lookups take the full path
+/// (own PServer → neighbour → central).
+const NEIGHBOUR: [Option<usize>; 3] = [Some(2), Some(0), None];
+/// Every neighbour starts before the peers that ask it.
+const START_ORDER: [usize; 3] = [2, 0, 1];
+
+/// The addresses a PServer reports on its first line:
+/// `pserver listening: api=http://A peer=http://B public=URL`.
+struct PeerAddrs {
+    api_url: String,
+    /// What other peers use to reach it (its public URL).
+    peer_url: String,
+}
+
+impl PeerAddrs {
+    fn parse(line: &str) -> Option<Self> {
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_owned)
+        };
+        Some(Self {
+            api_url: field("api=")?,
+            peer_url: field("public=")?,
+        })
+    }
 }
 
 fn write_env(dir: &Path, lines: &[(&str, String)]) -> Result<()> {
@@ -200,25 +227,32 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         .to_owned();
     let central_url = format!("http://{central_addr}");
 
-    // Peers: ports chosen up front so the neighbour ring can be written.
-    let peer_ports = [free_port()?, free_port()?, free_port()?];
-    let api_ports = [free_port()?, free_port()?, free_port()?];
-    let peer_url = |i: usize| format!("http://127.0.0.1:{}", peer_ports[i]);
+    // Peers, each on ports the OS picks; its addresses come from its first
+    // output line. A neighbour's URL is known only once it runs, so peer 3
+    // starts first (no neighbour: it asks the central itself), then peer 1
+    // (asks peer 3), then peer 2 (asks peer 1).
     let samples = sample_files();
-    let mut api_urls = Vec::new();
-    for i in 0..3 {
+    let mut peers: [Option<PeerAddrs>; 3] = [None, None, None];
+    for i in START_ORDER {
         let dir = root.join(format!("peer{}", i + 1));
-        let neighbour = (i + 2) % 3; // 1→3, 2→1, 3→2
+        let neighbour = NEIGHBOUR[i]
+            .map(|n| {
+                peers[n]
+                    .as_ref()
+                    .map(|p| p.peer_url.clone())
+                    .context("a neighbour starts before the peers that ask it")
+            })
+            .transpose()?;
         write_env(
             &dir,
             &[
-                ("PSERVER_API_ADDR", format!("127.0.0.1:{}", api_ports[i])),
-                ("PSERVER_PEER_ADDR", format!("127.0.0.1:{}", peer_ports[i])),
-                ("PSERVER_PUBLIC_URL", peer_url(i)),
+                ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
+                // On loopback, the public URL is derived from the bound address.
+                ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
                 ("PSERVER_SHARE_DIR", "./share".into()),
                 ("PSERVER_DATA_DIR", "./data".into()),
                 ("PSERVER_CENTRAL_URL", central_url.clone()),
-                ("PSERVER_NEIGHBOURS", peer_url(neighbour)),
+                ("PSERVER_NEIGHBOURS", neighbour.unwrap_or_default()),
                 ("PSERVER_RESCAN_SECS", "1".into()),
                 ("RUST_LOG", "info".into()),
             ],
@@ -227,10 +261,19 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         for (name, bytes) in &samples[i] {
             std::fs::write(dir.join("share").join(name), bytes)?;
         }
-        let (p, _) = spawn(&bins, "pserver", &dir, &format!("peer{}", i + 1)).await?;
+        let name = format!("peer{}", i + 1);
+        let (p, line) = spawn(&bins, "pserver", &dir, &name).await?;
         procs.push(p);
-        api_urls.push(format!("http://127.0.0.1:{}", api_ports[i]));
+        peers[i] = Some(
+            PeerAddrs::parse(&line)
+                .with_context(|| format!("unexpected first line from {name}: {line:?}"))?,
+        );
     }
+    let peers: Vec<PeerAddrs> = peers
+        .into_iter()
+        .collect::<Option<_>>()
+        .context("START_ORDER starts every peer")?;
+    let api_urls: Vec<String> = peers.iter().map(|p| p.api_url.clone()).collect();
 
     // Wait until every peer holds a lease.
     let http = reqwest::Client::new();
@@ -264,12 +307,16 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         root.display()
     );
     println!("  central   {central_url}  (gRPC; try: grpcurl -plaintext {central_addr} list)");
-    for (i, url) in api_urls.iter().enumerate() {
+    for (i, p) in peers.iter().enumerate() {
+        let neighbour = NEIGHBOUR[i].map_or_else(
+            || "none (asks the central)".to_owned(),
+            |n| peers[n].peer_url.clone(),
+        );
         println!(
-            "  peer{}     control {url}   peer API {}   neighbour {}",
+            "  peer{}     control {}   peer API {}   neighbour {neighbour}",
             i + 1,
-            peer_url(i),
-            peer_url((i + 2) % 3)
+            p.api_url,
+            p.peer_url,
         );
     }
     let peerdex = bins.join("peerdex");
