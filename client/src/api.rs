@@ -15,14 +15,14 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 use serde::de::DeserializeOwned;
 
 /// Default address of the control API (what `pserver` binds by default).
-pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
+pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 
 /// Largest single line accepted on a job's event stream (a serialized [`Job`]).
 const MAX_EVENT_LINE: usize = 1 << 20;
 
 /// Why a control-API call failed.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// Nothing answered at the URL (connection refused, unknown host, connect timeout).
     #[error(
         "cannot reach PServer at {url} — is `pserver` running? set PEERDEX_PSERVER_URL or pass --pserver"
@@ -58,7 +58,7 @@ pub enum Error {
 
 impl Error {
     /// The [`ApiError`] the PServer sent, if that is what this is.
-    pub fn api_error(&self) -> Option<&ApiError> {
+    pub(crate) fn api_error(&self) -> Option<&ApiError> {
         match self {
             Error::Api { error, .. } => Some(error),
             _ => None,
@@ -67,7 +67,7 @@ impl Error {
 
     /// A stable machine-readable code: the server's code for API errors,
     /// `unreachable`, `transport` or `bad_response` otherwise.
-    pub fn code(&self) -> &str {
+    pub(crate) fn code(&self) -> &str {
         match self {
             Error::Unreachable { .. } => "unreachable",
             Error::Transport { .. } => "transport",
@@ -77,19 +77,19 @@ impl Error {
     }
 }
 
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Outcome of an upload: the stored file, and whether it is new (201) or was
 /// already shared with identical content under that name (200).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Uploaded {
-    pub file: FileInfo,
-    pub created: bool,
+pub(crate) struct Uploaded {
+    pub(crate) file: FileInfo,
+    pub(crate) created: bool,
 }
 
 /// A client for one PServer's control API.
 #[derive(Debug, Clone)]
-pub struct Client {
+pub(crate) struct Client {
     base: Url,
     token: Option<String>,
     http: reqwest::Client,
@@ -98,7 +98,7 @@ pub struct Client {
 impl Client {
     /// A client for the control API at `base` (e.g. `http://127.0.0.1:7070`),
     /// sending `Authorization: Bearer <token>` when a token is given.
-    pub fn new(base: Url, token: Option<String>) -> Self {
+    pub(crate) fn new(base: Url, token: Option<String>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // Event streams send a line at least every second or so; uploads
@@ -117,7 +117,7 @@ impl Client {
     }
 
     /// The base URL this client talks to.
-    pub fn base_url(&self) -> &Url {
+    pub(crate) fn base_url(&self) -> &Url {
         &self.base
     }
 
@@ -190,31 +190,36 @@ impl Client {
     }
 
     /// `GET /api/v1/status`.
-    pub async fn status(&self) -> Result<Status> {
+    pub(crate) async fn status(&self) -> Result<Status> {
         self.json(self.request(Method::GET, &["status"])).await
     }
 
     /// `GET /api/v1/files`: the files this PServer shares.
-    pub async fn list_files(&self) -> Result<FileList> {
+    pub(crate) async fn list_files(&self) -> Result<FileList> {
         self.json(self.request(Method::GET, &["files"])).await
     }
 
     /// `DELETE /api/v1/files/{id}`: stop sharing; answers the removed entries.
-    pub async fn remove_file(&self, file_id: &str) -> Result<FileList> {
+    pub(crate) async fn remove_file(&self, file_id: &str) -> Result<FileList> {
         self.json(self.request(Method::DELETE, &["files", file_id]))
             .await
     }
 
     /// `GET /api/v1/files/{id}/content`: the response, to be streamed with
     /// [`Response::chunk`].
-    pub async fn file_content(&self, file_id: &str) -> Result<Response> {
+    pub(crate) async fn file_content(&self, file_id: &str) -> Result<Response> {
         self.send(self.request(Method::GET, &["files", file_id, "content"]))
             .await
     }
 
     /// `PUT /api/v1/files/{name}` with `body` as the content. `len` is sent as
     /// `Content-Length` so the PServer can refuse too-large files up front.
-    pub async fn upload(&self, name: &str, len: u64, body: reqwest::Body) -> Result<Uploaded> {
+    pub(crate) async fn upload(
+        &self,
+        name: &str,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<Uploaded> {
         let rb = self
             .request(Method::PUT, &["files", name])
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -234,37 +239,37 @@ impl Client {
     }
 
     /// `GET /api/v1/search`.
-    pub async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
+    pub(crate) async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
         self.json(self.request(Method::GET, &["search"]).query(query))
             .await
     }
 
     /// `POST /api/v1/downloads`: start a download job. A name that matches
     /// several contents fails with code `ambiguous_name` and the candidates.
-    pub async fn start_download(&self, req: &DownloadRequest) -> Result<Job> {
+    pub(crate) async fn start_download(&self, req: &DownloadRequest) -> Result<Job> {
         self.json(self.request(Method::POST, &["downloads"]).json(req))
             .await
     }
 
     /// `GET /api/v1/downloads`: every job, oldest first.
-    pub async fn list_downloads(&self) -> Result<JobList> {
+    pub(crate) async fn list_downloads(&self) -> Result<JobList> {
         self.json(self.request(Method::GET, &["downloads"])).await
     }
 
     /// `GET /api/v1/downloads/{job}`.
-    pub async fn job(&self, job_id: &str) -> Result<Job> {
+    pub(crate) async fn job(&self, job_id: &str) -> Result<Job> {
         self.json(self.request(Method::GET, &["downloads", job_id]))
             .await
     }
 
     /// `DELETE /api/v1/downloads/{job}`: cancel; answers the job's last state.
-    pub async fn cancel(&self, job_id: &str) -> Result<Job> {
+    pub(crate) async fn cancel(&self, job_id: &str) -> Result<Job> {
         self.json(self.request(Method::DELETE, &["downloads", job_id]))
             .await
     }
 
     /// `GET /api/v1/downloads/{job}/events`: follow a job live.
-    pub async fn events(&self, job_id: &str) -> Result<Events> {
+    pub(crate) async fn events(&self, job_id: &str) -> Result<Events> {
         let resp = self
             .send(self.request(Method::GET, &["downloads", job_id, "events"]))
             .await?;
@@ -279,7 +284,7 @@ impl Client {
 
 /// A job's event stream: one [`Job`] per line until a final state.
 #[derive(Debug)]
-pub struct Events {
+pub(crate) struct Events {
     client: Client,
     resp: Response,
     buf: BytesMut,
@@ -289,7 +294,7 @@ pub struct Events {
 impl Events {
     /// The next update, or `None` when the stream ended (after a final state,
     /// or because the PServer closed it).
-    pub async fn next(&mut self) -> Result<Option<Job>> {
+    pub(crate) async fn next(&mut self) -> Result<Option<Job>> {
         loop {
             if let Some(line) = take_line(&mut self.buf) {
                 if line.iter().all(u8::is_ascii_whitespace) {

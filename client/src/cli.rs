@@ -1,9 +1,11 @@
 //! Command-line syntax: global options and the commands shared by one-shot
 //! use (`peerdex search x`) and the REPL (`search x`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use reqwest::Url;
 
 use crate::api::DEFAULT_URL;
@@ -23,21 +25,78 @@ use crate::api::DEFAULT_URL;
     propagate_version = true,
     max_term_width = 100
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(flatten)]
-    pub global: GlobalArgs,
+    pub(crate) global: GlobalArgs,
 
     #[command(subcommand)]
-    pub command: Option<Command>,
+    pub(crate) command: Option<Command>,
+}
+
+impl Cli {
+    /// [`Cli::try_parse_with_env`], exiting as [`Parser::parse`] does on a
+    /// usage error (code 2), `--help` or `--version`.
+    pub(crate) fn parse_with_env<I, T>(args: I, env: impl Fn(&str) -> Option<OsString>) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        Self::try_parse_with_env(args, env).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parse `args` (program name first) with `env` as the environment the
+    /// `env = "..."` options fall back to: flag, then environment, then
+    /// default. `main` passes the process environment (after `.env`); tests
+    /// pass their own, so no developer's `PEERDEX_*` setting can change
+    /// what they see.
+    pub(crate) fn try_parse_with_env<I, T>(
+        args: I,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        // clap takes an `env` option's value from the process when the
+        // command is built; put the given environment's value in its place,
+        // as the option's default (which the flag still overrides).
+        let mut cmd = Self::command().mut_args(|arg| {
+            let Some(name) = arg.get_env().and_then(|n| n.to_str()).map(str::to_owned) else {
+                return arg;
+            };
+            match env(&name) {
+                // `&'static` because clap owns dynamic strings only with its
+                // `string` feature; parsing happens once per process.
+                Some(value) => arg
+                    .env(None)
+                    .default_value(&*Box::leak(value.into_boxed_os_str())),
+                None => arg.env(None),
+            }
+        });
+        match cmd.try_get_matches_from_mut(args.iter().cloned()) {
+            Ok(mut matches) => {
+                Self::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
+            }
+            // Help names each option's variable (`[env: ...]`, values
+            // hidden): render it from the definition as written. Parsing
+            // stops at the help request before any environment is read.
+            Err(e) if e.kind() == ErrorKind::DisplayHelp => Err(Self::command()
+                .try_get_matches_from(args)
+                .err()
+                .unwrap_or(e)),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 /// Options that apply to every command.
 #[derive(Debug, Clone, Args)]
-pub struct GlobalArgs {
+pub(crate) struct GlobalArgs {
     /// URL of your PServer's control API.
     #[arg(long, global = true, env = "PEERDEX_PSERVER_URL", default_value = DEFAULT_URL,
           hide_env_values = true, value_name = "URL", value_parser = parse_pserver_url)]
-    pub pserver: Url,
+    pub(crate) pserver: Url,
 
     /// Bearer token for the control API, needed when the PServer sets
     /// PSERVER_API_TOKEN.
@@ -48,21 +107,21 @@ pub struct GlobalArgs {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
 
     /// Machine-readable output: one JSON document per command on stdout, no
     /// progress bars. Failures print {"error": {"code", "message", ...}}.
     #[arg(long, global = true)]
-    pub json: bool,
+    pub(crate) json: bool,
 
     /// Explain failures in full: print every underlying cause.
     #[arg(short, long, global = true)]
-    pub verbose: bool,
+    pub(crate) verbose: bool,
 }
 
 /// The commands, in one-shot mode and in the REPL.
 #[derive(Debug, Clone, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Share files: stream them to your PServer, which publishes them.
     Upload(UploadArgs),
     /// Download a file by name or id into your PServer's shared folder.
@@ -84,71 +143,71 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct UploadArgs {
+pub(crate) struct UploadArgs {
     /// Files to share (folders need --recursive).
     #[arg(required = true, value_name = "PATH")]
-    pub paths: Vec<PathBuf>,
+    pub(crate) paths: Vec<PathBuf>,
 
     /// Upload every file inside the given folders (sub-folders included);
     /// each is shared under its own file name.
     #[arg(short, long)]
-    pub recursive: bool,
+    pub(crate) recursive: bool,
 
     /// Share the file under this name instead of its file name (one file only).
     #[arg(long, value_name = "NAME")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// The file's name (exact) or its 64-character id. In the shell, a
     /// short id from the last search works too.
     #[arg(value_name = "NAME|ID")]
-    pub target: String,
+    pub(crate) target: String,
 
     /// Also write the file to PATH (a file, or a folder to put it in).
     #[arg(short, long, value_name = "PATH")]
-    pub output: Option<PathBuf>,
+    pub(crate) output: Option<PathBuf>,
 
     /// Overwrite PATH if it exists.
     #[arg(short, long, requires = "output")]
-    pub force: bool,
+    pub(crate) force: bool,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct SearchArgs {
+pub(crate) struct SearchArgs {
     /// Words to look for; each matches the start of a word in a file name.
     #[arg(required = true, value_name = "WORD")]
-    pub query: Vec<String>,
+    pub(crate) query: Vec<String>,
 
     /// Most results to show.
     #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub limit: Option<u32>,
+    pub(crate) limit: Option<u32>,
 
     /// Page token printed by a previous search, for the next results.
     #[arg(long, value_name = "TOKEN")]
-    pub page: Option<String>,
+    pub(crate) page: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct RmArgs {
+pub(crate) struct RmArgs {
     /// Id of the file to stop sharing (a unique prefix of it, as shown by `ls`, works too).
     #[arg(value_name = "ID")]
-    pub id: String,
+    pub(crate) id: String,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct CancelArgs {
+pub(crate) struct CancelArgs {
     /// Job id, as printed by `get` or `jobs`.
     #[arg(value_name = "JOB")]
-    pub job: String,
+    pub(crate) job: String,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct CompletionsArgs {
+pub(crate) struct CompletionsArgs {
     /// Shell to generate the script for.
     #[arg(value_enum)]
-    pub shell: clap_complete::Shell,
+    pub(crate) shell: clap_complete::Shell,
 }
 
 /// One line typed into the REPL: a command without the `peerdex` prefix.
@@ -161,13 +220,13 @@ pub struct CompletionsArgs {
     help_template = "{all-args}",
     override_usage = "COMMAND [ARGS]"
 )]
-pub struct ReplLine {
+pub(crate) struct ReplLine {
     #[command(subcommand)]
-    pub command: ReplCommand,
+    pub(crate) command: ReplCommand,
 }
 
 #[derive(Debug, Clone, Subcommand)]
-pub enum ReplCommand {
+pub(crate) enum ReplCommand {
     #[command(flatten)]
     Run(Command),
     /// Leave the shell (Ctrl+D works too).
@@ -176,7 +235,7 @@ pub enum ReplCommand {
 }
 
 /// Names of every REPL command, for tab completion.
-pub fn repl_command_names() -> Vec<String> {
+pub(crate) fn repl_command_names() -> Vec<String> {
     use clap::CommandFactory;
     let mut names: Vec<String> = ReplLine::command()
         .get_subcommands()

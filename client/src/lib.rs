@@ -4,38 +4,43 @@
 //! [`peerdex_proto::rest`]. It runs one command (`peerdex search x`) or, with
 //! no command, an interactive shell with the same commands.
 //!
-//! Layout:
-//! * [`api`] — a typed HTTP client for the control API, reusable by other tools.
-//! * [`cli`] — the command line (clap): global options and commands.
-//! * `commands` — what each command does and prints; error reporting.
+//! Layout (every module is private: the only user of this library is
+//! `main.rs`, through [`main_entry`]):
+//! * `api` — a typed HTTP client for the control API.
+//! * `cli` — the command line (clap): global options and commands, parsed
+//!   against an environment given explicitly.
+//! * `cmd` — what each command does and prints, one file per command.
+//! * `progress` — following a download job: progress bar or state lines.
+//! * `report` — how a failure is printed, and the exit code it maps to.
 //! * `repl` — the interactive shell (rustyline), or line-by-line from a pipe.
-//! * [`output`] — human sizes, tables, progress bars, terminal detection.
+//! * `output` — human sizes, tables, progress bars, terminal detection.
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 usage error, 130
 //! interrupted by Ctrl+C.
 
-pub mod api;
-pub mod cli;
-mod commands;
-pub mod output;
+mod api;
+mod cli;
+mod cmd;
+mod output;
+mod progress;
 mod repl;
+mod report;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use crate::cli::Cli;
-use crate::commands::{Ctx, Interrupted};
+use crate::cmd::Ctx;
 use crate::output::Term;
+use crate::report::Interrupted;
 
 /// Exit code when the user pressed Ctrl+C (128 + SIGINT).
-pub const EXIT_INTERRUPTED: u8 = 130;
+const EXIT_INTERRUPTED: u8 = 130;
 
 /// The whole program: read `.env`, parse the command line, run.
 pub fn main_entry() -> ExitCode {
     // `.env` first, so its values act as environment defaults for clap.
     let dotenv = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli = Cli::parse_with_env(std::env::args_os(), |name| std::env::var_os(name));
     if let Err(e) = dotenv
         && !e.not_found()
     {
@@ -45,7 +50,7 @@ pub fn main_entry() -> ExitCode {
 }
 
 /// Run a parsed command line and map the outcome to an exit code.
-pub fn run(cli: Cli) -> ExitCode {
+fn run(cli: Cli) -> ExitCode {
     let term = Term::detect(cli.global.json);
     init_tracing(term);
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -71,10 +76,10 @@ pub fn run(cli: Cli) -> ExitCode {
         repl::run(&rt, &mut ctx, cli.global.verbose);
         return ExitCode::SUCCESS;
     };
-    match rt.block_on(commands::execute(&mut ctx, command)) {
+    match rt.block_on(cmd::execute(&mut ctx, command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            commands::report(&ctx, &e, cli.global.verbose);
+            report::report(&ctx, &e, cli.global.verbose);
             if e.is::<Interrupted>() {
                 ExitCode::from(EXIT_INTERRUPTED)
             } else {

@@ -11,17 +11,17 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// How this process may draw on the terminal, decided once at start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Term {
+pub(crate) struct Term {
     /// Live progress bars on stderr.
-    pub bars: bool,
+    pub(crate) bars: bool,
     /// ANSI colour in bars.
-    pub color: bool,
+    pub(crate) color: bool,
 }
 
 impl Term {
     /// Look at the environment: `--json`, whether stderr is a terminal,
     /// `TERM=dumb` and `NO_COLOR`.
-    pub fn detect(json: bool) -> Self {
+    pub(crate) fn detect(json: bool) -> Self {
         let dumb = std::env::var_os("TERM").is_some_and(|t| t == "dumb");
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let bars = !json && !dumb && std::io::stderr().is_terminal();
@@ -31,15 +31,9 @@ impl Term {
         }
     }
 
-    /// No bars, no colour: for tests and non-terminals.
-    pub const PLAIN: Term = Term {
-        bars: false,
-        color: false,
-    };
-
     /// A byte-progress bar of `total` bytes (spinner if unknown), or a hidden
     /// one when bars are off.
-    pub fn bytes_bar(&self, total: Option<u64>) -> ProgressBar {
+    pub(crate) fn bytes_bar(&self, total: Option<u64>) -> ProgressBar {
         if !self.bars {
             return ProgressBar::hidden();
         }
@@ -53,7 +47,7 @@ impl Term {
     }
 
     /// Switch a bar between the spinner (unknown size) and the byte bar.
-    pub fn set_total(&self, bar: &ProgressBar, total: u64) {
+    pub(crate) fn set_total(&self, bar: &ProgressBar, total: u64) {
         if bar.length() != Some(total) {
             bar.set_length(total);
             if self.bars {
@@ -81,7 +75,7 @@ impl Term {
 
 /// Write results to stdout. A closed pipe (`peerdex search x | head -1`)
 /// is not an error: the reader has what it wanted.
-pub fn out(text: impl AsRef<str>) {
+pub(crate) fn out(text: impl AsRef<str>) {
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
@@ -100,7 +94,7 @@ macro_rules! outp {
 pub(crate) use {outln, outp};
 
 /// Bytes in binary units, e.g. `1.5 MiB`; exact below 1 KiB.
-pub fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -121,24 +115,24 @@ pub fn human_size(bytes: u64) -> String {
 }
 
 /// A rate in binary units per second, e.g. `12.3 MiB/s`.
-pub fn human_rate(bytes_per_sec: u64) -> String {
+pub(crate) fn human_rate(bytes_per_sec: u64) -> String {
     format!("{}/s", human_size(bytes_per_sec))
 }
 
 /// The first 12 hex characters of a file id (what `FileId::short` prints).
-pub fn short_id(id: &str) -> &str {
+pub(crate) fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
 /// `host:port` of a URL, for compact display of peers.
-pub fn host_of(url: &str) -> &str {
+pub(crate) fn host_of(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest)
 }
 
 /// A plain-text table: columns padded to the widest cell, two spaces apart,
 /// columns listed in `right` right-aligned. No trailing spaces.
-pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
     let cols = header.len();
     let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
@@ -173,7 +167,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
 
 /// Replace control characters (a peer could put escape codes in a name) so
 /// nothing we print can drive the terminal.
-pub fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
         .collect()
@@ -232,7 +226,11 @@ mod tests {
 
     #[test]
     fn hidden_bars_when_plain() {
-        let bar = Term::PLAIN.bytes_bar(Some(10));
+        let plain = Term {
+            bars: false,
+            color: false,
+        };
+        let bar = plain.bytes_bar(Some(10));
         assert!(bar.is_hidden());
     }
 }

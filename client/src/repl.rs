@@ -22,7 +22,8 @@ use rustyline::{Editor, Helper};
 use tokio::runtime::Runtime;
 
 use crate::cli::{ReplCommand, ReplLine, repl_command_names};
-use crate::commands::{self, Ctx};
+use crate::cmd::{self, Ctx};
+use crate::report;
 
 /// Run the shell until `exit`, Ctrl+D or the end of input.
 pub fn run(rt: &Runtime, ctx: &mut Ctx, verbose: bool) {
@@ -67,8 +68,8 @@ fn handle_line(rt: &Runtime, ctx: &mut Ctx, verbose: bool, line: &str) -> Flow {
     match parsed.command {
         ReplCommand::Exit => Flow::Exit,
         ReplCommand::Run(command) => {
-            if let Err(e) = rt.block_on(commands::execute(ctx, command)) {
-                commands::report(ctx, &e, verbose);
+            if let Err(e) = rt.block_on(cmd::execute(ctx, command)) {
+                report::report(ctx, &e, verbose);
             }
             Flow::Continue
         }
