@@ -226,10 +226,17 @@ impl Args {
 mod tests {
     use super::*;
 
+    /// Flags only: `env` is dropped from every argument, so a `PSERVER_*`
+    /// variable in the developer's shell cannot change what is tested.
     fn args(extra: &[&str]) -> Args {
+        use clap::{CommandFactory, FromArgMatches};
         let mut v = vec!["pserver"];
         v.extend_from_slice(extra);
-        Args::try_parse_from(v).unwrap()
+        let m = Args::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .try_get_matches_from(v)
+            .unwrap();
+        Args::from_arg_matches(&m).unwrap()
     }
 
     impl Args {

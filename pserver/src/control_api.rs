@@ -18,13 +18,29 @@ use peerdex_proto::rest::{
     ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, NeighbourStatus, SearchQuery,
     SearchResults, Status,
 };
-use peerdex_proto::{FileId, FileName};
+use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use tokio::io::AsyncWriteExt;
 use utoipa::OpenApi;
 
-use crate::Shared;
+use crate::central::Central;
+use crate::download::{Downloads, JobHandle};
 use crate::error::{Error, Result};
-use crate::store::{Added, ContentHasher};
+use crate::lookup::Lookup;
+use crate::rt::MainRt;
+use crate::store::{Added, ContentHasher, Store};
+use crate::uploads::Uploads;
+
+/// This API's own settings and what it reports about the PServer.
+#[derive(Clone)]
+pub(crate) struct Control {
+    /// Where the control API is bound (for the `Host` check).
+    pub api_addr: SocketAddr,
+    /// `PSERVER_API_TOKEN`, required as a bearer token when set.
+    pub api_token: Option<String>,
+    pub max_upload_bytes: u64,
+    pub peer_id: PeerId,
+    pub public_url: PeerUrl,
+}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -59,7 +75,7 @@ use crate::store::{Added, ContentHasher};
 )]
 struct ApiDoc;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
             .route("/openapi.json", web::get().to(openapi))
@@ -83,26 +99,26 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 }
 
 /// Host check and bearer token, for every control-API request.
-pub async fn guard(
+pub(crate) async fn guard(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let shared = req
-        .app_data::<web::Data<Shared>>()
-        .expect("shared state")
+    let control = req
+        .app_data::<web::Data<Control>>()
+        .expect("control settings")
         .clone();
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if !host_allowed(host, shared.api_addr) {
+    if !host_allowed(host, control.api_addr) {
         return Err(Error::Forbidden(format!(
             "host {host:?} is not allowed; address this API by IP address or localhost"
         ))
         .into());
     }
-    if let Some(token) = &shared.config.api_token {
+    if let Some(token) = &control.api_token {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -124,7 +140,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Accept `localhost` and IP literals; when bound to a specific address, only
 /// that address or loopback.
-pub fn host_allowed(host: &str, bound: SocketAddr) -> bool {
+pub(crate) fn host_allowed(host: &str, bound: SocketAddr) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
@@ -156,13 +172,16 @@ async fn openapi() -> HttpResponse {
     responses((status = 201, body = FileInfo, description = "stored and published"), (status = 200, body = FileInfo, description = "identical content already shared under that name"),
               (status = 400, body = ApiError), (status = 409, body = ApiError, description = "name taken by different content"), (status = 413, body = ApiError)))]
 async fn upload(
-    shared: web::Data<Shared>,
+    control: web::Data<Control>,
+    store: web::Data<Store>,
+    central: web::Data<Central>,
+    rt: web::Data<MainRt>,
     req: HttpRequest,
     name: web::Path<String>,
     mut body: web::Payload,
 ) -> Result<HttpResponse> {
     let name: FileName = name.parse()?;
-    let max = shared.config.max_upload_bytes;
+    let max = control.max_upload_bytes;
     let too_large = || {
         Error::TooLarge(format!(
             "upload exceeds PSERVER_MAX_UPLOAD_BYTES ({max} bytes)"
@@ -176,7 +195,7 @@ async fn upload(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let temp = shared.store.temp_path("upload");
+    let temp = store.temp_path("upload");
     let guard = TempGuard(temp.clone());
     let file = tokio::fs::OpenOptions::new()
         .create_new(true)
@@ -210,9 +229,9 @@ async fn upload(
                 .ok_or_else(|| Error::Internal("upload changed while hashing".into()))?
         }
     };
-    let s = shared.clone().into_inner();
+    let s = store.clone().into_inner();
     let (n2, t2) = (name.clone(), temp.clone());
-    let added = web::block(move || s.store.add_from_temp(&t2, &n2, id, manifest))
+    let added = web::block(move || s.add_from_temp(&t2, &n2, id, manifest))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     guard.disarm();
@@ -223,14 +242,13 @@ async fn upload(
     };
     if added == Added::New {
         tracing::info!(name = %name, file = %id, bytes = size, "file uploaded");
-        if let Some(entry) = shared.store.by_name(&name) {
-            shared
-                .into_inner()
-                .on_main(move |s| async move {
-                    s.central.publish(&[entry.to_shared()]).await;
-                    Ok(())
-                })
-                .await?;
+        if let Some(entry) = store.by_name(&name) {
+            let central = central.into_inner();
+            rt.run(async move {
+                central.publish(&[entry.to_shared()]).await;
+                Ok(())
+            })
+            .await?;
         }
         Ok(HttpResponse::Created().json(info))
     } else {
@@ -253,27 +271,29 @@ impl Drop for TempGuard {
 
 /// The files this PServer shares.
 #[utoipa::path(get, path = "/api/v1/files", responses((status = 200, body = FileList)))]
-async fn list_files(shared: web::Data<Shared>) -> web::Json<FileList> {
+async fn list_files(store: web::Data<Store>) -> web::Json<FileList> {
     web::Json(FileList {
-        files: shared.store.list(),
+        files: store.list(),
     })
 }
 
 /// Stop sharing a file: withdraws it from the central and deletes this peer's copy.
 #[utoipa::path(delete, path = "/api/v1/files/{id}", responses((status = 200, body = FileList, description = "the entries removed"), (status = 404, body = ApiError)))]
 async fn remove_file(
-    shared: web::Data<Shared>,
+    store: web::Data<Store>,
+    central: web::Data<Central>,
+    rt: web::Data<MainRt>,
     id: web::Path<String>,
 ) -> Result<web::Json<FileList>> {
     let id: FileId = id.parse()?;
-    let s = shared.into_inner();
-    let s2 = s.clone();
-    let removed = web::block(move || s2.store.remove(&id))
+    let store = store.into_inner();
+    let removed = web::block(move || store.remove(&id))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     let refs: Vec<_> = removed.iter().map(|e| (e.id, e.name.clone())).collect();
-    s.on_main(move |s| async move {
-        s.central.unpublish(&refs).await;
+    let central = central.into_inner();
+    rt.run(async move {
+        central.unpublish(&refs).await;
         Ok(())
     })
     .await?;
@@ -284,10 +304,10 @@ async fn remove_file(
 
 /// Stream a stored file's bytes.
 #[utoipa::path(get, path = "/api/v1/files/{id}/content", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ApiError)))]
-async fn file_content(shared: web::Data<Shared>, id: web::Path<String>) -> Result<HttpResponse> {
+async fn file_content(store: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse> {
     let id: FileId = id.parse()?;
-    let s = shared.into_inner();
-    let (file, entry) = web::block(move || s.store.open_shared(&id))
+    let store = store.into_inner();
+    let (file, entry) = web::block(move || store.open_shared(&id))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     let stream =
@@ -308,18 +328,25 @@ async fn file_content(shared: web::Data<Shared>, id: web::Path<String>) -> Resul
 
 /// Peer id, URLs, central and neighbour health, lease age and counts.
 #[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
-async fn status(shared: web::Data<Shared>) -> Result<web::Json<Status>> {
-    let s = shared.into_inner();
-    let neighbours = s
-        .on_main(|s| async move { Ok(s.lookup.probe().await) })
-        .await?;
-    let (files, bytes) = s.store.totals();
+#[allow(clippy::too_many_arguments)]
+async fn status(
+    control: web::Data<Control>,
+    store: web::Data<Store>,
+    central: web::Data<Central>,
+    lookup: web::Data<Lookup>,
+    uploads: web::Data<Uploads>,
+    downloads: web::Data<Downloads>,
+    rt: web::Data<MainRt>,
+) -> Result<web::Json<Status>> {
+    let probe = lookup.clone().into_inner();
+    let neighbours = rt.run(async move { Ok(probe.probe().await) }).await?;
+    let (files, bytes) = store.totals();
     Ok(web::Json(Status {
-        peer_id: s.peer_id.to_string(),
-        public_url: s.config.public_url.to_string(),
-        central_url: s.central.url().to_owned(),
-        central_reachable: s.central.reachable(),
-        lease_age_secs: s.central.lease_age().map(|d| d.as_secs()),
+        peer_id: control.peer_id.to_string(),
+        public_url: control.public_url.to_string(),
+        central_url: central.url().to_owned(),
+        central_reachable: central.reachable(),
+        lease_age_secs: central.lease_age().map(|d| d.as_secs()),
         neighbours: neighbours
             .into_iter()
             .map(|(u, ok)| NeighbourStatus {
@@ -329,10 +356,10 @@ async fn status(shared: web::Data<Shared>) -> Result<web::Json<Status>> {
             .collect(),
         shared_files: files,
         shared_bytes: bytes,
-        active_uploads: s.uploads.active(),
-        active_downloads: s.jobs.active(),
-        max_upload_bytes: s.config.max_upload_bytes,
-        files_hashed: s.store.hashed_count(),
+        active_uploads: uploads.active(),
+        active_downloads: downloads.active(),
+        max_upload_bytes: control.max_upload_bytes,
+        files_hashed: store.hashed_count(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
 }
@@ -341,7 +368,9 @@ async fn status(shared: web::Data<Shared>) -> Result<web::Json<Status>> {
 #[utoipa::path(get, path = "/api/v1/search", params(("q" = String, Query, description = "words; each is a prefix of a word of the name"), ("limit" = Option<u32>, Query), ("page" = Option<String>, Query)),
     responses((status = 200, body = SearchResults), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
 async fn search(
-    shared: web::Data<Shared>,
+    central: web::Data<Central>,
+    lookup: web::Data<Lookup>,
+    rt: web::Data<MainRt>,
     q: web::Query<SearchQuery>,
 ) -> Result<web::Json<SearchResults>> {
     let q = q.into_inner();
@@ -350,9 +379,9 @@ async fn search(
             "search query q is empty; give one or more words".into(),
         ));
     }
-    let s = shared.into_inner();
+    let (central, lookup) = (central.into_inner(), lookup.into_inner());
     Ok(web::Json(
-        s.on_main(move |s| async move { s.lookup.search(&s.central, &q).await })
+        rt.run(async move { lookup.search(&central, &q).await })
             .await?,
     ))
 }
@@ -361,47 +390,45 @@ async fn search(
 #[utoipa::path(post, path = "/api/v1/downloads", request_body = DownloadRequest,
     responses((status = 202, body = Job), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the name matches several contents: see candidates")))]
 async fn start_download(
-    shared: web::Data<Shared>,
+    downloads: web::Data<Downloads>,
     req: web::Json<DownloadRequest>,
 ) -> Result<HttpResponse> {
-    let req = req.into_inner();
-    let s = shared.into_inner();
-    let job = s
-        .on_main(move |s| async move { crate::download::start(&s, req).await })
-        .await?;
+    let job = downloads.start(req.into_inner()).await?;
     Ok(HttpResponse::Accepted().json(job))
 }
 
 /// All download jobs, oldest first.
 #[utoipa::path(get, path = "/api/v1/downloads", responses((status = 200, body = JobList)))]
-async fn list_downloads(shared: web::Data<Shared>) -> web::Json<JobList> {
+async fn list_downloads(downloads: web::Data<Downloads>) -> web::Json<JobList> {
     web::Json(JobList {
-        jobs: shared.jobs.list(),
+        jobs: downloads.list(),
     })
 }
 
-fn job_handle(shared: &Shared, id: &str) -> Result<Arc<crate::download::JobHandle>> {
+fn job_handle(downloads: &Downloads, id: &str) -> Result<Arc<JobHandle>> {
     let uuid = uuid::Uuid::parse_str(id)
         .map_err(|_| Error::InvalidArgument(format!("invalid job id {id:?}")))?;
-    shared
-        .jobs
+    downloads
         .get(&uuid)
         .ok_or_else(|| Error::NotFound(format!("no download job {id}")))
 }
 
 /// One job's current state.
 #[utoipa::path(get, path = "/api/v1/downloads/{job}", responses((status = 200, body = Job), (status = 404, body = ApiError)))]
-async fn get_download(shared: web::Data<Shared>, job: web::Path<String>) -> Result<web::Json<Job>> {
-    Ok(web::Json(job_handle(&shared, &job)?.snapshot()))
+async fn get_download(
+    downloads: web::Data<Downloads>,
+    job: web::Path<String>,
+) -> Result<web::Json<Job>> {
+    Ok(web::Json(job_handle(&downloads, &job)?.snapshot()))
 }
 
 /// Cancel a job; its partial bytes are discarded.
 #[utoipa::path(delete, path = "/api/v1/downloads/{job}", responses((status = 200, body = Job), (status = 404, body = ApiError)))]
 async fn cancel_download(
-    shared: web::Data<Shared>,
+    downloads: web::Data<Downloads>,
     job: web::Path<String>,
 ) -> Result<web::Json<Job>> {
-    let h = job_handle(&shared, &job)?;
+    let h = job_handle(&downloads, &job)?;
     h.cancel();
     let mut rx = h.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|j| j.state.is_final())).await;
@@ -412,10 +439,10 @@ async fn cancel_download(
 /// every second), ending after a final state.
 #[utoipa::path(get, path = "/api/v1/downloads/{job}/events", responses((status = 200, content_type = "application/x-ndjson", body = Job), (status = 404, body = ApiError)))]
 async fn download_events(
-    shared: web::Data<Shared>,
+    downloads: web::Data<Downloads>,
     job: web::Path<String>,
 ) -> Result<HttpResponse> {
-    let h = job_handle(&shared, &job)?;
+    let h = job_handle(&downloads, &job)?;
     let stream = async_stream(h);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
@@ -424,7 +451,7 @@ async fn download_events(
 }
 
 fn async_stream(
-    h: Arc<crate::download::JobHandle>,
+    h: Arc<JobHandle>,
 ) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, actix_web::Error>> {
     let rx = h.subscribe();
     futures_util::stream::unfold((h, rx, false), |(h, mut rx, done)| async move {

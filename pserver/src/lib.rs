@@ -15,71 +15,40 @@
 //! * [`control_api`] — `/api/v1` for the local `peerdex` client (loopback, optional token).
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
 //!
-//! Two actix-web listeners share one [`Shared`] state. Outbound work (gRPC,
-//! peer HTTP, download jobs) runs on the main tokio runtime via
-//! [`Shared::on_main`], so its connection pools outlive the HTTP workers.
+//! * `uploads` — serving files to other peers: upload slots and rate cap.
+//! * `rt` — the main runtime as a handle: actix-web serves from worker
+//!   threads with runtimes of their own, so outbound work (gRPC, peer HTTP,
+//!   download jobs) runs on the main runtime and its connection pools
+//!   outlive the HTTP workers (see `rt` for why actix cannot use it).
+//!
+//! Each part is a small cheap-to-clone handle (`Arc<Store>`,
+//! `Arc<Central>`, `Arc<Lookup>`, [`download::Downloads`],
+//! [`uploads::Uploads`], [`rt::MainRt`]); the two actix-web apps get the
+//! handles their handlers take as app data, and background tasks own the
+//! handles they use. No module reaches back into this file.
 
-pub mod central;
+mod central;
 pub mod config;
-pub mod control_api;
-pub mod download;
-pub mod error;
-pub mod lookup;
-pub mod peer_api;
-pub mod rate;
-pub mod store;
-pub mod testkit;
+mod control_api;
+mod download;
+mod error;
+mod lookup;
+mod peer_api;
+mod rate;
+mod rt;
+mod store;
+mod uploads;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
-use peerdex_proto::PeerId;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Args, Config};
 use error::Error;
-
-/// State shared by both listeners and the background tasks.
-pub struct Shared {
-    pub config: Config,
-    pub peer_id: PeerId,
-    pub api_addr: SocketAddr,
-    pub store: store::Store,
-    pub central: central::Central,
-    pub lookup: lookup::Lookup,
-    pub uploads: peer_api::UploadSlots,
-    pub jobs: download::Jobs,
-    pub http: reqwest::Client,
-    pub upload_limit: rate::RateLimiter,
-    pub download_limit: rate::RateLimiter,
-    rt: tokio::runtime::Handle,
-}
-
-impl Shared {
-    /// Run `f` on the main runtime and wait for it (see the crate docs).
-    pub async fn on_main<T, F, Fut>(self: &Arc<Self>, f: F) -> error::Result<T>
-    where
-        F: FnOnce(Arc<Shared>) -> Fut,
-        Fut: Future<Output = error::Result<T>> + Send + 'static,
-        T: Send + 'static,
-    {
-        self.rt
-            .spawn(f(self.clone()))
-            .await
-            .map_err(|e| Error::Internal(format!("background task failed: {e}")))?
-    }
-
-    fn load(&self) -> central::Load {
-        central::Load {
-            active_uploads: self.uploads.active(),
-            free_upload_slots: self.uploads.free(),
-        }
-    }
-}
 
 /// Run a PServer on already-bound listeners until `shutdown` completes, then
 /// stop accepting, let in-flight uploads finish (at most `config.drain`),
@@ -118,55 +87,100 @@ pub async fn run(
         .user_agent(concat!("peerdex-pserver/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let (files, bytes) = store.totals();
-    let shared = Arc::new(Shared {
-        lookup: lookup::Lookup::new(&config.neighbours, http.clone(), config.neighbour_timeout),
-        uploads: peer_api::UploadSlots::new(config.max_uploads),
-        jobs: download::Jobs::default(),
-        upload_limit: rate::RateLimiter::new(config.max_upload_bps),
-        download_limit: rate::RateLimiter::new(config.max_download_bps),
-        peer_id,
-        api_addr,
-        store,
-        central,
+    let rt = rt::MainRt::current();
+    let store = Arc::new(store);
+    let central = Arc::new(central);
+    let lookup = Arc::new(lookup::Lookup::new(
+        &config.neighbours,
+        http.clone(),
+        config.neighbour_timeout,
+    ));
+    let uploads = uploads::Uploads::new(config.max_uploads, config.max_upload_bps);
+    let downloads = download::Downloads::new(
+        store.clone(),
+        central.clone(),
+        lookup.clone(),
         http,
-        rt: tokio::runtime::Handle::current(),
-        config,
-    });
-    tracing::info!(%peer_id, files, bytes, api = %api_addr, peer = %peer_addr, public_url = %shared.config.public_url, "pserver started");
+        peer_id,
+        download::Settings {
+            max_sources: config.max_sources,
+            stall_timeout: config.stall_timeout,
+            max_download_bps: config.max_download_bps,
+        },
+        rt.clone(),
+    );
+    tracing::info!(%peer_id, files, bytes, api = %api_addr, peer = %peer_addr, public_url = %config.public_url, "pserver started");
 
     let cancel = CancellationToken::new();
     let lease = tokio::spawn({
-        let (s, c) = (shared.clone(), cancel.clone());
+        let (central, store, uploads, c) =
+            (central.clone(), store.clone(), uploads.clone(), cancel.clone());
         async move {
-            s.central
-                .lease_loop(|| s.store.inventory(), || s.load(), c)
-                .await
+            let load = || central::Load {
+                active_uploads: uploads.active(),
+                free_upload_slots: uploads.free(),
+            };
+            central.lease_loop(|| store.inventory(), load, c).await
         }
     });
-    let rescan = tokio::spawn(rescan_loop(shared.clone(), cancel.clone()));
-    download::resume_partials(&shared);
+    let rescan = tokio::spawn(rescan_loop(
+        store.clone(),
+        central.clone(),
+        config.rescan_interval,
+        cancel.clone(),
+    ));
+    downloads.resume_partials();
 
-    let data = web::Data::from(shared.clone());
-    let api_data = data.clone();
-    let api_srv = HttpServer::new(move || {
-        App::new()
-            .app_data(api_data.clone())
-            .app_data(json_config())
-            .app_data(query_config())
-            .wrap(middleware::from_fn(control_api::guard))
-            .configure(control_api::routes)
+    let control = control_api::Control {
+        api_addr,
+        api_token: config.api_token.clone(),
+        max_upload_bytes: config.max_upload_bytes,
+        peer_id,
+        public_url: config.public_url.clone(),
+    };
+    let api_srv = HttpServer::new({
+        let (store, central, lookup, uploads, downloads, rt) = (
+            store.clone(),
+            central.clone(),
+            lookup.clone(),
+            uploads.clone(),
+            downloads.clone(),
+            rt.clone(),
+        );
+        move || {
+            App::new()
+                .app_data(web::Data::new(control.clone()))
+                .app_data(web::Data::from(store.clone()))
+                .app_data(web::Data::from(central.clone()))
+                .app_data(web::Data::from(lookup.clone()))
+                .app_data(web::Data::new(uploads.clone()))
+                .app_data(web::Data::new(downloads.clone()))
+                .app_data(web::Data::new(rt.clone()))
+                .app_data(json_config())
+                .app_data(query_config())
+                .wrap(middleware::from_fn(control_api::guard))
+                .configure(control_api::routes)
+        }
     })
     .workers(1)
     .disable_signals()
     .shutdown_timeout(2)
     .listen(api)?
     .run();
-    let drain = shared.config.drain.as_secs();
-    let peer_srv = HttpServer::new(move || {
-        App::new()
-            .app_data(data.clone())
-            .app_data(query_config())
-            .configure(peer_api::routes)
+    let drain = config.drain.as_secs();
+    let peer_srv = HttpServer::new({
+        let (store, central, uploads, rt) =
+            (store.clone(), central.clone(), uploads.clone(), rt.clone());
+        move || {
+            App::new()
+                .app_data(web::Data::new(peer_id))
+                .app_data(web::Data::from(store.clone()))
+                .app_data(web::Data::from(central.clone()))
+                .app_data(web::Data::new(uploads.clone()))
+                .app_data(web::Data::new(rt.clone()))
+                .app_data(query_config())
+                .configure(peer_api::routes)
+        }
     })
     .workers(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
     .disable_signals()
@@ -183,14 +197,14 @@ pub async fn run(
         "shutting down: no new requests; letting uploads finish"
     );
     // Jobs stop but keep their partial downloads, which resume at the next start.
-    shared.jobs.shutdown(Duration::from_secs(5)).await;
+    downloads.shutdown(Duration::from_secs(5)).await;
     // Stop the control API and the peer API; the peer API drains in-flight uploads.
     tokio::join!(api_handle.stop(true), peer_handle.stop(true));
     let _ = tokio::join!(api_task, peer_task);
     cancel.cancel();
     let _ = tokio::join!(lease, rescan);
-    shared.central.leave().await;
-    let tmp = shared.store.data_dir().join("tmp");
+    central.leave().await;
+    let tmp = store.data_dir().join("tmp");
     let _ = tokio::fs::remove_dir_all(&tmp).await;
     let _ = tokio::fs::create_dir_all(&tmp).await;
     tracing::info!("pserver stopped");
@@ -198,8 +212,13 @@ pub async fn run(
 }
 
 /// Publish files dropped into the share folder and withdraw removed ones.
-async fn rescan_loop(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(shared.config.rescan_interval);
+async fn rescan_loop(
+    store: Arc<store::Store>,
+    central: Arc<central::Central>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -207,8 +226,8 @@ async fn rescan_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let s = shared.clone();
-        let changes = match tokio::task::spawn_blocking(move || s.store.rescan()).await {
+        let s = store.clone();
+        let changes = match tokio::task::spawn_blocking(move || s.rescan()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot rescan the share folder");
@@ -224,8 +243,8 @@ async fn rescan_loop(shared: Arc<Shared>, cancel: CancellationToken) {
             removed = changes.removed.len(),
             "share folder changed"
         );
-        shared.central.unpublish(&changes.removed).await;
-        shared.central.publish(&changes.added).await;
+        central.unpublish(&changes.removed).await;
+        central.publish(&changes.added).await;
     }
 }
 

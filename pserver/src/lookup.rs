@@ -84,10 +84,6 @@ impl Lookup {
         }
     }
 
-    pub fn neighbour_urls(&self) -> impl Iterator<Item = &PeerUrl> {
-        self.neighbours.iter().map(|n| &n.url)
-    }
-
     /// Ask each usable neighbour in turn; `None` if none answered.
     async fn ask<T: DeserializeOwned>(
         &self,

@@ -1,62 +1,20 @@
 //! The public peer API (`/peer/v1`): serve files by id with HTTP Range, and
 //! the neighbour role (locate and search on behalf of another peer).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use peerdex_proto::rest::{LocateQuery, LocateResult, SearchQuery};
-use peerdex_proto::{FileId, HOPS_HEADER};
+use peerdex_proto::{FileId, HOPS_HEADER, PeerId};
 
-use crate::Shared;
+use crate::central::Central;
 use crate::error::{Error, Result};
 use crate::lookup::{self, LocateTarget};
+use crate::rt::MainRt;
+use crate::store::Store;
+use crate::uploads::Uploads;
 
-/// Counts concurrent uploads to other peers against `PSERVER_MAX_UPLOADS`.
-pub struct UploadSlots {
-    active: AtomicU32,
-    max: u32,
-}
-
-/// Holds one upload slot until dropped (with the response body).
-pub struct Slot(Arc<Shared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.uploads.active.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl UploadSlots {
-    pub fn new(max: u32) -> Self {
-        Self {
-            active: AtomicU32::new(0),
-            max,
-        }
-    }
-    pub fn active(&self) -> u32 {
-        self.active.load(Ordering::Acquire)
-    }
-    pub fn free(&self) -> u32 {
-        self.max.saturating_sub(self.active())
-    }
-    fn acquire(shared: &Arc<Shared>) -> Result<Slot> {
-        let s = &shared.uploads;
-        s.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < s.max).then_some(n + 1)
-            })
-            .map(|_| Slot(shared.clone()))
-            .map_err(|_| Error::Busy {
-                slots: s.max,
-                retry_after: 1,
-            })
-    }
-}
-
-pub fn routes(cfg: &mut web::ServiceConfig) {
+pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/peer/v1")
             .route(
@@ -80,7 +38,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 /// What a `Range` header asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum RangeReq {
+pub(crate) enum RangeReq {
     Full,
     /// Inclusive byte range.
     Part(u64, u64),
@@ -90,7 +48,7 @@ pub enum RangeReq {
 /// Parse a `Range` header against a representation of `size` bytes. Only one
 /// range is served: several ranges, or numbers that do not parse, are
 /// unsatisfiable (never a multiplied body). Units other than bytes are ignored.
-pub fn parse_range(value: &str, size: u64) -> RangeReq {
+pub(crate) fn parse_range(value: &str, size: u64) -> RangeReq {
     let Some(spec) = value.trim().strip_prefix("bytes=") else {
         return RangeReq::Full;
     };
@@ -125,18 +83,16 @@ pub fn parse_range(value: &str, size: u64) -> RangeReq {
 }
 
 async fn serve_file(
-    shared: web::Data<Shared>,
+    store: web::Data<Store>,
+    uploads: web::Data<Uploads>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse> {
     let id: FileId = id.parse()?;
-    let shared = shared.into_inner();
-    let (file, entry) = {
-        let shared = shared.clone();
-        web::block(move || shared.store.open_shared(&id))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??
-    };
+    let store = store.into_inner();
+    let (file, entry) = web::block(move || store.open_shared(&id))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
     let size = entry.size;
     let range = req
         .headers()
@@ -167,14 +123,17 @@ async fn serve_file(
     if req.method() == Method::HEAD {
         return Ok(resp.streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
     }
-    let slot = UploadSlots::acquire(&shared)?;
-    let piece = shared.upload_limit.piece_size(1 << 20);
-    let limited = shared.upload_limit.is_limited();
+    // Held by the body: released when the body is sent or dropped.
+    let slot = uploads.try_acquire()?;
+    let limit = uploads.limit().clone();
+    let piece = limit.piece_size(1 << 20);
+    let limited = limit.is_limited();
     let body = read_ahead(file, start, len, piece).then(move |chunk| {
-        let shared = slot.0.clone(); // `slot` is released when the body is dropped
+        let _held = &slot; // the closure owns the slot: freed with the body
+        let limit = limit.clone();
         async move {
             if limited && let Ok(b) = &chunk {
-                shared.upload_limit.take(b.len()).await;
+                limit.take(b.len()).await;
             }
             chunk
         }
@@ -248,7 +207,8 @@ fn check_hops(req: &HttpRequest) -> Result<()> {
 }
 
 async fn locate(
-    shared: web::Data<Shared>,
+    central: web::Data<Central>,
+    rt: web::Data<MainRt>,
     req: HttpRequest,
     q: web::Query<LocateQuery>,
 ) -> Result<web::Json<LocateResult>> {
@@ -258,15 +218,16 @@ async fn locate(
         ?target,
         "neighbour role: locating at the central on behalf of a peer"
     );
-    let shared = shared.into_inner();
-    let files = shared
-        .on_main(move |s| async move { lookup::locate_at_central(&s.central, &target).await })
+    let central = central.into_inner();
+    let files = rt
+        .run(async move { lookup::locate_at_central(&central, &target).await })
         .await?;
     Ok(web::Json(LocateResult { files }))
 }
 
 async fn search(
-    shared: web::Data<Shared>,
+    central: web::Data<Central>,
+    rt: web::Data<MainRt>,
     req: HttpRequest,
     q: web::Query<SearchQuery>,
 ) -> Result<web::Json<peerdex_proto::rest::SearchResults>> {
@@ -276,15 +237,15 @@ async fn search(
         return Err(Error::InvalidArgument("search query q is empty".into()));
     }
     tracing::info!(query = %q.q, "neighbour role: searching at the central on behalf of a peer");
-    let shared = shared.into_inner();
-    let r = shared
-        .on_main(move |s| async move { lookup::search_at_central(&s.central, &q).await })
+    let central = central.into_inner();
+    let r = rt
+        .run(async move { lookup::search_at_central(&central, &q).await })
         .await?;
     Ok(web::Json(r))
 }
 
-async fn health(shared: web::Data<Shared>) -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({ "peer_id": shared.peer_id.to_string() }))
+async fn health(peer_id: web::Data<PeerId>) -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "peer_id": peer_id.to_string() }))
 }
 
 #[cfg(test)]

@@ -119,10 +119,6 @@ impl Store {
         Ok(store)
     }
 
-    pub fn share_dir(&self) -> &Path {
-        &self.share_dir
-    }
-
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }

@@ -346,19 +346,25 @@ async fn oversize_upload_is_refused_and_cleaned_up() {
     let r = upload(&a, "big.bin", vec![7u8; 5000]).await;
     assert_eq!(r.status(), 413);
     assert_eq!(r.json::<ApiError>().await.unwrap().code, "too_large");
-    // Without a Content-Length (chunked), the limit is enforced while streaming.
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(
-        (0..10).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 500]))),
-    ));
-    let r = a
-        .http
-        .put(format!("{}/api/v1/files/big2.bin", a.api_url))
-        .body(body)
-        .send()
-        .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), 413);
+    // Without a Content-Length (chunked), the limit is enforced while
+    // streaming. A raw request, sent in one write so the server has read it
+    // all when it answers: the 413 always arrives (no reset races).
+    let mut req = format!(
+        "PUT /api/v1/files/big2.bin HTTP/1.1\r\nHost: {}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        a.api_url.trim_start_matches("http://")
+    )
+    .into_bytes();
+    for _ in 0..10 {
+        req.extend_from_slice(b"1f4\r\n");
+        req.extend_from_slice(&[1u8; 500]);
+        req.extend_from_slice(b"\r\n");
     }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw_exchange(a.api_url.trim_start_matches("http://"), &req).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 413"),
+        "chunked oversize upload: {answer:?}"
+    );
     wait_for("temp files to be removed", T, || async {
         files_under(&a.data_path().join("tmp"))
             .is_empty()
@@ -547,4 +553,17 @@ async fn holder_killed_mid_transfer_second_holder_finishes() {
         blake3_hex(&std::fs::read(b.path_in_share("k.bin")).unwrap()),
         id
     );
+}
+
+/// Send `request` as is over one TCP connection and read the answer to EOF.
+async fn raw_exchange(addr: &str, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(T, s.read_to_end(&mut out))
+        .await
+        .expect("the answer came")
+        .expect("read the answer");
+    String::from_utf8_lossy(&out).into_owned()
 }

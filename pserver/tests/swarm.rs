@@ -276,63 +276,6 @@ async fn cancel_discards_the_partial_and_a_second_request_joins_the_job() {
     assert!(files_under(&d.share_dir).is_empty());
 }
 
-/// The `pserver` binary over the folders of `root` (so it can be killed
-/// with SIGKILL and started again on the same data).
-struct Daemon {
-    child: std::process::Child,
-    api_url: String,
-}
-
-impl Daemon {
-    fn spawn(root: &Path, central_url: &str) -> Self {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pserver"))
-            .current_dir(root)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("RUST_LOG", "warn")
-            .env("PSERVER_API_ADDR", "127.0.0.1:0")
-            .env("PSERVER_PEER_ADDR", "127.0.0.1:0")
-            .env("PSERVER_SHARE_DIR", root.join("share"))
-            .env("PSERVER_DATA_DIR", root.join("data"))
-            .env("PSERVER_CENTRAL_URL", central_url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
-            .spawn()
-            .expect("spawn pserver");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let api_url = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("api="))
-            .unwrap_or_else(|| panic!("no api= in {line:?}"))
-            .to_owned();
-        Self { child, api_url }
-    }
-
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        reqwest::get(format!("{}{path}", self.api_url))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 fn bitmap_bits(path: &Path) -> u32 {
     std::fs::read(path)
         .map(|b| b.iter().map(|x| x.count_ones()).sum())
@@ -351,7 +294,7 @@ async fn downloader_killed_9_resumes_from_its_last_checkpoint() {
     wait_holders(&a, "crash", &id, 2).await;
 
     let root = tempfile::tempdir().unwrap();
-    let mut d = Daemon::spawn(root.path(), &central.url);
+    let mut d = ChildPeer::spawn_in(root.path(), &central.url, &[]);
     let job: Job = reqwest::Client::new()
         .post(format!("{}/api/v1/downloads", d.api_url))
         .json(&by_id(&id))
@@ -373,7 +316,7 @@ async fn downloader_killed_9_resumes_from_its_last_checkpoint() {
     assert!(kept < 12, "finished before the kill");
     assert!(files_under(&root.path().join("share")).is_empty());
 
-    let d = Daemon::spawn(root.path(), &central.url);
+    let d = ChildPeer::spawn_in(root.path(), &central.url, &[]);
     let resumed = wait_for("the job to be resumed", T, || async {
         let list: JobList = d.get("/api/v1/downloads").await;
         list.jobs

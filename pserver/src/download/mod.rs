@@ -2,12 +2,15 @@
 //! into the share folder → publish.
 //!
 //! Layout:
-//! * this file — the job list ([`Jobs`], [`JobHandle`]), [`start`], the job's
-//!   life (locating again when holders run out, storing, publishing) and
-//!   resuming partial downloads at start ([`resume_partials`]).
-//! * `swarm` — fetch the chunks of a file from up to `PSERVER_MAX_SOURCES`
-//!   holders at once, each chunk verified against the manifest before it is
-//!   kept; strikes, back-off and the end game live there.
+//! * this file — the [`Downloads`] handle: starting a job, the job's life
+//!   (locating again when holders run out, storing, publishing) and resuming
+//!   partial downloads at start; [`DownloadError`], why a job failed.
+//! * `jobs` — the job list ([`Jobs`], [`JobHandle`]) and their live state.
+//! * `scheduler` — the swarm: fetch the chunks of a file from up to
+//!   `PSERVER_MAX_SOURCES` holders at once; strikes, back-off, end game.
+//! * `chunk` — one request for one chunk, verified against the manifest
+//!   before it is kept ([`chunk::ChunkRequest`]).
+//! * `transport` — range requests over the peer API, under the rate cap.
 //! * `partial` — the download on disk under `data/partial/`: a sparse file
 //!   plus a bitmap of verified chunks, so a failed job, a restart or a crash
 //!   resumes where it was.
@@ -25,199 +28,159 @@
 //! verified chunks (asking for the file again resumes); a shutdown keeps them
 //! too and the next start resumes the job by itself.
 
-use std::collections::HashMap;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use peerdex_proto::convert::Manifest;
 use peerdex_proto::rest::{Candidate, DownloadRequest, Job, JobState, LocatedFile};
-use peerdex_proto::{FileId, FileName, PeerUrl};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use uuid::Uuid;
 
-use crate::Shared;
+use crate::central::Central;
 use crate::error::{Error, Result};
-use crate::lookup::LocateTarget;
+use crate::lookup::{LocateTarget, Lookup};
+use crate::rate::RateLimiter;
+use crate::rt::MainRt;
+use crate::store::Store;
 
+mod chunk;
+mod jobs;
 mod partial;
+mod scheduler;
 mod sequential;
-pub mod swarm;
+mod transport;
 
+pub(crate) use jobs::{JobHandle, Jobs};
 use partial::{Partial, PartialMeta};
-use swarm::{Source, Swarm, SwarmEnd};
+use scheduler::{Swarm, SwarmEnd};
+use transport::Source;
 
 /// Rounds of re-locating when every holder failed, before giving up.
 const LOCATE_ROUNDS: u32 = 3;
-/// Finished jobs kept for listing.
-const KEEP_FINISHED: usize = 256;
 /// Progress is published at most this often.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
-/// A running or finished job.
-pub struct JobHandle {
-    pub id: Uuid,
-    file_id: Mutex<Option<FileId>>,
-    created: Instant,
-    tx: watch::Sender<Job>,
-    cancel: CancellationToken,
+/// The download engine, as a cheap handle: the job list plus what jobs
+/// use (the store, the central, the lookup, the HTTP client and the rate
+/// cap). Jobs run on the main runtime (see `crate::rt`).
+#[derive(Clone)]
+pub(crate) struct Downloads(Arc<Engine>);
+
+/// What a job uses; shared by every job of one PServer.
+pub(crate) struct Engine {
+    jobs: Jobs,
+    store: Arc<Store>,
+    central: Arc<Central>,
+    lookup: Arc<Lookup>,
+    http: reqwest::Client,
+    download_limit: Arc<RateLimiter>,
+    peer_id: PeerId,
+    max_sources: usize,
+    stall_timeout: Duration,
+    rt: MainRt,
 }
 
-impl JobHandle {
-    pub fn snapshot(&self) -> Job {
-        let mut j = self.tx.borrow().clone();
-        j.elapsed_secs = self.created.elapsed().as_secs_f64();
-        j
+/// Settings of the download engine (from `Config`).
+pub(crate) struct Settings {
+    pub max_sources: usize,
+    pub stall_timeout: Duration,
+    pub max_download_bps: u64,
+}
+
+impl Downloads {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<Store>,
+        central: Arc<Central>,
+        lookup: Arc<Lookup>,
+        http: reqwest::Client,
+        peer_id: PeerId,
+        settings: Settings,
+        rt: MainRt,
+    ) -> Self {
+        Self(Arc::new(Engine {
+            jobs: Jobs::default(),
+            store,
+            central,
+            lookup,
+            http,
+            download_limit: Arc::new(RateLimiter::new(settings.max_download_bps)),
+            peer_id,
+            max_sources: settings.max_sources,
+            stall_timeout: settings.stall_timeout,
+            rt,
+        }))
     }
-    pub fn subscribe(&self) -> watch::Receiver<Job> {
-        self.tx.subscribe()
+
+    /// Start a download (the `POST /api/v1/downloads` handler's logic), on
+    /// the main runtime.
+    pub(crate) async fn start(&self, req: DownloadRequest) -> Result<Job> {
+        let engine = self.0.clone();
+        self.0
+            .rt
+            .run(async move { start(&engine, req).await })
+            .await
     }
-    /// Cancel the job; its partial download is discarded.
-    pub fn cancel(&self) {
-        self.cancel.cancel();
+
+    pub(crate) fn get(&self, id: &Uuid) -> Option<Arc<JobHandle>> {
+        self.0.jobs.get(id)
     }
-    fn update(&self, f: impl FnOnce(&mut Job)) {
-        let created = self.created;
-        self.tx.send_modify(|j| {
-            f(j);
-            j.elapsed_secs = created.elapsed().as_secs_f64();
-        });
+
+    pub(crate) fn list(&self) -> Vec<Job> {
+        self.0.jobs.list()
     }
-    fn is_final(&self) -> bool {
-        self.tx.borrow().state.is_final()
+
+    /// Jobs not final yet.
+    pub(crate) fn active(&self) -> u32 {
+        self.0.jobs.active()
+    }
+
+    /// Stop every job, keeping partials for the next start; wait at most `grace`.
+    pub(crate) async fn shutdown(&self, grace: Duration) {
+        self.0.jobs.shutdown(grace).await;
+    }
+
+    /// Resume every partial download found in the data folder (call once
+    /// at start).
+    pub(crate) fn resume_partials(&self) {
+        resume_partials(&self.0);
     }
 }
 
-#[derive(Default)]
-pub struct Jobs {
-    map: Mutex<HashMap<Uuid, Arc<JobHandle>>>,
-    order: Mutex<Vec<Uuid>>,
-    /// Set on shutdown: stopped jobs keep their partials to resume later.
-    stopping: AtomicBool,
-}
-
-impl Jobs {
-    pub fn get(&self, id: &Uuid) -> Option<Arc<JobHandle>> {
-        self.map.lock().unwrap().get(id).cloned()
-    }
-
-    pub fn list(&self) -> Vec<Job> {
-        let map = self.map.lock().unwrap();
-        self.order
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|id| map.get(id))
-            .map(|h| h.snapshot())
-            .collect()
-    }
-
-    pub fn active(&self) -> u32 {
-        self.map
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|h| !h.is_final())
-            .count() as u32
-    }
-
-    /// Stop every job because the PServer is shutting down. Unlike
-    /// [`JobHandle::cancel`], partial downloads are kept, and the next start
-    /// resumes them. See [`Jobs::shutdown`] to also wait for that.
-    pub fn cancel_all(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        for h in self.map.lock().unwrap().values() {
-            h.cancel();
-        }
-    }
-
-    /// [`Jobs::cancel_all`], then wait (at most `grace`) until every job has
-    /// saved its partial download.
-    pub async fn shutdown(&self, grace: Duration) {
-        self.cancel_all();
-        let running: Vec<Arc<JobHandle>> = self
-            .map
-            .lock()
-            .unwrap()
-            .values()
-            .filter(|h| !h.is_final())
-            .cloned()
-            .collect();
-        let all = futures_util::future::join_all(running.iter().map(|h| {
-            let mut rx = h.subscribe();
-            async move {
-                let _ = rx.wait_for(|j| j.state.is_final()).await;
-            }
-        }));
-        let _ = tokio::time::timeout(grace, all).await;
-    }
-
-    fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
-    }
-
-    /// Add a job. A job that is not final yet for a file that already has a
-    /// running job is refused with that job (checked under the lock, so two
-    /// requests for the same file never start two jobs).
-    fn insert(
-        &self,
-        request: DownloadRequest,
-        file_id: Option<FileId>,
-        state: JobState,
-    ) -> std::result::Result<Arc<JobHandle>, Arc<JobHandle>> {
-        let id = Uuid::new_v4();
-        let job = Job {
-            job_id: id.to_string(),
-            state,
-            request,
-            file_id: file_id.map(|f| f.to_hex()),
-            name: None,
-            bytes_done: 0,
-            bytes_total: None,
-            source: None,
-            sources: Vec::new(),
-            error: None,
-            elapsed_secs: 0.0,
-        };
-        let handle = Arc::new(JobHandle {
-            id,
-            file_id: Mutex::new(file_id),
-            created: Instant::now(),
-            tx: watch::Sender::new(job),
-            cancel: CancellationToken::new(),
-        });
-        let mut map = self.map.lock().unwrap();
-        let mut order = self.order.lock().unwrap();
-        if let Some(fid) = file_id.filter(|_| !state.is_final())
-            && let Some(running) = map
-                .values()
-                .find(|h| !h.is_final() && h.file_id.lock().unwrap().as_ref() == Some(&fid))
-        {
-            return Err(running.clone());
-        }
-        // Forget the oldest finished jobs beyond the retention limit.
-        let finished = order
-            .iter()
-            .filter(|j| map.get(j).is_some_and(|h| h.is_final()))
-            .count();
-        if finished >= KEEP_FINISHED {
-            let mut drop_n = finished + 1 - KEEP_FINISHED;
-            order.retain(|j| {
-                if drop_n > 0 && map.get(j).is_some_and(|h| h.is_final()) {
-                    map.remove(j);
-                    drop_n -= 1;
-                    false
-                } else {
-                    true
-                }
-            });
-        }
-        map.insert(id, handle.clone());
-        order.push(id);
-        Ok(handle)
-    }
+/// Why a job failed; the job's `error` field is this message.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DownloadError {
+    #[error(
+        "no live peer shares file {0}; the verified chunks are kept — download it again to resume"
+    )]
+    NoLivePeer(FileId),
+    #[error(
+        "no holder could send the file ({why}); {done} of {total} chunks are verified and kept — download it again to resume"
+    )]
+    NoHolder {
+        why: String,
+        done: usize,
+        total: usize,
+    },
+    /// The sequential path (a file located without a manifest) gave up.
+    #[error("{why} ({holders})")]
+    Sequential { why: String, holders: String },
+    #[error(
+        "every chunk matched the manifest but the file hashes to {got}, not {want}: the manifest was wrong; nothing was kept"
+    )]
+    WrongManifest { got: FileId, want: FileId },
+    #[error("bad partial-download state")]
+    BadPartialState,
+    #[error("downloaded file changed while hashing")]
+    ChangedWhileHashing,
+    #[error("local i/o error: {0}")]
+    LocalIo(#[from] io::Error),
+    #[error("cannot store the file: {0}")]
+    Store(Error),
+    #[error("background task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Validated answer of a locate: what to fetch and from whom.
@@ -255,7 +218,7 @@ fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
 /// Start a download (the `POST /api/v1/downloads` handler's logic). Name
 /// lookups are resolved before a job exists, so an unknown or ambiguous name
 /// is answered at once.
-pub async fn start(shared: &Arc<Shared>, req: DownloadRequest) -> Result<Job> {
+async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
     let target = match (&req.file_id, &req.name) {
         (Some(id), None) => LocateTarget::Id(id.parse()?),
         (None, Some(name)) => LocateTarget::Name(name.parse()?),
@@ -329,7 +292,7 @@ pub async fn start(shared: &Arc<Shared>, req: DownloadRequest) -> Result<Job> {
     Ok(snapshot)
 }
 
-fn finished_job(shared: &Shared, req: DownloadRequest, id: FileId, name: FileName) -> Job {
+fn finished_job(shared: &Engine, req: DownloadRequest, id: FileId, name: FileName) -> Job {
     let size = shared.store.by_id(&id).map_or(0, |e| e.size);
     let h = match shared.jobs.insert(req, Some(id), JobState::Done) {
         Ok(h) | Err(h) => h,
@@ -342,13 +305,13 @@ fn finished_job(shared: &Shared, req: DownloadRequest, id: FileId, name: FileNam
     h.snapshot()
 }
 
-fn partial_dir(shared: &Shared) -> PathBuf {
+fn partial_dir(shared: &Engine) -> PathBuf {
     shared.store.data_dir().join("partial")
 }
 
 /// Resume every partial download found in the data folder (call once at
 /// start). Each becomes a job that locates the file's holders again.
-pub fn resume_partials(shared: &Arc<Shared>) {
+fn resume_partials(shared: &Arc<Engine>) {
     let dir = partial_dir(shared);
     for stored in partial::scan(&dir) {
         let id = stored.id;
@@ -384,7 +347,7 @@ enum Begin {
     Resume(PartialMeta),
 }
 
-fn spawn_job(shared: &Arc<Shared>, h: Arc<JobHandle>, begin: Begin) {
+fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
     let shared = shared.clone();
     let rt = shared.rt.clone();
     rt.spawn(async move {
@@ -425,7 +388,7 @@ fn spawn_job(shared: &Arc<Shared>, h: Arc<JobHandle>, begin: Begin) {
                 tracing::warn!(job = %h.id, %reason, "download failed");
                 h.update(|j| {
                     j.state = JobState::Failed;
-                    j.error = Some(reason);
+                    j.error = Some(reason.to_string());
                     j.source = None;
                 });
             }
@@ -435,17 +398,17 @@ fn spawn_job(shared: &Arc<Shared>, h: Arc<JobHandle>, begin: Begin) {
 
 enum JobEnd {
     Cancelled,
-    Failed(String),
+    Failed(DownloadError),
 }
 
-impl From<std::io::Error> for JobEnd {
-    fn from(e: std::io::Error) -> Self {
-        JobEnd::Failed(format!("local i/o error: {e}"))
+impl<E: Into<DownloadError>> From<E> for JobEnd {
+    fn from(e: E) -> Self {
+        JobEnd::Failed(e.into())
     }
 }
 
 /// Locate `id` again; `None` if nobody (but us) has it or the lookup failed.
-async fn relocate(shared: &Shared, id: FileId) -> Option<Target> {
+async fn relocate(shared: &Engine, id: FileId) -> Option<Target> {
     let files = shared
         .lookup
         .locate(&shared.central, &LocateTarget::Id(id))
@@ -464,7 +427,7 @@ fn relocate_pause(round: u32) -> Duration {
 }
 
 async fn drive(
-    shared: &Arc<Shared>,
+    shared: &Arc<Engine>,
     h: &JobHandle,
     begin: Begin,
     slot: &mut Option<Partial>,
@@ -476,7 +439,7 @@ async fn drive(
             let id: FileId = meta
                 .file_id
                 .parse()
-                .map_err(|_| JobEnd::Failed("bad partial-download state".into()))?;
+                .map_err(|_| DownloadError::BadPartialState)?;
             let mut round = 0;
             let mut t = loop {
                 if let Some(t) = relocate(shared, id).await {
@@ -484,9 +447,7 @@ async fn drive(
                 }
                 round += 1;
                 if round > LOCATE_ROUNDS {
-                    return Err(JobEnd::Failed(format!(
-                        "no live peer shares file {id}; the verified chunks are kept — download it again to resume"
-                    )));
+                    return Err(DownloadError::NoLivePeer(id).into());
                 }
                 tokio::time::sleep(relocate_pause(round)).await;
             };
@@ -513,7 +474,7 @@ async fn drive(
             let part = slot
                 .as_ref()
                 .map(|p| p.part_path().to_owned())
-                .ok_or_else(|| JobEnd::Failed("partial download vanished".into()))?;
+                .ok_or(DownloadError::BadPartialState)?;
             store_and_publish(shared, h, &t, &name, &part, m).await?;
             if let Some(p) = slot.take() {
                 p.discard().await; // its state files; the .part became the shared file
@@ -525,9 +486,8 @@ async fn drive(
             sequential::run(shared, h, &mut t, &path).await?;
             let p2 = path.clone();
             let (_, m, _) = tokio::task::spawn_blocking(move || crate::store::hash_path(&p2))
-                .await
-                .map_err(|e| JobEnd::Failed(e.to_string()))??;
-            m.ok_or_else(|| JobEnd::Failed("downloaded file changed while hashing".into()))?
+                .await??;
+            m.ok_or(DownloadError::ChangedWhileHashing)?
         }
     };
     let path = temp.take().expect("temp path set above");
@@ -537,7 +497,7 @@ async fn drive(
 /// Fetch every chunk into the partial download (opened into `slot`) and
 /// check the whole-file hash.
 async fn swarm_download(
-    shared: &Arc<Shared>,
+    shared: &Arc<Engine>,
     h: &JobHandle,
     t: &mut Target,
     manifest: Manifest,
@@ -547,29 +507,28 @@ async fn swarm_download(
     let dir = partial_dir(shared);
     let (id, size, m2, n2) = (t.id, t.size, manifest.clone(), name.to_string());
     let opened = tokio::task::spawn_blocking(move || Partial::open(&dir, &id, size, &m2, &n2))
-        .await
-        .map_err(|e| JobEnd::Failed(e.to_string()))??;
+        .await??;
     let partial = slot.insert(opened);
     let kept = partial.verified_bytes();
     let mut swarm = Swarm::new(
         manifest,
         t.size,
         partial.verified(),
-        swarm::Params::new(shared.config.max_sources, shared.config.stall_timeout),
+        scheduler::Params::new(shared.max_sources, shared.stall_timeout),
     );
     let (done, n) = swarm.chunks();
     if done > 0 {
         tracing::info!(job = %h.id, file = %t.id, chunks_kept = done, chunks = n, "resuming from verified chunks on disk");
     }
     h.update(|j| j.bytes_done = kept);
-    let fetcher = swarm::http_fetcher(shared.clone(), t.id);
+    let fetcher = transport::http_fetcher(shared.http.clone(), shared.download_limit.clone(), t.id);
     let mut round = 0;
     loop {
         swarm.add_holders(t.holders.iter().map(|(peer_id, url)| Source {
             peer_id: peer_id.clone(),
             url: url.clone(),
         }));
-        let mut on_progress = |r: swarm::Report| {
+        let mut on_progress = |r: scheduler::Report| {
             h.update(|j| {
                 j.state = JobState::Downloading;
                 j.bytes_done = r.verified_bytes;
@@ -584,9 +543,12 @@ async fn swarm_download(
                 round += 1;
                 if round > LOCATE_ROUNDS {
                     let (done, n) = swarm.chunks();
-                    return Err(JobEnd::Failed(format!(
-                        "no holder could send the file ({why}); {done} of {n} chunks are verified and kept — download it again to resume"
-                    )));
+                    return Err(DownloadError::NoHolder {
+                        why,
+                        done,
+                        total: n,
+                    }
+                    .into());
                 }
                 h.update(|j| {
                     j.state = JobState::Locating;
@@ -610,17 +572,14 @@ async fn swarm_download(
         if let Some(p) = slot.take() {
             p.discard().await;
         }
-        return Err(JobEnd::Failed(format!(
-            "every chunk matched the manifest but the file hashes to {got}, not {}: the manifest was wrong; nothing was kept",
-            t.id
-        )));
+        return Err(DownloadError::WrongManifest { got, want: t.id }.into());
     }
     Ok(())
 }
 
 /// Move a verified file into the share folder and publish it.
 async fn store_and_publish(
-    shared: &Arc<Shared>,
+    shared: &Arc<Engine>,
     h: &JobHandle,
     t: &Target,
     name: &FileName,
@@ -629,9 +588,8 @@ async fn store_and_publish(
 ) -> std::result::Result<(), JobEnd> {
     let (s, p, n, id) = (shared.clone(), path.to_owned(), name.clone(), t.id);
     tokio::task::spawn_blocking(move || s.store.add_from_temp(&p, &n, id, manifest))
-        .await
-        .map_err(|e| JobEnd::Failed(e.to_string()))?
-        .map_err(|e| JobEnd::Failed(format!("cannot store the file: {e}")))?;
+        .await?
+        .map_err(DownloadError::Store)?;
     if let Some(entry) = shared.store.by_name(name) {
         shared.central.publish(&[entry.to_shared()]).await;
     }
@@ -662,7 +620,7 @@ fn summarize(errors: &[String]) -> String {
 
 /// The name to store under: the first name offered, or, if that name is
 /// taken here by a different content, `stem (id12).ext`.
-fn pick_name(shared: &Shared, t: &Target) -> FileName {
+fn pick_name(shared: &Engine, t: &Target) -> FileName {
     let base = t.names.first().cloned().unwrap_or_else(|| {
         format!("{}.bin", t.id.short())
             .parse()
@@ -685,12 +643,4 @@ fn pick_name(shared: &Shared, t: &Target) -> FileName {
         }
         _ => base,
     }
-}
-
-pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }

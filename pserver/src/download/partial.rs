@@ -549,7 +549,7 @@ mod tests {
     #[tokio::test]
     async fn writes_out_of_order_resumes_and_hashes() {
         let dir = tempfile::tempdir().unwrap();
-        let data = crate::testkit::test_bytes(10_000, 9);
+        let data = peerdex_testkit::test_bytes(10_000, 9);
         let id = FileId::from_bytes(*blake3::hash(&data).as_bytes());
         let m = manifest(&data, 1024);
         let p = Partial::open(dir.path(), &id, data.len() as u64, &m, "x.bin").unwrap();
@@ -584,7 +584,7 @@ mod tests {
     #[tokio::test]
     async fn other_manifest_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
-        let data = crate::testkit::test_bytes(3000, 1);
+        let data = peerdex_testkit::test_bytes(3000, 1);
         let id = FileId::from_bytes(*blake3::hash(&data).as_bytes());
         let m = manifest(&data, 1024);
         let p = Partial::open(dir.path(), &id, 3000, &m, "x").unwrap();

@@ -14,8 +14,10 @@ use peerdex_proto::rest::{JobState, SourceProgress};
 use peerdex_proto::{FileId, PeerUrl};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use super::{JobEnd, JobHandle, LOCATE_ROUNDS, PROGRESS_EVERY, Target, summarize, validate};
-use crate::Shared;
+use super::{
+    DownloadError, JobEnd, JobHandle, LOCATE_ROUNDS, PROGRESS_EVERY, Target, summarize, validate,
+};
+use super::Engine;
 use crate::lookup::LocateTarget;
 
 /// Why one attempt at one holder ended.
@@ -43,7 +45,7 @@ struct Progress {
 /// BLAKE3 against the file id. With a manifest (not the usual path: those go
 /// to the swarm) every chunk is verified as it completes.
 pub(super) async fn run(
-    shared: &Arc<Shared>,
+    shared: &Arc<Engine>,
     h: &JobHandle,
     t: &mut Target,
     temp: &PathBuf,
@@ -119,7 +121,11 @@ pub(super) async fn run(
                 } else {
                     "no holder could send the file".to_owned()
                 };
-                return Err(JobEnd::Failed(format!("{why} ({})", summarize(&errors))));
+                return Err(DownloadError::Sequential {
+                    why,
+                    holders: summarize(&errors),
+                }
+                .into());
             }
             // Ask again for fresh holders, after a short pause.
             h.update(|j| {
@@ -154,11 +160,11 @@ pub(super) async fn run(
     });
     let got = FileId::from_bytes(*p.whole.finalize().as_bytes());
     if got != t.id {
-        return Err(JobEnd::Failed(format!(
-            "the downloaded bytes hash to {got}, not {}; nothing was kept (holders: {})",
-            t.id,
-            summarize(&errors)
-        )));
+        return Err(DownloadError::Sequential {
+            why: format!("the downloaded bytes hash to {got}, not {}; nothing was kept", t.id),
+            holders: format!("holders: {}", summarize(&errors)),
+        }
+        .into());
     }
     file.sync_all().await?;
     Ok(())
@@ -186,7 +192,7 @@ async fn rollback(
 }
 
 async fn fetch_from(
-    shared: &Arc<Shared>,
+    shared: &Arc<Engine>,
     h: &JobHandle,
     t: &Target,
     peer_id: &str,
@@ -199,11 +205,11 @@ async fn fetch_from(
     if start > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={start}-"));
     }
-    let stall = shared.config.stall_timeout;
+    let stall = shared.stall_timeout;
     let resp = tokio::time::timeout(stall, req.send())
         .await
         .map_err(|_| Attempt::Failed("no answer".into()))?
-        .map_err(|e| Attempt::Failed(format!("cannot connect: {}", super::root_cause(&e))))?;
+        .map_err(|e| Attempt::Failed(format!("cannot connect: {}", super::transport::root_cause(&e))))?;
     match resp.status().as_u16() {
         200 if start == 0 => {}
         206 if start > 0 => {
@@ -249,7 +255,7 @@ async fn fetch_from(
             Ok(Some(Err(e))) => {
                 return Err(Attempt::Failed(format!(
                     "transfer broke: {}",
-                    super::root_cause(&e)
+                    super::transport::root_cause(&e)
                 )));
             }
             Ok(Some(Ok(b))) => b,

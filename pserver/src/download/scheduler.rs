@@ -1,8 +1,9 @@
-//! Swarming: fetch the chunks of one file from several holders at once.
+//! The swarm scheduler: fetch the chunks of one file from several holders at
+//! once.
 //!
-//! Every request asks one holder for one chunk (HTTP `Range`), collects it in
-//! memory while hashing it, and hands it to the [`Partial`] only if its
-//! BLAKE3 matches the manifest. Chunks above 8 MiB (files over 64 GiB) are
+//! Every request (see `chunk`) asks one holder for one chunk (HTTP `Range`,
+//! see `transport`), collects it in memory while hashing it, and hands it to
+//! the [`Partial`] only if its BLAKE3 matches the manifest. Chunks above 8 MiB (files over 64 GiB) are
 //! instead written at their place in the partial as they stream in, so
 //! memory stays flat whatever the file size; such a chunk counts as verified
 //! (and is recorded in the bitmap) only once its hash matched, and exactly
@@ -30,20 +31,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
-use futures_util::future::BoxFuture;
-use futures_util::stream::BoxStream;
 use peerdex_proto::convert::Manifest;
 use peerdex_proto::rest::SourceProgress;
-use peerdex_proto::{FileId, PeerUrl};
 use tokio::task::JoinSet;
 
+use super::chunk::{ChunkRequest, Failed, Outcome};
 use super::partial::{Partial, chunk_len};
-use crate::Shared;
+use super::transport::{Fetcher, Source};
 
 /// Strikes (chunks that failed verification) that drop a holder.
-pub const MAX_STRIKES: u32 = 3;
+pub(crate) const MAX_STRIKES: u32 = 3;
 /// Requests in flight per holder: at least / at most.
 const MIN_DEPTH: u32 = 2;
 const MAX_DEPTH: u32 = 4;
@@ -51,81 +48,12 @@ const MAX_DEPTH: u32 = 4;
 const MAX_RACES: usize = 4;
 /// Window of the per-source rate.
 const RATE_WINDOW: Duration = Duration::from_secs(1);
-/// Bytes received between two hashing steps of a chunk.
-const HASH_RUN: usize = 256 << 10;
 /// Progress is reported this often.
 const TICK: Duration = Duration::from_millis(100);
 
-/// A holder to fetch from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Source {
-    pub peer_id: String,
-    pub url: PeerUrl,
-}
-
-/// A holder's answer to a range request.
-pub struct Reply {
-    pub status: u16,
-    pub content_range: Option<String>,
-    pub retry_after: Option<Duration>,
-    pub body: BoxStream<'static, Result<Bytes, String>>,
-}
-
-/// Sends one range request (inclusive bounds). Over HTTP in the daemon, an
-/// in-memory model in the property tests.
-pub type Fetcher =
-    Arc<dyn Fn(&Source, u64, u64) -> BoxFuture<'static, Result<Reply, String>> + Send + Sync>;
-
-/// Range requests over the peer API, under the download rate cap.
-pub fn http_fetcher(shared: Arc<Shared>, id: FileId) -> Fetcher {
-    Arc::new(move |src: &Source, start: u64, end: u64| {
-        let shared = shared.clone();
-        let url = format!("{}/peer/v1/files/{id}", src.url);
-        Box::pin(async move {
-            let resp = shared
-                .http
-                .get(url)
-                .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
-                .send()
-                .await
-                .map_err(|e| format!("cannot connect: {}", super::root_cause(&e)))?;
-            let header = |name| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned)
-            };
-            let content_range = header(reqwest::header::CONTENT_RANGE);
-            let retry_after = header(reqwest::header::RETRY_AFTER)
-                .map(|s| Duration::from_secs(s.trim().parse::<u64>().unwrap_or(1).clamp(1, 60)));
-            let status = resp.status().as_u16();
-            let limited = shared.download_limit.is_limited();
-            let body = resp
-                .bytes_stream()
-                .map(|r| r.map_err(|e| super::root_cause(&e)))
-                .then(move |r| {
-                    let shared = shared.clone();
-                    async move {
-                        if limited && let Ok(b) = &r {
-                            shared.download_limit.take(b.len()).await;
-                        }
-                        r
-                    }
-                })
-                .boxed();
-            Ok(Reply {
-                status,
-                content_range,
-                retry_after,
-                body,
-            })
-        })
-    })
-}
-
 /// Tuning of one swarm.
 #[derive(Debug, Clone)]
-pub struct Params {
+pub(crate) struct Params {
     pub max_sources: usize,
     /// A request that gets no bytes for this long loses its chunk.
     pub stall: Duration,
@@ -144,7 +72,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn new(max_sources: usize, stall: Duration) -> Self {
+    pub(crate) fn new(max_sources: usize, stall: Duration) -> Self {
         Self {
             max_sources: max_sources.max(1),
             stall,
@@ -159,7 +87,7 @@ impl Params {
 
 /// Why a swarm stopped before every chunk was in.
 #[derive(Debug)]
-pub enum SwarmEnd {
+pub(crate) enum SwarmEnd {
     /// No usable holder is left; says what happened to each.
     NoHolders(String),
     /// Writing to the partial failed.
@@ -167,27 +95,13 @@ pub enum SwarmEnd {
 }
 
 /// A snapshot for the job's progress.
-pub struct Report {
+pub(crate) struct Report {
     pub verified_bytes: u64,
     pub sources: Vec<SourceProgress>,
     /// URL of the fastest source right now.
     pub fastest: Option<String>,
 }
 
-enum Outcome {
-    /// The chunk, or `None` if it was written in place.
-    Verified(Option<Bytes>),
-    /// Failed verification or broke the protocol: a strike.
-    Bad(String),
-    /// Unreachable, error answer, broken or stalled transfer: back off.
-    Failed(String),
-    /// The holder no longer has the file: drop it.
-    Gone(String),
-    /// 503: come back after this long.
-    Busy(Duration),
-    /// Writing the chunk in place failed: our disk, not the holder.
-    LocalIo(String),
-}
 
 struct Holder {
     src: Arc<Source>,
@@ -267,7 +181,7 @@ struct Req {
 }
 
 /// The chunk bookkeeping of one file, kept across rounds of locating.
-pub struct Swarm {
+pub(crate) struct Swarm {
     manifest: Arc<Manifest>,
     size: u64,
     params: Params,
@@ -283,7 +197,7 @@ pub struct Swarm {
 
 impl Swarm {
     /// `verified`: chunks already on disk (a resumed partial).
-    pub fn new(manifest: Manifest, size: u64, verified: &[bool], params: Params) -> Self {
+    pub(crate) fn new(manifest: Manifest, size: u64, verified: &[bool], params: Params) -> Self {
         let n = manifest.hashes.len();
         let done: Vec<bool> = (0..n).map(|i| verified.get(i) == Some(&true)).collect();
         let missing = (0..n).filter(|i| !done[*i]).collect();
@@ -305,17 +219,17 @@ impl Swarm {
         }
     }
 
-    pub fn is_complete(&self) -> bool {
+    pub(crate) fn is_complete(&self) -> bool {
         self.done_count == self.done.len()
     }
 
-    pub fn chunks(&self) -> (usize, usize) {
+    pub(crate) fn chunks(&self) -> (usize, usize) {
         (self.done_count, self.done.len())
     }
 
     /// Merge a fresh list of holders (from a new locate). Holders dropped for
     /// being unreachable get another chance; holders with three strikes do not.
-    pub fn add_holders(&mut self, fresh: impl IntoIterator<Item = Source>) {
+    pub(crate) fn add_holders(&mut self, fresh: impl IntoIterator<Item = Source>) {
         for src in fresh {
             match self
                 .holders
@@ -337,7 +251,7 @@ impl Swarm {
     }
 
     /// What happened to every holder, for an error message.
-    pub fn holder_summary(&self) -> String {
+    pub(crate) fn holder_summary(&self) -> String {
         let parts: Vec<String> = self
             .holders
             .iter()
@@ -360,7 +274,7 @@ impl Swarm {
 
     /// Fetch until every chunk is verified and queued on `partial`, or no
     /// usable holder remains.
-    pub async fn run(
+    pub(crate) async fn run(
         &mut self,
         partial: &Partial,
         fetch: &Fetcher,
@@ -395,7 +309,7 @@ impl Swarm {
                             self.ended(e.id());
                             continue;
                         }
-                        Err(e) => (e.id(), Outcome::Failed(format!("request task failed: {e}"))),
+                        Err(e) => (e.id(), Outcome::Failed(Failed::Task(e.to_string()))),
                     };
                     if let Err(e) = self.handle(id, outcome, partial).await {
                         break Err(SwarmEnd::Io(e));
@@ -575,19 +489,20 @@ impl Swarm {
         holder.used = true;
         holder.in_flight += 1;
         let got = Arc::new(AtomicU64::new(0));
-        let task = fetch_chunk(
-            fetch.clone(),
-            holder.src.clone(),
-            c,
+        let task = ChunkRequest {
+            fetch: fetch.clone(),
+            src: holder.src.clone(),
+            idx: c,
             start,
             len,
-            self.size,
-            self.manifest.hashes[c],
-            self.params.stall,
-            holder.recv.clone(),
-            got.clone(),
+            size: self.size,
+            expected: self.manifest.hashes[c],
+            stall: self.params.stall,
+            recv: holder.recv.clone(),
+            got: got.clone(),
             sink,
-        );
+        }
+        .run();
         let abort = set.spawn(task);
         self.reqs.insert(
             abort.id(),
@@ -648,6 +563,7 @@ impl Swarm {
                 }
             }
             Outcome::Bad(why) => {
+                let why = why.to_string();
                 holder.strikes += 1;
                 holder.last_error = Some(why.clone());
                 let entry = self.avoid.entry(c).or_default();
@@ -670,6 +586,7 @@ impl Swarm {
                 self.requeue(c);
             }
             Outcome::Failed(why) => {
+                let why = why.to_string();
                 holder.failures += 1;
                 holder.last_error = Some(why.clone());
                 if holder.failures >= self.params.max_failures {
@@ -685,7 +602,8 @@ impl Swarm {
                 }
                 self.requeue(c);
             }
-            Outcome::Gone(why) => {
+            Outcome::Gone(status) => {
+                let why = format!("answered HTTP {status}");
                 tracing::info!(peer = %holder.src.peer_id, %why, "holder no longer has the file");
                 holder.dropped = Some(why.clone());
                 holder.last_error = Some(why);
@@ -698,7 +616,7 @@ impl Swarm {
             }
             Outcome::LocalIo(e) => {
                 self.requeue(c);
-                return Err(io::Error::other(format!("cannot write chunk {c}: {e}")));
+                return Err(io::Error::new(e.kind(), format!("cannot write chunk {c}: {e}")));
             }
         }
         Ok(())
@@ -752,7 +670,7 @@ impl Swarm {
         }
     }
 
-    pub fn report(&self) -> Report {
+    pub(crate) fn report(&self) -> Report {
         let sources = self
             .holders
             .iter()
@@ -782,110 +700,6 @@ impl Swarm {
     }
 }
 
-/// One request: fetch chunk `idx` (`len` bytes at `start`) and verify it.
-#[allow(clippy::too_many_arguments)]
-async fn fetch_chunk(
-    fetch: Fetcher,
-    src: Arc<Source>,
-    idx: usize,
-    start: u64,
-    len: u64,
-    size: u64,
-    expected: [u8; 32],
-    stall: Duration,
-    recv: Arc<AtomicU64>,
-    got: Arc<AtomicU64>,
-    sink: Option<Arc<std::fs::File>>,
-) -> Outcome {
-    let end = start + len - 1;
-    let reply = match tokio::time::timeout(stall, fetch(&src, start, end)).await {
-        Err(_) => return Outcome::Failed(format!("no answer within {stall:?}")),
-        Ok(Err(e)) => return Outcome::Failed(e),
-        Ok(Ok(r)) => r,
-    };
-    match reply.status {
-        206 => {
-            let want = format!("bytes {start}-{end}/{size}");
-            if reply.content_range.as_deref() != Some(want.as_str()) {
-                return Outcome::Bad(format!(
-                    "answered Content-Range {:?} for {want:?}",
-                    reply.content_range
-                ));
-            }
-        }
-        200 if start == 0 && len == size => {}
-        503 => return Outcome::Busy(reply.retry_after.unwrap_or(Duration::from_secs(1))),
-        404 | 410 => return Outcome::Gone(format!("answered HTTP {}", reply.status)),
-        s => return Outcome::Failed(format!("answered HTTP {s}")),
-    }
-    let mut body = reply.body;
-    // In memory until verified, or (large chunks) straight into the partial
-    // at the chunk's offset, staged in runs for the hash and the write.
-    let mut buf = BytesMut::with_capacity(match sink {
-        None => len as usize,
-        Some(_) => HASH_RUN * 2,
-    });
-    let mut received: u64 = 0;
-    let mut hasher = blake3::Hasher::new();
-    let mut hashed = 0;
-    loop {
-        let piece = match tokio::time::timeout(stall, body.next()).await {
-            Err(_) => {
-                return Outcome::Failed(format!(
-                    "stalled: no bytes for {stall:?} ({} of {len} received)",
-                    buf.len()
-                ));
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Outcome::Failed(format!("transfer broke: {e}")),
-            Ok(Some(Ok(b))) => b,
-        };
-        recv.fetch_add(piece.len() as u64, Ordering::Relaxed);
-        if received + piece.len() as u64 > len {
-            return Outcome::Bad(format!("sent more than the {len} bytes asked for"));
-        }
-        received += piece.len() as u64;
-        got.fetch_add(piece.len() as u64, Ordering::Relaxed);
-        buf.extend_from_slice(&piece);
-        // Hash in runs of a few hundred KiB: wide enough for BLAKE3's SIMD,
-        // and spread over the transfer rather than all at the end.
-        if buf.len() - hashed >= HASH_RUN {
-            hasher.update(&buf[hashed..]);
-            hashed = buf.len();
-            if let Some(file) = &sink {
-                let at = start + received - buf.len() as u64;
-                if let Err(e) = write_in_place(file, &buf, at) {
-                    return Outcome::LocalIo(e.to_string());
-                }
-                buf.clear();
-                hashed = 0;
-            }
-        }
-    }
-    hasher.update(&buf[hashed..]);
-    if let Some(file) = &sink {
-        let at = start + received - buf.len() as u64;
-        if let Err(e) = write_in_place(file, &buf, at) {
-            return Outcome::LocalIo(e.to_string());
-        }
-    }
-    if received < len {
-        return Outcome::Failed(format!(
-            "closed the connection after {received} of {len} bytes"
-        ));
-    }
-    if hasher.finalize().as_bytes() != &expected {
-        return Outcome::Bad(format!("chunk {idx} failed BLAKE3 verification"));
-    }
-    Outcome::Verified(sink.is_none().then(|| buf.freeze()))
-}
-
-fn write_in_place(file: &std::fs::File, data: &[u8], at: u64) -> io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    // A short positional write into the page cache; not worth a thread hop.
-    file.write_all_at(data, at)
-}
-
 #[cfg(test)]
 mod tests {
     //! The swarm against in-memory holders with random chunk sizes and
@@ -896,6 +710,12 @@ mod tests {
 
     use proptest::prelude::*;
 
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use futures_util::stream::BoxStream;
+    use peerdex_proto::FileId;
+
+    use super::super::transport::{Reply, TransportError};
     use super::*;
 
     #[derive(Debug, Clone)]
@@ -1021,7 +841,7 @@ mod tests {
             .enumerate()
             .map(|(i, h)| {
                 let mut data = if h.other_content {
-                    crate::testkit::test_bytes(source.len(), case.seed ^ (i as u64 + 1))
+                    peerdex_testkit::test_bytes(source.len(), case.seed ^ (i as u64 + 1))
                 } else {
                     source.to_vec()
                 };
@@ -1043,8 +863,8 @@ mod tests {
                 let call = calls.fetch_add(1, Ordering::Relaxed) + 1;
                 let size = data.len() as u64;
                 let (s, e) = (start as usize, (end as usize + 1).min(data.len()));
-                let piece = |bytes: Vec<u8>| -> BoxStream<'static, Result<Bytes, String>> {
-                    let parts: Vec<Result<Bytes, String>> = bytes
+                let piece = |bytes: Vec<u8>| -> BoxStream<'static, Result<Bytes, TransportError>> {
+                    let parts: Vec<Result<Bytes, TransportError>> = bytes
                         .chunks(777)
                         .map(|c| Ok(Bytes::copy_from_slice(c)))
                         .collect();
@@ -1076,7 +896,7 @@ mod tests {
                     },
                     Behaviour::Busy(_) => ok(piece(bytes)),
                     Behaviour::Flaky(k) if call % k == 0 => {
-                        return Err("cannot connect: refused".into());
+                        return Err(TransportError::Connect("refused".into()));
                     }
                     Behaviour::Flaky(_) => ok(piece(bytes)),
                     Behaviour::Stall => ok(futures_util::stream::pending().boxed()),
@@ -1093,7 +913,7 @@ mod tests {
                         content_range: Some(format!("bytes 0-{}/{size}", e - s)),
                         ..ok(piece(bytes))
                     },
-                    Behaviour::Refuse => return Err("cannot connect: refused".into()),
+                    Behaviour::Refuse => return Err(TransportError::Connect("refused".into())),
                     Behaviour::Gone => Reply {
                         status: 404,
                         ..ok(futures_util::stream::empty().boxed())
@@ -1103,7 +923,7 @@ mod tests {
                         ..ok(futures_util::stream::empty().boxed())
                     },
                     Behaviour::BreakHalfway => ok(piece(bytes[..half].to_vec())
-                        .chain(futures_util::stream::iter([Err("connection reset".into())]))
+                        .chain(futures_util::stream::iter([Err(TransportError::Body("connection reset".into()))]))
                         .boxed()),
                 })
             })
@@ -1113,7 +933,7 @@ mod tests {
     /// Run the case like a job: swarm, locate again (same holders) up to
     /// three times, then the whole-file check. `Some(bytes)` if it finished.
     fn run_case(case: &Case) -> (Option<Vec<u8>>, bool, Report) {
-        let source = Arc::new(crate::testkit::test_bytes(case.size, case.seed));
+        let source = Arc::new(peerdex_testkit::test_bytes(case.size, case.seed));
         let id = FileId::from_bytes(*blake3::hash(&source).as_bytes());
         let mut manifest = Manifest {
             chunk_size: case.chunk_size,
@@ -1192,7 +1012,7 @@ mod tests {
         fn final_file_is_the_source_or_the_job_fails(case in case()) {
             let (result, lied, _) = run_case(&case);
             if let Some(bytes) = &result {
-                prop_assert_eq!(bytes, &crate::testkit::test_bytes(case.size, case.seed));
+                prop_assert_eq!(bytes, &peerdex_testkit::test_bytes(case.size, case.seed));
             }
             if lied {
                 prop_assert!(result.is_none(), "finished with a lying manifest");

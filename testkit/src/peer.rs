@@ -1,37 +1,15 @@
-//! Helpers for tests that run real PServers in-process on `127.0.0.1:0`.
-//! Used by this crate's integration tests and by the CLI's tests.
+//! A real PServer, in-process on `127.0.0.1:0`.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use peerdex_proto::PeerUrl;
 use peerdex_proto::rest::Status;
+use pserver::Config;
 use tokio::sync::oneshot;
 
-use crate::Config;
-
-/// Poll `f` until it returns `Some`, or panic with `what` after `deadline`.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
-}
+use crate::wait::wait_for;
 
 /// A PServer running in this process, with its own share and data folders.
 pub struct TestPeer {
@@ -81,7 +59,7 @@ impl TestPeer {
         config.stall_timeout = Duration::from_secs(5);
         tweak(&mut config);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(crate::run(api, peer, config, async move {
+        let task = tokio::spawn(pserver::run(api, peer, config, async move {
             let _ = rx.await;
         }));
         let p = Self {
@@ -173,18 +151,4 @@ impl Drop for TestPeer {
             let _ = tx.send(());
         }
     }
-}
-
-/// Deterministic pseudo-random bytes (xorshift), for test files.
-pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }

@@ -1,0 +1,102 @@
+//! How the swarm talks to holders: one HTTP `Range` request per chunk over
+//! the peer API, under the download rate cap. The scheduler sees only the
+//! [`Fetcher`] function type, so its property tests swap in in-memory
+//! holders with scripted faults.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use peerdex_proto::{FileId, PeerUrl};
+
+use crate::rate::RateLimiter;
+
+/// A holder to fetch from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Source {
+    pub peer_id: String,
+    pub url: PeerUrl,
+}
+
+/// What went wrong on the wire (never the holder's content: that is judged
+/// by verification).
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum TransportError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Body(String),
+}
+
+/// A holder's answer to a range request.
+pub(crate) struct Reply {
+    pub status: u16,
+    pub content_range: Option<String>,
+    pub retry_after: Option<Duration>,
+    pub body: BoxStream<'static, Result<Bytes, TransportError>>,
+}
+
+/// Sends one range request (inclusive bounds). Over HTTP in the daemon, an
+/// in-memory model in the property tests.
+pub(crate) type Fetcher = Arc<
+    dyn Fn(&Source, u64, u64) -> BoxFuture<'static, Result<Reply, TransportError>> + Send + Sync,
+>;
+
+/// Range requests for file `id` over the peer API, under `limit`.
+pub(crate) fn http_fetcher(http: reqwest::Client, limit: Arc<RateLimiter>, id: FileId) -> Fetcher {
+    Arc::new(move |src: &Source, start: u64, end: u64| {
+        let (http, limit) = (http.clone(), limit.clone());
+        let url = format!("{}/peer/v1/files/{id}", src.url);
+        Box::pin(async move {
+            let resp = http
+                .get(url)
+                .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
+                .send()
+                .await
+                .map_err(|e| TransportError::Connect(root_cause(&e)))?;
+            let header = |name| {
+                resp.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let content_range = header(reqwest::header::CONTENT_RANGE);
+            let retry_after = header(reqwest::header::RETRY_AFTER)
+                .map(|s| Duration::from_secs(s.trim().parse::<u64>().unwrap_or(1).clamp(1, 60)));
+            let status = resp.status().as_u16();
+            let limited = limit.is_limited();
+            let body = resp
+                .bytes_stream()
+                .map(|r| r.map_err(|e| TransportError::Body(root_cause(&e))))
+                .then(move |r| {
+                    let limit = limit.clone();
+                    async move {
+                        if limited && let Ok(b) = &r {
+                            limit.take(b.len()).await;
+                        }
+                        r
+                    }
+                })
+                .boxed();
+            Ok(Reply {
+                status,
+                content_range,
+                retry_after,
+                body,
+            })
+        })
+    })
+}
+
+/// The innermost cause of an error chain (reqwest's outer messages only say
+/// "error sending request").
+pub(crate) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

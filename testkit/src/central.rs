@@ -1,0 +1,95 @@
+//! A real central directory, in-process on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A central directory served by [`central_server::run`] in this process.
+/// Dropping it stops the server; [`TestCentral::stop`] also waits for the
+/// bounded shutdown and checks that it ended cleanly.
+pub struct TestCentral {
+    pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub data_dir: PathBuf,
+    _root: Option<tempfile::TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<central_server::Result<()>>>,
+}
+
+impl TestCentral {
+    /// A central over a fresh folder with the given lease TTL (heartbeats
+    /// advised at a third of it, at least every 300 ms).
+    pub async fn start(lease_ttl: Duration) -> Self {
+        Self::start_with(|c| lease(c, lease_ttl)).await
+    }
+
+    /// A central over a fresh folder; `tweak` may change any setting.
+    pub async fn start_with(tweak: impl FnOnce(&mut central_server::Config)) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut c = Self::start_in(&root.path().join("central"), tweak).await;
+        c._root = Some(root);
+        c
+    }
+
+    /// A central over `data_dir` (e.g. again after [`TestCentral::stop`]),
+    /// with the given lease TTL.
+    pub async fn start_at(data_dir: PathBuf, lease_ttl: Duration) -> Self {
+        Self::start_in(&data_dir, |c| lease(c, lease_ttl)).await
+    }
+
+    /// A central over `data_dir`; `tweak` may change any setting.
+    pub async fn start_in(
+        data_dir: &Path,
+        tweak: impl FnOnce(&mut central_server::Config),
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let mut config = central_server::Config::new(data_dir);
+        tweak(&mut config);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(central_server::run(listener, config, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            url: format!("http://{addr}"),
+            data_dir: data_dir.to_owned(),
+            _root: None,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Stop as on Ctrl+C and wait (at most 15 s) for a clean end.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(15), t)
+                .await
+                .expect("central shutdown is bounded")
+                .expect("central task panicked")
+                .expect("central failed");
+        }
+    }
+}
+
+fn lease(c: &mut central_server::Config, ttl: Duration) {
+    c.lease_ttl = ttl;
+    c.heartbeat_interval = (ttl / 3).max(Duration::from_millis(300));
+}
+
+impl Drop for TestCentral {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}

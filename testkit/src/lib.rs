@@ -1,0 +1,24 @@
+//! Test support shared by every peerdex test suite (never compiled into a
+//! binary we ship).
+//!
+//! Layout:
+//! * [`wait`] — poll a condition with a deadline (async and blocking); no
+//!   test ever sleeps a fixed time instead.
+//! * [`bytes`] — deterministic test content, hashes, listing folders.
+//! * [`central`] — a real central directory in-process on `127.0.0.1:0`.
+//! * [`peer`] — a real PServer in-process on `127.0.0.1:0`.
+//! * [`process`] — a real binary as a child process, its addresses read from
+//!   its own first line of output (never a pre-picked port), killed with real
+//!   signals; and a URL where nothing listens.
+
+pub mod bytes;
+pub mod central;
+pub mod peer;
+pub mod process;
+pub mod wait;
+
+pub use bytes::{blake3_hex, files_under, test_bytes};
+pub use central::TestCentral;
+pub use peer::TestPeer;
+pub use process::{ChildProc, DeadUrl, bin};
+pub use wait::{wait_for, wait_until};
