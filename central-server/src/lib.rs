@@ -59,7 +59,7 @@
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].
 
 pub mod error;
-pub mod index;
+pub(crate) mod index;
 mod oversize;
 pub mod service;
 pub mod store;

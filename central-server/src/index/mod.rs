@@ -11,6 +11,18 @@
 //! The index knows nothing about storage or auth; the service decides and
 //! keeps it in step with SQLite. Time is passed in (`now`), so leases are
 //! testable with paused tokio time.
+//!
+//! Layout:
+//! * `mod.rs` — [`Index`]: peers and leases, holdings, Locate and Search.
+//! * [`words`] — the tokenizer shared by names and queries.
+//! * `slab` — `u32`-handle storage for peers, files and names.
+//! * [`cursor`] — the search page token.
+//! * `bulk` — the restart path: load every row, build tokens on a thread.
+
+mod bulk;
+mod cursor;
+mod slab;
+mod words;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,6 +31,11 @@ use std::sync::Arc;
 use peerdex_proto::convert::{Manifest, SharedFile};
 use peerdex_proto::{FileId, PeerId, PeerUrl, v1};
 use tokio::time::Instant;
+
+use bulk::TokenBuilder;
+pub use cursor::Cursor;
+use slab::Slab;
+pub use words::words;
 
 /// BLAKE3 hash of a session token; the token itself is never kept.
 pub type TokenHash = [u8; 32];
@@ -37,85 +54,6 @@ impl From<Option<v1::Load>> for Load {
             active_uploads: l.active_uploads,
             free_upload_slots: l.free_upload_slots,
         }
-    }
-}
-
-/// Split a name or a query into lowercase words: any non-alphanumeric
-/// character separates words.
-pub fn words(s: &str) -> impl Iterator<Item = String> + '_ {
-    raw_words(s).map(|w| {
-        let mut out = String::with_capacity(w.len());
-        lower_into(w, &mut out);
-        out
-    })
-}
-
-fn raw_words(s: &str) -> impl Iterator<Item = &str> {
-    s.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-}
-
-/// Append the lowercase form of `w` to `out` (per character, so a word
-/// lowercases the same wherever it appears).
-fn lower_into(w: &str, out: &mut String) {
-    if w.is_ascii() {
-        let start = out.len();
-        out.push_str(w);
-        out[start..].make_ascii_lowercase();
-    } else {
-        out.extend(w.chars().flat_map(char::to_lowercase));
-    }
-}
-
-/// A `Vec<Option<T>>` with a free list: stable `u32` handles.
-struct Slab<T> {
-    items: Vec<Option<T>>,
-    free: Vec<u32>,
-}
-
-impl<T> Slab<T> {
-    fn new() -> Self {
-        Self {
-            items: Vec::new(),
-            free: Vec::new(),
-        }
-    }
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            items: Vec::with_capacity(n),
-            free: Vec::new(),
-        }
-    }
-    fn insert(&mut self, v: T) -> u32 {
-        if let Some(i) = self.free.pop() {
-            self.items[i as usize] = Some(v);
-            i
-        } else {
-            self.items.push(Some(v));
-            u32::try_from(self.items.len() - 1).expect("fewer than 2^32 entries")
-        }
-    }
-    fn remove(&mut self, i: u32) -> Option<T> {
-        let v = self.items.get_mut(i as usize)?.take();
-        if v.is_some() {
-            self.free.push(i);
-        }
-        v
-    }
-    fn get(&self, i: u32) -> &T {
-        self.items[i as usize].as_ref().expect("live slab handle")
-    }
-    fn get_mut(&mut self, i: u32) -> &mut T {
-        self.items[i as usize].as_mut().expect("live slab handle")
-    }
-    fn iter(&self) -> impl Iterator<Item = (u32, &T)> {
-        self.items
-            .iter()
-            .enumerate()
-            .filter_map(|(i, v)| Some((i as u32, v.as_ref()?)))
-    }
-    fn len(&self) -> usize {
-        self.items.len() - self.free.len()
     }
 }
 
@@ -149,44 +87,6 @@ pub enum Lease {
     Unknown,
     Expired,
     Live,
-}
-
-/// Resume point of a search: the last hit of the previous page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cursor {
-    pub holders: u32,
-    pub name: String,
-    pub file: FileId,
-}
-
-impl Cursor {
-    /// Opaque page token: hex of holders (4 bytes BE), file id, name bytes.
-    pub fn encode(&self) -> String {
-        let mut b = Vec::with_capacity(36 + self.name.len());
-        b.extend_from_slice(&self.holders.to_be_bytes());
-        b.extend_from_slice(self.file.as_bytes());
-        b.extend_from_slice(self.name.as_bytes());
-        hex::encode(b)
-    }
-
-    pub fn decode(s: &str) -> Option<Self> {
-        let b = hex::decode(s).ok()?;
-        if b.len() < 36 {
-            return None;
-        }
-        let holders = u32::from_be_bytes(b[..4].try_into().ok()?);
-        let file = FileId::from_bytes(b[4..36].try_into().ok()?);
-        let name = String::from_utf8(b[36..].to_vec()).ok()?;
-        Some(Self {
-            holders,
-            name,
-            file,
-        })
-    }
-
-    fn key(&self) -> (Reverse<u32>, &str, FileId) {
-        (Reverse(self.holders), &self.name, self.file)
-    }
 }
 
 /// One page of search hits.
@@ -296,7 +196,7 @@ impl Index {
 
     /// Give every peer a lease ending at `expires` (grace after a restart).
     pub fn renew_all(&mut self, expires: Instant) {
-        for p in self.peers.items.iter_mut().flatten() {
+        for p in self.peers.values_mut() {
             p.expires = expires;
         }
     }
@@ -551,20 +451,8 @@ impl Index {
         SearchPage { hits, next }
     }
 
-    // ------------------------------------------------------------- loading
-
-    /// Start a bulk load: token indexing is deferred to [`Index::finish_bulk`].
-    pub fn with_capacity(peers: usize, files: usize) -> Self {
-        let mut ix = Self::new();
-        ix.peers = Slab::with_capacity(peers);
-        ix.peer_ix.reserve(peers);
-        ix.files = Slab::with_capacity(files);
-        ix.file_ix.reserve(files);
-        ix.names = Slab::with_capacity(files);
-        ix.name_ix.reserve(files);
-        ix.bulk = Some(TokenBuilder::spawn());
-        ix
-    }
+    // ------------------------------------------------------ building blocks
+    // Used by Join/Publish and, row by row, by the bulk load (`bulk.rs`).
 
     /// Insert a peer with an empty inventory; returns its handle.
     pub fn insert_peer(
@@ -609,23 +497,6 @@ impl Index {
         file.refs.push((p, n));
         if name_is_new_for_file {
             self.names.get_mut(n).files.push(f);
-        }
-    }
-
-    /// End a bulk load: drop contents nobody holds and build the token map.
-    pub fn finish_bulk(&mut self) {
-        let orphans: Vec<u32> = self
-            .files
-            .iter()
-            .filter(|(_, f)| f.refs.is_empty())
-            .map(|(i, _)| i)
-            .collect();
-        for f in orphans {
-            let file = self.files.remove(f).expect("listed");
-            self.file_ix.remove(&file.id);
-        }
-        if let Some(builder) = self.bulk.take() {
-            self.tokens = builder.finish();
         }
     }
 
@@ -794,62 +665,19 @@ impl Index {
     }
 }
 
-/// Builds the token map on its own thread during a bulk load (the load is
-/// CPU-bound and the box has more than one core).
-struct TokenBuilder {
-    tx: std::sync::mpsc::Sender<(u32, Arc<str>)>,
-    thread: std::thread::JoinHandle<BTreeMap<Box<str>, Vec<u32>>>,
-}
-
-impl TokenBuilder {
-    fn spawn() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<(u32, Arc<str>)>();
-        let thread = std::thread::spawn(move || {
-            // Names arrive in increasing index order, so postings come out
-            // sorted; a word repeated within one name is skipped by `last()`.
-            let mut map: HashMap<Box<str>, Vec<u32>> = HashMap::new();
-            let mut buf = String::new();
-            for (n, text) in rx {
-                for w in raw_words(&text) {
-                    buf.clear();
-                    lower_into(w, &mut buf);
-                    match map.get_mut(buf.as_str()) {
-                        Some(v) if v.last() == Some(&n) => {}
-                        Some(v) => v.push(n),
-                        None => {
-                            map.insert(buf.as_str().into(), vec![n]);
-                        }
-                    }
-                }
-            }
-            let mut sorted: Vec<(Box<str>, Vec<u32>)> = map.into_iter().collect();
-            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            sorted.into_iter().collect()
-        });
-        Self { tx, thread }
-    }
-
-    fn send(&self, n: u32, text: Arc<str>) {
-        // The receiver lives until `finish`; a failed send means it panicked,
-        // which `finish` reports.
-        let _ = self.tx.send((n, text));
-    }
-
-    fn finish(self) -> BTreeMap<Box<str>, Vec<u32>> {
-        drop(self.tx);
-        self.thread.join().expect("token builder thread panicked")
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    //! Helpers shared by the index tests (`bulk.rs` uses them too), the
+    //! index's own tests, and the model test.
+
     use super::*;
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
-    fn fid(i: u32) -> FileId {
+    pub(in crate::index) fn fid(i: u32) -> FileId {
         FileId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes())
     }
-    fn sf(i: u32, size: u64, name: &str) -> SharedFile {
+    pub(in crate::index) fn sf(i: u32, size: u64, name: &str) -> SharedFile {
         SharedFile {
             id: fid(i),
             size,
@@ -857,32 +685,110 @@ mod tests {
             manifest: None,
         }
     }
-    fn url(port: u16) -> PeerUrl {
+    pub(in crate::index) fn url(port: u16) -> PeerUrl {
         format!("http://127.0.0.1:{port}").parse().unwrap()
     }
     fn q(s: &str) -> Vec<String> {
         words(s).collect()
     }
 
-    const TTL: Duration = Duration::from_secs(30);
+    pub(in crate::index) const TTL: Duration = Duration::from_secs(30);
 
-    #[test]
-    fn words_split_on_non_alphanumerics() {
-        assert_eq!(q("Alpha-Report_v2.BIN"), ["alpha", "report", "v2", "bin"]);
-        assert_eq!(q("--"), Vec::<String>::new());
-        assert_eq!(q("Ünï cødé"), ["ünï", "cødé"]);
+    /// A peer as the store keeps it: id, URL, token hash.
+    pub(in crate::index) type StoredPeer = (PeerId, PeerUrl, TokenHash);
+
+    /// An index built the way a restart builds it (`Store::load`): peers,
+    /// then contents (`(file, size)`; ones nobody holds are dropped), then
+    /// holdings `(peer position, file, name)`, then `finish_bulk`.
+    pub(in crate::index) fn bulk_from(
+        peers: &[StoredPeer],
+        files: &[(u32, u64)],
+        holdings: &[(usize, u32, &str)],
+        expires: Instant,
+    ) -> Index {
+        let mut ix = Index::with_capacity(peers.len(), files.len());
+        let ps: Vec<u32> = peers
+            .iter()
+            .map(|(id, url, hash)| ix.insert_peer(*id, url.clone(), *hash, expires))
+            .collect();
+        let fs: HashMap<u32, u32> = files
+            .iter()
+            .map(|&(i, size)| (i, ix.insert_file(fid(i), size, None)))
+            .collect();
+        for &(p, f, name) in holdings {
+            ix.add_ref(ps[p], fs[&f], name);
+        }
+        ix.finish_bulk();
+        ix
     }
 
-    #[test]
-    fn cursor_round_trips_and_rejects_garbage() {
-        let c = Cursor {
-            holders: 7,
-            name: "a b.txt".into(),
-            file: fid(1),
+    /// Everything an index answers about the given peers, files, names and
+    /// query words, in the order it answers it. Name handles are replaced by
+    /// name text, so two indexes built differently compare equal exactly
+    /// when no client could tell them apart.
+    #[derive(Debug, PartialEq)]
+    pub(in crate::index) struct Answers {
+        stats: Stats,
+        /// Per peer: lease, whether its token hash matches, inventory size.
+        peers: Vec<(Lease, bool, usize)>,
+        located: Vec<Option<v1::LocatedFile>>,
+        by_name: Vec<Vec<v1::LocatedFile>>,
+        /// Every page of each query, two hits per page.
+        searched: Vec<Vec<Vec<v1::SearchHit>>>,
+        /// Token → names it points to.
+        tokens: BTreeMap<String, BTreeSet<String>>,
+    }
+
+    pub(in crate::index) fn answers(
+        ix: &Index,
+        peers: &[StoredPeer],
+        files: &[u32],
+        names: &[&str],
+        queries: &[&str],
+        now: Instant,
+    ) -> Answers {
+        let pages = |query: &str| {
+            let mut pages = Vec::new();
+            let mut cursor = None;
+            loop {
+                let page = ix.search(&q(query), cursor.as_ref(), 2, now, 1000);
+                pages.push(page.hits);
+                match page.next {
+                    Some(c) => cursor = Some(c),
+                    None => break pages,
+                }
+            }
         };
-        assert_eq!(Cursor::decode(&c.encode()), Some(c));
-        assert_eq!(Cursor::decode("zz"), None);
-        assert_eq!(Cursor::decode("00"), None);
+        Answers {
+            stats: ix.stats(),
+            peers: peers
+                .iter()
+                .map(|(id, _, hash)| {
+                    (
+                        ix.lease(id, now),
+                        ix.token_matches(id, hash),
+                        ix.inventory_len(id),
+                    )
+                })
+                .collect(),
+            located: files
+                .iter()
+                .map(|&f| ix.locate_id(&fid(f), now, 64))
+                .collect(),
+            by_name: names
+                .iter()
+                .map(|n| ix.locate_name(n, now, 64, 64))
+                .collect(),
+            searched: queries.iter().map(|w| pages(w)).collect(),
+            tokens: ix
+                .tokens
+                .iter()
+                .map(|(w, ns)| {
+                    let texts = ns.iter().map(|&n| ix.names.get(n).text.to_string());
+                    (w.to_string(), texts.collect())
+                })
+                .collect(),
+        }
     }
 
     #[test]
@@ -1058,13 +964,17 @@ mod tests {
                 None => break,
             }
         }
-        assert_eq!(all.len(), 50);
-        let mut names: Vec<_> = all.iter().map(|h| h.name.clone()).collect();
-        names.dedup();
-        assert_eq!(names.len(), 50, "no repeats");
+        let distinct: BTreeSet<(&str, &str)> = all
+            .iter()
+            .map(|h| (h.name.as_str(), h.file_id.as_str()))
+            .collect();
+        assert_eq!(distinct.len(), all.len(), "no repeats");
+        assert_eq!(all.len(), 50, "no gaps");
         assert!(
-            all.windows(2).all(|w| w[0].holders >= w[1].holders),
-            "ranked by holders"
+            all.windows(2).all(|w| {
+                (Reverse(w[0].holders), &w[0].name) < (Reverse(w[1].holders), &w[1].name)
+            }),
+            "ranked by holders, then name"
         );
         assert_eq!(all[0].holders, 5);
         assert_eq!(all[0].name, "song-004.mp3");
@@ -1111,34 +1021,34 @@ mod tests {
         assert!(ix.search(&q("only"), None, 9, later, 99).hits.is_empty());
     }
 
-    #[test]
-    fn bulk_load_matches_incremental() {
-        let now = Instant::now();
-        let mut ix = Index::with_capacity(1, 3);
-        let p = ix.insert_peer(PeerId::new_random(), url(1), [0; 32], now + TTL);
-        let f1 = ix.insert_file(fid(1), 1, None);
-        let f2 = ix.insert_file(fid(2), 2, None);
-        ix.insert_file(fid(3), 3, None); // nobody holds it: dropped
-        ix.add_ref(p, f1, "Red Fox.jpg");
-        ix.add_ref(p, f2, "red-panda.jpg");
-        ix.finish_bulk();
-        assert_eq!(ix.stats().files, 2);
-        assert_eq!(ix.search(&q("red"), None, 9, now, 99).hits.len(), 2);
-        assert_eq!(ix.tokens.get("red").unwrap().len(), 2);
-    }
-
     mod model {
         use super::*;
         use proptest::prelude::*;
+        use proptest::test_runner::TestCaseError;
         use std::collections::{BTreeMap, BTreeSet};
 
-        const NAMES: [&str; 5] = [
+        const NAMES: [&str; 6] = [
             "red fox.jpg",
             "red-panda.jpg",
             "Blue Fox.png",
             "fox",
             "a.b.c",
+            "Ünï-Fox.txt",
         ];
+        const QUERIES: [&str; 12] = [
+            "fox", "f", "red", "pan", "blue", "jp", "a", "b", "c", "png", "ün", "ünï",
+        ];
+        const FILES: u32 = 6;
+        const PEERS: usize = 4;
+
+        /// The oracle's own tokenizer, written independently of
+        /// [`words`]: split on anything not alphanumeric, lowercase.
+        fn oracle_words(s: &str) -> BTreeSet<String> {
+            s.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect()
+        }
 
         #[derive(Debug, Clone)]
         enum Op {
@@ -1149,27 +1059,116 @@ mod tests {
         }
 
         fn op() -> impl Strategy<Value = Op> {
-            let holding = (0u32..6, 0usize..NAMES.len());
+            let holding = (0..FILES, 0usize..NAMES.len());
             prop_oneof![
-                (0usize..4, prop::collection::vec(holding, 0..6)).prop_map(|(p, f)| Op::Join(p, f)),
-                (0usize..4, 0u32..6, 0usize..NAMES.len())
+                (0..PEERS, prop::collection::vec(holding, 0..6)).prop_map(|(p, f)| Op::Join(p, f)),
+                (0..PEERS, 0..FILES, 0usize..NAMES.len())
                     .prop_map(|(p, f, n)| Op::Publish(p, f, n)),
-                (0usize..4, 0u32..6, prop::option::of(0usize..NAMES.len()))
+                (0..PEERS, 0..FILES, prop::option::of(0usize..NAMES.len()))
                     .prop_map(|(p, f, n)| Op::Unpublish(p, f, n)),
-                (0usize..4).prop_map(Op::Leave),
+                (0..PEERS).prop_map(Op::Leave),
             ]
+        }
+
+        type Model = BTreeMap<usize, BTreeSet<(u32, usize)>>;
+
+        /// `ix` answers exactly what the model `peer → {(file, name)}` says,
+        /// with no leftover files, names or tokens.
+        fn check(
+            ix: &Index,
+            model: &Model,
+            peers: &[PeerId],
+            now: Instant,
+        ) -> Result<(), TestCaseError> {
+            let all: BTreeSet<(u32, usize, usize)> = model
+                .iter()
+                .flat_map(|(&p, set)| set.iter().map(move |&(f, n)| (f, n, p)))
+                .collect();
+            for f in 0..FILES {
+                let holders: BTreeSet<String> = all
+                    .iter()
+                    .filter(|h| h.0 == f)
+                    .map(|h| peers[h.2].to_string())
+                    .collect();
+                let names: BTreeSet<&str> = all
+                    .iter()
+                    .filter(|h| h.0 == f)
+                    .map(|h| NAMES[h.1])
+                    .collect();
+                match ix.locate_id(&fid(f), now, 64) {
+                    None => prop_assert!(holders.is_empty()),
+                    Some(l) => {
+                        prop_assert_eq!(
+                            l.holders
+                                .iter()
+                                .map(|h| h.peer_id.clone())
+                                .collect::<BTreeSet<_>>(),
+                            holders
+                        );
+                        prop_assert_eq!(
+                            l.names.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+                            names
+                        );
+                    }
+                }
+            }
+            for (n, name) in NAMES.iter().enumerate() {
+                let files: BTreeSet<String> = all
+                    .iter()
+                    .filter(|h| h.1 == n)
+                    .map(|h| fid(h.0).to_hex())
+                    .collect();
+                let got: BTreeSet<String> = ix
+                    .locate_name(name, now, 64, 64)
+                    .into_iter()
+                    .map(|l| l.file_id)
+                    .collect();
+                prop_assert_eq!(got, files);
+            }
+            for word in QUERIES {
+                let want: BTreeSet<(String, String)> = all
+                    .iter()
+                    .filter(|h| oracle_words(NAMES[h.1]).iter().any(|w| w.starts_with(word)))
+                    .map(|h| (NAMES[h.1].to_owned(), fid(h.0).to_hex()))
+                    .collect();
+                let got: BTreeSet<(String, String)> = ix
+                    .search(&[word.to_owned()], None, 1000, now, 1000)
+                    .hits
+                    .into_iter()
+                    .map(|h| (h.name, h.file_id))
+                    .collect();
+                prop_assert_eq!(got, want, "word {}", word);
+            }
+            let distinct_files: BTreeSet<u32> = all.iter().map(|h| h.0).collect();
+            let distinct_names: BTreeSet<usize> = all.iter().map(|h| h.1).collect();
+            prop_assert_eq!(
+                ix.stats(),
+                Stats {
+                    peers: model.len(),
+                    files: distinct_files.len(),
+                    names: distinct_names.len()
+                }
+            );
+            let token_count: usize = ix.tokens.values().map(Vec::len).sum();
+            let want_tokens: usize = distinct_names
+                .iter()
+                .map(|&n| oracle_words(NAMES[n]).len())
+                .sum();
+            prop_assert_eq!(token_count, want_tokens);
+            Ok(())
         }
 
         proptest! {
             /// Any sequence of operations leaves the index answering exactly
-            /// what a naive model of `peer → {(file, name)}` says, with no
-            /// leftover files, names or tokens.
+            /// what a naive model says; an index bulk-loaded from the same
+            /// holdings (as at every restart) answers the same, in the same
+            /// order.
             #[test]
             fn index_matches_a_naive_model(ops in prop::collection::vec(op(), 1..40)) {
                 let now = Instant::now();
-                let peers: Vec<PeerId> = (0..4).map(|_| PeerId::new_random()).collect();
+                let peers: Vec<PeerId> = (0..PEERS).map(|_| PeerId::new_random()).collect();
                 let mut ix = Index::new();
-                let mut model: BTreeMap<usize, BTreeSet<(u32, usize)>> = BTreeMap::new();
+                let mut model = Model::new();
                 let shared = |f: u32, n: usize| sf(f, u64::from(f), NAMES[n]);
                 for op in ops {
                     match op {
@@ -1197,50 +1196,26 @@ mod tests {
                         }
                     }
                 }
-                let all: BTreeSet<(u32, usize, usize)> = model
-                    .iter()
-                    .flat_map(|(&p, set)| set.iter().map(move |&(f, n)| (f, n, p)))
+                check(&ix, &model, &peers, now)?;
+
+                // The restart path, from what the store would hold: the
+                // joined peers, every content row (orphans included), the
+                // holdings.
+                let stored: Vec<StoredPeer> = model.keys().map(|&p| (peers[p], url(1), [0; 32])).collect();
+                let holdings: Vec<(usize, u32, &str)> = model
+                    .values()
+                    .enumerate()
+                    .flat_map(|(i, set)| set.iter().map(move |&(f, n)| (i, f, NAMES[n])))
                     .collect();
-                for f in 0..6u32 {
-                    let holders: BTreeSet<String> =
-                        all.iter().filter(|h| h.0 == f).map(|h| peers[h.2].to_string()).collect();
-                    let names: BTreeSet<&str> = all.iter().filter(|h| h.0 == f).map(|h| NAMES[h.1]).collect();
-                    match ix.locate_id(&fid(f), now, 64) {
-                        None => prop_assert!(holders.is_empty()),
-                        Some(l) => {
-                            prop_assert_eq!(l.holders.iter().map(|h| h.peer_id.clone()).collect::<BTreeSet<_>>(), holders);
-                            prop_assert_eq!(l.names.iter().map(String::as_str).collect::<BTreeSet<_>>(), names);
-                        }
-                    }
-                }
-                for (n, name) in NAMES.iter().enumerate() {
-                    let files: BTreeSet<String> = all.iter().filter(|h| h.1 == n).map(|h| fid(h.0).to_hex()).collect();
-                    let got: BTreeSet<String> = ix.locate_name(name, now, 64, 64).into_iter().map(|l| l.file_id).collect();
-                    prop_assert_eq!(got, files);
-                }
-                for word in ["fox", "f", "red", "pan", "blue", "jp", "a", "b", "c", "png"] {
-                    let want: BTreeSet<(String, String)> = all
-                        .iter()
-                        .filter(|h| words(NAMES[h.1]).any(|w| w.starts_with(word)))
-                        .map(|h| (NAMES[h.1].to_owned(), fid(h.0).to_hex()))
-                        .collect();
-                    let got: BTreeSet<(String, String)> = ix
-                        .search(&[word.to_owned()], None, 1000, now, 1000)
-                        .hits
-                        .into_iter()
-                        .map(|h| (h.name, h.file_id))
-                        .collect();
-                    prop_assert_eq!(got, want, "word {}", word);
-                }
-                let distinct_files: BTreeSet<u32> = all.iter().map(|h| h.0).collect();
-                let distinct_names: BTreeSet<usize> = all.iter().map(|h| h.1).collect();
-                prop_assert_eq!(ix.stats(), Stats { peers: model.len(), files: distinct_files.len(), names: distinct_names.len() });
-                let token_count: usize = ix.tokens.values().map(Vec::len).sum();
-                let want_tokens: usize = distinct_names
-                    .iter()
-                    .map(|&n| { let mut w: Vec<_> = words(NAMES[n]).collect(); w.sort(); w.dedup(); w.len() })
-                    .sum();
-                prop_assert_eq!(token_count, want_tokens);
+                let files: Vec<(u32, u64)> = (0..FILES).map(|f| (f, u64::from(f))).collect();
+                let bulk = bulk_from(&stored, &files, &holdings, now + TTL);
+                check(&bulk, &model, &peers, now)?;
+                let all_files: Vec<u32> = (0..FILES).collect();
+                let all_peers: Vec<StoredPeer> = peers.iter().map(|&p| (p, url(1), [0; 32])).collect();
+                prop_assert_eq!(
+                    answers(&bulk, &all_peers, &all_files, &NAMES, &QUERIES, now),
+                    answers(&ix, &all_peers, &all_files, &NAMES, &QUERIES, now)
+                );
             }
         }
     }
