@@ -265,7 +265,6 @@ fn parse_pserver_url(s: &str) -> Result<Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn clap_definitions_are_consistent() {
@@ -305,9 +304,74 @@ mod tests {
         }
     }
 
+    /// Parse as `peerdex ARGS...` in the environment `env` (and no other).
+    fn parse_in(env: &[(&str, &str)], args: &[&str]) -> Result<Cli, clap::Error> {
+        let env: Vec<(String, OsString)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OsString::from(v)))
+            .collect();
+        Cli::try_parse_with_env(
+            std::iter::once("peerdex").chain(args.iter().copied()),
+            |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+        )
+    }
+
     #[test]
     fn force_needs_output() {
-        assert!(Cli::try_parse_from(["peerdex", "get", "x", "--force"]).is_err());
-        assert!(Cli::try_parse_from(["peerdex", "get", "x", "-o", "y", "--force"]).is_ok());
+        let e = parse_in(&[], &["get", "x", "--force"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument, "{e}");
+        assert!(e.to_string().contains("--output"), "{e}");
+        let cli = parse_in(&[], &["get", "x", "-o", "y", "--force"]).unwrap();
+        match cli.command {
+            Some(Command::Get(g)) => {
+                assert!(g.force);
+                assert_eq!(g.output, Some(PathBuf::from("y")));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_come_from_flag_then_environment_then_default() {
+        let cli = parse_in(&[], &["status"]).unwrap();
+        assert_eq!(cli.global.pserver.as_str(), "http://127.0.0.1:7070/");
+        assert_eq!(cli.global.token, None);
+
+        let env = [
+            ("PEERDEX_PSERVER_URL", "http://box.example:7000"),
+            ("PEERDEX_API_TOKEN", "env-token"),
+        ];
+        let cli = parse_in(&env, &["status"]).unwrap();
+        assert_eq!(cli.global.pserver.as_str(), "http://box.example:7000/");
+        assert_eq!(cli.global.token.as_deref(), Some("env-token"));
+
+        // A flag wins, before or after the command (the options are global).
+        for args in [
+            &["--pserver", "http://flag:1", "--token", "flag-token", "ls"][..],
+            &["ls", "--pserver", "http://flag:1", "--token", "flag-token"],
+        ] {
+            let cli = parse_in(&env, args).unwrap();
+            assert_eq!(cli.global.pserver.as_str(), "http://flag:1/", "{args:?}");
+            assert_eq!(cli.global.token.as_deref(), Some("flag-token"), "{args:?}");
+        }
+
+        // A bad value from the environment is a usage error naming the option.
+        let e = parse_in(&[("PEERDEX_PSERVER_URL", "ftp://x")], &["status"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation, "{e}");
+        assert!(
+            e.to_string().contains("'ftp://x' for '--pserver <URL>'"),
+            "{e}"
+        );
+
+        // Help names the variables and never shows their values.
+        let e = parse_in(&env, &["--help"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+        let help = e.render().to_string();
+        for shown in ["[env: PEERDEX_PSERVER_URL]", "[env: PEERDEX_API_TOKEN]"] {
+            assert!(help.contains(shown), "{shown} missing from {help}");
+        }
+        for hidden in ["box.example", "env-token"] {
+            assert!(!help.contains(hidden), "{hidden} shown in {help}");
+        }
     }
 }

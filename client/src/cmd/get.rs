@@ -262,8 +262,10 @@ mod tests {
             check_output(dir.path(), false, Some("y.bin")).unwrap(),
             dir.path().join("y.bin")
         );
-        assert!(check_output(dir.path(), false, Some("x.bin")).is_err());
-        assert!(check_output(dir.path(), false, Some("../evil")).is_err());
+        let e = check_output(dir.path(), false, Some("x.bin")).unwrap_err();
+        assert!(e.to_string().contains("--force"), "{e}");
+        let e = check_output(dir.path(), false, Some("../evil")).unwrap_err();
+        assert!(e.to_string().contains("unusable name"), "{e}");
         let e = check_output(&dir.path().join("no/such/f"), false, None).unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
     }

@@ -255,9 +255,18 @@ mod tests {
             Some("renamed.txt"),
         ))
         .unwrap();
-        assert_eq!(items[0].name.as_str(), "renamed.txt");
+        let names: Vec<_> = items.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(names, ["renamed.txt"]);
+        let e = collect_uploads(&args(vec![dir.path().join("a.txt")], false, Some("a/b")))
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("choose a name with --name"), "{e}");
+        let e = collect_uploads(&args(vec![dir.path().into()], true, Some("one.txt")))
+            .err()
+            .unwrap();
         assert!(
-            collect_uploads(&args(vec![dir.path().join("a.txt")], false, Some("a/b"))).is_err()
+            e.to_string().contains("--name needs exactly one file"),
+            "{e}"
         );
         let e = collect_uploads(&args(vec![dir.path().join("missing")], false, None))
             .err()
