@@ -7,11 +7,11 @@
 //!
 //! # Design
 //!
-//! * **The live index is in memory** ([`index`]): peers, contents and names
+//! * **The live index is in memory** (`index`): peers, contents and names
 //!   are interned into slabs addressed by `u32`, with a sorted token map
 //!   (lowercased words → names) so a word-prefix search is one range scan.
 //!   Locate and Search never touch the disk.
-//! * **SQLite is the durable store** ([`store`]; rusqlite `bundled`, WAL,
+//! * **SQLite is the durable store** (`store`; rusqlite `bundled`, WAL,
 //!   `synchronous=FULL`). Every Join/Publish/Unpublish/Leave and every lease
 //!   expiry is one transaction, committed on the blocking pool *before* the
 //!   RPC is acknowledged and before the index changes, so an acknowledged
@@ -52,17 +52,19 @@
 //! # Layout
 //!
 //! * `lib.rs` — [`Config`], [`Limits`], [`run`].
-//! * [`service`] — the gRPC service: parsing, auth, write ordering.
-//! * [`index`] — the in-memory index.
-//! * [`store`] — SQLite.
+//! * `service` — the gRPC service: parsing, auth, write ordering.
+//! * `index/` — the in-memory index (tokenizer, slabs, page cursor, the
+//!   bulk load used at restart).
+//! * `store` — SQLite.
+//! * `error` — [`Error`], mapped to a gRPC status at the edge.
 //! * `oversize` — maps tonic's oversized-message error to RESOURCE_EXHAUSTED.
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].
 
-pub mod error;
-pub(crate) mod index;
+mod error;
+mod index;
 mod oversize;
-pub mod service;
-pub mod store;
+mod service;
+mod store;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -75,7 +77,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use error::{Error, Result};
-pub use service::DirectoryService;
+/// File name of the database inside [`Config::data_dir`] (tests open it to
+/// check that an acknowledged change is already committed).
+pub use store::DB_FILE;
+
+use service::DirectoryService;
 
 /// How long in-flight calls may take to finish after shutdown is requested.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

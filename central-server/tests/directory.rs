@@ -1,8 +1,6 @@
-//! The real gRPC server, started in-process through `run` on 127.0.0.1:0,
-//! driven with the generated client.
+//! The real gRPC server, started in-process through `run` on 127.0.0.1:0
+//! (`peerdex_testkit::TestCentral`), driven with the generated client.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use central_server::{Config, Limits};
@@ -10,52 +8,20 @@ use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::v1::{self, SharedFile};
 use peerdex_proto::{AUTHORIZATION, PeerId};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use peerdex_testkit::{TestCentral, wait_for};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
-struct Central {
-    addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<central_server::Result<()>>,
+async fn client(central: &TestCentral) -> DirectoryClient<Channel> {
+    DirectoryClient::connect(central.url.clone()).await.unwrap()
 }
 
-impl Central {
-    async fn start(dir: &Path, tweak: impl FnOnce(&mut Config)) -> Self {
-        let mut config = Config::new(dir);
-        tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, rx) = oneshot::channel();
-        let task = tokio::spawn(central_server::run(listener, config, async {
-            let _ = rx.await;
-        }));
-        Self { addr, stop, task }
-    }
-
-    async fn client(&self) -> DirectoryClient<Channel> {
-        DirectoryClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-
-    async fn stop(self) {
-        self.stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(15), self.task)
-            .await
-            .expect("shutdown is bounded")
-            .unwrap()
-            .unwrap();
-    }
+async fn channel(central: &TestCentral) -> Channel {
+    Channel::from_shared(central.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 fn fid(i: u32) -> String {
@@ -157,9 +123,8 @@ async fn search(
 
 #[tokio::test]
 async fn join_publish_locate_search_heartbeat_leave() {
-    let dir = tempfile::tempdir().unwrap();
-    let central = Central::start(dir.path(), |_| {}).await;
-    let mut c = central.client().await;
+    let central = TestCentral::start_with(|_| {}).await;
+    let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
 
     let ta = join(
@@ -315,32 +280,30 @@ async fn join_publish_locate_search_heartbeat_leave() {
 
 #[tokio::test]
 async fn leases_expire_without_heartbeats() {
-    let dir = tempfile::tempdir().unwrap();
-    let central = Central::start(dir.path(), |c| {
+    let central = TestCentral::start_with(|c| {
         c.lease_ttl = Duration::from_millis(800);
         c.heartbeat_interval = Duration::from_millis(200);
     })
     .await;
-    let mut c = central.client().await;
+    let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
     let ta = join(&mut c, &a, 7001, vec![file(1, "shared.bin")]).await;
     let tb = join(&mut c, &b, 7002, vec![file(1, "shared.bin")]).await;
 
     // b keeps heartbeating, a goes silent: a vanishes, b stays.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            !heartbeat(&mut c, &b, &tb, (0, 1)).await.unwrap(),
-            "b must stay live"
-        );
-        let l = locate_id(&mut c, 1).await;
-        if l[0].holders.len() == 1 {
-            assert_eq!(l[0].holders[0].peer_id, b.to_string());
-            break;
+    let l = wait_for("a's lease to expire", Duration::from_secs(10), || {
+        let (mut c, tb) = (c.clone(), tb.clone());
+        async move {
+            assert!(
+                !heartbeat(&mut c, &b, &tb, (0, 1)).await.unwrap(),
+                "b must stay live"
+            );
+            let l = locate_id(&mut c, 1).await;
+            (l[0].holders.len() == 1).then_some(l)
         }
-        assert!(tokio::time::Instant::now() < deadline, "a never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(l[0].holders[0].peer_id, b.to_string());
     assert!(
         heartbeat(&mut c, &a, &ta, (0, 0)).await.unwrap(),
         "expired peer is told to rejoin"
@@ -358,9 +321,8 @@ async fn leases_expire_without_heartbeats() {
 
 #[tokio::test]
 async fn tokens_cannot_be_spoofed_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let central = Central::start(dir.path(), |_| {}).await;
-    let mut c = central.client().await;
+    let central = TestCentral::start_with(|_| {}).await;
+    let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
     let ta = join(&mut c, &a, 7001, vec![file(1, "victim.bin")]).await;
     let tb = join(&mut c, &b, 7002, vec![]).await;
@@ -456,8 +418,8 @@ async fn restart_keeps_the_index_and_grants_grace() {
         c.heartbeat_interval = Duration::from_millis(500);
     };
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
-    let central = Central::start(dir.path(), short).await;
-    let mut c = central.client().await;
+    let central = TestCentral::start_in(dir.path(), short).await;
+    let mut c = client(&central).await;
     let ta = join(
         &mut c,
         &a,
@@ -481,7 +443,7 @@ async fn restart_keeps_the_index_and_grants_grace() {
     .unwrap();
 
     // Acknowledged means committed: another connection already sees it.
-    let db = rusqlite::Connection::open(dir.path().join(central_server::store::DB_FILE)).unwrap();
+    let db = rusqlite::Connection::open(central.data_dir.join(central_server::DB_FILE)).unwrap();
     let holdings: i64 = db
         .query_row("SELECT count(*) FROM holdings", [], |r| r.get(0))
         .unwrap();
@@ -489,8 +451,8 @@ async fn restart_keeps_the_index_and_grants_grace() {
     drop(db);
     central.stop().await;
 
-    let central = Central::start(dir.path(), short).await;
-    let mut c = central.client().await;
+    let central = TestCentral::start_in(dir.path(), short).await;
+    let mut c = client(&central).await;
     let l = locate_id(&mut c, 1).await;
     assert_eq!(l[0].names, ["kept too.bin", "kept.bin"]);
     assert_eq!(l[0].holders.len(), 2, "both peers are in their grace lease");
@@ -498,32 +460,30 @@ async fn restart_keeps_the_index_and_grants_grace() {
     assert_eq!(search(&mut c, "kept", 0, "").await.unwrap().hits.len(), 2);
 
     // a's old token still works; b stays silent and expires after its grace.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            !heartbeat(&mut c, &a, &ta, (0, 1)).await.unwrap(),
-            "a is known after restart"
-        );
-        if locate_id(&mut c, 1).await[0].holders.len() == 1 {
-            break;
+    wait_for("b's grace lease to end", Duration::from_secs(10), || {
+        let (mut c, ta) = (c.clone(), ta.clone());
+        async move {
+            assert!(
+                !heartbeat(&mut c, &a, &ta, (0, 1)).await.unwrap(),
+                "a is known after restart"
+            );
+            (locate_id(&mut c, 1).await[0].holders.len() == 1).then_some(())
         }
-        assert!(tokio::time::Instant::now() < deadline, "b never expired");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert!(heartbeat(&mut c, &b, &tb, (0, 0)).await.unwrap());
     central.stop().await;
 
     // The expiry was written too.
-    let central = Central::start(dir.path(), |_| {}).await;
-    let mut c = central.client().await;
+    let central = TestCentral::start_in(dir.path(), |_| {}).await;
+    let mut c = client(&central).await;
     assert_eq!(locate_id(&mut c, 1).await[0].holders.len(), 1);
     central.stop().await;
 }
 
 #[tokio::test]
 async fn every_limit_answers_with_the_right_code() {
-    let dir = tempfile::tempdir().unwrap();
-    let central = Central::start(dir.path(), |c| {
+    let central = TestCentral::start_with(|c| {
         c.limits = Limits {
             max_message_bytes: 16 * 1024,
             max_name_bytes: 40,
@@ -534,7 +494,7 @@ async fn every_limit_answers_with_the_right_code() {
         };
     })
     .await;
-    let mut c = central.client().await;
+    let mut c = client(&central).await;
     let a = PeerId::new_random();
     let expect = |r: Result<String, tonic::Status>, code: Code, needle: &str| {
         let e = r.expect_err("must be refused");
@@ -724,9 +684,8 @@ async fn health_and_reflection_answer() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let dir = tempfile::tempdir().unwrap();
-    let central = Central::start(dir.path(), |_| {}).await;
-    let channel = central.channel().await;
+    let central = TestCentral::start_with(|_| {}).await;
+    let channel = channel(&central).await;
 
     let mut health = HealthClient::new(channel.clone());
     for service in ["", "peerdex.v1.Directory"] {
@@ -774,9 +733,8 @@ async fn bad_config_is_refused_before_serving() {
 
 #[tokio::test]
 async fn concurrent_joins_all_land() {
-    let dir = tempfile::tempdir().unwrap();
-    let central = Central::start(dir.path(), |_| {}).await;
-    let c = central.client().await;
+    let central = TestCentral::start_with(|_| {}).await;
+    let c = client(&central).await;
     let tasks: Vec<_> = (0..20u32)
         .map(|k| {
             let mut c = c.clone();
