@@ -182,3 +182,79 @@ async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// Flags only: `env` is dropped from every argument, so a `CENTRAL_*`
+    /// variable in the developer's shell cannot change what is tested.
+    fn args(flags: &[&str]) -> Result<Args, clap::Error> {
+        let matches = Args::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .try_get_matches_from(std::iter::once("central-server").chain(flags.iter().copied()))?;
+        Args::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn defaults_are_the_library_defaults() {
+        let a = args(&[]).unwrap();
+        assert_eq!(a.listen_addr, "0.0.0.0:50051".parse().unwrap());
+        let c = a.config();
+        let d = Config::new("./data/central");
+        assert_eq!(c.data_dir, d.data_dir);
+        assert_eq!(c.lease_ttl, d.lease_ttl);
+        assert_eq!(c.heartbeat_interval, d.heartbeat_interval);
+        assert_eq!(c.limits, d.limits);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn flags_reach_the_config() {
+        let c = args(&[
+            "--data-dir=/tmp/x",
+            "--lease-ttl-secs=60",
+            "--heartbeat-secs=20",
+            "--max-message-bytes=2048",
+            "--max-name-bytes=100",
+            "--max-inventory=7",
+            "--max-page=8",
+            "--max-holders=9",
+        ])
+        .unwrap()
+        .config();
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(c.lease_ttl, Duration::from_secs(60));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(20));
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_message_bytes: 2048,
+                max_name_bytes: 100,
+                max_inventory: 7,
+                max_page: 8,
+                max_holders: 9,
+                ..Limits::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (flag, var) in [
+            ("--lease-ttl-secs=0", "CENTRAL_LEASE_TTL_SECS"),
+            ("--heartbeat-secs=-1", "CENTRAL_HEARTBEAT_SECS"),
+            ("--max-page=x", "CENTRAL_MAX_PAGE"),
+            ("--listen-addr=nowhere", "CENTRAL_LISTEN_ADDR"),
+        ] {
+            let e = args(&[flag]).map(|_| ()).unwrap_err().to_string();
+            assert!(e.contains(var), "{flag}: {e}");
+        }
+        let c = args(&["--lease-ttl-secs=10", "--heartbeat-secs=10"])
+            .unwrap()
+            .config();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("CENTRAL_HEARTBEAT_SECS"), "{e}");
+    }
+}
