@@ -6,10 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use pserver::testkit::{TestPeer, test_bytes, wait_for};
+use peerdex_testkit::{DeadUrl, TestCentral, TestPeer, test_bytes, wait_for};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -96,18 +95,13 @@ async fn repl(cwd: &Path, url: &str, input: &str) -> Run {
     run_cmd(cmd, Some(input)).await
 }
 
-/// A URL where nothing listens: bind port 0, then let it go.
-fn dead_url() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    format!("http://{}", l.local_addr().unwrap())
-}
-
 // ------------------------------------------------------------ no server needed
 
 #[tokio::test]
 async fn unreachable_pserver_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let url = dead_url();
+    let dead = DeadUrl::new();
+    let url = &dead.url;
     for args in [
         &["status"][..],
         &["ls"],
@@ -116,19 +110,23 @@ async fn unreachable_pserver_says_what_to_do() {
         &["rm", "abcd"],
         &["jobs"],
     ] {
-        let r = cli(dir.path(), &url, args).await;
+        let r = cli(dir.path(), url, args).await;
         assert_eq!(r.code, 1, "{args:?}: {r:?}");
         assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
         assert!(
-            r.stderr.contains(&format!("cannot reach PServer at {url}")),
+            r.stderr
+                .contains(&format!("cannot reach PServer at {url} ")),
             "{args:?}: {r:?}"
         );
         assert!(r.stderr.contains("is `pserver` running?"), "{r:?}");
         assert!(r.stderr.contains("PEERDEX_PSERVER_URL"), "{r:?}");
-        assert!(r.stderr.contains("-v"), "hint at -v: {r:?}");
+        assert!(
+            r.stderr.contains("\n  (run with -v for details)\n"),
+            "hint at -v: {r:?}"
+        );
     }
     // -v: the whole chain, down to the OS error.
-    let r = cli(dir.path(), &url, &["-v", "status"]).await;
+    let r = cli(dir.path(), url, &["-v", "status"]).await;
     assert_eq!(r.code, 1);
     assert!(r.stderr.contains("caused by:"), "{r:?}");
     assert!(
@@ -136,7 +134,7 @@ async fn unreachable_pserver_says_what_to_do() {
         "{r:?}"
     );
     // --json: one error document on stdout.
-    let r = cli(dir.path(), &url, &["--json", "status"]).await;
+    let r = cli(dir.path(), url, &["--json", "status"]).await;
     assert_eq!(r.code, 1);
     let doc = r.json();
     assert_eq!(doc["error"]["code"], "unreachable", "{doc}");
@@ -151,14 +149,20 @@ async fn unreachable_pserver_says_what_to_do() {
 #[tokio::test]
 async fn pserver_url_from_env_and_dotenv() {
     let dir = tempfile::tempdir().unwrap();
-    let url = dead_url();
+    let dead = DeadUrl::new();
+    let url = &dead.url;
     let mut cmd = peerdex(dir.path());
-    cmd.env("PEERDEX_PSERVER_URL", &url).arg("status");
+    cmd.env("PEERDEX_PSERVER_URL", url).arg("status");
     let r = run_cmd(cmd, None).await;
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains(&url), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("cannot reach PServer at {url} ")),
+        "{r:?}"
+    );
 
-    let other = dead_url();
+    let dead_too = DeadUrl::new();
+    let other = &dead_too.url;
     std::fs::write(
         dir.path().join(".env"),
         format!("PEERDEX_PSERVER_URL={other}\n"),
@@ -168,13 +172,18 @@ async fn pserver_url_from_env_and_dotenv() {
     cmd.arg("ls");
     let r = run_cmd(cmd, None).await;
     assert_eq!(r.code, 1);
-    assert!(r.stderr.contains(&other), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("cannot reach PServer at {other} ")),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]
 async fn usage_errors_exit_2() {
     let dir = tempfile::tempdir().unwrap();
-    let url = dead_url();
+    let dead = DeadUrl::new();
+    let url = &dead.url;
     for args in [
         &["frobnicate"][..],
         &["get"],
@@ -183,7 +192,7 @@ async fn usage_errors_exit_2() {
         &["search", "x", "--limit", "0"],
         &["completions", "tcsh"],
     ] {
-        let r = cli(dir.path(), &url, args).await;
+        let r = cli(dir.path(), url, args).await;
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
         assert!(r.stdout.is_empty(), "{args:?}: {r:?}");
         assert!(r.stderr.starts_with("error: "), "{args:?}: {r:?}");
@@ -193,9 +202,19 @@ async fn usage_errors_exit_2() {
     let r = run_cmd(cmd, None).await;
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("--pserver"), "{r:?}");
-    // --help and --version are not errors.
-    assert_eq!(cli(dir.path(), &url, &["--help"]).await.code, 0);
-    let r = cli(dir.path(), &url, &["--version"]).await;
+    // --help and --version are not errors; help names every variable
+    // (for sub-commands too: the options are global) but not its value.
+    for args in [&["--help"][..], &["get", "--help"]] {
+        let mut cmd = peerdex(dir.path());
+        cmd.env("PEERDEX_API_TOKEN", "secret-token").args(args);
+        let r = run_cmd(cmd, None).await;
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        for shown in ["[env: PEERDEX_PSERVER_URL]", "[env: PEERDEX_API_TOKEN]"] {
+            assert!(r.stdout.contains(shown), "{args:?} lacks {shown}: {r:?}");
+        }
+        assert!(!r.stdout.contains("secret-token"), "{args:?}: {r:?}");
+    }
+    let r = cli(dir.path(), url, &["--version"]).await;
     assert_eq!(r.code, 0);
     assert!(r.stdout.starts_with("peerdex "), "{r:?}");
 }
@@ -203,29 +222,31 @@ async fn usage_errors_exit_2() {
 #[tokio::test]
 async fn completions_for_each_shell() {
     let dir = tempfile::tempdir().unwrap();
-    let url = dead_url();
+    let dead = DeadUrl::new();
+    let url = &dead.url;
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
-        let r = cli(dir.path(), &url, &["completions", shell]).await;
+        let r = cli(dir.path(), url, &["completions", shell]).await;
         assert_eq!(r.code, 0, "{shell}: {r:?}");
         for word in ["upload", "search", "completions"] {
             assert!(r.stdout.contains(word), "{shell} script lacks {word}");
         }
     }
-    let r = cli(dir.path(), &url, &["completions", "bash"]).await;
+    let r = cli(dir.path(), url, &["completions", "bash"]).await;
     assert!(r.stdout.contains("_peerdex"), "{r:?}");
 }
 
 #[tokio::test]
 async fn local_mistakes_are_caught_before_any_request() {
     let dir = tempfile::tempdir().unwrap();
-    let url = dead_url();
+    let dead = DeadUrl::new();
+    let url = &dead.url;
     let folder = dir.path().join("folder");
     std::fs::create_dir(&folder).unwrap();
-    let r = cli(dir.path(), &url, &["upload", folder.to_str().unwrap()]).await;
+    let r = cli(dir.path(), url, &["upload", folder.to_str().unwrap()]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("is a folder; pass --recursive"), "{r:?}");
 
-    let r = cli(dir.path(), &url, &["upload", "no-such-file.bin"]).await;
+    let r = cli(dir.path(), url, &["upload", "no-such-file.bin"]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("cannot read no-such-file.bin"), "{r:?}");
 
@@ -233,7 +254,7 @@ async fn local_mistakes_are_caught_before_any_request() {
     std::fs::write(&existing, b"keep me").unwrap();
     let r = cli(
         dir.path(),
-        &url,
+        url,
         &["get", "x.bin", "-o", existing.to_str().unwrap()],
     )
     .await;
@@ -241,7 +262,7 @@ async fn local_mistakes_are_caught_before_any_request() {
     assert!(r.stderr.contains("already exists; pass --force"), "{r:?}");
     assert_eq!(std::fs::read(&existing).unwrap(), b"keep me");
 
-    let r = cli(dir.path(), &url, &["get", "../etc/passwd"]).await;
+    let r = cli(dir.path(), url, &["get", "../etc/passwd"]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("exact name"), "{r:?}");
 }
@@ -249,10 +270,11 @@ async fn local_mistakes_are_caught_before_any_request() {
 #[tokio::test]
 async fn piped_repl_survives_errors_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
-    let url = dead_url();
+    let dead = DeadUrl::new();
+    let url = &dead.url;
     let r = repl(
         dir.path(),
-        &url,
+        url,
         "search x\nfrobnicate\n\n# a comment\nget 'unterminated\nstatus\nexit\nls\n",
     )
     .await;
@@ -270,7 +292,7 @@ async fn piped_repl_survives_errors_and_exits_0() {
     );
 
     // End of input without `exit` is fine too; `help` lists the commands.
-    let r = repl(dir.path(), &url, "help\n").await;
+    let r = repl(dir.path(), url, "help\n").await;
     assert_eq!(r.code, 0, "{r:?}");
     for cmd in [
         "upload", "get", "search", "ls", "rm", "status", "cancel", "exit",
@@ -280,35 +302,6 @@ async fn piped_repl_survives_errors_and_exits_0() {
 }
 
 // ------------------------------------------------------------ against real servers
-
-/// A central directory in-process on port 0.
-struct Central {
-    url: String,
-    _dir: tempfile::TempDir,
-    _stop: oneshot::Sender<()>,
-}
-
-impl Central {
-    async fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let config = central_server::Config::new(dir.path().join("central"));
-        let (tx, rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            central_server::run(listener, config, async move {
-                let _ = rx.await;
-            })
-            .await
-            .expect("central failed");
-        });
-        Self {
-            url,
-            _dir: dir,
-            _stop: tx,
-        }
-    }
-}
 
 /// Poll `search` through the CLI until it lists `want` hits for `q`.
 async fn wait_for_hits(cwd: &Path, peer: &TestPeer, q: &str, want: usize) -> Value {
@@ -329,7 +322,7 @@ fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_on_one_peer_get_on_another() {
-    let central = Central::start().await;
+    let central = TestCentral::start(T).await;
     let a = TestPeer::start(&central.url, &[], |_| {}).await;
     let b = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
     a.wait_joined().await;
@@ -343,6 +336,7 @@ async fn upload_on_one_peer_get_on_another() {
     let r = cli(cwd, &a.api_url, &["upload", src.to_str().unwrap()]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("holiday #1 photos.bin"), "{r:?}");
+    assert!(!r.stdout.contains("already shared"), "new content: {r:?}");
     // Same again with --json: identical content, so not created.
     let r = cli(
         cwd,
@@ -444,8 +438,18 @@ async fn upload_on_one_peer_get_on_another() {
         r.stdout.contains("peer id") && r.stdout.contains("reachable"),
         "{r:?}"
     );
+    // One job per `get` that reached the PServer (the refused overwrite
+    // never did), each done, each for this content.
     let jobs = cli(cwd, &b.api_url, &["--json", "jobs"]).await.json();
-    assert!(!jobs["jobs"].as_array().unwrap().is_empty(), "{jobs}");
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    for job in jobs {
+        assert_eq!(job["state"], "done", "{job}");
+        assert_eq!(job["file_id"], id.as_str(), "{job}");
+    }
+    let r = cli(cwd, &b.api_url, &["jobs"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.lines().count(), 4, "header and 3 jobs: {r:?}");
 
     // rm by id prefix on B; then B no longer lists it.
     let r = cli(cwd, &b.api_url, &["rm", &id[..12]]).await;
@@ -475,7 +479,7 @@ async fn upload_on_one_peer_get_on_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_name_lists_candidates() {
-    let central = Central::start().await;
+    let central = TestCentral::start(T).await;
     let a = TestPeer::start(&central.url, &[], |_| {}).await;
     let b = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
     let c = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
@@ -542,7 +546,7 @@ async fn ambiguous_name_lists_candidates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn piped_repl_against_a_real_pserver() {
-    let central = Central::start().await;
+    let central = TestCentral::start(T).await;
     let a = TestPeer::start(&central.url, &[], |_| {}).await;
     a.wait_joined().await;
     let work = tempfile::tempdir().unwrap();
@@ -582,18 +586,27 @@ async fn piped_repl_against_a_real_pserver() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token() {
-    let central = Central::start().await;
+    let central = TestCentral::start(T).await;
     let token = "0123456789abcdef-test";
     let a = TestPeer::start(&central.url, &[], |c| c.api_token = Some(token.to_owned())).await;
     let work = tempfile::tempdir().unwrap();
     let r = cli(work.path(), &a.api_url, &["status"]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.stderr.contains("--token") || r.stderr.contains("PEERDEX_API_TOKEN"),
+        r.stderr.contains("pass --token or set PEERDEX_API_TOKEN"),
         "{r:?}"
     );
+    let r = cli(
+        work.path(),
+        &a.api_url,
+        &["--json", "--token", "wrong", "status"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "unauthorized", "{r:?}");
     let r = cli(work.path(), &a.api_url, &["--token", token, "status"]).await;
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("peer id"), "{r:?}");
     let mut cmd = peerdex(work.path());
     cmd.env("PEERDEX_API_TOKEN", token)
         .args(["--pserver", &a.api_url, "--json", "ls"]);
@@ -638,7 +651,7 @@ async fn read_until(
 }
 
 /// A peer with a slow (rate-capped) download of a 2 MB file from another.
-async fn slow_download_setup(central: &Central) -> (TestPeer, TestPeer, tempfile::TempDir) {
+async fn slow_download_setup(central: &TestCentral) -> (TestPeer, TestPeer, tempfile::TempDir) {
     let a = TestPeer::start(&central.url, &[], |_| {}).await;
     let b = TestPeer::start(&central.url, &[&a.peer_url], |c| {
         c.max_download_bps = 100_000
@@ -657,7 +670,7 @@ async fn slow_download_setup(central: &Central) -> (TestPeer, TestPeer, tempfile
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_stops_following_but_not_the_download() {
     use tokio::io::AsyncBufReadExt;
-    let central = Central::start().await;
+    let central = TestCentral::start(T).await;
     let (_a, b, work) = slow_download_setup(&central).await;
     let cwd = work.path();
 
@@ -683,6 +696,7 @@ async fn ctrl_c_stops_following_but_not_the_download() {
 
     // The job goes on in the PServer; `cancel` stops it.
     let jobs = cli(cwd, &b.api_url, &["--json", "jobs"]).await.json();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
     let job = &jobs["jobs"][0];
     assert_eq!(job["state"], "downloading", "{jobs}");
     let job_id = job["job_id"].as_str().unwrap();
@@ -692,13 +706,15 @@ async fn ctrl_c_stops_following_but_not_the_download() {
         r.stdout.contains(&format!("cancelled job {job_id}")),
         "{r:?}"
     );
+    let jobs = cli(cwd, &b.api_url, &["--json", "jobs"]).await.json();
+    assert_eq!(jobs["jobs"][0]["state"], "cancelled", "{jobs}");
     assert!(!b.path_in_share("slow.bin").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctrl_c_in_the_repl_returns_to_the_prompt() {
     use tokio::io::AsyncBufReadExt;
-    let central = Central::start().await;
+    let central = TestCentral::start(T).await;
     let (_a, b, work) = slow_download_setup(&central).await;
 
     let mut cmd = peerdex(work.path());
@@ -727,7 +743,7 @@ async fn ctrl_c_in_the_repl_returns_to_the_prompt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_failures_are_reported_per_file() {
-    let central = Central::start().await;
+    let central = TestCentral::start(T).await;
     let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bytes = 1000).await;
     let work = tempfile::tempdir().unwrap();
     let cwd = work.path();
@@ -746,8 +762,11 @@ async fn upload_failures_are_reported_per_file() {
     .await;
     assert_eq!(r.code, 1, "{r:?}");
     let doc = r.json();
+    assert_eq!(doc["files"].as_array().unwrap().len(), 1, "{doc}");
     assert_eq!(doc["files"][0]["name"], "small.txt", "{doc}");
     assert_eq!(doc["files"][0]["created"], true, "{doc}");
+    assert_eq!(doc["errors"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["errors"][0]["path"], big.to_str().unwrap(), "{doc}");
     assert_eq!(doc["errors"][0]["code"], "too_large", "{doc}");
     assert!(
         doc["errors"][0]["message"]
