@@ -3,7 +3,7 @@
 //! Every answer is decoded into the DTOs of [`peerdex_proto::rest`]; every
 //! failure becomes an [`Error`] that says what went wrong and what to do. The
 //! client holds no state besides a connection pool, so it is cheap to clone
-//! and can be reused by other tools (the devnet launcher, tests).
+//! (a job's event stream keeps its own copy).
 
 use std::time::Duration;
 
