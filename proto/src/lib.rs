@@ -5,6 +5,8 @@
 //! * [`types`] — validated identities (`FileId`, `PeerId`, `FileName`,
 //!   `PeerUrl`): every string that arrives over the wire is parsed into one of
 //!   these at the edge, so invalid values never reach the logic.
+//! * [`tree`] — BLAKE3 tree manifests: chunk chaining values checked against
+//!   the file id alone (served by holders, never stored by the directory).
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
 //!   `pserver` and the `peerdex` client.
 //!
@@ -12,6 +14,7 @@
 
 pub mod convert;
 pub mod rest;
+pub mod tree;
 pub mod types;
 
 pub use types::{FileId, FileName, ParseError, PeerId, PeerUrl};

@@ -104,13 +104,6 @@ pub struct SearchQuery {
     pub page: Option<String>,
 }
 
-/// Per-chunk hashes of a file (hex), for verified multi-source downloads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct ChunkManifest {
-    pub chunk_size: u64,
-    pub chunk_hashes: Vec<String>,
-}
-
 /// A live peer holding a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Holder {
@@ -126,8 +119,6 @@ pub struct LocatedFile {
     pub file_id: String,
     pub size: u64,
     pub names: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<ChunkManifest>,
     pub holders: Vec<Holder>,
 }
 
