@@ -124,7 +124,7 @@ impl Manifest {
 
     /// Parse and verify a manifest received for `id`.
     pub fn decode(id: FileId, bytes: &[u8]) -> Result<Self, ManifestError> {
-        if bytes.len() < 16 || bytes.len() > MAX_ENCODED || (bytes.len() - 16) % 32 != 0 {
+        if bytes.len() < 16 || bytes.len() > MAX_ENCODED || !(bytes.len() - 16).is_multiple_of(32) {
             return Err(ManifestError::Encoding(bytes.len()));
         }
         let size = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));

@@ -27,7 +27,8 @@ use crate::download::{Downloads, JobHandle};
 use crate::error::{Error, Result};
 use crate::lookup::Lookup;
 use crate::rt::MainRt;
-use crate::store::{Added, ContentHasher, Store};
+use crate::serve::{Withdraw, verified_range};
+use crate::store::{Added, Store};
 use crate::uploads::Uploads;
 
 /// This API's own settings and what it reports about the PServer.
@@ -203,8 +204,7 @@ async fn upload(
         .open(&temp)
         .await?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
-    let chunk_size = peerdex_proto::convert::chunk_size_for(declared.unwrap_or(0));
-    let mut hasher = ContentHasher::new(chunk_size);
+    let mut hasher = peerdex_proto::tree::TreeHasher::new();
     while let Some(piece) = body.next().await {
         let piece =
             piece.map_err(|e| Error::InvalidArgument(format!("upload interrupted: {e}")))?;
@@ -218,17 +218,6 @@ async fn upload(
     drop(out);
     let size = hasher.total();
     let (id, manifest) = hasher.finish();
-    let manifest = match manifest {
-        Some(m) => m,
-        None => {
-            let p = temp.clone();
-            web::block(move || crate::store::hash_path(&p))
-                .await
-                .map_err(|e| Error::Internal(e.to_string()))??
-                .1
-                .ok_or_else(|| Error::Internal("upload changed while hashing".into()))?
-        }
-    };
     let s = store.clone().into_inner();
     let (n2, t2) = (name.clone(), temp.clone());
     let added = web::block(move || s.add_from_temp(&t2, &n2, id, manifest))
@@ -304,25 +293,35 @@ async fn remove_file(
 
 /// Stream a stored file's bytes.
 #[utoipa::path(get, path = "/api/v1/files/{id}/content", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ApiError)))]
-async fn file_content(store: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse> {
+async fn file_content(
+    store: web::Data<Store>,
+    withdraw: web::Data<Withdraw>,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
     let id: FileId = id.parse()?;
     let store = store.into_inner();
     let (file, entry) = web::block(move || store.open_shared(&id))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-    let stream =
-        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
+    let size = entry.size;
+    let name = entry.name.as_str().replace('"', "_");
+    let stream = verified_range(
+        file,
+        entry.manifest,
+        0,
+        size,
+        1 << 20,
+        withdraw.get_ref().clone(),
+    )
+    .await?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((
             header::CONTENT_DISPOSITION,
-            format!(
-                "attachment; filename=\"{}\"",
-                entry.name.as_str().replace('"', "_")
-            ),
+            format!("attachment; filename=\"{name}\""),
         ))
         .insert_header((header::ETAG, format!("\"{id}\"")))
-        .no_chunking(entry.size)
+        .no_chunking(size)
         .streaming(stream))
 }
 

@@ -16,6 +16,8 @@
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
 //!
 //! * `uploads` — serving files to other peers: upload slots and rate cap.
+//! * `serve` — reading shared files verified chunk by chunk before any byte
+//!   is sent; a rotten copy is withdrawn and hashed again.
 //! * `rt` — the main runtime as a handle: actix-web serves from worker
 //!   threads with runtimes of their own, so outbound work (gRPC, peer HTTP,
 //!   download jobs) runs on the main runtime and its connection pools
@@ -36,6 +38,7 @@ mod lookup;
 mod peer_api;
 mod rate;
 mod rt;
+mod serve;
 mod store;
 mod uploads;
 
@@ -123,12 +126,20 @@ pub async fn run(
             central.lease_loop(|| store.inventory(), load, c).await
         }
     });
+    let rescan_now = Arc::new(tokio::sync::Notify::new());
     let rescan = tokio::spawn(rescan_loop(
         store.clone(),
         central.clone(),
         config.rescan_interval,
+        rescan_now.clone(),
         cancel.clone(),
     ));
+    let withdraw = serve::Withdraw {
+        store: store.clone(),
+        central: central.clone(),
+        rt: rt.clone(),
+        rescan_now,
+    };
     downloads.resume_partials();
 
     let control = control_api::Control {
@@ -139,17 +150,19 @@ pub async fn run(
         public_url: config.public_url.clone(),
     };
     let api_srv = HttpServer::new({
-        let (store, central, lookup, uploads, downloads, rt) = (
+        let (store, central, lookup, uploads, downloads, rt, withdraw) = (
             store.clone(),
             central.clone(),
             lookup.clone(),
             uploads.clone(),
             downloads.clone(),
             rt.clone(),
+            withdraw.clone(),
         );
         move || {
             App::new()
                 .app_data(web::Data::new(control.clone()))
+                .app_data(web::Data::new(withdraw.clone()))
                 .app_data(web::Data::from(store.clone()))
                 .app_data(web::Data::from(central.clone()))
                 .app_data(web::Data::from(lookup.clone()))
@@ -174,6 +187,7 @@ pub async fn run(
         move || {
             App::new()
                 .app_data(web::Data::new(peer_id))
+                .app_data(web::Data::new(withdraw.clone()))
                 .app_data(web::Data::from(store.clone()))
                 .app_data(web::Data::from(central.clone()))
                 .app_data(web::Data::new(uploads.clone()))
@@ -211,11 +225,13 @@ pub async fn run(
     Ok(())
 }
 
-/// Publish files dropped into the share folder and withdraw removed ones.
+/// Publish files dropped into the share folder and withdraw removed ones;
+/// woken early when a served file failed verification (see `serve`).
 async fn rescan_loop(
     store: Arc<store::Store>,
     central: Arc<central::Central>,
     every: Duration,
+    now: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -225,6 +241,7 @@ async fn rescan_loop(
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
+            _ = now.notified() => {}
         }
         let s = store.clone();
         let changes = match tokio::task::spawn_blocking(move || s.rescan()).await {

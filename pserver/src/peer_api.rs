@@ -1,5 +1,7 @@
-//! The public peer API (`/peer/v1`): serve files by id with HTTP Range, and
-//! the neighbour role (locate and search on behalf of another peer).
+//! The public peer API (`/peer/v1`): serve files by id with HTTP Range, every
+//! byte verified before it leaves (see `serve`), their manifests (the BLAKE3
+//! chaining values downloaders check against the id), and the neighbour role
+//! (locate and search on behalf of another peer).
 
 use actix_web::http::{Method, StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -11,6 +13,7 @@ use crate::central::Central;
 use crate::error::{Error, Result};
 use crate::lookup::{self, LocateTarget};
 use crate::rt::MainRt;
+use crate::serve::{Withdraw, verified_range};
 use crate::store::Store;
 use crate::uploads::Uploads;
 
@@ -25,6 +28,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                     )
                     .to(serve_file),
             )
+            .route("/files/{id}/manifest", web::get().to(manifest))
             .route("/locate", web::get().to(locate))
             .route("/search", web::get().to(search))
             .route("/health", web::get().to(health)),
@@ -85,6 +89,7 @@ pub(crate) fn parse_range(value: &str, size: u64) -> RangeReq {
 async fn serve_file(
     store: web::Data<Store>,
     uploads: web::Data<Uploads>,
+    withdraw: web::Data<Withdraw>,
     req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse> {
@@ -128,7 +133,9 @@ async fn serve_file(
     let limit = uploads.limit().clone();
     let piece = limit.piece_size(1 << 20);
     let limited = limit.is_limited();
-    let body = read_ahead(file, start, len, piece).then(move |chunk| {
+    let withdraw = withdraw.get_ref().clone();
+    let verified = verified_range(file, entry.manifest, start, len, piece, withdraw).await?;
+    let body = verified.then(move |chunk| {
         let _held = &slot; // the closure owns the slot: freed with the body
         let limit = limit.clone();
         async move {
@@ -141,48 +148,18 @@ async fn serve_file(
     Ok(resp.streaming(body))
 }
 
-/// Stream `len` bytes of `file` from `start`: one blocking thread reads
-/// ahead in `piece`-sized blocks (a few blocks buffered) while the socket
-/// sends, instead of one thread-pool hop per small read. The reader stops
-/// as soon as the body is dropped.
-fn read_ahead(
-    mut file: std::fs::File,
-    start: u64,
-    len: u64,
-    piece: usize,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> {
-    use std::io::{Read, Seek};
-    let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e));
-            return;
-        }
-        let mut left = len;
-        while left > 0 {
-            let n = piece.min(usize::try_from(left).unwrap_or(usize::MAX));
-            let mut buf = bytes::BytesMut::zeroed(n);
-            let got = match file.read(&mut buf) {
-                Ok(0) => Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "file shrank while serving",
-                )),
-                Ok(got) => Ok(got),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => Err(e),
-            };
-            let item = got.map(|got| {
-                buf.truncate(got);
-                left -= got as u64;
-                buf.freeze()
-            });
-            let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
-                return; // body dropped (client gone) or read error sent
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+/// A file's manifest: size, chunk size and the BLAKE3 chaining value of
+/// every chunk (`peerdex_proto::tree::Manifest::encode`). Downloaders check
+/// it against the file id before fetching a byte.
+async fn manifest(store: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse> {
+    let id: FileId = id.parse()?;
+    let entry = store
+        .by_id(&id)
+        .ok_or_else(|| Error::NotFound(format!("file {id} is not shared here")))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((header::ETAG, format!("\"{id}.manifest\"")))
+        .body(entry.manifest.encode()))
 }
 
 fn check_hops(req: &HttpRequest) -> Result<()> {

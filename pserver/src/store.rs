@@ -5,7 +5,7 @@
 //! ```text
 //! peer-id          the UUID of this peer, created on first start
 //! session.token    the central's session token (so a quick restart can re-join)
-//! hash-cache.json  (name, size, mtime) → BLAKE3 id + chunk manifest
+//! hash-cache.json  (name, size, mtime) → BLAKE3 id + tree manifest (chunk CVs)
 //! tmp/             uploads and downloads in progress; emptied at start
 //! ```
 //! Only names that parse as [`FileName`] are ever joined onto the share
@@ -20,21 +20,23 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
-use peerdex_proto::convert::{Manifest, SharedFile, chunk_count, chunk_size_for};
+use peerdex_proto::convert::SharedFile;
+use peerdex_proto::tree::{Manifest, TreeHasher};
 use peerdex_proto::rest::FileInfo;
 use peerdex_proto::{FileId, FileName, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// One shared file.
+/// One shared file. Cheap to clone: the manifest (up to 256 KiB of CVs) is
+/// shared.
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub name: FileName,
     pub id: FileId,
     pub size: u64,
     mtime_ns: u128,
-    pub manifest: Manifest,
+    pub manifest: std::sync::Arc<Manifest>,
 }
 
 impl Entry {
@@ -43,7 +45,6 @@ impl Entry {
             id: self.id,
             size: self.size,
             name: self.name.clone(),
-            manifest: Some(self.manifest.clone()),
         }
     }
     pub fn to_info(&self) -> FileInfo {
@@ -81,8 +82,8 @@ struct CacheEntry {
     size: u64,
     mtime_ns: u128,
     file_id: String,
-    chunk_size: u64,
-    chunk_hashes: Vec<String>,
+    /// [`Manifest::encode`], hex; checked against the id again when loaded.
+    manifest: String,
 }
 
 pub struct Store {
@@ -272,7 +273,7 @@ impl Store {
             let path = self.share_dir.join(name.as_str());
             self.hashed.fetch_add(1, Ordering::Relaxed);
             let (id, manifest) = match hash_path(&path) {
-                Ok((id, Some(m), read)) if read == size => (id, m),
+                Ok((id, m)) if m.size() == size => (id, m),
                 Ok(_) => continue, // still being written; the next scan picks it up
                 Err(e) => {
                     tracing::warn!(name = %name, error = %e, "cannot hash file; skipping it");
@@ -284,7 +285,7 @@ impl Store {
                 id,
                 size,
                 mtime_ns: mtime,
-                manifest,
+                manifest: std::sync::Arc::new(manifest),
             };
             changes.added.push(entry.to_shared());
             self.files.lock().unwrap().insert(name, entry);
@@ -364,11 +365,32 @@ impl Store {
             id,
             size: dest_meta.len(),
             mtime_ns: mtime_ns(&dest_meta),
-            manifest,
+            manifest: std::sync::Arc::new(manifest),
         };
         self.files.lock().unwrap().insert(name.clone(), entry);
         self.save_cache();
         Ok(Added::New)
+    }
+
+    /// Stop sharing every name of `id` whose bytes on disk no longer match
+    /// it (found while serving): drop them from the index and the hash
+    /// cache, so the next rescan hashes those files again and shares them
+    /// under their new id if their content changed. Returns what was
+    /// withdrawn (nothing if another call already did).
+    pub fn quarantine(&self, id: &FileId) -> Vec<Entry> {
+        let removed: Vec<Entry> = {
+            let mut files = self.files.lock().unwrap();
+            let names: Vec<FileName> = files
+                .values()
+                .filter(|e| e.id == *id)
+                .map(|e| e.name.clone())
+                .collect();
+            names.iter().filter_map(|n| files.remove(n)).collect()
+        };
+        if !removed.is_empty() {
+            self.save_cache();
+        }
+        removed
     }
 
     /// Stop sharing every name of `id` and delete those files from the share folder.
@@ -413,14 +435,9 @@ impl Store {
             .filter_map(|(name, c)| {
                 let name: FileName = name.parse().ok()?;
                 let id: FileId = c.file_id.parse().ok()?;
-                let manifest = Manifest::from_rest(
-                    &peerdex_proto::rest::ChunkManifest {
-                        chunk_size: c.chunk_size,
-                        chunk_hashes: c.chunk_hashes,
-                    },
-                    c.size,
-                )
-                .ok()?;
+                let manifest = Manifest::decode(id, &hex::decode(c.manifest).ok()?)
+                    .ok()
+                    .filter(|m| m.size() == c.size)?;
                 Some((
                     name.clone(),
                     Entry {
@@ -428,7 +445,7 @@ impl Store {
                         id,
                         size: c.size,
                         mtime_ns: c.mtime_ns,
-                        manifest,
+                        manifest: std::sync::Arc::new(manifest),
                     },
                 ))
             })
@@ -442,15 +459,13 @@ impl Store {
             .unwrap()
             .values()
             .map(|e| {
-                let m = e.manifest.to_rest();
                 (
                     e.name.to_string(),
                     CacheEntry {
                         size: e.size,
                         mtime_ns: e.mtime_ns,
                         file_id: e.id.to_hex(),
-                        chunk_size: m.chunk_size,
-                        chunk_hashes: m.chunk_hashes,
+                        manifest: hex::encode(e.manifest.encode()),
                     },
                 )
             })
@@ -482,86 +497,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     fs::rename(&tmp, path)
 }
 
-/// Incremental BLAKE3 of a whole file plus its chunk manifest at a fixed
-/// chunk size.
-pub struct ContentHasher {
-    whole: blake3::Hasher,
-    chunk: blake3::Hasher,
-    chunk_size: u64,
-    in_chunk: u64,
-    total: u64,
-    chunks: Vec<[u8; 32]>,
-}
-
-impl ContentHasher {
-    pub fn new(chunk_size: u64) -> Self {
-        Self {
-            whole: blake3::Hasher::new(),
-            chunk: blake3::Hasher::new(),
-            chunk_size,
-            in_chunk: 0,
-            total: 0,
-            chunks: Vec::new(),
-        }
-    }
-
-    pub fn update(&mut self, mut data: &[u8]) {
-        self.whole.update(data);
-        self.total += data.len() as u64;
-        while !data.is_empty() {
-            let room = (self.chunk_size - self.in_chunk) as usize;
-            let take = room.min(data.len());
-            self.chunk.update(&data[..take]);
-            self.in_chunk += take as u64;
-            data = &data[take..];
-            if self.in_chunk == self.chunk_size {
-                self.chunks.push(*self.chunk.finalize().as_bytes());
-                self.chunk.reset();
-                self.in_chunk = 0;
-            }
-        }
-    }
-
-    pub fn total(&self) -> u64 {
-        self.total
-    }
-
-    /// The id and manifest; `None` for the manifest if the chunk size chosen
-    /// up front turned out wrong for the final size.
-    pub fn finish(mut self) -> (FileId, Option<Manifest>) {
-        if self.in_chunk > 0 {
-            self.chunks.push(*self.chunk.finalize().as_bytes());
-        }
-        let id = FileId::from_bytes(*self.whole.finalize().as_bytes());
-        let ok = chunk_size_for(self.total) == self.chunk_size
-            && chunk_count(self.total, self.chunk_size) == self.chunks.len() as u64;
-        (
-            id,
-            ok.then_some(Manifest {
-                chunk_size: self.chunk_size,
-                hashes: self.chunks,
-            }),
-        )
-    }
-}
-
-/// Hash a file on disk: id, manifest and the size actually read. The
-/// manifest is `None` if the file changed size while being read.
-pub fn hash_path(path: &Path) -> io::Result<(FileId, Option<Manifest>, u64)> {
+/// Hash a file on disk in one pass: its id and manifest (whose size is
+/// what was read: compare it with the size expected, the file may be
+/// changing).
+pub fn hash_path(path: &Path) -> io::Result<(FileId, Manifest)> {
     let mut f = fs::File::open(path)?;
-    let size = f.metadata()?.len();
-    let mut h = ContentHasher::new(chunk_size_for(size));
+    let mut h = TreeHasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = match f.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
     }
-    let read = h.total();
-    let (id, manifest) = h.finish();
-    Ok((id, manifest, read))
+    Ok(h.finish())
 }
 
 #[cfg(test)]
@@ -569,17 +523,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hasher_matches_one_shot() {
+    fn hash_path_gives_the_id_and_a_verified_manifest() {
+        let root = tempfile::tempdir().unwrap();
         let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let mut h = ContentHasher::new(1 << 20);
-        for piece in data.chunks(12_345) {
-            h.update(piece);
-        }
-        let (id, m) = h.finish();
-        let m = m.unwrap();
+        let p = root.path().join("f");
+        fs::write(&p, &data).unwrap();
+        let (id, m) = hash_path(&p).unwrap();
         assert_eq!(id.to_hex(), blake3::hash(&data).to_hex().as_str());
-        assert_eq!(m.hashes.len(), 4);
-        assert_eq!(m.hashes[3], *blake3::hash(&data[3 << 20..]).as_bytes());
+        assert_eq!((m.size(), m.chunks(), m.chunk_size()), (3_500_000, 4, 1 << 20));
+        assert!(m.check_chunk(3, &data[3 << 20..]));
+        assert_eq!(Manifest::decode(id, &m.encode()).unwrap(), m);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use peerdex_proto::tree::Manifest;
 
 use super::transport::{Fetcher, Source, TransportError};
 
@@ -20,14 +21,9 @@ const HASH_RUN: usize = 256 << 10;
 pub(crate) struct ChunkRequest {
     pub fetch: Fetcher,
     pub src: Arc<Source>,
+    /// The verified manifest: where chunk `idx` is and what it hashes to.
+    pub manifest: Arc<Manifest>,
     pub idx: usize,
-    /// First byte of the chunk in the file, and its length.
-    pub start: u64,
-    pub len: u64,
-    /// The whole file's size (a 200 answer is accepted for a whole-file chunk).
-    pub size: u64,
-    /// The chunk's BLAKE3 from the manifest.
-    pub expected: [u8; 32],
     /// A request that gets no bytes for this long gives up.
     pub stall: Duration,
     /// Bytes received from this holder (all its requests) and by this request.
@@ -92,16 +88,15 @@ impl ChunkRequest {
         let Self {
             fetch,
             src,
+            manifest,
             idx,
-            start,
-            len,
-            size,
-            expected,
             stall,
             recv,
             got,
             sink,
         } = self;
+        let (start, len) = manifest.chunk_range(idx);
+        let size = manifest.size();
         let end = start + len - 1;
         let reply = match tokio::time::timeout(stall, fetch(&src, start, end)).await {
             Err(_) => return Outcome::Failed(Failed::NoAnswer(stall)),
@@ -131,7 +126,7 @@ impl ChunkRequest {
             Some(_) => HASH_RUN * 2,
         });
         let mut received: u64 = 0;
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = manifest.chunk_hasher(idx);
         let mut hashed = 0;
         loop {
             let piece = match tokio::time::timeout(stall, body.next()).await {
@@ -178,7 +173,7 @@ impl ChunkRequest {
         if received < len {
             return Outcome::Failed(Failed::Short { got: received, len });
         }
-        if hasher.finalize().as_bytes() != &expected {
+        if !hasher.matches() {
             return Outcome::Bad(Bad::Hash(idx));
         }
         Outcome::Verified(sink.is_none().then(|| buf.freeze()))

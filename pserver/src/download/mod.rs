@@ -11,11 +11,14 @@
 //! * `chunk` — one request for one chunk, verified against the manifest
 //!   before it is kept ([`chunk::ChunkRequest`]).
 //! * `transport` — range requests over the peer API, under the rate cap.
+//! * `manifest` — before a byte is fetched: the manifest from a holder,
+//!   checked against the file id and confirmed by its last chunk.
 //! * `partial` — the download on disk under `data/partial/`: a sparse file
 //!   plus a bitmap of verified chunks, so a failed job, a restart or a crash
 //!   resumes where it was.
-//! * `sequential` — the fallback for a file located without a manifest: one
-//!   holder at a time into a temp file, judged by the whole-file hash.
+//!
+//! Every download goes through the swarm (one holder is a swarm of one),
+//! whatever the file's size.
 //!
 //! Guarantee: no byte that failed verification reaches the share folder or
 //! is served. Every chunk is verified against the manifest before it counts
@@ -33,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerdex_proto::convert::Manifest;
+use peerdex_proto::tree::Manifest;
 use peerdex_proto::rest::{Candidate, DownloadRequest, Job, JobState, LocatedFile};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use uuid::Uuid;
@@ -47,20 +50,18 @@ use crate::store::Store;
 
 mod chunk;
 mod jobs;
+mod manifest;
 mod partial;
 mod scheduler;
-mod sequential;
 mod transport;
 
 pub(crate) use jobs::{JobHandle, Jobs};
-use partial::{Partial, PartialMeta};
+use partial::Partial;
 use scheduler::{Swarm, SwarmEnd};
 use transport::Source;
 
 /// Rounds of re-locating when every holder failed, before giving up.
 const LOCATE_ROUNDS: u32 = 3;
-/// Progress is published at most this often.
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// The download engine, as a cheap handle: the job list plus what jobs
 /// use (the store, the central, the lookup, the HTTP client and the rate
@@ -164,17 +165,8 @@ pub(crate) enum DownloadError {
         done: usize,
         total: usize,
     },
-    /// The sequential path (a file located without a manifest) gave up.
-    #[error("{why} ({holders})")]
-    Sequential { why: String, holders: String },
-    #[error(
-        "every chunk matched the manifest but the file hashes to {got}, not {want}: the manifest was wrong; nothing was kept"
-    )]
-    WrongManifest { got: FileId, want: FileId },
-    #[error("bad partial-download state")]
-    BadPartialState,
-    #[error("downloaded file changed while hashing")]
-    ChangedWhileHashing,
+    #[error("no holder could give a manifest of file {id} that verifies ({why})")]
+    NoManifest { id: FileId, why: String },
     #[error("local i/o error: {0}")]
     LocalIo(#[from] io::Error),
     #[error("cannot store the file: {0}")]
@@ -189,16 +181,11 @@ pub(crate) struct Target {
     id: FileId,
     size: u64,
     names: Vec<FileName>,
-    manifest: Option<Manifest>,
     holders: Vec<(String, PeerUrl)>,
 }
 
 fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
     let id: FileId = f.file_id.parse().ok()?;
-    let manifest = f
-        .manifest
-        .as_ref()
-        .and_then(|m| Manifest::from_rest(m, f.size).ok());
     let holders = f
         .holders
         .iter()
@@ -210,7 +197,6 @@ fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
         id,
         size: f.size,
         names,
-        manifest,
         holders,
     })
 }
@@ -326,17 +312,20 @@ fn resume_partials(shared: &Arc<Engine>) {
         let Ok(h) = shared.jobs.insert(req, Some(id), JobState::Locating) else {
             continue;
         };
-        let n = stored.meta.manifest.chunk_hashes.len();
-        let cs = stored.meta.manifest.chunk_size;
-        let kept = (stored.verified_chunks as u64 * cs).min(stored.meta.size);
+        let m = &stored.manifest;
+        let kept = (stored.verified_chunks as u64 * m.chunk_size()).min(m.size());
         tracing::info!(job = %h.id, file = %id, name = %stored.meta.name,
-            chunks_kept = stored.verified_chunks, chunks = n, "resuming a partial download");
+            chunks_kept = stored.verified_chunks, chunks = m.chunks(), "resuming a partial download");
         h.update(|j| {
             j.name = Some(stored.meta.name.clone());
-            j.bytes_total = Some(stored.meta.size);
+            j.bytes_total = Some(m.size());
             j.bytes_done = kept;
         });
-        spawn_job(shared, h, Begin::Resume(stored.meta));
+        spawn_job(
+            shared,
+            h,
+            Begin::Resume(stored.meta.name, Arc::new(stored.manifest)),
+        );
     }
 }
 
@@ -344,7 +333,8 @@ fn resume_partials(shared: &Arc<Engine>) {
 /// download found at start (holders to be located).
 enum Begin {
     Located(Target),
-    Resume(PartialMeta),
+    /// The name to store under and the manifest verified before.
+    Resume(String, Arc<Manifest>),
 }
 
 fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
@@ -352,18 +342,18 @@ fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
     let rt = shared.rt.clone();
     rt.spawn(async move {
         let mut slot: Option<Partial> = None;
-        let mut temp: Option<PathBuf> = None;
         let result = tokio::select! {
-            r = drive(&shared, &h, begin, &mut slot, &mut temp) => r,
+            r = drive(&shared, &h, begin, &mut slot) => r,
             _ = h.cancel.cancelled() => Err(JobEnd::Cancelled),
         };
-        if let Some(t) = temp {
-            let _ = tokio::fs::remove_file(&t).await;
-        }
         let stopping = shared.jobs.stopping();
         if let Some(p) = slot.take() {
+            // A cancelled job, or one that failed with nothing verified,
+            // leaves nothing behind; otherwise the verified chunks are kept.
+            let nothing = !p.any_verified();
             match &result {
                 Err(JobEnd::Cancelled) if !stopping => p.discard().await,
+                Err(JobEnd::Failed(_)) if nothing => p.discard().await,
                 _ => p.close().await,
             }
         }
@@ -431,15 +421,18 @@ async fn drive(
     h: &JobHandle,
     begin: Begin,
     slot: &mut Option<Partial>,
-    temp: &mut Option<PathBuf>,
 ) -> std::result::Result<(), JobEnd> {
-    let mut t = match begin {
-        Begin::Located(t) => t,
-        Begin::Resume(meta) => {
-            let id: FileId = meta
-                .file_id
-                .parse()
-                .map_err(|_| DownloadError::BadPartialState)?;
+    let fetcher = transport::http_fetcher(shared.http.clone(), shared.download_limit.clone(), id_of(&begin));
+    let mut strikes = manifest::Strikes::new();
+    let mut confirmed_last = None;
+    let (mut t, manifest) = match begin {
+        Begin::Located(t) => {
+            let m = confirm_manifest(shared, h, &t, &fetcher, &mut strikes).await?;
+            confirmed_last = m.last.map(|(i, b)| (m.from.peer_id.clone(), i, b));
+            (t, m.manifest)
+        }
+        Begin::Resume(name, manifest) => {
+            let id = manifest.id();
             let mut round = 0;
             let mut t = loop {
                 if let Some(t) = relocate(shared, id).await {
@@ -451,16 +444,15 @@ async fn drive(
                 }
                 tokio::time::sleep(relocate_pause(round)).await;
             };
-            if let Ok(n) = meta.name.parse::<FileName>() {
+            if let Ok(n) = name.parse::<FileName>() {
                 t.names.retain(|x| x != &n);
                 t.names.insert(0, n);
             }
-            if t.manifest.is_none() {
-                t.manifest = Manifest::from_rest(&meta.manifest, t.size).ok();
-            }
-            t
+            (t, manifest)
         }
     };
+    // The size that counts from here on is the verified one.
+    t.size = manifest.size();
     let name = pick_name(shared, &t);
     h.update(|j| {
         j.state = JobState::Downloading;
@@ -468,51 +460,12 @@ async fn drive(
         j.name = Some(name.to_string());
         j.bytes_total = Some(t.size);
     });
-    let manifest = match t.manifest.clone() {
-        Some(m) => {
-            swarm_download(shared, h, &mut t, m.clone(), &name, slot).await?;
-            let part = slot
-                .as_ref()
-                .map(|p| p.part_path().to_owned())
-                .ok_or(DownloadError::BadPartialState)?;
-            store_and_publish(shared, h, &t, &name, &part, m).await?;
-            if let Some(p) = slot.take() {
-                p.discard().await; // its state files; the .part became the shared file
-            }
-            return Ok(());
-        }
-        None => {
-            let path = temp.insert(shared.store.temp_path("download")).clone();
-            sequential::run(shared, h, &mut t, &path).await?;
-            let p2 = path.clone();
-            let (_, m, _) = tokio::task::spawn_blocking(move || crate::store::hash_path(&p2))
-                .await??;
-            m.ok_or(DownloadError::ChangedWhileHashing)?
-        }
-    };
-    let path = temp.take().expect("temp path set above");
-    store_and_publish(shared, h, &t, &name, &path, manifest).await
-}
-
-/// Fetch every chunk into the partial download (opened into `slot`) and
-/// check the whole-file hash.
-async fn swarm_download(
-    shared: &Arc<Engine>,
-    h: &JobHandle,
-    t: &mut Target,
-    manifest: Manifest,
-    name: &FileName,
-    slot: &mut Option<Partial>,
-) -> std::result::Result<(), JobEnd> {
     let dir = partial_dir(shared);
-    let (id, size, m2, n2) = (t.id, t.size, manifest.clone(), name.to_string());
-    let opened = tokio::task::spawn_blocking(move || Partial::open(&dir, &id, size, &m2, &n2))
-        .await??;
+    let (m2, n2) = (manifest.clone(), name.to_string());
+    let opened = tokio::task::spawn_blocking(move || Partial::open(&dir, &m2, &n2)).await??;
     let partial = slot.insert(opened);
-    let kept = partial.verified_bytes();
     let mut swarm = Swarm::new(
-        manifest,
-        t.size,
+        manifest.clone(),
         partial.verified(),
         scheduler::Params::new(shared.max_sources, shared.stall_timeout),
     );
@@ -520,14 +473,96 @@ async fn swarm_download(
     if done > 0 {
         tracing::info!(job = %h.id, file = %t.id, chunks_kept = done, chunks = n, "resuming from verified chunks on disk");
     }
-    h.update(|j| j.bytes_done = kept);
-    let fetcher = transport::http_fetcher(shared.http.clone(), shared.download_limit.clone(), t.id);
-    let mut round = 0;
-    loop {
-        swarm.add_holders(t.holders.iter().map(|(peer_id, url)| Source {
+    swarm.add_holders(t.holders.iter().map(|(peer_id, url)| Source {
+        peer_id: peer_id.clone(),
+        url: url.clone(),
+    }));
+    for (peer, why) in strikes {
+        swarm.strike(&peer, why);
+    }
+    if let Some((peer, i, bytes)) = confirmed_last
+        && swarm.credit(&peer, i)
+    {
+        partial.write(i, bytes).await?;
+    }
+    swarm_download(shared, h, &mut t, &mut swarm, partial, &fetcher).await?;
+    store_and_publish(shared, h, &t, &name, partial.part_path(), manifest).await?;
+    if let Some(p) = slot.take() {
+        p.discard().await; // its state files; the .part became the shared file
+    }
+    Ok(())
+}
+
+fn id_of(begin: &Begin) -> FileId {
+    match begin {
+        Begin::Located(t) => t.id,
+        Begin::Resume(_, m) => m.id(),
+    }
+}
+
+/// Get a manifest of `t` from its holders that verifies against the id and
+/// is confirmed by its last chunk, locating again when no holder gives one.
+async fn confirm_manifest(
+    shared: &Arc<Engine>,
+    h: &JobHandle,
+    t: &Target,
+    fetcher: &transport::Fetcher,
+    strikes: &mut manifest::Strikes,
+) -> std::result::Result<manifest::Confirmed, JobEnd> {
+    let mut holders: Vec<Source> = t
+        .holders
+        .iter()
+        .map(|(peer_id, url)| Source {
             peer_id: peer_id.clone(),
             url: url.clone(),
-        }));
+        })
+        .collect();
+    let mut round = 0;
+    loop {
+        // A holder that lied once is asked again only after the others.
+        holders.sort_by_key(|s| strikes.iter().filter(|(p, _)| *p == s.peer_id).count());
+        match manifest::confirm(&shared.http, fetcher, t.id, &holders, shared.stall_timeout, strikes).await {
+            Ok(c) => return Ok(c),
+            Err(why) => {
+                round += 1;
+                if round > LOCATE_ROUNDS {
+                    return Err(DownloadError::NoManifest { id: t.id, why }.into());
+                }
+                h.update(|j| {
+                    j.state = JobState::Locating;
+                    j.source = None;
+                });
+                tokio::time::sleep(relocate_pause(round)).await;
+                match relocate(shared, t.id).await {
+                    Some(fresh) => {
+                        holders = fresh
+                            .holders
+                            .into_iter()
+                            .map(|(peer_id, url)| Source { peer_id, url })
+                            .collect();
+                    }
+                    None if round == LOCATE_ROUNDS => {
+                        return Err(DownloadError::NoLivePeer(t.id).into());
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+}
+
+/// Fetch every missing chunk into the partial download.
+async fn swarm_download(
+    shared: &Arc<Engine>,
+    h: &JobHandle,
+    t: &mut Target,
+    swarm: &mut Swarm,
+    partial: &mut Partial,
+    fetcher: &transport::Fetcher,
+) -> std::result::Result<(), JobEnd> {
+    h.update(|j| j.bytes_done = partial.verified_bytes());
+    let mut round = 0;
+    loop {
         let mut on_progress = |r: scheduler::Report| {
             h.update(|j| {
                 j.state = JobState::Downloading;
@@ -536,7 +571,7 @@ async fn swarm_download(
                 j.source = r.fastest;
             })
         };
-        match swarm.run(partial, &fetcher, &mut on_progress).await {
+        match swarm.run(partial, fetcher, &mut on_progress).await {
             Ok(()) => break,
             Err(SwarmEnd::Io(e)) => return Err(e.into()),
             Err(SwarmEnd::NoHolders(why)) => {
@@ -558,6 +593,10 @@ async fn swarm_download(
                 if let Some(fresh) = relocate(shared, t.id).await {
                     t.holders = fresh.holders;
                 }
+                swarm.add_holders(t.holders.iter().map(|(peer_id, url)| Source {
+                    peer_id: peer_id.clone(),
+                    url: url.clone(),
+                }));
             }
         }
     }
@@ -565,15 +604,9 @@ async fn swarm_download(
         j.state = JobState::Verifying;
         j.source = None;
     });
-    let got = partial.finish().await?;
-    if got != t.id {
-        // Every chunk matched the manifest, yet the file is not the one asked
-        // for: the manifest itself was wrong. Nothing of it can be trusted.
-        if let Some(p) = slot.take() {
-            p.discard().await;
-        }
-        return Err(DownloadError::WrongManifest { got, want: t.id }.into());
-    }
+    // Every chunk matched the manifest, which matched the id: the file is
+    // the one asked for. Only the writes remain to be flushed.
+    partial.finish().await?;
     Ok(())
 }
 
@@ -584,10 +617,11 @@ async fn store_and_publish(
     t: &Target,
     name: &FileName,
     path: &Path,
-    manifest: Manifest,
+    manifest: Arc<Manifest>,
 ) -> std::result::Result<(), JobEnd> {
     let (s, p, n, id) = (shared.clone(), path.to_owned(), name.clone(), t.id);
-    tokio::task::spawn_blocking(move || s.store.add_from_temp(&p, &n, id, manifest))
+    let m = Manifest::clone(&manifest);
+    tokio::task::spawn_blocking(move || s.store.add_from_temp(&p, &n, id, m))
         .await?
         .map_err(DownloadError::Store)?;
     if let Some(entry) = shared.store.by_name(name) {
@@ -601,21 +635,6 @@ async fn store_and_publish(
         j.error = None;
     });
     Ok(())
-}
-
-fn summarize(errors: &[String]) -> String {
-    let mut uniq: Vec<&String> = Vec::new();
-    for e in errors {
-        if !uniq.contains(&e) {
-            uniq.push(e);
-        }
-    }
-    let shown: Vec<&str> = uniq.iter().take(4).map(|s| s.as_str()).collect();
-    if shown.is_empty() {
-        "no holders".to_owned()
-    } else {
-        shown.join("; ")
-    }
 }
 
 /// The name to store under: the first name offered, or, if that name is

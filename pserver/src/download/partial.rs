@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! data/partial/<file_id>.part    sparse file of the final size; verified chunks at their offsets
-//! data/partial/<file_id>.json    what is fetched: size, name, chunk manifest (written once)
+//! data/partial/<file_id>.json    what is fetched: name and the verified manifest (written once)
 //! data/partial/<file_id>.bitmap  one bit per chunk: verified and on disk
 //! ```
 //!
@@ -16,13 +16,12 @@
 //! The folder is outside `tmp/` (emptied at start) and outside the share
 //! folder, so a partial is never listed, served or published.
 //!
-//! One blocking thread per partial writes the chunks and keeps a running
-//! BLAKE3 of the whole file in file order: from the very buffers it wrote
-//! (chunks that arrive ahead of the prefix are held back, up to 16 MiB),
-//! else read back from the `.part` file (chunks of a resumed download, or
-//! beyond that window). The whole-file check before publishing thus costs
-//! little once the last chunk is in. Checkpoints (fsync + bitmap) run on a second thread so the writer
-//! never waits for the disk to flush.
+//! One blocking thread per partial writes the chunks; checkpoints (fsync +
+//! bitmap) run on a second thread so the writer never waits for the disk
+//! to flush. There is no whole-file hash to compute at the end: the
+//! manifest was checked against the file id before the partial was
+//! created, and every chunk against the manifest before it was written, so
+//! a complete partial *is* the file.
 
 use std::fs;
 use std::io;
@@ -33,8 +32,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use peerdex_proto::FileId;
-use peerdex_proto::convert::Manifest;
-use peerdex_proto::rest::ChunkManifest;
+use peerdex_proto::tree::Manifest;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,19 +44,27 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// Verified chunks queued for the writer: at most 4, and about 16 MiB.
 const WRITE_QUEUE_BYTES: u64 = 16 << 20;
-/// Chunks that arrive ahead of the hashed prefix are kept in memory up to
-/// this much, so the whole-file hash rarely has to read them back.
-const REORDER_BYTES: usize = 16 << 20;
+
+/// The `.json` format version; partials of other versions are discarded.
+const VERSION: u32 = 2;
 
 /// What the `.json` file records.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PartialMeta {
+pub(crate) struct PartialMeta {
     pub version: u32,
     pub file_id: String,
-    pub size: u64,
     /// The name the file will be stored under.
     pub name: String,
-    pub manifest: ChunkManifest,
+    /// [`Manifest::encode`], hex: checked against the id again when loaded.
+    pub manifest: String,
+}
+
+impl PartialMeta {
+    /// The manifest, verified against the file id again.
+    pub fn manifest(&self) -> Option<Manifest> {
+        let id: FileId = self.file_id.parse().ok()?;
+        Manifest::decode(id, &hex::decode(&self.manifest).ok()?).ok()
+    }
 }
 
 struct Paths {
@@ -92,39 +98,37 @@ enum Cmd {
     Write(usize, Bytes),
     /// Chunk already written in place (streamed by the swarm) and verified.
     Mark(usize),
-    /// Checkpoint, then answer the whole-file hash (all chunks must be in).
-    Finish(oneshot::Sender<io::Result<FileId>>),
+    /// Checkpoint and fsync (every chunk must be in).
+    Finish(oneshot::Sender<io::Result<()>>),
 }
 
 /// A partial download: the `.part` file and its state, with the writer thread.
-pub struct Partial {
+pub(crate) struct Partial {
     paths: Paths,
     chunk_size: u64,
     size: u64,
     /// Verified chunks found on disk when opened.
     verified: Vec<bool>,
+    /// Verified chunks now: found on disk plus handed to the writer since.
+    verified_now: std::sync::atomic::AtomicUsize,
     tx: Option<mpsc::Sender<Cmd>>,
     worker: Option<tokio::task::JoinHandle<()>>,
     in_place: Arc<fs::File>,
 }
 
 impl Partial {
-    /// Open the partial download of `id` in `dir`, resuming it if one exists
-    /// for the same size and manifest, else starting afresh. Blocking (small
-    /// files only: the `.part` is created sparse).
-    pub fn open(
-        dir: &Path,
-        id: &FileId,
-        size: u64,
-        manifest: &Manifest,
-        name: &str,
-    ) -> io::Result<Self> {
+    /// Open the partial download of `manifest`'s file in `dir`, resuming it
+    /// if one exists for the same manifest, else starting afresh. Blocking
+    /// (cheap: the `.part` is created sparse).
+    pub fn open(dir: &Path, manifest: &Manifest, name: &str) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        let paths = Paths::new(dir, id);
-        let n = manifest.hashes.len();
-        let rest = manifest.to_rest();
+        let id = manifest.id();
+        let size = manifest.size();
+        let paths = Paths::new(dir, &id);
+        let n = manifest.chunks();
+        let encoded = hex::encode(manifest.encode());
         let resumed = load_meta(&paths.meta)
-            .filter(|m| m.file_id == id.to_hex() && m.size == size && m.manifest == rest)
+            .filter(|m| m.file_id == id.to_hex() && m.manifest == encoded)
             .and_then(|_| {
                 let len = fs::metadata(&paths.part).ok()?.len();
                 (len == size).then(|| load_bitmap(&paths.bitmap, n))
@@ -137,11 +141,10 @@ impl Partial {
                 f.set_len(size)?;
                 f.sync_all()?;
                 let meta = PartialMeta {
-                    version: 1,
+                    version: VERSION,
                     file_id: id.to_hex(),
-                    size,
                     name: name.to_owned(),
-                    manifest: rest,
+                    manifest: encoded,
                 };
                 write_atomic(
                     &paths.meta,
@@ -154,15 +157,16 @@ impl Partial {
             .read(true)
             .write(true)
             .open(&paths.part)?;
-        let queue = (WRITE_QUEUE_BYTES / manifest.chunk_size.max(1)).clamp(1, 4) as usize;
+        let queue = (WRITE_QUEUE_BYTES / manifest.chunk_size()).clamp(1, 4) as usize;
         let (tx, rx) = mpsc::channel(queue);
         let in_place = Arc::new(file.try_clone()?);
-        let writer = Writer::new(file, &paths, manifest.chunk_size, size, verified.clone())?;
+        let writer = Writer::new(file, &paths, manifest.chunk_size(), size, verified.clone())?;
         let worker = tokio::task::spawn_blocking(move || writer.run(rx));
         Ok(Self {
             paths,
-            chunk_size: manifest.chunk_size,
+            chunk_size: manifest.chunk_size(),
             size,
+            verified_now: verified.iter().filter(|v| **v).count().into(),
             verified,
             tx: Some(tx),
             worker: Some(worker),
@@ -180,7 +184,16 @@ impl Partial {
     /// Record a chunk written in place with [`Partial::file`] as verified.
     pub async fn mark(&self, idx: usize) -> io::Result<()> {
         let tx = self.tx.as_ref().ok_or_else(stopped)?;
-        tx.send(Cmd::Mark(idx)).await.map_err(|_| stopped())
+        tx.send(Cmd::Mark(idx)).await.map_err(|_| stopped())?;
+        self.verified_now
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Is any chunk verified (on disk or queued)? A job that fails with
+    /// none leaves nothing behind.
+    pub fn any_verified(&self) -> bool {
+        self.verified_now.load(std::sync::atomic::Ordering::Relaxed) > 0
     }
 
     /// Chunks already verified and on disk when the partial was opened.
@@ -204,12 +217,14 @@ impl Partial {
     /// Queue a verified chunk for writing (waits when the queue is full).
     pub async fn write(&self, idx: usize, data: Bytes) -> io::Result<()> {
         let tx = self.tx.as_ref().ok_or_else(stopped)?;
-        tx.send(Cmd::Write(idx, data)).await.map_err(|_| stopped())
+        tx.send(Cmd::Write(idx, data)).await.map_err(|_| stopped())?;
+        self.verified_now
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Wait for every queued write, fsync, and return the BLAKE3 of the
-    /// whole `.part` file. Fails if a chunk is missing.
-    pub async fn finish(&mut self) -> io::Result<FileId> {
+    /// Wait for every queued write and fsync. Fails if a chunk is missing.
+    pub async fn finish(&mut self) -> io::Result<()> {
         let tx = self.tx.as_ref().ok_or_else(stopped)?;
         let (reply, rx) = oneshot::channel();
         tx.send(Cmd::Finish(reply)).await.map_err(|_| stopped())?;
@@ -255,7 +270,7 @@ fn load_meta(path: &Path) -> Option<PartialMeta> {
     let bytes = fs::read(path).ok()?;
     serde_json::from_slice::<PartialMeta>(&bytes)
         .ok()
-        .filter(|m| m.version == 1)
+        .filter(|m| m.version == VERSION)
 }
 
 fn load_bitmap(path: &Path, n: usize) -> Vec<bool> {
@@ -276,9 +291,10 @@ fn encode_bitmap(bits: &[bool]) -> Vec<u8> {
 
 /// A partial download found in the data folder at start.
 #[derive(Debug, Clone)]
-pub struct Stored {
+pub(crate) struct Stored {
     pub id: FileId,
     pub meta: PartialMeta,
+    pub manifest: Manifest,
     pub verified_chunks: usize,
 }
 
@@ -301,21 +317,26 @@ pub fn scan(dir: &Path) -> Vec<Stored> {
             continue;
         };
         let paths = Paths::new(dir, &id);
-        let Some(meta) = load_meta(&paths.meta).filter(|m| m.file_id == id.to_hex()) else {
-            tracing::warn!(file = %id, "unreadable partial-download state; discarding it");
+        let Some((meta, manifest)) = load_meta(&paths.meta)
+            .filter(|m| m.file_id == id.to_hex())
+            .and_then(|m| m.manifest().map(|man| (m, man)))
+        else {
+            tracing::warn!(file = %id, "unreadable or outdated partial-download state; discarding it");
             paths.remove_all();
             continue;
         };
-        let part_ok = fs::metadata(&paths.part).is_ok_and(|m| m.len() == meta.size);
-        if !part_ok {
+        let part_ok = fs::metadata(&paths.part).is_ok_and(|m| m.len() == manifest.size());
+        let bits = load_bitmap(&paths.bitmap, manifest.chunks());
+        if !part_ok || !bits.iter().any(|b| *b) {
+            // Nothing verified to resume from: leave nothing behind.
             paths.remove_all();
             continue;
         }
-        let bits = load_bitmap(&paths.bitmap, meta.manifest.chunk_hashes.len());
         found.push(Stored {
             id,
             verified_chunks: bits.iter().filter(|b| **b).count(),
             meta,
+            manifest,
         });
     }
     // Leftovers: anything whose id has no state file.
@@ -342,13 +363,6 @@ struct Writer {
     dirty: bool,
     unsynced: u64,
     last_checkpoint: Instant,
-    /// Whole-file hash over chunks `0..next`, read back from the file.
-    hasher: blake3::Hasher,
-    next: usize,
-    buf: Vec<u8>,
-    /// Chunks written past the hashed prefix, kept for the hash.
-    ahead: std::collections::BTreeMap<usize, Bytes>,
-    ahead_bytes: usize,
     checkpoints: Option<std::sync::mpsc::SyncSender<Vec<bool>>>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
 }
@@ -386,18 +400,13 @@ impl Writer {
             dirty: false,
             unsynced: 0,
             last_checkpoint: Instant::now(),
-            hasher: blake3::Hasher::new(),
-            next: 0,
-            buf: vec![0u8; (1 << 20).min(chunk_size as usize).max(1)],
-            ahead: std::collections::BTreeMap::new(),
-            ahead_bytes: 0,
             checkpoints: Some(tx),
             checkpointer: Some(checkpointer),
         })
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut failed: Option<io::Error> = self.advance().err();
+        let mut failed: Option<io::Error> = None;
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
                 Cmd::Write(i, data) => {
@@ -449,15 +458,6 @@ impl Writer {
         self.written[i] = true;
         self.dirty = true;
         self.unsynced += data.len() as u64;
-        if i == self.next {
-            self.hasher.update(&data);
-            self.next += 1;
-        } else if self.ahead_bytes + data.len() <= REORDER_BYTES {
-            // Keep it for the hash until the prefix reaches it (saves reading it back).
-            self.ahead_bytes += data.len();
-            self.ahead.insert(i, data);
-        }
-        self.advance()?;
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint(false);
         }
@@ -471,33 +471,8 @@ impl Writer {
         self.written[i] = true;
         self.dirty = true;
         self.unsynced += chunk_len(i, self.chunk_size, self.size);
-        self.advance()?;
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint(false);
-        }
-        Ok(())
-    }
-
-    /// Extend the whole-file hash over the verified prefix: from the chunks
-    /// kept in memory, else read back from the file.
-    fn advance(&mut self) -> io::Result<()> {
-        while self.next < self.written.len() && self.written[self.next] {
-            if let Some(data) = self.ahead.remove(&self.next) {
-                self.ahead_bytes -= data.len();
-                self.hasher.update(&data);
-                self.next += 1;
-                continue;
-            }
-            let start = self.next as u64 * self.chunk_size;
-            let end = start + chunk_len(self.next, self.chunk_size, self.size);
-            let mut at = start;
-            while at < end {
-                let n = ((end - at) as usize).min(self.buf.len());
-                self.file.read_exact_at(&mut self.buf[..n], at)?;
-                self.hasher.update(&self.buf[..n]);
-                at += n as u64;
-            }
-            self.next += 1;
         }
         Ok(())
     }
@@ -522,37 +497,34 @@ impl Writer {
         }
     }
 
-    fn finish(&mut self) -> io::Result<FileId> {
+    fn finish(&mut self) -> io::Result<()> {
         if let Some(i) = self.written.iter().position(|w| !w) {
             return Err(io::Error::other(format!("chunk {i} is missing")));
         }
         self.checkpoint(true);
-        self.file.sync_all()?;
-        Ok(FileId::from_bytes(*self.hasher.finalize().as_bytes()))
+        self.file.sync_all()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use peerdex_proto::tree::TreeHasher;
+
     use super::*;
 
     fn manifest(data: &[u8], cs: u64) -> Manifest {
-        Manifest {
-            chunk_size: cs,
-            hashes: data
-                .chunks(cs as usize)
-                .map(|c| *blake3::hash(c).as_bytes())
-                .collect(),
-        }
+        let mut h = TreeHasher::with_chunk_size(cs);
+        h.update(data);
+        h.finish().1
     }
 
     #[tokio::test]
-    async fn writes_out_of_order_resumes_and_hashes() {
+    async fn writes_out_of_order_and_resumes() {
         let dir = tempfile::tempdir().unwrap();
         let data = peerdex_testkit::test_bytes(10_000, 9);
-        let id = FileId::from_bytes(*blake3::hash(&data).as_bytes());
         let m = manifest(&data, 1024);
-        let p = Partial::open(dir.path(), &id, data.len() as u64, &m, "x.bin").unwrap();
+        assert_eq!(m.chunks(), 10);
+        let p = Partial::open(dir.path(), &m, "x.bin").unwrap();
         assert!(p.verified().iter().all(|v| !v));
         for i in [3usize, 0, 9, 1] {
             let c = &data[i * 1024..((i + 1) * 1024).min(data.len())];
@@ -562,7 +534,8 @@ mod tests {
         let found = scan(dir.path());
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].verified_chunks, 4);
-        let mut p = Partial::open(dir.path(), &id, data.len() as u64, &m, "x.bin").unwrap();
+        assert_eq!(found[0].manifest, m);
+        let mut p = Partial::open(dir.path(), &m, "x.bin").unwrap();
         assert_eq!(
             p.verified(),
             &[
@@ -574,7 +547,7 @@ mod tests {
             let c = &data[i * 1024..((i + 1) * 1024).min(data.len())];
             p.write(i, Bytes::copy_from_slice(c)).await.unwrap();
         }
-        assert_eq!(p.finish().await.unwrap(), id);
+        p.finish().await.unwrap();
         assert_eq!(std::fs::read(p.part_path()).unwrap(), data);
         p.discard().await;
         assert!(scan(dir.path()).is_empty());
@@ -582,20 +555,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn other_manifest_starts_afresh() {
+    async fn other_manifest_starts_afresh_and_empty_partials_are_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let data = peerdex_testkit::test_bytes(3000, 1);
-        let id = FileId::from_bytes(*blake3::hash(&data).as_bytes());
         let m = manifest(&data, 1024);
-        let p = Partial::open(dir.path(), &id, 3000, &m, "x").unwrap();
+        let p = Partial::open(dir.path(), &m, "x").unwrap();
         p.write(0, Bytes::copy_from_slice(&data[..1024]))
             .await
             .unwrap();
         p.close().await;
-        let mut other = m.clone();
-        other.hashes[2] = [0; 32];
-        let p = Partial::open(dir.path(), &id, 3000, &other, "x").unwrap();
+        // The same file cut in other chunks is not resumed from those bits.
+        let other = manifest(&data, 2048);
+        assert_eq!((other.id(), other.chunks()), (m.id(), 2));
+        let p = Partial::open(dir.path(), &other, "x").unwrap();
         assert!(p.verified().iter().all(|v| !v));
         p.close().await;
+        // A partial with no verified chunk is removed at start, files and all.
+        assert!(scan(dir.path()).is_empty());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -1,0 +1,162 @@
+//! Before a download: get the file's manifest from a holder and confirm it.
+//!
+//! The directory keeps no manifest, so a downloader asks the holders
+//! (`GET /peer/v1/files/{id}/manifest`, least-loaded first) and checks what
+//! it gets against the file id: the chaining values must merge to the id.
+//! That proves the chunks but not the size (a size inside the same last
+//! chunk merges to the same root), so the manifest is *confirmed* by
+//! fetching its last chunk from the same holder and checking it: a wrong
+//! size can never match. Only then is a partial created and are the other
+//! holders asked, so a holder that lies about the size or the manifest costs
+//! one strike and nothing else, and an honest holder is never blamed for
+//! not matching a lie. For a file of one chunk the confirming chunk is the
+//! whole file.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use peerdex_proto::FileId;
+use peerdex_proto::tree::{MAX_ENCODED, Manifest};
+
+use super::chunk::{Bad, ChunkRequest, Outcome};
+use super::transport::{Fetcher, Source, root_cause};
+
+/// Chunks above this are confirmed, then fetched again by the swarm rather
+/// than kept in memory.
+const KEEP_MAX: u64 = 8 << 20;
+
+/// A manifest checked against the id and confirmed by its last chunk.
+pub(crate) struct Confirmed {
+    pub manifest: Arc<Manifest>,
+    /// The holder it came from.
+    pub from: Source,
+    /// The last chunk's verified bytes, when small enough to keep.
+    pub last: Option<(usize, Bytes)>,
+}
+
+/// What the holders did wrong on the way (strikes for the swarm).
+pub(crate) type Strikes = Vec<(String, String)>;
+
+/// Ask `holders` in turn until one gives a manifest of `id` that verifies
+/// and whose last chunk confirms it. `Err` says what each holder did.
+pub(crate) async fn confirm(
+    http: &reqwest::Client,
+    fetch: &Fetcher,
+    id: FileId,
+    holders: &[Source],
+    stall: Duration,
+    strikes: &mut Strikes,
+) -> Result<Confirmed, String> {
+    let mut notes = Vec::new();
+    for src in holders {
+        let manifest = match get(http, src, id, stall).await {
+            Ok(m) => Arc::new(m),
+            Err(Fault::Strike(why)) => {
+                tracing::warn!(peer = %src.peer_id, url = %src.url, %why, file = %id, "holder sent a manifest that fails verification");
+                notes.push(format!("peer {}: {why}", src.peer_id));
+                strikes.push((src.peer_id.clone(), why));
+                continue;
+            }
+            Err(Fault::Unusable(why)) => {
+                notes.push(format!("peer {}: {why}", src.peer_id));
+                continue;
+            }
+        };
+        if manifest.chunks() == 0 {
+            return Ok(Confirmed {
+                manifest,
+                from: src.clone(),
+                last: None,
+            });
+        }
+        let last = manifest.chunks() - 1;
+        let outcome = ChunkRequest {
+            fetch: fetch.clone(),
+            src: Arc::new(src.clone()),
+            manifest: manifest.clone(),
+            idx: last,
+            stall,
+            recv: Arc::new(AtomicU64::new(0)),
+            got: Arc::new(AtomicU64::new(0)),
+            sink: None,
+        }
+        .run()
+        .await;
+        match outcome {
+            Outcome::Verified(bytes) => {
+                let keep = manifest.chunk_range(last).1 <= KEEP_MAX;
+                return Ok(Confirmed {
+                    manifest,
+                    from: src.clone(),
+                    last: bytes.filter(|_| keep).map(|b| (last, b)),
+                });
+            }
+            Outcome::Bad(bad) => {
+                let why = match bad {
+                    Bad::Hash(_) => format!(
+                        "its last chunk does not match its manifest (size {} claimed)",
+                        manifest.size()
+                    ),
+                    other => other.to_string(),
+                };
+                tracing::warn!(peer = %src.peer_id, url = %src.url, %why, file = %id, "manifest not confirmed");
+                notes.push(format!("peer {}: {why}", src.peer_id));
+                strikes.push((src.peer_id.clone(), why));
+            }
+            Outcome::Failed(f) => notes.push(format!("peer {}: {f}", src.peer_id)),
+            Outcome::Gone(status) => {
+                notes.push(format!("peer {}: answered HTTP {status}", src.peer_id))
+            }
+            Outcome::Busy(_) => notes.push(format!("peer {}: busy (503)", src.peer_id)),
+            Outcome::LocalIo(e) => notes.push(format!("local i/o error: {e}")),
+        }
+    }
+    Err(if notes.is_empty() {
+        "no holders".into()
+    } else {
+        notes.join("; ")
+    })
+}
+
+enum Fault {
+    /// The holder broke the protocol or lied: a strike.
+    Strike(String),
+    /// Could not get an answer: no blame.
+    Unusable(String),
+}
+
+async fn get(http: &reqwest::Client, src: &Source, id: FileId, stall: Duration) -> Result<Manifest, Fault> {
+    let url = format!("{}/peer/v1/files/{id}/manifest", src.url);
+    let resp = tokio::time::timeout(stall, http.get(url).send())
+        .await
+        .map_err(|_| Fault::Unusable(format!("no answer within {stall:?}")))?
+        .map_err(|e| Fault::Unusable(format!("cannot connect: {}", root_cause(&e))))?;
+    match resp.status().as_u16() {
+        200 => {}
+        s => return Err(Fault::Unusable(format!("manifest answered HTTP {s}"))),
+    }
+    // Bounded: never more than the largest manifest, whatever the holder sends.
+    let mut body = resp.bytes_stream();
+    let mut bytes = Vec::new();
+    loop {
+        let piece = tokio::time::timeout(stall, body.next())
+            .await
+            .map_err(|_| Fault::Unusable(format!("manifest stalled for {stall:?}")))?;
+        match piece {
+            None => break,
+            Some(Err(e)) => return Err(Fault::Unusable(format!("manifest transfer broke: {}", root_cause(&e)))),
+            Some(Ok(p)) => {
+                if bytes.len() + p.len() > MAX_ENCODED {
+                    return Err(Fault::Strike(format!(
+                        "sent a manifest of more than {MAX_ENCODED} bytes"
+                    )));
+                }
+                bytes.extend_from_slice(&p);
+            }
+        }
+    }
+    Manifest::decode(id, &bytes).map_err(|e| Fault::Strike(format!("manifest: {e}")))
+}
