@@ -12,6 +12,7 @@
 //!   (lowercased words → names) so a word-prefix search is one range scan.
 //!   Locate and Search never touch the disk.
 //! * **SQLite is the durable store** (`store`; rusqlite `bundled`, WAL,
+//!   schema versioned with `PRAGMA user_version` and migrated on open,
 //!   `synchronous=FULL`). Every Join/Publish/Unpublish/Leave and every lease
 //!   expiry is one transaction, committed on the blocking pool *before* the
 //!   RPC is acknowledged and before the index changes, so an acknowledged
@@ -46,8 +47,18 @@
 //!   one-letter query answers quickly but partially.
 //! * Heartbeat of an unknown or expired peer is OK with `rejoin = true`;
 //!   Publish/Unpublish of one is FAILED_PRECONDITION ("join again").
-//! * The first announcement of a content fixes its size; a different size
-//!   for a content another peer holds is INVALID_ARGUMENT.
+//! * Join and Publish apply what they can: an entry with a malformed id or
+//!   name, or with a size that contradicts the same peer's claim for that
+//!   id (earlier in the request, or already held), is listed in `refused`
+//!   with the reason, and every other entry is applied. The call fails only
+//!   for what concerns all of it (peer id, URL, token, entry counts, or more
+//!   refusals than fit in an answer).
+//! * The directory keeps no manifest, and sizes are claims: each holder's
+//!   claim is kept, every claimant is a holder, and Locate and Search answer
+//!   the size claimed by the most live holders (ties: the smaller). A peer
+//!   lying about a size can mislabel a file until honest holders outnumber
+//!   it; it cannot keep them out, and downloaders check sizes against the
+//!   manifests holders serve.
 //!
 //! # Layout
 //!

@@ -1,6 +1,13 @@
 //! The gRPC service: parses requests at the edge, authorizes, writes SQLite,
 //! then updates the in-memory index.
 //!
+//! A Join or Publish is applied entry by entry: an entry that cannot be
+//! taken (a malformed id or name, or a size that contradicts the peer's own
+//! claim for the same id) is listed in the answer's `refused` with the
+//! reason, and the rest of the inventory is applied. Only what concerns the
+//! whole call (authentication, the peer id or URL, the entry-count limits)
+//! fails it.
+//!
 //! All mutations run on the blocking pool and are serialized by the store
 //! mutex: under it the service checks the request against the index, commits
 //! the transaction, then applies the same change to the index. Memory and
@@ -21,7 +28,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use crate::error::{Error, Result};
-use crate::index::{Cursor, Index, Lease, Load, TokenHash, words};
+use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
 use crate::store::{Store, Withdrawal};
 use crate::{Config, Limits};
 
@@ -141,7 +148,9 @@ impl DirectoryService {
         self.index().stats()
     }
 
-    fn parse_files(&self, files: &[v1::SharedFile]) -> Result<Vec<SharedFile>> {
+    /// Parse a Join/Publish inventory; malformed entries are refused one by
+    /// one. Only too many entries fails the call.
+    fn parse_files(&self, files: Vec<v1::SharedFile>) -> Result<Inventory> {
         let max = self.shared.limits.max_inventory;
         if files.len() > max {
             return Err(Error::LimitExceeded(format!(
@@ -149,15 +158,33 @@ impl DirectoryService {
                 files.len()
             )));
         }
-        files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                self.check_name_len(&f.name, &format!("files[{i}].name"))?;
-                SharedFile::try_from(f)
-                    .map_err(|e| Error::InvalidArgument(format!("files[{i}].{e}")))
-            })
-            .collect()
+        let mut inv = Inventory {
+            total: files.len(),
+            ..Inventory::default()
+        };
+        for (i, f) in files.into_iter().enumerate() {
+            let parsed = self
+                .check_name_len(&f.name, &format!("files[{i}].name"))
+                .and_then(|()| {
+                    SharedFile::try_from(&f)
+                        .map_err(|e| Error::InvalidArgument(format!("files[{i}].{e}")))
+                });
+            match parsed {
+                Ok(sf) => {
+                    inv.positions.push(i);
+                    inv.files.push(sf);
+                }
+                Err(e) => inv.refused.push((
+                    i,
+                    v1::Refused {
+                        file_id: f.file_id,
+                        name: f.name,
+                        reason: e.to_string(),
+                    },
+                )),
+            }
+        }
+        Ok(inv)
     }
 
     fn check_name_len(&self, name: &str, field: &str) -> Result<()> {
@@ -173,6 +200,81 @@ impl DirectoryService {
 
     fn expires(&self, now: Instant) -> Instant {
         now + self.shared.lease_ttl
+    }
+}
+
+/// A Join/Publish inventory on its way in: the well-formed entries (with
+/// their positions in the request) and the refused ones.
+#[derive(Default)]
+struct Inventory {
+    /// Entries in the request.
+    total: usize,
+    files: Vec<SharedFile>,
+    /// `positions[k]` is the request position of `files[k]`.
+    positions: Vec<usize>,
+    refused: Vec<(usize, v1::Refused)>,
+}
+
+impl Inventory {
+    /// Move the entries that contradict the peer's own size claims (see
+    /// [`Index::size_conflicts`]) to `refused`; return what is left to
+    /// apply and the refusals in request order. A list of refusals too big
+    /// to answer (over `budget` bytes encoded) fails the call instead,
+    /// before anything is applied.
+    fn screen(
+        mut self,
+        ix: &Index,
+        peer: &PeerId,
+        replace: bool,
+        budget: usize,
+    ) -> Result<(Vec<SharedFile>, Vec<v1::Refused>)> {
+        let conflicts = ix.size_conflicts(peer, &self.files, replace);
+        let mut refused_at = vec![false; self.files.len()];
+        for SizeConflict {
+            index,
+            claimed,
+            size,
+        } in conflicts
+        {
+            refused_at[index] = true;
+            let f = &self.files[index];
+            let i = self.positions[index];
+            self.refused.push((
+                i,
+                v1::Refused {
+                    file_id: f.id.to_hex(),
+                    name: f.name.to_string(),
+                    reason: format!(
+                        "files[{i}]: this peer already lists file id {} with size {claimed}; size {size} refused (one size per file per peer)",
+                        f.id
+                    ),
+                },
+            ));
+        }
+        self.refused.sort_by_key(|&(i, _)| i);
+        let encoded: usize = self.refused.iter().map(|(_, r)| r.encoded_len() + 4).sum();
+        if encoded > budget {
+            return Err(Error::InvalidArgument(format!(
+                "files: {} of {} entries are refused, too many to list in one answer ({encoded} bytes, over half of max_message_bytes); the first: {}",
+                self.refused.len(),
+                self.total,
+                self.refused[0].1.reason
+            )));
+        }
+        let accepted = self
+            .files
+            .into_iter()
+            .zip(refused_at)
+            .filter(|(_, refused)| !refused)
+            .map(|(f, _)| f)
+            .collect();
+        Ok((accepted, self.refused.into_iter().map(|(_, r)| r).collect()))
+    }
+}
+
+fn log_refused(peer: &PeerId, refused: &[v1::Refused]) {
+    if let Some(first) = refused.first() {
+        tracing::info!(%peer, refused = refused.len(), first = %first.reason, "inventory entries refused");
     }
 }
 
@@ -235,33 +337,38 @@ impl Directory for DirectoryService {
             .peer_url
             .parse()
             .map_err(|e| Error::InvalidArgument(format!("peer_url: {e}")))?;
-        let files = self.parse_files(&r.files)?;
+        let inventory = self.parse_files(r.files)?;
         let load = Load::from(r.load);
         let now = Instant::now();
         let expires = self.expires(now);
         let session_token = hex::encode(rand::random::<[u8; 32]>());
         let hash = *blake3::hash(session_token.as_bytes()).as_bytes();
-        let count = files.len();
-        self.write(move |gate, store| {
-            {
-                let ix = gate.lock();
-                if ix.lease(&peer, now) == Lease::Live && !token.is_some_and(|t| ix.token_matches(&peer, &t)) {
-                    return Err(Error::Unauthenticated(format!(
-                        "peer {peer} has a live lease: a re-join must carry its current session token"
-                    )));
-                }
-                ix.check_sizes(&peer, &files).map_err(Error::InvalidArgument)?;
-            }
-            store.join(&peer, &url, &hash, &files)?;
-            gate.lock().join(peer, url, hash, load, expires, &files);
-            Ok(())
-        })
-        .await?;
-        tracing::info!(%peer, files = count, "peer joined");
+        let budget = self.shared.limits.max_message_bytes / 2;
+        let (count, refused) = self
+            .write(move |gate, store| {
+                let (files, refused) = {
+                    let ix = gate.lock();
+                    if ix.lease(&peer, now) == Lease::Live
+                        && !token.is_some_and(|t| ix.token_matches(&peer, &t))
+                    {
+                        return Err(Error::Unauthenticated(format!(
+                            "peer {peer} has a live lease: a re-join must carry its current session token"
+                        )));
+                    }
+                    inventory.screen(&ix, &peer, true, budget)?
+                };
+                store.join(&peer, &url, &hash, &files)?;
+                gate.lock().join(peer, url, hash, load, expires, &files);
+                Ok((files.len(), refused))
+            })
+            .await?;
+        tracing::info!(%peer, files = count, refused = refused.len(), "peer joined");
+        log_refused(&peer, &refused);
         Ok(Response::new(v1::JoinResponse {
             session_token,
             lease_ttl_secs: secs(self.shared.lease_ttl),
             heartbeat_interval_secs: secs(self.shared.heartbeat_interval),
+            refused,
         }))
     }
 
@@ -299,30 +406,34 @@ impl Directory for DirectoryService {
         let token = bearer(req.metadata())?;
         let r = req.into_inner();
         let peer = parse_peer(&r.peer_id)?;
-        let files = self.parse_files(&r.files)?;
+        let inventory = self.parse_files(r.files)?;
         let now = Instant::now();
         let expires = self.expires(now);
         let max = self.shared.limits.max_inventory;
-        self.write(move |gate, store| {
-            {
-                let ix = gate.lock();
-                authorize(&ix, &peer, &token, now)?;
-                let total = ix.inventory_len(&peer) + files.len();
-                if total > max {
-                    return Err(Error::LimitExceeded(format!(
-                        "files: the inventory of peer {peer} would reach {total} entries, over the limit of {max} (max_inventory)"
-                    )));
-                }
-                ix.check_sizes(&peer, &files).map_err(Error::InvalidArgument)?;
-            }
-            store.publish(&peer, &files)?;
-            let mut ix = gate.lock();
-            ix.publish(&peer, &files);
-            ix.renew(&peer, None, expires, now);
-            Ok(())
-        })
-        .await?;
-        Ok(Response::new(v1::PublishResponse {}))
+        let budget = self.shared.limits.max_message_bytes / 2;
+        let refused = self
+            .write(move |gate, store| {
+                let (files, refused) = {
+                    let ix = gate.lock();
+                    authorize(&ix, &peer, &token, now)?;
+                    let (files, refused) = inventory.screen(&ix, &peer, false, budget)?;
+                    let total = ix.inventory_len(&peer) + files.len();
+                    if total > max {
+                        return Err(Error::LimitExceeded(format!(
+                            "files: the inventory of peer {peer} would reach {total} entries, over the limit of {max} (max_inventory)"
+                        )));
+                    }
+                    (files, refused)
+                };
+                store.publish(&peer, &files)?;
+                let mut ix = gate.lock();
+                ix.publish(&peer, &files);
+                ix.renew(&peer, None, expires, now);
+                Ok(refused)
+            })
+            .await?;
+        log_refused(&peer, &refused);
+        Ok(Response::new(v1::PublishResponse { refused }))
     }
 
     async fn unpublish(
@@ -406,7 +517,8 @@ impl Directory for DirectoryService {
                 let mut found =
                     self.index()
                         .locate_name(name.as_str(), now, max_holders, limits.max_page);
-                // Keep the answer under the message limit (manifests can be large).
+                // Keep the answer under the message limit (a content can
+                // carry many names).
                 let budget = limits.max_message_bytes / 2;
                 let mut used = 0;
                 let keep = found
@@ -527,7 +639,6 @@ mod tests {
             file_id: blake3::hash(&file.to_le_bytes()).to_hex().to_string(),
             size: 1,
             name: format!("file-{file}"),
-            manifest: None,
         }];
         let req = v1::JoinRequest {
             peer_id: peer.to_string(),

@@ -1,16 +1,22 @@
 //! The durable copy of the index: SQLite (bundled), WAL, `synchronous=FULL`.
 //!
 //! Three tables: `peers` (id, URL, BLAKE3 hash of the session token),
-//! `files` (content id, size, optional manifest) and `holdings`
-//! (file, peer, name). Integer surrogate keys keep the holdings table and its
-//! peer index small. Every mutation is one transaction, committed before the
-//! RPC is acknowledged, so an acknowledged change survives `kill -9`.
-//! Contents nobody holds any more are deleted in the same transaction.
-//! Leases are not stored: after a restart every peer gets a fresh one.
+//! `files` (content id) and `holdings` (file, peer, name, and the size this
+//! peer claims for the file). Integer surrogate keys keep the holdings table
+//! and its peer index small. Every mutation is one transaction, committed
+//! before the RPC is acknowledged, so an acknowledged change survives
+//! `kill -9`. Contents nobody holds any more are deleted in the same
+//! transaction. Leases are not stored: after a restart every peer gets a
+//! fresh one. No manifest is stored: holders serve them.
+//!
+//! The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
+//! A database of the first release (version 0: one size per file, and the
+//! file's chunk manifest) is migrated on open, in one transaction: each
+//! holding takes its file's size as its claim, the manifest columns go.
 
 use std::path::Path;
 
-use peerdex_proto::convert::{Manifest, SharedFile};
+use peerdex_proto::convert::SharedFile;
 use peerdex_proto::{FileId, PeerId, PeerUrl};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::time::Instant;
@@ -21,27 +27,50 @@ use crate::index::{Index, TokenHash};
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "central.db";
 
+/// The schema this version writes (`PRAGMA user_version`). 0 is the first
+/// release's schema, which [`Store::open`] migrates.
+pub const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS peers(
+CREATE TABLE peers(
     id INTEGER PRIMARY KEY,
     peer_id BLOB NOT NULL UNIQUE,
     url TEXT NOT NULL,
     token_hash BLOB NOT NULL
 );
-CREATE TABLE IF NOT EXISTS files(
+CREATE TABLE files(
     id INTEGER PRIMARY KEY,
-    file_id BLOB NOT NULL UNIQUE,
-    size INTEGER NOT NULL,
-    chunk_size INTEGER,
-    chunk_hashes BLOB
+    file_id BLOB NOT NULL UNIQUE
 );
-CREATE TABLE IF NOT EXISTS holdings(
+CREATE TABLE holdings(
     file INTEGER NOT NULL,
     peer INTEGER NOT NULL,
     name TEXT NOT NULL,
+    size INTEGER NOT NULL,
     PRIMARY KEY(file, peer, name)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS holdings_by_peer ON holdings(peer);
+CREATE INDEX holdings_by_peer ON holdings(peer);
+";
+
+/// From the first release (`files(id, file_id, size, chunk_size,
+/// chunk_hashes)`, `holdings(file, peer, name)`) to version 2. Holdings are
+/// rebuilt so that a migrated database has exactly the schema of a new one.
+const MIGRATE_FROM_0: &str = "
+CREATE TABLE holdings_v2(
+    file INTEGER NOT NULL,
+    peer INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY(file, peer, name)
+) WITHOUT ROWID;
+INSERT INTO holdings_v2(file, peer, name, size)
+    SELECT h.file, h.peer, h.name, f.size FROM holdings h JOIN files f ON f.id = h.file;
+DROP TABLE holdings;
+ALTER TABLE holdings_v2 RENAME TO holdings;
+CREATE INDEX holdings_by_peer ON holdings(peer);
+ALTER TABLE files DROP COLUMN size;
+ALTER TABLE files DROP COLUMN chunk_size;
+ALTER TABLE files DROP COLUMN chunk_hashes;
 ";
 
 /// One withdrawal: a content, and one of its names or all of them.
@@ -66,8 +95,46 @@ impl Store {
         conn.execute_batch(
             "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=5000;",
         )?;
-        conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        let mut store = Self { conn };
+        store.upgrade()?;
+        Ok(store)
+    }
+
+    /// Create the schema in a new database, or migrate an older one; one
+    /// transaction either way, so a crash leaves the old schema intact.
+    fn upgrade(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let has_tables: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'files')",
+            [],
+            |r| r.get(0),
+        )?;
+        match (version, has_tables) {
+            (SCHEMA_VERSION, _) => return Ok(()),
+            (0, false) => tx.execute_batch(SCHEMA)?,
+            (0, true) => {
+                let (files, holdings): (i64, i64) = tx.query_row(
+                    "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM holdings)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                tracing::info!(
+                    files,
+                    holdings,
+                    "migrating the database from schema 0 to {SCHEMA_VERSION} (manifests dropped, sizes kept per holding)"
+                );
+                tx.execute_batch(MIGRATE_FROM_0)?;
+            }
+            (v, _) => {
+                return Err(Error::Corrupt(format!(
+                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0 or {SCHEMA_VERSION}); a newer release wrote it"
+                )));
+            }
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Load everything into a fresh index; every peer's lease ends at `expires`.
@@ -116,47 +183,29 @@ impl Store {
         }
 
         let mut file_of_row: Vec<u32> = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, file_id, size, chunk_size, chunk_hashes FROM files")?;
+        let mut stmt = self.conn.prepare("SELECT id, file_id FROM files")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let row: i64 = r.get(0)?;
-            let corrupt = |what: &str| Error::Corrupt(format!("file row {row}: {what}"));
             let id = FileId::from_bytes(
                 r.get_ref(1)?
                     .as_blob()?
                     .try_into()
-                    .map_err(|_| corrupt("bad id"))?,
+                    .map_err(|_| Error::Corrupt(format!("file row {row}: bad id")))?,
             );
-            let size = r.get::<_, i64>(2)? as u64;
-            let manifest = match r.get::<_, Option<i64>>(3)? {
-                None => None,
-                Some(cs) => {
-                    let blob = r.get_ref(4)?.as_blob()?;
-                    if blob.len() % 32 != 0 {
-                        return Err(corrupt("bad manifest"));
-                    }
-                    let hashes = blob
-                        .chunks_exact(32)
-                        .map(|c| c.try_into().expect("32 bytes"))
-                        .collect();
-                    Some(Manifest {
-                        chunk_size: cs as u64,
-                        hashes,
-                    })
-                }
-            };
             let i = slot(&mut file_of_row, row)?;
-            file_of_row[i] = ix.insert_file(id, size, manifest);
+            file_of_row[i] = ix.insert_file(id);
         }
 
         tracing::debug!(
             ms = t0.elapsed().as_millis() as u64,
             "loaded peers and files"
         );
-        let mut stmt = self.conn.prepare("SELECT file, peer, name FROM holdings")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT file, peer, name, size FROM holdings")?;
         let mut rows = stmt.query([])?;
+        let mut contradictions = 0u64;
         while let Some(r) = rows.next()? {
             let (f, p): (i64, i64) = (r.get(0)?, r.get(1)?);
             let get =
@@ -169,7 +218,18 @@ impl Store {
             if f == NONE || p == NONE {
                 return Err(Error::Corrupt("a holding refers to a missing row".into()));
             }
-            ix.add_ref(p, f, r.get_ref(2)?.as_str()?);
+            let size = r.get::<_, i64>(3)? as u64;
+            // Never written (Join/Publish screen a peer's contradictions);
+            // kept out of the index if a hand-edited database has some.
+            if !ix.add_ref(p, f, r.get_ref(2)?.as_str()?, size) {
+                contradictions += 1;
+            }
+        }
+        if contradictions > 0 {
+            tracing::warn!(
+                holdings = contradictions,
+                "holdings whose size contradicts the same peer's claim for the file were skipped"
+            );
         }
         tracing::debug!(ms = t0.elapsed().as_millis() as u64, "loaded holdings");
         ix.finish_bulk();
@@ -289,27 +349,27 @@ fn drop_if_orphan(tx: &Transaction<'_>, file_row: i64) -> Result<()> {
     Ok(())
 }
 
+/// Add holdings, each with the size the peer claims (the service has
+/// screened out a peer's contradicting claims, so a repeated holding says
+/// the same size).
 fn insert_files(tx: &Transaction<'_>, peer_row: i64, files: &[SharedFile]) -> Result<()> {
-    // The first announcement of a content fixes its size; a manifest is
-    // adopted when the content had none.
-    let mut upsert = tx.prepare_cached(
-        "INSERT INTO files(file_id, size, chunk_size, chunk_hashes) VALUES(?1, ?2, ?3, ?4)
-         ON CONFLICT(file_id) DO UPDATE SET chunk_size = excluded.chunk_size, chunk_hashes = excluded.chunk_hashes
-         WHERE files.chunk_size IS NULL AND excluded.chunk_size IS NOT NULL",
-    )?;
+    let mut file = tx.prepare_cached("INSERT OR IGNORE INTO files(file_id) VALUES(?1)")?;
     let mut file_row = tx.prepare_cached("SELECT id FROM files WHERE file_id = ?1")?;
-    let mut hold =
-        tx.prepare_cached("INSERT OR IGNORE INTO holdings(file, peer, name) VALUES(?1, ?2, ?3)")?;
+    let mut hold = tx.prepare_cached(
+        "INSERT OR IGNORE INTO holdings(file, peer, name, size) VALUES(?1, ?2, ?3, ?4)",
+    )?;
     for f in files {
-        let (cs, hashes) = match &f.manifest {
-            Some(m) => (Some(m.chunk_size as i64), Some(m.hashes.concat())),
-            None => (None, None),
-        };
-        upsert.execute(params![f.id.as_bytes(), f.size as i64, cs, hashes])?;
+        file.execute([f.id.as_bytes()])?;
         let row: i64 = file_row.query_row([f.id.as_bytes()], |r| r.get(0))?;
-        hold.execute(params![row, peer_row, f.name.as_str()])?;
+        hold.execute(params![row, peer_row, f.name.as_str(), size_col(f.size)])?;
     }
     Ok(())
+}
+
+/// SQLite integers are signed: sizes are stored as their two's complement
+/// bit pattern and read back with `as u64`, so every `u64` round-trips.
+fn size_col(size: u64) -> i64 {
+    size as i64
 }
 
 #[cfg(test)]
@@ -317,16 +377,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn sf(i: u32, name: &str, manifest: bool) -> SharedFile {
+    fn fid(i: u32) -> FileId {
+        FileId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes())
+    }
+
+    fn sf(i: u32, size: u64, name: &str) -> SharedFile {
         SharedFile {
-            id: FileId::from_bytes(*blake3::hash(&i.to_le_bytes()).as_bytes()),
-            size: 3 << 20,
+            id: fid(i),
+            size,
             name: name.parse().unwrap(),
-            manifest: manifest.then(|| Manifest {
-                chunk_size: 1 << 20,
-                hashes: vec![[i as u8; 32]; 3],
-            }),
         }
+    }
+
+    fn count(s: &Store, table: &str) -> i64 {
+        s.conn
+            .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+            .unwrap()
     }
 
     #[tokio::test]
@@ -340,15 +406,20 @@ mod tests {
                 &a,
                 &url,
                 &[1; 32],
-                &[sf(1, "one.bin", true), sf(2, "two.bin", false)],
+                &[sf(1, 10, "one.bin"), sf(2, 20, "two.bin")],
             )
             .unwrap();
-            s.join(&b, &url, &[2; 32], &[sf(2, "zwei.bin", false)])
-                .unwrap();
-            s.publish(&b, &[sf(3, "drei.bin", false)]).unwrap();
-            s.unpublish(&b, &[(sf(3, "x", false).id, None)]).unwrap();
-            s.join(&a, &url, &[3; 32], &[sf(1, "one.bin", true)])
-                .unwrap(); // replaces
+            // b claims another size for file 1: kept, as b's claim.
+            s.join(
+                &b,
+                &url,
+                &[2; 32],
+                &[sf(2, 20, "zwei.bin"), sf(1, 11, "eins.bin")],
+            )
+            .unwrap();
+            s.publish(&b, &[sf(3, u64::MAX, "drei.bin")]).unwrap();
+            s.unpublish(&b, &[(fid(3), None)]).unwrap();
+            s.join(&a, &url, &[3; 32], &[sf(1, 10, "one.bin")]).unwrap(); // replaces
             s.close().unwrap();
         }
         let mut s = Store::open(dir.path()).unwrap();
@@ -357,20 +428,227 @@ mod tests {
         assert_eq!(ix.stats().peers, 2);
         assert_eq!(ix.stats().files, 2);
         assert!(ix.token_matches(&a, &[3; 32]));
-        let one = ix.locate_id(&sf(1, "x", false).id, now, 9).unwrap();
-        assert_eq!(one.manifest.unwrap().chunk_hashes.len(), 3);
-        assert_eq!(
-            ix.locate_id(&sf(2, "x", false).id, now, 9).unwrap().names,
-            ["zwei.bin"]
-        );
-        let rows: i64 = s
+        let one = ix.locate_id(&fid(1), now, 9).unwrap();
+        assert_eq!(one.holders.len(), 2);
+        assert_eq!(one.names, ["eins.bin", "one.bin"]);
+        assert_eq!(one.size, 10, "10 and 11 once each: the smaller");
+        assert_eq!(ix.locate_id(&fid(2), now, 9).unwrap().names, ["zwei.bin"]);
+        let sizes: Vec<(String, i64)> = s
             .conn
-            .query_row("SELECT count(*) FROM files", [], |r| r.get(0))
+            .prepare("SELECT name, size FROM holdings ORDER BY name")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(rows, 2, "orphaned contents are deleted");
+        assert_eq!(
+            sizes,
+            [
+                ("eins.bin".to_owned(), 11),
+                ("one.bin".to_owned(), 10),
+                ("zwei.bin".to_owned(), 20)
+            ]
+        );
+        assert_eq!(count(&s, "files"), 2, "orphaned contents are deleted");
         assert!(matches!(
             s.publish(&PeerId::new_random(), &[]),
             Err(Error::NotJoined(_))
         ));
+
+        // Sizes beyond i64::MAX survive the signed column.
+        s.publish(&b, &[sf(4, u64::MAX, "huge.img")]).unwrap();
+        let ix = s.load(now + Duration::from_secs(5)).unwrap();
+        assert_eq!(ix.locate_id(&fid(4), now, 9).unwrap().size, u64::MAX);
+    }
+
+    /// Every table's columns (name, type, not null, primary key position),
+    /// every index, and which tables are WITHOUT ROWID.
+    fn schema(conn: &Connection) -> Vec<String> {
+        let mut out: Vec<String> = conn
+            .prepare(
+                "SELECT m.name || '.' || p.name || ' ' || p.type || ' notnull=' || p.\"notnull\" || ' pk=' || p.pk
+                 FROM sqlite_schema m JOIN pragma_table_info(m.name) p
+                 WHERE m.type = 'table' ORDER BY m.name, p.cid",
+            )
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let more = conn
+            .prepare(
+                "SELECT 'index ' || m.name || ' on ' || m.tbl_name || '(' || p.name || ')'
+                 FROM sqlite_schema m JOIN pragma_index_info(m.name) p
+                 WHERE m.type = 'index' AND m.sql IS NOT NULL ORDER BY m.name, p.seqno",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        out.extend(more);
+        let without_rowid = conn
+            .prepare(
+                "SELECT 'without rowid ' || name FROM sqlite_schema
+                 WHERE type = 'table' AND sql LIKE '%WITHOUT ROWID%' ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        out.extend(without_rowid);
+        out
+    }
+
+    /// The first release's schema, as it wrote it (no `user_version`).
+    const FIRST_RELEASE_SCHEMA: &str = "
+        CREATE TABLE IF NOT EXISTS peers(
+            id INTEGER PRIMARY KEY,
+            peer_id BLOB NOT NULL UNIQUE,
+            url TEXT NOT NULL,
+            token_hash BLOB NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS files(
+            id INTEGER PRIMARY KEY,
+            file_id BLOB NOT NULL UNIQUE,
+            size INTEGER NOT NULL,
+            chunk_size INTEGER,
+            chunk_hashes BLOB
+        );
+        CREATE TABLE IF NOT EXISTS holdings(
+            file INTEGER NOT NULL,
+            peer INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            PRIMARY KEY(file, peer, name)
+        ) WITHOUT ROWID;
+        CREATE INDEX IF NOT EXISTS holdings_by_peer ON holdings(peer);
+    ";
+
+    #[test]
+    fn a_first_release_database_is_migrated_with_everything_in_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let [a, b, idle] = [(); 3].map(|_| PeerId::new_random());
+        {
+            let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            old.pragma_update(None, "journal_mode", "WAL").unwrap();
+            old.execute_batch(FIRST_RELEASE_SCHEMA).unwrap();
+            for (row, peer, port) in [(1, a, 1), (2, b, 2), (3, idle, 3)] {
+                old.execute(
+                    "INSERT INTO peers(id, peer_id, url, token_hash) VALUES(?1, ?2, ?3, ?4)",
+                    params![
+                        row,
+                        peer.as_uuid().as_bytes(),
+                        format!("http://10.0.0.{port}:7071"),
+                        [row as u8; 32]
+                    ],
+                )
+                .unwrap();
+            }
+            // (row, file, size, chunk size, chunk hashes): file 1 has a
+            // manifest of three chunks; file 3 is over 4 GiB.
+            type OldFile = (i64, u32, i64, Option<i64>, Option<Vec<u8>>);
+            let files: [OldFile; 3] = [
+                (1, 1, 3 << 20, Some(1 << 20), Some(vec![7; 96])),
+                (2, 2, 10, None, None),
+                (3, 3, 5 << 30, None, None),
+            ];
+            for (row, i, size, cs, hashes) in files {
+                old.execute(
+                    "INSERT INTO files(id, file_id, size, chunk_size, chunk_hashes) VALUES(?1, ?2, ?3, ?4, ?5)",
+                    params![row, fid(i).as_bytes(), size, cs, hashes],
+                )
+                .unwrap();
+            }
+            for (file, peer, name) in [
+                (1, 1, "one.bin"),
+                (1, 2, "uno.bin"),
+                (2, 1, "two notes.txt"),
+                (3, 2, "three.iso"),
+                (3, 2, "drei.iso"),
+            ] {
+                old.execute(
+                    "INSERT INTO holdings(file, peer, name) VALUES(?1, ?2, ?3)",
+                    params![file, peer, name],
+                )
+                .unwrap();
+            }
+        }
+
+        let s = Store::open(dir.path()).unwrap();
+        let version: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let fresh = tempfile::tempdir().unwrap();
+        assert_eq!(
+            schema(&s.conn),
+            schema(&Store::open(fresh.path()).unwrap().conn),
+            "a migrated database has exactly the schema of a new one"
+        );
+        assert_eq!(
+            (
+                count(&s, "peers"),
+                count(&s, "files"),
+                count(&s, "holdings")
+            ),
+            (3, 3, 5)
+        );
+
+        let now = Instant::now();
+        let check = |ix: &Index| {
+            assert_eq!(
+                ix.stats(),
+                crate::index::Stats {
+                    peers: 3,
+                    files: 3,
+                    names: 5
+                }
+            );
+            for (peer, k) in [(a, 1u8), (b, 2), (idle, 3)] {
+                assert!(ix.token_matches(&peer, &[k; 32]), "peer {k} and its token");
+            }
+            assert_eq!(ix.inventory_len(&idle), 0);
+            let one = ix.locate_id(&fid(1), now, 9).unwrap();
+            assert_eq!(
+                (one.size, one.names.len(), one.holders.len()),
+                (3 << 20, 2, 2)
+            );
+            let two = ix.locate_id(&fid(2), now, 9).unwrap();
+            assert_eq!(two.size, 10);
+            assert_eq!(two.holders[0].peer_id, a.to_string());
+            assert_eq!(two.holders[0].peer_url, "http://10.0.0.1:7071");
+            let three = ix.locate_id(&fid(3), now, 9).unwrap();
+            assert_eq!(
+                (three.size, three.names.as_slice()),
+                (
+                    5 << 30,
+                    &["drei.iso".to_owned(), "three.iso".to_owned()][..]
+                )
+            );
+            let hits = ix.search(&["notes".into()], None, 9, now, 99).hits;
+            assert_eq!(hits.len(), 1, "the token map is rebuilt");
+        };
+        check(&s.load(now + Duration::from_secs(5)).unwrap());
+        s.close().unwrap();
+
+        // Opening again finds the current version and changes nothing.
+        let s = Store::open(dir.path()).unwrap();
+        check(&s.load(now + Duration::from_secs(5)).unwrap());
+    }
+
+    #[test]
+    fn a_database_from_a_newer_release_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 9).unwrap();
+        let before = schema(&conn);
+        drop(conn);
+        let e = Store::open(dir.path()).err().expect("refused");
+        assert!(e.to_string().contains("schema version 9"), "{e}");
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        assert_eq!(schema(&conn), before);
     }
 }

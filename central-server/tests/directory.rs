@@ -33,7 +33,14 @@ fn file(i: u32, name: &str) -> SharedFile {
         file_id: fid(i),
         size: 1000 + u64::from(i),
         name: name.into(),
-        manifest: None,
+    }
+}
+
+/// File `i` under `name`, claiming a size that is not its own.
+fn lie(i: u32, size: u64, name: &str) -> SharedFile {
+    SharedFile {
+        size,
+        ..file(i, name)
     }
 }
 
@@ -64,6 +71,18 @@ async fn join_with(
     files: Vec<SharedFile>,
     token: Option<&str>,
 ) -> Result<String, tonic::Status> {
+    let r = join_answer(c, peer, port, files, token).await?;
+    assert_eq!(r.refused, [], "nothing refused");
+    Ok(r.session_token)
+}
+
+async fn join_answer(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    port: u16,
+    files: Vec<SharedFile>,
+    token: Option<&str>,
+) -> Result<v1::JoinResponse, tonic::Status> {
     let msg = v1::JoinRequest {
         peer_id: peer.to_string(),
         peer_url: url(port),
@@ -74,7 +93,40 @@ async fn join_with(
         Some(t) => authed(msg, t),
         None => Request::new(msg),
     };
-    Ok(c.join(req).await?.into_inner().session_token)
+    Ok(c.join(req).await?.into_inner())
+}
+
+async fn publish(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    token: &str,
+    files: Vec<SharedFile>,
+) -> Result<Vec<v1::Refused>, tonic::Status> {
+    let req = v1::PublishRequest {
+        peer_id: peer.to_string(),
+        files,
+    };
+    Ok(c.publish(authed(req, token)).await?.into_inner().refused)
+}
+
+async fn leave(c: &mut DirectoryClient<Channel>, peer: &PeerId, token: &str) {
+    let req = v1::LeaveRequest {
+        peer_id: peer.to_string(),
+    };
+    c.leave(authed(req, token)).await.unwrap();
+}
+
+/// Holders of a located file, as a sorted list of peer ids.
+fn holder_ids(l: &v1::LocatedFile) -> Vec<String> {
+    let mut ids: Vec<String> = l.holders.iter().map(|h| h.peer_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+fn ids(peers: &[&PeerId]) -> Vec<String> {
+    let mut ids: Vec<String> = peers.iter().map(|p| p.to_string()).collect();
+    ids.sort();
+    ids
 }
 
 async fn locate_id(c: &mut DirectoryClient<Channel>, i: u32) -> Vec<v1::LocatedFile> {
@@ -138,21 +190,11 @@ async fn join_publish_locate_search_heartbeat_leave() {
     assert_eq!(ta.len(), 64);
     assert_ne!(ta, tb);
 
-    // Publish a manifest-carrying copy of file 1 under another name.
-    let mut f1 = file(1, "Alpha Report (copy).bin");
-    f1.manifest = Some(v1::ChunkManifest {
-        chunk_size: 1 << 20,
-        chunk_hashes: vec![vec![7; 32]],
-    });
-    c.publish(authed(
-        v1::PublishRequest {
-            peer_id: b.to_string(),
-            files: vec![f1],
-        },
-        &tb,
-    ))
-    .await
-    .unwrap();
+    // b publishes a copy of file 1 under another name.
+    let refused = publish(&mut c, &b, &tb, vec![file(1, "Alpha Report (copy).bin")])
+        .await
+        .unwrap();
+    assert_eq!(refused, []);
 
     // b is busier than a → a first.
     assert!(!heartbeat(&mut c, &a, &ta, (0, 4)).await.unwrap());
@@ -161,7 +203,6 @@ async fn join_publish_locate_search_heartbeat_leave() {
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].size, 1001);
     assert_eq!(l[0].names, ["Alpha Report (copy).bin", "alpha-report.bin"]);
-    assert_eq!(l[0].manifest.as_ref().unwrap().chunk_hashes.len(), 1);
     let holders: Vec<_> = l[0].holders.iter().map(|h| h.peer_url.as_str()).collect();
     assert_eq!(holders, [url(7001), url(7002)]);
     // Load flips → order flips.
@@ -523,33 +564,49 @@ async fn every_limit_answers_with_the_right_code() {
         Code::ResourceExhausted,
         "max_message_bytes",
     );
-    expect(
-        join_with(&mut c, &a, 7001, vec![file(1, &"n".repeat(41))], None).await,
-        Code::InvalidArgument,
-        "files[0].name",
-    );
-    expect(
-        join_with(&mut c, &a, 7001, vec![file(1, "../etc/passwd")], None).await,
-        Code::InvalidArgument,
-        "files[0].name",
-    );
+    // Malformed entries are refused one by one; the rest is applied.
+    let m = PeerId::new_random();
     let mut bad_id = file(1, "x");
     bad_id.file_id = "ABC".into();
-    expect(
-        join_with(&mut c, &a, 7001, vec![bad_id], None).await,
-        Code::InvalidArgument,
-        "files[0].file_id",
+    let long = "n".repeat(41);
+    let r = join_answer(
+        &mut c,
+        &m,
+        7009,
+        vec![
+            file(1, &long),
+            file(1, "../etc/passwd"),
+            file(50, "fine.bin"),
+            bad_id,
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    let refused: Vec<_> = r
+        .refused
+        .iter()
+        .map(|x| (x.file_id.as_str(), x.name.as_str()))
+        .collect();
+    let f1 = fid(1);
+    assert_eq!(
+        refused,
+        [
+            (f1.as_str(), long.as_str()),
+            (f1.as_str(), "../etc/passwd"),
+            ("ABC", "x")
+        ]
     );
-    let mut bad_manifest = file(1, "x");
-    bad_manifest.manifest = Some(v1::ChunkManifest {
-        chunk_size: 3,
-        chunk_hashes: vec![],
-    });
-    expect(
-        join_with(&mut c, &a, 7001, vec![bad_manifest], None).await,
-        Code::InvalidArgument,
-        "files[0].manifest",
+    let reasons: Vec<_> = r.refused.iter().map(|x| x.reason.as_str()).collect();
+    assert!(
+        reasons[0]
+            .starts_with("files[0].name: 41 bytes exceed the limit of 40 bytes (max_name_bytes)"),
+        "{reasons:?}"
     );
+    assert!(reasons[1].starts_with("files[1].name: "), "{reasons:?}");
+    assert!(reasons[2].starts_with("files[3].file_id: "), "{reasons:?}");
+    assert_eq!(locate_id(&mut c, 50).await[0].names, ["fine.bin"]);
+    leave(&mut c, &m, &r.session_token).await;
     let bad_url = v1::JoinRequest {
         peer_id: a.to_string(),
         peer_url: "ftp://x".into(),
@@ -592,14 +649,14 @@ async fn every_limit_answers_with_the_right_code() {
         "max_inventory",
     );
 
-    // A content's size is fixed by its first announcement.
-    let mut other = file(0, "f0.bin");
-    other.size = 1;
-    expect(
-        join_with(&mut c, &PeerId::new_random(), 7002, vec![other], None).await,
-        Code::InvalidArgument,
-        "size",
-    );
+    // Another peer may claim another size for a content: it is listed.
+    join(
+        &mut c,
+        &PeerId::new_random(),
+        7002,
+        vec![lie(0, 1, "f0.bin")],
+    )
+    .await;
 
     // Pages are clamped to max_page; holders to max_holders.
     for port in 0..3 {
@@ -758,6 +815,225 @@ async fn concurrent_joins_all_land() {
     assert_eq!(
         search(&mut c, "common", 0, "").await.unwrap().hits[0].holders,
         20
+    );
+    central.stop().await;
+}
+
+/// The poisoning of issue 11, first way round: a peer announces an honest
+/// file's id with a wrong size before any honest holder joins.
+#[tokio::test]
+async fn a_liar_first_cannot_keep_honest_holders_out() {
+    let central = TestCentral::start_with(|_| {}).await;
+    let mut c = client(&central).await;
+    let [liar, h1, h2] = [(); 3].map(|_| PeerId::new_random());
+
+    let tl = join(&mut c, &liar, 6666, vec![lie(1, 5, "report.pdf")]).await;
+    // The honest holder's whole inventory is taken, the contested file too.
+    join(
+        &mut c,
+        &h1,
+        7001,
+        vec![
+            file(1, "report.pdf"),
+            file(2, "notes.txt"),
+            file(3, "photo.jpg"),
+        ],
+    )
+    .await;
+    for i in [2, 3] {
+        assert_eq!(locate_id(&mut c, i).await[0].holders.len(), 1, "file {i}");
+    }
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(holder_ids(&l[0]), ids(&[&liar, &h1]));
+    assert_eq!(
+        l[0].size, 5,
+        "one claim each: the smaller size wins the tie"
+    );
+
+    // A second honest holder outvotes the liar, in Locate and in Search.
+    join(&mut c, &h2, 7002, vec![file(1, "report (1).pdf")]).await;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(holder_ids(&l[0]), ids(&[&liar, &h1, &h2]));
+    assert_eq!(l[0].size, 1001);
+    let hits = search(&mut c, "report", 0, "").await.unwrap().hits;
+    assert_eq!(hits.len(), 2);
+    assert!(
+        hits.iter().all(|h| h.size == 1001 && h.holders == 3),
+        "{hits:?}"
+    );
+
+    // The liar leaves: the honest holders remain, with their size.
+    leave(&mut c, &liar, &tl).await;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(holder_ids(&l[0]), ids(&[&h1, &h2]));
+    assert_eq!(l[0].size, 1001);
+    central.stop().await;
+}
+
+/// The poisoning of issue 11, second way round: the liar announces once the
+/// honest holder's lease has run out, then the honest holder comes back.
+#[tokio::test]
+async fn a_liar_after_the_honest_lease_expired_cannot_keep_it_out() {
+    let central = TestCentral::start_with(|c| {
+        c.lease_ttl = Duration::from_millis(2000);
+        c.heartbeat_interval = Duration::from_millis(500);
+    })
+    .await;
+    let mut c = client(&central).await;
+    let [liar, h1, h2] = [(); 3].map(|_| PeerId::new_random());
+
+    let t1 = join(&mut c, &h1, 7001, vec![file(1, "report.pdf")]).await;
+    wait_for("h1's lease to end", Duration::from_secs(10), || {
+        let mut c = c.clone();
+        async move { locate_id(&mut c, 1).await.is_empty().then_some(()) }
+    })
+    .await;
+    let tl = join(&mut c, &liar, 6666, vec![lie(1, 5, "report.pdf")]).await;
+    assert_eq!(locate_id(&mut c, 1).await[0].size, 5, "the liar alone");
+
+    // h1 comes back (asked to rejoin) with its inventory: all of it is taken.
+    assert!(heartbeat(&mut c, &h1, &t1, (0, 1)).await.unwrap());
+    join(
+        &mut c,
+        &h1,
+        7001,
+        vec![file(1, "report.pdf"), file(2, "notes.txt")],
+    )
+    .await;
+    assert_eq!(locate_id(&mut c, 2).await[0].holders.len(), 1);
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(holder_ids(&l[0]), ids(&[&liar, &h1]));
+
+    join(&mut c, &h2, 7002, vec![file(1, "report.pdf")]).await;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(holder_ids(&l[0]), ids(&[&liar, &h1, &h2]));
+    assert_eq!(l[0].size, 1001, "two honest holders against one liar");
+
+    leave(&mut c, &liar, &tl).await;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(holder_ids(&l[0]), ids(&[&h1, &h2]));
+    assert_eq!(l[0].size, 1001);
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn a_peers_own_contradiction_is_refused_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let central = TestCentral::start_in(dir.path(), |_| {}).await;
+    let mut c = client(&central).await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+
+    // Join: the later of two sizes for one id is refused, named with both.
+    let r = join_answer(
+        &mut c,
+        &a,
+        7001,
+        vec![
+            file(1, "a.bin"),
+            file(2, "b.bin"),
+            lie(1, 7, "a copy.bin"),
+            file(3, "c.bin"),
+            file(1, "a again.bin"),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        r.refused,
+        [v1::Refused {
+            file_id: fid(1),
+            name: "a copy.bin".into(),
+            reason: format!(
+                "files[2]: this peer already lists file id {} with size 1001; size 7 refused (one size per file per peer)",
+                fid(1)
+            ),
+        }]
+    );
+    let ta = r.session_token;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(
+        (l[0].size, &l[0].names[..]),
+        (1001, &["a again.bin".to_owned(), "a.bin".to_owned()][..])
+    );
+    for i in [2, 3] {
+        assert_eq!(locate_id(&mut c, i).await.len(), 1, "file {i}");
+    }
+
+    // Publish: an entry contradicting what the peer already holds is refused.
+    let refused = publish(
+        &mut c,
+        &a,
+        &ta,
+        vec![lie(2, 99, "b2.bin"), file(4, "d.bin")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(
+        (refused[0].file_id.as_str(), refused[0].name.as_str()),
+        (fid(2).as_str(), "b2.bin")
+    );
+    assert!(
+        refused[0]
+            .reason
+            .contains("with size 1002; size 99 refused"),
+        "{refused:?}"
+    );
+    assert_eq!(locate_id(&mut c, 2).await[0].names, ["b.bin"]);
+    assert_eq!(locate_id(&mut c, 4).await[0].names, ["d.bin"]);
+
+    // Nothing refused is stored: a restart answers the same.
+    central.stop().await;
+    let central = TestCentral::start_in(dir.path(), |_| {}).await;
+    let mut c = client(&central).await;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!((l[0].size, l[0].names.len()), (1001, 2));
+    assert_eq!(locate_id(&mut c, 2).await[0].names, ["b.bin"]);
+
+    // Another peer's different claim is not a contradiction.
+    let r = join_answer(&mut c, &b, 7002, vec![lie(1, 7, "a copy.bin")], None)
+        .await
+        .unwrap();
+    assert_eq!(r.refused, []);
+    assert_eq!(holder_ids(&locate_id(&mut c, 1).await[0]), ids(&[&a, &b]));
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn more_refusals_than_an_answer_holds_fail_the_call_and_change_nothing() {
+    let central = TestCentral::start_with(|c| {
+        c.limits.max_message_bytes = 1024;
+    })
+    .await;
+    let mut c = client(&central).await;
+    let a = PeerId::new_random();
+    // Each refusal (id, name, reason naming the id and both sizes) takes
+    // about 240 bytes encoded: two fit in half of 1 KiB, five do not.
+    let contradictions = |n: u32| {
+        let mut files = vec![file(1, "a")];
+        files.extend((0..n).map(|k| lie(1, u64::from(k), "a")));
+        files
+    };
+    let r = join_answer(&mut c, &a, 7001, contradictions(2), None)
+        .await
+        .unwrap();
+    assert_eq!(r.refused.len(), 2);
+    leave(&mut c, &a, &r.session_token).await;
+
+    let e = join_answer(&mut c, &a, 7001, contradictions(5), None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(
+        e.message()
+            .starts_with("files: 5 of 6 entries are refused, too many to list in one answer"),
+        "{e:?}"
+    );
+    assert!(locate_id(&mut c, 1).await.is_empty());
+    assert!(
+        heartbeat(&mut c, &a, "any", (0, 0)).await.unwrap(),
+        "the peer was not joined"
     );
     central.stop().await;
 }

@@ -282,7 +282,6 @@ async fn populate(addr: SocketAddr, args: &Args) -> anyhow::Result<Duration> {
                             file_id: file_id(i),
                             size: i * 1000 + 1,
                             name: file_name(i),
-                            manifest: None,
                         })
                         .collect();
                     let req = JoinRequest {

@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use super::compact::{Small, Word};
 use super::words::{lower_into, raw_words};
 use super::{Index, Slab};
 
@@ -48,7 +49,7 @@ impl Index {
 /// CPU-bound and the box has more than one core).
 pub(super) struct TokenBuilder {
     tx: std::sync::mpsc::Sender<(u32, Arc<str>)>,
-    thread: std::thread::JoinHandle<BTreeMap<Box<str>, Vec<u32>>>,
+    thread: std::thread::JoinHandle<BTreeMap<Word, Small<u32>>>,
 }
 
 impl TokenBuilder {
@@ -57,7 +58,7 @@ impl TokenBuilder {
         let thread = std::thread::spawn(move || {
             // Names arrive in increasing index order, so postings come out
             // sorted; a word repeated within one name is skipped by `last()`.
-            let mut map: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+            let mut map: HashMap<Word, Small<u32>> = HashMap::new();
             let mut buf = String::new();
             for (n, text) in rx {
                 for w in raw_words(&text) {
@@ -67,12 +68,12 @@ impl TokenBuilder {
                         Some(v) if v.last() == Some(&n) => {}
                         Some(v) => v.push(n),
                         None => {
-                            map.insert(buf.as_str().into(), vec![n]);
+                            map.insert(Word::new(&buf), Small::one(n));
                         }
                     }
                 }
             }
-            let mut sorted: Vec<(Box<str>, Vec<u32>)> = map.into_iter().collect();
+            let mut sorted: Vec<(Word, Small<u32>)> = map.into_iter().collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             sorted.into_iter().collect()
         });
@@ -85,7 +86,7 @@ impl TokenBuilder {
         let _ = self.tx.send((n, text));
     }
 
-    pub(super) fn finish(self) -> BTreeMap<Box<str>, Vec<u32>> {
+    pub(super) fn finish(self) -> BTreeMap<Word, Small<u32>> {
         drop(self.tx);
         self.thread.join().expect("token builder thread panicked")
     }
@@ -105,28 +106,28 @@ mod tests {
         let peers: Vec<StoredPeer> = (0..3u8)
             .map(|k| (PeerId::new_random(), url(u16::from(k) + 1), [k; 32]))
             .collect();
-        // (peer, file, name): one content under two names, one name on two
-        // contents, a word repeated within a name, non-ASCII words, a content
-        // two peers hold, and a peer that holds nothing.
-        let holdings: [(usize, u32, &str); 7] = [
-            (0, 1, "Red Fox.jpg"),
-            (0, 2, "red-panda.jpg"),
-            (1, 1, "red fox (copy).JPG"),
-            (1, 3, "Red Fox.jpg"),
-            (1, 4, "Ünï Cødé.txt"),
-            (0, 4, "Ünï Cødé.txt"),
-            (0, 3, "fox fox FOX.bin"),
+        // (peer, file, name, size): one content under two names, one name
+        // on two contents, a word repeated within a name, non-ASCII words, a
+        // content two peers hold, two peers that disagree on a size, and a
+        // peer that holds nothing.
+        let holdings: [(usize, u32, &str, u64); 7] = [
+            (0, 1, "Red Fox.jpg", 10),
+            (0, 2, "red-panda.jpg", 20),
+            (1, 1, "red fox (copy).JPG", 10),
+            (1, 3, "Red Fox.jpg", 31),
+            (1, 4, "Ünï Cødé.txt", 40),
+            (0, 4, "Ünï Cødé.txt", 40),
+            (0, 3, "fox fox FOX.bin", 30),
         ];
-        let size = |f: u32| u64::from(f) * 10;
         // File 5 is a row nobody holds: the bulk load drops it.
-        let files: Vec<(u32, u64)> = (1..=5).map(|f| (f, size(f))).collect();
+        let files: Vec<u32> = (1..=5).collect();
 
         let mut incremental = Index::new();
         for (k, (id, url, hash)) in peers.iter().enumerate() {
             let mine: Vec<_> = holdings
                 .iter()
                 .filter(|h| h.0 == k)
-                .map(|&(_, f, name)| sf(f, size(f), name))
+                .map(|&(_, f, name, size)| sf(f, size, name))
                 .collect();
             incremental.join(*id, url.clone(), *hash, Load::default(), now + TTL, &mine);
         }

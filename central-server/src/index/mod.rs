@@ -1,25 +1,37 @@
 //! The live index, in memory.
 //!
-//! Compact on purpose (a million files must fit well under 1 GiB): peers, file
-//! contents and names are interned into slabs and referred to by `u32`
-//! indices. A *holding* is one `(peer, file, name)` triple: the peer serves
-//! that content under that name. Each file keeps its holdings as
+//! Compact on purpose (a million files must fit in a few hundred MB): peers,
+//! file contents and names are interned into slabs and referred to by `u32`
+//! indices, and the lists that nearly always hold one element keep it inline
+//! ([`compact`]). A *holding* is one `(peer, file, name)` triple: the peer
+//! serves that content under that name. Each file keeps its holdings as
 //! `(peer, name)` pairs, each name the files that carry it, each peer its
 //! `(file, name)` set. Search goes through a sorted token map (lowercased
 //! words of names → name indices), so a word prefix is one range scan.
+//!
+//! **Sizes are claims.** Each holder claims a size for the content it holds
+//! (one per peer and file; the directory cannot check it, downloaders do,
+//! through the holders' manifests). A file keeps one `size`, the claim of
+//! every holder except those listed in `other_sizes`, which stays empty
+//! unless holders disagree. Answers carry the size claimed by the most live
+//! holders (ties: the smaller), so a liar mislabels a file at most until
+//! honest holders outnumber it, and never keeps anyone out.
 //!
 //! The index knows nothing about storage or auth; the service decides and
 //! keeps it in step with SQLite. Time is passed in (`now`), so leases are
 //! testable with paused tokio time.
 //!
 //! Layout:
-//! * `mod.rs` — [`Index`]: peers and leases, holdings, Locate and Search.
+//! * `mod.rs` — [`Index`]: peers and leases, holdings and size claims,
+//!   Locate and Search.
 //! * [`words`] — the tokenizer shared by names and queries.
 //! * `slab` — `u32`-handle storage for peers, files and names.
+//! * `compact` — inline-one lists and inline short words.
 //! * [`cursor`] — the search page token.
 //! * `bulk` — the restart path: load every row, build tokens on a thread.
 
 mod bulk;
+mod compact;
 mod cursor;
 mod slab;
 mod words;
@@ -28,11 +40,12 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use peerdex_proto::convert::{Manifest, SharedFile};
+use peerdex_proto::convert::SharedFile;
 use peerdex_proto::{FileId, PeerId, PeerUrl, v1};
 use tokio::time::Instant;
 
 use bulk::TokenBuilder;
+use compact::{Small, Word};
 pub use cursor::Cursor;
 use slab::Slab;
 pub use words::words;
@@ -69,16 +82,16 @@ struct Peer {
 
 struct File {
     id: FileId,
+    /// The size claimed by every holder not listed in [`Index::other_sizes`].
     size: u64,
-    manifest: Option<Box<Manifest>>,
     /// `(peer, name)` pairs holding this content.
-    refs: Vec<(u32, u32)>,
+    refs: Small<(u32, u32)>,
 }
 
 struct Name {
     text: Arc<str>,
     /// Files carrying this name (each at most once).
-    files: Vec<u32>,
+    files: Small<u32>,
 }
 
 /// What a peer's lease looks like right now.
@@ -104,15 +117,28 @@ pub struct Stats {
     pub names: usize,
 }
 
+/// An inventory entry that contradicts the peer's own claim for the same
+/// id: `files[index]` says `size`, the peer already said `claimed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeConflict {
+    pub index: usize,
+    pub claimed: u64,
+    pub size: u64,
+}
+
 pub struct Index {
     peers: Slab<Peer>,
     peer_ix: HashMap<PeerId, u32>,
     files: Slab<File>,
     file_ix: HashMap<FileId, u32>,
+    /// Holders whose claimed size differs from their file's `size`:
+    /// file → `(peer, size)`, one entry per such holder. Empty unless
+    /// holders disagree, so it costs nothing in the usual case.
+    other_sizes: HashMap<u32, Vec<(u32, u64)>>,
     names: Slab<Name>,
     name_ix: HashMap<Arc<str>, u32>,
     /// Lowercased word → names containing it (sorted, unique).
-    tokens: BTreeMap<Box<str>, Vec<u32>>,
+    tokens: BTreeMap<Word, Small<u32>>,
     /// While bulk loading, new names go to a thread that builds the token
     /// map in parallel with the rest of the load.
     bulk: Option<TokenBuilder>,
@@ -124,6 +150,21 @@ impl Default for Index {
     }
 }
 
+/// The most claimed of `sizes` (ties: the smaller); `None` if there are none.
+fn most_claimed(sizes: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut counts: Vec<(u64, u32)> = Vec::new();
+    for s in sizes {
+        match counts.iter_mut().find(|(c, _)| *c == s) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((s, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|&(s, n)| (n, Reverse(s)))
+        .map(|(s, _)| s)
+}
+
 impl Index {
     pub fn new() -> Self {
         Self {
@@ -131,6 +172,7 @@ impl Index {
             peer_ix: HashMap::new(),
             files: Slab::new(),
             file_ix: HashMap::new(),
+            other_sizes: HashMap::new(),
             names: Slab::new(),
             name_ix: HashMap::new(),
             tokens: BTreeMap::new(),
@@ -211,7 +253,8 @@ impl Index {
     }
 
     /// Create or replace a peer: new URL, token and lease, and `files` as its
-    /// whole inventory.
+    /// whole inventory. `files` must be free of [`Index::size_conflicts`]
+    /// (with `replace`); a conflicting entry would be skipped.
     pub fn join(
         &mut self,
         id: PeerId,
@@ -236,7 +279,9 @@ impl Index {
         self.add_files(p, files);
     }
 
-    /// Add files to a known peer's inventory. Returns false if the peer is unknown.
+    /// Add files to a known peer's inventory. Returns false if the peer is
+    /// unknown. `files` must be free of [`Index::size_conflicts`] (without
+    /// `replace`); a conflicting entry would be skipped.
     pub fn publish(&mut self, peer: &PeerId, files: &[SharedFile]) -> bool {
         let Some(&p) = self.peer_ix.get(peer) else {
             return false;
@@ -285,34 +330,46 @@ impl Index {
         true
     }
 
-    /// Refuse files whose id is already known with another size while some
-    /// *other* peer holds it (the first announcement wins; a re-joining peer
-    /// may correct its own). Checks the request against itself too.
-    pub fn check_sizes(&self, peer: &PeerId, files: &[SharedFile]) -> Result<(), String> {
-        let me = self.peer_ix.get(peer).copied();
-        let mut seen: HashMap<FileId, u64> = HashMap::new();
-        for (i, f) in files.iter().enumerate() {
-            if let Some(&size) = seen.get(&f.id) {
-                if size != f.size {
-                    return Err(format!(
-                        "files[{i}]: file id {} appears with sizes {size} and {}",
-                        f.id, f.size
-                    ));
+    /// The entries of `files` that contradict the peer's own claims: an id
+    /// listed earlier in `files` with another size, or (unless `replace`,
+    /// as a Join replaces the whole inventory) already held by this peer
+    /// with another size. Other peers' claims never conflict: each holder
+    /// answers for its own.
+    pub fn size_conflicts(
+        &self,
+        peer: &PeerId,
+        files: &[SharedFile],
+        replace: bool,
+    ) -> Vec<SizeConflict> {
+        let me = if replace {
+            None
+        } else {
+            self.peer_ix.get(peer).copied()
+        };
+        let mut first: HashMap<FileId, u64> = HashMap::new();
+        let mut out = Vec::new();
+        for (index, f) in files.iter().enumerate() {
+            let claimed = match first.get(&f.id) {
+                Some(&s) => s,
+                None => {
+                    let held = me.and_then(|p| {
+                        let &fx = self.file_ix.get(&f.id)?;
+                        self.claim(p, fx)
+                    });
+                    let s = held.unwrap_or(f.size);
+                    first.insert(f.id, s);
+                    s
                 }
-                continue;
-            }
-            seen.insert(f.id, f.size);
-            if let Some(&fx) = self.file_ix.get(&f.id) {
-                let known = self.files.get(fx);
-                if known.size != f.size && known.refs.iter().any(|&(rp, _)| Some(rp) != me) {
-                    return Err(format!(
-                        "files[{i}]: file id {} is already known with size {}, not {}",
-                        f.id, known.size, f.size
-                    ));
-                }
+            };
+            if claimed != f.size {
+                out.push(SizeConflict {
+                    index,
+                    claimed,
+                    size: f.size,
+                });
             }
         }
-        Ok(())
+        out
     }
 
     // ------------------------------------------------------------- queries
@@ -391,7 +448,7 @@ impl Index {
             ))
             .take_while(|(t, _)| t.starts_with(driver.as_str()))
         {
-            for &n in postings {
+            for &n in postings.iter() {
                 if !seen.insert(n) {
                     continue;
                 }
@@ -403,7 +460,7 @@ impl Index {
                 {
                     continue;
                 }
-                for &f in &name.files {
+                for &f in name.files.iter() {
                     let refs = &self.files.get(f).refs;
                     if !refs.iter().any(|&(p, rn)| rn == n && self.live(p, now)) {
                         continue;
@@ -436,7 +493,7 @@ impl Index {
             .map(|((_, name, id), (h, _, f))| v1::SearchHit {
                 name: name.to_string(),
                 file_id: id.to_hex(),
-                size: self.files.get(*f).size,
+                size: self.answer_size(*f, now),
                 holders: *h,
             })
             .collect();
@@ -475,22 +532,35 @@ impl Index {
     }
 
     /// Insert a content with no holders yet; returns its handle.
-    pub fn insert_file(&mut self, id: FileId, size: u64, manifest: Option<Manifest>) -> u32 {
+    pub fn insert_file(&mut self, id: FileId) -> u32 {
         let f = self.files.insert(File {
             id,
-            size,
-            manifest: manifest.map(Box::new),
-            refs: Vec::new(),
+            size: 0,
+            refs: Small::default(),
         });
         self.file_ix.insert(id, f);
         f
     }
 
-    /// Record that peer handle `p` holds file handle `f` under `name`.
-    pub fn add_ref(&mut self, p: u32, f: u32, name: &str) {
+    /// Record that peer handle `p` holds file handle `f` under `name` and
+    /// claims `size` for it. Returns false, and changes nothing, when `p`
+    /// already claims another size for `f` (see [`Index::size_conflicts`]).
+    pub fn add_ref(&mut self, p: u32, f: u32, name: &str, size: u64) -> bool {
+        let claimed = self.claim(p, f);
+        if claimed.is_some_and(|c| c != size) {
+            return false;
+        }
         let n = self.intern_name(name);
         if !self.peers.get_mut(p).holdings.insert((f, n)) {
-            return;
+            return true;
+        }
+        let file = self.files.get_mut(f);
+        if claimed.is_none() {
+            if file.refs.is_empty() {
+                file.size = size;
+            } else if file.size != size {
+                self.other_sizes.entry(f).or_default().push((p, size));
+            }
         }
         let file = self.files.get_mut(f);
         let name_is_new_for_file = !file.refs.iter().any(|&(_, rn)| rn == n);
@@ -498,12 +568,42 @@ impl Index {
         if name_is_new_for_file {
             self.names.get_mut(n).files.push(f);
         }
+        true
     }
 
     // ------------------------------------------------------------ internals
 
     fn live(&self, p: u32, now: Instant) -> bool {
         self.peers.get(p).expires > now
+    }
+
+    /// The size peer `p` claims for file `f`, if it holds it.
+    fn claim(&self, p: u32, f: u32) -> Option<u64> {
+        let file = self.files.get(f);
+        if !file.refs.iter().any(|&(rp, _)| rp == p) {
+            return None;
+        }
+        let other = self
+            .other_sizes
+            .get(&f)
+            .and_then(|l| l.iter().find(|&&(q, _)| q == p));
+        Some(other.map_or(file.size, |&(_, s)| s))
+    }
+
+    /// The size to answer for `f`: the one claimed by the most live holders
+    /// (ties: the smaller).
+    fn answer_size(&self, f: u32, now: Instant) -> u64 {
+        let file = self.files.get(f);
+        let Some(others) = self.other_sizes.get(&f) else {
+            return file.size;
+        };
+        let claims = self.live_holders(f, now).into_iter().map(|p| {
+            others
+                .iter()
+                .find(|&&(q, _)| q == p)
+                .map_or(file.size, |&(_, s)| s)
+        });
+        most_claimed(claims).unwrap_or(file.size)
     }
 
     /// Distinct live peers holding `f`, least-loaded first.
@@ -527,6 +627,7 @@ impl Index {
         if holders.is_empty() {
             return None;
         }
+        let size = self.answer_size(f, now);
         holders.sort_by_key(|&p| {
             let e = self.peers.get(p);
             (
@@ -546,9 +647,8 @@ impl Index {
         names.dedup();
         Some(v1::LocatedFile {
             file_id: file.id.to_hex(),
-            size: file.size,
+            size,
             names: names.into_iter().map(str::to_owned).collect(),
-            manifest: file.manifest.as_ref().map(|m| m.to_wire()),
             holders: holders
                 .into_iter()
                 .map(|p| {
@@ -569,16 +669,11 @@ impl Index {
     fn add_files(&mut self, p: u32, files: &[SharedFile]) {
         for sf in files {
             let f = match self.file_ix.get(&sf.id) {
-                Some(&f) => {
-                    let file = self.files.get_mut(f);
-                    if file.manifest.is_none() && sf.manifest.is_some() {
-                        file.manifest = sf.manifest.clone().map(Box::new);
-                    }
-                    f
-                }
-                None => self.insert_file(sf.id, sf.size, sf.manifest.clone()),
+                Some(&f) => f,
+                None => self.insert_file(sf.id),
             };
-            self.add_ref(p, f, sf.name.as_str());
+            let added = self.add_ref(p, f, sf.name.as_str(), sf.size);
+            debug_assert!(added, "size conflicts are screened before");
         }
     }
 
@@ -595,14 +690,16 @@ impl Index {
         }
     }
 
-    /// Remove the `(p, n)` ref from file `f` and garbage-collect the name and
-    /// the file when nothing refers to them any more.
+    /// Remove the `(p, n)` ref from file `f`; forget `p`'s size claim when
+    /// it no longer holds `f`, and garbage-collect the name and the file
+    /// when nothing refers to them any more.
     fn unlink(&mut self, p: u32, f: u32, n: u32) {
         let file = self.files.get_mut(f);
         if let Some(pos) = file.refs.iter().position(|&r| r == (p, n)) {
             file.refs.swap_remove(pos);
         }
         let name_still_used = file.refs.iter().any(|&(_, rn)| rn == n);
+        let still_holds = file.refs.iter().any(|&(rp, _)| rp == p);
         let file_empty = file.refs.is_empty();
         if !name_still_used {
             let name = self.names.get_mut(n);
@@ -616,6 +713,31 @@ impl Index {
         if file_empty {
             let file = self.files.remove(f).expect("live file");
             self.file_ix.remove(&file.id);
+            self.other_sizes.remove(&f);
+        } else if !still_holds {
+            self.forget_claim(p, f);
+        }
+    }
+
+    /// `p` no longer holds `f`: drop its claim, and when no remaining holder
+    /// claims the file's `size`, make the most claimed size the new one, so
+    /// `other_sizes` stays as short as the disagreement.
+    fn forget_claim(&mut self, p: u32, f: u32) {
+        let Some(others) = self.other_sizes.get_mut(&f) else {
+            return;
+        };
+        others.retain(|&(q, _)| q != p);
+        let file = self.files.get_mut(f);
+        let size_still_claimed = file
+            .refs
+            .iter()
+            .any(|&(rp, _)| !others.iter().any(|&(q, _)| q == rp));
+        if !size_still_claimed && let Some(size) = most_claimed(others.iter().map(|&(_, s)| s)) {
+            file.size = size;
+            others.retain(|&(_, s)| s != size);
+        }
+        if others.is_empty() {
+            self.other_sizes.remove(&f);
         }
     }
 
@@ -626,7 +748,7 @@ impl Index {
         let text: Arc<str> = Arc::from(name);
         let n = self.names.insert(Name {
             text: text.clone(),
-            files: Vec::new(),
+            files: Small::default(),
         });
         if let Some(builder) = &self.bulk {
             builder.send(n, text.clone());
@@ -637,7 +759,7 @@ impl Index {
             ws.sort_unstable();
             ws.dedup();
             for w in ws {
-                let postings = self.tokens.entry(w.into_boxed_str()).or_default();
+                let postings = self.tokens.entry(Word::new(&w)).or_default();
                 if let Err(pos) = postings.binary_search(&n) {
                     postings.insert(pos, n);
                 }
@@ -682,7 +804,6 @@ pub(super) mod tests {
             id: fid(i),
             size,
             name: name.parse().unwrap(),
-            manifest: None,
         }
     }
     pub(in crate::index) fn url(port: u16) -> PeerUrl {
@@ -698,12 +819,12 @@ pub(super) mod tests {
     pub(in crate::index) type StoredPeer = (PeerId, PeerUrl, TokenHash);
 
     /// An index built the way a restart builds it (`Store::load`): peers,
-    /// then contents (`(file, size)`; ones nobody holds are dropped), then
-    /// holdings `(peer position, file, name)`, then `finish_bulk`.
+    /// then contents (ones nobody holds are dropped), then holdings
+    /// `(peer position, file, name, claimed size)`, then `finish_bulk`.
     pub(in crate::index) fn bulk_from(
         peers: &[StoredPeer],
-        files: &[(u32, u64)],
-        holdings: &[(usize, u32, &str)],
+        files: &[u32],
+        holdings: &[(usize, u32, &str, u64)],
         expires: Instant,
     ) -> Index {
         let mut ix = Index::with_capacity(peers.len(), files.len());
@@ -711,12 +832,9 @@ pub(super) mod tests {
             .iter()
             .map(|(id, url, hash)| ix.insert_peer(*id, url.clone(), *hash, expires))
             .collect();
-        let fs: HashMap<u32, u32> = files
-            .iter()
-            .map(|&(i, size)| (i, ix.insert_file(fid(i), size, None)))
-            .collect();
-        for &(p, f, name) in holdings {
-            ix.add_ref(ps[p], fs[&f], name);
+        let fs: HashMap<u32, u32> = files.iter().map(|&i| (i, ix.insert_file(fid(i)))).collect();
+        for &(p, f, name, size) in holdings {
+            assert!(ix.add_ref(ps[p], fs[&f], name, size));
         }
         ix.finish_bulk();
         ix
@@ -785,7 +903,7 @@ pub(super) mod tests {
                 .iter()
                 .map(|(w, ns)| {
                     let texts = ns.iter().map(|&n| ix.names.get(n).text.to_string());
-                    (w.to_string(), texts.collect())
+                    (w.as_str().to_owned(), texts.collect())
                 })
                 .collect(),
         }
@@ -910,27 +1028,160 @@ pub(super) mod tests {
         assert_eq!(ix.inventory_len(&a), 1);
     }
 
+    /// `other_sizes` lists exactly the holders that claim another size than
+    /// their file's `size`, and some holder always claims that `size`.
+    pub(in crate::index) fn assert_claims_normalized(ix: &Index) {
+        for (&f, others) in &ix.other_sizes {
+            let file = ix.files.get(f);
+            assert!(!others.is_empty(), "empty list kept for file {f}");
+            let holders: BTreeSet<u32> = file.refs.iter().map(|&(p, _)| p).collect();
+            let listed: BTreeSet<u32> = others.iter().map(|&(p, _)| p).collect();
+            assert_eq!(listed.len(), others.len(), "one claim per holder");
+            assert!(listed.is_subset(&holders), "only holders claim");
+            assert!(others.iter().all(|&(_, s)| s != file.size));
+            assert!(holders.len() > listed.len(), "someone claims `size`");
+        }
+    }
+
     #[test]
-    fn size_conflicts_are_refused_unless_only_the_same_peer_holds_it() {
+    fn size_conflicts_are_the_peers_own_only() {
         let now = Instant::now();
         let mut ix = Index::new();
         let (a, b) = (PeerId::new_random(), PeerId::new_random());
-        ix.join(
-            a,
-            url(1),
-            [1; 32],
-            Load::default(),
-            now + TTL,
-            &[sf(1, 10, "x")],
+        let join = |ix: &mut Index, p: PeerId, files: &[SharedFile]| {
+            ix.join(p, url(1), [1; 32], Load::default(), now + TTL, files)
+        };
+        join(&mut ix, a, &[sf(1, 10, "x")]);
+        // Another peer's claim never conflicts, whether it joins or publishes.
+        assert_eq!(ix.size_conflicts(&b, &[sf(1, 11, "x")], true), []);
+        join(&mut ix, b, &[]);
+        assert_eq!(ix.size_conflicts(&b, &[sf(1, 11, "x")], false), []);
+        // The peer's own holding conflicts on Publish, not on a re-Join
+        // (which replaces the inventory).
+        assert_eq!(
+            ix.size_conflicts(&a, &[sf(2, 5, "y"), sf(1, 11, "x2")], false),
+            [SizeConflict {
+                index: 1,
+                claimed: 10,
+                size: 11
+            }]
         );
-        assert!(
-            ix.check_sizes(&b, &[sf(1, 11, "x")])
-                .unwrap_err()
-                .contains("size 10")
+        assert_eq!(ix.size_conflicts(&a, &[sf(1, 11, "x2")], true), []);
+        // Within one request, the first entry of an id fixes its size.
+        assert_eq!(
+            ix.size_conflicts(
+                &b,
+                &[sf(2, 1, "y"), sf(2, 2, "z"), sf(2, 1, "w"), sf(2, 3, "v")],
+                true
+            ),
+            [
+                SizeConflict {
+                    index: 1,
+                    claimed: 1,
+                    size: 2
+                },
+                SizeConflict {
+                    index: 3,
+                    claimed: 1,
+                    size: 3
+                }
+            ]
         );
-        assert!(ix.check_sizes(&a, &[sf(1, 11, "x")]).is_ok());
-        assert!(ix.check_sizes(&b, &[sf(2, 1, "y"), sf(2, 2, "z")]).is_err());
-        assert!(ix.check_sizes(&b, &[sf(1, 10, "x2")]).is_ok());
+        // The index itself refuses a contradicting claim and changes nothing.
+        let (pa, f1) = (ix.peer_ix[&a], ix.file_ix[&fid(1)]);
+        let before = answers(
+            &ix,
+            &[(a, url(1), [1; 32])],
+            &[1],
+            &["x", "x3"],
+            &["x"],
+            now,
+        );
+        assert!(!ix.add_ref(pa, f1, "x3", 11));
+        assert!(ix.add_ref(pa, f1, "x", 10), "the same claim again is fine");
+        assert_eq!(
+            answers(
+                &ix,
+                &[(a, url(1), [1; 32])],
+                &[1],
+                &["x", "x3"],
+                &["x"],
+                now
+            ),
+            before
+        );
+    }
+
+    #[test]
+    fn answers_carry_the_size_most_live_holders_claim() {
+        let now = Instant::now();
+        let mut ix = Index::new();
+        let [liar, h1, h2, h3] = [(); 4].map(|_| PeerId::new_random());
+        let join = |ix: &mut Index, p: PeerId, ttl: Duration, files: &[SharedFile]| {
+            ix.join(p, url(1), [1; 32], Load::default(), now + ttl, files)
+        };
+        let size = |ix: &Index, at: Instant| {
+            let located = ix.locate_id(&fid(1), at, 64).map(|l| l.size);
+            let hits = ix.search(&q("report"), None, 9, at, 99).hits;
+            assert!(hits.iter().all(|h| Some(h.size) == located), "{hits:?}");
+            located
+        };
+        // The liar comes first; one honest holder ties with it (the smaller
+        // size wins a tie), a second one outvotes it.
+        join(
+            &mut ix,
+            liar,
+            Duration::from_secs(5),
+            &[sf(1, 999, "fake report")],
+        );
+        join(
+            &mut ix,
+            h1,
+            TTL,
+            &[sf(1, 1000, "report.pdf"), sf(2, 7, "other")],
+        );
+        assert_eq!(size(&ix, now), Some(999));
+        assert_eq!(ix.locate_id(&fid(1), now, 64).unwrap().holders.len(), 2);
+        join(&mut ix, h2, TTL, &[sf(1, 1000, "report.pdf")]);
+        assert_eq!(size(&ix, now), Some(1000));
+        assert_claims_normalized(&ix);
+
+        // Expired (not yet swept) holders do not vote.
+        let later = now + Duration::from_secs(6);
+        ix.remove_peer(&h2);
+        assert_eq!(size(&ix, now), Some(999), "tie again");
+        assert_eq!(size(&ix, later), Some(1000), "the liar's lease ended");
+        assert_eq!(ix.locate_id(&fid(1), later, 64).unwrap().holders.len(), 1);
+
+        // Once the liar is gone the disagreement is forgotten: nothing is
+        // kept beyond the file's one size.
+        ix.remove_peer(&liar);
+        assert_eq!(size(&ix, now), Some(1000));
+        assert!(ix.other_sizes.is_empty());
+        assert_eq!(ix.files.get(ix.file_ix[&fid(1)]).size, 1000);
+
+        // A late liar, and honest holders leaving one by one: the answer
+        // follows whoever remains, and the list shrinks with them.
+        join(&mut ix, h2, TTL, &[sf(1, 1000, "report.pdf")]);
+        join(&mut ix, liar, TTL, &[sf(1, 3, "report.pdf")]);
+        join(&mut ix, h3, TTL, &[sf(1, 7, "report copy.pdf")]);
+        assert_eq!(size(&ix, now), Some(1000));
+        assert_claims_normalized(&ix);
+        ix.unpublish(&h1, &[(fid(1), None)]);
+        assert_eq!(
+            size(&ix, now),
+            Some(3),
+            "1000, 3 and 7 once each: the smallest"
+        );
+        ix.remove_peer(&h2);
+        assert_eq!(size(&ix, now), Some(3));
+        assert_claims_normalized(&ix);
+        ix.remove_peer(&liar);
+        assert_eq!(size(&ix, now), Some(7));
+        assert!(ix.other_sizes.is_empty());
+        ix.remove_peer(&h3);
+        assert_eq!(size(&ix, now), None);
+        assert_eq!(ix.stats().files, 1, "file 2 is left");
     }
 
     #[test]
@@ -1050,30 +1301,58 @@ pub(super) mod tests {
                 .collect()
         }
 
+        /// A holding `(file, name, size)`; sizes come from a set of three
+        /// per file, so that peers disagree (and contradict themselves) often.
+        type Holding = (u32, usize, u64);
+
         #[derive(Debug, Clone)]
         enum Op {
-            Join(usize, Vec<(u32, usize)>),
-            Publish(usize, u32, usize),
+            Join(usize, Vec<Holding>),
+            Publish(usize, Holding),
             Unpublish(usize, u32, Option<usize>),
             Leave(usize),
         }
 
         fn op() -> impl Strategy<Value = Op> {
-            let holding = (0..FILES, 0usize..NAMES.len());
+            let holding = || {
+                (0..FILES, 0usize..NAMES.len(), 0u64..3)
+                    .prop_map(|(f, n, s)| (f, n, u64::from(f) * 10 + s))
+            };
             prop_oneof![
-                (0..PEERS, prop::collection::vec(holding, 0..6)).prop_map(|(p, f)| Op::Join(p, f)),
-                (0..PEERS, 0..FILES, 0usize..NAMES.len())
-                    .prop_map(|(p, f, n)| Op::Publish(p, f, n)),
+                (0..PEERS, prop::collection::vec(holding(), 0..6))
+                    .prop_map(|(p, f)| Op::Join(p, f)),
+                (0..PEERS, holding()).prop_map(|(p, h)| Op::Publish(p, h)),
                 (0..PEERS, 0..FILES, prop::option::of(0usize..NAMES.len()))
                     .prop_map(|(p, f, n)| Op::Unpublish(p, f, n)),
                 (0..PEERS).prop_map(Op::Leave),
             ]
         }
 
-        type Model = BTreeMap<usize, BTreeSet<(u32, usize)>>;
+        /// peer → `(file, name)` → the size the peer claims for the file.
+        type Model = BTreeMap<usize, BTreeMap<(u32, usize), u64>>;
 
-        /// `ix` answers exactly what the model `peer → {(file, name)}` says,
-        /// with no leftover files, names or tokens.
+        /// The size the peer already claims for `f` in `held`, if any.
+        fn claim(held: &BTreeMap<(u32, usize), u64>, f: u32) -> Option<u64> {
+            held.iter().find(|((hf, _), _)| *hf == f).map(|(_, &s)| s)
+        }
+
+        /// The oracle's answer: the size most holders claim, the smaller on
+        /// a tie, counted naively.
+        fn majority(model: &Model, f: u32) -> Option<u64> {
+            let claims: Vec<u64> = model.values().filter_map(|held| claim(held, f)).collect();
+            let mut best: Option<(usize, u64)> = None;
+            for &s in &claims {
+                let n = claims.iter().filter(|&&c| c == s).count();
+                best = match best {
+                    Some((bn, bs)) if bn > n || (bn == n && bs <= s) => Some((bn, bs)),
+                    _ => Some((n, s)),
+                };
+            }
+            best.map(|(_, s)| s)
+        }
+
+        /// `ix` answers exactly what the model says, sizes included, with no
+        /// leftover files, names, tokens or size claims.
         fn check(
             ix: &Index,
             model: &Model,
@@ -1082,8 +1361,9 @@ pub(super) mod tests {
         ) -> Result<(), TestCaseError> {
             let all: BTreeSet<(u32, usize, usize)> = model
                 .iter()
-                .flat_map(|(&p, set)| set.iter().map(move |&(f, n)| (f, n, p)))
+                .flat_map(|(&p, held)| held.keys().map(move |&(f, n)| (f, n, p)))
                 .collect();
+            assert_claims_normalized(ix);
             for f in 0..FILES {
                 let holders: BTreeSet<String> = all
                     .iter()
@@ -1098,6 +1378,7 @@ pub(super) mod tests {
                 match ix.locate_id(&fid(f), now, 64) {
                     None => prop_assert!(holders.is_empty()),
                     Some(l) => {
+                        prop_assert_eq!(Some(l.size), majority(model, f));
                         prop_assert_eq!(
                             l.holders
                                 .iter()
@@ -1126,16 +1407,22 @@ pub(super) mod tests {
                 prop_assert_eq!(got, files);
             }
             for word in QUERIES {
-                let want: BTreeSet<(String, String)> = all
+                let want: BTreeSet<(String, String, u64)> = all
                     .iter()
                     .filter(|h| oracle_words(NAMES[h.1]).iter().any(|w| w.starts_with(word)))
-                    .map(|h| (NAMES[h.1].to_owned(), fid(h.0).to_hex()))
+                    .map(|h| {
+                        (
+                            NAMES[h.1].to_owned(),
+                            fid(h.0).to_hex(),
+                            majority(model, h.0).unwrap(),
+                        )
+                    })
                     .collect();
-                let got: BTreeSet<(String, String)> = ix
+                let got: BTreeSet<(String, String, u64)> = ix
                     .search(&[word.to_owned()], None, 1000, now, 1000)
                     .hits
                     .into_iter()
-                    .map(|h| (h.name, h.file_id))
+                    .map(|h| (h.name, h.file_id, h.size))
                     .collect();
                 prop_assert_eq!(got, want, "word {}", word);
             }
@@ -1149,7 +1436,7 @@ pub(super) mod tests {
                     names: distinct_names.len()
                 }
             );
-            let token_count: usize = ix.tokens.values().map(Vec::len).sum();
+            let token_count: usize = ix.tokens.values().map(|v| v.len()).sum();
             let want_tokens: usize = distinct_names
                 .iter()
                 .map(|&n| oracle_words(NAMES[n]).len())
@@ -1169,25 +1456,52 @@ pub(super) mod tests {
                 let peers: Vec<PeerId> = (0..PEERS).map(|_| PeerId::new_random()).collect();
                 let mut ix = Index::new();
                 let mut model = Model::new();
-                let shared = |f: u32, n: usize| sf(f, u64::from(f), NAMES[n]);
+                let shared = |&(f, n, s): &Holding| sf(f, s, NAMES[n]);
                 for op in ops {
                     match op {
                         Op::Join(p, files) => {
-                            let list: Vec<_> = files.iter().map(|&(f, n)| shared(f, n)).collect();
-                            ix.join(peers[p], url(1), [0; 32], Load::default(), now + TTL, &list);
-                            model.insert(p, files.into_iter().collect());
+                            // The model screens on its own: the first entry
+                            // of a file fixes the peer's claim.
+                            let mut held = BTreeMap::new();
+                            let mut refused = Vec::new();
+                            for (i, &(f, n, s)) in files.iter().enumerate() {
+                                match claim(&held, f) {
+                                    Some(c) if c != s => refused.push(i),
+                                    _ => { held.insert((f, n), s); }
+                                }
+                            }
+                            let list: Vec<_> = files.iter().map(shared).collect();
+                            let conflicts = ix.size_conflicts(&peers[p], &list, true);
+                            prop_assert_eq!(conflicts.iter().map(|c| c.index).collect::<Vec<_>>(), refused.clone());
+                            let accepted: Vec<_> = list
+                                .into_iter()
+                                .enumerate()
+                                .filter(|(i, _)| !refused.contains(i))
+                                .map(|(_, f)| f)
+                                .collect();
+                            ix.join(peers[p], url(1), [0; 32], Load::default(), now + TTL, &accepted);
+                            model.insert(p, held);
                         }
-                        Op::Publish(p, f, n) => {
-                            let known = ix.publish(&peers[p], &[shared(f, n)]);
-                            prop_assert_eq!(known, model.contains_key(&p));
-                            if let Some(set) = model.get_mut(&p) {
-                                set.insert((f, n));
+                        Op::Publish(p, (f, n, s)) => {
+                            let entry = [shared(&(f, n, s))];
+                            let conflict = model
+                                .get(&p)
+                                .and_then(|held| claim(held, f))
+                                .is_some_and(|c| c != s);
+                            let found = ix.size_conflicts(&peers[p], &entry, false);
+                            prop_assert_eq!(found.len(), usize::from(conflict));
+                            if !conflict {
+                                let known = ix.publish(&peers[p], &entry);
+                                prop_assert_eq!(known, model.contains_key(&p));
+                                if let Some(held) = model.get_mut(&p) {
+                                    held.insert((f, n), s);
+                                }
                             }
                         }
                         Op::Unpublish(p, f, n) => {
                             ix.unpublish(&peers[p], &[(fid(f), n.map(|n| NAMES[n].to_owned()))]);
-                            if let Some(set) = model.get_mut(&p) {
-                                set.retain(|&(mf, mn)| !(mf == f && n.is_none_or(|n| n == mn)));
+                            if let Some(held) = model.get_mut(&p) {
+                                held.retain(|&(mf, mn), _| !(mf == f && n.is_none_or(|n| n == mn)));
                             }
                         }
                         Op::Leave(p) => {
@@ -1202,12 +1516,12 @@ pub(super) mod tests {
                 // joined peers, every content row (orphans included), the
                 // holdings.
                 let stored: Vec<StoredPeer> = model.keys().map(|&p| (peers[p], url(1), [0; 32])).collect();
-                let holdings: Vec<(usize, u32, &str)> = model
+                let holdings: Vec<(usize, u32, &str, u64)> = model
                     .values()
                     .enumerate()
-                    .flat_map(|(i, set)| set.iter().map(move |&(f, n)| (i, f, NAMES[n])))
+                    .flat_map(|(i, held)| held.iter().map(move |(&(f, n), &s)| (i, f, NAMES[n], s)))
                     .collect();
-                let files: Vec<(u32, u64)> = (0..FILES).map(|f| (f, u64::from(f))).collect();
+                let files: Vec<u32> = (0..FILES).collect();
                 let bulk = bulk_from(&stored, &files, &holdings, now + TTL);
                 check(&bulk, &model, &peers, now)?;
                 let all_files: Vec<u32> = (0..FILES).collect();

@@ -1,0 +1,233 @@
+//! Compact containers for the index, where one allocation per entry would
+//! cost more than the entry itself (measured at a million files: see
+//! `bench/README.md`).
+//!
+//! * [`Small`] — a list that keeps a single element inline. Most files have
+//!   one holder under one name, most names one file, most words one name.
+//! * [`Word`] — a lowercased word, inline when short (nearly all are), as
+//!   the key of the token map.
+
+use std::borrow::Borrow;
+use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
+use std::ops::Deref;
+
+/// A list of `Copy` values: one value inline, more on the heap. Empty is an
+/// empty `Vec`, which does not allocate. 24 bytes, like a `Vec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Small<T> {
+    One(T),
+    Many(Vec<T>),
+}
+
+impl<T> Default for Small<T> {
+    fn default() -> Self {
+        Small::Many(Vec::new())
+    }
+}
+
+impl<T: Copy> Small<T> {
+    pub(super) fn one(x: T) -> Self {
+        Small::One(x)
+    }
+
+    /// Insert at `i` (as `Vec::insert`).
+    pub(super) fn insert(&mut self, i: usize, x: T) {
+        match self {
+            Small::Many(v) if v.is_empty() => *self = Small::One(x),
+            Small::One(a) => {
+                let mut v = Vec::with_capacity(2);
+                v.push(*a);
+                v.insert(i, x);
+                *self = Small::Many(v);
+            }
+            Small::Many(v) => v.insert(i, x),
+        }
+    }
+
+    pub(super) fn push(&mut self, x: T) {
+        self.insert(self.len(), x);
+    }
+
+    /// Remove the value at `i` (as `Vec::remove`, order kept).
+    pub(super) fn remove(&mut self, i: usize) -> T {
+        let x = match self {
+            Small::One(a) => {
+                assert_eq!(i, 0, "index out of bounds");
+                let a = *a;
+                *self = Small::default();
+                return a;
+            }
+            Small::Many(v) => v.remove(i),
+        };
+        self.shrink();
+        x
+    }
+
+    /// Remove the value at `i`, moving the last one into its place.
+    pub(super) fn swap_remove(&mut self, i: usize) -> T {
+        let x = match self {
+            Small::One(_) => return self.remove(i),
+            Small::Many(v) => v.swap_remove(i),
+        };
+        self.shrink();
+        x
+    }
+
+    /// Back inline (or to no allocation) once one value (or none) is left.
+    fn shrink(&mut self) {
+        if let Small::Many(v) = self {
+            match v.len() {
+                0 => *self = Small::default(),
+                1 => *self = Small::One(v[0]),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl<T> Deref for Small<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Small::One(x) => std::slice::from_ref(x),
+            Small::Many(v) => v,
+        }
+    }
+}
+
+const INLINE: usize = 22;
+
+/// A word of the token map: inline up to 22 bytes, boxed beyond. Compares,
+/// hashes and borrows as the `str` it holds, so the map is searched with
+/// `&str` ranges.
+#[derive(Clone)]
+pub(super) enum Word {
+    Inline(u8, [u8; INLINE]),
+    Heap(Box<str>),
+}
+
+impl Word {
+    pub(super) fn new(s: &str) -> Self {
+        if s.len() <= INLINE {
+            let mut b = [0; INLINE];
+            b[..s.len()].copy_from_slice(s.as_bytes());
+            Word::Inline(s.len() as u8, b)
+        } else {
+            Word::Heap(s.into())
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` cut at its own length: always UTF-8.
+            Word::Inline(len, b) => std::str::from_utf8(&b[..*len as usize]).expect("utf-8 word"),
+            Word::Heap(s) => s,
+        }
+    }
+}
+
+impl Deref for Word {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl Borrow<str> for Word {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl PartialEq for Word {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Word {}
+
+impl PartialOrd for Word {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Word {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl Hash for Word {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl std::fmt::Debug for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn both_are_as_small_as_a_vec() {
+        assert_eq!(std::mem::size_of::<Small<(u32, u32)>>(), 24);
+        assert_eq!(std::mem::size_of::<Small<u32>>(), 24);
+        assert_eq!(std::mem::size_of::<Word>(), 24);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(usize, u32),
+        Push(u32),
+        Remove(usize),
+        SwapRemove(usize),
+    }
+
+    proptest! {
+        /// `Small` behaves exactly like a `Vec`, and holds one value inline.
+        #[test]
+        fn small_matches_vec(ops in prop::collection::vec(
+            prop_oneof![
+                (0usize..8, any::<u32>()).prop_map(|(i, x)| Op::Insert(i, x)),
+                any::<u32>().prop_map(Op::Push),
+                (0usize..8).prop_map(Op::Remove),
+                (0usize..8).prop_map(Op::SwapRemove),
+            ],
+            0..40,
+        )) {
+            let mut s = Small::default();
+            let mut v: Vec<u32> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Insert(i, x) if i <= v.len() => { s.insert(i, x); v.insert(i, x); }
+                    Op::Push(x) => { s.push(x); v.push(x); }
+                    Op::Remove(i) if i < v.len() => prop_assert_eq!(s.remove(i), v.remove(i)),
+                    Op::SwapRemove(i) if i < v.len() => prop_assert_eq!(s.swap_remove(i), v.swap_remove(i)),
+                    _ => {}
+                }
+                prop_assert_eq!(&*s, &v[..]);
+                prop_assert_eq!(matches!(s, Small::One(_)), v.len() == 1);
+                if let Small::Many(m) = &s {
+                    prop_assert!(v.len() > 1 || m.capacity() == 0, "no allocation for 0 or 1 value");
+                }
+            }
+        }
+
+        /// `Word` orders, compares and reads back as its text, inline or not.
+        #[test]
+        fn word_is_its_text(a in "\\PC{0,30}", b in "\\PC{0,30}") {
+            let (wa, wb) = (Word::new(&a), Word::new(&b));
+            prop_assert_eq!(wa.as_str(), a.as_str());
+            prop_assert_eq!(wa.cmp(&wb), a.cmp(&b));
+            prop_assert_eq!(wa == wb, a == b);
+            prop_assert_eq!(matches!(wa, Word::Inline(..)), a.len() <= INLINE);
+        }
+    }
+}
