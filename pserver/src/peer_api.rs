@@ -153,9 +153,7 @@ async fn serve_file(
 /// it against the file id before fetching a byte.
 async fn manifest(store: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse> {
     let id: FileId = id.parse()?;
-    let entry = store
-        .by_id(&id)
-        .ok_or_else(|| Error::NotFound(format!("file {id} is not shared here")))?;
+    let entry = store.shared(&id)?;
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
         .insert_header((header::ETAG, format!("\"{id}.manifest\"")))

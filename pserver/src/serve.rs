@@ -175,6 +175,7 @@ impl Reader {
             self.judged(Err(Error::NotFound(format!(
                 "file {id} failed verification on this peer and is no longer shared here"
             ))));
+            // (the same words the store gives later requests for this id)
         } else {
             let _ = tx.blocking_send(Err(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -91,9 +91,15 @@ pub struct Store {
     data_dir: PathBuf,
     tmp_dir: PathBuf,
     files: Mutex<BTreeMap<FileName, Entry>>,
+    /// Ids withdrawn because their bytes failed verification, so requests
+    /// for them are told why (bounded: forgotten past [`MAX_QUARANTINED`]).
+    quarantined: Mutex<std::collections::HashSet<FileId>>,
     /// Files hashed since start (the cache saves re-hashing unchanged ones).
     hashed: AtomicU64,
 }
+
+/// Withdrawn ids remembered for their error message.
+const MAX_QUARANTINED: usize = 1024;
 
 impl Store {
     /// Create the folders if needed, empty `tmp/`, and load the hash cache.
@@ -113,6 +119,7 @@ impl Store {
             data_dir,
             tmp_dir,
             files: Mutex::new(BTreeMap::new()),
+            quarantined: Mutex::new(std::collections::HashSet::new()),
             hashed: AtomicU64::new(0),
         };
         let cache = store.load_cache();
@@ -193,9 +200,7 @@ impl Store {
     /// Open a shared file for reading, refusing anything that resolves outside
     /// the share folder or no longer matches the indexed size.
     pub fn open_shared(&self, id: &FileId) -> Result<(fs::File, Entry)> {
-        let entry = self
-            .by_id(id)
-            .ok_or_else(|| Error::NotFound(format!("file {id} is not shared here")))?;
+        let entry = self.shared(id)?;
         let path = self.share_dir.join(entry.name.as_str());
         let real = path
             .canonicalize()
@@ -372,6 +377,17 @@ impl Store {
         Ok(Added::New)
     }
 
+    /// The entry of `id`, or `NotFound` saying why it is not shared here.
+    pub fn shared(&self, id: &FileId) -> Result<Entry> {
+        self.by_id(id).ok_or_else(|| {
+            Error::NotFound(if self.quarantined.lock().unwrap().contains(id) {
+                format!("file {id} failed verification on this peer and is no longer shared here")
+            } else {
+                format!("file {id} is not shared here")
+            })
+        })
+    }
+
     /// Stop sharing every name of `id` whose bytes on disk no longer match
     /// it (found while serving): drop them from the index and the hash
     /// cache, so the next rescan hashes those files again and shares them
@@ -388,6 +404,12 @@ impl Store {
             names.iter().filter_map(|n| files.remove(n)).collect()
         };
         if !removed.is_empty() {
+            let mut q = self.quarantined.lock().unwrap();
+            if q.len() >= MAX_QUARANTINED {
+                q.clear();
+            }
+            q.insert(*id);
+            drop(q);
             self.save_cache();
         }
         removed

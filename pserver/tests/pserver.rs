@@ -262,17 +262,7 @@ async fn only_holder_serving_corrupt_bytes_fails_the_job() {
     let bytes = test_bytes(2_500_000, 3);
     let info = upload_ok(&a, "c.bin", bytes.clone()).await;
     // Alter one byte on A's disk, keeping size and mtime so A does not notice.
-    let path = a.path_in_share("c.bin");
-    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-    let mut bad = bytes.clone();
-    bad[1_500_000] ^= 0xff;
-    std::fs::write(&path, &bad).unwrap();
-    std::fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(mtime)
-        .unwrap();
+    flip_in_place(&a.path_in_share("c.bin"), &[1_500_000]);
 
     let job: Job = start_download(&b, &by_id(&info.file_id))
         .await

@@ -74,8 +74,8 @@ pub(crate) enum Outcome {
     Bad(Bad),
     /// Unreachable, error answer, broken or stalled transfer: back off.
     Failed(Failed),
-    /// The holder no longer has the file (this HTTP status): drop it.
-    Gone(u16),
+    /// The holder no longer has the file: drop it. Says what it answered.
+    Gone(String),
     /// 503: come back after this long.
     Busy(Duration),
     /// Writing the chunk in place failed: our disk, not the holder.
@@ -115,7 +115,12 @@ impl ChunkRequest {
             }
             200 if start == 0 && len == size => {}
             503 => return Outcome::Busy(reply.retry_after.unwrap_or(Duration::from_secs(1))),
-            s @ (404 | 410) => return Outcome::Gone(s),
+            s @ (404 | 410) => {
+                return Outcome::Gone(match why_gone(reply.body, stall).await {
+                    Some(m) => format!("answered HTTP {s}: {m}"),
+                    None => format!("answered HTTP {s}"),
+                });
+            }
             s => return Outcome::Failed(Failed::Status(s)),
         }
         let mut body = reply.body;
@@ -178,6 +183,23 @@ impl ChunkRequest {
         }
         Outcome::Verified(sink.is_none().then(|| buf.freeze()))
     }
+}
+
+/// The message of an error answer (an `ApiError`), read within `stall` and
+/// at most 2 KiB.
+async fn why_gone(
+    mut body: futures_util::stream::BoxStream<'static, Result<Bytes, TransportError>>,
+    stall: Duration,
+) -> Option<String> {
+    let mut buf = Vec::new();
+    while buf.len() < 2048 {
+        match tokio::time::timeout(stall, body.next()).await {
+            Ok(Some(Ok(b))) => buf.extend_from_slice(&b),
+            _ => break,
+        }
+    }
+    let e: peerdex_proto::rest::ApiError = serde_json::from_slice(&buf).ok()?;
+    Some(e.message.chars().take(300).collect())
 }
 
 fn write_in_place(file: &std::fs::File, data: &[u8], at: u64) -> io::Result<()> {

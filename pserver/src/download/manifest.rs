@@ -107,9 +107,7 @@ pub(crate) async fn confirm(
                 strikes.push((src.peer_id.clone(), why));
             }
             Outcome::Failed(f) => notes.push(format!("peer {}: {f}", src.peer_id)),
-            Outcome::Gone(status) => {
-                notes.push(format!("peer {}: answered HTTP {status}", src.peer_id))
-            }
+            Outcome::Gone(why) => notes.push(format!("peer {}: {why}", src.peer_id)),
             Outcome::Busy(_) => notes.push(format!("peer {}: busy (503)", src.peer_id)),
             Outcome::LocalIo(e) => notes.push(format!("local i/o error: {e}")),
         }

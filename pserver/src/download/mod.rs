@@ -397,18 +397,20 @@ impl<E: Into<DownloadError>> From<E> for JobEnd {
     }
 }
 
-/// Locate `id` again; `None` if nobody (but us) has it or the lookup failed.
-async fn relocate(shared: &Engine, id: FileId) -> Option<Target> {
+/// Locate `id` again: `Ok(None)` if nobody but us holds it, `Err(())` if
+/// the lookup itself failed (then the holders known so far stay worth
+/// asking).
+async fn relocate(shared: &Engine, id: FileId) -> std::result::Result<Option<Target>, ()> {
     let files = shared
         .lookup
         .locate(&shared.central, &LocateTarget::Id(id))
         .await
-        .ok()?;
+        .map_err(|_| ())?;
     let own = shared.peer_id.to_string();
-    files
+    Ok(files
         .iter()
         .filter_map(|f| validate(f, &own))
-        .find(|f| f.id == id && !f.holders.is_empty())
+        .find(|f| f.id == id && !f.holders.is_empty()))
 }
 
 /// Pause before locating again in round `round` (1-based).
@@ -427,15 +429,24 @@ async fn drive(
     let mut confirmed_last = None;
     let (mut t, manifest) = match begin {
         Begin::Located(t) => {
-            let m = confirm_manifest(shared, h, &t, &fetcher, &mut strikes).await?;
-            confirmed_last = m.last.map(|(i, b)| (m.from.peer_id.clone(), i, b));
-            (t, m.manifest)
+            let (dir, id) = (partial_dir(shared), t.id);
+            let stored =
+                tokio::task::spawn_blocking(move || partial::stored_manifest(&dir, &id)).await?;
+            match stored {
+                // Verified (and confirmed) when that partial was created.
+                Some(m) => (t, Arc::new(m)),
+                None => {
+                    let m = confirm_manifest(shared, h, &t, &fetcher, &mut strikes).await?;
+                    confirmed_last = m.last.map(|(i, b)| (m.from.peer_id.clone(), i, b));
+                    (t, m.manifest)
+                }
+            }
         }
         Begin::Resume(name, manifest) => {
             let id = manifest.id();
             let mut round = 0;
             let mut t = loop {
-                if let Some(t) = relocate(shared, id).await {
+                if let Ok(Some(t)) = relocate(shared, id).await {
                     break t;
                 }
                 round += 1;
@@ -518,12 +529,24 @@ async fn confirm_manifest(
         })
         .collect();
     let mut round = 0;
+    let mut first_why: Option<String> = None;
     loop {
         // A holder that lied once is asked again only after the others.
         holders.sort_by_key(|s| strikes.iter().filter(|(p, _)| *p == s.peer_id).count());
-        match manifest::confirm(&shared.http, fetcher, t.id, &holders, shared.stall_timeout, strikes).await {
+        let tried = manifest::confirm(
+            &shared.http,
+            fetcher,
+            t.id,
+            &holders,
+            shared.stall_timeout,
+            strikes,
+        )
+        .await;
+        match tried {
             Ok(c) => return Ok(c),
             Err(why) => {
+                // What the holders said first explains more than a later "no holders".
+                let why = first_why.get_or_insert(why).clone();
                 round += 1;
                 if round > LOCATE_ROUNDS {
                     return Err(DownloadError::NoManifest { id: t.id, why }.into());
@@ -533,19 +556,18 @@ async fn confirm_manifest(
                     j.source = None;
                 });
                 tokio::time::sleep(relocate_pause(round)).await;
-                match relocate(shared, t.id).await {
-                    Some(fresh) => {
-                        holders = fresh
+                holders = relocate(shared, t.id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|fresh| {
+                        fresh
                             .holders
                             .into_iter()
                             .map(|(peer_id, url)| Source { peer_id, url })
-                            .collect();
-                    }
-                    None if round == LOCATE_ROUNDS => {
-                        return Err(DownloadError::NoLivePeer(t.id).into());
-                    }
-                    None => {}
-                }
+                            .collect()
+                    })
+                    .unwrap_or_default();
             }
         }
     }
@@ -590,8 +612,11 @@ async fn swarm_download(
                     j.source = None;
                 });
                 tokio::time::sleep(relocate_pause(round)).await;
-                if let Some(fresh) = relocate(shared, t.id).await {
-                    t.holders = fresh.holders;
+                match relocate(shared, t.id).await {
+                    Ok(Some(fresh)) => t.holders = fresh.holders,
+                    // Nobody holds it any more: do not ask the old holders again.
+                    Ok(None) => t.holders.clear(),
+                    Err(()) => {}
                 }
                 swarm.add_holders(t.holders.iter().map(|(peer_id, url)| Source {
                     peer_id: peer_id.clone(),

@@ -63,7 +63,7 @@ impl PartialMeta {
     /// The manifest, verified against the file id again.
     pub fn manifest(&self) -> Option<Manifest> {
         let id: FileId = self.file_id.parse().ok()?;
-        Manifest::decode(id, &hex::decode(&self.manifest).ok()?).ok()
+        Manifest::decode_local(id, &hex::decode(&self.manifest).ok()?).ok()
     }
 }
 
@@ -347,6 +347,14 @@ pub fn scan(dir: &Path) -> Vec<Stored> {
         }
     }
     found
+}
+
+/// The manifest recorded by a partial download of `id` in `dir` (checked
+/// against the id again), if there is one to resume.
+pub fn stored_manifest(dir: &Path, id: &FileId) -> Option<Manifest> {
+    load_meta(&Paths::new(dir, id).meta)
+        .filter(|m| m.file_id == id.to_hex())
+        .and_then(|m| m.manifest())
 }
 
 /// Delete the partial of `id` in `dir`, if any.

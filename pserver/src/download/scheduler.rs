@@ -632,11 +632,14 @@ impl Swarm {
                 }
                 self.requeue(c);
             }
-            Outcome::Gone(status) => {
-                let why = format!("answered HTTP {status}");
-                tracing::info!(peer = %holder.src.peer_id, %why, "holder no longer has the file");
-                holder.dropped = Some(why.clone());
-                holder.last_error = Some(why);
+            Outcome::Gone(why) => {
+                // Other requests in flight may say it again, less clearly
+                // ("not shared here" after a withdrawal): keep the first.
+                if holder.dropped.is_none() {
+                    tracing::info!(peer = %holder.src.peer_id, %why, "holder no longer has the file");
+                    holder.dropped = Some(why.clone());
+                    holder.last_error = Some(why);
+                }
                 self.requeue(c);
             }
             Outcome::Busy(pause) => {
