@@ -40,6 +40,14 @@ pub struct Central {
     wake: Notify,
 }
 
+/// Entries the central did not take (the rest of the call was applied).
+fn log_refused(call: &str, refused: &[v1::Refused]) {
+    for r in refused {
+        tracing::warn!(call, file = %r.file_id, name = %r.name, reason = %r.reason,
+            "the central refused this entry of our inventory; the others are listed");
+    }
+}
+
 /// Load figures reported with Join and Heartbeat.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Load {
@@ -146,6 +154,7 @@ impl Central {
         let r = self.client.clone().join(req).await;
         self.note(&r);
         let answer = r?.into_inner();
+        log_refused("join", &answer.refused);
         if let Err(e) =
             crate::store::write_atomic(&self.token_path, answer.session_token.as_bytes())
         {
@@ -193,6 +202,9 @@ impl Central {
         });
         let r = self.client.clone().publish(req).await;
         self.note(&r);
+        if let Ok(answer) = &r {
+            log_refused("publish", &answer.get_ref().refused);
+        }
         self.after_inventory_call("publish", r);
     }
 
