@@ -7,11 +7,10 @@
 //! the rows are read, instead of one sorted insertion per name.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 use super::compact::{Small, Word};
 use super::words::{lower_into, raw_words};
-use super::{Index, Slab};
+use super::{Handles, Index, Slab};
 
 impl Index {
     /// Start a bulk load: token indexing is deferred to [`Index::finish_bulk`].
@@ -20,9 +19,9 @@ impl Index {
         ix.peers = Slab::with_capacity(peers);
         ix.peer_ix.reserve(peers);
         ix.files = Slab::with_capacity(files);
-        ix.file_ix.reserve(files);
+        ix.file_ix = Handles::with_capacity(files);
         ix.names = Slab::with_capacity(files);
-        ix.name_ix.reserve(files);
+        ix.name_ix = Handles::with_capacity(files);
         ix.bulk = Some(TokenBuilder::spawn());
         ix
     }
@@ -36,8 +35,7 @@ impl Index {
             .map(|(i, _)| i)
             .collect();
         for f in orphans {
-            let file = self.files.remove(f).expect("listed");
-            self.file_ix.remove(&file.id);
+            self.remove_file(f);
         }
         if let Some(builder) = self.bulk.take() {
             self.tokens = builder.finish();
@@ -48,13 +46,13 @@ impl Index {
 /// Builds the token map on its own thread during a bulk load (the load is
 /// CPU-bound and the box has more than one core).
 pub(super) struct TokenBuilder {
-    tx: std::sync::mpsc::Sender<(u32, Arc<str>)>,
+    tx: std::sync::mpsc::Sender<(u32, Box<str>)>,
     thread: std::thread::JoinHandle<BTreeMap<Word, Small<u32>>>,
 }
 
 impl TokenBuilder {
     pub(super) fn spawn() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<(u32, Arc<str>)>();
+        let (tx, rx) = std::sync::mpsc::channel::<(u32, Box<str>)>();
         let thread = std::thread::spawn(move || {
             // Names arrive in increasing index order, so postings come out
             // sorted; a word repeated within one name is skipped by `last()`.
@@ -80,7 +78,7 @@ impl TokenBuilder {
         Self { tx, thread }
     }
 
-    pub(super) fn send(&self, n: u32, text: Arc<str>) {
+    pub(super) fn send(&self, n: u32, text: Box<str>) {
         // The receiver lives until `finish`; a failed send means it panicked,
         // which `finish` reports.
         let _ = self.tx.send((n, text));

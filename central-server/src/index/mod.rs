@@ -1,9 +1,10 @@
 //! The live index, in memory.
 //!
-//! Compact on purpose (a million files must fit in a few hundred MB): peers,
-//! file contents and names are interned into slabs and referred to by `u32`
-//! indices, and the lists that nearly always hold one element keep it inline
-//! ([`compact`]). A *holding* is one `(peer, file, name)` triple: the peer
+//! Compact on purpose (a million files in about 250 MiB): peers, file
+//! contents and names are interned into slabs and referred to by `u32`
+//! indices, found by key through tables of handles that keep no second copy
+//! of the key (`slab`), and the lists that nearly always hold one element
+//! keep it inline (`compact`). A *holding* is one `(peer, file, name)` triple: the peer
 //! serves that content under that name. Each file keeps its holdings as
 //! `(peer, name)` pairs, each name the files that carry it, each peer its
 //! `(file, name)` set. Search goes through a sorted token map (lowercased
@@ -25,7 +26,8 @@
 //! * `mod.rs` — [`Index`]: peers and leases, holdings and size claims,
 //!   Locate and Search.
 //! * [`words`] — the tokenizer shared by names and queries.
-//! * `slab` — `u32`-handle storage for peers, files and names.
+//! * `slab` — `u32`-handle storage for peers, files and names, and the
+//!   key → handle tables.
 //! * `compact` — inline-one lists and inline short words.
 //! * [`cursor`] — the search page token.
 //! * `bulk` — the restart path: load every row, build tokens on a thread.
@@ -38,7 +40,6 @@ mod words;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 
 use peerdex_proto::convert::SharedFile;
 use peerdex_proto::{FileId, PeerId, PeerUrl, v1};
@@ -47,7 +48,7 @@ use tokio::time::Instant;
 use bulk::TokenBuilder;
 use compact::{Small, Word};
 pub use cursor::Cursor;
-use slab::Slab;
+use slab::{Handles, Slab};
 pub use words::words;
 
 /// BLAKE3 hash of a session token; the token itself is never kept.
@@ -89,7 +90,7 @@ struct File {
 }
 
 struct Name {
-    text: Arc<str>,
+    text: Box<str>,
     /// Files carrying this name (each at most once).
     files: Small<u32>,
 }
@@ -130,13 +131,15 @@ pub struct Index {
     peers: Slab<Peer>,
     peer_ix: HashMap<PeerId, u32>,
     files: Slab<File>,
-    file_ix: HashMap<FileId, u32>,
+    /// File id → file handle.
+    file_ix: Handles,
     /// Holders whose claimed size differs from their file's `size`:
     /// file → `(peer, size)`, one entry per such holder. Empty unless
     /// holders disagree, so it costs nothing in the usual case.
     other_sizes: HashMap<u32, Vec<(u32, u64)>>,
     names: Slab<Name>,
-    name_ix: HashMap<Arc<str>, u32>,
+    /// Name text → name handle.
+    name_ix: Handles,
     /// Lowercased word → names containing it (sorted, unique).
     tokens: BTreeMap<Word, Small<u32>>,
     /// While bulk loading, new names go to a thread that builds the token
@@ -171,10 +174,10 @@ impl Index {
             peers: Slab::new(),
             peer_ix: HashMap::new(),
             files: Slab::new(),
-            file_ix: HashMap::new(),
+            file_ix: Handles::new(),
             other_sizes: HashMap::new(),
             names: Slab::new(),
-            name_ix: HashMap::new(),
+            name_ix: Handles::new(),
             tokens: BTreeMap::new(),
             bulk: None,
         }
@@ -296,7 +299,7 @@ impl Index {
             return false;
         };
         for (id, name) in refs {
-            let Some(&f) = self.file_ix.get(id) else {
+            let Some(f) = self.file(id) else {
                 continue;
             };
             let victims: Vec<(u32, u32)> = self
@@ -353,7 +356,7 @@ impl Index {
                 Some(&s) => s,
                 None => {
                     let held = me.and_then(|p| {
-                        let &fx = self.file_ix.get(&f.id)?;
+                        let fx = self.file(&f.id)?;
                         self.claim(p, fx)
                     });
                     let s = held.unwrap_or(f.size);
@@ -382,7 +385,7 @@ impl Index {
         now: Instant,
         max_holders: usize,
     ) -> Option<v1::LocatedFile> {
-        let &f = self.file_ix.get(id)?;
+        let f = self.file(id)?;
         self.located(f, now, max_holders)
     }
 
@@ -395,7 +398,7 @@ impl Index {
         max_holders: usize,
         max_files: usize,
     ) -> Vec<v1::LocatedFile> {
-        let Some(&n) = self.name_ix.get(name) else {
+        let Some(n) = self.name(name) else {
             return Vec::new();
         };
         let mut out: Vec<(usize, v1::LocatedFile)> = self
@@ -538,7 +541,8 @@ impl Index {
             size: 0,
             refs: Small::default(),
         });
-        self.file_ix.insert(id, f);
+        let files = &self.files;
+        self.file_ix.insert(f, &id, |g| &files.get(g).id);
         f
     }
 
@@ -668,8 +672,8 @@ impl Index {
 
     fn add_files(&mut self, p: u32, files: &[SharedFile]) {
         for sf in files {
-            let f = match self.file_ix.get(&sf.id) {
-                Some(&f) => f,
+            let f = match self.file(&sf.id) {
+                Some(f) => f,
                 None => self.insert_file(sf.id),
             };
             let added = self.add_ref(p, f, sf.name.as_str(), sf.size);
@@ -711,9 +715,7 @@ impl Index {
             }
         }
         if file_empty {
-            let file = self.files.remove(f).expect("live file");
-            self.file_ix.remove(&file.id);
-            self.other_sizes.remove(&f);
+            self.remove_file(f);
         } else if !still_holds {
             self.forget_claim(p, f);
         }
@@ -741,19 +743,36 @@ impl Index {
         }
     }
 
+    fn file(&self, id: &FileId) -> Option<u32> {
+        self.file_ix.get(id, |f| &self.files.get(f).id)
+    }
+
+    fn name(&self, text: &str) -> Option<u32> {
+        self.name_ix.get(text, |n| &*self.names.get(n).text)
+    }
+
+    /// Drop a file (its refs are gone already).
+    fn remove_file(&mut self, f: u32) {
+        let id = self.files.get(f).id;
+        let files = &self.files;
+        self.file_ix.remove(&id, |g| &files.get(g).id);
+        self.files.remove(f);
+        self.other_sizes.remove(&f);
+    }
+
     fn intern_name(&mut self, name: &str) -> u32 {
-        if let Some(&n) = self.name_ix.get(name) {
+        if let Some(n) = self.name(name) {
             return n;
         }
-        let text: Arc<str> = Arc::from(name);
         let n = self.names.insert(Name {
-            text: text.clone(),
+            text: name.into(),
             files: Small::default(),
         });
         if let Some(builder) = &self.bulk {
-            builder.send(n, text.clone());
+            builder.send(n, name.into());
         }
-        self.name_ix.insert(text, n);
+        let names = &self.names;
+        self.name_ix.insert(n, name, |m| &*names.get(m).text);
         if self.bulk.is_none() {
             let mut ws: Vec<String> = words(name).collect();
             ws.sort_unstable();
@@ -769,8 +788,10 @@ impl Index {
     }
 
     fn drop_name(&mut self, n: u32) {
+        let names = &self.names;
+        let text = &*names.get(n).text;
+        self.name_ix.remove(text, |m| &*names.get(m).text);
         let name = self.names.remove(n).expect("live name");
-        self.name_ix.remove(&name.text);
         let mut ws: Vec<String> = words(&name.text).collect();
         ws.sort_unstable();
         ws.dedup();
@@ -1088,7 +1109,7 @@ pub(super) mod tests {
             ]
         );
         // The index itself refuses a contradicting claim and changes nothing.
-        let (pa, f1) = (ix.peer_ix[&a], ix.file_ix[&fid(1)]);
+        let (pa, f1) = (ix.peer_ix[&a], ix.file(&fid(1)).unwrap());
         let before = answers(
             &ix,
             &[(a, url(1), [1; 32])],
@@ -1158,7 +1179,7 @@ pub(super) mod tests {
         ix.remove_peer(&liar);
         assert_eq!(size(&ix, now), Some(1000));
         assert!(ix.other_sizes.is_empty());
-        assert_eq!(ix.files.get(ix.file_ix[&fid(1)]).size, 1000);
+        assert_eq!(ix.files.get(ix.file(&fid(1)).unwrap()).size, 1000);
 
         // A late liar, and honest holders leaving one by one: the answer
         // follows whoever remains, and the list shrinks with them.
