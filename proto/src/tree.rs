@@ -122,16 +122,24 @@ impl Manifest {
         })
     }
 
-    /// Parse and verify a manifest received for `id`.
+    /// Parse and verify a manifest received for `id` (from another peer:
+    /// chunks of at least [`MIN_CHUNK_SIZE`]).
     pub fn decode(id: FileId, bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m = Self::decode_local(id, bytes)?;
+        if m.chunk_size < MIN_CHUNK_SIZE {
+            return Err(ManifestError::ChunkSize(m.chunk_size));
+        }
+        Ok(m)
+    }
+
+    /// Parse and verify a manifest this peer wrote itself (a cache, a
+    /// partial download), whatever its chunk size.
+    pub fn decode_local(id: FileId, bytes: &[u8]) -> Result<Self, ManifestError> {
         if bytes.len() < 16 || bytes.len() > MAX_ENCODED || !(bytes.len() - 16).is_multiple_of(32) {
             return Err(ManifestError::Encoding(bytes.len()));
         }
         let size = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
         let chunk_size = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
-        if chunk_size < MIN_CHUNK_SIZE {
-            return Err(ManifestError::ChunkSize(chunk_size));
-        }
         let cvs = bytes[16..]
             .chunks_exact(32)
             .map(|c| c.try_into().expect("32 bytes"))
