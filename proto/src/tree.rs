@@ -85,7 +85,12 @@ impl Manifest {
     /// Check `cvs` against `id` for a file of `size` bytes in chunks of
     /// `chunk_size` (any power of two of at least 1 KiB: tests use small
     /// ones; the wire demands [`MIN_CHUNK_SIZE`], see [`Manifest::decode`]).
-    pub fn new(id: FileId, size: u64, chunk_size: u64, cvs: Vec<Cv>) -> Result<Self, ManifestError> {
+    pub fn new(
+        id: FileId,
+        size: u64,
+        chunk_size: u64,
+        cvs: Vec<Cv>,
+    ) -> Result<Self, ManifestError> {
         if !chunk_size.is_power_of_two() || chunk_size < blake3::CHUNK_LEN as u64 {
             return Err(ManifestError::ChunkSize(chunk_size));
         }
@@ -515,12 +520,21 @@ mod tests {
     #[test]
     fn decode_refuses_bad_encodings() {
         let id = id_of(b"x");
-        assert_eq!(Manifest::decode(id, &[0; 15]), Err(ManifestError::Encoding(15)));
-        assert_eq!(Manifest::decode(id, &[0; 17]), Err(ManifestError::Encoding(17)));
+        assert_eq!(
+            Manifest::decode(id, &[0; 15]),
+            Err(ManifestError::Encoding(15))
+        );
+        assert_eq!(
+            Manifest::decode(id, &[0; 17]),
+            Err(ManifestError::Encoding(17))
+        );
         let mut small = vec![0u8; 16];
         small[..8].copy_from_slice(&1u64.to_le_bytes());
         small[8..].copy_from_slice(&1024u64.to_le_bytes());
-        assert_eq!(Manifest::decode(id, &small), Err(ManifestError::ChunkSize(1024)));
+        assert_eq!(
+            Manifest::decode(id, &small),
+            Err(ManifestError::ChunkSize(1024))
+        );
         assert!(Manifest::decode(id, &vec![0; MAX_ENCODED + 32]).is_err());
     }
 }

@@ -116,8 +116,12 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let lease = tokio::spawn({
-        let (central, store, uploads, c) =
-            (central.clone(), store.clone(), uploads.clone(), cancel.clone());
+        let (central, store, uploads, c) = (
+            central.clone(),
+            store.clone(),
+            uploads.clone(),
+            cancel.clone(),
+        );
         async move {
             let load = || central::Load {
                 active_uploads: uploads.active(),

@@ -153,7 +153,8 @@ impl Reader {
                     .then_some(())
                     .ok_or_else(|| self.rotten(tx, i))?;
                 self.judged(Ok(()));
-                self.send_range(from, to, tx).map_err(|e| self.fail(tx, e))?
+                self.send_range(from, to, tx)
+                    .map_err(|e| self.fail(tx, e))?
             };
             if !sent {
                 return Err(Bad::Stop); // the client went away

@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use peerdex_proto::convert::SharedFile;
-use peerdex_proto::tree::{Manifest, TreeHasher};
 use peerdex_proto::rest::FileInfo;
+use peerdex_proto::tree::{Manifest, TreeHasher};
 use peerdex_proto::{FileId, FileName, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -552,7 +552,10 @@ mod tests {
         fs::write(&p, &data).unwrap();
         let (id, m) = hash_path(&p).unwrap();
         assert_eq!(id.to_hex(), blake3::hash(&data).to_hex().as_str());
-        assert_eq!((m.size(), m.chunks(), m.chunk_size()), (3_500_000, 4, 1 << 20));
+        assert_eq!(
+            (m.size(), m.chunks(), m.chunk_size()),
+            (3_500_000, 4, 1 << 20)
+        );
         assert!(m.check_chunk(3, &data[3 << 20..]));
         assert_eq!(Manifest::decode(id, &m.encode()).unwrap(), m);
     }

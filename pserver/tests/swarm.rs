@@ -70,7 +70,10 @@ async fn three_holders_one_rotten_chunk_the_others_finish_and_it_withdraws() {
     for p in [&a, &b, &c] {
         upload_ok(p, "swarm-corrupt.bin", bytes.clone()).await;
     }
-    flip_in_place(&c.path_in_share("swarm-corrupt.bin"), &[6 * MIB as u64 + 100]);
+    flip_in_place(
+        &c.path_in_share("swarm-corrupt.bin"),
+        &[6 * MIB as u64 + 100],
+    );
     let bad_peer = c.status().await.peer_id;
     wait_holders(&d, "swarm corrupt", &id, 3).await;
 

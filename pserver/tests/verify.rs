@@ -68,7 +68,9 @@ impl Liar {
         let manifest = Arc::new(manifest);
         let server = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { return };
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
                 tokio::spawn(serve_lie(s, content.clone(), manifest.clone()));
             }
         });
@@ -116,7 +118,11 @@ async fn serve_lie(mut s: tokio::net::TcpStream, content: Arc<Vec<u8>>, manifest
         let size = content.len() as u64;
         let range = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(str::to_owned))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("range: bytes=")
+                    .map(str::to_owned)
+            })
             .and_then(|r| {
                 let (a, b) = r.trim().split_once('-')?;
                 Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
@@ -248,11 +254,16 @@ async fn raw_get(peer_url: &str, path: &str, range: Option<&str>) -> (String, Ve
     let addr = peer_url.trim_start_matches("http://");
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     let range = range.map_or(String::new(), |r| format!("Range: {r}\r\n"));
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{range}Connection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{range}Connection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut all = Vec::new();
-    let _ = tokio::time::timeout(T, s.read_to_end(&mut all)).await.expect("answer");
+    let _ = tokio::time::timeout(T, s.read_to_end(&mut all))
+        .await
+        .expect("answer");
     let split = all
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -261,7 +272,11 @@ async fn raw_get(peer_url: &str, path: &str, range: Option<&str>) -> (String, Ve
     let body = all[split + 4..].to_vec();
     let declared: Option<usize> = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
         .and_then(|v| v.trim().parse().ok());
     let cut = declared.is_some_and(|n| body.len() < n);
     (head.lines().next().unwrap_or("").to_owned(), body, cut)
@@ -288,13 +303,24 @@ async fn no_byte_of_a_rotten_chunk_leaves_the_holder() {
     // Every chunk rotten: a whole GET gets a 404 and no byte.
     let (status, body, _) = raw_get(&a.peer_url, &url(0), None).await;
     assert!(status.contains(" 404 "), "{status}");
-    assert!(body.len() < 400, "only an error message: {} bytes", body.len());
+    assert!(
+        body.len() < 400,
+        "only an error message: {} bytes",
+        body.len()
+    );
 
     // A Range inside a rotten chunk (the second): 404, no byte.
-    let (status, body, _) =
-        raw_get(&a.peer_url, &url(1), Some("bytes=1500000-1500099")).await;
-    assert!(status.contains(" 404 "), "{status}: {} body bytes", body.len());
-    assert!(body.len() < 400, "only an error message: {} bytes", body.len());
+    let (status, body, _) = raw_get(&a.peer_url, &url(1), Some("bytes=1500000-1500099")).await;
+    assert!(
+        status.contains(" 404 "),
+        "{status}: {} body bytes",
+        body.len()
+    );
+    assert!(
+        body.len() < 400,
+        "only an error message: {} bytes",
+        body.len()
+    );
 
     // Only the second chunk rotten: the first chunk (verified) is sent, then
     // the body is cut before any byte of the second.
@@ -335,9 +361,18 @@ async fn every_size_downloads_through_the_one_engine() {
         let job = start_job(&d, &id).await;
         let end = finish(&d, &job.job_id, T).await;
         assert_eq!(end.state, JobState::Done, "size {size}: {end:#?}");
-        assert_eq!(std::fs::read(d.path_in_share(&name)).unwrap(), bytes, "size {size}");
+        assert_eq!(
+            std::fs::read(d.path_in_share(&name)).unwrap(),
+            bytes,
+            "size {size}"
+        );
         let chunks: u64 = end.sources.iter().map(|s| s.chunks).sum();
-        assert_eq!(chunks, size.div_ceil(MIB) as u64, "size {size}: {:#?}", end.sources);
+        assert_eq!(
+            chunks,
+            size.div_ceil(MIB) as u64,
+            "size {size}: {:#?}",
+            end.sources
+        );
     }
     assert!(files_under(&d.data_path().join("partial")).is_empty());
 }

@@ -12,7 +12,13 @@ pub fn bin(name: &str) -> PathBuf {
     // target/<profile>/deps/<test-binary> → target/<profile>/<name>
     let dir = exe
         .parent()
-        .and_then(|d| if d.ends_with("deps") { d.parent() } else { Some(d) })
+        .and_then(|d| {
+            if d.ends_with("deps") {
+                d.parent()
+            } else {
+                Some(d)
+            }
+        })
         .expect("test binary has a folder");
     let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(

@@ -126,7 +126,12 @@ enum Fault {
     Unusable(String),
 }
 
-async fn get(http: &reqwest::Client, src: &Source, id: FileId, stall: Duration) -> Result<Manifest, Fault> {
+async fn get(
+    http: &reqwest::Client,
+    src: &Source,
+    id: FileId,
+    stall: Duration,
+) -> Result<Manifest, Fault> {
     let url = format!("{}/peer/v1/files/{id}/manifest", src.url);
     let resp = tokio::time::timeout(stall, http.get(url).send())
         .await
@@ -145,7 +150,12 @@ async fn get(http: &reqwest::Client, src: &Source, id: FileId, stall: Duration) 
             .map_err(|_| Fault::Unusable(format!("manifest stalled for {stall:?}")))?;
         match piece {
             None => break,
-            Some(Err(e)) => return Err(Fault::Unusable(format!("manifest transfer broke: {}", root_cause(&e)))),
+            Some(Err(e)) => {
+                return Err(Fault::Unusable(format!(
+                    "manifest transfer broke: {}",
+                    root_cause(&e)
+                )));
+            }
             Some(Ok(p)) => {
                 if bytes.len() + p.len() > MAX_ENCODED {
                     return Err(Fault::Strike(format!(

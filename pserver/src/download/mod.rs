@@ -36,8 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerdex_proto::tree::Manifest;
 use peerdex_proto::rest::{Candidate, DownloadRequest, Job, JobState, LocatedFile};
+use peerdex_proto::tree::Manifest;
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use uuid::Uuid;
 
@@ -424,7 +424,11 @@ async fn drive(
     begin: Begin,
     slot: &mut Option<Partial>,
 ) -> std::result::Result<(), JobEnd> {
-    let fetcher = transport::http_fetcher(shared.http.clone(), shared.download_limit.clone(), id_of(&begin));
+    let fetcher = transport::http_fetcher(
+        shared.http.clone(),
+        shared.download_limit.clone(),
+        id_of(&begin),
+    );
     let mut strikes = manifest::Strikes::new();
     let mut confirmed_last = None;
     let (mut t, manifest) = match begin {

@@ -217,7 +217,9 @@ impl Partial {
     /// Queue a verified chunk for writing (waits when the queue is full).
     pub async fn write(&self, idx: usize, data: Bytes) -> io::Result<()> {
         let tx = self.tx.as_ref().ok_or_else(stopped)?;
-        tx.send(Cmd::Write(idx, data)).await.map_err(|_| stopped())?;
+        tx.send(Cmd::Write(idx, data))
+            .await
+            .map_err(|_| stopped())?;
         self.verified_now
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use peerdex_proto::tree::Manifest;
 use peerdex_proto::rest::SourceProgress;
+use peerdex_proto::tree::Manifest;
 use tokio::task::JoinSet;
 
 use super::chunk::{ChunkRequest, Failed, Outcome};
@@ -101,7 +101,6 @@ pub(crate) struct Report {
     /// URL of the fastest source right now.
     pub fastest: Option<String>,
 }
-
 
 struct Holder {
     src: Arc<Source>,
@@ -649,7 +648,10 @@ impl Swarm {
             }
             Outcome::LocalIo(e) => {
                 self.requeue(c);
-                return Err(io::Error::new(e.kind(), format!("cannot write chunk {c}: {e}")));
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot write chunk {c}: {e}"),
+                ));
             }
         }
         Ok(())
@@ -954,7 +956,9 @@ mod tests {
                         ..ok(futures_util::stream::empty().boxed())
                     },
                     Behaviour::BreakHalfway => ok(piece(bytes[..half].to_vec())
-                        .chain(futures_util::stream::iter([Err(TransportError::Body("connection reset".into()))]))
+                        .chain(futures_util::stream::iter([Err(TransportError::Body(
+                            "connection reset".into(),
+                        ))]))
                         .boxed()),
                 })
             })

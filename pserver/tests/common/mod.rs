@@ -104,7 +104,10 @@ impl ChildPeer {
             ("RUST_LOG", "warn".into()),
             ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
             ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
-            ("PSERVER_SHARE_DIR", root.join("share").display().to_string()),
+            (
+                "PSERVER_SHARE_DIR",
+                root.join("share").display().to_string(),
+            ),
             ("PSERVER_DATA_DIR", root.join("data").display().to_string()),
             ("PSERVER_CENTRAL_URL", central_url.into()),
             ("PSERVER_RESCAN_SECS", "1".into()),
