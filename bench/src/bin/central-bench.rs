@@ -7,7 +7,9 @@
 //! same run, the same generator drives `grpc.health.v1.Health/Check` on a
 //! trivial tonic-health server (this binary in `--health-server` mode, also
 //! a separate process) as the baseline. It also reports the central's RSS
-//! and its restart-to-serving time (after SIGTERM and after `kill -9`).
+//! and its restart-to-serving time (after SIGTERM and after `kill -9`);
+//! `--data-dir D --restarts-only` measures only that, on the database an
+//! earlier run left in D.
 //!
 //! It lives in the `peerdex-bench` crate (not in `central-server`) so that
 //! its histogram dependency never reaches the server's build.
@@ -57,9 +59,15 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
-    /// Data dir for the started central (default: a fresh temp dir, deleted after).
+    /// Data dir for the started central (default: a fresh temp dir, deleted
+    /// after; a given one is kept).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Only measure restarts (RSS after loading, restart-to-serving after
+    /// SIGTERM and after kill -9) on the already populated `--data-dir` of
+    /// an earlier run with the same `--files`.
+    #[arg(long, requires = "data_dir", conflicts_with = "addr")]
+    restarts_only: bool,
     /// Internal: run the trivial health server used as the baseline.
     #[arg(long, hide = true)]
     health_server: bool,
@@ -356,6 +364,28 @@ fn row(name: &str, r: &Run) -> String {
     )
 }
 
+/// Restart the central on `data` twice: after SIGTERM (from `c`, the running
+/// one) and after kill -9. Returns the RSS after the first restart and both
+/// restart-to-serving times.
+async fn restarts(
+    mut c: Proc,
+    bin: &PathBuf,
+    data: &PathBuf,
+    probe: &str,
+) -> anyhow::Result<(Option<f64>, Vec<(&'static str, Duration)>)> {
+    sigterm_and_wait(&mut c)?;
+    let (mut c, t_term) = restart(bin, data, probe).await?;
+    let rss = rss_mib(c.child.id());
+    c.child.kill()?; // SIGKILL: no checkpoint, no clean close
+    c.child.wait()?;
+    let (mut c, t_kill) = restart(bin, data, probe).await?;
+    sigterm_and_wait(&mut c)?;
+    Ok((
+        rss,
+        vec![("after SIGTERM", t_term), ("after kill -9", t_kill)],
+    ))
+}
+
 async fn bench(args: Args) -> anyhow::Result<()> {
     let exe_dir = std::env::current_exe()?
         .parent()
@@ -365,6 +395,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let data = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("central-bench-{}", std::process::id()))
     });
+    let probe = file_id(args.files / 2);
+    if args.restarts_only {
+        let (c, t) = restart(&bin, &data, &probe).await?;
+        eprintln!("first start: {:.2} s", t.as_secs_f64());
+        let (rss, times) = restarts(c, &bin, &data, &probe).await?;
+        println!("\n| measure | value |");
+        println!("|---|---:|");
+        if let Some(r) = rss {
+            println!("| central RSS after restart (loaded from disk) | {r:.0} MiB |");
+        }
+        for (what, t) in times {
+            println!("| restart-to-serving {what} | {:.2} s |", t.as_secs_f64());
+        }
+        return Ok(());
+    }
     let mut central = match args.addr {
         Some(_) => None,
         None => Some(start_central(&bin, &data)?),
@@ -403,23 +448,16 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     drop(health.child.stdin.take());
     let _ = health.child.wait();
 
-    let mut restarts = Vec::new();
-    let mut rss_restarted = None;
-    if let Some(mut c) = central.take() {
-        let probe = file_id(args.files / 2);
-        sigterm_and_wait(&mut c)?;
-        let (mut c, t_term) = restart(&bin, &data, &probe).await?;
-        rss_restarted = rss_mib(c.child.id());
-        restarts.push(("after SIGTERM", t_term));
-        c.child.kill()?; // SIGKILL: no checkpoint, no clean close
-        c.child.wait()?;
-        let (mut c, t_kill) = restart(&bin, &data, &probe).await?;
-        restarts.push(("after kill -9", t_kill));
-        sigterm_and_wait(&mut c)?;
-        if args.data_dir.is_none() {
-            let _ = std::fs::remove_dir_all(&data);
+    let (rss_restarted, restarts) = match central.take() {
+        Some(c) => {
+            let measured = restarts(c, &bin, &data, &probe).await?;
+            if args.data_dir.is_none() {
+                let _ = std::fs::remove_dir_all(&data);
+            }
+            measured
         }
-    }
+        None => (None, Vec::new()),
+    };
 
     let ratio = locate.rps / baseline.rps * 100.0;
     println!(
