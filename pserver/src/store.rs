@@ -394,15 +394,7 @@ impl Store {
     /// under their new id if their content changed. Returns what was
     /// withdrawn (nothing if another call already did).
     pub fn quarantine(&self, id: &FileId) -> Vec<Entry> {
-        let removed: Vec<Entry> = {
-            let mut files = self.files.lock().unwrap();
-            let names: Vec<FileName> = files
-                .values()
-                .filter(|e| e.id == *id)
-                .map(|e| e.name.clone())
-                .collect();
-            names.iter().filter_map(|n| files.remove(n)).collect()
-        };
+        let removed = self.take_all(id);
         if !removed.is_empty() {
             let mut q = self.quarantined.lock().unwrap();
             if q.len() >= MAX_QUARANTINED {
@@ -415,17 +407,20 @@ impl Store {
         removed
     }
 
+    /// Drop every name of `id` from the index; returns the entries.
+    fn take_all(&self, id: &FileId) -> Vec<Entry> {
+        let mut files = self.files.lock().unwrap();
+        let names: Vec<FileName> = files
+            .values()
+            .filter(|e| e.id == *id)
+            .map(|e| e.name.clone())
+            .collect();
+        names.iter().filter_map(|n| files.remove(n)).collect()
+    }
+
     /// Stop sharing every name of `id` and delete those files from the share folder.
     pub fn remove(&self, id: &FileId) -> Result<Vec<Entry>> {
-        let removed: Vec<Entry> = {
-            let mut files = self.files.lock().unwrap();
-            let names: Vec<FileName> = files
-                .values()
-                .filter(|e| e.id == *id)
-                .map(|e| e.name.clone())
-                .collect();
-            names.iter().filter_map(|n| files.remove(n)).collect()
-        };
+        let removed = self.take_all(id);
         if removed.is_empty() {
             return Err(Error::NotFound(format!("file {id} is not shared here")));
         }

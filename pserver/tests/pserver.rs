@@ -16,13 +16,6 @@ fn by_name(name: &str) -> DownloadRequest {
         name: Some(name.into()),
     }
 }
-fn by_id(id: &str) -> DownloadRequest {
-    DownloadRequest {
-        file_id: Some(id.into()),
-        name: None,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_then_download_through_neighbour() {
     let central = TestCentral::start(LONG_TTL).await;

@@ -8,24 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{DownloadRequest, Job, JobList, JobState, SourceProgress};
+use peerdex_proto::rest::{Job, JobList, JobState, SourceProgress};
 
 const LONG_TTL: Duration = Duration::from_secs(30);
 const T: Duration = Duration::from_secs(40);
 const MIB: usize = 1 << 20;
-
-fn by_id(id: &str) -> DownloadRequest {
-    DownloadRequest {
-        file_id: Some(id.into()),
-        name: None,
-    }
-}
-
-async fn start_job(p: &TestPeer, id: &str) -> Job {
-    let r = start_download(p, &by_id(id)).await;
-    assert_eq!(r.status(), 202);
-    r.json().await.unwrap()
-}
 
 fn source<'a>(j: &'a Job, peer_id: &str) -> Option<&'a SourceProgress> {
     j.sources.iter().find(|s| s.peer_id == peer_id)

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{DownloadRequest, Job, JobState};
+use peerdex_proto::rest::JobState;
 use peerdex_proto::tree::TreeHasher;
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::{FileId, PeerId, v1};
@@ -18,19 +18,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const LONG_TTL: Duration = Duration::from_secs(30);
 const T: Duration = Duration::from_secs(40);
 const MIB: usize = 1 << 20;
-
-fn by_id(id: &str) -> DownloadRequest {
-    DownloadRequest {
-        file_id: Some(id.into()),
-        name: None,
-    }
-}
-
-async fn start_job(p: &TestPeer, id: &str) -> Job {
-    let r = start_download(p, &by_id(id)).await;
-    assert_eq!(r.status(), 202);
-    r.json().await.unwrap()
-}
 
 /// Wait until `p` sees exactly `n` holders of `id` (searching by `q`).
 async fn wait_holders(p: &TestPeer, q: &str, id: &str, n: u32) {

@@ -49,6 +49,21 @@ pub async fn holders(p: &TestPeer, q: &str, file_id: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// A download request by file id.
+pub fn by_id(id: &str) -> DownloadRequest {
+    DownloadRequest {
+        file_id: Some(id.into()),
+        name: None,
+    }
+}
+
+/// Start downloading `id`; the request must be accepted (202).
+pub async fn start_job(p: &TestPeer, id: &str) -> Job {
+    let r = start_download(p, &by_id(id)).await;
+    assert_eq!(r.status(), 202);
+    r.json().await.unwrap()
+}
+
 pub async fn start_download(p: &TestPeer, req: &DownloadRequest) -> reqwest::Response {
     p.http
         .post(format!("{}/api/v1/downloads", p.api_url))
