@@ -10,6 +10,7 @@
 //! * `cli` — the command line (clap): global options and commands, parsed
 //!   against an environment given explicitly.
 //! * `cmd` — what each command does and prints, one file per command.
+//! * `ctx` — the session context every command takes.
 //! * `progress` — following a download job: progress bar or state lines.
 //! * `report` — how a failure is printed, and the exit code it maps to.
 //! * `repl` — the interactive shell (rustyline), or line-by-line from a pipe.
@@ -21,6 +22,7 @@
 mod api;
 mod cli;
 mod cmd;
+mod ctx;
 mod output;
 mod progress;
 mod repl;
@@ -29,7 +31,7 @@ mod report;
 use std::process::ExitCode;
 
 use crate::cli::Cli;
-use crate::cmd::Ctx;
+use crate::ctx::Ctx;
 use crate::output::Term;
 use crate::report::Interrupted;
 

@@ -8,7 +8,7 @@ use anyhow::bail;
 use indicatif::ProgressBar;
 use peerdex_proto::rest::{Job, JobState};
 
-use crate::cmd::Ctx;
+use crate::ctx::Ctx;
 use crate::output::{host_of, human_rate, sanitize, short_id};
 
 /// Follow a job's events with a progress bar until it reaches a final state.

@@ -9,7 +9,7 @@ use peerdex_proto::rest::Candidate;
 use serde::Serialize;
 
 use crate::api;
-use crate::cmd::Ctx;
+use crate::ctx::Ctx;
 use crate::output::{human_size, outln, table};
 
 /// The user pressed Ctrl+C; the message says what is left running.
