@@ -8,6 +8,7 @@
 //! * `jobs` — the job list ([`Jobs`], [`JobHandle`]) and their live state.
 //! * `scheduler` — the swarm: fetch the chunks of a file from up to
 //!   `PSERVER_MAX_SOURCES` holders at once; strikes, back-off, end game.
+//! * `holder` — one holder as the swarm sees it: strikes, back-off, rate.
 //! * `chunk` — one request for one chunk, verified against the manifest
 //!   before it is kept ([`chunk::ChunkRequest`]).
 //! * `transport` — range requests over the peer API, under the rate cap.
@@ -49,6 +50,7 @@ use crate::rt::MainRt;
 use crate::store::Store;
 
 mod chunk;
+mod holder;
 mod jobs;
 mod manifest;
 mod partial;

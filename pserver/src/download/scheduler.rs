@@ -25,7 +25,7 @@
 //! in a row. A 503 backs it off for its `Retry-After`. A holder killed
 //! mid-transfer costs only its in-flight chunks.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,18 +36,14 @@ use peerdex_proto::tree::Manifest;
 use tokio::task::JoinSet;
 
 use super::chunk::{ChunkRequest, Failed, Outcome};
+use super::holder::Holder;
 use super::partial::Partial;
 use super::transport::{Fetcher, Source};
 
 /// Strikes (chunks that failed verification) that drop a holder.
 pub(crate) const MAX_STRIKES: u32 = 3;
-/// Requests in flight per holder: at least / at most.
-const MIN_DEPTH: u32 = 2;
-const MAX_DEPTH: u32 = 4;
 /// At most this many chunks raced at once in the end game.
 const MAX_RACES: usize = 4;
-/// Window of the per-source rate.
-const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// Progress is reported this often.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -100,72 +96,6 @@ pub(crate) struct Report {
     pub sources: Vec<SourceProgress>,
     /// URL of the fastest source right now.
     pub fastest: Option<String>,
-}
-
-struct Holder {
-    src: Arc<Source>,
-    /// Bytes received from it (kept or not).
-    recv: Arc<AtomicU64>,
-    used: bool,
-    chunks: u64,
-    strikes: u32,
-    failures: u32,
-    in_flight: u32,
-    backoff_until: Option<Instant>,
-    /// Why it was dropped; `banned` ones (strikes) stay dropped for the job.
-    dropped: Option<String>,
-    banned: bool,
-    last_error: Option<String>,
-    samples: VecDeque<(Instant, u64)>,
-    rate: f64,
-}
-
-impl Holder {
-    fn new(src: Source) -> Self {
-        Self {
-            src: Arc::new(src),
-            recv: Arc::new(AtomicU64::new(0)),
-            used: false,
-            chunks: 0,
-            strikes: 0,
-            failures: 0,
-            in_flight: 0,
-            backoff_until: None,
-            dropped: None,
-            banned: false,
-            last_error: None,
-            samples: VecDeque::new(),
-            rate: 0.0,
-        }
-    }
-
-    fn sample(&mut self, now: Instant) {
-        self.samples
-            .push_back((now, self.recv.load(Ordering::Relaxed)));
-        while self
-            .samples
-            .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW)
-        {
-            self.samples.pop_front();
-        }
-        self.rate = match (self.samples.front(), self.samples.back()) {
-            (Some((t0, b0)), Some((t1, b1))) if t1 > t0 => {
-                (b1 - b0) as f64 / t1.duration_since(*t0).as_secs_f64()
-            }
-            _ => 0.0,
-        };
-    }
-
-    /// Requests to keep in flight: enough to cover ~50 ms of its throughput.
-    fn depth(&self, chunk_size: u64) -> u32 {
-        let ahead = (self.rate * 0.05 / chunk_size as f64).ceil() as u32;
-        (1 + ahead).clamp(MIN_DEPTH, MAX_DEPTH)
-    }
-
-    fn label(&self) -> String {
-        format!("peer {} ({})", self.src.peer_id, self.src.url)
-    }
 }
 
 struct Req {
@@ -751,6 +681,7 @@ mod tests {
     use peerdex_proto::FileId;
     use peerdex_proto::tree::TreeHasher;
 
+    use super::super::holder::MAX_DEPTH;
     use super::super::transport::{Reply, TransportError};
     use super::*;
 
