@@ -73,6 +73,10 @@ ALTER TABLE files DROP COLUMN chunk_size;
 ALTER TABLE files DROP COLUMN chunk_hashes;
 ";
 
+/// Largest database read through a memory map at load (beyond it SQLite
+/// reads the rest with plain reads).
+const LOAD_MMAP_BYTES: i64 = 1 << 30;
+
 /// One withdrawal: a content, and one of its names or all of them.
 pub type Withdrawal = (FileId, Option<String>);
 
@@ -139,6 +143,21 @@ impl Store {
 
     /// Load everything into a fresh index; every peer's lease ends at `expires`.
     pub fn load(&self, expires: Instant) -> Result<Index> {
+        // Read the whole file through a memory map while loading (no read
+        // syscall and copy per page), then unmap it so that the file's pages
+        // do not count in the process's memory.
+        let mmap = |bytes: i64| -> Result<i64> {
+            Ok(self
+                .conn
+                .pragma_update_and_check(None, "mmap_size", bytes, |r| r.get(0))?)
+        };
+        mmap(LOAD_MMAP_BYTES)?;
+        let loaded = self.load_rows(expires);
+        mmap(0)?;
+        loaded
+    }
+
+    fn load_rows(&self, expires: Instant) -> Result<Index> {
         let count = |sql: &str| -> Result<usize> {
             let n: Option<i64> = self.conn.query_row(sql, [], |r| r.get(0))?;
             Ok(n.unwrap_or(0).max(0) as usize)
@@ -196,6 +215,7 @@ impl Store {
             let i = slot(&mut file_of_row, row)?;
             file_of_row[i] = ix.insert_file(id);
         }
+        ix.files_loaded();
 
         tracing::debug!(
             ms = t0.elapsed().as_millis() as u64,

@@ -324,18 +324,26 @@ async fn populate(addr: SocketAddr, args: &Args) -> anyhow::Result<Duration> {
 async fn restart(bin: &PathBuf, data: &PathBuf, probe: &str) -> anyhow::Result<(Proc, Duration)> {
     let start = Instant::now();
     let proc = start_central(bin, data)?;
+    let bound = start.elapsed();
     let mut client = loop {
         if let Ok(ch) = channel(proc.addr).await {
             break DirectoryClient::new(ch);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    let connected = start.elapsed();
     let req = LocateRequest {
         target: Some(Target::FileId(probe.into())),
         max_holders: 0,
     };
     let r = client.locate(req).await?.into_inner();
     let took = start.elapsed();
+    eprintln!(
+        "  restart: port bound after {:.2} s, connected after {:.2} s, first Locate answered after {:.2} s",
+        bound.as_secs_f64(),
+        connected.as_secs_f64(),
+        took.as_secs_f64()
+    );
     if r.files.is_empty() || r.files[0].holders.is_empty() {
         bail!("after restart the probe file has no holders");
     }

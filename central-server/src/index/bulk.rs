@@ -1,33 +1,109 @@
 //! The bulk load used at every restart: [`Index::with_capacity`], then
-//! [`Index::insert_peer`], [`Index::insert_file`] and [`Index::add_ref`] for
-//! every row, then [`Index::finish_bulk`].
+//! [`Index::insert_peer`] and [`Index::insert_file`] for every peer and
+//! file, [`Index::files_loaded`], [`Index::add_ref`] for every holding,
+//! then [`Index::finish_bulk`].
 //!
 //! It answers exactly like an index built by Join/Publish, but faster: slabs
-//! are sized up front, and the token map is built on its own thread while
-//! the rows are read, instead of one sorted insertion per name.
+//! are sized up front, and the work that the rows after it do not need runs
+//! on other threads while they are read: the file id table once the files
+//! are in, the token map (instead of one sorted insertion per name).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
+use std::thread::JoinHandle;
+
+use peerdex_proto::FileId;
 
 use super::compact::{Small, Word};
-use super::words::{lower_into, raw_words};
+use super::words::raw_words;
 use super::{Handles, Index, Slab};
 
+/// The state of a bulk load (see the module doc).
+pub(super) struct Bulk {
+    tokens: TokenBuilder,
+    /// Files inserted whose ids are not in `file_ix` yet.
+    ids: Vec<(u32, FileId)>,
+    /// Building `file_ix` from `ids`, once [`Index::files_loaded`] ran.
+    file_ix: Option<JoinHandle<Handles>>,
+}
+
+impl Bulk {
+    /// Hand a name to the token builder.
+    pub(super) fn name(&mut self, n: u32, text: &str) {
+        self.tokens.send(n, text);
+    }
+
+    /// Record a file whose id goes into the id table later.
+    pub(super) fn file(&mut self, f: u32, id: FileId) {
+        self.ids.push((f, id));
+    }
+}
+
+/// The id table of `ids` (`(handle, id)` pairs).
+fn file_table(ids: Vec<(u32, FileId)>) -> Handles {
+    let mut table = Handles::with_capacity(ids.len());
+    // Handles are dense from 0 in a fresh slab, so most are their position.
+    let pos: HashMap<u32, usize> = ids
+        .iter()
+        .enumerate()
+        .filter(|&(k, &(f, _))| f as usize != k)
+        .map(|(k, &(f, _))| (f, k))
+        .collect();
+    let key_of = |f: u32| {
+        let k = pos.get(&f).copied().unwrap_or(f as usize);
+        &ids[k].1
+    };
+    for &(f, id) in &ids {
+        table.insert(f, &id, key_of);
+    }
+    table
+}
+
 impl Index {
-    /// Start a bulk load: token indexing is deferred to [`Index::finish_bulk`].
+    /// Start a bulk load. Until [`Index::finish_bulk`], files cannot be
+    /// found by id and the token map is empty.
     pub fn with_capacity(peers: usize, files: usize) -> Self {
         let mut ix = Self::new();
         ix.peers = Slab::with_capacity(peers);
         ix.peer_ix.reserve(peers);
         ix.files = Slab::with_capacity(files);
-        ix.file_ix = Handles::with_capacity(files);
         ix.names = Slab::with_capacity(files);
         ix.name_ix = Handles::with_capacity(files);
-        ix.bulk = Some(TokenBuilder::spawn());
+        ix.bulk = Some(Bulk {
+            // About as many distinct words as names (a name's own number, say).
+            tokens: TokenBuilder::spawn(files),
+            ids: Vec::with_capacity(files),
+            file_ix: None,
+        });
         ix
+    }
+
+    /// During a bulk load: every file is in; its id table is built on its
+    /// own thread while the holdings are read.
+    pub fn files_loaded(&mut self) {
+        if let Some(bulk) = &mut self.bulk
+            && bulk.file_ix.is_none()
+        {
+            let ids = std::mem::take(&mut bulk.ids);
+            bulk.file_ix = Some(std::thread::spawn(move || file_table(ids)));
+        }
     }
 
     /// End a bulk load: drop contents nobody holds and build the token map.
     pub fn finish_bulk(&mut self) {
+        if let Some(mut bulk) = self.bulk.take() {
+            // Files inserted after `files_loaded` (or without it) too.
+            let mut table = match bulk.file_ix.take() {
+                Some(t) => t.join().expect("file id table thread panicked"),
+                None => Handles::with_capacity(bulk.ids.len()),
+            };
+            let files = &self.files;
+            for (f, id) in bulk.ids {
+                table.insert(f, &id, |g| &files.get(g).id);
+            }
+            self.file_ix = table;
+            self.tokens = bulk.tokens.finish();
+        }
         let orphans: Vec<u32> = self
             .files
             .iter()
@@ -37,54 +113,81 @@ impl Index {
         for f in orphans {
             self.remove_file(f);
         }
-        if let Some(builder) = self.bulk.take() {
-            self.tokens = builder.finish();
-        }
     }
 }
 
 /// Builds the token map on its own thread during a bulk load (the load is
-/// CPU-bound and the box has more than one core).
-pub(super) struct TokenBuilder {
-    tx: std::sync::mpsc::Sender<(u32, Box<str>)>,
+/// CPU-bound and the box has more than one core). Names travel in batches
+/// of concatenated text, so that handing them over costs no allocation per
+/// name.
+struct TokenBuilder {
+    tx: std::sync::mpsc::Sender<Batch>,
+    batch: Batch,
     thread: std::thread::JoinHandle<BTreeMap<Word, Small<u32>>>,
 }
 
+/// A batch of names: `text` holds their texts one after the other, and
+/// name `names[k].0` ends at byte `names[k].1`.
+#[derive(Default)]
+struct Batch {
+    text: String,
+    names: Vec<(u32, usize)>,
+}
+
+/// Bytes of name text per batch.
+const BATCH_BYTES: usize = 64 * 1024;
+
 impl TokenBuilder {
-    pub(super) fn spawn() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<(u32, Box<str>)>();
+    /// `words`: the number of distinct words to expect.
+    fn spawn(words: usize) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Batch>();
         let thread = std::thread::spawn(move || {
             // Names arrive in increasing index order, so postings come out
             // sorted; a word repeated within one name is skipped by `last()`.
-            let mut map: HashMap<Word, Small<u32>> = HashMap::new();
-            let mut buf = String::new();
-            for (n, text) in rx {
-                for w in raw_words(&text) {
-                    buf.clear();
-                    lower_into(w, &mut buf);
-                    match map.get_mut(buf.as_str()) {
-                        Some(v) if v.last() == Some(&n) => {}
-                        Some(v) => v.push(n),
-                        None => {
-                            map.insert(Word::new(&buf), Small::one(n));
+            let mut map: HashMap<Word, Small<u32>> = HashMap::with_capacity(words);
+            for batch in rx {
+                let mut start = 0;
+                for &(n, end) in &batch.names {
+                    for w in raw_words(&batch.text[start..end]) {
+                        match map.entry(Word::lowercase(w)) {
+                            Entry::Occupied(e) if e.get().last() == Some(&n) => {}
+                            Entry::Occupied(mut e) => e.get_mut().push(n),
+                            Entry::Vacant(e) => {
+                                e.insert(Small::one(n));
+                            }
                         }
                     }
+                    start = end;
                 }
             }
             let mut sorted: Vec<(Word, Small<u32>)> = map.into_iter().collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             sorted.into_iter().collect()
         });
-        Self { tx, thread }
+        Self {
+            tx,
+            batch: Batch::default(),
+            thread,
+        }
     }
 
-    pub(super) fn send(&self, n: u32, text: Box<str>) {
+    fn send(&mut self, n: u32, text: &str) {
+        self.batch.text.push_str(text);
+        self.batch.names.push((n, self.batch.text.len()));
+        if self.batch.text.len() >= BATCH_BYTES {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
         // The receiver lives until `finish`; a failed send means it panicked,
         // which `finish` reports.
-        let _ = self.tx.send((n, text));
+        let _ = self.tx.send(batch);
     }
 
-    pub(super) fn finish(self) -> BTreeMap<Word, Small<u32>> {
+    fn finish(mut self) -> BTreeMap<Word, Small<u32>> {
+        self.flush();
         drop(self.tx);
         self.thread.join().expect("token builder thread panicked")
     }
@@ -94,7 +197,7 @@ impl TokenBuilder {
 mod tests {
     use tokio::time::Instant;
 
-    use super::super::tests::{StoredPeer, TTL, answers, bulk_from, sf, url};
+    use super::super::tests::{StoredPeer, TTL, answers, bulk_from, fid, sf, url};
     use super::super::{Index, Load, Stats};
     use peerdex_proto::PeerId;
 
@@ -162,5 +265,34 @@ mod tests {
                 .len(),
             4
         );
+    }
+
+    #[test]
+    fn every_file_is_found_whenever_files_loaded_is_called() {
+        let now = Instant::now();
+        // files_loaded before all, after two, never (finish_bulk does it).
+        for split in [0, 2, 5] {
+            let mut ix = Index::with_capacity(1, 5);
+            let p = ix.insert_peer(PeerId::new_random(), url(1), [1; 32], now + TTL);
+            let mut fs = Vec::new();
+            for i in 0..5 {
+                if i == split {
+                    ix.files_loaded();
+                }
+                fs.push(ix.insert_file(fid(i)));
+            }
+            for (i, &f) in fs.iter().enumerate() {
+                assert!(ix.add_ref(p, f, &format!("n{i}"), 1));
+            }
+            ix.finish_bulk();
+            for i in 0..5 {
+                let l = ix.locate_id(&fid(i), now, 9);
+                assert_eq!(
+                    l.map(|l| l.names),
+                    Some(vec![format!("n{i}")]),
+                    "split {split}"
+                );
+            }
+        }
     }
 }

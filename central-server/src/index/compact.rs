@@ -103,10 +103,11 @@ impl<T> Deref for Small<T> {
 
 const INLINE: usize = 22;
 
-/// A word of the token map: inline up to 22 bytes, boxed beyond. Compares,
-/// hashes and borrows as the `str` it holds, so the map is searched with
-/// `&str` ranges.
-#[derive(Clone)]
+/// A word of the token map: inline up to 22 bytes (zero-padded), boxed
+/// beyond, so each text has exactly one representation. Compares, hashes and
+/// borrows as the `str` it holds, so the map is searched with `&str` ranges.
+// Derived equality is the text's: the representation is canonical.
+#[derive(Clone, PartialEq, Eq)]
 pub(super) enum Word {
     Inline(u8, [u8; INLINE]),
     Heap(Box<str>),
@@ -123,11 +124,37 @@ impl Word {
         }
     }
 
+    /// The lowercase form of `w` (as [`super::words::lower_into`]), built in
+    /// place when it is short ASCII: a restart lowercases every word of
+    /// every name.
+    pub(super) fn lowercase(w: &str) -> Self {
+        if w.len() <= INLINE && w.is_ascii() {
+            let mut b = [0; INLINE];
+            for (d, c) in b.iter_mut().zip(w.bytes()) {
+                *d = c.to_ascii_lowercase();
+            }
+            Word::Inline(w.len() as u8, b)
+        } else {
+            let mut s = String::with_capacity(w.len());
+            super::words::lower_into(w, &mut s);
+            Word::new(&s)
+        }
+    }
+
     pub(super) fn as_str(&self) -> &str {
         match self {
             // Built from a `&str` cut at its own length: always UTF-8.
             Word::Inline(len, b) => std::str::from_utf8(&b[..*len as usize]).expect("utf-8 word"),
             Word::Heap(s) => s,
+        }
+    }
+
+    /// The UTF-8 bytes, without the validation `as_str` costs: comparing,
+    /// sorting and hashing use them (a restart sorts a million words).
+    pub(super) fn as_bytes(&self) -> &[u8] {
+        match self {
+            Word::Inline(len, b) => &b[..*len as usize],
+            Word::Heap(s) => s.as_bytes(),
         }
     }
 }
@@ -145,13 +172,8 @@ impl Borrow<str> for Word {
     }
 }
 
-impl PartialEq for Word {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-impl Eq for Word {}
-
+// Order and hash are those of the text too (`Borrow<str>` requires it):
+// `str` compares bytewise, and hashes as its bytes then 0xff.
 impl PartialOrd for Word {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -159,13 +181,14 @@ impl PartialOrd for Word {
 }
 impl Ord for Word {
     fn cmp(&self, other: &Self) -> Ordering {
-        self.as_str().cmp(other.as_str())
+        self.as_bytes().cmp(other.as_bytes())
     }
 }
 
 impl Hash for Word {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        state.write(self.as_bytes());
+        state.write_u8(0xff);
     }
 }
 
@@ -179,6 +202,7 @@ impl std::fmt::Debug for Word {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::hash::BuildHasher;
 
     #[test]
     fn sizes() {
@@ -230,7 +254,12 @@ mod tests {
             prop_assert_eq!(wa.as_str(), a.as_str());
             prop_assert_eq!(wa.cmp(&wb), a.cmp(&b));
             prop_assert_eq!(wa == wb, a == b);
+            let state = std::hash::RandomState::new();
+            prop_assert_eq!(state.hash_one(&wa), state.hash_one(a.as_str()));
             prop_assert_eq!(matches!(wa, Word::Inline(..)), a.len() <= INLINE);
+            let mut lower = String::new();
+            crate::index::words::lower_into(&a, &mut lower);
+            prop_assert_eq!(Word::lowercase(&a), Word::new(&lower));
         }
     }
 }

@@ -45,7 +45,7 @@ use peerdex_proto::convert::SharedFile;
 use peerdex_proto::{FileId, PeerId, PeerUrl, v1};
 use tokio::time::Instant;
 
-use bulk::TokenBuilder;
+use bulk::Bulk;
 use compact::{Small, Word};
 pub use cursor::Cursor;
 use slab::{Handles, Slab};
@@ -142,9 +142,8 @@ pub struct Index {
     name_ix: Handles,
     /// Lowercased word → names containing it (sorted, unique).
     tokens: BTreeMap<Word, Small<u32>>,
-    /// While bulk loading, new names go to a thread that builds the token
-    /// map in parallel with the rest of the load.
-    bulk: Option<TokenBuilder>,
+    /// While bulk loading: the work deferred to other threads.
+    bulk: Option<Bulk>,
 }
 
 impl Default for Index {
@@ -541,8 +540,13 @@ impl Index {
             size: 0,
             refs: Small::default(),
         });
-        let files = &self.files;
-        self.file_ix.insert(f, &id, |g| &files.get(g).id);
+        match &mut self.bulk {
+            Some(bulk) => bulk.file(f, id),
+            None => {
+                let files = &self.files;
+                self.file_ix.insert(f, &id, |g| &files.get(g).id);
+            }
+        }
         f
     }
 
@@ -761,18 +765,19 @@ impl Index {
     }
 
     fn intern_name(&mut self, name: &str) -> u32 {
-        if let Some(n) = self.name(name) {
-            return n;
-        }
+        let vacant = match self.name_ix.find(name, |n| &*self.names.get(n).text) {
+            Ok(n) => return n,
+            Err(vacant) => vacant,
+        };
         let n = self.names.insert(Name {
             text: name.into(),
             files: Small::default(),
         });
-        if let Some(builder) = &self.bulk {
-            builder.send(n, name.into());
+        if let Some(bulk) = &mut self.bulk {
+            bulk.name(n, name);
         }
         let names = &self.names;
-        self.name_ix.insert(n, name, |m| &*names.get(m).text);
+        self.name_ix.insert_at(vacant, n, |m| &*names.get(m).text);
         if self.bulk.is_none() {
             let mut ws: Vec<String> = words(name).collect();
             ws.sort_unstable();
@@ -854,6 +859,7 @@ pub(super) mod tests {
             .map(|(id, url, hash)| ix.insert_peer(*id, url.clone(), *hash, expires))
             .collect();
         let fs: HashMap<u32, u32> = files.iter().map(|&i| (i, ix.insert_file(fid(i)))).collect();
+        ix.files_loaded();
         for &(p, f, name, size) in holdings {
             assert!(ix.add_ref(ps[p], fs[&f], name, size));
         }

@@ -64,6 +64,9 @@ impl<T> Slab<T> {
 /// copy of every key (a file id is 32 bytes, a name ~30 plus a pointer);
 /// this table holds 4-byte handles, hashed with the std keyed SipHash, so
 /// client-chosen keys cannot force collisions.
+/// A key's hash, from a [`Handles::find`] that did not find it.
+pub(super) struct Vacant(u64);
+
 pub(super) struct Handles {
     table: hashbrown::HashTable<u32>,
     state: std::hash::RandomState,
@@ -87,8 +90,21 @@ impl Handles {
         K: Hash + Eq + ?Sized + 'a,
         F: Fn(u32) -> &'a K,
     {
+        self.find(key, key_of).ok()
+    }
+
+    /// Like [`Handles::get`]; when absent, where to [`Handles::insert_at`]
+    /// it without hashing the key again.
+    pub(super) fn find<'a, K, F>(&self, key: &K, key_of: F) -> Result<u32, Vacant>
+    where
+        K: Hash + Eq + ?Sized + 'a,
+        F: Fn(u32) -> &'a K,
+    {
         let hash = self.state.hash_one(key);
-        self.table.find(hash, |&h| key_of(h) == key).copied()
+        match self.table.find(hash, |&h| key_of(h) == key) {
+            Some(&h) => Ok(h),
+            None => Err(Vacant(hash)),
+        }
     }
 
     /// Add `handle`, whose key is `key`; it must not be present yet.
@@ -97,10 +113,19 @@ impl Handles {
         K: Hash + Eq + ?Sized + 'a,
         F: Fn(u32) -> &'a K,
     {
-        let hash = self.state.hash_one(key);
+        self.insert_at(Vacant(self.state.hash_one(key)), handle, key_of);
+    }
+
+    /// Add `handle` where [`Handles::find`] found its key absent (nothing
+    /// may have been added since).
+    pub(super) fn insert_at<'a, K, F>(&mut self, at: Vacant, handle: u32, key_of: F)
+    where
+        K: Hash + Eq + ?Sized + 'a,
+        F: Fn(u32) -> &'a K,
+    {
         let state = &self.state;
         self.table
-            .insert_unique(hash, handle, |&h| state.hash_one(key_of(h)));
+            .insert_unique(at.0, handle, |&h| state.hash_one(key_of(h)));
     }
 
     /// Remove the handle whose key is `key`.
