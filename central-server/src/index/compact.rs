@@ -130,9 +130,9 @@ impl Word {
     pub(super) fn lowercase(w: &str) -> Self {
         if w.len() <= INLINE && w.is_ascii() {
             let mut b = [0; INLINE];
-            for (d, c) in b.iter_mut().zip(w.bytes()) {
-                *d = c.to_ascii_lowercase();
-            }
+            b[..w.len()].copy_from_slice(w.as_bytes());
+            // The whole array at once (zeros stay zeros): no byte loop.
+            b.make_ascii_lowercase();
             Word::Inline(w.len() as u8, b)
         } else {
             let mut s = String::with_capacity(w.len());
