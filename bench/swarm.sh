@@ -2,7 +2,7 @@
 # Swarming downloads (issue 6). Not part of CI; loads every core for a few
 # minutes.
 #
-#   bench/swarm.sh [SIZE_MIB=1024] [RUNS=3]
+#   bench/swarm.sh [SIZE_MIB=1024] [RUNS=5]
 #
 # One random file, four holder PServers on loopback (hard links of the same
 # file), a fresh downloading PServer for every run:
@@ -12,30 +12,46 @@
 #     holder (PSERVER_MAX_SOURCES=1: the same code, one source). Goal ≥ 3.5×.
 #  2. Uncapped: the multi-source download vs `curl` fetching the same file
 #     from nginx to disk (goal ≥ 1.0×) and vs `aria2c -x4` given the four
-#     holders' peer-API URLs (goal ≥ 1.3×). curl and aria2c times include a
-#     `sync` of their output; the PServer's include verifying every chunk,
-#     the whole-file BLAKE3, its fsyncs, the move into the share folder and
-#     the publish to the central.
+#     holders' peer-API URLs (goal ≥ 1.3×), interleaved run by run, medians
+#     reported. curl and aria2c times include a `sync` of their output; the
+#     PServer's (`peerdex get`, start to exit) include fetching and checking
+#     the tree manifest, verifying every chunk (the holders verify it too,
+#     before sending it), its fsyncs, the move into the share folder and the
+#     publish to the central.
+#
+# Before each timed transfer a scratch file of the download's size is
+# written and deleted (warm_pages below: equal page-cache conditions).
 #
 # For the downloading PServer: CPU seconds (utime+stime from /proc/PID/stat,
 # over the download) and peak RSS (VmHWM). curl and aria2c are run under
-# /usr/bin/time for the same figures.
+# /usr/bin/time for the same figures. The four holders' CPU seconds over
+# each peerdex download are summed ("holders CPU s").
 #
-# Needs nginx, aria2c, curl, python3 (apt-get install -y nginx aria2).
+# Needs nginx, aria2c, curl, python3, /usr/bin/time
+# (apt-get install -y nginx aria2 curl python3 time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-1024}
-RUNS=${2:-3}
+RUNS=${2:-5}
 CAP_BPS=25000000
 WORK=${BENCH_DIR:-/tmp/peerdex-bench-swarm}
 
-for t in nginx aria2c curl python3; do
-  command -v "$t" >/dev/null || { echo "$t missing (apt-get install -y nginx aria2 curl)" >&2; exit 1; }
-done
-cargo build --release --bins -p central-server -p pserver >&2
-BIN=$PWD/target/release
+need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install -y $2" >&2; exit 1; }; }
+need nginx nginx
+need aria2c aria2
+need curl curl
+need python3 python3
+[ -x /usr/bin/time ] || { echo "/usr/bin/time missing: apt-get install -y time" >&2; exit 1; }
+[ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || { echo "RUNS must be 1..20" >&2; exit 1; }
+if [ -z "${SKIP_BUILD:-}" ]; then
+  cargo build --release --locked -p central-server -p pserver -p peerdex-client >&2
+fi
 
 rm -rf "$WORK"; mkdir -p "$WORK"/{www,out,central}
+# Run a copy of the binaries: the shared target dir may be rebuilt meanwhile.
+BIN=$WORK/bin; mkdir -p "$BIN"
+for b in central-server pserver peerdex; do cp "target/release/$b" "$BIN/"; done
+echo "binaries from $(git rev-parse --short HEAD)$(git status --porcelain -- pserver central-server proto client | grep -q . && echo ' + uncommitted changes')" >&2
 echo "creating a ${SIZE_MIB} MiB random file…" >&2
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$WORK/www/big.bin"
 for h in h1 h2 h3 h4; do
@@ -45,7 +61,14 @@ done
 
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Newest first (PServers before the central, so their Leave reaches it);
+  # up to 10 s each, then SIGKILL.
+  local i p n
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+    p=${pids[i]}; kill "$p" 2>/dev/null || continue
+    for n in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
   [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
 }
@@ -53,6 +76,16 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
+# warm_pages: write and delete a scratch file the size of the download just
+# before each timed transfer, whichever tool. On this kind of VM the host
+# reclaims freed guest pages within ~3 s (virtio-balloon free page
+# reporting), and writing 1 GiB into such cold pages costs 1.1-1.8 CPU-s of
+# kernel copy instead of ~0.3 s: without this, whichever tool happened to
+# start after a pause (e.g. after starting a PServer) paid that alone.
+warm_pages() {
+  dd if=/dev/zero of="$WORK/warm.bin" bs=1M count="$((SIZE_MIB + 64))" status=none
+  rm -f "$WORK/warm.bin"
+}
 py() { python3 -c "$1"; }
 
 NGINX_PORT=$(free_port)
@@ -72,7 +105,7 @@ nginx -c "$WORK/nginx.conf" -p "$WORK"
 
 "$BIN/central-server" --listen-addr 127.0.0.1:0 --data-dir "$WORK/central" > "$WORK/central.out" 2> "$WORK/central.log" &
 pids+=($!)
-until grep -q listening "$WORK/central.out" 2>/dev/null; do sleep 0.05; done
+for i in $(seq 600); do grep -q listening "$WORK/central.out" 2>/dev/null && break; sleep 0.1; done
 CENTRAL="http://$(awk '{print $NF}' "$WORK/central.out")"
 
 # start_peer NAME [ENV=VALUE…]: starts a PServer over $WORK/NAME; sets PEER_PID, PEER_API, PEER_URL.
@@ -85,11 +118,18 @@ start_peer() {
       "$BIN/pserver" > "$d/out" 2>> "$d/log" &
   PEER_PID=$!
   pids+=("$PEER_PID")
-  until grep -q listening "$d/out" 2>/dev/null; do sleep 0.05; done
+  local i
+  for i in $(seq 600); do grep -q listening "$d/out" 2>/dev/null && break; sleep 0.1; done
+  grep -q listening "$d/out" || { echo "$1 did not start" >&2; cat "$d/log" >&2; exit 1; }
   PEER_API=$(sed -E 's/.*api=([^ ]+).*/\1/' "$d/out")
   PEER_URL=$(sed -E 's/.*peer=([^ ]+).*/\1/' "$d/out")
 }
-stop_pid() { kill "$1" 2>/dev/null || true; while kill -0 "$1" 2>/dev/null; do sleep 0.05; done; }
+stop_pid() { # up to 30 s
+  local i
+  kill "$1" 2>/dev/null || true
+  for i in $(seq 600); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
+  echo "pid $1 did not stop" >&2; exit 1
+}
 
 HOLDER_PIDS=(); HOLDER_URLS=()
 start_holders() { # [ENV=VALUE…]
@@ -98,29 +138,34 @@ start_holders() { # [ENV=VALUE…]
   for h in h1 h2 h3 h4; do
     start_peer "$h" "$@"
     HOLDER_PIDS+=("$PEER_PID"); HOLDER_URLS+=("$PEER_URL")
-    until curl -sf "$PEER_API/api/v1/files" | grep -q big.bin; do sleep 0.1; done
+    local i
+    for i in $(seq 1200); do curl -sf "$PEER_API/api/v1/files" | grep -q big.bin && break; sleep 0.1; done
   done
   ID=$(curl -sf "$PEER_API/api/v1/files" | py 'import json,sys; print(json.load(sys.stdin)["files"][0]["file_id"])')
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
+holders_ticks() { local p t=0; for p in "${HOLDER_PIDS[@]}"; do t=$((t + $(cpu_ticks "$p"))); done; echo "$t"; }
 
 # download NAME [ENV=VALUE…]: a fresh PServer downloads the file from the holders.
-# Prints "seconds cpu_seconds peak_rss_mib sources".
+# Prints "seconds cpu_seconds peak_rss_mib sources holders_cpu_seconds".
 download() {
   local name=$1; shift
   rm -rf "${WORK:?}/$name"
   start_peer "$name" "$@"
   local pid=$PEER_PID api=$PEER_API
-  until [ "$(curl -sf "$api/api/v1/search?q=big" | py 'import json,sys; h=[x["holders"] for x in json.load(sys.stdin)["hits"]]; print(max(h or [0]))')" -ge 4 ]; do sleep 0.1; done
-  sync
-  local c0 t0 job state t1 c1
-  c0=$(cpu_ticks "$pid"); t0=$(now)
-  job=$(curl -sf -X POST -H 'content-type: application/json' -d "{\"file_id\":\"$ID\"}" "$api/api/v1/downloads" \
-        | py 'import json,sys; print(json.load(sys.stdin)["job_id"])')
-  curl -sN "$api/api/v1/downloads/$job/events" | tail -n 1 > "$WORK/$name.job.json"
-  t1=$(now); c1=$(cpu_ticks "$pid")
+  local i
+  for i in $(seq 600); do
+    [ "$(curl -sf "$api/api/v1/search?q=big" | py 'import json,sys; h=[x["holders"] for x in json.load(sys.stdin)["hits"]]; print(max(h or [0]))')" -ge 4 ] && break
+    sleep 0.1
+  done
+  sync; warm_pages
+  local c0 t0 state t1 c1 h0 h1
+  h0=$(holders_ticks); c0=$(cpu_ticks "$pid"); t0=$(now)
+  "$BIN/peerdex" --pserver "$api" --json get "$ID" > "$WORK/$name.get.json"
+  t1=$(now); c1=$(cpu_ticks "$pid"); h1=$(holders_ticks)
+  py "import json; print(json.dumps(json.load(open('$WORK/$name.get.json'))['job']))" > "$WORK/$name.job.json"
   state=$(py "import json; print(json.load(open('$WORK/$name.job.json'))['state'])")
   [ "$state" = done ] || { echo "$name: download ended in state $state" >&2; cat "$WORK/$name.job.json" >&2; exit 1; }
   local hwm
@@ -130,12 +175,13 @@ download() {
   srcs=$(py "import json; j=json.load(open('$WORK/$name.job.json')); print('/'.join(str(s['chunks']) for s in j['sources']))")
   stop_pid "$pid"
   rm -rf "${WORK:?}/$name"
-  echo "$(py "print(f'{$t1-$t0:.2f} {($c1-$c0)/$TICK:.2f} {$hwm/1024:.0f}')") $srcs"
+  echo "$(py "print(f'{$t1-$t0:.2f} {($c1-$c0)/$TICK:.2f} {$hwm/1024:.0f}')") $srcs $(py "print(f'{($h1-$h0)/$TICK:.2f}')")"
 }
 
 # timed CMD…: runs under /usr/bin/time; prints "seconds cpu_seconds peak_rss_mib".
 timed() {
   local t0 t1
+  warm_pages
   t0=$(now)
   /usr/bin/time -f '%U %S %M' -o "$WORK/time.out" "$@"
   sync -f "$WORK/out" 2>/dev/null || sync
@@ -175,12 +221,12 @@ sw=$(median_row "${swarm_runs[@]}"); cu=$(median_row "${curl_runs[@]}"); ar=$(me
 echo
 echo "Swarming ${SIZE_MIB} MiB, $(nproc) cores, $(date -u '+%F %H:%M UTC'); uncapped rows: median of $RUNS runs"
 echo
-echo "| scenario | tool | s | MiB/s | CPU s | peak RSS MiB | chunks per source | ratio |"
-echo "|---|---|---:|---:|---:|---:|---|---:|"
-echo "| 4 holders at 25 MB/s | peerdex, 4 sources | $(f "$multi_capped" 1) | $(mib_s "$(f "$multi_capped" 1)") | $(f "$multi_capped" 2) | $(f "$multi_capped" 3) | $(f "$multi_capped" 4) | $(ratio "$(f "$single_capped" 1)" "$(f "$multi_capped" 1)")× vs single (goal ≥ 3.5) |"
-echo "| 4 holders at 25 MB/s | peerdex, 1 source | $(f "$single_capped" 1) | $(mib_s "$(f "$single_capped" 1)") | $(f "$single_capped" 2) | $(f "$single_capped" 3) | $(f "$single_capped" 4) | 1.00 |"
-echo "| uncapped loopback | peerdex, 4 sources | $(f "$sw" 1) | $(mib_s "$(f "$sw" 1)") | $(f "$sw" 2) | $(f "$sw" 3) | $(f "$sw" 4) | $(ratio "$(f "$cu" 1)" "$(f "$sw" 1)")× vs curl (goal ≥ 1.0), $(ratio "$(f "$ar" 1)" "$(f "$sw" 1)")× vs aria2c (goal ≥ 1.3) |"
-echo "| uncapped loopback | curl ← nginx, to disk + sync | $(f "$cu" 1) | $(mib_s "$(f "$cu" 1)") | $(f "$cu" 2) | $(f "$cu" 3) | – | |"
-echo "| uncapped loopback | aria2c -x4 -s16 -k1M, 4 peer URLs + sync | $(f "$ar" 1) | $(mib_s "$(f "$ar" 1)") | $(f "$ar" 2) | $(f "$ar" 3) | – | |"
+echo "| scenario | tool | s | MiB/s | CPU s | peak RSS MiB | chunks per source | holders CPU s | ratio |"
+echo "|---|---|---:|---:|---:|---:|---|---:|---|"
+echo "| 4 holders at 25 MB/s | peerdex, 4 sources | $(f "$multi_capped" 1) | $(mib_s "$(f "$multi_capped" 1)") | $(f "$multi_capped" 2) | $(f "$multi_capped" 3) | $(f "$multi_capped" 4) | $(f "$multi_capped" 5) | $(ratio "$(f "$single_capped" 1)" "$(f "$multi_capped" 1)")× vs single (goal ≥ 3.5) |"
+echo "| 4 holders at 25 MB/s | peerdex, 1 source | $(f "$single_capped" 1) | $(mib_s "$(f "$single_capped" 1)") | $(f "$single_capped" 2) | $(f "$single_capped" 3) | $(f "$single_capped" 4) | $(f "$single_capped" 5) | 1.00 |"
+echo "| uncapped loopback | peerdex, 4 sources | $(f "$sw" 1) | $(mib_s "$(f "$sw" 1)") | $(f "$sw" 2) | $(f "$sw" 3) | $(f "$sw" 4) | $(f "$sw" 5) | $(ratio "$(f "$cu" 1)" "$(f "$sw" 1)")× vs curl (goal ≥ 1.0), $(ratio "$(f "$ar" 1)" "$(f "$sw" 1)")× vs aria2c (goal ≥ 1.3) |"
+echo "| uncapped loopback | curl ← nginx, to disk + sync | $(f "$cu" 1) | $(mib_s "$(f "$cu" 1)") | $(f "$cu" 2) | $(f "$cu" 3) | – | – | |"
+echo "| uncapped loopback | aria2c -x4 -s16 -k1M, 4 peer URLs + sync | $(f "$ar" 1) | $(mib_s "$(f "$ar" 1)") | $(f "$ar" 2) | $(f "$ar" 3) | – | – | |"
 echo
-echo "all uncapped runs (s, CPU s, RSS MiB): peerdex: ${swarm_runs[*]} | curl: ${curl_runs[*]} | aria2c: ${aria_runs[*]}"
+echo "all uncapped runs (s, CPU s, RSS MiB[, chunks per source, holders CPU s]): peerdex: ${swarm_runs[*]} | curl: ${curl_runs[*]} | aria2c: ${aria_runs[*]}"
