@@ -27,10 +27,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
 use crate::store::{Store, Withdrawal};
-use crate::{Config, Limits};
 
 /// Longest accepted search query, in bytes.
 pub const MAX_QUERY_BYTES: usize = 1024;
