@@ -25,6 +25,10 @@ struct Session {
     joined: bool,
     last_renewal: Option<Instant>,
     interval: Option<Duration>,
+    /// A publish or unpublish was skipped while not joined. The next Join
+    /// carries the whole inventory, but one already in flight may have
+    /// taken its snapshot before the change: then join again.
+    inventory_changed: bool,
 }
 
 /// Our connection to the central and the state of our lease.
@@ -138,6 +142,16 @@ impl Central {
         req
     }
 
+    /// Not joined: note that the inventory changed (see
+    /// `Session::inventory_changed`) and skip the call.
+    fn skipped_while_not_joined(&self) -> bool {
+        let mut s = self.session.lock().unwrap();
+        if !s.joined {
+            s.inventory_changed = true;
+        }
+        !s.joined
+    }
+
     fn mark_not_joined(&self) {
         self.session.lock().unwrap().joined = false;
         self.wake.notify_one();
@@ -193,7 +207,7 @@ impl Central {
 
     /// Announce new files. Skipped while not joined: the next Join carries them.
     pub async fn publish(&self, files: &[SharedFile]) {
-        if files.is_empty() || !self.is_joined() {
+        if files.is_empty() || self.skipped_while_not_joined() {
             return;
         }
         let req = self.authed(v1::PublishRequest {
@@ -210,7 +224,7 @@ impl Central {
 
     /// Withdraw files. Skipped while not joined.
     pub async fn unpublish(&self, files: &[(FileId, FileName)]) {
-        if files.is_empty() || !self.is_joined() {
+        if files.is_empty() || self.skipped_while_not_joined() {
             return;
         }
         let req = self.authed(v1::UnpublishRequest {
@@ -347,11 +361,18 @@ impl Central {
                     }
                 }
             } else {
+                self.session.lock().unwrap().inventory_changed = false;
                 let inv = inventory();
                 match self.join(&inv, load()).await {
                     Ok(()) => {
                         tracing::info!(files = inv.len(), central = %self.url, "joined the central directory");
                         backoff = Duration::from_millis(250);
+                        if std::mem::take(&mut self.session.lock().unwrap().inventory_changed) {
+                            // Files changed while the Join was on its way:
+                            // send the whole inventory again.
+                            tracing::debug!("inventory changed during the join; joining again");
+                            self.mark_not_joined();
+                        }
                         self.session
                             .lock()
                             .unwrap()

@@ -507,6 +507,13 @@ async fn drive(
     if let Some(p) = slot.take() {
         p.discard().await; // its state files; the .part became the shared file
     }
+    // Done only now: nothing of the download is left in the data folder.
+    h.update(|j| {
+        j.state = JobState::Done;
+        j.bytes_done = t.size;
+        j.source = None;
+        j.error = None;
+    });
     Ok(())
 }
 
@@ -641,7 +648,8 @@ async fn swarm_download(
     Ok(())
 }
 
-/// Move a verified file into the share folder and publish it.
+/// Move a verified file into the share folder and publish it (the caller
+/// then marks the job done).
 async fn store_and_publish(
     shared: &Arc<Engine>,
     h: &JobHandle,
@@ -659,12 +667,6 @@ async fn store_and_publish(
         shared.central.publish(&[entry.to_shared()]).await;
     }
     tracing::info!(job = %h.id, file = %t.id, name = %name, bytes = t.size, "download complete");
-    h.update(|j| {
-        j.state = JobState::Done;
-        j.bytes_done = t.size;
-        j.source = None;
-        j.error = None;
-    });
     Ok(())
 }
 
