@@ -363,3 +363,33 @@ async fn every_size_downloads_through_the_one_engine() {
     }
     assert!(files_under(&d.data_path().join("partial")).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_endpoint_answers_bad_input_clearly() {
+    let central = TestCentral::start(LONG_TTL).await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    let get = |path: String| {
+        let url = format!("{}{path}", a.peer_url);
+        async move { reqwest::get(url).await.unwrap() }
+    };
+    // Not an id: 400, naming what is wrong.
+    let r = get("/peer/v1/files/not-a-hash/manifest".into()).await;
+    assert_eq!(r.status(), 400);
+    let e: peerdex_proto::rest::ApiError = r.json().await.unwrap();
+    assert!(e.message.contains("invalid file id"), "{}", e.message);
+    // A well-formed id nobody shares here: 404.
+    let r = get(format!("/peer/v1/files/{}/manifest", "ab".repeat(32))).await;
+    assert_eq!(r.status(), 404);
+    let e: peerdex_proto::rest::ApiError = r.json().await.unwrap();
+    assert!(e.message.contains("not shared here"), "{}", e.message);
+    // The server is still up and serves what it shares.
+    let bytes = test_bytes(10, 7);
+    upload_ok(&a, "small.bin", bytes.clone()).await;
+    let r = get(format!("/peer/v1/files/{}/manifest", blake3_hex(&bytes))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.bytes().await.unwrap().len(),
+        16,
+        "size + chunk size, no CVs for one chunk"
+    );
+}
