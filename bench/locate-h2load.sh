@@ -33,18 +33,17 @@ CLIENTS=${H2LOAD_CLIENTS:-4}
 STREAMS=${H2LOAD_STREAMS:-32}
 WORK=${BENCH_DIR:-/tmp/peerdex-bench-locate}
 
-need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install -y $2" >&2; exit 1; }; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 need h2load nghttp2-client
 need curl curl
 need python3 python3
 need taskset util-linux
-[ -x /usr/bin/time ] || { echo "/usr/bin/time missing: apt-get install -y time" >&2; exit 1; }
+need_time
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores (server on core 1, h2load on core 0)" >&2; exit 1; }
-[ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || { echo "RUNS must be 1..20" >&2; exit 1; }
+check_runs "$RUNS"
 
-if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --locked -p central-server -p pserver -p peerdex-bench >&2
-fi
+build_release central-server pserver peerdex-bench
 
 rm -rf "$WORK"; mkdir -p "$WORK"/{central,peer/share,peer/data}
 # Run a copy of the binaries: the shared target dir may be rebuilt meanwhile.
@@ -57,14 +56,7 @@ head -c 1000 /dev/urandom > "$WORK/peer/share/small-1KB.bin"
 pids=()
 cleanup() {
   exec 3>&- 2>/dev/null || true                             # closes the health server's stdin
-  # Newest first (PServers before the central, so their Leave reaches it);
-  # up to 10 s each, then SIGKILL.
-  local i p n
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    p=${pids[i]}; kill "$p" 2>/dev/null || continue
-    for n in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
+  stop_pids "${pids[@]}"
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -163,7 +155,7 @@ load() {
   rps=$(awk '/^finished in/ {for (i=1;i<=NF;i++) if ($i=="req/s,") print $(i-1)}' "$log")
   ok=$(awk '/^status codes:/ {print $3}' "$log")
   fail=$(awk '/^requests:/ {for (i=1;i<=NF;i++) if ($i=="failed,") print $(i-1)}' "$log")
-  [ -n "$rps" ] && [ "${fail:-1}" = 0 ] || { echo "h2load run failed ($log):" >&2; cat "$log" >&2; exit 1; }
+  if ! { [ -n "$rps" ] && [ "${fail:-1}" = 0 ]; }; then echo "h2load run failed ($log):" >&2; cat "$log" >&2; exit 1; fi
   # Server and h2load CPU over the whole h2load process (1 s warm-up + SECS), as % of one core.
   local hu hs; read -r hu hs < "$log.time"
   python3 -c "d=$t1-$t0; c=($c1-$c0)/$TICK; print(f'{$rps:.0f} {100*c/d:.0f} {100*($hu+$hs)/d:.0f} {$rps*d/c:.0f}')"

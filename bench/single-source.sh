@@ -23,16 +23,15 @@ SIZE_MIB=${1:-1024}
 RUNS=${2:-5}
 WORK=${BENCH_DIR:-/tmp/peerdex-bench-single}
 
-need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install -y $2" >&2; exit 1; }; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 need nginx nginx
 need curl curl
 need python3 python3
 need ps procps
-[ -x /usr/bin/time ] || { echo "/usr/bin/time missing: apt-get install -y time" >&2; exit 1; }
-[ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || { echo "RUNS must be 1..20" >&2; exit 1; }
-if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --locked -p central-server -p pserver -p peerdex-client >&2
-fi
+need_time
+check_runs "$RUNS"
+build_release central-server pserver peerdex-client
 
 rm -rf "$WORK"; mkdir -p "$WORK"/{www,out,central,holder/share,holder/data,getter/share,getter/data}
 # Run a copy of the binaries: the shared target dir may be rebuilt meanwhile.
@@ -45,15 +44,8 @@ cp "$WORK/www/big.bin" "$WORK/holder/share/big.bin"
 
 pids=()
 cleanup() {
-  # Newest first (PServers before the central, so their Leave reaches it);
-  # up to 10 s each, then SIGKILL.
-  local i p n
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    p=${pids[i]}; kill "$p" 2>/dev/null || continue
-    for n in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  stop_pids "${pids[@]}"
+  if [ -f "$WORK/nginx.pid" ]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -142,7 +134,7 @@ for i in $(seq "$RUNS"); do
   "$BIN/peerdex" --pserver "$GETTER_API" --json get "$ID" > "$WORK/get.json"
   t1=$(now); c1=$(cpu_ticks "$HOLDER_PID"); g1=$(cpu_ticks "$GETTER_PID")
   state=$(py "import json; print(json.load(open('$WORK/get.json'))['job']['state'])")
-  [ "$state" = done ] || { echo "download ended in state $state" >&2; cat "$WORK/get.json" >&2; exit 1; }
+  [ "$state" = "done" ] || { echo "download ended in state $state" >&2; cat "$WORK/get.json" >&2; exit 1; }
   cmp "$WORK/www/big.bin" "$WORK/getter/share/big.bin"
   peer_runs+=("$(py "print(f'{$t1-$t0:.3f} {($c1-$c0)/$TICK:.2f} {($g1-$g0)/$TICK:.2f}')")")
   echo "run $i: curl ← nginx ${curl_runs[-1]} | peerdex get ${peer_runs[-1]}  (s, server CPU s, client CPU s); load average $(cut -d' ' -f1-3 /proc/loadavg)" >&2

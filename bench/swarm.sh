@@ -36,16 +36,15 @@ RUNS=${2:-5}
 CAP_BPS=25000000
 WORK=${BENCH_DIR:-/tmp/peerdex-bench-swarm}
 
-need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install -y $2" >&2; exit 1; }; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 need nginx nginx
 need aria2c aria2
 need curl curl
 need python3 python3
-[ -x /usr/bin/time ] || { echo "/usr/bin/time missing: apt-get install -y time" >&2; exit 1; }
-[ "$RUNS" -ge 1 ] && [ "$RUNS" -le 20 ] || { echo "RUNS must be 1..20" >&2; exit 1; }
-if [ -z "${SKIP_BUILD:-}" ]; then
-  cargo build --release --locked -p central-server -p pserver -p peerdex-client >&2
-fi
+need_time
+check_runs "$RUNS"
+build_release central-server pserver peerdex-client
 
 rm -rf "$WORK"; mkdir -p "$WORK"/{www,out,central}
 # Run a copy of the binaries: the shared target dir may be rebuilt meanwhile.
@@ -61,15 +60,8 @@ done
 
 pids=()
 cleanup() {
-  # Newest first (PServers before the central, so their Leave reaches it);
-  # up to 10 s each, then SIGKILL.
-  local i p n
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
-    p=${pids[i]}; kill "$p" 2>/dev/null || continue
-    for n in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  stop_pids "${pids[@]}"
+  if [ -f "$WORK/nginx.pid" ]; then kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true; fi
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -167,7 +159,7 @@ download() {
   t1=$(now); c1=$(cpu_ticks "$pid"); h1=$(holders_ticks)
   py "import json; print(json.dumps(json.load(open('$WORK/$name.get.json'))['job']))" > "$WORK/$name.job.json"
   state=$(py "import json; print(json.load(open('$WORK/$name.job.json'))['state'])")
-  [ "$state" = done ] || { echo "$name: download ended in state $state" >&2; cat "$WORK/$name.job.json" >&2; exit 1; }
+  [ "$state" = "done" ] || { echo "$name: download ended in state $state" >&2; cat "$WORK/$name.job.json" >&2; exit 1; }
   local hwm
   hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
   cmp "$WORK/www/big.bin" "$WORK/$name/share/big.bin"
