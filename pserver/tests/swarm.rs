@@ -26,14 +26,6 @@ fn partial_files(data: &Path) -> Vec<PathBuf> {
     files_under(&data.join("partial"))
 }
 
-/// Wait until `p` sees exactly `n` holders of `id` (searching by `q`).
-async fn wait_holders_exactly(p: &TestPeer, q: &str, id: &str, n: u32) {
-    wait_for("the holders to change", T, || async {
-        (holders(p, q, id).await == n).then_some(())
-    })
-    .await;
-}
-
 /// Wait until `p` sees `n` holders of `id` (searching by `q`).
 async fn wait_holders(p: &TestPeer, q: &str, id: &str, n: u32) {
     wait_for("the holders to be published", T, || async {

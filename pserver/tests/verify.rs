@@ -19,14 +19,6 @@ const LONG_TTL: Duration = Duration::from_secs(30);
 const T: Duration = Duration::from_secs(40);
 const MIB: usize = 1 << 20;
 
-/// Wait until `p` sees exactly `n` holders of `id` (searching by `q`).
-async fn wait_holders(p: &TestPeer, q: &str, id: &str, n: u32) {
-    wait_for(&format!("{n} holders of {id}"), T, || async {
-        (holders(p, q, id).await == n).then_some(())
-    })
-    .await;
-}
-
 /// A holder that lies about a file: announced to the directory with a size
 /// one byte short (inside the same last chunk, so the manifest it serves
 /// still merges to the id), and serving the true bytes cut to that size.
@@ -162,8 +154,8 @@ async fn a_size_announced_before_the_honest_holder_cannot_block_it() {
     upload_ok(&a, "poisoned.bin", bytes.clone()).await;
     a.wait_joined().await;
     // The honest holder is listed next to the liar, with its whole inventory.
-    wait_holders(&a, "poisoned", &id, 2).await;
-    wait_holders(&a, "other", &blake3_hex(b"the rest of the inventory"), 1).await;
+    wait_holders_exactly(&a, "poisoned", &id, 2).await;
+    wait_holders_exactly(&a, "other", &blake3_hex(b"the rest of the inventory"), 1).await;
     let d = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
     download_is_right(&d, &id, "poisoned.bin", &bytes, &liar).await;
     assert!(liar.url.starts_with("http://127.0.0.1:"));
@@ -179,15 +171,15 @@ async fn a_size_announced_after_the_honest_lease_expired_cannot_block_it() {
     let mut a = ChildPeer::spawn_in(root.path(), &central.url, &[]);
     std::fs::write(a.share_dir().join("late.bin"), &bytes).unwrap();
     let probe = TestPeer::start(&central.url, &[], |_| {}).await;
-    wait_holders(&probe, "late", &id, 1).await;
+    wait_holders_exactly(&probe, "late", &id, 1).await;
     a.kill9();
-    wait_holders(&probe, "late", &id, 0).await;
+    wait_holders_exactly(&probe, "late", &id, 0).await;
     // The liar announces the id with its size while nobody holds it.
     let liar = Liar::start(&central.url, &bytes, "late.bin").await;
-    wait_holders(&probe, "late", &id, 1).await;
+    wait_holders_exactly(&probe, "late", &id, 1).await;
     // The honest holder comes back, joins and is listed again.
     let _a = ChildPeer::spawn_in(root.path(), &central.url, &[]);
-    wait_holders(&probe, "late", &id, 2).await;
+    wait_holders_exactly(&probe, "late", &id, 2).await;
     download_is_right(&probe, &id, "late.bin", &bytes, &liar).await;
 }
 
@@ -216,7 +208,7 @@ async fn a_rotten_only_copy_fails_cleanly_and_is_withdrawn() {
     let bytes = test_bytes(3 * MIB + 99, 83);
     let id = blake3_hex(&bytes);
     upload_ok(&a, "rots.bin", bytes.clone()).await;
-    wait_holders(&d, "rots", &id, 1).await;
+    wait_holders_exactly(&d, "rots", &id, 1).await;
     rot(&a.path_in_share("rots.bin"), &[]);
     let rotten_id = blake3_hex(&std::fs::read(a.path_in_share("rots.bin")).unwrap());
 
@@ -232,8 +224,8 @@ async fn a_rotten_only_copy_fails_cleanly_and_is_withdrawn() {
     assert!(files_under(&d.data_path().join("tmp")).is_empty());
     // The holder withdrew the file at once (its periodic rescan is off) and,
     // having hashed it again, shares what its disk now holds.
-    wait_holders(&d, "rots", &id, 0).await;
-    wait_holders(&d, "rots", &rotten_id, 1).await;
+    wait_holders_exactly(&d, "rots", &id, 0).await;
+    wait_holders_exactly(&d, "rots", &rotten_id, 1).await;
 }
 
 /// A raw GET on the peer API: (status line, body bytes received, cut short?).
@@ -319,7 +311,7 @@ async fn no_byte_of_a_rotten_chunk_leaves_the_holder() {
 
     // All three are withdrawn (nothing of theirs is listed any more).
     for (name, bytes) in &files {
-        wait_holders(&a, name.trim_end_matches(".bin"), &blake3_hex(bytes), 0).await;
+        wait_holders_exactly(&a, name.trim_end_matches(".bin"), &blake3_hex(bytes), 0).await;
     }
 }
 
@@ -344,7 +336,7 @@ async fn every_size_downloads_through_the_one_engine() {
         let m = peerdex_proto::tree::Manifest::decode(id.parse::<FileId>().unwrap(), &m)
             .expect("the served manifest verifies");
         assert_eq!(m.size(), size as u64);
-        wait_holders(&d, &format!("size{i}"), &id, 1).await;
+        wait_holders_exactly(&d, &format!("size{i}"), &id, 1).await;
         let job = start_job(&d, &id).await;
         let end = finish(&d, &job.job_id, T).await;
         assert_eq!(end.state, JobState::Done, "size {size}: {end:#?}");

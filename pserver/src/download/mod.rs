@@ -186,6 +186,14 @@ pub(crate) struct Target {
     holders: Vec<(String, PeerUrl)>,
 }
 
+impl Target {
+    /// Store under `name` (the one asked for, or the partial's) first.
+    fn prefer_name(&mut self, name: FileName) {
+        self.names.retain(|x| x != &name);
+        self.names.insert(0, name);
+    }
+}
+
 fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
     let id: FileId = f.file_id.parse().ok()?;
     let holders = f
@@ -261,8 +269,7 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
         }));
     };
     if let LocateTarget::Name(n) = &target {
-        t.names.retain(|x| x != n);
-        t.names.insert(0, n.clone());
+        t.prefer_name(n.clone());
     }
     if t.holders.is_empty() {
         return Err(Error::NotFound(format!(
@@ -462,8 +469,7 @@ async fn drive(
                 tokio::time::sleep(relocate_pause(round)).await;
             };
             if let Ok(n) = name.parse::<FileName>() {
-                t.names.retain(|x| x != &n);
-                t.names.insert(0, n);
+                t.prefer_name(n);
             }
             (t, manifest)
         }

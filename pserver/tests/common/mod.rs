@@ -49,6 +49,16 @@ pub async fn holders(p: &TestPeer, q: &str, file_id: &str) -> u32 {
         .unwrap_or(0)
 }
 
+/// Wait until `p` sees exactly `n` holders of `id` (searching by `q`).
+pub async fn wait_holders_exactly(p: &TestPeer, q: &str, id: &str, n: u32) {
+    wait_for(
+        &format!("{n} holders of {id}"),
+        Duration::from_secs(40),
+        || async { (holders(p, q, id).await == n).then_some(()) },
+    )
+    .await;
+}
+
 /// A download request by file id.
 pub fn by_id(id: &str) -> DownloadRequest {
     DownloadRequest {
