@@ -501,15 +501,7 @@ impl Swarm {
                 holder.chunks += 1;
                 holder.failures = 0;
                 // Drop the other copy of a raced chunk.
-                let losers: Vec<tokio::task::Id> = self
-                    .reqs
-                    .iter()
-                    .filter(|(_, r)| r.chunk == c && !r.aborted)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in losers {
-                    self.abort(id);
-                }
+                self.abort_where(|r| r.chunk == c);
                 if !self.done[c] {
                     self.done[c] = true;
                     self.done_count += 1;
@@ -624,10 +616,15 @@ impl Swarm {
     }
 
     fn abort_holder(&mut self, h: usize) {
+        self.abort_where(|r| r.holder == h);
+    }
+
+    /// Give up on every live request that `which` picks.
+    fn abort_where(&mut self, which: impl Fn(&Req) -> bool) {
         let ids: Vec<tokio::task::Id> = self
             .reqs
             .iter()
-            .filter(|(_, r)| r.holder == h && !r.aborted)
+            .filter(|(_, r)| !r.aborted && which(r))
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
