@@ -7,12 +7,14 @@
 //!   these at the edge, so invalid values never reach the logic.
 //! * [`tree`] — BLAKE3 tree manifests: chunk chaining values checked against
 //!   the file id alone (served by holders, never stored by the directory).
+//! * [`range`] — the `Range` header parser of the peer API.
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
 //!   `pserver` and the `peerdex` client.
 //!
 //! This crate does no I/O.
 
 pub mod convert;
+pub mod range;
 pub mod rest;
 pub mod tree;
 pub mod types;
