@@ -63,6 +63,8 @@ pub enum ManifestError {
         expected: u64,
         size: u64,
     },
+    #[error("a file of {size} bytes is cut in chunks of {want} on the wire, not {chunk_size}")]
+    NotCanonical { size: u64, chunk_size: u64, want: u64 },
     #[error("manifest is {0} bytes; it must be 16 bytes plus 32 per chaining value")]
     Encoding(usize),
     #[error("the chaining values merge to {got}, not the file id {want}")]
@@ -127,12 +129,29 @@ impl Manifest {
         })
     }
 
-    /// Parse and verify a manifest received for `id` (from another peer:
-    /// chunks of at least [`MIN_CHUNK_SIZE`]).
+    /// Parse and verify a manifest received for `id` from another peer.
+    ///
+    /// On the wire the chunk size must be [`chunk_size_for`] the size, the
+    /// one a [`TreeHasher`] picks. That is what binds the size to the id:
+    /// a file of two chunks or more has its chunk count (so its size, to
+    /// within one chunk) fixed by CVs that must merge to the id, but a
+    /// one-chunk manifest has no CV, so with a free chunk size a holder
+    /// could claim any size (a 1 TiB "file" of one 1 TiB chunk) for any id.
+    /// With the canonical chunk size a one-chunk file is at most
+    /// [`MIN_CHUNK_SIZE`] bytes, and a size that lies by more than one
+    /// chunk fails the root check.
     pub fn decode(id: FileId, bytes: &[u8]) -> Result<Self, ManifestError> {
         let m = Self::decode_local(id, bytes)?;
         if m.chunk_size < MIN_CHUNK_SIZE {
             return Err(ManifestError::ChunkSize(m.chunk_size));
+        }
+        let want = chunk_size_for(m.size);
+        if m.chunk_size != want {
+            return Err(ManifestError::NotCanonical {
+                size: m.size,
+                chunk_size: m.chunk_size,
+                want,
+            });
         }
         Ok(m)
     }
@@ -385,6 +404,33 @@ mod tests {
                 h.finalize_non_root()
             })
             .collect()
+    }
+
+    #[test]
+    fn a_one_chunk_manifest_cannot_claim_a_huge_size() {
+        let data = bytes(1000, 7);
+        let id = id_of(&data);
+        // One chunk of 1 TiB, no CVs: it would verify for any id if the
+        // chunk size were free.
+        let mut lie = Vec::new();
+        lie.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        lie.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        assert!(Manifest::decode_local(id, &lie).is_ok(), "the shape allows it");
+        assert_eq!(
+            Manifest::decode(id, &lie),
+            Err(ManifestError::NotCanonical {
+                size: 1 << 40,
+                chunk_size: 1 << 40,
+                want: 1 << 27,
+            })
+        );
+        // The genuine manifest is the canonical one.
+        let mut h = TreeHasher::new();
+        h.update(&data);
+        let (got, m) = h.finish();
+        assert_eq!(got, id);
+        assert_eq!(m.chunk_size(), chunk_size_for(m.size()));
+        assert_eq!(Manifest::decode(id, &m.encode()), Ok(m));
     }
 
     /// Sizes around the interesting edges for chunk size `cs`.
