@@ -17,6 +17,10 @@ use serde::de::DeserializeOwned;
 /// Default address of the control API (what `pserver` binds by default).
 pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 
+/// How long an idle pooled connection is kept: shorter than the PServer's
+/// keep-alive (5 s, actix-web's default).
+const POOL_IDLE: Duration = Duration::from_secs(2);
+
 /// Largest single line accepted on a job's event stream (a serialized [`Job`]).
 const MAX_EVENT_LINE: usize = 1 << 20;
 
@@ -105,6 +109,11 @@ impl Client {
             // get their answer once the body is stored. A minute of silence
             // means the PServer is stuck.
             .read_timeout(Duration::from_secs(60))
+            // The PServer closes a keep-alive connection after 5 s idle.
+            // Between two shell commands nothing polls the pool, so it cannot
+            // see that close: drop idle connections well before the server
+            // does instead of reusing a dead one.
+            .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true)
             .user_agent(concat!("peerdex/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -145,8 +154,26 @@ impl Client {
     }
 
     /// Send a request; map transport failures and non-2xx answers to [`Error`].
+    ///
+    /// An idempotent request (GET, HEAD, PUT with a replayable body, DELETE)
+    /// that fails because the server closed the connection before any byte
+    /// of an answer is sent once more on a fresh connection: that is the
+    /// keep-alive race (the server closes an idle connection just as a
+    /// request goes out on it), not a fault of the PServer.
     async fn send(&self, rb: RequestBuilder) -> Result<Response> {
-        let resp = rb.send().await.map_err(|e| self.transport_error(e))?;
+        let req = rb.build().map_err(|e| self.transport_error(e))?;
+        let again = is_idempotent(req.method())
+            .then(|| req.try_clone())
+            .flatten();
+        let resp = match (self.http.execute(req).await, again) {
+            (Ok(resp), _) => resp,
+            (Err(e), Some(again)) if closed_before_answer(&e) => self
+                .http
+                .execute(again)
+                .await
+                .map_err(|e| self.transport_error(e))?,
+            (Err(e), _) => return Err(self.transport_error(e)),
+        };
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -336,6 +363,47 @@ impl Events {
             }
         }
     }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+    ]
+    .contains(m)
+}
+
+/// The server closed (or reset) the connection before any answer arrived:
+/// hyper's "connection closed before message completed", or a reset seen
+/// while writing the request. Connect failures and timeouts are not this.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    if e.is_connect() || e.is_timeout() || e.is_status() || e.is_body() || e.is_decode() {
+        return false;
+    }
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Split off the first complete line (without its `\n`), if there is one.

@@ -167,6 +167,11 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> S
 
 /// Replace control characters (a peer could put escape codes in a name) so
 /// nothing we print can drive the terminal.
+/// `s` in double quotes, for messages: sanitized text, never Rust debug form.
+pub(crate) fn quoted(s: &str) -> String {
+    format!("\u{201c}{}\u{201d}", sanitize(s))
+}
+
 pub(crate) fn sanitize(s: &str) -> String {
     s.chars()
         .map(|c| if c.is_control() { '\u{FFFD}' } else { c })

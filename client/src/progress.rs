@@ -68,8 +68,8 @@ async fn follow_events(
         return Ok(job);
     }
     bail!(
-        "lost the live updates of job {job_id} (state: {:?}); {} shows where it is",
-        job.state,
+        "lost the live updates of job {job_id} (state: {}); {} shows where it is",
+        state_word(job.state),
         ctx.cmd("jobs")
     )
 }

@@ -789,3 +789,53 @@ async fn upload_failures_are_reported_per_file() {
     let ls = cli(cwd, &a.api_url, &["--json", "ls"]).await.json();
     assert_eq!(ls["files"].as_array().unwrap().len(), 1, "{ls}");
 }
+
+/// The PServer's control API closes idle keep-alive connections after 5 s
+/// (actix-web's default). The shell must not trip over a pooled connection
+/// the server closed while the user was thinking: each command below comes
+/// after a pause longer than that (the pause is the scenario, not a wait).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repl_survives_pauses_longer_than_the_servers_keep_alive() {
+    use tokio::io::AsyncBufReadExt;
+    const SERVER_KEEP_ALIVE: Duration = Duration::from_secs(5);
+    let central = TestCentral::start(T).await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    a.wait_joined().await;
+    let work = tempfile::tempdir().unwrap();
+    let mut cmd = peerdex(work.path());
+    cmd.args(["--pserver", &a.api_url]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut err = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for round in 0..3 {
+        if round > 0 {
+            tokio::time::sleep(SERVER_KEEP_ALIVE + Duration::from_millis(700)).await;
+        }
+        stdin.write_all(b"status\n").await.unwrap();
+        let answered = tokio::time::timeout(T, async {
+            while let Some(line) = out.next_line().await.unwrap() {
+                if line.contains("peer id") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        assert!(answered, "round {round}: `status` printed no peer id");
+    }
+    stdin.write_all(b"exit\n").await.unwrap();
+    drop(stdin);
+    let status = tokio::time::timeout(T, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stderr = String::new();
+    while let Some(l) = err.next_line().await.unwrap() {
+        stderr.push_str(&l);
+        stderr.push('\n');
+    }
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(!stderr.contains("error"), "a command failed: {stderr}");
+}

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use super::Ctx;
 use crate::api;
 use crate::cli::GetArgs;
-use crate::output::{human_size, outln, sanitize};
+use crate::output::{human_size, outln, quoted, sanitize};
 use crate::progress::follow;
 
 #[derive(Serialize)]
@@ -38,11 +38,11 @@ pub(super) async fn run(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
     match job.state {
         JobState::Done => {}
         JobState::Failed => bail!(
-            "download of {:?} failed: {}",
-            sanitize(&what),
+            "download of {} failed: {}",
+            quoted(&what),
             job.error.as_deref().unwrap_or("no reason given")
         ),
-        _ => bail!("download of {:?} was cancelled", sanitize(&what)),
+        _ => bail!("download of {} was cancelled", quoted(&what)),
     }
     let file_id = job
         .file_id

@@ -7,7 +7,7 @@ use peerdex_proto::rest::FileInfo;
 
 use super::Ctx;
 use crate::cli::RmArgs;
-use crate::output::{outln, sanitize};
+use crate::output::{outln, quoted, sanitize};
 
 pub(super) async fn run(ctx: &Ctx, args: RmArgs) -> anyhow::Result<()> {
     let id = match args.id.parse::<FileId>() {
@@ -46,13 +46,13 @@ async fn resolve_local(ctx: &Ctx, given: &str) -> anyhow::Result<String> {
     match ids[..] {
         [id] => Ok(id.to_owned()),
         [] => bail!(
-            "your PServer shares no file with id or name {:?}; {} lists them",
-            sanitize(given),
+            "your PServer shares no file with id or name {}; {} lists them",
+            quoted(given),
             ctx.cmd("ls")
         ),
         _ => bail!(
-            "{:?} matches {} files; give more characters of the id",
-            sanitize(given),
+            "{} matches {} files; give more characters of the id",
+            quoted(given),
             ids.len()
         ),
     }

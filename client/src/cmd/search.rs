@@ -5,7 +5,7 @@ use peerdex_proto::rest::SearchQuery;
 
 use super::Ctx;
 use crate::cli::SearchArgs;
-use crate::output::{human_size, outp, sanitize, short_id, table};
+use crate::output::{human_size, outp, quoted, sanitize, short_id, table};
 
 pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
     let q = args.query.join(" ");
@@ -20,7 +20,7 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
         return ctx.print_json(&results);
     }
     if results.hits.is_empty() {
-        eprintln!("no shared file matches {q:?}");
+        eprintln!("no shared file matches {}", quoted(&q));
         return Ok(());
     }
     let rows: Vec<Vec<String>> = results
