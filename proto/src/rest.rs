@@ -136,14 +136,51 @@ pub struct LocateQuery {
     pub name: Option<String>,
 }
 
-/// `POST /api/v1/downloads`: exactly one of `file_id` and `name`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// `POST /api/v1/downloads`: exactly one of `file_id` and `name` (the
+/// OpenAPI schema says so with a `oneOf`, written by hand below).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
+
+impl utoipa::PartialSchema for DownloadRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        let by = |field: &str, pattern: &str, max: usize, what: &str| {
+            ObjectBuilder::new()
+                .property(
+                    field,
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(pattern))
+                        .min_length(Some(1))
+                        .max_length(Some(max))
+                        .description(Some(what)),
+                )
+                .required(field)
+        };
+        OneOfBuilder::new()
+            .item(by(
+                "file_id",
+                crate::types::FILE_ID_PATTERN,
+                64,
+                "the file's id (BLAKE3 hash, 64 lowercase hex characters)",
+            ))
+            .item(by(
+                "name",
+                crate::types::FILE_NAME_PATTERN,
+                crate::types::MAX_NAME_BYTES,
+                "an exact file name; several contents under it answer 409 with candidates",
+            ))
+            .description(Some("exactly one of file_id and name"))
+            .into()
+    }
+}
+
+impl ToSchema for DownloadRequest {}
 
 /// Lifecycle of a download job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

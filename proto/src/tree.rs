@@ -64,7 +64,11 @@ pub enum ManifestError {
         size: u64,
     },
     #[error("a file of {size} bytes is cut in chunks of {want} on the wire, not {chunk_size}")]
-    NotCanonical { size: u64, chunk_size: u64, want: u64 },
+    NotCanonical {
+        size: u64,
+        chunk_size: u64,
+        want: u64,
+    },
     #[error("manifest is {0} bytes; it must be 16 bytes plus 32 per chaining value")]
     Encoding(usize),
     #[error("the chaining values merge to {got}, not the file id {want}")]
@@ -415,7 +419,10 @@ mod tests {
         let mut lie = Vec::new();
         lie.extend_from_slice(&(1u64 << 40).to_le_bytes());
         lie.extend_from_slice(&(1u64 << 40).to_le_bytes());
-        assert!(Manifest::decode_local(id, &lie).is_ok(), "the shape allows it");
+        assert!(
+            Manifest::decode_local(id, &lie).is_ok(),
+            "the shape allows it"
+        );
         assert_eq!(
             Manifest::decode(id, &lie),
             Err(ManifestError::NotCanonical {

@@ -10,6 +10,23 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Longest accepted peer URL, in bytes.
 pub const MAX_URL_BYTES: usize = 512;
 
+/// [`FileId`] as a JSON Schema (ECMA-262) pattern, for the OpenAPI document.
+pub const FILE_ID_PATTERN: &str = "^[0-9a-f]{64}$";
+
+/// [`FileName`] as a JSON Schema (ECMA-262) pattern, for the OpenAPI
+/// document: no `/`, `\`, `:` or control character; not starting with `.`
+/// or whitespace; not ending with whitespace. The byte limit
+/// ([`MAX_NAME_BYTES`]) is the schema's `maxLength` (which counts
+/// characters, so a name of many multi-byte characters can still be too
+/// long). Checked against [`FileName::from_str`] by a property test.
+pub const FILE_NAME_PATTERN: &str = concat!(
+    r"^[^./\\:\u0000-\u001f\u007f-\u009f",
+    r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    r"([^/\\:\u0000-\u001f\u007f-\u009f]*",
+    r"[^/\\:\u0000-\u001f\u007f-\u009f",
+    r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$"
+);
+
 /// Why a wire value was refused. Messages are lowercase and carry the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
@@ -269,6 +286,27 @@ serde_via_str!(FileId, PeerId, FileName, PeerUrl);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The OpenAPI patterns accept exactly what the parsers accept.
+        #[test]
+        fn schema_patterns_match_the_parsers(
+            s in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    'a', 'Z', '0', '.', ' ', '-', '/', '\\', ':', '\0', '\t', '\u{7f}', '\u{85}',
+                    '\u{a0}', '\u{2003}', '\u{3000}', '\u{feff}', 'é', '語', '🦀',
+                ]),
+                0..12,
+            ).prop_map(|v| v.into_iter().collect::<String>()),
+            hex in "[0-9a-fA-F]{63,65}",
+        ) {
+            let name = regex::Regex::new(FILE_NAME_PATTERN).unwrap();
+            prop_assert_eq!(name.is_match(&s), s.parse::<FileName>().is_ok(), "{:?}", s);
+            let id = regex::Regex::new(FILE_ID_PATTERN).unwrap();
+            prop_assert_eq!(id.is_match(&hex), hex.parse::<FileId>().is_ok(), "{}", hex);
+        }
+    }
 
     #[test]
     fn file_names() {
