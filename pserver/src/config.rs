@@ -21,6 +21,11 @@ pub struct Config {
     /// Required on every control-API request when set.
     pub api_token: Option<String>,
     pub max_upload_bytes: u64,
+    /// Free space kept for the user in the share and data folders: a
+    /// download or upload that would cut into it is refused.
+    pub min_free_bytes: u64,
+    /// Cap on the disk space of all partial downloads together (0 = none).
+    pub max_partial_bytes: u64,
     pub max_uploads: u32,
     pub drain: Duration,
     /// How often the share dir is rescanned for files added or removed by hand.
@@ -53,6 +58,8 @@ impl Config {
             neighbours: Vec::new(),
             api_token: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            min_free_bytes: crate::space::DEFAULT_MIN_FREE_BYTES,
+            max_partial_bytes: crate::space::DEFAULT_MAX_PARTIAL_BYTES,
             max_uploads: 32,
             drain: Duration::from_secs(10),
             rescan_interval: Duration::from_secs(2),
@@ -127,6 +134,19 @@ pub struct Args {
     /// Largest file accepted by an upload through the control API, in bytes.
     #[arg(long, env = "PSERVER_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     pub max_upload_bytes: u64,
+
+    /// Free space, in bytes, kept for the user on the disks of the share and
+    /// data folders: a download (its size, from a manifest verified against
+    /// the file id) or an upload that would leave less is refused up front,
+    /// naming the figures. 0 = no reserve (the disk may fill up).
+    #[arg(long, env = "PSERVER_MIN_FREE_BYTES", default_value_t = crate::space::DEFAULT_MIN_FREE_BYTES)]
+    pub min_free_bytes: u64,
+
+    /// Disk space, in bytes, that the partial downloads kept for resuming
+    /// (failed or interrupted jobs) may take together; beyond it the oldest
+    /// are dropped, never one a running job writes. 0 = no cap.
+    #[arg(long, env = "PSERVER_MAX_PARTIAL_BYTES", default_value_t = crate::space::DEFAULT_MAX_PARTIAL_BYTES)]
+    pub max_partial_bytes: u64,
 
     /// Concurrent uploads to other peers; beyond it peers get 503 + Retry-After.
     #[arg(long, env = "PSERVER_MAX_UPLOADS", default_value_t = 32,
@@ -212,6 +232,15 @@ impl Args {
         c.neighbours = neighbours;
         c.api_token = self.api_token.filter(|t| !t.is_empty());
         c.max_upload_bytes = self.max_upload_bytes;
+        if self.max_partial_bytes != 0 && self.max_partial_bytes < 1 << 20 {
+            bail!(
+                "PSERVER_MAX_PARTIAL_BYTES ({}) must be 0 (no cap) or at least 1048576 (one chunk): \
+                 a smaller cap drops every partial download it could keep",
+                self.max_partial_bytes
+            );
+        }
+        c.min_free_bytes = self.min_free_bytes;
+        c.max_partial_bytes = self.max_partial_bytes;
         c.max_uploads = self.max_uploads;
         c.drain = Duration::from_secs(self.drain_secs);
         c.rescan_interval = Duration::from_secs(self.rescan_secs);

@@ -196,13 +196,20 @@ async fn upload(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
+    // What is declared must leave PSERVER_MIN_FREE_BYTES free, and so must
+    // what arrives (looked at every 8 MiB); a full disk is answered 413.
+    let (space, tmp) = (store.space().clone(), store.tmp_dir().to_owned());
+    let what = format!("upload {:?}", name.as_str());
+    let claim = space.claim(&tmp, declared.unwrap_or(0), &what)?;
+    let disk = |e: std::io::Error| crate::space::disk_error(&space, e, &tmp);
     let temp = store.temp_path("upload");
     let guard = TempGuard(temp.clone());
     let file = tokio::fs::OpenOptions::new()
         .create_new(true)
         .write(true)
         .open(&temp)
-        .await?;
+        .await
+        .map_err(disk)?;
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = peerdex_proto::tree::TreeHasher::new();
     while let Some(piece) = body.next().await {
@@ -211,10 +218,15 @@ async fn upload(
         if hasher.total() + piece.len() as u64 > max {
             return Err(too_large());
         }
+        let before = hasher.total();
         hasher.update(&piece);
-        out.write_all(&piece).await?;
+        out.write_all(&piece).await.map_err(disk)?;
+        if before >> 23 != hasher.total() >> 23 {
+            let left = declared.unwrap_or(0).saturating_sub(hasher.total());
+            claim.recheck(&tmp, left, &what)?;
+        }
     }
-    out.flush().await?;
+    out.flush().await.map_err(disk)?;
     drop(out);
     let size = hasher.total();
     let (id, manifest) = hasher.finish();
@@ -223,6 +235,7 @@ async fn upload(
     let added = web::block(move || s.add_from_temp(&t2, &n2, id, manifest))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
+    drop(claim);
     guard.disarm();
     let info = FileInfo {
         file_id: id.to_hex(),

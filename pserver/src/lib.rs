@@ -16,6 +16,8 @@
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
 //!
 //! * `uploads` — serving files to other peers: upload slots and rate cap.
+//! * `space` — free space: the reserve (`PSERVER_MIN_FREE_BYTES`) checked
+//!   before a download or upload writes, clear errors on a full disk.
 //! * `serve` — reading shared files verified chunk by chunk before any byte
 //!   is sent; a rotten copy is withdrawn and hashed again.
 //! * `rt` — the main runtime as a handle: actix-web serves from worker
@@ -39,6 +41,7 @@ mod peer_api;
 mod rate;
 mod rt;
 mod serve;
+mod space;
 mod store;
 mod uploads;
 
@@ -71,6 +74,10 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
+    let store = store.with_space(space::Space::new(
+        config.min_free_bytes,
+        config.max_partial_bytes,
+    ));
     let peer_id = store
         .peer_id()
         .context("cannot read or create the peer id in PSERVER_DATA_DIR")?;

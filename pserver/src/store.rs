@@ -8,6 +8,11 @@
 //! hash-cache.json  (name, size, mtime) → BLAKE3 id + tree manifest (chunk CVs)
 //! tmp/             uploads and downloads in progress; emptied at start
 //! ```
+//! Free space ([`Space`], `PSERVER_MIN_FREE_BYTES`) is checked before
+//! anything big is written; a full disk while writing a small file (the hash
+//! cache, a partial download's state) leaves the previous version in place
+//! and no temp file behind.
+//!
 //! Only names that parse as [`FileName`] are ever joined onto the share
 //! folder, and files reached through a symlink that leaves the share folder
 //! are neither listed nor served.
@@ -27,6 +32,7 @@ use peerdex_proto::{FileId, FileName, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::space::{Space, disk_error};
 
 /// One shared file. Cheap to clone: the manifest (up to 256 KiB of CVs) is
 /// shared.
@@ -96,6 +102,7 @@ pub struct Store {
     quarantined: Mutex<std::collections::HashSet<FileId>>,
     /// Files hashed since start (the cache saves re-hashing unchanged ones).
     hashed: AtomicU64,
+    space: std::sync::Arc<Space>,
 }
 
 /// Withdrawn ids remembered for their error message.
@@ -121,14 +128,35 @@ impl Store {
             files: Mutex::new(BTreeMap::new()),
             quarantined: Mutex::new(std::collections::HashSet::new()),
             hashed: AtomicU64::new(0),
+            space: std::sync::Arc::new(Space::new(0, 0)),
         };
         let cache = store.load_cache();
         *store.files.lock().unwrap() = cache;
         Ok(store)
     }
 
+    /// Keep `space`'s reserve free (the default keeps none).
+    pub fn with_space(mut self, space: Space) -> Self {
+        self.space = std::sync::Arc::new(space);
+        self
+    }
+
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    pub fn share_dir(&self) -> &Path {
+        &self.share_dir
+    }
+
+    /// Where uploads and downloads in progress are written.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp_dir
+    }
+
+    /// The free-space reserve and the claims of transfers in progress.
+    pub fn space(&self) -> &std::sync::Arc<Space> {
+        &self.space
     }
 
     /// How many files were hashed since start.
@@ -328,7 +356,8 @@ impl Store {
         }
         let dest = self.share_dir.join(name.as_str());
         let file = fs::File::open(temp)?;
-        file.sync_all()?;
+        file.sync_all()
+            .map_err(|e| disk_error(&self.space, e, &self.tmp_dir))?;
         let meta = file.metadata()?;
         drop(file);
         // Hard-link then unlink: fails instead of replacing a file that appeared
@@ -349,8 +378,12 @@ impl Store {
                 let side = self
                     .share_dir
                     .join(format!(".peerdex-{}", uuid::Uuid::new_v4()));
-                fs::copy(temp, &side)?;
-                fs::File::open(&side)?.sync_all()?;
+                let copied = fs::copy(temp, &side).and_then(|_| fs::File::open(&side)?.sync_all());
+                if let Err(e) = copied {
+                    // Nothing half-copied stays in the share folder.
+                    let _ = fs::remove_file(&side);
+                    return Err(disk_error(&self.space, e, &self.share_dir));
+                }
                 if dest.exists() {
                     let _ = fs::remove_file(&side);
                     return Err(Error::NameConflict(format!(
@@ -491,7 +524,8 @@ impl Store {
             .map_err(io::Error::other)
             .and_then(|bytes| write_atomic(&self.cache_path(), &bytes));
         if let Err(e) = result {
-            tracing::warn!(error = %e, "cannot save hash cache");
+            let e = self.space.explain(e, &self.data_dir);
+            tracing::warn!(error = %e, "cannot save hash cache; the previous one stays (files it misses are hashed again at the next start)");
         }
     }
 }
@@ -503,15 +537,19 @@ fn mtime_ns(meta: &fs::Metadata) -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Write a small file atomically (temp + fsync + rename).
+/// Write a small file atomically (temp + fsync + rename). On failure (a
+/// full disk) the previous version stays and the temp file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    {
-        let mut f = fs::File::create(&tmp)?;
+    let written = fs::File::create(&tmp).and_then(|mut f| {
         io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    let result = written.and_then(|()| fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)
+    result
 }
 
 /// Hash a file on disk in one pass: its id and manifest (whose size is

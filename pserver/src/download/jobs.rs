@@ -82,6 +82,18 @@ impl Jobs {
             .count() as u32
     }
 
+    /// Files that a job not final yet is downloading (their partials are
+    /// never dropped to make room).
+    pub(crate) fn busy_files(&self) -> std::collections::HashSet<FileId> {
+        self.map
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|h| !h.is_final())
+            .filter_map(|h| *h.file_id.lock().unwrap())
+            .collect()
+    }
+
     /// Stop every job because the PServer is shutting down. Unlike
     /// [`JobHandle::cancel`], partial downloads are kept, and the next start
     /// resumes them. See [`Jobs::shutdown`] to also wait for that.

@@ -11,6 +11,14 @@
 //! one strike and nothing else, and an honest holder is never blamed for
 //! not matching a lie. For a file of one chunk the confirming chunk is the
 //! whole file.
+//!
+//! A manifest verified against an id still proves nothing about whether the
+//! id names real content: whoever makes up the id makes up a manifest that
+//! merges to it, of any size. So before its last chunk is even asked for
+//! (a chunk is held in memory until verified), the size must fit on disk
+//! besides `PSERVER_MIN_FREE_BYTES` (see `crate::space`); the chunk size is
+//! the one every peer uses for that size ([`Manifest::decode`] refuses any
+//! other), so the last chunk is at most 1/8192 of a size that fits.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -23,6 +31,7 @@ use peerdex_proto::tree::{MAX_ENCODED, Manifest};
 
 use super::chunk::{Bad, ChunkRequest, Outcome};
 use super::transport::{Fetcher, Source, root_cause};
+use crate::space::NoSpace;
 
 /// Chunks above this are confirmed, then fetched again by the swarm rather
 /// than kept in memory.
@@ -40,8 +49,17 @@ pub(crate) struct Confirmed {
 /// What the holders did wrong on the way (strikes for the swarm).
 pub(crate) type Strikes = Vec<(String, String)>;
 
-/// Ask `holders` in turn until one gives a manifest of `id` that verifies
-/// and whose last chunk confirms it. `Err` says what each holder did.
+/// Why no manifest was confirmed.
+pub(crate) enum Unconfirmed {
+    /// The file (as every holder that answered describes it) does not fit
+    /// on disk: asking again will not help.
+    NoSpace(NoSpace),
+    /// What each holder did.
+    Holders(String),
+}
+
+/// Ask `holders` in turn until one gives a manifest of `id` that verifies,
+/// whose size `fits` on disk, and whose last chunk confirms it.
 pub(crate) async fn confirm(
     http: &reqwest::Client,
     fetch: &Fetcher,
@@ -49,8 +67,12 @@ pub(crate) async fn confirm(
     holders: &[Source],
     stall: Duration,
     strikes: &mut Strikes,
-) -> Result<Confirmed, String> {
+    fits: &(dyn Fn(&Manifest) -> Result<(), NoSpace> + Sync),
+) -> Result<Confirmed, Unconfirmed> {
     let mut notes = Vec::new();
+    // The smallest size claimed that did not fit (a liar may inflate its
+    // size; an honest holder after it still gets asked).
+    let mut too_big: Option<NoSpace> = None;
     for src in holders {
         let manifest = match get(http, src, id, stall).await {
             Ok(m) => Arc::new(m),
@@ -65,6 +87,13 @@ pub(crate) async fn confirm(
                 continue;
             }
         };
+        if let Err(e) = fits(&manifest) {
+            tracing::warn!(peer = %src.peer_id, file = %id, size = manifest.size(), error = %e, "refusing a download that does not fit on disk");
+            if too_big.as_ref().is_none_or(|t| e.need < t.need) {
+                too_big = Some(e);
+            }
+            continue;
+        }
         if manifest.chunks() == 0 {
             return Ok(Confirmed {
                 manifest,
@@ -112,11 +141,14 @@ pub(crate) async fn confirm(
             Outcome::LocalIo(e) => notes.push(format!("local i/o error: {e}")),
         }
     }
-    Err(if notes.is_empty() {
+    if let Some(e) = too_big {
+        return Err(Unconfirmed::NoSpace(e));
+    }
+    Err(Unconfirmed::Holders(if notes.is_empty() {
         "no holders".into()
     } else {
         notes.join("; ")
-    })
+    }))
 }
 
 enum Fault {

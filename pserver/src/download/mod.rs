@@ -30,7 +30,18 @@
 //!
 //! Cancelling a job (`DELETE`) discards its partial; a failed job keeps its
 //! verified chunks (asking for the file again resumes); a shutdown keeps them
-//! too and the next start resumes the job by itself.
+//! too and the next start resumes the job by itself. A job that ends with no
+//! verified chunk on disk leaves nothing behind.
+//!
+//! Disk space: nothing is allocated before the size is known from a
+//! manifest verified against the id, and that size (less what a kept
+//! partial already holds) must fit in the data folder besides
+//! `PSERVER_MIN_FREE_BYTES` and what other transfers were promised (see
+//! `crate::space`); else the job fails at once, naming the figures. Kept
+//! partials are capped together by `PSERVER_MAX_PARTIAL_BYTES`, oldest
+//! dropped first (never one a job is running for), whenever a job ends and
+//! at start. A disk that fills anyway fails the job with the folder and the
+//! figures; the server keeps serving.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -47,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::lookup::{LocateTarget, Lookup};
 use crate::rate::RateLimiter;
 use crate::rt::MainRt;
+use crate::space::{Bytes, Claim, NoSpace};
 use crate::store::Store;
 
 mod chunk;
@@ -169,6 +181,8 @@ pub(crate) enum DownloadError {
     },
     #[error("no holder could give a manifest of file {id} that verifies ({why})")]
     NoManifest { id: FileId, why: String },
+    #[error("{0}")]
+    NoSpace(NoSpace),
     #[error("local i/o error: {0}")]
     LocalIo(#[from] io::Error),
     #[error("cannot store the file: {0}")]
@@ -308,7 +322,19 @@ fn partial_dir(shared: &Engine) -> PathBuf {
 /// start). Each becomes a job that locates the file's holders again.
 fn resume_partials(shared: &Arc<Engine>) {
     let dir = partial_dir(shared);
-    for stored in partial::scan(&dir) {
+    let found = partial::scan(&dir);
+    let dropped = partial::enforce_cap(
+        &dir,
+        shared.store.space().max_partial(),
+        &Default::default(),
+    );
+    for u in &dropped {
+        tracing::info!(file = %u.id, bytes = u.bytes, "dropping the oldest partial download: partials exceed PSERVER_MAX_PARTIAL_BYTES");
+    }
+    for stored in found
+        .into_iter()
+        .filter(|s| !dropped.iter().any(|u| u.id == s.id))
+    {
         let id = stored.id;
         if shared.store.by_id(&id).is_some() {
             partial::remove(&dir, &id);
@@ -356,14 +382,14 @@ fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
             _ = h.cancel.cancelled() => Err(JobEnd::Cancelled),
         };
         let stopping = shared.jobs.stopping();
+        let mut kept = false;
         if let Some(p) = slot.take() {
-            // A cancelled job, or one that failed with nothing verified,
-            // leaves nothing behind; otherwise the verified chunks are kept.
-            let nothing = !p.any_verified();
+            // A cancelled job leaves nothing behind; a failed or stopped one
+            // keeps its verified chunks, if any made it to disk.
             match &result {
                 Err(JobEnd::Cancelled) if !stopping => p.discard().await,
-                Err(JobEnd::Failed(_)) if nothing => p.discard().await,
-                _ => p.close().await,
+                Err(_) if !p.any_verified() => p.discard().await,
+                _ => kept = p.close_or_discard().await,
             }
         }
         match result {
@@ -390,6 +416,19 @@ fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
                     j.error = Some(reason.to_string());
                     j.source = None;
                 });
+            }
+        }
+        if kept {
+            // Now final: this job's partial may go too if it is the oldest.
+            let (dir, cap, busy) = (
+                partial_dir(&shared),
+                shared.store.space().max_partial(),
+                shared.jobs.busy_files(),
+            );
+            let dropped =
+                tokio::task::spawn_blocking(move || partial::enforce_cap(&dir, cap, &busy)).await;
+            for u in dropped.iter().flatten() {
+                tracing::info!(file = %u.id, bytes = u.bytes, "dropping the oldest partial download: partials exceed PSERVER_MAX_PARTIAL_BYTES");
             }
         }
     });
@@ -484,8 +523,11 @@ async fn drive(
         j.bytes_total = Some(t.size);
     });
     let dir = partial_dir(shared);
-    let (m2, n2) = (manifest.clone(), name.to_string());
-    let opened = tokio::task::spawn_blocking(move || Partial::open(&dir, &m2, &n2)).await??;
+    let claim = claim_space(shared, &dir, &manifest).await?;
+    let (d2, m2, n2) = (dir.clone(), manifest.clone(), name.to_string());
+    let opened = tokio::task::spawn_blocking(move || Partial::open(&d2, &m2, &n2))
+        .await?
+        .map_err(|e| shared.store.space().explain(e, &dir))?;
     let partial = slot.insert(opened);
     let mut swarm = Swarm::new(
         manifest.clone(),
@@ -506,9 +548,20 @@ async fn drive(
     if let Some((peer, i, bytes)) = confirmed_last
         && swarm.credit(&peer, i)
     {
-        partial.write(i, bytes).await?;
+        partial
+            .write(i, bytes)
+            .await
+            .map_err(|e| shared.store.space().explain(e, &dir))?;
     }
-    swarm_download(shared, h, &mut t, &mut swarm, partial, &fetcher).await?;
+    swarm_download(shared, h, &mut t, &mut swarm, partial, &fetcher, &claim)
+        .await
+        .map_err(|e| match e {
+            JobEnd::Failed(DownloadError::LocalIo(e)) => JobEnd::Failed(DownloadError::LocalIo(
+                shared.store.space().explain(e, &dir),
+            )),
+            e => e,
+        })?;
+    drop(claim);
     store_and_publish(shared, h, &t, &name, partial.part_path(), manifest).await?;
     if let Some(p) = slot.take() {
         p.discard().await; // its state files; the .part became the shared file
@@ -521,6 +574,42 @@ async fn drive(
         j.error = None;
     });
     Ok(())
+}
+
+/// Promise the space the download still needs (its size, less what a kept
+/// partial already holds) in the data folder, and check the share folder
+/// too if the file will be copied there from another file system.
+async fn claim_space(
+    shared: &Arc<Engine>,
+    dir: &Path,
+    manifest: &Arc<Manifest>,
+) -> std::result::Result<Claim, DownloadError> {
+    let (store, d, m) = (shared.store.clone(), dir.to_owned(), manifest.clone());
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&d).map_err(|e| store.space().explain(e, &d))?;
+        let what = format!("file {} ({})", m.id(), Bytes(m.size()));
+        let need = m.size() - partial::on_disk(&d, &m);
+        let claim = store
+            .space()
+            .claim(&d, need, &what)
+            .map_err(DownloadError::NoSpace)?;
+        let share = store.share_dir();
+        if !crate::space::same_fs(&d, share) {
+            store
+                .space()
+                .check(share, m.size(), &what)
+                .map_err(DownloadError::NoSpace)?;
+        }
+        Ok(claim)
+    })
+    .await?
+}
+
+/// Does a download of `m` fit in `dir` (before anything is fetched)?
+fn fits(shared: &Engine, dir: &Path, m: &Manifest) -> std::result::Result<(), NoSpace> {
+    let need = m.size() - partial::on_disk(dir, m);
+    let what = format!("file {} ({})", m.id(), Bytes(m.size()));
+    shared.store.space().check(dir, need, &what)
 }
 
 fn id_of(begin: &Begin) -> FileId {
@@ -549,6 +638,8 @@ async fn confirm_manifest(
         .collect();
     let mut round = 0;
     let mut first_why: Option<String> = None;
+    let dir = partial_dir(shared);
+    let fit = |m: &Manifest| fits(shared, &dir, m);
     loop {
         // A holder that lied once is asked again only after the others.
         holders.sort_by_key(|s| strikes.iter().filter(|(p, _)| *p == s.peer_id).count());
@@ -559,11 +650,15 @@ async fn confirm_manifest(
             &holders,
             shared.stall_timeout,
             strikes,
+            &fit,
         )
         .await;
         match tried {
             Ok(c) => return Ok(c),
-            Err(why) => {
+            Err(manifest::Unconfirmed::NoSpace(e)) => {
+                return Err(DownloadError::NoSpace(e).into());
+            }
+            Err(manifest::Unconfirmed::Holders(why)) => {
                 // What the holders said first explains more than a later "no holders".
                 let why = first_why.get_or_insert(why).clone();
                 round += 1;
@@ -600,11 +695,14 @@ async fn swarm_download(
     swarm: &mut Swarm,
     partial: &mut Partial,
     fetcher: &transport::Fetcher,
+    claim: &Claim,
 ) -> std::result::Result<(), JobEnd> {
     h.update(|j| j.bytes_done = partial.verified_bytes());
+    let size = t.size;
     let mut round = 0;
     loop {
         let mut on_progress = |r: scheduler::Report| {
+            claim.set_remaining(size.saturating_sub(r.verified_bytes));
             h.update(|j| {
                 j.state = JobState::Downloading;
                 j.bytes_done = r.verified_bytes;

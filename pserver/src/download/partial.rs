@@ -22,13 +22,21 @@
 //! manifest was checked against the file id before the partial was
 //! created, and every chunk against the manifest before it was written, so
 //! a complete partial *is* the file.
+//!
+//! A failed write (a full disk) stops the writer; every later call returns
+//! that error, and the chunks written before it are still checkpointed.
+//! A partial that ends with no verified chunk on disk is removed
+//! ([`Partial::close_or_discard`]); the ones kept are capped together by
+//! `PSERVER_MAX_PARTIAL_BYTES` ([`enforce_cap`]).
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use peerdex_proto::FileId;
@@ -109,8 +117,10 @@ pub(crate) struct Partial {
     size: u64,
     /// Verified chunks found on disk when opened.
     verified: Vec<bool>,
-    /// Verified chunks now: found on disk plus handed to the writer since.
-    verified_now: std::sync::atomic::AtomicUsize,
+    /// Verified chunks on disk now: found there plus written since.
+    verified_now: Arc<AtomicUsize>,
+    /// Why the writer stopped, if a write failed.
+    failed: Arc<Mutex<Option<io::Error>>>,
     tx: Option<mpsc::Sender<Cmd>>,
     worker: Option<tokio::task::JoinHandle<()>>,
     in_place: Arc<fs::File>,
@@ -119,9 +129,22 @@ pub(crate) struct Partial {
 impl Partial {
     /// Open the partial download of `manifest`'s file in `dir`, resuming it
     /// if one exists for the same manifest, else starting afresh. Blocking
-    /// (cheap: the `.part` is created sparse).
+    /// (cheap: the `.part` is created sparse). On failure nothing of a new
+    /// partial is left behind.
     pub fn open(dir: &Path, manifest: &Manifest, name: &str) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
+        let opened = Self::open_in(dir, manifest, name);
+        if opened.is_err()
+            && load_bitmap(&Paths::new(dir, &manifest.id()).bitmap, manifest.chunks())
+                .iter()
+                .all(|b| !b)
+        {
+            Paths::new(dir, &manifest.id()).remove_all();
+        }
+        opened
+    }
+
+    fn open_in(dir: &Path, manifest: &Manifest, name: &str) -> io::Result<Self> {
         let id = manifest.id();
         let size = manifest.size();
         let paths = Paths::new(dir, &id);
@@ -160,13 +183,18 @@ impl Partial {
         let queue = (WRITE_QUEUE_BYTES / manifest.chunk_size()).clamp(1, 4) as usize;
         let (tx, rx) = mpsc::channel(queue);
         let in_place = Arc::new(file.try_clone()?);
-        let writer = Writer::new(file, &paths, manifest.chunk_size(), size, verified.clone())?;
+        let verified_now = Arc::new(AtomicUsize::new(verified.iter().filter(|v| **v).count()));
+        let failed = Arc::new(Mutex::new(None));
+        let mut writer = Writer::new(file, &paths, manifest.chunk_size(), size, verified.clone())?;
+        writer.verified = verified_now.clone();
+        writer.failed = failed.clone();
         let worker = tokio::task::spawn_blocking(move || writer.run(rx));
         Ok(Self {
             paths,
             chunk_size: manifest.chunk_size(),
             size,
-            verified_now: verified.iter().filter(|v| **v).count().into(),
+            verified_now,
+            failed,
             verified,
             tx: Some(tx),
             worker: Some(worker),
@@ -183,17 +211,13 @@ impl Partial {
 
     /// Record a chunk written in place with [`Partial::file`] as verified.
     pub async fn mark(&self, idx: usize) -> io::Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(stopped)?;
-        tx.send(Cmd::Mark(idx)).await.map_err(|_| stopped())?;
-        self.verified_now
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+        let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
+        tx.send(Cmd::Mark(idx)).await.map_err(|_| self.stopped())
     }
 
-    /// Is any chunk verified (on disk or queued)? A job that fails with
-    /// none leaves nothing behind.
+    /// Is any verified chunk on disk (written, not only queued)?
     pub fn any_verified(&self) -> bool {
-        self.verified_now.load(std::sync::atomic::Ordering::Relaxed) > 0
+        self.verified_now.load(Ordering::Relaxed) > 0
     }
 
     /// Chunks already verified and on disk when the partial was opened.
@@ -215,28 +239,59 @@ impl Partial {
     }
 
     /// Queue a verified chunk for writing (waits when the queue is full).
+    /// Fails once a write failed (a full disk), with that error.
     pub async fn write(&self, idx: usize, data: Bytes) -> io::Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
         tx.send(Cmd::Write(idx, data))
             .await
-            .map_err(|_| stopped())?;
-        self.verified_now
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
+            .map_err(|_| self.stopped())
     }
 
     /// Wait for every queued write and fsync. Fails if a chunk is missing.
     pub async fn finish(&mut self) -> io::Result<()> {
-        let tx = self.tx.as_ref().ok_or_else(stopped)?;
+        let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
         let (reply, rx) = oneshot::channel();
-        tx.send(Cmd::Finish(reply)).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        tx.send(Cmd::Finish(reply))
+            .await
+            .map_err(|_| self.stopped())?;
+        rx.await.map_err(|_| self.stopped())?
+    }
+
+    /// Why the writer stopped: the write that failed, if one did.
+    fn stopped(&self) -> io::Error {
+        match &*self.failed.lock().unwrap() {
+            Some(e) => copy_error(e),
+            None => io::Error::other("the partial-download writer stopped"),
+        }
     }
 
     /// Stop the writer after a last checkpoint; the partial stays for a
     /// later resume.
+    #[cfg(test)]
     pub async fn close(mut self) {
         self.stop().await;
+    }
+
+    /// Stop the writer after a last checkpoint, and keep the partial only if
+    /// a verified chunk made it to disk (the bitmap); else delete it. `true`
+    /// if kept.
+    pub async fn close_or_discard(mut self) -> bool {
+        self.stop().await;
+        let paths = Paths {
+            part: self.paths.part.clone(),
+            meta: self.paths.meta.clone(),
+            bitmap: self.paths.bitmap.clone(),
+        };
+        let n = self.verified.len();
+        tokio::task::spawn_blocking(move || {
+            let kept = load_bitmap(&paths.bitmap, n).iter().any(|b| *b);
+            if !kept {
+                paths.remove_all();
+            }
+            kept
+        })
+        .await
+        .unwrap_or(true)
     }
 
     /// Stop the writer and delete every file of the partial.
@@ -258,8 +313,12 @@ impl Partial {
     }
 }
 
-fn stopped() -> io::Error {
-    io::Error::other("the partial-download writer stopped")
+/// The same error again (an OS error stays one, so it can be explained).
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
 }
 
 /// Length of chunk `i`.
@@ -364,6 +423,87 @@ pub fn remove(dir: &Path, id: &FileId) {
     Paths::new(dir, id).remove_all();
 }
 
+/// Bytes a partial of `manifest`'s file already holds on disk in `dir`
+/// (what a resume need not allocate again): 0 unless one exists for the
+/// same manifest.
+pub fn on_disk(dir: &Path, manifest: &Manifest) -> u64 {
+    let paths = Paths::new(dir, &manifest.id());
+    let same = load_meta(&paths.meta).is_some_and(|m| m.manifest == hex::encode(manifest.encode()));
+    if !same {
+        return 0;
+    }
+    fs::metadata(&paths.part).map_or(0, |m| allocated(&m).min(manifest.size()))
+}
+
+/// Bytes a file really takes on disk (a sparse `.part` takes only what was
+/// written).
+fn allocated(m: &fs::Metadata) -> u64 {
+    m.blocks().saturating_mul(512)
+}
+
+/// A partial on disk as the cap sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Usage {
+    pub id: FileId,
+    /// Bytes its files take on disk.
+    pub bytes: u64,
+    /// When it last changed (its newest file).
+    pub touched: SystemTime,
+}
+
+/// Every partial in `dir` with what it takes on disk, oldest first.
+pub fn usage(dir: &Path) -> Vec<Usage> {
+    let Ok(rd) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut by_id: std::collections::HashMap<FileId, Usage> = std::collections::HashMap::new();
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(hex) = name.to_str().and_then(|n| n.split('.').next()) else {
+            continue;
+        };
+        let Ok(id) = hex.parse::<FileId>() else {
+            continue;
+        };
+        let Ok(meta) = e.metadata() else { continue };
+        let touched = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        let u = by_id.entry(id).or_insert(Usage {
+            id,
+            bytes: 0,
+            touched,
+        });
+        u.bytes += allocated(&meta);
+        u.touched = u.touched.max(touched);
+    }
+    let mut all: Vec<Usage> = by_id.into_values().collect();
+    all.sort_by_key(|u| (u.touched, u.id.to_hex()));
+    all
+}
+
+/// Keep the partials in `dir` within `cap` bytes on disk together: drop the
+/// oldest first, never one in `busy` (a job is running for it). 0 = no cap.
+/// Returns what was dropped.
+pub fn enforce_cap(dir: &Path, cap: u64, busy: &HashSet<FileId>) -> Vec<Usage> {
+    if cap == 0 {
+        return Vec::new();
+    }
+    let all = usage(dir);
+    let mut total: u64 = all.iter().map(|u| u.bytes).sum();
+    let mut dropped = Vec::new();
+    for u in all {
+        if total <= cap {
+            break;
+        }
+        if busy.contains(&u.id) {
+            continue;
+        }
+        remove(dir, &u.id);
+        total = total.saturating_sub(u.bytes);
+        dropped.push(u);
+    }
+    dropped
+}
+
 /// The writer thread's state.
 struct Writer {
     file: fs::File,
@@ -375,6 +515,10 @@ struct Writer {
     last_checkpoint: Instant,
     checkpoints: Option<std::sync::mpsc::SyncSender<Vec<bool>>>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
+    /// Verified chunks written (shared with the [`Partial`]).
+    verified: Arc<AtomicUsize>,
+    /// The write that failed (shared with the [`Partial`]).
+    failed: Arc<Mutex<Option<io::Error>>>,
 }
 
 impl Writer {
@@ -412,41 +556,31 @@ impl Writer {
             last_checkpoint: Instant::now(),
             checkpoints: Some(tx),
             checkpointer: Some(checkpointer),
+            verified: Arc::new(AtomicUsize::new(0)),
+            failed: Arc::new(Mutex::new(None)),
         })
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut failed: Option<io::Error> = None;
         while let Some(cmd) = rx.blocking_recv() {
-            match cmd {
-                Cmd::Write(i, data) => {
-                    if failed.is_none()
-                        && let Err(e) = self.write(i, data)
-                    {
-                        tracing::warn!(error = %e, "cannot write a downloaded chunk");
-                        failed = Some(e);
-                    }
-                }
-                Cmd::Mark(i) => {
-                    if failed.is_none()
-                        && let Err(e) = self.mark(i)
-                    {
-                        tracing::warn!(error = %e, "cannot read back a downloaded chunk");
-                        failed = Some(e);
-                    }
-                }
+            let r = match cmd {
+                Cmd::Write(i, data) => self.write(i, data),
+                Cmd::Mark(i) => self.mark(i),
                 Cmd::Finish(reply) => {
-                    let r = match &failed {
-                        Some(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                        None => self.finish(),
-                    };
-                    let _ = reply.send(r);
+                    let _ = reply.send(self.finish());
+                    Ok(())
                 }
+            };
+            if let Err(e) = r {
+                // Stop taking chunks: the job learns why from the next call.
+                tracing::warn!(error = %e, "cannot write a downloaded chunk; the download stops");
+                *self.failed.lock().unwrap() = Some(e);
+                break;
             }
         }
-        if failed.is_none() {
-            self.checkpoint(true);
-        }
+        drop(rx);
+        // What was written before a failure is verified and on disk: keep it.
+        self.checkpoint(true);
         self.checkpoints = None;
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
@@ -466,6 +600,7 @@ impl Writer {
         }
         self.file.write_all_at(&data, i as u64 * self.chunk_size)?;
         self.written[i] = true;
+        self.verified.fetch_add(1, Ordering::Relaxed);
         self.dirty = true;
         self.unsynced += data.len() as u64;
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -479,6 +614,7 @@ impl Writer {
             return Ok(());
         }
         self.written[i] = true;
+        self.verified.fetch_add(1, Ordering::Relaxed);
         self.dirty = true;
         self.unsynced += chunk_len(i, self.chunk_size, self.size);
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
