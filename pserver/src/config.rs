@@ -304,6 +304,30 @@ mod tests {
     }
 
     #[test]
+    fn disk_space_settings() {
+        let c = args(&["--peer-addr", "127.0.0.1:1"]).cfg().unwrap();
+        assert_eq!((c.min_free_bytes, c.max_partial_bytes), (1 << 30, 64 << 30));
+        let c = args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--min-free-bytes",
+            "0",
+            "--max-partial-bytes",
+            "0",
+        ])
+        .cfg()
+        .unwrap();
+        assert_eq!((c.min_free_bytes, c.max_partial_bytes), (0, 0));
+        let e = args(&["--peer-addr", "127.0.0.1:1", "--max-partial-bytes", "64"])
+            .cfg()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("PSERVER_MAX_PARTIAL_BYTES (64)"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn neighbours_parse() {
         let c = args(&[
             "--peer-addr",

@@ -701,6 +701,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_cap_drops_the_oldest_idle_partials_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Vec::new();
+        for (age, seed) in [(300u64, 1u64), (200, 2), (100, 3)] {
+            let data = peerdex_testkit::test_bytes(64 << 10, seed);
+            let m = manifest(&data, 16 << 10);
+            let p = Partial::open(dir.path(), &m, "x").unwrap();
+            p.write(0, Bytes::copy_from_slice(&data[..16 << 10]))
+                .await
+                .unwrap();
+            assert!(
+                p.close_or_discard().await,
+                "a partial with a verified chunk is kept"
+            );
+            // Last touched `age` seconds ago.
+            let when = SystemTime::now() - Duration::from_secs(age);
+            for e in fs::read_dir(dir.path()).unwrap().flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&m.id().to_hex())
+                {
+                    fs::File::options()
+                        .write(true)
+                        .open(e.path())
+                        .unwrap()
+                        .set_modified(when)
+                        .unwrap();
+                }
+            }
+            ids.push(m.id());
+        }
+        let all = usage(dir.path());
+        assert_eq!(
+            all.iter().map(|u| u.id).collect::<Vec<_>>(),
+            ids,
+            "oldest first"
+        );
+        let each = all[0].bytes;
+        assert!(each >= 16 << 10, "{all:?}");
+        // No cap, or room for all: nothing goes.
+        assert!(enforce_cap(dir.path(), 0, &HashSet::new()).is_empty());
+        assert!(enforce_cap(dir.path(), 3 * each + 4096, &HashSet::new()).is_empty());
+        // Room for one: the oldest is busy (a job runs for it), so the two
+        // others go, oldest first.
+        let busy: HashSet<FileId> = [ids[0]].into();
+        let dropped = enforce_cap(dir.path(), each + 4096, &busy);
+        assert_eq!(
+            dropped.iter().map(|u| u.id).collect::<Vec<_>>(),
+            [ids[1], ids[2]]
+        );
+        assert_eq!(
+            usage(dir.path()).iter().map(|u| u.id).collect::<Vec<_>>(),
+            [ids[0]]
+        );
+        // Over the cap with only a busy one left: it stays.
+        assert!(enforce_cap(dir.path(), 1, &busy).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_partial_without_a_verified_chunk_on_disk_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = peerdex_testkit::test_bytes(5000, 4);
+        let m = manifest(&data, 1024);
+        let p = Partial::open(dir.path(), &m, "x").unwrap();
+        assert!(!p.any_verified());
+        assert!(!p.close_or_discard().await);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
     async fn other_manifest_starts_afresh_and_empty_partials_are_not_kept() {
         let dir = tempfile::tempdir().unwrap();
         let data = peerdex_testkit::test_bytes(3000, 1);
