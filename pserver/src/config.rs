@@ -40,6 +40,19 @@ pub struct Config {
     pub max_download_bps: u64,
     /// Holders one download fetches from at the same time.
     pub max_sources: usize,
+    /// A response to another peer that averages less than this, bytes/s,
+    /// over 20 s of the peer (not our rate cap or disk) holding it up, loses
+    /// its slot and its connection (0 = no minimum).
+    pub upload_min_bps: u64,
+    /// A response to another peer that the peer does not take a byte of
+    /// for this long loses its slot and its connection.
+    pub upload_idle: Duration,
+    /// Open peer-API connections per source address (IPv6: per /64); the
+    /// ones beyond it are answered 429 and closed.
+    pub max_conns_per_addr: u32,
+    /// Neighbour-role requests (locate, search) per second per source
+    /// address, with a burst of ten seconds' worth; beyond it 429.
+    pub neighbour_rate: u32,
 }
 
 impl Config {
@@ -68,12 +81,20 @@ impl Config {
             max_upload_bps: 0,
             max_download_bps: 0,
             max_sources: DEFAULT_MAX_SOURCES,
+            upload_min_bps: DEFAULT_UPLOAD_MIN_BPS,
+            upload_idle: Duration::from_secs(DEFAULT_UPLOAD_IDLE_SECS),
+            max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
+            neighbour_rate: DEFAULT_NEIGHBOUR_RATE,
         }
     }
 }
 
 const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
 const DEFAULT_MAX_SOURCES: usize = 8;
+const DEFAULT_UPLOAD_MIN_BPS: u64 = 4096;
+const DEFAULT_UPLOAD_IDLE_SECS: u64 = 30;
+const DEFAULT_MAX_CONNS_PER_ADDR: u32 = 16;
+const DEFAULT_NEIGHBOUR_RATE: u32 = 20;
 
 /// The peerdex peer daemon: shares the files in a folder, finds files through
 /// a neighbour PServer and the central directory, and downloads them directly
@@ -178,6 +199,35 @@ pub struct Args {
     #[arg(long, env = "PSERVER_MAX_SOURCES", default_value_t = DEFAULT_MAX_SOURCES as u64,
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_sources: u64,
+
+    /// Slowest average rate, in bytes per second, at which another peer may
+    /// take a response from us (measured over 20 s, counting only the time
+    /// the peer itself holds the transfer up, never our own rate cap). A
+    /// slower reader loses its upload slot and its connection, so slow or
+    /// stalled readers cannot keep honest peers out. 0 = no minimum.
+    #[arg(long, env = "PSERVER_UPLOAD_MIN_BPS", default_value_t = DEFAULT_UPLOAD_MIN_BPS)]
+    pub upload_min_bps: u64,
+
+    /// Longest time, in seconds, a response to another peer may make no
+    /// progress (the peer reads nothing) before it loses its upload slot and
+    /// its connection.
+    #[arg(long, env = "PSERVER_UPLOAD_IDLE_SECS", default_value_t = DEFAULT_UPLOAD_IDLE_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub upload_idle_secs: u64,
+
+    /// Open peer-API connections allowed per source IP address (IPv6: per
+    /// /64). Connections beyond it are answered 429 with Retry-After and closed.
+    #[arg(long, env = "PSERVER_MAX_CONNS_PER_ADDR", default_value_t = DEFAULT_MAX_CONNS_PER_ADDR,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_conns_per_addr: u32,
+
+    /// Neighbour-role requests (locate, search on behalf of other peers) per
+    /// second per source IP address, with a burst of ten seconds' worth;
+    /// beyond it 429 with Retry-After, so no one can flood the central
+    /// through this peer.
+    #[arg(long, env = "PSERVER_NEIGHBOUR_RATE", default_value_t = DEFAULT_NEIGHBOUR_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub neighbour_rate: u32,
 }
 
 impl Args {
@@ -247,6 +297,10 @@ impl Args {
         c.max_upload_bps = self.max_upload_bps;
         c.max_download_bps = self.max_download_bps;
         c.max_sources = self.max_sources as usize;
+        c.upload_min_bps = self.upload_min_bps;
+        c.upload_idle = Duration::from_secs(self.upload_idle_secs);
+        c.max_conns_per_addr = self.max_conns_per_addr;
+        c.neighbour_rate = self.neighbour_rate;
         Ok(c)
     }
 }
@@ -301,6 +355,57 @@ mod tests {
         ])
         .cfg()
         .unwrap();
+    }
+
+    #[test]
+    fn abuse_limits() {
+        let c = args(&["--peer-addr", "127.0.0.1:1"]).cfg().unwrap();
+        assert_eq!(
+            (
+                c.upload_min_bps,
+                c.upload_idle,
+                c.max_conns_per_addr,
+                c.neighbour_rate
+            ),
+            (4096, Duration::from_secs(30), 16, 20)
+        );
+        let c = args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--upload-min-bps",
+            "0",
+            "--upload-idle-secs",
+            "5",
+            "--max-conns-per-addr",
+            "2",
+            "--neighbour-rate",
+            "3",
+        ])
+        .cfg()
+        .unwrap();
+        assert_eq!(
+            (
+                c.upload_min_bps,
+                c.upload_idle,
+                c.max_conns_per_addr,
+                c.neighbour_rate
+            ),
+            (0, Duration::from_secs(5), 2, 3)
+        );
+        for bad in [
+            ["--upload-idle-secs", "0"],
+            ["--max-conns-per-addr", "0"],
+            ["--neighbour-rate", "0"],
+        ] {
+            use clap::{CommandFactory, FromArgMatches};
+            let m = Args::command()
+                .mut_args(|a| a.env(None::<&str>))
+                .try_get_matches_from(["pserver", bad[0], bad[1]]);
+            assert!(
+                m.is_err() || Args::from_arg_matches(&m.unwrap()).is_err(),
+                "{bad:?} accepted"
+            );
+        }
     }
 
     #[test]

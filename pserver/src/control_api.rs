@@ -23,6 +23,7 @@ use tokio::io::AsyncWriteExt;
 use utoipa::OpenApi;
 
 use crate::central::Central;
+use crate::conditional;
 use crate::download::{Downloads, JobHandle};
 use crate::error::{Error, Result};
 use crate::lookup::Lookup;
@@ -309,6 +310,7 @@ async fn remove_file(
 async fn file_content(
     store: web::Data<Store>,
     withdraw: web::Data<Withdraw>,
+    req: HttpRequest,
     id: web::Path<String>,
 ) -> Result<HttpResponse> {
     let id: FileId = id.parse()?;
@@ -317,6 +319,13 @@ async fn file_content(
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     let size = entry.size;
+    // Content-addressed like the peer API's bytes, but for this user only.
+    if conditional::evaluate(&req, &id.to_hex())? == conditional::Verdict::NotModified {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, format!("\"{id}\"")))
+            .insert_header((header::CACHE_CONTROL, conditional::PRIVATE))
+            .finish());
+    }
     let name = entry.name.as_str().replace('"', "_");
     let stream = verified_range(
         file,
@@ -334,6 +343,7 @@ async fn file_content(
             format!("attachment; filename=\"{name}\""),
         ))
         .insert_header((header::ETAG, format!("\"{id}\"")))
+        .insert_header((header::CACHE_CONTROL, conditional::PRIVATE))
         .no_chunking(size)
         .streaming(stream))
 }

@@ -32,6 +32,13 @@ pub enum Error {
     /// All upload slots are taken: retry after the given seconds.
     #[error("all {slots} upload slots are busy; retry in {retry_after} s")]
     Busy { slots: u32, retry_after: u64 },
+    /// This source asks too often or holds too many connections: retry
+    /// after the given seconds (429).
+    #[error("{message}; retry in {retry_after} s")]
+    TooManyRequests { message: String, retry_after: u64 },
+    /// A conditional request's precondition (`If-Match`) does not hold (412).
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// A dependency (central, neighbours, holders) cannot be reached: retry later.
     #[error("{0}")]
     Unavailable(String),
@@ -54,6 +61,8 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::Busy { .. } => "busy",
+            Error::TooManyRequests { .. } => "too_many_requests",
+            Error::PreconditionFailed(_) => "precondition_failed",
             Error::Unavailable(_) => "unavailable",
             Error::LoopDetected(_) => "loop_detected",
             Error::Io(_) | Error::Internal(_) => "internal",
@@ -77,6 +86,8 @@ impl ResponseError for Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Busy { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::LoopDetected(_) => StatusCode::LOOP_DETECTED,
             Error::Io(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -88,9 +99,11 @@ impl ResponseError for Error {
             _ => Vec::new(),
         };
         let mut resp = HttpResponse::build(self.status_code());
-        if let Error::Busy { retry_after, .. } = self {
+        if let Error::Busy { retry_after, .. } | Error::TooManyRequests { retry_after, .. } = self {
             resp.insert_header(("Retry-After", retry_after.to_string()));
         }
+        // An error describes this moment, never the resource: no cache keeps it.
+        resp.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
         if let Error::Unauthorized(_) = self {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }

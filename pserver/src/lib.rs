@@ -15,7 +15,12 @@
 //! * [`control_api`] — `/api/v1` for the local `peerdex` client (loopback, optional token).
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
 //!
-//! * `uploads` — serving files to other peers: upload slots and rate cap.
+//! * `uploads` — serving files to other peers: upload slots, rate cap, and
+//!   the watchdog that takes a slot back from a slow or stalled reader.
+//! * `limits` — per-source limits of the peer API: open connections and
+//!   neighbour-role requests.
+//! * `conditional` — conditional requests (ETag, 304/412, If-Range) and the
+//!   cache policy of every response.
 //! * `space` — free space: the reserve (`PSERVER_MIN_FREE_BYTES`) checked
 //!   before a download or upload writes, clear errors on a full disk.
 //! * `serve` — reading shared files verified chunk by chunk before any byte
@@ -32,10 +37,12 @@
 //! handles they use. No module reaches back into this file.
 
 mod central;
+mod conditional;
 pub mod config;
 mod control_api;
 mod download;
 mod error;
+mod limits;
 mod lookup;
 mod peer_api;
 mod rate;
@@ -105,7 +112,14 @@ pub async fn run(
         http.clone(),
         config.neighbour_timeout,
     ));
-    let uploads = uploads::Uploads::new(config.max_uploads, config.max_upload_bps);
+    let uploads = uploads::Uploads::new(
+        config.max_uploads,
+        config.max_upload_bps,
+        uploads::Rules {
+            min_bps: config.upload_min_bps,
+            idle: config.upload_idle,
+        },
+    );
     let downloads = download::Downloads::new(
         store.clone(),
         central.clone(),
@@ -183,6 +197,7 @@ pub async fn run(
                 .app_data(json_config())
                 .app_data(query_config())
                 .wrap(middleware::from_fn(control_api::guard))
+                .wrap(no_store())
                 .configure(control_api::routes)
         }
     })
@@ -192,6 +207,8 @@ pub async fn run(
     .listen(api)?
     .run();
     let drain = config.drain.as_secs();
+    let conns = limits::ConnLimit::new(config.max_conns_per_addr);
+    let neighbour_rate = limits::NeighbourRate::new(config.neighbour_rate);
     let peer_srv = HttpServer::new({
         let (store, central, uploads, rt) =
             (store.clone(), central.clone(), uploads.clone(), rt.clone());
@@ -202,12 +219,22 @@ pub async fn run(
                 .app_data(web::Data::from(store.clone()))
                 .app_data(web::Data::from(central.clone()))
                 .app_data(web::Data::new(uploads.clone()))
+                .app_data(web::Data::new(neighbour_rate.clone()))
                 .app_data(web::Data::new(rt.clone()))
                 .app_data(query_config())
+                .wrap(middleware::from_fn(peer_api::guard))
+                .wrap(no_store())
                 .configure(peer_api::routes)
         }
     })
     .workers(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+    .on_connect(move |io, ext| limits::Conn::accept(&conns, io, ext))
+    // A request head must arrive within 5 s, an idle keep-alive connection
+    // is closed after 15 s, and a closing one gets 1 s to say goodbye: no
+    // socket is held open by a silent client (responses: see `uploads`).
+    .client_request_timeout(Duration::from_secs(5))
+    .keep_alive(Duration::from_secs(15))
+    .client_disconnect_timeout(Duration::from_secs(1))
     .disable_signals()
     .shutdown_timeout(drain)
     .listen(peer)?
@@ -274,6 +301,15 @@ async fn rescan_loop(
         central.unpublish(&changes.removed).await;
         central.publish(&changes.added).await;
     }
+}
+
+/// `Cache-Control: no-store` on every response that sets no policy of its
+/// own: live state and errors are never kept by a cache.
+fn no_store() -> middleware::DefaultHeaders {
+    middleware::DefaultHeaders::new().add((
+        actix_web::http::header::CACHE_CONTROL,
+        conditional::NO_STORE,
+    ))
 }
 
 fn json_config() -> web::JsonConfig {

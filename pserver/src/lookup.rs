@@ -58,6 +58,16 @@ impl LocateTarget {
     }
 }
 
+/// As text, for logs and messages: `id <hex>` or `name <name>`.
+impl std::fmt::Display for LocateTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Id(id) => write!(f, "id {id}"),
+            Self::Name(n) => write!(f, "name {n}"),
+        }
+    }
+}
+
 struct Neighbour {
     url: PeerUrl,
     skip_until: Mutex<Option<Instant>>,
@@ -84,12 +94,15 @@ impl Lookup {
         }
     }
 
-    /// Ask each usable neighbour in turn; `None` if none answered.
+    /// Ask each usable neighbour in turn; `None` if none answered. A
+    /// neighbour that answers 429 is up but says we ask too often: that is
+    /// passed on (with its `Retry-After`), never routed around to the
+    /// central or another neighbour, which would defeat its limit.
     async fn ask<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &impl serde::Serialize,
-    ) -> Option<T> {
+    ) -> Result<Option<T>> {
         for n in &self.neighbours {
             if n.skip_until
                 .lock()
@@ -106,15 +119,29 @@ impl Lookup {
                     .header(HOPS_HEADER, "1")
                     .timeout(self.timeout)
                     .send()
-                    .await?
-                    .error_for_status()?;
-                resp.json::<T>().await
+                    .await?;
+                if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    let retry_after = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .unwrap_or(1);
+                    return Ok(Err(retry_after));
+                }
+                resp.error_for_status()?.json::<T>().await.map(Ok)
             }
             .await;
             match result {
-                Ok(v) => {
+                Ok(Ok(v)) => {
                     *n.skip_until.lock().unwrap() = None;
-                    return Some(v);
+                    return Ok(Some(v));
+                }
+                Ok(Err(retry_after)) => {
+                    return Err(Error::TooManyRequests {
+                        message: format!("neighbour {} is rate limiting our requests", n.url),
+                        retry_after: retry_after.clamp(1, 3600),
+                    });
                 }
                 Err(e) => {
                     tracing::warn!(neighbour = %n.url, error = %e, "neighbour did not answer; skipping it for a while");
@@ -122,7 +149,7 @@ impl Lookup {
                 }
             }
         }
-        None
+        Ok(None)
     }
 
     /// Metadata and live holders of a file, through a neighbour or the central.
@@ -133,7 +160,7 @@ impl Lookup {
     ) -> Result<Vec<LocatedFile>> {
         if let Some(r) = self
             .ask::<LocateResult>("/peer/v1/locate", &target.query())
-            .await
+            .await?
         {
             return Ok(r.files);
         }
@@ -144,7 +171,7 @@ impl Lookup {
     }
 
     pub async fn search(&self, central: &Central, q: &SearchQuery) -> Result<SearchResults> {
-        if let Some(r) = self.ask::<SearchResults>("/peer/v1/search", q).await {
+        if let Some(r) = self.ask::<SearchResults>("/peer/v1/search", q).await? {
             return Ok(r);
         }
         if !self.neighbours.is_empty() {
@@ -169,9 +196,23 @@ impl Lookup {
     }
 }
 
+/// The central's answer as ours. RESOURCE_EXHAUSTED is the central's rate
+/// limit (its `retry-after` metadata, in seconds, says when to come back):
+/// passed on as 429 with `Retry-After`, so whoever asked through us backs
+/// off too.
 fn central_error(s: tonic::Status) -> Error {
     match s.code() {
-        tonic::Code::InvalidArgument | tonic::Code::ResourceExhausted | tonic::Code::OutOfRange => {
+        tonic::Code::ResourceExhausted => Error::TooManyRequests {
+            message: format!("the central directory is busy: {}", s.message()),
+            retry_after: s
+                .metadata()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 3600),
+        },
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
             Error::InvalidArgument(s.message().to_owned())
         }
         _ => Error::Unavailable(format!("central directory unavailable: {}", s.message())),
@@ -195,4 +236,38 @@ pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<Sea
         hits: r.hits.into_iter().map(SearchHit::from).collect(),
         next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_centrals_rate_limit_becomes_429_with_its_retry_after() {
+        let mut s = tonic::Status::resource_exhausted("too many searches");
+        s.metadata_mut().insert("retry-after", "7".parse().unwrap());
+        match central_error(s) {
+            Error::TooManyRequests {
+                retry_after,
+                message,
+            } => {
+                assert_eq!(retry_after, 7);
+                assert!(message.contains("too many searches"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let bare = central_error(tonic::Status::resource_exhausted("slow down"));
+        assert!(
+            matches!(bare, Error::TooManyRequests { retry_after: 1, .. }),
+            "{bare:?}"
+        );
+        let bad = central_error(tonic::Status::invalid_argument("bad name"));
+        assert!(matches!(bad, Error::InvalidArgument(_)), "{bad:?}");
+    }
+
+    #[test]
+    fn targets_print_as_text() {
+        let t = LocateTarget::Name("report.pdf".parse().unwrap());
+        assert_eq!(t.to_string(), "name report.pdf");
+    }
 }

@@ -2,16 +2,27 @@
 //! byte verified before it leaves (see `serve`), their manifests (the BLAKE3
 //! chaining values downloaders check against the id), and the neighbour role
 //! (locate and search on behalf of another peer).
+//!
+//! Open to the world, so it holds up under abuse: connections per source
+//! are capped (429), the neighbour role is rate limited per source (429,
+//! token buckets), and a reader too slow to deserve an upload slot loses it
+//! and its connection (see `uploads`). Bytes and manifests are immutable
+//! under their URL and answer conditional requests (see `conditional`).
 
-use actix_web::http::{Method, StatusCode, header};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{ConnectionType, Method, StatusCode, header};
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use peerdex_proto::range::{RangeReq, parse_range};
 use peerdex_proto::rest::{LocateQuery, LocateResult, SearchQuery};
 use peerdex_proto::{FileId, HOPS_HEADER, PeerId};
 
 use crate::central::Central;
+use crate::conditional::{self, Verdict};
 use crate::error::{Error, Result};
+use crate::limits::{Conn, NeighbourRate};
 use crate::lookup::{self, LocateTarget};
 use crate::rt::MainRt;
 use crate::serve::{Withdraw, verified_range};
@@ -49,14 +60,26 @@ async fn serve_file(
     id: web::Path<String>,
 ) -> Result<HttpResponse> {
     let id: FileId = id.parse()?;
+    let tag = id.to_hex();
     let store = store.into_inner();
     let (file, entry) = web::block(move || store.open_shared(&id))
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     let size = entry.size;
+    let honour_range = match conditional::evaluate(&req, &tag)? {
+        Verdict::NotModified => {
+            return Ok(HttpResponse::NotModified()
+                .insert_header((header::ETAG, format!("\"{tag}\"")))
+                .insert_header((header::CACHE_CONTROL, conditional::IMMUTABLE))
+                .insert_header((header::ACCEPT_RANGES, "bytes"))
+                .finish());
+        }
+        Verdict::Send { range } => range,
+    };
     let range = req
         .headers()
         .get(header::RANGE)
+        .filter(|_| honour_range)
         .and_then(|v| v.to_str().ok())
         .map_or(RangeReq::Full, |v| parse_range(v, size));
     let (status, start, len) = match range {
@@ -70,7 +93,8 @@ async fn serve_file(
         }
     };
     let mut resp = HttpResponse::build(status);
-    resp.insert_header((header::ETAG, format!("\"{id}\"")))
+    resp.insert_header((header::ETAG, format!("\"{tag}\"")))
+        .insert_header((header::CACHE_CONTROL, conditional::IMMUTABLE))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::CONTENT_TYPE, "application/octet-stream"))
         .no_chunking(len);
@@ -83,15 +107,17 @@ async fn serve_file(
     if req.method() == Method::HEAD {
         return Ok(resp.streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
     }
-    // Held by the body: released when the body is sent or dropped.
+    // Held by the body: released when the body is sent or dropped, or
+    // taken back by its watchdog from a reader too slow to keep it.
     let slot = uploads.try_acquire()?;
     let limit = uploads.limit().clone();
     let piece = limit.piece_size(1 << 20);
     let limited = limit.is_limited();
     let withdraw = withdraw.get_ref().clone();
     let verified = verified_range(file, entry.manifest, start, len, piece, withdraw).await?;
+    // Waiting on our own rate cap happens inside the body's poll, so the
+    // watchdog never counts it against the reader.
     let body = verified.then(move |chunk| {
-        let _held = &slot; // the closure owns the slot: freed with the body
         let limit = limit.clone();
         async move {
             if limited && let Ok(b) = &chunk {
@@ -100,19 +126,52 @@ async fn serve_file(
             chunk
         }
     });
-    Ok(resp.streaming(body))
+    let closer = req.conn_data::<Conn>().and_then(Conn::closer);
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+    Ok(resp.streaming(uploads.watched(body, slot, closer, peer)))
 }
 
 /// A file's manifest: size, chunk size and the BLAKE3 chaining value of
 /// every chunk (`peerdex_proto::tree::Manifest::encode`). Downloaders check
-/// it against the file id before fetching a byte.
-async fn manifest(store: web::Data<Store>, id: web::Path<String>) -> Result<HttpResponse> {
+/// it against the file id before fetching a byte. Immutable like the bytes.
+async fn manifest(
+    store: web::Data<Store>,
+    req: HttpRequest,
+    id: web::Path<String>,
+) -> Result<HttpResponse> {
     let id: FileId = id.parse()?;
     let entry = store.shared(&id)?;
-    Ok(HttpResponse::Ok()
+    let tag = format!("{id}.manifest");
+    let verdict = conditional::evaluate(&req, &tag)?;
+    let mut resp = match verdict {
+        Verdict::NotModified => HttpResponse::NotModified(),
+        Verdict::Send { .. } => HttpResponse::Ok(),
+    };
+    resp.insert_header((header::ETAG, format!("\"{tag}\"")))
+        .insert_header((header::CACHE_CONTROL, conditional::IMMUTABLE));
+    if verdict == Verdict::NotModified {
+        return Ok(resp.finish());
+    }
+    Ok(resp
         .content_type("application/octet-stream")
-        .insert_header((header::ETAG, format!("\"{id}.manifest\"")))
         .body(entry.manifest.encode()))
+}
+
+/// Every peer-API request: a connection beyond its source's cap
+/// (`PSERVER_MAX_CONNS_PER_ADDR`) is answered 429 and closed.
+pub(crate) async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> std::result::Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    let over = req.conn_data::<Conn>().map_or(Ok(()), |c| c.check());
+    if let Err(e) = over {
+        let mut resp = e.error_response();
+        resp.head_mut().set_connection_type(ConnectionType::Close);
+        return Ok(req.into_response(resp).map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 fn check_hops(req: &HttpRequest) -> Result<()> {
@@ -136,16 +195,26 @@ fn check_hops(req: &HttpRequest) -> Result<()> {
     Ok(())
 }
 
+/// The neighbour role's rate limit (`PSERVER_NEIGHBOUR_RATE`), per source.
+fn check_rate(rate: &NeighbourRate, req: &HttpRequest) -> Result<()> {
+    match req.peer_addr() {
+        Some(a) => rate.check(a.ip()),
+        None => Ok(()),
+    }
+}
+
 async fn locate(
     central: web::Data<Central>,
+    rate: web::Data<NeighbourRate>,
     rt: web::Data<MainRt>,
     req: HttpRequest,
     q: web::Query<LocateQuery>,
 ) -> Result<web::Json<LocateResult>> {
+    check_rate(&rate, &req)?;
     check_hops(&req)?;
     let target = LocateTarget::from_query(&q)?;
     tracing::info!(
-        ?target,
+        %target,
         "neighbour role: locating at the central on behalf of a peer"
     );
     let central = central.into_inner();
@@ -157,10 +226,12 @@ async fn locate(
 
 async fn search(
     central: web::Data<Central>,
+    rate: web::Data<NeighbourRate>,
     rt: web::Data<MainRt>,
     req: HttpRequest,
     q: web::Query<SearchQuery>,
 ) -> Result<web::Json<peerdex_proto::rest::SearchResults>> {
+    check_rate(&rate, &req)?;
     check_hops(&req)?;
     let q = q.into_inner();
     if q.q.trim().is_empty() {

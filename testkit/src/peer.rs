@@ -57,6 +57,10 @@ impl TestPeer {
         config.rescan_interval = Duration::from_millis(300);
         config.drain = Duration::from_secs(5);
         config.stall_timeout = Duration::from_secs(5);
+        // Every test peer is 127.0.0.1, one source for the per-source limits
+        // of the peer API; a test of those limits sets its own.
+        config.max_conns_per_addr = 1024;
+        config.neighbour_rate = 100_000;
         tweak(&mut config);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pserver::run(api, peer, config, async move {

@@ -1,0 +1,170 @@
+//! HTTP done right on both APIs of a real PServer: conditional requests
+//! (304, 412, If-Range), HEAD like GET, and the cache policy of every
+//! response kind (immutable content-addressed bytes, private copies, live
+//! state never stored).
+
+#[allow(unused_imports)] // each suite uses part of the shared helpers
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use reqwest::header::{
+    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG, HeaderMap,
+    IF_MATCH, IF_NONE_MATCH, IF_RANGE, RANGE,
+};
+use reqwest::{Method, StatusCode};
+
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+const PRIVATE: &str = "private, max-age=31536000, immutable";
+
+fn h<'a>(headers: &'a HeaderMap, name: &reqwest::header::HeaderName) -> &'a str {
+    headers
+        .get(name)
+        .map_or("", |v| v.to_str().unwrap_or("(not text)"))
+}
+
+async fn get(
+    http: &reqwest::Client,
+    url: &str,
+    headers: &[(reqwest::header::HeaderName, &str)],
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let mut r = http.get(url);
+    for (k, v) in headers {
+        r = r.header(k, *v);
+    }
+    let resp = r.send().await.unwrap();
+    let (status, headers) = (resp.status(), resp.headers().clone());
+    (status, headers, resp.bytes().await.unwrap().to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_requests_and_cache_headers() {
+    let central = TestCentral::start(Duration::from_secs(10)).await;
+    let p = TestPeer::start(&central.url, &[], |_| {}).await;
+    let bytes = test_bytes(300_000, 5);
+    let info = upload_ok(&p, "cond.bin", bytes.clone()).await;
+    let id = info.file_id.clone();
+    let etag = format!("\"{id}\"");
+    let http = reqwest::Client::new();
+    let file = format!("{}/peer/v1/files/{id}", p.peer_url);
+
+    // Plain GET: strong ETag from the content id, immutable for any cache.
+    let (s, hd, body) = get(&http, &file, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(body, bytes);
+    assert_eq!(h(&hd, &ETAG), etag);
+    assert_eq!(h(&hd, &CACHE_CONTROL), IMMUTABLE);
+    assert_eq!(h(&hd, &ACCEPT_RANGES), "bytes");
+
+    // HEAD carries the same headers, no body.
+    let head = http.head(&file).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    for name in [
+        &ETAG,
+        &CACHE_CONTROL,
+        &ACCEPT_RANGES,
+        &CONTENT_TYPE,
+        &CONTENT_LENGTH,
+    ] {
+        assert_eq!(h(head.headers(), name), h(&hd, name), "{name}");
+    }
+    assert_eq!(h(head.headers(), &CONTENT_LENGTH), bytes.len().to_string());
+
+    // If-None-Match that matches: 304 with validator and policy, no body.
+    for inm in [etag.as_str(), "\"x\", W/\"other\", \"{id}\"", "*"] {
+        let inm = inm.replace("{id}", &id);
+        let (s, hd, body) = get(&http, &file, &[(IF_NONE_MATCH, &inm)]).await;
+        assert_eq!(s, StatusCode::NOT_MODIFIED, "If-None-Match: {inm}");
+        assert!(body.is_empty());
+        assert_eq!(h(&hd, &ETAG), etag);
+        assert_eq!(h(&hd, &CACHE_CONTROL), IMMUTABLE);
+    }
+    let head = http
+        .head(&file)
+        .header(IF_NONE_MATCH, &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), StatusCode::NOT_MODIFIED);
+    // ... one that does not: the full body.
+    let (s, _, body) = get(&http, &file, &[(IF_NONE_MATCH, "\"nope\"")]).await;
+    assert_eq!((s, body.len()), (StatusCode::OK, bytes.len()));
+
+    // If-Range: a matching validator gets the part, any other the whole.
+    let (s, hd, body) = get(&http, &file, &[(RANGE, "bytes=10-19"), (IF_RANGE, &etag)]).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, &bytes[10..20]);
+    assert_eq!(
+        h(&hd, &CONTENT_RANGE),
+        format!("bytes 10-19/{}", bytes.len())
+    );
+    assert_eq!(h(&hd, &CACHE_CONTROL), IMMUTABLE);
+    for other in ["\"nope\"", "W/\"{id}\"", "Sat, 01 Jan 2000 00:00:00 GMT"] {
+        let other = other.replace("{id}", &id);
+        let (s, hd, body) = get(&http, &file, &[(RANGE, "bytes=10-19"), (IF_RANGE, &other)]).await;
+        assert_eq!(s, StatusCode::OK, "If-Range: {other}");
+        assert_eq!(body, bytes, "If-Range: {other}");
+        assert_eq!(h(&hd, &CONTENT_RANGE), "");
+    }
+
+    // If-Match: 412 unless it matches (strong comparison).
+    for bad in ["\"nope\"", "W/\"{id}\""] {
+        let bad = bad.replace("{id}", &id);
+        let (s, hd, body) = get(&http, &file, &[(IF_MATCH, &bad)]).await;
+        assert_eq!(s, StatusCode::PRECONDITION_FAILED, "If-Match: {bad}");
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("If-Match") && text.contains(&id), "{text}");
+        assert_eq!(h(&hd, &CACHE_CONTROL), "no-store");
+    }
+    let (s, _, body) = get(&http, &file, &[(IF_MATCH, &etag)]).await;
+    assert_eq!((s, body.len()), (StatusCode::OK, bytes.len()));
+
+    // The manifest: its own strong validator, immutable, 304 on a match.
+    let manifest = format!("{file}/manifest");
+    let (s, hd, _) = get(&http, &manifest, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let mtag = h(&hd, &ETAG).to_owned();
+    assert_eq!(mtag, format!("\"{id}.manifest\""));
+    assert_eq!(h(&hd, &CACHE_CONTROL), IMMUTABLE);
+    let (s, hd, body) = get(&http, &manifest, &[(IF_NONE_MATCH, &mtag)]).await;
+    assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    assert_eq!(h(&hd, &ETAG), mtag);
+    let (s, _, _) = get(&http, &manifest, &[(IF_MATCH, "\"nope\"")]).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+
+    // The control API's copy of the bytes: same validator, private.
+    let content = format!("{}/api/v1/files/{id}/content", p.api_url);
+    let (s, hd, body) = get(&http, &content, &[]).await;
+    assert_eq!((s, body.len()), (StatusCode::OK, bytes.len()));
+    assert_eq!(h(&hd, &ETAG), etag);
+    assert_eq!(h(&hd, &CACHE_CONTROL), PRIVATE);
+    let (s, hd, body) = get(&http, &content, &[(IF_NONE_MATCH, &etag)]).await;
+    assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
+    assert_eq!(h(&hd, &CACHE_CONTROL), PRIVATE);
+    let (s, _, _) = get(&http, &content, &[(IF_MATCH, "\"nope\"")]).await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+
+    // Live state and errors: never stored.
+    for url in [
+        format!("{}/api/v1/status", p.api_url),
+        format!("{}/api/v1/files", p.api_url),
+        format!("{}/api/v1/downloads", p.api_url),
+        format!("{}/api/v1/search?q=cond", p.api_url),
+        format!("{}/api/v1/openapi.json", p.api_url),
+        format!("{}/api/v1/files/nothex/content", p.api_url),
+        format!("{}/api/v1/no/such/endpoint", p.api_url),
+        format!("{}/peer/v1/health", p.peer_url),
+        format!("{}/peer/v1/search?q=cond", p.peer_url),
+        format!("{}/peer/v1/locate?file_id={id}", p.peer_url),
+        format!("{}/peer/v1/files/{}", p.peer_url, blake3_hex(b"absent")),
+    ] {
+        let r = http.request(Method::GET, &url).send().await.unwrap();
+        assert_eq!(
+            h(r.headers(), &CACHE_CONTROL),
+            "no-store",
+            "{url}: {}",
+            r.status()
+        );
+    }
+}
