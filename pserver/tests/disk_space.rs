@@ -9,7 +9,7 @@
 //! A small disk is a real tmpfs where the test may mount one (root on
 //! Linux, as in CI); elsewhere the tests that need one run their reserve
 //! variant instead (the reserve set to the free space less a margin) and
-//! say so in their output.
+//! say so in their output (`PEERDEX_TEST_NO_TMPFS=1` forces that).
 
 mod common;
 
@@ -38,8 +38,12 @@ const GIB: u64 = 1 << 30;
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
-    /// Mount a tmpfs of `bytes` over `dir`, or say why not.
+    /// Mount a tmpfs of `bytes` over `dir`, or say why not
+    /// (`PEERDEX_TEST_NO_TMPFS=1` runs the variants without one).
     fn mount(dir: &Path, bytes: u64) -> Result<Self, String> {
+        if std::env::var_os("PEERDEX_TEST_NO_TMPFS").is_some() {
+            return Err("PEERDEX_TEST_NO_TMPFS is set".into());
+        }
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
             .arg(dir)
