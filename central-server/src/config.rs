@@ -25,6 +25,31 @@ pub struct Limits {
     pub max_holders: usize,
     /// Most `(name, file)` matches ranked per search (default 10,000).
     pub max_search_matches: usize,
+    /// Units of work one search may spend (`CENTRAL_SEARCH_BUDGET`, default
+    /// 200,000): a unit is one word of the token map or one name visited.
+    /// A query that would need more is answered with what was found and
+    /// `truncated = true`. An ordinary query on a million names needs a
+    /// few thousand to a few tens of thousands; the worst costs about 3 ms
+    /// on the 2-core VM of `bench/README.md`.
+    pub search_budget: usize,
+    /// Joins per second per source address (`CENTRAL_JOIN_RATE`, default
+    /// 5; burst 10 seconds' worth). 0 = no limit.
+    pub join_rate: u32,
+    /// Publish + Unpublish calls per second per peer
+    /// (`CENTRAL_PUBLISH_RATE`, default 20; burst 10 seconds' worth).
+    /// 0 = no limit.
+    pub publish_rate: u32,
+    /// Search calls per second per source address, and per peer when the
+    /// call names one (`CENTRAL_SEARCH_RATE`, default 50; burst 10
+    /// seconds' worth). 0 = no limit.
+    pub search_rate: u32,
+    /// Peers joined from one source address at a time
+    /// (`CENTRAL_MAX_PEERS_PER_ADDR`, default 1000: a campus behind one
+    /// NAT fits).
+    pub max_peers_per_addr: usize,
+    /// Holdings (a peer serving a file under a name) in the whole directory
+    /// (`CENTRAL_MAX_FILES`, default 5,000,000: about 1.3 GiB of index).
+    pub max_files: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +61,12 @@ impl Default for Limits {
             max_page: 1000,
             max_holders: 64,
             max_search_matches: 10_000,
+            search_budget: 200_000,
+            join_rate: 5,
+            publish_rate: 20,
+            search_rate: 50,
+            max_peers_per_addr: 1000,
+            max_files: 5_000_000,
         }
     }
 }
@@ -95,9 +126,26 @@ impl Config {
             (l.max_page, "max_page (CENTRAL_MAX_PAGE)"),
             (l.max_holders, "max_holders (CENTRAL_MAX_HOLDERS)"),
             (l.max_search_matches, "max_search_matches"),
+            (l.search_budget, "search_budget (CENTRAL_SEARCH_BUDGET)"),
+            (
+                l.max_peers_per_addr,
+                "max_peers_per_addr (CENTRAL_MAX_PEERS_PER_ADDR)",
+            ),
+            (l.max_files, "max_files (CENTRAL_MAX_FILES)"),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be positive"));
+            }
+        }
+        for (v, name) in [
+            (l.join_rate, "join_rate (CENTRAL_JOIN_RATE)"),
+            (l.publish_rate, "publish_rate (CENTRAL_PUBLISH_RATE)"),
+            (l.search_rate, "search_rate (CENTRAL_SEARCH_RATE)"),
+        ] {
+            if v > 1_000_000 {
+                return bad(format!(
+                    "{name} is {v}; at most 1000000 calls per second (0 = no limit)"
+                ));
             }
         }
         Ok(())

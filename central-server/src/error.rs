@@ -20,6 +20,13 @@ pub enum Error {
     /// A configured limit was hit; the message names the limit.
     #[error("{0}")]
     LimitExceeded(String),
+    /// A rate limit was hit; the message names the setting. Retry after
+    /// `retry_after_secs` (sent as `retry-after` metadata).
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// The embedded database failed. Retry later.
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
@@ -42,6 +49,9 @@ pub enum Error {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// The metadata key of a rate-limit answer: whole seconds to wait.
+pub const RETRY_AFTER: &str = "retry-after";
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl From<Error> for Status {
@@ -51,6 +61,15 @@ impl From<Error> for Status {
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             e @ Error::NotJoined(_) => Status::failed_precondition(e.to_string()),
             Error::LimitExceeded(m) => Status::resource_exhausted(m),
+            Error::RateLimited {
+                message,
+                retry_after_secs,
+            } => {
+                let mut s = Status::resource_exhausted(message);
+                s.metadata_mut()
+                    .insert(RETRY_AFTER, retry_after_secs.into());
+                s
+            }
             e => {
                 tracing::error!(error = %e, "internal error");
                 Status::unavailable(format!("internal error, retry later: {e}"))

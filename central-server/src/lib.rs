@@ -79,6 +79,7 @@
 mod config;
 mod error;
 mod index;
+mod limiter;
 mod oversize;
 mod service;
 mod store;
@@ -93,7 +94,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use config::{Config, Limits};
-pub use error::{Error, Result};
+pub use error::{Error, RETRY_AFTER, Result};
 /// File name of the database inside [`Config::data_dir`] (tests open it to
 /// check that an acknowledged change is already committed).
 pub use store::DB_FILE;

@@ -63,6 +63,41 @@ struct Args {
     #[arg(long, env = "CENTRAL_MAX_HOLDERS", default_value_t = Limits::default().max_holders,
           value_parser = positive_usize("CENTRAL_MAX_HOLDERS"))]
     max_holders: usize,
+
+    /// Units of work one search may spend (a word of the index or a name
+    /// visited); beyond it the answer is partial and says `truncated`.
+    #[arg(long, env = "CENTRAL_SEARCH_BUDGET", default_value_t = Limits::default().search_budget,
+          value_parser = positive_usize("CENTRAL_SEARCH_BUDGET"))]
+    search_budget: usize,
+
+    /// Joins per second per source address (burst: 10 seconds' worth;
+    /// 0 = no limit).
+    #[arg(long, env = "CENTRAL_JOIN_RATE", default_value_t = Limits::default().join_rate,
+          value_parser = rate("CENTRAL_JOIN_RATE"))]
+    join_rate: u32,
+
+    /// Publish + Unpublish calls per second per peer (burst: 10 seconds'
+    /// worth; 0 = no limit).
+    #[arg(long, env = "CENTRAL_PUBLISH_RATE", default_value_t = Limits::default().publish_rate,
+          value_parser = rate("CENTRAL_PUBLISH_RATE"))]
+    publish_rate: u32,
+
+    /// Search calls per second per source address, and per peer when the
+    /// call names one (burst: 10 seconds' worth; 0 = no limit).
+    #[arg(long, env = "CENTRAL_SEARCH_RATE", default_value_t = Limits::default().search_rate,
+          value_parser = rate("CENTRAL_SEARCH_RATE"))]
+    search_rate: u32,
+
+    /// Peers joined at a time from one source address (peers behind one
+    /// NAT share it).
+    #[arg(long, env = "CENTRAL_MAX_PEERS_PER_ADDR", default_value_t = Limits::default().max_peers_per_addr,
+          value_parser = positive_usize("CENTRAL_MAX_PEERS_PER_ADDR"))]
+    max_peers_per_addr: usize,
+
+    /// Holdings (a peer serving a file under a name) in the whole directory.
+    #[arg(long, env = "CENTRAL_MAX_FILES", default_value_t = Limits::default().max_files,
+          value_parser = positive_usize("CENTRAL_MAX_FILES"))]
+    max_files: usize,
 }
 
 /// A value parser whose error names the environment variable too.
@@ -91,6 +126,17 @@ fn positive_usize(var: &'static str) -> impl Fn(&str) -> Result<usize, String> +
     }
 }
 
+/// A rate: a whole number of calls per second, 0 for no limit, at most
+/// one million.
+fn rate(var: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {
+    move |s| match s.parse::<u32>() {
+        Ok(n) if n <= 1_000_000 => Ok(n),
+        _ => Err(format!(
+            "{var}: expected calls per second (0 = no limit, at most 1000000), got {s:?}"
+        )),
+    }
+}
+
 impl Args {
     fn config(&self) -> Config {
         Config {
@@ -103,6 +149,12 @@ impl Args {
                 max_inventory: self.max_inventory,
                 max_page: self.max_page,
                 max_holders: self.max_holders,
+                search_budget: self.search_budget,
+                join_rate: self.join_rate,
+                publish_rate: self.publish_rate,
+                search_rate: self.search_rate,
+                max_peers_per_addr: self.max_peers_per_addr,
+                max_files: self.max_files,
                 ..Limits::default()
             },
         }
@@ -221,6 +273,12 @@ mod tests {
             "--max-inventory=7",
             "--max-page=8",
             "--max-holders=9",
+            "--search-budget=10",
+            "--join-rate=0",
+            "--publish-rate=3",
+            "--search-rate=4",
+            "--max-peers-per-addr=5",
+            "--max-files=6",
         ])
         .unwrap()
         .config();
@@ -235,6 +293,12 @@ mod tests {
                 max_inventory: 7,
                 max_page: 8,
                 max_holders: 9,
+                search_budget: 10,
+                join_rate: 0,
+                publish_rate: 3,
+                search_rate: 4,
+                max_peers_per_addr: 5,
+                max_files: 6,
                 ..Limits::default()
             }
         );
@@ -247,6 +311,12 @@ mod tests {
             ("--heartbeat-secs=-1", "CENTRAL_HEARTBEAT_SECS"),
             ("--max-page=x", "CENTRAL_MAX_PAGE"),
             ("--listen-addr=nowhere", "CENTRAL_LISTEN_ADDR"),
+            ("--search-budget=0", "CENTRAL_SEARCH_BUDGET"),
+            ("--join-rate=-1", "CENTRAL_JOIN_RATE"),
+            ("--publish-rate=fast", "CENTRAL_PUBLISH_RATE"),
+            ("--search-rate=2000000", "CENTRAL_SEARCH_RATE"),
+            ("--max-peers-per-addr=0", "CENTRAL_MAX_PEERS_PER_ADDR"),
+            ("--max-files=0", "CENTRAL_MAX_FILES"),
         ] {
             let e = args(&[flag]).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(var), "{flag}: {e}");

@@ -12,11 +12,32 @@
 //! mutex: under it the service checks the request against the index, commits
 //! the transaction, then applies the same change to the index. Memory and
 //! disk therefore change in the same order, and an RPC is acknowledged only
-//! after its commit. Reads (Locate, Search, Heartbeat) take only the index
-//! mutex, for a short critical section.
+//! after its commit.
+//!
+//! The index sits behind one read-write lock (parking_lot's, which is fair
+//! and lets a writer hand over to waiting threads). Locate, Search and
+//! Heartbeat take the read side (a heartbeat renews an atomic lease), so
+//! they never wait for one another; a search costs at most
+//! `CENTRAL_SEARCH_BUDGET` units of work. Changes take the write side in
+//! steps of at most [`STEP`] holdings and hand the lock over between steps
+//! ([`Steps`]), so a big Join, Publish, Unpublish, Leave or lease sweep
+//! never makes a reader wait for more than one step (about a millisecond
+//! at a million names). Changes by a peer of its own inventory apply in
+//! order (the store mutex is held across the steps); a reader may see a
+//! big change half applied, never a change that is not committed.
+//!
+//! Rate limits (`limiter`) are checked before any work: Join and Search
+//! per source address, Publish/Unpublish and (when the call names its
+//! peer) Search per peer, after the peer proved who it is, so nobody can
+//! spend another peer's allowance. Quotas (peers per source address,
+//! holdings per peer and in total) are checked under the store mutex
+//! with the rest of the request.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use peerdex_proto::convert::SharedFile;
 use peerdex_proto::v1::{self, directory_server::Directory};
@@ -30,22 +51,42 @@ use tonic::{Request, Response, Status};
 use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
+use crate::limiter::{Limiter, addr_key, retry_secs};
 use crate::store::{Store, Withdrawal};
+
+/// Most holdings one step of a bulk change adds or removes under the
+/// write lock (see [`Steps`]).
+pub const STEP: usize = 2048;
+
+/// Most holdings removed from the database in one transaction by the
+/// lease sweeper (the store mutex is released between them, so Joins and
+/// Publishes interleave with a mass expiry).
+pub const SWEEP_TX_HOLDINGS: usize = 20_000;
 
 /// Longest accepted search query, in bytes.
 pub const MAX_QUERY_BYTES: usize = 1024;
 /// Most words accepted in a search query.
 pub const MAX_QUERY_WORDS: usize = 16;
+/// Metadata naming the peer that searches (optional; with its token).
+pub const PEER_ID_META: &str = "peerdex-peer-id";
 /// Results per search page when the request says 0.
 pub const DEFAULT_PAGE: usize = 50;
 
 struct Shared {
-    index: Mutex<Index>,
+    index: RwLock<Index>,
     /// `None` once closed at shutdown.
     store: Mutex<Option<Store>>,
     lease_ttl: Duration,
     heartbeat_interval: Duration,
     limits: Limits,
+    /// Searches running at once: they run on the blocking pool, at most
+    /// one fewer than the cores (at least one), so that a flood of them
+    /// never takes every core from Locate, heartbeats and writes.
+    searching: tokio::sync::Semaphore,
+    joins: Limiter<IpAddr>,
+    publishes: Limiter<PeerId>,
+    searches: Limiter<IpAddr>,
+    peer_searches: Limiter<PeerId>,
 }
 
 /// Implements `peerdex.v1.Directory`. Cheap to clone.
@@ -58,6 +99,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Searches that may run at once: one fewer than the cores, at least one.
+fn search_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get().saturating_sub(1))
+        .max(1)
+}
+
 fn secs(d: Duration) -> u32 {
     u32::try_from(d.as_secs()).unwrap_or(u32::MAX)
 }
@@ -66,17 +114,52 @@ impl DirectoryService {
     pub(crate) fn new(store: Store, index: Index, config: &Config) -> Self {
         Self {
             shared: Arc::new(Shared {
-                index: Mutex::new(index),
+                index: RwLock::new(index),
                 store: Mutex::new(Some(store)),
                 lease_ttl: config.lease_ttl,
                 heartbeat_interval: config.heartbeat_interval,
                 limits: config.limits.clone(),
+                searching: tokio::sync::Semaphore::new(search_slots()),
+                joins: Limiter::new(config.limits.join_rate),
+                publishes: Limiter::new(config.limits.publish_rate),
+                searches: Limiter::new(config.limits.search_rate),
+                peer_searches: Limiter::new(config.limits.search_rate),
             }),
         }
     }
 
-    fn index(&self) -> MutexGuard<'_, Index> {
-        lock(&self.shared.index)
+    /// The read side of the index lock.
+    fn index(&self) -> RwLockReadGuard<'_, Index> {
+        self.shared.index.read()
+    }
+
+    /// Take a token from `limiter` for `key`, or refuse with
+    /// RESOURCE_EXHAUSTED naming `setting` and when to retry.
+    fn rate<K: std::hash::Hash + Eq + Clone + std::fmt::Display>(
+        &self,
+        limiter: &Limiter<K>,
+        key: &K,
+        what: &str,
+        setting: &str,
+    ) -> Result<()> {
+        limiter
+            .check(key, Instant::now())
+            .map_err(|wait| Error::RateLimited {
+                message: format!(
+                    "too many {what} from {key}: the limit is {setting}; retry in {} s",
+                    retry_secs(wait)
+                ),
+                retry_after_secs: retry_secs(wait),
+            })
+    }
+
+    /// Drop idle rate-limit buckets.
+    fn purge_limiters(&self, now: Instant) {
+        let s = &self.shared;
+        s.joins.purge(now);
+        s.publishes.purge(now);
+        s.searches.purge(now);
+        s.peer_searches.purge(now);
     }
 
     /// Run a mutation on the blocking pool under the store lock.
@@ -106,23 +189,43 @@ impl DirectoryService {
         .await?
     }
 
-    /// Remove every peer whose lease has ended (memory and disk).
+    /// Remove every peer whose lease has ended (memory and disk), in
+    /// transactions of at most [`SWEEP_TX_HOLDINGS`] holdings (the store
+    /// mutex is released between them) and index steps of [`STEP`].
     pub(crate) async fn sweep(&self, now: Instant) -> Result<usize> {
-        if self.index().expired(now).is_empty() {
-            return Ok(0);
-        }
-        self.write(move |gate, store| {
-            let expired = gate.lock().expired(now);
-            if !expired.is_empty() {
-                store.remove_peers(&expired)?;
-                let mut ix = gate.lock();
-                for p in &expired {
-                    ix.remove_peer(p);
-                }
+        let expired = self.index().expired(now);
+        let mut removed = 0;
+        let mut batch: Vec<PeerId> = Vec::new();
+        let mut held = 0;
+        for (i, (peer, holdings)) in expired.iter().enumerate() {
+            batch.push(*peer);
+            held += holdings;
+            if held >= SWEEP_TX_HOLDINGS || i + 1 == expired.len() {
+                let peers = std::mem::take(&mut batch);
+                held = 0;
+                removed += self
+                    .write(move |gate, store| {
+                        // Only those still expired: one may have joined again.
+                        let peers: Vec<PeerId> = {
+                            let ix = gate.read();
+                            peers
+                                .into_iter()
+                                .filter(|p| ix.lease(p, now) == Lease::Expired)
+                                .collect()
+                        };
+                        if !peers.is_empty() {
+                            store.remove_peers(&peers)?;
+                            let mut steps = Steps::new(gate);
+                            for p in &peers {
+                                steps.remove_peer(p);
+                            }
+                        }
+                        Ok(peers.len())
+                    })
+                    .await?;
             }
-            Ok(expired.len())
-        })
-        .await
+        }
+        Ok(removed)
     }
 
     /// Sweep expired leases until `cancel` fires.
@@ -136,11 +239,17 @@ impl DirectoryService {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let started = std::time::Instant::now();
             match self.sweep(Instant::now()).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(peers = n, "expired leases removed"),
+                Ok(n) => tracing::info!(
+                    peers = n,
+                    ms = started.elapsed().as_millis() as u64,
+                    "expired leases removed"
+                ),
                 Err(e) => tracing::warn!(error = %e, "lease sweep failed; will retry"),
             }
+            self.purge_limiters(Instant::now());
         }
     }
 
@@ -154,7 +263,7 @@ impl DirectoryService {
         let max = self.shared.limits.max_inventory;
         if files.len() > max {
             return Err(Error::LimitExceeded(format!(
-                "files: {} entries exceed the limit of {max} per request (max_inventory)",
+                "files: {} entries exceed the limit of {max} per request (max_inventory, CENTRAL_MAX_INVENTORY)",
                 files.len()
             )));
         }
@@ -194,6 +303,21 @@ impl DirectoryService {
                 "{field}: {} bytes exceed the limit of {max} bytes (max_name_bytes)",
                 name.len()
             )));
+        }
+        Ok(())
+    }
+
+    /// Charge a Publish/Unpublish to the peer's own bucket, once it has
+    /// shown its token (a stranger cannot spend it; an unknown or wrong
+    /// token is answered by the call itself).
+    fn peer_rate(&self, peer: &PeerId, token: &TokenHash) -> Result<()> {
+        if authorize(&self.index(), peer, token, Instant::now()).is_ok() {
+            self.rate(
+                &self.shared.publishes,
+                peer,
+                "Publish/Unpublish calls",
+                "CENTRAL_PUBLISH_RATE (Publish and Unpublish calls per second per peer)",
+            )?;
         }
         Ok(())
     }
@@ -278,13 +402,90 @@ fn log_refused(peer: &PeerId, refused: &[v1::Refused]) {
     }
 }
 
-/// Access to the index mutex inside a mutation, which already holds the
+/// Access to the index lock inside a mutation, which already holds the
 /// store mutex: the lock order is always store → index.
-pub(crate) struct IndexGate<'a>(&'a Mutex<Index>);
+pub(crate) struct IndexGate<'a>(&'a RwLock<Index>);
 impl IndexGate<'_> {
-    fn lock(&self) -> MutexGuard<'_, Index> {
-        lock(self.0)
+    fn read(&self) -> RwLockReadGuard<'_, Index> {
+        self.0.read()
     }
+    fn lock(&self) -> RwLockWriteGuard<'_, Index> {
+        self.0.write()
+    }
+}
+
+/// A change applied to the index in steps: at most [`STEP`] holdings per
+/// hold of the write lock, which is handed over fairly to any waiting
+/// reader between steps (`bump`).
+struct Steps<'a> {
+    guard: RwLockWriteGuard<'a, Index>,
+    used: usize,
+}
+
+impl<'a> Steps<'a> {
+    fn new(gate: &'a IndexGate<'a>) -> Self {
+        Self {
+            guard: gate.lock(),
+            used: 0,
+        }
+    }
+
+    /// Room left in this step; hands the lock over first when none is.
+    fn room(&mut self) -> usize {
+        if self.used >= STEP {
+            RwLockWriteGuard::bump(&mut self.guard);
+            self.used = 0;
+        }
+        STEP - self.used
+    }
+
+    fn ix(&mut self) -> &mut Index {
+        &mut self.guard
+    }
+
+    /// Remove `peer`'s whole inventory, then the peer.
+    fn drop_inventory(&mut self, peer: &PeerId) {
+        loop {
+            let room = self.room();
+            let before = self.ix().inventory_len(peer);
+            let left = self.ix().drop_some(peer, room);
+            self.used += before - left + 1;
+            if left == 0 {
+                return;
+            }
+        }
+    }
+
+    fn remove_peer(&mut self, peer: &PeerId) {
+        self.drop_inventory(peer);
+        self.ix().remove_peer(peer);
+    }
+
+    fn publish(&mut self, peer: &PeerId, mut files: &[SharedFile]) {
+        while !files.is_empty() {
+            let room = self.room();
+            let (now, later) = files.split_at(room.min(files.len()));
+            self.ix().publish(peer, now);
+            self.used += now.len();
+            files = later;
+        }
+    }
+
+    fn unpublish(&mut self, peer: &PeerId, mut refs: &[Withdrawal]) {
+        while !refs.is_empty() {
+            let room = self.room();
+            let (now, later) = refs.split_at(room.min(refs.len()));
+            self.ix().unpublish(peer, now);
+            self.used += now.len();
+            refs = later;
+        }
+    }
+}
+
+/// The key of the caller's source address (unknown: one shared key).
+fn source<T>(req: &Request<T>) -> IpAddr {
+    req.remote_addr()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| addr_key(a.ip()))
 }
 
 fn parse_peer(s: &str) -> Result<PeerId> {
@@ -330,6 +531,13 @@ impl Directory for DirectoryService {
         &self,
         req: Request<v1::JoinRequest>,
     ) -> Result<Response<v1::JoinResponse>, Status> {
+        let addr = source(&req);
+        self.rate(
+            &self.shared.joins,
+            &addr,
+            "Joins",
+            "CENTRAL_JOIN_RATE (Joins per second per source address)",
+        )?;
         let token = bearer(req.metadata()).ok();
         let r = req.into_inner();
         let peer = parse_peer(&r.peer_id)?;
@@ -344,10 +552,11 @@ impl Directory for DirectoryService {
         let session_token = hex::encode(rand::random::<[u8; 32]>());
         let hash = *blake3::hash(session_token.as_bytes()).as_bytes();
         let budget = self.shared.limits.max_message_bytes / 2;
+        let limits = self.shared.limits.clone();
         let (count, refused) = self
             .write(move |gate, store| {
                 let (files, refused) = {
-                    let ix = gate.lock();
+                    let ix = gate.read();
                     if ix.lease(&peer, now) == Lease::Live
                         && !token.is_some_and(|t| ix.token_matches(&peer, &t))
                     {
@@ -355,10 +564,32 @@ impl Directory for DirectoryService {
                             "peer {peer} has a live lease: a re-join must carry its current session token"
                         )));
                     }
-                    inventory.screen(&ix, &peer, true, budget)?
+                    if ix.addr_of(&peer) != Some(addr) {
+                        let joined = ix.peers_from(addr);
+                        let max = limits.max_peers_per_addr;
+                        if joined >= max {
+                            return Err(Error::LimitExceeded(format!(
+                                "{joined} peers are already joined from address {addr}, the limit (CENTRAL_MAX_PEERS_PER_ADDR) is {max}: leave with one, or wait for a lease to end"
+                            )));
+                        }
+                    }
+                    let (files, refused) = inventory.screen(&ix, &peer, true, budget)?;
+                    let total = ix.holdings() - ix.inventory_len(&peer) + files.len();
+                    let max = limits.max_files;
+                    if total > max {
+                        return Err(Error::LimitExceeded(format!(
+                            "files: the directory would hold {total} entries, over its limit of {max} (CENTRAL_MAX_FILES); nothing was changed"
+                        )));
+                    }
+                    (files, refused)
                 };
                 store.join(&peer, &url, &hash, &files)?;
-                gate.lock().join(peer, url, hash, load, expires, &files);
+                let mut steps = Steps::new(gate);
+                steps
+                    .ix()
+                    .begin_join(peer, url, hash, load, expires, Some(addr));
+                steps.drop_inventory(&peer);
+                steps.publish(&peer, &files);
                 Ok((files.len(), refused))
             })
             .await?;
@@ -382,7 +613,7 @@ impl Directory for DirectoryService {
         let load = r.load.map(|l| Load::from(Some(l)));
         let now = Instant::now();
         let rejoin = {
-            let mut ix = self.index();
+            let ix = self.index();
             match authorize(&ix, &peer, &token, now) {
                 Ok(()) => !ix.renew(&peer, load, self.expires(now), now),
                 Err(Error::NotJoined(_)) => true,
@@ -406,29 +637,37 @@ impl Directory for DirectoryService {
         let token = bearer(req.metadata())?;
         let r = req.into_inner();
         let peer = parse_peer(&r.peer_id)?;
+        self.peer_rate(&peer, &token)?;
         let inventory = self.parse_files(r.files)?;
         let now = Instant::now();
         let expires = self.expires(now);
         let max = self.shared.limits.max_inventory;
+        let max_files = self.shared.limits.max_files;
         let budget = self.shared.limits.max_message_bytes / 2;
         let refused = self
             .write(move |gate, store| {
                 let (files, refused) = {
-                    let ix = gate.lock();
+                    let ix = gate.read();
                     authorize(&ix, &peer, &token, now)?;
                     let (files, refused) = inventory.screen(&ix, &peer, false, budget)?;
                     let total = ix.inventory_len(&peer) + files.len();
                     if total > max {
                         return Err(Error::LimitExceeded(format!(
-                            "files: the inventory of peer {peer} would reach {total} entries, over the limit of {max} (max_inventory)"
+                            "files: the inventory of peer {peer} would reach {total} entries, over the limit of {max} (max_inventory, CENTRAL_MAX_INVENTORY); nothing was changed"
+                        )));
+                    }
+                    let total = ix.holdings() + files.len();
+                    if total > max_files {
+                        return Err(Error::LimitExceeded(format!(
+                            "files: the directory would hold {total} entries, over its limit of {max_files} (CENTRAL_MAX_FILES); nothing was changed"
                         )));
                     }
                     (files, refused)
                 };
                 store.publish(&peer, &files)?;
-                let mut ix = gate.lock();
-                ix.publish(&peer, &files);
-                ix.renew(&peer, None, expires, now);
+                let mut steps = Steps::new(gate);
+                steps.publish(&peer, &files);
+                steps.ix().renew(&peer, None, expires, now);
                 Ok(refused)
             })
             .await?;
@@ -443,10 +682,11 @@ impl Directory for DirectoryService {
         let token = bearer(req.metadata())?;
         let r = req.into_inner();
         let peer = parse_peer(&r.peer_id)?;
+        self.peer_rate(&peer, &token)?;
         let max = self.shared.limits.max_inventory;
         if r.files.len() > max {
             return Err(Error::LimitExceeded(format!(
-                "files: {} entries exceed the limit of {max} per request (max_inventory)",
+                "files: {} entries exceed the limit of {max} per request (max_inventory, CENTRAL_MAX_INVENTORY)",
                 r.files.len()
             ))
             .into());
@@ -476,11 +716,11 @@ impl Directory for DirectoryService {
         let now = Instant::now();
         let expires = self.expires(now);
         self.write(move |gate, store| {
-            authorize(&gate.lock(), &peer, &token, now)?;
+            authorize(&gate.read(), &peer, &token, now)?;
             store.unpublish(&peer, &refs)?;
-            let mut ix = gate.lock();
-            ix.unpublish(&peer, &refs);
-            ix.renew(&peer, None, expires, now);
+            let mut steps = Steps::new(gate);
+            steps.unpublish(&peer, &refs);
+            steps.ix().renew(&peer, None, expires, now);
             Ok(())
         })
         .await?;
@@ -545,7 +785,38 @@ impl Directory for DirectoryService {
         &self,
         req: Request<v1::SearchRequest>,
     ) -> Result<Response<v1::SearchResponse>, Status> {
+        let addr = source(&req);
+        self.rate(
+            &self.shared.searches,
+            &addr,
+            "searches",
+            "CENTRAL_SEARCH_RATE (searches per second per source address)",
+        )?;
+        let token = bearer(req.metadata()).ok();
+        let named = match req.metadata().get(PEER_ID_META) {
+            None => None,
+            Some(v) => Some(parse_peer(v.to_str().unwrap_or_default())?),
+        };
         let r = req.into_inner();
+        if let Some(peer) = named {
+            let token = token.ok_or_else(|| {
+                Error::Unauthenticated(format!(
+                    "{PEER_ID_META}: a search that names peer {peer} must carry its session token"
+                ))
+            })?;
+            match authorize(&self.index(), &peer, &token, Instant::now()) {
+                Ok(()) => self.rate(
+                    &self.shared.peer_searches,
+                    &peer,
+                    "searches",
+                    "CENTRAL_SEARCH_RATE (searches per second per peer)",
+                )?,
+                // A peer whose lease just ended may still search, within
+                // its address's allowance.
+                Err(Error::NotJoined(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let limits = &self.shared.limits;
         if r.query.len() > MAX_QUERY_BYTES {
             return Err(Status::invalid_argument(format!(
@@ -578,16 +849,30 @@ impl Directory for DirectoryService {
                 Status::invalid_argument("page_token: not a token from a previous search answer")
             })?)
         };
-        let page = self.index().search(
-            &query,
-            cursor.as_ref(),
-            limit,
-            Instant::now(),
-            limits.max_search_matches,
-        );
+        let (max_matches, budget) = (limits.max_search_matches, limits.search_budget);
+        let _slot = self
+            .shared
+            .searching
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let shared = self.shared.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            shared.index.read().search_within(
+                &query,
+                cursor.as_ref(),
+                limit,
+                Instant::now(),
+                max_matches,
+                budget,
+            )
+        })
+        .await
+        .map_err(Error::from)?;
         Ok(Response::new(v1::SearchResponse {
             hits: page.hits,
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+            truncated: page.truncated,
         }))
     }
 
@@ -601,7 +886,7 @@ impl Directory for DirectoryService {
         let left = self
             .write(move |gate, store| {
                 {
-                    let ix = gate.lock();
+                    let ix = gate.read();
                     if ix.lease(&peer, now) == Lease::Unknown {
                         return Ok(false); // already gone: leaving is idempotent
                     }
@@ -612,7 +897,10 @@ impl Directory for DirectoryService {
                     }
                 }
                 store.remove_peers(&[peer])?;
-                gate.lock().remove_peer(&peer);
+                let mut steps = Steps::new(gate);
+                // Gone from every answer at once; the inventory goes in steps.
+                steps.ix().retire(&peer);
+                steps.remove_peer(&peer);
                 Ok(true)
             })
             .await?;

@@ -80,6 +80,28 @@ impl<T: Copy> Small<T> {
         x
     }
 
+    /// Keep only the values `keep` accepts (order kept): one pass, however
+    /// many go.
+    pub(super) fn retain(&mut self, keep: impl FnMut(&T) -> bool) {
+        match self {
+            Small::Empty => {}
+            Small::One(a) => {
+                let mut keep = keep;
+                if !keep(a) {
+                    *self = Small::Empty;
+                }
+            }
+            Small::Many(v) => {
+                v.retain(keep);
+                if v.is_empty() {
+                    *self = Small::Empty;
+                } else {
+                    self.shrink();
+                }
+            }
+        }
+    }
+
     /// Back inline once one value is left.
     fn shrink(&mut self) {
         if let Small::Many(v) = self
@@ -217,6 +239,7 @@ mod tests {
         Push(u32),
         Remove(usize),
         SwapRemove(usize),
+        RetainOdd,
     }
 
     proptest! {
@@ -228,6 +251,7 @@ mod tests {
                 any::<u32>().prop_map(Op::Push),
                 (0usize..8).prop_map(Op::Remove),
                 (0usize..8).prop_map(Op::SwapRemove),
+                Just(Op::RetainOdd),
             ],
             0..40,
         )) {
@@ -239,6 +263,7 @@ mod tests {
                     Op::Push(x) => { s.push(x); v.push(x); }
                     Op::Remove(i) if i < v.len() => prop_assert_eq!(s.remove(i), v.remove(i)),
                     Op::SwapRemove(i) if i < v.len() => prop_assert_eq!(s.swap_remove(i), v.swap_remove(i)),
+                    Op::RetainOdd => { s.retain(|x| x % 2 == 1); v.retain(|x| x % 2 == 1); }
                     _ => {}
                 }
                 prop_assert_eq!(&*s, &v[..]);

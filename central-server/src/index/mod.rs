@@ -41,6 +41,9 @@ mod words;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 use peerdex_proto::convert::SharedFile;
 use peerdex_proto::{FileId, PeerId, PeerUrl, v1};
@@ -62,6 +65,18 @@ pub struct Load {
     pub free_upload_slots: u32,
 }
 
+impl Load {
+    fn pack(self) -> u64 {
+        (u64::from(self.active_uploads) << 32) | u64::from(self.free_upload_slots)
+    }
+    fn unpack(x: u64) -> Self {
+        Self {
+            active_uploads: (x >> 32) as u32,
+            free_upload_slots: x as u32,
+        }
+    }
+}
+
 impl From<Option<v1::Load>> for Load {
     fn from(l: Option<v1::Load>) -> Self {
         let l = l.unwrap_or_default();
@@ -76,10 +91,25 @@ struct Peer {
     id: PeerId,
     url: PeerUrl,
     token_hash: TokenHash,
-    expires: Instant,
-    load: Load,
+    /// End of the lease, in [`Index::tick`]s. Atomic, with the load, so
+    /// that a heartbeat needs only the read side of the index lock.
+    expires: AtomicU64,
+    /// [`Load::pack`]ed.
+    load: AtomicU64,
+    /// The source address of its Join (`None` after a restart until it
+    /// joins again), for `CENTRAL_MAX_PEERS_PER_ADDR`.
+    addr: Option<IpAddr>,
     /// `(file, name)` pairs this peer holds.
     holdings: HashSet<(u32, u32)>,
+}
+
+impl Peer {
+    fn expires(&self) -> u64 {
+        self.expires.load(Relaxed)
+    }
+    fn load(&self) -> Load {
+        Load::unpack(self.load.load(Relaxed))
+    }
 }
 
 struct File {
@@ -109,6 +139,9 @@ pub enum Lease {
 pub struct SearchPage {
     pub hits: Vec<v1::SearchHit>,
     pub next: Option<Cursor>,
+    /// The work budget or the match limit cut the search short: the hits
+    /// are some of the matches, not all.
+    pub truncated: bool,
 }
 
 /// Sizes of the index, for logs and tests.
@@ -145,6 +178,17 @@ pub struct Index {
     tokens: BTreeMap<Word, Small<u32>>,
     /// While bulk loading: the work deferred to other threads.
     bulk: Option<Bulk>,
+    /// Lease ends are kept as nanoseconds since this instant.
+    epoch: Instant,
+    /// Holdings in the whole index (`CENTRAL_MAX_FILES`).
+    holdings: usize,
+    /// Peers per source address of their Join (`CENTRAL_MAX_PEERS_PER_ADDR`).
+    per_addr: HashMap<IpAddr, u32>,
+    /// Names dropped whose words are still in the token map: removed from
+    /// the postings in one pass per word at the end of each change
+    /// ([`Index::flush_postings`]), instead of one shift of a long
+    /// posting list per name.
+    unposted: Vec<(u32, Box<str>)>,
 }
 
 impl Default for Index {
@@ -180,7 +224,34 @@ impl Index {
             name_ix: Handles::new(),
             tokens: BTreeMap::new(),
             bulk: None,
+            // An hour back, so that a lease end is never before the epoch.
+            epoch: Instant::now()
+                .checked_sub(Duration::from_secs(3600))
+                .unwrap_or_else(Instant::now),
+            holdings: 0,
+            per_addr: HashMap::new(),
+            unposted: Vec::new(),
         }
+    }
+
+    /// `t` as nanoseconds since the epoch.
+    fn tick(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Holdings in the whole index.
+    pub fn holdings(&self) -> usize {
+        self.holdings
+    }
+
+    /// Peers in the index that joined from `addr`.
+    pub fn peers_from(&self, addr: IpAddr) -> usize {
+        self.per_addr.get(&addr).map_or(0, |&n| n as usize)
+    }
+
+    /// The source address `peer` joined from, if known.
+    pub fn addr_of(&self, peer: &PeerId) -> Option<IpAddr> {
+        self.peer_ix.get(peer).and_then(|&p| self.peers.get(p).addr)
     }
 
     pub fn stats(&self) -> Stats {
@@ -196,7 +267,7 @@ impl Index {
     pub fn lease(&self, peer: &PeerId, now: Instant) -> Lease {
         match self.peer_ix.get(peer) {
             None => Lease::Unknown,
-            Some(&p) if self.peers.get(p).expires > now => Lease::Live,
+            Some(&p) if self.live(p, now) => Lease::Live,
             Some(_) => Lease::Expired,
         }
     }
@@ -217,47 +288,59 @@ impl Index {
     }
 
     /// Renew a live lease. Returns false (and changes nothing) when the peer
-    /// is unknown or its lease has already expired.
-    pub fn renew(
-        &mut self,
-        peer: &PeerId,
-        load: Option<Load>,
-        expires: Instant,
-        now: Instant,
-    ) -> bool {
+    /// is unknown or its lease has already expired. Needs only `&self`
+    /// (the lease and load are atomics): a heartbeat takes the read lock.
+    pub fn renew(&self, peer: &PeerId, load: Option<Load>, expires: Instant, now: Instant) -> bool {
         let Some(&p) = self.peer_ix.get(peer) else {
             return false;
         };
-        let entry = self.peers.get_mut(p);
-        if entry.expires <= now {
-            return false;
+        let entry = self.peers.get(p);
+        let now = self.tick(now);
+        // Never revive a lease that ended meanwhile (the sweeper may be
+        // removing it).
+        let renewed = entry
+            .expires
+            .fetch_update(Relaxed, Relaxed, |e| {
+                (e > now).then_some(self.tick(expires))
+            })
+            .is_ok();
+        if renewed && let Some(load) = load {
+            entry.load.store(load.pack(), Relaxed);
         }
-        entry.expires = expires;
-        if let Some(load) = load {
-            entry.load = load;
+        renewed
+    }
+
+    /// End a peer's lease now: it vanishes from every answer at once, and
+    /// its inventory can then be removed in steps.
+    pub fn retire(&self, peer: &PeerId) {
+        if let Some(&p) = self.peer_ix.get(peer) {
+            self.peers.get(p).expires.store(0, Relaxed);
         }
-        true
     }
 
     /// Give every peer a lease ending at `expires` (grace after a restart).
     pub fn renew_all(&mut self, expires: Instant) {
+        let t = self.tick(expires);
         for p in self.peers.values_mut() {
-            p.expires = expires;
+            *p.expires.get_mut() = t;
         }
     }
 
-    /// Peers whose lease ended at or before `now`.
-    pub fn expired(&self, now: Instant) -> Vec<PeerId> {
+    /// Peers whose lease ended at or before `now`, with their inventory
+    /// sizes.
+    pub fn expired(&self, now: Instant) -> Vec<(PeerId, usize)> {
+        let now = self.tick(now);
         self.peers
             .iter()
-            .filter(|(_, p)| p.expires <= now)
-            .map(|(_, p)| p.id)
+            .filter(|(_, p)| p.expires() <= now)
+            .map(|(_, p)| (p.id, p.holdings.len()))
             .collect()
     }
 
     /// Create or replace a peer: new URL, token and lease, and `files` as its
     /// whole inventory. `files` must be free of [`Index::size_conflicts`]
     /// (with `replace`); a conflicting entry would be skipped.
+    #[cfg(test)]
     pub fn join(
         &mut self,
         id: PeerId,
@@ -267,19 +350,82 @@ impl Index {
         expires: Instant,
         files: &[SharedFile],
     ) {
+        self.begin_join(id, url, token_hash, load, expires, None);
+        self.drop_some(&id, usize::MAX);
+        self.publish(&id, files);
+    }
+
+    /// The first step of a Join in steps: create the peer, or give it its
+    /// new URL, token, lease, load and (when known) source address. Its
+    /// old inventory stays until [`Index::drop_some`] removes it, and the
+    /// new one is added with [`Index::publish`].
+    pub fn begin_join(
+        &mut self,
+        id: PeerId,
+        url: PeerUrl,
+        token_hash: TokenHash,
+        load: Load,
+        expires: Instant,
+        addr: Option<IpAddr>,
+    ) {
+        let t = self.tick(expires);
         let p = match self.peer_ix.get(&id) {
             Some(&p) => {
-                self.drop_holdings(p);
                 let e = self.peers.get_mut(p);
                 e.url = url;
                 e.token_hash = token_hash;
-                e.expires = expires;
+                *e.expires.get_mut() = t;
                 p
             }
             None => self.insert_peer(id, url, token_hash, expires),
         };
-        self.peers.get_mut(p).load = load;
-        self.add_files(p, files);
+        *self.peers.get_mut(p).load.get_mut() = load.pack();
+        if addr.is_some() {
+            self.set_addr(p, addr);
+        }
+    }
+
+    fn set_addr(&mut self, p: u32, addr: Option<IpAddr>) {
+        let old = std::mem::replace(&mut self.peers.get_mut(p).addr, addr);
+        if old == addr {
+            return;
+        }
+        if let Some(a) = old
+            && let Some(n) = self.per_addr.get_mut(&a)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.per_addr.remove(&a);
+            }
+        }
+        if let Some(a) = addr {
+            *self.per_addr.entry(a).or_default() += 1;
+        }
+    }
+
+    /// Remove up to `budget` holdings of `peer`; returns how many it still
+    /// has (0 for an unknown peer). Bulk removals run in such steps so that
+    /// no reader waits for a whole inventory.
+    pub fn drop_some(&mut self, peer: &PeerId, budget: usize) -> usize {
+        let Some(&p) = self.peer_ix.get(peer) else {
+            return 0;
+        };
+        let holdings = &mut self.peers.get_mut(p).holdings;
+        let victims: Vec<(u32, u32)> = if budget >= holdings.len() {
+            holdings.drain().collect()
+        } else {
+            let v: Vec<(u32, u32)> = holdings.iter().take(budget).copied().collect();
+            for h in &v {
+                holdings.remove(h);
+            }
+            v
+        };
+        self.holdings -= victims.len();
+        for (f, n) in victims {
+            self.unlink(p, f, n);
+        }
+        self.flush_postings();
+        self.peers.get(p).holdings.len()
     }
 
     /// Add files to a known peer's inventory. Returns false if the peer is
@@ -290,6 +436,7 @@ impl Index {
             return false;
         };
         self.add_files(p, files);
+        self.flush_postings();
         true
     }
 
@@ -319,6 +466,7 @@ impl Index {
                 self.remove_ref(p, f, n);
             }
         }
+        self.flush_postings();
         true
     }
 
@@ -327,7 +475,8 @@ impl Index {
         let Some(&p) = self.peer_ix.get(peer) else {
             return false;
         };
-        self.drop_holdings(p);
+        self.drop_some(peer, usize::MAX);
+        self.set_addr(p, None);
         self.peer_ix.remove(peer);
         self.peers.remove(p);
         true
@@ -391,8 +540,9 @@ impl Index {
             id,
             url,
             token_hash,
-            expires,
-            load: Load::default(),
+            expires: AtomicU64::new(self.tick(expires)),
+            load: AtomicU64::new(Load::default().pack()),
+            addr: None,
             holdings: HashSet::new(),
         });
         self.peer_ix.insert(id, p);
@@ -428,6 +578,7 @@ impl Index {
         if !self.peers.get_mut(p).holdings.insert((f, n)) {
             return true;
         }
+        self.holdings += 1;
         let file = self.files.get_mut(f);
         if claimed.is_none() {
             if file.refs.is_empty() {
@@ -448,7 +599,7 @@ impl Index {
     // ------------------------------------------------------------ internals
 
     fn live(&self, p: u32, now: Instant) -> bool {
-        self.peers.get(p).expires > now
+        self.peers.get(p).expires() > self.tick(now)
     }
 
     /// The size peer `p` claims for file `f`, if it holds it.
@@ -475,15 +626,9 @@ impl Index {
         }
     }
 
-    fn drop_holdings(&mut self, p: u32) {
-        let all: Vec<(u32, u32)> = self.peers.get_mut(p).holdings.drain().collect();
-        for (f, n) in all {
-            self.unlink(p, f, n);
-        }
-    }
-
     fn remove_ref(&mut self, p: u32, f: u32, n: u32) {
         if self.peers.get_mut(p).holdings.remove(&(f, n)) {
+            self.holdings -= 1;
             self.unlink(p, f, n);
         }
     }
@@ -555,6 +700,9 @@ impl Index {
     }
 
     fn intern_name(&mut self, name: &str) -> u32 {
+        // A handle freed by a dropped name may be reused here: its old
+        // postings must be gone first.
+        self.flush_postings();
         let vacant = match self.name_ix.find(name, |n| &*self.names.get(n).text) {
             Ok(n) => return n,
             Err(vacant) => vacant,
@@ -586,14 +734,40 @@ impl Index {
         let names = &self.names;
         let text = &*names.get(n).text;
         self.name_ix.remove(text, |m| &*names.get(m).text);
-        let name = self.names.remove(n).expect("live name");
-        let mut ws: Vec<String> = words(&name.text).collect();
-        ws.sort_unstable();
-        ws.dedup();
-        for w in ws {
+        if let Some(name) = self.names.remove(n) {
+            self.unposted.push((n, name.text));
+        }
+    }
+
+    /// Remove the dropped names from the token map: one pass over each
+    /// word's postings, however many of its names went.
+    fn flush_postings(&mut self) {
+        if self.unposted.is_empty() {
+            return;
+        }
+        let mut by_word: HashMap<String, Vec<u32>> = HashMap::new();
+        for (n, text) in std::mem::take(&mut self.unposted) {
+            for w in words(&text) {
+                by_word.entry(w).or_default().push(n);
+            }
+        }
+        for (w, mut gone) in by_word {
+            gone.sort_unstable();
+            gone.dedup();
             if let Some(postings) = self.tokens.get_mut(w.as_str()) {
-                if let Ok(pos) = postings.binary_search(&n) {
-                    postings.remove(pos);
+                if let [one] = gone[..] {
+                    if let Ok(pos) = postings.binary_search(&one) {
+                        postings.remove(pos);
+                    }
+                } else {
+                    // Both sorted: one merge walk.
+                    let mut i = 0;
+                    postings.retain(|x| {
+                        while i < gone.len() && gone[i] < *x {
+                            i += 1;
+                        }
+                        gone.get(i) != Some(x)
+                    });
                 }
                 if postings.is_empty() {
                     self.tokens.remove(w.as_str());
@@ -1074,7 +1248,7 @@ pub(super) mod tests {
         let later = now + Duration::from_secs(6);
         assert_eq!(ix.lease(&a, later), Lease::Expired);
         assert_eq!(ix.lease(&b, later), Lease::Live);
-        assert_eq!(ix.expired(later), vec![a]);
+        assert_eq!(ix.expired(later), vec![(a, 2)]);
         assert!(
             !ix.renew(&a, None, later + TTL, later),
             "an expired lease is not renewed"

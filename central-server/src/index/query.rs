@@ -7,7 +7,23 @@ use std::collections::HashSet;
 use peerdex_proto::{FileId, v1};
 use tokio::time::Instant;
 
-use super::{Cursor, Index, SearchPage, most_claimed, words};
+use super::words::{lower_into, raw_words};
+use super::{Cursor, Index, SearchPage, most_claimed};
+
+/// Whether some word of `name` starts with `q` (lowercase), case-folded as
+/// the tokenizer does, without allocating for ASCII words.
+fn has_prefix_word(name: &str, q: &str) -> bool {
+    let mut lower = String::new();
+    raw_words(name).any(|w| {
+        if w.is_ascii() {
+            w.len() >= q.len() && w.as_bytes()[..q.len()].eq_ignore_ascii_case(q.as_bytes())
+        } else {
+            lower.clear();
+            lower_into(w, &mut lower);
+            lower.starts_with(q)
+        }
+    })
+}
 
 impl Index {
     /// Metadata and live holders of one content; `None` when unknown or
@@ -60,40 +76,69 @@ impl Index {
 
     /// Word-prefix search. Every word of `query_words` (already lowercased)
     /// must be a prefix of some word of the name. Ranked by live holders
-    /// (desc), then name, then file id. At most `max_matches` matching
-    /// `(name, file)` pairs are considered, so that a one-letter query cannot
-    /// hold the index lock for long; beyond that the answer is partial.
-    pub fn search(
+    /// (desc), then name, then file id.
+    ///
+    /// The work is bounded: the rarest query word (the fewest names under
+    /// its prefix) drives the scan, and the others are checked on each of
+    /// its names; every word of the token map and every name visited costs
+    /// one unit of `budget`, and at most `max_matches` matching
+    /// `(name, file)` pairs are ranked. Past either bound the answer is
+    /// what was found so far, with `truncated` set.
+    pub fn search_within(
         &self,
         query_words: &[String],
         after: Option<&Cursor>,
         limit: usize,
         now: Instant,
         max_matches: usize,
+        budget: usize,
     ) -> SearchPage {
-        let Some(driver) = query_words.iter().max_by_key(|w| w.len()) else {
+        let mut spent = 0usize;
+        let mut truncated = false;
+        // The rarest word: count the postings under each prefix, giving up
+        // on a word as soon as it is no rarer than the best so far.
+        let mut driver: Option<(&str, usize)> = None;
+        for w in query_words {
+            let best = driver.map_or(usize::MAX, |(_, n)| n);
+            let mut count = 0usize;
+            for (_, postings) in self.prefix(w) {
+                spent += 1;
+                count += postings.len();
+                if count >= best || spent >= budget / 2 {
+                    break;
+                }
+            }
+            if count < best {
+                driver = Some((w, count));
+            }
+        }
+        let Some((driver, 1..)) = driver else {
             return SearchPage::default();
         };
+        let others: Vec<&str> = query_words
+            .iter()
+            .map(String::as_str)
+            .filter(|w| *w != driver)
+            .collect();
         let mut seen = HashSet::new();
         let mut matches: Vec<(u32, u32, u32)> = Vec::new(); // (holders, name, file)
-        'scan: for (_, postings) in self
-            .tokens
-            .range::<str, _>((
-                std::ops::Bound::Included(driver.as_str()),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(t, _)| t.starts_with(driver.as_str()))
-        {
+        'scan: for (_, postings) in self.prefix(driver) {
+            spent += 1;
             for &n in postings.iter() {
+                spent += 1;
+                if spent > budget {
+                    truncated = true;
+                    break 'scan;
+                }
                 if !seen.insert(n) {
                     continue;
                 }
-                let name = self.names.get(n);
-                let name_words: Vec<String> = words(&name.text).collect();
-                if !query_words
-                    .iter()
-                    .all(|q| name_words.iter().any(|w| w.starts_with(q.as_str())))
-                {
+                // A name dropped in the change that is being applied has
+                // no entry any more (see `flush_postings`).
+                let Some(name) = self.names.try_get(n) else {
+                    continue;
+                };
+                if !others.iter().all(|q| has_prefix_word(&name.text, q)) {
                     continue;
                 }
                 for &f in name.files.iter() {
@@ -104,22 +149,19 @@ impl Index {
                     let holders = self.live_holders(f, now).len() as u32;
                     matches.push((holders, n, f));
                     if matches.len() >= max_matches {
+                        truncated = true;
                         break 'scan;
                     }
                 }
             }
         }
         let key = |&(h, n, f): &(u32, u32, u32)| {
-            (
-                Reverse(h),
-                self.names.get(n).text.clone(),
-                self.files.get(f).id,
-            )
+            (Reverse(h), &*self.names.get(n).text, self.files.get(f).id)
         };
         let mut keyed: Vec<_> = matches.iter().map(|m| (key(m), *m)).collect();
         if let Some(c) = after {
             let ck = c.key();
-            keyed.retain(|((h, name, id), _)| (*h, &**name, *id) > ck);
+            keyed.retain(|((h, name, id), _)| (*h, *name, *id) > ck);
         }
         keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let more = keyed.len() > limit;
@@ -127,21 +169,51 @@ impl Index {
         let hits: Vec<v1::SearchHit> = keyed
             .iter()
             .map(|((_, name, id), (h, _, f))| v1::SearchHit {
-                name: name.to_string(),
+                name: (*name).to_owned(),
                 file_id: id.to_hex(),
                 size: self.answer_size(*f, now),
                 holders: *h,
             })
             .collect();
-        let next = more.then(|| {
-            let last = hits.last().expect("limit > 0");
-            Cursor {
+        let next = match (more, hits.last(), keyed.last()) {
+            (true, Some(last), Some(k)) => Some(Cursor {
                 holders: last.holders,
                 name: last.name.clone(),
-                file: keyed.last().expect("nonempty").0.2,
-            }
-        });
-        SearchPage { hits, next }
+                file: k.0.2,
+            }),
+            _ => None,
+        };
+        SearchPage {
+            hits,
+            next,
+            truncated,
+        }
+    }
+
+    /// [`Index::search_within`] without a work budget (tests).
+    #[cfg(test)]
+    pub fn search(
+        &self,
+        query_words: &[String],
+        after: Option<&Cursor>,
+        limit: usize,
+        now: Instant,
+        max_matches: usize,
+    ) -> SearchPage {
+        self.search_within(query_words, after, limit, now, max_matches, usize::MAX)
+    }
+
+    /// The token map's entries whose word starts with `prefix`.
+    fn prefix<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a super::Word, &'a super::Small<u32>)> + 'a {
+        self.tokens
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(t, _)| t.starts_with(prefix))
     }
 
     /// The size to answer for `f`: the one claimed by the most live holders
@@ -184,11 +256,8 @@ impl Index {
         let size = self.answer_size(f, now);
         holders.sort_by_key(|&p| {
             let e = self.peers.get(p);
-            (
-                e.load.active_uploads,
-                Reverse(e.load.free_upload_slots),
-                e.id,
-            )
+            let load = e.load();
+            (load.active_uploads, Reverse(load.free_upload_slots), e.id)
         });
         holders.truncate(max_holders);
         let mut names: Vec<&str> = file
@@ -207,12 +276,13 @@ impl Index {
                 .into_iter()
                 .map(|p| {
                     let e = self.peers.get(p);
+                    let load = e.load();
                     v1::Holder {
                         peer_id: e.id.to_string(),
                         peer_url: e.url.to_string(),
                         load: Some(v1::Load {
-                            active_uploads: e.load.active_uploads,
-                            free_upload_slots: e.load.free_upload_slots,
+                            active_uploads: load.active_uploads,
+                            free_upload_slots: load.free_upload_slots,
                         }),
                     }
                 })

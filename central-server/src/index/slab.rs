@@ -42,6 +42,10 @@ impl<T> Slab<T> {
     pub(super) fn get(&self, i: u32) -> &T {
         self.items[i as usize].as_ref().expect("live slab handle")
     }
+    /// The entry at `i`, if it is live.
+    pub(super) fn try_get(&self, i: u32) -> Option<&T> {
+        self.items.get(i as usize)?.as_ref()
+    }
     pub(super) fn get_mut(&mut self, i: u32) -> &mut T {
         self.items[i as usize].as_mut().expect("live slab handle")
     }

@@ -1,0 +1,782 @@
+//! The directory under abuse (issue 16): a search flood, a mass expiry and
+//! identity floods, against the real `central-server` binary (a child
+//! process on 127.0.0.1:0, so the load generator in this process does not
+//! share the server's runtime), or in-process through `run` where only
+//! the answers matter.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use peerdex_proto::v1::directory_client::DirectoryClient;
+use peerdex_proto::v1::locate_request::Target;
+use peerdex_proto::v1::{self, SharedFile};
+use peerdex_proto::{AUTHORIZATION, PeerId};
+use peerdex_testkit::{ChildProc, TestCentral, bin, wait_for};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+fn fid(i: u64) -> String {
+    blake3::hash(&i.to_le_bytes()).to_hex().to_string()
+}
+
+const ADJ: [&str; 8] = [
+    "alpha", "blue", "quiet", "rapid", "golden", "misty", "north", "silver",
+];
+
+/// Names as a real share looks: every one carries the broad word
+/// `report`, an adjective (1/8), a year (1/35) and a number of its own.
+fn name(i: u64) -> String {
+    let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    format!(
+        "report {}-{} {i}.pdf",
+        ADJ[(h >> 8) as usize % 8],
+        1990 + (h >> 24) % 35
+    )
+}
+
+fn files(range: std::ops::Range<u64>) -> Vec<SharedFile> {
+    range
+        .map(|i| SharedFile {
+            file_id: fid(i),
+            size: i + 1,
+            name: name(i),
+        })
+        .collect()
+}
+
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// The real binary on 127.0.0.1:0 with `env` on top of a fresh data dir.
+fn central(dir: &std::path::Path, env: &[(&str, &str)]) -> (ChildProc, String) {
+    let mut all: Vec<(&str, String)> = vec![
+        ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
+        ("CENTRAL_DATA_DIR", dir.join("db").display().to_string()),
+    ];
+    all.extend(env.iter().map(|&(k, v)| (k, v.to_owned())));
+    // `CENTRAL_SERVER_BIN` runs another build instead (to measure the
+    // same test against the code before a change).
+    let program = std::env::var_os("CENTRAL_SERVER_BIN")
+        .map_or_else(|| bin("central-server"), std::path::PathBuf::from);
+    let p = ChildProc::spawn(&program, dir, &all);
+    let url = format!("http://{}", p.last_word());
+    (p, url)
+}
+
+async fn connect(url: &str) -> DirectoryClient<Channel> {
+    let ch = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .unwrap();
+    DirectoryClient::new(ch)
+}
+
+async fn join(c: &mut DirectoryClient<Channel>, peer: &PeerId, files: Vec<SharedFile>) -> String {
+    let r = c
+        .join(v1::JoinRequest {
+            peer_id: peer.to_string(),
+            peer_url: "http://127.0.0.1:9".into(),
+            files,
+            load: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.refused, []);
+    r.session_token
+}
+
+async fn heartbeat(c: &mut DirectoryClient<Channel>, peer: &PeerId, token: &str) -> bool {
+    let req = v1::HeartbeatRequest {
+        peer_id: peer.to_string(),
+        load: None,
+    };
+    c.heartbeat(authed(req, token))
+        .await
+        .unwrap()
+        .into_inner()
+        .rejoin
+}
+
+fn locate(i: u64) -> v1::LocateRequest {
+    v1::LocateRequest {
+        target: Some(Target::FileId(fid(i))),
+        max_holders: 0,
+    }
+}
+
+/// `text` without ANSI colour codes (the central's log is coloured).
+fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final byte in @..~
+            for d in chars.by_ref() {
+                if ('@'..='~').contains(&d) && d != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The slowest of a series of calls, and how many there were.
+#[derive(Default)]
+struct Slowest {
+    max: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Slowest {
+    fn record(&self, d: Duration) {
+        self.max.fetch_max(d.as_micros() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+    fn max(&self) -> Duration {
+        Duration::from_micros(self.max.load(Ordering::Relaxed))
+    }
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Mass expiry: a few hundred peers with a thousand files each stop
+/// heartbeating at the same moment. While their leases are swept, Locate
+/// of a live peer's file keeps answering quickly.
+///
+/// Before issue 16 the sweep removed every expired holding in one piece
+/// under the index lock: Locate waited for all of it (measured on the
+/// 2-core VM in this debug build: see the report of the change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_expiry_never_stalls_locate() {
+    const PEERS: u64 = 200;
+    const PER_PEER: u64 = 1000;
+    /// The longest a Locate may wait while the sweep runs; the one-piece
+    /// sweep made it wait several seconds.
+    const BOUND: Duration = Duration::from_millis(1000);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, url) = central(
+        dir.path(),
+        &[
+            ("CENTRAL_LEASE_TTL_SECS", "8"),
+            ("CENTRAL_HEARTBEAT_SECS", "2"),
+            // All from 127.0.0.1, and quickly: not what this test is about.
+            ("CENTRAL_JOIN_RATE", "0"),
+        ],
+    );
+    let c = connect(&url).await;
+
+    // One honest peer that keeps its lease all along.
+    let honest = PeerId::new_random();
+    let honest_token = join(&mut c.clone(), &honest, files(u64::MAX - 10..u64::MAX - 9)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let beats = Arc::new(Slowest::default());
+    let keepalive = {
+        let (mut c, stop, beats) = (c.clone(), stop.clone(), beats.clone());
+        tokio::spawn(async move {
+            let mut lost = false;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                lost |= heartbeat(&mut c, &honest, &honest_token).await;
+                beats.record(t.elapsed());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            lost
+        })
+    };
+
+    // The crowd joins (several in flight), kept alive until all are in.
+    let started = Instant::now();
+    let mut crowd: Vec<(PeerId, String)> = Vec::new();
+    for chunk in (0..PEERS).collect::<Vec<_>>().chunks(8) {
+        let joins: Vec<_> = chunk
+            .iter()
+            .map(|&p| {
+                let mut c = c.clone();
+                tokio::spawn(async move {
+                    let peer = PeerId::new_random();
+                    let token = join(&mut c, &peer, files(p * PER_PEER..(p + 1) * PER_PEER)).await;
+                    (peer, token)
+                })
+            })
+            .collect();
+        for j in joins {
+            crowd.push(j.await.unwrap());
+        }
+        if started.elapsed() > Duration::from_secs(2) {
+            for (peer, token) in &crowd {
+                assert!(!heartbeat(&mut c.clone(), peer, token).await);
+            }
+        }
+    }
+    // The last heartbeat of everyone, as close together as possible: from
+    // here on they all expire within the same moment.
+    let last_beats: Vec<_> = crowd
+        .iter()
+        .map(|(peer, token)| {
+            let (mut c, peer, token) = (c.clone(), *peer, token.clone());
+            tokio::spawn(async move { assert!(!heartbeat(&mut c, &peer, &token).await) })
+        })
+        .collect();
+    for b in last_beats {
+        b.await.unwrap();
+    }
+    let quiet_since = Instant::now();
+    eprintln!(
+        "{} peers x {PER_PEER} files joined in {:.1} s",
+        crowd.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Locate the honest file in a loop (two callers) until the sweeper has
+    // removed the crowd.
+    let slowest = Arc::new(Slowest::default());
+    let mut loops = Vec::new();
+    for _ in 0..2 {
+        let (mut c, stop, slowest) = (c.clone(), stop.clone(), slowest.clone());
+        loops.push(tokio::spawn(async move {
+            let mut missing = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let r = c.locate(locate(u64::MAX - 10)).await.unwrap().into_inner();
+                slowest.record(t.elapsed());
+                missing += usize::from(r.files.len() != 1);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            missing
+        }));
+    }
+    let log = wait_for(
+        "the sweeper to remove the expired crowd",
+        Duration::from_secs(120),
+        || {
+            let log = proc.log();
+            async move {
+                let removed: u64 = plain(&log)
+                    .lines()
+                    .filter(|l| l.contains("expired leases removed"))
+                    .filter_map(|l| {
+                        l.split_whitespace()
+                            .find_map(|w| w.strip_prefix("peers="))
+                            .and_then(|n| n.parse::<u64>().ok())
+                    })
+                    .sum();
+                (removed >= PEERS).then_some(log)
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut missing = 0;
+    for l in loops {
+        missing += l.await.unwrap();
+    }
+    let lost = keepalive.await.unwrap();
+    eprintln!(
+        "sweep done {:.1} s after the last heartbeat; {} Locates, the slowest {:?}; {} heartbeats, the slowest {:?}",
+        quiet_since.elapsed().as_secs_f64(),
+        slowest.count(),
+        slowest.max(),
+        beats.count(),
+        beats.max()
+    );
+    assert!(
+        slowest.count() > 20,
+        "Locate ran all along ({} calls)",
+        slowest.count()
+    );
+    assert!(
+        slowest.max() < BOUND,
+        "a Locate waited {:?} while the crowd expired (bound {BOUND:?}); log:\n{}",
+        slowest.max(),
+        plain(&log)
+            .lines()
+            .filter(|l| l.contains("expired"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        beats.max() < BOUND,
+        "a heartbeat waited {:?} while the crowd expired",
+        beats.max()
+    );
+    assert!(!lost, "the honest peer kept its lease");
+    assert_eq!(missing, 0, "the honest file stayed listed");
+    proc.kill9();
+}
+
+/// A search flood (8 callers looping the worst query shapes, no rate
+/// limit, so only the work budget and the lock design protect the
+/// directory) against 160,000 names, while an honest peer heartbeats and
+/// publishes: every heartbeat and publish is answered quickly, and broad
+/// searches are answered partially, saying so.
+///
+/// Before issue 16 each such search scanned every name carrying the broad
+/// word under the one index mutex: heartbeats and publishes queued behind
+/// the flood for seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_flood_never_stalls_heartbeats_or_publishes() {
+    const PEERS: u64 = 8;
+    const PER_PEER: u64 = 20_000;
+    const BOUND: Duration = Duration::from_millis(1000);
+    const FLOOD: Duration = Duration::from_secs(6);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, url) = central(
+        dir.path(),
+        &[
+            ("CENTRAL_LEASE_TTL_SECS", "30"),
+            ("CENTRAL_HEARTBEAT_SECS", "10"),
+            ("CENTRAL_SEARCH_RATE", "0"),
+        ],
+    );
+    let c = connect(&url).await;
+    let joins: Vec<_> = (0..PEERS)
+        .map(|p| {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                let peer = PeerId::new_random();
+                join(&mut c, &peer, files(p * PER_PEER..(p + 1) * PER_PEER)).await
+            })
+        })
+        .collect();
+    for j in joins {
+        j.await.unwrap();
+    }
+    let honest = PeerId::new_random();
+    let token = join(&mut c.clone(), &honest, files(u64::MAX - 1..u64::MAX)).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // Every name has `report` and `pdf`: the first query matches all of
+    // them (ranked up to the match limit), the second (`alpha` and
+    // `blue` never meet in a name) scans a broad word and finds nothing,
+    // the third is the shape of the issue (a word that matches nothing).
+    let queries = ["report pdf", "alpha blue", "report zzzz"];
+    let mut flood = Vec::new();
+    for k in 0..8 {
+        let (mut c, stop) = (c.clone(), stop.clone());
+        let q = queries[k % queries.len()];
+        flood.push(tokio::spawn(async move {
+            let (mut answered, mut truncated) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let r = c
+                    .search(v1::SearchRequest {
+                        query: q.into(),
+                        limit: 50,
+                        page_token: String::new(),
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("search {q:?}: {e}"))
+                    .into_inner();
+                answered += 1;
+                truncated += u64::from(r.truncated);
+            }
+            (q, answered, truncated)
+        }));
+    }
+    let beats = Slowest::default();
+    let publishes = Slowest::default();
+    let started = Instant::now();
+    let mut n = 0;
+    while started.elapsed() < FLOOD {
+        let t = Instant::now();
+        assert!(!heartbeat(&mut c.clone(), &honest, &token).await);
+        beats.record(t.elapsed());
+        let t = Instant::now();
+        let req = v1::PublishRequest {
+            peer_id: honest.to_string(),
+            files: files(1_000_000 + n..1_000_001 + n),
+        };
+        c.clone().publish(authed(req, &token)).await.unwrap();
+        publishes.record(t.elapsed());
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut by_query = Vec::new();
+    for f in flood {
+        by_query.push(f.await.unwrap());
+    }
+    eprintln!(
+        "flood: {by_query:?}; {} heartbeats (slowest {:?}), {} publishes (slowest {:?})",
+        beats.count(),
+        beats.max(),
+        publishes.count(),
+        publishes.max()
+    );
+    assert!(
+        beats.max() < BOUND && publishes.max() < BOUND,
+        "under the flood a heartbeat waited {:?}, a publish {:?} (bound {BOUND:?})",
+        beats.max(),
+        publishes.max()
+    );
+    assert!(beats.count() >= 10, "the honest peer kept calling");
+    let broad: (u64, u64) = by_query
+        .iter()
+        .filter(|(q, _, _)| *q == "report pdf")
+        .fold((0, 0), |(a, t), &(_, n, k)| (a + n, t + k));
+    assert!(broad.0 > 0, "the flood was answered");
+    assert_eq!(broad.1, broad.0, "every broad answer says it is partial");
+    // The last publish is visible: writes were applied, not just answered.
+    let r = c
+        .clone()
+        .locate(locate(1_000_000 + n - 1))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.files.len(), 1);
+    proc.kill9();
+}
+
+// ── quotas and rate limits (in-process: only the answers matter) ─────────
+
+async fn start(
+    tweak: impl FnOnce(&mut central_server::Limits),
+) -> (TestCentral, DirectoryClient<Channel>) {
+    let central = TestCentral::start_with(|c| tweak(&mut c.limits)).await;
+    let c = connect(&central.url).await;
+    (central, c)
+}
+
+async fn try_join(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    files: Vec<SharedFile>,
+) -> Result<String, tonic::Status> {
+    Ok(c.join(v1::JoinRequest {
+        peer_id: peer.to_string(),
+        peer_url: "http://127.0.0.1:9".into(),
+        files,
+        load: None,
+    })
+    .await?
+    .into_inner()
+    .session_token)
+}
+
+async fn try_publish(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    token: &str,
+    files: Vec<SharedFile>,
+) -> Result<(), tonic::Status> {
+    let req = v1::PublishRequest {
+        peer_id: peer.to_string(),
+        files,
+    };
+    c.publish(authed(req, token)).await.map(|_| ())
+}
+
+async fn try_search(
+    c: &mut DirectoryClient<Channel>,
+    q: &str,
+) -> Result<v1::SearchResponse, tonic::Status> {
+    c.search(v1::SearchRequest {
+        query: q.into(),
+        limit: 0,
+        page_token: String::new(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// RESOURCE_EXHAUSTED whose message names `setting`.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, setting: &str) -> tonic::Status {
+    let e = r.expect_err("refused");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains(setting),
+        "{setting} not named: {}",
+        e.message()
+    );
+    e
+}
+
+/// The `retry-after` of a rate-limit answer, in seconds.
+#[track_caller]
+fn retry_after(e: &tonic::Status) -> u64 {
+    e.metadata()
+        .get(central_server::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retry-after in {e:?}"))
+}
+
+/// Call `f` until it is refused (at most 200 times): how many calls were
+/// accepted, the refusal, and how long it took.
+async fn until_refused<F, Fut>(mut f: F) -> (u64, tonic::Status, Duration)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), tonic::Status>>,
+{
+    let t = Instant::now();
+    for k in 0..200 {
+        if let Err(e) = f(k).await {
+            return (k, e, t.elapsed());
+        }
+    }
+    panic!("200 calls in {:?} and none refused", t.elapsed());
+}
+
+/// A burst of 10 seconds' worth at `rate` 1/s: 10 calls, plus one per
+/// second the burst took.
+#[track_caller]
+fn assert_burst(accepted: u64, took: Duration) {
+    let most = 10 + took.as_secs() + 1;
+    assert!(
+        (10..=most).contains(&accepted),
+        "{accepted} calls accepted in {took:?} at 1/s with a burst of 10"
+    );
+}
+
+async fn located(c: &mut DirectoryClient<Channel>, i: u64) -> usize {
+    c.locate(locate(i)).await.unwrap().into_inner().files.len()
+}
+
+#[tokio::test]
+async fn peers_per_address_are_capped_and_freed_by_leave() {
+    let (central, mut c) = start(|l| l.max_peers_per_addr = 3).await;
+    let peers: Vec<PeerId> = (0..4).map(|_| PeerId::new_random()).collect();
+    let mut tokens = Vec::new();
+    for (k, p) in peers[..3].iter().enumerate() {
+        tokens.push(
+            try_join(&mut c, p, files(k as u64..k as u64 + 1))
+                .await
+                .unwrap(),
+        );
+    }
+    let e = refused(
+        try_join(&mut c, &peers[3], files(3..4)).await,
+        "CENTRAL_MAX_PEERS_PER_ADDR",
+    );
+    assert!(e.message().contains("127.0.0.1"), "{}", e.message());
+    assert_eq!(located(&mut c, 3).await, 0, "nothing of the refused join");
+    // A peer already counted may join again (with its token).
+    let mut rejoin = Request::new(v1::JoinRequest {
+        peer_id: peers[0].to_string(),
+        peer_url: "http://127.0.0.1:9".into(),
+        files: files(0..2),
+        load: None,
+    });
+    rejoin.metadata_mut().insert(
+        AUTHORIZATION,
+        format!("Bearer {}", tokens[0]).parse().unwrap(),
+    );
+    c.join(rejoin).await.unwrap();
+    // Leaving frees a place.
+    let leave = v1::LeaveRequest {
+        peer_id: peers[1].to_string(),
+    };
+    c.leave(authed(leave, &tokens[1])).await.unwrap();
+    try_join(&mut c, &peers[3], files(3..4)).await.unwrap();
+    assert_eq!(located(&mut c, 3).await, 1);
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn files_per_peer_count_the_running_total_and_refuse_whole_calls() {
+    let (central, mut c) = start(|l| l.max_inventory = 5).await;
+    let peer = PeerId::new_random();
+    let token = try_join(&mut c, &peer, files(0..3)).await.unwrap();
+    try_publish(&mut c, &peer, &token, files(3..5))
+        .await
+        .unwrap();
+    refused(
+        try_publish(&mut c, &peer, &token, files(5..6)).await,
+        "CENTRAL_MAX_INVENTORY",
+    );
+    assert_eq!(
+        located(&mut c, 5).await,
+        0,
+        "the refused publish changed nothing"
+    );
+    refused(
+        try_join(&mut c, &PeerId::new_random(), files(10..16)).await,
+        "CENTRAL_MAX_INVENTORY",
+    );
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn the_whole_directory_holds_at_most_max_files() {
+    let (central, mut c) = start(|l| l.max_files = 10).await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+    let ta = try_join(&mut c, &a, files(0..6)).await.unwrap();
+    refused(
+        try_join(&mut c, &b, files(10..15)).await,
+        "CENTRAL_MAX_FILES",
+    );
+    assert_eq!(located(&mut c, 10).await, 0);
+    let tb = try_join(&mut c, &b, files(10..14)).await.unwrap();
+    refused(
+        try_publish(&mut c, &b, &tb, files(14..15)).await,
+        "CENTRAL_MAX_FILES",
+    );
+    // A re-join replaces: its old inventory does not count twice.
+    let mut rejoin = Request::new(v1::JoinRequest {
+        peer_id: a.to_string(),
+        peer_url: "http://127.0.0.1:9".into(),
+        files: files(0..6),
+        load: None,
+    });
+    rejoin
+        .metadata_mut()
+        .insert(AUTHORIZATION, format!("Bearer {ta}").parse().unwrap());
+    c.join(rejoin).await.unwrap();
+    // Room again once a holding goes.
+    let unpublish = v1::UnpublishRequest {
+        peer_id: b.to_string(),
+        files: vec![v1::FileRef {
+            file_id: fid(10),
+            name: String::new(),
+        }],
+    };
+    c.unpublish(authed(unpublish, &tb)).await.unwrap();
+    try_publish(&mut c, &b, &tb, files(14..15)).await.unwrap();
+    assert_eq!(located(&mut c, 14).await, 1);
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limits_answer_with_retry_after_and_recover() {
+    let (central, mut c) = start(|l| {
+        l.join_rate = 1;
+        l.publish_rate = 1;
+        l.search_rate = 1;
+    })
+    .await;
+    // Joins: a burst of 10 seconds' worth, then refused.
+    let joined = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (n, e, took) = until_refused(|k| {
+        let (mut c, joined) = (c.clone(), joined.clone());
+        async move {
+            let p = PeerId::new_random();
+            let t = try_join(&mut c, &p, files(k..k + 1)).await?;
+            joined.lock().unwrap().push((p, t));
+            Ok(())
+        }
+    })
+    .await;
+    assert_burst(n, took);
+    let e = refused(Err::<(), _>(e), "CENTRAL_JOIN_RATE");
+    assert_eq!(retry_after(&e), 1);
+    assert_eq!(
+        located(&mut c, n).await,
+        0,
+        "the refused join changed nothing"
+    );
+    let joined = joined.lock().unwrap().clone();
+    let late = PeerId::new_random();
+
+    // Publishes: per peer, and a stranger cannot spend a peer's allowance.
+    let (peer, token) = joined[0].clone();
+    for _ in 0..20 {
+        let e = try_publish(&mut c, &peer, "not-the-token", files(60..61))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+    }
+    let (n, e, took) = until_refused(|k| {
+        let (mut c, token) = (c.clone(), token.clone());
+        async move { try_publish(&mut c, &peer, &token, files(100 + k..101 + k)).await }
+    })
+    .await;
+    assert_burst(n, took);
+    let e = refused(Err::<(), _>(e), "CENTRAL_PUBLISH_RATE");
+    assert_eq!(retry_after(&e), 1);
+    assert_eq!(
+        located(&mut c, 100 + n).await,
+        0,
+        "the refused publish changed nothing"
+    );
+    let (other, other_token) = &joined[1];
+    try_publish(&mut c, other, other_token, files(300..301))
+        .await
+        .expect("another peer has its own allowance");
+
+    // Searches: per source address.
+    let (n, e, took) = until_refused(|_| {
+        let mut c = c.clone();
+        async move { try_search(&mut c, "report").await.map(|_| ()) }
+    })
+    .await;
+    assert_burst(n, took);
+    let e = refused(Err::<(), _>(e), "CENTRAL_SEARCH_RATE");
+    assert_eq!(retry_after(&e), 1);
+
+    // Each recovers at its rate (one call per second here).
+    wait_for(
+        "a join to be accepted again",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            async move { try_join(&mut c, &late, files(50..51)).await.ok() }
+        },
+    )
+    .await;
+    assert_eq!(located(&mut c, 50).await, 1);
+    wait_for(
+        "a publish to be accepted again",
+        Duration::from_secs(10),
+        || {
+            let (mut c, token) = (c.clone(), token.clone());
+            async move {
+                try_publish(&mut c, &peer, &token, files(200..201))
+                    .await
+                    .ok()
+            }
+        },
+    )
+    .await;
+    wait_for(
+        "a search to be answered again",
+        Duration::from_secs(10),
+        || {
+            let mut c = c.clone();
+            async move { try_search(&mut c, "report").await.ok() }
+        },
+    )
+    .await;
+    central.stop().await;
+}
+
+#[tokio::test]
+async fn a_search_that_names_its_peer_must_prove_it() {
+    let (central, mut c) = start(|l| l.search_rate = 1).await;
+    let peer = PeerId::new_random();
+    let token = try_join(&mut c, &peer, files(0..1)).await.unwrap();
+    let named = |token: &str| {
+        let mut r = authed(
+            v1::SearchRequest {
+                query: "report".into(),
+                limit: 0,
+                page_token: String::new(),
+            },
+            token,
+        );
+        r.metadata_mut()
+            .insert("peerdex-peer-id", peer.to_string().parse().unwrap());
+        r
+    };
+    let e = c.search(named("wrong")).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    // The wrong-token call took one token of the address; the peer's own
+    // bucket is untouched, so the address runs out first, naming it.
+    for _ in 0..9 {
+        c.search(named(&token)).await.unwrap();
+    }
+    let e = refused(c.search(named(&token)).await, "per source address");
+    assert!(e.message().contains("CENTRAL_SEARCH_RATE"));
+    central.stop().await;
+}
