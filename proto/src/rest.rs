@@ -92,6 +92,11 @@ pub struct SearchResults {
     /// Pass as `page` to get the next page; absent on the last page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_page: Option<String>,
+    /// The directory stopped at its work budget for one query: these are
+    /// some of the matches, not all. Another word narrows the search and
+    /// gets a complete answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
 }
 
 /// Query string of the search endpoints.

@@ -235,6 +235,7 @@ pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<Sea
     Ok(SearchResults {
         hits: r.hits.into_iter().map(SearchHit::from).collect(),
         next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
+        truncated: r.truncated,
     })
 }
 

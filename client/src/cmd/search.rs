@@ -19,8 +19,16 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
     if ctx.json {
         return ctx.print_json(&results);
     }
+    let cut = || {
+        if results.truncated {
+            eprintln!(
+                "the directory stopped this search at its work budget: not every match is shown; add a word to narrow it"
+            );
+        }
+    };
     if results.hits.is_empty() {
         eprintln!("no shared file matches {}", quoted(&q));
+        cut();
         return Ok(());
     }
     let rows: Vec<Vec<String>> = results
@@ -39,6 +47,7 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
         "{}",
         table(&["NAME", "ID", "SIZE", "HOLDERS"], &rows, &[2, 3])
     );
+    cut();
     if let Some(page) = &results.next_page {
         eprintln!(
             "more results: {}",
