@@ -385,10 +385,10 @@ fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
         let mut kept = false;
         if let Some(p) = slot.take() {
             // A cancelled job leaves nothing behind; a failed or stopped one
-            // keeps its verified chunks, if any made it to disk.
+            // keeps its verified chunks, if any made it to disk (the writer
+            // drains its queue first).
             match &result {
                 Err(JobEnd::Cancelled) if !stopping => p.discard().await,
-                Err(_) if !p.any_verified() => p.discard().await,
                 _ => kept = p.close_or_discard().await,
             }
         }

@@ -34,7 +34,6 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -117,8 +116,6 @@ pub(crate) struct Partial {
     size: u64,
     /// Verified chunks found on disk when opened.
     verified: Vec<bool>,
-    /// Verified chunks on disk now: found there plus written since.
-    verified_now: Arc<AtomicUsize>,
     /// Why the writer stopped, if a write failed.
     failed: Arc<Mutex<Option<io::Error>>>,
     tx: Option<mpsc::Sender<Cmd>>,
@@ -183,17 +180,14 @@ impl Partial {
         let queue = (WRITE_QUEUE_BYTES / manifest.chunk_size()).clamp(1, 4) as usize;
         let (tx, rx) = mpsc::channel(queue);
         let in_place = Arc::new(file.try_clone()?);
-        let verified_now = Arc::new(AtomicUsize::new(verified.iter().filter(|v| **v).count()));
         let failed = Arc::new(Mutex::new(None));
         let mut writer = Writer::new(file, &paths, manifest.chunk_size(), size, verified.clone())?;
-        writer.verified = verified_now.clone();
         writer.failed = failed.clone();
         let worker = tokio::task::spawn_blocking(move || writer.run(rx));
         Ok(Self {
             paths,
             chunk_size: manifest.chunk_size(),
             size,
-            verified_now,
             failed,
             verified,
             tx: Some(tx),
@@ -213,11 +207,6 @@ impl Partial {
     pub async fn mark(&self, idx: usize) -> io::Result<()> {
         let tx = self.tx.as_ref().ok_or_else(|| self.stopped())?;
         tx.send(Cmd::Mark(idx)).await.map_err(|_| self.stopped())
-    }
-
-    /// Is any verified chunk on disk (written, not only queued)?
-    pub fn any_verified(&self) -> bool {
-        self.verified_now.load(Ordering::Relaxed) > 0
     }
 
     /// Chunks already verified and on disk when the partial was opened.
@@ -515,8 +504,6 @@ struct Writer {
     last_checkpoint: Instant,
     checkpoints: Option<std::sync::mpsc::SyncSender<Vec<bool>>>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
-    /// Verified chunks written (shared with the [`Partial`]).
-    verified: Arc<AtomicUsize>,
     /// The write that failed (shared with the [`Partial`]).
     failed: Arc<Mutex<Option<io::Error>>>,
 }
@@ -556,7 +543,6 @@ impl Writer {
             last_checkpoint: Instant::now(),
             checkpoints: Some(tx),
             checkpointer: Some(checkpointer),
-            verified: Arc::new(AtomicUsize::new(0)),
             failed: Arc::new(Mutex::new(None)),
         })
     }
@@ -600,7 +586,6 @@ impl Writer {
         }
         self.file.write_all_at(&data, i as u64 * self.chunk_size)?;
         self.written[i] = true;
-        self.verified.fetch_add(1, Ordering::Relaxed);
         self.dirty = true;
         self.unsynced += data.len() as u64;
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -614,7 +599,6 @@ impl Writer {
             return Ok(());
         }
         self.written[i] = true;
-        self.verified.fetch_add(1, Ordering::Relaxed);
         self.dirty = true;
         self.unsynced += chunk_len(i, self.chunk_size, self.size);
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -765,7 +749,6 @@ mod tests {
         let data = peerdex_testkit::test_bytes(5000, 4);
         let m = manifest(&data, 1024);
         let p = Partial::open(dir.path(), &m, "x").unwrap();
-        assert!(!p.any_verified());
         assert!(!p.close_or_discard().await);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
     }
