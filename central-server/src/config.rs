@@ -26,11 +26,14 @@ pub struct Limits {
     /// Most `(name, file)` matches ranked per search (default 10,000).
     pub max_search_matches: usize,
     /// Units of work one search may spend (`CENTRAL_SEARCH_BUDGET`, default
-    /// 200,000): a unit is one word of the token map or one name visited.
+    /// 100,000): a unit is one word of the token map or one name visited.
     /// A query that would need more is answered with what was found and
-    /// `truncated = true`. An ordinary query on a million names needs a
-    /// few thousand to a few tens of thousands; the worst costs about 3 ms
-    /// on the 2-core VM of `bench/README.md`.
+    /// `truncated = true`. The rarest query word drives the search, so a
+    /// query is complete when one of its words is in at most ~100,000
+    /// names (a title word or a year on a million names: 30,000 at most in
+    /// `central-bench`); only queries made of very common words (each in an
+    /// eighth of a million names) are cut. A unit costs ~50 ns on the
+    /// 2-core VM of `bench/README.md`, so the worst search costs ~5 ms.
     pub search_budget: usize,
     /// Joins per second per source address (`CENTRAL_JOIN_RATE`, default
     /// 5; burst 10 seconds' worth). 0 = no limit.
@@ -61,7 +64,7 @@ impl Default for Limits {
             max_page: 1000,
             max_holders: 64,
             max_search_matches: 10_000,
-            search_budget: 200_000,
+            search_budget: 100_000,
             join_rate: 5,
             publish_rate: 20,
             search_rate: 50,

@@ -11,6 +11,17 @@
 //! `--data-dir D --restarts-only` measures only that, on the database an
 //! earlier run left in D.
 //!
+//! Abuse (issue 16), in the same run and on the same central: Locate
+//! latency (a) quiet, (b) while `--flood-clients` callers loop the worst
+//! Search shapes (a broad word with a word that matches nothing, and two
+//! broad words that never meet), (c) while `--expire-peers` peers of
+//! `--expire-files` files each, which stopped heartbeating together, are
+//! swept. The central runs with the default lease (30 s, heartbeat 10 s):
+//! every populated peer heartbeats all along (about 1,000 heartbeats per
+//! second at 10k peers, in every measurement). Rate limits on Join and
+//! Search and the peers-per-address cap are lifted (everything comes from
+//! 127.0.0.1): the flood meets only the work budget per search.
+//!
 //! It lives in the `peerdex-bench` crate (not in `central-server`) so that
 //! its histogram dependency never reaches the server's build.
 //!
@@ -24,6 +35,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -71,7 +83,32 @@ struct Args {
     /// Internal: run the trivial health server used as the baseline.
     #[arg(long, hide = true)]
     health_server: bool,
+    /// Run this central-server binary instead of the one next to this
+    /// bench (e.g. a build from before a change).
+    #[arg(long)]
+    central_bin: Option<PathBuf>,
+    /// Concurrent Search callers during the flood measurement.
+    #[arg(long, default_value_t = 8)]
+    flood_clients: usize,
+    /// Peers that expire together during the expiry measurement (0: skip).
+    #[arg(long, default_value_t = 500)]
+    expire_peers: u64,
+    /// Files of each expiring peer.
+    #[arg(long, default_value_t = 1000)]
+    expire_files: u64,
 }
+
+/// Lease settings of the started central (the defaults).
+const LEASE_TTL_SECS: u64 = 30;
+const HEARTBEAT_SECS: u64 = 10;
+
+/// Joined peers and their session tokens.
+type Joined = Arc<std::sync::Mutex<Vec<(PeerId, String)>>>;
+
+/// The Search shapes of the flood: the issue's (a broad word and one that
+/// matches nothing) and the costliest for a rarest-word-first search (two
+/// broad words, an eighth of the names each, that never meet in a name).
+const FLOOD_QUERIES: [&str; 2] = ["report aaaaa", "alpha blue"];
 
 fn file_id(i: u64) -> String {
     blake3::hash(&i.to_le_bytes()).to_hex().to_string()
@@ -168,12 +205,49 @@ fn rss_mib(pid: u32) -> Option<f64> {
 
 fn start_central(bin: &PathBuf, data: &PathBuf) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(bin);
+    std::fs::create_dir_all(data)?;
+    let log = std::fs::File::create(log_path(data))?;
     cmd.env("CENTRAL_LISTEN_ADDR", "127.0.0.1:0")
         .env("CENTRAL_DATA_DIR", data)
-        .env("CENTRAL_LEASE_TTL_SECS", "3600")
-        .env("CENTRAL_HEARTBEAT_SECS", "600")
-        .env("RUST_LOG", "warn");
+        .env("CENTRAL_LEASE_TTL_SECS", LEASE_TTL_SECS.to_string())
+        .env("CENTRAL_HEARTBEAT_SECS", HEARTBEAT_SECS.to_string())
+        .env("CENTRAL_JOIN_RATE", "0")
+        .env("CENTRAL_SEARCH_RATE", "0")
+        .env("CENTRAL_MAX_PEERS_PER_ADDR", "1000000")
+        .env("NO_COLOR", "1")
+        // The sweeper's line tells when an expiry is over.
+        .env("RUST_LOG", "warn,central_server::service=info")
+        .stderr(log);
     spawn(cmd, "central-server listening on")
+}
+
+fn log_path(data: &std::path::Path) -> PathBuf {
+    data.with_extension("log")
+}
+
+/// Peers removed by the sweeper so far, from the central's log (colour
+/// codes or not).
+fn swept(data: &std::path::Path) -> (u64, Vec<String>) {
+    let text = std::fs::read_to_string(log_path(data)).unwrap_or_default();
+    let mut peers = 0;
+    let mut lines = Vec::new();
+    for l in text
+        .lines()
+        .filter(|l| l.contains("expired leases removed"))
+    {
+        let mut parts = l.split('\u{1b}');
+        let mut plain: String = parts.next().unwrap_or_default().to_owned();
+        for part in parts {
+            plain.push_str(part.split_once('m').map_or(part, |(_, rest)| rest));
+        }
+        peers += plain
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("peers="))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        lines.push(plain);
+    }
+    (peers, lines)
 }
 
 async fn channel(addr: SocketAddr) -> anyhow::Result<Channel> {
@@ -198,17 +272,35 @@ where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send,
 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let run = drive_until(concurrency, stop, call).await;
+    timer.abort();
+    run
+}
+
+/// `concurrency` workers call `call` in a loop until `stop` is set.
+async fn drive_until<F, Fut>(concurrency: usize, stop: Arc<AtomicBool>, call: F) -> Run
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let call = Arc::new(call);
     let start = Instant::now();
-    let end = start + Duration::from_secs(secs);
     let workers: Vec<_> = (0..concurrency as u64)
         .map(|w| {
-            let call = call.clone();
+            let (call, stop) = (call.clone(), stop.clone());
             tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds");
                 let mut errors = 0;
                 let mut x = 0x2545_F491_4F6C_DD1D_u64 ^ (w + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                while Instant::now() < end {
+                while !stop.load(Ordering::Relaxed) {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
@@ -241,6 +333,218 @@ where
     }
 }
 
+fn locate_call(
+    client: DirectoryClient<Channel>,
+    files: u64,
+) -> impl Fn(u64) -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>
++ Send
++ Sync
++ 'static {
+    move |x| {
+        let mut c = client.clone();
+        Box::pin(async move {
+            let req = LocateRequest {
+                target: Some(Target::FileId(file_id(x % files))),
+                max_holders: 0,
+            };
+            matches!(c.locate(req).await, Ok(r) if !r.get_ref().files.is_empty())
+        })
+    }
+}
+
+/// Locate under a search flood: `clients` callers loop the
+/// [`FLOOD_QUERIES`] while Locate is measured. Returns the Locate run and,
+/// per query, (answers, truncated answers, errors, answers per second).
+async fn flood_run(
+    addr: SocketAddr,
+    files: u64,
+    args: &Args,
+) -> anyhow::Result<(Run, Vec<(&'static str, u64, u64, u64, f64)>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let mut flood = Vec::new();
+    for k in 0..args.flood_clients {
+        let q = FLOOD_QUERIES[k % FLOOD_QUERIES.len()];
+        let (mut c, stop) = (DirectoryClient::new(channel(addr).await?), stop.clone());
+        flood.push(tokio::spawn(async move {
+            let (mut n, mut cut, mut errors) = (0u64, 0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let req = v1::SearchRequest {
+                    query: q.into(),
+                    limit: 50,
+                    page_token: String::new(),
+                };
+                match c.search(req).await {
+                    Ok(r) => {
+                        n += 1;
+                        cut += u64::from(r.into_inner().truncated);
+                    }
+                    Err(_) => errors += 1,
+                }
+            }
+            (q, n, cut, errors)
+        }));
+    }
+    let locate = drive(
+        args.concurrency,
+        args.seconds,
+        locate_call(DirectoryClient::new(channel(addr).await?), files),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let secs = start.elapsed().as_secs_f64();
+    let mut per_query: Vec<(&'static str, u64, u64, u64, f64)> =
+        FLOOD_QUERIES.iter().map(|&q| (q, 0, 0, 0, 0.0)).collect();
+    for f in flood {
+        let (q, n, cut, errors) = f.await?;
+        if let Some(e) = per_query.iter_mut().find(|e| e.0 == q) {
+            e.1 += n;
+            e.2 += cut;
+            e.3 += errors;
+            e.4 = e.1 as f64 / secs;
+        }
+    }
+    Ok((locate, per_query))
+}
+
+/// Heartbeat every joined peer once per heartbeat interval, spread evenly,
+/// until `stop` (8 callers).
+fn keepalive(addr: SocketAddr, joined: Joined, stop: Arc<AtomicBool>) {
+    for w in 0..8usize {
+        let (joined, stop) = (joined.clone(), stop.clone());
+        tokio::spawn(async move {
+            let Ok(ch) = channel(addr).await else { return };
+            let mut c = DirectoryClient::new(ch);
+            while !stop.load(Ordering::Relaxed) {
+                let mine: Vec<(PeerId, String)> = joined
+                    .lock()
+                    .map(|j| j.iter().skip(w).step_by(8).cloned().collect())
+                    .unwrap_or_default();
+                let cycle = Instant::now();
+                let gap = Duration::from_secs(HEARTBEAT_SECS) / (mine.len().max(1) as u32);
+                for (i, (peer, token)) in mine.iter().enumerate() {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let mut req = tonic::Request::new(v1::HeartbeatRequest {
+                        peer_id: peer.to_string(),
+                        load: None,
+                    });
+                    if let Ok(v) = format!("Bearer {token}").parse() {
+                        req.metadata_mut().insert("authorization", v);
+                    }
+                    let _ = c.heartbeat(req).await;
+                    let due = cycle + gap * (i as u32 + 1);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                if mine.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        });
+    }
+}
+
+/// Locate while `peers` peers of `per_peer` files, which heartbeat
+/// together once, expire and are swept. Returns the Locate run, the
+/// sweeper's log lines and how long the sweep took to log.
+async fn expiry_run(
+    addr: SocketAddr,
+    data: &std::path::Path,
+    files: u64,
+    args: &Args,
+) -> anyhow::Result<(Run, Vec<String>, Duration)> {
+    let client = DirectoryClient::new(channel(addr).await?);
+    let joined: Joined = Arc::default();
+    let base = files + 1_000_000;
+    let next = Arc::new(AtomicU64::new(0));
+    let (peers, per_peer) = (args.expire_peers, args.expire_files);
+    let workers: Vec<_> = (0..args.join_concurrency)
+        .map(|_| {
+            let (mut c, next, joined) = (client.clone(), next.clone(), joined.clone());
+            tokio::spawn(async move {
+                loop {
+                    let p = next.fetch_add(1, Ordering::Relaxed);
+                    if p >= peers {
+                        return Ok::<_, tonic::Status>(());
+                    }
+                    let files = (base + p * per_peer..base + (p + 1) * per_peer)
+                        .map(|i| v1::SharedFile {
+                            file_id: file_id(i),
+                            size: i + 1,
+                            name: file_name(i),
+                        })
+                        .collect();
+                    let peer = PeerId::new_random();
+                    let r = c
+                        .join(JoinRequest {
+                            peer_id: peer.to_string(),
+                            peer_url: format!("http://10.200.{}.{}:7071", p >> 8, p & 255),
+                            files,
+                            load: None,
+                        })
+                        .await?;
+                    if let Ok(mut j) = joined.lock() {
+                        j.push((peer, r.into_inner().session_token));
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    // One last heartbeat each, all at once: they expire together.
+    let all: Vec<(PeerId, String)> = joined.lock().map(|j| j.clone()).unwrap_or_default();
+    let beats: Vec<_> = all
+        .into_iter()
+        .map(|(peer, token)| {
+            let mut c = client.clone();
+            tokio::spawn(async move {
+                let mut req = tonic::Request::new(v1::HeartbeatRequest {
+                    peer_id: peer.to_string(),
+                    load: None,
+                });
+                if let Ok(v) = format!("Bearer {token}").parse() {
+                    req.metadata_mut().insert("authorization", v);
+                }
+                c.heartbeat(req).await.is_ok()
+            })
+        })
+        .collect();
+    for b in beats {
+        b.await?;
+    }
+    let expires = Instant::now() + Duration::from_secs(LEASE_TTL_SECS);
+    let (before, _) = swept(data);
+    eprintln!("  {peers} peers x {per_peer} files joined; they expire in {LEASE_TTL_SECS} s …");
+    tokio::time::sleep_until((expires - Duration::from_secs(1)).into()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, data) = (stop.clone(), data.to_path_buf());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while swept(&data).0 < before + peers && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let done = expires.elapsed();
+            // A second more after the sweep logged its end.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            stop.store(true, Ordering::Relaxed);
+            done
+        })
+    };
+    let run = drive_until(
+        args.concurrency,
+        stop,
+        locate_call(DirectoryClient::new(channel(addr).await?), files),
+    )
+    .await;
+    let done = watcher.await?;
+    let (_, lines) = swept(data);
+    Ok((run, lines, done))
+}
+
 async fn locate_run(addr: SocketAddr, files: u64, args: &Args) -> anyhow::Result<Run> {
     let client = DirectoryClient::new(channel(addr).await?);
     Ok(drive(args.concurrency, args.seconds, move |x| {
@@ -271,17 +575,18 @@ async fn health_run(addr: SocketAddr, args: &Args) -> anyhow::Result<Run> {
     .await)
 }
 
-async fn populate(addr: SocketAddr, args: &Args) -> anyhow::Result<Duration> {
+async fn populate(addr: SocketAddr, args: &Args, joined: Joined) -> anyhow::Result<Duration> {
     let client = DirectoryClient::new(channel(addr).await?);
     let per_peer = args.files / args.peers;
     let start = Instant::now();
-    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..args.join_concurrency)
         .map(|_| {
-            let (mut c, next, peers) = (client.clone(), next.clone(), args.peers);
+            let (mut c, next, peers, joined) =
+                (client.clone(), next.clone(), args.peers, joined.clone());
             tokio::spawn(async move {
                 loop {
-                    let p = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let p = next.fetch_add(1, Ordering::Relaxed);
                     if p >= peers {
                         return Ok::<_, tonic::Status>(());
                     }
@@ -292,8 +597,9 @@ async fn populate(addr: SocketAddr, args: &Args) -> anyhow::Result<Duration> {
                             name: file_name(i),
                         })
                         .collect();
+                    let peer = PeerId::new_random();
                     let req = JoinRequest {
-                        peer_id: PeerId::new_random().to_string(),
+                        peer_id: peer.to_string(),
                         peer_url: format!(
                             "http://10.{}.{}.{}:7071",
                             p >> 16,
@@ -306,7 +612,10 @@ async fn populate(addr: SocketAddr, args: &Args) -> anyhow::Result<Duration> {
                             free_upload_slots: 4,
                         }),
                     };
-                    c.join(req).await?;
+                    let token = c.join(req).await?.into_inner().session_token;
+                    if let Ok(mut j) = joined.lock() {
+                        j.push((peer, token));
+                    }
                     if (p + 1) % 1000 == 0 {
                         eprintln!("  joined {} peers", p + 1);
                     }
@@ -399,7 +708,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         .parent()
         .context("exe dir")?
         .to_path_buf();
-    let bin = exe_dir.join("central-server");
+    let bin = args
+        .central_bin
+        .clone()
+        .unwrap_or_else(|| exe_dir.join("central-server"));
     let data = args.data_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("central-bench-{}", std::process::id()))
     });
@@ -430,7 +742,10 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "central at {addr}; populating {} files over {} peers …",
         args.files, args.peers
     );
-    let populate_time = populate(addr, &args).await?;
+    let joined: Joined = Arc::default();
+    let alive = Arc::new(AtomicBool::new(false));
+    keepalive(addr, joined.clone(), alive.clone());
+    let populate_time = populate(addr, &args, joined.clone()).await?;
     eprintln!("populated in {:.1} s", populate_time.as_secs_f64());
     let rss_populated = central.as_ref().and_then(|c| rss_mib(c.child.id()));
 
@@ -439,6 +754,21 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.concurrency, args.seconds
     );
     let locate = locate_run(addr, args.files, &args).await?;
+    eprintln!(
+        "Locate under a search flood ({} callers: {FLOOD_QUERIES:?}) …",
+        args.flood_clients
+    );
+    let (flooded, flood) = flood_run(addr, args.files, &args).await?;
+    let expiry = if args.expire_peers > 0 && central.is_some() {
+        eprintln!(
+            "Locate during the expiry of {} peers x {} files …",
+            args.expire_peers, args.expire_files
+        );
+        Some(expiry_run(addr, &data, args.files, &args).await?)
+    } else {
+        None
+    };
+    alive.store(true, Ordering::Relaxed);
 
     let mut health = spawn(
         {
@@ -475,6 +805,47 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     println!("|---|---:|---:|---:|---:|---:|---:|");
     println!("{}", row("Locate by random id (central-server)", &locate));
     println!("{}", row("Health/Check (trivial tonic server)", &baseline));
+
+    println!(
+        "\n| Locate by random id ({} in flight) | req/s | p50 ms | p99 ms | max ms | requests | errors |",
+        args.concurrency
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    println!("{}", row("(a) quiet (heartbeats only)", &locate));
+    println!(
+        "{}",
+        row(
+            &format!("(b) under a search flood ({} callers)", args.flood_clients),
+            &flooded
+        )
+    );
+    if let Some((run, _, _)) = &expiry {
+        println!(
+            "{}",
+            row(
+                &format!(
+                    "(c) during the expiry of {} peers x {} files",
+                    args.expire_peers, args.expire_files
+                ),
+                run
+            )
+        );
+    }
+    println!(
+        "\n| flood query | answers | answers/s | truncated | errors |\n|---|---:|---:|---:|---:|"
+    );
+    for (q, n, cut, errors, rate) in &flood {
+        println!("| `{q}` | {n} | {rate:.0} | {cut} | {errors} |");
+    }
+    if let Some((_, lines, done)) = &expiry {
+        println!(
+            "\nsweep logged its end {:.2} s after the leases ended:",
+            done.as_secs_f64()
+        );
+        for l in lines {
+            println!("    {}", l.trim());
+        }
+    }
     println!("\n| measure | value |");
     println!("|---|---:|");
     println!("| index | {} files, {} peers |", args.files, args.peers);

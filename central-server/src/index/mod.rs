@@ -1223,6 +1223,64 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn search_drives_from_the_rarest_word_and_stops_at_its_budget() {
+        let now = Instant::now();
+        let mut ix = Index::new();
+        // 300 names with `report`, 90 of them `alpha`, 9 `alpha beta`.
+        let files: Vec<SharedFile> = (0..300u32)
+            .map(|i| {
+                let tag = match i % 100 {
+                    0..=2 => "alpha beta alphabet",
+                    3..=29 => "alpha",
+                    _ => "gamma",
+                };
+                sf(i, 1, &format!("Report {tag} {i}.pdf"))
+            })
+            .collect();
+        ix.join(
+            PeerId::new_random(),
+            url(1),
+            [1; 32],
+            Load::default(),
+            now + TTL,
+            &files,
+        );
+        let run = |query: &str, budget: usize| {
+            ix.search_within(&q(query), None, 1000, now, 10_000, budget)
+        };
+        // Exact words, prefixes, any order: the same complete answers.
+        for (query, want) in [
+            ("report alpha", 90),
+            ("alpha REP", 90),
+            ("beta report alpha", 9),
+            ("be al", 9),
+            // `alp` is two words of the map (alpha, alphabet).
+            ("beta alp", 9),
+            ("report alp", 90),
+            ("alpha gamma", 0),
+            ("report zzz", 0),
+        ] {
+            let page = run(query, usize::MAX);
+            assert_eq!((page.hits.len(), page.truncated), (want, false), "{query}");
+        }
+        // The rarest word drives: 9 names of `beta` are all that is visited
+        // (plus a few words of the map), so a small budget is enough.
+        let page = run("report beta", 20);
+        assert_eq!((page.hits.len(), page.truncated), (9, false));
+        // A broad query past its budget answers part, and says so.
+        let page = run("report", 50);
+        assert!(page.truncated);
+        assert!(
+            !page.hits.is_empty() && page.hits.len() < 50,
+            "{}",
+            page.hits.len()
+        );
+        // The match limit cuts too.
+        let page = ix.search_within(&q("report"), None, 1000, now, 10, usize::MAX);
+        assert_eq!((page.hits.len(), page.truncated), (10, true));
+    }
+
+    #[test]
     fn expired_peers_vanish_from_answers_before_the_sweep() {
         let now = Instant::now();
         let mut ix = Index::new();

@@ -115,11 +115,26 @@ impl Index {
         let Some((driver, 1..)) = driver else {
             return SearchPage::default();
         };
-        let others: Vec<&str> = query_words
+        // The other words: a word that is exactly one word of the map is
+        // checked by a binary search in its (sorted) postings; a prefix of
+        // several, on the name's text.
+        let mut exact: Vec<&[u32]> = Vec::new();
+        let mut others: Vec<&str> = Vec::new();
+        for w in query_words
             .iter()
             .map(String::as_str)
             .filter(|w| *w != driver)
-            .collect();
+        {
+            let mut range = self.prefix(w);
+            match (range.next(), range.next()) {
+                (None, _) => return SearchPage::default(),
+                (Some((_, postings)), None) => exact.push(postings),
+                _ => others.push(w),
+            }
+        }
+        // A name is in each word's postings once: only a prefix that spans
+        // several words of the map can meet a name twice.
+        let one_word = self.prefix(driver).nth(1).is_none();
         let mut seen = HashSet::new();
         let mut matches: Vec<(u32, u32, u32)> = Vec::new(); // (holders, name, file)
         'scan: for (_, postings) in self.prefix(driver) {
@@ -130,7 +145,10 @@ impl Index {
                     truncated = true;
                     break 'scan;
                 }
-                if !seen.insert(n) {
+                if !exact.iter().all(|p| p.binary_search(&n).is_ok()) {
+                    continue;
+                }
+                if !one_word && !seen.insert(n) {
                     continue;
                 }
                 // A name dropped in the change that is being applied has
