@@ -78,11 +78,15 @@ impl fmt::Display for NoSpace {
         if self.pending > 0 {
             write!(
                 f,
-                "; {} more are promised to transfers in progress",
+                "; {} more are promised to transfers in progress (try again once they end)",
                 Bytes(self.pending)
             )?;
         }
-        write!(f, "; free some space or lower PSERVER_MIN_FREE_BYTES")
+        if self.reserve > 0 {
+            write!(f, "; free some space or lower PSERVER_MIN_FREE_BYTES")
+        } else {
+            write!(f, "; free some space")
+        }
     }
 }
 

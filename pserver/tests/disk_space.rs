@@ -755,3 +755,53 @@ async fn a_disk_that_fills_mid_upload_leaves_nothing_half_written() {
     drop(p);
     drop(mnt);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_downloads_that_fit_alone_do_not_fill_the_disk_together() {
+    let root = Arc::new(tempfile::tempdir().unwrap());
+    let mnt = match Tmpfs::mount(root.path(), 24 * MIB) {
+        Ok(m) => m,
+        Err(why) => {
+            println!(
+                "NOT RUN: two downloads filling a disk together need a small tmpfs here ({why})"
+            );
+            return;
+        }
+    };
+    let central = TestCentral::start(LONG_TTL).await;
+    // Slow, so the first is still running when the second asks.
+    let holder = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 4 * MIB).await;
+    let (a, b) = (
+        test_bytes(14 * MIB as usize, 71),
+        test_bytes(14 * MIB as usize, 72),
+    );
+    upload_ok(&holder, "a.bin", a.clone()).await;
+    upload_ok(&holder, "b.bin", b.clone()).await;
+    let (a_id, b_id) = (blake3_hex(&a), blake3_hex(&b));
+    let d = TestPeer::start_in(root.clone(), &central.url, &[], |c| c.min_free_bytes = 0).await;
+    wait_holders_exactly(&d, "a", &a_id, 1).await;
+    wait_holders_exactly(&d, "b", &b_id, 1).await;
+
+    let job_a = start_job(&d, &a_id).await;
+    wait_for("the first download to write", T, || async {
+        let j = job_of(&d, &job_a.job_id).await;
+        assert!(!j.state.is_final(), "{j:#?}");
+        (j.bytes_done > 0).then_some(())
+    })
+    .await;
+    // Each fits on the empty disk alone; not both.
+    let end = finish(&d, &start_job(&d, &b_id).await.job_id, T).await;
+    println!("second: {:?}", end.error);
+    assert_eq!(end.state, JobState::Failed, "{end:#?}");
+    let why = end.error.clone().unwrap_or_default();
+    assert!(
+        why.contains("not enough free space") && why.contains("promised to transfers in progress"),
+        "{why}"
+    );
+    assert!(partial_files(&d, &b_id).is_empty());
+    let end = finish(&d, &job_a.job_id, T).await;
+    assert_eq!(end.state, JobState::Done, "{end:#?}");
+    assert_eq!(std::fs::read(d.path_in_share("a.bin")).unwrap(), a);
+    drop(d);
+    drop(mnt);
+}
