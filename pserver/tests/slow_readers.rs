@@ -218,3 +218,80 @@ async fn connections_beyond_the_per_address_cap_get_429_and_are_closed() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_rate_cap_never_makes_a_reader_look_slow_but_a_slow_reader_is_cut() {
+    // The cap must fill a slow reader's socket buffers (megabytes on
+    // loopback) quickly, so that it, not the kernel, holds the transfer up.
+    const LEN: usize = 96 << 20;
+    let central = TestCentral::start(Duration::from_secs(10)).await;
+    // The cap (4 MiB/s) is below the minimum (8 MiB/s): every honest
+    // response is slower than the minimum only because of us.
+    let holder = TestPeer::start(&central.url, &[], |c| {
+        c.max_upload_bps = 4 << 20;
+        c.upload_min_bps = 8 << 20;
+        // Only the minimum rate may cut anyone here.
+        c.upload_idle = Duration::from_secs(600);
+    })
+    .await;
+    let bytes = test_bytes(LEN, 17);
+    let info = upload_ok(&holder, "capped.bin", bytes.clone()).await;
+    let path = format!("/peer/v1/files/{}", info.file_id);
+
+    // A reader that takes 16 KiB a second: it makes progress (never idle
+    // for PSERVER_UPLOAD_IDLE_SECS), but far below the minimum.
+    let slow = start_get(&holder.peer_url, &path);
+    let stop = Arc::new(AtomicBool::new(false));
+    let slow_reader = std::thread::spawn({
+        let (stop, mut slow) = (stop.clone(), slow.try_clone().unwrap());
+        move || {
+            let mut buf = vec![0u8; 16 << 10];
+            let mut total = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match slow.read(&mut buf) {
+                    Ok(0) | Err(_) => return total,
+                    Ok(n) => total += n,
+                }
+                // The behaviour under test: a reader this slow.
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            total + drain_until_closed(&mut slow)
+        }
+    });
+
+    // An honest reader takes the whole file at the capped rate, for longer
+    // than the 20 s window over which the minimum is judged.
+    let t0 = Instant::now();
+    let got = reqwest::get(format!("{}{path}", holder.peer_url))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .expect("the capped response is never cut");
+    let took = t0.elapsed();
+    assert_eq!(got.len(), LEN);
+    assert_eq!(blake3_hex(&got), info.file_id);
+    assert!(took > Duration::from_secs(20), "took only {took:?}");
+
+    // The slow reader was cut: its slot is free and the server shut its
+    // socket while it was still trickling; what it had not read yet was all
+    // it got (the kernel buffers, far from the whole file).
+    wait_for(
+        "the slow reader to lose its slot",
+        Duration::from_secs(60),
+        || async { (holder.status().await.active_uploads == 0).then_some(()) },
+    )
+    .await;
+    wait_for(
+        "the server to shut the slow reader's socket",
+        Duration::from_secs(10),
+        || async { (server_end_state(&slow) != Some(0x01)).then_some(()) },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let n = tokio::task::spawn_blocking(move || slow_reader.join().unwrap())
+        .await
+        .unwrap();
+    assert!(n < LEN / 2, "the slow reader got {n} bytes");
+    eprintln!("honest capped transfer took {took:?}; slow reader cut after {n} bytes");
+}
