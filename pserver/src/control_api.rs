@@ -84,7 +84,14 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/files", web::get().to(list_files))
             .route("/files/{name}", web::put().to(upload))
             .route("/files/{id}", web::delete().to(remove_file))
-            .route("/files/{id}/content", web::get().to(file_content))
+            .route(
+                "/files/{id}/content",
+                web::route()
+                    .guard(
+                        actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()),
+                    )
+                    .to(file_content),
+            )
             .route("/status", web::get().to(status))
             .route("/search", web::get().to(search))
             .route("/downloads", web::post().to(start_download))
@@ -305,7 +312,8 @@ async fn remove_file(
     }))
 }
 
-/// Stream a stored file's bytes.
+/// Stream a stored file's bytes (HEAD: the same headers, no body). A strong
+/// ETag from the content id: `If-None-Match` gets 304, `If-Match` 412.
 #[utoipa::path(get, path = "/api/v1/files/{id}/content", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ApiError)))]
 async fn file_content(
     store: web::Data<Store>,
@@ -327,6 +335,19 @@ async fn file_content(
             .finish());
     }
     let name = entry.name.as_str().replace('"', "_");
+    let mut resp = HttpResponse::Ok();
+    resp.content_type("application/octet-stream")
+        .insert_header((
+            header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        ))
+        .insert_header((header::ETAG, format!("\"{id}\"")))
+        .insert_header((header::CACHE_CONTROL, conditional::PRIVATE))
+        .no_chunking(size);
+    if req.method() == actix_web::http::Method::HEAD {
+        // The same headers as GET, and no file read.
+        return Ok(resp.streaming(futures_util::stream::empty::<std::io::Result<bytes::Bytes>>()));
+    }
     let stream = verified_range(
         file,
         entry.manifest,
@@ -336,16 +357,7 @@ async fn file_content(
         withdraw.get_ref().clone(),
     )
     .await?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .insert_header((
-            header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"{name}\""),
-        ))
-        .insert_header((header::ETAG, format!("\"{id}\"")))
-        .insert_header((header::CACHE_CONTROL, conditional::PRIVATE))
-        .no_chunking(size)
-        .streaming(stream))
+    Ok(resp.streaming(stream))
 }
 
 /// Peer id, URLs, central and neighbour health, lease age and counts.

@@ -40,7 +40,14 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                     )
                     .to(serve_file),
             )
-            .route("/files/{id}/manifest", web::get().to(manifest))
+            .route(
+                "/files/{id}/manifest",
+                web::route()
+                    .guard(
+                        actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()),
+                    )
+                    .to(manifest),
+            )
             .route("/locate", web::get().to(locate))
             .route("/search", web::get().to(search))
             .route("/health", web::get().to(health)),

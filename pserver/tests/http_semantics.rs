@@ -38,6 +38,22 @@ async fn get(
     (status, headers, resp.bytes().await.unwrap().to_vec())
 }
 
+/// A HEAD of `url` answers 200 with the headers a GET got (`get`), and no body.
+async fn same_head_as_get(http: &reqwest::Client, url: &str, get: &HeaderMap) {
+    let head = http.head(url).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK, "HEAD {url}");
+    for name in [
+        &ETAG,
+        &CACHE_CONTROL,
+        &ACCEPT_RANGES,
+        &CONTENT_TYPE,
+        &CONTENT_LENGTH,
+    ] {
+        assert_eq!(h(head.headers(), name), h(get, name), "HEAD {url}: {name}");
+    }
+    assert!(head.bytes().await.unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conditional_requests_and_cache_headers() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
@@ -58,18 +74,8 @@ async fn conditional_requests_and_cache_headers() {
     assert_eq!(h(&hd, &ACCEPT_RANGES), "bytes");
 
     // HEAD carries the same headers, no body.
-    let head = http.head(&file).send().await.unwrap();
-    assert_eq!(head.status(), StatusCode::OK);
-    for name in [
-        &ETAG,
-        &CACHE_CONTROL,
-        &ACCEPT_RANGES,
-        &CONTENT_TYPE,
-        &CONTENT_LENGTH,
-    ] {
-        assert_eq!(h(head.headers(), name), h(&hd, name), "{name}");
-    }
-    assert_eq!(h(head.headers(), &CONTENT_LENGTH), bytes.len().to_string());
+    same_head_as_get(&http, &file, &hd).await;
+    assert_eq!(h(&hd, &CONTENT_LENGTH), bytes.len().to_string());
 
     // If-None-Match that matches: 304 with validator and policy, no body.
     for inm in [etag.as_str(), "\"x\", W/\"other\", \"{id}\"", "*"] {
@@ -130,6 +136,8 @@ async fn conditional_requests_and_cache_headers() {
     let (s, hd, body) = get(&http, &manifest, &[(IF_NONE_MATCH, &mtag)]).await;
     assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
     assert_eq!(h(&hd, &ETAG), mtag);
+    let (_, hd, _) = get(&http, &manifest, &[]).await;
+    same_head_as_get(&http, &manifest, &hd).await;
     let (s, _, _) = get(&http, &manifest, &[(IF_MATCH, "\"nope\"")]).await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED);
 
@@ -139,6 +147,7 @@ async fn conditional_requests_and_cache_headers() {
     assert_eq!((s, body.len()), (StatusCode::OK, bytes.len()));
     assert_eq!(h(&hd, &ETAG), etag);
     assert_eq!(h(&hd, &CACHE_CONTROL), PRIVATE);
+    same_head_as_get(&http, &content, &hd).await;
     let (s, hd, body) = get(&http, &content, &[(IF_NONE_MATCH, &etag)]).await;
     assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0));
     assert_eq!(h(&hd, &CACHE_CONTROL), PRIVATE);
