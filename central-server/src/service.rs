@@ -191,18 +191,27 @@ impl DirectoryService {
 
     /// Remove every peer whose lease has ended (memory and disk), in
     /// transactions of at most [`SWEEP_TX_HOLDINGS`] holdings (the store
-    /// mutex is released between them) and index steps of [`STEP`].
+    /// mutex is released between them, with a rest as long as the batch
+    /// took) and index steps of [`STEP`].
     pub(crate) async fn sweep(&self, now: Instant) -> Result<usize> {
         let expired = self.index().expired(now);
         let mut removed = 0;
         let mut batch: Vec<PeerId> = Vec::new();
         let mut held = 0;
+        let mut last: Option<Duration> = None;
         for (i, (peer, holdings)) in expired.iter().enumerate() {
             batch.push(*peer);
             held += holdings;
             if held >= SWEEP_TX_HOLDINGS || i + 1 == expired.len() {
                 let peers = std::mem::take(&mut batch);
                 held = 0;
+                // Paced: after a batch, rest as long as it took, so that a
+                // mass expiry takes at most half a core from the readers
+                // (expired peers are already gone from every answer).
+                if let Some(took) = last.take() {
+                    tokio::time::sleep(took).await;
+                }
+                let started = std::time::Instant::now();
                 removed += self
                     .write(move |gate, store| {
                         // Only those still expired: one may have joined again.
@@ -223,6 +232,7 @@ impl DirectoryService {
                         Ok(peers.len())
                     })
                     .await?;
+                last = Some(started.elapsed().min(Duration::from_secs(1)));
             }
         }
         Ok(removed)
@@ -424,15 +434,16 @@ struct Steps<'a> {
 
 impl<'a> Steps<'a> {
     fn new(gate: &'a IndexGate<'a>) -> Self {
-        Self {
-            guard: gate.lock(),
-            used: 0,
-        }
+        let mut guard = gate.lock();
+        guard.defer_postings(true);
+        Self { guard, used: 0 }
     }
 
-    /// Room left in this step; hands the lock over first when none is.
+    /// Room left in this step; ends the step (the token map made whole,
+    /// the lock handed over) first when none is.
     fn room(&mut self) -> usize {
         if self.used >= STEP {
+            self.guard.flush_postings();
             RwLockWriteGuard::bump(&mut self.guard);
             self.used = 0;
         }
@@ -479,6 +490,12 @@ impl<'a> Steps<'a> {
             self.used += now.len();
             refs = later;
         }
+    }
+}
+
+impl Drop for Steps<'_> {
+    fn drop(&mut self) {
+        self.guard.defer_postings(false);
     }
 }
 

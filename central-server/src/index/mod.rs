@@ -189,6 +189,8 @@ pub struct Index {
     /// ([`Index::flush_postings`]), instead of one shift of a long
     /// posting list per name.
     unposted: Vec<(u32, Box<str>)>,
+    /// See [`Index::defer_postings`].
+    defer_flush: bool,
 }
 
 impl Default for Index {
@@ -231,6 +233,7 @@ impl Index {
             holdings: 0,
             per_addr: HashMap::new(),
             unposted: Vec::new(),
+            defer_flush: false,
         }
     }
 
@@ -424,7 +427,7 @@ impl Index {
         for (f, n) in victims {
             self.unlink(p, f, n);
         }
-        self.flush_postings();
+        self.flush_unless_deferred();
         self.peers.get(p).holdings.len()
     }
 
@@ -436,7 +439,7 @@ impl Index {
             return false;
         };
         self.add_files(p, files);
-        self.flush_postings();
+        self.flush_unless_deferred();
         true
     }
 
@@ -466,7 +469,7 @@ impl Index {
                 self.remove_ref(p, f, n);
             }
         }
-        self.flush_postings();
+        self.flush_unless_deferred();
         true
     }
 
@@ -739,9 +742,26 @@ impl Index {
         }
     }
 
+    /// While `on`, changes leave the postings of dropped names for one
+    /// [`Index::flush_postings`] (a change in steps flushes once per step:
+    /// each flush passes over the long posting lists once). Nothing may
+    /// read the index before that flush.
+    pub fn defer_postings(&mut self, on: bool) {
+        self.defer_flush = on;
+        if !on {
+            self.flush_postings();
+        }
+    }
+
+    fn flush_unless_deferred(&mut self) {
+        if !self.defer_flush {
+            self.flush_postings();
+        }
+    }
+
     /// Remove the dropped names from the token map: one pass over each
     /// word's postings, however many of its names went.
-    fn flush_postings(&mut self) {
+    pub fn flush_postings(&mut self) {
         if self.unposted.is_empty() {
             return;
         }
