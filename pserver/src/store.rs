@@ -349,7 +349,7 @@ impl Store {
                 Ok(Added::AlreadyShared)
             } else {
                 Err(Error::NameConflict(format!(
-                    "a different file named {name:?} is already shared (id {}); rename yours or remove that one first",
+                    "a different file named \"{name}\" is already shared (id {}); rename yours or remove that one first",
                     existing.id
                 )))
             };
@@ -369,7 +369,7 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let _ = fs::remove_file(temp);
                 return Err(Error::NameConflict(format!(
-                    "a file named {name:?} appeared in the share folder meanwhile; rename yours"
+                    "a file named \"{name}\" appeared in the share folder meanwhile; rename yours"
                 )));
             }
             Err(_) => {
@@ -387,7 +387,7 @@ impl Store {
                 if dest.exists() {
                     let _ = fs::remove_file(&side);
                     return Err(Error::NameConflict(format!(
-                        "a file named {name:?} already exists"
+                        "a file named \"{name}\" already exists"
                     )));
                 }
                 fs::rename(&side, &dest)?;

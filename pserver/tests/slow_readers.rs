@@ -71,13 +71,17 @@ async fn slow_readers_lose_their_slots_and_an_honest_download_completes() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
     let holder = TestPeer::start(&central.url, &[], |c| {
         c.max_uploads = 4;
-        c.upload_idle = Duration::from_secs(3);
+        // Longer than the engine's relocate rounds (0.5 + 1 + 2 s), so the
+        // honest download below really has to wait out busy answers.
+        c.upload_idle = Duration::from_secs(6);
     })
     .await;
     holder.wait_joined().await;
     let bytes = test_bytes(SIZE, 16);
     let info = upload_ok(&holder, "big.bin", bytes.clone()).await;
     let path = format!("/peer/v1/files/{}", info.file_id);
+    let downloader = TestPeer::start(&central.url, &[], |_| {}).await;
+    downloader.wait_joined().await;
 
     // Three readers that take nothing and one that takes 1 KB a second
     // hold every slot.
@@ -88,6 +92,10 @@ async fn slow_readers_lose_their_slots_and_an_honest_download_completes() {
         .await
         .unwrap();
     assert_eq!(turned_away.status(), 503, "every slot should be taken");
+    // An honest peer starts downloading the whole file through the real
+    // engine while every slot is held: it is told 503 and must wait for a
+    // slot, not fail.
+    let job = start_job(&downloader, &info.file_id).await;
     let stop = Arc::new(AtomicBool::new(false));
     let trickler = std::thread::spawn({
         let stop = stop.clone();
@@ -129,10 +137,7 @@ async fn slow_readers_lose_their_slots_and_an_honest_download_completes() {
         .await;
     }
 
-    // An honest peer downloads the whole file through the real engine.
-    let downloader = TestPeer::start(&central.url, &[], |_| {}).await;
-    downloader.wait_joined().await;
-    let job = start_job(&downloader, &info.file_id).await;
+    // The honest download, started while every slot was held, completes.
     let done = finish(&downloader, &job.job_id, Duration::from_secs(120)).await;
     assert_eq!(done.state, JobState::Done, "{done:?}");
     let got = std::fs::read(downloader.path_in_share("big.bin")).unwrap();
@@ -149,7 +154,7 @@ async fn slow_readers_lose_their_slots_and_an_honest_download_completes() {
         .await
         .unwrap();
     assert!(n < SIZE / 2, "the trickling reader got {n} bytes");
-    eprintln!("slots freed after {freed_after:?} (idle limit 3 s)");
+    eprintln!("slots freed after {freed_after:?} (idle limit 6 s)");
 }
 
 /// One request on a held connection; the status line and headers.

@@ -76,7 +76,7 @@ pub(crate) enum Outcome {
     Failed(Failed),
     /// The holder no longer has the file: drop it. Says what it answered.
     Gone(String),
-    /// 503: come back after this long.
+    /// 503 (no upload slot) or 429 (rate limited): come back after this long.
     Busy(Duration),
     /// Writing the chunk in place failed: our disk, not the holder.
     LocalIo(io::Error),
@@ -114,7 +114,9 @@ impl ChunkRequest {
                 }
             }
             200 if start == 0 && len == size => {}
-            503 => return Outcome::Busy(reply.retry_after.unwrap_or(Duration::from_secs(1))),
+            503 | 429 => {
+                return Outcome::Busy(reply.retry_after.unwrap_or(Duration::from_secs(1)));
+            }
             s @ (404 | 410) => {
                 return Outcome::Gone(match why_gone(reply.body, stall).await {
                     Some(m) => format!("answered HTTP {s}: {m}"),

@@ -37,6 +37,9 @@ use crate::space::NoSpace;
 /// than kept in memory.
 const KEEP_MAX: u64 = 8 << 20;
 
+/// How long busy holders (503/429) are asked again before the job fails.
+const BUSY_PATIENCE: Duration = Duration::from_secs(60);
+
 /// A manifest checked against the id and confirmed by its last chunk.
 pub(crate) struct Confirmed {
     pub manifest: Arc<Manifest>,
@@ -73,73 +76,49 @@ pub(crate) async fn confirm(
     // The smallest size claimed that did not fit (a liar may inflate its
     // size; an honest holder after it still gets asked).
     let mut too_big: Option<NoSpace> = None;
-    for src in holders {
-        let manifest = match get(http, src, id, stall).await {
-            Ok(m) => Arc::new(m),
-            Err(Fault::Strike(why)) => {
-                tracing::warn!(peer = %src.peer_id, url = %src.url, %why, file = %id, "holder sent a manifest that fails verification");
-                notes.push(format!("peer {}: {why}", src.peer_id));
-                strikes.push((src.peer_id.clone(), why));
-                continue;
+    // Holders that answered 503/429 (every upload slot taken, or a rate
+    // limit) are asked again after their Retry-After, for a while: a busy
+    // network is no reason to fail a download.
+    let give_up = tokio::time::Instant::now() + BUSY_PATIENCE;
+    let mut ask: Vec<&Source> = holders.iter().collect();
+    loop {
+        let mut busy: Vec<&Source> = Vec::new();
+        let mut pause = Duration::MAX;
+        for src in ask {
+            match confirm_one(
+                http,
+                fetch,
+                id,
+                src,
+                stall,
+                strikes,
+                fits,
+                &mut notes,
+                &mut too_big,
+            )
+            .await
+            {
+                Ok(Some(c)) => return Ok(c),
+                Ok(None) => {}
+                Err(wait) => {
+                    busy.push(src);
+                    pause = pause.min(wait);
+                }
             }
-            Err(Fault::Unusable(why)) => {
-                notes.push(format!("peer {}: {why}", src.peer_id));
-                continue;
-            }
-        };
-        if let Err(e) = fits(&manifest) {
-            tracing::warn!(peer = %src.peer_id, file = %id, size = manifest.size(), error = %e, "refusing a download that does not fit on disk");
-            if too_big.as_ref().is_none_or(|t| e.need < t.need) {
-                too_big = Some(e);
-            }
-            continue;
         }
-        if manifest.chunks() == 0 {
-            return Ok(Confirmed {
-                manifest,
-                from: src.clone(),
-                last: None,
-            });
-        }
-        let last = manifest.chunks() - 1;
-        let outcome = ChunkRequest {
-            fetch: fetch.clone(),
-            src: Arc::new(src.clone()),
-            manifest: manifest.clone(),
-            idx: last,
-            stall,
-            recv: Arc::new(AtomicU64::new(0)),
-            got: Arc::new(AtomicU64::new(0)),
-            sink: None,
-        }
-        .run()
-        .await;
-        match outcome {
-            Outcome::Verified(bytes) => {
-                let keep = manifest.chunk_range(last).1 <= KEEP_MAX;
-                return Ok(Confirmed {
-                    manifest,
-                    from: src.clone(),
-                    last: bytes.filter(|_| keep).map(|b| (last, b)),
-                });
+        let now = tokio::time::Instant::now();
+        if busy.is_empty() || now + pause > give_up {
+            for src in &busy {
+                notes.push(format!(
+                    "peer {}: busy (503/429) for {BUSY_PATIENCE:?}",
+                    src.peer_id
+                ));
             }
-            Outcome::Bad(bad) => {
-                let why = match bad {
-                    Bad::Hash(_) => format!(
-                        "its last chunk does not match its manifest (size {} claimed)",
-                        manifest.size()
-                    ),
-                    other => other.to_string(),
-                };
-                tracing::warn!(peer = %src.peer_id, url = %src.url, %why, file = %id, "manifest not confirmed");
-                notes.push(format!("peer {}: {why}", src.peer_id));
-                strikes.push((src.peer_id.clone(), why));
-            }
-            Outcome::Failed(f) => notes.push(format!("peer {}: {f}", src.peer_id)),
-            Outcome::Gone(why) => notes.push(format!("peer {}: {why}", src.peer_id)),
-            Outcome::Busy(_) => notes.push(format!("peer {}: busy (503)", src.peer_id)),
-            Outcome::LocalIo(e) => notes.push(format!("local i/o error: {e}")),
+            break;
         }
+        tracing::debug!(busy = busy.len(), ?pause, file = %id, "every holder left is busy; asking again");
+        tokio::time::sleep(pause).await;
+        ask = busy;
     }
     if let Some(e) = too_big {
         return Err(Unconfirmed::NoSpace(e));
@@ -151,11 +130,97 @@ pub(crate) async fn confirm(
     }))
 }
 
+/// Ask one holder: `Ok(Some)` confirmed, `Ok(None)` not usable (noted, or a
+/// strike), `Err(pause)` busy: ask again after `pause`.
+#[allow(clippy::too_many_arguments)]
+async fn confirm_one(
+    http: &reqwest::Client,
+    fetch: &Fetcher,
+    id: FileId,
+    src: &Source,
+    stall: Duration,
+    strikes: &mut Strikes,
+    fits: &(dyn Fn(&Manifest) -> Result<(), NoSpace> + Sync),
+    notes: &mut Vec<String>,
+    too_big: &mut Option<NoSpace>,
+) -> Result<Option<Confirmed>, Duration> {
+    let manifest = match get(http, src, id, stall).await {
+        Ok(m) => Arc::new(m),
+        Err(Fault::Strike(why)) => {
+            tracing::warn!(peer = %src.peer_id, url = %src.url, %why, file = %id, "holder sent a manifest that fails verification");
+            notes.push(format!("peer {}: {why}", src.peer_id));
+            strikes.push((src.peer_id.clone(), why));
+            return Ok(None);
+        }
+        Err(Fault::Unusable(why)) => {
+            notes.push(format!("peer {}: {why}", src.peer_id));
+            return Ok(None);
+        }
+        Err(Fault::Busy(pause)) => return Err(pause),
+    };
+    if let Err(e) = fits(&manifest) {
+        tracing::warn!(peer = %src.peer_id, file = %id, size = manifest.size(), error = %e, "refusing a download that does not fit on disk");
+        if too_big.as_ref().is_none_or(|t| e.need < t.need) {
+            *too_big = Some(e);
+        }
+        return Ok(None);
+    }
+    if manifest.chunks() == 0 {
+        return Ok(Some(Confirmed {
+            manifest,
+            from: src.clone(),
+            last: None,
+        }));
+    }
+    let last = manifest.chunks() - 1;
+    let outcome = ChunkRequest {
+        fetch: fetch.clone(),
+        src: Arc::new(src.clone()),
+        manifest: manifest.clone(),
+        idx: last,
+        stall,
+        recv: Arc::new(AtomicU64::new(0)),
+        got: Arc::new(AtomicU64::new(0)),
+        sink: None,
+    }
+    .run()
+    .await;
+    match outcome {
+        Outcome::Verified(bytes) => {
+            let keep = manifest.chunk_range(last).1 <= KEEP_MAX;
+            return Ok(Some(Confirmed {
+                manifest,
+                from: src.clone(),
+                last: bytes.filter(|_| keep).map(|b| (last, b)),
+            }));
+        }
+        Outcome::Bad(bad) => {
+            let why = match bad {
+                Bad::Hash(_) => format!(
+                    "its last chunk does not match its manifest (size {} claimed)",
+                    manifest.size()
+                ),
+                other => other.to_string(),
+            };
+            tracing::warn!(peer = %src.peer_id, url = %src.url, %why, file = %id, "manifest not confirmed");
+            notes.push(format!("peer {}: {why}", src.peer_id));
+            strikes.push((src.peer_id.clone(), why));
+        }
+        Outcome::Failed(f) => notes.push(format!("peer {}: {f}", src.peer_id)),
+        Outcome::Gone(why) => notes.push(format!("peer {}: {why}", src.peer_id)),
+        Outcome::Busy(pause) => return Err(pause),
+        Outcome::LocalIo(e) => notes.push(format!("local i/o error: {e}")),
+    }
+    Ok(None)
+}
+
 enum Fault {
     /// The holder broke the protocol or lied: a strike.
     Strike(String),
     /// Could not get an answer: no blame.
     Unusable(String),
+    /// 503 (no upload slot free) or 429 (rate limited): ask again later.
+    Busy(Duration),
 }
 
 async fn get(
@@ -171,6 +236,16 @@ async fn get(
         .map_err(|e| Fault::Unusable(format!("cannot connect: {}", root_cause(&e))))?;
     match resp.status().as_u16() {
         200 => {}
+        503 | 429 => {
+            let pause = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 60);
+            return Err(Fault::Busy(Duration::from_secs(pause)));
+        }
         s => return Err(Fault::Unusable(format!("manifest answered HTTP {s}"))),
     }
     // Bounded: never more than the largest manifest, whatever the holder sends.

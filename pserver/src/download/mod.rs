@@ -259,7 +259,7 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
         if live.len() > 1 {
             return Err(Error::Ambiguous {
                 message: format!(
-                    "{} different files are named {name:?}; ask for one by id",
+                    "{} different files are named \"{name}\"; ask for one by id",
                     live.len()
                 ),
                 candidates: live
@@ -278,7 +278,7 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
         return Err(Error::NotFound(match &target {
             LocateTarget::Id(id) => format!("no live peer shares file {id}"),
             LocateTarget::Name(n) => {
-                format!("no live peer shares a file named {n:?}; try `search`")
+                format!("no live peer shares a file named \"{n}\"; try `search`")
             }
         }));
     };
