@@ -6,10 +6,12 @@
 //! kept partials stay under `PSERVER_MAX_PARTIAL_BYTES`, oldest dropped
 //! first.
 //!
-//! A small disk is a real tmpfs where the test may mount one (root on
-//! Linux, as in CI); elsewhere the tests that need one run their reserve
-//! variant instead (the reserve set to the free space less a margin) and
-//! say so in their output (`PEERDEX_TEST_NO_TMPFS=1` forces that).
+//! A small disk is a real tmpfs (the tests mount one: root on Linux, as in
+//! CI). Where none can be mounted, the tests that only need a full disk run
+//! a reserve variant instead (the reserve set to the free space less a
+//! margin) and say so; the tests that need a disk filling midway fail and
+//! say why, unless `PEERDEX_TEST_NO_TMPFS=1` leaves them out on purpose
+//! (which also forces the reserve variants).
 
 mod common;
 
@@ -71,6 +73,24 @@ impl Drop for Tmpfs {
             .arg("-l")
             .arg(&self.0)
             .status();
+    }
+}
+
+/// A tmpfs for a test that cannot run without one. Where none can be
+/// mounted the test fails and says why, unless `PEERDEX_TEST_NO_TMPFS` is
+/// set: then it says it did not run (an explicit choice, never a silent
+/// skip).
+fn tmpfs_or_opt_out(dir: &Path, bytes: u64, what: &str) -> Option<Tmpfs> {
+    match Tmpfs::mount(dir, bytes) {
+        Ok(m) => Some(m),
+        Err(why) if std::env::var_os("PEERDEX_TEST_NO_TMPFS").is_some() => {
+            println!("NOT RUN: {what} needs a small tmpfs here ({why})");
+            None
+        }
+        Err(why) => panic!(
+            "{what} needs a small tmpfs ({why}): run the tests as root on Linux, \
+             or set PEERDEX_TEST_NO_TMPFS=1 to leave this test out on purpose"
+        ),
     }
 }
 
@@ -406,12 +426,8 @@ async fn a_download_that_does_not_fit_is_refused_up_front_and_the_peer_keeps_ser
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_fills_mid_download_fails_the_job_cleanly_and_the_peer_keeps_serving() {
     let root = Arc::new(tempfile::tempdir().unwrap());
-    let mnt = match Tmpfs::mount(root.path(), 32 * MIB) {
-        Ok(m) => m,
-        Err(why) => {
-            println!("NOT RUN: a disk filling mid-download needs a small tmpfs here ({why})");
-            return;
-        }
+    let Some(mnt) = tmpfs_or_opt_out(root.path(), 32 * MIB, "a disk filling mid-download") else {
+        return;
     };
     let central = TestCentral::start(LONG_TTL).await;
     // Slow enough that the disk fills long before the end.
@@ -701,12 +717,8 @@ async fn an_upload_that_would_cut_into_the_reserve_is_refused_and_leaves_nothing
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_disk_that_fills_mid_upload_leaves_nothing_half_written() {
     let root = Arc::new(tempfile::tempdir().unwrap());
-    let mnt = match Tmpfs::mount(root.path(), 16 * MIB) {
-        Ok(m) => m,
-        Err(why) => {
-            println!("NOT RUN: a disk filling mid-upload needs a small tmpfs here ({why})");
-            return;
-        }
+    let Some(mnt) = tmpfs_or_opt_out(root.path(), 16 * MIB, "a disk filling mid-upload") else {
+        return;
     };
     let central = TestCentral::start(LONG_TTL).await;
     let p = TestPeer::start_in(root.clone(), &central.url, &[], |c| c.min_free_bytes = 0).await;
@@ -759,14 +771,12 @@ async fn a_disk_that_fills_mid_upload_leaves_nothing_half_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_downloads_that_fit_alone_do_not_fill_the_disk_together() {
     let root = Arc::new(tempfile::tempdir().unwrap());
-    let mnt = match Tmpfs::mount(root.path(), 24 * MIB) {
-        Ok(m) => m,
-        Err(why) => {
-            println!(
-                "NOT RUN: two downloads filling a disk together need a small tmpfs here ({why})"
-            );
-            return;
-        }
+    let Some(mnt) = tmpfs_or_opt_out(
+        root.path(),
+        24 * MIB,
+        "two downloads filling a disk together",
+    ) else {
+        return;
     };
     let central = TestCentral::start(LONG_TTL).await;
     // Slow, so the first is still running when the second asks.
