@@ -35,6 +35,16 @@
 //!   name length (INVALID_ARGUMENT), entries per Join/Publish/Unpublish and
 //!   per peer (RESOURCE_EXHAUSTED), results per search page and holders per
 //!   located file (silently clamped to the maximum).
+//! * **Under abuse** (issue 16): rate limits per source address (Join,
+//!   Search) and per peer (Publish/Unpublish, and Search when the call
+//!   names its peer), token buckets with a burst of 10 seconds' worth
+//!   (`limiter`; RESOURCE_EXHAUSTED naming the setting, `retry-after`
+//!   metadata); quotas on live peers per source address and holdings in
+//!   total. A search costs at most `CENTRAL_SEARCH_BUDGET` units of work
+//!   and runs off the async workers; the index is behind a fair read-write
+//!   lock, heartbeats take its read side, and bulk changes apply in steps
+//!   that hand the lock over (see `service`). Measured in
+//!   `bench/README.md` (issue 16).
 //!
 //! # Answers worth knowing
 //!
@@ -46,8 +56,10 @@
 //! * Search is case-insensitive; every query word must be a prefix of a word
 //!   of the name. Hits are `(name, file id)` pairs ranked by live holders of
 //!   the content, then name. A limit above [`Limits::max_page`] is clamped.
-//!   At most [`Limits::max_search_matches`] matches are ranked, so a
-//!   one-letter query answers quickly but partially.
+//!   The rarest word drives the search; at most
+//!   [`Limits::max_search_matches`] matches are ranked and at most
+//!   [`Limits::search_budget`] units of work are spent, so a one-letter
+//!   query answers quickly but partially, with `truncated = true`.
 //! * Heartbeat of an unknown or expired peer is OK with `rejoin = true`;
 //!   Publish/Unpublish of one is FAILED_PRECONDITION ("join again").
 //! * Join and Publish apply what they can: an entry with a malformed id or
@@ -72,6 +84,7 @@
 //!   tables, compact lists and words, page cursor, the bulk load used at
 //!   restart).
 //! * `store` — SQLite.
+//! * `limiter` — token buckets for the rate limits.
 //! * `error` — [`Error`], mapped to a gRPC status at the edge.
 //! * `oversize` — maps tonic's oversized-message error to RESOURCE_EXHAUSTED.
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].

@@ -812,7 +812,12 @@ impl Directory for DirectoryService {
         let token = bearer(req.metadata()).ok();
         let named = match req.metadata().get(PEER_ID_META) {
             None => None,
-            Some(v) => Some(parse_peer(v.to_str().unwrap_or_default())?),
+            Some(v) => Some(
+                v.to_str()
+                    .unwrap_or_default()
+                    .parse::<PeerId>()
+                    .map_err(|e| Error::InvalidArgument(format!("{PEER_ID_META} metadata: {e}")))?,
+            ),
         };
         let r = req.into_inner();
         if let Some(peer) = named {
