@@ -107,8 +107,9 @@ impl Config {
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.lease_ttl {
             return bad(format!(
-                "heartbeat_interval (CENTRAL_HEARTBEAT_SECS) is {:?}; it must be positive and shorter than lease_ttl (CENTRAL_LEASE_TTL_SECS) {:?}",
-                self.heartbeat_interval, self.lease_ttl
+                "heartbeat_interval (CENTRAL_HEARTBEAT_SECS) is {} s; it must be positive and shorter than lease_ttl (CENTRAL_LEASE_TTL_SECS) {} s",
+                self.heartbeat_interval.as_secs_f64(),
+                self.lease_ttl.as_secs_f64()
             ));
         }
         let l = &self.limits;
