@@ -846,13 +846,18 @@ impl Directory for DirectoryService {
                 r.query.len()
             )));
         }
+        if r.query.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "query is empty: give one or more words",
+            ));
+        }
         let mut query: Vec<String> = words(&r.query).collect();
         query.sort_unstable();
         query.dedup();
         if query.is_empty() {
-            return Err(Status::invalid_argument(
-                "query: no words (letters or digits) to search for",
-            ));
+            // Names are found by their words; a query of none (only
+            // punctuation, say) matches no name.
+            return Ok(Response::new(v1::SearchResponse::default()));
         }
         if query.len() > MAX_QUERY_WORDS {
             return Err(Status::invalid_argument(format!(

@@ -142,8 +142,10 @@ pub struct LocateQuery {
 }
 
 /// `POST /api/v1/downloads`: exactly one of `file_id` and `name` (the
-/// OpenAPI schema says so with a `oneOf`, written by hand below).
+/// OpenAPI schema says so with a `oneOf`, written by hand below). Unknown
+/// fields are refused, not ignored: a misspelt field is a mistake to report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DownloadRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,
@@ -166,6 +168,9 @@ impl utoipa::PartialSchema for DownloadRequest {
                         .description(Some(what)),
                 )
                 .required(field)
+                .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::<
+                    utoipa::openapi::schema::Schema,
+                >::FreeForm(false)))
         };
         OneOfBuilder::new()
             .item(by(

@@ -18,6 +18,7 @@ use peerdex_proto::rest::{
     ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, NeighbourStatus, SearchQuery,
     SearchResults, Status,
 };
+use peerdex_proto::types::{FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use tokio::io::AsyncWriteExt;
 use utoipa::OpenApi;
@@ -63,6 +64,7 @@ pub(crate) struct Control {
         download_events,
         cancel_download
     ),
+    modifiers(&CommonAnswers),
     components(schemas(
         ApiError,
         FileInfo,
@@ -77,28 +79,117 @@ pub(crate) struct Control {
 )]
 struct ApiDoc;
 
+/// Added to every operation: the answers any of them can give, 401 (token),
+/// 403 (the `Host` check) and 500; and the `{file}` path parameter's
+/// pattern, from the parsers' own constants (a name for PUT, an id for the
+/// others).
+struct CommonAnswers;
+
+impl utoipa::Modify for CommonAnswers {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::link::LinkBuilder;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+        let answer = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    Content::new(Some(Ref::from_schema_name("ApiError"))),
+                )
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.head,
+            ];
+            for op in ops.into_iter().flatten() {
+                let put = op.operation_id.as_deref() == Some("upload");
+                if put {
+                    // What an upload answers is how to reach the file next.
+                    for code in ["200", "201"] {
+                        if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(code) {
+                            for (name, then) in
+                                [("content", "file_content"), ("remove", "remove_file")]
+                            {
+                                resp.links.insert(
+                                    name.into(),
+                                    LinkBuilder::new()
+                                        .operation_id(then)
+                                        .parameter("file", "$response.body#/file_id")
+                                        .build()
+                                        .into(),
+                                );
+                            }
+                        }
+                    }
+                }
+                for param in op.parameters.iter_mut().flatten() {
+                    if param.name == "file" {
+                        let (pattern, min, max) = if put {
+                            (FILE_NAME_PATTERN, 1, MAX_NAME_BYTES)
+                        } else {
+                            (FILE_ID_PATTERN, 64, 64)
+                        };
+                        param.schema = Some(
+                            ObjectBuilder::new()
+                                .schema_type(Type::String)
+                                .pattern(Some(pattern))
+                                .min_length(Some(min))
+                                .max_length(Some(max))
+                                .into(),
+                        );
+                    }
+                }
+                let r = &mut op.responses.responses;
+                r.entry("401".into()).or_insert_with(|| {
+                    answer("missing or wrong bearer token (when PSERVER_API_TOKEN is set)").into()
+                });
+                r.entry("403".into()).or_insert_with(|| {
+                    answer("the Host header is not this API's address (DNS-rebinding defence)")
+                        .into()
+                });
+                r.entry("500".into())
+                    .or_insert_with(|| answer("a fault of this PServer; see its log").into());
+            }
+        }
+    }
+}
+
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
+    let content = actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head());
     cfg.service(
         web::scope("/api/v1")
-            .route("/openapi.json", web::get().to(openapi))
-            .route("/files", web::get().to(list_files))
-            .route("/files/{name}", web::put().to(upload))
-            .route("/files/{id}", web::delete().to(remove_file))
-            .route(
-                "/files/{id}/content",
-                web::route()
-                    .guard(
-                        actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head()),
-                    )
-                    .to(file_content),
+            .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
+            .service(resource("/files", "GET").route(web::get().to(list_files)))
+            .service(
+                resource("/files/{file}", "PUT, DELETE")
+                    .route(web::put().to(upload))
+                    .route(web::delete().to(remove_file)),
             )
-            .route("/status", web::get().to(status))
-            .route("/search", web::get().to(search))
-            .route("/downloads", web::post().to(start_download))
-            .route("/downloads", web::get().to(list_downloads))
-            .route("/downloads/{job}", web::get().to(get_download))
-            .route("/downloads/{job}", web::delete().to(cancel_download))
-            .route("/downloads/{job}/events", web::get().to(download_events)),
+            .service(
+                resource("/files/{file}/content", "GET, HEAD")
+                    .route(web::route().guard(content).to(file_content)),
+            )
+            .service(resource("/status", "GET").route(web::get().to(status)))
+            .service(resource("/search", "GET").route(web::get().to(search)))
+            .service(
+                resource("/downloads", "GET, POST")
+                    .route(web::post().to(start_download))
+                    .route(web::get().to(list_downloads)),
+            )
+            .service(
+                resource("/downloads/{job}", "GET, DELETE")
+                    .route(web::get().to(get_download))
+                    .route(web::delete().to(cancel_download)),
+            )
+            .service(
+                resource("/downloads/{job}/events", "GET").route(web::get().to(download_events)),
+            ),
     )
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(Error::NotFound(
@@ -106,6 +197,20 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
         ))
     }));
 }
+
+/// A path of this API: a method it does not have is answered 405 with
+/// `Allow` (not 404: the path exists).
+fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        Err::<HttpResponse, _>(Error::MethodNotAllowed {
+            method: req.method().to_string(),
+            allow,
+        })
+    }))
+}
+
+/// Largest `limit` a search may ask for (the directory clamps it further).
+const MAX_SEARCH_LIMIT: u32 = 10_000;
 
 /// Host check and bearer token, for every control-API request.
 pub(crate) async fn guard(
@@ -173,13 +278,48 @@ pub(crate) fn host_allowed(host: &str, bound: SocketAddr) -> bool {
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(ApiDoc::openapi().to_pretty_json().unwrap_or_default())
+        .body(document().to_string())
+}
+
+/// The OpenAPI document, as served. utoipa 5.5 writes a Link object's
+/// fields in snake case (`operation_id`); the specification spells them
+/// `operationId`, `operationRef`, `requestBody`, so they are renamed here.
+fn document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let links = doc
+        .get_mut("paths")
+        .and_then(|p| p.as_object_mut())
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|resp| resp.get_mut("links")?.as_object_mut())
+        .flat_map(|links| links.values_mut())
+        .filter_map(|link| link.as_object_mut());
+    for link in links {
+        for (from, to) in [
+            ("operation_id", "operationId"),
+            ("operation_ref", "operationRef"),
+            ("request_body", "requestBody"),
+        ] {
+            if let Some(v) = link.remove(from) {
+                link.insert(to.into(), v);
+            }
+        }
+    }
+    doc
 }
 
 /// Upload a file: the request body is the content, streamed.
-#[utoipa::path(put, path = "/api/v1/files/{name}", request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+#[utoipa::path(put, path = "/api/v1/files/{file}", request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "the content; none (no Content-Length, no chunked body) is an empty file"),
+    params(("file" = String, Path, description = "the name to share it under: one path component, at most 255 bytes"),
+    ),
     responses((status = 201, body = FileInfo, description = "stored and published"), (status = 200, body = FileInfo, description = "identical content already shared under that name"),
-              (status = 400, body = ApiError), (status = 409, body = ApiError, description = "name taken by different content"), (status = 413, body = ApiError)))]
+              (status = 400, body = ApiError, description = "not a valid file name"), (status = 409, body = ApiError, description = "name taken by different content"),
+              (status = 413, body = ApiError, description = "larger than PSERVER_MAX_UPLOAD_BYTES"),
+              (status = 507, body = ApiError, description = "it would cut into PSERVER_MIN_FREE_BYTES, or the disk is full")))]
 async fn upload(
     control: web::Data<Control>,
     store: web::Data<Store>,
@@ -204,8 +344,9 @@ async fn upload(
     if declared.is_some_and(|n| n > max) {
         return Err(too_large());
     }
+
     // What is declared must leave PSERVER_MIN_FREE_BYTES free, and so must
-    // what arrives (looked at every 8 MiB); a full disk is answered 413.
+    // what arrives (looked at every 8 MiB); a full disk is answered 507.
     let (space, tmp) = (store.space().clone(), store.tmp_dir().to_owned());
     let what = format!("upload {:?}", name.as_str());
     let claim = space.claim(&tmp, declared.unwrap_or(0), &what)?;
@@ -288,7 +429,8 @@ async fn list_files(store: web::Data<Store>) -> web::Json<FileList> {
 }
 
 /// Stop sharing a file: withdraws it from the central and deletes this peer's copy.
-#[utoipa::path(delete, path = "/api/v1/files/{id}", responses((status = 200, body = FileList, description = "the entries removed"), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/api/v1/files/{file}", params(("file" = String, Path, description = "the file's id: its BLAKE3 hash, 64 lowercase hex characters")),
+    responses((status = 200, body = FileList, description = "the entries removed"), (status = 400, body = ApiError, description = "not a file id"), (status = 404, body = ApiError, description = "this PServer shares no file with that id")))]
 async fn remove_file(
     store: web::Data<Store>,
     central: web::Data<Central>,
@@ -314,7 +456,11 @@ async fn remove_file(
 
 /// Stream a stored file's bytes (HEAD: the same headers, no body). A strong
 /// ETag from the content id: `If-None-Match` gets 304, `If-Match` 412.
-#[utoipa::path(get, path = "/api/v1/files/{id}/content", responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 404, body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/files/{file}/content", params(("file" = String, Path, description = "the file's id: its BLAKE3 hash, 64 lowercase hex characters")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>, description = "the bytes, each checked against the file's manifest before it is sent"),
+              (status = 304, description = "If-None-Match names this content's ETag: you have it"),
+              (status = 400, body = ApiError, description = "not a file id"), (status = 404, body = ApiError, description = "this PServer shares no file with that id"),
+              (status = 412, body = ApiError, description = "an If-Match that does not name this content's ETag")))]
 async fn file_content(
     store: web::Data<Store>,
     withdraw: web::Data<Withdraw>,
@@ -399,8 +545,10 @@ async fn status(
 }
 
 /// Search the network (through a neighbour, or the central if none answers).
-#[utoipa::path(get, path = "/api/v1/search", params(("q" = String, Query, description = "words; each is a prefix of a word of the name"), ("limit" = Option<u32>, Query), ("page" = Option<String>, Query)),
-    responses((status = 200, body = SearchResults), (status = 400, body = ApiError), (status = 503, body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/search", params(("q" = String, Query, description = "words (letters and digits; the rest separates them), each a prefix of a word of the name; at most 16 words and 1024 bytes", pattern = r"\S", min_length = 1, max_length = 1024), ("limit" = Option<u32>, Query, description = "hits per page, at most 10000 (the directory clamps it to its own CENTRAL_MAX_PAGE)", minimum = 0, maximum = 10000), ("page" = Option<String>, Query, description = "`next_page` of the previous answer", pattern = r"^(([0-9a-fA-F]{2}){36,291})?$")),
+    responses((status = 200, body = SearchResults), (status = 400, body = ApiError, description = "an empty query, or a page token that is not one"),
+              (status = 429, body = ApiError, description = "the directory or a neighbour rate-limits this peer; see Retry-After"),
+              (status = 503, body = ApiError, description = "neither the neighbours nor the central answer")))]
 async fn search(
     central: web::Data<Central>,
     lookup: web::Data<Lookup>,
@@ -408,6 +556,11 @@ async fn search(
     q: web::Query<SearchQuery>,
 ) -> Result<web::Json<SearchResults>> {
     let q = q.into_inner();
+    if q.limit.is_some_and(|l| l > MAX_SEARCH_LIMIT) {
+        return Err(Error::InvalidArgument(format!(
+            "limit is at most {MAX_SEARCH_LIMIT} hits per page"
+        )));
+    }
     if q.q.trim().is_empty() {
         return Err(Error::InvalidArgument(
             "search query q is empty; give one or more words".into(),
@@ -422,7 +575,10 @@ async fn search(
 
 /// Start downloading a file by id or exact name.
 #[utoipa::path(post, path = "/api/v1/downloads", request_body = DownloadRequest,
-    responses((status = 202, body = Job), (status = 400, body = ApiError), (status = 404, body = ApiError), (status = 409, body = ApiError, description = "the name matches several contents: see candidates")))]
+    responses((status = 202, body = Job, description = "the job started; follow it at /api/v1/downloads/{job}/events"), (status = 400, body = ApiError, description = "not exactly one of a valid file_id and name"),
+              (status = 404, body = ApiError, description = "no live peer shares it"), (status = 409, body = ApiError, description = "the name matches several contents: see candidates"),
+              (status = 429, body = ApiError, description = "the directory or a neighbour rate-limits this peer; see Retry-After"),
+              (status = 503, body = ApiError, description = "neither the neighbours nor the central answer")))]
 async fn start_download(
     downloads: web::Data<Downloads>,
     req: web::Json<DownloadRequest>,
@@ -448,7 +604,7 @@ fn job_handle(downloads: &Downloads, id: &str) -> Result<Arc<JobHandle>> {
 }
 
 /// One job's current state.
-#[utoipa::path(get, path = "/api/v1/downloads/{job}", responses((status = 200, body = Job), (status = 404, body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/downloads/{job}", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)", format = Uuid)), responses((status = 200, body = Job), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
 async fn get_download(
     downloads: web::Data<Downloads>,
     job: web::Path<String>,
@@ -457,7 +613,7 @@ async fn get_download(
 }
 
 /// Cancel a job; its partial bytes are discarded.
-#[utoipa::path(delete, path = "/api/v1/downloads/{job}", responses((status = 200, body = Job), (status = 404, body = ApiError)))]
+#[utoipa::path(delete, path = "/api/v1/downloads/{job}", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)", format = Uuid)), responses((status = 200, body = Job, description = "cancelled (or already final): its last state"), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
 async fn cancel_download(
     downloads: web::Data<Downloads>,
     job: web::Path<String>,
@@ -471,7 +627,7 @@ async fn cancel_download(
 
 /// Follow a job live: newline-delimited JSON, one Job per change (at least
 /// every second), ending after a final state.
-#[utoipa::path(get, path = "/api/v1/downloads/{job}/events", responses((status = 200, content_type = "application/x-ndjson", body = Job), (status = 404, body = ApiError)))]
+#[utoipa::path(get, path = "/api/v1/downloads/{job}/events", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)", format = Uuid)), responses((status = 200, content_type = "application/x-ndjson", body = Job, description = "one Job per line on each change; ends after a final state"), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
 async fn download_events(
     downloads: web::Data<Downloads>,
     job: web::Path<String>,
@@ -508,7 +664,40 @@ fn async_stream(
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::{document, host_allowed};
+
+    /// Every link names an operation that exists, in the specification's
+    /// spelling; the `{file}` parameters carry the parsers' patterns.
+    #[test]
+    fn the_document_links_and_patterns() {
+        let doc = document();
+        let paths = doc["paths"].as_object().unwrap();
+        let ids: Vec<&str> = paths
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values())
+            .filter_map(|op| op["operationId"].as_str())
+            .collect();
+        let put = &paths["/api/v1/files/{file}"]["put"];
+        let links = put["responses"]["201"]["links"].as_object().unwrap();
+        assert_eq!(links.len(), 2);
+        for link in links.values() {
+            let to = link["operationId"].as_str().unwrap();
+            assert!(ids.contains(&to), "{to} not in {ids:?}");
+            assert!(link.get("operation_id").is_none());
+        }
+        assert_eq!(
+            put["parameters"][0]["schema"]["pattern"],
+            peerdex_proto::types::FILE_NAME_PATTERN
+        );
+        let del = &paths["/api/v1/files/{file}"]["delete"];
+        assert_eq!(
+            del["parameters"][0]["schema"]["pattern"],
+            peerdex_proto::types::FILE_ID_PATTERN
+        );
+        for code in ["401", "403", "500"] {
+            assert!(del["responses"].get(code).is_some(), "{code}");
+        }
+    }
 
     #[test]
     fn hosts() {

@@ -25,6 +25,14 @@ pub enum Error {
     NameConflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The disk cannot take it (the reserve `PSERVER_MIN_FREE_BYTES`, or
+    /// ENOSPC): 507, naming the folder and the figures.
+    #[error("{0}")]
+    InsufficientStorage(String),
+    /// A known path asked with a method it does not have (405); `allow`
+    /// lists the methods it has.
+    #[error("{method} is not allowed here; this endpoint answers {allow}")]
+    MethodNotAllowed { method: String, allow: &'static str },
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -58,6 +66,8 @@ impl Error {
             Error::Ambiguous { .. } => "ambiguous_name",
             Error::NameConflict(_) => "name_conflict",
             Error::TooLarge(_) => "too_large",
+            Error::InsufficientStorage(_) => "insufficient_storage",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden(_) => "forbidden",
             Error::Busy { .. } => "busy",
@@ -83,6 +93,8 @@ impl ResponseError for Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Ambiguous { .. } | Error::NameConflict(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Busy { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -104,6 +116,9 @@ impl ResponseError for Error {
         }
         // An error describes this moment, never the resource: no cache keeps it.
         resp.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));
+        if let Error::MethodNotAllowed { allow, .. } = self {
+            resp.insert_header((actix_web::http::header::ALLOW, *allow));
+        }
         if let Error::Unauthorized(_) = self {
             resp.insert_header(("WWW-Authenticate", "Bearer"));
         }

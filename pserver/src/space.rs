@@ -92,7 +92,7 @@ impl fmt::Display for NoSpace {
 
 impl From<NoSpace> for Error {
     fn from(e: NoSpace) -> Self {
-        Error::TooLarge(e.to_string())
+        Error::InsufficientStorage(e.to_string())
     }
 }
 
@@ -272,12 +272,13 @@ impl Drop for Claim {
     }
 }
 
-/// An i/o error writing into `dir` for a client: a full disk is answered 413
-/// with the folder and the figures, anything else is ours (500).
+/// An i/o error writing into `dir` for a client: a full disk is answered 507
+/// (Insufficient Storage) with the folder and the figures, anything else is
+/// ours (500).
 pub(crate) fn disk_error(space: &Space, e: io::Error, dir: &Path) -> Error {
     let e = space.explain(e, dir);
     if is_full(&e) {
-        Error::TooLarge(e.to_string())
+        Error::InsufficientStorage(e.to_string())
     } else {
         Error::Io(e)
     }

@@ -450,7 +450,7 @@ async fn a_disk_that_fills_mid_download_fails_the_job_cleanly_and_the_peer_keeps
     let filler = fill(root.path());
     // An upload meanwhile is refused up front, naming the figures.
     let r = upload(&d, "late.txt", b"hello".to_vec()).await;
-    assert_eq!(r.status(), 413);
+    assert_eq!(r.status(), 507);
     let msg = r.text().await.unwrap();
     assert!(
         msg.contains("not enough free space") && msg.contains("PSERVER_MIN_FREE_BYTES"),
@@ -696,7 +696,7 @@ async fn an_upload_that_would_cut_into_the_reserve_is_refused_and_leaves_nothing
     .await;
     let (status, answer) = put_head_only(&p, "big.bin", declared).await;
     println!("{answer}");
-    assert_eq!(status, 413, "{answer}");
+    assert_eq!(status, 507, "{answer}");
     assert!(
         answer.contains("not enough free space")
             && answer.contains("PSERVER_MIN_FREE_BYTES")
@@ -740,7 +740,7 @@ async fn a_disk_that_fills_mid_upload_leaves_nothing_half_written() {
             let status = r.status();
             let msg = r.text().await.unwrap_or_default();
             println!("{status}: {msg}");
-            assert_eq!(status, 413, "{msg}");
+            assert_eq!(status, 507, "{msg}");
             let tmp = p.data_path().join("tmp");
             assert!(
                 msg.contains(&format!(

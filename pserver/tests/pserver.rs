@@ -550,3 +550,57 @@ async fn raw_exchange(addr: &str, request: &[u8]) -> String {
         .expect("read the answer");
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// A known path asked with a method it lacks says so (405 + `Allow`), an
+/// unknown one is 404, and a PUT with no body at all (no Content-Length:
+/// what HTTP/1.1 clients send for empty content) shares an empty file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_methods_get_405_and_a_bodyless_put_is_an_empty_file() {
+    let central = TestCentral::start(LONG_TTL).await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    let http = reqwest::Client::new();
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/api/v1/status", "GET"),
+        (reqwest::Method::POST, "/api/v1/files", "GET"),
+        (reqwest::Method::PATCH, "/api/v1/downloads", "GET, POST"),
+        (
+            reqwest::Method::from_bytes(b"TRACE").unwrap(),
+            "/api/v1/search",
+            "GET",
+        ),
+    ] {
+        let r = http
+            .request(method.clone(), format!("{}{path}", a.api_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        assert_eq!(r.headers()["allow"], allow, "{method} {path}");
+        let e: ApiError = r.json().await.unwrap();
+        assert_eq!(e.code, "method_not_allowed", "{e:?}");
+        assert!(e.message.contains(allow), "{e:?}");
+    }
+    let r = http
+        .get(format!("{}/api/v1/nothing-here", a.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let host = a.api_url.trim_start_matches("http://");
+    let answer = raw_exchange(
+        host,
+        format!(
+            "PUT /api/v1/files/empty.txt HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert_eq!(std::fs::read(a.path_in_share("empty.txt")).unwrap(), b"");
+    assert_eq!(
+        upload(&a, "empty.txt", Vec::new()).await.status(),
+        200,
+        "the same empty content again"
+    );
+}

@@ -28,12 +28,14 @@ impl Cursor {
 
     pub fn decode(s: &str) -> Option<Self> {
         let b = hex::decode(s).ok()?;
-        if b.len() < 36 {
+        if b.len() < 36 || b.len() > 36 + peerdex_proto::types::MAX_NAME_BYTES {
             return None;
         }
         let holders = u32::from_be_bytes(b[..4].try_into().ok()?);
         let file = FileId::from_bytes(b[4..36].try_into().ok()?);
-        let name = String::from_utf8(b[36..].to_vec()).ok()?;
+        // Any bytes are a position in the hit order: a token that was not
+        // ours resumes somewhere harmless rather than failing.
+        let name = String::from_utf8_lossy(&b[36..]).into_owned();
         Some(Self {
             holders,
             name,
