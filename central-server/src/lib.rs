@@ -38,7 +38,7 @@
 //! * **Under abuse** (issue 16): rate limits per source address (Join,
 //!   Search) and per peer (Publish/Unpublish, and Search when the call
 //!   names its peer), token buckets with a burst of 10 seconds' worth
-//!   (`limiter`; RESOURCE_EXHAUSTED naming the setting, `retry-after`
+//!   (`peerdex_proto::limit`; RESOURCE_EXHAUSTED naming the setting, `retry-after`
 //!   metadata); quotas on live peers per source address and holdings in
 //!   total. A search costs at most `CENTRAL_SEARCH_BUDGET` units of work
 //!   and runs off the async workers; the index is behind a fair read-write
@@ -84,7 +84,6 @@
 //!   tables, compact lists and words, page cursor, the bulk load used at
 //!   restart).
 //! * `store` — SQLite.
-//! * `limiter` — token buckets for the rate limits.
 //! * `error` — [`Error`], mapped to a gRPC status at the edge.
 //! * `oversize` — maps tonic's oversized-message error to RESOURCE_EXHAUSTED.
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].
@@ -92,7 +91,6 @@
 mod config;
 mod error;
 mod index;
-mod limiter;
 mod oversize;
 mod service;
 mod store;

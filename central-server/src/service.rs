@@ -26,7 +26,7 @@
 //! order (the store mutex is held across the steps); a reader may see a
 //! big change half applied, never a change that is not committed.
 //!
-//! Rate limits (`limiter`) are checked before any work: Join and Search
+//! Rate limits (`peerdex_proto::limit`) are checked before any work: Join and Search
 //! per source address, Publish/Unpublish and (when the call names its
 //! peer) Search per peer, after the peer proved who it is, so nobody can
 //! spend another peer's allowance. Quotas (peers per source address,
@@ -51,8 +51,8 @@ use tonic::{Request, Response, Status};
 use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
-use crate::limiter::{Limiter, addr_key, retry_secs};
 use crate::store::{Store, Withdrawal};
+use peerdex_proto::limit::{Limiter, addr_key, retry_secs};
 
 /// Most holdings one step of a bulk change adds or removes under the
 /// write lock (see [`Steps`]).
@@ -143,7 +143,7 @@ impl DirectoryService {
         setting: &str,
     ) -> Result<()> {
         limiter
-            .check(key, Instant::now())
+            .check(key, Instant::now().into_std())
             .map_err(|wait| Error::RateLimited {
                 message: format!(
                     "too many {what} from {key}: the limit is {setting}; retry in {} s",
@@ -155,7 +155,7 @@ impl DirectoryService {
 
     /// Drop idle rate-limit buckets.
     fn purge_limiters(&self, now: Instant) {
-        let s = &self.shared;
+        let (s, now) = (&self.shared, now.into_std());
         s.joins.purge(now);
         s.publishes.purge(now);
         s.searches.purge(now);

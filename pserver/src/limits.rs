@@ -10,35 +10,20 @@
 //! answered 429 with `Retry-After` and the connection is closed.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr, Shutdown};
+use std::net::{IpAddr, Shutdown};
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix_web::dev::Extensions;
+// The source a limit counts against: the IPv4 address, or the IPv6 /64.
+use peerdex_proto::limit::{Limiter, addr_key as source_key, retry_secs};
 
 use crate::error::{Error, Result};
 
 /// Seconds a client over a limit is told to wait, at least.
 const RETRY_AFTER: u64 = 1;
-/// Most source addresses whose buckets are kept; beyond it idle ones are
-/// evicted, and if none is idle, new sources share one overflow bucket.
-const MAX_BUCKETS: usize = 65_536;
-
-/// The source a limit counts against: the IPv4 address, or the IPv6 /64.
-pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-            }
-        },
-    }
-}
 
 /// Open connections per source; cheap to clone.
 #[derive(Clone)]
@@ -151,43 +136,21 @@ impl Closer {
     }
 }
 
-/// Token buckets per source for the neighbour role; cheap to clone.
+/// Token buckets per source for the neighbour role (the shared
+/// [`Limiter`]: burst of ten seconds' worth, bounded table); cheap to clone.
 #[derive(Clone)]
 pub(crate) struct NeighbourRate {
-    /// Requests per second; the burst is ten seconds' worth.
-    rate: f64,
-    buckets: Arc<Mutex<Buckets>>,
-}
-
-struct Buckets {
-    by_source: HashMap<IpAddr, Bucket>,
-    overflow: Bucket,
-}
-
-#[derive(Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+    per_sec: u32,
+    buckets: Arc<Limiter<IpAddr>>,
 }
 
 impl NeighbourRate {
     pub(crate) fn new(per_sec: u32) -> Self {
-        let rate = f64::from(per_sec.max(1));
-        let full = Bucket {
-            tokens: rate * 10.0,
-            at: Instant::now(),
-        };
+        let per_sec = per_sec.max(1);
         Self {
-            rate,
-            buckets: Arc::new(Mutex::new(Buckets {
-                by_source: HashMap::new(),
-                overflow: full,
-            })),
+            per_sec,
+            buckets: Arc::new(Limiter::new(per_sec)),
         }
-    }
-
-    fn burst(&self) -> f64 {
-        self.rate * 10.0
     }
 
     /// Take one request's token for `ip`, or `TooManyRequests` saying when
@@ -198,46 +161,15 @@ impl NeighbourRate {
 
     fn check_at(&self, ip: IpAddr, now: Instant) -> Result<()> {
         let key = source_key(ip);
-        let burst = self.burst();
-        let mut b = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if !b.by_source.contains_key(&key) && b.by_source.len() >= MAX_BUCKETS {
-            // Forget sources whose bucket has refilled: they are idle.
-            let rate = self.rate;
-            b.by_source
-                .retain(|_, v| v.tokens + now.duration_since(v.at).as_secs_f64() * rate < burst);
-        }
-        let bucket = if b.by_source.len() < MAX_BUCKETS || b.by_source.contains_key(&key) {
-            b.by_source.entry(key).or_insert(Bucket {
-                tokens: burst,
-                at: now,
-            })
-        } else {
-            &mut b.overflow
-        };
-        bucket.tokens =
-            (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * self.rate).min(burst);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait = ((1.0 - bucket.tokens) / self.rate).ceil() as u64;
-        Err(Error::TooManyRequests {
-            message: format!(
-                "too many neighbour requests from {key}; PSERVER_NEIGHBOUR_RATE allows {} per second",
-                self.rate
-            ),
-            retry_after: wait.max(RETRY_AFTER),
-        })
-    }
-
-    #[cfg(test)]
-    fn sources(&self) -> usize {
         self.buckets
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .by_source
-            .len()
+            .check(&key, now)
+            .map_err(|wait| Error::TooManyRequests {
+                message: format!(
+                    "too many neighbour requests from {key}; PSERVER_NEIGHBOUR_RATE allows {} per second",
+                    self.per_sec
+                ),
+                retry_after: retry_secs(wait).max(RETRY_AFTER),
+            })
     }
 }
 
@@ -245,17 +177,6 @@ impl NeighbourRate {
 mod tests {
     use super::*;
     use std::time::Duration;
-
-    #[test]
-    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_key(a), source_key(b));
-        assert_ne!(source_key(a), source_key(c));
-        let m: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(source_key(m), "10.0.0.1".parse::<IpAddr>().unwrap());
-    }
 
     #[test]
     fn connections_beyond_the_cap_are_not_admitted_and_counts_return() {
@@ -298,6 +219,5 @@ mod tests {
             assert!(r.check_at(ip, t1).is_ok());
         }
         assert!(r.check_at(ip, t1).is_err());
-        assert_eq!(r.sources(), 2);
     }
 }

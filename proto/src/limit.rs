@@ -1,6 +1,7 @@
-//! Token buckets keyed by source address or peer: the directory's rate
-//! limits (`CENTRAL_JOIN_RATE`, `CENTRAL_PUBLISH_RATE`,
-//! `CENTRAL_SEARCH_RATE`).
+//! Token buckets keyed by source address or peer, shared by the directory's
+//! rate limits (`CENTRAL_JOIN_RATE`, `CENTRAL_PUBLISH_RATE`,
+//! `CENTRAL_SEARCH_RATE`) and the PServer's neighbour role
+//! (`PSERVER_NEIGHBOUR_RATE`).
 //!
 //! A bucket holds up to `burst` tokens (10 seconds' worth of the rate) and
 //! refills continuously; a call takes one token or is refused with the time
@@ -11,18 +12,17 @@
 //! the table share one overflow bucket, so their total rate stays bounded
 //! too.
 //!
-//! A small bucket rather than the `governor` crate: time comes from
-//! `tokio::time` (so limits are testable with paused time), the table
-//! bound and the overflow bucket are ours to choose, and it costs no
-//! dependency. One `std` mutex, held for a hash lookup.
+//! A small bucket rather than the `governor` crate: time is passed in (so
+//! limits are testable without waiting, and the directory can use tokio's
+//! pausable clock), the table bound and the overflow bucket are ours to
+//! choose, and it costs no dependency. One `std` mutex, held for a hash
+//! lookup. No I/O.
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
-
-use tokio::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Most keys a limiter tracks at once.
 pub const MAX_KEYS: usize = 65_536;
@@ -151,8 +151,8 @@ pub fn retry_secs(wait: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn bursts_then_refills_at_the_rate() {
+    #[test]
+    fn bursts_then_refills_at_the_rate() {
         let l = Limiter::new(2);
         let now = Instant::now();
         for _ in 0..20 {
@@ -168,8 +168,8 @@ mod tests {
         assert!(Limiter::new(0).check(&1, now).is_ok());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_table_stays_bounded_and_forgets_idle_keys() {
+    #[test]
+    fn the_table_stays_bounded_and_forgets_idle_keys() {
         let l = Limiter::new(1);
         let now = Instant::now();
         for k in 0..MAX_KEYS as u32 {
