@@ -85,12 +85,14 @@
 //!   restart).
 //! * `store` — SQLite.
 //! * `error` — [`Error`], mapped to a gRPC status at the edge.
+//! * `metrics` — the Prometheus metrics on `CENTRAL_METRICS_ADDR`.
 //! * `oversize` — maps tonic's oversized-message error to RESOURCE_EXHAUSTED.
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].
 
 mod config;
 mod error;
 mod index;
+mod metrics;
 mod oversize;
 mod service;
 mod store;
@@ -126,6 +128,18 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
+    run_with_metrics(listener, None, config, shutdown).await
+}
+
+/// [`run`], and with `metrics` also serve Prometheus metrics at `/metrics`
+/// on that listener (plain HTTP; `CENTRAL_METRICS_ADDR`). Without it no
+/// recorder exists and nothing is measured.
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     config.validate()?;
     let addr = listener.local_addr()?;
     let started = std::time::Instant::now();
@@ -139,7 +153,10 @@ pub async fn run(
         Ok((store, index))
     })
     .await??;
-    let directory = DirectoryService::new(store, index, &config);
+    let recorder = metrics
+        .as_ref()
+        .map(|_| std::sync::Arc::new(metrics::Metrics::new()));
+    let directory = DirectoryService::new(store, index, &config, recorder);
     let stats = directory.stats();
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -156,6 +173,18 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let sweeper = tokio::spawn(directory.clone().sweep_loop(cancel.clone()));
+    let metrics_task = match metrics {
+        Some(l) => {
+            let maddr = l.local_addr()?;
+            tracing::info!(addr = %maddr, "metrics at http://{maddr}/metrics");
+            Some(tokio::spawn(serve_metrics(
+                l,
+                directory.clone(),
+                cancel.clone(),
+            )))
+        }
+        None => None,
+    };
 
     tracing::info!(
         %addr,
@@ -199,10 +228,45 @@ pub async fn run(
     };
 
     cancel.cancel();
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     if let Err(e) = sweeper.await {
         tracing::warn!(error = %e, "sweeper task failed");
     }
     directory.close().await?;
     tracing::info!("database closed; central-server stopped");
     served
+}
+
+/// Serve `/metrics` on `listener` until `cancel`, folding histogram samples
+/// into buckets every few seconds meanwhile.
+async fn serve_metrics(
+    listener: TcpListener,
+    directory: DirectoryService,
+    cancel: CancellationToken,
+) {
+    let upkeep = {
+        let (directory, cancel) = (directory.clone(), cancel.clone());
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                if let Some(m) = directory.metrics() {
+                    m.upkeep();
+                }
+            }
+        }
+    };
+    let app = axum::Router::new()
+        .route("/metrics", axum::routing::get(metrics::serve))
+        .with_state(directory);
+    let serve = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let (served, ()) = tokio::join!(serve.into_future(), upkeep);
+    if let Err(e) = served {
+        tracing::warn!(error = %e, "metrics listener failed");
+    }
 }

@@ -22,6 +22,13 @@ struct Args {
           value_parser = parse::<SocketAddr>("CENTRAL_LISTEN_ADDR"))]
     listen_addr: SocketAddr,
 
+    /// Address to serve Prometheus metrics on, at `/metrics` (plain HTTP,
+    /// no auth: bind it to loopback or a private address). Empty = no
+    /// metrics listener, and nothing is measured.
+    #[arg(long, env = "CENTRAL_METRICS_ADDR", default_value = "",
+          value_parser = metrics_addr)]
+    metrics_addr: MetricsAddr,
+
     /// Directory of the database (created if missing). The index survives
     /// restarts there.
     #[arg(long, env = "CENTRAL_DATA_DIR", default_value = "./data/central")]
@@ -98,6 +105,19 @@ struct Args {
     #[arg(long, env = "CENTRAL_MAX_FILES", default_value_t = Limits::default().max_files,
           value_parser = positive_usize("CENTRAL_MAX_FILES"))]
     max_files: usize,
+}
+
+/// `CENTRAL_METRICS_ADDR`: empty, or an address to listen on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MetricsAddr(Option<SocketAddr>);
+
+fn metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.trim().is_empty() {
+        return Ok(MetricsAddr(None));
+    }
+    s.trim().parse().map(|a| MetricsAddr(Some(a))).map_err(|e| {
+        format!("CENTRAL_METRICS_ADDR: {e}: expected an address such as 127.0.0.1:9090, or empty for none, got {s:?}")
+    })
 }
 
 /// A value parser whose error names the environment variable too.
@@ -201,9 +221,22 @@ async fn try_main() -> anyhow::Result<()> {
                 args.listen_addr
             )
         })?;
+    let metrics =
+        match args.metrics_addr.0 {
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| {
+                format!("cannot listen for metrics on {a} (CENTRAL_METRICS_ADDR)")
+            })?),
+            None => None,
+        };
     let addr = listener.local_addr()?;
     println!("central-server listening on {addr}");
-    central_server::run(listener, config, shutdown_signal()).await?;
+    if let Some(m) = &metrics {
+        println!(
+            "central-server metrics on http://{}/metrics",
+            m.local_addr()?
+        );
+    }
+    central_server::run_with_metrics(listener, metrics, config, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -253,6 +286,7 @@ mod tests {
     fn defaults_are_the_library_defaults() {
         let a = args(&[]).unwrap();
         assert_eq!(a.listen_addr, "0.0.0.0:50051".parse().unwrap());
+        assert_eq!(a.metrics_addr, MetricsAddr(None));
         let c = a.config();
         let d = Config::new("./data/central");
         assert_eq!(c.data_dir, d.data_dir);
@@ -305,6 +339,17 @@ mod tests {
     }
 
     #[test]
+    fn metrics_addr_is_empty_or_an_address() {
+        let a = args(&["--metrics-addr=127.0.0.1:9090"]).unwrap();
+        assert_eq!(
+            a.metrics_addr,
+            MetricsAddr(Some("127.0.0.1:9090".parse().unwrap()))
+        );
+        let a = args(&["--metrics-addr="]).unwrap();
+        assert_eq!(a.metrics_addr, MetricsAddr(None));
+    }
+
+    #[test]
     fn bad_values_name_their_variable() {
         for (flag, var) in [
             ("--lease-ttl-secs=0", "CENTRAL_LEASE_TTL_SECS"),
@@ -317,6 +362,7 @@ mod tests {
             ("--search-rate=2000000", "CENTRAL_SEARCH_RATE"),
             ("--max-peers-per-addr=0", "CENTRAL_MAX_PEERS_PER_ADDR"),
             ("--max-files=0", "CENTRAL_MAX_FILES"),
+            ("--metrics-addr=nowhere", "CENTRAL_METRICS_ADDR"),
         ] {
             let e = args(&[flag]).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(var), "{flag}: {e}");

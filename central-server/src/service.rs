@@ -46,11 +46,12 @@ use prost::Message;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
+use crate::metrics::{Metrics, Refusal, Rpc};
 use crate::store::{Store, Withdrawal};
 use peerdex_proto::limit::{Limiter, addr_key, retry_secs};
 
@@ -87,6 +88,8 @@ struct Shared {
     publishes: Limiter<PeerId>,
     searches: Limiter<IpAddr>,
     peer_searches: Limiter<PeerId>,
+    /// `None` without `CENTRAL_METRICS_ADDR`: nothing is measured.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Implements `peerdex.v1.Directory`. Cheap to clone.
@@ -111,7 +114,12 @@ fn secs(d: Duration) -> u32 {
 }
 
 impl DirectoryService {
-    pub(crate) fn new(store: Store, index: Index, config: &Config) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        index: Index,
+        config: &Config,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 index: RwLock::new(index),
@@ -124,6 +132,7 @@ impl DirectoryService {
                 publishes: Limiter::new(config.limits.publish_rate),
                 searches: Limiter::new(config.limits.search_rate),
                 peer_searches: Limiter::new(config.limits.search_rate),
+                metrics,
             }),
         }
     }
@@ -141,9 +150,11 @@ impl DirectoryService {
         key: &K,
         what: &str,
         setting: &str,
+        refusal: Refusal,
     ) -> Result<()> {
         limiter
             .check(key, Instant::now().into_std())
+            .inspect_err(|_| self.refused(refusal))
             .map_err(|wait| Error::RateLimited {
                 message: format!(
                     "too many {what} from {key}: the limit is {setting}; retry in {} s",
@@ -250,7 +261,11 @@ impl DirectoryService {
                 _ = tick.tick() => {}
             }
             let started = std::time::Instant::now();
-            match self.sweep(Instant::now()).await {
+            let swept = self.sweep(Instant::now()).await;
+            if let (Ok(n), Some(m)) = (&swept, &self.shared.metrics) {
+                m.swept(*n, started.elapsed());
+            }
+            match swept {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(
                     peers = n,
@@ -265,6 +280,46 @@ impl DirectoryService {
 
     pub(crate) fn stats(&self) -> crate::index::Stats {
         self.index().stats()
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.shared.metrics.as_ref()
+    }
+
+    /// The Prometheus text of this directory, if it has metrics.
+    pub(crate) fn render_metrics(&self) -> Option<String> {
+        let m = self.metrics()?;
+        let (stats, holdings) = {
+            let ix = self.index();
+            (ix.stats(), ix.holdings())
+        };
+        Some(m.render(stats, holdings))
+    }
+
+    fn refused(&self, why: Refusal) {
+        if let Some(m) = &self.shared.metrics {
+            m.refused(why);
+        }
+    }
+
+    /// Run one RPC's handler, counting its answer by status code and
+    /// timing it (when metrics are on).
+    async fn metered<T>(
+        &self,
+        rpc: Rpc,
+        call: impl Future<Output = Result<T, Status>>,
+    ) -> Result<T, Status> {
+        let Some(m) = &self.shared.metrics else {
+            return call.await;
+        };
+        let started = std::time::Instant::now();
+        let r = call.await;
+        let code = match &r {
+            Ok(_) => Code::Ok,
+            Err(s) => s.code(),
+        };
+        m.observe(rpc, code, started.elapsed());
+        r
     }
 
     /// Parse a Join/Publish inventory; malformed entries are refused one by
@@ -327,6 +382,7 @@ impl DirectoryService {
                 peer,
                 "Publish/Unpublish calls",
                 "CENTRAL_PUBLISH_RATE (Publish and Unpublish calls per second per peer)",
+                Refusal::PublishRate,
             )?;
         }
         Ok(())
@@ -542,9 +598,9 @@ fn authorize(ix: &Index, peer: &PeerId, token: &TokenHash, now: Instant) -> Resu
     }
 }
 
-#[tonic::async_trait]
-impl Directory for DirectoryService {
-    async fn join(
+/// The RPCs' handlers, measured by the `Directory` implementation below.
+impl DirectoryService {
+    async fn join_rpc(
         &self,
         req: Request<v1::JoinRequest>,
     ) -> Result<Response<v1::JoinResponse>, Status> {
@@ -554,6 +610,7 @@ impl Directory for DirectoryService {
             &addr,
             "Joins",
             "CENTRAL_JOIN_RATE (Joins per second per source address)",
+            Refusal::JoinRate,
         )?;
         let token = bearer(req.metadata()).ok();
         let r = req.into_inner();
@@ -570,6 +627,7 @@ impl Directory for DirectoryService {
         let hash = *blake3::hash(session_token.as_bytes()).as_bytes();
         let budget = self.shared.limits.max_message_bytes / 2;
         let limits = self.shared.limits.clone();
+        let this = self.clone();
         let (count, refused) = self
             .write(move |gate, store| {
                 let (files, refused) = {
@@ -585,6 +643,7 @@ impl Directory for DirectoryService {
                         let joined = ix.peers_from(addr);
                         let max = limits.max_peers_per_addr;
                         if joined >= max {
+                            this.refused(Refusal::MaxPeersPerAddr);
                             return Err(Error::LimitExceeded(format!(
                                 "{joined} peers are already joined from address {addr}, the limit (CENTRAL_MAX_PEERS_PER_ADDR) is {max}: leave with one, or wait for a lease to end"
                             )));
@@ -594,6 +653,7 @@ impl Directory for DirectoryService {
                     let total = ix.holdings() - ix.inventory_len(&peer) + files.len();
                     let max = limits.max_files;
                     if total > max {
+                        this.refused(Refusal::MaxFiles);
                         return Err(Error::LimitExceeded(format!(
                             "files: the directory would hold {total} entries, over its limit of {max} (CENTRAL_MAX_FILES); nothing was changed"
                         )));
@@ -620,7 +680,7 @@ impl Directory for DirectoryService {
         }))
     }
 
-    async fn heartbeat(
+    async fn heartbeat_rpc(
         &self,
         req: Request<v1::HeartbeatRequest>,
     ) -> Result<Response<v1::HeartbeatResponse>, Status> {
@@ -647,7 +707,7 @@ impl Directory for DirectoryService {
         }))
     }
 
-    async fn publish(
+    async fn publish_rpc(
         &self,
         req: Request<v1::PublishRequest>,
     ) -> Result<Response<v1::PublishResponse>, Status> {
@@ -661,6 +721,7 @@ impl Directory for DirectoryService {
         let max = self.shared.limits.max_inventory;
         let max_files = self.shared.limits.max_files;
         let budget = self.shared.limits.max_message_bytes / 2;
+        let this = self.clone();
         let refused = self
             .write(move |gate, store| {
                 let (files, refused) = {
@@ -675,6 +736,7 @@ impl Directory for DirectoryService {
                     }
                     let total = ix.holdings() + files.len();
                     if total > max_files {
+                        this.refused(Refusal::MaxFiles);
                         return Err(Error::LimitExceeded(format!(
                             "files: the directory would hold {total} entries, over its limit of {max_files} (CENTRAL_MAX_FILES); nothing was changed"
                         )));
@@ -692,7 +754,7 @@ impl Directory for DirectoryService {
         Ok(Response::new(v1::PublishResponse { refused }))
     }
 
-    async fn unpublish(
+    async fn unpublish_rpc(
         &self,
         req: Request<v1::UnpublishRequest>,
     ) -> Result<Response<v1::UnpublishResponse>, Status> {
@@ -744,7 +806,7 @@ impl Directory for DirectoryService {
         Ok(Response::new(v1::UnpublishResponse {}))
     }
 
-    async fn locate(
+    async fn locate_rpc(
         &self,
         req: Request<v1::LocateRequest>,
     ) -> Result<Response<v1::LocateResponse>, Status> {
@@ -798,7 +860,7 @@ impl Directory for DirectoryService {
         Ok(Response::new(v1::LocateResponse { files }))
     }
 
-    async fn search(
+    async fn search_rpc(
         &self,
         req: Request<v1::SearchRequest>,
     ) -> Result<Response<v1::SearchResponse>, Status> {
@@ -808,6 +870,7 @@ impl Directory for DirectoryService {
             &addr,
             "searches",
             "CENTRAL_SEARCH_RATE (searches per second per source address)",
+            Refusal::SearchRate,
         )?;
         let token = bearer(req.metadata()).ok();
         let named = match req.metadata().get(PEER_ID_META) {
@@ -832,6 +895,7 @@ impl Directory for DirectoryService {
                     &peer,
                     "searches",
                     "CENTRAL_SEARCH_RATE (searches per second per peer)",
+                    Refusal::SearchRate,
                 )?,
                 // A peer whose lease just ended may still search, within
                 // its address's allowance.
@@ -896,6 +960,11 @@ impl Directory for DirectoryService {
         })
         .await
         .map_err(Error::from)?;
+        if page.truncated
+            && let Some(m) = &self.shared.metrics
+        {
+            m.search_truncated();
+        }
         Ok(Response::new(v1::SearchResponse {
             hits: page.hits,
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
@@ -903,7 +972,7 @@ impl Directory for DirectoryService {
         }))
     }
 
-    async fn leave(
+    async fn leave_rpc(
         &self,
         req: Request<v1::LeaveRequest>,
     ) -> Result<Response<v1::LeaveResponse>, Status> {
@@ -938,6 +1007,58 @@ impl Directory for DirectoryService {
     }
 }
 
+#[tonic::async_trait]
+impl Directory for DirectoryService {
+    async fn join(
+        &self,
+        req: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
+        self.metered(Rpc::Join, self.join_rpc(req)).await
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<v1::HeartbeatRequest>,
+    ) -> Result<Response<v1::HeartbeatResponse>, Status> {
+        self.metered(Rpc::Heartbeat, self.heartbeat_rpc(req)).await
+    }
+
+    async fn publish(
+        &self,
+        req: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        self.metered(Rpc::Publish, self.publish_rpc(req)).await
+    }
+
+    async fn unpublish(
+        &self,
+        req: Request<v1::UnpublishRequest>,
+    ) -> Result<Response<v1::UnpublishResponse>, Status> {
+        self.metered(Rpc::Unpublish, self.unpublish_rpc(req)).await
+    }
+
+    async fn locate(
+        &self,
+        req: Request<v1::LocateRequest>,
+    ) -> Result<Response<v1::LocateResponse>, Status> {
+        self.metered(Rpc::Locate, self.locate_rpc(req)).await
+    }
+
+    async fn search(
+        &self,
+        req: Request<v1::SearchRequest>,
+    ) -> Result<Response<v1::SearchResponse>, Status> {
+        self.metered(Rpc::Search, self.search_rpc(req)).await
+    }
+
+    async fn leave(
+        &self,
+        req: Request<v1::LeaveRequest>,
+    ) -> Result<Response<v1::LeaveResponse>, Status> {
+        self.metered(Rpc::Leave, self.leave_rpc(req)).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -946,7 +1067,7 @@ mod tests {
         let config = Config::new(dir);
         let store = Store::open(dir).unwrap();
         let index = store.load(Instant::now()).unwrap();
-        DirectoryService::new(store, index, &config)
+        DirectoryService::new(store, index, &config, None)
     }
 
     async fn join(s: &DirectoryService, peer: &PeerId, file: u32) -> String {

@@ -431,11 +431,23 @@ async fn upload_on_one_peer_get_on_another() {
     let st = cli(cwd, &b.api_url, &["--json", "status"]).await.json();
     assert_eq!(st["central_reachable"], true, "{st}");
     assert_eq!(st["neighbours"][0]["url"], a.peer_url.as_str(), "{st}");
+    // B fetched the file from A once (the later gets found it stored).
+    assert_eq!(st["bytes_received"], bytes.len() as u64, "{st}");
+    assert_eq!(st["bytes_sent"], 0, "{st}");
+    assert!(st["lease_renewals"]["error"].is_u64(), "{st}");
     assert!(st["peer_id"].as_str().unwrap().len() == 36, "{st}");
     let r = cli(cwd, &b.api_url, &["status"]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(
         r.stdout.contains("peer id") && r.stdout.contains("reachable"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("sent, ") && r.stdout.contains(" received"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("renewals") && r.stdout.contains(" ok, "),
         "{r:?}"
     );
     // One job per `get` that reached the PServer (the refused overwrite

@@ -209,6 +209,8 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         &[
             ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
             ("CENTRAL_DATA_DIR", "./data".into()),
+            // Metrics on a port the OS picks: the central logs where.
+            ("CENTRAL_METRICS_ADDR", "127.0.0.1:0".into()),
             ("CENTRAL_LEASE_TTL_SECS", args.lease_ttl.to_string()),
             (
                 "CENTRAL_HEARTBEAT_SECS",

@@ -74,7 +74,30 @@ pub struct Status {
     /// Files hashed since start (unchanged files are known from the hash cache).
     #[serde(default)]
     pub files_hashed: u64,
+    /// File bytes sent to other peers since start (the figure of
+    /// `peerdex_pserver_bytes_sent_total`).
+    #[serde(default)]
+    pub bytes_sent: u64,
+    /// File bytes received from holders since start, verified or not
+    /// (`peerdex_pserver_bytes_received_total`).
+    #[serde(default)]
+    pub bytes_received: u64,
+    /// Lease renewals since start, by result
+    /// (`peerdex_pserver_lease_renewals_total`).
+    #[serde(default)]
+    pub lease_renewals: LeaseRenewals,
     pub version: String,
+}
+
+/// Heartbeats sent to the central since start, by answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LeaseRenewals {
+    /// The lease was renewed.
+    pub ok: u64,
+    /// The central did not know us (any more): we joined again.
+    pub rejoin: u64,
+    /// No answer, or an error other than "join again".
+    pub error: u64,
 }
 
 /// One search result: a (name, content) pair and how many live peers hold it.

@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
+use crate::metrics::{Metrics, Renewal};
+
 /// Per-call deadline for RPCs to the central.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -316,16 +318,24 @@ impl Central {
     /// Keep the lease: join (with the full inventory from `inventory`), then
     /// heartbeat at the interval the central advises; re-join when asked;
     /// back off while the central is unreachable. Returns when cancelled.
-    pub async fn lease_loop(
+    pub(crate) async fn lease_loop(
         &self,
         inventory: impl Fn() -> Vec<SharedFile>,
         load: impl Fn() -> Load,
+        metrics: Metrics,
         cancel: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(250);
         loop {
             let wait = if self.is_joined() {
-                match self.heartbeat(load()).await {
+                let answer = self.heartbeat(load()).await;
+                metrics.renewal(match &answer {
+                    Ok(true) => Renewal::Ok,
+                    Ok(false) => Renewal::Rejoin,
+                    Err(s) if s.code() == Code::Unauthenticated => Renewal::Rejoin,
+                    Err(_) => Renewal::Error,
+                });
+                match answer {
                     Ok(true) => {
                         backoff = Duration::from_millis(250);
                         self.session

@@ -15,8 +15,8 @@ use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use peerdex_proto::rest::{
-    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, NeighbourStatus, SearchQuery,
-    SearchResults, Status,
+    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, LeaseRenewals, NeighbourStatus,
+    SearchQuery, SearchResults, Status,
 };
 use peerdex_proto::types::{FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
@@ -28,6 +28,7 @@ use crate::conditional;
 use crate::download::{Downloads, JobHandle};
 use crate::error::{Error, Result};
 use crate::lookup::Lookup;
+use crate::metrics::{Live, Metrics};
 use crate::rt::MainRt;
 use crate::serve::{Withdraw, verified_range};
 use crate::store::{Added, Store};
@@ -71,6 +72,7 @@ pub(crate) struct Control {
         FileList,
         Status,
         NeighbourStatus,
+        LeaseRenewals,
         SearchResults,
         DownloadRequest,
         Job,
@@ -191,6 +193,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 resource("/downloads/{job}/events", "GET").route(web::get().to(download_events)),
             ),
     )
+    .service(resource("/metrics", "GET").route(web::get().to(metrics)))
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(Error::NotFound(
             "no such endpoint; see /api/v1/openapi.json".into(),
@@ -517,6 +520,7 @@ async fn status(
     uploads: web::Data<Uploads>,
     downloads: web::Data<Downloads>,
     rt: web::Data<MainRt>,
+    metrics: web::Data<Metrics>,
 ) -> Result<web::Json<Status>> {
     let probe = lookup.clone().into_inner();
     let neighbours = rt.run(async move { Ok(probe.probe().await) }).await?;
@@ -540,8 +544,35 @@ async fn status(
         active_downloads: downloads.active(),
         max_upload_bytes: control.max_upload_bytes,
         files_hashed: store.hashed_count(),
+        bytes_sent: metrics.bytes().0,
+        bytes_received: metrics.bytes().1,
+        lease_renewals: {
+            let (ok, rejoin, error) = metrics.renewals();
+            LeaseRenewals { ok, rejoin, error }
+        },
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
+}
+
+/// This PServer's metrics in the Prometheus text format (behind the same
+/// Host check and token as the rest of this API; see `crate::metrics`).
+async fn metrics(
+    metrics: web::Data<Metrics>,
+    store: web::Data<Store>,
+    uploads: web::Data<Uploads>,
+    downloads: web::Data<Downloads>,
+) -> HttpResponse {
+    let (shared_files, shared_bytes) = store.totals();
+    let text = metrics.render(Live {
+        shared_files: shared_files as usize,
+        shared_bytes,
+        uploads_active: uploads.active(),
+        downloads_active: downloads.active(),
+    });
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(text)
 }
 
 /// Search the network (through a neighbour, or the central if none answers).

@@ -29,6 +29,9 @@
 //!   threads with runtimes of their own, so outbound work (gRPC, peer HTTP,
 //!   download jobs) runs on the main runtime and its connection pools
 //!   outlive the HTTP workers (see `rt` for why actix cannot use it).
+//! * `metrics` — this PServer's Prometheus metrics (`GET /metrics` on the
+//!   control API, same guard), on a recorder of its own: several PServers
+//!   in one test process keep their own figures.
 //!
 //! Each part is a small cheap-to-clone handle (`Arc<Store>`,
 //! `Arc<Central>`, `Arc<Lookup>`, [`download::Downloads`],
@@ -44,6 +47,7 @@ mod download;
 mod error;
 mod limits;
 mod lookup;
+mod metrics;
 mod peer_api;
 mod rate;
 mod rt;
@@ -112,6 +116,7 @@ pub async fn run(
         http.clone(),
         config.neighbour_timeout,
     ));
+    let metrics = metrics::Metrics::new();
     let uploads = uploads::Uploads::new(
         config.max_uploads,
         config.max_upload_bps,
@@ -119,6 +124,7 @@ pub async fn run(
             min_bps: config.upload_min_bps,
             idle: config.upload_idle,
         },
+        metrics.clone(),
     );
     let downloads = download::Downloads::new(
         store.clone(),
@@ -130,6 +136,7 @@ pub async fn run(
             max_sources: config.max_sources,
             stall_timeout: config.stall_timeout,
             max_download_bps: config.max_download_bps,
+            metrics: metrics.clone(),
         },
         rt.clone(),
     );
@@ -137,10 +144,11 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let lease = tokio::spawn({
-        let (central, store, uploads, c) = (
+        let (central, store, uploads, metrics, c) = (
             central.clone(),
             store.clone(),
             uploads.clone(),
+            metrics.clone(),
             cancel.clone(),
         );
         async move {
@@ -148,7 +156,9 @@ pub async fn run(
                 active_uploads: uploads.active(),
                 free_upload_slots: uploads.free(),
             };
-            central.lease_loop(|| store.inventory(), load, c).await
+            central
+                .lease_loop(|| store.inventory(), load, metrics, c)
+                .await
         }
     });
     let rescan_now = Arc::new(tokio::sync::Notify::new());
@@ -175,7 +185,7 @@ pub async fn run(
         public_url: config.public_url.clone(),
     };
     let api_srv = HttpServer::new({
-        let (store, central, lookup, uploads, downloads, rt, withdraw) = (
+        let (store, central, lookup, uploads, downloads, rt, withdraw, metrics) = (
             store.clone(),
             central.clone(),
             lookup.clone(),
@@ -183,6 +193,7 @@ pub async fn run(
             downloads.clone(),
             rt.clone(),
             withdraw.clone(),
+            metrics.clone(),
         );
         move || {
             App::new()
@@ -194,6 +205,7 @@ pub async fn run(
                 .app_data(web::Data::new(uploads.clone()))
                 .app_data(web::Data::new(downloads.clone()))
                 .app_data(web::Data::new(rt.clone()))
+                .app_data(web::Data::new(metrics.clone()))
                 .app_data(json_config())
                 .app_data(query_config())
                 .wrap(middleware::from_fn(control_api::guard))
@@ -208,7 +220,7 @@ pub async fn run(
     .run();
     let drain = config.drain.as_secs();
     let conns = limits::ConnLimit::new(config.max_conns_per_addr);
-    let neighbour_rate = limits::NeighbourRate::new(config.neighbour_rate);
+    let neighbour_rate = limits::NeighbourRate::new(config.neighbour_rate, metrics.clone());
     let peer_srv = HttpServer::new({
         let (store, central, uploads, rt) =
             (store.clone(), central.clone(), uploads.clone(), rt.clone());

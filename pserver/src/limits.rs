@@ -21,6 +21,7 @@ use actix_web::dev::Extensions;
 use peerdex_proto::limit::{Limiter, addr_key as source_key, retry_secs};
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 
 /// Seconds a client over a limit is told to wait, at least.
 const RETRY_AFTER: u64 = 1;
@@ -142,14 +143,16 @@ impl Closer {
 pub(crate) struct NeighbourRate {
     per_sec: u32,
     buckets: Arc<Limiter<IpAddr>>,
+    metrics: Metrics,
 }
 
 impl NeighbourRate {
-    pub(crate) fn new(per_sec: u32) -> Self {
+    pub(crate) fn new(per_sec: u32, metrics: Metrics) -> Self {
         let per_sec = per_sec.max(1);
         Self {
             per_sec,
             buckets: Arc::new(Limiter::new(per_sec)),
+            metrics,
         }
     }
 
@@ -163,12 +166,15 @@ impl NeighbourRate {
         let key = source_key(ip);
         self.buckets
             .check(&key, now)
-            .map_err(|wait| Error::TooManyRequests {
-                message: format!(
-                    "too many neighbour requests from {key}; PSERVER_NEIGHBOUR_RATE allows {} per second",
-                    self.per_sec
-                ),
-                retry_after: retry_secs(wait).max(RETRY_AFTER),
+            .map_err(|wait| {
+                self.metrics.neighbour_refused();
+                Error::TooManyRequests {
+                    message: format!(
+                        "too many neighbour requests from {key}; PSERVER_NEIGHBOUR_RATE allows {} per second",
+                        self.per_sec
+                    ),
+                    retry_after: retry_secs(wait).max(RETRY_AFTER),
+                }
             })
     }
 }
@@ -201,7 +207,7 @@ mod tests {
 
     #[test]
     fn buckets_allow_the_burst_then_the_rate() {
-        let r = NeighbourRate::new(5);
+        let r = NeighbourRate::new(5, Metrics::new());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
         for i in 0..50 {

@@ -34,6 +34,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Error, Result};
 use crate::limits::Closer;
+use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 
 /// How often a watchdog judges its response.
@@ -53,6 +54,7 @@ pub(crate) struct Uploads {
     max: u32,
     limit: Arc<RateLimiter>,
     rules: Rules,
+    metrics: Metrics,
 }
 
 /// When a reader is too slow.
@@ -68,24 +70,25 @@ pub(crate) struct Rules {
 pub(crate) type Slot = OwnedSemaphorePermit;
 
 impl Uploads {
-    pub(crate) fn new(max: u32, max_bps: u64, rules: Rules) -> Self {
+    pub(crate) fn new(max: u32, max_bps: u64, rules: Rules, metrics: Metrics) -> Self {
         Self {
             slots: Arc::new(Semaphore::new(max as usize)),
             max,
             limit: Arc::new(RateLimiter::new(max_bps)),
             rules,
+            metrics,
         }
     }
 
     /// A free slot now, or `Busy` (answered 503 with `Retry-After`).
     pub(crate) fn try_acquire(&self) -> Result<Slot> {
-        self.slots
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Busy {
+        self.slots.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.upload_refused();
+            Error::Busy {
                 slots: self.max,
                 retry_after: 1,
-            })
+            }
+        })
     }
 
     pub(crate) fn active(&self) -> u32 {
@@ -128,11 +131,13 @@ impl Uploads {
             closer,
             peer,
             stopped,
+            self.metrics.clone(),
         ));
         Watched {
             inner: Box::pin(body),
             rest: Bytes::new(),
             progress,
+            metrics: self.metrics.clone(),
             _stop: stop,
         }
     }
@@ -158,6 +163,8 @@ pub(crate) struct Watched<S> {
     /// The part of the last piece not handed over yet.
     rest: Bytes,
     progress: Rc<RefCell<Progress>>,
+    /// Counts the bytes handed to actix (`peerdex_pserver_bytes_sent_total`).
+    metrics: Metrics,
     /// Dropped with the body: stops the watchdog.
     _stop: oneshot::Sender<()>,
 }
@@ -187,6 +194,7 @@ impl<S: Stream<Item = io::Result<Bytes>>> Stream for Watched<S> {
             }
         }
         let piece = this.rest.split_to(this.rest.len().min(SLICE));
+        this.metrics.sent(piece.len() as u64);
         let mut p = this.progress.borrow_mut();
         p.bytes += piece.len() as u64;
         p.handed_at = Some(Instant::now());
@@ -207,6 +215,7 @@ async fn watchdog(
     closer: Option<Closer>,
     peer: String,
     mut stopped: oneshot::Receiver<()>,
+    metrics: Metrics,
 ) {
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -226,6 +235,7 @@ async fn watchdog(
                 (p.slot.take(), p.bytes)
             };
             drop(slot);
+            metrics.slow_reader_cut();
             if let Some(c) = &closer {
                 c.close();
             }
@@ -311,7 +321,7 @@ mod tests {
 
     #[test]
     fn slots_are_counted_and_released_on_drop() {
-        let u = Uploads::new(2, 0, RULES);
+        let u = Uploads::new(2, 0, RULES, Metrics::new());
         assert_eq!((u.active(), u.free()), (0, 2));
         let a = u.try_acquire().unwrap();
         let b = u.clone().try_acquire().unwrap();

@@ -15,6 +15,8 @@ pub struct TestCentral {
     /// `http://127.0.0.1:PORT`
     pub url: String,
     pub data_dir: PathBuf,
+    /// `http://127.0.0.1:PORT/metrics` when started with metrics.
+    pub metrics_url: Option<String>,
     _root: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<central_server::Result<()>>>,
@@ -46,6 +48,34 @@ impl TestCentral {
         data_dir: &Path,
         tweak: impl FnOnce(&mut central_server::Config),
     ) -> Self {
+        Self::start_full(data_dir, false, tweak).await
+    }
+
+    /// A central over a fresh folder that also serves Prometheus metrics
+    /// (as with `CENTRAL_METRICS_ADDR`) at [`TestCentral::metrics_url`].
+    pub async fn start_with_metrics(tweak: impl FnOnce(&mut central_server::Config)) -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut c = Self::start_full(&root.path().join("central"), true, tweak).await;
+        c._root = Some(root);
+        c
+    }
+
+    async fn start_full(
+        data_dir: &Path,
+        metrics: bool,
+        tweak: impl FnOnce(&mut central_server::Config),
+    ) -> Self {
+        let metrics = match metrics {
+            true => Some(
+                tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind 127.0.0.1:0"),
+            ),
+            false => None,
+        };
+        let metrics_url = metrics
+            .as_ref()
+            .map(|l| format!("http://{}/metrics", l.local_addr().unwrap()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -53,13 +83,19 @@ impl TestCentral {
         let mut config = central_server::Config::new(data_dir);
         tweak(&mut config);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(central_server::run(listener, config, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(central_server::run_with_metrics(
+            listener,
+            metrics,
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
             url: format!("http://{addr}"),
             data_dir: data_dir.to_owned(),
+            metrics_url,
             _root: None,
             stop: Some(tx),
             task: Some(task),

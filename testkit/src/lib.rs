@@ -7,6 +7,8 @@
 //! * [`bytes`] — deterministic test content, hashes, listing folders.
 //! * [`central`] — a real central directory in-process on `127.0.0.1:0`.
 //! * [`peer`] — a real PServer in-process on `127.0.0.1:0`.
+//! * [`prom`] — parse Prometheus text with the reference Python parser
+//!   (`prometheus_client`, installed into a cached virtualenv).
 //! * [`process`] — a real binary as a child process, its addresses read from
 //!   its own first line of output (never a pre-picked port), killed with real
 //!   signals; and a URL where nothing listens.
@@ -15,6 +17,7 @@ pub mod bytes;
 pub mod central;
 pub mod peer;
 pub mod process;
+pub mod prom;
 pub mod wait;
 
 pub use bytes::{blake3_hex, files_under, test_bytes};

@@ -51,6 +51,19 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             s.active_uploads, s.active_downloads
         ),
     );
+    line(
+        "bytes",
+        format!(
+            "{} sent, {} received",
+            human_size(s.bytes_sent),
+            human_size(s.bytes_received)
+        ),
+    );
+    let r = s.lease_renewals;
+    line(
+        "renewals",
+        format!("{} ok, {} rejoin, {} error", r.ok, r.rejoin, r.error),
+    );
     if s.max_upload_bytes > 0 {
         line("max upload", human_size(s.max_upload_bytes));
     }

@@ -56,6 +56,7 @@ use uuid::Uuid;
 use crate::central::Central;
 use crate::error::{Error, Result};
 use crate::lookup::{LocateTarget, Lookup};
+use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 use crate::rt::MainRt;
 use crate::space::{Bytes, Claim, NoSpace};
@@ -95,6 +96,7 @@ pub(crate) struct Engine {
     max_sources: usize,
     stall_timeout: Duration,
     rt: MainRt,
+    metrics: Metrics,
 }
 
 /// Settings of the download engine (from `Config`).
@@ -102,6 +104,7 @@ pub(crate) struct Settings {
     pub max_sources: usize,
     pub stall_timeout: Duration,
     pub max_download_bps: u64,
+    pub metrics: Metrics,
 }
 
 impl Downloads {
@@ -126,6 +129,7 @@ impl Downloads {
             max_sources: settings.max_sources,
             stall_timeout: settings.stall_timeout,
             rt,
+            metrics: settings.metrics,
         }))
     }
 
@@ -392,6 +396,11 @@ fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
                 _ => kept = p.close_or_discard().await,
             }
         }
+        match &result {
+            Ok(()) => shared.metrics.download_finished(0),
+            Err(JobEnd::Failed(_)) => shared.metrics.download_finished(1),
+            Err(JobEnd::Cancelled) => shared.metrics.download_finished(2),
+        }
         match result {
             Ok(()) => {}
             Err(JobEnd::Cancelled) if stopping => {
@@ -476,6 +485,7 @@ async fn drive(
         shared.http.clone(),
         shared.download_limit.clone(),
         id_of(&begin),
+        shared.metrics.clone(),
     );
     let mut strikes = manifest::Strikes::new();
     let mut confirmed_last = None;
@@ -532,7 +542,10 @@ async fn drive(
     let mut swarm = Swarm::new(
         manifest.clone(),
         partial.verified(),
-        scheduler::Params::new(shared.max_sources, shared.stall_timeout),
+        scheduler::Params {
+            metrics: Some(shared.metrics.clone()),
+            ..scheduler::Params::new(shared.max_sources, shared.stall_timeout)
+        },
     );
     let (done, n) = swarm.chunks();
     if done > 0 {

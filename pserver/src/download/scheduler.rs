@@ -35,7 +35,7 @@ use peerdex_proto::rest::SourceProgress;
 use peerdex_proto::tree::Manifest;
 use tokio::task::JoinSet;
 
-use super::chunk::{ChunkRequest, Failed, Outcome};
+use super::chunk::{Bad, ChunkRequest, Failed, Outcome};
 use super::holder::Holder;
 use super::partial::Partial;
 use super::transport::{Fetcher, Source};
@@ -65,6 +65,8 @@ pub(crate) struct Params {
     /// in (memory stays flat whatever the chunk size) instead of being held
     /// in memory until verified; the end game does not race them.
     pub stream_above: u64,
+    /// Counts chunks that failed verification (none in the model tests).
+    pub metrics: Option<crate::metrics::Metrics>,
 }
 
 impl Params {
@@ -77,6 +79,7 @@ impl Params {
             mem_budget: 64 << 20,
             race_grace: Duration::from_millis(300),
             stream_above: 8 << 20,
+            metrics: None,
         }
     }
 }
@@ -514,6 +517,9 @@ impl Swarm {
                 }
             }
             Outcome::Bad(why) => {
+                if let (Bad::Hash(_), Some(m)) = (&why, &self.params.metrics) {
+                    m.chunk_failed();
+                }
                 let why = why.to_string();
                 holder.strikes += 1;
                 holder.last_error = Some(why.clone());

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use peerdex_proto::{FileId, PeerUrl};
 
+use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 
 /// A holder to fetch from.
@@ -46,9 +47,15 @@ pub(crate) type Fetcher = Arc<
 >;
 
 /// Range requests for file `id` over the peer API, under `limit`.
-pub(crate) fn http_fetcher(http: reqwest::Client, limit: Arc<RateLimiter>, id: FileId) -> Fetcher {
+/// Every body byte received counts in `metrics` (verified or not).
+pub(crate) fn http_fetcher(
+    http: reqwest::Client,
+    limit: Arc<RateLimiter>,
+    id: FileId,
+    metrics: Metrics,
+) -> Fetcher {
     Arc::new(move |src: &Source, start: u64, end: u64| {
-        let (http, limit) = (http.clone(), limit.clone());
+        let (http, limit, metrics) = (http.clone(), limit.clone(), metrics.clone());
         let url = format!("{}/peer/v1/files/{id}", src.url);
         Box::pin(async move {
             let resp = http
@@ -70,7 +77,13 @@ pub(crate) fn http_fetcher(http: reqwest::Client, limit: Arc<RateLimiter>, id: F
             let limited = limit.is_limited();
             let body = resp
                 .bytes_stream()
-                .map(|r| r.map_err(|e| TransportError::Body(root_cause(&e))))
+                .map(move |r| match r {
+                    Ok(b) => {
+                        metrics.received(b.len() as u64);
+                        Ok(b)
+                    }
+                    Err(e) => Err(TransportError::Body(root_cause(&e))),
+                })
                 .then(move |r| {
                     let limit = limit.clone();
                     async move {

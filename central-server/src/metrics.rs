@@ -1,0 +1,329 @@
+//! The directory's Prometheus metrics, served at `/metrics` on their own
+//! listener (`CENTRAL_METRICS_ADDR`; none by default, and then no recorder
+//! exists and the RPCs skip every measurement).
+//!
+//! The recorder is owned by the server instance, not installed globally:
+//! tests run centrals in-process, and each must report its own figures.
+//! [`Metrics`] holds `metrics` handles registered on that recorder. A call
+//! costs two clock reads, one counter increment and one histogram sample;
+//! labels are `&'static str` and each `(rpc, code)` counter is registered
+//! once, on its first use. Gauges (peers, files, holdings) are read from the
+//! index at each scrape, so the RPCs never touch them.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use tonic::Code;
+
+use crate::index::Stats;
+
+/// The RPCs of `peerdex.v1.Directory`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Rpc {
+    Join,
+    Heartbeat,
+    Publish,
+    Unpublish,
+    Locate,
+    Search,
+    Leave,
+}
+
+const RPCS: [&str; 7] = [
+    "join",
+    "heartbeat",
+    "publish",
+    "unpublish",
+    "locate",
+    "search",
+    "leave",
+];
+
+/// gRPC status codes as Prometheus label values (0..=16).
+const CODES: [&str; 17] = [
+    "ok",
+    "cancelled",
+    "unknown",
+    "invalid_argument",
+    "deadline_exceeded",
+    "not_found",
+    "already_exists",
+    "permission_denied",
+    "resource_exhausted",
+    "failed_precondition",
+    "aborted",
+    "out_of_range",
+    "unimplemented",
+    "internal",
+    "unavailable",
+    "data_loss",
+    "unauthenticated",
+];
+
+/// A refusal by a limit, labelled with the setting that caused it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Refusal {
+    JoinRate,
+    PublishRate,
+    SearchRate,
+    MaxPeersPerAddr,
+    MaxFiles,
+}
+
+const REFUSALS: [&[Label]; 5] = [
+    &[Label::from_static_parts("setting", "CENTRAL_JOIN_RATE")],
+    &[Label::from_static_parts("setting", "CENTRAL_PUBLISH_RATE")],
+    &[Label::from_static_parts("setting", "CENTRAL_SEARCH_RATE")],
+    &[Label::from_static_parts(
+        "setting",
+        "CENTRAL_MAX_PEERS_PER_ADDR",
+    )],
+    &[Label::from_static_parts("setting", "CENTRAL_MAX_FILES")],
+];
+
+const REQUESTS: &str = "peerdex_central_requests_total";
+const DURATION: &str = "peerdex_central_request_duration_seconds";
+const SWEEP: &str = "peerdex_central_sweep_duration_seconds";
+/// Upper bounds of the latency buckets, in seconds (100 µs to 10 s).
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+static META: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+/// The metrics of one central.
+pub(crate) struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    requests: [[OnceLock<Counter>; 17]; 7],
+    durations: [Histogram; 7],
+    refusals: [Counter; 5],
+    leases_expired: Counter,
+    search_truncated: Counter,
+    sweep_duration: Histogram,
+    peers: Gauge,
+    files: Gauge,
+    names: Gauge,
+    holdings: Gauge,
+}
+
+fn describe(r: &PrometheusRecorder, name: &'static str, unit: Option<Unit>, help: &'static str) {
+    let (name, help) = (KeyName::from_const_str(name), SharedString::const_str(help));
+    // One description per name whatever its kind: the exporter keeps them
+    // in one table.
+    r.describe_counter(name, unit, help);
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let r = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(DURATION.into()), BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full(SWEEP.into()), BUCKETS))
+            .map(PrometheusBuilder::build_recorder)
+            // Only fails on an empty bucket list, which BUCKETS is not.
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        describe(
+            &r,
+            REQUESTS,
+            None,
+            "Directory RPCs answered, by RPC and gRPC status code",
+        );
+        describe(
+            &r,
+            DURATION,
+            Some(Unit::Seconds),
+            "Time to answer a directory RPC, by RPC",
+        );
+        describe(
+            &r,
+            SWEEP,
+            Some(Unit::Seconds),
+            "Time one lease sweep took (removing expired peers)",
+        );
+        let counter = |name: &'static str, labels: &'static [Label], help: &'static str| {
+            describe(&r, name, None, help);
+            r.register_counter(&Key::from_static_parts(name, labels), &META)
+        };
+        let gauge = |name: &'static str, help: &'static str| {
+            describe(&r, name, None, help);
+            r.register_gauge(&Key::from_static_name(name), &META)
+        };
+        let duration = |i: usize| {
+            r.register_histogram(
+                &Key::from_parts(DURATION, vec![Label::from_static_parts("rpc", RPCS[i])]),
+                &META,
+            )
+        };
+        let refusal = |i: usize| {
+            counter(
+                "peerdex_central_refusals_total",
+                REFUSALS[i],
+                "Calls refused by a rate limit or quota (RESOURCE_EXHAUSTED), by the setting that refused them",
+            )
+        };
+        let m = Self {
+            requests: Default::default(),
+            durations: std::array::from_fn(duration),
+            refusals: std::array::from_fn(refusal),
+            leases_expired: counter(
+                "peerdex_central_leases_expired_total",
+                &[],
+                "Peers removed because their lease ended without a heartbeat",
+            ),
+            search_truncated: counter(
+                "peerdex_central_search_truncated_total",
+                &[],
+                "Searches answered partially: the query spent CENTRAL_SEARCH_BUDGET",
+            ),
+            sweep_duration: r.register_histogram(&Key::from_static_name(SWEEP), &META),
+            peers: gauge(
+                "peerdex_central_peers",
+                "Peers in the directory (live leases; expired ones until the next sweep)",
+            ),
+            files: gauge(
+                "peerdex_central_files",
+                "Distinct file ids in the directory",
+            ),
+            names: gauge(
+                "peerdex_central_names",
+                "Distinct file names in the directory",
+            ),
+            holdings: gauge(
+                "peerdex_central_holdings",
+                "Holdings: (peer, file, name) entries, bounded by CENTRAL_MAX_FILES",
+            ),
+            handle: r.handle(),
+            recorder: r,
+        };
+        // Every RPC's `ok` series exists from the start (at 0).
+        for rpc in 0..RPCS.len() {
+            m.request(rpc, 0);
+        }
+        m
+    }
+
+    fn request(&self, rpc: usize, code: usize) -> &Counter {
+        self.requests[rpc][code].get_or_init(|| {
+            let labels = vec![
+                Label::from_static_parts("rpc", RPCS[rpc]),
+                Label::from_static_parts("code", CODES[code]),
+            ];
+            self.recorder
+                .register_counter(&Key::from_parts(REQUESTS, labels), &META)
+        })
+    }
+
+    /// One RPC answered with `code` after `took`.
+    pub(crate) fn observe(&self, rpc: Rpc, code: Code, took: Duration) {
+        let (rpc, code) = (rpc as usize, (code as usize).min(CODES.len() - 1));
+        self.request(rpc, code).increment(1);
+        self.durations[rpc].record(took.as_secs_f64());
+    }
+
+    pub(crate) fn refused(&self, why: Refusal) {
+        self.refusals[why as usize].increment(1);
+    }
+
+    pub(crate) fn search_truncated(&self) {
+        self.search_truncated.increment(1);
+    }
+
+    /// A sweep removed `expired` peers in `took`.
+    pub(crate) fn swept(&self, expired: usize, took: Duration) {
+        self.leases_expired.increment(expired as u64);
+        self.sweep_duration.record(took.as_secs_f64());
+    }
+
+    /// Fold recorded histogram samples into their buckets (bounds memory
+    /// between scrapes).
+    pub(crate) fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The Prometheus text exposition, gauges set from `stats`.
+    pub(crate) fn render(&self, stats: Stats, holdings: usize) -> String {
+        self.peers.set(stats.peers as f64);
+        self.files.set(stats.files as f64);
+        self.names.set(stats.names as f64);
+        self.holdings.set(holdings as f64);
+        self.handle.render()
+    }
+}
+
+/// `GET /metrics`.
+pub(crate) async fn serve(
+    State(dir): State<crate::service::DirectoryService>,
+) -> impl IntoResponse {
+    let text = dir.render_metrics().unwrap_or_default();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_in_tonic_order() {
+        assert_eq!(CODES[Code::InvalidArgument as usize], "invalid_argument");
+        assert_eq!(
+            CODES[Code::ResourceExhausted as usize],
+            "resource_exhausted"
+        );
+        assert_eq!(CODES[Code::Unauthenticated as usize], "unauthenticated");
+        assert_eq!(CODES[Code::DataLoss as usize], "data_loss");
+    }
+
+    #[test]
+    fn two_instances_keep_their_own_figures() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.observe(Rpc::Locate, Code::Ok, Duration::from_millis(1));
+        a.observe(Rpc::Locate, Code::InvalidArgument, Duration::from_millis(1));
+        let s = Stats {
+            peers: 1,
+            files: 2,
+            names: 3,
+        };
+        let (ta, tb) = (
+            a.render(s, 4),
+            b.render(
+                Stats {
+                    peers: 0,
+                    files: 0,
+                    names: 0,
+                },
+                0,
+            ),
+        );
+        assert!(
+            ta.contains(
+                "peerdex_central_requests_total{rpc=\"locate\",code=\"invalid_argument\"} 1\n"
+            ),
+            "{ta}"
+        );
+        assert!(ta.contains("peerdex_central_holdings 4\n"), "{ta}");
+        assert!(
+            tb.contains("peerdex_central_requests_total{rpc=\"locate\",code=\"ok\"} 0\n"),
+            "{tb}"
+        );
+        assert!(!tb.contains("invalid_argument"), "{tb}");
+    }
+}
