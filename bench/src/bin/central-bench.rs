@@ -96,6 +96,11 @@ struct Args {
     /// Files of each expiring peer.
     #[arg(long, default_value_t = 1000)]
     expire_files: u64,
+    /// Only measure the cost of metrics (issue 15): two centrals, one with
+    /// `CENTRAL_METRICS_ADDR` set and one without, populated alike; Locate
+    /// on each in turn, this many rounds (order alternating), medians.
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["addr", "restarts_only"])]
+    metrics_ab: u32,
 }
 
 /// Lease settings of the started central (the defaults).
@@ -204,7 +209,19 @@ fn rss_mib(pid: u32) -> Option<f64> {
 }
 
 fn start_central(bin: &PathBuf, data: &PathBuf) -> anyhow::Result<Proc> {
+    start_central_with(bin, data, None)
+}
+
+/// [`start_central`], with `CENTRAL_METRICS_ADDR` when `metrics` is given.
+fn start_central_with(
+    bin: &PathBuf,
+    data: &PathBuf,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<Proc> {
     let mut cmd = Command::new(bin);
+    if let Some(m) = metrics {
+        cmd.env("CENTRAL_METRICS_ADDR", m.to_string());
+    }
     std::fs::create_dir_all(data)?;
     let log = std::fs::File::create(log_path(data))?;
     cmd.env("CENTRAL_LISTEN_ADDR", "127.0.0.1:0")
@@ -739,6 +756,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if args.metrics_ab > 0 {
+        return metrics_ab(&args, &bin, &data).await;
+    }
     let mut central = match args.addr {
         Some(_) => None,
         None => Some(start_central(&bin, &data)?),
@@ -874,4 +894,106 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         println!("| restart-to-serving {what} | {:.2} s |", t.as_secs_f64());
     }
     Ok(())
+}
+
+/// `GET /metrics` over a bare HTTP/1.0 connection: the body.
+fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_owned()))
+}
+
+/// The metrics A/B of issue 15 (see `--metrics-ab`).
+async fn metrics_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut off = start_central_with(bin, &data.join("off"), None)?;
+    let mut on = start_central_with(bin, &data.join("on"), Some(port))?;
+    let alive = Arc::new(AtomicBool::new(false));
+    for c in [&off, &on] {
+        eprintln!(
+            "central at {}; populating {} files over {} peers …",
+            c.addr, args.files, args.peers
+        );
+        let joined: Joined = Arc::default();
+        keepalive(c.addr, joined.clone(), alive.clone());
+        let t = populate(c.addr, args, joined).await?;
+        eprintln!("populated in {:.1} s", t.as_secs_f64());
+    }
+    let (mut rps_off, mut rps_on) = (Vec::new(), Vec::new());
+    let (mut cpu_off, mut cpu_on) = (Vec::new(), Vec::new());
+    println!(
+        "\n| round | metrics | Locate/s | p50 ms | p99 ms | max ms | requests | errors | central CPU µs/Locate |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for round in 0..args.metrics_ab {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for metrics in order {
+            let c = if metrics { &on } else { &off };
+            let before = cpu_ticks(c.child.id());
+            let r = locate_run(c.addr, args.files, args).await?;
+            let ticks = cpu_ticks(c.child.id()).saturating_sub(before);
+            // Clock ticks are 10 ms (USER_HZ 100).
+            let cpu_us = ticks as f64 * 10_000.0 / r.requests.max(1) as f64;
+            let name = format!("{} | {}", round + 1, if metrics { "on" } else { "off" });
+            println!("{} {cpu_us:.2} |", row(&name, &r));
+            if metrics {
+                rps_on.push(r.rps);
+                cpu_on.push(cpu_us);
+            } else {
+                rps_off.push(r.rps);
+                cpu_off.push(cpu_us);
+            }
+        }
+    }
+    alive.store(true, Ordering::Relaxed);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m_off, m_on) = (median(&mut rps_off), median(&mut rps_on));
+    println!(
+        "\nmedian Locate/s: off {m_off:.0}, on {m_on:.0}: metrics cost {:+.2} %",
+        (m_off - m_on) / m_off * 100.0
+    );
+    let (c_off, c_on) = (median(&mut cpu_off), median(&mut cpu_on));
+    println!(
+        "median central CPU per Locate (heartbeats included): off {c_off:.2} µs, on {c_on:.2} µs: {:+.2} %",
+        (c_on - c_off) / c_off * 100.0
+    );
+    let text = scrape(port)?;
+    let counted: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("peerdex_central_requests_total{rpc=\"locate\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    println!("the metered central counted {counted:.0} Locate calls");
+    for c in [&mut off, &mut on] {
+        sigterm_and_wait(c)?;
+    }
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(data);
+    }
+    Ok(())
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
+    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
 }
