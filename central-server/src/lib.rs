@@ -239,6 +239,24 @@ pub async fn run_with_metrics(
     served
 }
 
+/// `GET /metrics`: the directory's figures in the Prometheus text format.
+async fn metrics_page(
+    axum::extract::State(dir): axum::extract::State<DirectoryService>,
+) -> impl axum::response::IntoResponse {
+    use axum::http::header;
+    let text = dir.render_metrics().unwrap_or_default();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+}
+
 /// Serve `/metrics` on `listener` until `cancel`, folding histogram samples
 /// into buckets every few seconds meanwhile.
 async fn serve_metrics(
@@ -262,7 +280,7 @@ async fn serve_metrics(
         }
     };
     let app = axum::Router::new()
-        .route("/metrics", axum::routing::get(metrics::serve))
+        .route("/metrics", axum::routing::get(metrics_page))
         .with_state(directory);
     let serve = axum::serve(listener, app).with_graceful_shutdown(cancel.clone().cancelled_owned());
     let (served, ()) = tokio::join!(serve.into_future(), upkeep);

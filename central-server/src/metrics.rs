@@ -22,9 +22,6 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
 use metrics::{
     Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, SharedString, Unit,
 };
@@ -332,23 +329,6 @@ impl Metrics {
         text.push_str(&histograms);
         text
     }
-}
-
-/// `GET /metrics`.
-pub(crate) async fn serve(
-    State(dir): State<crate::service::DirectoryService>,
-) -> impl IntoResponse {
-    let text = dir.render_metrics().unwrap_or_default();
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                "text/plain; version=0.0.4; charset=utf-8",
-            ),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        text,
-    )
 }
 
 #[cfg(test)]
