@@ -81,32 +81,14 @@ impl Liar {
 
 /// One request per connection: the lying manifest, or the lying bytes.
 async fn serve_lie(mut s: tokio::net::TcpStream, content: Arc<Vec<u8>>, manifest: Arc<Vec<u8>>) {
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 {
-        if s.read(&mut b).await.unwrap_or(0) == 0 {
-            return;
-        }
-        head.push(b[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-    let (status, extra, body): (&str, String, Vec<u8>) = if path.ends_with("/manifest") {
+    let Some(req) = read_fake_request(&mut s).await else {
+        return;
+    };
+    let (status, extra, body): (&str, String, Vec<u8>) = if req.path.ends_with("/manifest") {
         ("200 OK", String::new(), manifest.to_vec())
     } else {
         let size = content.len() as u64;
-        let range = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("range: bytes=")
-                    .map(str::to_owned)
-            })
-            .and_then(|r| {
-                let (a, b) = r.trim().split_once('-')?;
-                Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?))
-            });
-        match range {
+        match req.range {
             Some((a, b)) if a < size => {
                 let b = b.min(size - 1);
                 (
@@ -118,13 +100,7 @@ async fn serve_lie(mut s: tokio::net::TcpStream, content: Arc<Vec<u8>>, manifest
             _ => ("416 Range Not Satisfiable", String::new(), Vec::new()),
         }
     };
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = s.write_all(resp.as_bytes()).await;
-    let _ = s.write_all(&body).await;
-    let _ = s.shutdown().await;
+    send_fake_answer(s, status, &extra, &body).await;
 }
 
 async fn download_is_right(d: &TestPeer, id: &str, name: &str, bytes: &[u8], liar: &Liar) {
