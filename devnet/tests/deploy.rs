@@ -402,16 +402,70 @@ fn scripts_parse_and_pass_shellcheck() {
 
 // ── the emulator ─────────────────────────────────────────────────────────────
 
+/// FNV-1a, stable across Rust versions (names the cached venv).
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// The virtualenv with moto, awscli and PyYAML, created on first use.
 fn venv() -> PathBuf {
-    peerdex_testkit::pyvenv::Venv {
-        folder: "deploy-test-venv",
-        env: "PEERDEX_DEPLOY_TEST_VENV",
-        requirements: REQUIREMENTS,
-        user: "the deploy test",
-        what: "the EC2 emulator",
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let version = run(Command::new(&python).arg("--version"));
+    assert!(
+        version.status.success(),
+        "the deploy test needs {python} (with the venv module) to install the EC2 emulator"
+    );
+    let key = format!(
+        "{}|{}",
+        String::from_utf8_lossy(&version.stdout).trim(),
+        REQUIREMENTS.join("|")
+    );
+    let base = std::env::var_os("PEERDEX_DEPLOY_TEST_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_TARGET_TMPDIR"))
+                .parent()
+                .unwrap()
+                .join("deploy-test-venv")
+        });
+    let dir = base.join(format!("{:016x}", fnv1a(key.as_bytes())));
+    let complete = dir.join(".complete");
+    if complete.exists() {
+        return dir;
     }
-    .get()
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    eprintln!(
+        "installing {} into {} (first run only)",
+        REQUIREMENTS.join(" "),
+        dir.display()
+    );
+    let started = Instant::now();
+    ok(Command::new(&python).args(["-m", "venv"]).arg(&dir));
+    let out = run(Command::new(dir.join("bin/pip"))
+        .args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--timeout",
+            "30",
+            "--retries",
+            "2",
+        ])
+        .args(REQUIREMENTS));
+    assert!(
+        out.status.success(),
+        "cannot install the EC2 emulator from PyPI ({}): is PyPI reachable? \
+         This test needs `pip install {}` to work.\n{}",
+        out.status,
+        REQUIREMENTS.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(&complete, key).unwrap();
+    eprintln!("venv ready in {:.0?}", started.elapsed());
+    dir
 }
 
 /// A running `moto_server`, killed on drop.
