@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header;
+use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
@@ -33,6 +33,7 @@ use crate::rt::MainRt;
 use crate::serve::{Withdraw, verified_range};
 use crate::store::{Added, Store};
 use crate::uploads::Uploads;
+use crate::webui;
 
 /// This API's own settings and what it reports about the PServer.
 #[derive(Clone)]
@@ -63,6 +64,7 @@ pub(crate) struct Control {
         list_downloads,
         get_download,
         download_events,
+        events,
         cancel_download
     ),
     modifiers(&CommonAnswers),
@@ -191,9 +193,11 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(
                 resource("/downloads/{job}/events", "GET").route(web::get().to(download_events)),
-            ),
+            )
+            .service(resource("/events", "GET").route(web::get().to(events))),
     )
     .service(resource("/metrics", "GET").route(web::get().to(metrics)))
+    .configure(webui::routes)
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(Error::NotFound(
             "no such endpoint; see /api/v1/openapi.json".into(),
@@ -235,7 +239,15 @@ pub(crate) async fn guard(
         ))
         .into());
     }
-    if let Some(token) = &control.api_token {
+    if let Err(why) = same_origin(&req, host) {
+        return Err(Error::Forbidden(why).into());
+    }
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    if let Some(token) = control
+        .api_token
+        .as_ref()
+        .filter(|_| !(safe && webui::is_asset(req.path())))
+    {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -249,6 +261,45 @@ pub(crate) async fn guard(
         }
     }
     next.call(req).await
+}
+
+/// A request that changes something (any method but GET, HEAD, OPTIONS)
+/// must come from this API's own origin or from no browser page at all: a
+/// page of another site (a cross-site form, a fetch from elsewhere) is
+/// refused before anything happens. Browsers send `Origin` on such requests
+/// and `Sec-Fetch-Site` on all of them; the CLI sends neither. Together with
+/// the JSON body `POST /api/v1/downloads` requires (a form cannot send one)
+/// and the `Host` check against DNS rebinding, this is the CSRF defence.
+fn same_origin(req: &ServiceRequest, host: &str) -> std::result::Result<(), String> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let h = req.headers();
+    if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && matches!(site, "cross-site" | "same-site")
+    {
+        return Err(format!(
+            "{} from a page of another site (Sec-Fetch-Site: {site}) is refused; \
+             use the web UI at this address, or the peerdex CLI",
+            req.method()
+        ));
+    }
+    if let Some(origin) = h.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("(not text)");
+        let ours = ["http://", "https://"].iter().any(|scheme| {
+            origin
+                .strip_prefix(scheme)
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+        });
+        if !ours {
+            return Err(format!(
+                "{} from origin {origin:?} is refused: only pages served by this API \
+                 (http://{host}) may change things; use its web UI, or the peerdex CLI",
+                req.method()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -670,6 +721,45 @@ async fn download_events(
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(stream))
 }
+
+/// Follow every download job: newline-delimited JSON, one JobList (as
+/// `GET /api/v1/downloads`) at once, then after every change (at most four
+/// a second) and at least every 15 s. Ends when the PServer stops.
+#[utoipa::path(get, path = "/api/v1/events", responses((status = 200, content_type = "application/x-ndjson", body = JobList, description = "one JobList per line: now, on each change, and at least every 15 s")))]
+async fn events(downloads: web::Data<Downloads>) -> HttpResponse {
+    let rx = downloads.watch();
+    let stream = futures_util::stream::unfold(
+        (downloads, rx, true),
+        |(downloads, mut rx, first)| async move {
+            if !first {
+                if let Ok(Err(_)) = tokio::time::timeout(EVENTS_KEEPALIVE, rx.changed()).await {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await; // coalesce bursts
+            }
+            if downloads.stopping() {
+                return None;
+            }
+            rx.mark_unchanged();
+            let list = JobList {
+                jobs: downloads.list(),
+            };
+            let mut line = serde_json::to_vec(&list).unwrap_or_default();
+            line.push(b'\n');
+            Some((
+                Ok::<_, actix_web::Error>(bytes::Bytes::from(line)),
+                (downloads, rx, false),
+            ))
+        },
+    );
+    HttpResponse::Ok()
+        .content_type("application/x-ndjson")
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream)
+}
+
+/// Longest quiet time on `GET /api/v1/events`.
+const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
 
 fn async_stream(
     h: Arc<JobHandle>,

@@ -12,7 +12,9 @@
 //! * [`lookup`] — finding files through neighbours, falling back to the central.
 //! * [`download`] — download jobs: swarm chunks from several holders (HTTP Range),
 //!   verify each, resume partials, store, publish.
-//! * [`control_api`] — `/api/v1` for the local `peerdex` client (loopback, optional token).
+//! * [`control_api`] — `/api/v1` for the local `peerdex` client and the web
+//!   UI (loopback, optional token; `Host` and `Origin` checks).
+//! * `webui` — the web UI's page, script and style, compiled in, at `/`.
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
 //!
 //! * `uploads` — serving files to other peers: upload slots, rate cap, and
@@ -55,6 +57,7 @@ mod serve;
 mod space;
 mod store;
 mod uploads;
+mod webui;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -177,3 +177,159 @@ async fn conditional_requests_and_cache_headers() {
         );
     }
 }
+
+/// The web UI's assets: served without the token (nothing secret in them),
+/// under a policy that allows only themselves, revalidated by ETag; every
+/// API call still needs the token, and a page of another site cannot
+/// change anything even with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_ui_assets_and_the_guard() {
+    let central = TestCentral::start(Duration::from_secs(10)).await;
+    let p = TestPeer::start(&central.url, &[], |c| c.api_token = Some("s3cret".into())).await;
+    let http = reqwest::Client::new();
+    let auth = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret");
+
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/index.html", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+        ("/ui/icon.svg", "image/svg+xml"),
+    ] {
+        let url = format!("{}{path}", p.api_url);
+        let (s, hd, body) = get(&http, &url, &[]).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+        assert!(h(&hd, &CONTENT_TYPE).starts_with(kind), "{path}");
+        assert!(!body.is_empty(), "{path}");
+        let csp = h(&hd, &reqwest::header::CONTENT_SECURITY_POLICY);
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(h(&hd, &reqwest::header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+        assert_eq!(h(&hd, &CACHE_CONTROL), "no-cache");
+        let tag = h(&hd, &ETAG).to_owned();
+        assert!(tag.starts_with('"') && tag.len() > 10, "{path}: {tag}");
+        let (s, hd, body) = get(&http, &url, &[(IF_NONE_MATCH, &tag)]).await;
+        assert_eq!((s, body.len()), (StatusCode::NOT_MODIFIED, 0), "{path}");
+        assert_eq!(h(&hd, &ETAG), tag);
+        // Other methods are API calls like any other: token first.
+        let r = http.post(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{path}");
+        let r = auth(http.post(&url)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert_eq!(h(r.headers(), &reqwest::header::ALLOW), "GET, HEAD");
+    }
+    // The page is no way around the token: the API still wants it.
+    let r = http
+        .get(format!("{}/api/v1/files", p.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // ... nor around the Host check.
+    let r = http
+        .get(format!("{}/", p.api_url))
+        .header(reqwest::header::HOST, "evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+
+    // A browser request from a page of another site, even with the token
+    // (say, taken from a careless script), changes nothing.
+    let r = auth(http.put(format!("{}/api/v1/files/keep.txt", p.api_url)))
+        .body("keep me")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let id = r
+        .json::<peerdex_proto::rest::FileInfo>()
+        .await
+        .unwrap()
+        .file_id;
+    let file = format!("{}/api/v1/files/{id}", p.api_url);
+    for site in ["cross-site", "same-site"] {
+        let r = auth(http.delete(&file))
+            .header("Sec-Fetch-Site", site)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "Sec-Fetch-Site: {site}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("another site"), "{text}");
+    }
+    for origin in ["http://evil.example", "null", "https://127.0.0.1:1"] {
+        let r = auth(http.delete(&file))
+            .header(reqwest::header::ORIGIN, origin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "Origin: {origin}");
+    }
+    assert!(p.share_dir.join("keep.txt").exists());
+    // The UI's own origin may.
+    let own = p.api_url.clone();
+    let r = auth(http.delete(&file))
+        .header(reqwest::header::ORIGIN, own)
+        .header("Sec-Fetch-Site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(!p.share_dir.join("keep.txt").exists());
+}
+
+/// `GET /api/v1/events` sends the job list at once and again on every
+/// change, so the UI follows transfers without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_job_list_is_followed_live() {
+    use futures_util::StreamExt;
+    use peerdex_proto::rest::{JobList, JobState};
+
+    let central = TestCentral::start(Duration::from_secs(10)).await;
+    let holder = TestPeer::start(&central.url, &[], |_| {}).await;
+    let p = TestPeer::start(&central.url, &[holder.peer_url.as_str()], |_| {}).await;
+    let info = upload_ok(&holder, "followed.bin", test_bytes(2_000_000, 9)).await;
+
+    let resp = p
+        .http
+        .get(format!("{}/api/v1/events", p.api_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(h(resp.headers(), &CONTENT_TYPE).starts_with("application/x-ndjson"));
+    let mut body = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut next = async || -> JobList {
+        loop {
+            if let Some(i) = buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buf.drain(..=i).collect();
+                return serde_json::from_slice(&line).expect("a JobList per line");
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(30), body.next())
+                .await
+                .expect("a line within 30 s (changes or the keep-alive)")
+                .expect("the stream goes on")
+                .unwrap();
+            buf.extend_from_slice(&chunk);
+        }
+    };
+    assert!(
+        next().await.jobs.is_empty(),
+        "first line: the list as it is"
+    );
+    let job = start_job(&p, &info.file_id).await;
+    let done = loop {
+        let list = next().await;
+        if let Some(j) = list.jobs.iter().find(|j| j.job_id == job.job_id)
+            && j.state.is_final()
+        {
+            break j.clone();
+        }
+    };
+    assert_eq!(done.state, JobState::Done, "{done:?}");
+    assert_eq!(done.bytes_done, 2_000_000);
+}

@@ -21,6 +21,8 @@ pub(crate) struct JobHandle {
     file_id: Mutex<Option<FileId>>,
     created: Instant,
     tx: watch::Sender<Job>,
+    /// The list's change counter, bumped on every update of this job.
+    changes: Arc<watch::Sender<u64>>,
     pub(super) cancel: CancellationToken,
 }
 
@@ -43,21 +45,39 @@ impl JobHandle {
             f(j);
             j.elapsed_secs = created.elapsed().as_secs_f64();
         });
+        self.changes.send_modify(|n| *n += 1);
     }
     pub(super) fn is_final(&self) -> bool {
         self.tx.borrow().state.is_final()
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Jobs {
     map: Mutex<HashMap<Uuid, Arc<JobHandle>>>,
     order: Mutex<Vec<Uuid>>,
     /// Set on shutdown: stopped jobs keep their partials to resume later.
     stopping: AtomicBool,
+    /// Counts changes of the list: a job added, or any job's state.
+    changes: Arc<watch::Sender<u64>>,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Self {
+            map: Mutex::default(),
+            order: Mutex::default(),
+            stopping: AtomicBool::new(false),
+            changes: Arc::new(watch::Sender::new(0)),
+        }
+    }
 }
 
 impl Jobs {
+    /// Follow changes of the list (see `GET /api/v1/events`).
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
     pub(crate) fn get(&self, id: &Uuid) -> Option<Arc<JobHandle>> {
         self.map.lock().unwrap().get(id).cloned()
     }
@@ -99,6 +119,7 @@ impl Jobs {
     /// resumes them. See [`Jobs::shutdown`] to also wait for that.
     pub(crate) fn cancel_all(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.changes.send_modify(|n| *n += 1);
         for h in self.map.lock().unwrap().values() {
             h.cancel();
         }
@@ -157,6 +178,7 @@ impl Jobs {
             file_id: Mutex::new(file_id),
             created: Instant::now(),
             tx: watch::Sender::new(job),
+            changes: self.changes.clone(),
             cancel: CancellationToken::new(),
         });
         let mut map = self.map.lock().unwrap();
@@ -187,6 +209,7 @@ impl Jobs {
         }
         map.insert(id, handle.clone());
         order.push(id);
+        self.changes.send_modify(|n| *n += 1);
         Ok(handle)
     }
 }

@@ -151,6 +151,16 @@ impl Downloads {
         self.0.jobs.list()
     }
 
+    /// Follow changes of the job list: the value moves on every change.
+    pub(crate) fn watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.jobs.watch()
+    }
+
+    /// Is the PServer shutting down (live streams end)?
+    pub(crate) fn stopping(&self) -> bool {
+        self.0.jobs.stopping()
+    }
+
     /// Jobs not final yet.
     pub(crate) fn active(&self) -> u32 {
         self.0.jobs.active()
