@@ -53,6 +53,10 @@ pub struct Limits {
     /// Holdings (a peer serving a file under a name) in the whole directory
     /// (`CENTRAL_MAX_FILES`, default 5,000,000: about 1.3 GiB of index).
     pub max_files: usize,
+    /// Peer-id-to-key bindings kept (`CENTRAL_MAX_KEYS`, default
+    /// 1,000,000). When full, a new peer makes room by forgetting the
+    /// binding of the absent peer idle longest.
+    pub max_keys: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +74,7 @@ impl Default for Limits {
             search_rate: 50,
             max_peers_per_addr: 1000,
             max_files: 5_000_000,
+            max_keys: 1_000_000,
         }
     }
 }
@@ -85,6 +90,10 @@ pub struct Config {
     /// The heartbeat period advised to peers (default 10 s); must be
     /// shorter than `lease_ttl` so one lost heartbeat is not fatal.
     pub heartbeat_interval: Duration,
+    /// A peer id stays bound to its key after the peer leaves, until it has
+    /// not joined for this long (`CENTRAL_KEY_RETENTION_DAYS`, default 90
+    /// days); then anyone may take the id again.
+    pub key_retention: Duration,
     pub limits: Limits,
 }
 
@@ -95,6 +104,7 @@ impl Config {
             data_dir: data_dir.into(),
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
+            key_retention: Duration::from_secs(90 * 86_400),
             limits: Limits::default(),
         }
     }
@@ -111,6 +121,9 @@ impl Config {
                 self.heartbeat_interval.as_secs_f64(),
                 self.lease_ttl.as_secs_f64()
             ));
+        }
+        if self.key_retention.is_zero() {
+            return bad("key_retention (CENTRAL_KEY_RETENTION_DAYS) must be at least 1 day".into());
         }
         let l = &self.limits;
         if l.max_message_bytes < 1024 {
@@ -136,6 +149,7 @@ impl Config {
                 "max_peers_per_addr (CENTRAL_MAX_PEERS_PER_ADDR)",
             ),
             (l.max_files, "max_files (CENTRAL_MAX_FILES)"),
+            (l.max_keys, "max_keys (CENTRAL_MAX_KEYS)"),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be positive"));

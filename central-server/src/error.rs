@@ -14,6 +14,10 @@ pub enum Error {
     /// Missing or wrong session token. Nothing was changed.
     #[error("{0}")]
     Unauthenticated(String),
+    /// The caller proved who it is, and that is not allowed (a peer id
+    /// bound to another key).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The peer is unknown or its lease expired: it must call Join again.
     #[error("peer {0} is not joined or its lease expired: join again")]
     NotJoined(PeerId),
@@ -59,6 +63,7 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
             e @ Error::NotJoined(_) => Status::failed_precondition(e.to_string()),
             Error::LimitExceeded(m) => Status::resource_exhausted(m),
             Error::RateLimited {

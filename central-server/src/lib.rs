@@ -91,6 +91,7 @@
 
 mod config;
 mod error;
+mod identity;
 mod index;
 mod metrics;
 mod oversize;

@@ -105,6 +105,19 @@ struct Args {
     #[arg(long, env = "CENTRAL_MAX_FILES", default_value_t = Limits::default().max_files,
           value_parser = positive_usize("CENTRAL_MAX_FILES"))]
     max_files: usize,
+
+    /// Peer ids bound to keys, kept even after their peers leave (so that
+    /// nobody can take a departed peer's id). When full, the binding of the
+    /// absent peer idle longest is forgotten to make room.
+    #[arg(long, env = "CENTRAL_MAX_KEYS", default_value_t = Limits::default().max_keys,
+          value_parser = positive_usize("CENTRAL_MAX_KEYS"))]
+    max_keys: usize,
+
+    /// Days a departed peer's id stays bound to its key: within them only
+    /// that key can join with the id again; after them the id is free.
+    #[arg(long, env = "CENTRAL_KEY_RETENTION_DAYS", default_value_t = 90,
+          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    key_retention_days: u32,
 }
 
 /// `CENTRAL_METRICS_ADDR`: empty, or an address to listen on.
@@ -163,6 +176,7 @@ impl Args {
             data_dir: self.data_dir.clone(),
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
+            key_retention: Duration::from_secs(u64::from(self.key_retention_days) * 86_400),
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_name_bytes: self.max_name_bytes,
@@ -175,6 +189,7 @@ impl Args {
                 search_rate: self.search_rate,
                 max_peers_per_addr: self.max_peers_per_addr,
                 max_files: self.max_files,
+                max_keys: self.max_keys,
                 ..Limits::default()
             },
         }

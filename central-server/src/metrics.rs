@@ -42,9 +42,10 @@ pub(crate) enum Rpc {
     Locate,
     Search,
     Leave,
+    Challenge,
 }
 
-const RPCS: [&str; 7] = [
+const RPCS: [&str; 8] = [
     "join",
     "heartbeat",
     "publish",
@@ -52,6 +53,7 @@ const RPCS: [&str; 7] = [
     "locate",
     "search",
     "leave",
+    "challenge",
 ];
 
 /// gRPC status codes as Prometheus label values (0..=16).
@@ -122,11 +124,11 @@ const BUCKETS_NS: [u64; 16] = {
 #[repr(align(128))]
 #[derive(Default)]
 struct Shard {
-    requests: [[AtomicU64; 17]; 7],
+    requests: [[AtomicU64; 17]; RPCS.len()],
     /// Per RPC: calls with latency <= `BUCKETS_NS[i]` counted in `[i]`
     /// (not cumulative), slower ones in `[16]`.
-    buckets: [[AtomicU64; 17]; 7],
-    sum_ns: [AtomicU64; 7],
+    buckets: [[AtomicU64; 17]; RPCS.len()],
+    sum_ns: [AtomicU64; RPCS.len()],
 }
 
 /// The shard of the calling thread (threads are spread round-robin).
@@ -143,7 +145,7 @@ pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     shards: Box<[Shard]>,
-    requests: [[OnceLock<Counter>; 17]; 7],
+    requests: [[OnceLock<Counter>; 17]; RPCS.len()],
     refusals: [Counter; 5],
     leases_expired: Counter,
     search_truncated: Counter,

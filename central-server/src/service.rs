@@ -50,9 +50,10 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
+use crate::identity::{NONCE_VALID, Nonces};
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
 use crate::metrics::{Metrics, Refusal, Rpc};
-use crate::store::{Store, Withdrawal};
+use crate::store::{PublicKey, Store, Withdrawal};
 use peerdex_proto::limit::{Limiter, addr_key, retry_secs};
 
 /// Most holdings one step of a bulk change adds or removes under the
@@ -85,11 +86,17 @@ struct Shared {
     /// never takes every core from Locate, heartbeats and writes.
     searching: tokio::sync::Semaphore,
     joins: Limiter<IpAddr>,
+    /// Challenges, at the rate of Joins (one comes before each Join).
+    challenges: Limiter<IpAddr>,
     publishes: Limiter<PeerId>,
     searches: Limiter<IpAddr>,
     peer_searches: Limiter<PeerId>,
     /// `None` without `CENTRAL_METRICS_ADDR`: nothing is measured.
     metrics: Option<Arc<Metrics>>,
+    /// Join nonces: issued by Challenge, spent by Join.
+    nonces: Nonces,
+    /// Forget a key binding after this long without a Join (and the peer gone).
+    key_retention: Duration,
 }
 
 /// Implements `peerdex.v1.Directory`. Cheap to clone.
@@ -107,6 +114,13 @@ fn search_slots() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get().saturating_sub(1))
         .max(1)
+}
+
+/// Seconds since the Unix epoch (key bindings' last Join).
+fn unix_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn secs(d: Duration) -> u32 {
@@ -129,10 +143,13 @@ impl DirectoryService {
                 limits: config.limits.clone(),
                 searching: tokio::sync::Semaphore::new(search_slots()),
                 joins: Limiter::new(config.limits.join_rate),
+                challenges: Limiter::new(config.limits.join_rate),
                 publishes: Limiter::new(config.limits.publish_rate),
                 searches: Limiter::new(config.limits.search_rate),
                 peer_searches: Limiter::new(config.limits.search_rate),
                 metrics,
+                nonces: Nonces::new(),
+                key_retention: config.key_retention,
             }),
         }
     }
@@ -168,6 +185,7 @@ impl DirectoryService {
     fn purge_limiters(&self, now: Instant) {
         let (s, now) = (&self.shared, now.into_std());
         s.joins.purge(now);
+        s.challenges.purge(now);
         s.publishes.purge(now);
         s.searches.purge(now);
         s.peer_searches.purge(now);
@@ -255,10 +273,22 @@ impl DirectoryService {
             (self.shared.lease_ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut keys_checked: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            // Idle key bindings: once a minute is plenty (retention is days).
+            if keys_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                keys_checked = Some(Instant::now());
+                match self.forget_idle_keys().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(keys = n, "idle peer-key bindings forgotten"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "forgetting idle peer keys failed; will retry")
+                    }
+                }
             }
             let started = std::time::Instant::now();
             let swept = self.sweep(Instant::now()).await;
@@ -619,20 +649,41 @@ impl DirectoryService {
             .peer_url
             .parse()
             .map_err(|e| Error::InvalidArgument(format!("peer_url: {e}")))?;
+        let now = Instant::now();
+        let key = self.prove_key(&peer, &r, now)?;
         let inventory = self.parse_files(r.files)?;
         let load = Load::from(r.load);
-        let now = Instant::now();
         let expires = self.expires(now);
         let session_token = hex::encode(rand::random::<[u8; 32]>());
         let hash = *blake3::hash(session_token.as_bytes()).as_bytes();
         let budget = self.shared.limits.max_message_bytes / 2;
         let limits = self.shared.limits.clone();
         let this = self.clone();
+        let unix_now = unix_secs();
         let (count, refused) = self
             .write(move |gate, store| {
+                let bound = store.key_of(&peer)?;
+                if bound.is_some_and(|b| b != key) {
+                    return Err(Error::PermissionDenied(format!(
+                        "peer id {peer} is bound to another key (since its first Join): a PServer keeps its key in its data folder (peer.key) beside its id (peer-id); restore both, or start with a fresh data folder to get a new id"
+                    )));
+                }
+                if bound.is_none() && store.keys_held()? >= limits.max_keys as u64 {
+                    let before = unix_now - this.shared.key_retention.as_secs() as i64;
+                    store.forget_idle_keys(before, limits.max_keys as u64 - 1)?;
+                    if store.keys_held()? >= limits.max_keys as u64 {
+                        return Err(Error::LimitExceeded(format!(
+                            "the directory holds {} peer keys, its limit (CENTRAL_MAX_KEYS); none is idle enough to forget",
+                            limits.max_keys
+                        )));
+                    }
+                }
                 let (files, refused) = {
                     let ix = gate.read();
-                    if ix.lease(&peer, now) == Lease::Live
+                    // A peer without a key binding yet (from before keys)
+                    // re-joins a live lease with its session token only.
+                    if bound.is_none()
+                        && ix.lease(&peer, now) == Lease::Live
                         && !token.is_some_and(|t| ix.token_matches(&peer, &t))
                     {
                         return Err(Error::Unauthenticated(format!(
@@ -660,7 +711,7 @@ impl DirectoryService {
                     }
                     (files, refused)
                 };
-                store.join(&peer, &url, &hash, &files)?;
+                store.join(&peer, &url, &hash, &key, unix_now, &files)?;
                 let mut steps = Steps::new(gate);
                 steps
                     .ix()
@@ -972,6 +1023,58 @@ impl DirectoryService {
         }))
     }
 
+    async fn challenge_rpc(
+        &self,
+        req: Request<v1::ChallengeRequest>,
+    ) -> Result<Response<v1::ChallengeResponse>, Status> {
+        let addr = source(&req);
+        self.rate(
+            &self.shared.challenges,
+            &addr,
+            "Challenges",
+            "CENTRAL_JOIN_RATE (Joins per second per source address)",
+            Refusal::JoinRate,
+        )?;
+        let peer = parse_peer(&req.into_inner().peer_id)?;
+        Ok(Response::new(v1::ChallengeResponse {
+            nonce: self.shared.nonces.issue(&peer, Instant::now()),
+            valid_secs: secs(NONCE_VALID),
+        }))
+    }
+
+    /// The key a Join proves it holds: the public key, a nonce of ours for
+    /// this peer, and its signature over them (spent here: a Join cannot
+    /// be replayed).
+    fn prove_key(&self, peer: &PeerId, r: &v1::JoinRequest, now: Instant) -> Result<PublicKey> {
+        use peerdex_proto::identity::{public_key, verify_join};
+        let key = public_key(&r.public_key).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "{e} (every Join proves the peer's key: see Challenge)"
+            ))
+        })?;
+        let nonces = &self.shared.nonces;
+        nonces
+            .check(peer, &r.nonce, now)
+            .map_err(Error::Unauthenticated)?;
+        verify_join(&key, &r.peer_id, &r.peer_url, &r.nonce, &r.signature)
+            .map_err(|e| Error::Unauthenticated(e.to_string()))?;
+        if !nonces.spend(&r.nonce, now) {
+            return Err(Error::Unauthenticated(
+                "nonce: already used by a Join; ask Challenge for a fresh one".into(),
+            ));
+        }
+        Ok(key.to_bytes())
+    }
+
+    /// Forget key bindings idle longer than `CENTRAL_KEY_RETENTION_DAYS`
+    /// (of peers no longer in the directory).
+    pub(crate) async fn forget_idle_keys(&self) -> Result<usize> {
+        let before = unix_secs() - self.shared.key_retention.as_secs() as i64;
+        let max = self.shared.limits.max_keys as u64;
+        self.write(move |_, store| store.forget_idle_keys(before, max))
+            .await
+    }
+
     async fn leave_rpc(
         &self,
         req: Request<v1::LeaveRequest>,
@@ -1009,6 +1112,13 @@ impl DirectoryService {
 
 #[tonic::async_trait]
 impl Directory for DirectoryService {
+    async fn challenge(
+        &self,
+        req: Request<v1::ChallengeRequest>,
+    ) -> Result<Response<v1::ChallengeResponse>, Status> {
+        self.metered(Rpc::Challenge, self.challenge_rpc(req)).await
+    }
+
     async fn join(
         &self,
         req: Request<v1::JoinRequest>,
@@ -1076,12 +1186,23 @@ mod tests {
             size: 1,
             name: format!("file-{file}"),
         }];
-        let req = v1::JoinRequest {
+        let mut req = v1::JoinRequest {
             peer_id: peer.to_string(),
             peer_url: "http://h:1".into(),
             files,
-            load: None,
+            ..Default::default()
         };
+        let nonce = s.shared.nonces.issue(peer, Instant::now());
+        let key = ed25519_dalek::SigningKey::from_bytes(
+            peer.as_uuid()
+                .as_u128()
+                .to_le_bytes()
+                .repeat(2)
+                .as_slice()
+                .try_into()
+                .unwrap(),
+        );
+        peerdex_proto::identity::prove(&mut req, &key, nonce);
         s.join(Request::new(req))
             .await
             .unwrap()

@@ -29,7 +29,7 @@ pub const DB_FILE: &str = "central.db";
 
 /// The schema this version writes (`PRAGMA user_version`). 0 is the first
 /// release's schema, which [`Store::open`] migrates.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE peers(
@@ -50,6 +50,18 @@ CREATE TABLE holdings(
     PRIMARY KEY(file, peer, name)
 ) WITHOUT ROWID;
 CREATE INDEX holdings_by_peer ON holdings(peer);
+";
+
+/// Version 3: the key each peer id is bound to (kept after the peer
+/// leaves, until idle for `CENTRAL_KEY_RETENTION_DAYS`). `last_join` is
+/// Unix seconds.
+const KEYS: &str = "
+CREATE TABLE peer_keys(
+    peer_id BLOB PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    last_join INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX peer_keys_by_last_join ON peer_keys(last_join);
 ";
 
 /// From the first release (`files(id, file_id, size, chunk_size,
@@ -76,6 +88,9 @@ ALTER TABLE files DROP COLUMN chunk_hashes;
 /// Largest database read through a memory map at load (beyond it SQLite
 /// reads the rest with plain reads).
 const LOAD_MMAP_BYTES: i64 = 1 << 30;
+
+/// An Ed25519 public key, as bound to a peer id.
+pub type PublicKey = [u8; 32];
 
 /// One withdrawal: a content, and one of its names or all of them.
 pub type Withdrawal = (FileId, Option<String>);
@@ -116,7 +131,16 @@ impl Store {
         )?;
         match (version, has_tables) {
             (SCHEMA_VERSION, _) => return Ok(()),
-            (0, false) => tx.execute_batch(SCHEMA)?,
+            (0, false) => {
+                tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(KEYS)?;
+            }
+            (2, _) => {
+                tracing::info!(
+                    "migrating the database from schema 2 to {SCHEMA_VERSION} (peer keys)"
+                );
+                tx.execute_batch(KEYS)?;
+            }
             (0, true) => {
                 let (files, holdings): (i64, i64) = tx.query_row(
                     "SELECT (SELECT count(*) FROM files), (SELECT count(*) FROM holdings)",
@@ -129,10 +153,11 @@ impl Store {
                     "migrating the database from schema 0 to {SCHEMA_VERSION} (manifests dropped, sizes kept per holding)"
                 );
                 tx.execute_batch(MIGRATE_FROM_0)?;
+                tx.execute_batch(KEYS)?;
             }
             (v, _) => {
                 return Err(Error::Corrupt(format!(
-                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0 or {SCHEMA_VERSION}); a newer release wrote it"
+                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0, 2 or {SCHEMA_VERSION}); a newer release wrote it"
                 )));
             }
         }
@@ -257,15 +282,76 @@ impl Store {
         Ok(ix)
     }
 
-    /// Create or replace a peer with `files` as its whole inventory.
+    /// The public key `peer` is bound to, if any.
+    pub fn key_of(&self, peer: &PeerId) -> Result<Option<PublicKey>> {
+        let key: Option<Vec<u8>> = self
+            .conn
+            .query_row(
+                "SELECT public_key FROM peer_keys WHERE peer_id = ?1",
+                params![peer.as_uuid().as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        key.map(|k| {
+            PublicKey::try_from(k.as_slice()).map_err(|_| {
+                Error::Corrupt(format!("peer_keys: the key of {peer} is not 32 bytes"))
+            })
+        })
+        .transpose()
+    }
+
+    /// Key bindings held (peers that joined, present or not).
+    pub fn keys_held(&self) -> Result<u64> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM peer_keys", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Forget the bindings of peers that are not in the directory and did
+    /// not join since `before` (Unix seconds); then, while more than `max`
+    /// bindings are held, those of absent peers idle longest. Returns how
+    /// many were forgotten.
+    pub fn forget_idle_keys(&mut self, before: i64, max: u64) -> Result<usize> {
+        let tx = self.conn.transaction()?;
+        let mut n = tx.execute(
+            "DELETE FROM peer_keys WHERE last_join < ?1
+             AND NOT EXISTS (SELECT 1 FROM peers WHERE peers.peer_id = peer_keys.peer_id)",
+            params![before],
+        )?;
+        let held: i64 = tx.query_row("SELECT count(*) FROM peer_keys", [], |r| r.get(0))?;
+        let over = held.max(0) as u64;
+        if over > max {
+            n += tx.execute(
+                "DELETE FROM peer_keys WHERE peer_id IN (
+                    SELECT k.peer_id FROM peer_keys k
+                    WHERE NOT EXISTS (SELECT 1 FROM peers p WHERE p.peer_id = k.peer_id)
+                    ORDER BY k.last_join LIMIT ?1)",
+                params![(over - max) as i64],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Create or replace a peer with `files` as its whole inventory, and
+    /// bind its id to `key` (the caller checked that it is not bound to
+    /// another), at `now` (Unix seconds).
     pub fn join(
         &mut self,
         peer: &PeerId,
         url: &PeerUrl,
         token_hash: &TokenHash,
+        key: &PublicKey,
+        now: i64,
         files: &[SharedFile],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO peer_keys(peer_id, public_key, last_join) VALUES(?1, ?2, ?3)
+             ON CONFLICT(peer_id) DO UPDATE SET last_join = excluded.last_join",
+            params![peer.as_uuid().as_bytes(), key.as_slice(), now],
+        )?;
         let row: i64 = tx.query_row(
             "INSERT INTO peers(peer_id, url, token_hash) VALUES(?1, ?2, ?3)
              ON CONFLICT(peer_id) DO UPDATE SET url = excluded.url, token_hash = excluded.token_hash
@@ -426,6 +512,8 @@ mod tests {
                 &a,
                 &url,
                 &[1; 32],
+                &[11; 32],
+                1,
                 &[sf(1, 10, "one.bin"), sf(2, 20, "two.bin")],
             )
             .unwrap();
@@ -434,12 +522,15 @@ mod tests {
                 &b,
                 &url,
                 &[2; 32],
+                &[22; 32],
+                1,
                 &[sf(2, 20, "zwei.bin"), sf(1, 11, "eins.bin")],
             )
             .unwrap();
             s.publish(&b, &[sf(3, u64::MAX, "drei.bin")]).unwrap();
             s.unpublish(&b, &[(fid(3), None)]).unwrap();
-            s.join(&a, &url, &[3; 32], &[sf(1, 10, "one.bin")]).unwrap(); // replaces
+            s.join(&a, &url, &[3; 32], &[11; 32], 2, &[sf(1, 10, "one.bin")])
+                .unwrap(); // replaces
             s.close().unwrap();
         }
         let mut s = Store::open(dir.path()).unwrap();
@@ -453,6 +544,28 @@ mod tests {
         assert_eq!(one.names, ["eins.bin", "one.bin"]);
         assert_eq!(one.size, 10, "10 and 11 once each: the smaller");
         assert_eq!(ix.locate_id(&fid(2), now, 9).unwrap().names, ["zwei.bin"]);
+        // Key bindings: kept across a restart and after a peer leaves; a
+        // present peer's is never forgotten, an absent one's only once idle
+        // past the cut-off (or to make room).
+        assert_eq!(s.key_of(&a).unwrap(), Some([11; 32]));
+        assert_eq!(s.key_of(&b).unwrap(), Some([22; 32]));
+        let c = PeerId::new_random();
+        assert_eq!(s.key_of(&c).unwrap(), None);
+        s.join(&c, &url, &[4; 32], &[33; 32], 1, &[]).unwrap();
+        s.remove_peers(&[c]).unwrap();
+        assert_eq!(s.key_of(&c).unwrap(), Some([33; 32]), "kept after leaving");
+        assert_eq!(s.forget_idle_keys(1, 10).unwrap(), 0, "not idle yet");
+        assert_eq!(s.forget_idle_keys(0, 2).unwrap(), 1, "over the cap");
+        assert_eq!((s.key_of(&c).unwrap(), s.keys_held().unwrap()), (None, 2));
+        s.join(&c, &url, &[4; 32], &[33; 32], 1, &[]).unwrap();
+        s.remove_peers(&[c]).unwrap();
+        assert_eq!(s.forget_idle_keys(2, 10).unwrap(), 1, "joined at 1 < 2");
+        assert_eq!(
+            s.forget_idle_keys(100, 0).unwrap(),
+            0,
+            "a and b are present"
+        );
+        assert_eq!(s.keys_held().unwrap(), 2);
         let sizes: Vec<(String, i64)> = s
             .conn
             .prepare("SELECT name, size FROM holdings ORDER BY name")

@@ -12,6 +12,7 @@ use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::v1::{self, SharedFile};
 use peerdex_proto::{AUTHORIZATION, PeerId};
+use peerdex_testkit::central::{peer_key, signed_join};
 use peerdex_testkit::{ChildProc, TestCentral, bin, wait_for};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -79,16 +80,19 @@ async fn connect(url: &str) -> DirectoryClient<Channel> {
 }
 
 async fn join(c: &mut DirectoryClient<Channel>, peer: &PeerId, files: Vec<SharedFile>) -> String {
-    let r = c
-        .join(v1::JoinRequest {
+    let r = signed_join(
+        c,
+        &peer_key(peer, 0),
+        v1::JoinRequest {
             peer_id: peer.to_string(),
             peer_url: "http://127.0.0.1:9".into(),
             files,
-            load: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+    .into_inner();
     assert_eq!(r.refused, []);
     r.session_token
 }
@@ -96,7 +100,7 @@ async fn join(c: &mut DirectoryClient<Channel>, peer: &PeerId, files: Vec<Shared
 async fn heartbeat(c: &mut DirectoryClient<Channel>, peer: &PeerId, token: &str) -> bool {
     let req = v1::HeartbeatRequest {
         peer_id: peer.to_string(),
-        load: None,
+        ..Default::default()
     };
     c.heartbeat(authed(req, token))
         .await
@@ -453,12 +457,16 @@ async fn try_join(
     peer: &PeerId,
     files: Vec<SharedFile>,
 ) -> Result<String, tonic::Status> {
-    Ok(c.join(v1::JoinRequest {
-        peer_id: peer.to_string(),
-        peer_url: "http://127.0.0.1:9".into(),
-        files,
-        load: None,
-    })
+    Ok(signed_join(
+        c,
+        &peer_key(peer, 0),
+        v1::JoinRequest {
+            peer_id: peer.to_string(),
+            peer_url: "http://127.0.0.1:9".into(),
+            files,
+            ..Default::default()
+        },
+    )
     .await?
     .into_inner()
     .session_token)
@@ -567,13 +575,15 @@ async fn peers_per_address_are_capped_and_freed_by_leave() {
         peer_id: peers[0].to_string(),
         peer_url: "http://127.0.0.1:9".into(),
         files: files(0..2),
-        load: None,
+        ..Default::default()
     });
     rejoin.metadata_mut().insert(
         AUTHORIZATION,
         format!("Bearer {}", tokens[0]).parse().unwrap(),
     );
-    c.join(rejoin).await.unwrap();
+    signed_join(&mut c, &peer_key(&peers[0], 0), rejoin)
+        .await
+        .unwrap();
     // Leaving frees a place.
     let leave = v1::LeaveRequest {
         peer_id: peers[1].to_string(),
@@ -628,12 +638,12 @@ async fn the_whole_directory_holds_at_most_max_files() {
         peer_id: a.to_string(),
         peer_url: "http://127.0.0.1:9".into(),
         files: files(0..6),
-        load: None,
+        ..Default::default()
     });
     rejoin
         .metadata_mut()
         .insert(AUTHORIZATION, format!("Bearer {ta}").parse().unwrap());
-    c.join(rejoin).await.unwrap();
+    signed_join(&mut c, &peer_key(&a, 0), rejoin).await.unwrap();
     // Room again once a holding goes.
     let unpublish = v1::UnpublishRequest {
         peer_id: b.to_string(),

@@ -8,6 +8,7 @@ use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::v1::{self, SharedFile};
 use peerdex_proto::{AUTHORIZATION, PeerId};
+use peerdex_testkit::central::{peer_key, signed_join};
 use peerdex_testkit::{TestCentral, wait_for};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -83,17 +84,44 @@ async fn join_answer(
     files: Vec<SharedFile>,
     token: Option<&str>,
 ) -> Result<v1::JoinResponse, tonic::Status> {
+    join_keyed(c, &peer_key(peer, 0), peer, port, files, token).await
+}
+
+/// A Join proving `key` (the peer's own is `peer_key(peer, 0)`).
+async fn join_keyed(
+    c: &mut DirectoryClient<Channel>,
+    key: &ed25519_dalek::SigningKey,
+    peer: &PeerId,
+    port: u16,
+    files: Vec<SharedFile>,
+    token: Option<&str>,
+) -> Result<v1::JoinResponse, tonic::Status> {
     let msg = v1::JoinRequest {
         peer_id: peer.to_string(),
         peer_url: url(port),
         files,
-        load: None,
+        ..Default::default()
     };
     let req = match token {
         Some(t) => authed(msg, t),
         None => Request::new(msg),
     };
-    Ok(c.join(req).await?.into_inner())
+    Ok(signed_join(c, key, req).await?.into_inner())
+}
+
+/// A Join with `peer`'s id from another key than its own.
+async fn squat(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    token: Option<&str>,
+) -> Result<v1::JoinResponse, tonic::Status> {
+    join_keyed(c, &peer_key(peer, 1), peer, 6666, vec![], token).await
+}
+
+fn denied<T: std::fmt::Debug>(r: Result<T, tonic::Status>) {
+    let e = r.expect_err("must be refused");
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("bound to another key"), "{e:?}");
 }
 
 async fn publish(
@@ -414,12 +442,8 @@ async fn tokens_cannot_be_spoofed_and_change_nothing() {
             .await
             .map(|_| ()),
         );
-        // Hijacking a live peer by re-joining with another token.
-        unauth(
-            join_with(&mut c, &a, 6666, vec![], Some(token))
-                .await
-                .map(|_| ()),
-        );
+        // Hijacking a live peer by re-joining with another token and key.
+        denied(squat(&mut c, &a, Some(token)).await);
     }
     unauth(
         c.leave(v1::LeaveRequest {
@@ -436,7 +460,7 @@ async fn tokens_cannot_be_spoofed_and_change_nothing() {
         .await
         .map(|_| ()),
     );
-    unauth(join_with(&mut c, &a, 6666, vec![], None).await.map(|_| ()));
+    denied(squat(&mut c, &a, None).await);
 
     assert_eq!(locate_id(&mut c, 1).await, before, "nothing changed");
     assert!(locate_id(&mut c, 9).await.is_empty());
@@ -610,8 +634,7 @@ async fn every_limit_answers_with_the_right_code() {
     let bad_url = v1::JoinRequest {
         peer_id: a.to_string(),
         peer_url: "ftp://x".into(),
-        files: vec![],
-        load: None,
+        ..Default::default()
     };
     expect(
         c.join(bad_url).await.map(|_| String::new()),
@@ -621,8 +644,7 @@ async fn every_limit_answers_with_the_right_code() {
     let bad_peer = v1::JoinRequest {
         peer_id: "nope".into(),
         peer_url: url(1),
-        files: vec![],
-        load: None,
+        ..Default::default()
     };
     expect(
         c.join(bad_peer).await.map(|_| String::new()),
@@ -1033,5 +1055,118 @@ async fn more_refusals_than_an_answer_holds_fail_the_call_and_change_nothing() {
         heartbeat(&mut c, &a, "any", (0, 0)).await.unwrap(),
         "the peer was not joined"
     );
+    central.stop().await;
+}
+
+/// A peer id is bound to the key of its first Join: after the peer leaves,
+/// after its lease expires, and across a restart of the directory, a Join
+/// with that id from another key is refused and changes nothing, while the
+/// real peer joins again. Every Join proves its key over a fresh nonce that
+/// works once, for that peer only.
+#[tokio::test]
+async fn ids_cannot_be_squatted() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = |c: &mut Config| {
+        c.lease_ttl = Duration::from_millis(1500);
+        c.heartbeat_interval = Duration::from_millis(500);
+    };
+    let central = TestCentral::start_in(dir.path(), short).await;
+    let mut c = client(&central).await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+
+    // After a Leave.
+    let ta = join(&mut c, &a, 7001, vec![file(1, "mine.bin")]).await;
+    leave(&mut c, &a, &ta).await;
+    denied(squat(&mut c, &a, None).await);
+    denied(squat(&mut c, &a, Some(&ta)).await);
+    assert!(locate_id(&mut c, 1).await.is_empty(), "nothing changed");
+    let ta = join(&mut c, &a, 7001, vec![file(1, "mine.bin")]).await;
+    assert_eq!(locate_id(&mut c, 1).await[0].holders.len(), 1);
+
+    // After the lease expired (and the sweeper dropped the peer).
+    wait_for("a's lease to expire", Duration::from_secs(20), || async {
+        locate_id(&mut c.clone(), 1).await.is_empty().then_some(())
+    })
+    .await;
+    denied(squat(&mut c, &a, Some(&ta)).await);
+    assert!(locate_id(&mut c, 1).await.is_empty());
+
+    // Across a restart of the directory.
+    central.stop().await;
+    let central = TestCentral::start_in(dir.path(), short).await;
+    let mut c = client(&central).await;
+    denied(squat(&mut c, &a, None).await);
+    join(&mut c, &a, 7001, vec![file(1, "mine.bin")]).await;
+    assert_eq!(locate_id(&mut c, 1).await[0].holders.len(), 1);
+
+    // The proof itself: each way of getting it wrong is refused.
+    let key = peer_key(&b, 0);
+    let challenge = |c: &mut DirectoryClient<Channel>, peer: PeerId| {
+        let mut c = c.clone();
+        async move {
+            c.challenge(v1::ChallengeRequest {
+                peer_id: peer.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let fresh = challenge(&mut c, b).await;
+    assert_eq!(fresh.valid_secs, 60);
+    let request = |nonce: Vec<u8>| {
+        let mut r = v1::JoinRequest {
+            peer_id: b.to_string(),
+            peer_url: url(7002),
+            files: vec![file(2, "b.bin")],
+            ..Default::default()
+        };
+        peerdex_proto::identity::prove(&mut r, &key, nonce);
+        r
+    };
+    let refused =
+        |r: Result<tonic::Response<v1::JoinResponse>, tonic::Status>, code: Code, needle: &str| {
+            let e = r.expect_err("must be refused");
+            assert_eq!(e.code(), code, "{e:?}");
+            assert!(e.message().contains(needle), "{needle:?} not in {e:?}");
+        };
+    // No key at all (an old PServer).
+    let mut none = request(fresh.nonce.clone());
+    none.public_key.clear();
+    refused(
+        c.join(none).await,
+        Code::InvalidArgument,
+        "public_key: 0 bytes",
+    );
+    // A signature over other bytes (here: another URL than the one sent).
+    let mut moved = request(fresh.nonce.clone());
+    moved.peer_url = url(7003);
+    refused(c.join(moved).await, Code::Unauthenticated, "signature");
+    // A nonce issued for another peer id, or made up.
+    let other = challenge(&mut c, a).await.nonce;
+    refused(
+        c.join(request(other)).await,
+        Code::Unauthenticated,
+        "not issued",
+    );
+    refused(
+        c.join(request(vec![7; 40])).await,
+        Code::Unauthenticated,
+        "not issued",
+    );
+    assert!(locate_id(&mut c, 2).await.is_empty(), "nothing changed");
+    // The good one works once; a replay of the very same request does not.
+    let good = request(fresh.nonce);
+    c.join(good.clone()).await.unwrap();
+    refused(c.join(good).await, Code::Unauthenticated, "already used");
+    assert_eq!(locate_id(&mut c, 2).await[0].holders.len(), 1);
+    // A challenge for something that is not a peer id.
+    let e = c
+        .challenge(v1::ChallengeRequest {
+            peer_id: "nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     central.stop().await;
 }

@@ -9,6 +9,7 @@ use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::v1::{self, SharedFile};
 use peerdex_proto::{AUTHORIZATION, PeerId};
+use peerdex_testkit::central::{peer_key, signed_join};
 use peerdex_testkit::prom::{self, Exposition};
 use peerdex_testkit::{ChildProc, TestCentral, bin, wait_for};
 use tonic::transport::Channel;
@@ -41,16 +42,19 @@ async fn join(
     port: u16,
     files: Vec<SharedFile>,
 ) -> String {
-    let r = c
-        .join(Request::new(v1::JoinRequest {
+    let r = signed_join(
+        c,
+        &peer_key(peer, 0),
+        Request::new(v1::JoinRequest {
             peer_id: peer.to_string(),
             peer_url: format!("http://127.0.0.1:{port}"),
             files,
-            load: None,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+            ..Default::default()
+        }),
+    )
+    .await
+    .unwrap()
+    .into_inner();
     assert_eq!(r.refused, []);
     r.session_token
 }

@@ -7,6 +7,7 @@
 //!   these at the edge, so invalid values never reach the logic.
 //! * [`tree`] — BLAKE3 tree manifests: chunk chaining values checked against
 //!   the file id alone (served by holders, never stored by the directory).
+//! * [`identity`] — the statement a Join signs with the peer's Ed25519 key.
 //! * [`limit`] — token buckets per source address or peer (rate limits).
 //! * [`range`] — the `Range` header parser of the peer API.
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
@@ -15,6 +16,7 @@
 //! This crate does no I/O.
 
 pub mod convert;
+pub mod identity;
 pub mod limit;
 pub mod range;
 pub mod rest;

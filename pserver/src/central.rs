@@ -38,6 +38,8 @@ pub struct Central {
     client: DirectoryClient<Channel>,
     url: String,
     peer_id: PeerId,
+    /// Proves our id to the directory at every Join.
+    key: ed25519_dalek::SigningKey,
     public_url: PeerUrl,
     token_path: PathBuf,
     session: Mutex<Session>,
@@ -74,6 +76,7 @@ impl Central {
     pub fn new(
         url: &str,
         peer_id: PeerId,
+        key: ed25519_dalek::SigningKey,
         public_url: PeerUrl,
         data_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
@@ -90,6 +93,7 @@ impl Central {
             client: DirectoryClient::new(endpoint.connect_lazy()),
             url: url.to_owned(),
             peer_id,
+            key,
             public_url,
             token_path,
             session: Mutex::new(Session {
@@ -159,20 +163,31 @@ impl Central {
         self.wake.notify_one();
     }
 
-    /// Join with the full inventory.
+    /// Join with the full inventory, proving our key over a fresh nonce.
     pub async fn join(&self, inventory: &[SharedFile], load: Load) -> Result<(), Status> {
-        let req = self.authed(v1::JoinRequest {
+        let challenge = self
+            .client
+            .clone()
+            .challenge(v1::ChallengeRequest {
+                peer_id: self.peer_id.to_string(),
+            })
+            .await;
+        self.note(&challenge);
+        let mut msg = v1::JoinRequest {
             peer_id: self.peer_id.to_string(),
             peer_url: self.public_url.to_string(),
             files: inventory.iter().map(Into::into).collect(),
             load: Some(load.into()),
-        });
+            ..Default::default()
+        };
+        peerdex_proto::identity::prove(&mut msg, &self.key, challenge?.into_inner().nonce);
+        let req = self.authed(msg);
         let r = self.client.clone().join(req).await;
         self.note(&r);
         let answer = r?.into_inner();
         log_refused("join", &answer.refused);
         if let Err(e) =
-            crate::store::write_atomic(&self.token_path, answer.session_token.as_bytes())
+            crate::identity::write_secret(&self.token_path, answer.session_token.as_bytes())
         {
             tracing::warn!(error = %e, "cannot save the session token; a restart will wait for the lease to expire");
         }

@@ -228,6 +228,46 @@ pub struct Args {
     #[arg(long, env = "PSERVER_NEIGHBOUR_RATE", default_value_t = DEFAULT_NEIGHBOUR_RATE,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub neighbour_rate: u32,
+
+    /// Without a command, run the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `pserver` can do besides running the daemon.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Client tokens for the control API (for the CLI or the web UI on
+    /// another machine, or a script that should only read).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Print a new client token: a JWT signed with this PServer's API key
+    /// (`api.key` in PSERVER_DATA_DIR, created if missing). Give it to a
+    /// client as `peerdex --token` or PEERDEX_API_TOKEN. The PServer checks
+    /// its signature, expiry and scope on every request; removing `api.key`
+    /// (PServer stopped) revokes every token issued so far.
+    ///
+    /// Example: pserver token create --scope read --ttl 7d --name dashboard
+    #[command(verbatim_doc_comment)]
+    Create {
+        /// `read`: search, list, status, jobs, file contents. `write`: also
+        /// upload, download, cancel, remove.
+        #[arg(long, value_enum)]
+        scope: crate::tokens::Scope,
+        /// Lifetime: a number and s, m, h or d (at most 366 days).
+        #[arg(long, default_value = "24h", value_parser = crate::tokens::parse_ttl)]
+        ttl: Duration,
+        /// Who holds it (a device, a script); shown in refusals.
+        #[arg(long, default_value = "client")]
+        name: String,
+        /// Print JSON ({"token", "scope", "name", "expires_at"}) instead of the bare token.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Args {

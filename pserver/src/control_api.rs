@@ -32,6 +32,7 @@ use crate::metrics::{Live, Metrics};
 use crate::rt::MainRt;
 use crate::serve::{Withdraw, verified_range};
 use crate::store::{Added, Store};
+use crate::tokens::{ClientTokens, Scope};
 use crate::uploads::Uploads;
 use crate::webui;
 
@@ -45,6 +46,8 @@ pub(crate) struct Control {
     pub max_upload_bytes: u64,
     pub peer_id: PeerId,
     pub public_url: PeerUrl,
+    /// Checks client tokens (`pserver token create`).
+    pub tokens: Arc<ClientTokens>,
 }
 
 #[derive(OpenApi)]
@@ -243,19 +246,54 @@ pub(crate) async fn guard(
         return Err(Error::Forbidden(why).into());
     }
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
-    if let Some(token) = control
-        .api_token
-        .as_ref()
-        .filter(|_| !(safe && webui::is_asset(req.path())))
-    {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|h| h.to_str().ok())
-            .and_then(|h| h.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+    if safe && webui::is_asset(req.path()) {
+        return next.call(req).await;
+    }
+    let given = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(h) => Some(
+            h.to_str()
+                .ok()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim)
+                .ok_or_else(|| {
+                    Error::Unauthorized("the Authorization header must be `Bearer <token>`".into())
+                })?,
+        ),
+    };
+    match given {
+        // Without a token: full access only where none is configured (on
+        // loopback without PSERVER_API_TOKEN).
+        None if control.api_token.is_some() => {
             return Err(Error::Unauthorized(
-                "missing or wrong bearer token; pass --token or set PEERDEX_API_TOKEN".into(),
+                "missing bearer token; pass --token or set PEERDEX_API_TOKEN (PSERVER_API_TOKEN, or one from `pserver token create`)".into(),
+            )
+            .into());
+        }
+        None => {}
+        // The static token: full access.
+        Some(g)
+            if control
+                .api_token
+                .as_ref()
+                .is_some_and(|t| constant_time_eq(g.as_bytes(), t.as_bytes())) => {}
+        // A client token: checked, and limits the request to its scope,
+        // on loopback too.
+        Some(g) if g.matches('.').count() == 2 => {
+            let claims = control.tokens.check(g).map_err(Error::Unauthorized)?;
+            if claims.scope == Scope::Read && !safe {
+                return Err(Error::Forbidden(format!(
+                    "{} {} needs scope write; this token ({:?}) has scope read: create one with `pserver token create --scope write`",
+                    req.method(),
+                    req.path(),
+                    claims.sub
+                ))
+                .into());
+            }
+        }
+        Some(_) => {
+            return Err(Error::Unauthorized(
+                "wrong bearer token; pass --token or set PEERDEX_API_TOKEN".into(),
             )
             .into());
         }

@@ -17,6 +17,10 @@
 //! * `webui` — the web UI's page, script and style, compiled in, at `/`.
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
 //!
+//! * `identity` — this peer's Ed25519 key (`peer.key`), which the directory
+//!   binds to its id; secrets are written 0600.
+//! * [`tokens`] — client tokens for the control API (`pserver token
+//!   create`): EdDSA JWTs with a scope, signed with `api.key`.
 //! * `uploads` — serving files to other peers: upload slots, rate cap, and
 //!   the watchdog that takes a slot back from a slow or stalled reader.
 //! * `limits` — per-source limits of the peer API: open connections and
@@ -47,6 +51,7 @@ pub mod config;
 mod control_api;
 mod download;
 mod error;
+mod identity;
 mod limits;
 mod lookup;
 mod metrics;
@@ -56,6 +61,7 @@ mod rt;
 mod serve;
 mod space;
 mod store;
+pub mod tokens;
 mod uploads;
 mod webui;
 
@@ -67,7 +73,7 @@ use actix_web::{App, HttpServer, middleware, web};
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Config};
+pub use config::{Args, Command, Config, TokenCommand};
 use error::Error;
 
 /// Run a PServer on already-bound listeners until `shutdown` completes, then
@@ -95,12 +101,17 @@ pub async fn run(
     let peer_id = store
         .peer_id()
         .context("cannot read or create the peer id in PSERVER_DATA_DIR")?;
+    let key = identity::load_or_create(store.data_dir())
+        .context("cannot read or create this peer's key in PSERVER_DATA_DIR")?;
+    let api_key = tokens::load_key(store.data_dir())
+        .context("cannot read or create the control API's key in PSERVER_DATA_DIR")?;
     let store = tokio::task::spawn_blocking(move || store.rescan().map(|_| store))
         .await?
         .context("cannot read PSERVER_SHARE_DIR")?;
     let central = central::Central::new(
         &config.central_url,
         peer_id,
+        key.clone(),
         config.public_url.clone(),
         store.data_dir(),
     )?;
@@ -186,6 +197,7 @@ pub async fn run(
         max_upload_bytes: config.max_upload_bytes,
         peer_id,
         public_url: config.public_url.clone(),
+        tokens: Arc::new(tokens::ClientTokens::new(&api_key, &peer_id.to_string())),
     };
     let api_srv = HttpServer::new({
         let (store, central, lookup, uploads, downloads, rt, withdraw, metrics) = (

@@ -5,7 +5,22 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> std::process::ExitCode {
     // `.env` first, so its values act as environment defaults for clap.
     let _ = dotenvy::dotenv();
-    let args = pserver::Args::parse();
+    let mut args = pserver::Args::parse();
+    if let Some(pserver::Command::Token(pserver::TokenCommand::Create {
+        scope,
+        ttl,
+        name,
+        json,
+    })) = args.command.take()
+    {
+        return match pserver::tokens::create_command(&args.data_dir, scope, ttl, &name, json) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pserver token create: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),

@@ -4,6 +4,7 @@
 //! Layout of the data folder:
 //! ```text
 //! peer-id          the UUID of this peer, created on first start
+//! peer.key         this peer's Ed25519 key (PKCS#8 PEM, 0600): the directory binds the id to it
 //! session.token    the central's session token (so a quick restart can re-join)
 //! hash-cache.json  (name, size, mtime) → BLAKE3 id + tree manifest (chunk CVs)
 //! tmp/             uploads and downloads in progress; emptied at start
@@ -166,21 +167,7 @@ impl Store {
 
     /// The peer id kept in the data folder; created on first start.
     pub fn peer_id(&self) -> io::Result<PeerId> {
-        let path = self.data_dir.join("peer-id");
-        match fs::read_to_string(&path) {
-            Ok(s) => s.trim().parse().map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {e}", path.display()),
-                )
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let id = PeerId::new_random();
-                write_atomic(&path, format!("{id}\n").as_bytes())?;
-                Ok(id)
-            }
-            Err(e) => Err(e),
-        }
+        peer_id_in(&self.data_dir)
     }
 
     /// A fresh temp file path under `tmp/` (removed at the next start at the latest).
@@ -539,6 +526,25 @@ fn mtime_ns(meta: &fs::Metadata) -> u128 {
 
 /// Write a small file atomically (temp + fsync + rename). On failure (a
 /// full disk) the previous version stays and the temp file is removed.
+/// The peer id kept in `data_dir`; created on first start.
+pub fn peer_id_in(data_dir: &Path) -> io::Result<PeerId> {
+    let path = data_dir.join("peer-id");
+    match fs::read_to_string(&path) {
+        Ok(s) => s.trim().parse().map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let id = PeerId::new_random();
+            write_atomic(&path, format!("{id}\n").as_bytes())?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let written = fs::File::create(&tmp).and_then(|mut f| {

@@ -26,6 +26,7 @@ use peerdex_proto::rest::{FileList, JobState};
 use peerdex_proto::tree::{Manifest, TreeHasher};
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::{FileId, PeerId, v1};
+use peerdex_testkit::central::{peer_key, signed_join};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fake holders never renew their lease: long enough for every test here.
@@ -245,19 +246,25 @@ impl Fake {
             }
         });
         let mut c = DirectoryClient::connect(central.to_owned()).await.unwrap();
-        c.join(v1::JoinRequest {
-            peer_id: PeerId::new_random().to_string(),
-            peer_url: url,
-            files: vec![v1::SharedFile {
-                file_id: id.to_hex(),
-                size,
-                name: name.into(),
-            }],
-            load: Some(v1::Load {
-                active_uploads: 0,
-                free_upload_slots: 10_000,
-            }),
-        })
+        let peer_id = PeerId::new_random();
+        signed_join(
+            &mut c,
+            &peer_key(&peer_id, 0),
+            v1::JoinRequest {
+                peer_id: peer_id.to_string(),
+                peer_url: url,
+                files: vec![v1::SharedFile {
+                    file_id: id.to_hex(),
+                    size,
+                    name: name.into(),
+                }],
+                load: Some(v1::Load {
+                    active_uploads: 0,
+                    free_upload_slots: 10_000,
+                }),
+                ..Default::default()
+            },
+        )
         .await
         .expect("the fake holder joins");
         Self {

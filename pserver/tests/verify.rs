@@ -13,6 +13,7 @@ use peerdex_proto::rest::JobState;
 use peerdex_proto::tree::TreeHasher;
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::{FileId, PeerId, v1};
+use peerdex_testkit::central::{peer_key, signed_join};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LONG_TTL: Duration = Duration::from_secs(30);
@@ -55,20 +56,25 @@ impl Liar {
         });
         let peer_id = PeerId::new_random();
         let mut c = DirectoryClient::connect(central.to_owned()).await.unwrap();
-        c.join(v1::JoinRequest {
-            peer_id: peer_id.to_string(),
-            peer_url: url.clone(),
-            files: vec![v1::SharedFile {
-                file_id: id.to_hex(),
-                size: lie,
-                name: name.into(),
-            }],
-            // Least loaded of all: asked first.
-            load: Some(v1::Load {
-                active_uploads: 0,
-                free_upload_slots: 10_000,
-            }),
-        })
+        signed_join(
+            &mut c,
+            &peer_key(&peer_id, 0),
+            v1::JoinRequest {
+                peer_id: peer_id.to_string(),
+                peer_url: url.clone(),
+                files: vec![v1::SharedFile {
+                    file_id: id.to_hex(),
+                    size: lie,
+                    name: name.into(),
+                }],
+                // Least loaded of all: asked first.
+                load: Some(v1::Load {
+                    active_uploads: 0,
+                    free_upload_slots: 10_000,
+                }),
+                ..Default::default()
+            },
+        )
         .await
         .expect("the liar joins");
         Self {

@@ -493,14 +493,16 @@ async fn expiry_run(
                         })
                         .collect();
                     let peer = PeerId::new_random();
-                    let r = c
-                        .join(JoinRequest {
+                    let r = signed_join(
+                        &mut c,
+                        JoinRequest {
                             peer_id: peer.to_string(),
                             peer_url: format!("http://10.200.{}.{}:7071", p >> 8, p & 255),
                             files,
-                            load: None,
-                        })
-                        .await?;
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
                     if let Ok(mut j) = joined.lock() {
                         j.push((peer, r.into_inner().session_token));
                     }
@@ -637,8 +639,9 @@ async fn populate(addr: SocketAddr, args: &Args, joined: Joined) -> anyhow::Resu
                             active_uploads: (p % 4) as u32,
                             free_upload_slots: 4,
                         }),
+                        ..Default::default()
                     };
-                    let token = c.join(req).await?.into_inner().session_token;
+                    let token = signed_join(&mut c, req).await?.into_inner().session_token;
                     if let Ok(mut j) = joined.lock() {
                         j.push((peer, token));
                     }
@@ -996,4 +999,23 @@ fn cpu_ticks(pid: u32) -> u64 {
         .collect();
     // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
     f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+}
+
+/// Join as a PServer does: a Challenge, then the Join signed with a fresh
+/// key of this peer's own.
+async fn signed_join(
+    c: &mut DirectoryClient<Channel>,
+    mut req: JoinRequest,
+) -> Result<tonic::Response<v1::JoinResponse>, tonic::Status> {
+    let nonce = c
+        .challenge(v1::ChallengeRequest {
+            peer_id: req.peer_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .nonce;
+    let key =
+        ed25519_dalek::SigningKey::from_bytes(blake3::hash(req.peer_id.as_bytes()).as_bytes());
+    peerdex_proto::identity::prove(&mut req, &key, nonce);
+    c.join(req).await
 }
