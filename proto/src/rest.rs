@@ -63,6 +63,10 @@ pub struct Status {
     pub central_reachable: bool,
     /// Seconds since the lease was last renewed (Join or Heartbeat); none if never.
     pub lease_age_secs: Option<u64>,
+    /// Why the last Join or Heartbeat failed (gRPC code and the central's
+    /// message); absent once one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_error: Option<String>,
     pub neighbours: Vec<NeighbourStatus>,
     pub shared_files: u64,
     pub shared_bytes: u64,

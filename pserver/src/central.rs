@@ -44,6 +44,8 @@ pub struct Central {
     token_path: PathBuf,
     session: Mutex<Session>,
     reachable: AtomicBool,
+    /// Why the last Join or Heartbeat failed (cleared by the next success).
+    lease_error: Mutex<Option<String>>,
     /// Wakes the lease loop early (a call found we are not joined).
     wake: Notify,
 }
@@ -101,6 +103,7 @@ impl Central {
                 ..Session::default()
             }),
             reachable: AtomicBool::new(false),
+            lease_error: Mutex::new(None),
             wake: Notify::new(),
         })
     }
@@ -121,6 +124,18 @@ impl Central {
         } else {
             None
         }
+    }
+
+    /// Why the last Join or Heartbeat failed, if it did.
+    pub fn lease_error(&self) -> Option<String> {
+        self.lease_error.lock().unwrap().clone()
+    }
+
+    fn set_lease_error<T>(&self, r: &Result<T, Status>) {
+        *self.lease_error.lock().unwrap() = r
+            .as_ref()
+            .err()
+            .map(|s| format!("{:?}: {}", s.code(), s.message()));
     }
 
     pub fn is_joined(&self) -> bool {
@@ -344,6 +359,7 @@ impl Central {
         loop {
             let wait = if self.is_joined() {
                 let answer = self.heartbeat(load()).await;
+                self.set_lease_error(&answer);
                 metrics.renewal(match &answer {
                     Ok(true) => Renewal::Ok,
                     Ok(false) => Renewal::Rejoin,
@@ -388,7 +404,9 @@ impl Central {
             } else {
                 self.session.lock().unwrap().inventory_changed = false;
                 let inv = inventory();
-                match self.join(&inv, load()).await {
+                let joined = self.join(&inv, load()).await;
+                self.set_lease_error(&joined);
+                match joined {
                     Ok(()) => {
                         tracing::info!(files = inv.len(), central = %self.url, "joined the central directory");
                         backoff = Duration::from_millis(250);
@@ -411,7 +429,12 @@ impl Central {
                             // lease to expire, then a plain join succeeds.
                             self.session.lock().unwrap().token = None;
                         }
-                        tracing::warn!(code = ?s.code(), status = %s.message(), retry_in = ?backoff, "cannot join the central");
+                        if s.code() == Code::PermissionDenied {
+                            tracing::error!(status = %s.message(), retry_in = ?backoff,
+                                "the central refuses our peer id: it is bound to another key");
+                        } else {
+                            tracing::warn!(code = ?s.code(), status = %s.message(), retry_in = ?backoff, "cannot join the central");
+                        }
                         let w = backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         w

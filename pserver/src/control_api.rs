@@ -620,6 +620,7 @@ async fn status(
         central_url: central.url().to_owned(),
         central_reachable: central.reachable(),
         lease_age_secs: central.lease_age().map(|d| d.as_secs()),
+        lease_error: central.lease_error(),
         neighbours: neighbours
             .into_iter()
             .map(|(u, ok)| NeighbourStatus {

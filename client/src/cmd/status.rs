@@ -39,6 +39,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             reach(s.central_reachable)
         ),
     );
+    if let Some(e) = s.lease_error.clone() {
+        line("central said", e);
+    }
     line("neighbours", neighbours);
     line(
         "sharing",
