@@ -9,6 +9,8 @@
 //! * [`peer`] — a real PServer in-process on `127.0.0.1:0`.
 //! * [`prom`] — parse Prometheus text with the reference Python parser
 //!   (`prometheus_client`, installed into a cached virtualenv).
+//! * [`pyvenv`] — a cached Python virtualenv with packages from PyPI,
+//!   installed in place behind a lock (the parser above, Playwright).
 //! * [`process`] — a real binary as a child process, its addresses read from
 //!   its own first line of output (never a pre-picked port), killed with real
 //!   signals; and a URL where nothing listens.
@@ -18,6 +20,7 @@ pub mod central;
 pub mod peer;
 pub mod process;
 pub mod prom;
+pub mod pyvenv;
 pub mod wait;
 
 pub use bytes::{blake3_hex, files_under, test_bytes};

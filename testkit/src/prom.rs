@@ -4,16 +4,16 @@
 //!
 //! The package is installed on first use into a virtualenv cached under
 //! `target/prom-test-venv/<hash of python version and requirement>` (or
-//! under `$PEERDEX_PROM_TEST_VENV`), the way `devnet/tests/deploy.rs`
-//! installs its emulator. The first run needs PyPI (pip's own settings such
-//! as `PIP_INDEX_URL` apply); without it the test fails and says why:
-//! nothing is skipped.
+//! under `$PEERDEX_PROM_TEST_VENV`) by [`crate::pyvenv`]. The first run
+//! needs PyPI (pip's own settings such as `PIP_INDEX_URL` apply); without
+//! it the test fails and says why: nothing is skipped.
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::pyvenv::{self, Failure};
 
 /// What is installed from PyPI. Changing it changes the venv's folder.
 pub const REQUIREMENT: &str = "prometheus_client>=0.20,<1";
@@ -53,88 +53,24 @@ impl Exposition {
     }
 }
 
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-fn run(cmd: &mut Command) -> Output {
-    cmd.output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-/// The virtualenv with `prometheus_client`, created on first use (one
-/// installer at a time within a test process).
+/// The virtualenv with `prometheus_client`, created on first use (see
+/// [`crate::pyvenv`]: installed in place behind a lock, so test processes
+/// running at the same time take turns).
 pub fn venv() -> PathBuf {
-    static INSTALL: Mutex<()> = Mutex::new(());
-    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let version = run(Command::new(&python).arg("--version"));
-    assert!(
-        version.status.success(),
-        "the metrics tests need {python} (with the venv module) to run the Prometheus parser"
-    );
-    let key = format!(
-        "{}|{REQUIREMENT}",
-        String::from_utf8_lossy(&version.stdout).trim()
-    );
     let base = std::env::var_os("PEERDEX_PROM_TEST_VENV")
         .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("prom-test-venv"));
-    let dir = base.join(format!("{:016x}", fnv1a(key.as_bytes())));
-    let complete = dir.join(".complete");
-    if complete.exists() {
-        return dir;
+        .unwrap_or_else(|| pyvenv::target_dir().join("prom-test-venv"));
+    match pyvenv::install(&base, &[REQUIREMENT]) {
+        Ok(dir) => dir,
+        Err(Failure::NoPython { python, detail }) => panic!(
+            "the metrics tests need {python} (with the venv module) to run the Prometheus parser ({detail})"
+        ),
+        Err(Failure::Pip { status, stderr }) => panic!(
+            "cannot install the Prometheus parser from PyPI ({status}): is PyPI reachable? \
+             The metrics tests need `pip install '{REQUIREMENT}'` to work.\n{stderr}"
+        ),
+        Err(other) => panic!("{other}"),
     }
-    // Another test process may be installing: build aside, then rename.
-    let tmp = base.join(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&base).expect("create the venv cache folder");
-    eprintln!(
-        "installing {REQUIREMENT} into {} (first run only)",
-        dir.display()
-    );
-    let out = run(Command::new(&python).args(["-m", "venv"]).arg(&tmp));
-    assert!(
-        out.status.success(),
-        "cannot create a virtualenv with {python} -m venv (Debian: python3-venv):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = run(Command::new(tmp.join("bin/pip")).args([
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--timeout",
-        "30",
-        "--retries",
-        "2",
-        REQUIREMENT,
-    ]));
-    assert!(
-        out.status.success(),
-        "cannot install the Prometheus parser from PyPI ({}): is PyPI reachable? \
-         The metrics tests need `pip install '{REQUIREMENT}'` to work.\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(tmp.join(".complete"), &key).expect("mark the venv complete");
-    if std::fs::rename(&tmp, &dir).is_err() {
-        // Someone else finished first: use theirs.
-        let _ = std::fs::remove_dir_all(&tmp);
-        assert!(
-            complete.exists(),
-            "cannot move the venv into {}",
-            dir.display()
-        );
-    }
-    dir
 }
 
 const PARSE: &str = r#"
