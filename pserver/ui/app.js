@@ -348,6 +348,7 @@
     try {
       const job = await postJson('/api/v1/downloads', { file_id: hit.file_id });
       transfers.highlight = job.job_id;
+      transfers.asked.set(job.job_id, hit.name);
       upsertJob(job);
       setText(button, 'Started');
       location.hash = '#transfers';
@@ -368,12 +369,15 @@
     views: new Map(), // job id → its card's parts
     states: new Map(), // job id → last state seen
     highlight: null, // job id to flash once shown
+    asked: new Map(), // job id → the name of the search hit it came from
   };
 
   const FINAL = new Set(['done', 'failed', 'cancelled']);
 
   function jobTitle(j) {
-    return j.name || j.request.name || (j.file_id || j.request.file_id || '').slice(0, 16) || j.job_id;
+    // The server names a job once it has confirmed the file's manifest.
+    return j.name || j.request.name || transfers.asked.get(j.job_id)
+      || (j.file_id || j.request.file_id || '').slice(0, 16) || j.job_id;
   }
 
   function jobView(j) {
@@ -761,12 +765,14 @@
         } else {
           const err = parseError(xhr.status, xhr.responseText, xhr.getResponseHeader('Retry-After'));
           item.root.dataset.state = 'failed';
+          setText(item.pct, 'failed');
           setText(item.msg, describe(err));
         }
         resolve();
       };
       xhr.onerror = () => {
         item.root.dataset.state = 'failed';
+        setText(item.pct, 'failed');
         setText(item.msg, 'Upload failed: the connection to the PServer broke.');
         resolve();
       };
@@ -837,6 +843,11 @@
       s.lease_age_secs === null || s.lease_age_secs === undefined
         ? 'never joined'
         : `renewed ${s.lease_age_secs} s ago`);
+    // Why the last Join or Heartbeat failed, while it does.
+    const said = s.lease_error || null;
+    fact('lease_error', said, said || '');
+    show($('lease-error-term'), Boolean(said));
+    show($('lease-error-desc'), Boolean(said));
     const nb = fact('neighbours', s.neighbours);
     nb.replaceChildren(...(s.neighbours.length
       ? s.neighbours.map((n) => el('li', {}, el('code', {}, n.url), ' ', reach(n.reachable)))
