@@ -204,10 +204,13 @@ async fn the_web_ui_in_a_real_browser() {
     // The uploads through the picker and the drop zone, byte for byte.
     same_bytes(&a.path_in_share("picked-notes.txt"), &pick_bytes);
     assert_eq!(result["picked_id"], blake3_hex(&pick_bytes));
-    same_bytes(
-        &a.path_in_share(drop_name),
-        b"dropped on the zone by the browser test\n",
+    // The dropped file was shared (as these bytes), then removed through
+    // the page.
+    assert_eq!(
+        result["dropped_id"],
+        blake3_hex(b"dropped on the zone by the browser test\n")
     );
+    assert!(!a.path_in_share(drop_name).exists());
     // The copied URL is the file's address on A's peer API.
     let peer_url = format!("{}/peer/v1/files/{}", a.peer_url, blake3_hex(&pick_bytes));
     assert_eq!(result["copied_url"], peer_url.as_str());
@@ -241,7 +244,7 @@ async fn the_web_ui_in_a_real_browser() {
         .map(|f| f.name)
         .collect();
     names.sort();
-    assert_eq!(names, [drop_name, b_name, "picked-notes.txt"]);
+    assert_eq!(names, [b_name, "picked-notes.txt"]);
 
     // The Network page shows what the API says, field by field.
     let status = api.status().await;
@@ -274,7 +277,7 @@ async fn the_web_ui_in_a_real_browser() {
             _ => assert_eq!(&shown, want, "{field} on the Network page"),
         }
     }
-    assert_eq!(status["shared_files"], 3);
+    assert_eq!(status["shared_files"], 2);
     assert_eq!(status["neighbours"][0]["url"], b.peer_url.as_str());
     // The copied URL serves the file to anyone (after the comparison above:
     // it moves A's bytes_sent).

@@ -530,6 +530,11 @@
     v.root.classList.remove('flash');
     void v.root.offsetWidth; // restart the animation
     v.root.classList.add('flash');
+    // Once: a card shown again later (display: none → block) would replay
+    // it; leaving the page cancels it.
+    const done = () => v.root.classList.remove('flash');
+    v.root.addEventListener('animationend', done, { once: true });
+    v.root.addEventListener('animationcancel', done, { once: true });
     v.root.scrollIntoView({ block: 'nearest' });
   }
 

@@ -175,6 +175,7 @@ def run(page, result):
     dropped = page.locator(f'#uploads li[data-name="{DROP_NAME}"]')
     expect(dropped).to_have_attribute("data-state", "done", timeout=DEADLINE_MS)
     expect(page.locator(f'#files-table tr[data-name="{DROP_NAME}"]')).to_be_visible()
+    result["dropped_id"] = dropped.get_attribute("data-file-id")
     log("dropped upload done")
 
     # The same name again with other bytes: 409, shown on the item.
@@ -191,6 +192,14 @@ def run(page, result):
     expect(clash).to_be_visible(timeout=DEADLINE_MS)
     expect(clash.locator(".up-msg")).to_contain_text("Name taken")
     result["clash_message"] = clash.locator(".up-msg").inner_text()
+
+    # Remove the dropped file: asked to confirm first, then gone.
+    drop_row = page.locator(f'#files-table tr[data-name="{DROP_NAME}"]')
+    drop_row.locator("button.remove").click()
+    expect(drop_row.locator("button.confirm-remove")).to_be_visible()
+    drop_row.locator("button.confirm-remove").click()
+    expect(page.locator(f'#files-table tr[data-name="{DROP_NAME}"]')).to_have_count(0)
+    log("dropped file removed")
 
     # Copy the picked file's peer-API URL.
     picked_row.locator("button.copy-url").click()
@@ -219,10 +228,21 @@ def run(page, result):
 
     # 9. Network again, now that nothing moves: the facts to compare.
     nav(page, "network")
-    expect(page.locator('[data-fact="shared_files"]')).to_have_attribute("data-value", "3")
+    expect(page.locator('[data-fact="shared_files"]')).to_have_attribute("data-value", "2")
     expect(page.locator('[data-fact="active_downloads"]')).to_have_attribute("data-value", "0")
     result["facts"] = facts(page)
     shot(page, "network-end")
+
+    # The same pages in the dark and on a phone's width (for people to look at).
+    page.emulate_media(color_scheme="dark")
+    shot(page, "network-dark")
+    nav(page, "transfers")
+    shot(page, "transfers-dark")
+    page.emulate_media(color_scheme="light")
+    page.set_viewport_size({"width": 390, "height": 844})
+    nav(page, "files")
+    expect(page.locator(f'#files-table tr[data-file-id="{B_ID}"]')).to_be_visible()
+    shot(page, "files-narrow")
 
 
 def main():
