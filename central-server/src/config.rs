@@ -94,6 +94,9 @@ pub struct Config {
     /// not joined for this long (`CENTRAL_KEY_RETENTION_DAYS`, default 90
     /// days); then anyone may take the id again.
     pub key_retention: Duration,
+    /// `CENTRAL_JOIN_SECRET`: makes the network private (see
+    /// `crate::network`); `None` = open.
+    pub join_secret: Option<String>,
     pub limits: Limits,
 }
 
@@ -105,6 +108,7 @@ impl Config {
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
             key_retention: Duration::from_secs(90 * 86_400),
+            join_secret: None,
             limits: Limits::default(),
         }
     }
@@ -124,6 +128,11 @@ impl Config {
         }
         if self.key_retention.is_zero() {
             return bad("key_retention (CENTRAL_KEY_RETENTION_DAYS) must be at least 1 day".into());
+        }
+        if let Some(s) = &self.join_secret
+            && (s.len() < 16 || !s.chars().all(|c| c.is_ascii_graphic()))
+        {
+            return bad("join_secret (CENTRAL_JOIN_SECRET) must be at least 16 printable ASCII characters without spaces".into());
         }
         let l = &self.limits;
         if l.max_message_bytes < 1024 {

@@ -49,6 +49,9 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A fault of the directory (see its log).
+    #[error("{0}")]
+    Internal(String),
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -94,6 +94,7 @@ mod error;
 mod identity;
 mod index;
 mod metrics;
+mod network;
 mod oversize;
 mod service;
 mod store;
@@ -157,7 +158,7 @@ pub async fn run_with_metrics(
     let recorder = metrics
         .as_ref()
         .map(|_| std::sync::Arc::new(metrics::Metrics::new()));
-    let directory = DirectoryService::new(store, index, &config, recorder);
+    let directory = DirectoryService::new(store, index, &config, recorder)?;
     let stats = directory.stats();
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

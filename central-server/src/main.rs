@@ -118,6 +118,12 @@ struct Args {
     #[arg(long, env = "CENTRAL_KEY_RETENTION_DAYS", default_value_t = 90,
           value_parser = clap::value_parser!(u32).range(1..=36_500))]
     key_retention_days: u32,
+
+    /// Makes the network private: only PServers whose PSERVER_JOIN_SECRET
+    /// is this may join, and every peer API then asks for a credential
+    /// signed by this directory. At least 16 characters; needs TLS.
+    #[arg(long, env = "CENTRAL_JOIN_SECRET", hide_env_values = true)]
+    join_secret: Option<String>,
 }
 
 /// `CENTRAL_METRICS_ADDR`: empty, or an address to listen on.
@@ -177,6 +183,7 @@ impl Args {
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
             key_retention: Duration::from_secs(u64::from(self.key_retention_days) * 86_400),
+            join_secret: self.join_secret.clone().filter(|s| !s.is_empty()),
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_name_bytes: self.max_name_bytes,

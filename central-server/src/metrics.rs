@@ -43,9 +43,10 @@ pub(crate) enum Rpc {
     Search,
     Leave,
     Challenge,
+    NetworkKeys,
 }
 
-const RPCS: [&str; 8] = [
+const RPCS: [&str; 9] = [
     "join",
     "heartbeat",
     "publish",
@@ -54,6 +55,7 @@ const RPCS: [&str; 8] = [
     "search",
     "leave",
     "challenge",
+    "network_keys",
 ];
 
 /// gRPC status codes as Prometheus label values (0..=16).

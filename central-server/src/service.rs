@@ -53,6 +53,7 @@ use crate::error::{Error, Result};
 use crate::identity::{NONCE_VALID, Nonces};
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
 use crate::metrics::{Metrics, Refusal, Rpc};
+use crate::network::Network;
 use crate::store::{PublicKey, Store, Withdrawal};
 use peerdex_proto::limit::{Limiter, addr_key, retry_secs};
 
@@ -97,6 +98,8 @@ struct Shared {
     nonces: Nonces,
     /// Forget a key binding after this long without a Join (and the peer gone).
     key_retention: Duration,
+    /// A private network (`CENTRAL_JOIN_SECRET`); `None` = open.
+    network: Option<Network>,
 }
 
 /// Implements `peerdex.v1.Directory`. Cheap to clone.
@@ -133,8 +136,12 @@ impl DirectoryService {
         index: Index,
         config: &Config,
         metrics: Option<Arc<Metrics>>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        let network = match &config.join_secret {
+            Some(secret) => Some(Network::open(secret, &config.data_dir, config.lease_ttl)?),
+            None => None,
+        };
+        Ok(Self {
             shared: Arc::new(Shared {
                 index: RwLock::new(index),
                 store: Mutex::new(Some(store)),
@@ -150,8 +157,9 @@ impl DirectoryService {
                 metrics,
                 nonces: Nonces::new(),
                 key_retention: config.key_retention,
+                network,
             }),
-        }
+        })
     }
 
     /// The read side of the index lock.
@@ -241,8 +249,10 @@ impl DirectoryService {
                     tokio::time::sleep(took).await;
                 }
                 let started = std::time::Instant::now();
+                let shared = self.shared.clone();
                 removed += self
                     .write(move |gate, store| {
+                        let network = &shared.network;
                         // Only those still expired: one may have joined again.
                         let peers: Vec<PeerId> = {
                             let ix = gate.read();
@@ -253,6 +263,9 @@ impl DirectoryService {
                         };
                         if !peers.is_empty() {
                             store.remove_peers(&peers)?;
+                            if let Some(net) = &network {
+                                net.revoke(&peers);
+                            }
                             let mut steps = Steps::new(gate);
                             for p in &peers {
                                 steps.remove_peer(p);
@@ -650,6 +663,9 @@ impl DirectoryService {
             .parse()
             .map_err(|e| Error::InvalidArgument(format!("peer_url: {e}")))?;
         let now = Instant::now();
+        if let Some(net) = &self.shared.network {
+            net.admit(&r)?;
+        }
         let key = self.prove_key(&peer, &r, now)?;
         let inventory = self.parse_files(r.files)?;
         let load = Load::from(r.load);
@@ -723,11 +739,14 @@ impl DirectoryService {
             .await?;
         tracing::info!(%peer, files = count, refused = refused.len(), "peer joined");
         log_refused(&peer, &refused);
+        let (credential, credential_expires) = self.credential(&peer)?;
         Ok(Response::new(v1::JoinResponse {
             session_token,
             lease_ttl_secs: secs(self.shared.lease_ttl),
             heartbeat_interval_secs: secs(self.shared.heartbeat_interval),
             refused,
+            credential,
+            credential_expires,
         }))
     }
 
@@ -751,10 +770,24 @@ impl DirectoryService {
         if rejoin {
             tracing::debug!(%peer, "heartbeat from unknown or expired peer: asked to rejoin");
         }
+        // A live lease renews the credential; an expired one cannot.
+        let (credential, credential_expires) = if rejoin {
+            (String::new(), 0)
+        } else {
+            self.credential(&peer)?
+        };
         Ok(Response::new(v1::HeartbeatResponse {
             rejoin,
             lease_ttl_secs: secs(self.shared.lease_ttl),
             heartbeat_interval_secs: secs(self.shared.heartbeat_interval),
+            credential,
+            credential_expires,
+            revoked: self
+                .shared
+                .network
+                .as_ref()
+                .map(Network::revoked)
+                .unwrap_or_default(),
         }))
     }
 
@@ -1023,6 +1056,28 @@ impl DirectoryService {
         }))
     }
 
+    /// A credential for `peer` in a private network (empty in an open one).
+    fn credential(&self, peer: &PeerId) -> Result<(String, u64)> {
+        match &self.shared.network {
+            Some(net) => net.credential(peer),
+            None => Ok((String::new(), 0)),
+        }
+    }
+
+    async fn network_keys_rpc(
+        &self,
+        _req: Request<v1::NetworkKeysRequest>,
+    ) -> Result<Response<v1::NetworkKeysResponse>, Status> {
+        Ok(Response::new(v1::NetworkKeysResponse {
+            keys: self
+                .shared
+                .network
+                .as_ref()
+                .map(Network::keys)
+                .unwrap_or_default(),
+        }))
+    }
+
     async fn challenge_rpc(
         &self,
         req: Request<v1::ChallengeRequest>,
@@ -1105,6 +1160,9 @@ impl DirectoryService {
             .await?;
         if left {
             tracing::info!(%peer, "peer left");
+            if let Some(net) = &self.shared.network {
+                net.revoke(&[peer]);
+            }
         }
         Ok(Response::new(v1::LeaveResponse {}))
     }
@@ -1112,6 +1170,14 @@ impl DirectoryService {
 
 #[tonic::async_trait]
 impl Directory for DirectoryService {
+    async fn network_keys(
+        &self,
+        req: Request<v1::NetworkKeysRequest>,
+    ) -> Result<Response<v1::NetworkKeysResponse>, Status> {
+        self.metered(Rpc::NetworkKeys, self.network_keys_rpc(req))
+            .await
+    }
+
     async fn challenge(
         &self,
         req: Request<v1::ChallengeRequest>,
@@ -1177,7 +1243,7 @@ mod tests {
         let config = Config::new(dir);
         let store = Store::open(dir).unwrap();
         let index = store.load(Instant::now()).unwrap();
-        DirectoryService::new(store, index, &config, None)
+        DirectoryService::new(store, index, &config, None).unwrap()
     }
 
     async fn join(s: &DirectoryService, peer: &PeerId, file: u32) -> String {

@@ -1170,3 +1170,154 @@ async fn ids_cannot_be_squatted() {
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     central.stop().await;
 }
+
+const SECRET: &str = "the-private-network-secret";
+
+/// A Join to a private network, proving `secret` (or nothing).
+async fn join_private(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    secret: Option<&str>,
+) -> Result<v1::JoinResponse, tonic::Status> {
+    let nonce = c
+        .challenge(v1::ChallengeRequest {
+            peer_id: peer.to_string(),
+        })
+        .await?
+        .into_inner()
+        .nonce;
+    let mut r = v1::JoinRequest {
+        peer_id: peer.to_string(),
+        peer_url: url(7001),
+        files: vec![file(5, "private.bin")],
+        ..Default::default()
+    };
+    if let Some(s) = secret {
+        r.secret_proof = peerdex_proto::network::secret_proof(s, &nonce, &r.peer_id).to_vec();
+    }
+    peerdex_proto::identity::prove(&mut r, &peer_key(peer, 0), nonce);
+    Ok(c.join(r).await?.into_inner())
+}
+
+/// The claims of a credential, checked with the directory's published key.
+fn verify_credential(
+    jwt: &str,
+    keys: &[v1::NetworkKey],
+    audience: &str,
+) -> peerdex_proto::network::Credential {
+    let header = jsonwebtoken::decode_header(jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let key = keys
+        .iter()
+        .find(|k| Some(&k.kid) == header.kid.as_ref())
+        .expect("the credential's kid is published");
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    v.set_audience(&[audience]);
+    jsonwebtoken::decode(
+        jwt,
+        &jsonwebtoken::DecodingKey::from_ed_der(&key.public_key),
+        &v,
+    )
+    .unwrap()
+    .claims
+}
+
+/// A private network admits only peers that prove the join secret, gives
+/// them credentials that the published key verifies, renews them with the
+/// lease, and lists the peers that left.
+#[tokio::test]
+async fn a_private_network_admits_with_the_secret_and_issues_credentials() {
+    let central = TestCentral::start_with(|c| {
+        c.join_secret = Some(SECRET.into());
+        c.lease_ttl = Duration::from_secs(4);
+        c.heartbeat_interval = Duration::from_secs(1);
+    })
+    .await;
+    let mut c = client(&central).await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+    for (secret, why) in [
+        (None, "private network"),
+        (Some("not-the-secret-at-all"), "wrong join secret"),
+    ] {
+        let e = join_private(&mut c, &a, secret).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+        assert!(e.message().contains(why), "{why:?} not in {e:?}");
+    }
+    assert!(locate_id(&mut c, 5).await.is_empty(), "nothing changed");
+
+    let keys = c
+        .network_keys(v1::NetworkKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1);
+    let aud = peerdex_proto::network::audience(SECRET);
+    let ja = join_private(&mut c, &a, Some(SECRET)).await.unwrap();
+    let claims = verify_credential(&ja.credential, &keys, &aud);
+    assert_eq!(claims.sub, a.to_string());
+    assert_eq!(claims.exp, ja.credential_expires);
+    assert_eq!(claims.exp - claims.iat, 8, "two lease TTLs");
+    assert_eq!(locate_id(&mut c, 5).await[0].holders.len(), 1);
+
+    // Heartbeats renew it; b leaving is listed to the others.
+    let jb = join_private(&mut c, &b, Some(SECRET)).await.unwrap();
+    let renewed = c
+        .heartbeat(authed(
+            v1::HeartbeatRequest {
+                peer_id: a.to_string(),
+                load: None,
+            },
+            &ja.session_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        verify_credential(&renewed.credential, &keys, &aud).sub,
+        a.to_string()
+    );
+    assert!(renewed.revoked.is_empty());
+    leave(&mut c, &b, &jb.session_token).await;
+    let hb = c
+        .heartbeat(authed(
+            v1::HeartbeatRequest {
+                peer_id: a.to_string(),
+                load: None,
+            },
+            &ja.session_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hb.revoked.len(), 1);
+    assert_eq!(hb.revoked[0].peer_id, b.to_string());
+
+    // An expired peer gets no credential: it must join again (with the secret).
+    wait_for("a's lease to end", Duration::from_secs(20), || async {
+        locate_id(&mut c.clone(), 5).await.is_empty().then_some(())
+    })
+    .await;
+    let hb = c
+        .heartbeat(authed(
+            v1::HeartbeatRequest {
+                peer_id: a.to_string(),
+                load: None,
+            },
+            &ja.session_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(hb.rejoin && hb.credential.is_empty(), "{hb:?}");
+    central.stop().await;
+
+    // An open network: no credentials, no keys.
+    let open = TestCentral::start(Duration::from_secs(10)).await;
+    let mut c = client(&open).await;
+    let j = join_private(&mut c, &a, None).await.unwrap();
+    assert!(j.credential.is_empty());
+    let keys = c.network_keys(v1::NetworkKeysRequest {}).await.unwrap();
+    assert!(keys.into_inner().keys.is_empty());
+    open.stop().await;
+}

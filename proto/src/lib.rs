@@ -8,16 +8,21 @@
 //! * [`tree`] — BLAKE3 tree manifests: chunk chaining values checked against
 //!   the file id alone (served by holders, never stored by the directory).
 //! * [`identity`] — the statement a Join signs with the peer's Ed25519 key.
+//! * [`keyfile`] — Ed25519 key files and other secrets on disk (0600).
+//! * [`network`] — private networks: the join-secret proof, the audience
+//!   and key ids of credentials.
 //! * [`limit`] — token buckets per source address or peer (rate limits).
 //! * [`range`] — the `Range` header parser of the peer API.
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
 //!   `pserver` and the `peerdex` client.
 //!
-//! This crate does no I/O.
+//! This crate does no network I/O; [`keyfile`] is its only file I/O.
 
 pub mod convert;
 pub mod identity;
+pub mod keyfile;
 pub mod limit;
+pub mod network;
 pub mod range;
 pub mod rest;
 pub mod tree;

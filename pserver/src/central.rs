@@ -2,8 +2,8 @@
 //! Publish/Unpublish, Leave, and Locate/Search for the neighbour role.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use peerdex_proto::convert::SharedFile;
@@ -16,6 +16,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::metrics::{Metrics, Renewal};
+use crate::network::Network;
 
 /// Per-call deadline for RPCs to the central.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,6 +41,8 @@ pub struct Central {
     peer_id: PeerId,
     /// Proves our id to the directory at every Join.
     key: ed25519_dalek::SigningKey,
+    /// A private network's proof, credential, keys and departures.
+    network: Arc<Network>,
     public_url: PeerUrl,
     token_path: PathBuf,
     session: Mutex<Session>,
@@ -79,6 +82,7 @@ impl Central {
         url: &str,
         peer_id: PeerId,
         key: ed25519_dalek::SigningKey,
+        network: Arc<Network>,
         public_url: PeerUrl,
         data_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
@@ -96,6 +100,7 @@ impl Central {
             url: url.to_owned(),
             peer_id,
             key,
+            network,
             public_url,
             token_path,
             session: Mutex::new(Session {
@@ -124,6 +129,18 @@ impl Central {
         } else {
             None
         }
+    }
+
+    /// Fetch the keys that sign this network's credentials.
+    pub async fn refresh_keys(&self) -> Result<(), Status> {
+        let r = self
+            .client
+            .clone()
+            .network_keys(v1::NetworkKeysRequest {})
+            .await;
+        self.note(&r);
+        self.network.set_keys(&r?.into_inner().keys);
+        Ok(())
     }
 
     /// Why the last Join or Heartbeat failed, if it did.
@@ -195,12 +212,20 @@ impl Central {
             load: Some(load.into()),
             ..Default::default()
         };
-        peerdex_proto::identity::prove(&mut msg, &self.key, challenge?.into_inner().nonce);
+        let nonce = challenge?.into_inner().nonce;
+        msg.secret_proof = self.network.secret_proof(&nonce, &msg.peer_id);
+        peerdex_proto::identity::prove(&mut msg, &self.key, nonce);
         let req = self.authed(msg);
         let r = self.client.clone().join(req).await;
         self.note(&r);
         let answer = r?.into_inner();
         log_refused("join", &answer.refused);
+        self.network.set_credential(&answer.credential);
+        if self.network.is_private()
+            && let Err(e) = self.refresh_keys().await
+        {
+            tracing::warn!(error = %e, "cannot fetch the network's keys; will ask again");
+        }
         if let Err(e) =
             crate::identity::write_secret(&self.token_path, answer.session_token.as_bytes())
         {
@@ -225,6 +250,8 @@ impl Central {
         let r = self.client.clone().heartbeat(req).await;
         self.note(&r);
         let answer = r?.into_inner();
+        self.network.set_credential(&answer.credential);
+        self.network.note_revoked(&answer.revoked);
         let mut s = self.session.lock().unwrap();
         if answer.rejoin {
             s.joined = false;

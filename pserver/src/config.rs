@@ -20,6 +20,9 @@ pub struct Config {
     pub neighbours: Vec<PeerUrl>,
     /// Required on every control-API request when set.
     pub api_token: Option<String>,
+    /// `PSERVER_JOIN_SECRET`: join a private network (needs an https://
+    /// central); `None` = an open network.
+    pub join_secret: Option<String>,
     pub max_upload_bytes: u64,
     /// Free space kept for the user in the share and data folders: a
     /// download or upload that would cut into it is refused.
@@ -70,6 +73,7 @@ impl Config {
             central_url,
             neighbours: Vec::new(),
             api_token: None,
+            join_secret: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             min_free_bytes: crate::space::DEFAULT_MIN_FREE_BYTES,
             max_partial_bytes: crate::space::DEFAULT_MAX_PARTIAL_BYTES,
@@ -86,6 +90,26 @@ impl Config {
             max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
             neighbour_rate: DEFAULT_NEIGHBOUR_RATE,
         }
+    }
+
+    /// A private network's rules: a secret of at least 16 printable
+    /// characters, sent only to an https:// central.
+    pub fn check_network(&self) -> anyhow::Result<()> {
+        if let Some(s) = &self.join_secret {
+            if s.len() < 16 || !s.chars().all(|c| c.is_ascii_graphic()) {
+                anyhow::bail!(
+                    "PSERVER_JOIN_SECRET must be at least 16 printable ASCII characters without spaces"
+                );
+            }
+            if !self.central_url.starts_with("https://") {
+                anyhow::bail!(
+                    "PSERVER_JOIN_SECRET is set but PSERVER_CENTRAL_URL {} is not https://: \
+                     a private network joins only over TLS",
+                    self.central_url
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -151,6 +175,13 @@ pub struct Args {
     /// control API is bound to a non-loopback address.
     #[arg(long, env = "PSERVER_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+
+    /// The join secret of a private network (the directory's
+    /// CENTRAL_JOIN_SECRET). Joins prove it without sending it, and only
+    /// over TLS (an https:// PSERVER_CENTRAL_URL); every peer API of the
+    /// network then asks for the credential the directory gives.
+    #[arg(long, env = "PSERVER_JOIN_SECRET", hide_env_values = true)]
+    pub join_secret: Option<String>,
 
     /// Largest file accepted by an upload through the control API, in bytes.
     #[arg(long, env = "PSERVER_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
@@ -321,6 +352,8 @@ impl Args {
         let mut c = Config::new(public_url, self.share_dir, self.data_dir, central);
         c.neighbours = neighbours;
         c.api_token = self.api_token.filter(|t| !t.is_empty());
+        c.join_secret = self.join_secret.filter(|t| !t.is_empty());
+        c.check_network()?;
         c.max_upload_bytes = self.max_upload_bytes;
         if self.max_partial_bytes != 0 && self.max_partial_bytes < 1 << 20 {
             bail!(

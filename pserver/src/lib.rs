@@ -21,6 +21,9 @@
 //!   binds to its id; secrets are written 0600.
 //! * [`tokens`] — client tokens for the control API (`pserver token
 //!   create`): EdDSA JWTs with a scope, signed with `api.key`.
+//! * `network` — a private network (`PSERVER_JOIN_SECRET`): our
+//!   credential on every request to other peers, and the check of theirs
+//!   on our peer API.
 //! * `uploads` — serving files to other peers: upload slots, rate cap, and
 //!   the watchdog that takes a slot back from a slow or stalled reader.
 //! * `limits` — per-source limits of the peer API: open connections and
@@ -55,6 +58,7 @@ mod identity;
 mod limits;
 mod lookup;
 mod metrics;
+mod network;
 mod peer_api;
 mod rate;
 mod rt;
@@ -86,6 +90,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let api_addr = api.local_addr()?;
+    config.check_network()?;
     let peer_addr = peer.local_addr()?;
     let store = store::Store::open(&config.share_dir, &config.data_dir).with_context(|| {
         format!(
@@ -108,10 +113,12 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || store.rescan().map(|_| store))
         .await?
         .context("cannot read PSERVER_SHARE_DIR")?;
+    let network = Arc::new(network::Network::new(config.join_secret.clone()));
     let central = central::Central::new(
         &config.central_url,
         peer_id,
         key.clone(),
+        network.clone(),
         config.public_url.clone(),
         store.data_dir(),
     )?;
@@ -121,6 +128,7 @@ pub async fn run(
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("peerdex-pserver/", env!("CARGO_PKG_VERSION")))
         .build()?;
+    let http = network::PeerHttp::new(http, network.clone());
     let (files, bytes) = store.totals();
     let rt = rt::MainRt::current();
     let store = Arc::new(store);
@@ -247,6 +255,7 @@ pub async fn run(
                 .app_data(web::Data::from(central.clone()))
                 .app_data(web::Data::new(uploads.clone()))
                 .app_data(web::Data::new(neighbour_rate.clone()))
+                .app_data(web::Data::from(network.clone()))
                 .app_data(web::Data::new(rt.clone()))
                 .app_data(query_config())
                 .wrap(middleware::from_fn(peer_api::guard))

@@ -75,12 +75,12 @@ struct Neighbour {
 
 pub struct Lookup {
     neighbours: Vec<Neighbour>,
-    http: reqwest::Client,
+    http: crate::network::PeerHttp,
     timeout: Duration,
 }
 
 impl Lookup {
-    pub fn new(neighbours: &[PeerUrl], http: reqwest::Client, timeout: Duration) -> Self {
+    pub fn new(neighbours: &[PeerUrl], http: crate::network::PeerHttp, timeout: Duration) -> Self {
         Self {
             neighbours: neighbours
                 .iter()

@@ -24,6 +24,7 @@ use crate::conditional::{self, Verdict};
 use crate::error::{Error, Result};
 use crate::limits::{Conn, NeighbourRate};
 use crate::lookup::{self, LocateTarget};
+use crate::network::{Network, Refused};
 use crate::rt::MainRt;
 use crate::serve::{Withdraw, verified_range};
 use crate::store::Store;
@@ -178,7 +179,61 @@ pub(crate) async fn guard(
         resp.head_mut().set_connection_type(ConnectionType::Close);
         return Ok(req.into_response(resp).map_into_right_body());
     }
+    if let Err(e) = credential(&req).await {
+        return Ok(req.into_response(e.error_response()).map_into_right_body());
+    }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// In a private network, every request needs a valid credential of the
+/// network (see `crate::network`); 401 says what is wrong with it.
+async fn credential(req: &ServiceRequest) -> Result<()> {
+    let Some(net) = req.app_data::<web::Data<Network>>() else {
+        return Ok(());
+    };
+    if !net.is_private() {
+        return Ok(());
+    }
+    let jwt = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            Error::Unauthorized(
+                "this is a private network: every request needs `Authorization: Bearer <credential>` (a credential the directory gives to the peers that joined)".into(),
+            )
+        })?;
+    match net.check(jwt) {
+        Ok(_) => Ok(()),
+        Err(Refused::Invalid(m)) => Err(Error::Unauthorized(m)),
+        Err(Refused::UnknownKey(kid)) => {
+            // A key we have not seen: the directory may have a new one.
+            if net.may_refresh_keys()
+                && let (Some(central), Some(rt)) = (
+                    req.app_data::<web::Data<Central>>(),
+                    req.app_data::<web::Data<MainRt>>(),
+                )
+            {
+                let central = central.clone().into_inner();
+                let _ = rt
+                    .run(async move {
+                        central
+                            .refresh_keys()
+                            .await
+                            .map_err(|s| Error::Unavailable(s.message().to_owned()))
+                    })
+                    .await;
+            }
+            match net.check(jwt) {
+                Ok(_) => Ok(()),
+                Err(Refused::Invalid(m)) => Err(Error::Unauthorized(m)),
+                Err(Refused::UnknownKey(_)) => Err(Error::Unauthorized(format!(
+                    "credential signed by a key this network's directory does not use (kid {kid}): a credential of another network?"
+                ))),
+            }
+        }
+    }
 }
 
 fn check_hops(req: &HttpRequest) -> Result<()> {

@@ -64,7 +64,7 @@ pub(crate) enum Unconfirmed {
 /// Ask `holders` in turn until one gives a manifest of `id` that verifies,
 /// whose size `fits` on disk, and whose last chunk confirms it.
 pub(crate) async fn confirm(
-    http: &reqwest::Client,
+    http: &crate::network::PeerHttp,
     fetch: &Fetcher,
     id: FileId,
     holders: &[Source],
@@ -134,7 +134,7 @@ pub(crate) async fn confirm(
 /// strike), `Err(pause)` busy: ask again after `pause`.
 #[allow(clippy::too_many_arguments)]
 async fn confirm_one(
-    http: &reqwest::Client,
+    http: &crate::network::PeerHttp,
     fetch: &Fetcher,
     id: FileId,
     src: &Source,
@@ -224,7 +224,7 @@ enum Fault {
 }
 
 async fn get(
-    http: &reqwest::Client,
+    http: &crate::network::PeerHttp,
     src: &Source,
     id: FileId,
     stall: Duration,

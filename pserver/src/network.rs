@@ -1,0 +1,221 @@
+//! Private networks, this PServer's side (`PSERVER_JOIN_SECRET`):
+//!
+//! * our Join proves the secret (`peerdex_proto::network::secret_proof`);
+//! * the directory answers with our credential (a JWT, renewed with every
+//!   Heartbeat), which [`PeerHttp`] sends on every request to another
+//!   peer's API;
+//! * our peer API asks every request for a credential of this network:
+//!   EdDSA, signed by a key the directory publishes (`NetworkKeys`, fetched
+//!   at Join and again on an unknown key id), for this network's audience,
+//!   not expired, and not of a peer that left since it was issued (the
+//!   directory lists departures in Heartbeat answers).
+//!
+//! In an open network all of this is off: no proof, no credential, no check.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use peerdex_proto::network::{Credential, audience, secret_proof};
+use peerdex_proto::v1;
+
+/// How often, at most, an unknown key id makes us ask the directory for
+/// its keys again.
+const KEYS_REFRESH: Duration = Duration::from_secs(5);
+
+/// Why a request's credential is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Signed by a key we do not know (yet): ask the directory, then check
+    /// again.
+    UnknownKey(String),
+    /// Anything else; the message says what.
+    Invalid(String),
+}
+
+pub(crate) struct Network {
+    /// `None`: an open network.
+    secret: Option<String>,
+    audience: String,
+    /// Our own credential, as last given by the directory.
+    own: RwLock<Option<String>>,
+    keys: RwLock<HashMap<String, DecodingKey>>,
+    /// Peers that left, and when (Unix seconds).
+    revoked: Mutex<HashMap<String, u64>>,
+    refreshed: Mutex<Option<Instant>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Network {
+    pub(crate) fn new(secret: Option<String>) -> Self {
+        Self {
+            audience: secret.as_deref().map(audience).unwrap_or_default(),
+            secret,
+            own: RwLock::default(),
+            keys: RwLock::default(),
+            revoked: Mutex::default(),
+            refreshed: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn is_private(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// The proof of the secret for a Join (empty in an open network).
+    pub(crate) fn secret_proof(&self, nonce: &[u8], peer_id: &str) -> Vec<u8> {
+        self.secret
+            .as_deref()
+            .map(|s| secret_proof(s, nonce, peer_id).to_vec())
+            .unwrap_or_default()
+    }
+
+    /// Our credential, from a Join or Heartbeat answer (empty: none).
+    pub(crate) fn set_credential(&self, jwt: &str) {
+        if self.is_private() && !jwt.is_empty() {
+            *self.own.write().unwrap() = Some(jwt.to_owned());
+        }
+    }
+
+    pub(crate) fn credential(&self) -> Option<String> {
+        self.own.read().unwrap().clone()
+    }
+
+    /// The departures listed in a Heartbeat answer.
+    pub(crate) fn note_revoked(&self, list: &[v1::Revoked]) {
+        if list.is_empty() {
+            return;
+        }
+        let mut r = self.revoked.lock().unwrap();
+        for x in list {
+            let at = r.entry(x.peer_id.clone()).or_insert(0);
+            *at = (*at).max(x.at);
+        }
+        // Credentials live minutes: an hour-old departure matters no more.
+        let cutoff = unix_now().saturating_sub(3600);
+        r.retain(|_, at| *at >= cutoff);
+    }
+
+    /// The directory's keys (`NetworkKeys`).
+    pub(crate) fn set_keys(&self, keys: &[v1::NetworkKey]) {
+        let map = keys
+            .iter()
+            .filter(|k| k.public_key.len() == 32)
+            .map(|k| (k.kid.clone(), DecodingKey::from_ed_der(&k.public_key)))
+            .collect();
+        *self.keys.write().unwrap() = map;
+    }
+
+    /// May we ask the directory for its keys now (at most every 5 s)?
+    pub(crate) fn may_refresh_keys(&self) -> bool {
+        let mut last = self.refreshed.lock().unwrap();
+        if last.is_some_and(|t| t.elapsed() < KEYS_REFRESH) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+
+    /// Check a credential presented to our peer API.
+    pub(crate) fn check(&self, jwt: &str) -> Result<Credential, Refused> {
+        let bad = |m: &str| Refused::Invalid(m.to_owned());
+        let header = jsonwebtoken::decode_header(jwt)
+            .map_err(|_| bad("not a credential of this network (malformed, or `alg: none`)"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(Refused::Invalid(format!(
+                "credential signed with {:?}; this network's credentials are EdDSA",
+                header.alg
+            )));
+        }
+        let kid = header
+            .kid
+            .ok_or_else(|| bad("credential without a key id (kid)"))?;
+        let claims = {
+            let keys = self.keys.read().unwrap();
+            let Some(key) = keys.get(&kid) else {
+                return Err(Refused::UnknownKey(kid));
+            };
+            let mut v = Validation::new(Algorithm::EdDSA);
+            v.set_audience(&[&self.audience]);
+            v.set_required_spec_claims(&["exp", "aud", "sub"]);
+            v.leeway = 30;
+            jsonwebtoken::decode::<Credential>(jwt, key, &v)
+                .map_err(|e| match e.kind() {
+                    ErrorKind::ExpiredSignature => bad(
+                        "credential expired: the peer's lease ended (it renews its credential with its lease)",
+                    ),
+                    ErrorKind::InvalidSignature => {
+                        bad("credential signature does not verify (altered, or not signed by this network's directory)")
+                    }
+                    ErrorKind::InvalidAudience => {
+                        bad("credential of another network (wrong audience)")
+                    }
+                    _ => Refused::Invalid(format!("credential refused: {e}")),
+                })?
+                .claims
+        };
+        if let Some(at) = self.revoked.lock().unwrap().get(&claims.sub)
+            && claims.iat <= *at
+        {
+            return Err(Refused::Invalid(format!(
+                "credential of peer {} which left the network since it was issued",
+                claims.sub
+            )));
+        }
+        Ok(claims)
+    }
+}
+
+/// HTTP to other peers' APIs: every request carries our credential in a
+/// private network.
+#[derive(Clone)]
+pub(crate) struct PeerHttp {
+    client: reqwest::Client,
+    network: Arc<Network>,
+}
+
+impl PeerHttp {
+    pub(crate) fn new(client: reqwest::Client, network: Arc<Network>) -> Self {
+        Self { client, network }
+    }
+
+    pub(crate) fn get(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        let rb = self.client.get(url);
+        match self.network.credential() {
+            Some(c) => rb.bearer_auth(c),
+            None => rb,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_network_proves_and_sends_nothing() {
+        let n = Network::new(None);
+        assert!(!n.is_private());
+        assert!(n.secret_proof(b"x", "p").is_empty());
+        n.set_credential("a.b.c");
+        assert_eq!(n.credential(), None);
+    }
+
+    #[test]
+    fn unknown_keys_and_garbage_are_told_apart() {
+        let n = Network::new(Some("a-secret-of-16-chars".into()));
+        assert!(matches!(n.check("garbage"), Err(Refused::Invalid(_))));
+        // {"alg":"EdDSA","kid":"k1"} . {} . (no signature)
+        let jwt = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.e30.AA";
+        assert_eq!(n.check(jwt), Err(Refused::UnknownKey("k1".into())));
+        assert!(n.may_refresh_keys());
+        assert!(!n.may_refresh_keys(), "at most every 5 s");
+    }
+}
