@@ -217,7 +217,7 @@ impl Metrics {
             sweep_duration: r.register_histogram(&Key::from_static_name(SWEEP), &META),
             peers: gauge(
                 "peerdex_central_peers",
-                "Peers in the directory (live leases; expired ones until the next sweep)",
+                "Peers with a live lease in the directory",
             ),
             files: gauge(
                 "peerdex_central_files",

@@ -334,7 +334,11 @@ impl DirectoryService {
         let m = self.metrics()?;
         let (stats, holdings) = {
             let ix = self.index();
-            (ix.stats(), ix.holdings())
+            let mut stats = ix.stats();
+            // Live leases only: an expired peer is in no answer any more,
+            // even before the sweeper removes it.
+            stats.peers = ix.live_peers(Instant::now());
+            (stats, ix.holdings())
         };
         Some(m.render(stats, holdings))
     }

@@ -123,6 +123,22 @@ async fn download_is_right(d: &TestPeer, id: &str, name: &str, bytes: &[u8], lia
         .unwrap_or_else(|| panic!("the liar was never asked: {:#?}", end.sources));
     assert!(l.strikes >= 1 && l.chunks == 0, "{l:#?}");
     assert!(files_under(&d.data_path().join("partial")).is_empty());
+    // Its last chunk, asked to confirm its manifest, failed verification:
+    // counted like any chunk that fails in the swarm.
+    let metrics = d
+        .http
+        .get(format!("{}/metrics", d.api_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("peerdex_pserver_chunks_failed_verification_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(failed.is_some_and(|n| n >= 1.0), "{failed:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -331,6 +331,13 @@ impl Index {
 
     /// Peers whose lease ended at or before `now`, with their inventory
     /// sizes.
+    /// Peers whose lease is live at `now` (expired ones wait for the
+    /// sweeper but are in no answer already).
+    pub fn live_peers(&self, now: Instant) -> usize {
+        let now = self.tick(now);
+        self.peers.iter().filter(|(_, p)| p.expires() > now).count()
+    }
+
     pub fn expired(&self, now: Instant) -> Vec<(PeerId, usize)> {
         let now = self.tick(now);
         self.peers

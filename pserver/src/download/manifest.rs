@@ -20,6 +20,7 @@
 //! the one every peer uses for that size ([`Manifest::decode`] refuses any
 //! other), so the last chunk is at most 1/8192 of a size that fits.
 
+use crate::metrics::Metrics;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -62,7 +63,9 @@ pub(crate) enum Unconfirmed {
 }
 
 /// Ask `holders` in turn until one gives a manifest of `id` that verifies,
-/// whose size `fits` on disk, and whose last chunk confirms it.
+/// whose size `fits` on disk, and whose last chunk confirms it. A last
+/// chunk that fails verification counts in `metrics`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn confirm(
     http: &crate::network::PeerHttp,
     fetch: &Fetcher,
@@ -71,6 +74,7 @@ pub(crate) async fn confirm(
     stall: Duration,
     strikes: &mut Strikes,
     fits: &(dyn Fn(&Manifest) -> Result<(), NoSpace> + Sync),
+    metrics: &Metrics,
 ) -> Result<Confirmed, Unconfirmed> {
     let mut notes = Vec::new();
     // The smallest size claimed that did not fit (a liar may inflate its
@@ -93,6 +97,7 @@ pub(crate) async fn confirm(
                 stall,
                 strikes,
                 fits,
+                metrics,
                 &mut notes,
                 &mut too_big,
             )
@@ -141,6 +146,7 @@ async fn confirm_one(
     stall: Duration,
     strikes: &mut Strikes,
     fits: &(dyn Fn(&Manifest) -> Result<(), NoSpace> + Sync),
+    metrics: &Metrics,
     notes: &mut Vec<String>,
     too_big: &mut Option<NoSpace>,
 ) -> Result<Option<Confirmed>, Duration> {
@@ -195,6 +201,9 @@ async fn confirm_one(
             }));
         }
         Outcome::Bad(bad) => {
+            if let Bad::Hash(_) = bad {
+                metrics.chunk_failed();
+            }
             let why = match bad {
                 Bad::Hash(_) => format!(
                     "its last chunk does not match its manifest (size {} claimed)",

@@ -674,6 +674,7 @@ async fn confirm_manifest(
             shared.stall_timeout,
             strikes,
             &fit,
+            &shared.metrics,
         )
         .await;
         match tried {
