@@ -266,7 +266,7 @@ pub(crate) async fn guard(
         // loopback without PSERVER_API_TOKEN).
         None if control.api_token.is_some() => {
             return Err(Error::Unauthorized(
-                "missing bearer token; pass --token or set PEERDEX_API_TOKEN (PSERVER_API_TOKEN, or one from `pserver token create`)".into(),
+                "missing bearer token: give this PServer's API token (PSERVER_API_TOKEN, or a client token from `pserver token create`); the CLI takes it as --token or PEERDEX_API_TOKEN".into(),
             )
             .into());
         }
@@ -293,7 +293,7 @@ pub(crate) async fn guard(
         }
         Some(_) => {
             return Err(Error::Unauthorized(
-                "wrong bearer token; pass --token or set PEERDEX_API_TOKEN".into(),
+                "wrong bearer token: it is neither this PServer's PSERVER_API_TOKEN nor a client token (a JWT from `pserver token create`)".into(),
             )
             .into());
         }

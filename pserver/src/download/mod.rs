@@ -309,7 +309,13 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
         Ok(h) => h,
         Err(running) => return Ok(running.snapshot()),
     };
-    handle.update(|j| j.bytes_total = Some(t.size));
+    // The name it will most likely be stored under (final once the
+    // manifest is confirmed), so the job is recognisable from the start.
+    let name = pick_name(shared, &t);
+    handle.update(|j| {
+        j.bytes_total = Some(t.size);
+        j.name = Some(name.to_string());
+    });
     let snapshot = handle.snapshot();
     spawn_job(shared, handle, Begin::Located(t));
     Ok(snapshot)
