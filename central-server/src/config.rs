@@ -98,6 +98,9 @@ pub struct Config {
     /// `crate::network`); `None` = open.
     pub join_secret: Option<String>,
     pub limits: Limits,
+    /// Serve gRPC over TLS only, with this certificate and key
+    /// (`CENTRAL_TLS_CERT`, `CENTRAL_TLS_KEY`). `None`: plaintext.
+    pub tls: Option<crate::tls::TlsFiles>,
 }
 
 impl Config {
@@ -110,6 +113,7 @@ impl Config {
             key_retention: Duration::from_secs(90 * 86_400),
             join_secret: None,
             limits: Limits::default(),
+            tls: None,
         }
     }
 

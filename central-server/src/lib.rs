@@ -79,6 +79,7 @@
 //!
 //! * `lib.rs` — [`run`]: load the index, serve, shut down.
 //! * `config` — [`Config`], [`Limits`] and their validation.
+//! * `tls` — [`TlsFiles`]: the certificate and key of the gRPC port.
 //! * `service` — the gRPC service: parsing, auth, write ordering.
 //! * `index/` — the in-memory index (tokenizer, slabs and key → handle
 //!   tables, compact lists and words, page cursor, the bulk load used at
@@ -98,6 +99,7 @@ mod network;
 mod oversize;
 mod service;
 mod store;
+mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -110,6 +112,7 @@ use tonic::transport::server::TcpIncoming;
 
 pub use config::{Config, Limits};
 pub use error::{Error, RETRY_AFTER, Result};
+pub use tls::TlsFiles;
 /// File name of the database inside [`Config::data_dir`] (tests open it to
 /// check that an acknowledged change is already committed).
 pub use store::DB_FILE;
@@ -194,6 +197,7 @@ pub async fn run_with_metrics(
         files = stats.files,
         names = stats.names,
         load_ms = started.elapsed().as_millis() as u64,
+        tls = config.tls.is_some(),
         "central-server listening on {addr}"
     );
 
@@ -203,7 +207,11 @@ pub async fn run_with_metrics(
         tracing::info!("shutting down: no new connections, draining in-flight calls");
         let _ = stopping_tx.send(());
     };
-    let serve = Server::builder()
+    let mut server = Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server.tls_config(tls.server_config())?;
+    }
+    let serve = server
         .layer(oversize::OversizeLayer)
         .add_service(health)
         .add_service(reflection_v1)

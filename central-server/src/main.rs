@@ -124,6 +124,15 @@ struct Args {
     /// signed by this directory. At least 16 characters; needs TLS.
     #[arg(long, env = "CENTRAL_JOIN_SECRET", hide_env_values = true)]
     join_secret: Option<String>,
+    /// PEM certificate (a chain: leaf first) to serve gRPC over TLS. With
+    /// CENTRAL_TLS_KEY the port speaks only TLS (peers then use an https://
+    /// PSERVER_CENTRAL_URL); both or neither.
+    #[arg(long, env = "CENTRAL_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of CENTRAL_TLS_CERT (keep it mode 0600).
+    #[arg(long, env = "CENTRAL_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
 }
 
 /// `CENTRAL_METRICS_ADDR`: empty, or an address to listen on.
@@ -179,6 +188,7 @@ fn rate(var: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {
 impl Args {
     fn config(&self) -> Config {
         Config {
+            tls: None,
             data_dir: self.data_dir.clone(),
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
@@ -204,6 +214,8 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // One crypto provider for the whole process: ring (never aws-lc).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -233,8 +245,11 @@ async fn try_main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let config = args.config();
+    let mut config = args.config();
     config.validate()?;
+    let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
+    config.tls =
+        central_server::TlsFiles::from_settings(set(&args.tls_cert).as_deref(), set(&args.tls_key).as_deref())?;
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await
         .with_context(|| {

@@ -27,6 +27,15 @@ const MAX_EVENT_LINE: usize = 1 << 20;
 /// Why a control-API call failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Error {
+    /// The connection was made but TLS failed (untrusted or wrong
+    /// certificate, TLS against plaintext or the other way round); the
+    /// message says which and what to set.
+    #[error("{message}")]
+    Tls {
+        message: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// Nothing answered at the URL (connection refused, unknown host, connect timeout).
     #[error(
         "cannot reach PServer at {url} — is `pserver` running? set PEERDEX_PSERVER_URL or pass --pserver"
@@ -74,6 +83,7 @@ impl Error {
     pub(crate) fn code(&self) -> &str {
         match self {
             Error::Unreachable { .. } => "unreachable",
+            Error::Tls { .. } => "tls",
             Error::Transport { .. } => "transport",
             Error::Api { error, .. } => &error.code,
             Error::BadResponse { .. } => "bad_response",
@@ -102,8 +112,18 @@ pub(crate) struct Client {
 impl Client {
     /// A client for the control API at `base` (e.g. `http://127.0.0.1:7070`),
     /// sending `Authorization: Bearer <token>` when a token is given.
+    #[cfg(test)]
     pub(crate) fn new(base: Url, token: Option<String>) -> Self {
-        let http = reqwest::Client::builder()
+        Self::with_roots(base, token, Vec::new())
+    }
+
+    /// [`Client::new`] trusting `roots` (PEERDEX_CA_FILE) besides the
+    /// system's roots for an `https://` control API.
+    pub(crate) fn with_roots(base: Url, token: Option<String>, roots: Vec<reqwest::Certificate>) -> Self {
+        // rustls' ring provider, the one every peerdex process uses.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let builder = || {
+            reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // Event streams send a line at least every second or so; uploads
             // get their answer once the body is stored. A minute of silence
@@ -116,7 +136,15 @@ impl Client {
             .pool_idle_timeout(POOL_IDLE)
             .tcp_nodelay(true)
             .user_agent(concat!("peerdex/", env!("CARGO_PKG_VERSION")))
+            // The control API is HTTP/1.1 over TLS as over plaintext.
+            .http1_only()
+        };
+        let http = builder()
+            .tls_certs_merge(roots.clone())
             .build()
+            // No system roots at all (a minimal container): trust only
+            // PEERDEX_CA_FILE, so plaintext keeps working and https says why.
+            .or_else(|_| builder().tls_certs_only(roots).build())
             .expect("a reqwest client with static settings builds");
         Self {
             base,
@@ -191,6 +219,9 @@ impl Client {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> Error {
+        if let Some(message) = explain_tls(&e, &self.base_str()) {
+            return Error::Tls { message, source: e };
+        }
         if e.is_connect() || (e.is_timeout() && e.is_request()) {
             Error::Unreachable {
                 url: self.base_str(),
@@ -404,6 +435,50 @@ fn closed_before_answer(e: &reqwest::Error) -> bool {
         cause = c.source();
     }
     false
+}
+
+/// TLS trouble with the PServer at `url`, in plain words; `None` when the
+/// failure is not about TLS.
+fn explain_tls(e: &(dyn std::error::Error + 'static), url: &str) -> Option<String> {
+    use rustls::{CertificateError as C, Error as R};
+    let mut cause = Some(e);
+    let mut text = String::new();
+    while let Some(c) = cause {
+        let r = c.downcast_ref::<R>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|i| i.downcast_ref::<R>())
+        });
+        if let Some(r) = r {
+            return Some(match r {
+                R::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+                    "the PServer at {url} presented a certificate not signed by a trusted CA; \
+                     set PEERDEX_CA_FILE (or --ca-file) to your network's CA certificate"
+                ),
+                R::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                    format!("the PServer at {url} presented an expired certificate")
+                }
+                R::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    format!(
+                        "the PServer at {url} presented a certificate for another name or address"
+                    )
+                }
+                R::InvalidMessage(_) | R::InappropriateMessage { .. } => format!(
+                    "the PServer at {url} did not answer with TLS; if its control API is \
+                     plaintext, use an http:// URL"
+                ),
+                other => format!("TLS with the PServer at {url} failed: {other}"),
+            });
+        }
+        text.push_str(&c.to_string().to_lowercase());
+        cause = c.source();
+    }
+    (url.starts_with("http://") && text.contains("invalid http version")).then(|| {
+        format!(
+            "the PServer at {url} did not answer in plaintext HTTP; if its control API uses \
+             TLS, use an https:// URL"
+        )
+    })
 }
 
 /// Split off the first complete line (without its `\n`), if there is one.

@@ -109,6 +109,11 @@ pub(crate) struct GlobalArgs {
     )]
     pub(crate) token: Option<String>,
 
+    /// PEM bundle of extra CA certificates trusted for an https:// PServer
+    /// URL (your network's own CA), besides the system's roots.
+    #[arg(long, global = true, env = "PEERDEX_CA_FILE", value_name = "PEM")]
+    pub(crate) ca_file: Option<PathBuf>,
+
     /// Machine-readable output: one JSON document per command on stdout, no
     /// progress bars. Failures print {"error": {"code", "message", ...}}.
     #[arg(long, global = true)]

@@ -65,7 +65,14 @@ fn run(cli: Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let api = api::Client::new(cli.global.pserver.clone(), cli.global.token.clone());
+    let roots = match ca_roots(cli.global.ca_file.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api = api::Client::with_roots(cli.global.pserver.clone(), cli.global.token.clone(), roots);
     let mut ctx = Ctx {
         api,
         json: cli.global.json,
@@ -89,6 +96,33 @@ fn run(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// The certificates of PEERDEX_CA_FILE (none when unset or empty).
+fn ca_roots(path: Option<&std::path::Path>) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    use anyhow::Context;
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path)
+        .with_context(|| format!("cannot read PEERDEX_CA_FILE {}", path.display()))?;
+    let ders = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("PEERDEX_CA_FILE {} is not valid PEM: {e}", path.display()))?;
+    if ders.is_empty() {
+        anyhow::bail!(
+            "PEERDEX_CA_FILE {} holds no certificate: expected PEM \"-----BEGIN CERTIFICATE-----\" blocks",
+            path.display()
+        );
+    }
+    ders.iter()
+        .map(|d| {
+            reqwest::Certificate::from_der(d)
+                .with_context(|| format!("PEERDEX_CA_FILE {}", path.display()))
+        })
+        .collect()
 }
 
 /// Diagnostics for developers, only when `RUST_LOG` asks for them.

@@ -12,6 +12,14 @@
 //! Without a terminal on stdin it runs a short scripted tour instead (search,
 //! get a file held by another peer, status) and exits 0 if it worked.
 //! Ctrl+C (or leaving the REPL) stops every process cleanly.
+//!
+//! With `--tls` every hop between processes is TLS: a throwaway CA and one
+//! certificate per process (rcgen, for 127.0.0.1, localhost and ::1) are
+//! written to `DIR/tls/` (private keys mode 0600); the central serves gRPC
+//! over TLS only, every peer API serves https, and the peers and the
+//! `peerdex` commands trust the CA through `PSERVER_CA_FILE` and
+//! `PEERDEX_CA_FILE`. (Control APIs stay on loopback, where they are plain
+//! HTTP by design.)
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -40,6 +48,10 @@ struct Args {
     /// Lease TTL of the central, in seconds.
     #[arg(long, default_value_t = 15)]
     lease_ttl: u64,
+    /// Run the network over TLS: a throwaway CA and certificates under
+    /// DIR/tls, the central and every peer API on TLS only.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Set while the interactive REPL owns the terminal.
@@ -52,6 +64,8 @@ struct Proc {
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // One crypto provider (ring) for devnet's own HTTP client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     let mut procs: Vec<Proc> = Vec::new();
     let result = {
@@ -202,11 +216,17 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
     std::fs::create_dir_all(root)?;
     let root = root.canonicalize()?;
 
+    // TLS material (with --tls): one CA, one certificate per process.
+    let tls = match args.tls {
+        true => Some(Tls::generate(&root.join("tls"))?),
+        false => None,
+    };
+    // Issue 14's private network (the join secret) joins `--tls` here: the
+    // central's CENTRAL_JOIN_SECRET and each peer's PSERVER_JOIN_SECRET.
+
     // Central.
     let central_dir = root.join("central");
-    write_env(
-        &central_dir,
-        &[
+    let mut central_env = vec![
             ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
             ("CENTRAL_DATA_DIR", "./data".into()),
             // Metrics on a port the OS picks: the central logs where.
@@ -217,8 +237,13 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
                 (args.lease_ttl / 3).max(1).to_string(),
             ),
             ("RUST_LOG", "info".into()),
-        ],
-    )?;
+    ];
+    if let Some(t) = &tls {
+        let (cert, key) = t.leaf("central")?;
+        central_env.push(("CENTRAL_TLS_CERT", cert));
+        central_env.push(("CENTRAL_TLS_KEY", key));
+    }
+    write_env(&central_dir, &central_env)?;
     let (p, line) = spawn(&bins, "central-server", &central_dir, "central").await?;
     procs.push(p);
     let central_addr = line
@@ -227,7 +252,8 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         .context("unexpected central start line")?
         .trim()
         .to_owned();
-    let central_url = format!("http://{central_addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let central_url = format!("{scheme}://{central_addr}");
 
     // Peers, each on ports the OS picks; its addresses come from its first
     // output line. A neighbour's URL is known only once it runs, so peer 3
@@ -245,9 +271,7 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
                     .context("a neighbour starts before the peers that ask it")
             })
             .transpose()?;
-        write_env(
-            &dir,
-            &[
+        let mut env = vec![
                 ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
                 // On loopback, the public URL is derived from the bound address.
                 ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
@@ -257,8 +281,15 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
                 ("PSERVER_NEIGHBOURS", neighbour.unwrap_or_default()),
                 ("PSERVER_RESCAN_SECS", "1".into()),
                 ("RUST_LOG", "info".into()),
-            ],
-        )?;
+        ];
+        if let Some(t) = &tls {
+            // The public URL, derived from the bound address, turns https.
+            let (cert, key) = t.leaf(&format!("peer{}", i + 1))?;
+            env.push(("PSERVER_TLS_CERT", cert));
+            env.push(("PSERVER_TLS_KEY", key));
+            env.push(("PSERVER_CA_FILE", t.ca_file.display().to_string()));
+        }
+        write_env(&dir, &env)?;
         std::fs::create_dir_all(dir.join("share"))?;
         for (name, bytes) in &samples[i] {
             std::fs::write(dir.join("share").join(name), bytes)?;
@@ -308,7 +339,19 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         "peerdex devnet is up (settings, logs and files under {})",
         root.display()
     );
-    println!("  central   {central_url}  (gRPC; try: grpcurl -plaintext {central_addr} list)");
+    let ca_env = tls
+        .as_ref()
+        .map(|t| format!("PEERDEX_CA_FILE={} ", t.ca_file.display()))
+        .unwrap_or_default();
+    match &tls {
+        Some(t) => println!(
+            "  central   {central_url}  (gRPC over TLS; try: grpcurl -cacert {} {central_addr} list)",
+            t.ca_file.display()
+        ),
+        None => println!(
+            "  central   {central_url}  (gRPC; try: grpcurl -plaintext {central_addr} list)"
+        ),
+    }
     for (i, p) in peers.iter().enumerate() {
         let neighbour = NEIGHBOUR[i].map_or_else(
             || "none (asks the central)".to_owned(),
@@ -323,7 +366,7 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
     }
     let peerdex = bins.join("peerdex");
     println!(
-        "  in another terminal, talk to peer2: PEERDEX_PSERVER_URL={} {} status",
+        "  in another terminal, talk to peer2: {ca_env}PEERDEX_PSERVER_URL={} {} status",
         api_urls[1],
         peerdex.display()
     );
@@ -332,10 +375,12 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
             "\nOpening the peerdex REPL on peer1 — try `search report`, `get holiday-photo.jpg` (held by peer3), `status`, `help`; `exit` stops the network.\n"
         );
         REPL_RUNNING.store(true, Ordering::SeqCst);
-        let status = Command::new(&peerdex)
-            .env("PEERDEX_PSERVER_URL", &api_urls[0])
-            .status()
-            .await;
+        let mut cmd = Command::new(&peerdex);
+        cmd.env("PEERDEX_PSERVER_URL", &api_urls[0]);
+        if let Some(t) = &tls {
+            cmd.env("PEERDEX_CA_FILE", &t.ca_file);
+        }
+        let status = cmd.status().await;
         REPL_RUNNING.store(false, Ordering::SeqCst);
         let status = status.context("cannot start peerdex")?;
         if !status.success() {
@@ -353,14 +398,15 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
     ];
     for step in steps {
         println!("$ peerdex {}", step.join(" "));
-        let status = Command::new(&peerdex)
-            .args(step)
+        let mut cmd = Command::new(&peerdex);
+        cmd.args(step)
             .env("PEERDEX_PSERVER_URL", &api_urls[0])
             .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .status()
-            .await
-            .context("cannot start peerdex")?;
+            .stdin(Stdio::null());
+        if let Some(t) = &tls {
+            cmd.env("PEERDEX_CA_FILE", &t.ca_file);
+        }
+        let status = cmd.status().await.context("cannot start peerdex")?;
         if !status.success() {
             bail!("`peerdex {}` failed ({status})", step.join(" "));
         }
@@ -395,6 +441,75 @@ async fn stop_all(procs: &mut Vec<Proc>) {
         }
     }
     procs.clear();
+}
+
+/// The devnet's throwaway CA (`--tls`), which signs one certificate per
+/// process for the loopback names.
+struct Tls {
+    dir: PathBuf,
+    ca_file: PathBuf,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Tls {
+    fn generate(dir: &Path) -> Result<Self> {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        std::fs::create_dir_all(dir)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "peerdex devnet CA (throwaway)");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key)?;
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, cert.pem())?;
+        // The CA's key is never written: the devnet signs everything now.
+        Ok(Self {
+            dir: dir.to_owned(),
+            ca_file,
+            issuer: rcgen::Issuer::new(params, key),
+        })
+    }
+
+    /// A certificate for `name` on the loopback names; returns the paths of
+    /// the certificate and of its key (written 0600).
+    fn leaf(&self, name: &str) -> Result<(String, String)> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(
+            ["127.0.0.1", "localhost", "::1"].map(String::from).to_vec(),
+        )?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("peerdex devnet {name}"));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let (cert_path, key_path) = (
+            self.dir.join(format!("{name}.pem")),
+            self.dir.join(format!("{name}-key.pem")),
+        );
+        std::fs::write(&cert_path, cert.pem())?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        Ok((
+            cert_path.display().to_string(),
+            key_path.display().to_string(),
+        ))
+    }
+}
+
+/// Write a private key readable by its owner only (0600 from creation on).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
 }
 
 /// A few sample files per peer: text and binary, with searchable names.

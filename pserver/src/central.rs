@@ -85,12 +85,22 @@ impl Central {
         network: Arc<Network>,
         public_url: PeerUrl,
         data_dir: &std::path::Path,
+        ca_roots: &[rustls::pki_types::CertificateDer<'static>],
     ) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_owned())
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| anyhow::anyhow!("PSERVER_CENTRAL_URL {url:?} is not a valid URL: {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .timeout(RPC_TIMEOUT)
             .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            // The same roots as for peers: the system's plus PSERVER_CA_FILE.
+            endpoint = endpoint
+                .tls_config_with_verifier(
+                    tonic::transport::ClientTlsConfig::new(),
+                    crate::tls::verifier(ca_roots),
+                )
+                .map_err(|e| anyhow::anyhow!("PSERVER_CENTRAL_URL {url:?}: {e}"))?;
+        }
         let token_path = data_dir.join("session.token");
         let token = std::fs::read_to_string(&token_path)
             .ok()
@@ -168,6 +178,12 @@ impl Central {
             ),
         };
         self.reachable.store(up, Ordering::Relaxed);
+    }
+
+    /// A failed call's status in plain words: what went wrong with TLS
+    /// (or plaintext meeting TLS) when that is the cause, else its message.
+    pub fn explain(&self, s: &Status) -> String {
+        crate::tls::explain(s, "the central", &self.url).unwrap_or_else(|| s.message().to_owned())
     }
 
     fn authed<T>(&self, msg: T) -> Request<T> {
@@ -315,7 +331,7 @@ impl Central {
             }
             Err(s) => {
                 // Unreachable or refused: re-join later with the full inventory.
-                tracing::warn!(call = what, code = ?s.code(), status = %s.message(), "central call failed; will re-join");
+                tracing::warn!(call = what, code = ?s.code(), status = %self.explain(&s), "central call failed; will re-join");
                 self.mark_not_joined();
             }
         }
@@ -412,7 +428,7 @@ impl Central {
                         Duration::ZERO
                     }
                     Err(s) => {
-                        tracing::warn!(code = ?s.code(), status = %s.message(), retry_in = ?backoff, "heartbeat failed");
+                        tracing::warn!(code = ?s.code(), status = %self.explain(&s), retry_in = ?backoff, "heartbeat failed");
                         let w = backoff;
                         // Never wait longer than the advised interval: after a
                         // central restart the grace period is one lease, and
@@ -460,7 +476,7 @@ impl Central {
                             tracing::error!(status = %s.message(), retry_in = ?backoff,
                                 "the central refuses our peer id: it is bound to another key");
                         } else {
-                            tracing::warn!(code = ?s.code(), status = %s.message(), retry_in = ?backoff, "cannot join the central");
+                            tracing::warn!(code = ?s.code(), status = %self.explain(&s), retry_in = ?backoff, "cannot join the central");
                         }
                         let w = backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);

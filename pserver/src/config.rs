@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use peerdex_proto::PeerUrl;
+use rustls::pki_types::CertificateDer;
+
+use crate::tls::ServerTls;
 
 /// Validated settings of one PServer.
 #[derive(Debug, Clone)]
@@ -56,6 +59,15 @@ pub struct Config {
     /// Neighbour-role requests (locate, search) per second per source
     /// address, with a burst of ten seconds' worth; beyond it 429.
     pub neighbour_rate: u32,
+    /// Certificate and key of the peer API (then `public_url` is
+    /// `https://`), and of the control API when `api_tls` is set.
+    pub tls: Option<ServerTls>,
+    /// The control API speaks TLS with `tls` (set when it is bound off
+    /// loopback; tests set it on loopback).
+    pub api_tls: bool,
+    /// Roots trusted for the central and other peers besides the system's
+    /// (`PSERVER_CA_FILE`).
+    pub ca_roots: Vec<CertificateDer<'static>>,
 }
 
 impl Config {
@@ -89,6 +101,9 @@ impl Config {
             upload_idle: Duration::from_secs(DEFAULT_UPLOAD_IDLE_SECS),
             max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
             neighbour_rate: DEFAULT_NEIGHBOUR_RATE,
+            tls: None,
+            api_tls: false,
+            ca_roots: Vec::new(),
         }
     }
 
@@ -130,7 +145,8 @@ const DEFAULT_NEIGHBOUR_RATE: u32 = 20;
 #[command(name = "pserver", version, about, long_about = None)]
 pub struct Args {
     /// Address of the control API used by the local `peerdex` client. Keep it
-    /// on loopback; any other address requires PSERVER_API_TOKEN.
+    /// on loopback; any other address requires PSERVER_API_TOKEN and TLS
+    /// (PSERVER_TLS_CERT/KEY), or PSERVER_TRUSTED_LAN=true for plaintext.
     #[arg(long, env = "PSERVER_API_ADDR", default_value = "127.0.0.1:7070")]
     pub api_addr: SocketAddr,
 
@@ -138,9 +154,10 @@ pub struct Args {
     #[arg(long, env = "PSERVER_PEER_ADDR", default_value = "0.0.0.0:7071")]
     pub peer_addr: SocketAddr,
 
-    /// URL other peers use to reach the peer API, e.g. http://203.0.113.7:7071.
-    /// Defaults to http://<peer addr> unless the peer address is 0.0.0.0/::,
-    /// in which case it is required (the central must hand out a reachable URL).
+    /// URL other peers use to reach the peer API, e.g. http://203.0.113.7:7071
+    /// (https:// when PSERVER_TLS_CERT is set). Defaults to http(s)://<peer
+    /// addr> unless the peer address is 0.0.0.0/::, in which case it is
+    /// required (the central must hand out a reachable URL).
     #[arg(long, env = "PSERVER_PUBLIC_URL")]
     pub public_url: Option<String>,
 
@@ -260,6 +277,26 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub neighbour_rate: u32,
 
+    /// PEM certificate (a chain: leaf first) the peer API serves over TLS,
+    /// and the control API when bound off loopback. Set with
+    /// PSERVER_TLS_KEY; then PSERVER_PUBLIC_URL must be https://.
+    #[arg(long, env = "PSERVER_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of PSERVER_TLS_CERT (keep it mode 0600).
+    #[arg(long, env = "PSERVER_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM bundle of extra CA certificates trusted for the central and for
+    /// other peers (your network's own CA), besides the system's roots.
+    #[arg(long, env = "PSERVER_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Allow the control API off loopback over plaintext (still with
+    /// PSERVER_API_TOKEN), for a LAN you trust; a warning is logged at start.
+    #[arg(long, env = "PSERVER_TRUSTED_LAN", default_value_t = false)]
+    pub trusted_lan: bool,
+
     /// Without a command, run the daemon.
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -309,21 +346,53 @@ impl Args {
     /// from `peer_addr` when that asks for port 0); a derived public URL uses it.
     pub fn into_config(self, peer_local: std::net::SocketAddr) -> anyhow::Result<Config> {
         use anyhow::{Context, bail};
+        let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let tls = match (set(self.tls_cert), set(self.tls_key)) {
+            (Some(cert), Some(key)) => Some(ServerTls::load(&cert, &key)?),
+            (None, None) => None,
+            (Some(_), None) => bail!("PSERVER_TLS_CERT is set but PSERVER_TLS_KEY is missing: set both or neither"),
+            (None, Some(_)) => bail!("PSERVER_TLS_KEY is set but PSERVER_TLS_CERT is missing: set both or neither"),
+        };
+        let ca_roots = match set(self.ca_file) {
+            Some(f) => crate::tls::read_certs("PSERVER_CA_FILE", &f)?,
+            None => Vec::new(),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = match self.public_url.as_deref().filter(|u| !u.is_empty()) {
             Some(u) => u.parse::<PeerUrl>().context("PSERVER_PUBLIC_URL")?,
             None if self.peer_addr.ip().is_unspecified() => bail!(
                 "PSERVER_PUBLIC_URL is required when PSERVER_PEER_ADDR is {} \
-                 (set it to the URL other peers can reach, e.g. http://203.0.113.7:{})",
+                 (set it to the URL other peers can reach, e.g. {scheme}://203.0.113.7:{})",
                 self.peer_addr,
                 self.peer_addr.port()
             ),
-            None => format!("http://{peer_local}")
+            None => format!("{scheme}://{peer_local}")
                 .parse()
                 .context("PSERVER_PEER_ADDR")?,
         };
-        if !self.api_addr.ip().is_loopback() && self.api_token.as_deref().unwrap_or("").is_empty() {
+        match (public_url.as_str().starts_with("https://"), tls.is_some()) {
+            (true, false) => bail!(
+                "PSERVER_PUBLIC_URL {public_url} is https:// but the peer API has no certificate: \
+                 set PSERVER_TLS_CERT and PSERVER_TLS_KEY, or use an http:// URL"
+            ),
+            (false, true) => bail!(
+                "PSERVER_PUBLIC_URL {public_url} must be https:// when PSERVER_TLS_CERT is set \
+                 (the peer API then speaks only TLS)"
+            ),
+            _ => {}
+        }
+        let off_loopback = !self.api_addr.ip().is_loopback();
+        if off_loopback && self.api_token.as_deref().unwrap_or("").is_empty() {
             bail!(
                 "PSERVER_API_TOKEN is required when PSERVER_API_ADDR ({}) is not a loopback address",
+                self.api_addr
+            );
+        }
+        if off_loopback && tls.is_none() && !self.trusted_lan {
+            bail!(
+                "PSERVER_API_ADDR ({}) is not a loopback address: the control API then needs TLS \
+                 (set PSERVER_TLS_CERT and PSERVER_TLS_KEY), or PSERVER_TRUSTED_LAN=true \
+                 (--trusted-lan) to serve it over plaintext on a LAN you trust",
                 self.api_addr
             );
         }
@@ -374,6 +443,9 @@ impl Args {
         c.upload_idle = Duration::from_secs(self.upload_idle_secs);
         c.max_conns_per_addr = self.max_conns_per_addr;
         c.neighbour_rate = self.neighbour_rate;
+        c.api_tls = tls.is_some() && off_loopback;
+        c.tls = tls;
+        c.ca_roots = ca_roots;
         Ok(c)
     }
 }
@@ -413,21 +485,103 @@ mod tests {
     }
 
     #[test]
-    fn token_required_off_loopback() {
-        let e = args(&["--peer-addr", "127.0.0.1:1", "--api-addr", "0.0.0.0:7070"])
+    fn token_and_tls_required_off_loopback() {
+        let off = ["--peer-addr", "127.0.0.1:1", "--api-addr", "0.0.0.0:7070"];
+        let token = ["--api-token", "0123456789abcdef"];
+        let e = args(&off).cfg().unwrap_err();
+        assert!(e.to_string().contains("PSERVER_API_TOKEN"), "{e}");
+        // A token alone is not enough: plaintext off loopback needs the opt-out.
+        let e = args(&[&off[..], &token[..]].concat()).cfg().unwrap_err();
+        assert!(e.to_string().contains("PSERVER_TLS_CERT"), "{e}");
+        assert!(e.to_string().contains("PSERVER_TRUSTED_LAN"), "{e}");
+        let c = args(&[&off[..], &token[..], &["--trusted-lan"]].concat())
+            .cfg()
+            .unwrap();
+        assert!(!c.api_tls);
+        // The opt-out does not waive the token.
+        let e = args(&[&off[..], &["--trusted-lan"]].concat())
             .cfg()
             .unwrap_err();
-        assert!(e.to_string().contains("PSERVER_API_TOKEN"));
-        args(&[
+        assert!(e.to_string().contains("PSERVER_API_TOKEN"), "{e}");
+        // On loopback neither is needed.
+        let c = args(&["--peer-addr", "127.0.0.1:1"]).cfg().unwrap();
+        assert!(!c.api_tls && c.tls.is_none());
+    }
+
+    #[test]
+    fn tls_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = test_cert(dir.path());
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        // With a certificate, off loopback, a token suffices and the control
+        // API speaks TLS; the derived public URL is https.
+        let c = args(&[
             "--peer-addr",
-            "127.0.0.1:1",
+            "127.0.0.1:9000",
             "--api-addr",
             "0.0.0.0:7070",
             "--api-token",
             "0123456789abcdef",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
         ])
         .cfg()
         .unwrap();
+        assert!(c.api_tls && c.tls.is_some());
+        assert_eq!(c.public_url.as_str(), "https://127.0.0.1:9000");
+        // On loopback the control API stays plaintext.
+        let c = args(&["--peer-addr", "127.0.0.1:1", "--tls-cert", cert, "--tls-key", key])
+            .cfg()
+            .unwrap();
+        assert!(!c.api_tls && c.tls.is_some());
+        // Both or neither.
+        let e = args(&["--peer-addr", "127.0.0.1:1", "--tls-cert", cert])
+            .cfg()
+            .unwrap_err();
+        assert!(e.to_string().contains("PSERVER_TLS_KEY is missing"), "{e}");
+        let e = args(&["--peer-addr", "127.0.0.1:1", "--tls-key", key])
+            .cfg()
+            .unwrap_err();
+        assert!(e.to_string().contains("PSERVER_TLS_CERT is missing"), "{e}");
+        // An http public URL with a certificate, an https one without.
+        let e = args(&[
+            "--public-url",
+            "http://127.0.0.1:1",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ])
+        .cfg()
+        .unwrap_err();
+        assert!(e.to_string().contains("must be https://"), "{e}");
+        let e = args(&["--public-url", "https://127.0.0.1:1"])
+            .cfg()
+            .unwrap_err();
+        assert!(e.to_string().contains("has no certificate"), "{e}");
+        // The CA file is read; a missing one is named.
+        let c = args(&["--peer-addr", "127.0.0.1:1", "--ca-file", cert])
+            .cfg()
+            .unwrap();
+        assert_eq!(c.ca_roots.len(), 1);
+        let e = args(&["--peer-addr", "127.0.0.1:1", "--ca-file", "/nonexistent.pem"])
+            .cfg()
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("cannot read PSERVER_CA_FILE /nonexistent.pem"),
+            "{e:#}"
+        );
+    }
+
+    /// A self-signed certificate for 127.0.0.1, written as PEM files.
+    fn test_cert(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        (cert, key)
     }
 
     #[test]

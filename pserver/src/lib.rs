@@ -16,6 +16,8 @@
 //!   UI (loopback, optional token; `Host` and `Origin` checks).
 //! * `webui` — the web UI's page, script and style, compiled in, at `/`.
 //! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
+//! * [`tls`] — certificates of our listeners, roots trusted for the central
+//!   and peers (system + `PSERVER_CA_FILE`), handshake failures in plain words.
 //!
 //! * `identity` — this peer's Ed25519 key (`peer.key`), which the directory
 //!   binds to its id; secrets are written 0600.
@@ -66,6 +68,7 @@ mod serve;
 mod space;
 mod store;
 pub mod tokens;
+pub mod tls;
 mod uploads;
 mod webui;
 
@@ -121,8 +124,10 @@ pub async fn run(
         network.clone(),
         config.public_url.clone(),
         store.data_dir(),
+        &config.ca_roots,
     )?;
     let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls::http_client_config(&config.ca_roots))
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(30))
@@ -162,7 +167,19 @@ pub async fn run(
         },
         rt.clone(),
     );
-    tracing::info!(%peer_id, files, bytes, api = %api_addr, peer = %peer_addr, public_url = %config.public_url, "pserver started");
+    tracing::info!(%peer_id, files, bytes, api = %api_addr, peer = %peer_addr, public_url = %config.public_url,
+        tls = config.tls.is_some(), api_tls = config.api_tls, "pserver started");
+    if !api_addr.ip().is_loopback() && !config.api_tls {
+        tracing::warn!(api = %api_addr, "the control API is served off loopback over plaintext \
+            (PSERVER_TRUSTED_LAN): its token and every file it sends cross the network unencrypted");
+    }
+    let tls_config = |on: bool| -> anyhow::Result<Option<rustls::ServerConfig>> {
+        match (&config.tls, on) {
+            (Some(t), true) => Ok(Some(t.server_config()?)),
+            _ => Ok(None),
+        }
+    };
+    let (api_tls, peer_tls) = (tls_config(config.api_tls)?, tls_config(true)?);
 
     let cancel = CancellationToken::new();
     let lease = tokio::spawn({
@@ -238,8 +255,11 @@ pub async fn run(
     })
     .workers(1)
     .disable_signals()
-    .shutdown_timeout(2)
-    .listen(api)?
+    .shutdown_timeout(2);
+    let api_srv = match api_tls {
+        Some(tls) => api_srv.listen_rustls_0_23(api, tls)?,
+        None => api_srv.listen(api)?,
+    }
     .run();
     let drain = config.drain.as_secs();
     let conns = limits::ConnLimit::new(config.max_conns_per_addr);
@@ -272,8 +292,11 @@ pub async fn run(
     .keep_alive(Duration::from_secs(15))
     .client_disconnect_timeout(Duration::from_secs(1))
     .disable_signals()
-    .shutdown_timeout(drain)
-    .listen(peer)?
+    .shutdown_timeout(drain);
+    let peer_srv = match peer_tls {
+        Some(tls) => peer_srv.listen_rustls_0_23(peer, tls)?,
+        None => peer_srv.listen(peer)?,
+    }
     .run();
     let (api_handle, peer_handle) = (api_srv.handle(), peer_srv.handle());
     let api_task = tokio::spawn(api_srv);

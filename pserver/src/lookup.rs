@@ -144,7 +144,9 @@ impl Lookup {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(neighbour = %n.url, error = %e, "neighbour did not answer; skipping it for a while");
+                    let error = crate::tls::explain(&e, "the neighbour", n.url.as_str())
+                        .unwrap_or_else(|| e.to_string());
+                    tracing::warn!(neighbour = %n.url, %error, "neighbour did not answer; skipping it for a while");
                     *n.skip_until.lock().unwrap() = Some(Instant::now() + SKIP_FOR);
                 }
             }
@@ -200,7 +202,7 @@ impl Lookup {
 /// limit (its `retry-after` metadata, in seconds, says when to come back):
 /// passed on as 429 with `Retry-After`, so whoever asked through us backs
 /// off too.
-fn central_error(s: tonic::Status) -> Error {
+fn central_error(central: &Central, s: tonic::Status) -> Error {
     match s.code() {
         tonic::Code::ResourceExhausted => Error::TooManyRequests {
             message: format!("the central directory is busy: {}", s.message()),
@@ -215,7 +217,10 @@ fn central_error(s: tonic::Status) -> Error {
         tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
             Error::InvalidArgument(s.message().to_owned())
         }
-        _ => Error::Unavailable(format!("central directory unavailable: {}", s.message())),
+        _ => Error::Unavailable(format!(
+            "central directory unavailable: {}",
+            central.explain(&s)
+        )),
     }
 }
 
@@ -223,7 +228,10 @@ pub async fn locate_at_central(
     central: &Central,
     target: &LocateTarget,
 ) -> Result<Vec<LocatedFile>> {
-    let files = central.locate(target.grpc()).await.map_err(central_error)?;
+    let files = central
+        .locate(target.grpc())
+        .await
+        .map_err(|s| central_error(central, s))?;
     Ok(files.into_iter().map(Into::into).collect())
 }
 
@@ -231,7 +239,7 @@ pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<Sea
     let r = central
         .search(&q.q, q.limit.unwrap_or(0), q.page.as_deref().unwrap_or(""))
         .await
-        .map_err(central_error)?;
+        .map_err(|s| central_error(central, s))?;
     Ok(SearchResults {
         hits: r.hits.into_iter().map(SearchHit::from).collect(),
         next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),

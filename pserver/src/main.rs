@@ -3,6 +3,8 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    // One crypto provider for the whole process (ring; see `pserver::tls`).
+    pserver::tls::install_provider();
     // `.env` first, so its values act as environment defaults for clap.
     let _ = dotenvy::dotenv();
     let mut args = pserver::Args::parse();
@@ -46,8 +48,11 @@ async fn start(args: pserver::Args) -> anyhow::Result<()> {
     let (api_local, peer_local) = (api.local_addr()?, peer.local_addr()?);
     let config = args.into_config(peer_local)?;
     // One line on stdout, for scripts and tests that start us on port 0.
+    let scheme = |tls: bool| if tls { "https" } else { "http" };
     println!(
-        "pserver listening: api=http://{api_local} peer=http://{peer_local} public={}",
+        "pserver listening: api={}://{api_local} peer={}://{peer_local} public={}",
+        scheme(config.api_tls),
+        scheme(config.tls.is_some()),
         config.public_url
     );
     pserver::run(api, peer, config, pserver::shutdown_signal()).await

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 /// bounded shutdown and checks that it ended cleanly.
 pub struct TestCentral {
     pub addr: SocketAddr,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (`https://` when the tweak set `tls`)
     pub url: String,
     pub data_dir: PathBuf,
     /// `http://127.0.0.1:PORT/metrics` when started with metrics.
@@ -65,6 +65,7 @@ impl TestCentral {
         metrics: bool,
         tweak: impl FnOnce(&mut central_server::Config),
     ) -> Self {
+        crate::tls::install_provider();
         let metrics = match metrics {
             true => Some(
                 tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -82,6 +83,7 @@ impl TestCentral {
         let addr = listener.local_addr().unwrap();
         let mut config = central_server::Config::new(data_dir);
         tweak(&mut config);
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(central_server::run_with_metrics(
             listener,
@@ -93,7 +95,7 @@ impl TestCentral {
         ));
         Self {
             addr,
-            url: format!("http://{addr}"),
+            url: format!("{scheme}://{addr}"),
             data_dir: data_dir.to_owned(),
             metrics_url,
             _root: None,

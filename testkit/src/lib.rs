@@ -11,6 +11,8 @@
 //!   (`prometheus_client`, installed into a cached virtualenv).
 //! * [`pyvenv`] — a cached Python virtualenv with packages from PyPI,
 //!   installed in place behind a lock (the parser above, Playwright).
+//! * [`tls`] — a throwaway CA and loopback certificates (rcgen), and the
+//!   ring crypto provider every test process installs.
 //! * [`process`] — a real binary as a child process, its addresses read from
 //!   its own first line of output (never a pre-picked port), killed with real
 //!   signals; and a URL where nothing listens.
@@ -21,6 +23,7 @@ pub mod peer;
 pub mod process;
 pub mod prom;
 pub mod pyvenv;
+pub mod tls;
 pub mod wait;
 
 pub use bytes::{blake3_hex, files_under, test_bytes};

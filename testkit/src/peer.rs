@@ -35,16 +35,20 @@ impl TestPeer {
     }
 
     /// Start a peer over the folders of `root` (e.g. after [`TestPeer::stop`]).
+    /// A tweak that sets `tls` makes the peer API (and with `api_tls` the
+    /// control API) speak TLS: the URLs turn `https://`, and [`TestPeer::http`]
+    /// trusts the tweak's `ca_roots`.
     pub async fn start_in(
         root: Arc<tempfile::TempDir>,
         central_url: &str,
         neighbours: &[&str],
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
+        crate::tls::install_provider();
         let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let api_url = format!("http://{}", api.local_addr().unwrap());
-        let peer_url = format!("http://{}", peer.local_addr().unwrap());
+        let (api_addr, peer_addr) = (api.local_addr().unwrap(), peer.local_addr().unwrap());
+        let peer_url = format!("http://{peer_addr}");
         let share_dir = root.path().join("share");
         let data_dir = root.path().join("data");
         let mut config = Config::new(
@@ -62,6 +66,21 @@ impl TestPeer {
         config.max_conns_per_addr = 1024;
         config.neighbour_rate = 100_000;
         tweak(&mut config);
+        let scheme = |tls: bool| if tls { "https" } else { "http" };
+        let api_url = format!("{}://{api_addr}", scheme(config.api_tls));
+        let peer_url = format!("{}://{peer_addr}", scheme(config.tls.is_some()));
+        if config.tls.is_some() && config.public_url.as_str().starts_with("http://") {
+            config.public_url = peer_url.parse::<PeerUrl>().unwrap();
+        }
+        let http = reqwest::Client::builder()
+            .tls_certs_merge(
+                config
+                    .ca_roots
+                    .iter()
+                    .map(|c| reqwest::Certificate::from_der(c).unwrap()),
+            )
+            .build()
+            .unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pserver::run(api, peer, config, async move {
             let _ = rx.await;
@@ -71,7 +90,7 @@ impl TestPeer {
             peer_url,
             share_dir,
             data_dir,
-            http: reqwest::Client::new(),
+            http,
             root,
             stop: Some(tx),
             task: Some(task),

@@ -242,7 +242,12 @@ async fn get(
     let resp = tokio::time::timeout(stall, http.get(url).send())
         .await
         .map_err(|_| Fault::Unusable(format!("no answer within {stall:?}")))?
-        .map_err(|e| Fault::Unusable(format!("cannot connect: {}", root_cause(&e))))?;
+        .map_err(|e| {
+            Fault::Unusable(format!(
+                "cannot connect: {}",
+                super::transport::connect_error(&e, src.url.as_str())
+            ))
+        })?;
     match resp.status().as_u16() {
         200 => {}
         503 | 429 => {

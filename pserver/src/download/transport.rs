@@ -57,13 +57,14 @@ pub(crate) fn http_fetcher(
     Arc::new(move |src: &Source, start: u64, end: u64| {
         let (http, limit, metrics) = (http.clone(), limit.clone(), metrics.clone());
         let url = format!("{}/peer/v1/files/{id}", src.url);
+        let base = src.url.to_string();
         Box::pin(async move {
             let resp = http
                 .get(url)
                 .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
                 .send()
                 .await
-                .map_err(|e| TransportError::Connect(root_cause(&e)))?;
+                .map_err(|e| TransportError::Connect(connect_error(&e, &base)))?;
             let header = |name| {
                 resp.headers()
                     .get(name)
@@ -102,6 +103,12 @@ pub(crate) fn http_fetcher(
             })
         })
     })
+}
+
+/// Why a connection to the peer at `url` failed: TLS trouble in plain
+/// words (see `crate::tls::explain`), else the innermost cause.
+pub(crate) fn connect_error(e: &(dyn std::error::Error + 'static), url: &str) -> String {
+    crate::tls::explain(e, "the peer", url).unwrap_or_else(|| root_cause(e))
 }
 
 /// The innermost cause of an error chain (reqwest's outer messages only say
