@@ -22,6 +22,16 @@
 #   --subnet-id SUBNET    launch into this subnet (default: the default VPC); it must
 #                         assign public IPv4 addresses
 #   --endpoint-url URL    passed to every aws call (tests against an emulator)
+#   --state-dir DIR       where the deployment's CA and certificates are kept
+#                         [PEERDEX_STATE_DIR] ($HOME/.peerdex/deploy/NAME)
+#
+# TLS on every hop: a per-deployment CA (openssl, kept in the state dir, key
+# 0600) signs one certificate per VM covering its private and public
+# addresses; each VM's ca.pem, cert.pem and key.pem (0600) are written next to
+# its env settings in the state dir, uploaded as a tar to the deployment's
+# private bucket and fetched by the VM's first boot through a presigned URL
+# (the addresses, hence the certificate, exist only once the VM is launched).
+# The central speaks only TLS; PServers serve https and trust the CA.
 #
 # Firewall: one security group tagged peerdex:deployment=NAME with exactly
 #   7071/tcp  from 0.0.0.0/0             (peer API: downloads between peers)
@@ -39,7 +49,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$here/lib.sh"
 
-usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; }
 
 name="${PEERDEX_DEPLOYMENT:-peerdex}"
 region=""
@@ -54,6 +64,7 @@ ssh_cidr=""
 ssh_user="admin"
 subnet_id=""
 endpoint_url=""
+state_dir="${PEERDEX_STATE_DIR:-}"
 
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -70,6 +81,7 @@ while [[ $# -gt 0 ]]; do
 	--ssh-user) need "$@"; ssh_user="$2"; shift 2 ;;
 	--subnet-id) need "$@"; subnet_id="$2"; shift 2 ;;
 	--endpoint-url) need "$@"; endpoint_url="$2"; shift 2 ;;
+	--state-dir) need "$@"; state_dir="$2"; shift 2 ;;
 	-h | --help) usage; exit 0 ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
@@ -88,7 +100,11 @@ fi
 [[ -n "$ssh_cidr" && ! "$ssh_cidr" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$ ]] &&
 	die "--ssh-cidr must be an IPv4 CIDR such as 198.51.100.7/32"
 
+command -v openssl >/dev/null ||
+	die "openssl is not installed: it makes the deployment's TLS certificates (Debian: apt install openssl)"
+
 preflight
+state_dir="${state_dir:-$HOME/.peerdex/deploy/$name}"
 [[ -n "$key_name" ]] ||
 	die "no key pair: pass --key-name (an EC2 key pair in $region; create one with 'aws ec2 create-key-pair --key-name peerdex --query KeyMaterial --output text > peerdex.pem')"
 if ! out="$(awsc ec2 describe-key-pairs --key-names "$key_name" --query 'KeyPairs[0].KeyName' --output text 2>&1)"; then
@@ -165,22 +181,22 @@ for w in "${want[@]}"; do
 	note "opened $proto/$from from ${cidr/None/$group}"
 done
 
-# ── bundle ────────────────────────────────────────────────────────────────────
-if [[ -n "$bundle" ]]; then
-	bucket="$(bucket_name)"
-	if ! awsc s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then
-		if [[ "$region" == us-east-1 ]]; then
-			awsc s3api create-bucket --bucket "$bucket" >/dev/null
-		else
-			awsc s3api create-bucket --bucket "$bucket" \
-				--create-bucket-configuration "LocationConstraint=$region" >/dev/null
-		fi
-		awsc s3api put-public-access-block --bucket "$bucket" --public-access-block-configuration \
-			BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true
-		awsc s3api put-bucket-tagging --bucket "$bucket" \
-			--tagging "TagSet=[{Key=$TAG_DEPLOYMENT,Value=$name},{Key=$TAG_ROLE,Value=bundle}]"
-		note "created bucket s3://$bucket"
+# ── bucket (TLS files of the VMs; the bundle with --bundle) ───────────────────
+bucket="$(bucket_name)"
+if ! awsc s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then
+	if [[ "$region" == us-east-1 ]]; then
+		awsc s3api create-bucket --bucket "$bucket" >/dev/null
+	else
+		awsc s3api create-bucket --bucket "$bucket" \
+			--create-bucket-configuration "LocationConstraint=$region" >/dev/null
 	fi
+	awsc s3api put-public-access-block --bucket "$bucket" --public-access-block-configuration \
+		BlockPublicAcls=true,IgnorePublicAcls=true,BlockPublicPolicy=true,RestrictPublicBuckets=true
+	awsc s3api put-bucket-tagging --bucket "$bucket" \
+		--tagging "TagSet=[{Key=$TAG_DEPLOYMENT,Value=$name},{Key=$TAG_ROLE,Value=bundle}]"
+	note "created bucket s3://$bucket"
+fi
+if [[ -n "$bundle" ]]; then
 	key="bundles/$(basename "$bundle")"
 	awsc s3 cp --only-show-errors "$bundle" "s3://$bucket/$key" >&2
 	bundle_url="$(awsc s3 presign "s3://$bucket/$key" --expires-in 604800)"
@@ -208,8 +224,59 @@ private_ip() {
 	done
 	die "instance $1 has no private IP after 2 minutes"
 }
+public_ip() { # the public IPv4 of an instance, or nothing if it gets none
+	local ip=""
+	for _ in $(seq 15); do
+		ip="$(awsc ec2 describe-instances --instance-ids "$1" \
+			--query 'Reservations[0].Instances[0].PublicIpAddress' --output text)"
+		[[ "$ip" =~ ^[0-9.]+$ ]] && { echo "$ip"; return; }
+		sleep 2
+	done
+}
 workdir="$(mktemp -d)"
 trap 'rm -rf "$workdir"' EXIT
+
+# ── TLS: the deployment's CA, one certificate per VM ──────────────────────────
+# Private keys are created 0600 (umask) and never leave the state dir except
+# in the VM's own tar, through the private bucket.
+mkdir -p "$state_dir"
+chmod 0700 "$state_dir"
+if [[ ! -f "$state_dir/ca.pem" ]]; then
+	[[ -z "$(instances_in "$LIVE_STATES")" ]] ||
+		die "deployment '$name' runs but its CA is not in $state_dir: run launch.sh where it was launched (or pass --state-dir), or remove it with teardown.sh"
+	(umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+		-keyout "$state_dir/ca-key.pem" -out "$state_dir/ca.pem" -days 3650 \
+		-subj "/CN=peerdex $name deployment CA" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null) ||
+		die "openssl could not create the deployment's CA in $state_dir"
+	chmod 0644 "$state_dir/ca.pem"
+	note "created the deployment's CA: $state_dir/ca.pem"
+fi
+# Where a VM fetches its TLS files (presigned before launch; uploaded after).
+tls_url() { awsc s3 presign "s3://$bucket/tls/$1.tar" --expires-in 604800; }
+# issue_cert VM IP... : a certificate for VM covering the IPs, signed by the
+# CA, then VM.tar (ca.pem, cert.pem, key.pem) uploaded for its first boot.
+issue_cert() {
+	local vm="$1" d="$state_dir/$1" san="" ip
+	shift
+	for ip in "$@"; do san+="${san:+,}IP:$ip"; done
+	mkdir -p "$d"
+	(
+		umask 077
+		openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+			-keyout "$d/key.pem" -out "$d/cert.csr" -subj "/CN=peerdex $name $vm" 2>/dev/null &&
+			openssl x509 -req -in "$d/cert.csr" -CA "$state_dir/ca.pem" -CAkey "$state_dir/ca-key.pem" \
+				-set_serial "0x$(openssl rand -hex 16)" -days 825 -out "$d/cert.pem" \
+				-extfile <(printf '%s\n' "subjectAltName=$san" "basicConstraints=critical,CA:FALSE" \
+					"keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth") 2>/dev/null
+	) || die "openssl could not issue the certificate of $vm"
+	chmod 0644 "$d/cert.pem"
+	cp "$state_dir/ca.pem" "$d/ca.pem"
+	rm -f "$d/cert.csr"
+	tar -cf "$workdir/$vm.tar" -C "$d" ca.pem cert.pem key.pem
+	awsc s3 cp --only-show-errors "$workdir/$vm.tar" "s3://$bucket/tls/$vm.tar" >&2
+	note "certificate of $vm for ${*} uploaded (files in $d)"
+}
 
 # Live instances of a role, one "id private-ip index" line each, by index.
 live() {
@@ -224,15 +291,20 @@ existing_pservers="$(live pserver)"
 if [[ -n "${central_id:-}" ]]; then
 	note "reusing central $central_id ($central_ip)"
 else
-	"$here/render.sh" central --bundle-url "$bundle_url" >"$workdir/central.yaml"
+	"$here/render.sh" central --bundle-url "$bundle_url" --tls-url "$(tls_url central)" \
+		--set CENTRAL_TLS_CERT=/etc/peerdex/tls/cert.pem --set CENTRAL_TLS_KEY=/etc/peerdex/tls/key.pem \
+		>"$workdir/central.yaml"
 	read -r central_id central_ip < <(run_instance central "" "$workdir/central.yaml")
 	launched+=("$central_id")
 	note "launched central $central_id"
+	[[ "$central_ip" =~ ^[0-9.]+$ ]] || central_ip="$(private_ip "$central_id")"
+	# shellcheck disable=SC2046 # no public IP: no word
+	issue_cert central "$central_ip" $(public_ip "$central_id")
 	[[ -n "$existing_pservers" ]] &&
 		note "warning: PServers of '$name' already run and point at the previous central; replace them (teardown.sh, then launch.sh)"
 fi
 [[ "$central_ip" =~ ^[0-9.]+$ ]] || central_ip="$(private_ip "$central_id")"
-central_url="http://$central_ip:50051"
+central_url="https://$central_ip:50051"
 
 count=0
 last_index=0
@@ -247,11 +319,15 @@ done <<<"$existing_pservers"
 ((count > pservers)) && note "$count PServers run, more than --pservers $pservers; none terminated (teardown.sh removes all)"
 while ((count < pservers)); do
 	index=$((last_index + 1))
-	sets=(--set "PSERVER_CENTRAL_URL=$central_url")
-	if [[ -n "$prev_ip" && "$prev_ip" != None ]]; then sets+=(--set "PSERVER_NEIGHBOURS=http://$prev_ip:7071"); fi
-	"$here/render.sh" pserver --bundle-url "$bundle_url" "${sets[@]}" >"$workdir/pserver-$index.yaml"
+	sets=(--set "PSERVER_CENTRAL_URL=$central_url" --set PSERVER_TLS_CERT=/etc/peerdex/tls/cert.pem
+		--set PSERVER_TLS_KEY=/etc/peerdex/tls/key.pem --set PSERVER_CA_FILE=/etc/peerdex/tls/ca.pem)
+	if [[ -n "$prev_ip" && "$prev_ip" != None ]]; then sets+=(--set "PSERVER_NEIGHBOURS=https://$prev_ip:7071"); fi
+	"$here/render.sh" pserver --bundle-url "$bundle_url" --tls-url "$(tls_url "pserver-$index")" \
+		"${sets[@]}" >"$workdir/pserver-$index.yaml"
 	read -r id ip < <(run_instance pserver "$index" "$workdir/pserver-$index.yaml")
 	[[ "$ip" =~ ^[0-9.]+$ ]] || ip="$(private_ip "$id")"
+	# shellcheck disable=SC2046 # no public IP: no word
+	issue_cert "pserver-$index" "$ip" $(public_ip "$id")
 	launched+=("$id")
 	note "launched pserver $index: $id ($ip)"
 	prev_ip="$ip"
@@ -267,12 +343,13 @@ fi
 # ── summary ───────────────────────────────────────────────────────────────────
 echo
 echo "peerdex deployment '$name' in $region (security group $sg_id)"
-echo "  central  $central_id  private $central_ip  gRPC $central_url (VPC only)"
+echo "  central  $central_id  private $central_ip  gRPC $central_url (VPC only, TLS)"
+echo "  CA       $state_dir/ca.pem (certificates and keys of every VM: $state_dir/<vm>/)"
 first_public=""
 while IFS=$'\t' read -r id pub index; do
 	[[ -n "$id" ]] || continue
 	if [[ "$pub" == None ]]; then pub="(no public IP yet)"; fi
-	echo "  pserver $index  $id  public URL http://$pub:7071"
+	echo "  pserver $index  $id  public URL https://$pub:7071"
 	if [[ -z "$first_public" && "$pub" =~ ^[0-9.]+$ ]]; then first_public="$pub"; fi
 done < <(awsc ec2 describe-instances --filters "Name=tag:$TAG_DEPLOYMENT,Values=$name" \
 	"Name=tag:$TAG_ROLE,Values=pserver" "Name=instance-state-name,Values=$LIVE_STATES" \

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Remove a peerdex deployment launched by launch.sh: terminates every instance
 # tagged peerdex:deployment=NAME, waits until they are gone, deletes the
-# deployment's security group and, if launch.sh --bundle created it, the
-# bundle bucket. Safe to re-run: what is already gone is skipped.
+# deployment's security group, its bucket (bundle and TLS files) and the
+# local state dir of its CA and certificates. Safe to re-run: what is
+# already gone is skipped.
 #
-#   deploy/teardown.sh [--name NAME] [--region REGION] [--endpoint-url URL]
+#   deploy/teardown.sh [--name NAME] [--region REGION] [--endpoint-url URL] [--state-dir DIR]
 #
 # NAME defaults to $PEERDEX_DEPLOYMENT or "peerdex"; the region comes from
-# --region, AWS_REGION, AWS_DEFAULT_REGION or 'aws configure'.
+# --region, AWS_REGION, AWS_DEFAULT_REGION or 'aws configure'; DIR from
+# $PEERDEX_STATE_DIR or $HOME/.peerdex/deploy/NAME.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -17,12 +19,14 @@ source "$here/lib.sh"
 name="${PEERDEX_DEPLOYMENT:-peerdex}"
 region=""
 endpoint_url=""
+state_dir="${PEERDEX_STATE_DIR:-}"
 while [[ $# -gt 0 ]]; do
 	case "$1" in
 	--name) need "$@"; name="$2"; shift 2 ;;
 	--region) need "$@"; region="$2"; shift 2 ;;
 	--endpoint-url) need "$@"; endpoint_url="$2"; shift 2 ;;
-	-h | --help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	--state-dir) need "$@"; state_dir="$2"; shift 2 ;;
+	-h | --help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
 done
@@ -71,6 +75,13 @@ if awsc s3api head-bucket --bucket "$bucket" >/dev/null 2>&1; then
 	else
 		note "bucket s3://$bucket is not tagged $TAG_DEPLOYMENT=$name; left alone"
 	fi
+fi
+
+# 4. the CA and certificates (a new launch makes a new CA)
+state_dir="${state_dir:-$HOME/.peerdex/deploy/$name}"
+if [[ -d "$state_dir" ]]; then
+	rm -rf "$state_dir"
+	note "deleted the deployment's CA and certificates ($state_dir)"
 fi
 
 note "deployment '$name' removed"

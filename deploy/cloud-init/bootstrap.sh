@@ -1,14 +1,19 @@
 #!/bin/bash
 # peerdex first-boot script, written by cloud-init and run once from runcmd:
-#   peerdex-bootstrap central|pserver BUNDLE_URL
+#   peerdex-bootstrap central|pserver BUNDLE_URL [TLS_URL]
 # For a pserver it first sets PSERVER_PUBLIC_URL in /etc/peerdex/pserver.env
 # from the instance metadata (IMDSv2 token, then public-ipv4; the private
-# address if the instance has no public one). Then it downloads the release
-# bundle, runs its install.sh (which keeps the env file cloud-init wrote) and
-# enables + starts the service. Output: /var/log/cloud-init-output.log.
+# address if the instance has no public one): https:// when the env file sets
+# PSERVER_TLS_CERT. Then it downloads the release bundle, runs its install.sh
+# (which keeps the env file cloud-init wrote), installs this VM's TLS files
+# from TLS_URL (a tar of ca.pem, cert.pem, key.pem that launch.sh uploads
+# once the VM's addresses are known: retried until it is there) into
+# /etc/peerdex/tls (key 0600, owned by peerdex), and enables + starts the
+# service. Output: /var/log/cloud-init-output.log.
 set -euo pipefail
 component="$1"
 url="$2"
+tls_url="${3:-}"
 log() { echo "peerdex-bootstrap: $*" >&2; }
 
 imds() {
@@ -29,8 +34,10 @@ pserver)
 		ip="$(imds local-ipv4)"
 		log "no public IPv4: advertising the private address $ip"
 	fi
-	sed -i "s|^PSERVER_PUBLIC_URL=.*|PSERVER_PUBLIC_URL=http://$ip:${port:-7071}|" "$env"
-	log "PSERVER_PUBLIC_URL=http://$ip:${port:-7071}"
+	scheme=http
+	if grep -q '^PSERVER_TLS_CERT=.' "$env"; then scheme=https; fi
+	sed -i "s|^PSERVER_PUBLIC_URL=.*|PSERVER_PUBLIC_URL=$scheme://$ip:${port:-7071}|" "$env"
+	log "PSERVER_PUBLIC_URL=$scheme://$ip:${port:-7071}"
 	;;
 *) log "unknown component: $component"; exit 2 ;;
 esac
@@ -43,5 +50,16 @@ tar -xzf "$work/bundle.tar.gz" -C "$work"
 installer="$(echo "$work"/peerdex-*/install.sh)"
 [[ -x "$installer" ]] || { log "the bundle has no peerdex-*/install.sh"; exit 1; }
 "$installer" --component "$component"
+if [[ -n "$tls_url" ]]; then
+	log "waiting for this VM's TLS files"
+	curl -fsSL --retry 120 --retry-delay 5 --retry-all-errors -o "$work/tls.tar" "$tls_url"
+	install -d -m 0750 -o root -g peerdex /etc/peerdex/tls
+	(umask 077 && tar -xf "$work/tls.tar" --no-same-owner --no-same-permissions -C /etc/peerdex/tls ca.pem cert.pem key.pem)
+	chown root:peerdex /etc/peerdex/tls/ca.pem /etc/peerdex/tls/cert.pem
+	chmod 0644 /etc/peerdex/tls/ca.pem /etc/peerdex/tls/cert.pem
+	chown peerdex:peerdex /etc/peerdex/tls/key.pem
+	chmod 0600 /etc/peerdex/tls/key.pem
+	log "TLS files installed in /etc/peerdex/tls"
+fi
 systemctl enable --now "$service"
 log "$service enabled and started"

@@ -732,6 +732,8 @@ fn files(doc: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The bootstrap's command line: `[bootstrap, role, bundle URL]`, plus the
+/// URL of the VM's TLS files for a launched VM.
 fn runcmd(doc: &Value) -> Vec<String> {
     let cmds = doc["runcmd"].as_array().expect("runcmd");
     assert_eq!(cmds.len(), 1, "{cmds:?}");
@@ -747,8 +749,9 @@ fn has_line(text: &str, line: &str) -> bool {
     text.lines().any(|l| l == line)
 }
 
-/// Checks one instance's cloud-config: env file lines, bootstrap, runcmd.
-fn check_user_data(i: &Value, role: &str, bundle_url: &str, env_lines: &[String]) {
+/// Checks one instance's cloud-config: env file lines, bootstrap, runcmd
+/// (the TLS files' URL, when there is one, is returned).
+fn check_user_data(i: &Value, role: &str, bundle_url: &str, env_lines: &[String]) -> Option<String> {
     assert_eq!(i["user_data_first_line"], "#cloud-config", "{}", i["id"]);
     let doc = &i["user_data"];
     let files = files(doc);
@@ -775,10 +778,42 @@ fn check_user_data(i: &Value, role: &str, bundle_url: &str, env_lines: &[String]
         "{} bootstrap script",
         i["id"]
     );
+    let cmd = runcmd(doc);
     assert_eq!(
-        runcmd(doc),
+        cmd[..3],
         ["/usr/local/sbin/peerdex-bootstrap", role, bundle_url]
     );
+    assert!(cmd.len() <= 4, "{cmd:?}");
+    cmd.get(3).cloned()
+}
+
+/// The TLS files of one launched VM: its tar is reachable through the
+/// presigned URL in its user-data; in the state dir its key is 0600 and its
+/// certificate, signed by the deployment's CA, covers its addresses.
+fn check_tls(aws: &Aws, state: &Path, vm: &str, url: Option<String>, ips: &[&str]) {
+    use std::os::unix::fs::PermissionsExt;
+    let url = url.unwrap_or_else(|| panic!("{vm}: no TLS URL in its runcmd"));
+    assert!(url.contains(&format!("/tls/{vm}.tar")), "{vm}: {url}");
+    let tar = aws.python(FETCH, &[&url])["bytes"].as_u64().unwrap();
+    assert!(tar > 1024, "{vm}: the tar behind its TLS URL has {tar} bytes");
+    let dir = state.join(vm);
+    for key in [dir.join("key.pem"), state.join("ca-key.pem")] {
+        let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{} is {mode:o}", key.display());
+    }
+    let cert = dir.join("cert.pem");
+    let verify = ok(Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(state.join("ca.pem"))
+        .arg(&cert));
+    assert!(verify.contains(": OK"), "{verify}");
+    let san = ok(Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(&cert));
+    for ip in ips {
+        assert!(san.contains(&format!("IP Address:{ip}")), "{vm} lacks {ip}: {san}");
+    }
 }
 
 #[test]
@@ -831,7 +866,7 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
                 "CENTRAL_DATA_DIR=/var/lib/peerdex/central".into(),
             ]
         };
-        check_user_data(&fake, role, BUNDLE_URL, &want);
+        assert_eq!(check_user_data(&fake, role, BUNDLE_URL, &want), None);
         // Every other line of the template is carried over unchanged.
         let template = fs::read_to_string(deploy(&format!("env/{role}.env"))).unwrap();
         let env = &files(&parsed["doc"])[&format!("/etc/peerdex/{role}.env")];
@@ -936,24 +971,30 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
         assert_eq!(i["http_tokens"], "required", "IMDSv2 only");
     }
     let central_ip = central[0]["private_ip"].as_str().unwrap().to_owned();
-    check_user_data(
+    let state = aws.home.join(".peerdex/deploy/t1");
+    let tls = check_user_data(
         central[0],
         "central",
         BUNDLE_URL,
-        &["CENTRAL_LISTEN_ADDR=0.0.0.0:50051".into()],
+        &[
+            "CENTRAL_LISTEN_ADDR=0.0.0.0:50051".into(),
+            "CENTRAL_TLS_CERT=/etc/peerdex/tls/cert.pem".into(),
+            "CENTRAL_TLS_KEY=/etc/peerdex/tls/key.pem".into(),
+        ],
     );
-    let central_line = format!("PSERVER_CENTRAL_URL=http://{central_ip}:50051");
+    check_tls(&aws, &state, "central", tls, &[&central_ip]);
+    let central_line = format!("PSERVER_CENTRAL_URL=https://{central_ip}:50051");
     for (k, p) in pservers.iter().enumerate() {
         assert_eq!(p["tags"]["peerdex:index"], (k + 1).to_string());
         let neighbours = if k == 0 {
             "PSERVER_NEIGHBOURS=".to_owned()
         } else {
             format!(
-                "PSERVER_NEIGHBOURS=http://{}:7071",
+                "PSERVER_NEIGHBOURS=https://{}:7071",
                 pservers[k - 1]["private_ip"].as_str().unwrap()
             )
         };
-        check_user_data(
+        let tls = check_user_data(
             p,
             "pserver",
             BUNDLE_URL,
@@ -963,9 +1004,17 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
                 // Filled from instance metadata at first boot.
                 "PSERVER_PUBLIC_URL=".into(),
                 "PSERVER_PEER_ADDR=0.0.0.0:7071".into(),
+                "PSERVER_TLS_CERT=/etc/peerdex/tls/cert.pem".into(),
+                "PSERVER_TLS_KEY=/etc/peerdex/tls/key.pem".into(),
+                "PSERVER_CA_FILE=/etc/peerdex/tls/ca.pem".into(),
             ],
         );
-        let public = format!("http://{}:7071", p["public_ip"].as_str().unwrap());
+        let (private, public_ip) = (
+            p["private_ip"].as_str().unwrap(),
+            p["public_ip"].as_str().unwrap(),
+        );
+        check_tls(&aws, &state, &format!("pserver-{}", k + 1), tls, &[private, public_ip]);
+        let public = format!("https://{public_ip}:7071");
         assert!(
             out.contains(&public),
             "launch did not print {public}:\n{out}"
@@ -1035,17 +1084,25 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
         url.starts_with(&format!("{}/{bucket}/bundles/", moto.url)),
         "{url}"
     );
-    check_user_data(
+    let tls = check_user_data(
         third,
         "pserver",
         &url,
         &[
             central_line.clone(),
             format!(
-                "PSERVER_NEIGHBOURS=http://{}:7071",
+                "PSERVER_NEIGHBOURS=https://{}:7071",
                 pservers[1]["private_ip"].as_str().unwrap()
             ),
         ],
+    );
+    // Signed by the same CA as the first ones (checked against ca.pem).
+    check_tls(
+        &aws,
+        &state,
+        "pserver-3",
+        tls,
+        &[third["private_ip"].as_str().unwrap()],
     );
     assert_eq!(aws.python(FETCH, &[&url])["bytes"], 4096, "presigned URL");
     let buckets = aws.aws(&["s3api", "list-buckets"]);
@@ -1069,6 +1126,7 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
     assert_eq!(s.v["security_groups"], serde_json::json!([]));
     let buckets = aws.aws(&["s3api", "list-buckets"]);
     assert!(!buckets.to_string().contains(bucket), "{buckets}");
+    assert!(!state.exists(), "the CA and keys are removed with the deployment");
     let out = run(aws
         .script("teardown.sh")
         .args(["--region", REGION, "--name", "t1"]));
