@@ -104,3 +104,55 @@ impl TlsFiles {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+        let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+        std::fs::write(&cert, c.cert.pem()).unwrap();
+        std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    fn err(cert: Option<&Path>, key: Option<&Path>) -> String {
+        TlsFiles::from_settings(cert, key).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn both_or_neither_and_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = pair(dir.path(), "a");
+        let t = TlsFiles::from_settings(Some(&cert), Some(&key)).unwrap().unwrap();
+        // The key's path may be shown, never its bytes.
+        assert!(!format!("{t:?}").contains("PRIVATE KEY"));
+        assert!(TlsFiles::from_settings(None, None).unwrap().is_none());
+        let e = err(Some(&cert), None);
+        assert!(e.contains("CENTRAL_TLS_KEY is missing"), "{e}");
+        let e = err(None, Some(&key));
+        assert!(e.contains("CENTRAL_TLS_CERT is missing"), "{e}");
+        let missing = dir.path().join("nope.pem");
+        let e = err(Some(&missing), Some(&key));
+        assert!(
+            e.contains(&format!("cannot read CENTRAL_TLS_CERT {}", missing.display())),
+            "{e}"
+        );
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "just text\n").unwrap();
+        let e = err(Some(&bad), Some(&key));
+        assert!(
+            e.contains(&format!("CENTRAL_TLS_CERT {} holds no certificate", bad.display())),
+            "{e}"
+        );
+        let e = err(Some(&cert), Some(&bad));
+        assert!(
+            e.contains(&format!("CENTRAL_TLS_KEY {} holds no usable private key", bad.display())),
+            "{e}"
+        );
+        let (_, other_key) = pair(dir.path(), "b");
+        let e = err(Some(&cert), Some(&other_key));
+        assert!(e.contains("do not make a usable pair"), "{e}");
+    }
+}

@@ -47,6 +47,7 @@ fn peerdex(cwd: &Path) -> tokio::process::Command {
     cmd.current_dir(cwd)
         .env_remove("PEERDEX_PSERVER_URL")
         .env_remove("PEERDEX_API_TOKEN")
+        .env_remove("PEERDEX_CA_FILE")
         .env_remove("NO_COLOR")
         .env_remove("RUST_LOG")
         .env("TERM", "xterm-256color")
@@ -625,6 +626,67 @@ async fn bearer_token() {
     let r = run_cmd(cmd, None).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.json()["files"].is_array());
+}
+
+/// A control API over TLS (as off loopback; here on loopback through the
+/// library setting): `--ca-file`/PEERDEX_CA_FILE make it work, and without
+/// the CA, or with the wrong scheme, the message says what to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_api_over_tls() {
+    let ca = peerdex_testkit::tls::TestCa::new("cli");
+    let leaf = ca.leaf("pserver");
+    let central = TestCentral::start(T).await;
+    let tls = ca.peer_tweak(&leaf);
+    let a = TestPeer::start(&central.url, &[], |c| {
+        tls(c);
+        c.api_tls = true;
+    })
+    .await;
+    assert!(a.api_url.starts_with("https://"), "{}", a.api_url);
+    let work = tempfile::tempdir().unwrap();
+    let ca_file = ca.ca_file.to_str().unwrap();
+
+    let r = cli(work.path(), &a.api_url, &["--ca-file", ca_file, "status"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("peer id"), "{r:?}");
+    let mut cmd = peerdex(work.path());
+    cmd.env("PEERDEX_CA_FILE", ca_file)
+        .args(["--pserver", &a.api_url, "--json", "ls"]);
+    let r = run_cmd(cmd, None).await;
+    assert_eq!(r.code, 0, "{r:?}");
+
+    // Without the CA: not "is pserver running?", but what to set.
+    let r = cli(work.path(), &a.api_url, &["status"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("presented a certificate not signed by a trusted CA")
+            && r.stderr.contains("PEERDEX_CA_FILE"),
+        "{r:?}"
+    );
+    let r = cli(work.path(), &a.api_url, &["--json", "status"]).await;
+    assert_eq!(r.json()["error"]["code"], "tls", "{r:?}");
+    // Another CA's certificate is not trusted either.
+    let other = peerdex_testkit::tls::TestCa::new("other");
+    let r = cli(
+        work.path(),
+        &a.api_url,
+        &["--ca-file", other.ca_file.to_str().unwrap(), "status"],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("not signed by a trusted CA"), "{r:?}");
+    // Plaintext against the TLS listener.
+    let plain = a.api_url.replacen("https://", "http://", 1);
+    let r = cli(work.path(), &plain, &["status"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("use an https:// URL"), "{r:?}");
+    // A CA file that cannot be read is named.
+    let r = cli(work.path(), &a.api_url, &["--ca-file", "/nonexistent/ca.pem", "status"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("cannot read PEERDEX_CA_FILE /nonexistent/ca.pem"),
+        "{r:?}"
+    );
 }
 
 /// Send SIGINT to a child, as Ctrl+C in its terminal would.

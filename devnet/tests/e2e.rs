@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use peerdex_testkit::tls::{CertFiles, TestCa};
 use peerdex_testkit::{ChildProc, bin, blake3_hex, files_under, test_bytes, wait_until};
 use serde_json::Value;
 
@@ -30,32 +31,47 @@ struct Central {
     proc: ChildProc,
     addr: String,
     dir: PathBuf,
+    tls: bool,
 }
 
 impl Central {
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
 /// Start a central listening on `listen` (`127.0.0.1:0`, or its old address
 /// for a restart) over the database in `dir/db`.
 fn start_central(dir: &Path, listen: &str, ttl: u64, heartbeat: u64) -> Central {
-    let proc = ChildProc::spawn(
-        &bin("central-server"),
-        dir,
-        &[
-            ("CENTRAL_LISTEN_ADDR", listen.to_owned()),
-            ("CENTRAL_DATA_DIR", dir.join("db").display().to_string()),
-            ("CENTRAL_LEASE_TTL_SECS", ttl.to_string()),
-            ("CENTRAL_HEARTBEAT_SECS", heartbeat.to_string()),
-        ],
-    );
+    start_central_with(dir, listen, ttl, heartbeat, None)
+}
+
+/// [`start_central`], on TLS only with `tls` (certificate, key).
+fn start_central_with(
+    dir: &Path,
+    listen: &str,
+    ttl: u64,
+    heartbeat: u64,
+    tls: Option<&CertFiles>,
+) -> Central {
+    let mut env = vec![
+        ("CENTRAL_LISTEN_ADDR", listen.to_owned()),
+        ("CENTRAL_DATA_DIR", dir.join("db").display().to_string()),
+        ("CENTRAL_LEASE_TTL_SECS", ttl.to_string()),
+        ("CENTRAL_HEARTBEAT_SECS", heartbeat.to_string()),
+    ];
+    if let Some(t) = tls {
+        env.push(("CENTRAL_TLS_CERT", t.cert.display().to_string()));
+        env.push(("CENTRAL_TLS_KEY", t.key.display().to_string()));
+    }
+    let proc = ChildProc::spawn(&bin("central-server"), dir, &env);
     let addr = proc.last_word();
     Central {
         proc,
         addr,
         dir: dir.to_path_buf(),
+        tls: tls.is_some(),
     }
 }
 
@@ -200,22 +216,60 @@ fn slow_holder_and_downloader(root: &Path, central: &str, files: &[(&str, &[u8])
 /// peer 1 directly; peer 3 then shows up as a holder.
 #[test]
 fn full_shape_upload_on_one_get_on_three() {
+    full_shape(None);
+}
+
+/// The same over TLS: the central on TLS only, every peer API on https, the
+/// network's own CA given to the peers (PSERVER_CA_FILE).
+#[test]
+fn full_shape_over_tls() {
+    full_shape(Some(&TestCa::new("e2e")));
+}
+
+fn full_shape(ca: Option<&TestCa>) {
     let root = tempfile::tempdir().unwrap();
-    let central = start_central(&root.path().join("central"), "127.0.0.1:0", 30, 10);
+    let central_tls = ca.map(|ca| ca.leaf("central"));
+    let central = start_central_with(
+        &root.path().join("central"),
+        "127.0.0.1:0",
+        30,
+        10,
+        central_tls.as_ref(),
+    );
+    let peer_tls: Vec<Vec<(&str, String)>> = (1..=3)
+        .map(|i| match ca {
+            Some(ca) => {
+                let leaf = ca.leaf(&format!("p{i}"));
+                vec![
+                    ("PSERVER_TLS_CERT", leaf.cert.display().to_string()),
+                    ("PSERVER_TLS_KEY", leaf.key.display().to_string()),
+                    ("PSERVER_CA_FILE", ca.ca_file.display().to_string()),
+                ]
+            }
+            None => Vec::new(),
+        })
+        .collect();
+    let env = |i: usize| -> Vec<(&str, &str)> {
+        peer_tls[i].iter().map(|(k, v)| (*k, v.as_str())).collect()
+    };
     // Each peer asks the one started before it (its URL is known by then).
-    let p1 = start_peer(&root.path().join("p1"), &central.url(), &[], &[]);
+    let p1 = start_peer(&root.path().join("p1"), &central.url(), &[], &env(0));
     let p2 = start_peer(
         &root.path().join("p2"),
         &central.url(),
         std::slice::from_ref(&p1.peer_url),
-        &[],
+        &env(1),
     );
     let mut p3 = start_peer(
         &root.path().join("p3"),
         &central.url(),
         std::slice::from_ref(&p2.peer_url),
-        &[],
+        &env(2),
     );
+    let scheme = if ca.is_some() { "https://" } else { "http://" };
+    for p in [&p1, &p2, &p3] {
+        assert!(p.peer_url.starts_with(scheme), "{}", p.peer_url);
+    }
 
     let bytes = test_bytes(5_000_000, 7);
     let src = root.path().join("quarterly-numbers.bin");
@@ -443,4 +497,48 @@ fn lookups_survive_dead_neighbours() {
         "the central itself should answer, and the PServer say so:\n{}",
         p.proc.log()
     );
+}
+
+/// `devnet --tls`: the whole network over TLS with a throwaway CA, its
+/// scripted tour (search, get from another peer, ls, status) succeeds, every
+/// process was configured for TLS, and every private key it wrote is 0600.
+#[test]
+fn devnet_over_tls_runs_its_tour() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("devnet");
+    let out = Command::new(bin("devnet"))
+        .args(["--tls", "--tour", "--no-build", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "devnet --tls failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Tour complete"), "{stdout}");
+    assert!(stdout.contains("central   https://"), "{stdout}");
+    assert!(stdout.contains("PEERDEX_CA_FILE="), "{stdout}");
+    let tls = dir.join("tls");
+    let mut keys = 0;
+    for e in std::fs::read_dir(&tls).unwrap() {
+        let p = e.unwrap().path();
+        if p.to_string_lossy().ends_with("-key.pem") {
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} is {mode:o}", p.display());
+            keys += 1;
+        }
+    }
+    assert_eq!(keys, 4, "a key for the central and each of 3 peers");
+    let central_env = std::fs::read_to_string(dir.join("central/.env")).unwrap();
+    assert!(central_env.contains("CENTRAL_TLS_KEY="), "{central_env}");
+    for i in 1..=3 {
+        let env = std::fs::read_to_string(dir.join(format!("peer{i}/.env"))).unwrap();
+        assert!(env.contains("PSERVER_CENTRAL_URL=https://"), "{env}");
+        assert!(env.contains("PSERVER_CA_FILE="), "{env}");
+    }
 }

@@ -91,10 +91,16 @@ pub(crate) struct Conn {
 
 impl Conn {
     /// `HttpServer::on_connect`: count the connection and keep a handle on
-    /// its socket (a duplicated descriptor; no unsafe code).
+    /// its socket (a duplicated descriptor; no unsafe code). Over TLS the
+    /// socket is the one under the TLS stream.
     pub(crate) fn accept(limit: &ConnLimit, io: &dyn std::any::Any, ext: &mut Extensions) {
-        let Some(tcp) = io.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-            return;
+        type Tls = actix_tls::accept::rustls_0_23::TlsStream<actix_web::rt::net::TcpStream>;
+        let tcp = match io.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            Some(tcp) => tcp,
+            None => match io.downcast_ref::<Tls>() {
+                Some(tls) => tls.get_ref().0,
+                None => return,
+            },
         };
         let ticket = tcp.peer_addr().ok().map(|a| limit.take(a.ip()));
         let sock = tcp
