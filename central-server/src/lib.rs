@@ -112,10 +112,10 @@ use tonic::transport::server::TcpIncoming;
 
 pub use config::{Config, Limits};
 pub use error::{Error, RETRY_AFTER, Result};
-pub use tls::TlsFiles;
 /// File name of the database inside [`Config::data_dir`] (tests open it to
 /// check that an acknowledged change is already committed).
 pub use store::DB_FILE;
+pub use tls::TlsFiles;
 
 use service::DirectoryService;
 

@@ -36,10 +36,18 @@ impl TlsFiles {
     /// key, and a key that belongs to the (first) certificate.
     pub fn load(cert: &Path, key: &Path) -> Result<Self> {
         let bad = |m: String| Error::Config(m);
-        let cert_pem = std::fs::read(cert)
-            .map_err(|e| bad(format!("cannot read CENTRAL_TLS_CERT {}: {e}", cert.display())))?;
-        let key_pem = std::fs::read(key)
-            .map_err(|e| bad(format!("cannot read CENTRAL_TLS_KEY {}: {e}", key.display())))?;
+        let cert_pem = std::fs::read(cert).map_err(|e| {
+            bad(format!(
+                "cannot read CENTRAL_TLS_CERT {}: {e}",
+                cert.display()
+            ))
+        })?;
+        let key_pem = std::fs::read(key).map_err(|e| {
+            bad(format!(
+                "cannot read CENTRAL_TLS_KEY {}: {e}",
+                key.display()
+            ))
+        })?;
         let certs = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| {
@@ -89,10 +97,12 @@ impl TlsFiles {
             (Some(c), Some(k)) => Self::load(c, k).map(Some),
             (None, None) => Ok(None),
             (Some(_), None) => Err(Error::Config(
-                "CENTRAL_TLS_CERT is set but CENTRAL_TLS_KEY is missing: set both or neither".into(),
+                "CENTRAL_TLS_CERT is set but CENTRAL_TLS_KEY is missing: set both or neither"
+                    .into(),
             )),
             (None, Some(_)) => Err(Error::Config(
-                "CENTRAL_TLS_KEY is set but CENTRAL_TLS_CERT is missing: set both or neither".into(),
+                "CENTRAL_TLS_KEY is set but CENTRAL_TLS_CERT is missing: set both or neither"
+                    .into(),
             )),
         }
     }
@@ -111,7 +121,10 @@ mod tests {
 
     fn pair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let c = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-        let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")));
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        );
         std::fs::write(&cert, c.cert.pem()).unwrap();
         std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
         (cert, key)
@@ -125,7 +138,9 @@ mod tests {
     fn both_or_neither_and_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = pair(dir.path(), "a");
-        let t = TlsFiles::from_settings(Some(&cert), Some(&key)).unwrap().unwrap();
+        let t = TlsFiles::from_settings(Some(&cert), Some(&key))
+            .unwrap()
+            .unwrap();
         // The key's path may be shown, never its bytes.
         assert!(!format!("{t:?}").contains("PRIVATE KEY"));
         assert!(TlsFiles::from_settings(None, None).unwrap().is_none());
@@ -136,19 +151,28 @@ mod tests {
         let missing = dir.path().join("nope.pem");
         let e = err(Some(&missing), Some(&key));
         assert!(
-            e.contains(&format!("cannot read CENTRAL_TLS_CERT {}", missing.display())),
+            e.contains(&format!(
+                "cannot read CENTRAL_TLS_CERT {}",
+                missing.display()
+            )),
             "{e}"
         );
         let bad = dir.path().join("bad.pem");
         std::fs::write(&bad, "just text\n").unwrap();
         let e = err(Some(&bad), Some(&key));
         assert!(
-            e.contains(&format!("CENTRAL_TLS_CERT {} holds no certificate", bad.display())),
+            e.contains(&format!(
+                "CENTRAL_TLS_CERT {} holds no certificate",
+                bad.display()
+            )),
             "{e}"
         );
         let e = err(Some(&cert), Some(&bad));
         assert!(
-            e.contains(&format!("CENTRAL_TLS_KEY {} holds no usable private key", bad.display())),
+            e.contains(&format!(
+                "CENTRAL_TLS_KEY {} holds no usable private key",
+                bad.display()
+            )),
             "{e}"
         );
         let (_, other_key) = pair(dir.path(), "b");

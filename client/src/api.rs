@@ -119,25 +119,29 @@ impl Client {
 
     /// [`Client::new`] trusting `roots` (PEERDEX_CA_FILE) besides the
     /// system's roots for an `https://` control API.
-    pub(crate) fn with_roots(base: Url, token: Option<String>, roots: Vec<reqwest::Certificate>) -> Self {
+    pub(crate) fn with_roots(
+        base: Url,
+        token: Option<String>,
+        roots: Vec<reqwest::Certificate>,
+    ) -> Self {
         // rustls' ring provider, the one every peerdex process uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = || {
             reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            // Event streams send a line at least every second or so; uploads
-            // get their answer once the body is stored. A minute of silence
-            // means the PServer is stuck.
-            .read_timeout(Duration::from_secs(60))
-            // The PServer closes a keep-alive connection after 5 s idle.
-            // Between two shell commands nothing polls the pool, so it cannot
-            // see that close: drop idle connections well before the server
-            // does instead of reusing a dead one.
-            .pool_idle_timeout(POOL_IDLE)
-            .tcp_nodelay(true)
-            .user_agent(concat!("peerdex/", env!("CARGO_PKG_VERSION")))
-            // The control API is HTTP/1.1 over TLS as over plaintext.
-            .http1_only()
+                .connect_timeout(Duration::from_secs(5))
+                // Event streams send a line at least every second or so; uploads
+                // get their answer once the body is stored. A minute of silence
+                // means the PServer is stuck.
+                .read_timeout(Duration::from_secs(60))
+                // The PServer closes a keep-alive connection after 5 s idle.
+                // Between two shell commands nothing polls the pool, so it cannot
+                // see that close: drop idle connections well before the server
+                // does instead of reusing a dead one.
+                .pool_idle_timeout(POOL_IDLE)
+                .tcp_nodelay(true)
+                .user_agent(concat!("peerdex/", env!("CARGO_PKG_VERSION")))
+                // The control API is HTTP/1.1 over TLS as over plaintext.
+                .http1_only()
         };
         let http = builder()
             .tls_certs_merge(roots.clone())
@@ -437,6 +441,16 @@ fn closed_before_answer(e: &reqwest::Error) -> bool {
     false
 }
 
+/// The rustls error in `e`, also when io errors wrap it (reqwest nests two:
+/// an io error's `source` skips what it wraps, so look inside).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
+}
+
 /// TLS trouble with the PServer at `url`, in plain words; `None` when the
 /// failure is not about TLS.
 fn explain_tls(e: &(dyn std::error::Error + 'static), url: &str) -> Option<String> {
@@ -444,12 +458,7 @@ fn explain_tls(e: &(dyn std::error::Error + 'static), url: &str) -> Option<Strin
     let mut cause = Some(e);
     let mut text = String::new();
     while let Some(c) = cause {
-        let r = c.downcast_ref::<R>().or_else(|| {
-            c.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|i| i.downcast_ref::<R>())
-        });
-        if let Some(r) = r {
+        if let Some(r) = rustls_error(c) {
             return Some(match r {
                 R::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
                     "the PServer at {url} presented a certificate not signed by a trusted CA; \

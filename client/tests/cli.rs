@@ -659,7 +659,8 @@ async fn control_api_over_tls() {
     let r = cli(work.path(), &a.api_url, &["status"]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.stderr.contains("presented a certificate not signed by a trusted CA")
+        r.stderr
+            .contains("presented a certificate not signed by a trusted CA")
             && r.stderr.contains("PEERDEX_CA_FILE"),
         "{r:?}"
     );
@@ -681,10 +682,16 @@ async fn control_api_over_tls() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("use an https:// URL"), "{r:?}");
     // A CA file that cannot be read is named.
-    let r = cli(work.path(), &a.api_url, &["--ca-file", "/nonexistent/ca.pem", "status"]).await;
+    let r = cli(
+        work.path(),
+        &a.api_url,
+        &["--ca-file", "/nonexistent/ca.pem", "status"],
+    )
+    .await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
-        r.stderr.contains("cannot read PEERDEX_CA_FILE /nonexistent/ca.pem"),
+        r.stderr
+            .contains("cannot read PEERDEX_CA_FILE /nonexistent/ca.pem"),
         "{r:?}"
     );
 }

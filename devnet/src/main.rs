@@ -227,16 +227,16 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
     // Central.
     let central_dir = root.join("central");
     let mut central_env = vec![
-            ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
-            ("CENTRAL_DATA_DIR", "./data".into()),
-            // Metrics on a port the OS picks: the central logs where.
-            ("CENTRAL_METRICS_ADDR", "127.0.0.1:0".into()),
-            ("CENTRAL_LEASE_TTL_SECS", args.lease_ttl.to_string()),
-            (
-                "CENTRAL_HEARTBEAT_SECS",
-                (args.lease_ttl / 3).max(1).to_string(),
-            ),
-            ("RUST_LOG", "info".into()),
+        ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
+        ("CENTRAL_DATA_DIR", "./data".into()),
+        // Metrics on a port the OS picks: the central logs where.
+        ("CENTRAL_METRICS_ADDR", "127.0.0.1:0".into()),
+        ("CENTRAL_LEASE_TTL_SECS", args.lease_ttl.to_string()),
+        (
+            "CENTRAL_HEARTBEAT_SECS",
+            (args.lease_ttl / 3).max(1).to_string(),
+        ),
+        ("RUST_LOG", "info".into()),
     ];
     if let Some(t) = &tls {
         let (cert, key) = t.leaf("central")?;
@@ -272,15 +272,15 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
             })
             .transpose()?;
         let mut env = vec![
-                ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
-                // On loopback, the public URL is derived from the bound address.
-                ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
-                ("PSERVER_SHARE_DIR", "./share".into()),
-                ("PSERVER_DATA_DIR", "./data".into()),
-                ("PSERVER_CENTRAL_URL", central_url.clone()),
-                ("PSERVER_NEIGHBOURS", neighbour.unwrap_or_default()),
-                ("PSERVER_RESCAN_SECS", "1".into()),
-                ("RUST_LOG", "info".into()),
+            ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
+            // On loopback, the public URL is derived from the bound address.
+            ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
+            ("PSERVER_SHARE_DIR", "./share".into()),
+            ("PSERVER_DATA_DIR", "./data".into()),
+            ("PSERVER_CENTRAL_URL", central_url.clone()),
+            ("PSERVER_NEIGHBOURS", neighbour.unwrap_or_default()),
+            ("PSERVER_RESCAN_SECS", "1".into()),
+            ("RUST_LOG", "info".into()),
         ];
         if let Some(t) = &tls {
             // The public URL, derived from the bound address, turns https.

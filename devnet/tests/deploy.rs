@@ -751,7 +751,12 @@ fn has_line(text: &str, line: &str) -> bool {
 
 /// Checks one instance's cloud-config: env file lines, bootstrap, runcmd
 /// (the TLS files' URL, when there is one, is returned).
-fn check_user_data(i: &Value, role: &str, bundle_url: &str, env_lines: &[String]) -> Option<String> {
+fn check_user_data(
+    i: &Value,
+    role: &str,
+    bundle_url: &str,
+    env_lines: &[String],
+) -> Option<String> {
     assert_eq!(i["user_data_first_line"], "#cloud-config", "{}", i["id"]);
     let doc = &i["user_data"];
     let files = files(doc);
@@ -795,7 +800,10 @@ fn check_tls(aws: &Aws, state: &Path, vm: &str, url: Option<String>, ips: &[&str
     let url = url.unwrap_or_else(|| panic!("{vm}: no TLS URL in its runcmd"));
     assert!(url.contains(&format!("/tls/{vm}.tar")), "{vm}: {url}");
     let tar = aws.python(FETCH, &[&url])["bytes"].as_u64().unwrap();
-    assert!(tar > 1024, "{vm}: the tar behind its TLS URL has {tar} bytes");
+    assert!(
+        tar > 1024,
+        "{vm}: the tar behind its TLS URL has {tar} bytes"
+    );
     let dir = state.join(vm);
     for key in [dir.join("key.pem"), state.join("ca-key.pem")] {
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
@@ -812,7 +820,10 @@ fn check_tls(aws: &Aws, state: &Path, vm: &str, url: Option<String>, ips: &[&str
         .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
         .arg(&cert));
     for ip in ips {
-        assert!(san.contains(&format!("IP Address:{ip}")), "{vm} lacks {ip}: {san}");
+        assert!(
+            san.contains(&format!("IP Address:{ip}")),
+            "{vm} lacks {ip}: {san}"
+        );
     }
 }
 
@@ -1013,7 +1024,13 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
             p["private_ip"].as_str().unwrap(),
             p["public_ip"].as_str().unwrap(),
         );
-        check_tls(&aws, &state, &format!("pserver-{}", k + 1), tls, &[private, public_ip]);
+        check_tls(
+            &aws,
+            &state,
+            &format!("pserver-{}", k + 1),
+            tls,
+            &[private, public_ip],
+        );
         let public = format!("https://{public_ip}:7071");
         assert!(
             out.contains(&public),
@@ -1126,7 +1143,10 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
     assert_eq!(s.v["security_groups"], serde_json::json!([]));
     let buckets = aws.aws(&["s3api", "list-buckets"]);
     assert!(!buckets.to_string().contains(bucket), "{buckets}");
-    assert!(!state.exists(), "the CA and keys are removed with the deployment");
+    assert!(
+        !state.exists(),
+        "the CA and keys are removed with the deployment"
+    );
     let out = run(aws
         .script("teardown.sh")
         .args(["--region", REGION, "--name", "t1"]));

@@ -350,8 +350,12 @@ impl Args {
         let tls = match (set(self.tls_cert), set(self.tls_key)) {
             (Some(cert), Some(key)) => Some(ServerTls::load(&cert, &key)?),
             (None, None) => None,
-            (Some(_), None) => bail!("PSERVER_TLS_CERT is set but PSERVER_TLS_KEY is missing: set both or neither"),
-            (None, Some(_)) => bail!("PSERVER_TLS_KEY is set but PSERVER_TLS_CERT is missing: set both or neither"),
+            (Some(_), None) => {
+                bail!("PSERVER_TLS_CERT is set but PSERVER_TLS_KEY is missing: set both or neither")
+            }
+            (None, Some(_)) => {
+                bail!("PSERVER_TLS_KEY is set but PSERVER_TLS_CERT is missing: set both or neither")
+            }
         };
         let ca_roots = match set(self.ca_file) {
             Some(f) => crate::tls::read_certs("PSERVER_CA_FILE", &f)?,
@@ -532,9 +536,16 @@ mod tests {
         assert!(c.api_tls && c.tls.is_some());
         assert_eq!(c.public_url.as_str(), "https://127.0.0.1:9000");
         // On loopback the control API stays plaintext.
-        let c = args(&["--peer-addr", "127.0.0.1:1", "--tls-cert", cert, "--tls-key", key])
-            .cfg()
-            .unwrap();
+        let c = args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ])
+        .cfg()
+        .unwrap();
         assert!(!c.api_tls && c.tls.is_some());
         // Both or neither.
         let e = args(&["--peer-addr", "127.0.0.1:1", "--tls-cert", cert])
@@ -566,9 +577,14 @@ mod tests {
             .cfg()
             .unwrap();
         assert_eq!(c.ca_roots.len(), 1);
-        let e = args(&["--peer-addr", "127.0.0.1:1", "--ca-file", "/nonexistent.pem"])
-            .cfg()
-            .unwrap_err();
+        let e = args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--ca-file",
+            "/nonexistent.pem",
+        ])
+        .cfg()
+        .unwrap_err();
         assert!(
             format!("{e:#}").contains("cannot read PSERVER_CA_FILE /nonexistent.pem"),
             "{e:#}"

@@ -202,7 +202,7 @@ impl Lookup {
 /// limit (its `retry-after` metadata, in seconds, says when to come back):
 /// passed on as 429 with `Retry-After`, so whoever asked through us backs
 /// off too.
-fn central_error(central: &Central, s: tonic::Status) -> Error {
+fn central_error(s: tonic::Status) -> Error {
     match s.code() {
         tonic::Code::ResourceExhausted => Error::TooManyRequests {
             message: format!("the central directory is busy: {}", s.message()),
@@ -217,10 +217,15 @@ fn central_error(central: &Central, s: tonic::Status) -> Error {
         tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
             Error::InvalidArgument(s.message().to_owned())
         }
-        _ => Error::Unavailable(format!(
-            "central directory unavailable: {}",
-            central.explain(&s)
-        )),
+        _ => Error::Unavailable(format!("central directory unavailable: {}", s.message())),
+    }
+}
+
+/// [`central_error`], with TLS trouble told in plain words (see `crate::tls`).
+fn central_error_at(central: &Central, s: tonic::Status) -> Error {
+    match crate::tls::explain(&s, "the central", central.url()) {
+        Some(why) => Error::Unavailable(format!("central directory unavailable: {why}")),
+        None => central_error(s),
     }
 }
 
@@ -231,7 +236,7 @@ pub async fn locate_at_central(
     let files = central
         .locate(target.grpc())
         .await
-        .map_err(|s| central_error(central, s))?;
+        .map_err(|s| central_error_at(central, s))?;
     Ok(files.into_iter().map(Into::into).collect())
 }
 
@@ -239,7 +244,7 @@ pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<Sea
     let r = central
         .search(&q.q, q.limit.unwrap_or(0), q.page.as_deref().unwrap_or(""))
         .await
-        .map_err(|s| central_error(central, s))?;
+        .map_err(|s| central_error_at(central, s))?;
     Ok(SearchResults {
         hits: r.hits.into_iter().map(SearchHit::from).collect(),
         next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),

@@ -93,7 +93,8 @@ impl ServerTls {
 
 /// The certificates of a PEM file (a chain or a bundle of roots).
 pub fn read_certs(var: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem = std::fs::read(path).with_context(|| format!("cannot read {var} {}", path.display()))?;
+    let pem =
+        std::fs::read(path).with_context(|| format!("cannot read {var} {}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
@@ -128,8 +129,10 @@ fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
 /// (no system store, no CA file) a handshake fails with that explanation;
 /// plaintext connections are unaffected.
 pub fn verifier(extra: &[CertificateDer<'static>]) -> Arc<dyn ServerCertVerifier> {
-    match rustls_platform_verifier::Verifier::new_with_extra_roots(extra.iter().cloned(), provider())
-    {
+    match rustls_platform_verifier::Verifier::new_with_extra_roots(
+        extra.iter().cloned(),
+        provider(),
+    ) {
         Ok(v) => Arc::new(v),
         Err(e) => {
             tracing::warn!(error = %e, "no trusted CA certificates: https:// URLs will fail until PSERVER_CA_FILE is set");
@@ -202,31 +205,54 @@ pub fn explain(err: &(dyn std::error::Error + 'static), who: &str, url: &str) ->
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut text = String::new();
     while let Some(e) = cur {
-        if let Some(r) = e.downcast_ref::<rustls::Error>() {
-            return Some(explain_rustls(r, who, url));
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && let Some(r) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
+        if let Some(r) = rustls_error(e) {
             return Some(explain_rustls(r, who, url));
         }
         text.push_str(&e.to_string().to_lowercase());
         text.push(' ');
         cur = e.source();
     }
-    if !https
-        && (text.contains("frame with invalid size")
-            || text.contains("invalid http version")
-            || text.contains("connection reset")
-            || text.contains("connection closed before message completed")
-            || text.contains("invalid status")
-            || text.contains("received corrupt message"))
-    {
-        return Some(format!(
-            "{who} at {url} did not answer in plaintext HTTP; if it uses TLS, use an https:// URL"
-        ));
+    if !https {
+        // What a TLS server sends to a plaintext client (an alert record)
+        // is no HTTP: hyper and h2 fail to parse it...
+        if [
+            "frame with invalid size",
+            "invalid http version",
+            "received corrupt message",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
+        {
+            return Some(format!(
+                "{who} at {url} did not answer in plaintext HTTP; if it uses TLS, use an https:// URL"
+            ));
+        }
+        // ...or it just hangs up.
+        if [
+            "broken pipe",
+            "connection reset",
+            "connection closed before message completed",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
+        {
+            return Some(format!(
+                "{who} at {url} closed the connection without a plaintext answer; \
+                 if it uses TLS, use an https:// URL"
+            ));
+        }
     }
     None
+}
+
+/// The rustls error in `e`, also when io errors wrap it (reqwest nests two,
+/// and an io error's `source` skips what it wraps: look inside).
+fn rustls_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    if let Some(r) = e.downcast_ref::<rustls::Error>() {
+        return Some(r);
+    }
+    let inner = e.downcast_ref::<std::io::Error>()?.get_ref()?;
+    rustls_error(inner)
 }
 
 fn explain_rustls(e: &rustls::Error, who: &str, url: &str) -> String {
@@ -245,11 +271,12 @@ fn explain_rustls(e: &rustls::Error, who: &str, url: &str) -> String {
                     "{who} at {url} presented a certificate that is not valid yet; check the clocks"
                 )
             }
-            CertificateError::NotValidForName
-            | CertificateError::NotValidForNameContext { .. } => format!(
-                "{who} at {url} presented a certificate for another name or address; \
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                format!(
+                    "{who} at {url} presented a certificate for another name or address; \
                  its certificate must cover the host in the URL"
-            ),
+                )
+            }
             CertificateError::Revoked => {
                 format!("{who} at {url} presented a revoked certificate")
             }
@@ -279,9 +306,7 @@ mod tests {
         let m = explain(&e, "the central", url).unwrap();
         assert!(m.contains("not signed by a trusted CA"), "{m}");
         assert!(m.contains("PSERVER_CA_FILE"), "{m}");
-        let e = std::io::Error::other(rustls::Error::InvalidCertificate(
-            CertificateError::Expired,
-        ));
+        let e = std::io::Error::other(rustls::Error::InvalidCertificate(CertificateError::Expired));
         assert!(explain(&e, "the peer", url).unwrap().contains("expired"));
         let e = std::io::Error::other(rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName,
@@ -290,6 +315,16 @@ mod tests {
             explain(&e, "the peer", url)
                 .unwrap()
                 .contains("another name")
+        );
+        // reqwest wraps the rustls error in two io errors.
+        let nested = std::io::Error::other(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        ));
+        assert!(
+            explain(&nested, "the peer", url)
+                .unwrap()
+                .contains("not signed by a trusted CA")
         );
         let e = std::io::Error::other("connection refused");
         assert_eq!(explain(&e, "the peer", url), None);

@@ -37,13 +37,19 @@ async fn shape_over_tls() {
         p.wait_joined().await;
     }
     let bytes = test_bytes(3_000_000, 14);
-    let id = upload_ok(&p1, "tls-report.bin", bytes.clone()).await.file_id;
+    let id = upload_ok(&p1, "tls-report.bin", bytes.clone())
+        .await
+        .file_id;
     wait_holders_exactly(&p3, "tls-report", &id, 1).await;
     let job = start_job(&p3, &id).await;
-    let job = finish(&p3, &job.id, T).await;
+    let job = finish(&p3, &job.job_id, T).await;
     assert_eq!(job.state, peerdex_proto::rest::JobState::Done, "{job:?}");
     let sources: Vec<&str> = job.sources.iter().map(|s| s.peer_url.as_str()).collect();
     assert_eq!(sources, [p1.peer_url.as_str()]);
+    assert_eq!(
+        files_under(&p3.share_dir),
+        [p3.path_in_share("tls-report.bin")]
+    );
     let got = std::fs::read(p3.path_in_share("tls-report.bin")).unwrap();
     assert_eq!(blake3_hex(&got), id);
     assert_eq!(got, bytes);
@@ -55,6 +61,14 @@ async fn shape_over_tls() {
             .is_err()
     );
     wait_holders_exactly(&p1, "tls-report", &id, 2).await;
+}
+
+/// A log line about the central at `url` that advises an https:// URL.
+fn p_says_https(log: &str, url: &str) -> bool {
+    log.lines().any(|l| {
+        l.contains(&format!("the central at {url} "))
+            && l.contains("if it uses TLS, use an https:// URL")
+    })
 }
 
 /// A child PServer whose log must come to say `needle`.
@@ -76,12 +90,12 @@ async fn tls_mistakes_are_told_in_plain_words() {
     let ca_file = ca.ca_file.to_str().unwrap();
 
     let plain = ChildPeer::spawn(&plain_url, &[]);
-    log_says(
-        &plain,
-        &format!(
-            "the central at {plain_url} did not answer in plaintext HTTP; if it uses TLS, use an https:// URL"
-        ),
-    );
+    // The TLS alert it gets is no HTTP/2 ("did not answer in plaintext
+    // HTTP"), or the central just hangs up ("closed the connection without
+    // a plaintext answer"); either way the advice is the same.
+    wait_until("the plaintext PServer to say what is wrong", T, || {
+        p_says_https(&plain.proc.log(), &plain_url).then_some(())
+    });
     let no_ca = ChildPeer::spawn(&central.url, &[]);
     log_says(
         &no_ca,
@@ -95,7 +109,10 @@ async fn tls_mistakes_are_told_in_plain_words() {
         &central.url,
         &[("PSERVER_CA_FILE", other.ca_file.to_str().unwrap())],
     );
-    log_says(&wrong_ca, "presented a certificate not signed by a trusted CA");
+    log_says(
+        &wrong_ca,
+        "presented a certificate not signed by a trusted CA",
+    );
 
     // The right CA, but a certificate for another name.
     let misnamed = ca.leaf_with("misnamed", &["central.example"], |_| {});
@@ -141,8 +158,14 @@ fn pserver_refuses(dir: &Path, env: &[(&str, &str)]) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "pserver started with {env:?}: {stderr}");
-    assert!(out.stdout.is_empty(), "pserver printed its addresses with {env:?}");
+    assert!(
+        !out.status.success(),
+        "pserver started with {env:?}: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "pserver printed its addresses with {env:?}"
+    );
     stderr
 }
 
@@ -153,36 +176,67 @@ fn refuses_to_start_with_broken_tls_settings() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = (leaf.cert.to_str().unwrap(), leaf.key.to_str().unwrap());
 
-    let e = pserver_refuses(dir.path(), &[("PSERVER_PUBLIC_URL", "https://127.0.0.1:7071")]);
+    let e = pserver_refuses(
+        dir.path(),
+        &[("PSERVER_PUBLIC_URL", "https://127.0.0.1:7071")],
+    );
     assert!(
         e.contains("PSERVER_PUBLIC_URL https://127.0.0.1:7071 is https:// but the peer API has no certificate"),
         "{e}"
     );
     let e = pserver_refuses(dir.path(), &[("PSERVER_TLS_CERT", cert)]);
-    assert!(e.contains("PSERVER_TLS_CERT is set but PSERVER_TLS_KEY is missing"), "{e}");
+    assert!(
+        e.contains("PSERVER_TLS_CERT is set but PSERVER_TLS_KEY is missing"),
+        "{e}"
+    );
     let missing = dir.path().join("no-such-key.pem");
     let e = pserver_refuses(
         dir.path(),
-        &[("PSERVER_TLS_CERT", cert), ("PSERVER_TLS_KEY", missing.to_str().unwrap())],
+        &[
+            ("PSERVER_TLS_CERT", cert),
+            ("PSERVER_TLS_KEY", missing.to_str().unwrap()),
+        ],
     );
     assert!(
-        e.contains(&format!("cannot read PSERVER_TLS_KEY {}", missing.display())),
+        e.contains(&format!(
+            "cannot read PSERVER_TLS_KEY {}",
+            missing.display()
+        )),
         "{e}"
     );
     let bad = dir.path().join("bad.pem");
-    std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n").unwrap();
-    let e = pserver_refuses(dir.path(), &[("PSERVER_TLS_CERT", bad.to_str().unwrap()), ("PSERVER_TLS_KEY", key)]);
+    std::fs::write(
+        &bad,
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = pserver_refuses(
+        dir.path(),
+        &[
+            ("PSERVER_TLS_CERT", bad.to_str().unwrap()),
+            ("PSERVER_TLS_KEY", key),
+        ],
+    );
     assert!(
-        e.contains(&format!("PSERVER_TLS_CERT {} is not valid PEM", bad.display())),
+        e.contains(&format!(
+            "PSERVER_TLS_CERT {} is not valid PEM",
+            bad.display()
+        )),
         "{e}"
     );
     // A key file that holds a certificate, and a key of another certificate.
-    let e = pserver_refuses(dir.path(), &[("PSERVER_TLS_CERT", cert), ("PSERVER_TLS_KEY", cert)]);
+    let e = pserver_refuses(
+        dir.path(),
+        &[("PSERVER_TLS_CERT", cert), ("PSERVER_TLS_KEY", cert)],
+    );
     assert!(e.contains("holds no usable private key"), "{e}");
     let other = ca.leaf("other");
     let e = pserver_refuses(
         dir.path(),
-        &[("PSERVER_TLS_CERT", cert), ("PSERVER_TLS_KEY", other.key.to_str().unwrap())],
+        &[
+            ("PSERVER_TLS_CERT", cert),
+            ("PSERVER_TLS_KEY", other.key.to_str().unwrap()),
+        ],
     );
     assert!(e.contains("do not make a usable pair"), "{e}");
     // http public URL with a certificate; off-loopback control API in plaintext.
@@ -194,10 +248,16 @@ fn refuses_to_start_with_broken_tls_settings() {
             ("PSERVER_PUBLIC_URL", "http://127.0.0.1:7071"),
         ],
     );
-    assert!(e.contains("must be https:// when PSERVER_TLS_CERT is set"), "{e}");
+    assert!(
+        e.contains("must be https:// when PSERVER_TLS_CERT is set"),
+        "{e}"
+    );
     let e = pserver_refuses(
         dir.path(),
-        &[("PSERVER_API_ADDR", "0.0.0.0:0"), ("PSERVER_API_TOKEN", "0123456789abcdef")],
+        &[
+            ("PSERVER_API_ADDR", "0.0.0.0:0"),
+            ("PSERVER_API_TOKEN", "0123456789abcdef"),
+        ],
     );
     assert!(e.contains("PSERVER_TRUSTED_LAN=true"), "{e}");
 }
@@ -214,15 +274,86 @@ fn trusted_lan_warns() {
             ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
             ("PSERVER_API_TOKEN", "0123456789abcdef".into()),
             ("PSERVER_TRUSTED_LAN", "true".into()),
-            ("PSERVER_SHARE_DIR", dir.path().join("share").display().to_string()),
-            ("PSERVER_DATA_DIR", dir.path().join("data").display().to_string()),
+            (
+                "PSERVER_SHARE_DIR",
+                dir.path().join("share").display().to_string(),
+            ),
+            (
+                "PSERVER_DATA_DIR",
+                dir.path().join("data").display().to_string(),
+            ),
             ("PSERVER_CENTRAL_URL", peerdex_testkit::DeadUrl::new().url),
         ],
     );
-    assert!(p.field("api").starts_with("http://0.0.0.0:"), "{}", p.first_line);
+    assert!(
+        p.field("api").starts_with("http://0.0.0.0:"),
+        "{}",
+        p.first_line
+    );
     wait_until("the plaintext warning", T, || {
         p.log()
             .contains("the control API is served off loopback over plaintext")
             .then_some(())
     });
+}
+
+/// The per-source connection cap of the peer API (PSERVER_MAX_CONNS_PER_ADDR)
+/// holds over TLS too: it counts the TCP socket under the TLS stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_holds_over_tls() {
+    let ca = TestCa::new("cap");
+    let central = TestCentral::start(Duration::from_secs(10)).await;
+    let tls = ca.peer_tweak(&ca.leaf("capped"));
+    let p = TestPeer::start(&central.url, &[], |c| {
+        tls(c);
+        c.max_conns_per_addr = 2;
+    })
+    .await;
+    let ca_pem = std::fs::read(&ca.ca_file).unwrap();
+    // One client per connection: each keeps its connection alive in its pool.
+    let client = || {
+        reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(&ca_pem).unwrap()])
+            .http1_only()
+            .build()
+            .unwrap()
+    };
+    let health = format!("{}/peer/v1/health", p.peer_url);
+    let held: Vec<reqwest::Client> = (0..2).map(|_| client()).collect();
+    for c in &held {
+        let r = c.get(&health).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let third = client().get(&health).send().await.unwrap();
+    assert_eq!(third.status(), 429, "the cap must count TLS connections");
+    // The held connections still work.
+    assert_eq!(held[0].get(&health).send().await.unwrap().status(), 200);
+}
+
+/// A holder whose certificate the downloader does not trust: the job fails
+/// and its error says so in plain words, naming the holder's URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_holder_is_named_in_the_job_error() {
+    let ca = TestCa::new("holder");
+    let central = TestCentral::start(Duration::from_secs(10)).await;
+    let holder = TestPeer::start(&central.url, &[], ca.peer_tweak(&ca.leaf("holder"))).await;
+    // The getter trusts only the system's roots.
+    let getter = TestPeer::start(&central.url, &[], |_| {}).await;
+    let id = upload_ok(&holder, "secret.bin", test_bytes(100_000, 3))
+        .await
+        .file_id;
+    wait_holders_exactly(&getter, "secret", &id, 1).await;
+    let job = start_job(&getter, &id).await;
+    let job = finish(&getter, &job.job_id, T).await;
+    assert_eq!(job.state, peerdex_proto::rest::JobState::Failed, "{job:?}");
+    let error = job.error.unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "the peer at {} presented a certificate not signed by a trusted CA",
+            holder.peer_url
+        )),
+        "{error}"
+    );
+    assert!(!getter.path_in_share("secret.bin").exists());
 }

@@ -83,7 +83,11 @@ impl TestCentral {
         let addr = listener.local_addr().unwrap();
         let mut config = central_server::Config::new(data_dir);
         tweak(&mut config);
-        let scheme = if config.tls.is_some() { "https" } else { "http" };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(central_server::run_with_metrics(
             listener,

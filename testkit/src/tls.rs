@@ -4,9 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
 /// The names every test certificate covers.
 pub const LOOPBACK_NAMES: [&str; 3] = ["127.0.0.1", "localhost", "::1"];
@@ -74,15 +72,12 @@ impl TestCa {
         tweak: impl FnOnce(&mut CertificateParams),
     ) -> CertFiles {
         let key = KeyPair::generate().expect("generate a leaf key");
-        let mut params = CertificateParams::new(
-            names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        )
-        .expect("leaf params");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, name);
         tweak(&mut params);
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("sign the leaf");
+        let cert = params.signed_by(&key, &self.issuer).expect("sign the leaf");
         let files = CertFiles {
             cert: self.dir.path().join(format!("{name}.pem")),
             key: self.dir.path().join(format!("{name}-key.pem")),
@@ -95,7 +90,8 @@ impl TestCa {
     /// `PSERVER_TLS_CERT`/`PSERVER_TLS_KEY` settings of a peer with
     /// `leaf`, trusting this CA: a tweak for [`crate::TestPeer::start`].
     pub fn peer_tweak(&self, leaf: &CertFiles) -> impl FnOnce(&mut pserver::Config) + use<> {
-        let tls = pserver::tls::ServerTls::load(&leaf.cert, &leaf.key).expect("load the peer's certificate");
+        let tls = pserver::tls::ServerTls::load(&leaf.cert, &leaf.key)
+            .expect("load the peer's certificate");
         let roots =
             pserver::tls::read_certs("PSERVER_CA_FILE", &self.ca_file).expect("read the CA file");
         move |c: &mut pserver::Config| {
@@ -106,7 +102,8 @@ impl TestCa {
 
     /// `CENTRAL_TLS_CERT`/`CENTRAL_TLS_KEY` of a central with `leaf`.
     pub fn central_tls(&self, leaf: &CertFiles) -> central_server::TlsFiles {
-        central_server::TlsFiles::load(&leaf.cert, &leaf.key).expect("load the central's certificate")
+        central_server::TlsFiles::load(&leaf.cert, &leaf.key)
+            .expect("load the central's certificate")
     }
 }
 
