@@ -67,8 +67,8 @@ mod rt;
 mod serve;
 mod space;
 mod store;
-pub mod tokens;
 pub mod tls;
+pub mod tokens;
 mod uploads;
 mod webui;
 
