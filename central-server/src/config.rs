@@ -138,6 +138,9 @@ impl Config {
         {
             return bad("join_secret (CENTRAL_JOIN_SECRET) must be at least 16 printable ASCII characters without spaces".into());
         }
+        if self.join_secret.is_some() && self.tls.is_none() {
+            return bad("CENTRAL_JOIN_SECRET makes the network private, and a private network speaks only TLS: set CENTRAL_TLS_CERT and CENTRAL_TLS_KEY too".into());
+        }
         let l = &self.limits;
         if l.max_message_bytes < 1024 {
             return bad(format!(

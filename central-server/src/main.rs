@@ -116,7 +116,7 @@ struct Args {
     /// Days a departed peer's id stays bound to its key: within them only
     /// that key can join with the id again; after them the id is free.
     #[arg(long, env = "CENTRAL_KEY_RETENTION_DAYS", default_value_t = 90,
-          value_parser = clap::value_parser!(u32).range(1..=36_500))]
+          value_parser = days("CENTRAL_KEY_RETENTION_DAYS"))]
     key_retention_days: u32,
 
     /// Makes the network private: only PServers whose PSERVER_JOIN_SECRET
@@ -170,6 +170,16 @@ fn positive_usize(var: &'static str) -> impl Fn(&str) -> Result<usize, String> +
         Ok(n) if n > 0 => Ok(n),
         _ => Err(format!(
             "{var}: expected a positive whole number, got {s:?}"
+        )),
+    }
+}
+
+/// A number of days, 1 to 36,500.
+fn days(var: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {
+    move |s| match s.parse::<u32>() {
+        Ok(n) if (1..=36_500).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{var}: expected a number of days from 1 to 36500, got {s:?}"
         )),
     }
 }
@@ -402,6 +412,8 @@ mod tests {
             ("--max-peers-per-addr=0", "CENTRAL_MAX_PEERS_PER_ADDR"),
             ("--max-files=0", "CENTRAL_MAX_FILES"),
             ("--metrics-addr=nowhere", "CENTRAL_METRICS_ADDR"),
+            ("--max-keys=0", "CENTRAL_MAX_KEYS"),
+            ("--key-retention-days=0", "CENTRAL_KEY_RETENTION_DAYS"),
         ] {
             let e = args(&[flag]).map(|_| ()).unwrap_err().to_string();
             assert!(e.contains(var), "{flag}: {e}");
@@ -411,5 +423,14 @@ mod tests {
             .config();
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("CENTRAL_HEARTBEAT_SECS"), "{e}");
+        // A private network: a real secret, and only over TLS.
+        let c = args(&["--join-secret=short"]).unwrap().config();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("CENTRAL_JOIN_SECRET"), "{e}");
+        let c = args(&["--join-secret=long-enough-secret-1234"])
+            .unwrap()
+            .config();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("CENTRAL_TLS_CERT"), "{e}");
     }
 }

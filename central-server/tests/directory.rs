@@ -1227,13 +1227,28 @@ fn verify_credential(
 /// lease, and lists the peers that left.
 #[tokio::test]
 async fn a_private_network_admits_with_the_secret_and_issues_credentials() {
-    let central = TestCentral::start_with(|c| {
+    let ca = peerdex_testkit::tls::TestCa::new("directory");
+    let tls = ca.central_tls(&ca.leaf("central"));
+    let central = TestCentral::start_with(move |c| {
+        c.tls = Some(tls);
         c.join_secret = Some(SECRET.into());
         c.lease_ttl = Duration::from_secs(4);
         c.heartbeat_interval = Duration::from_secs(1);
     })
     .await;
-    let mut c = client(&central).await;
+    assert!(central.url.starts_with("https://"));
+    let pem = std::fs::read(&ca.ca_file).unwrap();
+    let channel = Channel::from_shared(central.url.clone())
+        .unwrap()
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut c = DirectoryClient::new(channel);
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
     for (secret, why) in [
         (None, "private network"),

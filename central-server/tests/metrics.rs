@@ -189,6 +189,7 @@ async fn requests_are_counted_by_rpc_and_code_and_gauges_match_the_directory() {
 
     let m = scrape(&url).await;
     let want = [
+        ("challenge", "ok", 2.0), // one before each Join
         ("join", "ok", 2.0),
         ("publish", "ok", 1.0),
         ("publish", "unauthenticated", 1.0),
