@@ -256,12 +256,12 @@ async fn try_main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let mut config = args.config();
-    config.validate()?;
     let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
     config.tls = central_server::TlsFiles::from_settings(
         set(&args.tls_cert).as_deref(),
         set(&args.tls_key).as_deref(),
     )?;
+    config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await
         .with_context(|| {

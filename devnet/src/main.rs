@@ -19,7 +19,9 @@
 //! over TLS only, every peer API serves https, and the peers and the
 //! `peerdex` commands trust the CA through `PSERVER_CA_FILE` and
 //! `PEERDEX_CA_FILE`. (Control APIs stay on loopback, where they are plain
-//! HTTP by design.)
+//! HTTP by design.) It is also a private network: a fresh join secret in
+//! every `.env` (mode 0600), so every peer API asks for the credential the
+//! central gives its members.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -160,7 +162,8 @@ impl PeerAddrs {
 fn write_env(dir: &Path, lines: &[(&str, String)]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let body: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    std::fs::write(dir.join(".env"), body)?;
+    // It may hold a join secret: readable by its owner only.
+    peerdex_proto::keyfile::write_secret(&dir.join(".env"), body.as_bytes())?;
     Ok(())
 }
 
@@ -194,6 +197,9 @@ async fn spawn(bins: &Path, bin: &str, dir: &Path, name: &str) -> Result<(Proc, 
                 dir.join(format!("{name}.log")).display()
             )
         })?;
+    // Keep reading its stdout: a process that prints another line (the
+    // central's metrics address) must not find the pipe closed.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((
         Proc {
             name: name.to_owned(),
@@ -221,8 +227,12 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         true => Some(Tls::generate(&root.join("tls"))?),
         false => None,
     };
-    // Issue 14's private network (the join secret) joins `--tls` here: the
-    // central's CENTRAL_JOIN_SECRET and each peer's PSERVER_JOIN_SECRET.
+    // With TLS, a private network: a fresh join secret for the central
+    // (CENTRAL_JOIN_SECRET) and every peer (PSERVER_JOIN_SECRET); each
+    // peer API then asks for the credential the central gives members.
+    let join_secret = tls
+        .as_ref()
+        .map(|_| format!("devnet-{:032x}", rand::random::<u128>()));
 
     // Central.
     let central_dir = root.join("central");
@@ -242,6 +252,9 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         let (cert, key) = t.leaf("central")?;
         central_env.push(("CENTRAL_TLS_CERT", cert));
         central_env.push(("CENTRAL_TLS_KEY", key));
+    }
+    if let Some(s) = &join_secret {
+        central_env.push(("CENTRAL_JOIN_SECRET", s.clone()));
     }
     write_env(&central_dir, &central_env)?;
     let (p, line) = spawn(&bins, "central-server", &central_dir, "central").await?;
@@ -288,6 +301,9 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
             env.push(("PSERVER_TLS_CERT", cert));
             env.push(("PSERVER_TLS_KEY", key));
             env.push(("PSERVER_CA_FILE", t.ca_file.display().to_string()));
+        }
+        if let Some(s) = &join_secret {
+            env.push(("PSERVER_JOIN_SECRET", s.clone()));
         }
         write_env(&dir, &env)?;
         std::fs::create_dir_all(dir.join("share"))?;

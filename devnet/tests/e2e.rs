@@ -47,7 +47,11 @@ fn start_central(dir: &Path, listen: &str, ttl: u64, heartbeat: u64) -> Central 
     start_central_with(dir, listen, ttl, heartbeat, None)
 }
 
-/// [`start_central`], on TLS only with `tls` (certificate, key).
+/// The join secret of the private network the TLS tests run.
+const JOIN_SECRET: &str = "e2e-join-secret-4f0c9a";
+
+/// [`start_central`], on TLS only with `tls` (certificate, key), as a
+/// private network ([`JOIN_SECRET`]).
 fn start_central_with(
     dir: &Path,
     listen: &str,
@@ -62,8 +66,10 @@ fn start_central_with(
         ("CENTRAL_HEARTBEAT_SECS", heartbeat.to_string()),
     ];
     if let Some(t) = tls {
+        // Over TLS, a private network too.
         env.push(("CENTRAL_TLS_CERT", t.cert.display().to_string()));
         env.push(("CENTRAL_TLS_KEY", t.key.display().to_string()));
+        env.push(("CENTRAL_JOIN_SECRET", JOIN_SECRET.to_owned()));
     }
     let proc = ChildProc::spawn(&bin("central-server"), dir, &env);
     let addr = proc.last_word();
@@ -219,8 +225,9 @@ fn full_shape_upload_on_one_get_on_three() {
     full_shape(None);
 }
 
-/// The same over TLS: the central on TLS only, every peer API on https, the
-/// network's own CA given to the peers (PSERVER_CA_FILE).
+/// The same over TLS in a private network: the central on TLS only with a
+/// join secret, every peer API on https asking for the network's
+/// credential, the network's own CA given to the peers (PSERVER_CA_FILE).
 #[test]
 fn full_shape_over_tls() {
     full_shape(Some(&TestCa::new("e2e")));
@@ -244,6 +251,7 @@ fn full_shape(ca: Option<&TestCa>) {
                     ("PSERVER_TLS_CERT", leaf.cert.display().to_string()),
                     ("PSERVER_TLS_KEY", leaf.key.display().to_string()),
                     ("PSERVER_CA_FILE", ca.ca_file.display().to_string()),
+                    ("PSERVER_JOIN_SECRET", JOIN_SECRET.to_owned()),
                 ]
             }
             None => Vec::new(),
@@ -324,6 +332,23 @@ fn full_shape(ca: Option<&TestCa>) {
     drop(p2);
     assert_eq!(p3.holders("quarterly", &id), Some(2));
     assert_eq!(p3.asked_central(), 1, "{}", p3.proc.log());
+    // Over TLS (a private network): the peer API refuses a stranger, and
+    // no log of the run shows the join secret.
+    if let Some(ca) = ca {
+        let pem = std::fs::read(&ca.ca_file).unwrap();
+        let url = format!("{}/peer/v1/files/{id}", p1.peer_url);
+        let status = tokio::runtime::Runtime::new().unwrap().block_on(async {
+            let http = reqwest::Client::builder()
+                .tls_certs_merge([reqwest::Certificate::from_pem(&pem).unwrap()])
+                .build()
+                .unwrap();
+            http.get(url).send().await.unwrap().status().as_u16()
+        });
+        assert_eq!(status, 401, "a request without a credential");
+        for log in [central.proc.log(), p1.proc.log(), p3.proc.log()] {
+            assert!(!log.contains(JOIN_SECRET), "a log shows the join secret");
+        }
+    }
     p3.proc.kill9();
     drop(central);
 }
@@ -536,9 +561,53 @@ fn devnet_over_tls_runs_its_tour() {
     assert_eq!(keys, 4, "a key for the central and each of 3 peers");
     let central_env = std::fs::read_to_string(dir.join("central/.env")).unwrap();
     assert!(central_env.contains("CENTRAL_TLS_KEY="), "{central_env}");
+    // A private network: one fresh secret in every .env, each 0600.
+    let secret = central_env
+        .lines()
+        .find_map(|l| l.strip_prefix("CENTRAL_JOIN_SECRET="))
+        .expect("devnet --tls runs a private network")
+        .to_owned();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.join("central/.env")), 0o600);
     for i in 1..=3 {
-        let env = std::fs::read_to_string(dir.join(format!("peer{i}/.env"))).unwrap();
+        let env_path = dir.join(format!("peer{i}/.env"));
+        let env = std::fs::read_to_string(&env_path).unwrap();
         assert!(env.contains("PSERVER_CENTRAL_URL=https://"), "{env}");
         assert!(env.contains("PSERVER_CA_FILE="), "{env}");
+        assert!(
+            env.contains(&format!("PSERVER_JOIN_SECRET={secret}")),
+            "{env}"
+        );
+        assert_eq!(mode(&env_path), 0o600);
+        for key in ["peer.key", "api.key", "session.token"] {
+            assert_eq!(
+                mode(&dir.join(format!("peer{i}/data/{key}"))),
+                0o600,
+                "{key}"
+            );
+        }
+    }
+    assert_eq!(mode(&dir.join("central/data/network.key")), 0o600);
+    // Nothing secret in any log of the whole run: not the join secret,
+    // not a private key, not a session token or credential.
+    let mut secrets = vec![secret];
+    for i in 1..=3 {
+        let token = std::fs::read_to_string(dir.join(format!("peer{i}/data/session.token")));
+        secrets.extend(token.ok().map(|t| t.trim().to_owned()));
+    }
+    for log in peerdex_testkit::files_under(&dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+    {
+        let text = std::fs::read_to_string(&log).unwrap();
+        for s in &secrets {
+            assert!(
+                !text.contains(s.as_str()),
+                "{} holds a secret",
+                log.display()
+            );
+        }
+        assert!(!text.contains("PRIVATE KEY"), "{}", log.display());
+        assert!(!text.contains("eyJ"), "{} holds a JWT", log.display());
     }
 }
