@@ -252,10 +252,18 @@ if [[ ! -f "$state_dir/ca.pem" ]]; then
 	chmod 0644 "$state_dir/ca.pem"
 	note "created the deployment's CA: $state_dir/ca.pem"
 fi
+# The deployment is a private network: one join secret for all its VMs
+# (CENTRAL_JOIN_SECRET / PSERVER_JOIN_SECRET), shipped in each VM's tar.
+if [[ ! -f "$state_dir/join.secret" ]]; then
+	(umask 077 && openssl rand -hex 24 >"$state_dir/join.secret") ||
+		die "openssl could not create the deployment's join secret in $state_dir"
+	note "created the deployment's join secret: $state_dir/join.secret"
+fi
 # Where a VM fetches its TLS files (presigned before launch; uploaded after).
 tls_url() { awsc s3 presign "s3://$bucket/tls/$1.tar" --expires-in 604800; }
 # issue_cert VM IP... : a certificate for VM covering the IPs, signed by the
-# CA, then VM.tar (ca.pem, cert.pem, key.pem) uploaded for its first boot.
+# CA, then VM.tar (ca.pem, cert.pem, key.pem, join.secret) uploaded for its
+# first boot.
 issue_cert() {
 	local vm="$1" d="$state_dir/$1" san="" ip
 	shift
@@ -272,8 +280,9 @@ issue_cert() {
 	) || die "openssl could not issue the certificate of $vm"
 	chmod 0644 "$d/cert.pem"
 	cp "$state_dir/ca.pem" "$d/ca.pem"
+	(umask 077 && cp "$state_dir/join.secret" "$d/join.secret")
 	rm -f "$d/cert.csr"
-	tar -cf "$workdir/$vm.tar" -C "$d" ca.pem cert.pem key.pem
+	tar -cf "$workdir/$vm.tar" -C "$d" ca.pem cert.pem key.pem join.secret
 	awsc s3 cp --only-show-errors "$workdir/$vm.tar" "s3://$bucket/tls/$vm.tar" >&2
 	note "certificate of $vm for ${*} uploaded (files in $d)"
 }

@@ -6,10 +6,13 @@
 # address if the instance has no public one): https:// when the env file sets
 # PSERVER_TLS_CERT. Then it downloads the release bundle, runs its install.sh
 # (which keeps the env file cloud-init wrote), installs this VM's TLS files
-# from TLS_URL (a tar of ca.pem, cert.pem, key.pem that launch.sh uploads
-# once the VM's addresses are known: retried until it is there) into
-# /etc/peerdex/tls (key 0600, owned by peerdex), and enables + starts the
-# service. Output: /var/log/cloud-init-output.log.
+# from TLS_URL (a tar of ca.pem, cert.pem, key.pem and join.secret that
+# launch.sh uploads once the VM's addresses are known: retried until it is
+# there) into /etc/peerdex/tls (key 0600, owned by peerdex), writes the join
+# secret of the deployment's private network into the env file
+# (CENTRAL_JOIN_SECRET / PSERVER_JOIN_SECRET; the secret never appears in
+# user-data), and enables + starts the service.
+# Output: /var/log/cloud-init-output.log.
 set -euo pipefail
 component="$1"
 url="$2"
@@ -24,10 +27,15 @@ imds() {
 }
 
 case "$component" in
-central) service=central-server ;;
+central)
+	service=central-server
+	env=/etc/peerdex/central.env
+	secret_var=CENTRAL_JOIN_SECRET
+	;;
 pserver)
 	service=pserver
 	env=/etc/peerdex/pserver.env
+	secret_var=PSERVER_JOIN_SECRET
 	port="$(sed -n 's/^PSERVER_PEER_ADDR=.*:\([0-9][0-9]*\)$/\1/p' "$env")"
 	ip="$(imds public-ipv4 || true)"
 	if [[ -z "$ip" ]]; then
@@ -54,12 +62,17 @@ if [[ -n "$tls_url" ]]; then
 	log "waiting for this VM's TLS files"
 	curl -fsSL --retry 120 --retry-delay 5 --retry-all-errors -o "$work/tls.tar" "$tls_url"
 	install -d -m 0750 -o root -g peerdex /etc/peerdex/tls
-	(umask 077 && tar -xf "$work/tls.tar" --no-same-owner --no-same-permissions -C /etc/peerdex/tls ca.pem cert.pem key.pem)
+	(umask 077 && tar -xf "$work/tls.tar" --no-same-owner --no-same-permissions -C /etc/peerdex/tls ca.pem cert.pem key.pem join.secret)
 	chown root:peerdex /etc/peerdex/tls/ca.pem /etc/peerdex/tls/cert.pem
 	chmod 0644 /etc/peerdex/tls/ca.pem /etc/peerdex/tls/cert.pem
 	chown peerdex:peerdex /etc/peerdex/tls/key.pem
 	chmod 0600 /etc/peerdex/tls/key.pem
 	log "TLS files installed in /etc/peerdex/tls"
+	secret="$(tr -dc '0-9a-f' </etc/peerdex/tls/join.secret)"
+	rm -f /etc/peerdex/tls/join.secret
+	[[ ${#secret} -ge 16 ]] || { log "the join secret in the TLS tar is missing or short"; exit 1; }
+	sed -i "s|^$secret_var=.*|$secret_var=$secret|" "$env"
+	log "joined the deployment's private network ($secret_var set in $env)"
 fi
 systemctl enable --now "$service"
 log "$service enabled and started"

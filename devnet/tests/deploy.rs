@@ -805,7 +805,17 @@ fn check_tls(aws: &Aws, state: &Path, vm: &str, url: Option<String>, ips: &[&str
         "{vm}: the tar behind its TLS URL has {tar} bytes"
     );
     let dir = state.join(vm);
-    for key in [dir.join("key.pem"), state.join("ca-key.pem")] {
+    // The deployment's join secret (a private network) travels in the
+    // same private tar, never in user-data.
+    let secret = fs::read_to_string(state.join("join.secret")).unwrap();
+    assert!(secret.trim().len() >= 32, "{secret:?}");
+    assert_eq!(fs::read_to_string(dir.join("join.secret")).unwrap(), secret);
+    for key in [
+        dir.join("key.pem"),
+        state.join("ca-key.pem"),
+        state.join("join.secret"),
+        dir.join("join.secret"),
+    ] {
         let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{} is {mode:o}", key.display());
     }
@@ -991,6 +1001,8 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
             "CENTRAL_LISTEN_ADDR=0.0.0.0:50051".into(),
             "CENTRAL_TLS_CERT=/etc/peerdex/tls/cert.pem".into(),
             "CENTRAL_TLS_KEY=/etc/peerdex/tls/key.pem".into(),
+            // Filled from the private tar at first boot, never in user-data.
+            "CENTRAL_JOIN_SECRET=".into(),
         ],
     );
     check_tls(&aws, &state, "central", tls, &[&central_ip]);
@@ -1018,6 +1030,7 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
                 "PSERVER_TLS_CERT=/etc/peerdex/tls/cert.pem".into(),
                 "PSERVER_TLS_KEY=/etc/peerdex/tls/key.pem".into(),
                 "PSERVER_CA_FILE=/etc/peerdex/tls/ca.pem".into(),
+                "PSERVER_JOIN_SECRET=".into(),
             ],
         );
         let (private, public_ip) = (
