@@ -194,6 +194,9 @@ async fn spawn(bins: &Path, bin: &str, dir: &Path, name: &str) -> Result<(Proc, 
                 dir.join(format!("{name}.log")).display()
             )
         })?;
+    // Keep reading what else it prints (the central's metrics line): a
+    // closed pipe would make its next `println!` fail, and the process die.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok((
         Proc {
             name: name.to_owned(),
