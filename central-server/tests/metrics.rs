@@ -204,12 +204,17 @@ async fn requests_are_counted_by_rpc_and_code_and_gauges_match_the_directory() {
         assert_eq!(requests(&m, rpc, code), n, "{rpc} {code}");
     }
     // Nothing else was counted.
-    let total: f64 = m
-        .all("peerdex_central_requests_total")
+    let all = m.all("peerdex_central_requests_total");
+    let total: f64 = all.iter().map(|s| s.value).sum();
+    let counted: Vec<_> = all
         .iter()
-        .map(|s| s.value)
-        .sum();
-    assert_eq!(total, want.iter().map(|w| w.2).sum::<f64>());
+        .map(|s| (&s.labels["rpc"], &s.labels["code"], s.value))
+        .collect();
+    assert_eq!(
+        total,
+        want.iter().map(|w| w.2).sum::<f64>(),
+        "counted: {counted:?}"
+    );
     // One latency sample per call, in the +Inf bucket too.
     for (rpc, n) in [
         ("join", 2.0),

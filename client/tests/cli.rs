@@ -605,10 +605,7 @@ async fn bearer_token() {
     let work = tempfile::tempdir().unwrap();
     let r = cli(work.path(), &a.api_url, &["status"]).await;
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("pass --token or set PEERDEX_API_TOKEN"),
-        "{r:?}"
-    );
+    assert!(r.stderr.contains("--token or PEERDEX_API_TOKEN"), "{r:?}");
     let r = cli(
         work.path(),
         &a.api_url,
