@@ -386,6 +386,7 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         api_urls[1],
         peerdex.display()
     );
+    println!("  or open a peer's web UI in a browser: {}/", api_urls[0]);
     if std::io::stdin().is_terminal() && !args.tour {
         println!(
             "\nOpening the peerdex REPL on peer1 — try `search report`, `get holiday-photo.jpg` (held by peer3), `status`, `help`; `exit` stops the network.\n"
