@@ -1199,6 +1199,19 @@ async fn join_private(
     Ok(c.join(r).await?.into_inner())
 }
 
+/// A Heartbeat's whole answer (it must be accepted).
+async fn heartbeat_answer(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    token: &str,
+) -> v1::HeartbeatResponse {
+    let req = v1::HeartbeatRequest {
+        peer_id: peer.to_string(),
+        load: None,
+    };
+    c.heartbeat(authed(req, token)).await.unwrap().into_inner()
+}
+
 /// The claims of a credential, checked with the directory's published key.
 fn verify_credential(
     jwt: &str,
@@ -1277,34 +1290,14 @@ async fn a_private_network_admits_with_the_secret_and_issues_credentials() {
 
     // Heartbeats renew it; b leaving is listed to the others.
     let jb = join_private(&mut c, &b, Some(SECRET)).await.unwrap();
-    let renewed = c
-        .heartbeat(authed(
-            v1::HeartbeatRequest {
-                peer_id: a.to_string(),
-                load: None,
-            },
-            &ja.session_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let renewed = heartbeat_answer(&mut c, &a, &ja.session_token).await;
     assert_eq!(
         verify_credential(&renewed.credential, &keys, &aud).sub,
         a.to_string()
     );
     assert!(renewed.revoked.is_empty());
     leave(&mut c, &b, &jb.session_token).await;
-    let hb = c
-        .heartbeat(authed(
-            v1::HeartbeatRequest {
-                peer_id: a.to_string(),
-                load: None,
-            },
-            &ja.session_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let hb = heartbeat_answer(&mut c, &a, &ja.session_token).await;
     assert_eq!(hb.revoked.len(), 1);
     assert_eq!(hb.revoked[0].peer_id, b.to_string());
 
@@ -1313,17 +1306,7 @@ async fn a_private_network_admits_with_the_secret_and_issues_credentials() {
         locate_id(&mut c.clone(), 5).await.is_empty().then_some(())
     })
     .await;
-    let hb = c
-        .heartbeat(authed(
-            v1::HeartbeatRequest {
-                peer_id: a.to_string(),
-                load: None,
-            },
-            &ja.session_token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let hb = heartbeat_answer(&mut c, &a, &ja.session_token).await;
     assert!(hb.rejoin && hb.credential.is_empty(), "{hb:?}");
     central.stop().await;
 

@@ -131,15 +131,8 @@ async fn client_tokens_are_checked_and_limited_to_their_scope() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {text}");
         assert!(text.contains("needs scope write"), "{text}");
     }
-    let files: FileList = p
-        .http
-        .get(format!("{}/api/v1/files", p.api_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, text) = call(&p, Method::GET, "/api/v1/files", None, None).await;
+    let files: FileList = serde_json::from_str(&text).unwrap();
     assert_eq!(files.files.len(), 1, "nothing changed: {files:?}");
     assert!(p.status().await.active_downloads == 0);
 
