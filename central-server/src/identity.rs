@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use peerdex_proto::PeerId;
+use peerdex_proto::network::constant_time_eq;
 use tokio::time::Instant;
 
 /// How long a nonce may be used.
@@ -114,10 +115,6 @@ fn random_part(nonce: &[u8]) -> &[u8; RANDOM] {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

@@ -14,17 +14,16 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use peerdex_proto::keyfile::{self, Loaded};
-use peerdex_proto::network::{Credential, audience, kid, secret_proof};
+use peerdex_proto::network::{Credential, audience, constant_time_eq, kid, secret_proof, unix_now};
 use peerdex_proto::{PeerId, v1};
 
 use crate::error::{Error, Result};
-use crate::identity::constant_time_eq;
 
 /// File name of the network key in the data folder.
 pub const KEY_FILE: &str = "network.key";
@@ -41,12 +40,6 @@ pub(crate) struct Network {
     lifetime: Duration,
     /// Departures (peer, Unix seconds), oldest first, kept one lifetime.
     revoked: Mutex<VecDeque<(PeerId, u64)>>,
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Network {

@@ -119,11 +119,10 @@ fn search_slots() -> usize {
         .max(1)
 }
 
-/// Seconds since the Unix epoch (key bindings' last Join).
+/// Seconds since the Unix epoch, as the store keeps them (key bindings'
+/// last Join).
 fn unix_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    peerdex_proto::network::unix_now() as i64
 }
 
 fn secs(d: Duration) -> u32 {

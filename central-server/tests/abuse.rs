@@ -80,21 +80,24 @@ async fn connect(url: &str) -> DirectoryClient<Channel> {
 }
 
 async fn join(c: &mut DirectoryClient<Channel>, peer: &PeerId, files: Vec<SharedFile>) -> String {
-    let r = signed_join(
-        c,
-        &peer_key(peer, 0),
-        v1::JoinRequest {
-            peer_id: peer.to_string(),
-            peer_url: "http://127.0.0.1:9".into(),
-            files,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-    .into_inner();
+    let r = join_answer(c, peer, files).await.unwrap();
     assert_eq!(r.refused, []);
     r.session_token
+}
+
+/// A signed Join of `peer` (its own key) with `files`, answered as is.
+async fn join_answer(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    files: Vec<SharedFile>,
+) -> Result<v1::JoinResponse, tonic::Status> {
+    let req = v1::JoinRequest {
+        peer_id: peer.to_string(),
+        peer_url: "http://127.0.0.1:9".into(),
+        files,
+        ..Default::default()
+    };
+    Ok(signed_join(c, &peer_key(peer, 0), req).await?.into_inner())
 }
 
 async fn heartbeat(c: &mut DirectoryClient<Channel>, peer: &PeerId, token: &str) -> bool {
@@ -457,19 +460,7 @@ async fn try_join(
     peer: &PeerId,
     files: Vec<SharedFile>,
 ) -> Result<String, tonic::Status> {
-    Ok(signed_join(
-        c,
-        &peer_key(peer, 0),
-        v1::JoinRequest {
-            peer_id: peer.to_string(),
-            peer_url: "http://127.0.0.1:9".into(),
-            files,
-            ..Default::default()
-        },
-    )
-    .await?
-    .into_inner()
-    .session_token)
+    Ok(join_answer(c, peer, files).await?.session_token)
 }
 
 async fn try_publish(

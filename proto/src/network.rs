@@ -23,6 +23,19 @@ pub struct Credential {
     pub exp: u64,
 }
 
+/// Seconds since the Unix epoch (credential times, key bindings).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Compare two secrets (tokens, proofs, MACs) in time that does not depend
+/// on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// The audience of the credentials of the network with this secret.
 pub fn audience(secret: &str) -> String {
     let k = blake3::derive_key("peerdex network audience v1", secret.as_bytes());
@@ -60,5 +73,7 @@ mod tests {
         assert_ne!(p, secret_proof("s1", b"n", "b"));
         assert_eq!(kid(&[1; 32]).len(), 16);
         assert_ne!(kid(&[1; 32]), kid(&[2; 32]));
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -14,6 +14,7 @@ use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
+use peerdex_proto::network::constant_time_eq;
 use peerdex_proto::rest::{
     ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, LeaseRenewals, NeighbourStatus,
     SearchQuery, SearchResults, Status,
@@ -338,10 +339,6 @@ fn same_origin(req: &ServiceRequest, host: &str) -> std::result::Result<(), Stri
         }
     }
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Accept `localhost` and IP literals; when bound to a specific address, only

@@ -14,11 +14,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use peerdex_proto::network::{Credential, audience, secret_proof};
+use peerdex_proto::network::{Credential, audience, secret_proof, unix_now};
 use peerdex_proto::v1;
 
 /// How often, at most, an unknown key id makes us ask the directory for
@@ -45,12 +45,6 @@ pub(crate) struct Network {
     /// Peers that left, and when (Unix seconds).
     revoked: Mutex<HashMap<String, u64>>,
     refreshed: Mutex<Option<Instant>>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Network {

@@ -12,12 +12,13 @@
 //! tokens must never cost the peer its id.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use peerdex_proto::network::unix_now;
 use serde::{Deserialize, Serialize};
 
 /// File name of the API key in the data folder.
@@ -74,12 +75,6 @@ pub fn load_key(data_dir: &Path) -> std::io::Result<SigningKey> {
     )
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Sign a new client token.
 pub fn issue(
     key: &SigningKey,
@@ -88,7 +83,7 @@ pub fn issue(
     ttl: Duration,
     name: &str,
 ) -> anyhow::Result<(String, Claims)> {
-    let iat = now_secs();
+    let iat = unix_now();
     let claims = Claims {
         iss: peer_id.to_owned(),
         aud: AUDIENCE.to_owned(),
@@ -256,7 +251,7 @@ mod tests {
 
         // Expired (beyond the leeway).
         let mut old = c.clone();
-        old.exp = now_secs() - 120;
+        old.exp = unix_now() - 120;
         let der = k.to_pkcs8_der().unwrap();
         let enc = EncodingKey::from_ed_der(der.as_bytes());
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &old, &enc).unwrap();
