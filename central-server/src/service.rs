@@ -791,6 +791,7 @@ impl DirectoryService {
                 .as_ref()
                 .map(Network::revoked)
                 .unwrap_or_default(),
+            ..Default::default()
         }))
     }
 
