@@ -111,6 +111,12 @@ pub struct Config {
     /// This central's name in answers, logs and the leader election
     /// (`CENTRAL_NAME`; default `<host>:<port>`).
     pub name: Option<String>,
+    /// On etcd, after SIGTERM: how long at most to keep answering while
+    /// telling peers to move (`moved` in Heartbeat answers), before no
+    /// longer accepting calls. It ends sooner once every peer that
+    /// heartbeated here lately was told. `None`: one heartbeat interval
+    /// and a second.
+    pub drain: Option<Duration>,
 }
 
 /// Longest `CENTRAL_NAME`.
@@ -130,6 +136,7 @@ impl Config {
             etcd_endpoints: None,
             etcd_prefix: "/peerdex/".into(),
             name: None,
+            drain: None,
         }
     }
 

@@ -163,6 +163,8 @@ pub(crate) enum JoinConflict {
 
 pub(crate) struct Etcd {
     client: Client,
+    /// For calls that wait without a deadline (a campaign).
+    waiting: Client,
     prefix: String,
     endpoints: String,
     mirror: Mutex<Mirror>,
@@ -210,17 +212,22 @@ impl Etcd {
             .collect();
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            .with_timeout(REQUEST_TIMEOUT)
             .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
-        let client = Client::connect(&list, Some(options)).await.map_err(|e| {
-            Error::Config(format!(
-                "CENTRAL_ETCD_ENDPOINTS {endpoints:?}: cannot connect: {e}"
-            ))
-        })?;
+        let connect = |options| async {
+            Client::connect(&list, Some(options)).await.map_err(|e| {
+                Error::Config(format!(
+                    "CENTRAL_ETCD_ENDPOINTS {endpoints:?}: cannot connect: {e}"
+                ))
+            })
+        };
+        let client = connect(options.clone().with_timeout(REQUEST_TIMEOUT)).await?;
+        // Campaigns wait as long as another central leads: no deadline.
+        let waiting = connect(options).await?;
         Ok(Self {
             client,
+            waiting,
             prefix: prefix.to_owned(),
             endpoints: endpoints.to_owned(),
             mirror: Mutex::default(),
@@ -234,8 +241,9 @@ impl Etcd {
         &self.endpoints
     }
 
-    pub(crate) fn client(&self) -> Client {
-        self.client.clone()
+    /// A client whose calls may wait as long as they need.
+    pub(crate) fn waiting_client(&self) -> Client {
+        self.waiting.clone()
     }
 
     pub(crate) fn key(&self, rest: &str) -> String {
@@ -566,7 +574,7 @@ impl Etcd {
 
     /// A lease for a new session of `ttl`.
     pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {
-        let secs = ttl.as_secs().max(1) as i64;
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
         let r = self
             .retry("grant a lease", |mut c| async move {
                 c.lease_grant(secs, None).await

@@ -206,7 +206,7 @@ pub async fn run_with_metrics(
                 "the directory is on etcd; following its changes");
             background.push(tokio::spawn(d.clone().follow_loop(cancel.clone())));
             background.push(tokio::spawn(leadership.run(
-                etcd.client(),
+                etcd.waiting_client(),
                 etcd.key("election"),
                 leader::election_ttl(config.lease_ttl),
                 cancel.clone(),
@@ -259,6 +259,10 @@ pub async fn run_with_metrics(
     let draining = directory.clone();
     let reporter = health_reporter.clone();
     let on_etcd = config.etcd_endpoints.is_some();
+    let drain = config
+        .drain
+        .unwrap_or(config.heartbeat_interval + Duration::from_secs(1))
+        .min(DRAIN_TIMEOUT);
     let signal = async move {
         shutdown.await;
         if on_etcd {
@@ -269,7 +273,7 @@ pub async fn run_with_metrics(
             reporter
                 .set_not_serving::<DirectoryServer<DirectoryService>>()
                 .await;
-            draining.drained().await;
+            draining.drained(drain).await;
         }
         tracing::info!("shutting down: no new connections, draining in-flight calls");
         let _ = stopping_tx.send(());

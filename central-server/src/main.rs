@@ -226,6 +226,7 @@ impl Args {
             etcd_endpoints: Some(self.etcd_endpoints.trim().to_owned()).filter(|s| !s.is_empty()),
             etcd_prefix: self.etcd_prefix.clone(),
             name: Some(self.name.trim().to_owned()).filter(|s| !s.is_empty()),
+            drain: None,
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_name_bytes: self.max_name_bytes,

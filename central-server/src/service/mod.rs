@@ -1289,9 +1289,9 @@ impl DirectoryService {
 
     /// Wait until every peer that heartbeated here lately was told to
     /// move, at most one heartbeat interval and 2 s.
-    pub(crate) async fn drained(&self) {
+    pub(crate) async fn drained(&self, most: Duration) {
         let interval = self.shared.heartbeat_interval;
-        let deadline = Instant::now() + interval + Duration::from_secs(2);
+        let deadline = Instant::now() + most;
         loop {
             let now = Instant::now();
             let waiting = {
