@@ -727,14 +727,18 @@ impl Etcd {
 
     /// Renew a lease; false when etcd no longer has it.
     pub(crate) async fn keep_alive(&self, lease: i64) -> Result<bool> {
+        // Opening the stream sends a keep-alive and reads its answer (an
+        // error saying "lease not found" when etcd no longer has it).
         let r = self
             .retry("keep a lease alive", |mut c| async move {
-                let (mut keeper, mut stream) = c.lease_keep_alive(lease).await?;
-                keeper.keep_alive().await?;
-                stream.message().await
+                c.lease_keep_alive(lease).await.map(|_| ())
             })
-            .await?;
-        Ok(r.is_some_and(|r| r.ttl() > 0))
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if lease_gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Add holdings under the peer's lease.

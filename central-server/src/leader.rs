@@ -22,6 +22,21 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// `t` as Unix milliseconds (for the log of leadership changes, which
+/// tests read across processes).
+fn unix_ms(t: Instant) -> u64 {
+    let now = Instant::now();
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let wall = if t <= now {
+        wall.saturating_sub(now - t)
+    } else {
+        wall + (t - now)
+    };
+    wall.as_millis() as u64
+}
+
 /// The election lease's TTL for a directory whose peer leases last
 /// `lease_ttl`: half of it (a new leader within one peer lease), at least
 /// etcd's minimum of 2 s.
@@ -129,11 +144,14 @@ impl Leadership {
     ) -> Result<(), etcd_client::Error> {
         let granted = client.lease_grant(ttl.as_secs() as i64, None).await?;
         let lease = granted.id();
+        let sent = Instant::now();
         let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
+        // Opening the stream sent a first keep-alive and read its answer,
+        // so each later answer is paired with its own request.
         // Alive until this, by our clock (moved on by each keep-alive).
-        let alive = watch::Sender::new(Some(Instant::now() + ttl));
+        let alive = watch::Sender::new(Some(sent + ttl));
         let keep = async {
-            let mut tick = tokio::time::interval(ttl / 4);
+            let mut tick = tokio::time::interval_at(Instant::now() + ttl / 4, ttl / 4);
             loop {
                 tick.tick().await;
                 let sent = Instant::now();
@@ -148,7 +166,10 @@ impl Leadership {
                 };
                 if ok {
                     alive.send_replace(Some(sent + ttl));
-                } else if alive.borrow().is_none_or(|u| u <= Instant::now()) {
+                } else {
+                    // An unanswered keep-alive: we can no longer tell how
+                    // long the lease lives, so stop leading now (and
+                    // campaign again on a new lease).
                     alive.send_replace(None);
                     return;
                 }
@@ -179,7 +200,8 @@ impl Leadership {
             v.leader = Some(self.name.to_string());
             v.mine_until = Some(until);
         });
-        tracing::info!(central = %self.name, term = rev, "leadership: became the leader");
+        tracing::info!(central = %self.name, term = rev, at_ms = unix_ms(Instant::now()),
+            "leadership: became the leader");
         let mut lease_view = alive.subscribe();
         let resign = loop {
             tokio::select! {
@@ -195,11 +217,18 @@ impl Leadership {
                 }
             }
         };
+        // Leadership ended when our lease was last surely alive, or now.
+        let ended = self
+            .view
+            .borrow()
+            .mine_until
+            .map_or(Instant::now(), |u| u.min(Instant::now()));
         self.view.send_modify(|v| {
             v.mine_until = None;
             v.leader = None;
         });
-        tracing::info!(central = %self.name, term = rev, "leadership: no longer the leader");
+        tracing::info!(central = %self.name, term = rev, until_ms = unix_ms(ended),
+            "leadership: no longer the leader");
         if resign {
             if let Some(k) = key {
                 let _ = client

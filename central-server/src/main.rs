@@ -277,6 +277,8 @@ async fn try_main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut config = args.config();
     let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
