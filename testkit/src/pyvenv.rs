@@ -156,7 +156,7 @@ pub fn install(base: &Path, requirements: &[&str]) -> Result<PathBuf, Failure> {
 
 /// Block until this process holds `flock(LOCK_EX)` on `file`; the kernel
 /// releases it when the file is closed or the process dies.
-fn lock_exclusive(file: &File) -> std::io::Result<()> {
+pub(crate) fn lock_exclusive(file: &File) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     loop {
         // SAFETY: flock(2) on a descriptor we own and keep open for the
