@@ -386,7 +386,12 @@ impl DirectoryService {
             stats.peers = ix.live_peers(Instant::now());
             (stats, ix.holdings())
         };
-        Some(m.render(stats, holdings))
+        let role = crate::metrics::Role {
+            leader: self.shared.leadership.is_leader(),
+            draining: self.shared.draining.load(Ordering::Relaxed),
+            revision: self.etcd().map_or(0, |e| e.applied()),
+        };
+        Some(m.render(stats, holdings, role))
     }
 
     fn refused(&self, why: Refusal) {
