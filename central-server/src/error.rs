@@ -34,6 +34,10 @@ pub enum Error {
     /// The embedded database failed. Retry later.
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// A peer's inventory change arrived after a later one was applied
+    /// (it was delivered late): refused, nothing changed.
+    #[error("{0}")]
+    Aborted(String),
     /// The directory's store (etcd) did not answer, or a write could not
     /// be confirmed; nothing acknowledged is lost. Retry (here or at
     /// another central).
@@ -83,6 +87,7 @@ impl From<Error> for Status {
                     .insert(RETRY_AFTER, retry_after_secs.into());
                 s
             }
+            Error::Aborted(m) => Status::aborted(m),
             Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "call not done: the store did not answer");
                 Status::unavailable(m)

@@ -258,6 +258,11 @@ impl Etcd {
         self.key(&format!("keys/{peer}"))
     }
 
+    /// The last inventory change applied for a peer (see [`Ordered`]).
+    fn seq_key(&self, peer: &PeerId) -> String {
+        self.key(&format!("seq/{peer}"))
+    }
+
     fn holding_key(&self, peer: &PeerId, file: &FileId, name: &str) -> String {
         self.key(&format!("files/{peer}/{}/{name}", file.to_hex()))
     }
@@ -667,6 +672,12 @@ impl Etcd {
         let binding = serde_json::to_vec(&w.binding)
             .map_err(|e| Error::Internal(format!("encoding a key binding: {e}")))?;
         let mut ops = vec![
+            // A new session: its inventory changes count from 1 again.
+            TxnOp::put(
+                self.seq_key(&peer),
+                seq_value(0),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
             TxnOp::put(
                 nonce_key.clone(),
                 "",
@@ -744,23 +755,82 @@ impl Etcd {
         }
     }
 
-    /// Add holdings under the peer's lease.
+    /// Apply a peer's inventory change `ops` as change number `seq` of its
+    /// session (0: unordered). The first transaction applies only if the
+    /// stored number is below `seq`, and stores `seq`; the rest follow in
+    /// batches. A repeat of the last change (a retry whose answer was lost)
+    /// writes its operations again, which changes nothing if they landed.
+    async fn ordered(
+        &self,
+        what: &str,
+        peer: &PeerId,
+        lease: i64,
+        seq: u64,
+        ops: Vec<TxnOp>,
+    ) -> Result<Ordered> {
+        if seq == 0 {
+            return Ok(Ordered::Applied(self.batches(what, ops).await?));
+        }
+        let key = self.seq_key(peer);
+        let mut first = vec![TxnOp::put(
+            key.clone(),
+            seq_value(seq),
+            Some(PutOptions::new().with_lease(lease)),
+        )];
+        let split = ops.len().min(TXN_OPS - 1);
+        first.extend_from_slice(&ops[..split]);
+        let txn = Txn::new()
+            .when([Compare::value(key.clone(), CompareOp::Less, seq_value(seq))])
+            .and_then(first)
+            .or_else([TxnOp::get(key, None)]);
+        let r = self
+            .retry(what, |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if r.succeeded() {
+            let mut revision = r.header().map_or(0, |h| h.revision());
+            if split < ops.len() {
+                revision = revision.max(self.batches(what, ops[split..].to_vec()).await?);
+            }
+            return Ok(Ordered::Applied(revision));
+        }
+        let stored = r.op_responses().into_iter().find_map(|op| match op {
+            etcd_client::TxnOpResponse::Get(g) => g
+                .kvs()
+                .first()
+                .and_then(|kv| std::str::from_utf8(kv.value()).ok()?.parse::<u64>().ok()),
+            _ => None,
+        });
+        Ok(match stored {
+            None => Ordered::Gone,
+            Some(n) if n == seq => Ordered::Applied(self.batches(what, ops).await?),
+            Some(n) => Ordered::Superseded(n),
+        })
+    }
+
+    /// Add holdings under the peer's lease, as change `seq`.
     pub(crate) async fn publish(
         &self,
         peer: &PeerId,
         lease: i64,
+        seq: u64,
         files: &[peerdex_proto::convert::SharedFile],
-    ) -> Result<i64> {
-        self.batches("publish", self.put_holdings(peer, lease, files))
-            .await
+    ) -> Result<Ordered> {
+        let ops = self.put_holdings(peer, lease, files);
+        self.ordered("publish", peer, lease, seq, ops).await
     }
 
-    /// Withdraw holdings: one name, or every name of a file.
+    /// Withdraw holdings (one name, or every name of a file), as change
+    /// `seq`.
     pub(crate) async fn unpublish(
         &self,
         peer: &PeerId,
+        lease: i64,
+        seq: u64,
         refs: &[(FileId, Option<String>)],
-    ) -> Result<i64> {
+    ) -> Result<Ordered> {
         let ops = refs
             .iter()
             .map(|(file, name)| match name {
@@ -771,7 +841,7 @@ impl Etcd {
                 ),
             })
             .collect();
-        self.batches("unpublish", ops).await
+        self.ordered("unpublish", peer, lease, seq, ops).await
     }
 
     /// End a peer's session: etcd deletes all it announced, at once.
@@ -810,6 +880,23 @@ impl Etcd {
             .await?;
         Ok(r.header().map_or(0, |h| h.revision()))
     }
+}
+
+/// What became of an ordered inventory change.
+#[derive(Debug)]
+pub(crate) enum Ordered {
+    /// Applied (or applied again): the revision to wait for.
+    Applied(i64),
+    /// A later change (this number) was applied already: refused.
+    Superseded(u64),
+    /// The peer's session is gone.
+    Gone,
+}
+
+/// A change number as stored: zero-padded, so etcd's byte order is the
+/// numbers' order.
+fn seq_value(seq: u64) -> String {
+    format!("{seq:020}")
 }
 
 /// A call worth repeating at another member: no answer, or no leader.

@@ -403,6 +403,7 @@ async fn a_search_flood_never_stalls_heartbeats_or_publishes() {
         let req = v1::PublishRequest {
             peer_id: honest.to_string(),
             files: files(1_000_000 + n..1_000_001 + n),
+            seq: 0,
         };
         c.clone().publish(authed(req, &token)).await.unwrap();
         publishes.record(t.elapsed());
@@ -472,6 +473,7 @@ async fn try_publish(
     let req = v1::PublishRequest {
         peer_id: peer.to_string(),
         files,
+        seq: 0,
     };
     c.publish(authed(req, token)).await.map(|_| ())
 }
@@ -642,6 +644,7 @@ async fn the_whole_directory_holds_at_most_max_files() {
             file_id: fid(10),
             name: String::new(),
         }],
+        seq: 0,
     };
     c.unpublish(authed(unpublish, &tb)).await.unwrap();
     try_publish(&mut c, &b, &tb, files(14..15)).await.unwrap();

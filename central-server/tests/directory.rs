@@ -203,6 +203,7 @@ async fn publish(
     let req = v1::PublishRequest {
         peer_id: peer.to_string(),
         files,
+        seq: 0,
     };
     Ok(c.publish(authed(req, token)).await?.into_inner().refused)
 }
@@ -371,6 +372,7 @@ async fn join_publish_locate_search_heartbeat_leave(store: Store) {
         v1::UnpublishRequest {
             peer_id: a.to_string(),
             files: refs,
+            seq: 0,
         },
         &ta,
     ))
@@ -397,6 +399,7 @@ async fn join_publish_locate_search_heartbeat_leave(store: Store) {
             v1::PublishRequest {
                 peer_id: a.to_string(),
                 files: vec![file(3, "c")],
+                seq: 0,
             },
             &ta,
         ))
@@ -482,6 +485,7 @@ async fn tokens_cannot_be_spoofed_and_change_nothing(store: Store) {
                 v1::PublishRequest {
                     peer_id: pid.clone(),
                     files,
+                    seq: 0,
                 },
                 token,
             ))
@@ -497,6 +501,7 @@ async fn tokens_cannot_be_spoofed_and_change_nothing(store: Store) {
                 v1::UnpublishRequest {
                     peer_id: pid.clone(),
                     files: refs,
+                    seq: 0,
                 },
                 token,
             ))
@@ -578,6 +583,7 @@ async fn restart_keeps_the_index_and_grants_grace(store: Store) {
         v1::UnpublishRequest {
             peer_id: a.to_string(),
             files: refs,
+            seq: 0,
         },
         &ta,
     ))
@@ -741,6 +747,7 @@ async fn every_limit_answers_with_the_right_code(store: Store) {
             v1::PublishRequest {
                 peer_id: a.to_string(),
                 files: more,
+                seq: 0,
             },
             &ta,
         ))

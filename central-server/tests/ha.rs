@@ -10,71 +10,22 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::{self, SharedFile};
 use peerdex_proto::{AUTHORIZATION, PeerId};
-use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::central::{CentralProc as Central, peer_key, signed_join};
 use peerdex_testkit::etcd::EtcdCluster;
-use peerdex_testkit::{ChildProc, bin, wait_for};
+use peerdex_testkit::wait_for;
 use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
 
 /// Lease TTL of the centrals here (whole seconds, as the setting takes).
 const TTL: Duration = Duration::from_secs(4);
 
-/// One `central-server` process on the directory in `etcd`.
-struct Central {
-    proc: ChildProc,
-    url: String,
-    addr: String,
-    name: String,
-    dir: std::path::PathBuf,
-}
-
-impl Central {
-    /// Start on `addr` (`127.0.0.1:0` the first time; the same address
-    /// again for a restart, as a load balancer's list would keep it).
-    fn start(dir: &Path, endpoints: &str, name: &str, addr: &str) -> Self {
-        let proc = ChildProc::spawn(
-            &bin("central-server"),
-            dir,
-            &[
-                ("CENTRAL_LISTEN_ADDR", addr.to_owned()),
-                ("CENTRAL_ETCD_ENDPOINTS", endpoints.to_owned()),
-                ("CENTRAL_NAME", name.to_owned()),
-                ("CENTRAL_LEASE_TTL_SECS", TTL.as_secs().to_string()),
-                ("CENTRAL_HEARTBEAT_SECS", "1".into()),
-                ("CENTRAL_DATA_DIR", dir.display().to_string()),
-                ("CENTRAL_JOIN_RATE", "0".into()),
-                ("CENTRAL_PUBLISH_RATE", "0".into()),
-                ("CENTRAL_SEARCH_RATE", "0".into()),
-                ("RUST_LOG", "info,central_server=debug".into()),
-            ],
-        );
-        let addr = proc.last_word();
-        Self {
-            url: format!("http://{addr}"),
-            addr,
-            proc,
-            name: name.to_owned(),
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn restart(&mut self, endpoints: &str) {
-        self.proc.kill9();
-        let log = self.proc.log();
-        // Keep what the first life logged (leadership changes).
-        let keep = self.dir.join(format!("{}-{}.log", self.name, now_ms()));
-        std::fs::write(keep, log).unwrap();
-        *self = Self::start(&self.dir.clone(), endpoints, &self.name.clone(), &self.addr);
-    }
-
-    fn client(&self) -> DirectoryClient<Channel> {
-        let ch = Endpoint::from_shared(self.url.clone())
-            .unwrap()
-            .connect_timeout(Duration::from_millis(500))
-            .timeout(Duration::from_secs(2))
-            .connect_lazy();
-        DirectoryClient::new(ch)
-    }
+fn central(root: &Path, i: usize, endpoints: &str) -> Central {
+    Central::on_etcd(
+        &root.join(format!("c{i}")),
+        endpoints,
+        &format!("central-{i}"),
+        TTL,
+    )
 }
 
 fn now_ms() -> u64 {
@@ -163,16 +114,7 @@ async fn the_leader_moves_within_one_ttl_and_never_two_lead() {
     let etcd = etcd(3).await;
     let root = tempfile::tempdir().unwrap();
     let eps = etcd.endpoints();
-    let mut cs: Vec<Central> = (1..=3)
-        .map(|i| {
-            Central::start(
-                &root.path().join(format!("c{i}")),
-                &eps,
-                &format!("central-{i}"),
-                "127.0.0.1:0",
-            )
-        })
-        .collect();
+    let mut cs: Vec<Central> = (1..=3).map(|i| central(root.path(), i, &eps)).collect();
     let first = wait_for("a leader", Duration::from_secs(15), || leader_of(&cs)).await;
     // Every central names it.
     for c in &cs {
@@ -274,16 +216,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
     let mut etcd = etcd(3).await;
     let root = tempfile::tempdir().unwrap();
     let eps = etcd.endpoints();
-    let mut cs: Vec<Central> = (1..=3)
-        .map(|i| {
-            Central::start(
-                &root.path().join(format!("c{i}")),
-                &eps,
-                &format!("central-{i}"),
-                "127.0.0.1:0",
-            )
-        })
-        .collect();
+    let mut cs: Vec<Central> = (1..=3).map(|i| central(root.path(), i, &eps)).collect();
     let urls: Vec<String> = cs.iter().map(|c| c.url.clone()).collect();
     let clients_for = |urls: &[String]| -> Vec<DirectoryClient<Channel>> {
         urls.iter()
@@ -371,6 +304,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
                         v1::PublishRequest {
                             peer_id: peer.to_string(),
                             files: vec![file(k, f)],
+                            seq: 0,
                         },
                         &token,
                     ))
@@ -384,6 +318,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
                                 file_id: file(k, f).file_id,
                                 name: String::new(),
                             }],
+                            seq: 0,
                         },
                         &token,
                     ))
@@ -438,11 +373,11 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
     cs[0].proc.signal(libc::SIGSTOP);
     tokio::time::sleep(TTL + Duration::from_secs(1)).await;
     cs[0].proc.signal(libc::SIGCONT);
-    cs[1].restart(&eps);
+    cs[1].restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
     cs[2].proc.kill9();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cs[2].restart(&eps);
+    cs[2].restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
     for t in tasks {

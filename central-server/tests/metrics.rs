@@ -135,6 +135,7 @@ async fn requests_are_counted_by_rpc_and_code_and_gauges_match_the_directory() {
             v1::PublishRequest {
                 peer_id: p1.to_string(),
                 files: vec![file(3, "gamma.bin")],
+                seq: 0,
             },
             &t1,
         ))
@@ -149,6 +150,7 @@ async fn requests_are_counted_by_rpc_and_code_and_gauges_match_the_directory() {
             v1::PublishRequest {
                 peer_id: p1.to_string(),
                 files: vec![],
+                seq: 0,
             },
             "00",
         ))

@@ -165,3 +165,127 @@ pub async fn signed_join(
     peerdex_proto::identity::prove(req.get_mut(), key, nonce);
     c.join(req).await
 }
+
+/// A real `central-server` process (for faults a process must take:
+/// `kill -9`, SIGSTOP, SIGTERM), in `dir`, with `CENTRAL_*` settings.
+/// Restarts keep its address (as a PServer's list of centrals keeps it)
+/// and the logs of earlier lives (`<name>-<n>.log` in `dir`).
+pub struct CentralProc {
+    pub proc: crate::ChildProc,
+    /// `http://ADDR`
+    pub url: String,
+    pub addr: String,
+    pub name: String,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    lives: u32,
+}
+
+impl CentralProc {
+    /// A central on the etcd cluster at `endpoints`, named `name`, with
+    /// lease TTL `ttl` (whole seconds) and heartbeats every second; rate
+    /// limits off (tests call from one address).
+    pub fn on_etcd(dir: &Path, endpoints: &str, name: &str, ttl: Duration) -> Self {
+        let env = [
+            ("CENTRAL_ETCD_ENDPOINTS", endpoints.to_owned()),
+            ("CENTRAL_NAME", name.to_owned()),
+            ("CENTRAL_LEASE_TTL_SECS", ttl.as_secs().max(2).to_string()),
+            ("CENTRAL_HEARTBEAT_SECS", "1".into()),
+            ("CENTRAL_JOIN_RATE", "0".into()),
+            ("CENTRAL_PUBLISH_RATE", "0".into()),
+            ("CENTRAL_SEARCH_RATE", "0".into()),
+            ("RUST_LOG", "info,central_server=debug".into()),
+        ];
+        Self::start(
+            dir,
+            name,
+            env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        )
+    }
+
+    /// A central with exactly these settings (and `CENTRAL_DATA_DIR` =
+    /// `dir`), on a free loopback port.
+    pub fn start(dir: &Path, name: &str, env: Vec<(String, String)>) -> Self {
+        let mut c = Self {
+            proc: Self::spawn(dir, "127.0.0.1:0", &env),
+            url: String::new(),
+            addr: String::new(),
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+            env,
+            lives: 1,
+        };
+        c.addr = c.proc.last_word();
+        c.url = format!("http://{}", c.addr);
+        c
+    }
+
+    fn spawn(dir: &Path, addr: &str, env: &[(String, String)]) -> crate::ChildProc {
+        let mut all: Vec<(&str, String)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        all.push(("CENTRAL_LISTEN_ADDR", addr.to_owned()));
+        all.push(("CENTRAL_DATA_DIR", dir.display().to_string()));
+        crate::ChildProc::spawn(&crate::bin("central-server"), dir, &all)
+    }
+
+    /// Start again on the same address (after a kill, a SIGTERM, or now:
+    /// a running one is killed first).
+    pub fn restart(&mut self) {
+        self.proc.kill9();
+        let _ = std::fs::write(
+            self.dir.join(format!("{}-{}.log", self.name, self.lives)),
+            self.proc.log(),
+        );
+        self.lives += 1;
+        self.proc = Self::spawn(&self.dir, &self.addr, &self.env);
+    }
+
+    /// SIGTERM, then wait (at most `deadline`) for a clean exit.
+    pub fn terminate(&mut self, deadline: Duration) {
+        self.proc.signal(libc::SIGTERM);
+        let start = std::time::Instant::now();
+        loop {
+            match self.proc.child.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(status.success(), "{} exited with {status}", self.name);
+                    return;
+                }
+                Ok(None) if start.elapsed() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => panic!("{} did not stop within {deadline:?} of SIGTERM", self.name),
+            }
+        }
+    }
+
+    /// A client with short deadlines (a dead central fails fast).
+    pub fn client(
+        &self,
+    ) -> peerdex_proto::v1::directory_client::DirectoryClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("a URL")
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+        peerdex_proto::v1::directory_client::DirectoryClient::new(ch)
+    }
+
+    /// Its `Info` answer, or `None` when it does not answer within 700 ms.
+    pub async fn info(&self) -> Option<peerdex_proto::v1::InfoResponse> {
+        let mut c = self.client();
+        tokio::time::timeout(
+            Duration::from_millis(700),
+            c.info(peerdex_proto::v1::InfoRequest {}),
+        )
+        .await
+        .ok()?
+        .ok()
+        .map(tonic::Response::into_inner)
+    }
+
+    /// The folder of its logs (this life's `central-server.log` and the
+    /// earlier lives').
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}

@@ -118,6 +118,9 @@ struct Shared {
     /// move (a draining central waits until its peers heard it).
     heard: Mutex<std::collections::HashMap<PeerId, Instant>>,
     told: Mutex<std::collections::HashSet<PeerId>>,
+    /// On SQLite: the last inventory change number applied per peer in
+    /// this session (etcd keeps it in `seq/<peer>`).
+    seqs: Mutex<std::collections::HashMap<PeerId, u64>>,
 }
 
 /// Where the directory's state lives.
@@ -196,6 +199,7 @@ impl DirectoryService {
                 draining: AtomicBool::new(false),
                 heard: Mutex::default(),
                 told: Mutex::default(),
+                seqs: Mutex::default(),
             }),
         })
     }
@@ -301,6 +305,11 @@ impl DirectoryService {
                         };
                         if !peers.is_empty() {
                             store.remove_peers(&peers)?;
+                            let mut seqs = lock(&shared.seqs);
+                            for p in &peers {
+                                seqs.remove(p);
+                            }
+                            drop(seqs);
                             if let Some(net) = &network {
                                 net.revoke(&peers);
                             }
@@ -548,6 +557,22 @@ impl DirectoryService {
             )));
         }
         Ok((files, refused))
+    }
+
+    /// Check that change `seq` of `peer` comes after the last one applied
+    /// (SQLite; under the store mutex, before the commit), and note it. A
+    /// repeat of the last applies again (it changes nothing).
+    fn in_order(&self, peer: PeerId, seq: u64) -> Result<()> {
+        if seq == 0 {
+            return Ok(());
+        }
+        let mut seqs = lock(&self.shared.seqs);
+        let last = seqs.entry(peer).or_insert(0);
+        if seq < *last {
+            return Err(on_etcd::superseded(peer, seq, *last));
+        }
+        *last = seq;
+        Ok(())
     }
 
     fn expires(&self, now: Instant) -> Instant {
@@ -842,6 +867,8 @@ impl DirectoryService {
                     this.admit_join(&ix, &peer, addr, inventory, budget)?
                 };
                 store.join(&peer, &url, &hash, &key, unix_now, &files)?;
+                // A new session: its changes count from 1 again.
+                lock(&this.shared.seqs).remove(&peer);
                 let mut steps = Steps::new(gate);
                 steps
                     .ix()
@@ -923,11 +950,14 @@ impl DirectoryService {
         let r = req.into_inner();
         let peer = parse_peer(&r.peer_id)?;
         self.peer_rate(&peer, &token)?;
+        let seq = r.seq;
         let inventory = self.parse_files(r.files)?;
         let now = Instant::now();
         let expires = self.expires(now);
         if let Some(etcd) = self.etcd() {
-            let refused = self.publish_on_etcd(etcd, peer, token, inventory).await?;
+            let refused = self
+                .publish_on_etcd(etcd, peer, token, seq, inventory)
+                .await?;
             log_refused(&peer, &refused);
             return Ok(Response::new(v1::PublishResponse { refused }));
         }
@@ -936,6 +966,7 @@ impl DirectoryService {
             .write(move |gate, store| {
                 let (files, refused) =
                     this.admit_publish(&gate.read(), &peer, &token, inventory, now)?;
+                this.in_order(peer, seq)?;
                 store.publish(&peer, &files)?;
                 let mut steps = Steps::new(gate);
                 steps.publish(&peer, &files);
@@ -985,14 +1016,17 @@ impl DirectoryService {
                 Ok((id, name))
             })
             .collect::<Result<_>>()?;
+        let seq = r.seq;
         if let Some(etcd) = self.etcd() {
-            self.unpublish_on_etcd(etcd, peer, token, refs).await?;
+            self.unpublish_on_etcd(etcd, peer, token, seq, refs).await?;
             return Ok(Response::new(v1::UnpublishResponse {}));
         }
         let now = Instant::now();
         let expires = self.expires(now);
+        let this = self.clone();
         self.write(move |gate, store| {
             authorize(&gate.read(), &peer, &token, now)?;
+            this.in_order(peer, seq)?;
             store.unpublish(&peer, &refs)?;
             let mut steps = Steps::new(gate);
             steps.unpublish(&peer, &refs);
@@ -1250,6 +1284,7 @@ impl DirectoryService {
         let token = bearer(req.metadata())?;
         let peer = parse_peer(&req.into_inner().peer_id)?;
         let now = Instant::now();
+        let this = self.clone();
         let left = if let Some(etcd) = self.etcd() {
             self.leave_on_etcd(etcd, peer, token).await?
         } else {
@@ -1266,6 +1301,7 @@ impl DirectoryService {
                     }
                 }
                 store.remove_peers(&[peer])?;
+                lock(&this.shared.seqs).remove(&peer);
                 let mut steps = Steps::new(gate);
                 // Gone from every answer at once; the inventory goes in steps.
                 steps.ix().retire(&peer);

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{DirectoryService, IndexGate, Inventory, Steps, authorize};
 use crate::error::{Error, Result};
-use crate::etcd::{Binding, Change, Etcd, JoinConflict, JoinWrite, PeerRecord};
+use crate::etcd::{Binding, Change, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord};
 use crate::identity::NONCE_VALID;
 use crate::index::{Index, Lease, Load, TokenHash};
 use crate::store::{PublicKey, Withdrawal};
@@ -174,17 +174,18 @@ impl DirectoryService {
         etcd: &Etcd,
         peer: PeerId,
         token: TokenHash,
+        seq: u64,
         inventory: Inventory,
     ) -> Result<Vec<v1::Refused>> {
         let _serial = self.peer_lock(&peer).await;
         let now = Instant::now();
         let (files, refused) = self.admit_publish(&self.index(), &peer, &token, inventory, now)?;
         let meta = etcd.peer_meta(&peer).ok_or(Error::NotJoined(peer))?;
-        let revision = etcd
-            .publish(&peer, meta.lease, &files)
+        let done = etcd
+            .publish(&peer, meta.lease, seq, &files)
             .await
             .map_err(|e| not_joined_if_lease_gone(e, peer))?;
-        etcd.wait_applied(revision).await?;
+        self.landed(etcd, peer, seq, done).await?;
         Ok(refused)
     }
 
@@ -193,12 +194,27 @@ impl DirectoryService {
         etcd: &Etcd,
         peer: PeerId,
         token: TokenHash,
+        seq: u64,
         refs: Vec<Withdrawal>,
     ) -> Result<()> {
         let _serial = self.peer_lock(&peer).await;
         authorize(&self.index(), &peer, &token, Instant::now())?;
-        let revision = etcd.unpublish(&peer, &refs).await?;
-        etcd.wait_applied(revision).await
+        let meta = etcd.peer_meta(&peer).ok_or(Error::NotJoined(peer))?;
+        let done = etcd
+            .unpublish(&peer, meta.lease, seq, &refs)
+            .await
+            .map_err(|e| not_joined_if_lease_gone(e, peer))?;
+        self.landed(etcd, peer, seq, done).await
+    }
+
+    /// Wait for an applied change to be in our index; refuse one that
+    /// came too late.
+    async fn landed(&self, etcd: &Etcd, peer: PeerId, seq: u64, done: Ordered) -> Result<()> {
+        match done {
+            Ordered::Applied(revision) => etcd.wait_applied(revision).await,
+            Ordered::Superseded(last) => Err(superseded(peer, seq, last)),
+            Ordered::Gone => Err(Error::NotJoined(peer)),
+        }
     }
 
     /// Returns whether the peer was there.
@@ -397,6 +413,13 @@ impl DirectoryService {
             }
         }
     }
+}
+
+/// An inventory change delivered after a later one.
+pub(super) fn superseded(peer: PeerId, seq: u64, last: u64) -> Error {
+    Error::Aborted(format!(
+        "seq: change {seq} of peer {peer} arrived after change {last} was applied; refused (it was delivered late), nothing changed"
+    ))
 }
 
 fn other_key(peer: &PeerId) -> Error {
