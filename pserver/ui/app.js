@@ -837,13 +837,20 @@
   function renderStatus(s) {
     fact('peer_id', s.peer_id, s.peer_id);
     fact('public_url', s.public_url, s.public_url);
-    // One central today; a list so that several fit.
+    // Every central of the list, in its order; the one in use says so,
+    // with its name and the directory's leader when a heartbeat named them.
     const central = el('li', {},
       el('code', { dataset: { fact: 'central_url', value: raw(s.central_url) } }, s.central_url), ' ',
       el('span', { dataset: { fact: 'central_reachable', value: raw(s.central_reachable) } },
         reach(s.central_reachable)),
-      ' (in use)');
-    $('centrals').replaceChildren(central);
+      ' (in use',
+      s.central_name ? `, "${s.central_name}"` : '',
+      s.leader ? `; leader "${s.leader}"` : '',
+      ')');
+    const others = (s.centrals || [])
+      .filter((u) => u !== s.central_url)
+      .map((u) => el('li', {}, el('code', {}, u)));
+    $('centrals').replaceChildren(central, ...others);
     fact('lease_age_secs', s.lease_age_secs,
       s.lease_age_secs === null || s.lease_age_secs === undefined
         ? 'never joined'
