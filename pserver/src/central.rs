@@ -613,7 +613,9 @@ impl Central {
                 )
             }
             Err(s) if unreachable(&s) => {
-                tracing::info!("the waiting inventory changes still find no central; joining again with the whole inventory");
+                tracing::info!(
+                    "the waiting inventory changes still find no central; joining again with the whole inventory"
+                );
                 queue.clear();
                 self.mark_not_joined();
             }

@@ -163,9 +163,9 @@ pub fn parse_centrals(raw: &str) -> anyhow::Result<Vec<String>> {
         if !(item.starts_with("http://") || item.starts_with("https://")) {
             bail!("PSERVER_CENTRAL_URL {item:?} must start with http:// or https://");
         }
-        let uri = item.parse::<tonic::codegen::http::Uri>().map_err(|e| {
-            anyhow::anyhow!("PSERVER_CENTRAL_URL {item:?} is not a valid URL: {e}")
-        })?;
+        let uri = item
+            .parse::<tonic::codegen::http::Uri>()
+            .map_err(|e| anyhow::anyhow!("PSERVER_CENTRAL_URL {item:?} is not a valid URL: {e}"))?;
         if uri.host().is_none_or(str::is_empty) {
             bail!("PSERVER_CENTRAL_URL {item:?} has no host");
         }
@@ -740,15 +740,25 @@ mod tests {
             ["https://a:1", "http://b:2"]
         );
         let e = |u: &str| format!("{:#}", one(u).unwrap_err());
-        assert!(e("http://a,,http://b").contains("item 2 is empty"), "{}", e("http://a,,http://b"));
+        assert!(
+            e("http://a,,http://b").contains("item 2 is empty"),
+            "{}",
+            e("http://a,,http://b")
+        );
         assert!(e("http://a,").contains("item 2 is empty"));
         assert!(e("").contains("PSERVER_CENTRAL_URL is empty"));
+        assert!(e("http://a, ftp://b").contains("\"ftp://b\" must start with http:// or https://"));
         assert!(
-            e("http://a, ftp://b").contains("\"ftp://b\" must start with http:// or https://")
+            e("http://a b").contains("\"http://a b\" is not a valid URL"),
+            "{}",
+            e("http://a b")
         );
-        assert!(e("http://a b").contains("\"http://a b\" is not a valid URL"), "{}", e("http://a b"));
         assert!(e("http://").contains("\"http://\""), "{}", e("http://"));
-        assert!(e("http://a:1,http://A:1/").contains("lists http://A:1 twice"), "{}", e("http://a:1,http://A:1/"));
+        assert!(
+            e("http://a:1,http://A:1/").contains("lists http://A:1 twice"),
+            "{}",
+            e("http://a:1,http://A:1/")
+        );
         let sixteen: Vec<String> = (0..16).map(|i| format!("http://c{i}:1")).collect();
         assert_eq!(one(&sixteen.join(",")).unwrap().len(), 16);
         let seventeen = format!("{},http://c16:1", sixteen.join(","));
@@ -764,7 +774,11 @@ mod tests {
         ])
         .cfg()
         .unwrap_err();
-        assert!(e.to_string().contains("PSERVER_CENTRAL_URL http://b:2 is not https://"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("PSERVER_CENTRAL_URL http://b:2 is not https://"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -130,7 +130,10 @@ async fn moves_to_the_other_central_when_its_own_stops() {
     // Q searches through P, which asks the central it uses now.
     let hits = search(&q, "failover").await.hits;
     assert_eq!(hits.len(), 1, "{hits:?}");
-    assert_eq!((hits[0].file_id.as_str(), hits[0].holders), (info.file_id.as_str(), 1));
+    assert_eq!(
+        (hits[0].file_id.as_str(), hits[0].holders),
+        (info.file_id.as_str(), 1)
+    );
 }
 
 /// A central served over `data_dir` on `addr` (again, after a stop), with
@@ -238,8 +241,14 @@ fn refused(list: &str) -> String {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "pserver started with {list:?}: {stderr}");
-    assert!(out.stdout.is_empty(), "pserver printed its addresses: {list:?}");
+    assert!(
+        !out.status.success(),
+        "pserver started with {list:?}: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "pserver printed its addresses: {list:?}"
+    );
     stderr
 }
 
@@ -253,7 +262,10 @@ fn refuses_a_bad_list_of_centrals_at_start() {
         "{e}"
     );
     let e = refused("http://a:1,http://b:2,http://a:1/");
-    assert!(e.contains("PSERVER_CENTRAL_URL lists http://a:1 twice"), "{e}");
+    assert!(
+        e.contains("PSERVER_CENTRAL_URL lists http://a:1 twice"),
+        "{e}"
+    );
     let many: Vec<String> = (1..=17).map(|i| format!("http://c{i}:50051")).collect();
     let e = refused(&many.join(","));
     assert!(
