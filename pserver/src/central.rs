@@ -832,3 +832,80 @@ fn channel(
     }
     Ok(endpoint.connect_lazy())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `Central` over `n` centrals (lazy channels: nothing connects),
+    /// using the first.
+    fn centrals(n: usize, dir: &std::path::Path) -> Central {
+        let urls: Vec<String> = (0..n)
+            .map(|i| format!("http://127.0.0.1:{}", 1 + i))
+            .collect();
+        let c = Central::new(
+            &urls,
+            PeerId::new_random(),
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            Arc::new(Network::new(None)),
+            "http://127.0.0.1:9".parse().unwrap(),
+            dir,
+            &[],
+        )
+        .unwrap();
+        c.current.store(0, Ordering::Release);
+        c
+    }
+
+    #[tokio::test]
+    async fn moves_in_list_order_past_the_centrals_that_failed_lately() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = centrals(4, dir.path());
+        // 0 fails: the next in order.
+        assert_eq!(c.move_from(0, "test"), 1);
+        assert_eq!(c.url(), "http://127.0.0.1:2");
+        // 1 fails: 2 is next (0 failed lately).
+        assert_eq!(c.move_from(1, "test"), 2);
+        // 3 failed a moment ago too: when 2 fails, every central failed
+        // lately, so simply the next one, 3.
+        *c.links[3].failed_at.lock().unwrap() = Some(Instant::now());
+        assert_eq!(c.move_from(2, "test"), 3);
+        // A call that saw 1 fail after another call moved on to 3 does
+        // not move us again.
+        assert_eq!(c.move_from(1, "test"), 3);
+        assert_eq!(c.url(), "http://127.0.0.1:4");
+        // Failures are forgotten after a while: from 3 to 0 again.
+        for l in &c.links {
+            *l.failed_at.lock().unwrap() = Some(Instant::now() - FAILED_RECENTLY);
+        }
+        assert_eq!(c.move_from(3, "test"), 0);
+        // A single central has nowhere to go.
+        let one = centrals(1, dir.path());
+        assert_eq!(one.move_from(0, "test"), 0);
+        assert_eq!(one.urls(), ["http://127.0.0.1:1"]);
+    }
+
+    #[test]
+    fn what_is_worth_moving_for() {
+        for code in [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::ResourceExhausted,
+        ] {
+            assert!(worth_moving(&Status::new(code, "x")), "{code:?}");
+        }
+        // Only a central that did not answer keeps a change in the queue.
+        assert!(!unreachable(&Status::resource_exhausted("x")));
+        for code in [
+            Code::FailedPrecondition,
+            Code::Unauthenticated,
+            Code::InvalidArgument,
+            Code::PermissionDenied,
+            Code::NotFound,
+        ] {
+            assert!(!worth_moving(&Status::new(code, "x")), "{code:?}");
+        }
+    }
+}
