@@ -136,6 +136,32 @@ async fn moves_to_the_other_central_when_its_own_stops() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_central_hands_the_search_to_the_other() {
+    // Both allow 1 search a second from one address, with a burst of 10.
+    let a = TestCentral::start_with(|c| c.limits.search_rate = 1).await;
+    let b = TestCentral::start_with(|c| c.limits.search_rate = 1).await;
+    let list = vec![a.url.clone(), b.url.clone()];
+    let p = TestPeer::start(&a.url, &[], |c| c.centrals = list.clone()).await;
+    p.wait_joined().await;
+    let first = p.status().await.central_url;
+    // More searches than one central allows: when the one in use answers
+    // RESOURCE_EXHAUSTED, the same search is asked of the other at once.
+    for i in 0..18 {
+        let r = p
+            .http
+            .get(format!("{}/api/v1/search", p.api_url))
+            .query(&[("q", "anything")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "search {i}: {}", r.text().await.unwrap());
+    }
+    let now = p.status().await.central_url;
+    assert_ne!(now, first);
+    assert!(list.contains(&now));
+}
+
 /// A central served over `data_dir` on `addr` (again, after a stop), with
 /// its metrics on a port of their own; stops when the sender is dropped.
 async fn central_at(
