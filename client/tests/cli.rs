@@ -917,3 +917,49 @@ async fn repl_survives_pauses_longer_than_the_servers_keep_alive() {
     assert_eq!(status.code(), Some(0), "stderr: {stderr}");
     assert!(!stderr.contains("error"), "a command failed: {stderr}");
 }
+
+/// A PServer given two centrals: `status` names the one in use and lists
+/// both; `--json` carries the list, the central's name and the leader
+/// (null while unknown).
+#[tokio::test]
+async fn status_lists_every_central_and_names_the_one_in_use() {
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    let central = TestCentral::start(T).await;
+    let dead = DeadUrl::new();
+    let list = vec![dead.url.clone(), central.url.clone()];
+    let p = TestPeer::start(&central.url, &[], |c| c.centrals = list.clone()).await;
+    p.wait_joined().await;
+    let st = cli(cwd, &p.api_url, &["--json", "status"]).await.json();
+    assert_eq!(st["central_url"], central.url.as_str(), "{st}");
+    assert_eq!(
+        st["centrals"],
+        serde_json::json!([dead.url, central.url]),
+        "{st}"
+    );
+    assert!(st.get("central_name").is_some(), "{st}");
+    assert!(st.get("leader").is_some(), "{st}");
+    let r = cli(cwd, &p.api_url, &["status"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = |k: &str| {
+        r.stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(k))
+            .unwrap_or_else(|| panic!("no {k} line: {r:?}"))
+            .to_owned()
+    };
+    assert!(
+        line("central").contains(&central.url) && !line("central").contains(&dead.url),
+        "{r:?}"
+    );
+    assert_eq!(
+        line("centrals"),
+        format!("centrals     {}, {}", dead.url, central.url),
+        "{r:?}"
+    );
+    // One central: no list line, as before.
+    let q = TestPeer::start(&central.url, &[], |_| {}).await;
+    let r = cli(cwd, &q.api_url, &["status"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stdout.contains("centrals"), "{r:?}");
+}

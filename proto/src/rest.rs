@@ -58,7 +58,19 @@ pub struct NeighbourStatus {
 pub struct Status {
     pub peer_id: String,
     pub public_url: String,
+    /// The central this PServer talks to now (one of `centrals`).
     pub central_url: String,
+    /// Every central of `PSERVER_CENTRAL_URL`, in its order.
+    #[serde(default)]
+    pub centrals: Vec<String>,
+    /// The name the central in use gave in its last Heartbeat answer; null
+    /// when unknown (not heard yet, or a central that gives none).
+    #[serde(default)]
+    pub central_name: Option<String>,
+    /// The directory's leader, as the last Heartbeat answer named it; null
+    /// when unknown.
+    #[serde(default)]
+    pub leader: Option<String>,
     /// Did the last call to the central succeed?
     pub central_reachable: bool,
     /// Seconds since the lease was last renewed (Join or Heartbeat); none if never.

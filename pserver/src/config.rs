@@ -18,7 +18,10 @@ pub struct Config {
     pub public_url: PeerUrl,
     pub share_dir: PathBuf,
     pub data_dir: PathBuf,
-    pub central_url: String,
+    /// gRPC URLs of the centrals that serve the directory (at least one,
+    /// at most [`MAX_CENTRALS`], no duplicates; see `crate::central` for how
+    /// a PServer uses several).
+    pub centrals: Vec<String>,
     /// Peer-API base URLs of neighbours, asked in order.
     pub neighbours: Vec<PeerUrl>,
     /// Required on every control-API request when set.
@@ -71,7 +74,9 @@ pub struct Config {
 }
 
 impl Config {
-    /// Settings for a peer with everything at its default, for tests and tools.
+    /// Settings for a peer with everything at its default, for tests and
+    /// tools, talking to the one central at `central_url` (set
+    /// [`Config::centrals`] for several).
     pub fn new(
         public_url: PeerUrl,
         share_dir: PathBuf,
@@ -82,7 +87,7 @@ impl Config {
             public_url,
             share_dir,
             data_dir,
-            central_url,
+            centrals: vec![central_url],
             neighbours: Vec::new(),
             api_token: None,
             join_secret: None,
@@ -116,16 +121,61 @@ impl Config {
                     "PSERVER_JOIN_SECRET must be at least 16 printable ASCII characters without spaces"
                 );
             }
-            if !self.central_url.starts_with("https://") {
+            if let Some(plain) = self.centrals.iter().find(|u| !u.starts_with("https://")) {
                 anyhow::bail!(
-                    "PSERVER_JOIN_SECRET is set but PSERVER_CENTRAL_URL {} is not https://: \
-                     a private network joins only over TLS",
-                    self.central_url
+                    "PSERVER_JOIN_SECRET is set but PSERVER_CENTRAL_URL {plain} is not https://: \
+                     a private network joins only over TLS"
                 );
             }
         }
         Ok(())
     }
+}
+
+/// Most centrals one PServer lists: a directory is a handful of processes,
+/// and a longer list is more likely a pasted mistake than a cluster.
+pub const MAX_CENTRALS: usize = 16;
+
+/// `PSERVER_CENTRAL_URL`: one URL, or several separated by commas. Each is
+/// an http:// or https:// URL with a host (a trailing `/` is dropped); an
+/// empty item, a duplicate or more than [`MAX_CENTRALS`] items are refused
+/// with a message naming the item.
+pub fn parse_centrals(raw: &str) -> anyhow::Result<Vec<String>> {
+    use anyhow::bail;
+    if raw.trim().is_empty() {
+        bail!("PSERVER_CENTRAL_URL is empty: give the gRPC URL of the central directory");
+    }
+    let items: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if items.len() > MAX_CENTRALS {
+        bail!(
+            "PSERVER_CENTRAL_URL lists {} centrals; at most {MAX_CENTRALS} are allowed",
+            items.len()
+        );
+    }
+    let mut centrals: Vec<String> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if item.is_empty() {
+            bail!(
+                "PSERVER_CENTRAL_URL {raw:?}: item {} is empty (a stray comma?)",
+                i + 1
+            );
+        }
+        if !(item.starts_with("http://") || item.starts_with("https://")) {
+            bail!("PSERVER_CENTRAL_URL {item:?} must start with http:// or https://");
+        }
+        let uri = item
+            .parse::<tonic::codegen::http::Uri>()
+            .map_err(|e| anyhow::anyhow!("PSERVER_CENTRAL_URL {item:?} is not a valid URL: {e}"))?;
+        if uri.host().is_none_or(str::is_empty) {
+            bail!("PSERVER_CENTRAL_URL {item:?} has no host");
+        }
+        let url = item.trim_end_matches('/');
+        if centrals.iter().any(|c| c.eq_ignore_ascii_case(url)) {
+            bail!("PSERVER_CENTRAL_URL lists {url} twice");
+        }
+        centrals.push(url.to_owned());
+    }
+    Ok(centrals)
 }
 
 const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
@@ -170,7 +220,10 @@ pub struct Args {
     #[arg(long, env = "PSERVER_DATA_DIR", default_value = "./data/pserver")]
     pub data_dir: PathBuf,
 
-    /// gRPC URL of the central directory.
+    /// gRPC URL of the central directory, or a comma-separated list of
+    /// the centrals that serve one directory (at most 16): the PServer picks
+    /// one at random, stays with it while it answers, and moves to the next
+    /// when it fails, is overloaded or shuts down.
     #[arg(
         long,
         env = "PSERVER_CENTRAL_URL",
@@ -407,10 +460,7 @@ impl Args {
                 "PSERVER_API_TOKEN must be at least 16 printable ASCII characters without spaces"
             );
         }
-        let central = self.central_url.trim_end_matches('/').to_owned();
-        if !(central.starts_with("http://") || central.starts_with("https://")) {
-            bail!("PSERVER_CENTRAL_URL {central:?} must start with http:// or https://");
-        }
+        let centrals = parse_centrals(&self.central_url)?;
         let neighbours = self
             .neighbours
             .iter()
@@ -422,7 +472,8 @@ impl Args {
         if self.max_upload_bytes == 0 {
             bail!("PSERVER_MAX_UPLOAD_BYTES must be greater than 0");
         }
-        let mut c = Config::new(public_url, self.share_dir, self.data_dir, central);
+        let mut c = Config::new(public_url, self.share_dir, self.data_dir, String::new());
+        c.centrals = centrals;
         c.neighbours = neighbours;
         c.api_token = self.api_token.filter(|t| !t.is_empty());
         c.join_secret = self.join_secret.filter(|t| !t.is_empty());
@@ -671,6 +722,61 @@ mod tests {
             .unwrap_err();
         assert!(
             e.to_string().contains("PSERVER_MAX_PARTIAL_BYTES (64)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn central_lists() {
+        let one = |u: &str| {
+            args(&["--peer-addr", "127.0.0.1:1", "--central-url", u])
+                .cfg()
+                .map(|c| c.centrals)
+        };
+        // One URL works as it always did (trailing slash trimmed).
+        assert_eq!(one("http://c:50051/").unwrap(), ["http://c:50051"]);
+        assert_eq!(
+            one(" https://a:1/ , http://b:2").unwrap(),
+            ["https://a:1", "http://b:2"]
+        );
+        let e = |u: &str| format!("{:#}", one(u).unwrap_err());
+        assert!(
+            e("http://a,,http://b").contains("item 2 is empty"),
+            "{}",
+            e("http://a,,http://b")
+        );
+        assert!(e("http://a,").contains("item 2 is empty"));
+        assert!(e("").contains("PSERVER_CENTRAL_URL is empty"));
+        assert!(e("http://a, ftp://b").contains("\"ftp://b\" must start with http:// or https://"));
+        assert!(
+            e("http://a b").contains("\"http://a b\" is not a valid URL"),
+            "{}",
+            e("http://a b")
+        );
+        assert!(e("http://").contains("\"http://\""), "{}", e("http://"));
+        assert!(
+            e("http://a:1,http://A:1/").contains("lists http://A:1 twice"),
+            "{}",
+            e("http://a:1,http://A:1/")
+        );
+        let sixteen: Vec<String> = (0..16).map(|i| format!("http://c{i}:1")).collect();
+        assert_eq!(one(&sixteen.join(",")).unwrap().len(), 16);
+        let seventeen = format!("{},http://c16:1", sixteen.join(","));
+        assert!(e(&seventeen).contains("lists 17 centrals; at most 16 are allowed"));
+        // A private network joins only over TLS, at every central.
+        let e = args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--central-url",
+            "https://a:1,http://b:2",
+            "--join-secret",
+            "0123456789abcdef",
+        ])
+        .cfg()
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("PSERVER_CENTRAL_URL http://b:2 is not https://"),
             "{e}"
         );
     }

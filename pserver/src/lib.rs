@@ -8,7 +8,8 @@
 //! * [`config`] — flags / env / `.env` into one typed [`Config`].
 //! * [`store`] — the share folder and the data folder (peer id, hash cache, temp files;
 //!   partial downloads live in `data/partial/`, see [`download`]).
-//! * [`central`] — gRPC to the central: Join, the lease loop, Publish/Unpublish, Leave.
+//! * [`central`] — gRPC to the centrals: Join, the lease loop, Publish/Unpublish
+//!   (kept in order while no central answers), Leave; failover between centrals.
 //! * [`lookup`] — finding files through neighbours, falling back to the central.
 //! * [`download`] — download jobs: swarm chunks from several holders (HTTP Range),
 //!   verify each, resume partials, store, publish.
@@ -118,7 +119,7 @@ pub async fn run(
         .context("cannot read PSERVER_SHARE_DIR")?;
     let network = Arc::new(network::Network::new(config.join_secret.clone()));
     let central = central::Central::new(
-        &config.central_url,
+        &config.centrals,
         peer_id,
         key.clone(),
         network.clone(),

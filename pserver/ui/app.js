@@ -837,13 +837,22 @@
   function renderStatus(s) {
     fact('peer_id', s.peer_id, s.peer_id);
     fact('public_url', s.public_url, s.public_url);
-    // One central today; a list so that several fit.
+    // Every central of the list, in its order; the one in use says so,
+    // with the name it gave in its last heartbeat answer.
+    const name = s.central_name ?? null;
     const central = el('li', {},
       el('code', { dataset: { fact: 'central_url', value: raw(s.central_url) } }, s.central_url), ' ',
       el('span', { dataset: { fact: 'central_reachable', value: raw(s.central_reachable) } },
         reach(s.central_reachable)),
-      ' (in use)');
-    $('centrals').replaceChildren(central);
+      ' (in use',
+      el('span', { dataset: { fact: 'central_name', value: raw(name) } }, name ? `, "${name}"` : ''),
+      ')');
+    const list = s.centrals || [s.central_url];
+    const others = list
+      .filter((u) => u !== s.central_url)
+      .map((u) => el('li', {}, el('code', {}, u)));
+    fact('centrals', list);
+    $('centrals').replaceChildren(central, ...others);
     fact('lease_age_secs', s.lease_age_secs,
       s.lease_age_secs === null || s.lease_age_secs === undefined
         ? 'never joined'
@@ -868,8 +877,9 @@
     fact('lease_renewals', s.lease_renewals, `${r.ok} ok, ${r.rejoin} rejoin, ${r.error} error`);
     fact('max_upload_bytes', s.max_upload_bytes, s.max_upload_bytes ? humanSize(s.max_upload_bytes) : 'no limit');
     fact('version', s.version, s.version);
-    // No directory leader is known to a PServer yet.
-    setText($('leader'), '—');
+    // The directory's leader, as the last heartbeat answer named it.
+    const leader = s.leader ?? null;
+    fact('leader', leader, leader || '—');
     setText($('network-updated'), `Updated ${new Date().toLocaleTimeString()}; refreshed every ${NETWORK_POLL_MS / 1000} s on this page.`);
     setText($('footer-peer'), `peer ${shortId(s.peer_id)} · peerdex ${s.version}`);
     setText($('upload-limit'), s.max_upload_bytes ? `Up to ${humanSize(s.max_upload_bytes)} per file.` : '');

@@ -31,14 +31,24 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     };
     line("peer id", s.peer_id);
     line("public url", s.public_url);
+    let named = match &s.central_name {
+        Some(n) => format!(" \"{n}\""),
+        None => String::new(),
+    };
     line(
         "central",
         format!(
-            "{} ({}, {lease})",
+            "{}{named} ({}, {lease})",
             s.central_url,
             reach(s.central_reachable)
         ),
     );
+    if s.centrals.len() > 1 {
+        line("centrals", s.centrals.join(", "));
+    }
+    if let Some(l) = s.leader.clone() {
+        line("leader", l);
+    }
     if let Some(e) = s.lease_error.clone() {
         line("central said", e);
     }
