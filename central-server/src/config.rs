@@ -101,7 +101,26 @@ pub struct Config {
     /// Serve gRPC over TLS only, with this certificate and key
     /// (`CENTRAL_TLS_CERT`, `CENTRAL_TLS_KEY`). `None`: plaintext.
     pub tls: Option<crate::tls::TlsFiles>,
+    /// Keep the directory in etcd at these comma-separated client URLs
+    /// (`CENTRAL_ETCD_ENDPOINTS`), shared by any number of centrals.
+    /// `None`: the embedded SQLite store in `data_dir`, one central.
+    pub etcd_endpoints: Option<String>,
+    /// The directory's keys in etcd start with this (`CENTRAL_ETCD_PREFIX`,
+    /// default `/peerdex/`): several directories can share one cluster.
+    pub etcd_prefix: String,
+    /// This central's name in answers, logs and the leader election
+    /// (`CENTRAL_NAME`; default `<host>:<port>`).
+    pub name: Option<String>,
+    /// On etcd, after SIGTERM: how long at most to keep answering while
+    /// telling peers to move (`moved` in Heartbeat answers), before no
+    /// longer accepting calls. It ends sooner once every peer that
+    /// heartbeated here lately was told. `None`: one heartbeat interval
+    /// and a second.
+    pub drain: Option<Duration>,
 }
+
+/// Longest `CENTRAL_NAME`.
+pub const MAX_NAME_LEN: usize = 64;
 
 impl Config {
     /// Defaults (TTL 30 s, heartbeat 10 s, default limits) over `data_dir`.
@@ -114,6 +133,10 @@ impl Config {
             join_secret: None,
             limits: Limits::default(),
             tls: None,
+            etcd_endpoints: None,
+            etcd_prefix: "/peerdex/".into(),
+            name: None,
+            drain: None,
         }
     }
 
@@ -140,6 +163,40 @@ impl Config {
         }
         if self.join_secret.is_some() && self.tls.is_none() {
             return bad("CENTRAL_JOIN_SECRET makes the network private, and a private network speaks only TLS: set CENTRAL_TLS_CERT and CENTRAL_TLS_KEY too".into());
+        }
+        if let Some(eps) = &self.etcd_endpoints {
+            let list: Vec<&str> = eps.split(',').map(str::trim).collect();
+            if list.iter().any(|e| e.is_empty()) {
+                return bad(format!(
+                    "CENTRAL_ETCD_ENDPOINTS {eps:?} has an empty item: give comma-separated URLs such as http://10.0.0.1:2379,http://10.0.0.2:2379"
+                ));
+            }
+            for e in &list {
+                let ok = ["http://", "https://"].iter().any(|s| {
+                    e.strip_prefix(s)
+                        .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+                });
+                if !ok {
+                    return bad(format!(
+                        "CENTRAL_ETCD_ENDPOINTS: {e:?} is not an http:// or https:// URL of an etcd member"
+                    ));
+                }
+            }
+        }
+        let p = &self.etcd_prefix;
+        if !p.starts_with('/') || !p.ends_with('/') || p.len() > 128 || p.contains(char::is_whitespace) {
+            return bad(format!(
+                "CENTRAL_ETCD_PREFIX {p:?} must start and end with '/', without spaces, at most 128 bytes (default /peerdex/)"
+            ));
+        }
+        if let Some(n) = &self.name
+            && (n.is_empty()
+                || n.len() > MAX_NAME_LEN
+                || !n.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)))
+        {
+            return bad(format!(
+                "CENTRAL_NAME {n:?} must be 1-{MAX_NAME_LEN} characters among letters, digits and . _ : -"
+            ));
         }
         let l = &self.limits;
         if l.max_message_bytes < 1024 {

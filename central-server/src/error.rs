@@ -34,6 +34,11 @@ pub enum Error {
     /// The embedded database failed. Retry later.
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The directory's store (etcd) did not answer, or a write could not
+    /// be confirmed; nothing acknowledged is lost. Retry (here or at
+    /// another central).
+    #[error("{0}")]
+    Unavailable(String),
     /// The server is shutting down. Retry against the next instance.
     #[error("the directory is shutting down")]
     Closed,
@@ -78,6 +83,13 @@ impl From<Error> for Status {
                     .insert(RETRY_AFTER, retry_after_secs.into());
                 s
             }
+            Error::Unavailable(m) => {
+                tracing::warn!(error = %m, "call not done: the store did not answer");
+                Status::unavailable(m)
+            }
+            Error::Closed => Status::unavailable(
+                "this central is shutting down; call another central of the directory",
+            ),
             e => {
                 tracing::error!(error = %e, "internal error");
                 Status::unavailable(format!("internal error, retry later: {e}"))

@@ -34,8 +34,13 @@ pub(crate) struct Nonces {
 
 impl Nonces {
     pub(crate) fn new() -> Self {
+        Self::with_key(rand::random())
+    }
+
+    /// Nonces under `key`: centrals sharing it accept each other's.
+    pub(crate) fn with_key(key: [u8; 32]) -> Self {
         Self {
-            key: rand::random(),
+            key,
             epoch: Instant::now(),
             spent: Mutex::default(),
         }

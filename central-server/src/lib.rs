@@ -92,8 +92,10 @@
 
 mod config;
 mod error;
+mod etcd;
 mod identity;
 mod index;
+mod leader;
 mod metrics;
 mod network;
 mod oversize;
@@ -117,7 +119,7 @@ pub use error::{Error, RETRY_AFTER, Result};
 pub use store::DB_FILE;
 pub use tls::TlsFiles;
 
-use service::DirectoryService;
+use service::{Backend, DirectoryService, Secrets};
 
 /// How long in-flight calls may take to finish after shutdown is requested.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -148,20 +150,71 @@ pub async fn run_with_metrics(
     config.validate()?;
     let addr = listener.local_addr()?;
     let started = std::time::Instant::now();
-    let dir = config.data_dir.clone();
-    let ttl = config.lease_ttl;
-    let (store, index) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let store = store::Store::open(&dir)?;
-        // Grace is counted from the end of the load.
-        let mut index = store.load(tokio::time::Instant::now())?;
-        index.renew_all(tokio::time::Instant::now() + ttl);
-        Ok((store, index))
-    })
-    .await??;
+    let name = config.name.clone().unwrap_or_else(|| default_name(addr));
     let recorder = metrics
         .as_ref()
         .map(|_| std::sync::Arc::new(metrics::Metrics::new()));
-    let directory = DirectoryService::new(store, index, &config, recorder)?;
+    let cancel = CancellationToken::new();
+    let mut background = Vec::new();
+    let directory = match &config.etcd_endpoints {
+        None => {
+            let dir = config.data_dir.clone();
+            let ttl = config.lease_ttl;
+            let (store, index) = tokio::task::spawn_blocking(move || -> Result<_> {
+                let store = store::Store::open(&dir)?;
+                // Grace is counted from the end of the load.
+                let mut index = store.load(tokio::time::Instant::now())?;
+                index.renew_all(tokio::time::Instant::now() + ttl);
+                Ok((store, index))
+            })
+            .await??;
+            let network = match &config.join_secret {
+                Some(secret) => Some(network::Network::open(
+                    secret,
+                    &config.data_dir,
+                    config.lease_ttl,
+                )?),
+                None => None,
+            };
+            let secrets = Secrets {
+                nonces: identity::Nonces::new(),
+                network,
+            };
+            DirectoryService::new(
+                Backend::Sqlite(store),
+                index,
+                &config,
+                recorder,
+                secrets,
+                leader::Leadership::alone(&name),
+            )?
+        }
+        Some(endpoints) => {
+            let etcd = std::sync::Arc::new(etcd::Etcd::connect(endpoints, &config.etcd_prefix).await?);
+            let secrets = shared_secrets(&etcd, &config).await?;
+            let leadership = leader::Leadership::new(&name);
+            let d = DirectoryService::new(
+                Backend::Etcd(etcd.clone()),
+                index::Index::new(),
+                &config,
+                recorder,
+                secrets,
+                leadership.clone(),
+            )?;
+            let revision = d.load_from_etcd().await?;
+            tracing::info!(endpoints = %etcd.endpoints(), prefix = %config.etcd_prefix, revision,
+                "the directory is on etcd; following its changes");
+            background.push(tokio::spawn(d.clone().follow_loop(cancel.clone())));
+            background.push(tokio::spawn(leadership.run(
+                etcd.waiting_client(),
+                etcd.key("election"),
+                leader::election_ttl(config.lease_ttl),
+                cancel.clone(),
+            )));
+            background.push(tokio::spawn(d.clone().leader_chores(cancel.clone())));
+            d
+        }
+    };
     let stats = directory.stats();
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -176,7 +229,6 @@ pub async fn run_with_metrics(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let cancel = CancellationToken::new();
     let sweeper = tokio::spawn(directory.clone().sweep_loop(cancel.clone()));
     let metrics_task = match metrics {
         Some(l) => {
@@ -198,12 +250,31 @@ pub async fn run_with_metrics(
         names = stats.names,
         load_ms = started.elapsed().as_millis() as u64,
         tls = config.tls.is_some(),
+        central = %name,
+        store = if config.etcd_endpoints.is_some() { "etcd" } else { "sqlite" },
         "central-server listening on {addr}"
     );
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let draining = directory.clone();
+    let reporter = health_reporter.clone();
+    let on_etcd = config.etcd_endpoints.is_some();
+    let drain = config
+        .drain
+        .unwrap_or(config.heartbeat_interval + Duration::from_secs(1))
+        .min(DRAIN_TIMEOUT);
     let signal = async move {
         shutdown.await;
+        if on_etcd {
+            // Other centrals serve the same directory: tell our peers to
+            // move there, and give them a heartbeat to hear it.
+            tracing::info!("shutting down: telling peers to move to another central");
+            draining.drain();
+            reporter
+                .set_not_serving::<DirectoryServer<DirectoryService>>()
+                .await;
+            draining.drained(drain).await;
+        }
         tracing::info!("shutting down: no new connections, draining in-flight calls");
         let _ = stopping_tx.send(());
     };
@@ -241,12 +312,60 @@ pub async fn run_with_metrics(
     if let Some(t) = metrics_task {
         let _ = t.await;
     }
+    for t in background {
+        let _ = t.await;
+    }
     if let Err(e) = sweeper.await {
         tracing::warn!(error = %e, "sweeper task failed");
     }
     directory.close().await?;
     tracing::info!("database closed; central-server stopped");
     served
+}
+
+/// `<host>:<port>`: a central's name when `CENTRAL_NAME` is not set.
+fn default_name(addr: std::net::SocketAddr) -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= config::MAX_NAME_LEN - 6
+                && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        })
+        .unwrap_or_else(|| "central".into());
+    format!("{host}:{}", addr.port())
+}
+
+/// The nonce key and (in a private network) the network key, shared by
+/// every central of a directory on etcd: the first to start makes them.
+async fn shared_secrets(etcd: &etcd::Etcd, config: &Config) -> Result<Secrets> {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    let nonce_key = etcd
+        .get_or_create("secrets/nonce", rand::random::<[u8; 32]>().to_vec())
+        .await?;
+    let nonce_key: [u8; 32] = nonce_key
+        .try_into()
+        .map_err(|_| Error::Corrupt("etcd: secrets/nonce is not 32 bytes".into()))?;
+    let network = match &config.join_secret {
+        Some(secret) => {
+            let fresh = ed25519_dalek::SigningKey::from_bytes(&rand::random())
+                .to_pkcs8_der()
+                .map_err(|e| Error::Internal(format!("cannot encode a key: {e}")))?;
+            let der = etcd
+                .get_or_create("secrets/network", fresh.as_bytes().to_vec())
+                .await?;
+            let key = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
+                .map_err(|e| Error::Corrupt(format!("etcd: secrets/network: {e}")))?;
+            Some(network::Network::with_key(secret, key, config.lease_ttl))
+        }
+        None => None,
+    };
+    Ok(Secrets {
+        nonces: identity::Nonces::with_key(nonce_key),
+        network,
+    })
 }
 
 /// `GET /metrics`: the directory's figures in the Prometheus text format.

@@ -124,6 +124,25 @@ struct Args {
     /// signed by this directory. At least 16 characters; needs TLS.
     #[arg(long, env = "CENTRAL_JOIN_SECRET", hide_env_values = true)]
     join_secret: Option<String>,
+
+    /// Keep the directory in etcd instead of the embedded SQLite database:
+    /// comma-separated client URLs of the etcd members, e.g.
+    /// http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379.
+    /// Then any number of centrals serve the same directory, all active,
+    /// and one of them is elected leader. Empty = SQLite in
+    /// CENTRAL_DATA_DIR, one central.
+    #[arg(long, env = "CENTRAL_ETCD_ENDPOINTS", default_value = "")]
+    etcd_endpoints: String,
+
+    /// Prefix of the directory's keys in etcd; centrals with the same
+    /// endpoints and prefix serve the same directory.
+    #[arg(long, env = "CENTRAL_ETCD_PREFIX", default_value = "/peerdex/")]
+    etcd_prefix: String,
+
+    /// This central's name in answers, logs and the leader election
+    /// (letters, digits, . _ : -). Empty = <hostname>:<port>.
+    #[arg(long, env = "CENTRAL_NAME", default_value = "")]
+    name: String,
     /// PEM certificate (a chain: leaf first) to serve gRPC over TLS. With
     /// CENTRAL_TLS_KEY the port speaks only TLS (peers then use an https://
     /// PSERVER_CENTRAL_URL); both or neither.
@@ -204,6 +223,10 @@ impl Args {
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs),
             key_retention: Duration::from_secs(u64::from(self.key_retention_days) * 86_400),
             join_secret: self.join_secret.clone().filter(|s| !s.is_empty()),
+            etcd_endpoints: Some(self.etcd_endpoints.trim().to_owned()).filter(|s| !s.is_empty()),
+            etcd_prefix: self.etcd_prefix.clone(),
+            name: Some(self.name.trim().to_owned()).filter(|s| !s.is_empty()),
+            drain: None,
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_name_bytes: self.max_name_bytes,
@@ -254,6 +277,8 @@ async fn try_main() -> anyhow::Result<()> {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: log files and journald get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut config = args.config();
     let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());

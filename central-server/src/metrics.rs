@@ -44,9 +44,10 @@ pub(crate) enum Rpc {
     Leave,
     Challenge,
     NetworkKeys,
+    Info,
 }
 
-const RPCS: [&str; 9] = [
+const RPCS: [&str; 10] = [
     "join",
     "heartbeat",
     "publish",
@@ -56,6 +57,7 @@ const RPCS: [&str; 9] = [
     "leave",
     "challenge",
     "network_keys",
+    "info",
 ];
 
 /// gRPC status codes as Prometheus label values (0..=16).

@@ -61,7 +61,7 @@ impl Network {
         Ok(Self::with_key(secret, key, lease_ttl))
     }
 
-    fn with_key(secret: &str, key: SigningKey, lease_ttl: Duration) -> Self {
+    pub(crate) fn with_key(secret: &str, key: SigningKey, lease_ttl: Duration) -> Self {
         let public_key = key.verifying_key().to_bytes();
         let der = key
             .to_pkcs8_der()

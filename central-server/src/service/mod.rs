@@ -33,7 +33,10 @@
 //! holdings per peer and in total) are checked under the store mutex
 //! with the rest of the request.
 
+mod on_etcd;
+
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -50,7 +53,9 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
+use crate::etcd::Etcd;
 use crate::identity::{NONCE_VALID, Nonces};
+use crate::leader::Leadership;
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
 use crate::metrics::{Metrics, Refusal, Rpc};
 use crate::network::Network;
@@ -100,6 +105,32 @@ struct Shared {
     key_retention: Duration,
     /// A private network (`CENTRAL_JOIN_SECRET`); `None` = open.
     network: Option<Network>,
+    /// The directory on etcd (`CENTRAL_ETCD_ENDPOINTS`); `None` = SQLite
+    /// (`store`).
+    etcd: Option<Arc<Etcd>>,
+    /// Writes of one peer apply in order (on etcd; SQLite has `store`).
+    peer_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Who leads the directory (a single central leads itself).
+    leadership: Leadership,
+    /// Shutting down: Heartbeat answers tell peers to move.
+    draining: AtomicBool,
+    /// On etcd: when each peer last heartbeated here, and those told to
+    /// move (a draining central waits until its peers heard it).
+    heard: Mutex<std::collections::HashMap<PeerId, Instant>>,
+    told: Mutex<std::collections::HashSet<PeerId>>,
+}
+
+/// Where the directory's state lives.
+pub(crate) enum Backend {
+    Sqlite(Store),
+    Etcd(Arc<Etcd>),
+}
+
+/// Per-process or shared secrets, made by the caller (shared through
+/// etcd when there are several centrals).
+pub(crate) struct Secrets {
+    pub nonces: Nonces,
+    pub network: Option<Network>,
 }
 
 /// Implements `peerdex.v1.Directory`. Cheap to clone.
@@ -131,19 +162,21 @@ fn secs(d: Duration) -> u32 {
 
 impl DirectoryService {
     pub(crate) fn new(
-        store: Store,
+        backend: Backend,
         index: Index,
         config: &Config,
         metrics: Option<Arc<Metrics>>,
+        secrets: Secrets,
+        leadership: Leadership,
     ) -> Result<Self> {
-        let network = match &config.join_secret {
-            Some(secret) => Some(Network::open(secret, &config.data_dir, config.lease_ttl)?),
-            None => None,
+        let (store, etcd) = match backend {
+            Backend::Sqlite(s) => (Some(s), None),
+            Backend::Etcd(e) => (None, Some(e)),
         };
         Ok(Self {
             shared: Arc::new(Shared {
                 index: RwLock::new(index),
-                store: Mutex::new(Some(store)),
+                store: Mutex::new(store),
                 lease_ttl: config.lease_ttl,
                 heartbeat_interval: config.heartbeat_interval,
                 limits: config.limits.clone(),
@@ -154,9 +187,15 @@ impl DirectoryService {
                 searches: Limiter::new(config.limits.search_rate),
                 peer_searches: Limiter::new(config.limits.search_rate),
                 metrics,
-                nonces: Nonces::new(),
+                nonces: secrets.nonces,
                 key_retention: config.key_retention,
-                network,
+                network: secrets.network,
+                etcd,
+                peer_locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+                leadership,
+                draining: AtomicBool::new(false),
+                heard: Mutex::default(),
+                told: Mutex::default(),
             }),
         })
     }
@@ -290,6 +329,14 @@ impl DirectoryService {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
+            }
+            if self.shared.etcd.is_some() {
+                // etcd ends leases itself; the leader forgets idle keys.
+                let now = Instant::now();
+                self.purge_limiters(now);
+                let keep = self.shared.heartbeat_interval * 3;
+                lock(&self.shared.heard).retain(|_, at| now.duration_since(*at) < keep);
+                continue;
             }
             // Idle key bindings: once a minute is plenty (retention is days).
             if keys_checked.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
@@ -432,6 +479,71 @@ impl DirectoryService {
             )?;
         }
         Ok(())
+    }
+
+    /// A Join's inventory against the index: the peers-per-address quota,
+    /// the peer's own size claims, and the directory's size limit.
+    fn admit_join(
+        &self,
+        ix: &Index,
+        peer: &PeerId,
+        addr: IpAddr,
+        inventory: Inventory,
+        budget: usize,
+    ) -> Result<(Vec<SharedFile>, Vec<v1::Refused>)> {
+        let limits = &self.shared.limits;
+        if ix.addr_of(peer) != Some(addr) {
+            let joined = ix.peers_from(addr);
+            let max = limits.max_peers_per_addr;
+            if joined >= max {
+                self.refused(Refusal::MaxPeersPerAddr);
+                return Err(Error::LimitExceeded(format!(
+                    "{joined} peers are already joined from address {addr}, the limit (CENTRAL_MAX_PEERS_PER_ADDR) is {max}: leave with one, or wait for a lease to end"
+                )));
+            }
+        }
+        let (files, refused) = inventory.screen(ix, peer, true, budget)?;
+        let total = ix.holdings() - ix.inventory_len(peer) + files.len();
+        let max = limits.max_files;
+        if total > max {
+            self.refused(Refusal::MaxFiles);
+            return Err(Error::LimitExceeded(format!(
+                "files: the directory would hold {total} entries, over its limit of {max} (CENTRAL_MAX_FILES); nothing was changed"
+            )));
+        }
+        Ok((files, refused))
+    }
+
+    /// A Publish against the index: the caller's token, its own size
+    /// claims, and the per-peer and directory limits.
+    fn admit_publish(
+        &self,
+        ix: &Index,
+        peer: &PeerId,
+        token: &TokenHash,
+        inventory: Inventory,
+        now: Instant,
+    ) -> Result<(Vec<SharedFile>, Vec<v1::Refused>)> {
+        let limits = &self.shared.limits;
+        authorize(ix, peer, token, now)?;
+        let (files, refused) =
+            inventory.screen(ix, peer, false, limits.max_message_bytes / 2)?;
+        let total = ix.inventory_len(peer) + files.len();
+        let max = limits.max_inventory;
+        if total > max {
+            return Err(Error::LimitExceeded(format!(
+                "files: the inventory of peer {peer} would reach {total} entries, over the limit of {max} (max_inventory, CENTRAL_MAX_INVENTORY); nothing was changed"
+            )));
+        }
+        let total = ix.holdings() + files.len();
+        let max_files = limits.max_files;
+        if total > max_files {
+            self.refused(Refusal::MaxFiles);
+            return Err(Error::LimitExceeded(format!(
+                "files: the directory would hold {total} entries, over its limit of {max_files} (CENTRAL_MAX_FILES); nothing was changed"
+            )));
+        }
+        Ok((files, refused))
     }
 
     fn expires(&self, now: Instant) -> Instant {
@@ -679,8 +791,22 @@ impl DirectoryService {
         let limits = self.shared.limits.clone();
         let this = self.clone();
         let unix_now = unix_secs();
-        let (count, refused) = self
-            .write(move |gate, store| {
+        let (count, refused) = if let Some(etcd) = self.etcd() {
+            let args = on_etcd::JoinArgs {
+                peer,
+                url,
+                key,
+                token,
+                addr,
+                inventory,
+                load,
+                hash,
+                nonce: r.nonce,
+                unix_now,
+            };
+            self.join_on_etcd(etcd, args).await?
+        } else {
+            self.write(move |gate, store| {
                 let bound = store.key_of(&peer)?;
                 if bound.is_some_and(|b| b != key) {
                     return Err(Error::PermissionDenied(format!(
@@ -709,26 +835,7 @@ impl DirectoryService {
                             "peer {peer} has a live lease: a re-join must carry its current session token"
                         )));
                     }
-                    if ix.addr_of(&peer) != Some(addr) {
-                        let joined = ix.peers_from(addr);
-                        let max = limits.max_peers_per_addr;
-                        if joined >= max {
-                            this.refused(Refusal::MaxPeersPerAddr);
-                            return Err(Error::LimitExceeded(format!(
-                                "{joined} peers are already joined from address {addr}, the limit (CENTRAL_MAX_PEERS_PER_ADDR) is {max}: leave with one, or wait for a lease to end"
-                            )));
-                        }
-                    }
-                    let (files, refused) = inventory.screen(&ix, &peer, true, budget)?;
-                    let total = ix.holdings() - ix.inventory_len(&peer) + files.len();
-                    let max = limits.max_files;
-                    if total > max {
-                        this.refused(Refusal::MaxFiles);
-                        return Err(Error::LimitExceeded(format!(
-                            "files: the directory would hold {total} entries, over its limit of {max} (CENTRAL_MAX_FILES); nothing was changed"
-                        )));
-                    }
-                    (files, refused)
+                    this.admit_join(&ix, &peer, addr, inventory, budget)?
                 };
                 store.join(&peer, &url, &hash, &key, unix_now, &files)?;
                 let mut steps = Steps::new(gate);
@@ -739,7 +846,8 @@ impl DirectoryService {
                 steps.publish(&peer, &files);
                 Ok((files.len(), refused))
             })
-            .await?;
+            .await?
+        };
         tracing::info!(%peer, files = count, refused = refused.len(), "peer joined");
         log_refused(&peer, &refused);
         let (credential, credential_expires) = self.credential(&peer)?;
@@ -762,7 +870,13 @@ impl DirectoryService {
         let peer = parse_peer(&r.peer_id)?;
         let load = r.load.map(|l| Load::from(Some(l)));
         let now = Instant::now();
-        let rejoin = {
+        let rejoin = if let Some(etcd) = self.etcd() {
+            lock(&self.shared.heard).insert(peer, now);
+            if self.shared.draining.load(Ordering::Relaxed) {
+                lock(&self.shared.told).insert(peer);
+            }
+            !self.heartbeat_on_etcd(etcd, &peer, &token, load).await?
+        } else {
             let ix = self.index();
             match authorize(&ix, &peer, &token, now) {
                 Ok(()) => !ix.renew(&peer, load, self.expires(now), now),
@@ -791,7 +905,9 @@ impl DirectoryService {
                 .as_ref()
                 .map(Network::revoked)
                 .unwrap_or_default(),
-            ..Default::default()
+            moved: self.shared.draining.load(Ordering::Relaxed),
+            central: self.shared.leadership.name().to_owned(),
+            leader: self.shared.leadership.leader(),
         }))
     }
 
@@ -806,31 +922,16 @@ impl DirectoryService {
         let inventory = self.parse_files(r.files)?;
         let now = Instant::now();
         let expires = self.expires(now);
-        let max = self.shared.limits.max_inventory;
-        let max_files = self.shared.limits.max_files;
-        let budget = self.shared.limits.max_message_bytes / 2;
+        if let Some(etcd) = self.etcd() {
+            let refused = self.publish_on_etcd(etcd, peer, token, inventory).await?;
+            log_refused(&peer, &refused);
+            return Ok(Response::new(v1::PublishResponse { refused }));
+        }
         let this = self.clone();
         let refused = self
             .write(move |gate, store| {
-                let (files, refused) = {
-                    let ix = gate.read();
-                    authorize(&ix, &peer, &token, now)?;
-                    let (files, refused) = inventory.screen(&ix, &peer, false, budget)?;
-                    let total = ix.inventory_len(&peer) + files.len();
-                    if total > max {
-                        return Err(Error::LimitExceeded(format!(
-                            "files: the inventory of peer {peer} would reach {total} entries, over the limit of {max} (max_inventory, CENTRAL_MAX_INVENTORY); nothing was changed"
-                        )));
-                    }
-                    let total = ix.holdings() + files.len();
-                    if total > max_files {
-                        this.refused(Refusal::MaxFiles);
-                        return Err(Error::LimitExceeded(format!(
-                            "files: the directory would hold {total} entries, over its limit of {max_files} (CENTRAL_MAX_FILES); nothing was changed"
-                        )));
-                    }
-                    (files, refused)
-                };
+                let (files, refused) =
+                    this.admit_publish(&gate.read(), &peer, &token, inventory, now)?;
                 store.publish(&peer, &files)?;
                 let mut steps = Steps::new(gate);
                 steps.publish(&peer, &files);
@@ -880,6 +981,10 @@ impl DirectoryService {
                 Ok((id, name))
             })
             .collect::<Result<_>>()?;
+        if let Some(etcd) = self.etcd() {
+            self.unpublish_on_etcd(etcd, peer, token, refs).await?;
+            return Ok(Response::new(v1::UnpublishResponse {}));
+        }
         let now = Instant::now();
         let expires = self.expires(now);
         self.write(move |gate, store| {
@@ -1141,8 +1246,10 @@ impl DirectoryService {
         let token = bearer(req.metadata())?;
         let peer = parse_peer(&req.into_inner().peer_id)?;
         let now = Instant::now();
-        let left = self
-            .write(move |gate, store| {
+        let left = if let Some(etcd) = self.etcd() {
+            self.leave_on_etcd(etcd, peer, token).await?
+        } else {
+            self.write(move |gate, store| {
                 {
                     let ix = gate.read();
                     if ix.lease(&peer, now) == Lease::Unknown {
@@ -1161,10 +1268,12 @@ impl DirectoryService {
                 steps.remove_peer(&peer);
                 Ok(true)
             })
-            .await?;
+            .await?
+        };
         if left {
             tracing::info!(%peer, "peer left");
-            if let Some(net) = &self.shared.network {
+            // On etcd, the follower revokes (at every central).
+            if let (Some(net), None) = (&self.shared.network, self.etcd()) {
                 net.revoke(&[peer]);
             }
         }
@@ -1172,8 +1281,68 @@ impl DirectoryService {
     }
 }
 
+impl DirectoryService {
+    /// Start draining: Heartbeat answers say `moved`, Info says draining.
+    pub(crate) fn drain(&self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Wait until every peer that heartbeated here lately was told to
+    /// move, at most one heartbeat interval and 2 s.
+    pub(crate) async fn drained(&self, most: Duration) {
+        let interval = self.shared.heartbeat_interval;
+        let deadline = Instant::now() + most;
+        loop {
+            let now = Instant::now();
+            let waiting = {
+                let told = lock(&self.shared.told);
+                lock(&self.shared.heard)
+                    .iter()
+                    .filter(|(p, at)| now.duration_since(**at) < interval * 2 && !told.contains(p))
+                    .count()
+            };
+            if waiting == 0 || now >= deadline {
+                tracing::info!(
+                    told = lock(&self.shared.told).len(),
+                    not_told = waiting,
+                    "drained: peers were told to move"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub(crate) fn info(&self) -> v1::InfoResponse {
+        let l = &self.shared.leadership;
+        let (peers, stats) = {
+            let ix = self.index();
+            (ix.live_peers(Instant::now()), ix.stats())
+        };
+        v1::InfoResponse {
+            central: l.name().to_owned(),
+            leader: l.leader(),
+            is_leader: l.is_leader(),
+            store: if self.etcd().is_some() { "etcd" } else { "sqlite" }.into(),
+            draining: self.shared.draining.load(Ordering::Relaxed),
+            peers: peers as u64,
+            files: stats.files as u64,
+            names: stats.names as u64,
+            revision: self.etcd().map_or(0, |e| e.applied()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Directory for DirectoryService {
+    async fn info(
+        &self,
+        _req: Request<v1::InfoRequest>,
+    ) -> Result<Response<v1::InfoResponse>, Status> {
+        self.metered(Rpc::Info, async { Ok(Response::new(self.info())) })
+            .await
+    }
+
     async fn network_keys(
         &self,
         req: Request<v1::NetworkKeysRequest>,
@@ -1247,7 +1416,19 @@ mod tests {
         let config = Config::new(dir);
         let store = Store::open(dir).unwrap();
         let index = store.load(Instant::now()).unwrap();
-        DirectoryService::new(store, index, &config, None).unwrap()
+        let secrets = Secrets {
+            nonces: Nonces::new(),
+            network: None,
+        };
+        DirectoryService::new(
+            Backend::Sqlite(store),
+            index,
+            &config,
+            None,
+            secrets,
+            Leadership::alone("test"),
+        )
+        .unwrap()
     }
 
     async fn join(s: &DirectoryService, peer: &PeerId, file: u32) -> String {

@@ -1,0 +1,852 @@
+//! The directory on etcd (`CENTRAL_ETCD_ENDPOINTS`): any number of
+//! centrals serve one directory, all active.
+//!
+//! # Data model
+//!
+//! Under the prefix (`CENTRAL_ETCD_PREFIX`, default `/peerdex/`):
+//!
+//! * `peers/<peer id>` → [`PeerRecord`] (JSON: URL, BLAKE3 hash of the
+//!   session token, etcd lease, source address, load), attached to the
+//!   peer's etcd lease;
+//! * `files/<peer id>/<file id>/<name>` → the size this peer claims,
+//!   attached to the same lease, so that when the peer stops heartbeating
+//!   etcd itself drops everything it announced, in one revision;
+//! * `keys/<peer id>` → [`Binding`] (the peer's public key and last Join),
+//!   no lease: a binding outlives the peer (`CENTRAL_KEY_RETENTION_DAYS`);
+//! * `nonces/<nonce>` → spent Join nonces, on a short shared lease, so a
+//!   Join cannot be replayed at another central;
+//! * `secrets/network`, `secrets/nonce` → the private network's signing
+//!   key and the nonce MAC key, made once by whichever central starts
+//!   first, so that every central issues and checks the same credentials
+//!   and nonces;
+//! * `election` → etcd's election API (see `crate::leader`).
+//!
+//! A Heartbeat is a keep-alive of the peer's etcd lease, whichever central
+//! receives it. Inventories bigger than one transaction ([`TXN_OPS`]
+//! operations, etcd's default `--max-txn-ops`) are written in batches
+//! under the same lease.
+//!
+//! # Reads from memory
+//!
+//! Each central builds its index from a paginated range read at one
+//! revision ([`Etcd::snapshot`]), then follows a watch from the next
+//! revision; the service applies what it decodes ([`Change`]) to the
+//! in-memory index and marks the revision applied. A write is
+//! acknowledged only once the watch has applied its revision
+//! ([`Etcd::wait_applied`]), so a peer reads its own writes from the
+//! central it talks to. Locate and Search never wait for etcd.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
+    PutOptions, Txn, TxnOp, WatchOptions,
+};
+use peerdex_proto::{FileId, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::store::PublicKey;
+
+/// Most operations in one etcd transaction (etcd's default
+/// `--max-txn-ops`).
+pub const TXN_OPS: usize = 128;
+
+/// Keys per page of the start-up range read.
+const PAGE: i64 = 2000;
+
+/// Longest wait for our own watch to apply a write we made.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Per-request deadline towards etcd (a member that does not answer is
+/// left for another).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A peer as stored in `peers/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct PeerRecord {
+    pub url: String,
+    /// Hex BLAKE3 hash of the session token.
+    pub token: String,
+    pub lease: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    #[serde(default)]
+    pub active_uploads: u32,
+    #[serde(default)]
+    pub free_upload_slots: u32,
+}
+
+/// A peer id's key binding, as stored in `keys/<id>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Binding {
+    /// Hex Ed25519 public key.
+    pub key: String,
+    /// Unix seconds of the last Join.
+    pub last_join: i64,
+}
+
+impl Binding {
+    pub(crate) fn public_key(&self) -> Option<PublicKey> {
+        let mut k = [0; 32];
+        hex::decode_to_slice(&self.key, &mut k).ok()?;
+        Some(k)
+    }
+}
+
+/// One change of the directory, decoded from etcd.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// A peer's record; `new_session` when it replaces one of another
+    /// lease (a re-Join: the old inventory is dropped, the new one follows).
+    Peer {
+        peer: PeerId,
+        record: PeerRecord,
+        new_session: bool,
+    },
+    PeerGone(PeerId),
+    Holding {
+        peer: PeerId,
+        file: FileId,
+        name: String,
+        size: u64,
+    },
+    HoldingGone {
+        peer: PeerId,
+        file: FileId,
+        name: String,
+    },
+}
+
+/// What a central knows of a peer beyond the index: its etcd lease, and
+/// the revision of its record (a Join compares it, so two Joins of one
+/// peer at two centrals cannot interleave).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerMeta {
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+#[derive(Default)]
+struct Mirror {
+    peers: HashMap<PeerId, PeerMeta>,
+    /// Key bindings, with the exact stored bytes (compared by a Join).
+    keys: HashMap<PeerId, (Binding, Vec<u8>)>,
+}
+
+/// A Join's write: the first transaction checks the key binding, the
+/// nonce and the peer's record revision, and puts the binding, the spent
+/// nonce, the record and the first holdings; the rest follow in batches.
+pub(crate) struct JoinWrite<'a> {
+    pub peer: PeerId,
+    pub record: PeerRecord,
+    pub binding: Binding,
+    pub nonce: &'a [u8],
+    pub files: &'a [peerdex_proto::convert::SharedFile],
+}
+
+/// Why a Join's first transaction did not apply.
+#[derive(Debug)]
+pub(crate) enum JoinConflict {
+    /// The id is bound to another key.
+    OtherKey,
+    /// The nonce was spent (at another central, say).
+    NonceSpent,
+    /// The record changed meanwhile (another Join or a lease end).
+    Raced,
+}
+
+pub(crate) struct Etcd {
+    client: Client,
+    /// For calls that wait without a deadline (a campaign).
+    waiting: Client,
+    prefix: String,
+    endpoints: String,
+    mirror: Mutex<Mirror>,
+    applied: watch::Sender<i64>,
+    /// Asks the follower for a progress notification (a write that
+    /// changed nothing has no event to wait for).
+    progress: Notify,
+    /// The shared lease of spent nonces, and when it was granted.
+    nonce_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// `e` as the directory's error: etcd did not answer or refused.
+fn unavailable(what: &str, e: etcd_client::Error) -> Error {
+    Error::Unavailable(format!("etcd: {what}: {e}"))
+}
+
+/// The end of the key range of every key starting with `prefix`.
+fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Whether an etcd error says the lease is gone.
+pub(crate) fn lease_gone(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(m) if m.contains("lease not found"))
+}
+
+impl Etcd {
+    /// Connect to `endpoints` (comma-separated URLs).
+    pub(crate) async fn connect(endpoints: &str, prefix: &str) -> Result<Self> {
+        let list: Vec<&str> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let connect = |options| async {
+            Client::connect(&list, Some(options)).await.map_err(|e| {
+                Error::Config(format!(
+                    "CENTRAL_ETCD_ENDPOINTS {endpoints:?}: cannot connect: {e}"
+                ))
+            })
+        };
+        let client = connect(options.clone().with_timeout(REQUEST_TIMEOUT)).await?;
+        // Campaigns wait as long as another central leads: no deadline.
+        let waiting = connect(options).await?;
+        Ok(Self {
+            client,
+            waiting,
+            prefix: prefix.to_owned(),
+            endpoints: endpoints.to_owned(),
+            mirror: Mutex::default(),
+            applied: watch::Sender::new(0),
+            progress: Notify::new(),
+            nonce_lease: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// A client whose calls may wait as long as they need.
+    pub(crate) fn waiting_client(&self) -> Client {
+        self.waiting.clone()
+    }
+
+    pub(crate) fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.prefix)
+    }
+
+    fn peer_key(&self, peer: &PeerId) -> String {
+        self.key(&format!("peers/{peer}"))
+    }
+
+    fn binding_key(&self, peer: &PeerId) -> String {
+        self.key(&format!("keys/{peer}"))
+    }
+
+    fn holding_key(&self, peer: &PeerId, file: &FileId, name: &str) -> String {
+        self.key(&format!("files/{peer}/{}/{name}", file.to_hex()))
+    }
+
+    /// Call `f` on a client, again after a short pause when etcd did not
+    /// answer (a member died: the next call goes to another). Only for
+    /// calls that may be repeated.
+    async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut pause = Duration::from_millis(50);
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match f(self.client.clone()).await {
+                Ok(t) => return Ok(t),
+                Err(e) if transient(&e) && Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, what, "etcd call failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(800));
+                }
+                Err(e) => return Err(unavailable(what, e)),
+            }
+        }
+    }
+
+    /// The value at `rest`, created as `make()` when absent (whoever
+    /// creates it first wins; every central then reads the same).
+    pub(crate) async fn get_or_create(&self, rest: &str, make: Vec<u8>) -> Result<Vec<u8>> {
+        let key = self.key(rest);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), make.clone(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let r = self
+            .retry("create shared secret", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        if r.succeeded() {
+            return Ok(make);
+        }
+        for op in r.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = op
+                && let Some(kv) = g.kvs().first()
+            {
+                return Ok(kv.value().to_vec());
+            }
+        }
+        Err(Error::Internal(format!("etcd: {key} vanished while read")))
+    }
+
+    /// The whole directory at one revision, in pages: peers first, then
+    /// holdings (so that every holding finds its peer). Returns the
+    /// changes and the revision; the mirror is rebuilt.
+    pub(crate) async fn snapshot(&self) -> Result<(Vec<Change>, i64)> {
+        let prefix = self.prefix.as_bytes().to_vec();
+        let end = range_end(&prefix);
+        let mut from = prefix.clone();
+        let mut revision = 0;
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let key = from.clone();
+            let mut r = self
+                .retry("range read", |mut c| {
+                    let (key, opts) = (key.clone(), opts.clone());
+                    async move { c.get(key, Some(opts)).await }
+                })
+                .await?;
+            if revision == 0 {
+                revision = r.header().map_or(0, |h| h.revision());
+            }
+            let more = r.more();
+            let page = r.take_kvs();
+            if let Some(last) = page.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            kvs.extend(page);
+            if !more {
+                break;
+            }
+        }
+        *lock(&self.mirror) = Mirror::default();
+        let mut peers = Vec::new();
+        let mut holdings = Vec::new();
+        for kv in &kvs {
+            match self.decode_put(kv) {
+                Some(c @ Change::Peer { .. }) => peers.push(c),
+                Some(c) => holdings.push(c),
+                None => {}
+            }
+        }
+        peers.extend(holdings);
+        Ok((peers, revision))
+    }
+
+    /// Decode a put (and note it in the mirror); `None` for keys that are
+    /// not the index's (bindings are only mirrored).
+    fn decode_put(&self, kv: &KeyValue) -> Option<Change> {
+        let key = kv.key_str().ok()?;
+        let rest = key.strip_prefix(&self.prefix)?;
+        if let Some(id) = rest.strip_prefix("peers/") {
+            let peer: PeerId = id.parse().ok()?;
+            match serde_json::from_slice::<PeerRecord>(kv.value()) {
+                Ok(record) => {
+                    let old = lock(&self.mirror).peers.insert(
+                        peer,
+                        PeerMeta {
+                            lease: record.lease,
+                            mod_revision: kv.mod_revision(),
+                        },
+                    );
+                    Some(Change::Peer {
+                        peer,
+                        new_session: old.is_some_and(|o| o.lease != record.lease),
+                        record,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "etcd: unreadable peer record ignored");
+                    None
+                }
+            }
+        } else if let Some(id) = rest.strip_prefix("keys/") {
+            let peer: PeerId = id.parse().ok()?;
+            match serde_json::from_slice::<Binding>(kv.value()) {
+                Ok(b) => {
+                    lock(&self.mirror)
+                        .keys
+                        .insert(peer, (b, kv.value().to_vec()));
+                }
+                Err(e) => tracing::warn!(key, error = %e, "etcd: unreadable key binding ignored"),
+            }
+            None
+        } else if let Some(path) = rest.strip_prefix("files/") {
+            let (peer, file, name) = split_holding(path)?;
+            let size = std::str::from_utf8(kv.value()).ok()?.parse().ok()?;
+            Some(Change::Holding {
+                peer,
+                file,
+                name,
+                size,
+            })
+        } else {
+            None
+        }
+    }
+
+    fn decode_delete(&self, kv: &KeyValue) -> Option<Change> {
+        let key = kv.key_str().ok()?;
+        let rest = key.strip_prefix(&self.prefix)?;
+        if let Some(id) = rest.strip_prefix("peers/") {
+            let peer: PeerId = id.parse().ok()?;
+            lock(&self.mirror).peers.remove(&peer);
+            Some(Change::PeerGone(peer))
+        } else if let Some(id) = rest.strip_prefix("keys/") {
+            let peer: PeerId = id.parse().ok()?;
+            lock(&self.mirror).keys.remove(&peer);
+            None
+        } else if let Some(path) = rest.strip_prefix("files/") {
+            let (peer, file, name) = split_holding(path)?;
+            Some(Change::HoldingGone { peer, file, name })
+        } else {
+            None
+        }
+    }
+
+    /// Decode one watch answer's events in order, peers' puts first and
+    /// peers' deletes last (a transaction's events may come in any key
+    /// order).
+    pub(crate) fn decode(&self, events: &[etcd_client::Event]) -> Vec<Change> {
+        let (mut first, mut middle, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            let change = match ev.event_type() {
+                EventType::Put => self.decode_put(kv),
+                EventType::Delete => self.decode_delete(kv),
+            };
+            match change {
+                Some(c @ Change::Peer { .. }) => first.push(c),
+                Some(c @ Change::PeerGone(_)) => last.push(c),
+                Some(c) => middle.push(c),
+                None => {}
+            }
+        }
+        first.extend(middle);
+        first.extend(last);
+        first
+    }
+
+    /// Start following changes from `revision`.
+    pub(crate) async fn watch(&self, revision: i64) -> Result<etcd_client::WatchStream> {
+        let prefix = self.prefix.clone();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision)
+            .with_progress_notify();
+        self.retry("watch", |mut c| {
+            let (prefix, opts) = (prefix.clone(), opts.clone());
+            async move { c.watch(prefix, Some(opts)).await }
+        })
+        .await
+    }
+
+    pub(crate) fn applied(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    pub(crate) fn set_applied(&self, revision: i64) {
+        self.applied.send_if_modified(|r| {
+            if revision > *r {
+                *r = revision;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Wakes when a progress notification is wanted.
+    pub(crate) async fn progress_wanted(&self) {
+        self.progress.notified().await;
+    }
+
+    /// Wait until our watch has applied `revision` (so this central
+    /// answers with the write). Asks etcd for a progress notification
+    /// when no event is coming (a write that changed nothing).
+    pub(crate) async fn wait_applied(&self, revision: i64) -> Result<()> {
+        let mut rx = self.applied.subscribe();
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        let mut nudge = Duration::from_millis(50);
+        loop {
+            if *rx.borrow_and_update() >= revision {
+                return Ok(());
+            }
+            let wait = nudge.min(deadline.saturating_duration_since(Instant::now()));
+            if wait.is_zero() {
+                return Err(Error::Unavailable(format!(
+                    "etcd: the write is committed (revision {revision}) but this central's watch has not caught up within {} s; retry the call here or at another central",
+                    APPLY_TIMEOUT.as_secs()
+                )));
+            }
+            if tokio::time::timeout(wait, rx.changed()).await.is_err() {
+                self.progress.notify_one();
+                nudge = (nudge * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+
+    pub(crate) fn peer_meta(&self, peer: &PeerId) -> Option<PeerMeta> {
+        lock(&self.mirror).peers.get(peer).copied()
+    }
+
+    pub(crate) fn binding(&self, peer: &PeerId) -> Option<Binding> {
+        lock(&self.mirror).keys.get(peer).map(|(b, _)| b.clone())
+    }
+
+    pub(crate) fn bindings_held(&self) -> usize {
+        lock(&self.mirror).keys.len()
+    }
+
+    /// Bindings of peers not in the directory whose last Join is before
+    /// `before`, oldest first.
+    pub(crate) fn idle_bindings(&self, before: i64) -> Vec<(PeerId, i64)> {
+        let m = lock(&self.mirror);
+        let mut idle: Vec<(PeerId, i64)> = m
+            .keys
+            .iter()
+            .filter(|(p, (b, _))| b.last_join < before && !m.peers.contains_key(p))
+            .map(|(p, (b, _))| (*p, b.last_join))
+            .collect();
+        idle.sort_by_key(|&(_, t)| t);
+        idle
+    }
+
+    /// Bindings of absent peers, oldest Join first (to make room).
+    pub(crate) fn absent_bindings(&self) -> Vec<PeerId> {
+        self.idle_bindings(i64::MAX)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Forget these bindings (each only if its peer is still absent).
+    pub(crate) async fn forget_bindings(&self, peers: &[PeerId]) -> Result<usize> {
+        let mut forgotten = 0;
+        for p in peers {
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    self.peer_key(p),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::delete(self.binding_key(p), None)]);
+            let r = self
+                .retry("forget key binding", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            if r.succeeded() {
+                forgotten += 1;
+            }
+        }
+        Ok(forgotten)
+    }
+
+    /// A lease for a new session of `ttl`.
+    pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let r = self
+            .retry("grant a lease", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
+        Ok(r.id())
+    }
+
+    /// The lease that spent nonces live on: valid at least as long as any
+    /// nonce issued now.
+    async fn nonce_lease(&self, valid: Duration) -> Result<i64> {
+        let mut l = self.nonce_lease.lock().await;
+        if let Some((id, at)) = *l
+            && at.elapsed() < valid
+        {
+            return Ok(id);
+        }
+        let id = self.grant(valid * 2 + Duration::from_secs(5)).await?;
+        *l = Some((id, Instant::now()));
+        Ok(id)
+    }
+
+    /// Put `ops` in transactions of at most [`TXN_OPS`]; the revision of
+    /// the last.
+    async fn batches(&self, what: &str, ops: Vec<TxnOp>) -> Result<i64> {
+        let mut revision = 0;
+        for chunk in ops.chunks(TXN_OPS) {
+            let txn = Txn::new().and_then(chunk.to_vec());
+            let r = self
+                .retry(what, |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await?;
+            revision = r.header().map_or(revision, |h| h.revision());
+        }
+        Ok(revision)
+    }
+
+    fn put_holdings(
+        &self,
+        peer: &PeerId,
+        lease: i64,
+        files: &[peerdex_proto::convert::SharedFile],
+    ) -> Vec<TxnOp> {
+        files
+            .iter()
+            .map(|f| {
+                TxnOp::put(
+                    self.holding_key(peer, &f.id, f.name.as_str()),
+                    f.size.to_string(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            })
+            .collect()
+    }
+
+    /// A Join: see [`JoinWrite`]. On success, the revision to wait for and
+    /// the lease the peer had before (revoked here, after the new
+    /// inventory is written).
+    pub(crate) async fn join(
+        &self,
+        w: JoinWrite<'_>,
+        nonce_valid: Duration,
+    ) -> Result<std::result::Result<i64, JoinConflict>> {
+        let peer = w.peer;
+        let lease = w.record.lease;
+        let before = self.peer_meta(&peer);
+        let known_binding = lock(&self.mirror).keys.get(&peer).map(|(_, raw)| raw.clone());
+        let nonce_key = self.key(&format!("nonces/{}", hex::encode(w.nonce)));
+        let nonce_lease = self.nonce_lease(nonce_valid).await?;
+        let bkey = self.binding_key(&peer);
+        let pkey = self.peer_key(&peer);
+        let mut when = vec![
+            Compare::create_revision(nonce_key.clone(), CompareOp::Equal, 0),
+            match &known_binding {
+                Some(raw) => Compare::value(bkey.clone(), CompareOp::Equal, raw.clone()),
+                None => Compare::create_revision(bkey.clone(), CompareOp::Equal, 0),
+            },
+        ];
+        when.push(match before {
+            Some(m) => Compare::mod_revision(pkey.clone(), CompareOp::Equal, m.mod_revision),
+            None => Compare::create_revision(pkey.clone(), CompareOp::Equal, 0),
+        });
+        let record = serde_json::to_vec(&w.record)
+            .map_err(|e| Error::Internal(format!("encoding a peer record: {e}")))?;
+        let binding = serde_json::to_vec(&w.binding)
+            .map_err(|e| Error::Internal(format!("encoding a key binding: {e}")))?;
+        let mut ops = vec![
+            TxnOp::put(
+                nonce_key.clone(),
+                "",
+                Some(PutOptions::new().with_lease(nonce_lease)),
+            ),
+            TxnOp::put(bkey.clone(), binding, None),
+            TxnOp::put(
+                pkey.clone(),
+                record,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        ];
+        let mut rest = self.put_holdings(&peer, lease, w.files);
+        let first = rest.len().min(TXN_OPS - ops.len());
+        ops.extend(rest.drain(..first));
+        let txn = Txn::new().when(when).and_then(ops).or_else([
+            TxnOp::get(nonce_key, None),
+            TxnOp::get(bkey, None),
+        ]);
+        // Not repeated on failure: a lost answer leaves the Join unknown,
+        // and the peer joins again with a fresh nonce.
+        let r = self
+            .client
+            .clone()
+            .txn(txn)
+            .await
+            .map_err(|e| unavailable("join", e))?;
+        if !r.succeeded() {
+            let mut found = r.op_responses().into_iter().map(|op| match op {
+                etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+                _ => None,
+            });
+            let (nonce, bound) = (found.next().flatten(), found.next().flatten());
+            if nonce.is_some() {
+                return Ok(Err(JoinConflict::NonceSpent));
+            }
+            if let Some(kv) = bound
+                && let Ok(b) = serde_json::from_slice::<Binding>(kv.value())
+                && b.key != w.binding.key
+            {
+                return Ok(Err(JoinConflict::OtherKey));
+            }
+            return Ok(Err(JoinConflict::Raced));
+        }
+        let mut revision = r.header().map_or(0, |h| h.revision());
+        if !rest.is_empty() {
+            revision = revision.max(self.batches("join", rest).await?);
+        }
+        if let Some(old) = before
+            && old.lease != lease
+        {
+            match self.client.clone().lease_revoke(old.lease).await {
+                Ok(r) => revision = revision.max(r.header().map_or(0, |h| h.revision())),
+                Err(e) if e.to_string().contains("lease not found") => {}
+                Err(e) => tracing::warn!(%peer, error = %e,
+                    "etcd: revoking the previous lease failed; it ends at its TTL"),
+            }
+        }
+        Ok(Ok(revision))
+    }
+
+    /// Renew a lease; false when etcd no longer has it.
+    pub(crate) async fn keep_alive(&self, lease: i64) -> Result<bool> {
+        // Opening the stream sends a keep-alive and reads its answer (an
+        // error saying "lease not found" when etcd no longer has it).
+        let r = self
+            .retry("keep a lease alive", |mut c| async move {
+                c.lease_keep_alive(lease).await.map(|_| ())
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if lease_gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Add holdings under the peer's lease.
+    pub(crate) async fn publish(
+        &self,
+        peer: &PeerId,
+        lease: i64,
+        files: &[peerdex_proto::convert::SharedFile],
+    ) -> Result<i64> {
+        self.batches("publish", self.put_holdings(peer, lease, files))
+            .await
+    }
+
+    /// Withdraw holdings: one name, or every name of a file.
+    pub(crate) async fn unpublish(
+        &self,
+        peer: &PeerId,
+        refs: &[(FileId, Option<String>)],
+    ) -> Result<i64> {
+        let ops = refs
+            .iter()
+            .map(|(file, name)| match name {
+                Some(n) => TxnOp::delete(self.holding_key(peer, file, n), None),
+                None => TxnOp::delete(
+                    self.key(&format!("files/{peer}/{}/", file.to_hex())),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+            })
+            .collect();
+        self.batches("unpublish", ops).await
+    }
+
+    /// End a peer's session: etcd deletes all it announced, at once.
+    pub(crate) async fn leave(&self, lease: i64) -> Result<Option<i64>> {
+        match self.client.clone().lease_revoke(lease).await {
+            Ok(r) => Ok(Some(r.header().map_or(0, |h| h.revision()))),
+            Err(e) if e.to_string().contains("lease not found") => Ok(None),
+            Err(e) => Err(unavailable("leave", e)),
+        }
+    }
+
+    /// Compact etcd's history up to `revision` (the leader does this).
+    pub(crate) async fn compact(&self, revision: i64) -> Result<()> {
+        self.client
+            .clone()
+            .compact(revision, None)
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if e.to_string().contains("compacted") {
+                    Ok(())
+                } else {
+                    Err(unavailable("compact", e))
+                }
+            })
+    }
+
+    /// The current revision of the cluster.
+    pub(crate) async fn revision(&self) -> Result<i64> {
+        let key = self.key("secrets/nonce");
+        let r = self
+            .retry("read the revision", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_keys_only())).await }
+            })
+            .await?;
+        Ok(r.header().map_or(0, |h| h.revision()))
+    }
+}
+
+/// A call worth repeating at another member: no answer, or no leader.
+fn transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+/// `<peer>/<file>/<name>` of a holding key.
+fn split_holding(path: &str) -> Option<(PeerId, FileId, String)> {
+    let (peer, rest) = path.split_once('/')?;
+    let (file, name) = rest.split_once('/')?;
+    Some((peer.parse().ok()?, file.parse().ok()?, name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holding_keys_split_with_slashes_in_names_kept() {
+        let p = PeerId::new_random();
+        let f = FileId::from_bytes([7; 32]);
+        let (peer, file, name) = split_holding(&format!("{p}/{}/a b/c", f.to_hex())).unwrap();
+        assert_eq!((peer, file, name.as_str()), (p, f, "a b/c"));
+        assert!(split_holding("nope").is_none());
+        assert!(split_holding(&format!("{p}/zz/x")).is_none());
+    }
+
+    #[test]
+    fn range_end_is_the_next_prefix() {
+        assert_eq!(range_end(b"/peerdex/"), b"/peerdex0".to_vec());
+        assert_eq!(range_end(&[b'a', 0xff]), b"b".to_vec());
+        assert_eq!(range_end(&[0xff]), vec![0]);
+    }
+}
