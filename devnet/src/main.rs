@@ -287,8 +287,8 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         false => vec!["central".to_owned()],
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    // (name, address, URL) of each central.
-    let mut centrals: Vec<(String, String, String)> = Vec::new();
+    // (name, address, URL, pid) of each central.
+    let mut centrals: Vec<(String, String, String, u32)> = Vec::new();
     for name in &names {
         let central_dir = root.join(name);
         let mut central_env = vec![
@@ -318,6 +318,7 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         }
         write_env(&central_dir, &central_env)?;
         let (p, line) = spawn(&bins, "central-server", &central_dir, name).await?;
+        let pid = p.child.id().unwrap_or_default();
         net.procs.push(p);
         let addr = line
             .rsplit(' ')
@@ -326,12 +327,12 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             .trim()
             .to_owned();
         let url = format!("{scheme}://{addr}");
-        centrals.push((name.clone(), addr, url));
+        centrals.push((name.clone(), addr, url, pid));
     }
     // What every peer is given: one URL, or all of them (it fails over).
     let central_url = centrals
         .iter()
-        .map(|(_, _, url)| url.as_str())
+        .map(|(_, _, url, _)| url.as_str())
         .collect::<Vec<_>>()
         .join(",");
 
@@ -450,9 +451,9 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             etcd.dir().display()
         );
     }
-    for (name, addr, url) in &centrals {
+    for (name, addr, url, pid) in &centrals {
         let etcd = match &etcd_endpoints {
-            Some(_) => format!("; on etcd as {name}"),
+            Some(_) => format!("; on etcd as {name}, pid {pid}"),
             None => String::new(),
         };
         match &tls {
@@ -467,9 +468,8 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     }
     if centrals.len() > 1 {
         println!(
-            "  every peer lists all {} centrals and moves to another if its central fails; try: kill -9 a central's pid (in {}/central-N/)",
+            "  every peer lists all {} centrals and moves to another if its central fails; try: kill -9 PID of a central",
             centrals.len(),
-            root.display()
         );
     }
     for (i, p) in peers.iter().enumerate() {
