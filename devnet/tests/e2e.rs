@@ -626,10 +626,27 @@ fn devnet_over_tls_runs_its_tour() {
 /// (`peerdex_testkit::etcd::etcd_bin`: ETCD_BIN, PATH or the pinned wheel).
 #[test]
 fn devnet_ha_runs_its_tour_on_etcd() {
+    devnet_ha(false);
+}
+
+/// `devnet --ha --tls`: the same over TLS, a private network whose three
+/// centrals share one network key (kept in etcd), so a peer's credential
+/// from one central is good for peers that joined through another.
+#[test]
+fn devnet_ha_over_tls_runs_its_tour() {
+    devnet_ha(true);
+}
+
+fn devnet_ha(tls: bool) {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("devnet");
+    let mut args = vec!["--ha", "--tour", "--no-build"];
+    if tls {
+        args.push("--tls");
+    }
     let out = Command::new(bin("devnet"))
-        .args(["--ha", "--tour", "--no-build", "--dir"])
+        .args(&args)
+        .arg("--dir")
         .arg(&dir)
         .stdin(Stdio::null())
         .output()
@@ -679,7 +696,10 @@ fn devnet_ha_runs_its_tour_on_etcd() {
             .lines()
             .find(|l| l.trim_start().starts_with(&format!("{name} ")))
             .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"));
-        central_urls.push(line.split_whitespace().nth(1).unwrap().to_owned());
+        let url = line.split_whitespace().nth(1).unwrap().to_owned();
+        let scheme = if tls { "https://" } else { "http://" };
+        assert!(url.starts_with(scheme), "{line}");
+        central_urls.push(url);
         let env = std::fs::read_to_string(dir.join(&name).join(".env")).unwrap();
         assert!(
             env.contains(&format!("CENTRAL_ETCD_ENDPOINTS={}", endpoints.join(","))),
