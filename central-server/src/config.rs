@@ -184,7 +184,11 @@ impl Config {
             }
         }
         let p = &self.etcd_prefix;
-        if !p.starts_with('/') || !p.ends_with('/') || p.len() > 128 || p.contains(char::is_whitespace) {
+        if !p.starts_with('/')
+            || !p.ends_with('/')
+            || p.len() > 128
+            || p.contains(char::is_whitespace)
+        {
             return bad(format!(
                 "CENTRAL_ETCD_PREFIX {p:?} must start and end with '/', without spaces, at most 128 bytes (default /peerdex/)"
             ));
@@ -192,7 +196,9 @@ impl Config {
         if let Some(n) = &self.name
             && (n.is_empty()
                 || n.len() > MAX_NAME_LEN
-                || !n.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)))
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)))
         {
             return bad(format!(
                 "CENTRAL_NAME {n:?} must be 1-{MAX_NAME_LEN} characters among letters, digits and . _ : -"

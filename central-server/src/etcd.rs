@@ -643,7 +643,10 @@ impl Etcd {
         let peer = w.peer;
         let lease = w.record.lease;
         let before = self.peer_meta(&peer);
-        let known_binding = lock(&self.mirror).keys.get(&peer).map(|(_, raw)| raw.clone());
+        let known_binding = lock(&self.mirror)
+            .keys
+            .get(&peer)
+            .map(|(_, raw)| raw.clone());
         let nonce_key = self.key(&format!("nonces/{}", hex::encode(w.nonce)));
         let nonce_lease = self.nonce_lease(nonce_valid).await?;
         let bkey = self.binding_key(&peer);
@@ -679,10 +682,10 @@ impl Etcd {
         let mut rest = self.put_holdings(&peer, lease, w.files);
         let first = rest.len().min(TXN_OPS - ops.len());
         ops.extend(rest.drain(..first));
-        let txn = Txn::new().when(when).and_then(ops).or_else([
-            TxnOp::get(nonce_key, None),
-            TxnOp::get(bkey, None),
-        ]);
+        let txn = Txn::new()
+            .when(when)
+            .and_then(ops)
+            .or_else([TxnOp::get(nonce_key, None), TxnOp::get(bkey, None)]);
         // Not repeated on failure: a lost answer leaves the Join unknown,
         // and the peer joins again with a fresh nonce.
         let r = self

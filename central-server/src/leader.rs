@@ -256,10 +256,7 @@ impl Leadership {
                 _ = tick.tick() => {}
             }
             let seen = match client.leader(election.as_bytes()).await {
-                Ok(r) => r
-                    .kv()
-                    .and_then(|kv| kv.value_str().ok())
-                    .map(str::to_owned),
+                Ok(r) => r.kv().and_then(|kv| kv.value_str().ok()).map(str::to_owned),
                 Err(e) if e.to_string().contains("no leader") => None,
                 Err(e) => {
                     tracing::debug!(error = %e, "leadership: cannot read the leader");

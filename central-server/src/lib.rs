@@ -190,7 +190,8 @@ pub async fn run_with_metrics(
             )?
         }
         Some(endpoints) => {
-            let etcd = std::sync::Arc::new(etcd::Etcd::connect(endpoints, &config.etcd_prefix).await?);
+            let etcd =
+                std::sync::Arc::new(etcd::Etcd::connect(endpoints, &config.etcd_prefix).await?);
             let secrets = shared_secrets(&etcd, &config).await?;
             let leadership = leader::Leadership::new(&name);
             let d = DirectoryService::new(
@@ -332,7 +333,8 @@ fn default_name(addr: std::net::SocketAddr) -> String {
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= config::MAX_NAME_LEN - 6
-                && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
         })
         .unwrap_or_else(|| "central".into());
     format!("{host}:{}", addr.port())

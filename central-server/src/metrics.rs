@@ -158,6 +158,18 @@ pub(crate) struct Metrics {
     files: Gauge,
     names: Gauge,
     holdings: Gauge,
+    leader: Gauge,
+    draining: Gauge,
+    revision: Gauge,
+}
+
+/// This central's part in the directory, as the metrics show it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Role {
+    pub leader: bool,
+    pub draining: bool,
+    /// The etcd revision the index reflects (0 on SQLite).
+    pub revision: i64,
 }
 
 fn describe(r: &PrometheusRecorder, name: &'static str, unit: Option<Unit>, help: &'static str) {
@@ -232,6 +244,18 @@ impl Metrics {
             holdings: gauge(
                 "peerdex_central_holdings",
                 "Holdings: (peer, file, name) entries, bounded by CENTRAL_MAX_FILES",
+            ),
+            leader: gauge(
+                "peerdex_central_leader",
+                "1 while this central leads the directory (a single central on SQLite always does)",
+            ),
+            draining: gauge(
+                "peerdex_central_draining",
+                "1 while this central shuts down, telling its peers to move",
+            ),
+            revision: gauge(
+                "peerdex_central_etcd_revision",
+                "The etcd revision this central's index reflects (0 on SQLite)",
             ),
             handle: r.handle(),
             recorder: r,
@@ -322,7 +346,10 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, gauges set from `stats`.
-    pub(crate) fn render(&self, stats: Stats, holdings: usize) -> String {
+    pub(crate) fn render(&self, stats: Stats, holdings: usize, role: Role) -> String {
+        self.leader.set(f64::from(u8::from(role.leader)));
+        self.draining.set(f64::from(u8::from(role.draining)));
+        self.revision.set(role.revision as f64);
         self.peers.set(stats.peers as f64);
         self.files.set(stats.files as f64);
         self.names.set(stats.names as f64);
@@ -363,7 +390,7 @@ mod tests {
             names: 3,
         };
         let (ta, tb) = (
-            a.render(s, 4),
+            a.render(s, 4, Role::default()),
             b.render(
                 Stats {
                     peers: 0,
@@ -371,6 +398,7 @@ mod tests {
                     names: 0,
                 },
                 0,
+                Role::default(),
             ),
         );
         assert!(

@@ -9,9 +9,79 @@ use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::v1::{self, SharedFile};
 use peerdex_proto::{AUTHORIZATION, PeerId};
 use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::etcd::EtcdCluster;
 use peerdex_testkit::{TestCentral, wait_for};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
+
+/// Where the directory under test keeps its state: every contract test
+/// below runs against both stores (`on_sqlite::*`, `on_etcd::*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Sqlite,
+    Etcd,
+}
+
+/// A test's world: on etcd, a one-member etcd cluster of its own that
+/// every central of the test uses (a restart over the same folder finds
+/// the same directory there).
+struct Env {
+    etcd: Option<EtcdCluster>,
+}
+
+impl Env {
+    async fn new(store: Store) -> Self {
+        let etcd = match store {
+            Store::Sqlite => None,
+            Store::Etcd => Some(
+                tokio::task::spawn_blocking(|| EtcdCluster::start(1))
+                    .await
+                    .unwrap(),
+            ),
+        };
+        Self { etcd }
+    }
+
+    fn store(&self, c: &mut Config) {
+        if let Some(etcd) = &self.etcd {
+            c.etcd_endpoints = Some(etcd.endpoints());
+            // Stop at once: these tests have no PServer to tell to move.
+            c.drain = Some(Duration::ZERO);
+        }
+    }
+
+    async fn start(&self, lease_ttl: Duration) -> TestCentral {
+        self.start_with(|c| {
+            c.lease_ttl = lease_ttl;
+            c.heartbeat_interval = (lease_ttl / 3).max(Duration::from_millis(300));
+        })
+        .await
+    }
+
+    async fn start_with(&self, tweak: impl FnOnce(&mut Config)) -> TestCentral {
+        TestCentral::start_with(|c| {
+            self.store(c);
+            tweak(c);
+        })
+        .await
+    }
+
+    async fn start_in(
+        &self,
+        dir: &std::path::Path,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestCentral {
+        TestCentral::start_in(dir, |c| {
+            self.store(c);
+            tweak(c);
+        })
+        .await
+    }
+
+    fn is_sqlite(&self) -> bool {
+        self.etcd.is_none()
+    }
+}
 
 async fn client(central: &TestCentral) -> DirectoryClient<Channel> {
     DirectoryClient::connect(central.url.clone()).await.unwrap()
@@ -201,9 +271,9 @@ async fn search(
     Ok(c.search(req).await?.into_inner())
 }
 
-#[tokio::test]
-async fn join_publish_locate_search_heartbeat_leave() {
-    let central = TestCentral::start_with(|_| {}).await;
+async fn join_publish_locate_search_heartbeat_leave(store: Store) {
+    let env = Env::new(store).await;
+    let central = env.start_with(|_| {}).await;
     let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
 
@@ -347,13 +417,14 @@ async fn join_publish_locate_search_heartbeat_leave() {
     central.stop().await;
 }
 
-#[tokio::test]
-async fn leases_expire_without_heartbeats() {
-    let central = TestCentral::start_with(|c| {
-        c.lease_ttl = Duration::from_millis(800);
-        c.heartbeat_interval = Duration::from_millis(200);
-    })
-    .await;
+async fn leases_expire_without_heartbeats(store: Store) {
+    let env = Env::new(store).await;
+    let central = env
+        .start_with(|c| {
+            c.lease_ttl = Duration::from_millis(800);
+            c.heartbeat_interval = Duration::from_millis(200);
+        })
+        .await;
     let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
     let ta = join(&mut c, &a, 7001, vec![file(1, "shared.bin")]).await;
@@ -388,9 +459,9 @@ async fn leases_expire_without_heartbeats() {
     central.stop().await;
 }
 
-#[tokio::test]
-async fn tokens_cannot_be_spoofed_and_change_nothing() {
-    let central = TestCentral::start_with(|_| {}).await;
+async fn tokens_cannot_be_spoofed_and_change_nothing(store: Store) {
+    let env = Env::new(store).await;
+    let central = env.start_with(|_| {}).await;
     let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
     let ta = join(&mut c, &a, 7001, vec![file(1, "victim.bin")]).await;
@@ -475,15 +546,21 @@ async fn tokens_cannot_be_spoofed_and_change_nothing() {
     central.stop().await;
 }
 
-#[tokio::test]
-async fn restart_keeps_the_index_and_grants_grace() {
+async fn restart_keeps_the_index_and_grants_grace(store: Store) {
+    let env = Env::new(store).await;
     let dir = tempfile::tempdir().unwrap();
+    // On etcd leases live in etcd, untouched by a restart of the central:
+    // long enough to outlast the restart on a slow machine.
+    let ttl = match store {
+        Store::Sqlite => Duration::from_millis(1500),
+        Store::Etcd => Duration::from_secs(3),
+    };
     let short = |c: &mut Config| {
-        c.lease_ttl = Duration::from_millis(1500);
-        c.heartbeat_interval = Duration::from_millis(500);
+        c.lease_ttl = ttl;
+        c.heartbeat_interval = ttl / 3;
     };
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
-    let central = TestCentral::start_in(dir.path(), short).await;
+    let central = env.start_in(dir.path(), short).await;
     let mut c = client(&central).await;
     let ta = join(
         &mut c,
@@ -508,15 +585,17 @@ async fn restart_keeps_the_index_and_grants_grace() {
     .unwrap();
 
     // Acknowledged means committed: another connection already sees it.
-    let db = rusqlite::Connection::open(central.data_dir.join(central_server::DB_FILE)).unwrap();
-    let holdings: i64 = db
-        .query_row("SELECT count(*) FROM holdings", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(holdings, 2);
-    drop(db);
+    if env.is_sqlite() {
+        let db =
+            rusqlite::Connection::open(central.data_dir.join(central_server::DB_FILE)).unwrap();
+        let holdings: i64 = db
+            .query_row("SELECT count(*) FROM holdings", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(holdings, 2);
+    }
     central.stop().await;
 
-    let central = TestCentral::start_in(dir.path(), short).await;
+    let central = env.start_in(dir.path(), short).await;
     let mut c = client(&central).await;
     let l = locate_id(&mut c, 1).await;
     assert_eq!(l[0].names, ["kept too.bin", "kept.bin"]);
@@ -540,25 +619,26 @@ async fn restart_keeps_the_index_and_grants_grace() {
     central.stop().await;
 
     // The expiry was written too.
-    let central = TestCentral::start_in(dir.path(), |_| {}).await;
+    let central = env.start_in(dir.path(), |_| {}).await;
     let mut c = client(&central).await;
     assert_eq!(locate_id(&mut c, 1).await[0].holders.len(), 1);
     central.stop().await;
 }
 
-#[tokio::test]
-async fn every_limit_answers_with_the_right_code() {
-    let central = TestCentral::start_with(|c| {
-        c.limits = Limits {
-            max_message_bytes: 16 * 1024,
-            max_name_bytes: 40,
-            max_inventory: 10,
-            max_page: 3,
-            max_holders: 2,
-            ..Limits::default()
-        };
-    })
-    .await;
+async fn every_limit_answers_with_the_right_code(store: Store) {
+    let env = Env::new(store).await;
+    let central = env
+        .start_with(|c| {
+            c.limits = Limits {
+                max_message_bytes: 16 * 1024,
+                max_name_bytes: 40,
+                max_inventory: 10,
+                max_page: 3,
+                max_holders: 2,
+                ..Limits::default()
+            };
+        })
+        .await;
     let mut c = client(&central).await;
     let a = PeerId::new_random();
     let expect = |r: Result<String, tonic::Status>, code: Code, needle: &str| {
@@ -752,8 +832,8 @@ async fn every_limit_answers_with_the_right_code() {
     central.stop().await;
 }
 
-#[tokio::test]
-async fn health_and_reflection_answer() {
+async fn health_and_reflection_answer(store: Store) {
+    let env = Env::new(store).await;
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
     use tonic_reflection::pb::v1::ServerReflectionRequest;
@@ -761,7 +841,7 @@ async fn health_and_reflection_answer() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let central = TestCentral::start_with(|_| {}).await;
+    let central = env.start_with(|_| {}).await;
     let channel = channel(&central).await;
 
     let mut health = HealthClient::new(channel.clone());
@@ -808,9 +888,9 @@ async fn bad_config_is_refused_before_serving() {
     assert!(e.to_string().contains("CENTRAL_HEARTBEAT_SECS"), "{e}");
 }
 
-#[tokio::test]
-async fn concurrent_joins_all_land() {
-    let central = TestCentral::start_with(|_| {}).await;
+async fn concurrent_joins_all_land(store: Store) {
+    let env = Env::new(store).await;
+    let central = env.start_with(|_| {}).await;
     let c = client(&central).await;
     let tasks: Vec<_> = (0..20u32)
         .map(|k| {
@@ -841,9 +921,9 @@ async fn concurrent_joins_all_land() {
 
 /// The poisoning of issue 11, first way round: a peer announces an honest
 /// file's id with a wrong size before any honest holder joins.
-#[tokio::test]
-async fn a_liar_first_cannot_keep_honest_holders_out() {
-    let central = TestCentral::start_with(|_| {}).await;
+async fn a_liar_first_cannot_keep_honest_holders_out(store: Store) {
+    let env = Env::new(store).await;
+    let central = env.start_with(|_| {}).await;
     let mut c = client(&central).await;
     let [liar, h1, h2] = [(); 3].map(|_| PeerId::new_random());
 
@@ -892,13 +972,14 @@ async fn a_liar_first_cannot_keep_honest_holders_out() {
 
 /// The poisoning of issue 11, second way round: the liar announces once the
 /// honest holder's lease has run out, then the honest holder comes back.
-#[tokio::test]
-async fn a_liar_after_the_honest_lease_expired_cannot_keep_it_out() {
-    let central = TestCentral::start_with(|c| {
-        c.lease_ttl = Duration::from_millis(2000);
-        c.heartbeat_interval = Duration::from_millis(500);
-    })
-    .await;
+async fn a_liar_after_the_honest_lease_expired_cannot_keep_it_out(store: Store) {
+    let env = Env::new(store).await;
+    let central = env
+        .start_with(|c| {
+            c.lease_ttl = Duration::from_millis(2000);
+            c.heartbeat_interval = Duration::from_millis(500);
+        })
+        .await;
     let mut c = client(&central).await;
     let [liar, h1, h2] = [(); 3].map(|_| PeerId::new_random());
 
@@ -936,10 +1017,10 @@ async fn a_liar_after_the_honest_lease_expired_cannot_keep_it_out() {
     central.stop().await;
 }
 
-#[tokio::test]
-async fn a_peers_own_contradiction_is_refused_and_the_rest_applied() {
+async fn a_peers_own_contradiction_is_refused_and_the_rest_applied(store: Store) {
+    let env = Env::new(store).await;
     let dir = tempfile::tempdir().unwrap();
-    let central = TestCentral::start_in(dir.path(), |_| {}).await;
+    let central = env.start_in(dir.path(), |_| {}).await;
     let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
 
@@ -1005,7 +1086,7 @@ async fn a_peers_own_contradiction_is_refused_and_the_rest_applied() {
 
     // Nothing refused is stored: a restart answers the same.
     central.stop().await;
-    let central = TestCentral::start_in(dir.path(), |_| {}).await;
+    let central = env.start_in(dir.path(), |_| {}).await;
     let mut c = client(&central).await;
     let l = locate_id(&mut c, 1).await;
     assert_eq!((l[0].size, l[0].names.len()), (1001, 2));
@@ -1020,12 +1101,13 @@ async fn a_peers_own_contradiction_is_refused_and_the_rest_applied() {
     central.stop().await;
 }
 
-#[tokio::test]
-async fn more_refusals_than_an_answer_holds_fail_the_call_and_change_nothing() {
-    let central = TestCentral::start_with(|c| {
-        c.limits.max_message_bytes = 1024;
-    })
-    .await;
+async fn more_refusals_than_an_answer_holds_fail_the_call_and_change_nothing(store: Store) {
+    let env = Env::new(store).await;
+    let central = env
+        .start_with(|c| {
+            c.limits.max_message_bytes = 1024;
+        })
+        .await;
     let mut c = client(&central).await;
     let a = PeerId::new_random();
     // Each refusal (id, name, reason naming the id and both sizes) takes
@@ -1063,14 +1145,14 @@ async fn more_refusals_than_an_answer_holds_fail_the_call_and_change_nothing() {
 /// with that id from another key is refused and changes nothing, while the
 /// real peer joins again. Every Join proves its key over a fresh nonce that
 /// works once, for that peer only.
-#[tokio::test]
-async fn ids_cannot_be_squatted() {
+async fn ids_cannot_be_squatted(store: Store) {
+    let env = Env::new(store).await;
     let dir = tempfile::tempdir().unwrap();
     let short = |c: &mut Config| {
         c.lease_ttl = Duration::from_millis(1500);
         c.heartbeat_interval = Duration::from_millis(500);
     };
-    let central = TestCentral::start_in(dir.path(), short).await;
+    let central = env.start_in(dir.path(), short).await;
     let mut c = client(&central).await;
     let (a, b) = (PeerId::new_random(), PeerId::new_random());
 
@@ -1093,7 +1175,7 @@ async fn ids_cannot_be_squatted() {
 
     // Across a restart of the directory.
     central.stop().await;
-    let central = TestCentral::start_in(dir.path(), short).await;
+    let central = env.start_in(dir.path(), short).await;
     let mut c = client(&central).await;
     denied(squat(&mut c, &a, None).await);
     join(&mut c, &a, 7001, vec![file(1, "mine.bin")]).await;
@@ -1238,17 +1320,18 @@ fn verify_credential(
 /// A private network admits only peers that prove the join secret, gives
 /// them credentials that the published key verifies, renews them with the
 /// lease, and lists the peers that left.
-#[tokio::test]
-async fn a_private_network_admits_with_the_secret_and_issues_credentials() {
+async fn a_private_network_admits_with_the_secret_and_issues_credentials(store: Store) {
+    let env = Env::new(store).await;
     let ca = peerdex_testkit::tls::TestCa::new("directory");
     let tls = ca.central_tls(&ca.leaf("central"));
-    let central = TestCentral::start_with(move |c| {
-        c.tls = Some(tls);
-        c.join_secret = Some(SECRET.into());
-        c.lease_ttl = Duration::from_secs(4);
-        c.heartbeat_interval = Duration::from_secs(1);
-    })
-    .await;
+    let central = env
+        .start_with(move |c| {
+            c.tls = Some(tls);
+            c.join_secret = Some(SECRET.into());
+            c.lease_ttl = Duration::from_secs(4);
+            c.heartbeat_interval = Duration::from_secs(1);
+        })
+        .await;
     assert!(central.url.starts_with("https://"));
     let pem = std::fs::read(&ca.ca_file).unwrap();
     let channel = Channel::from_shared(central.url.clone())
@@ -1311,11 +1394,45 @@ async fn a_private_network_admits_with_the_secret_and_issues_credentials() {
     central.stop().await;
 
     // An open network: no credentials, no keys.
-    let open = TestCentral::start(Duration::from_secs(10)).await;
+    let open = env.start(Duration::from_secs(10)).await;
     let mut c = client(&open).await;
     let j = join_private(&mut c, &a, None).await.unwrap();
     assert!(j.credential.is_empty());
     let keys = c.network_keys(v1::NetworkKeysRequest {}).await.unwrap();
     assert!(keys.into_inner().keys.is_empty());
     open.stop().await;
+}
+
+/// Each contract test, once per store.
+macro_rules! on_both_stores {
+    ($($name:ident,)*) => {
+        mod on_sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Store::Sqlite).await
+            })*
+        }
+        mod on_etcd {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Store::Etcd).await
+            })*
+        }
+    };
+}
+
+on_both_stores! {
+        join_publish_locate_search_heartbeat_leave,
+        leases_expire_without_heartbeats,
+        tokens_cannot_be_spoofed_and_change_nothing,
+        restart_keeps_the_index_and_grants_grace,
+        every_limit_answers_with_the_right_code,
+        health_and_reflection_answer,
+        concurrent_joins_all_land,
+        a_liar_first_cannot_keep_honest_holders_out,
+        a_liar_after_the_honest_lease_expired_cannot_keep_it_out,
+        a_peers_own_contradiction_is_refused_and_the_rest_applied,
+        more_refusals_than_an_answer_holds_fail_the_call_and_change_nothing,
+        ids_cannot_be_squatted,
+        a_private_network_admits_with_the_secret_and_issues_credentials,
 }

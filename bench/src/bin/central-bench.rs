@@ -101,6 +101,18 @@ struct Args {
     /// on each in turn, this many rounds (order alternating), medians.
     #[arg(long, default_value_t = 0, conflicts_with_all = ["addr", "restarts_only"])]
     metrics_ab: u32,
+    /// Only compare the two stores (issue 12): one central on SQLite and
+    /// one on etcd, populated alike (the Joins timed, etcd's database size
+    /// read); Locate on each in turn, this many rounds (order
+    /// alternating), medians; then the etcd-backed central's start-up
+    /// (its range read) at that size.
+    #[arg(long, default_value_t = 0, conflicts_with_all = ["addr", "restarts_only", "metrics_ab"])]
+    etcd_ab: u32,
+    /// The etcd cluster of `--etcd-ab` (comma-separated client URLs);
+    /// default: a 3-member cluster on loopback started by the bench (etcd
+    /// found like the tests find it: PATH, ETCD_BIN or the pinned wheel).
+    #[arg(long)]
+    etcd_endpoints: Option<String>,
 }
 
 /// Lease settings of the started central (the defaults).
@@ -212,16 +224,27 @@ fn start_central(bin: &PathBuf, data: &PathBuf) -> anyhow::Result<Proc> {
     start_central_with(bin, data, None)
 }
 
+/// [`start_central`] with the directory on etcd at `endpoints`.
+fn start_central_on_etcd(bin: &PathBuf, data: &PathBuf, endpoints: &str) -> anyhow::Result<Proc> {
+    start_central_env(bin, data, &[("CENTRAL_ETCD_ENDPOINTS", endpoints)])
+}
+
 /// [`start_central`], with `CENTRAL_METRICS_ADDR` when `metrics` is given.
 fn start_central_with(
     bin: &PathBuf,
     data: &PathBuf,
     metrics: Option<SocketAddr>,
 ) -> anyhow::Result<Proc> {
-    let mut cmd = Command::new(bin);
-    if let Some(m) = metrics {
-        cmd.env("CENTRAL_METRICS_ADDR", m.to_string());
+    match metrics {
+        Some(m) => start_central_env(bin, data, &[("CENTRAL_METRICS_ADDR", &m.to_string())]),
+        None => start_central_env(bin, data, &[]),
     }
+}
+
+/// [`start_central`] with these settings too.
+fn start_central_env(bin: &PathBuf, data: &PathBuf, env: &[(&str, &str)]) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(bin);
+    cmd.envs(env.iter().copied());
     std::fs::create_dir_all(data)?;
     let log = std::fs::File::create(log_path(data))?;
     cmd.env("CENTRAL_LISTEN_ADDR", "127.0.0.1:0")
@@ -762,6 +785,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     if args.metrics_ab > 0 {
         return metrics_ab(&args, &bin, &data).await;
     }
+    if args.etcd_ab > 0 {
+        return etcd_ab(&args, &bin, &data).await;
+    }
     let mut central = match args.addr {
         Some(_) => None,
         None => Some(start_central(&bin, &data)?),
@@ -986,6 +1012,154 @@ async fn metrics_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyho
         let _ = std::fs::remove_dir_all(data);
     }
     Ok(())
+}
+
+/// `--etcd-ab`: the same directory on SQLite and on etcd, side by side.
+async fn etcd_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyhow::Result<()> {
+    let cluster = match &args.etcd_endpoints {
+        Some(_) => None,
+        None => {
+            let dir = data.join("etcd");
+            eprintln!("starting a 3-member etcd cluster in {} …", dir.display());
+            Some(
+                tokio::task::spawn_blocking(move || {
+                    peerdex_testkit::etcd::EtcdCluster::start_in(&dir, 3)
+                })
+                .await?
+                .map_err(anyhow::Error::msg)?,
+            )
+        }
+    };
+    let endpoints = match (&args.etcd_endpoints, &cluster) {
+        (Some(e), _) => e.clone(),
+        (None, Some(c)) => c.endpoints(),
+        (None, None) => unreachable!(),
+    };
+    let alive = Arc::new(AtomicBool::new(false));
+    let mut sqlite = start_central(bin, &data.join("sqlite"))?;
+    let mut etcd = start_central_on_etcd(bin, &data.join("on-etcd"), &endpoints)?;
+    let mut joins = Vec::new();
+    for (store, c) in [("SQLite", &sqlite), ("etcd", &etcd)] {
+        eprintln!(
+            "{store} central at {}; populating {} files over {} peers …",
+            c.addr, args.files, args.peers
+        );
+        let joined: Joined = Arc::default();
+        keepalive(c.addr, joined.clone(), alive.clone());
+        let t = populate(c.addr, args, joined).await?;
+        eprintln!("populated in {:.1} s", t.as_secs_f64());
+        joins.push((store, t, rss_mib(c.child.id())));
+    }
+    let db_bytes = cluster.as_ref().map(|c| {
+        files_named(c.dir(), "db")
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .max()
+            .unwrap_or(0)
+    });
+
+    let (mut rps_sqlite, mut rps_etcd) = (Vec::new(), Vec::new());
+    println!("\n| round | store | Locate/s | p50 ms | p99 ms | max ms | requests | errors |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for round in 0..args.etcd_ab {
+        let order = if round % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for on_etcd in order {
+            let c = if on_etcd { &etcd } else { &sqlite };
+            let r = locate_run(c.addr, args.files, args).await?;
+            let name = format!(
+                "{} | {}",
+                round + 1,
+                if on_etcd { "etcd" } else { "SQLite" }
+            );
+            println!("{}", row(&name, &r));
+            if on_etcd {
+                rps_etcd.push(r.rps);
+            } else {
+                rps_sqlite.push(r.rps);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (m_sqlite, m_etcd) = (median(&mut rps_sqlite), median(&mut rps_etcd));
+    println!(
+        "\nmedian Locate/s: SQLite {m_sqlite:.0}, etcd {m_etcd:.0}: etcd/SQLite = {:.2}x",
+        m_etcd / m_sqlite
+    );
+    println!(
+        "\n| Join of {} peers / {} files | time | central RSS after |",
+        args.peers, args.files
+    );
+    println!("|---|---:|---:|");
+    for (store, t, rss) in &joins {
+        println!(
+            "| {store} | {:.1} s | {} |",
+            t.as_secs_f64(),
+            rss.map_or("-".into(), |r| format!("{r:.0} MiB"))
+        );
+    }
+    if let Some(b) = db_bytes {
+        println!(
+            "\netcd database (one member's `db` file): {:.0} MiB",
+            b as f64 / (1 << 20) as f64
+        );
+    }
+    // A second etcd-backed central: its start-up is the range read.
+    let probe = file_id(args.files / 2);
+    let t = Instant::now();
+    let mut second = start_central_on_etcd(bin, &data.join("on-etcd-2"), &endpoints)?;
+    let bound = t.elapsed();
+    let mut client = DirectoryClient::new(channel(second.addr).await?);
+    let r = client
+        .locate(LocateRequest {
+            target: Some(Target::FileId(probe)),
+            max_holders: 0,
+        })
+        .await?
+        .into_inner();
+    let answered = t.elapsed();
+    if r.files.is_empty() {
+        bail!("the second etcd-backed central does not know the probe file");
+    }
+    println!(
+        "another central on the same etcd: port bound after {:.2} s, first Locate answered (range read done) after {:.2} s, RSS {}",
+        bound.as_secs_f64(),
+        answered.as_secs_f64(),
+        rss_mib(second.child.id()).map_or("-".into(), |r| format!("{r:.0} MiB"))
+    );
+    alive.store(true, Ordering::Relaxed);
+    for c in [&mut sqlite, &mut etcd, &mut second] {
+        sigterm_and_wait(c)?;
+    }
+    drop(cluster);
+    if args.data_dir.is_none() {
+        let _ = std::fs::remove_dir_all(data);
+    }
+    Ok(())
+}
+
+/// Every file called `name` under `dir`.
+fn files_named(dir: &std::path::Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_named(&p, name));
+        } else if p.file_name().is_some_and(|n| n == name) {
+            found.push(p);
+        }
+    }
+    found
 }
 
 /// utime + stime of `pid`, in clock ticks.

@@ -55,8 +55,8 @@ use crate::config::{Config, Limits};
 use crate::error::{Error, Result};
 use crate::etcd::Etcd;
 use crate::identity::{NONCE_VALID, Nonces};
-use crate::leader::Leadership;
 use crate::index::{Cursor, Index, Lease, Load, SizeConflict, TokenHash, words};
+use crate::leader::Leadership;
 use crate::metrics::{Metrics, Refusal, Rpc};
 use crate::network::Network;
 use crate::store::{PublicKey, Store, Withdrawal};
@@ -386,7 +386,12 @@ impl DirectoryService {
             stats.peers = ix.live_peers(Instant::now());
             (stats, ix.holdings())
         };
-        Some(m.render(stats, holdings))
+        let role = crate::metrics::Role {
+            leader: self.shared.leadership.is_leader(),
+            draining: self.shared.draining.load(Ordering::Relaxed),
+            revision: self.etcd().map_or(0, |e| e.applied()),
+        };
+        Some(m.render(stats, holdings, role))
     }
 
     fn refused(&self, why: Refusal) {
@@ -526,8 +531,7 @@ impl DirectoryService {
     ) -> Result<(Vec<SharedFile>, Vec<v1::Refused>)> {
         let limits = &self.shared.limits;
         authorize(ix, peer, token, now)?;
-        let (files, refused) =
-            inventory.screen(ix, peer, false, limits.max_message_bytes / 2)?;
+        let (files, refused) = inventory.screen(ix, peer, false, limits.max_message_bytes / 2)?;
         let total = ix.inventory_len(peer) + files.len();
         let max = limits.max_inventory;
         if total > max {
@@ -1323,7 +1327,12 @@ impl DirectoryService {
             central: l.name().to_owned(),
             leader: l.leader(),
             is_leader: l.is_leader(),
-            store: if self.etcd().is_some() { "etcd" } else { "sqlite" }.into(),
+            store: if self.etcd().is_some() {
+                "etcd"
+            } else {
+                "sqlite"
+            }
+            .into(),
             draining: self.shared.draining.load(Ordering::Relaxed),
             peers: peers as u64,
             files: stats.files as u64,

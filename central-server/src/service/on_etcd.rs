@@ -73,8 +73,11 @@ impl DirectoryService {
         let limits = &self.shared.limits;
         if bound.is_none() && etcd.bindings_held() >= limits.max_keys {
             let before = a.unix_now - self.shared.key_retention.as_secs() as i64;
-            let mut victims: Vec<PeerId> =
-                etcd.idle_bindings(before).into_iter().map(|(p, _)| p).collect();
+            let mut victims: Vec<PeerId> = etcd
+                .idle_bindings(before)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
             if victims.is_empty() {
                 victims = etcd.absent_bindings();
             }
@@ -175,8 +178,7 @@ impl DirectoryService {
     ) -> Result<Vec<v1::Refused>> {
         let _serial = self.peer_lock(&peer).await;
         let now = Instant::now();
-        let (files, refused) =
-            self.admit_publish(&self.index(), &peer, &token, inventory, now)?;
+        let (files, refused) = self.admit_publish(&self.index(), &peer, &token, inventory, now)?;
         let meta = etcd.peer_meta(&peer).ok_or(Error::NotJoined(peer))?;
         let revision = etcd
             .publish(&peer, meta.lease, &files)
@@ -382,7 +384,11 @@ impl DirectoryService {
                 Err(e) => tracing::warn!(error = %e, "etcd: cannot read the revision"),
             }
             let before = super::unix_secs() - self.shared.key_retention.as_secs() as i64;
-            let idle: Vec<PeerId> = etcd.idle_bindings(before).into_iter().map(|(p, _)| p).collect();
+            let idle: Vec<PeerId> = etcd
+                .idle_bindings(before)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
             if !idle.is_empty() {
                 match etcd.forget_bindings(&idle).await {
                     Ok(n) => tracing::info!(keys = n, "idle peer-key bindings forgotten"),

@@ -1,0 +1,532 @@
+//! The directory on etcd under faults: real etcd members, real
+//! `central-server` processes, killed (`kill -9`), paused (SIGSTOP) and
+//! restarted, driven over gRPC. Nothing is mocked.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use peerdex_proto::v1::directory_client::DirectoryClient;
+use peerdex_proto::v1::{self, SharedFile};
+use peerdex_proto::{AUTHORIZATION, PeerId};
+use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::etcd::EtcdCluster;
+use peerdex_testkit::{ChildProc, bin, wait_for};
+use tonic::Request;
+use tonic::transport::{Channel, Endpoint};
+
+/// Lease TTL of the centrals here (whole seconds, as the setting takes).
+const TTL: Duration = Duration::from_secs(4);
+
+/// One `central-server` process on the directory in `etcd`.
+struct Central {
+    proc: ChildProc,
+    url: String,
+    addr: String,
+    name: String,
+    dir: std::path::PathBuf,
+}
+
+impl Central {
+    /// Start on `addr` (`127.0.0.1:0` the first time; the same address
+    /// again for a restart, as a load balancer's list would keep it).
+    fn start(dir: &Path, endpoints: &str, name: &str, addr: &str) -> Self {
+        let proc = ChildProc::spawn(
+            &bin("central-server"),
+            dir,
+            &[
+                ("CENTRAL_LISTEN_ADDR", addr.to_owned()),
+                ("CENTRAL_ETCD_ENDPOINTS", endpoints.to_owned()),
+                ("CENTRAL_NAME", name.to_owned()),
+                ("CENTRAL_LEASE_TTL_SECS", TTL.as_secs().to_string()),
+                ("CENTRAL_HEARTBEAT_SECS", "1".into()),
+                ("CENTRAL_DATA_DIR", dir.display().to_string()),
+                ("CENTRAL_JOIN_RATE", "0".into()),
+                ("CENTRAL_PUBLISH_RATE", "0".into()),
+                ("CENTRAL_SEARCH_RATE", "0".into()),
+                ("RUST_LOG", "info,central_server=debug".into()),
+            ],
+        );
+        let addr = proc.last_word();
+        Self {
+            url: format!("http://{addr}"),
+            addr,
+            proc,
+            name: name.to_owned(),
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn restart(&mut self, endpoints: &str) {
+        self.proc.kill9();
+        let log = self.proc.log();
+        // Keep what the first life logged (leadership changes).
+        let keep = self.dir.join(format!("{}-{}.log", self.name, now_ms()));
+        std::fs::write(keep, log).unwrap();
+        *self = Self::start(&self.dir.clone(), endpoints, &self.name.clone(), &self.addr);
+    }
+
+    fn client(&self) -> DirectoryClient<Channel> {
+        let ch = Endpoint::from_shared(self.url.clone())
+            .unwrap()
+            .connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(2))
+            .connect_lazy();
+        DirectoryClient::new(ch)
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn etcd(members: usize) -> EtcdCluster {
+    tokio::task::spawn_blocking(move || EtcdCluster::start(members))
+        .await
+        .unwrap()
+}
+
+async fn info(c: &Central) -> Option<v1::InfoResponse> {
+    let mut client = c.client();
+    tokio::time::timeout(Duration::from_millis(700), client.info(v1::InfoRequest {}))
+        .await
+        .ok()?
+        .ok()
+        .map(|r| r.into_inner())
+}
+
+async fn leader_of(cs: &[Central]) -> Option<usize> {
+    for (i, c) in cs.iter().enumerate() {
+        if info(c).await.is_some_and(|i| i.is_leader) {
+            return Some(i);
+        }
+    }
+    None
+}
+
+/// The leadership intervals `[became, ended]` (Unix ms) each central
+/// logged; a central killed while leading ends at `killed`.
+fn leadership_log(dir: &Path, killed: &HashMap<String, u64>) -> Vec<(String, u64, u64)> {
+    let mut spans = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "log") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut open: Option<(String, u64)> = None;
+        for line in text.lines() {
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                    .map(|v| v.trim_matches('"').to_owned())
+            };
+            if line.contains("became the leader") {
+                let name = field("central").unwrap();
+                open = Some((name, field("at_ms").unwrap().parse().unwrap()));
+            } else if line.contains("no longer the leader") {
+                let (name, at) = open.take().expect("an end without a start");
+                spans.push((name, at, field("until_ms").unwrap().parse().unwrap()));
+            }
+        }
+        if let Some((name, at)) = open {
+            let end = killed.get(&name).copied().unwrap_or(u64::MAX);
+            spans.push((name, at, end));
+        }
+    }
+    spans.sort_by_key(|s| s.1);
+    spans
+}
+
+fn assert_one_leader_at_a_time(spans: &[(String, u64, u64)]) {
+    for w in spans.windows(2) {
+        assert!(
+            w[0].2 <= w[1].1,
+            "two leaders at once: {} led until {} ms, {} from {} ms; the log: {spans:?}",
+            w[0].0,
+            w[0].2,
+            w[1].0,
+            w[1].1
+        );
+    }
+}
+
+/// Kill the leading central: another leads within one lease TTL. Pause
+/// the next one (SIGSTOP) for longer than a TTL: another leads, and the
+/// paused one, resumed, no longer claims to. Never two at once.
+#[tokio::test]
+async fn the_leader_moves_within_one_ttl_and_never_two_lead() {
+    let etcd = etcd(3).await;
+    let root = tempfile::tempdir().unwrap();
+    let eps = etcd.endpoints();
+    let mut cs: Vec<Central> = (1..=3)
+        .map(|i| {
+            Central::start(
+                &root.path().join(format!("c{i}")),
+                &eps,
+                &format!("central-{i}"),
+                "127.0.0.1:0",
+            )
+        })
+        .collect();
+    let first = wait_for("a leader", Duration::from_secs(15), || leader_of(&cs)).await;
+    // Every central names it.
+    for c in &cs {
+        let name = cs[first].name.clone();
+        wait_for("every central to name the leader", TTL, || async {
+            info(c).await.filter(|i| i.leader == name).map(|_| ())
+        })
+        .await;
+    }
+
+    let mut killed = HashMap::new();
+    cs[first].proc.kill9();
+    killed.insert(cs[first].name.clone(), now_ms());
+    let t = Instant::now();
+    let second = wait_for("a new leader", TTL * 2, || async {
+        leader_of(&cs).await.filter(|&l| l != first)
+    })
+    .await;
+    let took = t.elapsed();
+    assert!(
+        took <= TTL,
+        "a new leader after {took:?}, over one TTL ({TTL:?})"
+    );
+
+    cs[second].proc.signal(libc::SIGSTOP);
+    let third = wait_for("a leader while the second is paused", TTL * 2, || async {
+        leader_of(&cs).await.filter(|&l| l != first && l != second)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cs[second].proc.signal(libc::SIGCONT);
+    let resumed = wait_for("the resumed central to answer", TTL, || info(&cs[second])).await;
+    assert!(
+        !resumed.is_leader,
+        "a paused leader must not lead on: {resumed:?}"
+    );
+    assert!(info(&cs[third]).await.unwrap().is_leader);
+
+    // The paused one logs its end; then read every log.
+    wait_for("the resumed central to log its end", TTL, || async {
+        cs[second]
+            .proc
+            .log()
+            .contains("no longer the leader")
+            .then_some(())
+    })
+    .await;
+    let mut all = Vec::new();
+    for i in 1..=3 {
+        all.extend(leadership_log(&root.path().join(format!("c{i}")), &killed));
+    }
+    all.sort_by_key(|s| s.1);
+    assert!(all.len() >= 3, "three terms logged: {all:?}");
+    assert_one_leader_at_a_time(&all);
+}
+
+/// One peer of the history test: its id, key, token and the centrals.
+struct Client {
+    peer: PeerId,
+    token: String,
+}
+
+fn file(peer: usize, k: usize) -> SharedFile {
+    let id = blake3::hash(format!("{peer}/{k}").as_bytes());
+    SharedFile {
+        file_id: id.to_hex().to_string(),
+        size: 1 + k as u64,
+        name: format!("p{peer}-f{k}.bin"),
+    }
+}
+
+fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+/// An operation of the history and what became of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Acked,
+    /// Failed or timed out: it may or may not have been applied.
+    Unknown,
+}
+
+type History = Arc<Mutex<BTreeMap<(usize, usize), Vec<(bool, Outcome)>>>>;
+
+/// Several clients publish and unpublish concurrently while centrals and
+/// etcd members are killed, paused and restarted: each acknowledged write
+/// is visible at once from the central that took it, and afterwards from
+/// every central, and nothing that was
+/// never asked for (or only asked for without an acknowledgement and
+/// then undone with one) appears. Leases survive it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
+    const CLIENTS: usize = 4;
+    const FILES: usize = 6;
+    let mut etcd = etcd(3).await;
+    let root = tempfile::tempdir().unwrap();
+    let eps = etcd.endpoints();
+    let mut cs: Vec<Central> = (1..=3)
+        .map(|i| {
+            Central::start(
+                &root.path().join(format!("c{i}")),
+                &eps,
+                &format!("central-{i}"),
+                "127.0.0.1:0",
+            )
+        })
+        .collect();
+    let urls: Vec<String> = cs.iter().map(|c| c.url.clone()).collect();
+    let clients_for = |urls: &[String]| -> Vec<DirectoryClient<Channel>> {
+        urls.iter()
+            .map(|u| {
+                DirectoryClient::new(
+                    Endpoint::from_shared(u.clone())
+                        .unwrap()
+                        .connect_timeout(Duration::from_millis(300))
+                        .timeout(Duration::from_secs(2))
+                        .connect_lazy(),
+                )
+            })
+            .collect()
+    };
+
+    // Join every client (each through another central).
+    let mut peers = Vec::new();
+    for k in 0..CLIENTS {
+        let peer = PeerId::new_random();
+        let mut c = clients_for(&urls)[k % 3].clone();
+        let req = v1::JoinRequest {
+            peer_id: peer.to_string(),
+            peer_url: format!("http://127.0.0.1:{}", 9000 + k),
+            ..Default::default()
+        };
+        let j = signed_join(&mut c, &peer_key(&peer, k as u8), req)
+            .await
+            .expect("join")
+            .into_inner();
+        peers.push(Client {
+            peer,
+            token: j.session_token,
+        });
+    }
+    let peers = Arc::new(peers);
+    let history: History = Arc::default();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let lost_lease = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stale_reads = Arc::new(Mutex::new(Vec::<(usize, usize, bool)>::new()));
+
+    let mut tasks = Vec::new();
+    for (k, p) in peers.iter().enumerate() {
+        let (peer, token) = (p.peer, p.token.clone());
+        // Heartbeats, at any central that answers.
+        let (cl, stop2, lost) = (clients_for(&urls), stop.clone(), lost_lease.clone());
+        let tok = token.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut at = k;
+            while !stop2.is_cancelled() {
+                let c = &mut cl[at % 3].clone();
+                let r = c
+                    .heartbeat(authed(
+                        v1::HeartbeatRequest {
+                            peer_id: peer.to_string(),
+                            load: None,
+                        },
+                        &tok,
+                    ))
+                    .await;
+                match r {
+                    Ok(a) if a.get_ref().rejoin => {
+                        lost.lock().unwrap().push(format!("{peer} told to rejoin"));
+                        at += 1;
+                    }
+                    Ok(_) => {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                    }
+                    Err(_) => at += 1,
+                }
+            }
+        }));
+        // Writes: a deterministic mix, each recorded with its outcome.
+        let (cl, stop2, hist) = (clients_for(&urls), stop.clone(), history.clone());
+        let stale = stale_reads.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut at = k + 1;
+            let mut n = 0usize;
+            while !stop2.is_cancelled() {
+                n += 1;
+                let f = (n * 7 + k) % FILES;
+                let publish = (n / FILES + k).is_multiple_of(2) || n.is_multiple_of(5);
+                let c = &mut cl[at % 3].clone();
+                let r = if publish {
+                    c.publish(authed(
+                        v1::PublishRequest {
+                            peer_id: peer.to_string(),
+                            files: vec![file(k, f)],
+                        },
+                        &token,
+                    ))
+                    .await
+                    .map(|_| ())
+                } else {
+                    c.unpublish(authed(
+                        v1::UnpublishRequest {
+                            peer_id: peer.to_string(),
+                            files: vec![v1::FileRef {
+                                file_id: file(k, f).file_id,
+                                name: String::new(),
+                            }],
+                        },
+                        &token,
+                    ))
+                    .await
+                    .map(|_| ())
+                };
+                let outcome = match &r {
+                    Ok(()) => {
+                        // Read your own write, from the central that took it.
+                        let seen = c
+                            .locate(v1::LocateRequest {
+                                target: Some(v1::locate_request::Target::FileId(
+                                    file(k, f).file_id,
+                                )),
+                                max_holders: 0,
+                            })
+                            .await
+                            .map(|l| {
+                                l.into_inner().files.iter().any(|l| {
+                                    l.holders.iter().any(|h| h.peer_id == peer.to_string())
+                                })
+                            });
+                        if let Ok(seen) = seen
+                            && seen != publish
+                        {
+                            stale.lock().unwrap().push((k, f, publish));
+                        }
+                        Outcome::Acked
+                    }
+                    Err(_) => {
+                        at += 1;
+                        Outcome::Unknown
+                    }
+                };
+                hist.lock()
+                    .unwrap()
+                    .entry((k, f))
+                    .or_default()
+                    .push((publish, outcome));
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }));
+    }
+
+    // The faults, one after another, with the writes running.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let raft =
+        tokio::task::block_in_place(|| etcd.wait_leader(None, Duration::from_secs(10))).unwrap();
+    etcd.kill9(raft);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| etcd.restart(raft)).unwrap();
+    cs[0].proc.signal(libc::SIGSTOP);
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    cs[0].proc.signal(libc::SIGCONT);
+    cs[1].restart(&eps);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cs[2].proc.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cs[2].restart(&eps);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.cancel();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let lost = lost_lease.lock().unwrap().clone();
+    assert!(
+        lost.is_empty(),
+        "leases were lost ({} times), the first: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
+    let stale = stale_reads.lock().unwrap().clone();
+    assert!(
+        stale.is_empty(),
+        "a central answered without a write it had acknowledged: {stale:?}"
+    );
+
+    // Every central converges on the same revision.
+    let rev = wait_for(
+        "the centrals to converge",
+        Duration::from_secs(20),
+        || async {
+            let mut revs = Vec::new();
+            for c in &cs {
+                revs.push(info(c).await?.revision);
+            }
+            (revs.iter().all(|r| *r == revs[0])).then_some(revs[0])
+        },
+    )
+    .await;
+    assert!(rev > 0);
+
+    let history = history.lock().unwrap().clone();
+    let (mut acked, mut unknown) = (0, 0);
+    for ops in history.values() {
+        for (_, o) in ops {
+            match o {
+                Outcome::Acked => acked += 1,
+                Outcome::Unknown => unknown += 1,
+            }
+        }
+    }
+    assert!(
+        acked > 100,
+        "too few writes acknowledged ({acked}, {unknown} unknown)"
+    );
+    for (i, c) in cs.iter().enumerate() {
+        let mut cl = c.client();
+        for k in 0..CLIENTS {
+            for f in 0..FILES {
+                let located = cl
+                    .locate(v1::LocateRequest {
+                        target: Some(v1::locate_request::Target::FileId(file(k, f).file_id)),
+                        max_holders: 0,
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let held = located.files.iter().any(|l| {
+                    l.holders
+                        .iter()
+                        .any(|h| h.peer_id == peers[k].peer.to_string())
+                });
+                let ops = history.get(&(k, f)).cloned().unwrap_or_default();
+                // The state after the last acknowledged write, and whether
+                // an unacknowledged one came after it (then either state).
+                let last_acked = ops.iter().rposition(|(_, o)| *o == Outcome::Acked);
+                let expected = last_acked.map(|i| ops[i].0);
+                let open_after = ops[last_acked.map_or(0, |i| i + 1)..]
+                    .iter()
+                    .any(|(_, o)| *o == Outcome::Unknown);
+                let ever_asked = ops.iter().any(|(p, _)| *p);
+                match expected {
+                    Some(e) if !open_after => assert_eq!(
+                        held, e,
+                        "central {} (#{i}): peer {k} file {f}: after {ops:?}",
+                        c.name
+                    ),
+                    _ if !ever_asked => assert!(!held, "file {f} of peer {k} was never published"),
+                    _ => {}
+                }
+            }
+        }
+    }
+    eprintln!("history: {acked} acknowledged writes, {unknown} unknown, revision {rev}");
+}
