@@ -79,6 +79,12 @@ Use:   peerdex   (on the peer host; it talks to the control API on 127.0.0.1:707
 
 Firewall: 50051/tcp (central gRPC) only from the peers; 7071/tcp (peer API)
 from everyone; never expose 7070 (control API).
+
+Directory on etcd (several centrals): set CENTRAL_ETCD_ENDPOINTS in each
+central.env; systemd/peerdex-etcd.service (installed, not enabled) runs a
+member with Debian's etcd-server from /etc/peerdex/etcd.env (deploy/launch.sh
+--ha sets all of this up). Open 2379/2380 only between the etcd hosts and the
+centrals.
 EOF
 
 mkdir -p "$out"
