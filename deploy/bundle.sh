@@ -7,7 +7,7 @@
 #
 # The tarball holds one folder, peerdex-<version>-<target>/, with
 #   bin/{central-server,pserver,peerdex}   release binaries (host target)
-#   systemd/{central-server,pserver}.service
+#   systemd/{central-server,pserver,peerdex-etcd}.service
 #   env/{central,pserver}.env              settings templates
 #   install.sh                             sudo ./install.sh --component ...
 #   INSTALL                                short instructions
@@ -55,7 +55,8 @@ for b in central-server pserver peerdex; do
 	[[ -x "$bin_dir/$b" ]] || { echo "bundle.sh: $bin_dir/$b not found or not executable" >&2; exit 1; }
 	install -m 0755 "$bin_dir/$b" "$pkg/bin/$b"
 done
-install -m 0644 "$here/systemd/central-server.service" "$here/systemd/pserver.service" "$pkg/systemd/"
+install -m 0644 "$here/systemd/central-server.service" "$here/systemd/pserver.service" \
+	"$here/systemd/peerdex-etcd.service" "$pkg/systemd/"
 install -m 0644 "$here/env/central.env" "$here/env/pserver.env" "$pkg/env/"
 install -m 0755 "$here/install.sh" "$pkg/install.sh"
 cat >"$pkg/INSTALL" <<EOF
@@ -78,6 +79,12 @@ Use:   peerdex   (on the peer host; it talks to the control API on 127.0.0.1:707
 
 Firewall: 50051/tcp (central gRPC) only from the peers; 7071/tcp (peer API)
 from everyone; never expose 7070 (control API).
+
+Directory on etcd (several centrals): set CENTRAL_ETCD_ENDPOINTS in each
+central.env; systemd/peerdex-etcd.service (installed, not enabled) runs a
+member with Debian's etcd-server from /etc/peerdex/etcd.env (deploy/launch.sh
+--ha sets all of this up). Open 2379/2380 only between the etcd hosts and the
+centrals.
 EOF
 
 mkdir -p "$out"

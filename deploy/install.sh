@@ -11,7 +11,9 @@
 #     owned by peerdex (mode 0750);
 #   * copies the binaries to /usr/local/bin (all three: central-server,
 #     pserver, peerdex — replaced on upgrade);
-#   * copies the systemd unit(s) of the component to /etc/systemd/system;
+#   * copies the systemd unit(s) of the component to /etc/systemd/system
+#     (a central also gets peerdex-etcd.service, the etcd member a central
+#     runs beside it with launch.sh --ha; it stays disabled otherwise);
 #   * copies the env template(s) to /etc/peerdex/<component>.env ONLY if that
 #     file does not exist yet (your settings survive upgrades);
 #   * runs `systemctl daemon-reload` when systemd is running.
@@ -45,9 +47,11 @@ while [[ $# -gt 0 ]]; do
 done
 
 case "$component" in
-central) units=(central-server); envs=(central) ;;
-pserver) units=(pserver); envs=(pserver) ;;
-all) units=(central-server pserver); envs=(central pserver) ;;
+# extra: installed, never started by this script's hints (peerdex-etcd runs
+# only on a directory on etcd: the first boot of launch.sh --ha enables it).
+central) units=(central-server); envs=(central); extra=(peerdex-etcd) ;;
+pserver) units=(pserver); envs=(pserver); extra=() ;;
+all) units=(central-server pserver); envs=(central pserver); extra=(peerdex-etcd) ;;
 "") echo "install.sh: --component central|pserver|all is required" >&2; exit 2 ;;
 *) echo "install.sh: unknown component '$component' (central, pserver or all)" >&2; exit 2 ;;
 esac
@@ -96,7 +100,7 @@ done
 log "installed central-server, pserver, peerdex to $root/usr/local/bin"
 
 # 4. units
-for u in "${units[@]}"; do
+for u in "${units[@]}" "${extra[@]+"${extra[@]}"}"; do
 	install -m 0644 "$here/systemd/$u.service" "$root/etc/systemd/system/$u.service"
 	log "installed unit $root/etc/systemd/system/$u.service"
 done

@@ -24,6 +24,12 @@
 #   --endpoint-url URL    passed to every aws call (tests against an emulator)
 #   --state-dir DIR       where the deployment's CA and certificates are kept
 #                         [PEERDEX_STATE_DIR] ($HOME/.peerdex/deploy/NAME)
+#   --ha                  the directory on etcd: 3 central VMs, each running an
+#                         etcd member (Debian's etcd-server, unit peerdex-etcd,
+#                         data in /var/lib/peerdex-etcd) of one static 3-member
+#                         cluster and a central-server on it (CENTRAL_ETCD_ENDPOINTS
+#                         = the 3 members, CENTRAL_NAME central-1..3); every
+#                         PServer lists the 3 centrals in PSERVER_CENTRAL_URL
 #
 # TLS on every hop: a per-deployment CA (openssl, kept in the state dir, key
 # 0600) signs one certificate per VM covering its private and public
@@ -38,7 +44,11 @@
 #   50051/tcp from the security group    (central gRPC: only the deployment's VMs)
 #   22/tcp    from --ssh-cidr            (only when given)
 # Any other inbound rule found on it is removed. The control API (7070) stays
-# on each PServer's loopback; reach it through an SSH tunnel.
+# on each PServer's loopback; reach it through an SSH tunnel. With --ha the
+# centrals also share a second group, tagged peerdex:role=etcd-sg, with exactly
+#   2379/tcp  from that group            (etcd clients: the centrals)
+#   2380/tcp  from that group            (etcd peers: the members)
+# so etcd is reachable from the 3 centrals only (plain HTTP inside the VPC).
 #
 # Idempotent: re-running reuses the security group, the central and the running
 # PServers, and only launches PServers missing to reach N (it never terminates
@@ -49,7 +59,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$here/lib.sh"
 
-usage() { sed -n '2,47p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,59p' "$0" | sed 's/^# \{0,1\}//'; }
 
 name="${PEERDEX_DEPLOYMENT:-peerdex}"
 region=""
@@ -65,6 +75,7 @@ ssh_user="admin"
 subnet_id=""
 endpoint_url=""
 state_dir="${PEERDEX_STATE_DIR:-}"
+ha=no
 
 while [[ $# -gt 0 ]]; do
 	case "$1" in
@@ -82,6 +93,7 @@ while [[ $# -gt 0 ]]; do
 	--subnet-id) need "$@"; subnet_id="$2"; shift 2 ;;
 	--endpoint-url) need "$@"; endpoint_url="$2"; shift 2 ;;
 	--state-dir) need "$@"; state_dir="$2"; shift 2 ;;
+	--ha) ha=yes; shift ;;
 	-h | --help) usage; exit 0 ;;
 	*) die "unknown argument: $1 (see --help)" ;;
 	esac
@@ -134,52 +146,77 @@ tags() { # tag list for --tag-specifications: tags ROLE [INDEX]
 	echo "Tags=[$t]"
 }
 
-sg_id="$(security_groups | head -n 1)"
-if [[ -z "$sg_id" ]]; then
-	sg_id="$(awsc ec2 create-security-group --group-name "peerdex-$name" --vpc-id "$vpc_id" \
-		--description "peerdex deployment $name: peer API 7071 public, central gRPC 50051 from this group" \
-		--tag-specifications "ResourceType=security-group,$(tags sg)" --query GroupId --output text)"
-	note "created security group $sg_id"
-else
-	note "reusing security group $sg_id"
-fi
+# ensure_sg ROLE GROUP_NAME DESCRIPTION: the id of the deployment's group of
+# ROLE, created when missing.
+ensure_sg() {
+	local id
+	id="$(security_group_of "$1")"
+	if [[ -z "$id" ]]; then
+		id="$(awsc ec2 create-security-group --group-name "$2" --vpc-id "$vpc_id" \
+			--description "$3" --tag-specifications "ResourceType=security-group,$(tags "$1")" \
+			--query GroupId --output text)"
+		note "created security group $id ($1)"
+	else
+		note "reusing security group $id ($1)"
+	fi
+	echo "$id"
+}
 
-# Inbound rules, one line each: protocol from to cidr4 cidr6 prefix-list group
+# sync_rules GROUP WANT...: make GROUP's inbound rules exactly WANT, one
+# "protocol from to cidr4 cidr6 prefix-list group" line each. (Descriptions
+# stay free of quotes: the AWS CLI parses --ip-permissions shorthand.)
+sync_rules() {
+	local sg="$1" rule_id rest keep w h present proto from to cidr group perm
+	shift
+	local want=("$@") have=()
+	# shellcheck disable=SC2016 # backticks are JMESPath literals, not shell
+	local rules_query='SecurityGroupRules[?IsEgress==`false`].[SecurityGroupRuleId,IpProtocol,FromPort,ToPort,CidrIpv4,CidrIpv6,PrefixListId,ReferencedGroupInfo.GroupId]'
+	while IFS=$'\t' read -r rule_id rest; do
+		[[ -n "$rule_id" ]] || continue
+		rest="$(tr '\t' ' ' <<<"$rest")"
+		keep=no
+		for w in "${want[@]}"; do if [[ "$w" == "$rest" ]]; then keep=yes; fi; done
+		if [[ $keep == yes ]]; then
+			have+=("$rest")
+		else
+			awsc ec2 revoke-security-group-ingress --group-id "$sg" --security-group-rule-ids "$rule_id" >/dev/null
+			note "removed inbound rule $rule_id ($rest): not part of the deployment"
+		fi
+	done < <(awsc ec2 describe-security-group-rules --filters "Name=group-id,Values=$sg" \
+		--query "$rules_query" \
+		--output text)
+	for w in "${want[@]}"; do
+		present=no
+		for h in "${have[@]+"${have[@]}"}"; do if [[ "$h" == "$w" ]]; then present=yes; fi; done
+		[[ $present == yes ]] && continue
+		read -r proto from to cidr _ _ group <<<"$w"
+		if [[ "$group" != None ]]; then
+			case "$from" in
+			2379) desc="etcd clients from the centrals" ;;
+			2380) desc="etcd peers from the other members" ;;
+			*) desc="peerdex central gRPC from the deployment" ;;
+			esac
+			perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,UserIdGroupPairs=[{GroupId=$group,Description=$desc}]"
+		elif [[ "$from" == 22 ]]; then
+			perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,IpRanges=[{CidrIp=$cidr,Description=SSH}]"
+		else
+			perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,IpRanges=[{CidrIp=$cidr,Description=peerdex peer API}]"
+		fi
+		awsc ec2 authorize-security-group-ingress --group-id "$sg" --ip-permissions "$perm" \
+			--tag-specifications "ResourceType=security-group-rule,$(tags sg-rule)" >/dev/null
+		note "opened $proto/$from on $sg from ${cidr/None/$group}"
+	done
+}
+
+sg_id="$(ensure_sg sg "peerdex-$name" "peerdex deployment $name: peer API 7071 public, central gRPC 50051 from this group")"
 want=("tcp 7071 7071 0.0.0.0/0 None None None" "tcp 50051 50051 None None None $sg_id")
 if [[ -n "$ssh_cidr" ]]; then want+=("tcp 22 22 $ssh_cidr None None None"); fi
-# shellcheck disable=SC2016 # backticks are JMESPath literals, not shell
-rules_query='SecurityGroupRules[?IsEgress==`false`].[SecurityGroupRuleId,IpProtocol,FromPort,ToPort,CidrIpv4,CidrIpv6,PrefixListId,ReferencedGroupInfo.GroupId]'
-have=()
-while IFS=$'\t' read -r rule_id rest; do
-	[[ -n "$rule_id" ]] || continue
-	rest="$(tr '\t' ' ' <<<"$rest")"
-	keep=no
-	for w in "${want[@]}"; do if [[ "$w" == "$rest" ]]; then keep=yes; fi; done
-	if [[ $keep == yes ]]; then
-		have+=("$rest")
-	else
-		awsc ec2 revoke-security-group-ingress --group-id "$sg_id" --security-group-rule-ids "$rule_id" >/dev/null
-		note "removed inbound rule $rule_id ($rest): not part of the deployment"
-	fi
-done < <(awsc ec2 describe-security-group-rules --filters "Name=group-id,Values=$sg_id" \
-	--query "$rules_query" \
-	--output text)
-for w in "${want[@]}"; do
-	present=no
-	for h in "${have[@]+"${have[@]}"}"; do if [[ "$h" == "$w" ]]; then present=yes; fi; done
-	[[ $present == yes ]] && continue
-	read -r proto from to cidr _ _ group <<<"$w"
-	if [[ "$group" != None ]]; then
-		perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,UserIdGroupPairs=[{GroupId=$group,Description=peerdex central gRPC from the deployment}]"
-	elif [[ "$from" == 22 ]]; then
-		perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,IpRanges=[{CidrIp=$cidr,Description=SSH}]"
-	else
-		perm="IpProtocol=$proto,FromPort=$from,ToPort=$to,IpRanges=[{CidrIp=$cidr,Description=peerdex peer API}]"
-	fi
-	awsc ec2 authorize-security-group-ingress --group-id "$sg_id" --ip-permissions "$perm" \
-		--tag-specifications "ResourceType=security-group-rule,$(tags sg-rule)" >/dev/null
-	note "opened $proto/$from from ${cidr/None/$group}"
-done
+sync_rules "$sg_id" "${want[@]}"
+etcd_sg_id=""
+if [[ $ha == yes ]]; then
+	etcd_sg_id="$(ensure_sg etcd-sg "peerdex-$name-etcd" "peerdex deployment $name: etcd 2379 and 2380 between its centrals only")"
+	sync_rules "$etcd_sg_id" "tcp 2379 2379 None None None $etcd_sg_id" "tcp 2380 2380 None None None $etcd_sg_id"
+fi
 
 # ── bucket (TLS files of the VMs; the bundle with --bundle) ───────────────────
 bucket="$(bucket_name)"
@@ -205,9 +242,11 @@ fi
 
 # ── instances ─────────────────────────────────────────────────────────────────
 launched=()
-run_instance() { # run_instance ROLE INDEX USERDATA_FILE -> prints "id private-ip"
+run_instance() { # run_instance ROLE INDEX USERDATA_FILE [GROUP] -> prints "id private-ip"
+	local groups=("$sg_id")
+	if [[ -n "${4:-}" ]]; then groups+=("$4"); fi
 	local args=(--image-id "$ami" --instance-type "$instance_type" --count 1 --key-name "$key_name"
-		--security-group-ids "$sg_id" --user-data "file://$3"
+		--security-group-ids "${groups[@]}" --user-data "file://$3"
 		--metadata-options "HttpTokens=required,HttpEndpoint=enabled,HttpPutResponseHopLimit=1"
 		--tag-specifications "ResourceType=instance,$(tags "$1" "$2")" "ResourceType=volume,$(tags "$1" "$2")"
 		--query 'Instances[0].[InstanceId,PrivateIpAddress]' --output text)
@@ -262,7 +301,8 @@ fi
 # Where a VM fetches its TLS files (presigned before launch; uploaded after).
 tls_url() { awsc s3 presign "s3://$bucket/tls/$1.tar" --expires-in 604800; }
 # issue_cert VM IP... : a certificate for VM covering the IPs, signed by the
-# CA, then VM.tar (ca.pem, cert.pem, key.pem, join.secret) uploaded for its
+# CA, then VM.tar (ca.pem, cert.pem, key.pem, join.secret, and the etcd.env +
+# etcd.endpoints of a --ha central when its folder has them) uploaded for its
 # first boot.
 issue_cert() {
 	local vm="$1" d="$state_dir/$1" san="" ip
@@ -282,7 +322,9 @@ issue_cert() {
 	cp "$state_dir/ca.pem" "$d/ca.pem"
 	(umask 077 && cp "$state_dir/join.secret" "$d/join.secret")
 	rm -f "$d/cert.csr"
-	tar -cf "$workdir/$vm.tar" -C "$d" ca.pem cert.pem key.pem join.secret
+	local files=(ca.pem cert.pem key.pem join.secret)
+	if [[ -f "$d/etcd.env" ]]; then files+=(etcd.env etcd.endpoints); fi
+	tar -cf "$workdir/$vm.tar" -C "$d" "${files[@]}"
 	awsc s3 cp --only-show-errors "$workdir/$vm.tar" "s3://$bucket/tls/$vm.tar" >&2
 	note "certificate of $vm for ${*} uploaded (files in $d)"
 }
@@ -295,25 +337,89 @@ live() {
 		--output text | sed '/^$/d' | sort -k3,3n
 }
 
-read -r central_id central_ip _ < <(live central | head -n 1) || true
+# write_etcd VM MEMBER IP ALL_IPS...: the etcd settings of VM's member MEMBER
+# (central-K) of the static cluster of every --ha central, into its folder.
+write_etcd() {
+	local vm="$1" member="$2" ip="$3" d="$state_dir/$1" cluster="" endpoints="" k=0 other
+	shift 3
+	for other in "$@"; do
+		k=$((k + 1))
+		cluster+="${cluster:+,}central-$k=http://$other:2380"
+		endpoints+="${endpoints:+,}http://$other:2379"
+	done
+	mkdir -p "$d"
+	cat >"$d/etcd.env" <<EOF
+# /etc/peerdex/etcd.env - this VM's member of the deployment's etcd cluster
+# (peerdex-etcd.service; written by launch.sh --ha). etcd reads ETCD_* as its
+# flags: https://etcd.io/docs/v3.5/op-guide/configuration/
+ETCD_NAME=$member
+ETCD_DATA_DIR=/var/lib/peerdex-etcd
+ETCD_LISTEN_CLIENT_URLS=http://$ip:2379,http://127.0.0.1:2379
+ETCD_ADVERTISE_CLIENT_URLS=http://$ip:2379
+ETCD_LISTEN_PEER_URLS=http://$ip:2380
+ETCD_INITIAL_ADVERTISE_PEER_URLS=http://$ip:2380
+ETCD_INITIAL_CLUSTER=$cluster
+ETCD_INITIAL_CLUSTER_STATE=new
+ETCD_INITIAL_CLUSTER_TOKEN=peerdex-$name
+# etcd's own safety net besides the leader central's compaction: keep 1 hour
+# of history; the default 2 GiB quota (README: Running the directory on etcd).
+ETCD_AUTO_COMPACTION_MODE=periodic
+ETCD_AUTO_COMPACTION_RETENTION=1h
+ETCD_QUOTA_BACKEND_BYTES=2147483648
+EOF
+	echo "$endpoints" >"$d/etcd.endpoints"
+}
+
 existing_pservers="$(live pserver)"
-if [[ -n "${central_id:-}" ]]; then
-	note "reusing central $central_id ($central_ip)"
-else
-	"$here/render.sh" central --bundle-url "$bundle_url" --tls-url "$(tls_url central)" \
-		--set CENTRAL_TLS_CERT=/etc/peerdex/tls/cert.pem --set CENTRAL_TLS_KEY=/etc/peerdex/tls/key.pem \
-		>"$workdir/central.yaml"
-	read -r central_id central_ip < <(run_instance central "" "$workdir/central.yaml")
-	launched+=("$central_id")
-	note "launched central $central_id"
-	[[ "$central_ip" =~ ^[0-9.]+$ ]] || central_ip="$(private_ip "$central_id")"
-	# shellcheck disable=SC2046 # no public IP: no word
-	issue_cert central "$central_ip" $(public_ip "$central_id")
-	[[ -n "$existing_pservers" ]] &&
-		note "warning: PServers of '$name' already run and point at the previous central; replace them (teardown.sh, then launch.sh)"
+# Centrals: one, or with --ha three (central-1..3), each with an etcd member.
+mapfile -t centrals_live < <(live central)
+want_centrals=1
+if [[ $ha == yes ]]; then want_centrals=3; fi
+if ((${#centrals_live[@]} > 0 && ${#centrals_live[@]} != want_centrals)); then
+	hint=""
+	if [[ $ha == no ]]; then hint=" (did you mean --ha?)"; fi
+	die "deployment '$name' runs ${#centrals_live[@]} central(s) and this launch wants $want_centrals$hint: a directory cannot move between SQLite and etcd in place; remove it with teardown.sh and launch again"
 fi
-[[ "$central_ip" =~ ^[0-9.]+$ ]] || central_ip="$(private_ip "$central_id")"
-central_url="https://$central_ip:50051"
+central_ids=()
+central_ips=()
+if ((${#centrals_live[@]} > 0)); then
+	for line in "${centrals_live[@]}"; do
+		read -r id ip _ <<<"$line"
+		[[ "$ip" =~ ^[0-9.]+$ ]] || ip="$(private_ip "$id")"
+		central_ids+=("$id")
+		central_ips+=("$ip")
+	done
+	note "reusing ${#central_ids[@]} central(s): ${central_ids[*]}"
+else
+	for ((k = 1; k <= want_centrals; k++)); do
+		index="" vm=central sets=()
+		if [[ $ha == yes ]]; then index=$k vm="central-$k" sets=(--set "CENTRAL_NAME=central-$k"); fi
+		"$here/render.sh" central --bundle-url "$bundle_url" --tls-url "$(tls_url "$vm")" \
+			--set CENTRAL_TLS_CERT=/etc/peerdex/tls/cert.pem --set CENTRAL_TLS_KEY=/etc/peerdex/tls/key.pem \
+			"${sets[@]+"${sets[@]}"}" >"$workdir/$vm.yaml"
+		read -r id ip < <(run_instance central "$index" "$workdir/$vm.yaml" "$etcd_sg_id")
+		[[ "$ip" =~ ^[0-9.]+$ ]] || ip="$(private_ip "$id")"
+		launched+=("$id")
+		central_ids+=("$id")
+		central_ips+=("$ip")
+		note "launched $vm $id ($ip)"
+	done
+	# Certificates (and with --ha the etcd cluster, which needs every
+	# member's address) once all the centrals have their addresses.
+	for ((k = 1; k <= want_centrals; k++)); do
+		vm=central
+		if [[ $ha == yes ]]; then
+			vm="central-$k"
+			write_etcd "$vm" "central-$k" "${central_ips[k - 1]}" "${central_ips[@]}"
+		fi
+		# shellcheck disable=SC2046 # no public IP: no word
+		issue_cert "$vm" "${central_ips[k - 1]}" $(public_ip "${central_ids[k - 1]}")
+	done
+	[[ -n "$existing_pservers" ]] &&
+		note "warning: PServers of '$name' already run and point at the previous central(s); replace them (teardown.sh, then launch.sh)"
+fi
+central_url=""
+for ip in "${central_ips[@]}"; do central_url+="${central_url:+,}https://$ip:50051"; done
 
 count=0
 last_index=0
@@ -351,8 +457,16 @@ fi
 
 # ── summary ───────────────────────────────────────────────────────────────────
 echo
-echo "peerdex deployment '$name' in $region (security group $sg_id)"
-echo "  central  $central_id  private $central_ip  gRPC $central_url (VPC only, TLS)"
+echo "peerdex deployment '$name' in $region (security group $sg_id${etcd_sg_id:+, etcd group $etcd_sg_id})"
+for ((k = 0; k < ${#central_ids[@]}; k++)); do
+	vm=central
+	if [[ $ha == yes ]]; then vm="central-$((k + 1))"; fi
+	echo "  $vm  ${central_ids[k]}  private ${central_ips[k]}  gRPC https://${central_ips[k]}:50051 (VPC only, TLS)"
+done
+if [[ $ha == yes ]]; then
+	echo "  etcd     one member per central on 2379 (clients) and 2380 (peers), reachable from the centrals only"
+	echo "           (journalctl -u peerdex-etcd -f; etcdctl --endpoints http://${central_ips[0]}:2379 endpoint status --cluster -w table)"
+fi
 echo "  CA       $state_dir/ca.pem (certificates and keys of every VM: $state_dir/<vm>/)"
 first_public=""
 while IFS=$'\t' read -r id pub index; do

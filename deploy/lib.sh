@@ -67,4 +67,12 @@ security_groups() {
 		--query 'SecurityGroups[].GroupId' --output text | tr '\t' '\n' | sed '/^$/d;/^None$/d'
 }
 
+# The deployment's security group of one role (sg: every VM; etcd-sg: the
+# centrals of --ha, whose etcd members talk only to each other), or nothing.
+security_group_of() {
+	awsc ec2 describe-security-groups --filters "Name=tag:$TAG_DEPLOYMENT,Values=$name" \
+		"Name=tag:$TAG_ROLE,Values=$1" --query 'SecurityGroups[].GroupId' --output text |
+		tr '\t' '\n' | sed '/^$/d;/^None$/d' | head -n 1
+}
+
 LIVE_STATES="pending,running,stopping,stopped"

