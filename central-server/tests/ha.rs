@@ -18,13 +18,17 @@ use tonic::transport::{Channel, Endpoint};
 
 /// Lease TTL of the centrals here (whole seconds, as the setting takes).
 const TTL: Duration = Duration::from_secs(4);
+/// The history test's: peers' heartbeats must outlive a killed etcd
+/// leader and a paused central on a busy 2-core machine (the test suite
+/// runs beside it).
+const HISTORY_TTL: Duration = Duration::from_secs(6);
 
-fn central(root: &Path, i: usize, endpoints: &str) -> Central {
+fn central(root: &Path, i: usize, endpoints: &str, ttl: Duration) -> Central {
     Central::on_etcd(
         &root.join(format!("c{i}")),
         endpoints,
         &format!("central-{i}"),
-        TTL,
+        ttl,
     )
 }
 
@@ -114,7 +118,9 @@ async fn the_leader_moves_within_one_ttl_and_never_two_lead() {
     let etcd = etcd(3).await;
     let root = tempfile::tempdir().unwrap();
     let eps = etcd.endpoints();
-    let mut cs: Vec<Central> = (1..=3).map(|i| central(root.path(), i, &eps)).collect();
+    let mut cs: Vec<Central> = (1..=3)
+        .map(|i| central(root.path(), i, &eps, TTL))
+        .collect();
     let first = wait_for("a leader", Duration::from_secs(15), || leader_of(&cs)).await;
     // Every central names it.
     for c in &cs {
@@ -216,7 +222,9 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
     let mut etcd = etcd(3).await;
     let root = tempfile::tempdir().unwrap();
     let eps = etcd.endpoints();
-    let mut cs: Vec<Central> = (1..=3).map(|i| central(root.path(), i, &eps)).collect();
+    let mut cs: Vec<Central> = (1..=3)
+        .map(|i| central(root.path(), i, &eps, HISTORY_TTL))
+        .collect();
     let urls: Vec<String> = cs.iter().map(|c| c.url.clone()).collect();
     let clients_for = |urls: &[String]| -> Vec<DirectoryClient<Channel>> {
         urls.iter()
@@ -288,7 +296,9 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
                 }
             }
         }));
-        // Writes: a deterministic mix, each recorded with its outcome.
+        // Writes: a deterministic mix, each recorded with its outcome and
+        // numbered in the session as a PServer numbers its changes (one
+        // that a paused central delivers late is then refused).
         let (cl, stop2, hist) = (clients_for(&urls), stop.clone(), history.clone());
         let stale = stale_reads.clone();
         tasks.push(tokio::spawn(async move {
@@ -304,7 +314,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
                         v1::PublishRequest {
                             peer_id: peer.to_string(),
                             files: vec![file(k, f)],
-                            seq: 0,
+                            seq: n as u64,
                         },
                         &token,
                     ))
@@ -318,7 +328,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
                                 file_id: file(k, f).file_id,
                                 name: String::new(),
                             }],
-                            seq: 0,
+                            seq: n as u64,
                         },
                         &token,
                     ))
@@ -371,7 +381,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     tokio::task::block_in_place(|| etcd.restart(raft)).unwrap();
     cs[0].proc.signal(libc::SIGSTOP);
-    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
+    tokio::time::sleep(HISTORY_TTL + Duration::from_secs(1)).await;
     cs[0].proc.signal(libc::SIGCONT);
     cs[1].restart();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -384,12 +394,26 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
         t.await.unwrap();
     }
     let lost = lost_lease.lock().unwrap().clone();
-    assert!(
-        lost.is_empty(),
-        "leases were lost ({} times), the first: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(3)]
-    );
+    if !lost.is_empty() {
+        let logs: Vec<String> = cs
+            .iter()
+            .flat_map(|c| {
+                c.proc
+                    .log()
+                    .lines()
+                    .filter(|l| l.contains("rejoin") || l.contains("WARN") || l.contains("gone"))
+                    .map(|l| format!("{}: {l}", c.name))
+                    .collect::<Vec<_>>()
+            })
+            .take(40)
+            .collect();
+        panic!(
+            "leases were lost ({} times), the first: {:?}\n{}",
+            lost.len(),
+            &lost[..lost.len().min(3)],
+            logs.join("\n")
+        );
+    }
     let stale = stale_reads.lock().unwrap().clone();
     assert!(
         stale.is_empty(),

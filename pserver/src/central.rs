@@ -60,6 +60,9 @@ struct Session {
     /// carries the whole inventory, but one already in flight may have
     /// taken its snapshot before the change: then join again.
     inventory_changed: bool,
+    /// The number of the last inventory change of this session (each
+    /// Publish/Unpublish carries the next; a retry the same).
+    seq: u64,
 }
 
 /// One central of the list: its lazy channel and when it last failed us.
@@ -79,16 +82,19 @@ impl Link {
 }
 
 /// A change of our inventory on its way to the directory.
+/// An inventory change, with its number in the session (`seq`): the
+/// directory applies changes only in that order, so one that a paused
+/// central delivers late cannot undo a later one.
 enum Change {
-    Publish(Vec<SharedFile>),
-    Unpublish(Vec<(FileId, FileName)>),
+    Publish(Vec<SharedFile>, u64),
+    Unpublish(Vec<(FileId, FileName)>, u64),
 }
 
 impl Change {
     fn what(&self) -> &'static str {
         match self {
-            Change::Publish(_) => "publish",
-            Change::Unpublish(_) => "unpublish",
+            Change::Publish(..) => "publish",
+            Change::Unpublish(..) => "unpublish",
         }
     }
 }
@@ -442,6 +448,7 @@ impl Central {
         let mut s = self.session.lock().unwrap();
         s.token = Some(answer.session_token);
         s.joined = true;
+        s.seq = 0;
         s.last_renewal = Some(Instant::now());
         s.interval = Some(Duration::from_secs(
             answer.heartbeat_interval_secs.max(1) as u64
@@ -493,25 +500,32 @@ impl Central {
     /// Announce new files. Skipped while not joined: the next Join carries them.
     pub async fn publish(&self, files: &[SharedFile]) {
         if !files.is_empty() {
-            self.change(Change::Publish(files.to_vec())).await;
+            let files = files.to_vec();
+            self.change(|seq| Change::Publish(files, seq)).await;
         }
     }
 
     /// Withdraw files. Skipped while not joined.
     pub async fn unpublish(&self, files: &[(FileId, FileName)]) {
         if !files.is_empty() {
-            self.change(Change::Unpublish(files.to_vec())).await;
+            let files = files.to_vec();
+            self.change(|seq| Change::Unpublish(files, seq)).await;
         }
     }
 
     /// Put `change` in line behind the changes still waiting, then deliver
     /// them in order (see the module doc).
-    async fn change(&self, change: Change) {
+    async fn change(&self, change: impl FnOnce(u64) -> Change) {
         let mut queue = self.outbox.lock().await;
         if self.skipped_while_not_joined() {
             queue.clear();
             return;
         }
+        let change = change({
+            let mut s = self.session.lock().unwrap();
+            s.seq += 1;
+            s.seq
+        });
         let waiting = !queue.is_empty();
         queue.push_back(change);
         if queue.len() > MAX_QUEUED {
@@ -542,6 +556,13 @@ impl Central {
                 Ok(()) => {
                     queue.pop_front();
                 }
+                Err(s) if s.code() == Code::Aborted => {
+                    // A later change of ours is applied already: this one
+                    // reached the directory before (its answer was lost).
+                    tracing::info!(call = change.what(), status = %s.message(),
+                        "the directory has a later change of ours; this one is done");
+                    queue.pop_front();
+                }
                 Err(s) if unreachable(&s) => {
                     tracing::warn!(call = change.what(), code = ?s.code(), status = %self.explain(&s), queued = queue.len(),
                         "no central takes our inventory changes; keeping them in order until one answers");
@@ -559,20 +580,21 @@ impl Central {
 
     async fn send(&self, change: &Change) -> Result<(), Status> {
         match change {
-            Change::Publish(files) => {
+            Change::Publish(files, seq) => {
                 let files: Vec<v1::SharedFile> = files.iter().map(Into::into).collect();
                 let (_, r) = self
                     .call("publish", |mut c| {
                         let req = self.authed(v1::PublishRequest {
                             peer_id: self.peer_id.to_string(),
                             files: files.clone(),
+                            seq: *seq,
                         });
                         async move { c.publish(req).await }
                     })
                     .await?;
                 log_refused("publish", &r.get_ref().refused);
             }
-            Change::Unpublish(files) => {
+            Change::Unpublish(files, seq) => {
                 let files: Vec<v1::FileRef> = files
                     .iter()
                     .map(|(id, name)| v1::FileRef {
@@ -584,6 +606,7 @@ impl Central {
                     let req = self.authed(v1::UnpublishRequest {
                         peer_id: self.peer_id.to_string(),
                         files: files.clone(),
+                        seq: *seq,
                     });
                     async move { c.unpublish(req).await }
                 })
