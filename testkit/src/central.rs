@@ -243,6 +243,11 @@ impl CentralProc {
     /// SIGTERM, then wait (at most `deadline`) for a clean exit.
     pub fn terminate(&mut self, deadline: Duration) {
         self.proc.signal(libc::SIGTERM);
+        self.wait_exit(deadline);
+    }
+
+    /// Wait (at most `deadline`) for a clean exit (after a signal).
+    pub fn wait_exit(&mut self, deadline: Duration) {
         let start = std::time::Instant::now();
         loop {
             match self.proc.child.try_wait() {

@@ -57,6 +57,8 @@ impl TestPeer {
             data_dir.clone(),
             central_url.to_owned(),
         );
+        // `central_url` may list several centrals, comma-separated.
+        config.centrals = central_url.split(',').map(str::to_owned).collect();
         config.neighbours = neighbours.iter().map(|n| n.parse().unwrap()).collect();
         config.rescan_interval = Duration::from_millis(300);
         config.drain = Duration::from_secs(5);
