@@ -171,7 +171,7 @@ pub async fn signed_join(
 /// Restarts keep its address (as a PServer's list of centrals keeps it)
 /// and the logs of earlier lives (`<name>-<n>.log` in `dir`).
 pub struct CentralProc {
-    pub proc: crate::ChildProc,
+    pub proc: crate::process::ChildProc,
     /// `http://ADDR`
     pub url: String,
     pub addr: String,
@@ -220,12 +220,12 @@ impl CentralProc {
         c
     }
 
-    fn spawn(dir: &Path, addr: &str, env: &[(String, String)]) -> crate::ChildProc {
+    fn spawn(dir: &Path, addr: &str, env: &[(String, String)]) -> crate::process::ChildProc {
         let mut all: Vec<(&str, String)> =
             env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         all.push(("CENTRAL_LISTEN_ADDR", addr.to_owned()));
         all.push(("CENTRAL_DATA_DIR", dir.display().to_string()));
-        crate::ChildProc::spawn(&crate::bin("central-server"), dir, &all)
+        crate::process::ChildProc::spawn(&crate::process::bin("central-server"), dir, &all)
     }
 
     /// Start again on the same address (after a kill, a SIGTERM, or now:
