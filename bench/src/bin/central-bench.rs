@@ -103,9 +103,10 @@ struct Args {
     metrics_ab: u32,
     /// Only compare the two stores (issue 12): one central on SQLite and
     /// one on etcd, populated alike (the Joins timed, etcd's database size
-    /// read); Locate on each in turn, this many rounds (order
-    /// alternating), medians; then the etcd-backed central's start-up
-    /// (its range read) at that size.
+    /// read); Locate on each in turn, with the peers heartbeating and
+    /// with their heartbeats paused, this many rounds (order alternating),
+    /// medians; then the start-up of another etcd-backed central (its range
+    /// read) at that size.
     #[arg(long, default_value_t = 0, conflicts_with_all = ["addr", "restarts_only", "metrics_ab"])]
     etcd_ab: u32,
     /// The etcd cluster of `--etcd-ab` (comma-separated client URLs);
@@ -447,24 +448,36 @@ async fn flood_run(
     Ok((locate, per_query))
 }
 
-/// Heartbeat every joined peer once per heartbeat interval, spread evenly,
-/// until `stop` (8 callers).
-fn keepalive(addr: SocketAddr, joined: Joined, stop: Arc<AtomicBool>) {
-    for w in 0..8usize {
-        let (joined, stop) = (joined.clone(), stop.clone());
+/// Heartbeat every joined peer once per heartbeat interval, spread evenly
+/// over `workers` sequential callers, until `stop`; none is sent while
+/// `paused`.
+fn keepalive(
+    addr: SocketAddr,
+    joined: Joined,
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    workers: usize,
+) {
+    for w in 0..workers {
+        let (joined, stop, paused) = (joined.clone(), stop.clone(), paused.clone());
         tokio::spawn(async move {
             let Ok(ch) = channel(addr).await else { return };
             let mut c = DirectoryClient::new(ch);
             while !stop.load(Ordering::Relaxed) {
                 let mine: Vec<(PeerId, String)> = joined
                     .lock()
-                    .map(|j| j.iter().skip(w).step_by(8).cloned().collect())
+                    .map(|j| j.iter().skip(w).step_by(workers).cloned().collect())
                     .unwrap_or_default();
                 let cycle = Instant::now();
                 let gap = Duration::from_secs(HEARTBEAT_SECS) / (mine.len().max(1) as u32);
                 for (i, (peer, token)) in mine.iter().enumerate() {
                     if stop.load(Ordering::Relaxed) {
                         return;
+                    }
+                    // Paused for one short measurement (well within a
+                    // lease): the heartbeats due meanwhile go out after.
+                    while paused.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     let mut req = tonic::Request::new(v1::HeartbeatRequest {
                         peer_id: peer.to_string(),
@@ -802,7 +815,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
     let joined: Joined = Arc::default();
     let alive = Arc::new(AtomicBool::new(false));
-    keepalive(addr, joined.clone(), alive.clone());
+    keepalive(addr, joined.clone(), alive.clone(), Arc::default(), 8);
     let populate_time = populate(addr, &args, joined.clone()).await?;
     eprintln!("populated in {:.1} s", populate_time.as_secs_f64());
     let rss_populated = central.as_ref().and_then(|c| rss_mib(c.child.id()));
@@ -949,7 +962,7 @@ async fn metrics_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyho
             c.addr, args.files, args.peers
         );
         let joined: Joined = Arc::default();
-        keepalive(c.addr, joined.clone(), alive.clone());
+        keepalive(c.addr, joined.clone(), alive.clone(), Arc::default(), 8);
         let t = populate(c.addr, args, joined).await?;
         eprintln!("populated in {:.1} s", t.as_secs_f64());
     }
@@ -1036,6 +1049,8 @@ async fn etcd_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyhow::
         (None, None) => unreachable!(),
     };
     let alive = Arc::new(AtomicBool::new(false));
+    // Heartbeats of both centrals' peers, paused for the quiet runs.
+    let paused = Arc::new(AtomicBool::new(false));
     let mut sqlite = start_central(bin, &data.join("sqlite"))?;
     let mut etcd = start_central_on_etcd(bin, &data.join("on-etcd"), &endpoints)?;
     let mut joins = Vec::new();
@@ -1045,7 +1060,12 @@ async fn etcd_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyhow::
             c.addr, args.files, args.peers
         );
         let joined: Joined = Arc::default();
-        keepalive(c.addr, joined.clone(), alive.clone());
+        // A heartbeat on etcd is a lease keep-alive there: slower under
+        // load than SQLite's in-memory renewal. With 8 sequential callers
+        // one cycle of 10k peers outgrew the 30 s lease while etcd was
+        // being populated (570 peers expired in one run): 64 keep every
+        // lease renewed, at the same 1,000 heartbeats a second.
+        keepalive(c.addr, joined.clone(), alive.clone(), paused.clone(), 64);
         let t = populate(c.addr, args, joined).await?;
         eprintln!("populated in {:.1} s", t.as_secs_f64());
         joins.push((store, t, rss_mib(c.child.id())));
@@ -1059,9 +1079,13 @@ async fn etcd_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyhow::
             .unwrap_or(0)
     });
 
-    let (mut rps_sqlite, mut rps_etcd) = (Vec::new(), Vec::new());
-    println!("\n| round | store | Locate/s | p50 ms | p99 ms | max ms | requests | errors |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    // Per (store, heartbeats): Locate/s and central CPU µs per Locate.
+    let mut rps: [[Vec<f64>; 2]; 2] = Default::default();
+    let mut cpu: [[Vec<f64>; 2]; 2] = Default::default();
+    println!(
+        "\n| round | store, peers' heartbeats | Locate/s | p50 ms | p99 ms | max ms | requests | errors | central CPU µs/Locate |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for round in 0..args.etcd_ab {
         let order = if round % 2 == 0 {
             [false, true]
@@ -1070,17 +1094,31 @@ async fn etcd_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyhow::
         };
         for on_etcd in order {
             let c = if on_etcd { &etcd } else { &sqlite };
-            let r = locate_run(c.addr, args.files, args).await?;
-            let name = format!(
-                "{} | {}",
-                round + 1,
-                if on_etcd { "etcd" } else { "SQLite" }
-            );
-            println!("{}", row(&name, &r));
-            if on_etcd {
-                rps_etcd.push(r.rps);
-            } else {
-                rps_sqlite.push(r.rps);
+            // With the 10k peers heartbeating (1,000 a second to each
+            // central, all along), then with every heartbeat paused for
+            // the run (shorter than a lease: nothing expires, and a
+            // Locate that finds nothing would count as an error).
+            for quiet in [false, true] {
+                paused.store(quiet, Ordering::Relaxed);
+                let before = cpu_ticks(c.child.id());
+                let r = locate_run(c.addr, args.files, args).await?;
+                let ticks = cpu_ticks(c.child.id()).saturating_sub(before);
+                paused.store(false, Ordering::Relaxed);
+                // Clock ticks are 10 ms (USER_HZ = 100).
+                let cpu_us = ticks as f64 * 10_000.0 / r.requests.max(1) as f64;
+                let name = format!(
+                    "{} | {}, {}",
+                    round + 1,
+                    if on_etcd { "etcd" } else { "SQLite" },
+                    if quiet { "paused" } else { "1,000/s" }
+                );
+                println!("{} {cpu_us:.2} |", row(&name, &r));
+                rps[usize::from(on_etcd)][usize::from(quiet)].push(r.rps);
+                cpu[usize::from(on_etcd)][usize::from(quiet)].push(cpu_us);
+                if quiet {
+                    // Let the paused heartbeats catch up before the next run.
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                }
             }
         }
     }
@@ -1088,11 +1126,15 @@ async fn etcd_ab(args: &Args, bin: &PathBuf, data: &std::path::Path) -> anyhow::
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (m_sqlite, m_etcd) = (median(&mut rps_sqlite), median(&mut rps_etcd));
-    println!(
-        "\nmedian Locate/s: SQLite {m_sqlite:.0}, etcd {m_etcd:.0}: etcd/SQLite = {:.2}x",
-        m_etcd / m_sqlite
-    );
+    for (quiet, what) in [(0, "peers heartbeating"), (1, "heartbeats paused")] {
+        let (m_sqlite, m_etcd) = (median(&mut rps[0][quiet]), median(&mut rps[1][quiet]));
+        let (c_sqlite, c_etcd) = (median(&mut cpu[0][quiet]), median(&mut cpu[1][quiet]));
+        println!(
+            "\n{what}: median Locate/s SQLite {m_sqlite:.0}, etcd {m_etcd:.0}: etcd/SQLite = {:.2}x; \
+             median central CPU per Locate SQLite {c_sqlite:.2} µs, etcd {c_etcd:.2} µs",
+            m_etcd / m_sqlite
+        );
+    }
     println!(
         "\n| Join of {} peers / {} files | time | central RSS after |",
         args.peers, args.files
