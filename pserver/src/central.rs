@@ -337,8 +337,8 @@ impl Central {
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut tried = 0u64;
+        let mut i = self.current.load(Ordering::Acquire);
         loop {
-            let i = self.current.load(Ordering::Acquire);
             tried |= 1 << i;
             let r = f(self.links[i].client.clone()).await;
             self.note(&r);
@@ -355,9 +355,22 @@ impl Central {
             *self.last_failed.lock().unwrap() = Some(self.links[i].url.clone());
             let why = format!("{what}: {:?}: {}", s.code(), self.explain(&s));
             let next = self.move_from(i, &why);
-            if tried & (1 << next) != 0 || self.links[next].failed_recently() {
-                return Err(s);
-            }
+            // Within one call, every central is tried once before the call
+            // fails: one that failed lately (restarted since, in a rolling
+            // restart) comes last, but it comes.
+            let n = self.links.len();
+            let untried = |j: &usize| tried & (1 << j) == 0;
+            i = match Some(next).filter(untried).or_else(|| {
+                let order = (1..n).map(|k| (i + k) % n);
+                let fresh = order
+                    .clone()
+                    .filter(untried)
+                    .find(|&j| !self.links[j].failed_recently());
+                fresh.or_else(|| order.clone().find(untried))
+            }) {
+                Some(j) => j,
+                None => return Err(s),
+            };
         }
     }
 
