@@ -60,6 +60,9 @@ pub const TXN_OPS: usize = 128;
 /// Keys per page of the start-up range read.
 const PAGE: i64 = 2000;
 
+/// Peers' holdings read at once at start-up.
+const SNAPSHOT_READS: usize = 16;
+
 /// Longest wait for our own watch to apply a write we made.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -321,10 +324,41 @@ impl Etcd {
     /// holdings (so that every holding finds its peer). Returns the
     /// changes and the revision; the mirror is rebuilt.
     pub(crate) async fn snapshot(&self) -> Result<(Vec<Change>, i64)> {
-        let prefix = self.prefix.as_bytes().to_vec();
-        let end = range_end(&prefix);
-        let mut from = prefix.clone();
-        let mut revision = 0;
+        // etcd counts the rest of the range on every limited read, so one
+        // paginated read of the whole prefix costs O(n²). Read the peers
+        // and the key bindings, then each peer's holdings under its own
+        // prefix (a few in flight), all at the revision of the first read.
+        let (mut kvs, revision) = self.read_prefix("peers/", 0).await?;
+        let (keys, _) = self.read_prefix("keys/", revision).await?;
+        *lock(&self.mirror) = Mirror::default();
+        let mut changes = Vec::new();
+        let mut ids = Vec::new();
+        for kv in kvs.drain(..).chain(keys) {
+            if let Some(c) = self.decode_put(&kv) {
+                if let Change::Peer { peer, .. } = &c {
+                    ids.push(*peer);
+                }
+                changes.push(c);
+            }
+        }
+        use futures_util::StreamExt;
+        let mut reads = futures_util::stream::iter(ids)
+            .map(|p| async move { self.read_prefix(&format!("files/{p}/"), revision).await })
+            .buffer_unordered(SNAPSHOT_READS);
+        while let Some(r) = reads.next().await {
+            let (kvs, _) = r?;
+            changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
+        }
+        Ok((changes, revision))
+    }
+
+    /// Every key under `prefix + rest`, in pages, at `revision` (0: the
+    /// current one, returned).
+    async fn read_prefix(&self, rest: &str, revision: i64) -> Result<(Vec<KeyValue>, i64)> {
+        let start = self.key(rest).into_bytes();
+        let end = range_end(&start);
+        let mut from = start;
+        let mut revision = revision;
         let mut kvs: Vec<KeyValue> = Vec::new();
         loop {
             let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
@@ -349,21 +383,9 @@ impl Etcd {
             }
             kvs.extend(page);
             if !more {
-                break;
+                return Ok((kvs, revision));
             }
         }
-        *lock(&self.mirror) = Mirror::default();
-        let mut peers = Vec::new();
-        let mut holdings = Vec::new();
-        for kv in &kvs {
-            match self.decode_put(kv) {
-                Some(c @ Change::Peer { .. }) => peers.push(c),
-                Some(c) => holdings.push(c),
-                None => {}
-            }
-        }
-        peers.extend(holdings);
-        Ok((peers, revision))
     }
 
     /// Decode a put (and note it in the mirror); `None` for keys that are
