@@ -215,7 +215,10 @@ impl Etcd {
             .collect();
         let options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+            // etcd closes connections that ping more often than its
+            // --grpc-keepalive-min-time (5 s by default: "too many pings"),
+            // which broke idle watches every few seconds.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         let connect = |options| async {
