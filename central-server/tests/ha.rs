@@ -14,7 +14,7 @@ use peerdex_testkit::central::{CentralProc as Central, peer_key, signed_join};
 use peerdex_testkit::etcd::EtcdCluster;
 use peerdex_testkit::wait_for;
 use tonic::Request;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// Lease TTL of the centrals here (whole seconds, as the setting takes).
 const TTL: Duration = Duration::from_secs(4);
@@ -225,26 +225,15 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
     let mut cs: Vec<Central> = (1..=3)
         .map(|i| central(root.path(), i, &eps, HISTORY_TTL))
         .collect();
-    let urls: Vec<String> = cs.iter().map(|c| c.url.clone()).collect();
-    let clients_for = |urls: &[String]| -> Vec<DirectoryClient<Channel>> {
-        urls.iter()
-            .map(|u| {
-                DirectoryClient::new(
-                    Endpoint::from_shared(u.clone())
-                        .unwrap()
-                        .connect_timeout(Duration::from_millis(300))
-                        .timeout(Duration::from_secs(2))
-                        .connect_lazy(),
-                )
-            })
-            .collect()
-    };
+    // One client per central, with the short deadlines of CentralProc.
+    let clients_for =
+        || -> Vec<DirectoryClient<Channel>> { cs.iter().map(Central::client).collect() };
 
     // Join every client (each through another central).
     let mut peers = Vec::new();
     for k in 0..CLIENTS {
         let peer = PeerId::new_random();
-        let mut c = clients_for(&urls)[k % 3].clone();
+        let mut c = clients_for()[k % 3].clone();
         let req = v1::JoinRequest {
             peer_id: peer.to_string(),
             peer_url: format!("http://127.0.0.1:{}", 9000 + k),
@@ -269,7 +258,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
     for (k, p) in peers.iter().enumerate() {
         let (peer, token) = (p.peer, p.token.clone());
         // Heartbeats, at any central that answers.
-        let (cl, stop2, lost) = (clients_for(&urls), stop.clone(), lost_lease.clone());
+        let (cl, stop2, lost) = (clients_for(), stop.clone(), lost_lease.clone());
         let tok = token.clone();
         tasks.push(tokio::spawn(async move {
             let mut at = k;
@@ -299,7 +288,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
         // Writes: a deterministic mix, each recorded with its outcome and
         // numbered in the session as a PServer numbers its changes (one
         // that a paused central delivers late is then refused).
-        let (cl, stop2, hist) = (clients_for(&urls), stop.clone(), history.clone());
+        let (cl, stop2, hist) = (clients_for(), stop.clone(), history.clone());
         let stale = stale_reads.clone();
         tasks.push(tokio::spawn(async move {
             let mut at = k + 1;
