@@ -489,6 +489,7 @@ mod tests {
 
     fn sf(i: u32, size: u64, name: &str) -> SharedFile {
         SharedFile {
+            replica: false,
             id: fid(i),
             size,
             name: name.parse().unwrap(),

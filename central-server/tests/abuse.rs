@@ -39,6 +39,7 @@ fn name(i: u64) -> String {
 fn files(range: std::ops::Range<u64>) -> Vec<SharedFile> {
     range
         .map(|i| SharedFile {
+            replica: false,
             file_id: fid(i),
             size: i + 1,
             name: name(i),

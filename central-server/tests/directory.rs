@@ -101,6 +101,7 @@ fn fid(i: u32) -> String {
 
 fn file(i: u32, name: &str) -> SharedFile {
     SharedFile {
+        replica: false,
         file_id: fid(i),
         size: 1000 + u64::from(i),
         name: name.into(),
@@ -249,6 +250,7 @@ async fn heartbeat(
     let r = c
         .heartbeat(authed(
             v1::HeartbeatRequest {
+                declined: Vec::new(),
                 peer_id: peer.to_string(),
                 load,
             },
@@ -530,6 +532,7 @@ async fn tokens_cannot_be_spoofed_and_change_nothing(store: Store) {
     );
     unauth(
         c.heartbeat(v1::HeartbeatRequest {
+            declined: Vec::new(),
             peer_id: pid.clone(),
             load: None,
         })
@@ -1295,6 +1298,7 @@ async fn heartbeat_answer(
     token: &str,
 ) -> v1::HeartbeatResponse {
     let req = v1::HeartbeatRequest {
+        declined: Vec::new(),
         peer_id: peer.to_string(),
         load: None,
     };

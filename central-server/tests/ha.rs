@@ -186,6 +186,7 @@ struct Client {
 fn file(peer: usize, k: usize) -> SharedFile {
     let id = blake3::hash(format!("{peer}/{k}").as_bytes());
     SharedFile {
+        replica: false,
         file_id: id.to_hex().to_string(),
         size: 1 + k as u64,
         name: format!("p{peer}-f{k}.bin"),
@@ -267,6 +268,7 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
                 let r = c
                     .heartbeat(authed(
                         v1::HeartbeatRequest {
+                            declined: Vec::new(),
                             peer_id: peer.to_string(),
                             load: None,
                         },

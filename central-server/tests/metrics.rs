@@ -23,6 +23,7 @@ fn fid(i: u32) -> String {
 
 fn file(i: u32, name: &str) -> SharedFile {
     SharedFile {
+        replica: false,
         file_id: fid(i),
         size: 1000 + u64::from(i),
         name: name.into(),

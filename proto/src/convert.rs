@@ -10,6 +10,8 @@ pub struct SharedFile {
     pub id: FileId,
     pub size: u64,
     pub name: FileName,
+    /// Held as a replica for the directory, not shared by the peer's user.
+    pub replica: bool,
 }
 
 /// A wire value was refused; says which field and why.
@@ -39,6 +41,7 @@ impl TryFrom<&v1::SharedFile> for SharedFile {
             id,
             size: f.size,
             name,
+            replica: f.replica,
         })
     }
 }
@@ -49,6 +52,7 @@ impl From<&SharedFile> for v1::SharedFile {
             file_id: f.id.to_hex(),
             size: f.size,
             name: f.name.to_string(),
+            replica: f.replica,
         }
     }
 }
@@ -61,6 +65,7 @@ impl From<v1::Holder> for rest::Holder {
             peer_url: h.peer_url,
             active_uploads: load.active_uploads,
             free_upload_slots: load.free_upload_slots,
+            replica: h.replica,
         }
     }
 }
@@ -72,6 +77,30 @@ impl From<v1::LocatedFile> for rest::LocatedFile {
             size: f.size,
             names: f.names,
             holders: f.holders.into_iter().map(Into::into).collect(),
+            replication: f.replication.map(Into::into).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<v1::Replication> for rest::Replication {
+    fn from(r: v1::Replication) -> Self {
+        rest::Replication {
+            wanted: r.wanted,
+            live: r.live,
+            replicas: r.replicas,
+            state: r.state,
+        }
+    }
+}
+
+impl From<v1::PinStatus> for rest::PinStatus {
+    fn from(p: v1::PinStatus) -> Self {
+        rest::PinStatus {
+            file_id: p.file_id,
+            name: p.name,
+            size: p.size,
+            pinned: p.pinned,
+            replication: p.replication.map(Into::into).unwrap_or_default(),
         }
     }
 }
@@ -83,6 +112,7 @@ impl From<v1::SearchHit> for rest::SearchHit {
             file_id: h.file_id,
             size: h.size,
             holders: h.holders,
+            replicas_wanted: h.replicas_wanted,
         }
     }
 }
@@ -103,7 +133,7 @@ mod tests {
             size in 0u64..(1 << 34),
             name in name_strategy(),
         ) {
-            let domain = SharedFile { id: FileId::from_bytes(id), size, name: name.parse().unwrap() };
+            let domain = SharedFile { id: FileId::from_bytes(id), size, name: name.parse().unwrap(), replica: size % 2 == 0 };
             let wire = v1::SharedFile::from(&domain);
             prop_assert_eq!(SharedFile::try_from(&wire).unwrap(), domain.clone());
         }
@@ -115,6 +145,7 @@ mod tests {
             file_id: "nope".into(),
             size: 1,
             name: "a".into(),
+            ..Default::default()
         };
         let e = SharedFile::try_from(&wire).unwrap_err();
         assert!(e.to_string().starts_with("file_id:"), "{e}");
@@ -122,6 +153,7 @@ mod tests {
             file_id: "ab".repeat(32),
             size: 1,
             name: "../x".into(),
+            ..Default::default()
         };
         let e = SharedFile::try_from(&wire).unwrap_err();
         assert!(e.to_string().starts_with("name:"), "{e}");

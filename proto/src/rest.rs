@@ -15,6 +15,8 @@
 //! | `GET /api/v1/downloads/{job}`          | → [`Job`]                                       |
 //! | `GET /api/v1/downloads/{job}/events`   | → `application/x-ndjson`: one [`Job`] per line on each change, ends after a final state |
 //! | `DELETE /api/v1/downloads/{job}`       | cancel → [`Job`]                                |
+//! | `POST /api/v1/pins`                    | [`PinRequest`] → [`PinStatus`], 404, 409 [`ApiError`] with candidates |
+//! | `GET /api/v1/pins`                     | → [`PinList`] (this PServer's pins)             |
 //! | `GET /api/v1/openapi.json`             | the OpenAPI document                            |
 //!
 //! # Peer API (`/peer/v1`, public)
@@ -102,6 +104,16 @@ pub struct Status {
     /// (`peerdex_pserver_lease_renewals_total`).
     #[serde(default)]
     pub lease_renewals: LeaseRenewals,
+    /// Space offered for replicas of other peers' files
+    /// (`PSERVER_REPLICA_QUOTA_BYTES`; 0 = none).
+    #[serde(default)]
+    pub replica_quota_bytes: u64,
+    /// Of which in use by the replicas held.
+    #[serde(default)]
+    pub replica_used_bytes: u64,
+    /// The replicas this PServer holds for the directory.
+    #[serde(default)]
+    pub replicas: Vec<FileInfo>,
     pub version: String,
 }
 
@@ -123,6 +135,10 @@ pub struct SearchHit {
     pub file_id: String,
     pub size: u64,
     pub holders: u32,
+    /// The highest pin on this content: live copies the directory keeps
+    /// (0 = not pinned).
+    #[serde(default)]
+    pub replicas_wanted: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -155,6 +171,9 @@ pub struct Holder {
     pub peer_url: String,
     pub active_uploads: u32,
     pub free_upload_slots: u32,
+    /// It holds the file as a replica (a volunteer), not as an owner.
+    #[serde(default)]
+    pub replica: bool,
 }
 
 /// A content and its live holders, least-loaded first.
@@ -164,6 +183,54 @@ pub struct LocatedFile {
     pub size: u64,
     pub names: Vec<String>,
     pub holders: Vec<Holder>,
+    /// Copies wanted (pins) and live.
+    #[serde(default)]
+    pub replication: Replication,
+}
+
+/// How many copies of a file the directory is asked to keep, and how many
+/// it sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Replication {
+    /// The highest pin on the file (0 = not pinned).
+    pub wanted: u32,
+    /// Live peers holding it, owners and replica holders.
+    pub live: u32,
+    /// Of which: volunteers holding a replica.
+    pub replicas: u32,
+    /// `ok` (live >= wanted), `under` (being restored), `lost` (pinned, no
+    /// live copy: waits for a peer that has it to come back), or empty when
+    /// not pinned.
+    #[serde(default)]
+    pub state: String,
+}
+
+/// `POST /api/v1/pins`: pin a file (by id, or by an exact name) to
+/// `replicas` live copies, or stop asking (0 or 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// A file id (64 hex characters) or an exact file name.
+    pub file: String,
+    pub replicas: u32,
+}
+
+/// One pin this PServer set, and the file's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PinStatus {
+    pub file_id: String,
+    pub name: String,
+    pub size: u64,
+    /// This PServer's pin (0 once removed).
+    pub pinned: u32,
+    /// The file's state under the highest pin of any peer.
+    pub replication: Replication,
+}
+
+/// `GET /api/v1/pins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PinList {
+    pub pins: Vec<PinStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -478,6 +478,7 @@ impl Central {
                 let req = self.authed(v1::HeartbeatRequest {
                     peer_id: self.peer_id.to_string(),
                     load: Some(load.into()),
+                    declined: Vec::new(),
                 });
                 c.heartbeat(req).await
             })

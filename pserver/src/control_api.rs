@@ -640,6 +640,9 @@ async fn status(
             let (ok, rejoin, error) = metrics.renewals();
             LeaseRenewals { ok, rejoin, error }
         },
+        replica_quota_bytes: 0,
+        replica_used_bytes: 0,
+        replicas: Vec::new(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
 }

@@ -52,6 +52,7 @@ impl Entry {
             id: self.id,
             size: self.size,
             name: self.name.clone(),
+            replica: false,
         }
     }
     pub fn to_info(&self) -> FileInfo {

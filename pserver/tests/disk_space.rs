@@ -254,6 +254,7 @@ impl Fake {
                 peer_id: peer_id.to_string(),
                 peer_url: url,
                 files: vec![v1::SharedFile {
+                    replica: false,
                     file_id: id.to_hex(),
                     size,
                     name: name.into(),

@@ -63,6 +63,7 @@ impl Liar {
                 peer_id: peer_id.to_string(),
                 peer_url: url.clone(),
                 files: vec![v1::SharedFile {
+                    replica: false,
                     file_id: id.to_hex(),
                     size: lie,
                     name: name.into(),

@@ -480,6 +480,7 @@ fn keepalive(
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
                     let mut req = tonic::Request::new(v1::HeartbeatRequest {
+                        declined: Vec::new(),
                         peer_id: peer.to_string(),
                         load: None,
                     });
@@ -523,6 +524,7 @@ async fn expiry_run(
                     }
                     let files = (base + p * per_peer..base + (p + 1) * per_peer)
                         .map(|i| v1::SharedFile {
+                            replica: false,
                             file_id: file_id(i),
                             size: i + 1,
                             name: file_name(i),
@@ -557,6 +559,7 @@ async fn expiry_run(
             let mut c = client.clone();
             tokio::spawn(async move {
                 let mut req = tonic::Request::new(v1::HeartbeatRequest {
+                    declined: Vec::new(),
                     peer_id: peer.to_string(),
                     load: None,
                 });
@@ -656,6 +659,7 @@ async fn populate(addr: SocketAddr, args: &Args, joined: Joined) -> anyhow::Resu
                     }
                     let files = (p * per_peer..(p + 1) * per_peer)
                         .map(|i| v1::SharedFile {
+                            replica: false,
                             file_id: file_id(i),
                             size: i * 1000 + 1,
                             name: file_name(i),

@@ -818,6 +818,7 @@ pub(super) mod tests {
     }
     pub(in crate::index) fn sf(i: u32, size: u64, name: &str) -> SharedFile {
         SharedFile {
+            replica: false,
             id: fid(i),
             size,
             name: name.parse().unwrap(),

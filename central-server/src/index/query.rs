@@ -191,6 +191,7 @@ impl Index {
                 file_id: id.to_hex(),
                 size: self.answer_size(*f, now),
                 holders: *h,
+                replicas_wanted: 0,
             })
             .collect();
         let next = match (more, hits.last(), keyed.last()) {
@@ -302,9 +303,11 @@ impl Index {
                             active_uploads: load.active_uploads,
                             free_upload_slots: load.free_upload_slots,
                         }),
+                        replica: false,
                     }
                 })
                 .collect(),
+            replication: None,
         })
     }
 }

@@ -930,6 +930,7 @@ impl DirectoryService {
             heartbeat_interval_secs: secs(self.shared.heartbeat_interval),
             credential,
             credential_expires,
+            replica_tasks: Vec::new(),
             revoked: self
                 .shared
                 .network
@@ -1451,6 +1452,20 @@ impl Directory for DirectoryService {
     ) -> Result<Response<v1::LeaveResponse>, Status> {
         self.metered(Rpc::Leave, self.leave_rpc(req)).await
     }
+
+    async fn pin(
+        &self,
+        _req: Request<v1::PinRequest>,
+    ) -> Result<Response<v1::PinResponse>, Status> {
+        Err(Status::unimplemented("pins are being built"))
+    }
+
+    async fn pins(
+        &self,
+        _req: Request<v1::PinsRequest>,
+    ) -> Result<Response<v1::PinsResponse>, Status> {
+        Err(Status::unimplemented("pins are being built"))
+    }
 }
 
 #[cfg(test)]
@@ -1478,6 +1493,7 @@ mod tests {
 
     async fn join(s: &DirectoryService, peer: &PeerId, file: u32) -> String {
         let files = vec![v1::SharedFile {
+            replica: false,
             file_id: blake3::hash(&file.to_le_bytes()).to_hex().to_string(),
             size: 1,
             name: format!("file-{file}"),
@@ -1508,6 +1524,7 @@ mod tests {
 
     async fn heartbeat(s: &DirectoryService, peer: &PeerId, token: &str) -> bool {
         let mut req = Request::new(v1::HeartbeatRequest {
+            declined: Vec::new(),
             peer_id: peer.to_string(),
             load: None,
         });

@@ -479,6 +479,7 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
                     id: file,
                     size,
                     name,
+                    replica: false,
                 }],
             );
         }

@@ -222,6 +222,7 @@ mod tests {
 
     fn hit(id: &str, name: &str) -> SearchHit {
         SearchHit {
+            replicas_wanted: 0,
             name: name.into(),
             file_id: id.into(),
             size: 1,
