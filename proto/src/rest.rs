@@ -114,7 +114,22 @@ pub struct Status {
     /// The replicas this PServer holds for the directory.
     #[serde(default)]
     pub replicas: Vec<FileInfo>,
+    /// Replica fetches in progress (the directory's FETCH tasks; not the
+    /// user's download jobs).
+    #[serde(default)]
+    pub replica_fetches: Vec<ReplicaFetch>,
     pub version: String,
+}
+
+/// A replica this PServer is fetching for the directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaFetch {
+    pub file_id: String,
+    /// The name the directory gave; it is announced under it.
+    pub name: String,
+    /// Verified bytes so far.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
 }
 
 /// Heartbeats sent to the central since start, by answer.

@@ -19,6 +19,12 @@
 //! order, and is delivered first once one answers, before any newer change.
 //! While not joined, changes are not queued: the next Join carries the
 //! whole inventory, which supersedes the queue.
+//!
+//! Replication: the Join offers our replica space
+//! (`PSERVER_REPLICA_QUOTA_BYTES`); each Heartbeat carries the FETCH tasks
+//! we declined since the last one, and its answer the open replica tasks,
+//! which the lease loop hands to `crate::replicas`. Pin and Pins act for
+//! this peer like Publish (our session token).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -108,11 +114,15 @@ struct Heard {
 }
 
 /// The answer to a Heartbeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Beat {
     /// The lease is renewed. `moved`: that central is shutting down and we
-    /// moved to another one, which should hear from us at once.
-    Renewed { moved: bool },
+    /// moved to another one, which should hear from us at once. `tasks`:
+    /// the replica tasks open for us (all of them, every time).
+    Renewed {
+        moved: bool,
+        tasks: Vec<v1::ReplicaTask>,
+    },
     /// The central does not know us: join again.
     Rejoin,
 }
@@ -142,6 +152,9 @@ pub struct Central {
     outbox: tokio::sync::Mutex<VecDeque<Change>>,
     /// Wakes the lease loop early (a call found we are not joined).
     wake: Notify,
+    /// Space offered for replicas (`PSERVER_REPLICA_QUOTA_BYTES`), told
+    /// at every Join.
+    replica_quota: u64,
 }
 
 /// A failure that says nothing about our request: the central did not
@@ -194,6 +207,7 @@ impl Central {
         public_url: PeerUrl,
         data_dir: &std::path::Path,
         ca_roots: &[rustls::pki_types::CertificateDer<'static>],
+        replica_quota: u64,
     ) -> anyhow::Result<Self> {
         anyhow::ensure!(!urls.is_empty(), "PSERVER_CENTRAL_URL lists no central");
         let links = urls
@@ -232,6 +246,7 @@ impl Central {
             heard: Mutex::new(Heard::default()),
             outbox: tokio::sync::Mutex::new(VecDeque::new()),
             wake: Notify::new(),
+            replica_quota,
         })
     }
 
@@ -437,6 +452,7 @@ impl Central {
                         peer_url: self.public_url.to_string(),
                         files,
                         load: Some(load.into()),
+                        replica_quota_bytes: self.replica_quota,
                         ..Default::default()
                     };
                     msg.secret_proof = self.network.secret_proof(&nonce, &msg.peer_id);
@@ -471,14 +487,15 @@ impl Central {
         Ok(())
     }
 
-    /// Renew the lease (at the central we use, or the next that answers).
-    pub async fn heartbeat(&self, load: Load) -> Result<Beat, Status> {
+    /// Renew the lease (at the central we use, or the next that answers),
+    /// telling the directory which replica FETCH tasks we `declined`.
+    pub async fn heartbeat(&self, load: Load, declined: &[v1::Declined]) -> Result<Beat, Status> {
         let (at, r) = self
             .call("heartbeat", |mut c| async move {
                 let req = self.authed(v1::HeartbeatRequest {
                     peer_id: self.peer_id.to_string(),
                     load: Some(load.into()),
-                    declined: Vec::new(),
+                    declined: declined.to_vec(),
                 });
                 c.heartbeat(req).await
             })
@@ -508,7 +525,41 @@ impl Central {
             // one is going away, keep the normal pace.
             moved = now != at && !self.links[now].failed_recently();
         }
-        Ok(Beat::Renewed { moved })
+        Ok(Beat::Renewed {
+            moved,
+            tasks: answer.replica_tasks,
+        })
+    }
+
+    /// Ask the directory to keep `replicas` live copies of `id` (0 or 1:
+    /// stop asking). Our pin: it counts against our limits.
+    pub async fn pin(&self, id: FileId, replicas: u32) -> Result<v1::PinStatus, Status> {
+        let (_, r) = self
+            .call("pin", |mut c| async move {
+                let req = self.authed(v1::PinRequest {
+                    peer_id: self.peer_id.to_string(),
+                    file_id: id.to_hex(),
+                    replicas,
+                });
+                c.pin(req).await
+            })
+            .await?;
+        r.into_inner()
+            .pin
+            .ok_or_else(|| Status::internal("the central answered a pin without its status"))
+    }
+
+    /// The pins this peer set, with their state.
+    pub async fn pins(&self) -> Result<Vec<v1::PinStatus>, Status> {
+        let (_, r) = self
+            .call("pins", |mut c| async move {
+                let req = self.authed(v1::PinsRequest {
+                    peer_id: self.peer_id.to_string(),
+                });
+                c.pins(req).await
+            })
+            .await?;
+        Ok(r.into_inner().pins)
     }
 
     /// Announce new files. Skipped while not joined: the next Join carries them.
@@ -734,17 +785,23 @@ impl Central {
     /// Keep the lease: join (with the full inventory from `inventory`), then
     /// heartbeat at the interval the central advises; re-join when asked;
     /// back off while no central answers. Returns when cancelled.
+    ///
+    /// Replica tasks: each Heartbeat carries what `replicas` declined since
+    /// the last one (given back to it when no central took the call), and
+    /// each answer's tasks go to `replicas`.
     pub(crate) async fn lease_loop(
         &self,
         inventory: impl Fn() -> Vec<SharedFile>,
         load: impl Fn() -> Load,
+        replicas: crate::replicas::Replicas,
         metrics: Metrics,
         cancel: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(250);
         loop {
             let wait = if self.is_joined() {
-                let answer = self.heartbeat(load()).await;
+                let declined = replicas.take_declined();
+                let answer = self.heartbeat(load(), &declined).await;
                 self.set_lease_error(&answer);
                 metrics.renewal(match &answer {
                     Ok(Beat::Renewed { .. }) => Renewal::Ok,
@@ -752,9 +809,13 @@ impl Central {
                     Err(s) if s.code() == Code::Unauthenticated => Renewal::Rejoin,
                     Err(_) => Renewal::Error,
                 });
+                if !matches!(answer, Ok(Beat::Renewed { .. })) {
+                    replicas.give_back_declined(declined);
+                }
                 match answer {
-                    Ok(Beat::Renewed { moved }) => {
+                    Ok(Beat::Renewed { moved, tasks }) => {
                         backoff = Duration::from_millis(250);
+                        replicas.tasks(tasks);
                         self.deliver_waiting().await;
                         if moved {
                             // The next heartbeat goes to the new central now.
@@ -888,6 +949,7 @@ mod tests {
             "http://127.0.0.1:9".parse().unwrap(),
             dir,
             &[],
+            0,
         )
         .unwrap();
         c.current.store(0, Ordering::Release);

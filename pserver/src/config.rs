@@ -35,6 +35,10 @@ pub struct Config {
     pub min_free_bytes: u64,
     /// Cap on the disk space of all partial downloads together (0 = none).
     pub max_partial_bytes: u64,
+    /// Space offered for replicas of other peers' files, kept under
+    /// `data_dir/replicas/` at the directory's request (0 = none: this peer
+    /// never stores what its user did not ask for).
+    pub replica_quota_bytes: u64,
     pub max_uploads: u32,
     pub drain: Duration,
     /// How often the share dir is rescanned for files added or removed by hand.
@@ -94,6 +98,7 @@ impl Config {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             min_free_bytes: crate::space::DEFAULT_MIN_FREE_BYTES,
             max_partial_bytes: crate::space::DEFAULT_MAX_PARTIAL_BYTES,
+            replica_quota_bytes: 0,
             max_uploads: 32,
             drain: Duration::from_secs(10),
             rescan_interval: Duration::from_secs(2),
@@ -269,6 +274,17 @@ pub struct Args {
     /// are dropped, never one a running job writes. 0 = no cap.
     #[arg(long, env = "PSERVER_MAX_PARTIAL_BYTES", default_value_t = crate::space::DEFAULT_MAX_PARTIAL_BYTES)]
     pub max_partial_bytes: u64,
+
+    /// Disk space, in bytes, this peer offers for replicas of other peers'
+    /// files: when someone pins a file (`peerdex replicate`), the directory
+    /// may ask this peer to fetch a copy and keep it under
+    /// PSERVER_DATA_DIR/replicas/ (never the share folder), served to other
+    /// peers like a shared file. Replicas held and being fetched never take
+    /// more than this together, and never cut into PSERVER_MIN_FREE_BYTES.
+    /// 0 = offer none (this peer stores nothing its user did not ask for);
+    /// otherwise at least 1048576 (1 MiB).
+    #[arg(long, env = "PSERVER_REPLICA_QUOTA_BYTES", default_value_t = 0)]
+    pub replica_quota_bytes: u64,
 
     /// Concurrent uploads to other peers; beyond it peers get 503 + Retry-After.
     #[arg(long, env = "PSERVER_MAX_UPLOADS", default_value_t = 32,
@@ -486,8 +502,16 @@ impl Args {
                 self.max_partial_bytes
             );
         }
+        if self.replica_quota_bytes != 0 && self.replica_quota_bytes < 1 << 20 {
+            bail!(
+                "PSERVER_REPLICA_QUOTA_BYTES ({}) must be 0 (no replica space) or at least 1048576 \
+                 (1 MiB): the value is in bytes, and a smaller quota holds next to nothing",
+                self.replica_quota_bytes
+            );
+        }
         c.min_free_bytes = self.min_free_bytes;
         c.max_partial_bytes = self.max_partial_bytes;
+        c.replica_quota_bytes = self.replica_quota_bytes;
         c.max_uploads = self.max_uploads;
         c.drain = Duration::from_secs(self.drain_secs);
         c.rescan_interval = Duration::from_secs(self.rescan_secs);
@@ -724,6 +748,47 @@ mod tests {
             e.to_string().contains("PSERVER_MAX_PARTIAL_BYTES (64)"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn replica_quota() {
+        let c = args(&["--peer-addr", "127.0.0.1:1"]).cfg().unwrap();
+        assert_eq!(c.replica_quota_bytes, 0, "no replica space unless offered");
+        let c = args(&[
+            "--peer-addr",
+            "127.0.0.1:1",
+            "--replica-quota-bytes",
+            "1073741824",
+        ])
+        .cfg()
+        .unwrap();
+        assert_eq!(c.replica_quota_bytes, 1 << 30);
+        let e = args(&["--peer-addr", "127.0.0.1:1", "--replica-quota-bytes", "512"])
+            .cfg()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "PSERVER_REPLICA_QUOTA_BYTES (512) must be 0 (no replica space) or at least 1048576"
+            ),
+            "{e}"
+        );
+        for bad in ["-1", "1GB", "", "18446744073709551616"] {
+            use clap::{CommandFactory, FromArgMatches};
+            let m = Args::command()
+                .mut_args(|a| a.env(None::<&str>))
+                .try_get_matches_from([
+                    "pserver".to_owned(),
+                    format!("--replica-quota-bytes={bad}"),
+                ]);
+            let e = match m {
+                Err(e) => e,
+                Ok(m) => Args::from_arg_matches(&m).unwrap_err(),
+            };
+            assert!(
+                e.to_string().contains("--replica-quota-bytes"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -17,7 +17,8 @@ use futures_util::StreamExt;
 use peerdex_proto::network::constant_time_eq;
 use peerdex_proto::rest::{
     ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, LeaseRenewals, NeighbourStatus,
-    SearchQuery, SearchResults, Status,
+    PinList, PinRequest, PinStatus, ReplicaFetch, Replication, SearchHit, SearchQuery,
+    SearchResults, Status,
 };
 use peerdex_proto::types::{FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
@@ -30,6 +31,7 @@ use crate::download::{Downloads, JobHandle};
 use crate::error::{Error, Result};
 use crate::lookup::Lookup;
 use crate::metrics::{Live, Metrics};
+use crate::replicas::Replicas;
 use crate::rt::MainRt;
 use crate::serve::{Withdraw, verified_range};
 use crate::store::{Added, Store};
@@ -69,7 +71,9 @@ pub(crate) struct Control {
         get_download,
         download_events,
         events,
-        cancel_download
+        cancel_download,
+        pin,
+        list_pins
     ),
     modifiers(&CommonAnswers),
     components(schemas(
@@ -82,7 +86,13 @@ pub(crate) struct Control {
         SearchResults,
         DownloadRequest,
         Job,
-        JobList
+        JobList,
+        PinRequest,
+        PinStatus,
+        PinList,
+        Replication,
+        ReplicaFetch,
+        SearchHit
     ))
 )]
 struct ApiDoc;
@@ -198,7 +208,12 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .service(
                 resource("/downloads/{job}/events", "GET").route(web::get().to(download_events)),
             )
-            .service(resource("/events", "GET").route(web::get().to(events))),
+            .service(resource("/events", "GET").route(web::get().to(events)))
+            .service(
+                resource("/pins", "GET, POST")
+                    .route(web::post().to(pin))
+                    .route(web::get().to(list_pins)),
+            ),
     )
     .service(resource("/metrics", "GET").route(web::get().to(metrics)))
     .configure(webui::routes)
@@ -607,6 +622,7 @@ async fn status(
     downloads: web::Data<Downloads>,
     rt: web::Data<MainRt>,
     metrics: web::Data<Metrics>,
+    replicas: web::Data<Replicas>,
 ) -> Result<web::Json<Status>> {
     let probe = lookup.clone().into_inner();
     let neighbours = rt.run(async move { Ok(probe.probe().await) }).await?;
@@ -640,9 +656,10 @@ async fn status(
             let (ok, rejoin, error) = metrics.renewals();
             LeaseRenewals { ok, rejoin, error }
         },
-        replica_quota_bytes: 0,
-        replica_used_bytes: 0,
-        replicas: Vec::new(),
+        replica_quota_bytes: replicas.quota(),
+        replica_used_bytes: store.replica_bytes(),
+        replicas: store.replicas().iter().map(|e| e.to_info()).collect(),
+        replica_fetches: downloads.replica_fetches(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
 }
@@ -654,6 +671,7 @@ async fn metrics(
     store: web::Data<Store>,
     uploads: web::Data<Uploads>,
     downloads: web::Data<Downloads>,
+    replicas: web::Data<Replicas>,
 ) -> HttpResponse {
     let (shared_files, shared_bytes) = store.totals();
     let text = metrics.render(Live {
@@ -661,6 +679,10 @@ async fn metrics(
         shared_bytes,
         uploads_active: uploads.active(),
         downloads_active: downloads.active(),
+        replicas: store.replicas().len(),
+        replica_bytes: store.replica_bytes(),
+        replica_quota_bytes: replicas.quota(),
+        replica_fetches_active: downloads.replica_fetches().len(),
     });
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
@@ -709,6 +731,53 @@ async fn start_download(
 ) -> Result<HttpResponse> {
     let job = downloads.start(req.into_inner()).await?;
     Ok(HttpResponse::Accepted().json(job))
+}
+
+/// Pin a file: ask the directory to keep `replicas` live copies of it on
+/// distinct peers (volunteers fetch copies as needed), or stop asking (0
+/// or 1). The file is named by id, or by an exact name (this PServer's
+/// shared files first, then the directory).
+#[utoipa::path(post, path = "/api/v1/pins", request_body = PinRequest,
+    responses((status = 200, body = PinStatus, description = "the pin as the directory keeps it, and the file's copies"),
+              (status = 400, body = ApiError, description = "not a file id or name, or replicas above the directory's CENTRAL_MAX_REPLICAS"),
+              (status = 404, body = ApiError, description = "no live peer holds the file and nobody pinned it"),
+              (status = 409, body = ApiError, description = "the name matches several contents: see candidates"),
+              (status = 429, body = ApiError, description = "a limit of the directory on this peer's pins (CENTRAL_MAX_PINS_PER_PEER, CENTRAL_MAX_PINNED_BYTES_PER_PEER), or its rate limit (then with Retry-After)"),
+              (status = 501, body = ApiError, description = "the central directory keeps no pins (an older version)"),
+              (status = 503, body = ApiError, description = "the central directory does not answer, or this PServer is not joined right now")))]
+async fn pin(
+    store: web::Data<Store>,
+    central: web::Data<Central>,
+    lookup: web::Data<Lookup>,
+    rt: web::Data<MainRt>,
+    req: web::Json<PinRequest>,
+) -> Result<web::Json<PinStatus>> {
+    let (store, central, lookup) = (
+        store.into_inner(),
+        central.into_inner(),
+        lookup.into_inner(),
+    );
+    let req = req.into_inner();
+    Ok(web::Json(
+        rt.run(async move { crate::pins::pin(&store, &central, &lookup, req).await })
+            .await?,
+    ))
+}
+
+/// The pins this PServer set, with each file's wanted and live copies.
+#[utoipa::path(get, path = "/api/v1/pins",
+    responses((status = 200, body = PinList),
+              (status = 501, body = ApiError, description = "the central directory keeps no pins (an older version)"),
+              (status = 503, body = ApiError, description = "the central directory does not answer, or this PServer is not joined right now")))]
+async fn list_pins(
+    central: web::Data<Central>,
+    rt: web::Data<MainRt>,
+) -> Result<web::Json<PinList>> {
+    let central = central.into_inner();
+    Ok(web::Json(
+        rt.run(async move { crate::pins::list(&central).await })
+            .await?,
+    ))
 }
 
 /// All download jobs, oldest first.

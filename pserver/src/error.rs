@@ -44,6 +44,14 @@ pub enum Error {
     /// after the given seconds (429).
     #[error("{message}; retry in {retry_after} s")]
     TooManyRequests { message: String, retry_after: u64 },
+    /// A limit of the directory on what this peer may ask for (pins,
+    /// pinned bytes): 429 without Retry-After, since waiting does not help;
+    /// the message names the limit.
+    #[error("{0}")]
+    LimitReached(String),
+    /// The directory does not offer this (an older version): 501.
+    #[error("{0}")]
+    NotImplemented(String),
     /// A conditional request's precondition (`If-Match`) does not hold (412).
     #[error("{0}")]
     PreconditionFailed(String),
@@ -72,6 +80,8 @@ impl Error {
             Error::Forbidden(_) => "forbidden",
             Error::Busy { .. } => "busy",
             Error::TooManyRequests { .. } => "too_many_requests",
+            Error::LimitReached(_) => "limit_reached",
+            Error::NotImplemented(_) => "not_implemented",
             Error::PreconditionFailed(_) => "precondition_failed",
             Error::Unavailable(_) => "unavailable",
             Error::LoopDetected(_) => "loop_detected",
@@ -98,7 +108,8 @@ impl ResponseError for Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Busy { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::TooManyRequests { .. } | Error::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
+            Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Error::LoopDetected(_) => StatusCode::LOOP_DETECTED,
             Error::Io(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -13,6 +13,12 @@
 //! * [`lookup`] — finding files through neighbours, falling back to the central.
 //! * [`download`] — download jobs: swarm chunks from several holders (HTTP Range),
 //!   verify each, resume partials, store, publish.
+//! * `pins` — `POST`/`GET /api/v1/pins`: a file named by id or name, pinned
+//!   at the directory to a number of live copies.
+//! * `replicas` — this peer as a volunteer (`PSERVER_REPLICA_QUOTA_BYTES`):
+//!   the directory's FETCH and DROP tasks, carried out through the
+//!   download engine into the replica space (`data/replicas/`), or declined
+//!   with the reason.
 //! * [`control_api`] — `/api/v1` for the local `peerdex` client and the web
 //!   UI (loopback, optional token; `Host` and `Origin` checks).
 //! * `webui` — the web UI's page, script and style, compiled in, at `/`.
@@ -63,7 +69,9 @@ mod lookup;
 mod metrics;
 mod network;
 mod peer_api;
+mod pins;
 mod rate;
+mod replicas;
 mod rt;
 mod serve;
 mod space;
@@ -114,9 +122,23 @@ pub async fn run(
         .context("cannot read or create this peer's key in PSERVER_DATA_DIR")?;
     let api_key = tokens::load_key(store.data_dir())
         .context("cannot read or create the control API's key in PSERVER_DATA_DIR")?;
-    let store = tokio::task::spawn_blocking(move || store.rescan().map(|_| store))
-        .await?
-        .context("cannot read PSERVER_SHARE_DIR")?;
+    let quota = config.replica_quota_bytes;
+    let store = tokio::task::spawn_blocking(move || {
+        let held = store
+            .load_replicas()
+            .context("cannot read the replica space in PSERVER_DATA_DIR")?;
+        if held > 0 || quota > 0 {
+            tracing::info!(
+                replicas = held,
+                bytes = store.replica_bytes(),
+                quota,
+                "replica space"
+            );
+        }
+        store.rescan().context("cannot read PSERVER_SHARE_DIR")?;
+        anyhow::Ok(store)
+    })
+    .await??;
     let network = Arc::new(network::Network::new(config.join_secret.clone()));
     let central = central::Central::new(
         &config.centrals,
@@ -126,6 +148,7 @@ pub async fn run(
         config.public_url.clone(),
         store.data_dir(),
         &config.ca_roots,
+        config.replica_quota_bytes,
     )?;
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls::http_client_config(&config.ca_roots))
@@ -168,6 +191,13 @@ pub async fn run(
         },
         rt.clone(),
     );
+    let replicas = replicas::Replicas::new(
+        config.replica_quota_bytes,
+        store.clone(),
+        central.clone(),
+        downloads.clone(),
+        metrics.clone(),
+    );
     tracing::info!(%peer_id, files, bytes, api = %api_addr, peer = %peer_addr, public_url = %config.public_url,
         tls = config.tls.is_some(), api_tls = config.api_tls, "pserver started");
     if !api_addr.ip().is_loopback() && !config.api_tls {
@@ -184,10 +214,11 @@ pub async fn run(
 
     let cancel = CancellationToken::new();
     let lease = tokio::spawn({
-        let (central, store, uploads, metrics, c) = (
+        let (central, store, uploads, replicas, metrics, c) = (
             central.clone(),
             store.clone(),
             uploads.clone(),
+            replicas.clone(),
             metrics.clone(),
             cancel.clone(),
         );
@@ -197,7 +228,7 @@ pub async fn run(
                 free_upload_slots: uploads.free(),
             };
             central
-                .lease_loop(|| store.inventory(), load, metrics, c)
+                .lease_loop(|| store.inventory(), load, replicas, metrics, c)
                 .await
         }
     });
@@ -226,7 +257,7 @@ pub async fn run(
         tokens: Arc::new(tokens::ClientTokens::new(&api_key, &peer_id.to_string())),
     };
     let api_srv = HttpServer::new({
-        let (store, central, lookup, uploads, downloads, rt, withdraw, metrics) = (
+        let (store, central, lookup, uploads, downloads, rt, withdraw, metrics, replicas) = (
             store.clone(),
             central.clone(),
             lookup.clone(),
@@ -235,6 +266,7 @@ pub async fn run(
             rt.clone(),
             withdraw.clone(),
             metrics.clone(),
+            replicas.clone(),
         );
         move || {
             App::new()
@@ -247,6 +279,7 @@ pub async fn run(
                 .app_data(web::Data::new(downloads.clone()))
                 .app_data(web::Data::new(rt.clone()))
                 .app_data(web::Data::new(metrics.clone()))
+                .app_data(web::Data::new(replicas.clone()))
                 .app_data(json_config())
                 .app_data(query_config())
                 .wrap(middleware::from_fn(control_api::guard))

@@ -25,12 +25,28 @@ pub(crate) enum Renewal {
     Error,
 }
 
+/// How a replica FETCH task ended: `done` (fetched, verified,
+/// announced), `refused` (declined before fetching: quota, disk, the
+/// user's own file), `failed` (the download failed every attempt, then
+/// declined), `cancelled` (a DROP or shutdown stopped it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ReplicaResult {
+    Done,
+    Refused,
+    Failed,
+    Cancelled,
+}
+
 /// What a scrape reads from the rest of the daemon.
 pub(crate) struct Live {
     pub shared_files: usize,
     pub shared_bytes: u64,
     pub uploads_active: u32,
     pub downloads_active: u32,
+    pub replicas: usize,
+    pub replica_bytes: u64,
+    pub replica_quota_bytes: u64,
+    pub replica_fetches_active: usize,
 }
 
 /// The metrics of one PServer. Cheap to clone.
@@ -58,6 +74,12 @@ struct Inner {
     slow_readers_cut: Counter,
     neighbour_refused: Counter,
     downloads_finished: [Counter; 3],
+    replica_fetches: [Counter; 4],
+    replica_drops: Counter,
+    replicas: Gauge,
+    replica_bytes: Gauge,
+    replica_quota_bytes: Gauge,
+    replica_fetches_active: Gauge,
     shared_files: Gauge,
     shared_bytes: Gauge,
     uploads_active: Gauge,
@@ -71,6 +93,12 @@ const RENEWAL: [&[Label]; 3] = [
     &[Label::from_static_parts("result", "ok")],
     &[Label::from_static_parts("result", "rejoin")],
     &[Label::from_static_parts("result", "error")],
+];
+const REPLICA_RESULT: [&[Label]; 4] = [
+    &[Label::from_static_parts("result", "done")],
+    &[Label::from_static_parts("result", "refused")],
+    &[Label::from_static_parts("result", "failed")],
+    &[Label::from_static_parts("result", "cancelled")],
 ];
 const FINISHED: [&[Label]; 3] = [
     &[Label::from_static_parts("state", "done")],
@@ -132,7 +160,48 @@ impl Metrics {
                 "Download jobs finished, by state (done, failed, cancelled)",
             )
         };
+        let replica = |i: usize| {
+            counter(
+                &r,
+                "peerdex_pserver_replica_fetches_total",
+                REPLICA_RESULT[i],
+                None,
+                "Replica FETCH tasks of the directory by outcome: done (fetched, verified, announced), refused (declined at once: quota, disk, the user's own file), failed (the download failed every attempt; declined), cancelled (a DROP or shutdown)",
+            )
+        };
         let inner = Inner {
+            replica_fetches: [replica(0), replica(1), replica(2), replica(3)],
+            replica_drops: counter(
+                &r,
+                "peerdex_pserver_replica_drops_total",
+                &[],
+                None,
+                "Replicas deleted at the directory's request (DROP tasks)",
+            ),
+            replicas: gauge(
+                &r,
+                "peerdex_pserver_replicas",
+                None,
+                "Replicas held for the directory",
+            ),
+            replica_bytes: gauge(
+                &r,
+                "peerdex_pserver_replica_bytes",
+                Some(Unit::Bytes),
+                "Bytes of the replicas held (counted against PSERVER_REPLICA_QUOTA_BYTES)",
+            ),
+            replica_quota_bytes: gauge(
+                &r,
+                "peerdex_pserver_replica_quota_bytes",
+                Some(Unit::Bytes),
+                "Space offered for replicas (PSERVER_REPLICA_QUOTA_BYTES)",
+            ),
+            replica_fetches_active: gauge(
+                &r,
+                "peerdex_pserver_replica_fetches_active",
+                None,
+                "Replica fetches in progress",
+            ),
             bytes_sent: AtomicU64::new(0),
             bytes_received: AtomicU64::new(0),
             renewals: Default::default(),
@@ -242,6 +311,14 @@ impl Metrics {
         self.0.downloads_finished[state.min(2)].increment(1);
     }
 
+    pub(crate) fn replica_fetch(&self, result: ReplicaResult) {
+        self.0.replica_fetches[result as usize].increment(1);
+    }
+
+    pub(crate) fn replica_dropped(&self) {
+        self.0.replica_drops.increment(1);
+    }
+
     /// (bytes sent, bytes received) so far.
     pub(crate) fn bytes(&self) -> (u64, u64) {
         (
@@ -274,6 +351,11 @@ impl Metrics {
         i.shared_bytes.set(live.shared_bytes as f64);
         i.uploads_active.set(f64::from(live.uploads_active));
         i.downloads_active.set(f64::from(live.downloads_active));
+        i.replicas.set(live.replicas as f64);
+        i.replica_bytes.set(live.replica_bytes as f64);
+        i.replica_quota_bytes.set(live.replica_quota_bytes as f64);
+        i.replica_fetches_active
+            .set(live.replica_fetches_active as f64);
         i.handle.render()
     }
 }
@@ -293,6 +375,10 @@ mod tests {
             shared_bytes: 2,
             uploads_active: 0,
             downloads_active: 0,
+            replicas: 1,
+            replica_bytes: 5,
+            replica_quota_bytes: 9,
+            replica_fetches_active: 0,
         };
         let (ta, tb) = (a.render(live()), b.render(live()));
         assert!(ta.contains("peerdex_pserver_bytes_sent_total 10\n"), "{ta}");
@@ -305,5 +391,16 @@ mod tests {
             tb.contains("peerdex_pserver_lease_renewals_total{result=\"rejoin\"} 0\n"),
             "{tb}"
         );
+        a.replica_fetch(ReplicaResult::Refused);
+        let ta = a.render(live());
+        assert!(
+            ta.contains("peerdex_pserver_replica_fetches_total{result=\"refused\"} 1\n"),
+            "{ta}"
+        );
+        assert!(
+            ta.contains("peerdex_pserver_replica_fetches_total{result=\"done\"} 0\n"),
+            "{ta}"
+        );
+        assert!(ta.contains("peerdex_pserver_replica_bytes 5\n"), "{ta}");
     }
 }

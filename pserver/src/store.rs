@@ -8,7 +8,21 @@
 //! session.token    the central's session token (so a quick restart can re-join)
 //! hash-cache.json  (name, size, mtime) → BLAKE3 id + tree manifest (chunk CVs)
 //! tmp/             uploads and downloads in progress; emptied at start
+//! replicas/        replicas held for the directory (see below)
+//!   <file id>        one verified replica, named by its id
+//!   index.json       file id → name, size, mtime, manifest (like the hash cache)
+//!   partial/         replica fetches in progress (see `crate::download`)
 //! ```
+//! Replicas are copies of other peers' files that the directory asked this
+//! peer to keep (`PSERVER_REPLICA_QUOTA_BYTES`, see `crate::replicas`).
+//! They never enter the share folder and are not listed as the user's
+//! files, but the peer API serves them like shared files (verified chunk
+//! by chunk) and the inventory announces them with `replica = true`. A
+//! replica whose content the user shares too is redundant: it is deleted
+//! and the file announced once, as the owner's. At start each replica is
+//! checked like a shared file (the index knows unchanged ones, others are
+//! hashed again); one that no longer matches its id is deleted, never
+//! served or announced.
 //! Free space ([`Space`], `PSERVER_MIN_FREE_BYTES`) is checked before
 //! anything big is written; a full disk while writing a small file (the hash
 //! cache, a partial download's state) leaves the previous version in place
@@ -44,6 +58,8 @@ pub struct Entry {
     pub size: u64,
     mtime_ns: u128,
     pub manifest: std::sync::Arc<Manifest>,
+    /// Held in the replica space for the directory, not shared by the user.
+    pub replica: bool,
 }
 
 impl Entry {
@@ -52,7 +68,7 @@ impl Entry {
             id: self.id,
             size: self.size,
             name: self.name.clone(),
-            replica: false,
+            replica: self.replica,
         }
     }
     pub fn to_info(&self) -> FileInfo {
@@ -94,11 +110,25 @@ struct CacheEntry {
     manifest: String,
 }
 
+/// One replica in `replicas/index.json`.
+#[derive(Serialize, Deserialize)]
+struct ReplicaRecord {
+    name: String,
+    size: u64,
+    mtime_ns: u128,
+    /// [`Manifest::encode`], hex; checked against the id again when loaded.
+    manifest: String,
+}
+
 pub struct Store {
     share_dir: PathBuf,
     data_dir: PathBuf,
     tmp_dir: PathBuf,
+    /// `data/replicas/`: replicas held for the directory.
+    replica_dir: PathBuf,
     files: Mutex<BTreeMap<FileName, Entry>>,
+    /// Replicas held, by id (one name each: the one the directory gave).
+    replicas: Mutex<BTreeMap<FileId, Entry>>,
     /// Ids withdrawn because their bytes failed verification, so requests
     /// for them are told why (bounded: forgotten past [`MAX_QUARANTINED`]).
     quarantined: Mutex<std::collections::HashSet<FileId>>,
@@ -123,11 +153,15 @@ impl Store {
             fs::remove_dir_all(&tmp_dir)?;
         }
         fs::create_dir_all(&tmp_dir)?;
+        let replica_dir = data_dir.join("replicas");
+        fs::create_dir_all(&replica_dir)?;
         let store = Self {
             share_dir,
             data_dir,
             tmp_dir,
+            replica_dir,
             files: Mutex::new(BTreeMap::new()),
+            replicas: Mutex::new(BTreeMap::new()),
             quarantined: Mutex::new(std::collections::HashSet::new()),
             hashed: AtomicU64::new(0),
             space: std::sync::Arc::new(Space::new(0, 0)),
@@ -149,6 +183,11 @@ impl Store {
 
     pub fn share_dir(&self) -> &Path {
         &self.share_dir
+    }
+
+    /// Where replica fetches in progress are written (their partials).
+    pub fn replica_partial_dir(&self) -> PathBuf {
+        self.replica_dir.join("partial")
     }
 
     /// Where uploads and downloads in progress are written.
@@ -186,13 +225,23 @@ impl Store {
             .collect()
     }
 
+    /// Everything this peer holds, as announced to the directory: the
+    /// shared files, and the replicas (`replica = true`) whose content the
+    /// user does not share too.
     pub fn inventory(&self) -> Vec<SharedFile> {
-        self.files
-            .lock()
-            .unwrap()
-            .values()
-            .map(Entry::to_shared)
-            .collect()
+        let files = self.files.lock().unwrap();
+        let mut all: Vec<SharedFile> = files.values().map(Entry::to_shared).collect();
+        let owned: std::collections::HashSet<FileId> = files.values().map(|e| e.id).collect();
+        drop(files);
+        all.extend(
+            self.replicas
+                .lock()
+                .unwrap()
+                .values()
+                .filter(|r| !owned.contains(&r.id))
+                .map(Entry::to_shared),
+        );
+        all
     }
 
     pub fn totals(&self) -> (u64, u64) {
@@ -213,15 +262,19 @@ impl Store {
             .cloned()
     }
 
-    /// Open a shared file for reading, refusing anything that resolves outside
-    /// the share folder or no longer matches the indexed size.
+    /// Open a shared file or a replica for reading, refusing anything that
+    /// resolves outside its folder or no longer matches the indexed size.
     pub fn open_shared(&self, id: &FileId) -> Result<(fs::File, Entry)> {
         let entry = self.shared(id)?;
-        let path = self.share_dir.join(entry.name.as_str());
+        let (dir, path) = if entry.replica {
+            (&self.replica_dir, self.replica_dir.join(id.to_hex()))
+        } else {
+            (&self.share_dir, self.share_dir.join(entry.name.as_str()))
+        };
         let real = path
             .canonicalize()
             .map_err(|_| Error::NotFound(format!("file {id} is no longer on disk")))?;
-        if !real.starts_with(&self.share_dir) {
+        if !real.starts_with(dir) {
             return Err(Error::NotFound(format!("file {id} is not shared here")));
         }
         let file = fs::File::open(&real)?;
@@ -307,6 +360,7 @@ impl Store {
                 size,
                 mtime_ns: mtime,
                 manifest: std::sync::Arc::new(manifest),
+                replica: false,
             };
             changes.added.push(entry.to_shared());
             self.files.lock().unwrap().insert(name, entry);
@@ -319,7 +373,215 @@ impl Store {
         if !changes.is_empty() {
             self.save_cache();
         }
+        changes.removed.extend(self.drop_shadowed_replicas());
         Ok(changes)
+    }
+
+    // ── replicas ────────────────────────────────────────────────────────
+
+    /// Read the replica space (call once at start, before the first Join):
+    /// a replica the index knows unchanged (size, mtime) is kept, any other
+    /// is hashed again, and one whose bytes no longer match its id is
+    /// deleted. Blocking. Returns how many replicas are held.
+    pub fn load_replicas(&self) -> io::Result<usize> {
+        let index_path = self.replica_index_path();
+        let records: BTreeMap<String, ReplicaRecord> = match fs::read(&index_path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                tracing::warn!(path = %index_path.display(), "replica index unreadable; every replica is hashed again");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        let mut held = BTreeMap::new();
+        for dirent in fs::read_dir(&self.replica_dir)? {
+            let Ok(dirent) = dirent else { continue };
+            // Only `<64 hex>` regular files (not the index, not partial/).
+            let Some(id) = dirent
+                .file_name()
+                .to_str()
+                .filter(|n| n.len() == 64)
+                .and_then(|n| n.parse::<FileId>().ok())
+            else {
+                continue;
+            };
+            let path = dirent.path();
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.is_file() {
+                tracing::warn!(path = %path.display(), "not a regular file in the replica space; ignoring it");
+                continue;
+            }
+            let (size, mtime) = (meta.len(), mtime_ns(&meta));
+            let record = records.get(&id.to_hex());
+            let name = record
+                .and_then(|r| r.name.parse::<FileName>().ok())
+                .unwrap_or_else(|| fallback_name(&id));
+            let known = record
+                .filter(|r| r.size == size && r.mtime_ns == mtime)
+                .and_then(|r| Manifest::decode(id, &hex::decode(&r.manifest).ok()?).ok())
+                .filter(|m| m.size() == size);
+            let manifest = match known {
+                Some(m) => m,
+                None => {
+                    self.hashed.fetch_add(1, Ordering::Relaxed);
+                    match hash_path(&path) {
+                        Ok((got, m)) if got == id && m.size() == size => m,
+                        Ok(_) => {
+                            tracing::warn!(file = %id, "a replica no longer matches its id (damaged on disk); deleting it");
+                            let _ = fs::remove_file(&path);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(file = %id, error = %e, "cannot read a replica; leaving it out");
+                            continue;
+                        }
+                    }
+                }
+            };
+            held.insert(
+                id,
+                Entry {
+                    name,
+                    id,
+                    size,
+                    mtime_ns: mtime,
+                    manifest: std::sync::Arc::new(manifest),
+                    replica: true,
+                },
+            );
+        }
+        let n = held.len();
+        *self.replicas.lock().unwrap() = held;
+        self.save_replicas();
+        Ok(n)
+    }
+
+    /// The replicas held, by id.
+    pub fn replicas(&self) -> Vec<Entry> {
+        self.replicas.lock().unwrap().values().cloned().collect()
+    }
+
+    pub fn replica(&self, id: &FileId) -> Option<Entry> {
+        self.replicas.lock().unwrap().get(id).cloned()
+    }
+
+    /// Bytes the replicas held take (what counts against the quota).
+    pub fn replica_bytes(&self) -> u64 {
+        self.replicas.lock().unwrap().values().map(|e| e.size).sum()
+    }
+
+    /// Move a verified temp file (in the replica space's `partial/`, so the
+    /// same file system) into the replica space as `id`, announced under
+    /// `name`. Returns the entry (the one held already, if any).
+    pub fn add_replica(
+        &self,
+        temp: &Path,
+        id: FileId,
+        name: FileName,
+        manifest: Manifest,
+    ) -> Result<Entry> {
+        if let Some(held) = self.replica(&id) {
+            let _ = fs::remove_file(temp);
+            return Ok(held);
+        }
+        let dest = self.replica_dir.join(id.to_hex());
+        fs::File::open(temp)?
+            .sync_all()
+            .map_err(|e| disk_error(&self.space, e, &self.replica_dir))?;
+        fs::rename(temp, &dest)?;
+        if let Ok(dir) = fs::File::open(&self.replica_dir) {
+            let _ = dir.sync_all();
+        }
+        let meta = fs::metadata(&dest)?;
+        let entry = Entry {
+            name,
+            id,
+            size: meta.len(),
+            mtime_ns: mtime_ns(&meta),
+            manifest: std::sync::Arc::new(manifest),
+            replica: true,
+        };
+        self.replicas.lock().unwrap().insert(id, entry.clone());
+        self.save_replicas();
+        Ok(entry)
+    }
+
+    /// Forget the replica of `id` and delete its file; the entry, if there
+    /// was one. Never touches the share folder.
+    pub fn remove_replica(&self, id: &FileId) -> Option<Entry> {
+        let removed = self.replicas.lock().unwrap().remove(id)?;
+        let path = self.replica_dir.join(id.to_hex());
+        if let Err(e) = fs::remove_file(&path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete a dropped replica");
+        }
+        self.save_replicas();
+        Some(removed)
+    }
+
+    /// Delete the replicas whose content the user shares too (announced
+    /// as the owner's copy from now on). Returns the replica names to
+    /// withdraw: those the user's copy does not carry.
+    fn drop_shadowed_replicas(&self) -> Vec<(FileId, FileName)> {
+        let owned: HashMap<FileId, Vec<FileName>> = {
+            let files = self.files.lock().unwrap();
+            let mut m: HashMap<FileId, Vec<FileName>> = HashMap::new();
+            for e in files.values() {
+                m.entry(e.id).or_default().push(e.name.clone());
+            }
+            m
+        };
+        let shadowed: Vec<FileId> = self
+            .replicas
+            .lock()
+            .unwrap()
+            .keys()
+            .filter(|id| owned.contains_key(id))
+            .copied()
+            .collect();
+        let mut withdraw = Vec::new();
+        for id in shadowed {
+            if let Some(r) = self.remove_replica(&id) {
+                tracing::info!(file = %id, "the user shares a file held as a replica; the replica is deleted, the file announced as the user's");
+                if !owned[&id].contains(&r.name) {
+                    withdraw.push((id, r.name));
+                }
+            }
+        }
+        withdraw
+    }
+
+    fn replica_index_path(&self) -> PathBuf {
+        self.replica_dir.join("index.json")
+    }
+
+    fn save_replicas(&self) {
+        let raw: BTreeMap<String, ReplicaRecord> = self
+            .replicas
+            .lock()
+            .unwrap()
+            .values()
+            .map(|e| {
+                (
+                    e.id.to_hex(),
+                    ReplicaRecord {
+                        name: e.name.to_string(),
+                        size: e.size,
+                        mtime_ns: e.mtime_ns,
+                        manifest: hex::encode(e.manifest.encode()),
+                    },
+                )
+            })
+            .collect();
+        let result = serde_json::to_vec(&raw)
+            .map_err(io::Error::other)
+            .and_then(|bytes| write_atomic(&self.replica_index_path(), &bytes));
+        if let Err(e) = result {
+            let e = self.space.explain(e, &self.replica_dir);
+            tracing::warn!(error = %e, "cannot save the replica index; replicas it misses are hashed again at the next start");
+        }
     }
 
     /// Move a verified temp file into the share folder under `name`
@@ -392,15 +654,17 @@ impl Store {
             size: dest_meta.len(),
             mtime_ns: mtime_ns(&dest_meta),
             manifest: std::sync::Arc::new(manifest),
+            replica: false,
         };
         self.files.lock().unwrap().insert(name.clone(), entry);
         self.save_cache();
         Ok(Added::New)
     }
 
-    /// The entry of `id`, or `NotFound` saying why it is not shared here.
+    /// The entry of `id` (a shared file, else a replica), or `NotFound`
+    /// saying why it is not shared here.
     pub fn shared(&self, id: &FileId) -> Result<Entry> {
-        self.by_id(id).ok_or_else(|| {
+        self.by_id(id).or_else(|| self.replica(id)).ok_or_else(|| {
             Error::NotFound(if self.quarantined.lock().unwrap().contains(id) {
                 format!("file {id} failed verification on this peer and is no longer shared here")
             } else {
@@ -415,7 +679,10 @@ impl Store {
     /// under their new id if their content changed. Returns what was
     /// withdrawn (nothing if another call already did).
     pub fn quarantine(&self, id: &FileId) -> Vec<Entry> {
-        let removed = self.take_all(id);
+        let mut removed = self.take_all(id);
+        // A rotten replica is simply deleted: the directory has another
+        // volunteer fetch a good copy.
+        removed.extend(self.remove_replica(id));
         if !removed.is_empty() {
             let mut q = self.quarantined.lock().unwrap();
             if q.len() >= MAX_QUARANTINED {
@@ -484,6 +751,7 @@ impl Store {
                         size: c.size,
                         mtime_ns: c.mtime_ns,
                         manifest: std::sync::Arc::new(manifest),
+                        replica: false,
                     },
                 ))
             })
@@ -525,8 +793,13 @@ fn mtime_ns(meta: &fs::Metadata) -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-/// Write a small file atomically (temp + fsync + rename). On failure (a
-/// full disk) the previous version stays and the temp file is removed.
+/// The name of a replica whose index entry was lost: `<id12>.bin`.
+fn fallback_name(id: &FileId) -> FileName {
+    format!("{}.bin", id.short())
+        .parse()
+        .expect("hex name is valid")
+}
+
 /// The peer id kept in `data_dir`; created on first start.
 pub fn peer_id_in(data_dir: &Path) -> io::Result<PeerId> {
     let path = data_dir.join("peer-id");
@@ -546,6 +819,8 @@ pub fn peer_id_in(data_dir: &Path) -> io::Result<PeerId> {
     }
 }
 
+/// Write a small file atomically (temp + fsync + rename). On failure (a
+/// full disk) the previous version stays and the temp file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let written = fs::File::create(&tmp).and_then(|mut f| {
@@ -598,6 +873,112 @@ mod tests {
         );
         assert!(m.check_chunk(3, &data[3 << 20..]));
         assert_eq!(Manifest::decode(id, &m.encode()).unwrap(), m);
+    }
+
+    /// A replica put in the replica space by hand, as a finished fetch does.
+    fn add_replica(store: &Store, bytes: &[u8], name: &str) -> FileId {
+        let dir = store.replica_partial_dir();
+        fs::create_dir_all(&dir).unwrap();
+        let temp = dir.join("x.part");
+        fs::write(&temp, bytes).unwrap();
+        let (id, m) = hash_path(&temp).unwrap();
+        store
+            .add_replica(&temp, id, name.parse().unwrap(), m)
+            .unwrap();
+        assert!(!temp.exists());
+        id
+    }
+
+    #[test]
+    fn replicas_are_served_announced_and_checked_again_at_start() {
+        let root = tempfile::tempdir().unwrap();
+        let (share, data) = (root.path().join("share"), root.path().join("data"));
+        let store = Store::open(&share, &data).unwrap();
+        let bytes: Vec<u8> = (0..2_500_000u32).map(|i| (i % 241) as u8).collect();
+        let id = add_replica(&store, &bytes, "theirs.bin");
+        // Not the user's file, but announced (as a replica) and served.
+        assert!(store.list().is_empty());
+        assert_eq!(store.totals(), (0, 0));
+        assert!(store.by_id(&id).is_none());
+        let inv = store.inventory();
+        assert_eq!(inv.len(), 1);
+        assert!(inv[0].replica && inv[0].name.as_str() == "theirs.bin");
+        let (mut f, e) = store.open_shared(&id).unwrap();
+        assert!(e.replica);
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert_eq!(got, bytes);
+        assert_eq!(store.replica_bytes(), bytes.len() as u64);
+        assert!(files_in(&share).is_empty(), "nothing in the share folder");
+        drop(store);
+
+        // A restart knows it from the index, without hashing.
+        let store = Store::open(&share, &data).unwrap();
+        assert_eq!(store.load_replicas().unwrap(), 1);
+        assert_eq!(store.hashed_count(), 0);
+        assert_eq!(store.replica(&id).unwrap().name.as_str(), "theirs.bin");
+
+        // Damaged on disk (its mtime moves): hashed again at the next
+        // start, found wrong, deleted; never served or announced.
+        let path = data.join("replicas").join(id.to_hex());
+        let mut damaged = bytes.clone();
+        damaged[1_000_000] ^= 1;
+        fs::write(&path, &damaged).unwrap();
+        drop(store);
+        let store = Store::open(&share, &data).unwrap();
+        assert_eq!(store.load_replicas().unwrap(), 0);
+        assert_eq!(store.hashed_count(), 1);
+        assert!(!path.exists());
+        assert!(store.inventory().is_empty());
+        assert!(store.open_shared(&id).is_err());
+
+        // A replica whose index entry is gone is hashed and kept.
+        let id = add_replica(&store, &bytes, "theirs.bin");
+        fs::remove_file(data.join("replicas").join("index.json")).unwrap();
+        drop(store);
+        let store = Store::open(&share, &data).unwrap();
+        assert_eq!(store.load_replicas().unwrap(), 1);
+        assert_eq!(store.replica(&id).unwrap().name, fallback_name(&id));
+
+        // Dropped: gone from disk and the inventory.
+        let dropped = store.remove_replica(&id).unwrap();
+        assert!(dropped.replica);
+        assert!(!data.join("replicas").join(id.to_hex()).exists());
+        assert!(store.remove_replica(&id).is_none());
+        assert!(store.inventory().is_empty());
+    }
+
+    #[test]
+    fn a_replica_the_user_shares_too_is_announced_once_as_the_owners() {
+        let root = tempfile::tempdir().unwrap();
+        let (share, data) = (root.path().join("share"), root.path().join("data"));
+        let store = Store::open(&share, &data).unwrap();
+        let id = add_replica(&store, b"same bytes", "replica-name.txt");
+        fs::write(share.join("mine.txt"), b"same bytes").unwrap();
+        let c = store.rescan().unwrap();
+        assert_eq!(c.added.len(), 1);
+        assert!(!c.added[0].replica);
+        // The replica is deleted and its own name withdrawn.
+        assert_eq!(c.removed, vec![(id, "replica-name.txt".parse().unwrap())]);
+        assert!(store.replica(&id).is_none());
+        assert_eq!(store.replica_bytes(), 0);
+        let inv = store.inventory();
+        assert_eq!(inv.len(), 1);
+        assert!(!inv[0].replica);
+        assert!(share.join("mine.txt").exists());
+        // Under the same name, nothing is withdrawn: the owner's copy
+        // carries it.
+        let id2 = add_replica(&store, b"more bytes", "same.txt");
+        fs::write(share.join("same.txt"), b"more bytes").unwrap();
+        let c = store.rescan().unwrap();
+        assert!(c.removed.is_empty(), "{:?}", c.removed);
+        assert!(store.replica(&id2).is_none());
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        fs::read_dir(dir)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     }
 
     #[test]

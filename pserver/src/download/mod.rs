@@ -21,6 +21,15 @@
 //! Every download goes through the swarm (one holder is a swarm of one),
 //! whatever the file's size.
 //!
+//! Replica fetches (the directory's FETCH tasks, see `crate::replicas`)
+//! are downloads too, through the same engine and with the same
+//! guarantees, with another destination ([`Dest::Replica`]): their
+//! partials live under `data/replicas/partial/` (never resumed as the
+//! user's downloads), the verified file moves into the replica space, and
+//! it is published with `replica = true`. They are jobs of a list of
+//! their own, not the user's: `GET /api/v1/downloads` shows what the user
+//! asked for, `GET /api/v1/status` the replica fetches in progress.
+//!
 //! Guarantee: no byte that failed verification reaches the share folder or
 //! is served. Every chunk is verified against the manifest before it counts
 //! (in memory, before it is even written, for chunks up to 8 MiB); the
@@ -87,6 +96,8 @@ pub(crate) struct Downloads(Arc<Engine>);
 /// What a job uses; shared by every job of one PServer.
 pub(crate) struct Engine {
     jobs: Jobs,
+    /// Replica fetches in progress (and the last ones finished).
+    replica_jobs: Jobs,
     store: Arc<Store>,
     central: Arc<Central>,
     lookup: Arc<Lookup>,
@@ -120,6 +131,7 @@ impl Downloads {
     ) -> Self {
         Self(Arc::new(Engine {
             jobs: Jobs::default(),
+            replica_jobs: Jobs::default(),
             store,
             central,
             lookup,
@@ -168,7 +180,66 @@ impl Downloads {
 
     /// Stop every job, keeping partials for the next start; wait at most `grace`.
     pub(crate) async fn shutdown(&self, grace: Duration) {
-        self.0.jobs.shutdown(grace).await;
+        tokio::join!(
+            self.0.jobs.shutdown(grace),
+            self.0.replica_jobs.shutdown(grace)
+        );
+    }
+
+    /// Replica fetches not finished yet.
+    pub(crate) fn replica_fetches(&self) -> Vec<peerdex_proto::rest::ReplicaFetch> {
+        self.0
+            .replica_jobs
+            .list()
+            .into_iter()
+            .filter(|j| !j.state.is_final())
+            .map(|j| peerdex_proto::rest::ReplicaFetch {
+                file_id: j.file_id.unwrap_or_default(),
+                name: j.name.unwrap_or_default(),
+                bytes_done: j.bytes_done,
+                bytes_total: j.bytes_total.unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Fetch `id` for the directory into the replica space under `name`,
+    /// and publish it with `replica = true` (see [`Dest::Replica`]). At
+    /// most `max_size` bytes: the space was promised for that much.
+    /// Resolves when the fetch ends; `cancel` stops it (its partial is
+    /// discarded, unless the PServer is shutting down: then it is kept for
+    /// the task's return after a restart). A failed fetch keeps its
+    /// verified chunks for the next attempt; see
+    /// [`Downloads::discard_replica_partial`].
+    pub(crate) async fn fetch_replica(
+        &self,
+        id: FileId,
+        name: FileName,
+        max_size: u64,
+        cancel: &tokio_util::sync::CancellationToken,
+    ) -> std::result::Result<(), ReplicaEnd> {
+        fetch_replica(&self.0, id, name, max_size, cancel).await
+    }
+
+    /// Delete what a replica fetch of `id` kept (after its last attempt).
+    pub(crate) async fn discard_replica_partial(&self, id: FileId) {
+        let dir = self.0.store.replica_partial_dir();
+        let _ = tokio::task::spawn_blocking(move || partial::remove(&dir, &id)).await;
+    }
+
+    /// Delete the replica partials of fetches the directory no longer asks
+    /// for (`wanted`), and that are not running.
+    pub(crate) async fn sweep_replica_partials(&self, wanted: std::collections::HashSet<FileId>) {
+        let dir = self.0.store.replica_partial_dir();
+        let busy = self.0.replica_jobs.busy_files();
+        let _ = tokio::task::spawn_blocking(move || {
+            for u in partial::usage(&dir) {
+                if !wanted.contains(&u.id) && !busy.contains(&u.id) {
+                    tracing::info!(file = %u.id, bytes = u.bytes, "deleting a replica fetch the directory no longer asks for");
+                    partial::remove(&dir, &u.id);
+                }
+            }
+        })
+        .await;
     }
 
     /// Resume every partial download found in the data folder (call once
@@ -203,6 +274,36 @@ pub(crate) enum DownloadError {
     Store(Error),
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// A replica the directory described wrongly (larger than it said).
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl DownloadError {
+    /// Would trying again (soon, from the same holders) be pointless?
+    pub(crate) fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            DownloadError::NoSpace(_) | DownloadError::Store(_) | DownloadError::Refused(_)
+        )
+    }
+}
+
+/// How a replica fetch ended, if not done.
+#[derive(Debug)]
+pub(crate) enum ReplicaEnd {
+    Cancelled,
+    Failed(DownloadError),
+}
+
+/// Where a download goes.
+#[derive(Debug, Clone)]
+pub(crate) enum Dest {
+    /// The user's download: into the share folder, under the best name.
+    Share,
+    /// A replica for the directory: into the replica space under `name`,
+    /// at most `max_size` bytes.
+    Replica { name: FileName, max_size: u64 },
 }
 
 /// Validated answer of a locate: what to fetch and from whom.
@@ -311,7 +412,7 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
     };
     // The name it will most likely be stored under (final once the
     // manifest is confirmed), so the job is recognisable from the start.
-    let name = pick_name(shared, &t);
+    let name = pick_name(shared, &t, &Dest::Share);
     handle.update(|j| {
         j.bytes_total = Some(t.size);
         j.name = Some(name.to_string());
@@ -334,14 +435,17 @@ fn finished_job(shared: &Engine, req: DownloadRequest, id: FileId, name: FileNam
     h.snapshot()
 }
 
-fn partial_dir(shared: &Engine) -> PathBuf {
-    shared.store.data_dir().join("partial")
+fn partial_dir(shared: &Engine, dest: &Dest) -> PathBuf {
+    match dest {
+        Dest::Share => shared.store.data_dir().join("partial"),
+        Dest::Replica { .. } => shared.store.replica_partial_dir(),
+    }
 }
 
 /// Resume every partial download found in the data folder (call once at
 /// start). Each becomes a job that locates the file's holders again.
 fn resume_partials(shared: &Arc<Engine>) {
-    let dir = partial_dir(shared);
+    let dir = partial_dir(shared, &Dest::Share);
     let found = partial::scan(&dir);
     let dropped = partial::enforce_cap(
         &dir,
@@ -398,7 +502,7 @@ fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
     rt.spawn(async move {
         let mut slot: Option<Partial> = None;
         let result = tokio::select! {
-            r = drive(&shared, &h, begin, &mut slot) => r,
+            r = drive(&shared, &h, begin, &mut slot, &Dest::Share) => r,
             _ = h.cancel.cancelled() => Err(JobEnd::Cancelled),
         };
         let stopping = shared.jobs.stopping();
@@ -446,7 +550,7 @@ fn spawn_job(shared: &Arc<Engine>, h: Arc<JobHandle>, begin: Begin) {
         if kept {
             // Now final: this job's partial may go too if it is the oldest.
             let (dir, cap, busy) = (
-                partial_dir(&shared),
+                partial_dir(&shared, &Dest::Share),
                 shared.store.space().max_partial(),
                 shared.jobs.busy_files(),
             );
@@ -496,6 +600,7 @@ async fn drive(
     h: &JobHandle,
     begin: Begin,
     slot: &mut Option<Partial>,
+    dest: &Dest,
 ) -> std::result::Result<(), JobEnd> {
     let fetcher = transport::http_fetcher(
         shared.http.clone(),
@@ -507,14 +612,14 @@ async fn drive(
     let mut confirmed_last = None;
     let (mut t, manifest) = match begin {
         Begin::Located(t) => {
-            let (dir, id) = (partial_dir(shared), t.id);
+            let (dir, id) = (partial_dir(shared, dest), t.id);
             let stored =
                 tokio::task::spawn_blocking(move || partial::stored_manifest(&dir, &id)).await?;
             match stored {
                 // Verified (and confirmed) when that partial was created.
                 Some(m) => (t, Arc::new(m)),
                 None => {
-                    let m = confirm_manifest(shared, h, &t, &fetcher, &mut strikes).await?;
+                    let m = confirm_manifest(shared, h, &t, &fetcher, &mut strikes, dest).await?;
                     confirmed_last = m.last.map(|(i, b)| (m.from.peer_id.clone(), i, b));
                     (t, m.manifest)
                 }
@@ -541,15 +646,24 @@ async fn drive(
     };
     // The size that counts from here on is the verified one.
     t.size = manifest.size();
-    let name = pick_name(shared, &t);
+    if let Dest::Replica { max_size, .. } = dest
+        && t.size > *max_size
+    {
+        return Err(DownloadError::Refused(format!(
+            "file {} is {} bytes (its verified manifest says so), more than the {max_size} bytes the directory said",
+            t.id, t.size
+        ))
+        .into());
+    }
+    let name = pick_name(shared, &t, dest);
     h.update(|j| {
         j.state = JobState::Downloading;
         j.file_id = Some(t.id.to_hex());
         j.name = Some(name.to_string());
         j.bytes_total = Some(t.size);
     });
-    let dir = partial_dir(shared);
-    let claim = claim_space(shared, &dir, &manifest).await?;
+    let dir = partial_dir(shared, dest);
+    let claim = claim_space(shared, &dir, &manifest, dest).await?;
     let (d2, m2, n2) = (dir.clone(), manifest.clone(), name.to_string());
     let opened = tokio::task::spawn_blocking(move || Partial::open(&d2, &m2, &n2))
         .await?
@@ -591,7 +705,7 @@ async fn drive(
             e => e,
         })?;
     drop(claim);
-    store_and_publish(shared, h, &t, &name, partial.part_path(), manifest).await?;
+    store_and_publish(shared, h, &t, &name, partial.part_path(), manifest, dest).await?;
     if let Some(p) = slot.take() {
         p.discard().await; // its state files; the .part became the shared file
     }
@@ -612,8 +726,11 @@ async fn claim_space(
     shared: &Arc<Engine>,
     dir: &Path,
     manifest: &Arc<Manifest>,
+    dest: &Dest,
 ) -> std::result::Result<Claim, DownloadError> {
     let (store, d, m) = (shared.store.clone(), dir.to_owned(), manifest.clone());
+    // A replica moves within the replica space: no second copy anywhere.
+    let to_share = matches!(dest, Dest::Share);
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&d).map_err(|e| store.space().explain(e, &d))?;
         let what = format!("file {} ({})", m.id(), Bytes(m.size()));
@@ -623,7 +740,7 @@ async fn claim_space(
             .claim(&d, need, &what)
             .map_err(DownloadError::NoSpace)?;
         let share = store.share_dir();
-        if !crate::space::same_fs(&d, share) {
+        if to_share && !crate::space::same_fs(&d, share) {
             store
                 .space()
                 .check(share, m.size(), &what)
@@ -656,6 +773,7 @@ async fn confirm_manifest(
     t: &Target,
     fetcher: &transport::Fetcher,
     strikes: &mut manifest::Strikes,
+    dest: &Dest,
 ) -> std::result::Result<manifest::Confirmed, JobEnd> {
     let mut holders: Vec<Source> = t
         .holders
@@ -667,7 +785,7 @@ async fn confirm_manifest(
         .collect();
     let mut round = 0;
     let mut first_why: Option<String> = None;
-    let dir = partial_dir(shared);
+    let dir = partial_dir(shared, dest);
     let fit = |m: &Manifest| fits(shared, &dir, m);
     loop {
         // A holder that lied once is asked again only after the others.
@@ -782,8 +900,88 @@ async fn swarm_download(
     Ok(())
 }
 
-/// Move a verified file into the share folder and publish it (the caller
-/// then marks the job done).
+/// A replica fetch (see [`Downloads::fetch_replica`]): locate the holders,
+/// then the same job as a download, with its own job in `replica_jobs`.
+async fn fetch_replica(
+    shared: &Arc<Engine>,
+    id: FileId,
+    name: FileName,
+    max_size: u64,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> std::result::Result<(), ReplicaEnd> {
+    let req = DownloadRequest {
+        file_id: Some(id.to_hex()),
+        name: None,
+    };
+    let h = match shared
+        .replica_jobs
+        .insert(req, Some(id), JobState::Locating)
+    {
+        Ok(h) => h,
+        Err(_) => {
+            return Err(ReplicaEnd::Failed(DownloadError::Refused(format!(
+                "a fetch of file {id} is running already"
+            ))));
+        }
+    };
+    h.update(|j| {
+        j.name = Some(name.to_string());
+        j.bytes_total = Some(max_size);
+    });
+    let dest = Dest::Replica { name, max_size };
+    let mut slot: Option<Partial> = None;
+    let run = async {
+        let mut t = match relocate(shared, id).await {
+            Ok(Some(t)) => t,
+            Ok(None) => return Err(JobEnd::Failed(DownloadError::NoLivePeer(id))),
+            Err(()) => {
+                return Err(JobEnd::Failed(DownloadError::NoHolder {
+                    why: "neither the neighbours nor the central answered".into(),
+                    done: 0,
+                    total: 0,
+                }));
+            }
+        };
+        if let Dest::Replica { name, .. } = &dest {
+            t.prefer_name(name.clone());
+        }
+        drive(shared, &h, Begin::Located(t), &mut slot, &dest).await
+    };
+    let result = tokio::select! {
+        r = run => r,
+        _ = cancel.cancelled() => Err(JobEnd::Cancelled),
+        _ = h.cancel.cancelled() => Err(JobEnd::Cancelled),
+    };
+    let stopping = shared.replica_jobs.stopping();
+    if let Some(p) = slot.take() {
+        match &result {
+            // Dropped by the directory: nothing stays.
+            Err(JobEnd::Cancelled) if !stopping => p.discard().await,
+            // Failed (kept for the next attempt) or shut down (kept for
+            // the task's return after a restart).
+            _ => {
+                p.close_or_discard().await;
+            }
+        }
+    }
+    let (state, error) = match &result {
+        Ok(()) => (JobState::Done, None),
+        Err(JobEnd::Cancelled) => (JobState::Cancelled, None),
+        Err(JobEnd::Failed(e)) => (JobState::Failed, Some(e.to_string())),
+    };
+    h.update(|j| {
+        j.state = state;
+        j.error = error;
+        j.source = None;
+    });
+    result.map_err(|e| match e {
+        JobEnd::Cancelled => ReplicaEnd::Cancelled,
+        JobEnd::Failed(e) => ReplicaEnd::Failed(e),
+    })
+}
+
+/// Move a verified file into the share folder (or the replica space) and
+/// publish it (the caller then marks the job done).
 async fn store_and_publish(
     shared: &Arc<Engine>,
     h: &JobHandle,
@@ -791,9 +989,18 @@ async fn store_and_publish(
     name: &FileName,
     path: &Path,
     manifest: Arc<Manifest>,
+    dest: &Dest,
 ) -> std::result::Result<(), JobEnd> {
     let (s, p, n, id) = (shared.clone(), path.to_owned(), name.clone(), t.id);
     let m = Manifest::clone(&manifest);
+    if let Dest::Replica { .. } = dest {
+        let entry = tokio::task::spawn_blocking(move || s.store.add_replica(&p, id, n, m))
+            .await?
+            .map_err(DownloadError::Store)?;
+        shared.central.publish(&[entry.to_shared()]).await;
+        tracing::info!(job = %h.id, file = %t.id, name = %name, bytes = t.size, "replica stored and announced");
+        return Ok(());
+    }
     tokio::task::spawn_blocking(move || s.store.add_from_temp(&p, &n, id, m))
         .await?
         .map_err(DownloadError::Store)?;
@@ -806,7 +1013,10 @@ async fn store_and_publish(
 
 /// The name to store under: the first name offered, or, if that name is
 /// taken here by a different content, `stem (id12).ext`.
-fn pick_name(shared: &Engine, t: &Target) -> FileName {
+fn pick_name(shared: &Engine, t: &Target, dest: &Dest) -> FileName {
+    if let Dest::Replica { name, .. } = dest {
+        return name.clone();
+    }
     let base = t.names.first().cloned().unwrap_or_else(|| {
         format!("{}.bin", t.id.short())
             .parse()

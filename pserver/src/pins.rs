@@ -1,0 +1,167 @@
+//! Pins through the control API: ask the directory to keep a number of
+//! live copies of a file (`POST /api/v1/pins`), and list this peer's pins
+//! (`GET /api/v1/pins`). The directory keeps the pins and plans the
+//! copies; this PServer names the file and speaks for its user.
+//!
+//! A file is named by its id, or by an exact name: the user's own shared
+//! files first (the usual case: `peerdex upload --replicas 3 FILE` pins
+//! what was just uploaded), then the directory, where a name carried by
+//! several contents is a 409 with the candidates, as for downloads.
+
+use peerdex_proto::rest::{Candidate, PinList, PinRequest, PinStatus};
+use peerdex_proto::{FileId, FileName};
+use tonic::Code;
+
+use crate::central::Central;
+use crate::error::{Error, Result};
+use crate::lookup::{LocateTarget, Lookup};
+use crate::store::Store;
+
+/// Pin (or unpin, with 0 or 1) the file `req.file` names.
+pub(crate) async fn pin(
+    store: &Store,
+    central: &Central,
+    lookup: &Lookup,
+    req: PinRequest,
+) -> Result<PinStatus> {
+    let id = resolve(store, central, lookup, &req.file).await?;
+    let pin = central
+        .pin(id, req.replicas)
+        .await
+        .map_err(|s| pin_error(central, s))?;
+    tracing::info!(file = %id, replicas = req.replicas, "pin set at the directory");
+    Ok(pin.into())
+}
+
+/// The pins this peer set, with their state.
+pub(crate) async fn list(central: &Central) -> Result<PinList> {
+    let pins = central.pins().await.map_err(|s| pin_error(central, s))?;
+    Ok(PinList {
+        pins: pins.into_iter().map(Into::into).collect(),
+    })
+}
+
+/// The file `file` names: an id as is; a name among our shared files,
+/// else at the directory (exactly one content must carry it).
+async fn resolve(store: &Store, central: &Central, lookup: &Lookup, file: &str) -> Result<FileId> {
+    if let Ok(id) = file.parse::<FileId>() {
+        return Ok(id);
+    }
+    let name: FileName = file.parse().map_err(|e| {
+        Error::InvalidArgument(format!(
+            "file must be a file id (64 lowercase hex characters) or an exact file name: {e}"
+        ))
+    })?;
+    if let Some(e) = store.by_name(&name) {
+        return Ok(e.id);
+    }
+    let mut located = lookup
+        .locate(central, &LocateTarget::Name(name.clone()))
+        .await?;
+    located.sort_by(|a, b| a.file_id.cmp(&b.file_id));
+    located.dedup_by(|a, b| a.file_id == b.file_id);
+    match located.len() {
+        0 => Err(Error::NotFound(format!(
+            "no live peer shares a file named \"{name}\"; try `search`"
+        ))),
+        1 => Ok(located[0].file_id.parse()?),
+        n => Err(Error::Ambiguous {
+            message: format!("{n} different files are named \"{name}\"; pin one by id"),
+            candidates: located
+                .iter()
+                .map(|f| Candidate {
+                    file_id: f.file_id.clone(),
+                    size: f.size,
+                    holders: f.holders.len() as u32,
+                })
+                .collect(),
+        }),
+    }
+}
+
+/// The directory's answer to Pin or Pins, as ours. RESOURCE_EXHAUSTED is
+/// a pin limit (its message names it), unless it carries `retry-after`
+/// (a rate limit: 429 with Retry-After).
+fn pin_error(central: &Central, s: tonic::Status) -> Error {
+    let msg = s.message().to_owned();
+    match s.code() {
+        Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(msg),
+        Code::NotFound => Error::NotFound(msg),
+        Code::PermissionDenied => Error::Forbidden(msg),
+        Code::ResourceExhausted => match s
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(secs) => Error::TooManyRequests {
+                message: format!("the central directory is busy: {msg}"),
+                retry_after: secs.clamp(1, 3600),
+            },
+            None => Error::LimitReached(msg),
+        },
+        Code::Unimplemented => Error::NotImplemented(format!(
+            "the central directory does not keep pins (an older version): {msg}"
+        )),
+        Code::Unauthenticated | Code::FailedPrecondition => Error::Unavailable(format!(
+            "this PServer is not joined to the directory right now (it joins again by itself; try again in a moment): {msg}"
+        )),
+        _ => Error::Unavailable(format!(
+            "central directory unavailable: {}",
+            central.explain(&s)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn directory_answers_map_to_api_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let central = Central::new(
+            &["http://127.0.0.1:1".into()],
+            peerdex_proto::PeerId::new_random(),
+            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+            std::sync::Arc::new(crate::network::Network::new(None)),
+            "http://127.0.0.1:9".parse().unwrap(),
+            dir.path(),
+            &[],
+            0,
+        )
+        .unwrap();
+        let e = |s| pin_error(&central, s);
+        assert!(matches!(
+            e(tonic::Status::invalid_argument("replicas 9 is above CENTRAL_MAX_REPLICAS (5)")),
+            Error::InvalidArgument(m) if m.contains("CENTRAL_MAX_REPLICAS")
+        ));
+        assert!(matches!(
+            e(tonic::Status::not_found("x")),
+            Error::NotFound(_)
+        ));
+        assert!(matches!(
+            e(tonic::Status::resource_exhausted("CENTRAL_MAX_PINS_PER_PEER (2) reached")),
+            Error::LimitReached(m) if m.contains("CENTRAL_MAX_PINS_PER_PEER")
+        ));
+        let mut rate = tonic::Status::resource_exhausted("slow down");
+        rate.metadata_mut()
+            .insert("retry-after", "4".parse().unwrap());
+        assert!(matches!(
+            e(rate),
+            Error::TooManyRequests { retry_after: 4, .. }
+        ));
+        assert!(matches!(
+            e(tonic::Status::unimplemented("")),
+            Error::NotImplemented(_)
+        ));
+        assert!(matches!(
+            e(tonic::Status::unauthenticated("")),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            e(tonic::Status::unavailable("down")),
+            Error::Unavailable(_)
+        ));
+    }
+}
