@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use peerdex_proto::rest::{
-    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, SearchQuery, SearchResults, Status,
+    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, PinList, PinRequest, PinStatus,
+    SearchQuery, SearchResults, Status,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 use serde::de::DeserializeOwned;
@@ -311,6 +312,19 @@ impl Client {
     pub(crate) async fn start_download(&self, req: &DownloadRequest) -> Result<Job> {
         self.json(self.request(Method::POST, &["downloads"]).json(req))
             .await
+    }
+
+    /// `POST /api/v1/pins`: pin a file (by id or name) to a number of live
+    /// copies, or unpin it (0 or 1). An ambiguous name fails with code
+    /// `ambiguous_name` and the candidates.
+    pub(crate) async fn pin(&self, req: &PinRequest) -> Result<PinStatus> {
+        self.json(self.request(Method::POST, &["pins"]).json(req))
+            .await
+    }
+
+    /// `GET /api/v1/pins`: the pins this PServer set.
+    pub(crate) async fn pins(&self) -> Result<PinList> {
+        self.json(self.request(Method::GET, &["pins"])).await
     }
 
     /// `GET /api/v1/downloads`: every job, oldest first.

@@ -143,6 +143,27 @@ pub(crate) enum Command {
     Jobs,
     /// Cancel a running download job.
     Cancel(CancelArgs),
+    /// Ask the network to keep N live copies of a file on distinct peers.
+    ///
+    /// The directory then has volunteers (peers that offer replica space,
+    /// PSERVER_REPLICA_QUOTA_BYTES) fetch copies until N peers hold the file,
+    /// and makes new ones when holders go away, so the file outlives the
+    /// peers that have it now. N counts every copy, yours included; the
+    /// directory caps it (CENTRAL_MAX_REPLICAS, 5 by default) and limits how
+    /// many pins each peer may set. 0 or 1 stops asking (nothing is deleted:
+    /// spare copies are dropped by their holders later).
+    ///
+    /// Examples:
+    ///   peerdex replicate report.pdf 3      keep 3 copies of report.pdf
+    ///   peerdex replicate 9f2c...e1 0       stop asking for copies
+    #[command(verbatim_doc_comment)]
+    Replicate(ReplicateArgs),
+    /// List the pins you set: copies wanted and live for each file.
+    ///
+    /// STATE is ok (enough live copies), under (fewer: volunteers are
+    /// fetching copies) or lost (no live copy: waits for a peer that has
+    /// the file to come back).
+    Pins,
     /// Print a shell completion script, e.g. `peerdex completions bash > /etc/bash_completion.d/peerdex`.
     Completions(CompletionsArgs),
 }
@@ -161,6 +182,26 @@ pub(crate) struct UploadArgs {
     /// Share the file under this name instead of its file name (one file only).
     #[arg(long, value_name = "NAME")]
     pub(crate) name: Option<String>,
+
+    /// After uploading, ask the network to keep N live copies of each file
+    /// on distinct peers (yours included), as `peerdex replicate` does. The
+    /// upload stands even if the pin is refused; the command then says why
+    /// and exits 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub(crate) replicas: Option<u32>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ReplicateArgs {
+    /// The file: its 64-character id, its exact name (your shared files
+    /// first, then the network), or in the shell a short id from the last
+    /// search.
+    #[arg(value_name = "ID|NAME")]
+    pub(crate) target: String,
+
+    /// Live copies to keep, yours included (2 or more); 0 or 1 stops asking.
+    #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub(crate) replicas: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -303,7 +344,18 @@ mod tests {
         assert!(ReplLine::try_parse_from(["frobnicate"]).is_err());
         let names = repl_command_names();
         for n in [
-            "upload", "get", "search", "ls", "rm", "status", "cancel", "exit", "quit", "help",
+            "upload",
+            "get",
+            "search",
+            "ls",
+            "rm",
+            "status",
+            "cancel",
+            "replicate",
+            "pins",
+            "exit",
+            "quit",
+            "help",
         ] {
             assert!(names.contains(&n.to_owned()), "{n} missing from {names:?}");
         }
@@ -319,6 +371,44 @@ mod tests {
             std::iter::once("peerdex").chain(args.iter().copied()),
             |name| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
         )
+    }
+
+    #[test]
+    fn replica_arguments() {
+        let cli = parse_in(&[], &["replicate", "report.pdf", "3"]).unwrap();
+        match cli.command {
+            Some(Command::Replicate(r)) => {
+                assert_eq!((r.target.as_str(), r.replicas), ("report.pdf", 3));
+            }
+            other => panic!("{other:?}"),
+        }
+        // 0 stops asking; a count is required and must be a number.
+        assert!(parse_in(&[], &["replicate", "x", "0"]).is_ok());
+        for bad in [
+            &["replicate", "x"][..],
+            &["replicate", "x", "three"],
+            &["replicate", "x", "-1"],
+        ] {
+            let e = parse_in(&[], bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        let cli = parse_in(&[], &["upload", "--replicas", "3", "a.txt"]).unwrap();
+        match cli.command {
+            Some(Command::Upload(u)) => assert_eq!(u.replicas, Some(3)),
+            other => panic!("{other:?}"),
+        }
+        let e = parse_in(&[], &["upload", "--replicas", "0", "a.txt"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ValueValidation, "{e}");
+        assert!(matches!(
+            ReplLine::try_parse_from(["replicate", "abc123", "2"])
+                .unwrap()
+                .command,
+            ReplCommand::Run(Command::Replicate(_))
+        ));
+        assert!(matches!(
+            ReplLine::try_parse_from(["pins"]).unwrap().command,
+            ReplCommand::Run(Command::Pins)
+        ));
     }
 
     #[test]

@@ -11,6 +11,8 @@ mod completions;
 mod get;
 mod jobs;
 mod ls;
+mod pins;
+mod replicate;
 mod rm;
 mod search;
 mod status;
@@ -53,6 +55,8 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<()> {
         Command::Status => status::run(ctx).await,
         Command::Jobs => jobs::run(ctx).await,
         Command::Cancel(a) => cancel::run(ctx, a).await,
+        Command::Replicate(a) => replicate::run(ctx, a).await,
+        Command::Pins => pins::run(ctx).await,
         Command::Completions(a) => completions::run(a),
     }
 }

@@ -39,7 +39,7 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
                 sanitize(&h.name),
                 short_id(&h.file_id).to_owned(),
                 human_size(h.size),
-                h.holders.to_string(),
+                holders(h.holders, h.replicas_wanted),
             ]
         })
         .collect();
@@ -47,6 +47,12 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
         "{}",
         table(&["NAME", "ID", "SIZE", "HOLDERS"], &rows, &[2, 3])
     );
+    if results.hits.iter().any(|h| h.replicas_wanted > 0) {
+        eprintln!(
+            "HOLDERS n/w: n live holders of a file pinned to w copies ({} shows them)",
+            ctx.cmd("pins")
+        );
+    }
     cut();
     if let Some(page) = &results.next_page {
         eprintln!(
@@ -55,4 +61,22 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Live holders, and the copies wanted when the file is pinned: `2/3`.
+fn holders(live: u32, wanted: u32) -> String {
+    if wanted > 0 {
+        format!("{live}/{wanted}")
+    } else {
+        live.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn holders_show_the_copies_wanted_when_pinned() {
+        assert_eq!(super::holders(2, 0), "2");
+        assert_eq!(super::holders(2, 3), "2/3");
+    }
 }

@@ -25,6 +25,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let replicas = replicas_line(&s);
     let mut out = String::new();
     let mut line = |k: &str, v: String| {
         let _ = writeln!(out, "{k:<12} {v}");
@@ -77,10 +78,40 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "renewals",
         format!("{} ok, {} rejoin, {} error", r.ok, r.rejoin, r.error),
     );
+    line("replicas", replicas);
+    for f in &s.replica_fetches {
+        line(
+            "fetching",
+            format!(
+                "{} ({}) {} of {}",
+                crate::output::sanitize(&f.name),
+                crate::output::short_id(&f.file_id),
+                human_size(f.bytes_done),
+                human_size(f.bytes_total)
+            ),
+        );
+    }
     if s.max_upload_bytes > 0 {
         line("max upload", human_size(s.max_upload_bytes));
     }
     line("version", s.version);
     outp!("{out}");
     Ok(())
+}
+
+/// The replica space: held and offered.
+fn replicas_line(s: &peerdex_proto::rest::Status) -> String {
+    let n = s.replicas.len();
+    let held = format!("{n} held ({})", human_size(s.replica_used_bytes));
+    if s.replica_quota_bytes == 0 {
+        if n == 0 {
+            return "none: no replica space offered (PSERVER_REPLICA_QUOTA_BYTES is 0)".into();
+        }
+        return format!("{held}; no more are taken (PSERVER_REPLICA_QUOTA_BYTES is 0)");
+    }
+    format!(
+        "{held}, {} of {} quota used",
+        human_size(s.replica_used_bytes),
+        human_size(s.replica_quota_bytes)
+    )
 }

@@ -3,12 +3,17 @@
 //! Every path is checked (exists, a file or `--recursive` folder, a valid
 //! share name) before anything is sent, so a typo costs no transfer. One
 //! failed file does not stop the others; the PServer being unreachable does.
+//!
+//! With `--replicas N` each uploaded file is then pinned to N live copies
+//! (as `replicate` does). A refused pin leaves the upload in place: the
+//! command says the file is shared but not pinned, and why, and exits 1.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
 use futures_util::TryStreamExt;
 use peerdex_proto::FileName;
+use peerdex_proto::rest::{PinRequest, PinStatus};
 use serde::Serialize;
 
 use super::Ctx;
@@ -31,6 +36,9 @@ struct UploadedJson {
     size: u64,
     /// False when identical content was already shared under that name.
     created: bool,
+    /// With `--replicas`: the pin the directory keeps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pin: Option<PinStatus>,
 }
 
 #[derive(Serialize)]
@@ -44,6 +52,10 @@ struct UploadFailure {
 struct UploadReport {
     files: Vec<UploadedJson>,
     errors: Vec<UploadFailure>,
+    /// With `--replicas`: files uploaded (listed in `files`) whose pin
+    /// was refused.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pin_errors: Vec<UploadFailure>,
 }
 
 /// A file over the PServer's upload limit, caught before sending it.
@@ -52,6 +64,7 @@ struct UploadReport {
 struct TooLarge(String);
 
 pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
+    let replicas = args.replicas.filter(|&n| n >= 2);
     let items = tokio::task::spawn_blocking(move || collect_uploads(&args)).await??;
     if items.is_empty() {
         bail!("nothing to upload: the folders given contain no files");
@@ -61,6 +74,7 @@ pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
     let mut report = UploadReport {
         files: Vec::new(),
         errors: Vec::new(),
+        pin_errors: Vec::new(),
     };
     for item in items {
         let result = if max > 0 && item.size > max {
@@ -85,11 +99,38 @@ pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
                         sanitize(&up.file.name)
                     );
                 }
+                let mut pin = None;
+                if let Some(n) = replicas {
+                    let req = PinRequest {
+                        file: up.file.file_id.clone(),
+                        replicas: n,
+                    };
+                    match ctx.api.pin(&req).await {
+                        Ok(p) => {
+                            if !ctx.json {
+                                outln!("  {}", super::pins::describe(&p));
+                            }
+                            pin = Some(p);
+                        }
+                        Err(e) => {
+                            let message = format!("uploaded and shared, but not pinned: {e}");
+                            if !ctx.json {
+                                eprintln!("error: {}: {message}", item.path.display());
+                            }
+                            report.pin_errors.push(UploadFailure {
+                                path: item.path.display().to_string(),
+                                code: e.code().to_owned(),
+                                message,
+                            });
+                        }
+                    }
+                }
                 report.files.push(UploadedJson {
                     file_id: up.file.file_id,
                     name: up.file.name,
                     size: up.file.size,
                     created: up.created,
+                    pin,
                 });
             }
             Err(e) if e.is::<Interrupted>() => return Err(e),
@@ -122,9 +163,14 @@ pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
     if ctx.json {
         ctx.print_json(&report)?;
     }
-    match report.errors.len() {
-        0 => Ok(()),
-        n => {
+    match (report.errors.len(), report.pin_errors.len()) {
+        (0, 0) => Ok(()),
+        (0, p) => Err(ReportedFailure(format!(
+            "{p} of {} files were uploaded and shared but not pinned",
+            report.files.len()
+        ))
+        .into()),
+        (n, _) => {
             Err(ReportedFailure(format!("{n} of {} uploads failed", n + report.files.len())).into())
         }
     }
@@ -238,6 +284,7 @@ mod tests {
             paths,
             recursive,
             name: name.map(str::to_owned),
+            replicas: None,
         };
         let e = collect_uploads(&args(vec![dir.path().into()], false, None))
             .err()

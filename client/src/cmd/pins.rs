@@ -1,0 +1,130 @@
+//! `pins`: the pins this PServer set, with each file's copies wanted and
+//! live; and how a pin's state is told, for `replicate` and `upload
+//! --replicas` too.
+
+use peerdex_proto::rest::{PinStatus, Replication};
+
+use super::Ctx;
+use crate::output::{human_size, outp, quoted, sanitize, short_id, table};
+
+pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
+    let list = ctx.api.pins().await?;
+    if ctx.json {
+        return ctx.print_json(&list);
+    }
+    if list.pins.is_empty() {
+        eprintln!(
+            "you pinned no file; {} asks the network to keep copies of one",
+            ctx.cmd("replicate ID|NAME N")
+        );
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .pins
+        .iter()
+        .map(|p| {
+            let r = &p.replication;
+            vec![
+                sanitize(&p.name),
+                short_id(&p.file_id).to_owned(),
+                human_size(p.size),
+                p.pinned.to_string(),
+                r.wanted.to_string(),
+                r.live.to_string(),
+                r.replicas.to_string(),
+                state_or_dash(r),
+            ]
+        })
+        .collect();
+    outp!(
+        "{}",
+        table(
+            &[
+                "NAME", "ID", "SIZE", "YOURS", "WANTED", "LIVE", "REPLICAS", "STATE"
+            ],
+            &rows,
+            &[2, 3, 4, 5, 6]
+        )
+    );
+    Ok(())
+}
+
+fn state_or_dash(r: &Replication) -> String {
+    if r.state.is_empty() {
+        "-".to_owned()
+    } else {
+        r.state.clone()
+    }
+}
+
+/// What a state means, in a few words.
+fn state_words(state: &str) -> &'static str {
+    match state {
+        "ok" => "ok",
+        "under" => "under: volunteers are fetching copies",
+        "lost" => "lost: no live copy; waiting for a peer that has it to come back",
+        "" => "not pinned",
+        _ => "unknown state",
+    }
+}
+
+/// One sentence about a pin just set or removed.
+pub(super) fn describe(p: &PinStatus) -> String {
+    let r = &p.replication;
+    let what = format!("{} ({})", quoted(&p.name), short_id(&p.file_id));
+    let live = format!(
+        "{} live {} ({} of them replicas)",
+        r.live,
+        if r.live == 1 { "copy" } else { "copies" },
+        r.replicas
+    );
+    if p.pinned >= 2 {
+        format!(
+            "pinned {what}: {} copies wanted, {live} — {}",
+            r.wanted,
+            state_words(&r.state)
+        )
+    } else if r.wanted >= 2 {
+        format!(
+            "your pin on {what} is removed; another peer's pin keeps {} copies wanted, {live} — {}",
+            r.wanted,
+            state_words(&r.state)
+        )
+    } else {
+        format!("{what} is not pinned (any more): {live}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pin(pinned: u32, wanted: u32, live: u32, state: &str) -> PinStatus {
+        PinStatus {
+            file_id: "ab".repeat(32),
+            name: "report.pdf".into(),
+            size: 10,
+            pinned,
+            replication: Replication {
+                wanted,
+                live,
+                replicas: live.saturating_sub(1),
+                state: state.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn pins_are_told_in_words() {
+        assert_eq!(
+            describe(&pin(3, 3, 1, "under")),
+            "pinned \u{201c}report.pdf\u{201d} (abababababab): 3 copies wanted, 1 live copy (0 of them replicas) — under: volunteers are fetching copies"
+        );
+        assert!(describe(&pin(0, 4, 4, "ok")).starts_with("your pin on"));
+        assert!(
+            describe(&pin(0, 0, 2, ""))
+                .ends_with("is not pinned (any more): 2 live copies (1 of them replicas)")
+        );
+        assert!(describe(&pin(2, 2, 0, "lost")).contains("lost: no live copy"));
+    }
+}
