@@ -361,6 +361,9 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             ("PSERVER_CENTRAL_URL", central_url.clone()),
             ("PSERVER_NEIGHBOURS", neighbour.unwrap_or_default()),
             ("PSERVER_RESCAN_SECS", "1".into()),
+            // Every peer volunteers 1 GiB for replicas: `peerdex replicate`
+            // works out of the box.
+            ("PSERVER_REPLICA_QUOTA_BYTES", (1u64 << 30).to_string()),
             ("RUST_LOG", "info".into()),
         ];
         if let Some(t) = &tls {

@@ -168,11 +168,17 @@ fn env_templates_have_every_setting_of_env_example_with_a_comment() {
             }
         }
         // Same defaults as .env.example, except what differs on a VM (the
-        // central's metrics are on there, on loopback).
+        // central's metrics are on there, on loopback; a VM offers replica
+        // space, a desktop by default none).
         let example_values: BTreeMap<String, String> = env_lines(&example).into_iter().collect();
         for (k, v) in &got_lines {
             if k == "CENTRAL_METRICS_ADDR" {
                 assert_eq!(v, "127.0.0.1:9090", "{}: {k}", path.display());
+                continue;
+            }
+            if k == "PSERVER_REPLICA_QUOTA_BYTES" {
+                assert_eq!(v, "10737418240", "{}: {k}", path.display());
+                assert_eq!(example_values.get(k).map(String::as_str), Some("0"));
                 continue;
             }
             if !(k.ends_with("_DIR") || k == "PSERVER_PUBLIC_URL") {
