@@ -57,6 +57,14 @@ pub struct Limits {
     /// 1,000,000). When full, a new peer makes room by forgetting the
     /// binding of the absent peer idle longest.
     pub max_keys: usize,
+    /// Highest number of copies a pin may ask for (`CENTRAL_MAX_REPLICAS`,
+    /// default 5).
+    pub max_replicas: u32,
+    /// Pins one peer may hold (`CENTRAL_MAX_PINS_PER_PEER`, default 1000).
+    pub max_pins_per_peer: usize,
+    /// Bytes one peer's pins may ask the network to keep, size × copies
+    /// summed (`CENTRAL_MAX_PINNED_BYTES_PER_PEER`, default 1 TiB).
+    pub max_pinned_bytes_per_peer: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +83,9 @@ impl Default for Limits {
             max_peers_per_addr: 1000,
             max_files: 5_000_000,
             max_keys: 1_000_000,
+            max_replicas: 5,
+            max_pins_per_peer: 1000,
+            max_pinned_bytes_per_peer: 1 << 40,
         }
     }
 }
@@ -117,6 +128,10 @@ pub struct Config {
     /// heartbeated here lately was told. `None`: one heartbeat interval
     /// and a second.
     pub drain: Option<Duration>,
+    /// How long a file stays above its wanted copies (a holder came back)
+    /// before replica holders are asked to drop the extras
+    /// (`CENTRAL_REPLICA_GRACE_SECS`, default 300).
+    pub replica_grace: Duration,
 }
 
 /// Longest `CENTRAL_NAME`.
@@ -137,6 +152,7 @@ impl Config {
             etcd_prefix: "/peerdex/".into(),
             name: None,
             drain: None,
+            replica_grace: Duration::from_secs(300),
         }
     }
 

@@ -58,6 +58,9 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The request names something the directory does not know.
+    #[error("{0}")]
+    NotFound(String),
     /// A fault of the directory (see its log).
     #[error("{0}")]
     Internal(String),
@@ -88,6 +91,7 @@ impl From<Error> for Status {
                 s
             }
             Error::Aborted(m) => Status::aborted(m),
+            Error::NotFound(m) => Status::not_found(m),
             Error::Unavailable(m) => {
                 tracing::warn!(error = %m, "call not done: the store did not answer");
                 Status::unavailable(m)

@@ -8,9 +8,17 @@
 //! * `peers/<peer id>` → [`PeerRecord`] (JSON: URL, BLAKE3 hash of the
 //!   session token, etcd lease, source address, load), attached to the
 //!   peer's etcd lease;
-//! * `files/<peer id>/<file id>/<name>` → the size this peer claims,
-//!   attached to the same lease, so that when the peer stops heartbeating
-//!   etcd itself drops everything it announced, in one revision;
+//! * `files/<peer id>/<file id>/<name>` → the size this peer claims
+//!   (followed by ` r` when it holds the file as a replica), attached to
+//!   the same lease, so that when the peer stops heartbeating etcd itself
+//!   drops everything it announced, in one revision;
+//! * `pins/<file id>/<peer id>` → a [`Pin`] (JSON), no lease: pins are the
+//!   directory's state and outlive the peer that set them;
+//! * `tasks/<peer id>/<file id>` → a replica [`Task`] (JSON) for that
+//!   volunteer, written by the leader's planner, attached to the
+//!   volunteer's lease (every central hands it out in Heartbeat answers);
+//! * `declined/<peer id>/<file id>` → a [`Decline`] (JSON): a FETCH the
+//!   volunteer would not do, attached to its lease, read by the planner;
 //! * `keys/<peer id>` → [`Binding`] (the peer's public key and last Join),
 //!   no lease: a binding outlives the peer (`CENTRAL_KEY_RETENTION_DAYS`);
 //! * `nonces/<nonce>` → spent Join nonces, on a short shared lease, so a
@@ -51,6 +59,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
+use crate::replication::{Pin, Task};
 use crate::store::PublicKey;
 
 /// Most operations in one etcd transaction (etcd's default
@@ -83,6 +92,17 @@ pub(crate) struct PeerRecord {
     pub active_uploads: u32,
     #[serde(default)]
     pub free_upload_slots: u32,
+    /// Space offered for replicas.
+    #[serde(default)]
+    pub replica_quota: u64,
+}
+
+/// A FETCH a volunteer would not do, as stored in `declined/<peer>/<file>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Decline {
+    pub reason: String,
+    /// Unix milliseconds.
+    pub at_ms: u64,
 }
 
 /// A peer id's key binding, as stored in `keys/<id>`.
@@ -118,11 +138,29 @@ pub(crate) enum Change {
         file: FileId,
         name: String,
         size: u64,
+        replica: bool,
     },
     HoldingGone {
         peer: PeerId,
         file: FileId,
         name: String,
+    },
+    /// A pin set (`Some`) or removed.
+    Pin {
+        file: FileId,
+        peer: PeerId,
+        pin: Option<Pin>,
+    },
+    /// A volunteer's task given or withdrawn.
+    Task {
+        peer: PeerId,
+        file: FileId,
+        task: Option<Task>,
+    },
+    Declined {
+        peer: PeerId,
+        file: FileId,
+        decline: Option<Decline>,
     },
 }
 
@@ -352,6 +390,11 @@ impl Etcd {
             let (kvs, _) = r?;
             changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
         }
+        drop(reads);
+        for rest in ["pins/", "tasks/", "declined/"] {
+            let (kvs, _) = self.read_prefix(rest, revision).await?;
+            changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
+        }
         Ok((changes, revision))
     }
 
@@ -431,12 +474,41 @@ impl Etcd {
             None
         } else if let Some(path) = rest.strip_prefix("files/") {
             let (peer, file, name) = split_holding(path)?;
-            let size = std::str::from_utf8(kv.value()).ok()?.parse().ok()?;
+            let value = std::str::from_utf8(kv.value()).ok()?;
+            let (size, replica) = match value.strip_suffix(" r") {
+                Some(v) => (v, true),
+                None => (value, false),
+            };
             Some(Change::Holding {
                 peer,
                 file,
                 name,
-                size,
+                size: size.parse().ok()?,
+                replica,
+            })
+        } else if let Some(path) = rest.strip_prefix("pins/") {
+            let (file, peer) = split_pair(path)?;
+            let pin = json(key, kv.value())?;
+            Some(Change::Pin {
+                file: file.parse().ok()?,
+                peer: peer.parse().ok()?,
+                pin: Some(pin),
+            })
+        } else if let Some(path) = rest.strip_prefix("tasks/") {
+            let (peer, file) = split_pair(path)?;
+            let task = json(key, kv.value())?;
+            Some(Change::Task {
+                peer: peer.parse().ok()?,
+                file: file.parse().ok()?,
+                task: Some(task),
+            })
+        } else if let Some(path) = rest.strip_prefix("declined/") {
+            let (peer, file) = split_pair(path)?;
+            let decline = json(key, kv.value())?;
+            Some(Change::Declined {
+                peer: peer.parse().ok()?,
+                file: file.parse().ok()?,
+                decline: Some(decline),
             })
         } else {
             None
@@ -457,6 +529,27 @@ impl Etcd {
         } else if let Some(path) = rest.strip_prefix("files/") {
             let (peer, file, name) = split_holding(path)?;
             Some(Change::HoldingGone { peer, file, name })
+        } else if let Some(path) = rest.strip_prefix("pins/") {
+            let (file, peer) = split_pair(path)?;
+            Some(Change::Pin {
+                file: file.parse().ok()?,
+                peer: peer.parse().ok()?,
+                pin: None,
+            })
+        } else if let Some(path) = rest.strip_prefix("tasks/") {
+            let (peer, file) = split_pair(path)?;
+            Some(Change::Task {
+                peer: peer.parse().ok()?,
+                file: file.parse().ok()?,
+                task: None,
+            })
+        } else if let Some(path) = rest.strip_prefix("declined/") {
+            let (peer, file) = split_pair(path)?;
+            Some(Change::Declined {
+                peer: peer.parse().ok()?,
+                file: file.parse().ok()?,
+                decline: None,
+            })
         } else {
             None
         }
@@ -655,7 +748,11 @@ impl Etcd {
             .map(|f| {
                 TxnOp::put(
                     self.holding_key(peer, &f.id, f.name.as_str()),
-                    f.size.to_string(),
+                    if f.replica {
+                        format!("{} r", f.size)
+                    } else {
+                        f.size.to_string()
+                    },
                     Some(PutOptions::new().with_lease(lease)),
                 )
             })
@@ -869,6 +966,87 @@ impl Etcd {
         self.ordered("unpublish", peer, lease, seq, ops).await
     }
 
+    /// Set (`Some`) or remove `peer`'s pin of `file`; the revision.
+    pub(crate) async fn set_pin(
+        &self,
+        file: &FileId,
+        peer: &PeerId,
+        pin: Option<&Pin>,
+    ) -> Result<i64> {
+        let key = self.key(&format!("pins/{}/{peer}", file.to_hex()));
+        let op = match pin {
+            Some(p) => TxnOp::put(
+                key,
+                serde_json::to_vec(p).map_err(|e| Error::Internal(e.to_string()))?,
+                None,
+            ),
+            None => TxnOp::delete(key, None),
+        };
+        self.batches("pin", vec![op]).await
+    }
+
+    /// Write the planner's changes: tasks to give (each on its volunteer's
+    /// lease) and to withdraw. A volunteer whose lease ended meanwhile is
+    /// skipped (etcd dropped its tasks with it). The revision of the last
+    /// write.
+    pub(crate) async fn set_tasks(
+        &self,
+        give: &[(PeerId, FileId, Task)],
+        withdraw: &[(PeerId, FileId)],
+    ) -> Result<i64> {
+        let mut revision = 0;
+        let deletes: Vec<TxnOp> = withdraw
+            .iter()
+            .map(|(p, f)| TxnOp::delete(self.key(&format!("tasks/{p}/{}", f.to_hex())), None))
+            .collect();
+        if !deletes.is_empty() {
+            revision = self.batches("withdraw tasks", deletes).await?;
+        }
+        for (p, f, t) in give {
+            let Some(meta) = self.peer_meta(p) else {
+                continue;
+            };
+            let op = TxnOp::put(
+                self.key(&format!("tasks/{p}/{}", f.to_hex())),
+                serde_json::to_vec(t).map_err(|e| Error::Internal(e.to_string()))?,
+                Some(PutOptions::new().with_lease(meta.lease)),
+            );
+            match self.batches("give a task", vec![op]).await {
+                Ok(r) => revision = revision.max(r),
+                Err(e) if lease_gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(revision)
+    }
+
+    /// Record FETCHes `peer` declined, on its lease.
+    pub(crate) async fn decline(
+        &self,
+        peer: &PeerId,
+        lease: i64,
+        declined: &[(FileId, Decline)],
+    ) -> Result<i64> {
+        let mut ops = Vec::with_capacity(declined.len());
+        for (f, d) in declined {
+            ops.push(TxnOp::put(
+                self.key(&format!("declined/{peer}/{}", f.to_hex())),
+                serde_json::to_vec(d).map_err(|e| Error::Internal(e.to_string()))?,
+                Some(PutOptions::new().with_lease(lease)),
+            ));
+        }
+        self.batches("decline", ops).await
+    }
+
+    /// Forget old declines (they expire: a volunteer may have room again).
+    pub(crate) async fn forget_declines(&self, gone: &[(PeerId, FileId)]) -> Result<i64> {
+        let ops = gone
+            .iter()
+            .map(|(p, f)| TxnOp::delete(self.key(&format!("declined/{p}/{}", f.to_hex())), None))
+            .collect();
+        self.batches("forget declines", ops).await
+    }
+
     /// End a peer's session: etcd deletes all it announced, at once.
     pub(crate) async fn leave(&self, lease: i64) -> Result<Option<i64>> {
         match self.client.clone().lease_revoke(lease).await {
@@ -935,6 +1113,19 @@ fn transient(e: &etcd_client::Error) -> bool {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
         _ => false,
     }
+}
+
+/// `<a>/<b>` of a pin, task or decline key.
+fn split_pair(path: &str) -> Option<(&str, &str)> {
+    let (a, b) = path.split_once('/')?;
+    (!b.contains('/')).then_some((a, b))
+}
+
+/// A JSON value, or `None` (logged) when it does not read.
+fn json<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Option<T> {
+    serde_json::from_slice(value)
+        .inspect_err(|e| tracing::warn!(key, error = %e, "etcd: unreadable value ignored"))
+        .ok()
 }
 
 /// `<peer>/<file>/<name>` of a holding key.

@@ -99,6 +99,7 @@ mod leader;
 mod metrics;
 mod network;
 mod oversize;
+mod replication;
 mod service;
 mod store;
 mod tls;
@@ -160,12 +161,13 @@ pub async fn run_with_metrics(
         None => {
             let dir = config.data_dir.clone();
             let ttl = config.lease_ttl;
-            let (store, index) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let (store, index, pins) = tokio::task::spawn_blocking(move || -> Result<_> {
                 let store = store::Store::open(&dir)?;
                 // Grace is counted from the end of the load.
                 let mut index = store.load(tokio::time::Instant::now())?;
                 index.renew_all(tokio::time::Instant::now() + ttl);
-                Ok((store, index))
+                let pins = store.pins()?;
+                Ok((store, index, pins))
             })
             .await??;
             let network = match &config.join_secret {
@@ -180,14 +182,16 @@ pub async fn run_with_metrics(
                 nonces: identity::Nonces::new(),
                 network,
             };
-            DirectoryService::new(
+            let d = DirectoryService::new(
                 Backend::Sqlite(store),
                 index,
                 &config,
                 recorder,
                 secrets,
                 leader::Leadership::alone(&name),
-            )?
+            )?;
+            d.load_pins(pins);
+            d
         }
         Some(endpoints) => {
             let etcd =
@@ -231,6 +235,7 @@ pub async fn run_with_metrics(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let sweeper = tokio::spawn(directory.clone().sweep_loop(cancel.clone()));
+    background.push(tokio::spawn(directory.clone().plan_loop(cancel.clone())));
     let metrics_task = match metrics {
         Some(l) => {
             let maddr = l.local_addr()?;

@@ -113,6 +113,30 @@ struct Args {
           value_parser = positive_usize("CENTRAL_MAX_KEYS"))]
     max_keys: usize,
 
+    /// Highest number of live copies a pin may ask for (`peerdex replicate
+    /// ID N`, `peerdex upload --replicas N`). 2 to 64.
+    #[arg(long, env = "CENTRAL_MAX_REPLICAS", default_value_t = Limits::default().max_replicas,
+          value_parser = replicas("CENTRAL_MAX_REPLICAS"))]
+    max_replicas: u32,
+
+    /// Pins one peer may hold.
+    #[arg(long, env = "CENTRAL_MAX_PINS_PER_PEER", default_value_t = Limits::default().max_pins_per_peer,
+          value_parser = positive_usize("CENTRAL_MAX_PINS_PER_PEER"))]
+    max_pins_per_peer: usize,
+
+    /// Bytes one peer's pins may ask the network to keep: each pinned
+    /// file's size times the copies it asks for, summed.
+    #[arg(long, env = "CENTRAL_MAX_PINNED_BYTES_PER_PEER", default_value_t = Limits::default().max_pinned_bytes_per_peer,
+          value_parser = positive("CENTRAL_MAX_PINNED_BYTES_PER_PEER"))]
+    max_pinned_bytes_per_peer: u64,
+
+    /// Seconds a pinned file may keep more live copies than asked (an
+    /// owner came back) before volunteers are asked to drop the extra
+    /// replicas. Owners' copies are never dropped.
+    #[arg(long, env = "CENTRAL_REPLICA_GRACE_SECS", default_value_t = 300,
+          value_parser = positive("CENTRAL_REPLICA_GRACE_SECS"))]
+    replica_grace_secs: u64,
+
     /// Days a departed peer's id stays bound to its key: within them only
     /// that key can join with the id again; after them the id is free.
     #[arg(long, env = "CENTRAL_KEY_RETENTION_DAYS", default_value_t = 90,
@@ -193,6 +217,16 @@ fn positive_usize(var: &'static str) -> impl Fn(&str) -> Result<usize, String> +
     }
 }
 
+/// A highest replica count, 2 to 64.
+fn replicas(var: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {
+    move |s| match s.parse::<u32>() {
+        Ok(n) if (2..=64).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{var}: expected a whole number from 2 to 64, got {s:?}"
+        )),
+    }
+}
+
 /// A number of days, 1 to 36,500.
 fn days(var: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {
     move |s| match s.parse::<u32>() {
@@ -227,6 +261,7 @@ impl Args {
             etcd_prefix: self.etcd_prefix.clone(),
             name: Some(self.name.trim().to_owned()).filter(|s| !s.is_empty()),
             drain: None,
+            replica_grace: Duration::from_secs(self.replica_grace_secs),
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_name_bytes: self.max_name_bytes,
@@ -240,6 +275,9 @@ impl Args {
                 max_peers_per_addr: self.max_peers_per_addr,
                 max_files: self.max_files,
                 max_keys: self.max_keys,
+                max_replicas: self.max_replicas,
+                max_pins_per_peer: self.max_pins_per_peer,
+                max_pinned_bytes_per_peer: self.max_pinned_bytes_per_peer,
                 ..Limits::default()
             },
         }
@@ -438,6 +476,14 @@ mod tests {
             ("--max-files=0", "CENTRAL_MAX_FILES"),
             ("--metrics-addr=nowhere", "CENTRAL_METRICS_ADDR"),
             ("--max-keys=0", "CENTRAL_MAX_KEYS"),
+            ("--max-replicas=1", "CENTRAL_MAX_REPLICAS"),
+            ("--max-replicas=65", "CENTRAL_MAX_REPLICAS"),
+            ("--max-pins-per-peer=0", "CENTRAL_MAX_PINS_PER_PEER"),
+            (
+                "--max-pinned-bytes-per-peer=-1",
+                "CENTRAL_MAX_PINNED_BYTES_PER_PEER",
+            ),
+            ("--replica-grace-secs=0", "CENTRAL_REPLICA_GRACE_SECS"),
             ("--key-retention-days=0", "CENTRAL_KEY_RETENTION_DAYS"),
         ] {
             let e = args(&[flag]).map(|_| ()).unwrap_err().to_string();

@@ -45,9 +45,11 @@ pub(crate) enum Rpc {
     Challenge,
     NetworkKeys,
     Info,
+    Pin,
+    Pins,
 }
 
-const RPCS: [&str; 10] = [
+const RPCS: [&str; 12] = [
     "join",
     "heartbeat",
     "publish",
@@ -58,6 +60,8 @@ const RPCS: [&str; 10] = [
     "challenge",
     "network_keys",
     "info",
+    "pin",
+    "pins",
 ];
 
 /// gRPC status codes as Prometheus label values (0..=16).
@@ -161,7 +165,34 @@ pub(crate) struct Metrics {
     leader: Gauge,
     draining: Gauge,
     revision: Gauge,
+    pins: Gauge,
+    /// Pinned files by state: ok, under, lost.
+    pinned: [Gauge; 3],
+    tasks_open: Gauge,
+    /// Replica tasks given by this central's planner: fetch, drop.
+    tasks_given: [Counter; 2],
 }
+
+/// Replication figures, read at each scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Replication {
+    pub pins: usize,
+    /// Pinned files with at least the copies wanted, with fewer, with none.
+    pub ok: usize,
+    pub under: usize,
+    pub lost: usize,
+    pub tasks_open: usize,
+}
+
+const PINNED_STATES: [&[Label]; 3] = [
+    &[Label::from_static_parts("state", "ok")],
+    &[Label::from_static_parts("state", "under")],
+    &[Label::from_static_parts("state", "lost")],
+];
+const TASK_ACTIONS: [&[Label]; 2] = [
+    &[Label::from_static_parts("action", "fetch")],
+    &[Label::from_static_parts("action", "drop")],
+];
 
 /// This central's part in the directory, as the metrics show it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -257,6 +288,33 @@ impl Metrics {
                 "peerdex_central_etcd_revision",
                 "The etcd revision this central's index reflects (0 on SQLite)",
             ),
+            pins: gauge(
+                "peerdex_central_pins",
+                "Pins: (file, peer) requests for a number of live copies",
+            ),
+            pinned: std::array::from_fn(|i| {
+                describe(
+                    &r,
+                    "peerdex_central_pinned_files",
+                    None,
+                    "Pinned files by state: ok (live copies >= wanted), under (fewer: being restored), lost (no live copy)",
+                );
+                r.register_gauge(
+                    &Key::from_static_parts("peerdex_central_pinned_files", PINNED_STATES[i]),
+                    &META,
+                )
+            }),
+            tasks_open: gauge(
+                "peerdex_central_replica_tasks_open",
+                "Replica tasks open (volunteers asked to fetch or drop a copy, not done yet)",
+            ),
+            tasks_given: std::array::from_fn(|i| {
+                counter(
+                    "peerdex_central_replica_tasks_total",
+                    TASK_ACTIONS[i],
+                    "Replica tasks given by this central's planner (while it leads), by action",
+                )
+            }),
             handle: r.handle(),
             recorder: r,
         }
@@ -345,8 +403,24 @@ impl Metrics {
         self.handle.run_upkeep();
     }
 
+    /// The planner gave a task (`fetch`: true, `drop`: false).
+    pub(crate) fn task_given(&self, fetch: bool) {
+        self.tasks_given[usize::from(!fetch)].increment(1);
+    }
+
     /// The Prometheus text exposition, gauges set from `stats`.
-    pub(crate) fn render(&self, stats: Stats, holdings: usize, role: Role) -> String {
+    pub(crate) fn render(
+        &self,
+        stats: Stats,
+        holdings: usize,
+        role: Role,
+        rep: Replication,
+    ) -> String {
+        self.pins.set(rep.pins as f64);
+        for (g, n) in self.pinned.iter().zip([rep.ok, rep.under, rep.lost]) {
+            g.set(n as f64);
+        }
+        self.tasks_open.set(rep.tasks_open as f64);
         self.leader.set(f64::from(u8::from(role.leader)));
         self.draining.set(f64::from(u8::from(role.draining)));
         self.revision.set(role.revision as f64);
@@ -390,7 +464,7 @@ mod tests {
             names: 3,
         };
         let (ta, tb) = (
-            a.render(s, 4, Role::default()),
+            a.render(s, 4, Role::default(), Replication::default()),
             b.render(
                 Stats {
                     peers: 0,
@@ -399,6 +473,7 @@ mod tests {
                 },
                 0,
                 Role::default(),
+                Replication::default(),
             ),
         );
         assert!(

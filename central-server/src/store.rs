@@ -23,13 +23,14 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::index::{Index, TokenHash};
+use crate::replication::Pin;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "central.db";
 
 /// The schema this version writes (`PRAGMA user_version`). 0 is the first
 /// release's schema, which [`Store::open`] migrates.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE peers(
@@ -62,6 +63,24 @@ CREATE TABLE peer_keys(
     last_join INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX peer_keys_by_last_join ON peer_keys(last_join);
+";
+
+/// Version 4 (issue 13): the replica space each peer offers, which
+/// holdings are replicas, and the pins (wanted copies per file and peer;
+/// `at` is Unix seconds). Pins are the directory's state: they stay when
+/// the pinning peer leaves.
+const REPLICAS: &str = "
+ALTER TABLE peers ADD COLUMN replica_quota INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE holdings ADD COLUMN replica INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE pins(
+    file_id BLOB NOT NULL,
+    peer_id BLOB NOT NULL,
+    replicas INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY(file_id, peer_id)
+) WITHOUT ROWID;
 ";
 
 /// From the first release (`files(id, file_id, size, chunk_size,
@@ -134,12 +153,20 @@ impl Store {
             (0, false) => {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(KEYS)?;
+                tx.execute_batch(REPLICAS)?;
             }
             (2, _) => {
                 tracing::info!(
-                    "migrating the database from schema 2 to {SCHEMA_VERSION} (peer keys)"
+                    "migrating the database from schema 2 to {SCHEMA_VERSION} (peer keys, replicas and pins)"
                 );
                 tx.execute_batch(KEYS)?;
+                tx.execute_batch(REPLICAS)?;
+            }
+            (3, _) => {
+                tracing::info!(
+                    "migrating the database from schema 3 to {SCHEMA_VERSION} (replicas and pins)"
+                );
+                tx.execute_batch(REPLICAS)?;
             }
             (0, true) => {
                 let (files, holdings): (i64, i64) = tx.query_row(
@@ -154,10 +181,11 @@ impl Store {
                 );
                 tx.execute_batch(MIGRATE_FROM_0)?;
                 tx.execute_batch(KEYS)?;
+                tx.execute_batch(REPLICAS)?;
             }
             (v, _) => {
                 return Err(Error::Corrupt(format!(
-                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0, 2 or {SCHEMA_VERSION}); a newer release wrote it"
+                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0, 2, 3 or {SCHEMA_VERSION}); a newer release wrote it"
                 )));
             }
         }
@@ -206,7 +234,7 @@ impl Store {
         let mut peer_of_row: Vec<u32> = Vec::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT id, peer_id, url, token_hash FROM peers")?;
+            .prepare("SELECT id, peer_id, url, token_hash, replica_quota FROM peers")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let row: i64 = r.get(0)?;
@@ -224,6 +252,7 @@ impl Store {
             })?;
             let i = slot(&mut peer_of_row, row)?;
             peer_of_row[i] = ix.insert_peer(id, url, hash, expires);
+            ix.set_replica_quota(peer_of_row[i], r.get::<_, i64>(4)? as u64);
         }
 
         let mut file_of_row: Vec<u32> = Vec::new();
@@ -248,7 +277,7 @@ impl Store {
         );
         let mut stmt = self
             .conn
-            .prepare("SELECT file, peer, name, size FROM holdings")?;
+            .prepare("SELECT file, peer, name, size, replica FROM holdings")?;
         let mut rows = stmt.query([])?;
         let mut contradictions = 0u64;
         while let Some(r) = rows.next()? {
@@ -268,6 +297,8 @@ impl Store {
             // kept out of the index if a hand-edited database has some.
             if !ix.add_ref(p, f, r.get_ref(2)?.as_str()?, size) {
                 contradictions += 1;
+            } else {
+                ix.mark_replica(p, f, r.get::<_, bool>(4)?);
             }
         }
         if contradictions > 0 {
@@ -337,6 +368,7 @@ impl Store {
     /// Create or replace a peer with `files` as its whole inventory, and
     /// bind its id to `key` (the caller checked that it is not bound to
     /// another), at `now` (Unix seconds).
+    #[allow(clippy::too_many_arguments)] // one row of `peers`, its key and its inventory
     pub fn join(
         &mut self,
         peer: &PeerId,
@@ -344,6 +376,7 @@ impl Store {
         token_hash: &TokenHash,
         key: &PublicKey,
         now: i64,
+        replica_quota: u64,
         files: &[SharedFile],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
@@ -353,10 +386,16 @@ impl Store {
             params![peer.as_uuid().as_bytes(), key.as_slice(), now],
         )?;
         let row: i64 = tx.query_row(
-            "INSERT INTO peers(peer_id, url, token_hash) VALUES(?1, ?2, ?3)
-             ON CONFLICT(peer_id) DO UPDATE SET url = excluded.url, token_hash = excluded.token_hash
+            "INSERT INTO peers(peer_id, url, token_hash, replica_quota) VALUES(?1, ?2, ?3, ?4)
+             ON CONFLICT(peer_id) DO UPDATE SET url = excluded.url,
+                 token_hash = excluded.token_hash, replica_quota = excluded.replica_quota
              RETURNING id",
-            params![peer.as_uuid().as_bytes(), url.as_str(), token_hash],
+            params![
+                peer.as_uuid().as_bytes(),
+                url.as_str(),
+                token_hash,
+                size_col(replica_quota)
+            ],
             |r| r.get(0),
         )?;
         drop_holdings(&tx, row)?;
@@ -421,6 +460,55 @@ impl Store {
         Ok(())
     }
 
+    /// Every pin.
+    pub fn pins(&self) -> Result<Vec<(FileId, PeerId, Pin)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT file_id, peer_id, replicas, size, name, at FROM pins")?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let file = FileId::from_bytes(
+                r.get_ref(0)?
+                    .as_blob()?
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("pins: a bad file id".into()))?,
+            );
+            let peer = PeerId::from_uuid(
+                uuid::Uuid::from_slice(r.get_ref(1)?.as_blob()?)
+                    .map_err(|e| Error::Corrupt(format!("pins: {e}")))?,
+            );
+            let pin = Pin {
+                replicas: u32::try_from(r.get::<_, i64>(2)?)
+                    .map_err(|_| Error::Corrupt("pins: a bad count".into()))?,
+                size: r.get::<_, i64>(3)? as u64,
+                name: r.get(4)?,
+                at: r.get(5)?,
+            };
+            out.push((file, peer, pin));
+        }
+        Ok(out)
+    }
+
+    /// Set (`Some`) or remove `peer`'s pin of `file`.
+    pub fn set_pin(&mut self, file: &FileId, peer: &PeerId, pin: Option<&Pin>) -> Result<()> {
+        let (f, p) = (file.as_bytes(), peer.as_uuid().as_bytes());
+        match pin {
+            Some(pin) => self.conn.execute(
+                "INSERT INTO pins(file_id, peer_id, replicas, size, name, at)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(file_id, peer_id) DO UPDATE SET replicas = excluded.replicas,
+                     size = excluded.size, name = excluded.name, at = excluded.at",
+                params![f, p, pin.replicas, size_col(pin.size), pin.name, pin.at],
+            )?,
+            None => self.conn.execute(
+                "DELETE FROM pins WHERE file_id = ?1 AND peer_id = ?2",
+                params![f, p],
+            )?,
+        };
+        Ok(())
+    }
+
     /// Checkpoint the WAL and close the database.
     pub fn close(self) -> Result<()> {
         self.conn
@@ -464,10 +552,15 @@ fn insert_files(tx: &Transaction<'_>, peer_row: i64, files: &[SharedFile]) -> Re
     let mut hold = tx.prepare_cached(
         "INSERT OR IGNORE INTO holdings(file, peer, name, size) VALUES(?1, ?2, ?3, ?4)",
     )?;
+    // The last announcement of a file says whether the peer holds it as a
+    // replica (every name of it: see `Index::mark_replica`).
+    let mut flag =
+        tx.prepare_cached("UPDATE holdings SET replica = ?3 WHERE file = ?1 AND peer = ?2")?;
     for f in files {
         file.execute([f.id.as_bytes()])?;
         let row: i64 = file_row.query_row([f.id.as_bytes()], |r| r.get(0))?;
         hold.execute(params![row, peer_row, f.name.as_str(), size_col(f.size)])?;
+        flag.execute(params![row, peer_row, f.replica])?;
     }
     Ok(())
 }
@@ -515,6 +608,7 @@ mod tests {
                 &[1; 32],
                 &[11; 32],
                 1,
+                0,
                 &[sf(1, 10, "one.bin"), sf(2, 20, "two.bin")],
             )
             .unwrap();
@@ -525,12 +619,13 @@ mod tests {
                 &[2; 32],
                 &[22; 32],
                 1,
+                0,
                 &[sf(2, 20, "zwei.bin"), sf(1, 11, "eins.bin")],
             )
             .unwrap();
             s.publish(&b, &[sf(3, u64::MAX, "drei.bin")]).unwrap();
             s.unpublish(&b, &[(fid(3), None)]).unwrap();
-            s.join(&a, &url, &[3; 32], &[11; 32], 2, &[sf(1, 10, "one.bin")])
+            s.join(&a, &url, &[3; 32], &[11; 32], 2, 0, &[sf(1, 10, "one.bin")])
                 .unwrap(); // replaces
             s.close().unwrap();
         }
@@ -552,13 +647,13 @@ mod tests {
         assert_eq!(s.key_of(&b).unwrap(), Some([22; 32]));
         let c = PeerId::new_random();
         assert_eq!(s.key_of(&c).unwrap(), None);
-        s.join(&c, &url, &[4; 32], &[33; 32], 1, &[]).unwrap();
+        s.join(&c, &url, &[4; 32], &[33; 32], 1, 0, &[]).unwrap();
         s.remove_peers(&[c]).unwrap();
         assert_eq!(s.key_of(&c).unwrap(), Some([33; 32]), "kept after leaving");
         assert_eq!(s.forget_idle_keys(1, 10).unwrap(), 0, "not idle yet");
         assert_eq!(s.forget_idle_keys(0, 2).unwrap(), 1, "over the cap");
         assert_eq!((s.key_of(&c).unwrap(), s.keys_held().unwrap()), (None, 2));
-        s.join(&c, &url, &[4; 32], &[33; 32], 1, &[]).unwrap();
+        s.join(&c, &url, &[4; 32], &[33; 32], 1, 0, &[]).unwrap();
         s.remove_peers(&[c]).unwrap();
         assert_eq!(s.forget_idle_keys(2, 10).unwrap(), 1, "joined at 1 < 2");
         assert_eq!(

@@ -1414,6 +1414,283 @@ async fn a_private_network_admits_with_the_secret_and_issues_credentials(store: 
     open.stop().await;
 }
 
+// ------------------------------------------------------------ replication
+
+/// A Join of a volunteer offering `quota` bytes of replica space.
+async fn join_volunteer(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    port: u16,
+    quota: u64,
+) -> String {
+    let msg = v1::JoinRequest {
+        peer_id: peer.to_string(),
+        peer_url: url(port),
+        replica_quota_bytes: quota,
+        ..Default::default()
+    };
+    signed_join(c, &peer_key(peer, 0), Request::new(msg))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token
+}
+
+async fn pin(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    token: &str,
+    i: u32,
+    replicas: u32,
+) -> Result<v1::PinStatus, tonic::Status> {
+    let req = v1::PinRequest {
+        peer_id: peer.to_string(),
+        file_id: fid(i),
+        replicas,
+    };
+    Ok(c.pin(authed(req, token)).await?.into_inner().pin.unwrap())
+}
+
+/// The replica tasks of a heartbeat answer: (action, file id).
+async fn tasks(
+    c: &mut DirectoryClient<Channel>,
+    peer: &PeerId,
+    token: &str,
+    declined: Vec<v1::Declined>,
+) -> Vec<(v1::replica_task::Action, String)> {
+    let req = v1::HeartbeatRequest {
+        declined,
+        peer_id: peer.to_string(),
+        load: None,
+    };
+    let r = c.heartbeat(authed(req, token)).await.unwrap().into_inner();
+    assert!(!r.rejoin, "{peer} lost its lease");
+    r.replica_tasks
+        .into_iter()
+        .map(|t| (t.action(), t.file_id))
+        .collect()
+}
+
+fn replica_of(i: u32, name: &str) -> SharedFile {
+    SharedFile {
+        replica: true,
+        ..file(i, name)
+    }
+}
+
+fn replication(l: &[v1::LocatedFile]) -> (u32, u32, u32, String) {
+    let r = l[0].replication.clone().unwrap_or_default();
+    (r.wanted, r.live, r.replicas, r.state)
+}
+
+async fn pins_replicate_through_volunteers_and_persist(store: Store) {
+    use v1::replica_task::Action;
+    let env = Env::new(store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let tweak = |c: &mut Config| {
+        c.lease_ttl = Duration::from_secs(20);
+        c.heartbeat_interval = Duration::from_millis(300);
+        c.replica_grace = Duration::from_secs(1);
+        c.limits.max_pins_per_peer = 2;
+    };
+    let central = env.start_in(dir.path(), tweak).await;
+    let mut c = client(&central).await;
+    let owner = PeerId::new_random();
+    let to = join(
+        &mut c,
+        &owner,
+        7000,
+        vec![
+            file(1, "precious.bin"),
+            file(2, "second.bin"),
+            file(3, "third.bin"),
+        ],
+    )
+    .await;
+    let vols: Vec<PeerId> = (0..3).map(|_| PeerId::new_random()).collect();
+    let mut vt = Vec::new();
+    for (i, v) in vols.iter().enumerate() {
+        vt.push(join_volunteer(&mut c, v, 7100 + i as u16, 1 << 20).await);
+    }
+    let small = PeerId::new_random();
+    let ts = join_volunteer(&mut c, &small, 7200, 500).await;
+
+    // Bad pins are answered and change nothing.
+    let e = pin(&mut c, &owner, &to, 1, 6).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("CENTRAL_MAX_REPLICAS"), "{e:?}");
+    let e = pin(&mut c, &owner, &to, 99, 3).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e:?}");
+    let e = pin(&mut c, &owner, "0".repeat(64).as_str(), 1, 3)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert_eq!(
+        replication(&locate_id(&mut c, 1).await),
+        (0, 1, 0, String::new())
+    );
+
+    // A pin of 3: two volunteers with room are asked to fetch, never the
+    // owner, never the one whose quota is too small.
+    let p = pin(&mut c, &owner, &to, 1, 3).await.unwrap();
+    assert_eq!(p.pinned, 3);
+    let r = p.replication.unwrap();
+    assert_eq!((r.wanted, r.live, r.state.as_str()), (3, 1, "under"));
+    let asked: Vec<usize> = wait_for("two fetches", Duration::from_secs(20), || {
+        let (mut c, vols, vt) = (c.clone(), vols.clone(), vt.clone());
+        async move {
+            let mut asked = Vec::new();
+            for i in 0..3 {
+                let t = tasks(&mut c, &vols[i], &vt[i], vec![]).await;
+                if t == [(Action::Fetch, fid(1))] {
+                    asked.push(i);
+                }
+            }
+            (asked.len() == 2).then_some(asked)
+        }
+    })
+    .await;
+    assert!(tasks(&mut c, &owner, &to, vec![]).await.is_empty());
+    assert!(tasks(&mut c, &small, &ts, vec![]).await.is_empty());
+
+    // The first declines (its disk is full): the third is asked instead.
+    let (first, second) = (asked[0], asked[1]);
+    let third = (0..3).find(|i| !asked.contains(i)).unwrap();
+    let declined = vec![v1::Declined {
+        file_id: fid(1),
+        reason: "disk full".into(),
+    }];
+    assert!(
+        tasks(&mut c, &vols[first], &vt[first], declined)
+            .await
+            .is_empty()
+    );
+    publish(
+        &mut c,
+        &vols[second],
+        &vt[second],
+        vec![replica_of(1, "precious.bin")],
+    )
+    .await
+    .unwrap();
+    wait_for("the third volunteer asked", Duration::from_secs(20), || {
+        let (mut c, v, t) = (c.clone(), vols[third], vt[third].clone());
+        async move { (tasks(&mut c, &v, &t, vec![]).await == [(Action::Fetch, fid(1))]).then_some(()) }
+    })
+    .await;
+    publish(
+        &mut c,
+        &vols[third],
+        &vt[third],
+        vec![replica_of(1, "precious.bin")],
+    )
+    .await
+    .unwrap();
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(replication(&l), (3, 3, 2, "ok".into()));
+    let replicas: Vec<&str> = l[0]
+        .holders
+        .iter()
+        .filter(|h| h.replica)
+        .map(|h| h.peer_id.as_str())
+        .collect();
+    assert_eq!(replicas.len(), 2);
+    assert!(!replicas.contains(&owner.to_string().as_str()));
+    wait_for(
+        "the done fetch to leave the answers",
+        Duration::from_secs(20),
+        || {
+            let (mut c, v, t) = (c.clone(), vols[second], vt[second].clone());
+            async move { tasks(&mut c, &v, &t, vec![]).await.is_empty().then_some(()) }
+        },
+    )
+    .await;
+    let hits = search(&mut c, "precious", 0, "").await.unwrap().hits;
+    assert_eq!((hits[0].holders, hits[0].replicas_wanted), (3, 3));
+
+    // Per-peer limits.
+    pin(&mut c, &owner, &to, 2, 2).await.unwrap();
+    let e = pin(&mut c, &owner, &to, 3, 2).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("CENTRAL_MAX_PINS_PER_PEER"), "{e:?}");
+    let mine = c
+        .pins(authed(
+            v1::PinsRequest {
+                peer_id: owner.to_string(),
+            },
+            &to,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .pins;
+    assert_eq!(mine.len(), 2);
+    pin(&mut c, &owner, &to, 2, 0).await.unwrap();
+
+    // An owner comes back: 4 copies; after the grace period one replica
+    // holder (never an owner) is asked to drop.
+    let other = PeerId::new_random();
+    let tother = join(&mut c, &other, 7300, vec![file(1, "precious.bin")]).await;
+    let dropper = wait_for("a drop", Duration::from_secs(20), || {
+        let (mut c, vols, vt) = (c.clone(), vols.clone(), vt.clone());
+        let (asked_two, owner, to, other, tother) =
+            ([second, third], owner, to.clone(), other, tother.clone());
+        async move {
+            assert!(
+                tasks(&mut c, &owner, &to, vec![]).await.is_empty(),
+                "an owner asked"
+            );
+            assert!(
+                tasks(&mut c, &other, &tother, vec![]).await.is_empty(),
+                "an owner asked"
+            );
+            for i in asked_two {
+                if tasks(&mut c, &vols[i], &vt[i], vec![]).await == [(Action::Drop, fid(1))] {
+                    return Some(i);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    c.unpublish(authed(
+        v1::UnpublishRequest {
+            peer_id: vols[dropper].to_string(),
+            files: vec![v1::FileRef {
+                file_id: fid(1),
+                name: String::new(),
+            }],
+            seq: 0,
+        },
+        &vt[dropper],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        replication(&locate_id(&mut c, 1).await),
+        (3, 3, 1, "ok".into())
+    );
+
+    // Every holder leaves: the pin stays, and says lost.
+    leave(&mut c, &owner, &to).await;
+    leave(&mut c, &other, &tother).await;
+    let keeper = if dropper == second { third } else { second };
+    leave(&mut c, &vols[keeper], &vt[keeper]).await;
+    let l = locate_id(&mut c, 1).await;
+    assert_eq!(replication(&l), (3, 0, 0, "lost".into()));
+    assert_eq!(l[0].names, ["precious.bin"]);
+    assert!(l[0].holders.is_empty());
+
+    // Pins are durable: a restarted directory still has it.
+    central.stop().await;
+    let central = env.start_in(dir.path(), tweak).await;
+    let mut c = client(&central).await;
+    assert_eq!(
+        replication(&locate_id(&mut c, 1).await),
+        (3, 0, 0, "lost".into())
+    );
+}
+
 /// Each contract test, once per store.
 macro_rules! on_both_stores {
     ($($name:ident,)*) => {
@@ -1446,4 +1723,5 @@ on_both_stores! {
         more_refusals_than_an_answer_holds_fail_the_call_and_change_nothing,
         ids_cannot_be_squatted,
         a_private_network_admits_with_the_secret_and_issues_credentials,
+        pins_replicate_through_volunteers_and_persist,
 }

@@ -101,6 +101,11 @@ struct Peer {
     addr: Option<IpAddr>,
     /// `(file, name)` pairs this peer holds.
     holdings: HashSet<(u32, u32)>,
+    /// Files it holds as a replica for the directory (announced with
+    /// `replica = true`), not as an owner. Empty for most peers.
+    replicas: HashSet<u32>,
+    /// Space it offers for replicas (`replica_quota_bytes` of its Join).
+    replica_quota: u64,
 }
 
 impl Peer {
@@ -554,6 +559,8 @@ impl Index {
             load: AtomicU64::new(Load::default().pack()),
             addr: None,
             holdings: HashSet::new(),
+            replicas: HashSet::new(),
+            replica_quota: 0,
         });
         self.peer_ix.insert(id, p);
         p
@@ -633,6 +640,30 @@ impl Index {
             };
             let added = self.add_ref(p, f, sf.name.as_str(), sf.size);
             debug_assert!(added, "size conflicts are screened before");
+            self.mark_replica(p, f, sf.replica);
+        }
+    }
+
+    /// Set the replica space a known peer offers (at its Join).
+    pub fn set_quota_of(&mut self, peer: &PeerId, quota: u64) {
+        if let Some(&p) = self.peer_ix.get(peer) {
+            self.set_replica_quota(p, quota);
+        }
+    }
+
+    /// Set the replica space peer `p` offers.
+    pub fn set_replica_quota(&mut self, p: u32, quota: u64) {
+        self.peers.get_mut(p).replica_quota = quota;
+    }
+
+    /// Peer `p` holds file `f` as a replica (`true`) or as an owner: the
+    /// last announcement of the file decides.
+    pub fn mark_replica(&mut self, p: u32, f: u32, replica: bool) {
+        let replicas = &mut self.peers.get_mut(p).replicas;
+        if replica {
+            replicas.insert(f);
+        } else {
+            replicas.remove(&f);
         }
     }
 
@@ -662,6 +693,9 @@ impl Index {
             if name.files.is_empty() {
                 self.drop_name(n);
             }
+        }
+        if !still_holds {
+            self.peers.get_mut(p).replicas.remove(&f);
         }
         if file_empty {
             self.remove_file(f);

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::words::{lower_into, raw_words};
 use super::{Cursor, Index, SearchPage, most_claimed};
+use crate::replication::{FileState, Holder, Volunteer};
 
 /// Whether some word of `name` starts with `q` (lowercase), case-folded as
 /// the tokenizer does, without allocating for ASCII words.
@@ -237,6 +238,107 @@ impl Index {
 
     /// The size to answer for `f`: the one claimed by the most live holders
     /// (ties: the smaller).
+    /// Live peers holding `id`, and how many of them hold it as a replica.
+    pub fn copies(&self, id: &FileId, now: Instant) -> (u32, u32) {
+        let Some(f) = self.file(id) else {
+            return (0, 0);
+        };
+        let holders = self.live_holders(f, now);
+        let replicas = holders
+            .iter()
+            .filter(|&&p| self.peers.get(p).replicas.contains(&f))
+            .count();
+        (holders.len() as u32, replicas as u32)
+    }
+
+    /// What the replica planner sees: every file that is pinned (`pinned`:
+    /// id → wanted copies, size and name kept by the pin) or held as a
+    /// replica by a live peer, with its live holders; and every live peer
+    /// that offers replica space or holds replicas, with the bytes its
+    /// replicas take.
+    pub fn replication_view(
+        &self,
+        now: Instant,
+        pinned: &std::collections::BTreeMap<FileId, (u32, u64, String)>,
+    ) -> (Vec<FileState>, Vec<Volunteer>) {
+        let mut wanted_files: Vec<(FileId, Option<u32>)> =
+            pinned.keys().map(|id| (*id, self.file(id))).collect();
+        let mut volunteers = Vec::new();
+        let mut seen: HashSet<u32> = HashSet::new();
+        for (&id, &p) in &self.peer_ix {
+            if !self.live(p, now) {
+                continue;
+            }
+            let e = self.peers.get(p);
+            if e.replica_quota == 0 && e.replicas.is_empty() {
+                continue;
+            }
+            let used = e
+                .replicas
+                .iter()
+                .map(|&f| self.claim(p, f).unwrap_or(0))
+                .fold(0u64, u64::saturating_add);
+            volunteers.push(Volunteer {
+                peer: id,
+                quota: e.replica_quota,
+                used,
+            });
+            for &f in &e.replicas {
+                let fid = self.files.get(f).id;
+                if !pinned.contains_key(&fid) && seen.insert(f) {
+                    wanted_files.push((fid, Some(f)));
+                }
+            }
+        }
+        let files = wanted_files
+            .into_iter()
+            .map(|(id, f)| {
+                let pin = pinned.get(&id);
+                let wanted = pin.map_or(0, |p| p.0);
+                let Some(f) = f.filter(|&f| !self.live_holders(f, now).is_empty()) else {
+                    let (_, size, name) = pin.cloned().unwrap_or_default();
+                    return FileState {
+                        id,
+                        size,
+                        name,
+                        wanted,
+                        holders: Vec::new(),
+                    };
+                };
+                let holders = self
+                    .live_holders(f, now)
+                    .into_iter()
+                    .map(|p| {
+                        let e = self.peers.get(p);
+                        Holder {
+                            peer: e.id,
+                            replica: e.replicas.contains(&f),
+                        }
+                    })
+                    .collect();
+                let name = self
+                    .files
+                    .get(f)
+                    .refs
+                    .iter()
+                    .filter(|&&(p, _)| self.live(p, now))
+                    .map(|&(_, n)| &*self.names.get(n).text)
+                    .min()
+                    .map(str::to_owned)
+                    .or_else(|| pin.map(|p| p.2.clone()))
+                    .unwrap_or_default();
+                FileState {
+                    id,
+                    size: self.answer_size(f, now),
+                    name,
+                    wanted,
+                    holders,
+                }
+            })
+            .collect();
+        (files, volunteers)
+    }
+
     fn answer_size(&self, f: u32, now: Instant) -> u64 {
         let file = self.files.get(f);
         let Some(others) = self.other_sizes.get(&f) else {
@@ -303,7 +405,7 @@ impl Index {
                             active_uploads: load.active_uploads,
                             free_upload_slots: load.free_upload_slots,
                         }),
-                        replica: false,
+                        replica: e.replicas.contains(&f),
                     }
                 })
                 .collect(),

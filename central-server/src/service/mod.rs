@@ -34,6 +34,7 @@
 //! with the rest of the request.
 
 mod on_etcd;
+mod replicas;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +122,10 @@ struct Shared {
     /// On SQLite: the last inventory change number applied per peer in
     /// this session (etcd keeps it in `seq/<peer>`).
     seqs: Mutex<std::collections::HashMap<PeerId, u64>>,
+    /// Pins, replica tasks and declines (see `replicas`).
+    replicas: replicas::Replicas,
+    /// CENTRAL_REPLICA_GRACE_SECS.
+    replica_grace: Duration,
 }
 
 /// Where the directory's state lives.
@@ -200,6 +205,8 @@ impl DirectoryService {
                 heard: Mutex::default(),
                 told: Mutex::default(),
                 seqs: Mutex::default(),
+                replicas: replicas::Replicas::default(),
+                replica_grace: config.replica_grace,
             }),
         })
     }
@@ -400,7 +407,7 @@ impl DirectoryService {
             draining: self.shared.draining.load(Ordering::Relaxed),
             revision: self.etcd().map_or(0, |e| e.applied()),
         };
-        Some(m.render(stats, holdings, role))
+        Some(m.render(stats, holdings, role, self.replication_figures()))
     }
 
     fn refused(&self, why: Refusal) {
@@ -820,6 +827,7 @@ impl DirectoryService {
         let limits = self.shared.limits.clone();
         let this = self.clone();
         let unix_now = unix_secs();
+        let replica_quota = r.replica_quota_bytes;
         let (count, refused) = if let Some(etcd) = self.etcd() {
             let args = on_etcd::JoinArgs {
                 peer,
@@ -832,6 +840,7 @@ impl DirectoryService {
                 hash,
                 nonce: r.nonce,
                 unix_now,
+                replica_quota: r.replica_quota_bytes,
             };
             self.join_on_etcd(etcd, args).await?
         } else {
@@ -866,13 +875,14 @@ impl DirectoryService {
                     }
                     this.admit_join(&ix, &peer, addr, inventory, budget)?
                 };
-                store.join(&peer, &url, &hash, &key, unix_now, &files)?;
+                store.join(&peer, &url, &hash, &key, unix_now, replica_quota, &files)?;
                 // A new session: its changes count from 1 again.
                 lock(&this.shared.seqs).remove(&peer);
                 let mut steps = Steps::new(gate);
                 steps
                     .ix()
                     .begin_join(peer, url, hash, load, expires, Some(addr));
+                steps.ix().set_quota_of(&peer, replica_quota);
                 steps.drop_inventory(&peer);
                 steps.publish(&peer, &files);
                 Ok((files.len(), refused))
@@ -924,13 +934,18 @@ impl DirectoryService {
         } else {
             self.credential(&peer)?
         };
+        let replica_tasks = if rejoin {
+            Vec::new()
+        } else {
+            self.heartbeat_replicas(&peer, r.declined).await?
+        };
         Ok(Response::new(v1::HeartbeatResponse {
             rejoin,
             lease_ttl_secs: secs(self.shared.lease_ttl),
             heartbeat_interval_secs: secs(self.shared.heartbeat_interval),
             credential,
             credential_expires,
-            replica_tasks: Vec::new(),
+            replica_tasks,
             revoked: self
                 .shared
                 .network
@@ -1055,8 +1070,9 @@ impl DirectoryService {
                 let id: FileId = s
                     .parse()
                     .map_err(|e| Error::InvalidArgument(format!("file_id: {e}")))?;
-                self.index()
-                    .locate_id(&id, now, max_holders)
+                let found = self.index().locate_id(&id, now, max_holders);
+                found
+                    .or_else(|| self.located_lost(&id))
                     .into_iter()
                     .collect()
             }
@@ -1089,6 +1105,8 @@ impl DirectoryService {
                 ));
             }
         };
+        let mut files: Vec<v1::LocatedFile> = files;
+        self.with_replication(&mut files, now);
         Ok(Response::new(v1::LocateResponse { files }))
     }
 
@@ -1197,8 +1215,10 @@ impl DirectoryService {
         {
             m.search_truncated();
         }
+        let mut hits = page.hits;
+        self.hits_with_pins(&mut hits);
         Ok(Response::new(v1::SearchResponse {
-            hits: page.hits,
+            hits,
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
             truncated: page.truncated,
         }))
@@ -1453,18 +1473,15 @@ impl Directory for DirectoryService {
         self.metered(Rpc::Leave, self.leave_rpc(req)).await
     }
 
-    async fn pin(
-        &self,
-        _req: Request<v1::PinRequest>,
-    ) -> Result<Response<v1::PinResponse>, Status> {
-        Err(Status::unimplemented("pins are being built"))
+    async fn pin(&self, req: Request<v1::PinRequest>) -> Result<Response<v1::PinResponse>, Status> {
+        self.metered(Rpc::Pin, self.pin_rpc(req)).await
     }
 
     async fn pins(
         &self,
-        _req: Request<v1::PinsRequest>,
+        req: Request<v1::PinsRequest>,
     ) -> Result<Response<v1::PinsResponse>, Status> {
-        Err(Status::unimplemented("pins are being built"))
+        self.metered(Rpc::Pins, self.pins_rpc(req)).await
     }
 }
 

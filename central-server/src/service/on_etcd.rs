@@ -44,6 +44,7 @@ pub(super) struct JoinArgs {
     pub hash: TokenHash,
     pub nonce: Vec<u8>,
     pub unix_now: i64,
+    pub replica_quota: u64,
 }
 
 impl DirectoryService {
@@ -52,7 +53,7 @@ impl DirectoryService {
     }
 
     /// This peer's write lock (a stripe of a fixed set).
-    async fn peer_lock(&self, peer: &PeerId) -> tokio::sync::MutexGuard<'_, ()> {
+    pub(super) async fn peer_lock(&self, peer: &PeerId) -> tokio::sync::MutexGuard<'_, ()> {
         let stripes = &self.shared.peer_locks;
         let i = (peer.as_uuid().as_u128() % stripes.len() as u128) as usize;
         stripes[i].lock().await
@@ -112,6 +113,7 @@ impl DirectoryService {
             addr: Some(a.addr),
             active_uploads: a.load.active_uploads,
             free_upload_slots: a.load.free_upload_slots,
+            replica_quota: a.replica_quota,
         };
         let write = JoinWrite {
             peer,
@@ -259,8 +261,11 @@ impl DirectoryService {
             fresh.defer_postings(true);
             let now = Instant::now();
             let mut gone = Vec::new();
+            shared.replicas.clear();
             for c in changes {
-                apply_one(&mut fresh, c, now, &mut gone);
+                if let Some(c) = shared.replicas.apply(c) {
+                    apply_one(&mut fresh, c, now, &mut gone);
+                }
             }
             fresh.defer_postings(false);
             *shared.index.write() = fresh;
@@ -282,6 +287,9 @@ impl DirectoryService {
             let now = Instant::now();
             let mut gone = Vec::new();
             for c in changes {
+                let Some(c) = shared.replicas.apply(c) else {
+                    continue;
+                };
                 if let Change::PeerGone(p) = &c {
                     steps.ix().retire(p);
                     steps.drop_inventory(p);
@@ -457,6 +465,7 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
                 free_upload_slots: record.free_upload_slots,
             };
             ix.begin_join(peer, url, hash, load, never(now), record.addr);
+            ix.set_quota_of(&peer, record.replica_quota);
         }
         Change::PeerGone(peer) => {
             if ix.remove_peer(&peer) {
@@ -468,6 +477,7 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
             file,
             name,
             size,
+            replica,
         } => {
             let Ok(name) = name.parse::<FileName>() else {
                 tracing::warn!(%peer, "etcd: holding with a bad name ignored");
@@ -479,12 +489,15 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
                     id: file,
                     size,
                     name,
-                    replica: false,
+                    replica,
                 }],
             );
         }
         Change::HoldingGone { peer, file, name } => {
             ix.unpublish(&peer, &[(file, Some(name))]);
+        }
+        Change::Pin { .. } | Change::Task { .. } | Change::Declined { .. } => {
+            tracing::error!("a replication change reached the index; ignored");
         }
     }
 }
