@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{ApiError, JobState};
+use peerdex_proto::rest::{ApiError, JobState, PinList, PinRequest, PinStatus};
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::{self, locate_request::Target};
 
@@ -109,8 +109,8 @@ async fn a_replica_is_served_like_a_shared_file_and_outlives_a_restart() {
 
     // Announced to the directory, and another peer downloads it from the
     // replica (the only holder): manifest, ranges, verification.
-    wait_for("the replica to be announced", T, || async {
-        (holders_of(&central, &id).await.len() == 1).then_some(())
+    wait_for("the replica to be announced as one", T, || async {
+        (holders_of(&central, &id).await == [(a.peer_url.clone(), true)]).then_some(())
     })
     .await;
     let b = TestPeer::start(&central.url, &[], |c| c.min_free_bytes = 0).await;
@@ -141,8 +141,12 @@ async fn a_replica_is_served_like_a_shared_file_and_outlives_a_restart() {
     let s = a.status().await;
     assert_eq!(s.files_hashed, 0, "an unchanged replica was hashed again");
     assert_eq!(s.replicas.len(), 1);
-    wait_for("a and b to hold it", T, || async {
-        (holders_of(&central, &id).await.len() == 2).then_some(())
+    wait_for("a (a replica) and b (an owner) to hold it", T, || async {
+        let mut h = holders_of(&central, &id).await;
+        h.sort();
+        let mut want = vec![(a.peer_url.clone(), true), (b.peer_url.clone(), false)];
+        want.sort();
+        (h == want).then_some(())
     })
     .await;
 }
@@ -239,4 +243,306 @@ fn a_bad_quota_stops_the_binary_naming_the_setting() {
         assert!(!out.status.success(), "{value}: {stderr}");
         assert!(stderr.contains(says), "{value}: {stderr}");
     }
+}
+
+// ── with the directory's planner ────────────────────────────────────────────
+
+/// A central whose leases, heartbeats (every second), planner (every half
+/// second) and grace before dropping extras (a second) are quick.
+async fn quick_central() -> TestCentral {
+    TestCentral::start_with(|c| {
+        c.lease_ttl = Duration::from_secs(3);
+        c.heartbeat_interval = Duration::from_secs(1);
+        c.replica_grace = Duration::from_secs(1);
+    })
+    .await
+}
+
+/// A peer offering `quota` bytes of replica space.
+async fn volunteer(central: &TestCentral, quota: u64) -> TestPeer {
+    let p = TestPeer::start(&central.url, &[], |c| {
+        c.replica_quota_bytes = quota;
+        c.min_free_bytes = 0;
+    })
+    .await;
+    p.wait_joined().await;
+    p
+}
+
+async fn pin(p: &TestPeer, file: &str, replicas: u32) -> PinStatus {
+    let r = p
+        .http
+        .post(format!("{}/api/v1/pins", p.api_url))
+        .json(&PinRequest {
+            file: file.into(),
+            replicas,
+        })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+async fn pins(p: &TestPeer) -> PinList {
+    p.http
+        .get(format!("{}/api/v1/pins", p.api_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn metrics(p: &TestPeer) -> String {
+    p.http
+        .get(format!("{}/metrics", p.api_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Wait until the central's holders of `id` are exactly `want` (any order).
+async fn wait_holders(central: &TestCentral, id: &str, what: &str, want: &[(&TestPeer, bool)]) {
+    let mut want: Vec<(String, bool)> =
+        want.iter().map(|(p, r)| (p.peer_url.clone(), *r)).collect();
+    want.sort();
+    wait_for(what, T, || async {
+        let mut h = holders_of(central, id).await;
+        h.sort();
+        (h == want).then_some(())
+    })
+    .await;
+}
+
+/// The peers of `all` that hold `id` as a replica, per the central.
+async fn replica_holders<'a>(
+    central: &TestCentral,
+    id: &str,
+    all: &'a [TestPeer],
+) -> Vec<&'a TestPeer> {
+    let h = holders_of(central, id).await;
+    all.iter()
+        .filter(|p| h.contains(&(p.peer_url.clone(), true)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pin_of_three_gets_three_live_copies_on_three_peers() {
+    let central = quick_central().await;
+    let owner = volunteer(&central, 64 * MIB).await;
+    let mut vols = Vec::new();
+    for _ in 0..4 {
+        vols.push(volunteer(&central, 64 * MIB).await);
+    }
+    let bytes = test_bytes(3 * MIB as usize + 777, 7);
+    let info = upload_ok(&owner, "keep-me.bin", bytes.clone()).await;
+    let id = info.file_id.clone();
+
+    // By name: the owner's own file.
+    let p = pin(&owner, "keep-me.bin", 3).await;
+    assert_eq!(
+        (p.file_id.as_str(), p.pinned, p.replication.wanted),
+        (id.as_str(), 3, 3)
+    );
+
+    // Three live copies on three distinct peers: the owner's and two
+    // replicas on two volunteers.
+    let live = wait_for("3 live copies", T, || async {
+        let h = holders_of(&central, &id).await;
+        (h.len() == 3).then_some(h)
+    })
+    .await;
+    let urls: std::collections::BTreeSet<&str> = live.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(urls.len(), 3, "{live:?}");
+    assert!(live.contains(&(owner.peer_url.clone(), false)), "{live:?}");
+    let holders = replica_holders(&central, &id, &vols).await;
+    assert_eq!(holders.len(), 2, "{live:?}");
+
+    // Each replica holder has the very bytes, serves them, and keeps them
+    // out of its share folder; the others hold nothing.
+    for v in &vols {
+        let s = v.status().await;
+        if holders.iter().any(|h| h.peer_url == v.peer_url) {
+            assert_eq!(s.replicas.len(), 1);
+            assert_eq!(s.replicas[0].file_id, id);
+            assert_eq!(s.replicas[0].name, "keep-me.bin");
+            assert_eq!(s.replica_used_bytes, bytes.len() as u64);
+            let on_disk = std::fs::read(v.data_path().join("replicas").join(&id)).unwrap();
+            assert_eq!(blake3_hex(&on_disk), id);
+            let served = v
+                .http
+                .get(format!("{}/peer/v1/files/{id}", v.peer_url))
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert_eq!(&served[..], &bytes[..]);
+            let m = metrics(v).await;
+            assert!(
+                m.contains("peerdex_pserver_replica_fetches_total{result=\"done\"} 1\n"),
+                "{m}"
+            );
+            assert!(
+                m.contains(&format!("peerdex_pserver_replica_bytes {}\n", bytes.len())),
+                "{m}"
+            );
+        } else {
+            assert!(s.replicas.is_empty(), "{s:?}");
+        }
+        assert!(files_under(&v.share_dir).is_empty());
+        assert!(files_under(&v.data_path().join("replicas").join("partial")).is_empty());
+    }
+
+    // The pin reports ok, and search shows the copies wanted.
+    wait_for("the pin to say ok", T, || async {
+        let l = pins(&owner).await;
+        (l.pins.len() == 1
+            && l.pins[0].replication.state == "ok"
+            && l.pins[0].replication.live == 3)
+            .then_some(())
+    })
+    .await;
+    let hit = search(&owner, "keep").await.hits;
+    assert_eq!(
+        (hit.len(), hit[0].replicas_wanted, hit[0].holders),
+        (1, 3, 3)
+    );
+
+    // The owner leaves: a newcomer still gets the file, from the replicas.
+    owner.stop().await;
+    let c = TestPeer::start(&central.url, &[], |c| c.min_free_bytes = 0).await;
+    c.wait_joined().await;
+    let job = start_job(&c, &id).await;
+    let done = finish(&c, &job.job_id, T).await;
+    assert_eq!(done.state, JobState::Done, "{done:?}");
+    assert_eq!(
+        std::fs::read(c.path_in_share("keep-me.bin")).unwrap(),
+        bytes
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volunteer_without_room_declines_and_another_is_asked() {
+    let central = quick_central().await;
+    let owner = volunteer(&central, 0).await;
+    // The roomiest quota, so the planner asks it first; but its disk
+    // cannot take the file beside PSERVER_MIN_FREE_BYTES.
+    let full = TestPeer::start(&central.url, &[], |c| {
+        c.replica_quota_bytes = 1 << 40;
+        c.min_free_bytes = u64::MAX / 4;
+    })
+    .await;
+    full.wait_joined().await;
+    let roomy = volunteer(&central, 64 * MIB).await;
+    let bytes = test_bytes(2 * MIB as usize, 8);
+    let info = upload_ok(&owner, "needs-a-home.bin", bytes.clone()).await;
+    let p = pin(&owner, &info.file_id, 2).await;
+    assert_eq!(p.name, "needs-a-home.bin");
+
+    wait_holders(
+        &central,
+        &info.file_id,
+        "the roomy volunteer to hold the replica",
+        &[(&owner, false), (&roomy, true)],
+    )
+    .await;
+    // The full one was asked, said no (why: in its log), and holds nothing.
+    let m = metrics(&full).await;
+    assert!(
+        m.contains("peerdex_pserver_replica_fetches_total{result=\"refused\"} 1\n"),
+        "{m}"
+    );
+    assert!(
+        m.contains("peerdex_pserver_replica_fetches_total{result=\"done\"} 0\n"),
+        "{m}"
+    );
+    let s = full.status().await;
+    assert!(
+        s.replicas.is_empty() && s.replica_fetches.is_empty(),
+        "{s:?}"
+    );
+    assert!(
+        !full
+            .data_path()
+            .join("replicas")
+            .join(&info.file_id)
+            .exists()
+    );
+    assert!(files_under(&full.data_path().join("replicas").join("partial")).is_empty());
+    assert_eq!(roomy.status().await.replica_used_bytes, bytes.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_a_pin_drops_replicas_never_an_owners_copy() {
+    let central = quick_central().await;
+    let owner = volunteer(&central, 64 * MIB).await;
+    let mut vols = Vec::new();
+    for i in 0..3 {
+        let v = volunteer(&central, 64 * MIB).await;
+        // Each volunteer shares a file of its own, which no DROP touches.
+        v.drop_file(&format!("mine-{i}.txt"), format!("mine {i}").as_bytes());
+        vols.push(v);
+    }
+    for v in &vols {
+        wait_for("the volunteer's own file", T, || async {
+            (v.status().await.shared_files == 1).then_some(())
+        })
+        .await;
+    }
+    let bytes = test_bytes(MIB as usize + 5, 9);
+    let id = upload_ok(&owner, "pinned.bin", bytes.clone()).await.file_id;
+    pin(&owner, &id, 4).await;
+    wait_for("4 live copies", T, || async {
+        (holders_of(&central, &id).await.len() == 4).then_some(())
+    })
+    .await;
+
+    // 4 → 2: two replicas go once the grace is over; the owner's stays.
+    let p = pin(&owner, &id, 2).await;
+    assert_eq!((p.pinned, p.replication.wanted), (2, 2));
+    let kept = wait_for("2 live copies", T, || async {
+        let h = holders_of(&central, &id).await;
+        (h.len() == 2).then_some(h)
+    })
+    .await;
+    assert!(kept.contains(&(owner.peer_url.clone(), false)), "{kept:?}");
+
+    // Unpinned: every replica goes; the owner keeps its copy.
+    let p = pin(&owner, &id, 0).await;
+    assert_eq!((p.pinned, p.replication.wanted), (0, 0));
+    wait_holders(&central, &id, "only the owner", &[(&owner, false)]).await;
+    for (i, v) in vols.iter().enumerate() {
+        wait_for("the replica to be deleted", T, || async {
+            (v.status().await.replicas.is_empty()).then_some(())
+        })
+        .await;
+        assert!(!v.data_path().join("replicas").join(&id).exists());
+        let s = v.status().await;
+        assert_eq!((s.replica_used_bytes, s.shared_files), (0, 1));
+        assert_eq!(
+            std::fs::read(v.path_in_share(&format!("mine-{i}.txt"))).unwrap(),
+            format!("mine {i}").as_bytes()
+        );
+    }
+    let drops: u32 = {
+        let mut n = 0;
+        for v in &vols {
+            let m = metrics(v).await;
+            n += u32::from(m.contains("peerdex_pserver_replica_drops_total 1\n"));
+        }
+        n
+    };
+    assert_eq!(drops, 3, "each volunteer dropped its one replica");
+    assert_eq!(
+        std::fs::read(owner.path_in_share("pinned.bin")).unwrap(),
+        bytes
+    );
+    assert!(pins(&owner).await.pins.is_empty());
 }
