@@ -963,3 +963,94 @@ async fn status_lists_every_central_and_names_the_one_in_use() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(!r.stdout.contains("centrals"), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_with_replicas_replicate_and_pins() {
+    let central = TestCentral::start_with(|c| {
+        c.lease_ttl = Duration::from_secs(3);
+        c.heartbeat_interval = Duration::from_secs(1);
+        c.replica_grace = Duration::from_secs(1);
+    })
+    .await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    let v = TestPeer::start(&central.url, &[], |c| {
+        c.replica_quota_bytes = 64 << 20;
+        c.min_free_bytes = 0;
+    })
+    .await;
+    a.wait_joined().await;
+    v.wait_joined().await;
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+
+    // Upload and pin to 2 copies: the owner's and a replica on V.
+    let bytes = test_bytes(1_500_000, 11);
+    let src = write_file(cwd, "twice kept.bin", &bytes);
+    let r = cli(
+        cwd,
+        &a.api_url,
+        &["--json", "upload", "--replicas", "2", src.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc = r.json();
+    let id = doc["files"][0]["file_id"].as_str().unwrap().to_owned();
+    assert_eq!(doc["files"][0]["pin"]["pinned"], 2, "{doc}");
+    assert_eq!(doc["files"][0]["pin"]["replication"]["wanted"], 2, "{doc}");
+    let pins = wait_for("the pin to be ok", T, || async {
+        let doc = cli(cwd, &a.api_url, &["--json", "pins"]).await.json();
+        (doc["pins"][0]["replication"]["state"] == "ok").then_some(doc)
+    })
+    .await;
+    assert_eq!(pins["pins"][0]["replication"]["live"], 2, "{pins}");
+    assert_eq!(pins["pins"][0]["replication"]["replicas"], 1, "{pins}");
+    let r = cli(cwd, &a.api_url, &["pins"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("NAME"), "{r:?}");
+    assert!(
+        r.stdout.contains("twice kept.bin") && r.stdout.contains(" ok"),
+        "{r:?}"
+    );
+    // Search shows live/wanted; V's status the replica it holds.
+    let r = cli(cwd, &a.api_url, &["search", "twice"]).await;
+    assert!(r.stdout.contains("2/2"), "{r:?}");
+    assert!(r.stderr.contains("pinned"), "{r:?}");
+    let r = cli(cwd, &v.api_url, &["status"]).await;
+    assert!(r.stdout.contains("replicas     1 held"), "{r:?}");
+    assert!(r.stdout.contains("of 64.0 MiB quota used"), "{r:?}");
+
+    // A pin the directory refuses: the upload stands, the command says
+    // why the pin did not, and exits 1.
+    let src2 = write_file(cwd, "too many.bin", b"too many copies asked");
+    let r = cli(
+        cwd,
+        &a.api_url,
+        &["upload", "--replicas", "99", src2.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("too many.bin"), "{r:?}");
+    assert!(
+        r.stderr.contains("uploaded and shared, but not pinned"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr
+            .contains("1 of 1 files were uploaded and shared but not pinned"),
+        "{r:?}"
+    );
+    assert!(a.path_in_share("too many.bin").exists());
+
+    // Stop asking, by name; an unknown name fails.
+    let r = cli(cwd, &a.api_url, &["replicate", "twice kept.bin", "0"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("is not pinned (any more)"), "{r:?}");
+    let r = cli(cwd, &a.api_url, &["replicate", "nobody-has-it.txt", "3"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no live peer shares"), "{r:?}");
+    // The shell knows the commands too.
+    let r = repl(cwd, &a.api_url, &format!("replicate {id} 2\npins\nexit\n")).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("pinned"), "{r:?}");
+    assert!(r.stdout.contains("twice kept.bin"), "{r:?}");
+}
