@@ -199,6 +199,7 @@ impl From<Load> for v1::Load {
 impl Central {
     /// One lazy channel per URL of `urls` (validated by the config: at
     /// least one, no duplicates); the first central used is picked at random.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         urls: &[String],
         peer_id: PeerId,
