@@ -53,6 +53,9 @@ const ATTEMPTS: u32 = 3;
 const DECLINE_HOLD: Duration = Duration::from_secs(120);
 /// Least time between two answers to the same task that is done already.
 const NUDGE_EVERY: Duration = Duration::from_secs(30);
+/// Most declines one Heartbeat carries (the directory refuses the whole
+/// Heartbeat beyond 64); the rest wait for the next ones.
+const DECLINES_PER_BEAT: usize = 64;
 
 /// The replica worker, as a cheap handle.
 #[derive(Clone)]
@@ -105,6 +108,12 @@ fn quota_reason(quota: u64, used: u64, in_flight: u64, size: u64) -> String {
     )
 }
 
+/// The first [`DECLINES_PER_BEAT`] of `outgoing`, oldest first.
+fn take_some(outgoing: &mut Vec<v1::Declined>) -> Vec<v1::Declined> {
+    let n = outgoing.len().min(DECLINES_PER_BEAT);
+    outgoing.drain(..n).collect()
+}
+
 impl Replicas {
     pub(crate) fn new(
         quota: u64,
@@ -129,17 +138,19 @@ impl Replicas {
         self.0.quota
     }
 
-    /// Declines to send with the next Heartbeat (taken: give them back
-    /// with [`Replicas::give_back_declined`] if it does not get through).
+    /// Declines to send with the next Heartbeat, at most
+    /// [`DECLINES_PER_BEAT`] (taken: give them back with
+    /// [`Replicas::give_back_declined`] if it does not get through).
     pub(crate) fn take_declined(&self) -> Vec<v1::Declined> {
-        std::mem::take(&mut self.0.state.lock().unwrap().outgoing)
+        take_some(&mut self.0.state.lock().unwrap().outgoing)
     }
 
     pub(crate) fn give_back_declined(&self, declined: Vec<v1::Declined>) {
         let mut st = self.0.state.lock().unwrap();
-        for d in declined {
+        // Back in front: they are older than any decline made meanwhile.
+        for d in declined.into_iter().rev() {
             if !st.outgoing.iter().any(|o| o.file_id == d.file_id) {
-                st.outgoing.push(d);
+                st.outgoing.insert(0, d);
             }
         }
     }
@@ -149,11 +160,9 @@ impl Replicas {
         let mut wanted = HashSet::new();
         for t in tasks {
             let Ok(id) = t.file_id.parse::<FileId>() else {
-                tracing::warn!(file = %t.file_id, "replica task with an invalid file id; declining it");
-                self.decline_raw(
-                    &t.file_id,
-                    "invalid task: the file id is not 64 hex characters",
-                );
+                // Not even declined: the directory refuses a Heartbeat
+                // whose declines name no valid file.
+                tracing::warn!(file = %t.file_id, "replica task with an invalid file id; ignored");
                 continue;
             };
             match Action::try_from(t.action) {
@@ -176,16 +185,6 @@ impl Replicas {
         if sweep {
             let downloads = self.0.downloads.clone();
             tokio::spawn(async move { downloads.sweep_replica_partials(wanted).await });
-        }
-    }
-
-    fn decline_raw(&self, file_id: &str, reason: &str) {
-        let mut st = self.0.state.lock().unwrap();
-        if !st.outgoing.iter().any(|o| o.file_id == file_id) {
-            st.outgoing.push(v1::Declined {
-                file_id: file_id.to_owned(),
-                reason: reason.to_owned(),
-            });
         }
     }
 
@@ -216,6 +215,9 @@ impl Replicas {
 
     fn fetch(&self, id: FileId, name: FileName, size: u64) {
         let inner = &self.0;
+        if inner.downloads.stopping() {
+            return; // shutting down: the task comes back after the restart
+        }
         let mut st = inner.state.lock().unwrap();
         if st.running.contains_key(&id) {
             return;
@@ -393,6 +395,21 @@ impl Replicas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn declines_go_at_most_64_a_heartbeat_oldest_first() {
+        let mut outgoing: Vec<v1::Declined> = (0..100u8)
+            .map(|i| v1::Declined {
+                file_id: FileId::from_bytes([i; 32]).to_hex(),
+                reason: "r".into(),
+            })
+            .collect();
+        let first = take_some(&mut outgoing);
+        assert_eq!(first.len(), 64);
+        assert_eq!(first[0].file_id, FileId::from_bytes([0; 32]).to_hex());
+        assert_eq!(take_some(&mut outgoing).len(), 36);
+        assert!(take_some(&mut outgoing).is_empty());
+    }
 
     #[test]
     fn reasons_name_the_setting_and_the_figures() {
