@@ -873,6 +873,15 @@
     fact('active_downloads', s.active_downloads, String(s.active_downloads));
     fact('bytes_sent', s.bytes_sent, humanSize(s.bytes_sent));
     fact('bytes_received', s.bytes_received, humanSize(s.bytes_received));
+    // Copies of other peers' files kept for the directory
+    // (PSERVER_REPLICA_QUOTA_BYTES), and the ones being fetched.
+    const held = s.replicas || [];
+    fact('replicas', held, String(held.length));
+    fact('replica_used_bytes', s.replica_used_bytes, humanSize(s.replica_used_bytes));
+    fact('replica_quota_bytes', s.replica_quota_bytes,
+      s.replica_quota_bytes ? humanSize(s.replica_quota_bytes) : 'none');
+    const fetching = s.replica_fetches || [];
+    fact('replica_fetches', fetching, fetching.length ? `; fetching ${fetching.length}` : '');
     const r = s.lease_renewals || { ok: 0, rejoin: 0, error: 0 };
     fact('lease_renewals', s.lease_renewals, `${r.ok} ok, ${r.rejoin} rejoin, ${r.error} error`);
     fact('max_upload_bytes', s.max_upload_bytes, s.max_upload_bytes ? humanSize(s.max_upload_bytes) : 'no limit');
