@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use peerdex_proto::rest::{
-    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, PinList, PinRequest, PinStatus,
-    SearchQuery, SearchResults, Status,
+    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, LocateQuery, LocateResult,
+    PinList, PinRequest, PinStatus, SearchQuery, SearchResults, Status,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 use serde::de::DeserializeOwned;
@@ -311,6 +311,12 @@ impl Client {
     /// several contents fails with code `ambiguous_name` and the candidates.
     pub(crate) async fn start_download(&self, req: &DownloadRequest) -> Result<Job> {
         self.json(self.request(Method::POST, &["downloads"]).json(req))
+            .await
+    }
+
+    /// `GET /api/v1/locate`: a file by id, or every content with a name.
+    pub(crate) async fn locate(&self, query: &LocateQuery) -> Result<LocateResult> {
+        self.json(self.request(Method::GET, &["locate"]).query(query))
             .await
     }
 

@@ -133,6 +133,9 @@ pub(crate) enum Command {
     Get(GetArgs),
     /// Search the network by words of file names.
     Search(SearchArgs),
+    /// Show a file: its size, names, the peers that hold it (owners and
+    /// replica holders) and, when it is pinned, the copies wanted and live.
+    Info(InfoArgs),
     /// List the files your PServer shares.
     Ls,
     /// Stop sharing a file and delete your PServer's copy.
@@ -189,6 +192,14 @@ pub(crate) struct UploadArgs {
     /// and exits 1.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) replicas: Option<u32>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct InfoArgs {
+    /// The file's 64-character id, or its exact name (every content with
+    /// that name is shown). In the shell, a short id from the last search.
+    #[arg(value_name = "ID|NAME")]
+    pub(crate) target: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1019,6 +1019,30 @@ async fn upload_with_replicas_replicate_and_pins() {
     assert!(r.stdout.contains("replicas     1 held"), "{r:?}");
     assert!(r.stdout.contains("of 64.0 MiB quota used"), "{r:?}");
 
+    // info: who holds it (owner, replica) and the copies.
+    let r = cli(cwd, &v.api_url, &["info", "twice kept.bin"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&format!("id        {id}")), "{r:?}");
+    assert!(
+        r.stdout.contains("2 live of 2 wanted (1 replicas) — ok"),
+        "{r:?}"
+    );
+    for holder in [&a.peer_url, &v.peer_url] {
+        assert!(
+            r.stdout.contains(holder.trim_start_matches("http://")),
+            "{r:?}"
+        );
+    }
+    assert!(
+        r.stdout.contains("(owner,") && r.stdout.contains("(replica,"),
+        "{r:?}"
+    );
+    let doc = cli(cwd, &v.api_url, &["--json", "info", &id]).await.json();
+    assert_eq!(doc["files"][0]["replication"]["wanted"], 2, "{doc}");
+    let r = cli(cwd, &v.api_url, &["info", "nothing-like-it.txt"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("the directory knows no file"), "{r:?}");
+
     // A pin the directory refuses: the upload stands, the command says
     // why the pin did not, and exits 1.
     let src2 = write_file(cwd, "too many.bin", b"too many copies asked");

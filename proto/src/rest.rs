@@ -10,6 +10,7 @@
 //! | `GET /api/v1/files/{id}/content`       | → the bytes (`application/octet-stream`)        |
 //! | `GET /api/v1/status`                   | → [`Status`]                                    |
 //! | `GET /api/v1/search?q=&limit=&page=`   | → [`SearchResults`]                             |
+//! | `GET /api/v1/locate?file_id=` or `?name=` | → [`LocateResult`]: holders and copies wanted/live |
 //! | `POST /api/v1/downloads`               | [`DownloadRequest`] → 202 [`Job`], 404, 409 [`ApiError`] with candidates |
 //! | `GET /api/v1/downloads`                | → [`JobList`]                                   |
 //! | `GET /api/v1/downloads/{job}`          | → [`Job`]                                       |

@@ -16,9 +16,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use peerdex_proto::network::constant_time_eq;
 use peerdex_proto::rest::{
-    ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, LeaseRenewals, NeighbourStatus,
-    PinList, PinRequest, PinStatus, ReplicaFetch, Replication, SearchHit, SearchQuery,
-    SearchResults, Status,
+    ApiError, DownloadRequest, FileInfo, FileList, Holder, Job, JobList, LeaseRenewals,
+    LocateQuery, LocateResult, LocatedFile, NeighbourStatus, PinList, PinRequest, PinStatus,
+    ReplicaFetch, Replication, SearchHit, SearchQuery, SearchResults, Status,
 };
 use peerdex_proto::types::{FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
@@ -66,6 +66,7 @@ pub(crate) struct Control {
         file_content,
         status,
         search,
+        locate,
         start_download,
         list_downloads,
         get_download,
@@ -92,7 +93,10 @@ pub(crate) struct Control {
         PinList,
         Replication,
         ReplicaFetch,
-        SearchHit
+        SearchHit,
+        LocateResult,
+        LocatedFile,
+        Holder
     ))
 )]
 struct ApiDoc;
@@ -195,6 +199,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             )
             .service(resource("/status", "GET").route(web::get().to(status)))
             .service(resource("/search", "GET").route(web::get().to(search)))
+            .service(resource("/locate", "GET").route(web::get().to(locate)))
             .service(
                 resource("/downloads", "GET, POST")
                     .route(web::post().to(start_download))
@@ -717,6 +722,27 @@ async fn search(
         rt.run(async move { lookup.search(&central, &q).await })
             .await?,
     ))
+}
+
+/// A file by id, or every content carrying an exact name: size, names,
+/// live holders (owners and replica holders) and its copies wanted and
+/// live (through a neighbour, or the central if none answers).
+#[utoipa::path(get, path = "/api/v1/locate", params(("file_id" = Option<String>, Query, description = "a file id: 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$"), ("name" = Option<String>, Query, description = "an exact file name (give exactly one of file_id and name)")),
+    responses((status = 200, body = LocateResult, description = "every content found (none: an empty list)"), (status = 400, body = ApiError, description = "not exactly one of a valid file_id and name"),
+              (status = 429, body = ApiError, description = "the directory or a neighbour rate-limits this peer; see Retry-After"),
+              (status = 503, body = ApiError, description = "neither the neighbours nor the central answer")))]
+async fn locate(
+    central: web::Data<Central>,
+    lookup: web::Data<Lookup>,
+    rt: web::Data<MainRt>,
+    q: web::Query<LocateQuery>,
+) -> Result<web::Json<LocateResult>> {
+    let target = crate::lookup::LocateTarget::from_query(&q)?;
+    let (central, lookup) = (central.into_inner(), lookup.into_inner());
+    let files = rt
+        .run(async move { lookup.locate(&central, &target).await })
+        .await?;
+    Ok(web::Json(LocateResult { files }))
 }
 
 /// Start downloading a file by id or exact name.

@@ -9,6 +9,7 @@
 mod cancel;
 mod completions;
 mod get;
+mod info;
 mod jobs;
 mod ls;
 mod pins;
@@ -50,6 +51,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<()> {
         Command::Upload(a) => upload::run(ctx, a).await,
         Command::Get(a) => get::run(ctx, a).await,
         Command::Search(a) => search::run(ctx, a).await,
+        Command::Info(a) => info::run(ctx, a).await,
         Command::Ls => ls::run(ctx).await,
         Command::Rm(a) => rm::run(ctx, a).await,
         Command::Status => status::run(ctx).await,

@@ -23,7 +23,7 @@ pub(super) async fn run(ctx: &Ctx, args: ReplicateArgs) -> anyhow::Result<()> {
 
 /// A full id as is; a short id that prefixes exactly one id of the last
 /// search, that id; anything else is a name for the PServer to resolve.
-fn target(given: &str, last_hits: &[SearchHit]) -> String {
+pub(super) fn target(given: &str, last_hits: &[SearchHit]) -> String {
     if let Ok(id) = given.parse::<FileId>() {
         return id.to_hex();
     }
