@@ -45,16 +45,7 @@ fn central_env(extra: &[(&str, String)]) -> Vec<(String, String)> {
 /// Live holders of `id` as `central` sees them (peer id → replica?), and
 /// the replication state; `None` when it does not answer.
 async fn copies(central: &CentralProc, id: &str) -> Option<(Vec<(String, bool)>, v1::Replication)> {
-    let r = central
-        .client()
-        .locate(v1::LocateRequest {
-            target: Some(v1::locate_request::Target::FileId(id.into())),
-            max_holders: 0,
-        })
-        .await
-        .ok()?
-        .into_inner();
-    let f = r.files.into_iter().next()?;
+    let f = central.locate(id).await?;
     let holders = f
         .holders
         .iter()

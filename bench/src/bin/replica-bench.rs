@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Parser;
 use peerdex_proto::rest::{Job, Status};
-use peerdex_proto::v1;
 use peerdex_testkit::ChildProc;
 use peerdex_testkit::central::CentralProc;
 
@@ -150,16 +149,7 @@ where
 
 /// Live copies of `id` per the directory.
 async fn live(central: &CentralProc, id: &str) -> Option<(u32, Vec<(String, bool)>)> {
-    let r = central
-        .client()
-        .locate(v1::LocateRequest {
-            target: Some(v1::locate_request::Target::FileId(id.into())),
-            max_holders: 0,
-        })
-        .await
-        .ok()?
-        .into_inner();
-    let f = r.files.into_iter().next()?;
+    let f = central.locate(id).await?;
     let holders = f
         .holders
         .iter()
