@@ -288,6 +288,22 @@ impl CentralProc {
         .map(tonic::Response::into_inner)
     }
 
+    /// Its Locate answer for one file id (every holder), or `None` when it
+    /// does not answer or no live peer holds the file (and nobody pinned it).
+    pub async fn locate(&self, file_id: &str) -> Option<peerdex_proto::v1::LocatedFile> {
+        use peerdex_proto::v1;
+        let r = self
+            .client()
+            .locate(v1::LocateRequest {
+                target: Some(v1::locate_request::Target::FileId(file_id.into())),
+                max_holders: 0,
+            })
+            .await
+            .ok()?
+            .into_inner();
+        r.files.into_iter().next()
+    }
+
     /// The folder of its logs (this life's `central-server.log` and the
     /// earlier lives').
     pub fn dir(&self) -> &Path {
