@@ -70,6 +70,16 @@ async fn wait_copies(central: &CentralProc, id: &str, n: u32, what: &str) -> Vec
     .await
 }
 
+/// Wait until none of `dead` is listed as a holder of `id` (their leases
+/// ended).
+async fn wait_gone(central: &CentralProc, id: &str, dead: &[String]) {
+    wait_for("the killed holders' leases to end", T, || async {
+        let (holders, _) = copies(central, id).await?;
+        (!holders.iter().any(|(h, _)| dead.contains(h))).then_some(())
+    })
+    .await;
+}
+
 async fn status(p: &ChildPeer) -> Status {
     p.get("/api/v1/status").await
 }
@@ -124,6 +134,7 @@ fn by_peer_id<'a>(peers: &'a [ChildPeer], ids: &[String], id: &str) -> &'a Child
 /// period, and the owner's copy is never the one dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_holders_killed_and_the_file_keeps_three_copies() {
+    peerdex_testkit::tls::install_provider();
     let root = tempfile::tempdir().unwrap();
     let central = CentralProc::start(&root.path().join("central"), "central", central_env(&[]));
     let vol = [("PSERVER_REPLICA_QUOTA_BYTES", QUOTA)];
@@ -175,6 +186,7 @@ async fn two_holders_killed_and_the_file_keeps_three_copies() {
     for &k in &killed {
         peers[k].kill9();
     }
+    let dead: Vec<String> = killed.iter().map(|&k| ids[k].clone()).collect();
     // The file still downloads (from the survivor), verified.
     let d = TestPeer::start(&central.url, &[], |_| {}).await;
     let job = start_job(&d, &id).await;
@@ -186,13 +198,12 @@ async fn two_holders_killed_and_the_file_keeps_three_copies() {
     );
     d.stop().await;
 
-    // Back to 3 live copies, on peers that were not killed.
+    // The directory notices (their leases end), and brings it back to 3
+    // live copies on peers that were not killed.
+    wait_gone(&central, &id, &dead).await;
     let holders = wait_copies(&central, &id, 3, "3 copies again after the kills").await;
     for (h, _) in &holders {
-        assert!(
-            !killed.iter().any(|&k| ids[k] == *h),
-            "a dead peer listed: {holders:?}"
-        );
+        assert!(!dead.contains(h), "a dead peer listed: {holders:?}");
         assert_eq!(
             served_hash(&by_peer_id(&peers, &ids, h).peer_url, &id).await,
             id
@@ -234,6 +245,7 @@ async fn two_holders_killed_and_the_file_keeps_three_copies() {
 /// killed (-9) while it re-replicates: the next leader finishes the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_leader_finishes_a_re_replication() {
+    peerdex_testkit::tls::install_provider();
     let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
         .await
         .unwrap();
@@ -300,6 +312,7 @@ async fn the_next_leader_finishes_a_re_replication() {
     for &v in &victims {
         peers[v].kill9();
     }
+    let dead: Vec<String> = victims.iter().map(|&v| ids[v].clone()).collect();
     wait_for("the leader to start re-replicating", T, || async {
         let asked = cs[leader]
             .proc
@@ -311,12 +324,10 @@ async fn the_next_leader_finishes_a_re_replication() {
     .await;
     cs[leader].proc.kill9();
 
+    wait_gone(&cs[other], &id, &dead).await;
     let holders = wait_copies(&cs[other], &id, 3, "3 copies again under the next leader").await;
     for (h, _) in &holders {
-        assert!(
-            !victims.iter().any(|&v| ids[v] == *h),
-            "a dead peer listed: {holders:?}"
-        );
+        assert!(!dead.contains(h), "a dead peer listed: {holders:?}");
         assert_eq!(
             served_hash(&by_peer_id(&peers, &ids, h).peer_url, &id).await,
             id

@@ -206,20 +206,19 @@ impl DirectoryService {
         peer: &PeerId,
         declined: Vec<v1::Declined>,
     ) -> Result<Vec<v1::ReplicaTask>> {
+        // A Heartbeat renews the lease whatever its declines say: entries
+        // beyond the limit, and entries with a bad id, are left out (logged).
         if declined.len() > MAX_DECLINED {
-            return Err(Error::LimitExceeded(format!(
-                "declined: {} entries exceed the limit of {MAX_DECLINED} per Heartbeat",
-                declined.len()
-            )));
+            tracing::warn!(%peer, entries = declined.len(), "declined: only the first {MAX_DECLINED} entries of a Heartbeat are read");
         }
         if !declined.is_empty() {
             let now_ms = unix_ms();
-            let mut parsed = Vec::with_capacity(declined.len());
-            for (i, d) in declined.into_iter().enumerate() {
-                let file: FileId = d
-                    .file_id
-                    .parse()
-                    .map_err(|e| Error::InvalidArgument(format!("declined[{i}].file_id: {e}")))?;
+            let mut parsed = Vec::with_capacity(declined.len().min(MAX_DECLINED));
+            for (i, d) in declined.into_iter().take(MAX_DECLINED).enumerate() {
+                let Ok(file) = d.file_id.parse::<FileId>() else {
+                    tracing::warn!(%peer, "declined[{i}].file_id is not a file id; left out");
+                    continue;
+                };
                 let mut reason: String = d.reason.chars().take(MAX_REASON).collect();
                 if reason.trim().is_empty() {
                     reason = "no reason given".into();
