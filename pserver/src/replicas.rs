@@ -53,8 +53,8 @@ const ATTEMPTS: u32 = 3;
 const DECLINE_HOLD: Duration = Duration::from_secs(120);
 /// Least time between two answers to the same task that is done already.
 const NUDGE_EVERY: Duration = Duration::from_secs(30);
-/// Most declines one Heartbeat carries (the directory refuses the whole
-/// Heartbeat beyond 64); the rest wait for the next ones.
+/// Most declines one Heartbeat carries (the directory reads at most 64);
+/// the rest wait for the next ones.
 const DECLINES_PER_BEAT: usize = 64;
 
 /// The replica worker, as a cheap handle.
@@ -160,8 +160,8 @@ impl Replicas {
         let mut wanted = HashSet::new();
         for t in tasks {
             let Ok(id) = t.file_id.parse::<FileId>() else {
-                // Not even declined: the directory refuses a Heartbeat
-                // whose declines name no valid file.
+                // Not even declined: the directory leaves out declines
+                // that name no valid file.
                 tracing::warn!(file = %t.file_id, "replica task with an invalid file id; ignored");
                 continue;
             };
