@@ -1,5 +1,5 @@
 """Drive a PServer's web UI in a real headless Chromium (Debian's package)
-through Playwright, for pserver/tests/webui.rs.
+through Playwright, for pserver/tests/it/webui.rs.
 
 The Rust test starts a central and three PServers, then runs this script
 with the venv's Python. Everything it needs comes in environment variables:

@@ -4,7 +4,7 @@
 //! drains. Nothing is mocked.
 
 #[allow(unused_imports)] // each suite uses part of the shared helpers
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

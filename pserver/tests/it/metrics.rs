@@ -2,7 +2,7 @@
 //! reference parser accepts, byte counters that match a real download on
 //! both sides, and the control API's token guarding it.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! endpoint refuses bad requests before asking the directory; a bad
 //! PSERVER_REPLICA_QUOTA_BYTES stops the binary with a message naming it.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

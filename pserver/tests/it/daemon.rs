@@ -1,6 +1,6 @@
 //! PServer integration tests: a real central and real PServers on port 0.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! by a lying holder), copies that rot on the only holder's disk, and every
 //! download path (empty, one byte, one chunk, one chunk + 1, many chunks).
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -5,7 +5,7 @@
 //! are read back from the peers that hold them.
 
 #[allow(unused_imports)] // each suite uses part of the shared helpers
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

@@ -13,7 +13,7 @@
 //! say why, unless `PEERDEX_TEST_NO_TMPFS=1` leaves them out on purpose
 //! (which also forces the reserve variants).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! serving a corrupt chunk, a stalled holder, a restart of the downloading
 //! peer, every holder killed and coming back, and cancel.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -4,7 +4,7 @@
 //! going around it. Real servers on loopback.
 
 #[allow(unused_imports)] // each suite uses part of the shared helpers
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! Real centrals (SQLite, each its own folder) and real PServers on
 //! loopback.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! TLS settings. Real servers on port 0, a real `pserver` binary for what
 //! its log and exit code say.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! files; a peer id that another key cannot take).
 
 #[allow(unused_imports)] // each suite uses part of the shared helpers
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! with a 401 that says which.
 
 #[allow(unused_imports)] // each suite uses part of the shared helpers
-mod common;
+use crate::common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

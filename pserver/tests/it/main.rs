@@ -1,0 +1,24 @@
+//! The PServer's integration tests, in one binary: real PServers (in this
+//! process, or `pserver` child processes), real centrals, real sockets.
+//! One binary links and instantiates the dependencies once, not once per
+//! suite (CI stays under its 20 minutes cold on 2 cores). Run one suite
+//! with `cargo test -p pserver --test it replication::`.
+
+mod common;
+
+mod auth;
+mod daemon;
+mod disk_space;
+mod failover;
+mod ha;
+mod http_semantics;
+mod metrics;
+mod neighbour_limits;
+mod private_network;
+mod replicas;
+mod replication;
+mod slow_readers;
+mod swarm;
+mod tls;
+mod verify;
+mod webui;
