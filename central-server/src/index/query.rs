@@ -295,7 +295,8 @@ impl Index {
             .map(|(id, f)| {
                 let pin = pinned.get(&id);
                 let wanted = pin.map_or(0, |p| p.0);
-                let Some(f) = f.filter(|&f| !self.live_holders(f, now).is_empty()) else {
+                let live = f.map(|f| (f, self.live_holders(f, now)));
+                let Some((f, live)) = live.filter(|(_, l)| !l.is_empty()) else {
                     let (_, size, name) = pin.cloned().unwrap_or_default();
                     return FileState {
                         id,
@@ -305,8 +306,7 @@ impl Index {
                         holders: Vec::new(),
                     };
                 };
-                let holders = self
-                    .live_holders(f, now)
+                let holders = live
                     .into_iter()
                     .map(|p| {
                         let e = self.peers.get(p);
