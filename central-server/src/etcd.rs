@@ -43,6 +43,16 @@
 //! acknowledged only once the watch has applied its revision
 //! ([`Etcd::wait_applied`]), so a peer reads its own writes from the
 //! central it talks to. Locate and Search never wait for etcd.
+//!
+//! The applied revision is that of the last event applied, never a
+//! response header's: etcd before 3.5.8 answers a requested progress
+//! notification with its current revision ahead of events still queued
+//! for the stream (etcd issue 15220), and a catch-up batch's header can
+//! be ahead of its events. Trusting those acknowledged writes the index
+//! did not have yet, and a watch resumed from such a revision skipped
+//! events for good. A write that changed nothing has no event of its own
+//! to wait for: a write to `fence` then makes one, and the events of the
+//! stream arrive in revision order.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -55,7 +65,7 @@ use etcd_client::{
 };
 use peerdex_proto::{FileId, PeerId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
@@ -210,9 +220,8 @@ pub(crate) struct Etcd {
     endpoints: String,
     mirror: Mutex<Mirror>,
     applied: watch::Sender<i64>,
-    /// Asks the follower for a progress notification (a write that
-    /// changed nothing has no event to wait for).
-    progress: Notify,
+    /// The revision of the last `fence` write (see [`Etcd::wait_applied`]).
+    fenced: tokio::sync::Mutex<i64>,
     /// The shared lease of spent nonces, and when it was granted.
     nonce_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
 }
@@ -276,7 +285,7 @@ impl Etcd {
             endpoints: endpoints.to_owned(),
             mirror: Mutex::default(),
             applied: watch::Sender::new(0),
-            progress: Notify::new(),
+            fenced: tokio::sync::Mutex::new(0),
             nonce_lease: tokio::sync::Mutex::new(None),
         })
     }
@@ -583,8 +592,7 @@ impl Etcd {
         let prefix = self.prefix.clone();
         let opts = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(revision)
-            .with_progress_notify();
+            .with_start_revision(revision);
         self.retry("watch", |mut c| {
             let (prefix, opts) = (prefix.clone(), opts.clone());
             async move { c.watch(prefix, Some(opts)).await }
@@ -607,18 +615,14 @@ impl Etcd {
         });
     }
 
-    /// Wakes when a progress notification is wanted.
-    pub(crate) async fn progress_wanted(&self) {
-        self.progress.notified().await;
-    }
-
     /// Wait until our watch has applied `revision` (so this central
-    /// answers with the write). Asks etcd for a progress notification
-    /// when no event is coming (a write that changed nothing).
+    /// answers with the write). A write that changed nothing has no event
+    /// to wait for: after a moment a `fence` write makes one, which the
+    /// watch delivers after every event before it.
     pub(crate) async fn wait_applied(&self, revision: i64) -> Result<()> {
         let mut rx = self.applied.subscribe();
         let deadline = Instant::now() + APPLY_TIMEOUT;
-        let mut nudge = Duration::from_millis(50);
+        let mut nudge = Duration::from_millis(100);
         loop {
             if *rx.borrow_and_update() >= revision {
                 return Ok(());
@@ -631,9 +635,30 @@ impl Etcd {
                 )));
             }
             if tokio::time::timeout(wait, rx.changed()).await.is_err() {
-                self.progress.notify_one();
-                nudge = (nudge * 2).min(Duration::from_millis(500));
+                self.fence(revision).await;
+                nudge = (nudge * 2).min(Duration::from_secs(1));
             }
+        }
+    }
+
+    /// Write `fence` unless a fence at or after `revision` was written
+    /// already (waiters share one); a failure is left to the caller's
+    /// deadline.
+    async fn fence(&self, revision: i64) {
+        let mut fenced = self.fenced.lock().await;
+        if *fenced >= revision {
+            return;
+        }
+        let key = self.key("fence");
+        match self
+            .retry("write a fence", |mut c| {
+                let key = key.clone();
+                async move { c.put(key, Vec::new(), None).await }
+            })
+            .await
+        {
+            Ok(r) => *fenced = r.header().map_or(0, |h| h.revision()),
+            Err(e) => tracing::debug!(error = %e, "etcd: fence write failed"),
         }
     }
 

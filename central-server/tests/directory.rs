@@ -1,7 +1,7 @@
 //! The real gRPC server, started in-process through `run` on 127.0.0.1:0
 //! (`peerdex_testkit::TestCentral`), driven with the generated client.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use central_server::{Config, Limits};
 use peerdex_proto::v1::directory_client::DirectoryClient;
@@ -383,6 +383,33 @@ async fn join_publish_locate_search_heartbeat_leave(store: Store) {
     assert_eq!(
         locate_id(&mut c, 1).await[0].names,
         ["Alpha Report (copy).bin"]
+    );
+
+    // A write that changes nothing, after another tenant of the etcd
+    // cluster wrote outside the directory's keys: there is no event of its
+    // own to wait for, and it is still answered at once (a fence write),
+    // not after the 10 s apply deadline.
+    if let Some(etcd) = &env.etcd {
+        etcd.put(0, "/another-app/key", "1").unwrap();
+    }
+    let started = Instant::now();
+    c.unpublish(authed(
+        v1::UnpublishRequest {
+            peer_id: a.to_string(),
+            files: vec![v1::FileRef {
+                file_id: fid(9),
+                name: String::new(),
+            }],
+            seq: 0,
+        },
+        &ta,
+    ))
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a write that changed nothing took {:?}",
+        started.elapsed()
     );
 
     // Leave: gone at once, heartbeat says rejoin, publish says join again.

@@ -230,6 +230,17 @@ impl CentralProc {
 
     /// Start again on the same address (after a kill, a SIGTERM, or now:
     /// a running one is killed first).
+    /// The log of every life of this central so far (earlier ones first).
+    pub fn all_logs(&self) -> String {
+        let mut text = String::new();
+        for life in 1..self.lives {
+            let path = self.dir.join(format!("{}-{life}.log", self.name));
+            text.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        text.push_str(&self.proc.log());
+        text
+    }
+
     pub fn restart(&mut self) {
         self.proc.kill9();
         let _ = std::fs::write(

@@ -11,7 +11,8 @@
 //! [`EtcdCluster`] starts 1 or 3 members, each on loopback ports picked by
 //! binding port 0 (a start that loses a port to someone else is retried on
 //! fresh ports), with its own data folder and log file, a static initial
-//! cluster and test timing (50 ms heartbeats, 500 ms elections). Faults are
+//! cluster and etcd's default timing (100 ms heartbeats, 1 s elections;
+//! shorter ones let CPU-starved members call spurious elections). Faults are
 //! real signals: [`EtcdCluster::kill9`], [`EtcdCluster::sigstop`]; a killed
 //! member [`EtcdCluster::restart`]s on the same folder and ports and
 //! rejoins. Health and the Raft leader are read from each member's JSON
@@ -334,7 +335,7 @@ impl EtcdCluster {
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", &self.token])
             // Test timing: a lost leader is replaced within about a second.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .args(["--snapshot-count", "10000"])
             .args(["--log-level", "warn"])
             .env_clear()

@@ -10,7 +10,7 @@ use peerdex_testkit::EtcdCluster;
 use peerdex_testkit::wait_until;
 
 /// Generous: a loaded 2-core machine is slow rather than red. The cluster
-/// runs 500 ms election timeouts, so a healthy one elects in about 1 s.
+/// runs 1 s election timeouts, so a healthy one elects in about 2 s.
 const T: Duration = Duration::from_secs(30);
 
 #[test]

@@ -158,13 +158,18 @@ impl DirectoryService {
         let now = Instant::now();
         match authorize(&self.index(), peer, token, now) {
             Ok(()) => {}
-            Err(Error::NotJoined(_)) => return Ok(false),
+            Err(Error::NotJoined(_)) => {
+                tracing::debug!(%peer, "heartbeat: the peer is not in this central's index");
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         }
         let Some(meta) = etcd.peer_meta(peer) else {
+            tracing::debug!(%peer, "heartbeat: the peer has no lease record in the mirror");
             return Ok(false);
         };
         if !etcd.keep_alive(meta.lease).await? {
+            tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
             return Ok(false);
         }
         self.index().renew(peer, load, never(now), now);
@@ -326,7 +331,7 @@ impl DirectoryService {
                 () = cancel.cancelled() => return,
                 s = etcd.watch(from) => s,
             };
-            let (mut sender, mut stream) = match stream {
+            let (_watcher, mut stream) = match stream {
                 Ok(s) => s.split(),
                 Err(e) => {
                     tracing::warn!(error = %e, "etcd: cannot watch the directory; retrying");
@@ -338,10 +343,6 @@ impl DirectoryService {
             loop {
                 let msg = tokio::select! {
                     () = cancel.cancelled() => return,
-                    () = etcd.progress_wanted() => {
-                        let _ = sender.request_progress().await;
-                        continue;
-                    }
                     m = stream.message() => m,
                 };
                 match msg {
@@ -359,7 +360,16 @@ impl DirectoryService {
                             }
                             break;
                         }
-                        let revision = resp.header().map_or(0, |h| h.revision());
+                        // The last event's revision, never the header's
+                        // (see the crate's etcd module).
+                        let Some(revision) = resp
+                            .events()
+                            .iter()
+                            .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+                            .max()
+                        else {
+                            continue;
+                        };
                         let changes = etcd.decode(resp.events());
                         if let Err(e) = self.apply_changes(changes).await {
                             tracing::error!(error = %e, "applying etcd changes failed; reloading");
