@@ -27,7 +27,9 @@
 //!   key and the nonce MAC key, made once by whichever central starts
 //!   first, so that every central issues and checks the same credentials
 //!   and nonces;
-//! * `election` → etcd's election API (see `crate::leader`).
+//! * `election` → etcd's election API (see `crate::leader`);
+//! * `fence` → empty, rewritten when a central waits for a write that
+//!   made no event of its own (see "Reads from memory" below).
 //!
 //! A Heartbeat is a keep-alive of the peer's etcd lease, whichever central
 //! receives it. Inventories bigger than one transaction ([`TXN_OPS`]
