@@ -21,6 +21,14 @@
 //! * DROP: the replica is deleted and unpublished. Nothing in the share
 //!   folder is ever touched: a file the user shares is not a replica.
 //!   A DROP for a fetch in progress stops it.
+//! * A FETCH the directory no longer asks for (the file got its copies
+//!   elsewhere, its pin was lowered, or the directory gave up waiting for
+//!   us) is stopped once [`WITHDRAWN_AFTER`] answers in a row left it out:
+//!   one answer may come from a central whose mirror of the tasks lags.
+//!
+//! A stopped fetch deletes what it had fetched (the replica space holds
+//! no partial nobody asked for); one stopped by our own shutdown keeps it
+//! to resume after the restart.
 //!
 //! A task that is done but comes back (our Publish or Unpublish was lost
 //! on its way) is answered again, at most every [`NUDGE_EVERY`].
@@ -53,6 +61,9 @@ const ATTEMPTS: u32 = 3;
 const DECLINE_HOLD: Duration = Duration::from_secs(120);
 /// Least time between two answers to the same task that is done already.
 const NUDGE_EVERY: Duration = Duration::from_secs(30);
+/// Renewed Heartbeat answers in a row without a running FETCH after
+/// which it is stopped.
+const WITHDRAWN_AFTER: u32 = 3;
 /// Most declines one Heartbeat carries (the directory reads at most 64);
 /// the rest wait for the next ones.
 const DECLINES_PER_BEAT: usize = 64;
@@ -84,6 +95,8 @@ struct State {
     announced: HashMap<FileId, Instant>,
     /// When a DROP was last carried out (or withdrawn again).
     withdrawn: HashMap<FileId, Instant>,
+    /// Running FETCHes left out of the last answers: how many in a row.
+    unasked: HashMap<FileId, u32>,
     /// The replica partials of fetches no longer asked for were deleted
     /// (once, at the first answer after start).
     swept: bool,
@@ -181,10 +194,33 @@ impl Replicas {
                 }
             }
         }
+        self.stop_unasked(&wanted);
         let sweep = !std::mem::replace(&mut self.0.state.lock().unwrap().swept, true);
         if sweep {
             let downloads = self.0.downloads.clone();
             tokio::spawn(async move { downloads.sweep_replica_partials(wanted).await });
+        }
+    }
+
+    /// Count the answers that left out each running FETCH (`wanted` are
+    /// the ones this answer asked for); stop those left out
+    /// [`WITHDRAWN_AFTER`] times in a row.
+    fn stop_unasked(&self, wanted: &HashSet<FileId>) {
+        let mut st = self.0.state.lock().unwrap();
+        let State {
+            running, unasked, ..
+        } = &mut *st;
+        unasked.retain(|id, _| running.contains_key(id) && !wanted.contains(id));
+        for (id, r) in running.iter() {
+            if wanted.contains(id) || r.cancel.is_cancelled() {
+                continue;
+            }
+            let n = unasked.entry(*id).or_default();
+            *n += 1;
+            if *n == WITHDRAWN_AFTER {
+                tracing::info!(file = %id, answers = *n, "replica task: the directory no longer asks for this fetch; stopping it");
+                r.cancel.cancel();
+            }
         }
     }
 
@@ -310,10 +346,23 @@ impl Replicas {
             }
         }
         drop(permit);
-        let failed = matches!(outcome, Err(ReplicaEnd::Failed(_)));
+        // What it fetched is deleted, unless we are shutting down (then it
+        // resumes after the restart, if still asked for).
+        let discard = match &outcome {
+            Ok(()) => false,
+            Err(ReplicaEnd::Failed(_)) => true,
+            Err(ReplicaEnd::Cancelled) => !inner.downloads.stopping(),
+        };
+        // Before it leaves `running`: a FETCH of the same file that comes
+        // again meanwhile is not started until this one has ended, so it
+        // never finds its partial deleted under it.
+        if discard {
+            inner.downloads.discard_replica_partial(id).await;
+        }
         {
             let mut st = inner.state.lock().unwrap();
             st.running.remove(&id);
+            st.unasked.remove(&id);
             match outcome {
                 Ok(()) => {
                     tracing::info!(file = %id, name = %name, bytes = size, "replica task: fetched, verified and announced");
@@ -333,9 +382,6 @@ impl Replicas {
                     self.decline(&mut st, id, reason, ReplicaResult::Failed);
                 }
             }
-        }
-        if failed {
-            inner.downloads.discard_replica_partial(id).await;
         }
     }
 

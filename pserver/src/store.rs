@@ -521,6 +521,62 @@ impl Store {
         Some(removed)
     }
 
+    /// Make the replica of `id` the user's own copy, shared as `name`
+    /// (a `peerdex get` of a file held here as a replica): its bytes are
+    /// hashed again, it is linked (or copied) into the share folder like a
+    /// finished download, and the replica is deleted. Returns the shared
+    /// entry and the replica's name when the user's copy does not carry it
+    /// (to withdraw). A replica damaged on disk is deleted, never shared.
+    /// Blocking.
+    pub fn promote_replica(
+        &self,
+        id: &FileId,
+        name: &FileName,
+    ) -> Result<(Entry, Option<FileName>)> {
+        if self.replica(id).is_none() {
+            return Err(Error::NotFound(format!(
+                "file {id} is no longer held here as a replica"
+            )));
+        }
+        let src = self.replica_dir.join(id.to_hex());
+        let temp = self.temp_path("replica");
+        if fs::hard_link(&src, &temp).is_err()
+            && let Err(e) = fs::copy(&src, &temp)
+        {
+            let _ = fs::remove_file(&temp);
+            return Err(disk_error(&self.space, e, &self.tmp_dir));
+        }
+        self.hashed.fetch_add(1, Ordering::Relaxed);
+        let manifest = match hash_path(&temp) {
+            Ok((got, m)) if got == *id => m,
+            Ok(_) => {
+                let _ = fs::remove_file(&temp);
+                tracing::warn!(file = %id, "a replica no longer matches its id (damaged on disk); deleting it");
+                self.remove_replica(id);
+                return Err(Error::Internal(format!(
+                    "the copy of file {id} held here as a replica was damaged on disk and is deleted; \
+                     download it again to fetch it from other peers"
+                )));
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&temp);
+                return Err(e.into());
+            }
+        };
+        self.add_from_temp(&temp, name, *id, manifest)?;
+        let entry = self.by_name(name).ok_or_else(|| {
+            Error::Internal(format!(
+                "\"{name}\" vanished from the share folder meanwhile"
+            ))
+        })?;
+        let withdraw = self
+            .remove_replica(id)
+            .map(|r| r.name)
+            .filter(|old| old != name && self.by_name(old).is_none_or(|e| e.id != *id));
+        tracing::info!(file = %id, name = %name, "a replica became the user's copy (downloaded from this peer's replica space)");
+        Ok((entry, withdraw))
+    }
+
     /// Delete the replicas whose content the user shares too (announced
     /// as the owner's copy from now on). Returns the replica names to
     /// withdraw: those the user's copy does not carry.

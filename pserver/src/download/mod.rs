@@ -361,6 +361,19 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
     if let Some(entry) = local {
         return Ok(finished_job(shared, req, entry.id, entry.name));
     }
+    // Held here as a replica: the user's copy is made from it, whatever
+    // the directory says (this peer may hold the last live copy).
+    if let LocateTarget::Id(id) = &target
+        && let Some(r) = shared.store.replica(id)
+    {
+        let t = Target {
+            id: r.id,
+            size: r.size,
+            names: vec![r.name.clone()],
+            holders: Vec::new(),
+        };
+        return Ok(promote_job(shared, req, &t));
+    }
     let own = shared.peer_id.to_string();
     let located = shared.lookup.locate(&shared.central, &target).await?;
     let mut targets: Vec<Target> = located.iter().filter_map(|f| validate(f, &own)).collect();
@@ -369,6 +382,17 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
             && targets.iter().any(|t| t.id == entry.id)
         {
             return Ok(finished_job(shared, req, entry.id, entry.name));
+        }
+        if let Some(r) = shared
+            .store
+            .replicas()
+            .into_iter()
+            .find(|r| &r.name == name)
+            && let Some(t) = targets.iter_mut().find(|t| t.id == r.id)
+        {
+            t.prefer_name(name.clone());
+            let t = t.clone();
+            return Ok(promote_job(shared, req, &t));
         }
         let live: Vec<&Target> = targets.iter().filter(|t| !t.holders.is_empty()).collect();
         if live.len() > 1 {
@@ -420,6 +444,55 @@ async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
     let snapshot = handle.snapshot();
     spawn_job(shared, handle, Begin::Located(t));
     Ok(snapshot)
+}
+
+/// A job that makes the replica of `t.id` held here the user's copy
+/// ([`crate::store::Store::promote_replica`]: verified again, no
+/// transfer), announces it as the user's and withdraws the replica's name.
+fn promote_job(shared: &Arc<Engine>, req: DownloadRequest, t: &Target) -> Job {
+    let h = match shared.jobs.insert(req, Some(t.id), JobState::Downloading) {
+        Ok(h) => h,
+        Err(running) => return running.snapshot(),
+    };
+    let name = pick_name(shared, t, &Dest::Share);
+    h.update(|j| {
+        j.name = Some(name.to_string());
+        j.bytes_total = Some(t.size);
+    });
+    let snapshot = h.snapshot();
+    let (shared, id) = (shared.clone(), t.id);
+    let rt = shared.rt.clone();
+    rt.spawn(async move {
+        let (s, n) = (shared.clone(), name.clone());
+        let promoted = tokio::task::spawn_blocking(move || s.store.promote_replica(&id, &n))
+            .await
+            .unwrap_or_else(|e| Err(Error::Internal(e.to_string())));
+        match promoted {
+            Ok((entry, withdraw)) => {
+                shared.central.publish(&[entry.to_shared()]).await;
+                if let Some(old) = withdraw {
+                    shared.central.unpublish(&[(id, old)]).await;
+                }
+                tracing::info!(job = %h.id, file = %id, name = %entry.name, bytes = entry.size, "download complete (from this peer's replica space)");
+                shared.metrics.download_finished(0);
+                h.update(|j| {
+                    j.state = JobState::Done;
+                    j.name = Some(entry.name.to_string());
+                    j.bytes_done = entry.size;
+                    j.bytes_total = Some(entry.size);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(job = %h.id, file = %id, error = %e, "download failed");
+                shared.metrics.download_finished(1);
+                h.update(|j| {
+                    j.state = JobState::Failed;
+                    j.error = Some(e.to_string());
+                });
+            }
+        }
+    });
+    snapshot
 }
 
 fn finished_job(shared: &Engine, req: DownloadRequest, id: FileId, name: FileName) -> Job {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{ApiError, JobState, PinList, PinRequest, PinStatus};
+use peerdex_proto::rest::{
+    ApiError, DownloadRequest, Job, JobState, PinList, PinRequest, PinStatus,
+};
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::{self, locate_request::Target};
 
@@ -545,4 +547,134 @@ async fn lowering_a_pin_drops_replicas_never_an_owners_copy() {
         bytes
     );
     assert!(pins(&owner).await.pins.is_empty());
+}
+
+/// The replica partials of `id` in a peer's replica space.
+fn replica_partials(p: &TestPeer, id: &str) -> Vec<String> {
+    let dir = p.data_path().join("replicas").join("partial");
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(id))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A FETCH the directory stops asking for (the pin is lifted while the
+/// volunteer fetches) is stopped within a few heartbeats, long before it
+/// could have finished: nothing is held, announced or left on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_no_longer_asked_for_is_stopped_and_leaves_nothing() {
+    let central = quick_central().await;
+    let owner = volunteer(&central, 0).await;
+    // 4 MiB at 200 kB/s: about 21 s to finish.
+    let slow = TestPeer::start(&central.url, &[], |c| {
+        c.replica_quota_bytes = 64 * MIB;
+        c.min_free_bytes = 0;
+        c.max_download_bps = 200_000;
+    })
+    .await;
+    slow.wait_joined().await;
+    let id = upload_ok(&owner, "slow.bin", test_bytes(4 * MIB as usize, 11))
+        .await
+        .file_id;
+    pin(&owner, &id, 2).await;
+    wait_for("the volunteer to be fetching", T, || async {
+        let s = slow.status().await;
+        s.replica_fetches
+            .iter()
+            .any(|f| f.file_id == id && f.bytes_done > 0)
+            .then_some(())
+    })
+    .await;
+    assert!(!replica_partials(&slow, &id).is_empty());
+
+    let lifted = std::time::Instant::now();
+    let p = pin(&owner, &id, 0).await;
+    assert_eq!(p.replication.wanted, 0);
+    wait_for("the fetch to stop", T, || async {
+        slow.status().await.replica_fetches.is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        lifted.elapsed() < Duration::from_secs(12),
+        "the fetch ran on for {:?} after the directory stopped asking for it",
+        lifted.elapsed()
+    );
+    wait_for("its partial to be deleted", T, || async {
+        replica_partials(&slow, &id).is_empty().then_some(())
+    })
+    .await;
+    let s = slow.status().await;
+    assert!(s.replicas.is_empty(), "{:?}", s.replicas);
+    assert_eq!(s.replica_used_bytes, 0);
+    assert_eq!(
+        holders_of(&central, &id).await,
+        [(owner.peer_url.clone(), false)]
+    );
+    assert!(
+        metrics(&slow)
+            .await
+            .contains("peerdex_pserver_replica_fetches_total{result=\"cancelled\"} 1\n")
+    );
+}
+
+/// `get` of a file this peer holds as a replica makes the user's copy
+/// from it (verified again, no transfer), even when no other peer holds
+/// it any more; the file is then announced as the user's and the replica
+/// space is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_of_a_replica_held_here_needs_no_other_peer() {
+    let central = quick_central().await;
+    let owner = volunteer(&central, 0).await;
+    let vol = volunteer(&central, 64 * MIB).await;
+    let bytes = test_bytes(3 * MIB as usize + 7, 12);
+    let id = upload_ok(&owner, "last copy.bin", bytes.clone())
+        .await
+        .file_id;
+    pin(&owner, &id, 2).await;
+    wait_holders(
+        &central,
+        &id,
+        "a replica on the volunteer",
+        &[(&owner, false), (&vol, true)],
+    )
+    .await;
+    owner.stop().await;
+    wait_holders(&central, &id, "the volunteer alone", &[(&vol, true)]).await;
+
+    // By name: the directory lists no holder but this peer.
+    let r = start_download(
+        &vol,
+        &DownloadRequest {
+            file_id: None,
+            name: Some("last copy.bin".into()),
+        },
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{:?}", r.text().await);
+    let j: Job = r.json().await.unwrap();
+    let j = finish(&vol, &j.job_id, T).await;
+    assert_eq!(j.state, JobState::Done, "{:?}", j.error);
+    assert_eq!(j.name.as_deref(), Some("last copy.bin"));
+    assert_eq!(
+        std::fs::read(vol.path_in_share("last copy.bin")).unwrap(),
+        bytes
+    );
+    let s = vol.status().await;
+    assert!(s.replicas.is_empty(), "{:?}", s.replicas);
+    assert_eq!((s.replica_used_bytes, s.shared_files), (0, 1));
+    assert!(!vol.data_path().join("replicas").join(&id).exists());
+    wait_holders(
+        &central,
+        &id,
+        "the volunteer as the file's owner",
+        &[(&vol, false)],
+    )
+    .await;
+    // Asked again by id: it is the user's file now, done at once.
+    let j = start_job(&vol, &id).await;
+    assert_eq!(j.state, JobState::Done);
 }
