@@ -23,8 +23,8 @@
 //! Replication: the Join offers our replica space
 //! (`PSERVER_REPLICA_QUOTA_BYTES`); each Heartbeat carries the FETCH tasks
 //! we declined since the last one, and its answer the open replica tasks,
-//! which the lease loop hands to `crate::replicas`. Pin and Pins act for
-//! this peer like Publish (our session token).
+//! which the lease loop hands to the replica worker ([`ReplicaTasks`]).
+//! Pin and Pins act for this peer like Publish (our session token).
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -125,6 +125,18 @@ pub enum Beat {
     },
     /// The central does not know us: join again.
     Rejoin,
+}
+
+/// Where the lease loop takes the declines each Heartbeat carries and
+/// hands the replica tasks each answer brings (the replica worker, which
+/// depends on this module, not the other way round).
+pub(crate) trait ReplicaTasks {
+    /// Declines for the next Heartbeat (taken: given back if no central
+    /// took the call).
+    fn take_declined(&self) -> Vec<v1::Declined>;
+    fn give_back_declined(&self, declined: Vec<v1::Declined>);
+    /// The tasks of a renewed Heartbeat's answer (all the open ones).
+    fn tasks(&self, tasks: Vec<v1::ReplicaTask>);
 }
 
 /// Our connection to the directory's centrals and the state of our lease.
@@ -794,7 +806,7 @@ impl Central {
         &self,
         inventory: impl Fn() -> Vec<SharedFile>,
         load: impl Fn() -> Load,
-        replicas: crate::replicas::Replicas,
+        replicas: impl ReplicaTasks,
         metrics: Metrics,
         cancel: CancellationToken,
     ) {

@@ -47,7 +47,7 @@ use peerdex_proto::{FileId, FileName};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::central::Central;
+use crate::central::{Central, ReplicaTasks};
 use crate::download::{Downloads, ReplicaEnd};
 use crate::metrics::{Metrics, ReplicaResult};
 use crate::space::Bytes;
@@ -149,57 +149,6 @@ impl Replicas {
     /// `PSERVER_REPLICA_QUOTA_BYTES`.
     pub(crate) fn quota(&self) -> u64 {
         self.0.quota
-    }
-
-    /// Declines to send with the next Heartbeat, at most
-    /// [`DECLINES_PER_BEAT`] (taken: give them back with
-    /// [`Replicas::give_back_declined`] if it does not get through).
-    pub(crate) fn take_declined(&self) -> Vec<v1::Declined> {
-        take_some(&mut self.0.state.lock().unwrap().outgoing)
-    }
-
-    pub(crate) fn give_back_declined(&self, declined: Vec<v1::Declined>) {
-        let mut st = self.0.state.lock().unwrap();
-        // Back in front: they are older than any decline made meanwhile.
-        for d in declined.into_iter().rev() {
-            if !st.outgoing.iter().any(|o| o.file_id == d.file_id) {
-                st.outgoing.insert(0, d);
-            }
-        }
-    }
-
-    /// The tasks of a Heartbeat answer (all the open ones, every time).
-    pub(crate) fn tasks(&self, tasks: Vec<v1::ReplicaTask>) {
-        let mut wanted = HashSet::new();
-        for t in tasks {
-            let Ok(id) = t.file_id.parse::<FileId>() else {
-                // Not even declined: the directory leaves out declines
-                // that name no valid file.
-                tracing::warn!(file = %t.file_id, "replica task with an invalid file id; ignored");
-                continue;
-            };
-            match Action::try_from(t.action) {
-                Ok(Action::Fetch) => {
-                    wanted.insert(id);
-                    let name = t.name.parse::<FileName>().unwrap_or_else(|_| {
-                        format!("{}.bin", id.short())
-                            .parse()
-                            .expect("hex name is valid")
-                    });
-                    self.fetch(id, name, t.size);
-                }
-                Ok(Action::Drop) => self.drop_replica(id, &t.name),
-                _ => {
-                    tracing::debug!(file = %id, action = t.action, "replica task of an unknown kind; ignored")
-                }
-            }
-        }
-        self.stop_unasked(&wanted);
-        let sweep = !std::mem::replace(&mut self.0.state.lock().unwrap().swept, true);
-        if sweep {
-            let downloads = self.0.downloads.clone();
-            tokio::spawn(async move { downloads.sweep_replica_partials(wanted).await });
-        }
     }
 
     /// Count the answers that left out each running FETCH (`wanted` are
@@ -435,6 +384,59 @@ impl Replicas {
                 central.unpublish(&[(id, n)]).await;
             }
         });
+    }
+}
+
+impl ReplicaTasks for Replicas {
+    /// Declines to send with the next Heartbeat, at most
+    /// [`DECLINES_PER_BEAT`] (taken: given back with `give_back_declined`
+    /// if it does not get through).
+    fn take_declined(&self) -> Vec<v1::Declined> {
+        take_some(&mut self.0.state.lock().unwrap().outgoing)
+    }
+
+    fn give_back_declined(&self, declined: Vec<v1::Declined>) {
+        let mut st = self.0.state.lock().unwrap();
+        // Back in front: they are older than any decline made meanwhile.
+        for d in declined.into_iter().rev() {
+            if !st.outgoing.iter().any(|o| o.file_id == d.file_id) {
+                st.outgoing.insert(0, d);
+            }
+        }
+    }
+
+    /// The tasks of a Heartbeat answer (all the open ones, every time).
+    fn tasks(&self, tasks: Vec<v1::ReplicaTask>) {
+        let mut wanted = HashSet::new();
+        for t in tasks {
+            let Ok(id) = t.file_id.parse::<FileId>() else {
+                // Not even declined: the directory leaves out declines
+                // that name no valid file.
+                tracing::warn!(file = %t.file_id, "replica task with an invalid file id; ignored");
+                continue;
+            };
+            match Action::try_from(t.action) {
+                Ok(Action::Fetch) => {
+                    wanted.insert(id);
+                    let name = t.name.parse::<FileName>().unwrap_or_else(|_| {
+                        format!("{}.bin", id.short())
+                            .parse()
+                            .expect("hex name is valid")
+                    });
+                    self.fetch(id, name, t.size);
+                }
+                Ok(Action::Drop) => self.drop_replica(id, &t.name),
+                _ => {
+                    tracing::debug!(file = %id, action = t.action, "replica task of an unknown kind; ignored")
+                }
+            }
+        }
+        self.stop_unasked(&wanted);
+        let sweep = !std::mem::replace(&mut self.0.state.lock().unwrap().swept, true);
+        if sweep {
+            let downloads = self.0.downloads.clone();
+            tokio::spawn(async move { downloads.sweep_replica_partials(wanted).await });
+        }
     }
 }
 
