@@ -461,6 +461,7 @@ fn promote_job(shared: &Arc<Engine>, req: DownloadRequest, t: &Target) -> Job {
     });
     let snapshot = h.snapshot();
     let (shared, id) = (shared.clone(), t.id);
+    let announced = shared.store.replica(&id).map(|r| r.name);
     let rt = shared.rt.clone();
     rt.spawn(async move {
         let (s, n) = (shared.clone(), name.clone());
@@ -484,6 +485,13 @@ fn promote_job(shared: &Arc<Engine>, req: DownloadRequest, t: &Target) -> Job {
             }
             Err(e) => {
                 tracing::warn!(job = %h.id, file = %id, error = %e, "download failed");
+                // A damaged replica was deleted: no longer announce it.
+                if shared.store.replica(&id).is_none()
+                    && shared.store.by_id(&id).is_none()
+                    && let Some(old) = announced
+                {
+                    shared.central.unpublish(&[(id, old)]).await;
+                }
                 shared.metrics.download_finished(1);
                 h.update(|j| {
                     j.state = JobState::Failed;

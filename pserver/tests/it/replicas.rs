@@ -678,3 +678,54 @@ async fn a_download_of_a_replica_held_here_needs_no_other_peer() {
     let j = start_job(&vol, &id).await;
     assert_eq!(j.state, JobState::Done);
 }
+
+/// A replica damaged on disk is never made the user's copy: the `get`
+/// fails saying so, and the replica is deleted and withdrawn, so the
+/// planner sees the copy missing and has a good one fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_replica_is_never_made_the_users_copy() {
+    let central = quick_central().await;
+    let owner = volunteer(&central, 0).await;
+    let vol = volunteer(&central, 64 * MIB).await;
+    let bytes = test_bytes(MIB as usize + 3, 13);
+    let id = upload_ok(&owner, "fragile.bin", bytes.clone())
+        .await
+        .file_id;
+    pin(&owner, &id, 2).await;
+    wait_holders(
+        &central,
+        &id,
+        "a replica on the volunteer",
+        &[(&owner, false), (&vol, true)],
+    )
+    .await;
+    // Bit rot: same size, other bytes.
+    let path = vol.data_path().join("replicas").join(&id);
+    let mut damaged = bytes.clone();
+    damaged[MIB as usize / 2] ^= 0xff;
+    std::fs::write(&path, &damaged).unwrap();
+
+    let j = start_job(&vol, &id).await;
+    let j = finish(&vol, &j.job_id, T).await;
+    assert_eq!(j.state, JobState::Failed);
+    let error = j.error.unwrap_or_default();
+    assert!(error.contains("damaged"), "{error}");
+    assert!(!vol.path_in_share("fragile.bin").exists());
+    assert_eq!(vol.status().await.shared_files, 0);
+    // Withdrawn, the copy is missing for the planner, which asks the
+    // volunteer again: a good replica, fetched a second time.
+    wait_for("a good replica again", T, || async {
+        let m = metrics(&vol).await;
+        (m.contains("peerdex_pserver_replica_fetches_total{result=\"done\"} 2\n")
+            && std::fs::read(&path).is_ok_and(|b| b == bytes))
+        .then_some(())
+    })
+    .await;
+    wait_holders(
+        &central,
+        &id,
+        "the volunteer holding a replica again",
+        &[(&owner, false), (&vol, true)],
+    )
+    .await;
+}
