@@ -47,10 +47,11 @@
 //! central it talks to. Locate and Search never wait for etcd.
 //!
 //! The applied revision is that of the last event applied, never a
-//! response header's: etcd before 3.5.8 answers a requested progress
-//! notification with its current revision ahead of events still queued
-//! for the stream (etcd issue 15220), and a catch-up batch's header can
-//! be ahead of its events. Trusting those acknowledged writes the index
+//! response header's: etcd releases without the fix of etcd PR 15237
+//! (3.5.1 among them) answer a requested progress notification with
+//! their current revision, ahead of events still queued for the stream
+//! (etcd issue 15220), and a catch-up batch's header can be ahead of its
+//! events. Trusting those acknowledged writes the index
 //! did not have yet, and a watch resumed from such a revision skipped
 //! events for good. A write that changed nothing has no event of its own
 //! to wait for: a write to `fence` then makes one, and the events of the
