@@ -621,6 +621,28 @@ async fn a_fetch_no_longer_asked_for_is_stopped_and_leaves_nothing() {
     );
 }
 
+/// An owner (no replica space) uploads `bytes` as `name` and pins it to 2
+/// copies; a volunteer then holds the one replica. Returns (owner,
+/// volunteer, file id).
+async fn replicated_once(
+    central: &TestCentral,
+    name: &str,
+    bytes: &[u8],
+) -> (TestPeer, TestPeer, String) {
+    let owner = volunteer(central, 0).await;
+    let vol = volunteer(central, 64 * MIB).await;
+    let id = upload_ok(&owner, name, bytes.to_vec()).await.file_id;
+    pin(&owner, &id, 2).await;
+    wait_holders(
+        central,
+        &id,
+        "a replica on the volunteer",
+        &[(&owner, false), (&vol, true)],
+    )
+    .await;
+    (owner, vol, id)
+}
+
 /// `get` of a file this peer holds as a replica makes the user's copy
 /// from it (verified again, no transfer), even when no other peer holds
 /// it any more; the file is then announced as the user's and the replica
@@ -628,20 +650,8 @@ async fn a_fetch_no_longer_asked_for_is_stopped_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_of_a_replica_held_here_needs_no_other_peer() {
     let central = quick_central().await;
-    let owner = volunteer(&central, 0).await;
-    let vol = volunteer(&central, 64 * MIB).await;
     let bytes = test_bytes(3 * MIB as usize + 7, 12);
-    let id = upload_ok(&owner, "last copy.bin", bytes.clone())
-        .await
-        .file_id;
-    pin(&owner, &id, 2).await;
-    wait_holders(
-        &central,
-        &id,
-        "a replica on the volunteer",
-        &[(&owner, false), (&vol, true)],
-    )
-    .await;
+    let (owner, vol, id) = replicated_once(&central, "last copy.bin", &bytes).await;
     owner.stop().await;
     wait_holders(&central, &id, "the volunteer alone", &[(&vol, true)]).await;
 
@@ -685,20 +695,8 @@ async fn a_download_of_a_replica_held_here_needs_no_other_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_replica_is_never_made_the_users_copy() {
     let central = quick_central().await;
-    let owner = volunteer(&central, 0).await;
-    let vol = volunteer(&central, 64 * MIB).await;
     let bytes = test_bytes(MIB as usize + 3, 13);
-    let id = upload_ok(&owner, "fragile.bin", bytes.clone())
-        .await
-        .file_id;
-    pin(&owner, &id, 2).await;
-    wait_holders(
-        &central,
-        &id,
-        "a replica on the volunteer",
-        &[(&owner, false), (&vol, true)],
-    )
-    .await;
+    let (owner, vol, id) = replicated_once(&central, "fragile.bin", &bytes).await;
     // Bit rot: same size, other bytes.
     let path = vol.data_path().join("replicas").join(&id);
     let mut damaged = bytes.clone();
