@@ -61,12 +61,7 @@ async fn a_replica_is_served_like_a_shared_file_and_outlives_a_restart() {
     let liar_id = blake3_hex(b"what it should be");
     let root = root_with_replicas(&[(&id, &bytes), (&liar_id, b"what it is instead")]);
     let quota = 64 * MIB;
-    let a = TestPeer::start_in(root, &central.url, &[], |c| {
-        c.replica_quota_bytes = quota;
-        c.min_free_bytes = 0;
-    })
-    .await;
-    a.wait_joined().await;
+    let a = volunteer_in(root, &central, quota).await;
 
     // Held as a replica: in status and its quota, not among the user's files.
     let s = a.status().await;
@@ -134,12 +129,7 @@ async fn a_replica_is_served_like_a_shared_file_and_outlives_a_restart() {
         (holders_of(&central, &id).await.len() == 1).then_some(())
     })
     .await;
-    let a = TestPeer::start_in(root, &central.url, &[], |c| {
-        c.replica_quota_bytes = quota;
-        c.min_free_bytes = 0;
-    })
-    .await;
-    a.wait_joined().await;
+    let a = volunteer_in(root, &central, quota).await;
     let s = a.status().await;
     assert_eq!(s.files_hashed, 0, "an unchanged replica was hashed again");
     assert_eq!(s.replicas.len(), 1);
@@ -260,9 +250,15 @@ async fn quick_central() -> TestCentral {
     .await
 }
 
-/// A peer offering `quota` bytes of replica space.
+/// A peer offering `quota` bytes of replica space, in fresh folders.
 async fn volunteer(central: &TestCentral, quota: u64) -> TestPeer {
-    let p = TestPeer::start(&central.url, &[], |c| {
+    volunteer_in(Arc::new(tempfile::tempdir().unwrap()), central, quota).await
+}
+
+/// A peer offering `quota` bytes of replica space over the folders of
+/// `root`, joined.
+async fn volunteer_in(root: Arc<tempfile::TempDir>, central: &TestCentral, quota: u64) -> TestPeer {
+    let p = TestPeer::start_in(root, &central.url, &[], |c| {
         c.replica_quota_bytes = quota;
         c.min_free_bytes = 0;
     })
@@ -550,16 +546,14 @@ async fn lowering_a_pin_drops_replicas_never_an_owners_copy() {
 }
 
 /// The replica partials of `id` in a peer's replica space.
-fn replica_partials(p: &TestPeer, id: &str) -> Vec<String> {
-    let dir = p.data_path().join("replicas").join("partial");
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(id))
-                .collect()
+fn replica_partials(p: &TestPeer, id: &str) -> Vec<std::path::PathBuf> {
+    files_under(&p.data_path().join("replicas").join("partial"))
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(id))
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// A FETCH the directory stops asking for (the pin is lifted while the
