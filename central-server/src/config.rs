@@ -65,6 +65,12 @@ pub struct Limits {
     /// Bytes one peer's pins may ask the network to keep, size × copies
     /// summed (`CENTRAL_MAX_PINNED_BYTES_PER_PEER`, default 1 TiB).
     pub max_pinned_bytes_per_peer: u64,
+    /// Pins set from one source address (`CENTRAL_MAX_PINS_PER_ADDR`,
+    /// default 1000): a key costs one Challenge, an address does not.
+    pub max_pins_per_addr: usize,
+    /// Bytes the pins set from one source address may ask the network to
+    /// keep (`CENTRAL_MAX_PINNED_BYTES_PER_ADDR`, default 1 TiB).
+    pub max_pinned_bytes_per_addr: u64,
 }
 
 impl Default for Limits {
@@ -86,6 +92,8 @@ impl Default for Limits {
             max_replicas: 5,
             max_pins_per_peer: 1000,
             max_pinned_bytes_per_peer: 1 << 40,
+            max_pins_per_addr: 1000,
+            max_pinned_bytes_per_addr: 1 << 40,
         }
     }
 }
@@ -132,6 +140,19 @@ pub struct Config {
     /// before replica holders are asked to drop the extras
     /// (`CENTRAL_REPLICA_GRACE_SECS`, default 300).
     pub replica_grace: Duration,
+    /// A pin outlives its owner's lease by this long, then ends and its
+    /// replicas are released (`CENTRAL_PIN_ORPHAN_DAYS`, default 30 days).
+    pub pin_orphan: Duration,
+    /// How often the leader audits each copy it counts (a random chunk
+    /// checked against the file id; `CENTRAL_AUDIT_SECS`, default 600).
+    /// Unproven copies are audited at once.
+    pub audit_every: Duration,
+    /// After a failed audit, the next comes this much later per failure in
+    /// a row (default 10 s; three in a row drop the claim).
+    pub audit_retry: Duration,
+    /// Extra CA certificates (PEM) trusted when auditing peers whose API
+    /// is https (`CENTRAL_PEER_CA_FILE`), beside the system's roots.
+    pub peer_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// Longest `CENTRAL_NAME`.
@@ -153,6 +174,10 @@ impl Config {
             name: None,
             drain: None,
             replica_grace: Duration::from_secs(300),
+            pin_orphan: Duration::from_secs(30 * 86_400),
+            audit_every: Duration::from_secs(600),
+            audit_retry: Duration::from_secs(10),
+            peer_ca: Vec::new(),
         }
     }
 
@@ -220,6 +245,9 @@ impl Config {
                 "CENTRAL_NAME {n:?} must be 1-{MAX_NAME_LEN} characters among letters, digits and . _ : -"
             ));
         }
+        if self.audit_every < Duration::from_secs(1) {
+            return bad("audit_every (CENTRAL_AUDIT_SECS) must be at least 1 second".into());
+        }
         let l = &self.limits;
         if l.max_message_bytes < 1024 {
             return bad(format!(
@@ -245,6 +273,7 @@ impl Config {
             ),
             (l.max_files, "max_files (CENTRAL_MAX_FILES)"),
             (l.max_keys, "max_keys (CENTRAL_MAX_KEYS)"),
+            (l.max_pins_per_addr, "max_pins_per_addr (CENTRAL_MAX_PINS_PER_ADDR)"),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be positive"));

@@ -19,6 +19,9 @@
 //!   volunteer's lease (every central hands it out in Heartbeat answers);
 //! * `declined/<peer id>/<file id>` → a [`Decline`] (JSON): a FETCH the
 //!   volunteer would not do, attached to its lease, read by the planner;
+//! * `proofs/<peer id>/<file id>` → a [`Proof`] (JSON): a copy the
+//!   directory stands behind (fetched at its request, or audited), on the
+//!   holder's lease, written by the leader;
 //! * `keys/<peer id>` → [`Binding`] (the peer's public key and last Join),
 //!   no lease: a binding outlives the peer (`CENTRAL_KEY_RETENTION_DAYS`);
 //! * `nonces/<nonce>` → spent Join nonces, on a short shared lease, so a
@@ -72,7 +75,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::replication::{Pin, Task};
+use crate::replication::{Pin, Proof, Task};
 use crate::store::PublicKey;
 
 /// Most operations in one etcd transaction (etcd's default
@@ -174,6 +177,12 @@ pub(crate) enum Change {
         peer: PeerId,
         file: FileId,
         decline: Option<Decline>,
+    },
+    /// A copy proven (`Some`) or no longer.
+    Proof {
+        peer: PeerId,
+        file: FileId,
+        proof: Option<Proof>,
     },
 }
 
@@ -403,7 +412,7 @@ impl Etcd {
             changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
         }
         drop(reads);
-        for rest in ["pins/", "tasks/", "declined/"] {
+        for rest in ["pins/", "tasks/", "declined/", "proofs/"] {
             let (kvs, _) = self.read_prefix(rest, revision).await?;
             changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
         }
@@ -522,6 +531,14 @@ impl Etcd {
                 file: file.parse().ok()?,
                 decline: Some(decline),
             })
+        } else if let Some(path) = rest.strip_prefix("proofs/") {
+            let (peer, file) = split_pair(path)?;
+            let proof = json(key, kv.value())?;
+            Some(Change::Proof {
+                peer: peer.parse().ok()?,
+                file: file.parse().ok()?,
+                proof: Some(proof),
+            })
         } else {
             None
         }
@@ -561,6 +578,13 @@ impl Etcd {
                 peer: peer.parse().ok()?,
                 file: file.parse().ok()?,
                 decline: None,
+            })
+        } else if let Some(path) = rest.strip_prefix("proofs/") {
+            let (peer, file) = split_pair(path)?;
+            Some(Change::Proof {
+                peer: peer.parse().ok()?,
+                file: file.parse().ok()?,
+                proof: None,
             })
         } else {
             None
@@ -1064,6 +1088,35 @@ impl Etcd {
             ));
         }
         self.batches("decline", ops).await
+    }
+
+    /// Record that the directory stands behind `peer`'s copy of `file`
+    /// (`Some`, on the peer's lease), or no longer. A peer whose lease
+    /// ended meanwhile is skipped. The revision of the write (0: none).
+    pub(crate) async fn set_proof(
+        &self,
+        peer: &PeerId,
+        file: &FileId,
+        proof: Option<&Proof>,
+    ) -> Result<i64> {
+        let key = self.key(&format!("proofs/{peer}/{}", file.to_hex()));
+        let op = match proof {
+            Some(p) => {
+                let Some(meta) = self.peer_meta(peer) else {
+                    return Ok(0);
+                };
+                TxnOp::put(
+                    key,
+                    serde_json::to_vec(p).map_err(|e| Error::Internal(e.to_string()))?,
+                    Some(PutOptions::new().with_lease(meta.lease)),
+                )
+            }
+            None => TxnOp::delete(key, None),
+        };
+        match self.batches("proof", vec![op]).await {
+            Err(e) if lease_gone(&e) => Ok(0),
+            r => r,
+        }
     }
 
     /// Forget old declines (they expire: a volunteer may have room again).

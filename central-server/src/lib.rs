@@ -90,6 +90,7 @@
 //! * `oversize` — maps tonic's oversized-message error to RESOURCE_EXHAUSTED.
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].
 
+mod audit;
 mod config;
 mod error;
 mod etcd;
@@ -118,7 +119,7 @@ pub use error::{Error, RETRY_AFTER, Result};
 /// File name of the database inside [`Config::data_dir`] (tests open it to
 /// check that an acknowledged change is already committed).
 pub use store::DB_FILE;
-pub use tls::TlsFiles;
+pub use tls::{TlsFiles, read_ca_file};
 
 use service::{Backend, DirectoryService, Secrets};
 

@@ -130,6 +130,38 @@ struct Args {
           value_parser = positive("CENTRAL_MAX_PINNED_BYTES_PER_PEER"))]
     max_pinned_bytes_per_peer: u64,
 
+    /// Pins that calls from one source address may set, whatever key they
+    /// sign with (a key costs one Challenge; an address does not).
+    #[arg(long, env = "CENTRAL_MAX_PINS_PER_ADDR", default_value_t = Limits::default().max_pins_per_addr,
+          value_parser = positive_usize("CENTRAL_MAX_PINS_PER_ADDR"))]
+    max_pins_per_addr: usize,
+
+    /// Bytes the pins set from one source address may ask the network to
+    /// keep (size times copies, summed).
+    #[arg(long, env = "CENTRAL_MAX_PINNED_BYTES_PER_ADDR", default_value_t = Limits::default().max_pinned_bytes_per_addr,
+          value_parser = positive("CENTRAL_MAX_PINNED_BYTES_PER_ADDR"))]
+    max_pinned_bytes_per_addr: u64,
+
+    /// Days a pin outlives its owner's lease: a pin whose owner has not
+    /// been back for this long ends and its replicas are released
+    /// (0 = the pin ends with its owner's lease).
+    #[arg(long, env = "CENTRAL_PIN_ORPHAN_DAYS", default_value_t = 30,
+          value_parser = clap::value_parser!(u32).range(0..=36_500))]
+    pin_orphan_days: u32,
+
+    /// Seconds between two audits of a copy the directory counts toward a
+    /// pin: the leader fetches a random chunk from the holder and checks
+    /// it against the file id. Unproven copies are audited at once.
+    #[arg(long, env = "CENTRAL_AUDIT_SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    audit_secs: u64,
+
+    /// PEM file of CA certificates to trust, beside the system's roots,
+    /// when auditing peers whose API is https (set it to your network's CA,
+    /// as PSERVER_CA_FILE on the PServers).
+    #[arg(long, env = "CENTRAL_PEER_CA_FILE", value_name = "PEM")]
+    peer_ca_file: Option<PathBuf>,
+
     /// Seconds a pinned file may keep more live copies than asked (an
     /// owner came back) before volunteers are asked to drop the extra
     /// replicas. Owners' copies are never dropped.
@@ -262,6 +294,10 @@ impl Args {
             name: Some(self.name.trim().to_owned()).filter(|s| !s.is_empty()),
             drain: None,
             replica_grace: Duration::from_secs(self.replica_grace_secs),
+            pin_orphan: Duration::from_secs(u64::from(self.pin_orphan_days) * 86_400),
+            audit_every: Duration::from_secs(self.audit_secs),
+            audit_retry: Config::new("").audit_retry,
+            peer_ca: Vec::new(),
             limits: Limits {
                 max_message_bytes: self.max_message_bytes,
                 max_name_bytes: self.max_name_bytes,
@@ -278,6 +314,8 @@ impl Args {
                 max_replicas: self.max_replicas,
                 max_pins_per_peer: self.max_pins_per_peer,
                 max_pinned_bytes_per_peer: self.max_pinned_bytes_per_peer,
+                max_pins_per_addr: self.max_pins_per_addr,
+                max_pinned_bytes_per_addr: self.max_pinned_bytes_per_addr,
                 ..Limits::default()
             },
         }
@@ -324,6 +362,9 @@ async fn try_main() -> anyhow::Result<()> {
         set(&args.tls_cert).as_deref(),
         set(&args.tls_key).as_deref(),
     )?;
+    if let Some(path) = set(&args.peer_ca_file) {
+        config.peer_ca = central_server::read_ca_file(&path)?;
+    }
     config.validate()?;
     let listener = tokio::net::TcpListener::bind(args.listen_addr)
         .await

@@ -171,6 +171,17 @@ pub(crate) struct Metrics {
     tasks_open: Gauge,
     /// Replica tasks given by this central's planner: fetch, drop.
     tasks_given: [Counter; 2],
+    /// Pinned files short of copies that no volunteer has room for.
+    unplaced: Gauge,
+    /// Copies the directory stands behind (fetched at its request, or
+    /// audited).
+    proofs: Gauge,
+    /// Audits by this central (while it leads): pass, fail.
+    audits: [Counter; 2],
+    /// Claims dropped after failed audits.
+    claims_dropped: Counter,
+    /// Pins ended because their owner was gone for CENTRAL_PIN_ORPHAN_DAYS.
+    orphan_pins_ended: Counter,
 }
 
 /// Replication figures, read at each scrape.
@@ -182,12 +193,18 @@ pub(crate) struct Replication {
     pub under: usize,
     pub lost: usize,
     pub tasks_open: usize,
+    pub unplaced: usize,
+    pub proofs: usize,
 }
 
 const PINNED_STATES: [&[Label]; 3] = [
     &[Label::from_static_parts("state", "ok")],
     &[Label::from_static_parts("state", "under")],
     &[Label::from_static_parts("state", "lost")],
+];
+const AUDIT_RESULTS: [&[Label]; 2] = [
+    &[Label::from_static_parts("result", "pass")],
+    &[Label::from_static_parts("result", "fail")],
 ];
 const TASK_ACTIONS: [&[Label]; 2] = [
     &[Label::from_static_parts("action", "fetch")],
@@ -315,6 +332,31 @@ impl Metrics {
                     "Replica tasks given by this central's planner (while it leads), by action",
                 )
             }),
+            unplaced: gauge(
+                "peerdex_central_pinned_files_unplaced",
+                "Pinned files short of copies that no volunteer has room for (the leader's planner)",
+            ),
+            proofs: gauge(
+                "peerdex_central_proven_copies",
+                "Copies the directory stands behind: fetched at its request, or passed an audit",
+            ),
+            audits: std::array::from_fn(|i| {
+                counter(
+                    "peerdex_central_audits_total",
+                    AUDIT_RESULTS[i],
+                    "Audits of claimed copies (a random chunk checked against the file id) by this central while it leads, by result",
+                )
+            }),
+            claims_dropped: counter(
+                "peerdex_central_claims_dropped_total",
+                &[],
+                "Claims to hold a file dropped from the directory after repeated failed audits",
+            ),
+            orphan_pins_ended: counter(
+                "peerdex_central_orphan_pins_ended_total",
+                &[],
+                "Pins ended because their owner had no lease for CENTRAL_PIN_ORPHAN_DAYS",
+            ),
             handle: r.handle(),
             recorder: r,
         }
@@ -408,6 +450,19 @@ impl Metrics {
         self.tasks_given[usize::from(!fetch)].increment(1);
     }
 
+    /// An audit answered: passed or failed.
+    pub(crate) fn audit(&self, pass: bool) {
+        self.audits[usize::from(!pass)].increment(1);
+    }
+
+    pub(crate) fn claim_dropped(&self) {
+        self.claims_dropped.increment(1);
+    }
+
+    pub(crate) fn pin_orphaned(&self) {
+        self.orphan_pins_ended.increment(1);
+    }
+
     /// The Prometheus text exposition, gauges set from `stats`.
     pub(crate) fn render(
         &self,
@@ -421,6 +476,8 @@ impl Metrics {
             g.set(n as f64);
         }
         self.tasks_open.set(rep.tasks_open as f64);
+        self.unplaced.set(rep.unplaced as f64);
+        self.proofs.set(rep.proofs as f64);
         self.leader.set(f64::from(u8::from(role.leader)));
         self.draining.set(f64::from(u8::from(role.draining)));
         self.revision.set(role.revision as f64);

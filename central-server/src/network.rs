@@ -95,9 +95,19 @@ impl Network {
 
     /// A fresh credential for `peer`: the JWT and its expiry.
     pub(crate) fn credential(&self, peer: &PeerId) -> Result<(String, u64)> {
+        self.sign(peer.to_string())
+    }
+
+    /// The directory's own credential, for its audits of peers' copies
+    /// (subject `directory`, never a peer id, so never revoked).
+    pub(crate) fn own_credential(&self) -> Result<String> {
+        self.sign("directory".into()).map(|(jwt, _)| jwt)
+    }
+
+    fn sign(&self, sub: String) -> Result<(String, u64)> {
         let iat = unix_now();
         let claims = Credential {
-            sub: peer.to_string(),
+            sub,
             aud: self.audience.clone(),
             iat,
             exp: iat + self.lifetime.as_secs().max(1),

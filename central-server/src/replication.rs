@@ -6,23 +6,37 @@
 //!
 //! The rules, for each file that is pinned or has a replica holder:
 //!
-//! * **Live copies** are the live peers that hold it, owners and replica
-//!   holders alike. `target` is the highest pin (`wanted`), at least 1.
-//! * **Too few** (`live < wanted`): volunteers that do not hold it, are
+//! * **Live copies** are the live peers that claim it, owners and replica
+//!   holders alike; **proven** copies are those the directory stands
+//!   behind (see [`Holder::proven`]): only they count toward a pin. A
+//!   claim alone (a rogue's `replica = true` for bytes it does not have)
+//!   never counts. `target` is the highest pin (`wanted`), at least 1.
+//! * **Auditing**: while an audit of one of a file's copies is due, the
+//!   planner asks nothing for that file (a new leader audits first).
+//! * **Too few** (`proven < wanted`): volunteers that do not hold it, are
 //!   not already fetching it, did not decline it and have room in their
 //!   quota (quota − replicas held − fetches under way) are asked to FETCH
-//!   it, the roomiest first, until `live + fetching = wanted`. No peer is
-//!   ever asked for a second copy, and no quota is ever exceeded.
+//!   it, one copy at a time, the pinner with the least replica space
+//!   first, each from the roomiest volunteer, until
+//!   `proven + fetching = wanted`. No peer is ever asked for a second
+//!   copy, and no quota is ever exceeded. A copy no volunteer can take is
+//!   reported **unplaced** (with the bytes wanted and free).
+//! * **Fair share**: while a pinner that holds less than its share
+//!   (volunteers' total quota ÷ pinners) waits for room, replicas of any
+//!   pinner above its share are dropped, biggest first, until it is at
+//!   its share.
 //! * **Lost** (`live = 0`): nothing can be fetched; the pin stays and the
 //!   file is reported lost until a peer that has it announces it again.
 //! * **Too many** (`live > target`) for longer than the grace period:
-//!   replica holders, never owners, are asked to DROP, until
+//!   replica holders, never owners, are asked to DROP, unproven copies
+//!   first, never a proven copy the target needs, until
 //!   `live − dropping = target`. Owners alone may exceed the target.
 //! * Fetches no longer needed are withdrawn, and a fetch open for longer
 //!   than its deadline is withdrawn and counted as declined, so another
 //!   volunteer is asked.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::IpAddr;
 
 use peerdex_proto::{FileId, PeerId};
 use serde::{Deserialize, Serialize};
@@ -33,6 +47,10 @@ pub struct Holder {
     pub peer: PeerId,
     /// Holds it as a replica (may be asked to drop it), not as an owner.
     pub replica: bool,
+    /// The directory stands behind this copy: it asked for it and the
+    /// volunteer reported it done, or it passed its last audit. Only
+    /// proven copies count toward a pin.
+    pub proven: bool,
 }
 
 /// A file the planner looks after: pinned, or held as a replica somewhere.
@@ -46,6 +64,12 @@ pub struct FileState {
     pub wanted: u32,
     /// Live holders, each peer once.
     pub holders: Vec<Holder>,
+    /// An audit of one of its copies is due: nothing is asked for it until
+    /// the answer is in (a new leader audits before it counts).
+    pub auditing: bool,
+    /// Who pinned it (the source address of the highest pin's owner):
+    /// replica space is shared fairly among pinners.
+    pub pinner: Option<IpAddr>,
 }
 
 /// A live peer that offers replica space.
@@ -116,6 +140,27 @@ pub struct Plan {
     pub timed_out: Vec<(PeerId, FileId)>,
     /// Pinned files with no live copy.
     pub lost: BTreeSet<FileId>,
+    /// Pinned files short of copies that no volunteer can take now.
+    pub unplaced: BTreeMap<FileId, Unplaced>,
+}
+
+/// A pin no volunteer has room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unplaced {
+    /// Bytes of the copies it is short of.
+    pub wanted_bytes: u64,
+    /// Room left in all volunteers' replica space together.
+    pub free_bytes: u64,
+}
+
+impl Unplaced {
+    /// What `peerdex pins` shows.
+    pub fn message(&self) -> String {
+        format!(
+            "no volunteer has room: {} bytes wanted, {} free in total",
+            self.wanted_bytes, self.free_bytes
+        )
+    }
 }
 
 /// How long a fetch of `size` bytes may stay open: the timeout, plus a
@@ -167,8 +212,20 @@ pub fn plan(input: &Input) -> Plan {
     }
     let timed_out: HashSet<(PeerId, FileId)> = out.timed_out.iter().copied().collect();
 
-    for f in files {
+    // Replica space each pinner takes (copies held by volunteers, and
+    // fetches under way), for a fair share of it.
+    let mut usage: HashMap<Option<IpAddr>, u64> = HashMap::new();
+    for f in &files {
+        let copies = f.holders.iter().filter(|h| h.replica).count()
+            + fetching.get(&f.id).map_or(0, Vec::len);
+        *usage.entry(f.pinner).or_default() += f.size.saturating_mul(copies as u64);
+    }
+    // Files short of copies, and how many more each needs.
+    let mut short: Vec<(&FileState, usize)> = Vec::new();
+
+    for f in files.iter().copied() {
         let live = f.holders.len() as u64;
+        let proven = f.holders.iter().filter(|h| h.proven).count() as u64;
         let wanted = u64::from(f.wanted);
         let target = wanted.max(1);
         let mine = fetching.remove(&f.id).unwrap_or_default();
@@ -179,35 +236,18 @@ pub fn plan(input: &Input) -> Plan {
             withdraw(&mut out.tasks, &mut room, f, &mine);
             continue;
         }
-        if live < wanted {
-            // Too few: keep as many fetches as are missing, add the rest.
-            let missing = (wanted - live) as usize;
+        if f.auditing {
+            // Some copy's audit is due: decide once its answer is in.
+            continue;
+        }
+        if proven < wanted {
+            // Too few proven copies: keep as many fetches as are missing,
+            // ask for the rest below (fairly among pinners).
+            let missing = (wanted - proven) as usize;
             let (keep, extra) = mine.split_at(mine.len().min(missing));
             withdraw(&mut out.tasks, &mut room, f, extra);
-            let mut candidates: Vec<(u64, PeerId)> = input
-                .volunteers
-                .iter()
-                .map(|v| v.peer)
-                .filter(|p| {
-                    !f.holders.iter().any(|h| h.peer == *p)
-                        && !keep.contains(p)
-                        && !input.declined.contains(&(*p, f.id))
-                        && !timed_out.contains(&(*p, f.id))
-                })
-                .filter_map(|p| room.get(&p).filter(|&&r| r >= f.size).map(|&r| (r, p)))
-                .collect();
-            candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            for (_, p) in candidates.into_iter().take(missing - keep.len()) {
-                *room.get_mut(&p).expect("a volunteer") -= f.size;
-                out.tasks.insert(
-                    (p, f.id),
-                    Task {
-                        action: Action::Fetch,
-                        size: f.size,
-                        name: f.name.clone(),
-                        since_ms: input.now_ms,
-                    },
-                );
+            if missing > keep.len() {
+                short.push((f, missing - keep.len()));
             }
             continue;
         }
@@ -222,39 +262,183 @@ pub fn plan(input: &Input) -> Plan {
             continue;
         }
         // Too many for the whole grace period: replica holders drop the
-        // extras, those already dropping first, never an owner.
+        // extras, unproven copies first, then those already dropping,
+        // never an owner, and never a proven copy the target needs.
         let extra = (live - target) as usize;
-        let mut replicas: Vec<(bool, PeerId)> = f
+        let mut replicas: Vec<(bool, bool, PeerId)> = f
             .holders
             .iter()
             .filter(|h| h.replica)
-            .map(|h| {
-                let dropping = input
-                    .tasks
-                    .get(&(h.peer, f.id))
-                    .is_some_and(|t| t.action == Action::Drop);
-                (!dropping, h.peer)
-            })
+            .map(|h| (h.proven, !dropping(input, h.peer, f.id), h.peer))
             .collect();
         replicas.sort();
-        for (fresh, p) in replicas.into_iter().take(extra) {
-            let since_ms = if fresh {
-                input.now_ms
-            } else {
-                input.tasks[&(p, f.id)].since_ms
-            };
-            out.tasks.insert(
-                (p, f.id),
-                Task {
-                    action: Action::Drop,
-                    size: f.size,
-                    name: f.name.clone(),
-                    since_ms,
-                },
-            );
+        let mut proven_spare = proven.saturating_sub(target);
+        let mut dropped = 0;
+        for (is_proven, _, p) in replicas {
+            if dropped == extra {
+                break;
+            }
+            if is_proven {
+                if proven_spare == 0 {
+                    continue;
+                }
+                proven_spare -= 1;
+            }
+            dropped += 1;
+            drop_task(&mut out.tasks, input, f, p);
+        }
+    }
+
+    // Ask for the missing copies one at a time, the pinner with the least
+    // replica space first, each from the roomiest volunteer that may take
+    // it. A file no volunteer can take is unplaced.
+    // Each pinner's files short of copies, in file order; the pinners by
+    // the replica space they take.
+    let mut wants: BTreeMap<Option<IpAddr>, std::collections::VecDeque<(&FileState, usize)>> =
+        BTreeMap::new();
+    for (f, n) in short {
+        wants.entry(f.pinner).or_default().push_back((f, n));
+    }
+    let mut queue: BTreeSet<(u64, Option<IpAddr>)> = wants
+        .keys()
+        .map(|p| (usage.get(p).copied().unwrap_or(0), *p))
+        .collect();
+    while let Some((used, pinner)) = queue.pop_first() {
+        let Some(list) = wants.get_mut(&pinner) else {
+            continue;
+        };
+        let Some((f, n)) = list.pop_front() else {
+            continue;
+        };
+        let best = input
+            .volunteers
+            .iter()
+            .map(|v| v.peer)
+            .filter(|p| {
+                !f.holders.iter().any(|h| h.peer == *p)
+                    && !out.tasks.contains_key(&(*p, f.id))
+                    && !input.declined.contains(&(*p, f.id))
+                    && !timed_out.contains(&(*p, f.id))
+            })
+            .filter_map(|p| room.get(&p).filter(|&&r| r >= f.size).map(|&r| (r, p)))
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut used = used;
+        match best {
+            Some((_, p)) => {
+                *room.get_mut(&p).expect("a volunteer") -= f.size;
+                out.tasks.insert(
+                    (p, f.id),
+                    Task {
+                        action: Action::Fetch,
+                        size: f.size,
+                        name: f.name.clone(),
+                        since_ms: input.now_ms,
+                    },
+                );
+                used = used.saturating_add(f.size);
+                usage.insert(pinner, used);
+                if n > 1 {
+                    list.push_front((f, n - 1));
+                }
+            }
+            None => {
+                let free = room.values().copied().fold(0u64, u64::saturating_add);
+                out.unplaced.insert(
+                    f.id,
+                    Unplaced {
+                        wanted_bytes: f.size.saturating_mul(n as u64),
+                        free_bytes: free,
+                    },
+                );
+            }
+        }
+        if !list.is_empty() {
+            queue.insert((used, pinner));
+        }
+    }
+
+    // While a pin waits for room, no pinner keeps more than its fair share
+    // of the replica space: its replicas above the share are dropped (the
+    // newest pinner's wait ends as the space frees).
+    if !out.unplaced.is_empty() {
+        let total: u64 = input
+            .volunteers
+            .iter()
+            .map(|v| v.quota)
+            .fold(0, u64::saturating_add);
+        let pinners: BTreeSet<Option<IpAddr>> = files
+            .iter()
+            .filter(|f| f.wanted > 1)
+            .map(|f| f.pinner)
+            .collect();
+        let fair = total / (pinners.len().max(1) as u64);
+        let used_by = |p: &Option<IpAddr>| usage.get(p).copied().unwrap_or(0);
+        let needy = out
+            .unplaced
+            .keys()
+            .filter_map(|id| by_id.get(id))
+            .any(|f| used_by(&f.pinner) < fair);
+        for pinner in pinners.iter().filter(|_| needy) {
+            let mut used = used_by(pinner);
+            if used <= fair {
+                continue;
+            }
+            // Its copies held by volunteers, biggest files first.
+            let mut theirs: Vec<(&FileState, PeerId)> = files
+                .iter()
+                .filter(|f| f.pinner == *pinner)
+                .flat_map(|f| {
+                    f.holders
+                        .iter()
+                        .filter(|h| h.replica)
+                        .map(move |h| (*f, h.peer))
+                })
+                .collect();
+            theirs.sort_by(|a, b| {
+                b.0.size
+                    .cmp(&a.0.size)
+                    .then(dropping(input, b.1, b.0.id).cmp(&dropping(input, a.1, a.0.id)))
+                    .then(a.0.id.cmp(&b.0.id))
+                    .then(a.1.cmp(&b.1))
+            });
+            for (f, p) in theirs {
+                if used <= fair {
+                    break;
+                }
+                if out.tasks.contains_key(&(p, f.id)) {
+                    continue;
+                }
+                used = used.saturating_sub(f.size);
+                drop_task(&mut out.tasks, input, f, p);
+            }
         }
     }
     out
+}
+
+/// `peer` is already asked to drop its copy of `file`.
+fn dropping(input: &Input, peer: PeerId, file: FileId) -> bool {
+    input
+        .tasks
+        .get(&(peer, file))
+        .is_some_and(|t| t.action == Action::Drop)
+}
+
+/// Ask `peer` to drop its copy of `f` (keeping when it was first asked).
+fn drop_task(tasks: &mut Tasks, input: &Input, f: &FileState, peer: PeerId) {
+    let since_ms = match input.tasks.get(&(peer, f.id)) {
+        Some(t) if t.action == Action::Drop => t.since_ms,
+        _ => input.now_ms,
+    };
+    tasks.insert(
+        (peer, f.id),
+        Task {
+            action: Action::Drop,
+            size: f.size,
+            name: f.name.clone(),
+            since_ms,
+        },
+    );
 }
 
 /// Withdraw the fetches of `f` by `peers`, giving their room back.
@@ -268,12 +452,13 @@ fn withdraw(tasks: &mut Tasks, room: &mut HashMap<PeerId, u64>, f: &FileState, p
     }
 }
 
-/// The state of a file as answers show it.
-pub fn state(wanted: u32, live: u32) -> &'static str {
+/// The state of a file as answers show it: `live` copies, of which
+/// `proven` count.
+pub fn state(wanted: u32, live: u32, proven: u32) -> &'static str {
     match (wanted, live) {
         (0, _) => "",
         (_, 0) => "lost",
-        (w, l) if l < w => "under",
+        (w, _) if proven < w => "under",
         _ => "ok",
     }
 }
@@ -288,6 +473,32 @@ pub struct Pin {
     pub name: String,
     /// Unix seconds.
     pub at: i64,
+    /// The source address of the pinning peer's call: limits and the
+    /// replica space's fair share hold per address, not per key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<IpAddr>,
+    /// Since when its owner has had no lease (Unix seconds): the pin ends
+    /// `CENTRAL_PIN_ORPHAN_DAYS` later unless the owner comes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphaned_at: Option<i64>,
+}
+
+/// Why the directory stands behind a copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProofVia {
+    /// The directory asked this volunteer to fetch it (a verified
+    /// download) and the volunteer reported it done.
+    Fetched,
+    /// A random chunk of it checked out against the file id.
+    Audited,
+}
+
+/// A proven copy: how, and when (Unix milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proof {
+    pub via: ProofVia,
+    pub at_ms: u64,
 }
 
 /// Every pin, in memory (the durable copy is in SQLite or etcd).
@@ -342,12 +553,44 @@ impl PinBook {
         })
     }
 
+    /// Who pinned `file`: the address of the highest pin's owner.
+    pub fn pinner(&self, file: &FileId) -> Option<IpAddr> {
+        self.by_file
+            .get(file)?
+            .values()
+            .max_by_key(|p| (p.replicas, std::cmp::Reverse(p.at)))?
+            .addr
+    }
+
     /// `peer`'s pins.
     pub fn of(&self, peer: &PeerId) -> Vec<(FileId, Pin)> {
         self.by_file
             .iter()
             .filter_map(|(f, m)| Some((*f, m.get(peer)?.clone())))
             .collect()
+    }
+
+    /// How many pins were set from `addr`, and the bytes they ask the
+    /// network to keep (size × copies), leaving out `peer`'s pin of
+    /// `except`.
+    pub fn usage_of_addr(&self, addr: IpAddr, peer: &PeerId, except: &FileId) -> (usize, u64) {
+        self.by_file
+            .iter()
+            .flat_map(|(f, m)| m.iter().map(move |(p, pin)| (f, p, pin)))
+            .filter(|(f, p, pin)| pin.addr == Some(addr) && !(*f == except && *p == peer))
+            .fold((0, 0), |(n, b), (_, _, pin)| {
+                (
+                    n + 1,
+                    b.saturating_add(pin.size.saturating_mul(u64::from(pin.replicas))),
+                )
+            })
+    }
+
+    /// Every pin, with its owner.
+    pub fn all(&self) -> impl Iterator<Item = (FileId, PeerId, &Pin)> + '_ {
+        self.by_file
+            .iter()
+            .flat_map(|(f, m)| m.iter().map(move |(p, pin)| (*f, *p, pin)))
     }
 
     /// How many pins `peer` has, and the bytes they ask the network to
@@ -402,6 +645,7 @@ mod tests {
             .map(|&i| Holder {
                 peer: peer(i),
                 replica: false,
+                proven: true,
             })
             .collect()
     }
@@ -413,6 +657,8 @@ mod tests {
             name: format!("f{id}"),
             wanted,
             holders,
+            auditing: false,
+            pinner: None,
         }
     }
 
@@ -475,6 +721,7 @@ mod tests {
         holders.extend([3, 4].map(|i| Holder {
             peer: peer(i),
             replica: true,
+            proven: true,
         }));
         let mut i = input(vec![pinned(1, 100, 2, holders)], vec![]);
         let first = plan(&i);
@@ -501,16 +748,137 @@ mod tests {
             Holder {
                 peer: peer(3),
                 replica: true,
+                proven: true,
             },
             Holder {
                 peer: peer(4),
                 replica: true,
+                proven: true,
             },
         ];
         let mut i = input(vec![pinned(1, 100, 0, holders)], vec![]);
         i.grace_ms = 0;
         let p = plan(&i);
         assert_eq!(p.tasks.len(), 1, "one copy stays: {p:?}");
+    }
+
+    fn claim(i: u8, proven: bool) -> Holder {
+        Holder {
+            peer: peer(i),
+            replica: true,
+            proven,
+        }
+    }
+
+    #[test]
+    fn a_rogue_claim_never_counts_and_is_dropped_before_an_honest_copy() {
+        // Three real copies (an owner, two proven replicas) and a rogue's
+        // unproven claim, sorting first by peer id.
+        let mut holders = owners(&[9]);
+        holders.extend([claim(1, false), claim(5, true), claim(6, true)]);
+        let mut i = input(vec![pinned(1, 100, 3, holders)], vec![]);
+        i.grace_ms = 0;
+        let p = plan(&i);
+        let dropping: Vec<PeerId> = p.tasks.keys().map(|(p, _)| *p).collect();
+        assert_eq!(dropping, vec![peer(1)], "only the rogue is asked to drop");
+        assert_eq!(state(3, 4, 3), "ok");
+        // Two proven copies and the rogue: under, and a volunteer is asked.
+        let mut holders = owners(&[9]);
+        holders.extend([claim(1, false), claim(5, true)]);
+        let i = input(vec![pinned(1, 100, 3, holders)], vec![vol(7, 1000)]);
+        let p = plan(&i);
+        assert_eq!(p.tasks.keys().next(), Some(&(peer(7), file(1))));
+        assert_eq!(p.tasks[&(peer(7), file(1))].action, Action::Fetch);
+        assert_eq!(state(3, 3, 2), "under");
+    }
+
+    #[test]
+    fn two_rogues_before_any_fetch_do_not_stop_replication() {
+        let mut holders = owners(&[9]);
+        holders.extend([claim(1, false), claim(2, false)]);
+        let i = input(
+            vec![pinned(1, 100, 3, holders)],
+            vec![vol(5, 1000), vol(6, 1000)],
+        );
+        let p = plan(&i);
+        let asked: Vec<PeerId> = p.tasks.keys().map(|(p, _)| *p).collect();
+        assert_eq!(asked, vec![peer(5), peer(6)]);
+    }
+
+    #[test]
+    fn nothing_is_decided_for_a_file_while_an_audit_is_due() {
+        let mut f = pinned(1, 100, 3, vec![claim(1, false)]);
+        f.auditing = true;
+        let p = plan(&input(vec![f], vec![vol(5, 1000)]));
+        assert!(p.tasks.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_pinner_over_its_fair_share_makes_room_for_one_that_waits() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // A's two pins fill both volunteers (1000 bytes each).
+        let mut files = Vec::new();
+        for id in [1, 2] {
+            let mut f = pinned(id, 500, 3, owners(&[20 + id]));
+            f.holders.extend([claim(5, true), claim(6, true)]);
+            f.pinner = Some(a);
+            files.push(f);
+        }
+        // B's pin finds no room.
+        let mut fb = pinned(3, 500, 2, owners(&[30]));
+        fb.pinner = Some(b);
+        files.push(fb);
+        let vols = vec![
+            Volunteer {
+                peer: peer(5),
+                quota: 1000,
+                used: 1000,
+            },
+            Volunteer {
+                peer: peer(6),
+                quota: 1000,
+                used: 1000,
+            },
+        ];
+        let p = plan(&input(files, vols));
+        let u = p.unplaced[&file(3)];
+        assert_eq!(
+            u.message(),
+            "no volunteer has room: 500 bytes wanted, 0 free in total"
+        );
+        // A holds 2000 of 2000 bytes, its fair share is 1000: two of its
+        // replicas go.
+        let drops: Vec<_> = p
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.action == Action::Drop)
+            .map(|(k, _)| *k)
+            .collect();
+        assert_eq!(drops.len(), 2, "{drops:?}");
+        assert!(drops.iter().all(|(_, f)| *f != file(3)));
+    }
+
+    #[test]
+    fn copies_are_shared_out_least_served_pinner_first() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        // Room for two copies; A asks for three files first (ids 1-3), B
+        // for one (id 4): B gets one of the two.
+        let mut files: Vec<FileState> = (1..=3)
+            .map(|id| {
+                let mut f = pinned(id, 100, 2, owners(&[20 + id]));
+                f.pinner = Some(a);
+                f
+            })
+            .collect();
+        let mut fb = pinned(4, 100, 2, owners(&[30]));
+        fb.pinner = Some(b);
+        files.push(fb);
+        let p = plan(&input(files, vec![vol(5, 200)]));
+        let fetched: Vec<FileId> = p.tasks.keys().map(|(_, f)| *f).collect();
+        assert!(fetched.contains(&file(4)), "{fetched:?}");
+        assert_eq!(fetched.len(), 2);
     }
 
     // ------------------------------------------------------------ properties
@@ -526,7 +894,7 @@ mod tests {
             (
                 1u64..500,
                 0u32..=5,
-                prop::collection::vec((0u8..12, any::<bool>()), 0..5),
+                prop::collection::vec((0u8..12, any::<bool>(), any::<bool>()), 0..5),
             ),
             1..8,
         );
@@ -539,10 +907,11 @@ mod tests {
                     let mut seen = HashSet::new();
                     let holders = hs
                         .into_iter()
-                        .filter(|(p, _)| seen.insert(*p))
-                        .map(|(p, replica)| Holder {
+                        .filter(|(p, _, _)| seen.insert(*p))
+                        .map(|(p, replica, proven)| Holder {
                             peer: peer(p),
                             replica,
+                            proven,
                         })
                         .collect();
                     pinned(i as u8, size, wanted, holders)
@@ -607,6 +976,17 @@ mod tests {
             let live = f.holders.len();
             if dropping > 0 {
                 prop_assert!(live - dropping >= (f.wanted as usize).max(1));
+                // Never a proven copy the target needs.
+                let proven = f.holders.iter().filter(|h| h.proven).count();
+                let proven_dropped = f
+                    .holders
+                    .iter()
+                    .filter(|h| h.proven && p.tasks.contains_key(&(h.peer, f.id)))
+                    .count();
+                prop_assert!(
+                    proven - proven_dropped >= proven.min((f.wanted as usize).max(1)),
+                    "a needed proven copy dropped: {f:?}"
+                );
             }
         }
         Ok(())
@@ -621,6 +1001,7 @@ mod tests {
                     f.holders.push(Holder {
                         peer: *peer,
                         replica: true,
+                        proven: true,
                     });
                     let v = w.volunteers.iter_mut().find(|v| v.peer == *peer).unwrap();
                     v.used += t.size;
@@ -669,16 +1050,23 @@ mod tests {
                 if live == 0 {
                     continue;
                 }
-                if live < f.wanted {
+                let proven = f.holders.iter().filter(|h| h.proven).count() as u32;
+                if proven < f.wanted {
                     let could = w.volunteers.iter().any(|v| {
                         !f.holders.iter().any(|h| h.peer == v.peer)
                             && v.quota.saturating_sub(v.used) >= f.size
                     });
                     prop_assert!(!could, "{f:?} stuck under its pin with room left");
                 }
-                let replicas = f.holders.iter().filter(|h| h.replica).count() as u32;
-                if live > f.wanted.max(1) {
-                    prop_assert_eq!(replicas, 0, "extra replicas left: {:?}", f);
+                let unproven_replicas = f.holders.iter().filter(|h| h.replica && !h.proven).count();
+                let proven_replicas = f.holders.iter().filter(|h| h.replica && h.proven).count();
+                // (A file short of proven copies keeps its claims while
+                // volunteers are asked for more.)
+                if live > f.wanted.max(1) && proven >= f.wanted {
+                    prop_assert_eq!(unproven_replicas, 0, "extra unproven replicas left: {:?}", f);
+                    if proven > f.wanted.max(1) {
+                        prop_assert_eq!(proven_replicas, 0, "extra proven replicas left: {:?}", f);
+                    }
                 }
             }
         }

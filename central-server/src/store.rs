@@ -30,7 +30,7 @@ pub const DB_FILE: &str = "central.db";
 
 /// The schema this version writes (`PRAGMA user_version`). 0 is the first
 /// release's schema, which [`Store::open`] migrates.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE peers(
@@ -81,6 +81,14 @@ CREATE TABLE pins(
     at INTEGER NOT NULL,
     PRIMARY KEY(file_id, peer_id)
 ) WITHOUT ROWID;
+";
+
+/// Version 5 (issue 29): a pin remembers the source address that set it
+/// (limits per address) and since when its owner has been gone (a pin
+/// ends `CENTRAL_PIN_ORPHAN_DAYS` after its owner's lease).
+const PIN_OWNERS: &str = "
+ALTER TABLE pins ADD COLUMN addr TEXT;
+ALTER TABLE pins ADD COLUMN orphaned_at INTEGER;
 ";
 
 /// From the first release (`files(id, file_id, size, chunk_size,
@@ -154,6 +162,7 @@ impl Store {
                 tx.execute_batch(SCHEMA)?;
                 tx.execute_batch(KEYS)?;
                 tx.execute_batch(REPLICAS)?;
+                tx.execute_batch(PIN_OWNERS)?;
             }
             (2, _) => {
                 tracing::info!(
@@ -161,12 +170,20 @@ impl Store {
                 );
                 tx.execute_batch(KEYS)?;
                 tx.execute_batch(REPLICAS)?;
+                tx.execute_batch(PIN_OWNERS)?;
             }
             (3, _) => {
                 tracing::info!(
                     "migrating the database from schema 3 to {SCHEMA_VERSION} (replicas and pins)"
                 );
                 tx.execute_batch(REPLICAS)?;
+                tx.execute_batch(PIN_OWNERS)?;
+            }
+            (4, _) => {
+                tracing::info!(
+                    "migrating the database from schema 4 to {SCHEMA_VERSION} (pin owners' addresses)"
+                );
+                tx.execute_batch(PIN_OWNERS)?;
             }
             (0, true) => {
                 let (files, holdings): (i64, i64) = tx.query_row(
@@ -182,10 +199,11 @@ impl Store {
                 tx.execute_batch(MIGRATE_FROM_0)?;
                 tx.execute_batch(KEYS)?;
                 tx.execute_batch(REPLICAS)?;
+                tx.execute_batch(PIN_OWNERS)?;
             }
             (v, _) => {
                 return Err(Error::Corrupt(format!(
-                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0, 2, 3 or {SCHEMA_VERSION}); a newer release wrote it"
+                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0, 2, 3, 4 or {SCHEMA_VERSION}); a newer release wrote it"
                 )));
             }
         }
@@ -464,7 +482,7 @@ impl Store {
     pub fn pins(&self) -> Result<Vec<(FileId, PeerId, Pin)>> {
         let mut stmt = self
             .conn
-            .prepare("SELECT file_id, peer_id, replicas, size, name, at FROM pins")?;
+            .prepare("SELECT file_id, peer_id, replicas, size, name, at, addr, orphaned_at FROM pins")?;
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -484,6 +502,10 @@ impl Store {
                 size: r.get::<_, i64>(3)? as u64,
                 name: r.get(4)?,
                 at: r.get(5)?,
+                addr: r
+                    .get::<_, Option<String>>(6)?
+                    .and_then(|a| a.parse().ok()),
+                orphaned_at: r.get(7)?,
             };
             out.push((file, peer, pin));
         }
@@ -495,11 +517,21 @@ impl Store {
         let (f, p) = (file.as_bytes(), peer.as_uuid().as_bytes());
         match pin {
             Some(pin) => self.conn.execute(
-                "INSERT INTO pins(file_id, peer_id, replicas, size, name, at)
-                 VALUES(?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO pins(file_id, peer_id, replicas, size, name, at, addr, orphaned_at)
+                 VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT(file_id, peer_id) DO UPDATE SET replicas = excluded.replicas,
-                     size = excluded.size, name = excluded.name, at = excluded.at",
-                params![f, p, pin.replicas, size_col(pin.size), pin.name, pin.at],
+                     size = excluded.size, name = excluded.name, at = excluded.at,
+                     addr = excluded.addr, orphaned_at = excluded.orphaned_at",
+                params![
+                    f,
+                    p,
+                    pin.replicas,
+                    size_col(pin.size),
+                    pin.name,
+                    pin.at,
+                    pin.addr.map(|a| a.to_string()),
+                    pin.orphaned_at
+                ],
             )?,
             None => self.conn.execute(
                 "DELETE FROM pins WHERE file_id = ?1 AND peer_id = ?2",

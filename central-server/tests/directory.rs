@@ -10,7 +10,7 @@ use peerdex_proto::v1::{self, SharedFile};
 use peerdex_proto::{AUTHORIZATION, PeerId};
 use peerdex_testkit::central::{peer_key, signed_join};
 use peerdex_testkit::etcd::EtcdCluster;
-use peerdex_testkit::{TestCentral, wait_for};
+use peerdex_testkit::{StaticHolder, TestCentral, wait_for};
 use tonic::transport::Channel;
 use tonic::{Code, Request};
 
@@ -1522,11 +1522,16 @@ async fn pins_replicate_through_volunteers_and_persist(store: Store) {
     };
     let central = env.start_in(dir.path(), tweak).await;
     let mut c = client(&central).await;
+    // Copies count once the directory audits them: the honest peers'
+    // URL serves file 1's bytes (its id is the BLAKE3 of them).
+    let holder = StaticHolder::start(vec![1u32.to_le_bytes().to_vec()]).await;
+    assert_eq!(holder.ids[0], fid(1));
+    let hp = holder.port();
     let owner = PeerId::new_random();
     let to = join(
         &mut c,
         &owner,
-        7000,
+        hp,
         vec![
             file(1, "precious.bin"),
             file(2, "second.bin"),
@@ -1536,8 +1541,8 @@ async fn pins_replicate_through_volunteers_and_persist(store: Store) {
     .await;
     let vols: Vec<PeerId> = (0..3).map(|_| PeerId::new_random()).collect();
     let mut vt = Vec::new();
-    for (i, v) in vols.iter().enumerate() {
-        vt.push(join_volunteer(&mut c, v, 7100 + i as u16, 1 << 20).await);
+    for v in &vols {
+        vt.push(join_volunteer(&mut c, v, hp, 1 << 20).await);
     }
     let small = PeerId::new_random();
     let ts = join_volunteer(&mut c, &small, 7200, 500).await;
@@ -1613,8 +1618,14 @@ async fn pins_replicate_through_volunteers_and_persist(store: Store) {
     )
     .await
     .unwrap();
-    let l = locate_id(&mut c, 1).await;
-    assert_eq!(replication(&l), (3, 3, 2, "ok".into()));
+    let l = wait_for("three proven copies", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        async move {
+            let l = locate_id(&mut c, 1).await;
+            (replication(&l) == (3, 3, 2, "ok".into())).then_some(l)
+        }
+    })
+    .await;
     let replicas: Vec<&str> = l[0]
         .holders
         .iter()
@@ -1657,7 +1668,7 @@ async fn pins_replicate_through_volunteers_and_persist(store: Store) {
     // An owner comes back: 4 copies; after the grace period one replica
     // holder (never an owner) is asked to drop.
     let other = PeerId::new_random();
-    let tother = join(&mut c, &other, 7300, vec![file(1, "precious.bin")]).await;
+    let tother = join(&mut c, &other, hp, vec![file(1, "precious.bin")]).await;
     let dropper = wait_for("a drop", Duration::from_secs(20), || {
         let (mut c, vols, vt) = (c.clone(), vols.clone(), vt.clone());
         let (asked_two, owner, to, other, tother) =

@@ -89,6 +89,7 @@ impl From<v1::Replication> for rest::Replication {
             live: r.live,
             replicas: r.replicas,
             state: r.state,
+            proven: r.proven,
         }
     }
 }
@@ -101,6 +102,7 @@ impl From<v1::PinStatus> for rest::PinStatus {
             size: p.size,
             pinned: p.pinned,
             replication: p.replication.map(Into::into).unwrap_or_default(),
+            waiting: p.waiting,
         }
     }
 }

@@ -214,11 +214,16 @@ pub struct Replication {
     pub live: u32,
     /// Of which: volunteers holding a replica.
     pub replicas: u32,
-    /// `ok` (live >= wanted), `under` (being restored), `lost` (pinned, no
-    /// live copy: waits for a peer that has it to come back), or empty when
-    /// not pinned.
+    /// `ok` (proven >= wanted), `under` (being restored), `lost` (pinned,
+    /// no live copy: waits for a peer that has it to come back), or empty
+    /// when not pinned.
     #[serde(default)]
     pub state: String,
+    /// Of the live copies, those the directory stands behind (fetched at
+    /// its request, or passed an audit of a random chunk): only these
+    /// count toward a pin. `live - proven` are unchecked claims.
+    #[serde(default)]
+    pub proven: u32,
 }
 
 /// `POST /api/v1/pins`: pin a file (by id, or by an exact name) to
@@ -241,6 +246,11 @@ pub struct PinStatus {
     pub pinned: u32,
     /// The file's state under the highest pin of any peer.
     pub replication: Replication,
+    /// Why copies are missing when no volunteer can take one now ("no
+    /// volunteer has room: N bytes wanted, M free in total"); empty
+    /// otherwise.
+    #[serde(default)]
+    pub waiting: String,
 }
 
 /// `GET /api/v1/pins`.

@@ -7,6 +7,8 @@
 //! * [`bytes`] — deterministic test content, hashes, listing folders.
 //! * [`central`] — a real central directory in-process on `127.0.0.1:0`.
 //! * [`peer`] — a real PServer in-process on `127.0.0.1:0`.
+//! * [`holder`] — the peer API's two read routes over fixed contents, so a
+//!   raw gRPC peer's claims hold up to the directory's audits.
 //! * [`prom`] — parse Prometheus text with the reference Python parser
 //!   (`prometheus_client`, installed into a cached virtualenv).
 //! * [`pyvenv`] — a cached Python virtualenv with packages from PyPI,
@@ -23,6 +25,7 @@
 pub mod bytes;
 pub mod central;
 pub mod etcd;
+pub mod holder;
 pub mod peer;
 pub mod process;
 pub mod prom;
@@ -33,6 +36,7 @@ pub mod wait;
 pub use bytes::{blake3_hex, files_under, test_bytes};
 pub use central::TestCentral;
 pub use etcd::EtcdCluster;
+pub use holder::StaticHolder;
 pub use peer::TestPeer;
 pub use process::{ChildProc, DeadUrl, bin};
 pub use wait::{wait_for, wait_until};

@@ -4,7 +4,7 @@
 use std::cmp::Reverse;
 use std::collections::HashSet;
 
-use peerdex_proto::{FileId, v1};
+use peerdex_proto::{FileId, PeerId, v1};
 use tokio::time::Instant;
 
 use super::words::{lower_into, raw_words};
@@ -236,19 +236,26 @@ impl Index {
             .take_while(move |(t, _)| t.starts_with(prefix))
     }
 
-    /// The size to answer for `f`: the one claimed by the most live holders
-    /// (ties: the smaller).
-    /// Live peers holding `id`, and how many of them hold it as a replica.
-    pub fn copies(&self, id: &FileId, now: Instant) -> (u32, u32) {
+    /// Live peers holding `id`, each once, with whether each holds it as a
+    /// replica.
+    pub fn live_copies(&self, id: &FileId, now: Instant) -> Vec<(PeerId, bool)> {
         let Some(f) = self.file(id) else {
-            return (0, 0);
+            return Vec::new();
         };
-        let holders = self.live_holders(f, now);
-        let replicas = holders
-            .iter()
-            .filter(|&&p| self.peers.get(p).replicas.contains(&f))
-            .count();
-        (holders.len() as u32, replicas as u32)
+        self.live_holders(f, now)
+            .into_iter()
+            .map(|p| {
+                let e = self.peers.get(p);
+                (e.id, e.replicas.contains(&f))
+            })
+            .collect()
+    }
+
+    /// The peer-API URL a live peer announced.
+    pub fn url_of(&self, peer: &PeerId, now: Instant) -> Option<String> {
+        let &p = self.peer_ix.get(peer)?;
+        self.live(p, now)
+            .then(|| self.peers.get(p).url.as_str().to_owned())
     }
 
     /// What the replica planner sees: every file that is pinned (`pinned`:
@@ -304,6 +311,8 @@ impl Index {
                         name,
                         wanted,
                         holders: Vec::new(),
+                        auditing: false,
+                        pinner: None,
                     };
                 };
                 let holders = live
@@ -313,6 +322,7 @@ impl Index {
                         Holder {
                             peer: e.id,
                             replica: e.replicas.contains(&f),
+                            proven: false,
                         }
                     })
                     .collect();
@@ -333,12 +343,16 @@ impl Index {
                     name,
                     wanted,
                     holders,
+                    auditing: false,
+                    pinner: None,
                 }
             })
             .collect();
         (files, volunteers)
     }
 
+    /// The size to answer for `f`: the one claimed by the most live holders
+    /// (ties: the smaller).
     fn answer_size(&self, f: u32, now: Instant) -> u64 {
         let file = self.files.get(f);
         let Some(others) = self.other_sizes.get(&f) else {

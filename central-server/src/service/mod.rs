@@ -126,6 +126,13 @@ struct Shared {
     replicas: replicas::Replicas,
     /// CENTRAL_REPLICA_GRACE_SECS.
     replica_grace: Duration,
+    /// CENTRAL_PIN_ORPHAN_DAYS.
+    pin_orphan: Duration,
+    /// CENTRAL_AUDIT_SECS, and the wait after a failed audit.
+    audit_every: Duration,
+    audit_retry: Duration,
+    /// Checks claimed copies (the leader; see `crate::audit`).
+    auditor: crate::audit::Auditor,
 }
 
 /// Where the directory's state lives.
@@ -207,6 +214,10 @@ impl DirectoryService {
                 seqs: Mutex::default(),
                 replicas: replicas::Replicas::default(),
                 replica_grace: config.replica_grace,
+                pin_orphan: config.pin_orphan,
+                audit_every: config.audit_every,
+                audit_retry: config.audit_retry,
+                auditor: crate::audit::Auditor::new(&config.peer_ca)?,
             }),
         })
     }

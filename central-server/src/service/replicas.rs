@@ -18,11 +18,14 @@ use peerdex_proto::{FileId, PeerId, v1};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{DirectoryService, authorize, bearer, lock, parse_peer};
+use super::{DirectoryService, Steps, authorize, bearer, lock, parse_peer};
 use crate::error::{Error, Result};
 use crate::etcd::{Change, Decline};
-use crate::index::Index;
-use crate::replication::{self, Action, Input, Pin, PinBook, Task, Tasks, plan};
+use crate::index::{Index, Lease};
+use crate::store::Withdrawal;
+use crate::replication::{
+    self, Action, Input, Pin, PinBook, Proof, ProofVia, Task, Tasks, Unplaced, plan,
+};
 
 /// A declined FETCH keeps that volunteer out of that file for this long
 /// (it may have room again later).
@@ -33,12 +36,20 @@ const MAX_REASON: usize = 200;
 /// A FETCH open for longer (plus a second per MiB) is given to another.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Pins, tasks and declines, in memory.
+/// Audits running at once (each fetches one chunk).
+const AUDITS_IN_FLIGHT: usize = 8;
+/// Failed audits in a row after which a holder's claim is dropped from
+/// the directory (it may announce the file again, and is audited again).
+const MAX_STRIKES: u32 = 3;
+
+/// Pins, tasks, declines and proofs, in memory.
 #[derive(Default)]
 pub(crate) struct Replicas {
     pins: RwLock<PinBook>,
     tasks: Mutex<Tasks>,
     declined: Mutex<HashMap<(PeerId, FileId), Decline>>,
+    /// Copies the directory stands behind (see [`Proof`]).
+    proofs: Mutex<HashMap<(PeerId, FileId), Proof>>,
     /// The planner's own memory (on the leader).
     planner: Mutex<Memory>,
 }
@@ -47,6 +58,21 @@ pub(crate) struct Replicas {
 struct Memory {
     over_since: HashMap<FileId, u64>,
     lost: BTreeSet<FileId>,
+    unplaced: BTreeMap<FileId, Unplaced>,
+    /// Audits of each copy the planner looks after.
+    audits: HashMap<(PeerId, FileId), AuditMemo>,
+}
+
+/// The leader's audit schedule for one copy.
+#[derive(Debug, Clone, Copy, Default)]
+struct AuditMemo {
+    /// When the next audit is due (Unix milliseconds).
+    next_ms: u64,
+    /// Failed audits in a row.
+    strikes: u32,
+    /// An audit has answered since this leader took over.
+    answered: bool,
+    running: bool,
 }
 
 fn unix_ms() -> u64 {
@@ -61,6 +87,7 @@ impl Replicas {
         self.pins.write().clear();
         lock(&self.tasks).clear();
         lock(&self.declined).clear();
+        lock(&self.proofs).clear();
     }
 
     /// Take the pins read from the database.
@@ -93,6 +120,13 @@ impl Replicas {
                     None => d.remove(&(peer, file)),
                 };
             }
+            Change::Proof { peer, file, proof } => {
+                let mut proofs = lock(&self.proofs);
+                match proof {
+                    Some(x) => proofs.insert((peer, file), x),
+                    None => proofs.remove(&(peer, file)),
+                };
+            }
             Change::PeerGone(p) => {
                 // etcd drops a peer's tasks and declines with its lease;
                 // SQLite has no such keys, so forget them here too.
@@ -108,6 +142,11 @@ impl Replicas {
     pub(crate) fn forget_peer(&self, peer: &PeerId) {
         lock(&self.tasks).retain(|(p, _), _| p != peer);
         lock(&self.declined).retain(|(p, _), _| p != peer);
+        lock(&self.proofs).retain(|(p, _), _| p != peer);
+    }
+
+    fn proven(&self, peer: &PeerId, file: &FileId) -> bool {
+        lock(&self.proofs).contains_key(&(*peer, *file))
     }
 
     /// The open tasks of `peer`, as Heartbeat answers carry them.
@@ -150,12 +189,19 @@ impl DirectoryService {
     /// The replication state of `file` for answers.
     pub(super) fn replication(&self, ix: &Index, file: &FileId, now: Instant) -> v1::Replication {
         let wanted = self.replicas().wanted(file);
-        let (live, replicas) = ix.copies(file, now);
+        let copies = ix.live_copies(file, now);
+        let live = copies.len() as u32;
+        let replicas = copies.iter().filter(|(_, r)| *r).count() as u32;
+        let proven = copies
+            .iter()
+            .filter(|(p, _)| self.replicas().proven(p, file))
+            .count() as u32;
         v1::Replication {
             wanted,
             live,
             replicas,
-            state: replication::state(wanted, live).to_owned(),
+            state: replication::state(wanted, live, proven).to_owned(),
+            proven,
         }
     }
 
@@ -173,6 +219,7 @@ impl DirectoryService {
                 live: 0,
                 replicas: 0,
                 state: "lost".into(),
+                proven: 0,
             }),
         })
     }
@@ -259,6 +306,7 @@ impl DirectoryService {
         req: tonic::Request<v1::PinRequest>,
     ) -> Result<tonic::Response<v1::PinResponse>, tonic::Status> {
         let token = bearer(req.metadata())?;
+        let addr = super::source(&req);
         let r = req.into_inner();
         let peer = parse_peer(&r.peer_id)?;
         self.peer_rate(&peer, &token)?;
@@ -307,11 +355,33 @@ impl DirectoryService {
                 ))
                 .into());
             }
+            // The same limits per source address: a key costs one
+            // Challenge, an address does not come that cheap.
+            let (count, bytes) = self
+                .replicas()
+                .pins
+                .read()
+                .usage_of_addr(addr, &peer, &file);
+            if count + 1 > limits.max_pins_per_addr {
+                return Err(Error::LimitExceeded(format!(
+                    "pins: {count} pins were set from {addr}, the limit (CENTRAL_MAX_PINS_PER_ADDR); remove one first (peerdex replicate ID 0)"
+                ))
+                .into());
+            }
+            if bytes.saturating_add(more) > limits.max_pinned_bytes_per_addr {
+                return Err(Error::LimitExceeded(format!(
+                    "pinned bytes: {bytes} pinned from {addr} + {more} (size {size} × {} copies) exceed CENTRAL_MAX_PINNED_BYTES_PER_ADDR ({})",
+                    r.replicas, limits.max_pinned_bytes_per_addr
+                ))
+                .into());
+            }
             Some(Pin {
                 replicas: r.replicas,
                 size,
                 name,
                 at: super::unix_secs(),
+                addr: Some(addr),
+                orphaned_at: None,
             })
         };
         if let Some(etcd) = self.etcd() {
@@ -363,13 +433,61 @@ impl DirectoryService {
         };
         let pinned = mine.map_or(0, |p| p.replicas);
         drop(book);
+        let replication = self.replication(&ix, file, now);
+        let waiting = (replication.state == "under")
+            .then(|| self.waiting_for_room(&ix, file, &replication, size, now))
+            .flatten()
+            .map(|u| u.message())
+            .unwrap_or_default();
         v1::PinStatus {
             file_id: file.to_hex(),
             name,
             size,
             pinned,
-            replication: Some(self.replication(&ix, file, now)),
+            replication: Some(replication),
+            waiting,
         }
+    }
+
+    /// A pin short of copies that no volunteer can take now: what the
+    /// planner found (on the leader), or else what this central sees (no
+    /// fetch open for it and no volunteer with room for it).
+    fn waiting_for_room(
+        &self,
+        ix: &Index,
+        file: &FileId,
+        r: &v1::Replication,
+        size: u64,
+        now: Instant,
+    ) -> Option<Unplaced> {
+        if let Some(u) = lock(&self.replicas().planner).unplaced.get(file) {
+            return Some(*u);
+        }
+        let fetching = lock(&self.replicas().tasks)
+            .iter()
+            .any(|((_, f), t)| f == file && t.action == Action::Fetch);
+        if fetching || r.live == 0 {
+            return None;
+        }
+        let mut pinned = BTreeMap::new();
+        pinned.insert(*file, (r.wanted, size, String::new()));
+        let (files, volunteers) = ix.replication_view(now, &pinned);
+        let holders: HashSet<PeerId> = files
+            .iter()
+            .filter(|f| f.id == *file)
+            .flat_map(|f| f.holders.iter().map(|h| h.peer))
+            .collect();
+        let room = |v: &replication::Volunteer| v.quota.saturating_sub(v.used);
+        if volunteers
+            .iter()
+            .any(|v| !holders.contains(&v.peer) && room(v) >= size)
+        {
+            return None;
+        }
+        Some(Unplaced {
+            wanted_bytes: size.saturating_mul(u64::from(r.wanted.saturating_sub(r.proven))),
+            free_bytes: volunteers.iter().map(room).fold(0, u64::saturating_add),
+        })
     }
 
     /// Plan replicas while this central leads, every `every`, until
@@ -401,19 +519,273 @@ impl DirectoryService {
         }
     }
 
-    /// One round of the planner: read the state, plan, write the
-    /// difference in tasks, log the decisions.
-    pub(crate) async fn plan_once(&self) -> Result<()> {
-        let now_ms = unix_ms();
-        let now = Instant::now();
+    /// Write `peer`'s pin of `file` (`None` removes it) where the
+    /// directory keeps pins, and in memory.
+    async fn store_pin(&self, file: FileId, peer: PeerId, pin: Option<Pin>) -> Result<()> {
+        if let Some(etcd) = self.etcd() {
+            let revision = etcd.set_pin(&file, &peer, pin.as_ref()).await?;
+            etcd.wait_applied(revision).await?;
+        } else {
+            let p = pin.clone();
+            self.write(move |_, store| store.set_pin(&file, &peer, p.as_ref()))
+                .await?;
+            self.replicas().pins.write().set(file, peer, pin);
+        }
+        Ok(())
+    }
+
+    /// Pins whose owner has no lease are marked orphaned; those orphaned
+    /// for `CENTRAL_PIN_ORPHAN_DAYS` end (their replicas are released by
+    /// the planner); an owner back in time clears the mark.
+    async fn end_orphan_pins(&self, now: Instant) -> Result<()> {
+        let secs = super::unix_secs();
+        let keep = i64::try_from(self.shared.pin_orphan.as_secs()).unwrap_or(i64::MAX);
+        let changes: Vec<(FileId, PeerId, Option<Pin>)> = {
+            let book = self.replicas().pins.read();
+            let ix = self.index();
+            book.all()
+                .filter_map(|(f, p, pin)| {
+                    let live = ix.lease(&p, now) == Lease::Live;
+                    match (live, pin.orphaned_at) {
+                        (true, Some(_)) => Some((f, p, Some(Pin { orphaned_at: None, ..pin.clone() }))),
+                        (false, None) => Some((f, p, Some(Pin { orphaned_at: Some(secs), ..pin.clone() }))),
+                        (false, Some(at)) if secs.saturating_sub(at) >= keep => Some((f, p, None)),
+                        _ => None,
+                    }
+                })
+                .collect()
+        };
+        for (f, p, pin) in changes {
+            match &pin {
+                Some(x) if x.orphaned_at.is_some() => {
+                    tracing::info!(peer = %p, file = %f, "pin: its owner has no lease; it ends after CENTRAL_PIN_ORPHAN_DAYS unless the owner comes back")
+                }
+                Some(_) => tracing::info!(peer = %p, file = %f, "pin: its owner is back"),
+                None => {
+                    tracing::info!(peer = %p, file = %f, "pin ended: its owner has been gone for CENTRAL_PIN_ORPHAN_DAYS");
+                    if let Some(m) = self.metrics() {
+                        m.pin_orphaned();
+                    }
+                }
+            }
+            self.store_pin(f, p, pin).await?;
+        }
+        Ok(())
+    }
+
+    /// Mark each holder proven or not, each file auditing or not, and
+    /// start the audits that are due (at most [`AUDITS_IN_FLIGHT`]).
+    fn schedule_audits(&self, files: &mut [replication::FileState], now_ms: u64) {
         let reps = self.replicas();
-        let pinned: BTreeMap<FileId, (u32, u64, String)> = reps
-            .pins
-            .read()
-            .files()
-            .map(|(f, wanted, p)| (f, (wanted, p.size, p.name.clone())))
+        let every = self.shared.audit_every.as_millis() as u64;
+        let proofs: HashSet<(PeerId, FileId)> = lock(&reps.proofs).keys().copied().collect();
+        let mut start = Vec::new();
+        {
+            let mut mem = lock(&reps.planner);
+            let held: HashSet<(PeerId, FileId)> = files
+                .iter()
+                .flat_map(|f| f.holders.iter().map(|h| (h.peer, f.id)))
+                .collect();
+            mem.audits.retain(|k, m| m.running || held.contains(k));
+            let mut running = mem.audits.values().filter(|m| m.running).count();
+            for f in files.iter_mut() {
+                for h in &mut f.holders {
+                    let k = (h.peer, f.id);
+                    h.proven = proofs.contains(&k);
+                    let m = mem.audits.entry(k).or_insert_with(|| AuditMemo {
+                        // A proven copy (a previous leader's word) is
+                        // audited some time within the period; any other
+                        // at once.
+                        next_ms: if h.proven {
+                            now_ms + rand::random_range(0..every.max(1))
+                        } else {
+                            now_ms
+                        },
+                        ..AuditMemo::default()
+                    });
+                    if !h.proven && !m.answered {
+                        f.auditing = true;
+                    }
+                    if !m.running && m.next_ms <= now_ms && running < AUDITS_IN_FLIGHT {
+                        m.running = true;
+                        running += 1;
+                        start.push(k);
+                    }
+                }
+            }
+        }
+        let ix = self.index();
+        let now = Instant::now();
+        for (peer, file) in start {
+            let url = ix.url_of(&peer, now);
+            let this = self.clone();
+            tokio::spawn(async move {
+                let result = match url {
+                    Some(url) => {
+                        let credential = this.shared.network.as_ref().and_then(|n| n.own_credential().ok());
+                        this.shared
+                            .auditor
+                            .audit(&url, &file, credential.as_deref())
+                            .await
+                            .map(|_| ())
+                    }
+                    None => Err(crate::audit::AuditError::Unreachable("no lease".into())),
+                };
+                if let Err(e) = this.audited(peer, file, result).await {
+                    tracing::warn!(error = %e, %peer, %file, "audit: cannot record the result; retrying later");
+                }
+            });
+        }
+    }
+
+    /// Record an audit's answer: a pass proves the copy, a failure takes
+    /// the proof away and is a strike; after [`MAX_STRIKES`] the holder's
+    /// claim is dropped.
+    async fn audited(
+        &self,
+        peer: PeerId,
+        file: FileId,
+        result: std::result::Result<(), crate::audit::AuditError>,
+    ) -> Result<()> {
+        let reps = self.replicas();
+        let now_ms = unix_ms();
+        let every = self.shared.audit_every.as_millis() as u64;
+        let proven = reps.proven(&peer, &file);
+        if let Some(m) = self.metrics() {
+            m.audit(result.is_ok());
+        }
+        let (strikes, give_up) = {
+            let mut mem = lock(&reps.planner);
+            let Some(m) = mem.audits.get_mut(&(peer, file)) else {
+                return Ok(());
+            };
+            m.running = false;
+            m.answered = true;
+            match &result {
+                Ok(()) => {
+                    m.strikes = 0;
+                    // Some spread, so audits do not come in waves.
+                    m.next_ms = now_ms + every / 2 + rand::random_range(0..every.max(2) / 2);
+                }
+                Err(_) => {
+                    m.strikes += 1;
+                    m.next_ms = now_ms
+                        + (self.shared.audit_retry.as_millis() as u64 * u64::from(m.strikes)).min(every);
+                }
+            }
+            let s = m.strikes;
+            if s >= MAX_STRIKES {
+                mem.audits.remove(&(peer, file));
+            }
+            (s, s >= MAX_STRIKES)
+        };
+        match result {
+            Ok(()) if !proven => {
+                tracing::info!(%peer, %file, "audit: a copy checked out; it counts");
+                self.set_proof(peer, file, Some(Proof { via: ProofVia::Audited, at_ms: now_ms }))
+                    .await?;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(%peer, %file, strikes, error = %e, "audit: a copy failed its audit; it does not count");
+                if proven {
+                    self.set_proof(peer, file, None).await?;
+                }
+            }
+        }
+        if give_up {
+            tracing::warn!(%peer, %file, "audit: {MAX_STRIKES} failed audits in a row; its claim is dropped from the directory");
+            self.drop_claim(peer, file).await?;
+        }
+        Ok(())
+    }
+
+    /// Record (or forget) that the directory stands behind a copy.
+    async fn set_proof(&self, peer: PeerId, file: FileId, proof: Option<Proof>) -> Result<()> {
+        if let Some(etcd) = self.etcd() {
+            let revision = etcd.set_proof(&peer, &file, proof.as_ref()).await?;
+            if revision > 0 {
+                etcd.wait_applied(revision).await?;
+            }
+        } else {
+            let mut proofs = lock(&self.replicas().proofs);
+            match proof {
+                Some(p) => proofs.insert((peer, file), p),
+                None => proofs.remove(&(peer, file)),
+            };
+        }
+        Ok(())
+    }
+
+    /// Forget proofs of copies nobody claims any more (the leader).
+    async fn forget_stale_proofs(&self, files: &[replication::FileState]) -> Result<()> {
+        let held: HashSet<(PeerId, FileId)> = files
+            .iter()
+            .flat_map(|f| f.holders.iter().map(|h| (h.peer, f.id)))
             .collect();
-        let (files, volunteers) = self.index().replication_view(now, &pinned);
+        let stale: Vec<(PeerId, FileId)> = lock(&self.replicas().proofs)
+            .keys()
+            .filter(|k| !held.contains(k))
+            .copied()
+            .collect();
+        for (p, f) in stale {
+            self.set_proof(p, f, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove `peer`'s claim to hold `file` (every name), as its own
+    /// Unpublish would.
+    async fn drop_claim(&self, peer: PeerId, file: FileId) -> Result<()> {
+        let refs: Vec<Withdrawal> = vec![(file, None)];
+        if let Some(etcd) = self.etcd() {
+            let _serial = self.peer_lock(&peer).await;
+            let Some(meta) = etcd.peer_meta(&peer) else {
+                return Ok(());
+            };
+            match etcd.unpublish(&peer, meta.lease, 0, &refs).await {
+                Ok(crate::etcd::Ordered::Applied(revision)) => etcd.wait_applied(revision).await?,
+                Ok(_) => {}
+                Err(e) if crate::etcd::lease_gone(&e) => {}
+                Err(e) => return Err(e),
+            }
+        } else {
+            self.write(move |gate, store| {
+                store.unpublish(&peer, &refs)?;
+                let mut steps = Steps::new(gate);
+                steps.unpublish(&peer, &refs);
+                Ok(())
+            })
+            .await?;
+        }
+        if let Some(m) = self.metrics() {
+            m.claim_dropped();
+        }
+        Ok(())
+    }
+
+    /// One round of the planner: end orphaned pins, audit, read the state,
+    /// plan, write the difference in tasks, log the decisions.
+    pub(crate) async fn plan_once(&self) -> Result<()> {
+        let now = Instant::now();
+        self.end_orphan_pins(now).await?;
+        let now_ms = unix_ms();
+        let reps = self.replicas();
+        let (pinned, pinners): (BTreeMap<FileId, (u32, u64, String)>, HashMap<FileId, _>) = {
+            let book = reps.pins.read();
+            (
+                book.files()
+                    .map(|(f, wanted, p)| (f, (wanted, p.size, p.name.clone())))
+                    .collect(),
+                book.files().map(|(f, _, _)| (f, book.pinner(&f))).collect(),
+            )
+        };
+        let (mut files, volunteers) = self.index().replication_view(now, &pinned);
+        for f in &mut files {
+            f.pinner = pinners.get(&f.id).copied().flatten();
+        }
+        self.schedule_audits(&mut files, now_ms);
+        self.forget_stale_proofs(&files).await?;
         if files.is_empty() && lock(&reps.tasks).is_empty() {
             return Ok(());
         }
@@ -460,6 +832,7 @@ impl DirectoryService {
                 m.task_given(t.action == Action::Fetch);
             }
         }
+        let mut fetched = Vec::new();
         for (p, f) in &withdraw {
             let done = input.files.iter().find(|x| x.id == *f).is_some_and(|x| {
                 let holds = x.holders.iter().any(|h| h.peer == *p);
@@ -468,9 +841,13 @@ impl DirectoryService {
                     Action::Drop => !holds,
                 }
             });
-            let what = old_tasks[&(*p, *f)].action.as_str();
+            let action = old_tasks[&(*p, *f)].action;
+            let what = action.as_str();
             if done {
                 tracing::info!(peer = %p, file = %f, "replication: a volunteer did its {what}");
+                if action == Action::Fetch {
+                    fetched.push((*p, *f));
+                }
             } else {
                 tracing::info!(peer = %p, file = %f, "replication: {what} no longer needed; withdrawn");
             }
@@ -490,6 +867,28 @@ impl DirectoryService {
             }
             mem.lost = plan.lost.clone();
             mem.over_since = plan.over_since.clone();
+            for (f, u) in &plan.unplaced {
+                if !mem.unplaced.contains_key(f) {
+                    tracing::warn!(file = %f, "replication: {}", u.message());
+                }
+            }
+            mem.unplaced = plan.unplaced.clone();
+            // A copy fetched at our request counts (a verified download),
+            // unless an audit of it failed meanwhile; audits go on.
+            fetched.retain(|k| mem.audits.get(k).is_none_or(|m| m.strikes == 0));
+        }
+        for (p, f) in fetched {
+            if !reps.proven(&p, &f) {
+                self.set_proof(
+                    p,
+                    f,
+                    Some(Proof {
+                        via: ProofVia::Fetched,
+                        at_ms: now_ms,
+                    }),
+                )
+                .await?;
+            }
         }
         let decline = |at_ms| Decline {
             reason: "timed out".into(),
@@ -537,9 +936,13 @@ impl DirectoryService {
             tasks_open: lock(&reps.tasks).len(),
             ..Default::default()
         };
+        fig.unplaced = lock(&reps.planner).unplaced.len();
+        fig.proofs = lock(&reps.proofs).len();
         for (f, wanted, _) in book.files() {
-            let (live, _) = ix.copies(&f, now);
-            match replication::state(wanted, live) {
+            let copies = ix.live_copies(&f, now);
+            let live = copies.len() as u32;
+            let proven = copies.iter().filter(|(p, _)| reps.proven(p, &f)).count() as u32;
+            match replication::state(wanted, live, proven) {
                 "lost" => fig.lost += 1,
                 "under" => fig.under += 1,
                 _ => fig.ok += 1,

@@ -64,9 +64,11 @@ fn describe(f: &LocatedFile) -> String {
     let r = &f.replication;
     let copies = if r.wanted > 0 {
         format!(
-            "{} live of {} wanted ({} replicas) — {}",
-            r.live,
+            "{} proven of {} wanted ({} live: {} unproven, {} replicas) — {}",
+            r.proven,
             r.wanted,
+            r.live,
+            r.live.saturating_sub(r.proven),
             r.replicas,
             if r.state.is_empty() { "?" } else { &r.state }
         )
@@ -119,12 +121,15 @@ mod tests {
                 live: 2,
                 replicas: 1,
                 state: "under".into(),
+                proven: 1,
             },
         };
         let text = describe(&f);
         assert!(text.contains("names     a.bin, b.bin\n"), "{text}");
         assert!(
-            text.contains("copies    2 live of 3 wanted (1 replicas) — under\n"),
+            text.contains(
+                "copies    1 proven of 3 wanted (2 live: 1 unproven, 1 replicas) — under\n"
+            ),
             "{text}"
         );
         assert!(

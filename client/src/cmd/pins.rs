@@ -2,7 +2,7 @@
 //! live; and how a pin's state is told, for `replicate` and `upload
 //! --replicas` too.
 
-use peerdex_proto::rest::{PinStatus, Replication};
+use peerdex_proto::rest::PinStatus;
 
 use super::Ctx;
 use crate::output::{human_size, outp, quoted, sanitize, short_id, table};
@@ -30,9 +30,10 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 human_size(p.size),
                 p.pinned.to_string(),
                 r.wanted.to_string(),
-                r.live.to_string(),
+                r.proven.to_string(),
+                r.live.saturating_sub(r.proven).to_string(),
                 r.replicas.to_string(),
-                state_or_dash(r),
+                state_or_dash(p),
             ]
         })
         .collect();
@@ -40,31 +41,33 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "{}",
         table(
             &[
-                "NAME", "ID", "SIZE", "YOURS", "WANTED", "LIVE", "REPLICAS", "STATE"
+                "NAME", "ID", "SIZE", "YOURS", "WANTED", "PROVEN", "UNPROVEN", "REPLICAS",
+                "STATE"
             ],
             &rows,
-            &[2, 3, 4, 5, 6]
+            &[2, 3, 4, 5, 6, 7]
         )
     );
     Ok(())
 }
 
-fn state_or_dash(r: &Replication) -> String {
-    if r.state.is_empty() {
-        "-".to_owned()
-    } else {
-        r.state.clone()
+fn state_or_dash(p: &PinStatus) -> String {
+    match (p.replication.state.as_str(), p.waiting.as_str()) {
+        ("", _) => "-".to_owned(),
+        (s, "") => s.to_owned(),
+        (s, why) => format!("{s}: {}", sanitize(why)),
     }
 }
 
-/// What a state means, in a few words.
-fn state_words(state: &str) -> &'static str {
-    match state {
-        "ok" => "ok",
-        "under" => "under: volunteers are fetching copies",
-        "lost" => "lost: no live copy; waiting for a peer that has it to come back",
-        "" => "not pinned",
-        _ => "unknown state",
+/// What a pin's state means, in a few words.
+fn state_words(p: &PinStatus) -> String {
+    match p.replication.state.as_str() {
+        "ok" => "ok".into(),
+        "under" if !p.waiting.is_empty() => format!("under: {}", sanitize(&p.waiting)),
+        "under" => "under: volunteers are fetching copies".into(),
+        "lost" => "lost: no live copy; waiting for a peer that has it to come back".into(),
+        "" => "not pinned".into(),
+        _ => "unknown state".into(),
     }
 }
 
@@ -73,22 +76,23 @@ pub(super) fn describe(p: &PinStatus) -> String {
     let r = &p.replication;
     let what = format!("{} ({})", quoted(&p.name), short_id(&p.file_id));
     let live = format!(
-        "{} live {} ({} of them replicas)",
+        "{} live {} ({} proven, {} of them replicas)",
         r.live,
         if r.live == 1 { "copy" } else { "copies" },
+        r.proven,
         r.replicas
     );
     if p.pinned >= 2 {
         format!(
             "pinned {what}: {} copies wanted, {live} — {}",
             r.wanted,
-            state_words(&r.state)
+            state_words(p)
         )
     } else if r.wanted >= 2 {
         format!(
             "your pin on {what} is removed; another peer's pin keeps {} copies wanted, {live} — {}",
             r.wanted,
-            state_words(&r.state)
+            state_words(p)
         )
     } else {
         format!("{what} is not pinned (any more): {live}")
@@ -98,6 +102,7 @@ pub(super) fn describe(p: &PinStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peerdex_proto::rest::Replication;
 
     fn pin(pinned: u32, wanted: u32, live: u32, state: &str) -> PinStatus {
         PinStatus {
@@ -110,7 +115,9 @@ mod tests {
                 live,
                 replicas: live.saturating_sub(1),
                 state: state.into(),
+                proven: live,
             },
+            waiting: String::new(),
         }
     }
 
@@ -118,13 +125,21 @@ mod tests {
     fn pins_are_told_in_words() {
         assert_eq!(
             describe(&pin(3, 3, 1, "under")),
-            "pinned \u{201c}report.pdf\u{201d} (abababababab): 3 copies wanted, 1 live copy (0 of them replicas) — under: volunteers are fetching copies"
+            "pinned \u{201c}report.pdf\u{201d} (abababababab): 3 copies wanted, 1 live copy (1 proven, 0 of them replicas) — under: volunteers are fetching copies"
         );
         assert!(describe(&pin(0, 4, 4, "ok")).starts_with("your pin on"));
         assert!(
             describe(&pin(0, 0, 2, ""))
-                .ends_with("is not pinned (any more): 2 live copies (1 of them replicas)")
+                .ends_with("is not pinned (any more): 2 live copies (2 proven, 1 of them replicas)")
         );
         assert!(describe(&pin(2, 2, 0, "lost")).contains("lost: no live copy"));
+        let mut starving = pin(3, 3, 1, "under");
+        starving.waiting = "no volunteer has room: 20 bytes wanted, 5 free in total".into();
+        assert!(
+            describe(&starving)
+                .ends_with("— under: no volunteer has room: 20 bytes wanted, 5 free in total"),
+            "{}",
+            describe(&starving)
+        );
     }
 }

@@ -1,0 +1,157 @@
+//! Audits: the directory checks that a peer really holds the bytes it
+//! claims, before a copy counts toward a pin.
+//!
+//! One audit asks the holder's peer API for the file's manifest (checked
+//! against the file id: the verified tree), picks a chunk at random, asks
+//! for exactly that range, and checks it against the manifest. A holder
+//! that has the file passes for the cost of one chunk (1 MiB for files up
+//! to 8 GiB); one that does not cannot answer, since every chunk is bound
+//! to the id. The leader runs audits (see `service::replicas`); this
+//! module is the check itself and the HTTP client it uses.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use peerdex_proto::FileId;
+use peerdex_proto::tree::{MAX_ENCODED, Manifest};
+use rand::Rng;
+use rustls::pki_types::CertificateDer;
+
+/// How long one audit may take, all requests included.
+pub const AUDIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why an audit failed (the holder gets a strike).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuditError {
+    #[error("no answer: {0}")]
+    Unreachable(String),
+    #[error("manifest refused: {0}")]
+    Manifest(String),
+    #[error("chunk {chunk} refused: {why}")]
+    Chunk { chunk: usize, why: String },
+    #[error("no answer within {}s", AUDIT_TIMEOUT.as_secs())]
+    Timeout,
+}
+
+/// The audit client: HTTP/1.1 to peers' APIs, over TLS with the system's
+/// roots plus `CENTRAL_PEER_CA_FILE`.
+#[derive(Clone)]
+pub struct Auditor {
+    http: reqwest::Client,
+}
+
+impl Auditor {
+    pub fn new(extra_roots: &[CertificateDer<'static>]) -> crate::error::Result<Self> {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier: std::sync::Arc<dyn rustls::client::danger::ServerCertVerifier> =
+            match rustls_platform_verifier::Verifier::new_with_extra_roots(
+                extra_roots.iter().cloned(),
+                provider.clone(),
+            ) {
+                Ok(v) => std::sync::Arc::new(v),
+                Err(e) => {
+                    return Err(crate::error::Error::Config(format!(
+                        "CENTRAL_PEER_CA_FILE: no trusted CA certificates for https peers ({e})"
+                    )));
+                }
+            };
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("peerdex-central-audit/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| crate::error::Error::Internal(format!("audit client: {e}")))?;
+        Ok(Self { http })
+    }
+
+    /// Audit `peer_url`'s copy of `file`: Ok when a random chunk checks
+    /// out. `credential`: this directory's own credential in a private
+    /// network (peers ask one on every request).
+    pub async fn audit(
+        &self,
+        peer_url: &str,
+        file: &FileId,
+        credential: Option<&str>,
+    ) -> Result<usize, AuditError> {
+        tokio::time::timeout(AUDIT_TIMEOUT, self.audit_inner(peer_url, file, credential))
+            .await
+            .map_err(|_| AuditError::Timeout)?
+    }
+
+    async fn audit_inner(
+        &self,
+        peer_url: &str,
+        file: &FileId,
+        credential: Option<&str>,
+    ) -> Result<usize, AuditError> {
+        let base = peer_url.trim_end_matches('/');
+        let get = |url: String| {
+            let rb = self.http.get(url);
+            match credential {
+                Some(c) => rb.bearer_auth(c),
+                None => rb,
+            }
+        };
+        let r = get(format!("{base}/peer/v1/files/{}/manifest", file.to_hex()))
+            .send()
+            .await
+            .map_err(|e| AuditError::Unreachable(e.without_url().to_string()))?;
+        if !r.status().is_success() {
+            return Err(AuditError::Manifest(format!("HTTP {}", r.status())));
+        }
+        let bytes = read_at_most(r, MAX_ENCODED)
+            .await
+            .map_err(AuditError::Manifest)?;
+        let m = Manifest::decode(*file, &bytes).map_err(|e| AuditError::Manifest(e.to_string()))?;
+        let chunk = rand::rng().random_range(0..m.chunks().max(1));
+        let (from, to) = m.chunk_range(chunk);
+        let bad = |why: String| AuditError::Chunk { chunk, why };
+        let r = get(format!("{base}/peer/v1/files/{}", file.to_hex()))
+            .header(
+                reqwest::header::RANGE,
+                format!("bytes={from}-{}", to.saturating_sub(1)),
+            )
+            .send()
+            .await
+            .map_err(|e| AuditError::Unreachable(e.without_url().to_string()))?;
+        let whole = from == 0 && to == m.size();
+        let status = r.status();
+        if !(status == reqwest::StatusCode::PARTIAL_CONTENT
+            || (whole && status == reqwest::StatusCode::OK))
+        {
+            return Err(bad(format!("HTTP {status}")));
+        }
+        let want = (to - from) as usize;
+        let body = read_at_most(r, want).await.map_err(&bad)?;
+        if body.len() != want {
+            return Err(bad(format!("{} bytes, not {want}", body.len())));
+        }
+        if !m.check_chunk(chunk, &body) {
+            return Err(bad("bytes do not match the file id".into()));
+        }
+        Ok(chunk)
+    }
+}
+
+/// The body of `r`, refused past `max` bytes.
+async fn read_at_most(r: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut stream = r.bytes_stream();
+    while let Some(b) = stream.next().await {
+        let b = b.map_err(|e| e.without_url().to_string())?;
+        if out.len() + b.len() > max {
+            return Err(format!("answer longer than {max} bytes"));
+        }
+        out.extend_from_slice(&b);
+    }
+    Ok(out)
+}
