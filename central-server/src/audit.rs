@@ -93,6 +93,17 @@ impl Auditor {
         file: &FileId,
         credential: Option<&str>,
     ) -> Result<usize, AuditError> {
+        self.audit_chunk(peer_url, file, credential, None).await
+    }
+
+    /// Audit chunk `which` (`None`: one picked at random).
+    async fn audit_chunk(
+        &self,
+        peer_url: &str,
+        file: &FileId,
+        credential: Option<&str>,
+        which: Option<usize>,
+    ) -> Result<usize, AuditError> {
         let base = peer_url.trim_end_matches('/');
         let get = |url: String| {
             let rb = self.http.get(url);
@@ -112,8 +123,11 @@ impl Auditor {
             .await
             .map_err(AuditError::Manifest)?;
         let m = Manifest::decode(*file, &bytes).map_err(|e| AuditError::Manifest(e.to_string()))?;
-        let chunk = rand::rng().random_range(0..m.chunks().max(1));
-        let (from, to) = m.chunk_range(chunk);
+        let chunk = which
+            .unwrap_or_else(|| rand::rng().random_range(0..m.chunks().max(1)))
+            .min(m.chunks().saturating_sub(1));
+        let (from, len) = m.chunk_range(chunk);
+        let to = from + len;
         let bad = |why: String| AuditError::Chunk { chunk, why };
         let r = get(format!("{base}/peer/v1/files/{}", file.to_hex()))
             .header(
@@ -130,7 +144,7 @@ impl Auditor {
         {
             return Err(bad(format!("HTTP {status}")));
         }
-        let want = (to - from) as usize;
+        let want = len as usize;
         let body = read_at_most(r, want).await.map_err(&bad)?;
         if body.len() != want {
             return Err(bad(format!("{} bytes, not {want}", body.len())));
@@ -154,4 +168,33 @@ async fn read_at_most(r: reqwest::Response, max: usize) -> Result<Vec<u8>, Strin
         out.extend_from_slice(&b);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peerdex_testkit::{DeadUrl, StaticHolder, test_bytes};
+
+    #[tokio::test]
+    async fn every_chunk_of_a_held_file_passes_and_a_missing_file_fails() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let bytes = test_bytes(3 * (1 << 20) + 17, 3);
+        let h = StaticHolder::start(vec![bytes]).await;
+        let url = format!("http://{}", h.addr);
+        let id: FileId = h.ids[0].parse().unwrap();
+        let a = Auditor::new(&[]).unwrap();
+        for i in 0..4 {
+            assert_eq!(a.audit_chunk(&url, &id, None, Some(i)).await, Ok(i));
+        }
+        let other: FileId = peerdex_testkit::blake3_hex(b"not held").parse().unwrap();
+        assert!(matches!(
+            a.audit(&url, &other, None).await,
+            Err(AuditError::Manifest(_))
+        ));
+        let dead = DeadUrl::new();
+        assert!(matches!(
+            a.audit(&dead.url, &id, None).await,
+            Err(AuditError::Unreachable(_))
+        ));
+    }
 }

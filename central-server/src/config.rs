@@ -273,7 +273,10 @@ impl Config {
             ),
             (l.max_files, "max_files (CENTRAL_MAX_FILES)"),
             (l.max_keys, "max_keys (CENTRAL_MAX_KEYS)"),
-            (l.max_pins_per_addr, "max_pins_per_addr (CENTRAL_MAX_PINS_PER_ADDR)"),
+            (
+                l.max_pins_per_addr,
+                "max_pins_per_addr (CENTRAL_MAX_PINS_PER_ADDR)",
+            ),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be positive"));

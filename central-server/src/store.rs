@@ -480,9 +480,9 @@ impl Store {
 
     /// Every pin.
     pub fn pins(&self) -> Result<Vec<(FileId, PeerId, Pin)>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT file_id, peer_id, replicas, size, name, at, addr, orphaned_at FROM pins")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT file_id, peer_id, replicas, size, name, at, addr, orphaned_at FROM pins",
+        )?;
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
@@ -502,9 +502,7 @@ impl Store {
                 size: r.get::<_, i64>(3)? as u64,
                 name: r.get(4)?,
                 at: r.get(5)?,
-                addr: r
-                    .get::<_, Option<String>>(6)?
-                    .and_then(|a| a.parse().ok()),
+                addr: r.get::<_, Option<String>>(6)?.and_then(|a| a.parse().ok()),
                 orphaned_at: r.get(7)?,
             };
             out.push((file, peer, pin));
@@ -625,6 +623,33 @@ mod tests {
         s.conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
+    }
+
+    #[test]
+    fn pins_keep_their_owner_address_and_orphan_mark_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (PeerId::new_random(), PeerId::new_random());
+        let pin = |addr: Option<&str>, orphaned_at| Pin {
+            replicas: 3,
+            size: 10,
+            name: "x.bin".into(),
+            at: 5,
+            addr: addr.map(|a| a.parse().unwrap()),
+            orphaned_at,
+        };
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            s.set_pin(&fid(1), &a, Some(&pin(Some("192.0.2.7"), None)))
+                .unwrap();
+            s.set_pin(&fid(1), &b, Some(&pin(None, Some(1_700_000_000))))
+                .unwrap();
+            s.close().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let mut got = s.pins().unwrap();
+        got.sort_by_key(|(_, p, _)| *p != a);
+        assert_eq!(got[0], (fid(1), a, pin(Some("192.0.2.7"), None)));
+        assert_eq!(got[1], (fid(1), b, pin(None, Some(1_700_000_000))));
     }
 
     #[tokio::test]

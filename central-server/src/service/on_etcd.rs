@@ -506,7 +506,10 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
         Change::HoldingGone { peer, file, name } => {
             ix.unpublish(&peer, &[(file, Some(name))]);
         }
-        Change::Pin { .. } | Change::Task { .. } | Change::Declined { .. } | Change::Proof { .. } => {
+        Change::Pin { .. }
+        | Change::Task { .. }
+        | Change::Declined { .. }
+        | Change::Proof { .. } => {
             tracing::error!("a replication change reached the index; ignored");
         }
     }

@@ -22,10 +22,10 @@ use super::{DirectoryService, Steps, authorize, bearer, lock, parse_peer};
 use crate::error::{Error, Result};
 use crate::etcd::{Change, Decline};
 use crate::index::{Index, Lease};
-use crate::store::Withdrawal;
 use crate::replication::{
     self, Action, Input, Pin, PinBook, Proof, ProofVia, Task, Tasks, Unplaced, plan,
 };
+use crate::store::Withdrawal;
 
 /// A declined FETCH keeps that volunteer out of that file for this long
 /// (it may have room again later).
@@ -73,6 +73,8 @@ struct AuditMemo {
     /// An audit has answered since this leader took over.
     answered: bool,
     running: bool,
+    /// When this leader first saw the claim (Unix milliseconds).
+    first_seen_ms: u64,
 }
 
 fn unix_ms() -> u64 {
@@ -547,8 +549,22 @@ impl DirectoryService {
                 .filter_map(|(f, p, pin)| {
                     let live = ix.lease(&p, now) == Lease::Live;
                     match (live, pin.orphaned_at) {
-                        (true, Some(_)) => Some((f, p, Some(Pin { orphaned_at: None, ..pin.clone() }))),
-                        (false, None) => Some((f, p, Some(Pin { orphaned_at: Some(secs), ..pin.clone() }))),
+                        (true, Some(_)) => Some((
+                            f,
+                            p,
+                            Some(Pin {
+                                orphaned_at: None,
+                                ..pin.clone()
+                            }),
+                        )),
+                        (false, None) => Some((
+                            f,
+                            p,
+                            Some(Pin {
+                                orphaned_at: Some(secs),
+                                ..pin.clone()
+                            }),
+                        )),
                         (false, Some(at)) if secs.saturating_sub(at) >= keep => Some((f, p, None)),
                         _ => None,
                     }
@@ -579,6 +595,8 @@ impl DirectoryService {
         let reps = self.replicas();
         let every = self.shared.audit_every.as_millis() as u64;
         let proofs: HashSet<(PeerId, FileId)> = lock(&reps.proofs).keys().copied().collect();
+        let tasks = lock(&reps.tasks).clone();
+        let audit_wait = (crate::audit::AUDIT_TIMEOUT + Duration::from_secs(2)).as_millis() as u64;
         let mut start = Vec::new();
         {
             let mut mem = lock(&reps.planner);
@@ -601,9 +619,20 @@ impl DirectoryService {
                         } else {
                             now_ms
                         },
+                        first_seen_ms: now_ms,
                         ..AuditMemo::default()
                     });
-                    if !h.proven && !m.answered {
+                    // The planner waits for the first audit of an owner's
+                    // copy or of one it asked for (so a new leader does not
+                    // ask for copies that exist), but not longer than an
+                    // audit takes, and never for an unsolicited replica
+                    // claim (it cannot count before its audit anyway).
+                    let asked = tasks.contains_key(&k);
+                    if !h.proven
+                        && !m.answered
+                        && (!h.replica || asked)
+                        && now_ms.saturating_sub(m.first_seen_ms) < audit_wait
+                    {
                         f.auditing = true;
                     }
                     if !m.running && m.next_ms <= now_ms && running < AUDITS_IN_FLIGHT {
@@ -622,7 +651,11 @@ impl DirectoryService {
             tokio::spawn(async move {
                 let result = match url {
                     Some(url) => {
-                        let credential = this.shared.network.as_ref().and_then(|n| n.own_credential().ok());
+                        let credential = this
+                            .shared
+                            .network
+                            .as_ref()
+                            .and_then(|n| n.own_credential().ok());
                         this.shared
                             .auditor
                             .audit(&url, &file, credential.as_deref())
@@ -670,7 +703,8 @@ impl DirectoryService {
                 Err(_) => {
                     m.strikes += 1;
                     m.next_ms = now_ms
-                        + (self.shared.audit_retry.as_millis() as u64 * u64::from(m.strikes)).min(every);
+                        + (self.shared.audit_retry.as_millis() as u64 * u64::from(m.strikes))
+                            .min(every);
                 }
             }
             let s = m.strikes;
@@ -682,8 +716,15 @@ impl DirectoryService {
         match result {
             Ok(()) if !proven => {
                 tracing::info!(%peer, %file, "audit: a copy checked out; it counts");
-                self.set_proof(peer, file, Some(Proof { via: ProofVia::Audited, at_ms: now_ms }))
-                    .await?;
+                self.set_proof(
+                    peer,
+                    file,
+                    Some(Proof {
+                        via: ProofVia::Audited,
+                        at_ms: now_ms,
+                    }),
+                )
+                .await?;
             }
             Ok(()) => {}
             Err(e) => {

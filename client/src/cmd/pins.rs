@@ -41,8 +41,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "{}",
         table(
             &[
-                "NAME", "ID", "SIZE", "YOURS", "WANTED", "PROVEN", "UNPROVEN", "REPLICAS",
-                "STATE"
+                "NAME", "ID", "SIZE", "YOURS", "WANTED", "PROVEN", "UNPROVEN", "REPLICAS", "STATE"
             ],
             &rows,
             &[2, 3, 4, 5, 6, 7]
@@ -129,8 +128,9 @@ mod tests {
         );
         assert!(describe(&pin(0, 4, 4, "ok")).starts_with("your pin on"));
         assert!(
-            describe(&pin(0, 0, 2, ""))
-                .ends_with("is not pinned (any more): 2 live copies (2 proven, 1 of them replicas)")
+            describe(&pin(0, 0, 2, "")).ends_with(
+                "is not pinned (any more): 2 live copies (2 proven, 1 of them replicas)"
+            )
         );
         assert!(describe(&pin(2, 2, 0, "lost")).contains("lost: no live copy"));
         let mut starving = pin(3, 3, 1, "under");

@@ -20,5 +20,6 @@ mod replication;
 mod slow_readers;
 mod swarm;
 mod tls;
+mod trust;
 mod verify;
 mod webui;
