@@ -109,7 +109,10 @@ const REFUSALS: [&[Label]; 6] = [
         "CENTRAL_MAX_PEERS_PER_ADDR",
     )],
     &[Label::from_static_parts("setting", "CENTRAL_MAX_FILES")],
-    &[Label::from_static_parts("setting", "CENTRAL_HEARTBEAT_SECS")],
+    &[Label::from_static_parts(
+        "setting",
+        "CENTRAL_HEARTBEAT_SECS",
+    )],
 ];
 
 const REQUESTS: &str = "peerdex_central_requests_total";

@@ -997,13 +997,17 @@ async fn declines_count_only_for_fetches_the_directory_gave() {
             .await
         }
     };
-    wait_for("the volunteer to be asked to fetch", Duration::from_secs(20), || {
-        let beat = beat(volunteer, tv.clone(), vec![]);
-        async move {
-            let tasks = beat.await.replica_tasks;
-            (tasks.len() == 1 && tasks[0].file_id == fid(1)).then_some(())
-        }
-    })
+    wait_for(
+        "the volunteer to be asked to fetch",
+        Duration::from_secs(20),
+        || {
+            let beat = beat(volunteer, tv.clone(), vec![]);
+            async move {
+                let tasks = beat.await.replica_tasks;
+                (tasks.len() == 1 && tasks[0].file_id == fid(1)).then_some(())
+            }
+        },
+    )
     .await;
     let kept = || async { series(&scrape_text(&metrics_url).await, DECLINES_KEPT) };
     assert_eq!(kept().await, Some(0.0));

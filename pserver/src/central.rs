@@ -191,7 +191,13 @@ fn paced(s: &Status) -> Option<Duration> {
     if s.code() != Code::ResourceExhausted {
         return None;
     }
-    let secs: u64 = s.metadata().get("retry-after")?.to_str().ok()?.parse().ok()?;
+    let secs: u64 = s
+        .metadata()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs.clamp(1, 30)))
 }
 
@@ -853,7 +859,9 @@ impl Central {
                                     }
                                 }
                                 Ok(None) => {
-                                    tracing::debug!("revocations: the central ended the stream; reopening");
+                                    tracing::debug!(
+                                        "revocations: the central ended the stream; reopening"
+                                    );
                                     break;
                                 }
                                 Err(s) => {
@@ -866,7 +874,9 @@ impl Central {
                     Err(s) if s.code() == Code::Unimplemented => {
                         // An older directory: heartbeat answers carry the
                         // list (later, but they do).
-                        tracing::info!("the central has no Revocations stream (older version); departures arrive with heartbeats");
+                        tracing::info!(
+                            "the central has no Revocations stream (older version); departures arrive with heartbeats"
+                        );
                         backoff = MAX_BACKOFF;
                     }
                     Err(s) => {
