@@ -272,6 +272,9 @@ pub async fn run_with_metrics(
         .min(DRAIN_TIMEOUT);
     let signal = async move {
         shutdown.await;
+        // Streams never finish by themselves: end them, or the server
+        // would wait for them.
+        draining.end_streams();
         if on_etcd {
             // Other centrals serve the same directory: tell our peers to
             // move there, and give them a heartbeat to hear it.

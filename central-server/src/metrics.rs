@@ -47,9 +47,11 @@ pub(crate) enum Rpc {
     Info,
     Pin,
     Pins,
+    /// Opening a Revocations stream (not its life).
+    Revocations,
 }
 
-const RPCS: [&str; 12] = [
+const RPCS: [&str; 13] = [
     "join",
     "heartbeat",
     "publish",
@@ -62,6 +64,7 @@ const RPCS: [&str; 12] = [
     "info",
     "pin",
     "pins",
+    "revocations",
 ];
 
 /// gRPC status codes as Prometheus label values (0..=16).
@@ -93,9 +96,11 @@ pub(crate) enum Refusal {
     SearchRate,
     MaxPeersPerAddr,
     MaxFiles,
+    /// More than one heartbeat of a peer per half heartbeat interval.
+    HeartbeatRate,
 }
 
-const REFUSALS: [&[Label]; 5] = [
+const REFUSALS: [&[Label]; 6] = [
     &[Label::from_static_parts("setting", "CENTRAL_JOIN_RATE")],
     &[Label::from_static_parts("setting", "CENTRAL_PUBLISH_RATE")],
     &[Label::from_static_parts("setting", "CENTRAL_SEARCH_RATE")],
@@ -104,6 +109,10 @@ const REFUSALS: [&[Label]; 5] = [
         "CENTRAL_MAX_PEERS_PER_ADDR",
     )],
     &[Label::from_static_parts("setting", "CENTRAL_MAX_FILES")],
+    &[Label::from_static_parts(
+        "setting",
+        "CENTRAL_HEARTBEAT_SECS",
+    )],
 ];
 
 const REQUESTS: &str = "peerdex_central_requests_total";
@@ -154,7 +163,7 @@ pub(crate) struct Metrics {
     handle: PrometheusHandle,
     shards: Box<[Shard]>,
     requests: [[OnceLock<Counter>; 17]; RPCS.len()],
-    refusals: [Counter; 5],
+    refusals: [Counter; 6],
     leases_expired: Counter,
     search_truncated: Counter,
     sweep_duration: Histogram,
@@ -169,6 +178,7 @@ pub(crate) struct Metrics {
     /// Pinned files by state: ok, under, lost.
     pinned: [Gauge; 3],
     tasks_open: Gauge,
+    declines: Gauge,
     /// Replica tasks given by this central's planner: fetch, drop.
     tasks_given: [Counter; 2],
     /// Pinned files short of copies that no volunteer has room for.
@@ -195,6 +205,9 @@ pub(crate) struct Replication {
     pub tasks_open: usize,
     pub unplaced: usize,
     pub proofs: usize,
+    /// Declined FETCHes kept (each keeps that volunteer out of that file
+    /// for a while).
+    pub declines: usize,
 }
 
 const PINNED_STATES: [&[Label]; 3] = [
@@ -324,6 +337,10 @@ impl Metrics {
             tasks_open: gauge(
                 "peerdex_central_replica_tasks_open",
                 "Replica tasks open (volunteers asked to fetch or drop a copy, not done yet)",
+            ),
+            declines: gauge(
+                "peerdex_central_replica_declines",
+                "Declined replica fetches kept: one per (volunteer, file) the directory asked it to fetch; bounded",
             ),
             tasks_given: std::array::from_fn(|i| {
                 counter(
@@ -478,6 +495,7 @@ impl Metrics {
         self.tasks_open.set(rep.tasks_open as f64);
         self.unplaced.set(rep.unplaced as f64);
         self.proofs.set(rep.proofs as f64);
+        self.declines.set(rep.declines as f64);
         self.leader.set(f64::from(u8::from(role.leader)));
         self.draining.set(f64::from(u8::from(role.draining)));
         self.revision.set(role.revision as f64);

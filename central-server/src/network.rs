@@ -7,9 +7,10 @@
 //!   network key (`network.key` in the data folder, 0600), subject = the
 //!   peer id, audience = the network, valid two lease TTLs, renewed with
 //!   every Heartbeat answer. An expired or departed peer cannot renew.
-//! * Peers that leave (or whose lease ends) are listed in Heartbeat answers
-//!   for one credential lifetime, so every PServer refuses their
-//!   credentials at once instead of at expiry.
+//! * Peers that leave (or whose lease ends) are revoked: pushed at once to
+//!   every `Revocations` stream ([`Network::subscribe`]), and listed in
+//!   Join and Heartbeat answers for one credential lifetime, so every
+//!   PServer refuses their credentials at once instead of at expiry.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -30,6 +31,9 @@ pub const KEY_FILE: &str = "network.key";
 
 /// Most departures listed in one Heartbeat answer (the newest).
 const MAX_REVOKED_LISTED: usize = 10_000;
+/// Batches of departures a Revocations subscriber may fall behind by;
+/// one further behind gets the whole list again.
+const PUSH_BACKLOG: usize = 256;
 
 pub(crate) struct Network {
     secret: String,
@@ -40,6 +44,8 @@ pub(crate) struct Network {
     lifetime: Duration,
     /// Departures (peer, Unix seconds), oldest first, kept one lifetime.
     revoked: Mutex<VecDeque<(PeerId, u64)>>,
+    /// Each batch of departures, as it happens, to the Revocations streams.
+    pushed: tokio::sync::broadcast::Sender<Vec<v1::Revoked>>,
 }
 
 impl Network {
@@ -74,6 +80,7 @@ impl Network {
             encoding: EncodingKey::from_ed_der(der.as_bytes()),
             lifetime: lease_ttl * 2,
             revoked: Mutex::default(),
+            pushed: tokio::sync::broadcast::channel(PUSH_BACKLOG).0,
         }
     }
 
@@ -128,6 +135,31 @@ impl Network {
             r.pop_front();
         }
         r.extend(peers.iter().map(|p| (*p, now)));
+        // Sent under the lock, so a subscriber that takes the list (under
+        // it too) right after subscribing misses nothing between the two.
+        let batch = peers
+            .iter()
+            .map(|p| v1::Revoked {
+                peer_id: p.to_string(),
+                at: now,
+            })
+            .collect();
+        // No subscriber: nothing to tell.
+        let _ = self.pushed.send(batch);
+    }
+
+    /// Follow departures: the receiver gets each batch from now on; the
+    /// list returned is every departure of the last lifetime until now.
+    pub(crate) fn subscribe(
+        &self,
+    ) -> (
+        tokio::sync::broadcast::Receiver<Vec<v1::Revoked>>,
+        Vec<v1::Revoked>,
+    ) {
+        let r = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.pushed.subscribe();
+        drop(r);
+        (rx, self.revoked())
     }
 
     /// The departures of the last lifetime, newest last (at most

@@ -101,16 +101,19 @@ async fn join_answer(
     Ok(signed_join(c, &peer_key(peer, 0), req).await?.into_inner())
 }
 
+/// Whether the directory asked `peer` to join again. A heartbeat refused
+/// for coming within half an interval of the last one taken counts as
+/// not lost: the lease is live.
 async fn heartbeat(c: &mut DirectoryClient<Channel>, peer: &PeerId, token: &str) -> bool {
     let req = v1::HeartbeatRequest {
         peer_id: peer.to_string(),
         ..Default::default()
     };
-    c.heartbeat(authed(req, token))
-        .await
-        .unwrap()
-        .into_inner()
-        .rejoin
+    match c.heartbeat(authed(req, token)).await {
+        Ok(r) => r.into_inner().rejoin,
+        Err(e) if e.code() == Code::ResourceExhausted => false,
+        Err(e) => panic!("heartbeat of {peer}: {e:?}"),
+    }
 }
 
 fn locate(i: u64) -> v1::LocateRequest {
@@ -783,5 +786,280 @@ async fn a_search_that_names_its_peer_must_prove_it() {
     }
     let e = refused(c.search(named(&token)).await, "per source address");
     assert!(e.message().contains("CENTRAL_SEARCH_RATE"));
+    central.stop().await;
+}
+
+// ── heartbeats (issue 29): paced, and declines bounded ──────────────────
+
+/// A process's resident memory (`VmRSS` of /proc/PID/status), in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {status}"));
+    kib * 1024
+}
+
+/// The value of one series (`name` or `name{labels}`, exactly as
+/// rendered) in a Prometheus text exposition.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+async fn scrape_text(url: &str) -> String {
+    peerdex_testkit::tls::install_provider();
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+const HB_REFUSALS: &str = "peerdex_central_refusals_total{setting=\"CENTRAL_HEARTBEAT_SECS\"}";
+const DECLINES_KEPT: &str = "peerdex_central_replica_declines";
+
+fn declines(files: impl IntoIterator<Item = String>) -> Vec<v1::Declined> {
+    files
+        .into_iter()
+        .map(|file_id| v1::Declined {
+            file_id,
+            reason: "no room left for replicas ".repeat(8),
+        })
+        .collect()
+}
+
+/// One peer floods the directory with heartbeats, each declining 64 ids
+/// it was never asked to fetch (the attack of issue 29: the central grew
+/// by 260 MiB and wrote 363 MiB of log in 10 s). Against the real binary:
+/// all but about one heartbeat per half interval are refused with
+/// RESOURCE_EXHAUSTED (and counted), no decline is kept, the process's
+/// memory stays flat and its log does not grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_flood_is_paced_and_costs_neither_memory_nor_log() {
+    const FLOOD: Duration = Duration::from_secs(4);
+    /// Half of CENTRAL_HEARTBEAT_SECS.
+    const GAP: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, url) = central(
+        dir.path(),
+        &[
+            ("CENTRAL_LEASE_TTL_SECS", "10"),
+            ("CENTRAL_HEARTBEAT_SECS", "2"),
+            ("CENTRAL_METRICS_ADDR", "127.0.0.1:0"),
+        ],
+    );
+    let metrics_url = wait_for(
+        "the metrics address in the log",
+        Duration::from_secs(10),
+        || async {
+            let log = plain(&proc.log());
+            let at = log.find("metrics at http://")?;
+            let rest = &log[at + "metrics at ".len()..];
+            Some(rest[..rest.find("/metrics")? + "/metrics".len()].to_owned())
+        },
+    )
+    .await;
+    let c = connect(&url).await;
+    let rogue = PeerId::new_random();
+    let token = join(&mut c.clone(), &rogue, files(0..1)).await;
+    let pid = proc.child.id();
+    let (rss_before, log_before) = (rss(pid), std::fs::metadata(&proc.log).unwrap().len());
+
+    let started = Instant::now();
+    let flooders: Vec<_> = (0..4u64)
+        .map(|k| {
+            let (mut c, token) = (c.clone(), token.clone());
+            tokio::spawn(async move {
+                let (mut taken, mut paced, mut n) = (0u64, 0u64, 0u64);
+                while started.elapsed() < FLOOD {
+                    let first = (k + 1) * 1_000_000_000 + n * 64;
+                    n += 1;
+                    let req = v1::HeartbeatRequest {
+                        peer_id: rogue.to_string(),
+                        load: None,
+                        declined: declines((first..first + 64).map(fid)),
+                    };
+                    match c.heartbeat(authed(req, &token)).await {
+                        Ok(r) => {
+                            assert!(!r.into_inner().rejoin, "the lease stays live");
+                            taken += 1;
+                        }
+                        Err(e) => {
+                            let e = refused(Err::<(), _>(e), "CENTRAL_HEARTBEAT_SECS");
+                            assert!((1..=1).contains(&retry_after(&e)), "{e:?}");
+                            paced += 1;
+                        }
+                    }
+                }
+                (taken, paced)
+            })
+        })
+        .collect();
+    let (mut taken, mut paced) = (0, 0);
+    for f in flooders {
+        let (t, p) = f.await.unwrap();
+        taken += t;
+        paced += p;
+    }
+    let took = started.elapsed();
+    // One taken at most per GAP (the first at once), and the flood never
+    // pauses, so the next one is taken soon after each gap.
+    let most = (took.as_secs_f64() / GAP.as_secs_f64()).floor() as u64 + 1;
+    let grown = rss(pid).saturating_sub(rss_before);
+    let logged = std::fs::metadata(&proc.log).unwrap().len() - log_before;
+    eprintln!(
+        "{taken} heartbeats taken, {paced} refused in {took:?}; memory grew by {} KiB, the log by {logged} bytes",
+        grown / 1024
+    );
+    assert!(
+        (2..=most).contains(&taken),
+        "{taken} heartbeats taken in {took:?}: expected 2 to {most}"
+    );
+    assert!(paced >= 100, "only {paced} refused: no flood?");
+    assert!(
+        grown < 8 << 20,
+        "the central grew by {} MiB during the flood",
+        grown >> 20
+    );
+    assert!(
+        logged < 8 << 10,
+        "the log grew by {logged} bytes during the flood:\n{}",
+        plain(&proc.log())
+    );
+    let m = scrape_text(&metrics_url).await;
+    assert_eq!(series(&m, DECLINES_KEPT), Some(0.0), "{m}");
+    assert_eq!(series(&m, HB_REFUSALS), Some(paced as f64), "{m}");
+    assert_eq!(
+        series(
+            &m,
+            "peerdex_central_requests_total{rpc=\"heartbeat\",code=\"ok\"}"
+        ),
+        Some(taken as f64),
+        "{m}"
+    );
+    proc.kill9();
+}
+
+/// A decline counts only for a FETCH the directory gave that peer and
+/// that is open: ids never asked for, malformed ones, a repeat, and a
+/// decline by another peer are all left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declines_count_only_for_fetches_the_directory_gave() {
+    let central = TestCentral::start_with_metrics(|c| {
+        c.lease_ttl = Duration::from_secs(20);
+        c.heartbeat_interval = Duration::from_millis(400);
+    })
+    .await;
+    let metrics_url = central.metrics_url.clone().unwrap();
+    let mut c = connect(&central.url).await;
+    let (owner, volunteer, other) = (
+        PeerId::new_random(),
+        PeerId::new_random(),
+        PeerId::new_random(),
+    );
+    let to = join(&mut c, &owner, files(1..2)).await;
+    let volunteer_join = |peer: PeerId| v1::JoinRequest {
+        peer_id: peer.to_string(),
+        peer_url: "http://127.0.0.1:9".into(),
+        replica_quota_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let tv = signed_join(&mut c, &peer_key(&volunteer, 0), volunteer_join(volunteer))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token;
+    let pin = v1::PinRequest {
+        peer_id: owner.to_string(),
+        file_id: fid(1),
+        replicas: 2,
+    };
+    c.pin(authed(pin, &to)).await.unwrap();
+    // A heartbeat of `peer` declining `ids`, sent again while paced.
+    let cb = c.clone();
+    let beat = |peer: PeerId, token: String, ids: Vec<String>| {
+        let c = cb.clone();
+        async move {
+            let req = v1::HeartbeatRequest {
+                peer_id: peer.to_string(),
+                load: None,
+                declined: declines(ids),
+            };
+            wait_for("a heartbeat to be taken", Duration::from_secs(10), || {
+                let (mut c, req, token) = (c.clone(), req.clone(), token.clone());
+                async move {
+                    match c.heartbeat(authed(req, &token)).await {
+                        Ok(r) => Some(r.into_inner()),
+                        Err(e) if e.code() == Code::ResourceExhausted => None,
+                        Err(e) => panic!("heartbeat: {e:?}"),
+                    }
+                }
+            })
+            .await
+        }
+    };
+    wait_for(
+        "the volunteer to be asked to fetch",
+        Duration::from_secs(20),
+        || {
+            let beat = beat(volunteer, tv.clone(), vec![]);
+            async move {
+                let tasks = beat.await.replica_tasks;
+                (tasks.len() == 1 && tasks[0].file_id == fid(1)).then_some(())
+            }
+        },
+    )
+    .await;
+    let kept = || async { series(&scrape_text(&metrics_url).await, DECLINES_KEPT) };
+    assert_eq!(kept().await, Some(0.0));
+
+    // Someone else declines it: never given to them, not kept.
+    let tother = signed_join(&mut c.clone(), &peer_key(&other, 0), volunteer_join(other))
+        .await
+        .unwrap()
+        .into_inner()
+        .session_token;
+    beat(other, tother, vec![fid(1)]).await;
+    assert_eq!(kept().await, Some(0.0));
+
+    // The volunteer: ids never asked for, a malformed one, the real one
+    // twice. Only the real one is kept, once, and its task is withdrawn.
+    let mut ids: Vec<String> = (500..560).map(fid).collect();
+    ids.extend(["not-a-file-id".into(), fid(1), fid(1)]);
+    let answer = beat(volunteer, tv.clone(), ids).await;
+    assert!(answer.replica_tasks.is_empty(), "{answer:?}");
+    assert_eq!(kept().await, Some(1.0));
+    // Declined again (the task is no longer open): nothing more.
+    beat(volunteer, tv.clone(), vec![fid(1), fid(2)]).await;
+    assert_eq!(kept().await, Some(1.0));
+    central.stop().await;
+}
+
+/// A peer that heartbeats at the interval the directory advises, as a
+/// PServer does (the next one an interval after the answer), is never
+/// refused: the limit is one per half interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_heartbeat_rhythm_is_never_refused() {
+    let central = TestCentral::start_with_metrics(|c| {
+        c.lease_ttl = Duration::from_secs(3);
+        c.heartbeat_interval = Duration::from_secs(1);
+    })
+    .await;
+    let mut c = connect(&central.url).await;
+    let peer = PeerId::new_random();
+    let answer = join_answer(&mut c, &peer, files(0..1)).await.unwrap();
+    let every = Duration::from_secs(u64::from(answer.heartbeat_interval_secs));
+    for _ in 0..5 {
+        // The rhythm under test: one interval between a heartbeat's answer
+        // and the next.
+        tokio::time::sleep(every).await;
+        let req = v1::HeartbeatRequest {
+            peer_id: peer.to_string(),
+            ..Default::default()
+        };
+        let r = c.heartbeat(authed(req, &answer.session_token)).await;
+        assert!(!r.unwrap().into_inner().rejoin);
+    }
+    let m = scrape_text(central.metrics_url.as_ref().unwrap()).await;
+    assert_eq!(series(&m, HB_REFUSALS), Some(0.0), "{m}");
     central.stop().await;
 }

@@ -184,6 +184,27 @@ fn worth_moving(s: &Status) -> bool {
     unreachable(s) || s.code() == Code::ResourceExhausted
 }
 
+/// A Heartbeat refused for coming too soon after the last one taken (the
+/// directory takes one per half interval): how long it says to wait
+/// (its `retry-after`, whole seconds, at most 30 s).
+fn paced(s: &Status) -> Option<Duration> {
+    if s.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let secs: u64 = s
+        .metadata()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.clamp(1, 30)))
+}
+
+/// How long the Revocations stream waits before it is opened again, at
+/// most.
+const MAX_STREAM_BACKOFF: Duration = Duration::from_secs(2);
+
 /// Entries the central did not take (the rest of the call was applied).
 fn log_refused(call: &str, refused: &[v1::Refused]) {
     for r in refused {
@@ -477,6 +498,7 @@ impl Central {
         let answer = r.into_inner();
         log_refused("join", &answer.refused);
         self.network.set_credential(&answer.credential);
+        self.network.note_revoked_list(&answer.revoked);
         if self.network.is_private()
             && let Err(e) = self.refresh_keys().await
         {
@@ -515,7 +537,7 @@ impl Central {
             .await?;
         let answer = r.into_inner();
         self.network.set_credential(&answer.credential);
-        self.network.note_revoked(&answer.revoked);
+        self.network.note_revoked_list(&answer.revoked);
         {
             let mut h = self.heard.lock().unwrap();
             h.central = (!answer.central.is_empty()).then(|| answer.central.clone());
@@ -795,6 +817,84 @@ impl Central {
         Ok(r.into_inner())
     }
 
+    /// In a private network: keep a `Revocations` stream open at the
+    /// central we use (moving to the next one of the list when it does not
+    /// answer, as every call does), so that a departed peer's credential
+    /// is refused here the moment the directory applies its departure.
+    /// Reopened after a failure with a short backoff (the first event of
+    /// each stream is the whole list, so nothing is missed in between);
+    /// idle while we are not joined (the Join's answer brings the list).
+    /// Returns when cancelled.
+    pub(crate) async fn revocations_loop(&self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.is_joined() {
+                let opened = self
+                    .call("revocations", |mut c| async move {
+                        let req = self.authed(v1::RevocationsRequest {
+                            peer_id: self.peer_id.to_string(),
+                        });
+                        c.revocations(req).await
+                    })
+                    .await;
+                match opened {
+                    Ok((at, r)) => {
+                        tracing::debug!(central = %self.links[at].url, "revocations: stream open");
+                        let mut stream = r.into_inner();
+                        loop {
+                            let m = tokio::select! {
+                                () = cancel.cancelled() => return,
+                                m = stream.message() => m,
+                            };
+                            match m {
+                                Ok(Some(e)) => {
+                                    backoff = Duration::from_millis(100);
+                                    if e.snapshot {
+                                        self.network.note_revoked_list(&e.revoked);
+                                    } else {
+                                        for r in &e.revoked {
+                                            tracing::info!(peer = %r.peer_id, "a peer left the network: its credentials are refused");
+                                        }
+                                        self.network.note_revoked(&e.revoked);
+                                    }
+                                }
+                                Ok(None) => {
+                                    tracing::debug!(
+                                        "revocations: the central ended the stream; reopening"
+                                    );
+                                    break;
+                                }
+                                Err(s) => {
+                                    tracing::debug!(code = ?s.code(), status = %s.message(), "revocations: the stream failed; reopening");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(s) if s.code() == Code::Unimplemented => {
+                        // An older directory: heartbeat answers carry the
+                        // list (later, but they do).
+                        tracing::info!(
+                            "the central has no Revocations stream (older version); departures arrive with heartbeats"
+                        );
+                        backoff = MAX_BACKOFF;
+                    }
+                    Err(s) => {
+                        tracing::debug!(code = ?s.code(), status = %s.message(), retry_in = ?backoff, "revocations: cannot open the stream");
+                    }
+                }
+            }
+            let wait = backoff;
+            if backoff < MAX_STREAM_BACKOFF {
+                backoff = (backoff * 2).min(MAX_STREAM_BACKOFF);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
     /// Keep the lease: join (with the full inventory from `inventory`), then
     /// heartbeat at the interval the central advises; re-join when asked;
     /// back off while no central answers. Returns when cancelled.
@@ -849,6 +949,13 @@ impl Central {
                         tracing::warn!(status = %s.message(), "heartbeat refused; re-joining");
                         self.mark_not_joined();
                         Duration::ZERO
+                    }
+                    Err(s) if paced(&s).is_some() => {
+                        // Heard too soon (a retry after an answer we did
+                        // not get): the lease is live; come back when told.
+                        let wait = paced(&s).unwrap_or(Duration::from_secs(1));
+                        tracing::debug!(status = %s.message(), retry_in = ?wait, "heartbeat paced by the central");
+                        wait
                     }
                     Err(s) => {
                         tracing::warn!(code = ?s.code(), status = %self.explain(&s), retry_in = ?backoff, "heartbeat failed");

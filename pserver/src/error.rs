@@ -58,6 +58,11 @@ pub enum Error {
     /// A dependency (central, neighbours, holders) cannot be reached: retry later.
     #[error("{0}")]
     Unavailable(String),
+    /// Not ready to judge the request yet (a private network's peer API
+    /// before the list of departed peers arrived): 503 with
+    /// `Retry-After: 1`.
+    #[error("{0}")]
+    NotReady(String),
     #[error("{0}")]
     LoopDetected(String),
     #[error("i/o error: {0}")]
@@ -84,6 +89,7 @@ impl Error {
             Error::NotImplemented(_) => "not_implemented",
             Error::PreconditionFailed(_) => "precondition_failed",
             Error::Unavailable(_) => "unavailable",
+            Error::NotReady(_) => "not_ready",
             Error::LoopDetected(_) => "loop_detected",
             Error::Io(_) | Error::Internal(_) => "internal",
         }
@@ -107,7 +113,9 @@ impl ResponseError for Error {
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            Error::Busy { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Busy { .. } | Error::Unavailable(_) | Error::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Error::TooManyRequests { .. } | Error::LimitReached(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Error::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
@@ -124,6 +132,9 @@ impl ResponseError for Error {
         let mut resp = HttpResponse::build(self.status_code());
         if let Error::Busy { retry_after, .. } | Error::TooManyRequests { retry_after, .. } = self {
             resp.insert_header(("Retry-After", retry_after.to_string()));
+        }
+        if let Error::NotReady(_) = self {
+            resp.insert_header(("Retry-After", "1"));
         }
         // An error describes this moment, never the resource: no cache keeps it.
         resp.insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"));

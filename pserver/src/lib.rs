@@ -232,6 +232,11 @@ pub async fn run(
                 .await
         }
     });
+    // A private network: departures pushed by the directory.
+    let revocations = network.is_private().then(|| {
+        let (central, c) = (central.clone(), cancel.clone());
+        tokio::spawn(async move { central.revocations_loop(c).await })
+    });
     let rescan_now = Arc::new(tokio::sync::Notify::new());
     let rescan = tokio::spawn(rescan_loop(
         store.clone(),
@@ -348,6 +353,9 @@ pub async fn run(
     let _ = tokio::join!(api_task, peer_task);
     cancel.cancel();
     let _ = tokio::join!(lease, rescan);
+    if let Some(r) = revocations {
+        let _ = r.await;
+    }
     central.leave().await;
     let tmp = store.data_dir().join("tmp");
     let _ = tokio::fs::remove_dir_all(&tmp).await;

@@ -7,12 +7,19 @@
 //! * our peer API asks every request for a credential of this network:
 //!   EdDSA, signed by a key the directory publishes (`NetworkKeys`, fetched
 //!   at Join and again on an unknown key id), for this network's audience,
-//!   not expired, and not of a peer that left since it was issued (the
-//!   directory lists departures in Heartbeat answers).
+//!   not expired, and not of a peer that left since it was issued. The
+//!   directory pushes each departure on a `Revocations` stream we keep
+//!   open ([`crate::central::Central::revocations_loop`]), and lists them
+//!   all in Join and Heartbeat answers (a safety net). Until we have the
+//!   list once (after a start or restart: a peer that left while we were
+//!   down would otherwise get in), every credential is answered 503 with
+//!   `Retry-After` ([`Refused::NotReady`]): downloaders treat that as busy
+//!   and come back, and the list comes with our Join.
 //!
 //! In an open network all of this is off: no proof, no credential, no check.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -33,6 +40,9 @@ pub(crate) enum Refused {
     UnknownKey(String),
     /// Anything else; the message says what.
     Invalid(String),
+    /// We do not have the directory's list of departed peers yet (we just
+    /// started and have not joined): ask again shortly.
+    NotReady,
 }
 
 pub(crate) struct Network {
@@ -44,6 +54,8 @@ pub(crate) struct Network {
     keys: RwLock<HashMap<String, DecodingKey>>,
     /// Peers that left, and when (Unix seconds).
     revoked: Mutex<HashMap<String, u64>>,
+    /// The directory's whole list of departures arrived at least once.
+    listed: AtomicBool,
     refreshed: Mutex<Option<Instant>>,
 }
 
@@ -55,6 +67,7 @@ impl Network {
             own: RwLock::default(),
             keys: RwLock::default(),
             revoked: Mutex::default(),
+            listed: AtomicBool::new(false),
             refreshed: Mutex::default(),
         }
     }
@@ -82,7 +95,20 @@ impl Network {
         self.own.read().unwrap().clone()
     }
 
-    /// The departures listed in a Heartbeat answer.
+    /// The directory's whole list of departures (a Join or Heartbeat
+    /// answer, the first event of a Revocations stream): from now on
+    /// credentials are checked against what we know.
+    pub(crate) fn note_revoked_list(&self, list: &[v1::Revoked]) {
+        self.note_revoked(list);
+        if !self.listed.swap(true, Ordering::AcqRel) && self.is_private() {
+            tracing::info!(
+                departed = list.len(),
+                "received the directory's list of departed peers: their credentials are refused, others accepted"
+            );
+        }
+    }
+
+    /// Departures (pushed as they happen, or a whole list).
     pub(crate) fn note_revoked(&self, list: &[v1::Revoked]) {
         if list.is_empty() {
             return;
@@ -119,6 +145,9 @@ impl Network {
 
     /// Check a credential presented to our peer API.
     pub(crate) fn check(&self, jwt: &str) -> Result<Credential, Refused> {
+        if !self.listed.load(Ordering::Acquire) {
+            return Err(Refused::NotReady);
+        }
         let bad = |m: &str| Refused::Invalid(m.to_owned());
         let header = jsonwebtoken::decode_header(jwt)
             .map_err(|_| bad("not a credential of this network (malformed, or `alg: none`)"))?;
@@ -205,6 +234,9 @@ mod tests {
     #[test]
     fn unknown_keys_and_garbage_are_told_apart() {
         let n = Network::new(Some("a-secret-of-16-chars".into()));
+        // Nothing is accepted before the directory's list of departures.
+        assert_eq!(n.check("garbage"), Err(Refused::NotReady));
+        n.note_revoked_list(&[]);
         assert!(matches!(n.check("garbage"), Err(Refused::Invalid(_))));
         // {"alg":"EdDSA","kid":"k1"} . {} . (no signature)
         let jwt = "eyJhbGciOiJFZERTQSIsImtpZCI6ImsxIn0.e30.AA";

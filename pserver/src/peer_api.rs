@@ -207,6 +207,7 @@ async fn credential(req: &ServiceRequest) -> Result<()> {
     match net.check(jwt) {
         Ok(_) => Ok(()),
         Err(Refused::Invalid(m)) => Err(Error::Unauthorized(m)),
+        Err(Refused::NotReady) => Err(not_ready()),
         Err(Refused::UnknownKey(kid)) => {
             // A key we have not seen: the directory may have a new one.
             if net.may_refresh_keys()
@@ -228,12 +229,22 @@ async fn credential(req: &ServiceRequest) -> Result<()> {
             match net.check(jwt) {
                 Ok(_) => Ok(()),
                 Err(Refused::Invalid(m)) => Err(Error::Unauthorized(m)),
+                Err(Refused::NotReady) => Err(not_ready()),
                 Err(Refused::UnknownKey(_)) => Err(Error::Unauthorized(format!(
                     "credential signed by a key this network's directory does not use (kid {kid}): a credential of another network?"
                 ))),
             }
         }
     }
+}
+
+/// 503 + `Retry-After`: we (re)started and do not have the directory's
+/// list of departed peers yet, so we cannot tell a departed peer's
+/// credential from a member's. It comes with our Join.
+fn not_ready() -> Error {
+    Error::NotReady(
+        "this peer (re)started and has not yet received the directory's list of departed peers; it accepts credentials once it has (it comes with its Join)".into(),
+    )
 }
 
 fn check_hops(req: &HttpRequest) -> Result<()> {

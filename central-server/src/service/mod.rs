@@ -35,6 +35,7 @@
 
 mod on_etcd;
 mod replicas;
+mod revocations;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,6 +134,15 @@ struct Shared {
     audit_retry: Duration,
     /// Checks claimed copies (the leader; see `crate::audit`).
     auditor: crate::audit::Auditor,
+    /// When each live peer's last heartbeat was taken here: at most one
+    /// per half heartbeat interval is (see [`DirectoryService::pace`]).
+    /// Only peers that proved their token get an entry; purged with the
+    /// rate limiters.
+    beats: Mutex<std::collections::HashMap<PeerId, Instant>>,
+    /// Revocations streams open, per peer (see `revocations`).
+    streams: Mutex<std::collections::HashMap<PeerId, usize>>,
+    /// Ends every Revocations stream (shutdown, drain).
+    streams_end: CancellationToken,
 }
 
 /// Where the directory's state lives.
@@ -218,6 +228,9 @@ impl DirectoryService {
                 audit_every: config.audit_every,
                 audit_retry: config.audit_retry,
                 auditor: crate::audit::Auditor::new(&config.peer_ca)?,
+                beats: Mutex::default(),
+                streams: Mutex::default(),
+                streams_end: CancellationToken::new(),
             }),
         })
     }
@@ -257,6 +270,35 @@ impl DirectoryService {
         s.publishes.purge(now);
         s.searches.purge(now);
         s.peer_searches.purge(now);
+        let gap = s.heartbeat_interval / 2;
+        lock(&s.beats).retain(|_, at| now.saturating_duration_since(at.into_std()) < gap);
+    }
+
+    /// Take one heartbeat of `peer` (which proved its token), or refuse it
+    /// with RESOURCE_EXHAUSTED and when to retry: at most one per half
+    /// heartbeat interval is taken. An honest PServer heartbeats once per
+    /// interval (and waits `retry-after` when refused), so only a flood
+    /// is refused; the lease is not renewed by a refused heartbeat.
+    fn pace(&self, peer: &PeerId, now: Instant) -> Result<()> {
+        let gap = self.shared.heartbeat_interval / 2;
+        let mut beats = lock(&self.shared.beats);
+        if let Some(last) = beats.get(peer) {
+            let since = now.saturating_duration_since(*last);
+            if since < gap {
+                drop(beats);
+                self.refused(Refusal::HeartbeatRate);
+                let wait = retry_secs(gap - since);
+                return Err(Error::RateLimited {
+                    message: format!(
+                        "too many heartbeats from peer {peer}: at most one per half heartbeat interval ({} ms, CENTRAL_HEARTBEAT_SECS / 2) is taken; retry in {wait} s",
+                        gap.as_millis()
+                    ),
+                    retry_after_secs: wait,
+                });
+            }
+        }
+        beats.insert(*peer, now);
+        Ok(())
     }
 
     /// Run a mutation on the blocking pool under the store lock.
@@ -910,7 +952,18 @@ impl DirectoryService {
             refused,
             credential,
             credential_expires,
+            revoked: self.revoked(),
         }))
+    }
+
+    /// The departures to list in a Join or Heartbeat answer (none in an
+    /// open network).
+    fn revoked(&self) -> Vec<v1::Revoked> {
+        self.shared
+            .network
+            .as_ref()
+            .map(Network::revoked)
+            .unwrap_or_default()
     }
 
     async fn heartbeat_rpc(
@@ -931,7 +984,10 @@ impl DirectoryService {
         } else {
             let ix = self.index();
             match authorize(&ix, &peer, &token, now) {
-                Ok(()) => !ix.renew(&peer, load, self.expires(now), now),
+                Ok(()) => {
+                    self.pace(&peer, now)?;
+                    !ix.renew(&peer, load, self.expires(now), now)
+                }
                 Err(Error::NotJoined(_)) => true,
                 Err(e) => return Err(e.into()),
             }
@@ -957,12 +1013,7 @@ impl DirectoryService {
             credential,
             credential_expires,
             replica_tasks,
-            revoked: self
-                .shared
-                .network
-                .as_ref()
-                .map(Network::revoked)
-                .unwrap_or_default(),
+            revoked: self.revoked(),
             moved: self.shared.draining.load(Ordering::Relaxed),
             central: self.shared.leadership.name().to_owned(),
             leader: self.shared.leadership.leader(),
@@ -1354,9 +1405,11 @@ impl DirectoryService {
 }
 
 impl DirectoryService {
-    /// Start draining: Heartbeat answers say `moved`, Info says draining.
+    /// Start draining: Heartbeat answers say `moved`, Info says draining,
+    /// Revocations streams end (their PServers reopen them elsewhere).
     pub(crate) fn drain(&self) {
         self.shared.draining.store(true, Ordering::Relaxed);
+        self.end_streams();
     }
 
     /// Wait until every peer that heartbeated here lately was told to
@@ -1482,6 +1535,16 @@ impl Directory for DirectoryService {
         req: Request<v1::LeaveRequest>,
     ) -> Result<Response<v1::LeaveResponse>, Status> {
         self.metered(Rpc::Leave, self.leave_rpc(req)).await
+    }
+
+    type RevocationsStream = revocations::RevocationStream;
+
+    async fn revocations(
+        &self,
+        req: Request<v1::RevocationsRequest>,
+    ) -> Result<Response<Self::RevocationsStream>, Status> {
+        self.metered(Rpc::Revocations, self.revocations_rpc(req))
+            .await
     }
 
     async fn pin(&self, req: Request<v1::PinRequest>) -> Result<Response<v1::PinResponse>, Status> {

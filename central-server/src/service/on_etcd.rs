@@ -164,6 +164,8 @@ impl DirectoryService {
             }
             Err(e) => return Err(e),
         }
+        // Paced before the keep-alive: a flood costs etcd nothing.
+        self.pace(peer, now)?;
         let Some(meta) = etcd.peer_meta(peer) else {
             tracing::debug!(%peer, "heartbeat: the peer has no lease record in the mirror");
             return Ok(false);

@@ -33,6 +33,10 @@ const DECLINE_FOR: Duration = Duration::from_secs(600);
 /// Most declines one Heartbeat may carry, and the longest reason kept.
 const MAX_DECLINED: usize = 64;
 const MAX_REASON: usize = 200;
+/// Most declines kept in all (each is for a FETCH the directory gave, so
+/// this is only reached with that many tasks declined within
+/// [`DECLINE_FOR`]); beyond it the oldest is forgotten.
+const MAX_DECLINES_KEPT: usize = 65_536;
 /// A FETCH open for longer (plus a second per MiB) is given to another.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -250,45 +254,61 @@ impl DirectoryService {
 
     /// The tasks to hand `peer` in its Heartbeat answer, after recording
     /// what it declined.
+    ///
+    /// A decline counts only for a FETCH the directory gave this peer and
+    /// that is open at that moment: anything else (an id it was never
+    /// asked for, a repeat of a decline already kept) is left out, costs
+    /// no memory and, on etcd, no write. So the declines kept for a peer
+    /// are at most the FETCHes it was given, and in total at most
+    /// [`MAX_DECLINES_KEPT`] (the oldest go first beyond). They are logged
+    /// at debug level: a peer cannot make the log grow with them.
     pub(super) async fn heartbeat_replicas(
         &self,
         peer: &PeerId,
         declined: Vec<v1::Declined>,
     ) -> Result<Vec<v1::ReplicaTask>> {
         // A Heartbeat renews the lease whatever its declines say: entries
-        // beyond the limit, and entries with a bad id, are left out (logged).
-        if declined.len() > MAX_DECLINED {
-            tracing::warn!(%peer, entries = declined.len(), "declined: only the first {MAX_DECLINED} entries of a Heartbeat are read");
-        }
+        // beyond the limit, malformed ones and ones for tasks not given
+        // are left out.
         if !declined.is_empty() {
             let now_ms = unix_ms();
-            let mut parsed = Vec::with_capacity(declined.len().min(MAX_DECLINED));
-            for (i, d) in declined.into_iter().take(MAX_DECLINED).enumerate() {
-                let Ok(file) = d.file_id.parse::<FileId>() else {
-                    tracing::warn!(%peer, "declined[{i}].file_id is not a file id; left out");
-                    continue;
-                };
-                let mut reason: String = d.reason.chars().take(MAX_REASON).collect();
-                if reason.trim().is_empty() {
-                    reason = "no reason given".into();
-                }
-                tracing::info!(%peer, %file, reason, "replication: a volunteer declined a fetch");
-                parsed.push((
-                    file,
-                    Decline {
-                        reason,
-                        at_ms: now_ms,
-                    },
-                ));
-            }
-            // Out of the answers at once; the planner asks another.
+            let sent = declined.len();
+            let mut parsed = Vec::new();
             {
                 let mut tasks = lock(&self.replicas().tasks);
-                for (f, _) in &parsed {
-                    tasks.remove(&(*peer, *f));
+                let kept = lock(&self.replicas().declined);
+                for d in declined.into_iter().take(MAX_DECLINED) {
+                    let Ok(file) = d.file_id.parse::<FileId>() else {
+                        continue;
+                    };
+                    let key = (*peer, file);
+                    let given = tasks.get(&key).is_some_and(|t| t.action == Action::Fetch);
+                    if !given || kept.contains_key(&key) {
+                        continue;
+                    }
+                    // Out of the answers at once; the planner asks another.
+                    tasks.remove(&key);
+                    let mut reason: String = d.reason.chars().take(MAX_REASON).collect();
+                    if reason.trim().is_empty() {
+                        reason = "no reason given".into();
+                    }
+                    tracing::debug!(%peer, %file, reason, "replication: a volunteer declined a fetch");
+                    parsed.push((
+                        file,
+                        Decline {
+                            reason,
+                            at_ms: now_ms,
+                        },
+                    ));
                 }
             }
-            if let Some(etcd) = self.etcd() {
+            if parsed.len() < sent {
+                tracing::debug!(%peer, sent, taken = parsed.len(),
+                    "declined: entries beyond {MAX_DECLINED}, malformed, repeated or for a fetch not given to this peer were left out");
+            }
+            if parsed.is_empty() {
+                // Nothing to record.
+            } else if let Some(etcd) = self.etcd() {
                 if let Some(meta) = etcd.peer_meta(peer) {
                     let revision = etcd.decline(peer, meta.lease, &parsed).await?;
                     etcd.wait_applied(revision).await?;
@@ -296,6 +316,11 @@ impl DirectoryService {
             } else {
                 let mut d = lock(&self.replicas().declined);
                 for (f, x) in parsed {
+                    if d.len() >= MAX_DECLINES_KEPT
+                        && let Some(oldest) = d.iter().min_by_key(|(_, x)| x.at_ms).map(|(k, _)| *k)
+                    {
+                        d.remove(&oldest);
+                    }
                     d.insert((*peer, f), x);
                 }
             }
@@ -975,6 +1000,7 @@ impl DirectoryService {
         let mut fig = crate::metrics::Replication {
             pins: book.len(),
             tasks_open: lock(&reps.tasks).len(),
+            declines: lock(&reps.declined).len(),
             ..Default::default()
         };
         fig.unplaced = lock(&reps.planner).unplaced.len();
