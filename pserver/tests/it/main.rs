@@ -17,6 +17,7 @@ mod neighbour_limits;
 mod private_network;
 mod replicas;
 mod replication;
+mod settings;
 mod slow_readers;
 mod swarm;
 mod tls;
