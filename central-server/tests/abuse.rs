@@ -831,8 +831,10 @@ async fn a_bad_env_line_stops_start_up_and_a_misspelt_setting_is_named() {
         "unknown setting CENTRAL_LEASE_TTL_SEC in {}; did you mean CENTRAL_LEASE_TTL_SECS?",
         file.display()
     );
-    wait_for("the warning in the log", Duration::from_secs(30), || async {
-        p.log().contains(&warning).then_some(())
-    })
+    wait_for(
+        "the warning in the log",
+        Duration::from_secs(30),
+        || async { p.log().contains(&warning).then_some(()) },
+    )
     .await;
 }

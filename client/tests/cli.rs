@@ -192,7 +192,10 @@ async fn pserver_url_from_env_and_dotenv() {
     cmd.arg("ls");
     let r = run_cmd(cmd, None).await;
     assert_eq!(r.code, 2, "{r:?}");
-    let told = format!("{}, line 2: no `=` after PEERDEX_API_TOKEN", env_file.display());
+    let told = format!(
+        "{}, line 2: no `=` after PEERDEX_API_TOKEN",
+        env_file.display()
+    );
     assert!(r.stderr.contains(&told), "{r:?}");
     assert!(!r.stderr.contains("secret-value"), "{r:?}");
 

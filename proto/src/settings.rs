@@ -196,9 +196,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
         row[0] = i + 1;
         for (j, cb) in b.iter().enumerate() {
             let up = row[j + 1];
-            row[j + 1] = (diag + usize::from(ca != *cb))
-                .min(up + 1)
-                .min(row[j] + 1);
+            row[j + 1] = (diag + usize::from(ca != *cb)).min(up + 1).min(row[j] + 1);
             diag = up;
         }
     }
@@ -291,10 +289,7 @@ fn problem(setting: &str, content: &str, at: usize, at_eof: bool) -> String {
     // `content` is the value itself when dotenvy failed inside it (then
     // `at` counts characters), else the whole line.
     let chars: Vec<char> = content.chars().collect();
-    let (prev, here) = (
-        at.checked_sub(1).and_then(|i| chars.get(i)),
-        chars.get(at),
-    );
+    let (prev, here) = (at.checked_sub(1).and_then(|i| chars.get(i)), chars.get(at));
     match (prev, here) {
         (Some(p), Some(_)) if p.is_whitespace() => format!(
             "the value of {key} holds a space: put it in quotes (\"...\") or remove what follows it"
@@ -302,9 +297,9 @@ fn problem(setting: &str, content: &str, at: usize, at_eof: bool) -> String {
         (Some('\\'), Some(c)) => format!(
             "the value of {key} has an unknown escape \\{c}: use \\\\, \\n, \\\", \\' or \\$"
         ),
-        _ if at + 1 >= chars.len() => format!(
-            "the value of {key} has a quote or ${{ that is not closed"
-        ),
+        _ if at + 1 >= chars.len() => {
+            format!("the value of {key} has a quote or ${{ that is not closed")
+        }
         _ => format!(
             "the value of {key} cannot be parsed at character {} of the value",
             at + 1
@@ -377,6 +372,12 @@ mod tests {
         let (line, why) = err(text);
         assert_eq!(line, 4, "{why}");
         assert!(why.contains("value of B"), "{why}");
+    }
+
+    #[test]
+    fn the_example_file_is_a_valid_env() {
+        let pairs = parse(include_str!("../../.env.example").as_bytes()).unwrap();
+        assert!(pairs.iter().any(|(k, _)| k == "PSERVER_API_TOKEN"));
     }
 
     fn cmd() -> clap::Command {

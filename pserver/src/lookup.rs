@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::central::Central;
 use crate::error::{Error, Result};
+use crate::metrics::{AnsweredBy, Metrics};
 
 /// How long a neighbour that failed is skipped.
 const SKIP_FOR: Duration = Duration::from_secs(15);
@@ -108,7 +109,10 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Neighbour { url, retry_after } => {
-                write!(f, "neighbour {url} is rate limiting our requests (retry in {retry_after} s)")
+                write!(
+                    f,
+                    "neighbour {url} is rate limiting our requests (retry in {retry_after} s)"
+                )
             }
             Self::Central {
                 message,
@@ -124,10 +128,7 @@ impl std::fmt::Display for Refusal {
 fn all_refused(refusals: &[Refusal]) -> Error {
     let list: Vec<String> = refusals.iter().map(ToString::to_string).collect();
     Error::TooManyRequests {
-        message: format!(
-            "every source refused the lookup: {}",
-            list.join("; ")
-        ),
+        message: format!("every source refused the lookup: {}", list.join("; ")),
         retry_after: refusals
             .iter()
             .filter_map(Refusal::retry_after)
@@ -149,10 +150,16 @@ pub struct Lookup {
     neighbours: Vec<Neighbour>,
     http: crate::network::PeerHttp,
     timeout: Duration,
+    metrics: Metrics,
 }
 
 impl Lookup {
-    pub fn new(neighbours: &[PeerUrl], http: crate::network::PeerHttp, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        neighbours: &[PeerUrl],
+        http: crate::network::PeerHttp,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             neighbours: neighbours
                 .iter()
@@ -164,6 +171,7 @@ impl Lookup {
                 .collect(),
             http,
             timeout,
+            metrics,
         }
     }
 
@@ -171,7 +179,11 @@ impl Lookup {
     /// up but asked too often: the next one is asked, and that neighbour
     /// is left alone until its `Retry-After` (its limit protects it; the
     /// user's lookup still gets an answer elsewhere).
-    async fn ask<T: DeserializeOwned>(&self, path: &str, query: &impl serde::Serialize) -> Asked<T> {
+    async fn ask<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &impl serde::Serialize,
+    ) -> Asked<T> {
         let mut refused = Vec::new();
         for n in &self.neighbours {
             let now = Instant::now();
@@ -255,20 +267,38 @@ impl Lookup {
             .ask::<LocateResult>("/peer/v1/locate", &target.query())
             .await
         {
-            Asked::Answered(r) => return Ok(r.files),
+            Asked::Answered(r) => {
+                self.metrics.lookup(AnsweredBy::Neighbour);
+                return Ok(r.files);
+            }
             Asked::Refused(r) => r,
         };
         self.log_fallback(&refused);
-        at_central(refused, locate_at_central(central, target).await)
+        self.counted(at_central(
+            refused,
+            locate_at_central(central, target).await,
+        ))
     }
 
     pub async fn search(&self, central: &Central, q: &SearchQuery) -> Result<SearchResults> {
         let refused = match self.ask::<SearchResults>("/peer/v1/search", q).await {
-            Asked::Answered(r) => return Ok(r),
+            Asked::Answered(r) => {
+                self.metrics.lookup(AnsweredBy::Neighbour);
+                return Ok(r);
+            }
             Asked::Refused(r) => r,
         };
         self.log_fallback(&refused);
-        at_central(refused, search_at_central(central, q).await)
+        self.counted(at_central(refused, search_at_central(central, q).await))
+    }
+
+    /// Count a lookup the central answered, or no one.
+    fn counted<T>(&self, answer: Result<T>) -> Result<T> {
+        self.metrics.lookup(match &answer {
+            Ok(_) => AnsweredBy::Central,
+            Err(_) => AnsweredBy::None,
+        });
+        answer
     }
 
     /// Probe every neighbour's health endpoint concurrently.

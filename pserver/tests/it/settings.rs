@@ -69,7 +69,11 @@ async fn an_unknown_setting_is_a_warning_naming_the_closest_one() {
     let p = ChildProc::spawn(Path::new(env!("CARGO_BIN_EXE_pserver")), dir.path(), &env);
     // It started (the first line, its addresses, was read) and said why the
     // names do nothing.
-    assert!(p.first_line.starts_with("pserver listening"), "{}", p.first_line);
+    assert!(
+        p.first_line.starts_with("pserver listening"),
+        "{}",
+        p.first_line
+    );
     let file = dir.path().canonicalize().unwrap().join(".env");
     let in_file = format!(
         "unknown setting PSERVER_RESCAN_SEC in {}; did you mean PSERVER_RESCAN_SECS?",
@@ -77,10 +81,14 @@ async fn an_unknown_setting_is_a_warning_naming_the_closest_one() {
     );
     let in_env = "unknown setting PSERVER_NEIGHBOURS_RATE in the environment; \
                   did you mean PSERVER_NEIGHBOUR_RATE?";
-    wait_for("the warnings in the log", Duration::from_secs(30), || async {
-        let log = p.log();
-        (log.contains(&in_file) && log.contains(in_env)).then_some(())
-    })
+    wait_for(
+        "the warnings in the log",
+        Duration::from_secs(30),
+        || async {
+            let log = p.log();
+            (log.contains(&in_file) && log.contains(in_env)).then_some(())
+        },
+    )
     .await;
     assert!(p.log().contains("WARN"), "{}", p.log());
 }
