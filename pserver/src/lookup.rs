@@ -431,6 +431,56 @@ mod tests {
     }
 
     #[test]
+    fn a_lookup_fails_only_when_every_source_refused() {
+        let b: PeerUrl = "http://192.0.2.1:7071".parse().unwrap();
+        let neighbour = Refusal::Neighbour {
+            url: b.clone(),
+            retry_after: 4,
+        };
+        // The central answered: no failure, whoever refused.
+        assert_eq!(at_central(vec![neighbour.clone()], Ok(7)).unwrap(), 7);
+        // The central refused too: 429, the soonest Retry-After, both named.
+        let busy = Error::TooManyRequests {
+            message: "the central directory is busy: too many searches".into(),
+            retry_after: 2,
+        };
+        match at_central::<()>(vec![neighbour.clone()], Err(busy)) {
+            Err(Error::TooManyRequests {
+                message,
+                retry_after,
+            }) => {
+                assert_eq!(retry_after, 2);
+                assert_eq!(
+                    message,
+                    format!(
+                        "every source refused the lookup: neighbour {b} is rate limiting our \
+                         requests (retry in 4 s); the central directory is busy: too many \
+                         searches (retry in 2 s)"
+                    )
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Down after a refusal: still 429 (the neighbour takes it later).
+        let down = Error::Unavailable("central directory unavailable: refused".into());
+        assert!(matches!(
+            at_central::<()>(vec![neighbour.clone()], Err(down)),
+            Err(Error::TooManyRequests { retry_after: 4, .. })
+        ));
+        // No refusal, or the request's own mistake: the central's error as is.
+        let down = Error::Unavailable("central directory unavailable: refused".into());
+        assert!(matches!(
+            at_central::<()>(vec![], Err(down)),
+            Err(Error::Unavailable(_))
+        ));
+        let bad = Error::InvalidArgument("bad name".into());
+        assert!(matches!(
+            at_central::<()>(vec![neighbour], Err(bad)),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
     fn targets_print_as_text() {
         let t = LocateTarget::Name("report.pdf".parse().unwrap());
         assert_eq!(t.to_string(), "name report.pdf");
