@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use central_server::{Config, Limits};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 /// The peerdex central directory (gRPC). Every flag can also be set with the
@@ -325,6 +325,15 @@ impl Args {
 fn main() -> ExitCode {
     // One crypto provider for the whole process: ring (never aws-lc).
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // `.env` first (before any thread), so its values act as environment
+    // defaults for clap; a line it cannot parse stops start-up.
+    let settings = match peerdex_proto::settings::load(&Args::command(), "CENTRAL_") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -332,7 +341,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(try_main()) {
+    match rt.block_on(try_main(settings.unknown)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -341,12 +350,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn try_main() -> anyhow::Result<()> {
-    match dotenvy::dotenv() {
-        Err(e) if e.not_found() => {}
-        Err(e) => return Err(e).context("cannot read .env"),
-        Ok(_) => {}
-    }
+async fn try_main(unknown: Vec<peerdex_proto::settings::UnknownSetting>) -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -356,6 +360,9 @@ async fn try_main() -> anyhow::Result<()> {
         // Colours only on a terminal: log files and journald get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    for u in &unknown {
+        tracing::warn!("{u}");
+    }
     let mut config = args.config();
     let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
     config.tls = central_server::TlsFiles::from_settings(

@@ -1063,3 +1063,56 @@ async fn an_honest_heartbeat_rhythm_is_never_refused() {
     assert_eq!(series(&m, HB_REFUSALS), Some(0.0), "{m}");
     central.stop().await;
 }
+
+/// Bad configuration is fatal (issue 29): a `.env` line the binary cannot
+/// parse stops start-up with the file, the line and the problem, never the
+/// value (it may be a secret); a misspelt setting is a warning naming the
+/// right one.
+#[tokio::test]
+async fn a_bad_env_line_stops_start_up_and_a_misspelt_setting_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "# the directory\nCENTRAL_LEASE_TTL_SECS=30\nCENTRAL_JOIN_SECRET a-secret-of-twenty-chars\n",
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(bin("central-server"));
+    cmd.current_dir(dir.path())
+        .env_clear()
+        .env("CENTRAL_LISTEN_ADDR", "127.0.0.1:0")
+        .env("CENTRAL_DATA_DIR", dir.path().join("db"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        cmd.spawn().unwrap().wait_with_output(),
+    )
+    .await
+    .expect("the central kept running despite a .env it cannot parse")
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(out.stdout.is_empty(), "it printed its address: {out:?}");
+    let file = dir.path().canonicalize().unwrap().join(".env");
+    let told = format!(
+        "{}, line 3: no `=` after CENTRAL_JOIN_SECRET: write CENTRAL_JOIN_SECRET=value",
+        file.display()
+    );
+    assert!(stderr.contains(&told), "{stderr}");
+    assert!(!stderr.contains("a-secret-of"), "a value leaks: {stderr}");
+
+    std::fs::write(dir.path().join(".env"), "CENTRAL_LEASE_TTL_SEC=30\n").unwrap();
+    let (p, _url) = central(dir.path(), &[]);
+    let warning = format!(
+        "unknown setting CENTRAL_LEASE_TTL_SEC in {}; did you mean CENTRAL_LEASE_TTL_SECS?",
+        file.display()
+    );
+    wait_for(
+        "the warning in the log",
+        Duration::from_secs(30),
+        || async { p.log().contains(&warning).then_some(()) },
+    )
+    .await;
+}

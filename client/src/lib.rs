@@ -16,7 +16,8 @@
 //! * `repl` — the interactive shell (rustyline), or line-by-line from a pipe.
 //! * `output` — human sizes, tables, progress bars, terminal detection.
 //!
-//! Exit codes: 0 success, 1 the operation failed, 2 usage error, 130
+//! Exit codes: 0 success, 1 the operation failed, 2 usage error (a bad
+//! flag or setting, or a `.env` that cannot be parsed), 130
 //! interrupted by Ctrl+C.
 
 mod api;
@@ -30,6 +31,8 @@ mod report;
 
 use std::process::ExitCode;
 
+use clap::CommandFactory;
+
 use crate::cli::Cli;
 use crate::ctx::Ctx;
 use crate::output::Term;
@@ -38,15 +41,24 @@ use crate::report::Interrupted;
 /// Exit code when the user pressed Ctrl+C (128 + SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
 
+/// Exit code of a usage error: a bad flag or setting (clap's), or a `.env`
+/// that cannot be parsed.
+const EXIT_USAGE: u8 = 2;
+
 /// The whole program: read `.env`, parse the command line, run.
 pub fn main_entry() -> ExitCode {
-    // `.env` first, so its values act as environment defaults for clap.
-    let dotenv = dotenvy::dotenv();
+    // `.env` first, so its values act as environment defaults for clap; a
+    // line it cannot parse is a usage error (never a setting silently lost).
+    let settings = match peerdex_proto::settings::load(&Cli::command(), "PEERDEX_") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let cli = Cli::parse_with_env(std::env::args_os(), |name| std::env::var_os(name));
-    if let Err(e) = dotenv
-        && !e.not_found()
-    {
-        eprintln!("warning: ignoring .env: {e}");
+    for u in &settings.unknown {
+        eprintln!("warning: {u}");
     }
     run(cli)
 }

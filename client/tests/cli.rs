@@ -178,6 +178,41 @@ async fn pserver_url_from_env_and_dotenv() {
             .contains(&format!("cannot reach PServer at {other} ")),
         "{r:?}"
     );
+
+    // A line that cannot be parsed is a usage error naming the file and
+    // the line, not a silently dropped rest of the file.
+    // (named as the process sees its working folder: symlinks resolved)
+    let env_file = dir.path().canonicalize().unwrap().join(".env");
+    std::fs::write(
+        &env_file,
+        format!("# settings\nPEERDEX_API_TOKEN secret-value\nPEERDEX_PSERVER_URL={other}\n"),
+    )
+    .unwrap();
+    let mut cmd = peerdex(dir.path());
+    cmd.arg("ls");
+    let r = run_cmd(cmd, None).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    let told = format!(
+        "{}, line 2: no `=` after PEERDEX_API_TOKEN",
+        env_file.display()
+    );
+    assert!(r.stderr.contains(&told), "{r:?}");
+    assert!(!r.stderr.contains("secret-value"), "{r:?}");
+
+    // An unknown PEERDEX_ name is a warning naming the closest setting.
+    std::fs::write(&env_file, format!("PEERDEX_PSERVER_ULR={other}\n")).unwrap();
+    let mut cmd = peerdex(dir.path());
+    cmd.env("PEERDEX_PSERVER_URL", url).arg("ls");
+    let r = run_cmd(cmd, None).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains(
+            "unknown setting PEERDEX_PSERVER_ULR in {}; did you mean PEERDEX_PSERVER_URL?"
+                .replace("{}", &env_file.display().to_string())
+                .as_str()
+        ),
+        "{r:?}"
+    );
 }
 
 #[tokio::test]

@@ -13,10 +13,13 @@
 //!   and key ids of credentials.
 //! * [`limit`] — token buckets per source address or peer (rate limits).
 //! * [`range`] — the `Range` header parser of the peer API.
+//! * [`settings`] — the `.env` loader of every binary: a bad line is fatal,
+//!   an unknown setting is reported with the closest known one.
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
 //!   `pserver` and the `peerdex` client.
 //!
-//! This crate does no network I/O; [`keyfile`] is its only file I/O.
+//! This crate does no network I/O; [`keyfile`] and [`settings`] (reading
+//! `.env`) are its only file I/O.
 
 pub mod convert;
 pub mod identity;
@@ -25,6 +28,7 @@ pub mod limit;
 pub mod network;
 pub mod range;
 pub mod rest;
+pub mod settings;
 pub mod tree;
 pub mod types;
 

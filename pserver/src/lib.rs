@@ -162,12 +162,13 @@ pub async fn run(
     let rt = rt::MainRt::current();
     let store = Arc::new(store);
     let central = Arc::new(central);
+    let metrics = metrics::Metrics::new();
     let lookup = Arc::new(lookup::Lookup::new(
         &config.neighbours,
         http.clone(),
         config.neighbour_timeout,
+        metrics.clone(),
     ));
-    let metrics = metrics::Metrics::new();
     let uploads = uploads::Uploads::new(
         config.max_uploads,
         config.max_upload_bps,

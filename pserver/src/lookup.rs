@@ -1,6 +1,12 @@
 //! Finding files: ask the neighbours in order (each with a short timeout, a
 //! failing one skipped for a while), and the central directly only when no
 //! neighbour answers.
+//!
+//! A neighbour that answers 429 is not a failure: the next neighbour is
+//! asked, then the central itself (whose own rate limit, RESOURCE_EXHAUSTED,
+//! is a refusal too), and that neighbour is left alone until its
+//! `Retry-After`. The user's lookup fails only when every source refused,
+//! with 429, the soonest `Retry-After`, and each refuser named.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -14,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::central::Central;
 use crate::error::{Error, Result};
+use crate::metrics::{AnsweredBy, Metrics};
 
 /// How long a neighbour that failed is skipped.
 const SKIP_FOR: Duration = Duration::from_secs(15);
@@ -70,45 +77,124 @@ impl std::fmt::Display for LocateTarget {
 
 struct Neighbour {
     url: PeerUrl,
+    /// Did not answer: skipped until then.
     skip_until: Mutex<Option<Instant>>,
+    /// Answered 429: not asked again before its `Retry-After`.
+    refused_until: Mutex<Option<Instant>>,
+}
+
+/// A source that would not answer a lookup now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Refusal {
+    /// A neighbour's rate limit (429), with its `Retry-After` in seconds.
+    Neighbour { url: PeerUrl, retry_after: u64 },
+    /// The central's rate limit (RESOURCE_EXHAUSTED).
+    Central { message: String, retry_after: u64 },
+    /// The central failed otherwise (told only when neighbours refused).
+    CentralDown(String),
+}
+
+impl Refusal {
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Neighbour { retry_after, .. } | Self::Central { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::CentralDown(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Neighbour { url, retry_after } => {
+                write!(
+                    f,
+                    "neighbour {url} is rate limiting our requests (retry in {retry_after} s)"
+                )
+            }
+            Self::Central {
+                message,
+                retry_after,
+            } => write!(f, "{message} (retry in {retry_after} s)"),
+            Self::CentralDown(why) => f.write_str(why),
+        }
+    }
+}
+
+/// The user's lookup fails: every source refused it. 429 with the soonest
+/// `Retry-After` among them, and each refuser named.
+fn all_refused(refusals: &[Refusal]) -> Error {
+    let list: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+    Error::TooManyRequests {
+        message: format!("every source refused the lookup: {}", list.join("; ")),
+        retry_after: refusals
+            .iter()
+            .filter_map(Refusal::retry_after)
+            .min()
+            .unwrap_or(1)
+            .clamp(1, 3600),
+    }
+}
+
+/// What asking the neighbours gave.
+enum Asked<T> {
+    Answered(T),
+    /// None answered; these refused (rate limited). Empty when every one
+    /// is down, or there are none.
+    Refused(Vec<Refusal>),
 }
 
 pub struct Lookup {
     neighbours: Vec<Neighbour>,
     http: crate::network::PeerHttp,
     timeout: Duration,
+    metrics: Metrics,
 }
 
 impl Lookup {
-    pub fn new(neighbours: &[PeerUrl], http: crate::network::PeerHttp, timeout: Duration) -> Self {
+    pub(crate) fn new(
+        neighbours: &[PeerUrl],
+        http: crate::network::PeerHttp,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             neighbours: neighbours
                 .iter()
                 .map(|u| Neighbour {
                     url: u.clone(),
                     skip_until: Mutex::new(None),
+                    refused_until: Mutex::new(None),
                 })
                 .collect(),
             http,
             timeout,
+            metrics,
         }
     }
 
-    /// Ask each usable neighbour in turn; `None` if none answered. A
-    /// neighbour that answers 429 is up but says we ask too often: that is
-    /// passed on (with its `Retry-After`), never routed around to the
-    /// central or another neighbour, which would defeat its limit.
+    /// Ask each usable neighbour in turn. A neighbour that answers 429 is
+    /// up but asked too often: the next one is asked, and that neighbour
+    /// is left alone until its `Retry-After` (its limit protects it; the
+    /// user's lookup still gets an answer elsewhere).
     async fn ask<T: DeserializeOwned>(
         &self,
         path: &str,
         query: &impl serde::Serialize,
-    ) -> Result<Option<T>> {
+    ) -> Asked<T> {
+        let mut refused = Vec::new();
         for n in &self.neighbours {
-            if n.skip_until
-                .lock()
-                .unwrap()
-                .is_some_and(|t| Instant::now() < t)
-            {
+            let now = Instant::now();
+            if n.skip_until.lock().unwrap().is_some_and(|t| now < t) {
+                continue;
+            }
+            if let Some(until) = n.refused_until.lock().unwrap().filter(|t| now < *t) {
+                refused.push(Refusal::Neighbour {
+                    url: n.url.clone(),
+                    retry_after: (until - now).as_secs_f64().ceil().max(1.0) as u64,
+                });
                 continue;
             }
             let result = async {
@@ -135,12 +221,17 @@ impl Lookup {
             match result {
                 Ok(Ok(v)) => {
                     *n.skip_until.lock().unwrap() = None;
-                    return Ok(Some(v));
+                    tracing::debug!(neighbour = %n.url, "a neighbour answered the lookup");
+                    return Asked::Answered(v);
                 }
                 Ok(Err(retry_after)) => {
-                    return Err(Error::TooManyRequests {
-                        message: format!("neighbour {} is rate limiting our requests", n.url),
-                        retry_after: retry_after.clamp(1, 3600),
+                    let retry_after = retry_after.clamp(1, 3600);
+                    tracing::debug!(neighbour = %n.url, retry_after, "neighbour rate limiting us; asking the next one");
+                    *n.refused_until.lock().unwrap() =
+                        Some(Instant::now() + Duration::from_secs(retry_after));
+                    refused.push(Refusal::Neighbour {
+                        url: n.url.clone(),
+                        retry_after,
                     });
                 }
                 Err(e) => {
@@ -151,7 +242,19 @@ impl Lookup {
                 }
             }
         }
-        Ok(None)
+        Asked::Refused(refused)
+    }
+
+    /// Before asking the central directly: say why.
+    fn log_fallback(&self, refused: &[Refusal]) {
+        if !refused.is_empty() {
+            tracing::debug!(
+                refused = refused.len(),
+                "neighbours rate limiting us; asking the central directly"
+            );
+        } else if !self.neighbours.is_empty() {
+            tracing::warn!("no neighbour answered; asking the central directly");
+        }
     }
 
     /// Metadata and live holders of a file, through a neighbour or the central.
@@ -160,26 +263,42 @@ impl Lookup {
         central: &Central,
         target: &LocateTarget,
     ) -> Result<Vec<LocatedFile>> {
-        if let Some(r) = self
+        let refused = match self
             .ask::<LocateResult>("/peer/v1/locate", &target.query())
-            .await?
+            .await
         {
-            return Ok(r.files);
-        }
-        if !self.neighbours.is_empty() {
-            tracing::warn!("no neighbour answered; asking the central directly");
-        }
-        locate_at_central(central, target).await
+            Asked::Answered(r) => {
+                self.metrics.lookup(AnsweredBy::Neighbour);
+                return Ok(r.files);
+            }
+            Asked::Refused(r) => r,
+        };
+        self.log_fallback(&refused);
+        self.counted(at_central(
+            refused,
+            locate_at_central(central, target).await,
+        ))
     }
 
     pub async fn search(&self, central: &Central, q: &SearchQuery) -> Result<SearchResults> {
-        if let Some(r) = self.ask::<SearchResults>("/peer/v1/search", q).await? {
-            return Ok(r);
-        }
-        if !self.neighbours.is_empty() {
-            tracing::warn!("no neighbour answered; asking the central directly");
-        }
-        search_at_central(central, q).await
+        let refused = match self.ask::<SearchResults>("/peer/v1/search", q).await {
+            Asked::Answered(r) => {
+                self.metrics.lookup(AnsweredBy::Neighbour);
+                return Ok(r);
+            }
+            Asked::Refused(r) => r,
+        };
+        self.log_fallback(&refused);
+        self.counted(at_central(refused, search_at_central(central, q).await))
+    }
+
+    /// Count a lookup the central answered, or no one.
+    fn counted<T>(&self, answer: Result<T>) -> Result<T> {
+        self.metrics.lookup(match &answer {
+            Ok(_) => AnsweredBy::Central,
+            Err(_) => AnsweredBy::None,
+        });
+        answer
     }
 
     /// Probe every neighbour's health endpoint concurrently.
@@ -226,6 +345,38 @@ fn central_error_at(central: &Central, s: tonic::Status) -> Error {
     match crate::tls::explain(&s, "the central", central.url()) {
         Some(why) => Error::Unavailable(format!("central directory unavailable: {why}")),
         None => central_error(s),
+    }
+}
+
+/// The central's answer to a lookup the neighbours in `refused` would not
+/// take: a refusal by the central too fails the lookup, naming them all;
+/// so does any failure of the central once a neighbour refused (the
+/// neighbours will take it again after their `Retry-After`). With no
+/// refusal, or a mistake in the request, the central's error stays as it is.
+fn at_central<T>(mut refused: Vec<Refusal>, answer: Result<T>) -> Result<T> {
+    match answer {
+        Ok(v) => {
+            if !refused.is_empty() {
+                tracing::debug!("the central answered the lookup the neighbours refused");
+            }
+            Ok(v)
+        }
+        Err(e) if refused.is_empty() => Err(e),
+        Err(Error::TooManyRequests {
+            message,
+            retry_after,
+        }) => {
+            refused.push(Refusal::Central {
+                message,
+                retry_after,
+            });
+            Err(all_refused(&refused))
+        }
+        Err(e @ Error::InvalidArgument(_)) => Err(e),
+        Err(e) => {
+            refused.push(Refusal::CentralDown(e.to_string()));
+            Err(all_refused(&refused))
+        }
     }
 }
 
@@ -277,6 +428,56 @@ mod tests {
         );
         let bad = central_error(tonic::Status::invalid_argument("bad name"));
         assert!(matches!(bad, Error::InvalidArgument(_)), "{bad:?}");
+    }
+
+    #[test]
+    fn a_lookup_fails_only_when_every_source_refused() {
+        let b: PeerUrl = "http://192.0.2.1:7071".parse().unwrap();
+        let neighbour = Refusal::Neighbour {
+            url: b.clone(),
+            retry_after: 4,
+        };
+        // The central answered: no failure, whoever refused.
+        assert_eq!(at_central(vec![neighbour.clone()], Ok(7)).unwrap(), 7);
+        // The central refused too: 429, the soonest Retry-After, both named.
+        let busy = Error::TooManyRequests {
+            message: "the central directory is busy: too many searches".into(),
+            retry_after: 2,
+        };
+        match at_central::<()>(vec![neighbour.clone()], Err(busy)) {
+            Err(Error::TooManyRequests {
+                message,
+                retry_after,
+            }) => {
+                assert_eq!(retry_after, 2);
+                assert_eq!(
+                    message,
+                    format!(
+                        "every source refused the lookup: neighbour {b} is rate limiting our \
+                         requests (retry in 4 s); the central directory is busy: too many \
+                         searches (retry in 2 s)"
+                    )
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Down after a refusal: still 429 (the neighbour takes it later).
+        let down = Error::Unavailable("central directory unavailable: refused".into());
+        assert!(matches!(
+            at_central::<()>(vec![neighbour.clone()], Err(down)),
+            Err(Error::TooManyRequests { retry_after: 4, .. })
+        ));
+        // No refusal, or the request's own mistake: the central's error as is.
+        let down = Error::Unavailable("central directory unavailable: refused".into());
+        assert!(matches!(
+            at_central::<()>(vec![], Err(down)),
+            Err(Error::Unavailable(_))
+        ));
+        let bad = Error::InvalidArgument("bad name".into());
+        assert!(matches!(
+            at_central::<()>(vec![neighbour], Err(bad)),
+            Err(Error::InvalidArgument(_))
+        ));
     }
 
     #[test]

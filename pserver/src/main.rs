@@ -1,12 +1,19 @@
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // One crypto provider for the whole process (ring; see `pserver::tls`).
     pserver::tls::install_provider();
-    // `.env` first, so its values act as environment defaults for clap.
-    let _ = dotenvy::dotenv();
+    // `.env` first, so its values act as environment defaults for clap; a
+    // line it cannot parse stops start-up (never a setting silently dropped).
+    let settings = match peerdex_proto::settings::load(&pserver::Args::command(), "PSERVER_") {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pserver: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let mut args = pserver::Args::parse();
     if let Some(pserver::Command::Token(pserver::TokenCommand::Create {
         scope,
@@ -15,6 +22,9 @@ async fn main() -> std::process::ExitCode {
         json,
     })) = args.command.take()
     {
+        for u in &settings.unknown {
+            eprintln!("pserver: warning: {u}");
+        }
         return match pserver::tokens::create_command(&args.data_dir, scope, ttl, &name, json) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -29,6 +39,9 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    for u in &settings.unknown {
+        tracing::warn!("{u}");
+    }
     match start(args).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -37,6 +37,14 @@ pub(crate) enum ReplicaResult {
     Cancelled,
 }
 
+/// Who answered one of the user's lookups (locate, search).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum AnsweredBy {
+    Neighbour,
+    Central,
+    None,
+}
+
 /// What a scrape reads from the rest of the daemon.
 pub(crate) struct Live {
     pub shared_files: usize,
@@ -73,6 +81,7 @@ struct Inner {
     uploads_refused: Counter,
     slow_readers_cut: Counter,
     neighbour_refused: Counter,
+    lookups: [Counter; 3],
     downloads_finished: [Counter; 3],
     replica_fetches: [Counter; 4],
     replica_drops: Counter,
@@ -99,6 +108,11 @@ const REPLICA_RESULT: [&[Label]; 4] = [
     &[Label::from_static_parts("result", "refused")],
     &[Label::from_static_parts("result", "failed")],
     &[Label::from_static_parts("result", "cancelled")],
+];
+const ANSWERED_BY: [&[Label]; 3] = [
+    &[Label::from_static_parts("answered_by", "neighbour")],
+    &[Label::from_static_parts("answered_by", "central")],
+    &[Label::from_static_parts("answered_by", "none")],
 ];
 const FINISHED: [&[Label]; 3] = [
     &[Label::from_static_parts("state", "done")],
@@ -169,7 +183,17 @@ impl Metrics {
                 "Replica FETCH tasks of the directory by outcome: done (fetched, verified, announced), refused (declined at once: quota, disk, the user's own file), failed (the download failed every attempt; declined), cancelled (a DROP or shutdown)",
             )
         };
+        let lookup = |i: usize| {
+            counter(
+                &r,
+                "peerdex_pserver_lookups_total",
+                ANSWERED_BY[i],
+                None,
+                "Locates and searches of this peer's user, by who answered: neighbour, central (no neighbour answered, or every one refused: 429), none (the lookup failed: every source refused, or an error)",
+            )
+        };
         let inner = Inner {
+            lookups: [lookup(0), lookup(1), lookup(2)],
             replica_fetches: [replica(0), replica(1), replica(2), replica(3)],
             replica_drops: counter(
                 &r,
@@ -304,6 +328,11 @@ impl Metrics {
 
     pub(crate) fn neighbour_refused(&self) {
         self.0.neighbour_refused.increment(1);
+    }
+
+    /// One of the user's lookups ended, answered by `by`.
+    pub(crate) fn lookup(&self, by: AnsweredBy) {
+        self.0.lookups[by as usize].increment(1);
     }
 
     /// A job ended: `state` 0 done, 1 failed, 2 cancelled.

@@ -18,6 +18,7 @@ mod private_network;
 mod replicas;
 mod replication;
 mod revocation;
+mod settings;
 mod slow_readers;
 mod swarm;
 mod tls;

@@ -73,6 +73,7 @@ async fn a_download_moves_the_byte_counters_of_both_peers_by_the_file_size() {
         ("peerdex_pserver_upload_slots_refused", "counter"),
         ("peerdex_pserver_slow_readers_cut", "counter"),
         ("peerdex_pserver_neighbour_requests_refused", "counter"),
+        ("peerdex_pserver_lookups", "counter"),
         ("peerdex_pserver_downloads_finished", "counter"),
         ("peerdex_pserver_replica_fetches", "counter"),
         ("peerdex_pserver_replica_drops", "counter"),

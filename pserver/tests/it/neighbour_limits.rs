@@ -1,7 +1,9 @@
 //! The neighbour role cannot be used to flood the central: requests per
-//! source address are rate limited (429 + Retry-After), the PServer stays
-//! responsive, and a peer whose neighbour says 429 passes it on instead of
-//! going around it. Real servers on loopback.
+//! source address are rate limited (429 + Retry-After) and the PServer
+//! stays responsive. A peer whose neighbour says 429 asks the next source
+//! (another neighbour, then the directory, within the directory's own
+//! limit), and fails the user's lookup only when all of them refuse.
+//! Real servers on loopback.
 
 #[allow(unused_imports)] // each suite uses part of the shared helpers
 use crate::common;
@@ -9,7 +11,7 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use peerdex_proto::rest::ApiError;
+use peerdex_proto::rest::{ApiError, LocateResult, SearchResults};
 use reqwest::StatusCode;
 
 const T: Duration = Duration::from_secs(20);
@@ -98,40 +100,201 @@ async fn a_search_flood_gets_429_after_the_burst_and_the_peer_stays_up() {
     assert_eq!(locate.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_429_from_the_neighbour_is_passed_on_not_routed_around() {
-    let central = TestCentral::start(Duration::from_secs(10)).await;
-    let b = TestPeer::start(&central.url, &[], |c| c.neighbour_rate = 1).await;
-    let a = TestPeer::start(&central.url, &[&b.peer_url], |_| {}).await;
-    let http = reqwest::Client::new();
-    // Everyone here is 127.0.0.1: emptying B's bucket empties A's share too.
-    let (_, refused, _) = search_until_refused(&http, &b.peer_url, 100).await;
-    assert!(refused.is_some());
-
-    let r = http
-        .get(format!("{}/api/v1/search", a.api_url))
-        .query(&[("q", "report")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::TOO_MANY_REQUESTS,
-        "A went around its neighbour's limit"
-    );
-    assert!(r.headers().contains_key("retry-after"));
-    let e: ApiError = r.json().await.unwrap();
-    assert!(e.message.contains(&b.peer_url), "{}", e.message);
-
-    // B was not written off: once its bucket refilled, A asks it again.
-    wait_for("A's searches to pass through B again", T, || async {
+/// Locate at a peer API as a neighbour would, until the first 429 (at
+/// most `max` requests): empties the neighbour-role bucket of 127.0.0.1
+/// (every test process and peer here) without spending the central's
+/// search budget.
+async fn drain_by_locate(http: &reqwest::Client, peer_url: &str, max: usize) {
+    for _ in 0..max {
         let r = http
-            .get(format!("{}/api/v1/search", a.api_url))
-            .query(&[("q", "report")])
+            .get(format!("{peer_url}/peer/v1/locate"))
+            .query(&[("name", "nothing-here.bin")])
             .send()
             .await
             .unwrap();
-        (r.status() == StatusCode::OK).then_some(())
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            return;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    panic!("{max} locates at {peer_url} were never refused");
+}
+
+/// `peerdex_pserver_neighbour_requests_refused_total` of `p`.
+async fn refused_by(p: &TestPeer) -> f64 {
+    metric(p, "peerdex_pserver_neighbour_requests_refused_total", &[]).await
+}
+
+/// One sample of `p`'s metrics (0 if absent).
+async fn metric(p: &TestPeer, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = p
+        .http
+        .get(format!("{}/metrics", p.api_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    peerdex_testkit::prom::parse(&text)
+        .value(name, labels)
+        .unwrap_or(0.0)
+}
+
+/// One search and one locate through `api` (the user's own PServer), as a
+/// script doing `peerdex search` and `peerdex get` would; `Err` says what
+/// failed.
+async fn search_and_locate(http: reqwest::Client, api: String, id: String) -> Result<(), String> {
+    let r = http
+        .get(format!("{api}/api/v1/search"))
+        .query(&[("q", "busy report")])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != StatusCode::OK {
+        return Err(format!(
+            "search: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    let hits: SearchResults = r.json().await.map_err(|e| e.to_string())?;
+    if !hits.hits.iter().any(|h| h.file_id == id) {
+        return Err(format!("search: the file is missing from {hits:?}"));
+    }
+    let r = http
+        .get(format!("{api}/api/v1/locate"))
+        .query(&[("name", "busy-report.bin")])
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status() != StatusCode::OK {
+        return Err(format!(
+            "locate: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        ));
+    }
+    let found: LocateResult = r.json().await.map_err(|e| e.to_string())?;
+    if !found.files.iter().any(|f| f.file_id == id) {
+        return Err(format!("locate: the file is missing from {found:?}"));
+    }
+    Ok(())
+}
+
+/// Issue 29: a script doing about 70 searches and gets a second through
+/// its own PServer, whose only neighbour allows 20 lookups a second, fails
+/// no command: what the neighbour refuses, the directory answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_neighbour_fails_no_lookup_at_70_a_second() {
+    let central = TestCentral::start(Duration::from_secs(10)).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.neighbour_rate = 20).await;
+    let a = TestPeer::start(&central.url, &[&b.peer_url], |_| {}).await;
+    let info = upload_ok(&b, "busy-report.bin", test_bytes(10_000, 29)).await;
+    wait_for("the file to be found", T, || async {
+        search_and_locate(a.http.clone(), a.api_url.clone(), info.file_id.clone())
+            .await
+            .ok()
     })
     .await;
+    // B's bucket starts empty (its burst spent), so whatever the speed of
+    // this machine, most of the loop's lookups are beyond B's limit.
+    drain_by_locate(&a.http, &b.peer_url, 1000).await;
+    let refused_before = refused_by(&b).await;
+
+    const OPS: usize = 210; // 70 a second for 3 s, each a search and a locate
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / 70);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ops = tokio::task::JoinSet::new();
+    for _ in 0..OPS {
+        tick.tick().await;
+        ops.spawn(search_and_locate(
+            a.http.clone(),
+            a.api_url.clone(),
+            info.file_id.clone(),
+        ));
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = ops.join_next().await {
+        if let Err(e) = r.unwrap() {
+            failed.push(e);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {OPS} commands failed, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    // The loop did meet B's limit (else it proves nothing), and both B and
+    // the directory answered A.
+    assert!(
+        refused_by(&b).await > refused_before,
+        "B never refused a lookup of the loop"
+    );
+    for (who, some) in [("neighbour", true), ("central", true), ("none", false)] {
+        let n = metric(&a, "peerdex_pserver_lookups_total", &[("answered_by", who)]).await;
+        assert_eq!(n > 0.0, some, "lookups answered by {who}: {n}");
+    }
+}
+
+/// When the only neighbour and the directory both refuse, the lookup fails
+/// with 429, the soonest Retry-After, and both refusers named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_every_source_refuses_fails_naming_them_all() {
+    let central = TestCentral::start_with(|c| c.limits.search_rate = 1).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.neighbour_rate = 1).await;
+    let a = TestPeer::start(&central.url, &[&b.peer_url], |_| {}).await;
+    let http = reqwest::Client::new();
+    drain_by_locate(&http, &b.peer_url, 100).await;
+    let search = || async {
+        http.get(format!("{}/api/v1/search", a.api_url))
+            .query(&[("q", "report")])
+            .send()
+            .await
+            .unwrap()
+    };
+    // B refuses, the central answers.
+    let r = search().await;
+    assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    // Until the central's own limit (a burst of 10) refuses too.
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = search().await;
+        match r.status() {
+            StatusCode::OK => {}
+            StatusCode::TOO_MANY_REQUESTS => {
+                refused = Some(r);
+                break;
+            }
+            s => panic!("unexpected {s}: {}", r.text().await.unwrap()),
+        }
+    }
+    let r = refused.expect("100 searches at 1/s were never refused");
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=10).contains(&retry), "Retry-After {retry}");
+    let e: ApiError = r.json().await.unwrap();
+    assert_eq!(e.code, "too_many_requests");
+    assert!(
+        e.message.starts_with("every source refused the lookup: "),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains(&format!(
+            "neighbour {} is rate limiting our requests",
+            b.peer_url
+        )),
+        "{}",
+        e.message
+    );
+    assert!(
+        e.message.contains("the central directory is busy"),
+        "{}",
+        e.message
+    );
 }
