@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use central_server::{Config, Limits};
-use peerdex_proto::types::MAX_REPLICAS;
 use clap::Parser;
+use peerdex_proto::types::MAX_REPLICAS;
 use tracing_subscriber::EnvFilter;
 
 /// The peerdex central directory (gRPC). Every flag can also be set with the

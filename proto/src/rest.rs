@@ -307,7 +307,9 @@ fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
                 Ok(v as u32)
             } else {
-                Err(E::custom(format!("{v} is not a whole number from 0 to 4294967295")))
+                Err(E::custom(format!(
+                    "{v} is not a whole number from 0 to 4294967295"
+                )))
             }
         }
     }

@@ -17,11 +17,11 @@ use futures_util::StreamExt;
 use peerdex_proto::network::constant_time_eq;
 use peerdex_proto::rest::{
     ApiError, Candidate, DownloadRequest, FileInfo, FileList, Holder, Job, JobList, LeaseRenewals,
-    LocateQuery, LocateResult, LocatedFile, NeighbourStatus, PinList, PinRequest, PinStatus,
-    MAX_SEARCH_LIMIT, ReplicaFetch, Replication, SearchHit, SearchQuery, SearchResults,
-    SourceProgress, Status, schema,
+    LocateQuery, LocateResult, LocatedFile, MAX_SEARCH_LIMIT, NeighbourStatus, PinList, PinRequest,
+    PinStatus, ReplicaFetch, Replication, SearchHit, SearchQuery, SearchResults, SourceProgress,
+    Status, schema,
 };
-use peerdex_proto::types::{MAX_QUERY_BYTES, MAX_REPLICAS, parse_hyphenated_uuid};
+use peerdex_proto::types::{MAX_NAME_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS, parse_hyphenated_uuid};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use tokio::io::AsyncWriteExt;
 use utoipa::OpenApi;
@@ -112,6 +112,14 @@ never ends: close the connection to stop."
 )]
 struct ApiDoc;
 
+/// Links an operation's answers get: the path parameter they fill, the
+/// status codes, and (link name, target operation) pairs.
+type Links = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
 /// Added to every operation: the answers any of them can give, 401 (token),
 /// 403 (the `Host` check, a cross-site request, a read-only client token)
 /// and 500; the `{file}` path parameter's schema, from the parsers' own
@@ -158,23 +166,22 @@ impl utoipa::Modify for CommonAnswers {
             for op in ops.into_iter().flatten() {
                 let put = op.operation_id.as_deref() == Some("upload");
                 // What an upload or a new job answers is how to reach it next.
-                let links: &[(&str, &[&str], &[(&str, &str)])] =
-                    match op.operation_id.as_deref() {
-                        Some("upload") => &[
-                            ("file", &["200", "201"], &[("content", "file_content")]),
-                            ("file", &["200", "201"], &[("remove", "remove_file")]),
+                let links: &[Links] = match op.operation_id.as_deref() {
+                    Some("upload") => &[
+                        ("file", &["200", "201"], &[("content", "file_content")]),
+                        ("file", &["200", "201"], &[("remove", "remove_file")]),
+                    ],
+                    Some("start_download") => &[(
+                        "job",
+                        &["202"],
+                        &[
+                            ("job", "get_download"),
+                            ("events", "download_events"),
+                            ("cancel", "cancel_download"),
                         ],
-                        Some("start_download") => &[(
-                            "job",
-                            &["202"],
-                            &[
-                                ("job", "get_download"),
-                                ("events", "download_events"),
-                                ("cancel", "cancel_download"),
-                            ],
-                        )],
-                        _ => &[],
-                    };
+                    )],
+                    _ => &[],
+                };
                 for (param, codes, targets) in links {
                     let from = if *param == "file" {
                         "$response.body#/file_id"
@@ -217,12 +224,10 @@ impl utoipa::Modify for CommonAnswers {
                     r.entry("400".into()).or_insert_with(|| {
                         answer("the body is not JSON of the documented schema").into()
                     });
-                    r.entry("413".into()).or_insert_with(|| {
-                        answer("the JSON body is larger than 64 KiB").into()
-                    });
-                    r.entry("415".into()).or_insert_with(|| {
-                        answer("the body is not application/json").into()
-                    });
+                    r.entry("413".into())
+                        .or_insert_with(|| answer("the JSON body is larger than 64 KiB").into());
+                    r.entry("415".into())
+                        .or_insert_with(|| answer("the body is not application/json").into());
                 }
                 r.entry("401".into()).or_insert_with(|| {
                     answer("missing or wrong bearer token (when PSERVER_API_TOKEN is set)").into()
@@ -299,7 +304,6 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
         })
     }))
 }
-
 
 /// Host check and bearer token, for every control-API request.
 pub(crate) async fn guard(
@@ -806,6 +810,20 @@ async fn search(
             "search query q is empty; give one or more words".into(),
         ));
     }
+    // The page token is the directory's, but its form is the document's:
+    // checked here, so a bad one is refused whatever the query (the
+    // directory answers a query without words before it reads the token).
+    if let Some(page) = q.page.as_deref().filter(|p| !p.is_empty()) {
+        let bytes = page.len() / 2;
+        if page.len() % 2 != 0
+            || !page.bytes().all(|b| b.is_ascii_hexdigit())
+            || !(36..=36 + MAX_NAME_BYTES).contains(&bytes)
+        {
+            return Err(Error::InvalidArgument(
+                "page: not a `next_page` token of a previous search answer".into(),
+            ));
+        }
+    }
     if q.q.len() > MAX_QUERY_BYTES {
         return Err(Error::InvalidArgument(format!(
             "search query q is {} bytes; at most {MAX_QUERY_BYTES}",
@@ -1202,7 +1220,10 @@ mod tests {
         for path in ["/api/v1/events", "/api/v1/downloads/{job}/events"] {
             let ok = &paths[path]["get"]["responses"]["200"];
             let sse = &ok["content"]["text/event-stream"]["schema"];
-            assert_eq!(sse["properties"]["data"]["contentMediaType"], "application/json");
+            assert_eq!(
+                sse["properties"]["data"]["contentMediaType"],
+                "application/json"
+            );
             assert!(sse["properties"]["data"]["contentSchema"]["$ref"].is_string());
             assert!(ok["content"].get("application/x-ndjson").is_some());
             assert!(paths[path]["get"]["responses"].get("406").is_some());

@@ -413,11 +413,10 @@ fn json_config() -> web::JsonConfig {
         .limit(JSON_BODY_LIMIT)
         .error_handler(|e, _| {
             match e {
-                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-                    Error::TooLarge(format!(
-                        "the JSON body is larger than {JSON_BODY_LIMIT} bytes"
-                    ))
-                }
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => Error::TooLarge(format!(
+                    "the JSON body is larger than {JSON_BODY_LIMIT} bytes"
+                )),
                 JsonPayloadError::ContentType => Error::UnsupportedMediaType(
                     "the body must be JSON, sent with Content-Type: application/json".into(),
                 ),

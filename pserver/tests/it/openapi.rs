@@ -55,20 +55,39 @@ async fn schemathesis_finds_nothing_the_document_does_not_promise() {
         cfg.min_free_bytes = 0;
     })
     .await;
-    p.wait_joined().await;
+    wait_for(
+        "the peer to join the central",
+        Duration::from_secs(30),
+        || async {
+            let r = p
+                .http
+                .get(format!("{}/api/v1/status", p.api_url))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?;
+            let status: peerdex_proto::rest::Status = r.json().await.ok()?;
+            status.lease_age_secs
+        },
+    )
+    .await;
     // Something to find, locate, pin and download.
     p.drop_file("harbour-notes.txt", b"tide tables and mooring fees\n");
-    wait_for("the dropped file to be shared", Duration::from_secs(30), || async {
-        let r = p
-            .http
-            .get(format!("{}/api/v1/files", p.api_url))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .ok()?;
-        let files: peerdex_proto::rest::FileList = r.json().await.ok()?;
-        (!files.files.is_empty()).then_some(())
-    })
+    wait_for(
+        "the dropped file to be shared",
+        Duration::from_secs(30),
+        || async {
+            let r = p
+                .http
+                .get(format!("{}/api/v1/files", p.api_url))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .ok()?;
+            let files: peerdex_proto::rest::FileList = r.json().await.ok()?;
+            (!files.files.is_empty()).then_some(())
+        },
+    )
     .await;
 
     // Every operation of the document, to check that all were tested.
@@ -100,7 +119,10 @@ async fn schemathesis_finds_nothing_the_document_does_not_promise() {
         .args(["--checks", "all"])
         .args(["--max-examples", MAX_EXAMPLES])
         .args(["--request-timeout", REQUEST_TIMEOUT_SECS])
-        .args(["--workers", "2"])
+        // One worker: with two, Hypothesis 6's lambda-source cache raced
+        // once in six runs ("AST constructor recursion depth mismatch"), a
+        // fault of the tool, not a finding.
+        .args(["--workers", "1"])
         // Examples found failing are not kept between runs: each run
         // judges this build alone.
         .args(["--generation-database", "none"])
