@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use central_server::{Config, Limits};
 use clap::{CommandFactory, Parser};
+use peerdex_proto::types::MAX_REPLICAS;
 use tracing_subscriber::EnvFilter;
 
 /// The peerdex central directory (gRPC). Every flag can also be set with the
@@ -252,9 +253,9 @@ fn positive_usize(var: &'static str) -> impl Fn(&str) -> Result<usize, String> +
 /// A highest replica count, 2 to 64.
 fn replicas(var: &'static str) -> impl Fn(&str) -> Result<u32, String> + Clone {
     move |s| match s.parse::<u32>() {
-        Ok(n) if (2..=64).contains(&n) => Ok(n),
+        Ok(n) if (2..=MAX_REPLICAS).contains(&n) => Ok(n),
         _ => Err(format!(
-            "{var}: expected a whole number from 2 to 64, got {s:?}"
+            "{var}: expected a whole number from 2 to {MAX_REPLICAS}, got {s:?}"
         )),
     }
 }

@@ -352,8 +352,13 @@ impl Client {
 
     /// `GET /api/v1/downloads/{job}/events`: follow a job live.
     pub(crate) async fn events(&self, job_id: &str) -> Result<Events> {
+        // NDJSON, one Job per line (without Accept the PServer streams
+        // server-sent events, for generic clients).
         let resp = self
-            .send(self.request(Method::GET, &["downloads", job_id, "events"]))
+            .send(
+                self.request(Method::GET, &["downloads", job_id, "events"])
+                    .header(reqwest::header::ACCEPT, "application/x-ndjson"),
+            )
             .await?;
         Ok(Events {
             client: self.clone(),

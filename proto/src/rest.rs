@@ -14,8 +14,9 @@
 //! | `POST /api/v1/downloads`               | [`DownloadRequest`] → 202 [`Job`], 404, 409 [`ApiError`] with candidates |
 //! | `GET /api/v1/downloads`                | → [`JobList`]                                   |
 //! | `GET /api/v1/downloads/{job}`          | → [`Job`]                                       |
-//! | `GET /api/v1/downloads/{job}/events`   | → `application/x-ndjson`: one [`Job`] per line on each change, ends after a final state |
-//! | `DELETE /api/v1/downloads/{job}`       | cancel → [`Job`]                                |
+//! | `GET /api/v1/downloads/{job}/events`   | → `text/event-stream` (or `application/x-ndjson` when asked): one [`Job`] per change, ends after a final state |
+//! | `GET /api/v1/events`                   | → the same framing, one [`JobList`] per change; never ends |
+//! | `DELETE /api/v1/downloads/{job}`       | cancel a running job, remove a finished one → [`Job`] |
 //! | `POST /api/v1/pins`                    | [`PinRequest`] → [`PinStatus`], 404, 409 [`ApiError`] with candidates |
 //! | `GET /api/v1/pins`                     | → [`PinList`] (this PServer's pins)             |
 //! | `GET /api/v1/openapi.json`             | the OpenAPI document                            |
@@ -33,13 +34,15 @@
 //! Every error answer is an [`ApiError`].
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 /// A file shared by this PServer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct FileInfo {
     /// BLAKE3 of the content, 64 hex characters.
+    #[schema(schema_with = schema::file_id)]
     pub file_id: String,
+    #[schema(schema_with = schema::file_name)]
     pub name: String,
     pub size: u64,
 }
@@ -59,6 +62,7 @@ pub struct NeighbourStatus {
 /// `GET /api/v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
+    #[schema(schema_with = schema::uuid)]
     pub peer_id: String,
     pub public_url: String,
     /// The central this PServer talks to now (one of `centrals`).
@@ -125,6 +129,7 @@ pub struct Status {
 /// A replica this PServer is fetching for the directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ReplicaFetch {
+    #[schema(schema_with = schema::file_id)]
     pub file_id: String,
     /// The name the directory gave; it is announced under it.
     pub name: String,
@@ -147,7 +152,9 @@ pub struct LeaseRenewals {
 /// One search result: a (name, content) pair and how many live peers hold it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SearchHit {
+    #[schema(schema_with = schema::file_name)]
     pub name: String,
+    #[schema(schema_with = schema::file_id)]
     pub file_id: String,
     pub size: u64,
     pub holders: u32,
@@ -170,19 +177,62 @@ pub struct SearchResults {
     pub truncated: bool,
 }
 
-/// Query string of the search endpoints.
+/// Query string of the search endpoints (its OpenAPI parameters are
+/// written out below: utoipa's derive drops `required` and the description
+/// of a field whose schema comes from a function).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct SearchQuery {
+    /// Words (letters and digits; anything else separates them), each a
+    /// prefix of a word of the name: at most 1024 bytes and 16 distinct
+    /// words, at least one character that is not whitespace.
+    #[schema(schema_with = schema::query)]
     pub q: String,
+    /// Hits per page, at most 10000 (the directory clamps it further to its
+    /// own CENTRAL_MAX_PAGE; 0 or none: the directory's default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::limit)]
     pub limit: Option<u32>,
+    /// `next_page` of the previous answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::page_token)]
     pub page: Option<String>,
 }
+
+impl IntoParams for SearchQuery {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::Required;
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        let param = |name: &str, required: bool, schema: utoipa::openapi::schema::Object| {
+            let what = schema.description.clone();
+            ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Query)
+                .required(if required {
+                    Required::True
+                } else {
+                    Required::False
+                })
+                .description(what)
+                .schema(Some(schema))
+                .build()
+        };
+        vec![
+            param("q", true, schema::query()),
+            param("limit", false, schema::limit()),
+            param("page", false, schema::page_token()),
+        ]
+    }
+}
+
+/// Largest `limit` a search may ask for (the directory clamps it further).
+pub const MAX_SEARCH_LIMIT: u32 = 10_000;
 
 /// A live peer holding a file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Holder {
+    #[schema(schema_with = schema::uuid)]
     pub peer_id: String,
     pub peer_url: String,
     pub active_uploads: u32,
@@ -195,6 +245,7 @@ pub struct Holder {
 /// A content and its live holders, least-loaded first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LocatedFile {
+    #[schema(schema_with = schema::file_id)]
     pub file_id: String,
     pub size: u64,
     pub names: Vec<String>,
@@ -232,14 +283,50 @@ pub struct Replication {
 #[serde(deny_unknown_fields)]
 pub struct PinRequest {
     /// A file id (64 hex characters) or an exact file name.
+    #[schema(schema_with = schema::file_ref)]
     pub file: String,
+    /// Live copies wanted: 2 or more (up to the directory's
+    /// CENTRAL_MAX_REPLICAS), or 0 or 1 to stop asking.
+    #[schema(schema_with = schema::replicas)]
+    #[serde(deserialize_with = "whole_u32")]
     pub replicas: u32,
+}
+
+/// A `u32` written as `15` or as `15.0`: JSON does not tell the two apart
+/// (JSON Schema's `integer` is any number with a zero fractional part), so
+/// neither does the API.
+fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    struct Whole;
+    impl serde::de::Visitor<'_> for Whole {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number from 0 to 4294967295")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u32, E> {
+            if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                Ok(v as u32)
+            } else {
+                Err(E::custom(format!(
+                    "{v} is not a whole number from 0 to 4294967295"
+                )))
+            }
+        }
+    }
+    d.deserialize_any(Whole)
 }
 
 /// One pin this PServer set, and the file's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct PinStatus {
+    #[schema(schema_with = schema::file_id)]
     pub file_id: String,
+    #[schema(schema_with = schema::file_name)]
     pub name: String,
     pub size: u64,
     /// This PServer's pin (0 once removed).
@@ -264,8 +351,13 @@ pub struct LocateResult {
     pub files: Vec<LocatedFile>,
 }
 
-/// Query string of `GET /peer/v1/locate`: exactly one of the two.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+/// Query string of `GET /peer/v1/locate` and `GET /api/v1/locate`: exactly
+/// one of the two. A query string cannot say "exactly one of" with two
+/// parameters, so the OpenAPI document declares it as one exploded object
+/// parameter whose schema is this `oneOf`. Other parameters are refused,
+/// as the schema says (`additionalProperties: false`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LocateQuery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,
@@ -324,6 +416,148 @@ impl utoipa::PartialSchema for DownloadRequest {
 
 impl ToSchema for DownloadRequest {}
 
+impl utoipa::PartialSchema for LocateQuery {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Schema};
+        let by = |field: &str, schema: utoipa::openapi::schema::Object| {
+            ObjectBuilder::new()
+                .property(field, schema)
+                .required(field)
+                .additional_properties(Some(AdditionalProperties::<Schema>::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .item(by("file_id", schema::file_id()))
+            .item(by("name", schema::file_name()))
+            .description(Some("exactly one of file_id and name"))
+            .into()
+    }
+}
+
+impl ToSchema for LocateQuery {}
+
+/// The schemas of the strings and numbers the PServer parses, built from
+/// the parsers' own constants (utoipa's `#[schema(...)]` attributes take
+/// only literals; `schema_with` takes these). Every bound here is one a
+/// parser enforces: a value outside it is answered 400, a value inside it
+/// is never refused for its form.
+pub mod schema {
+    use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
+
+    use crate::types::{
+        FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS,
+        QUERY_PATTERN, UUID_PATTERN,
+    };
+
+    fn string(pattern: &str, min: usize, max: usize, what: &str) -> ObjectBuilder {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(pattern))
+            .min_length(Some(min))
+            .max_length(Some(max))
+            .description(Some(what))
+    }
+
+    /// A file id ([`crate::FileId`]).
+    pub fn file_id() -> Object {
+        string(
+            FILE_ID_PATTERN,
+            64,
+            64,
+            "a file id: the BLAKE3 hash of the content, 64 lowercase hex characters",
+        )
+        .build()
+    }
+
+    /// A file name ([`crate::FileName`]). `maxLength` counts characters;
+    /// the parser counts UTF-8 bytes (at most 255), which the description
+    /// says.
+    pub fn file_name() -> Object {
+        string(
+            FILE_NAME_PATTERN,
+            1,
+            MAX_NAME_BYTES,
+            "a file name: one path component of at most 255 bytes (UTF-8); \
+             no '/', '\\', ':' or control character, not starting with '.' or \
+             whitespace, not ending with whitespace",
+        )
+        .build()
+    }
+
+    /// A file id or an exact file name (every file id is also a valid
+    /// name: the id is tried first).
+    pub fn file_ref() -> Object {
+        string(
+            FILE_NAME_PATTERN,
+            1,
+            MAX_NAME_BYTES,
+            "a file id (64 lowercase hex characters) or an exact file name \
+             (at most 255 bytes in UTF-8)",
+        )
+        .build()
+    }
+
+    /// A UUID, hyphenated (peer and job ids).
+    pub fn uuid() -> Object {
+        string(UUID_PATTERN, 36, 36, "a UUID, hyphenated")
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
+            .build()
+    }
+
+    /// A search query: at least one character that is not whitespace.
+    pub fn query() -> Object {
+        string(
+            QUERY_PATTERN,
+            1,
+            MAX_QUERY_BYTES,
+            "words (letters and digits; anything else separates them), each a \
+             prefix of a word of the name: at most 1024 bytes (UTF-8) and 16 \
+             distinct words",
+        )
+        .build()
+    }
+
+    /// `limit` of a search.
+    pub fn limit() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(0))
+            .maximum(Some(super::MAX_SEARCH_LIMIT))
+            .description(Some(
+                "hits per page (0: the directory's default; it clamps larger \
+                 ones to its CENTRAL_MAX_PAGE)",
+            ))
+            .build()
+    }
+
+    /// A search page token: hex of 36 to 36 + 255 bytes (what the directory
+    /// decodes; any such token is a position in the hit order), or empty
+    /// (the first page).
+    pub fn page_token() -> Object {
+        string(
+            &format!("^(([0-9a-fA-F]{{2}}){{36,{}}})?$", 36 + MAX_NAME_BYTES),
+            0,
+            2 * (36 + MAX_NAME_BYTES),
+            "`next_page` of the previous answer (empty: the first page)",
+        )
+        .build()
+    }
+
+    /// `replicas` of a pin.
+    pub fn replicas() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
+            .minimum(Some(0))
+            .maximum(Some(MAX_REPLICAS))
+            .description(Some(
+                "live copies wanted: 2 or more, or 0 or 1 to stop asking; a \
+                 directory set to fewer (CENTRAL_MAX_REPLICAS) answers 400 above it",
+            ))
+            .build()
+    }
+}
+
 /// Lifecycle of a download job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -369,15 +603,18 @@ pub struct SourceProgress {
 /// A download job, as polled or streamed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {
+    #[schema(schema_with = schema::uuid)]
     pub job_id: String,
     pub state: JobState,
     /// What was asked for: the id or the name.
     pub request: DownloadRequest,
     /// Known once located.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::file_id)]
     pub file_id: Option<String>,
     /// Name the file is stored under in the share dir (known once located).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = schema::file_name)]
     pub name: Option<String>,
     pub bytes_done: u64,
     /// Known once located.
@@ -403,6 +640,7 @@ pub struct JobList {
 /// A content that matches a name, offered when the name is ambiguous.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Candidate {
+    #[schema(schema_with = schema::file_id)]
     pub file_id: String,
     pub size: u64,
     pub holders: u32,

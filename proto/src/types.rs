@@ -13,6 +13,47 @@ pub const MAX_URL_BYTES: usize = 512;
 /// [`FileId`] as a JSON Schema (ECMA-262) pattern, for the OpenAPI document.
 pub const FILE_ID_PATTERN: &str = "^[0-9a-f]{64}$";
 
+/// A UUID in its hyphenated form (job ids), as a JSON Schema pattern: the
+/// only form the control API accepts (see [`parse_hyphenated_uuid`]).
+pub const UUID_PATTERN: &str =
+    "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
+
+/// A search query that is not only whitespace (Rust's `char::is_whitespace`,
+/// which `str::trim` uses), as a JSON Schema pattern; written out rather
+/// than `\S`, whose meaning differs between regex dialects (ECMA-262 counts
+/// U+FEFF as whitespace and not U+0085, Python also U+001C to U+001F).
+pub const QUERY_PATTERN: &str = concat!(
+    r"[^\t\n\u000b\f\r\u0020\u0085\u00a0\u1680\u2000-\u200a",
+    r"\u2028\u2029\u202f\u205f\u3000]"
+);
+
+/// Most live copies a pin may ask for, whatever the directory's own
+/// `CENTRAL_MAX_REPLICAS` (which may be set lower, 2 to this).
+pub const MAX_REPLICAS: u32 = 64;
+
+/// Longest search query, in bytes (the directory refuses longer ones).
+pub const MAX_QUERY_BYTES: usize = 1024;
+/// Most distinct words in a search query (the directory refuses more).
+pub const MAX_QUERY_WORDS: usize = 16;
+
+/// A UUID written the one way the OpenAPI document declares
+/// ([`UUID_PATTERN`]): 36 characters, hyphenated. `Uuid::parse_str` also
+/// takes the braced, URN and unhyphenated forms; an API that documents one
+/// form accepts only that one.
+pub fn parse_hyphenated_uuid(s: &str) -> Option<uuid::Uuid> {
+    let b = s.as_bytes();
+    let hyphens = [8, 13, 18, 23];
+    let shaped = b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| {
+            if hyphens.contains(&i) {
+                *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    shaped.then(|| uuid::Uuid::parse_str(s).ok()).flatten()
+}
+
 /// [`FileName`] as a JSON Schema (ECMA-262) pattern, for the OpenAPI
 /// document: no `/`, `\`, `:` or control character; not starting with `.`
 /// or whitespace; not ending with whitespace. The byte limit
@@ -295,7 +336,7 @@ mod tests {
             s in proptest::collection::vec(
                 proptest::sample::select(vec![
                     'a', 'Z', '0', '.', ' ', '-', '/', '\\', ':', '\0', '\t', '\u{7f}', '\u{85}',
-                    '\u{a0}', '\u{2003}', '\u{3000}', '\u{feff}', 'é', '語', '🦀',
+                    '\u{a0}', '\u{2003}', '\u{3000}', '\u{feff}', '\u{1c}', '\u{b}', '\u{2028}', 'é', '語', '🦀',
                 ]),
                 0..12,
             ).prop_map(|v| v.into_iter().collect::<String>()),
@@ -305,6 +346,24 @@ mod tests {
             prop_assert_eq!(name.is_match(&s), s.parse::<FileName>().is_ok(), "{:?}", s);
             let id = regex::Regex::new(FILE_ID_PATTERN).unwrap();
             prop_assert_eq!(id.is_match(&hex), hex.parse::<FileId>().is_ok(), "{}", hex);
+            let query = regex::Regex::new(QUERY_PATTERN).unwrap();
+            prop_assert_eq!(query.is_match(&s), !s.trim().is_empty(), "{:?}", s);
+        }
+
+        /// The job-id pattern accepts exactly what the control API parses.
+        #[test]
+        fn uuid_pattern_matches_the_parser(
+            s in "[{]?(urn:uuid:)?[0-9a-fA-FgG-]{30,38}[}]?",
+            u in proptest::array::uniform16(proptest::num::u8::ANY),
+        ) {
+            let re = regex::Regex::new(UUID_PATTERN).unwrap();
+            prop_assert_eq!(re.is_match(&s), parse_hyphenated_uuid(&s).is_some(), "{}", s);
+            let u = uuid::Uuid::from_bytes(u);
+            for form in [u.hyphenated().to_string(), u.hyphenated().to_string().to_uppercase()] {
+                prop_assert!(re.is_match(&form));
+                prop_assert_eq!(parse_hyphenated_uuid(&form), Some(u));
+            }
+            prop_assert_eq!(parse_hyphenated_uuid(&u.simple().to_string()), None);
         }
     }
 

@@ -16,11 +16,12 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use peerdex_proto::network::constant_time_eq;
 use peerdex_proto::rest::{
-    ApiError, DownloadRequest, FileInfo, FileList, Holder, Job, JobList, LeaseRenewals,
-    LocateQuery, LocateResult, LocatedFile, NeighbourStatus, PinList, PinRequest, PinStatus,
-    ReplicaFetch, Replication, SearchHit, SearchQuery, SearchResults, Status,
+    ApiError, Candidate, DownloadRequest, FileInfo, FileList, Holder, Job, JobList, LeaseRenewals,
+    LocateQuery, LocateResult, LocatedFile, MAX_SEARCH_LIMIT, NeighbourStatus, PinList, PinRequest,
+    PinStatus, ReplicaFetch, Replication, SearchHit, SearchQuery, SearchResults, SourceProgress,
+    Status, schema,
 };
-use peerdex_proto::types::{FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES};
+use peerdex_proto::types::{MAX_NAME_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS, parse_hyphenated_uuid};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use tokio::io::AsyncWriteExt;
 use utoipa::OpenApi;
@@ -57,7 +58,13 @@ pub(crate) struct Control {
 #[openapi(
     info(
         title = "peerdex PServer control API",
-        description = "Used by the local `peerdex` client. Errors are always an ApiError."
+        description = "Used by the local `peerdex` client and the web UI. Every bound a \
+parser of this API enforces is declared here (patterns, lengths, ranges): a request within them \
+is never refused for its form, one outside them is answered 400. File names are limited to 255 \
+bytes of UTF-8, which maxLength (counting characters) can only bound from above. Errors are \
+always an ApiError. The two event streams (`/api/v1/events`, `/api/v1/downloads/{job}/events`) \
+are text/event-stream (or application/x-ndjson when asked for with Accept); `/api/v1/events` \
+never ends: close the connection to stop."
     ),
     paths(
         upload,
@@ -77,6 +84,7 @@ pub(crate) struct Control {
         list_pins
     ),
     modifiers(&CommonAnswers),
+    security(("bearer" = [])),
     components(schemas(
         ApiError,
         FileInfo,
@@ -95,23 +103,49 @@ pub(crate) struct Control {
         ReplicaFetch,
         SearchHit,
         LocateResult,
+        LocateQuery,
         LocatedFile,
-        Holder
+        Holder,
+        Candidate,
+        SourceProgress
     ))
 )]
 struct ApiDoc;
 
+/// Links an operation's answers get: the path parameter they fill, the
+/// status codes, and (link name, target operation) pairs.
+type Links = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+);
+
 /// Added to every operation: the answers any of them can give, 401 (token),
-/// 403 (the `Host` check) and 500; and the `{file}` path parameter's
-/// pattern, from the parsers' own constants (a name for PUT, an id for the
-/// others).
+/// 403 (the `Host` check, a cross-site request, a read-only client token)
+/// and 500; the `{file}` path parameter's schema, from the parsers' own
+/// constants (a name for PUT, an id for the others); and the bearer
+/// security scheme.
 struct CommonAnswers;
 
 impl utoipa::Modify for CommonAnswers {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::link::LinkBuilder;
-        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
         use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+        doc.components.get_or_insert_default().add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "PSERVER_API_TOKEN, or a client token from `pserver token create` \
+                         (scope read: GET and HEAD only). Required whenever the PServer has \
+                         PSERVER_API_TOKEN, which it must when bound beyond loopback; on \
+                         loopback without one, requests need none.",
+                    ))
+                    .build(),
+            ),
+        );
         let answer = |what: &str| {
             ResponseBuilder::new()
                 .description(what)
@@ -131,18 +165,37 @@ impl utoipa::Modify for CommonAnswers {
             ];
             for op in ops.into_iter().flatten() {
                 let put = op.operation_id.as_deref() == Some("upload");
-                if put {
-                    // What an upload answers is how to reach the file next.
-                    for code in ["200", "201"] {
-                        if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(code) {
-                            for (name, then) in
-                                [("content", "file_content"), ("remove", "remove_file")]
-                            {
+                // What an upload or a new job answers is how to reach it next.
+                let links: &[Links] = match op.operation_id.as_deref() {
+                    Some("upload") => &[
+                        ("file", &["200", "201"], &[("content", "file_content")]),
+                        ("file", &["200", "201"], &[("remove", "remove_file")]),
+                    ],
+                    Some("start_download") => &[(
+                        "job",
+                        &["202"],
+                        &[
+                            ("job", "get_download"),
+                            ("events", "download_events"),
+                            ("cancel", "cancel_download"),
+                        ],
+                    )],
+                    _ => &[],
+                };
+                for (param, codes, targets) in links {
+                    let from = if *param == "file" {
+                        "$response.body#/file_id"
+                    } else {
+                        "$response.body#/job_id"
+                    };
+                    for code in *codes {
+                        if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(*code) {
+                            for (name, then) in *targets {
                                 resp.links.insert(
-                                    name.into(),
+                                    (*name).into(),
                                     LinkBuilder::new()
-                                        .operation_id(then)
-                                        .parameter("file", "$response.body#/file_id")
+                                        .operation_id(*then)
+                                        .parameter(*param, from)
                                         .build()
                                         .into(),
                                 );
@@ -152,28 +205,40 @@ impl utoipa::Modify for CommonAnswers {
                 }
                 for param in op.parameters.iter_mut().flatten() {
                     if param.name == "file" {
-                        let (pattern, min, max) = if put {
-                            (FILE_NAME_PATTERN, 1, MAX_NAME_BYTES)
+                        param.schema = Some(if put {
+                            schema::file_name().into()
                         } else {
-                            (FILE_ID_PATTERN, 64, 64)
-                        };
-                        param.schema = Some(
-                            ObjectBuilder::new()
-                                .schema_type(Type::String)
-                                .pattern(Some(pattern))
-                                .min_length(Some(min))
-                                .max_length(Some(max))
-                                .into(),
-                        );
+                            schema::file_id().into()
+                        });
+                    }
+                    if param.name == "job" {
+                        param.schema = Some(schema::uuid().into());
                     }
                 }
+                let json_body = op
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|b| b.content.contains_key("application/json"));
                 let r = &mut op.responses.responses;
+                if json_body {
+                    r.entry("400".into()).or_insert_with(|| {
+                        answer("the body is not JSON of the documented schema").into()
+                    });
+                    r.entry("413".into())
+                        .or_insert_with(|| answer("the JSON body is larger than 64 KiB").into());
+                    r.entry("415".into())
+                        .or_insert_with(|| answer("the body is not application/json").into());
+                }
                 r.entry("401".into()).or_insert_with(|| {
                     answer("missing or wrong bearer token (when PSERVER_API_TOKEN is set)").into()
                 });
                 r.entry("403".into()).or_insert_with(|| {
-                    answer("the Host header is not this API's address (DNS-rebinding defence)")
-                        .into()
+                    answer(
+                        "the Host header is not this API's address (DNS-rebinding defence), \
+                         a change asked by a page of another site, or a client token of \
+                         scope read asking for a change",
+                    )
+                    .into()
                 });
                 r.entry("500".into())
                     .or_insert_with(|| answer("a fault of this PServer; see its log").into());
@@ -239,9 +304,6 @@ fn resource(path: &str, allow: &'static str) -> actix_web::Resource {
         })
     }))
 }
-
-/// Largest `limit` a search may ask for (the directory clamps it further).
-const MAX_SEARCH_LIMIT: u32 = 10_000;
 
 /// Host check and bearer token, for every control-API request.
 pub(crate) async fn guard(
@@ -393,8 +455,39 @@ async fn openapi() -> HttpResponse {
 /// The OpenAPI document, as served. utoipa 5.5 writes a Link object's
 /// fields in snake case (`operation_id`); the specification spells them
 /// `operationId`, `operationRef`, `requestBody`, so they are renamed here.
+/// And a `text/event-stream` answer's schema describes one event (OpenAPI
+/// 3.1 has no `itemSchema` yet): an object whose `data` is the JSON of the
+/// value utoipa was given, which utoipa cannot write (`contentSchema`).
 fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let streams = doc
+        .get_mut("paths")
+        .and_then(|p| p.as_object_mut())
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|resp| resp.get_mut("content")?.get_mut("text/event-stream"));
+    for media in streams {
+        if let Some(value) = media.get_mut("schema") {
+            let each = value.take();
+            *value = serde_json::json!({
+                "type": "object",
+                "description": "one server-sent event: its data is one JSON value",
+                "required": ["data"],
+                "properties": {
+                    "event": { "type": "string", "const": "message" },
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": "application/json",
+                        "contentSchema": each,
+                    },
+                },
+            });
+        }
+    }
     let links = doc
         .get_mut("paths")
         .and_then(|p| p.as_object_mut())
@@ -423,10 +516,10 @@ fn document() -> serde_json::Value {
 
 /// Upload a file: the request body is the content, streamed.
 #[utoipa::path(put, path = "/api/v1/files/{file}", request_body(content = Option<Vec<u8>>, content_type = "application/octet-stream", description = "the content; none (no Content-Length, no chunked body) is an empty file"),
-    params(("file" = String, Path, description = "the name to share it under: one path component, at most 255 bytes"),
+    params(("file" = String, Path, description = "the name to share it under: one path component, at most 255 bytes (UTF-8)"),
     ),
     responses((status = 201, body = FileInfo, description = "stored and published"), (status = 200, body = FileInfo, description = "identical content already shared under that name"),
-              (status = 400, body = ApiError, description = "not a valid file name"), (status = 409, body = ApiError, description = "name taken by different content"),
+              (status = 400, body = ApiError, description = "not a valid file name (for example over 255 bytes of UTF-8), or the body was cut off"), (status = 409, body = ApiError, description = "name taken by different content"),
               (status = 413, body = ApiError, description = "larger than PSERVER_MAX_UPLOAD_BYTES"),
               (status = 507, body = ApiError, description = "it would cut into PSERVER_MIN_FREE_BYTES, or the disk is full")))]
 async fn upload(
@@ -696,8 +789,8 @@ async fn metrics(
 }
 
 /// Search the network (through a neighbour, or the central if none answers).
-#[utoipa::path(get, path = "/api/v1/search", params(("q" = String, Query, description = "words (letters and digits; the rest separates them), each a prefix of a word of the name; at most 16 words and 1024 bytes", pattern = r"\S", min_length = 1, max_length = 1024), ("limit" = Option<u32>, Query, description = "hits per page, at most 10000 (the directory clamps it to its own CENTRAL_MAX_PAGE)", minimum = 0, maximum = 10000), ("page" = Option<String>, Query, description = "`next_page` of the previous answer", pattern = r"^(([0-9a-fA-F]{2}){36,291})?$")),
-    responses((status = 200, body = SearchResults), (status = 400, body = ApiError, description = "an empty query, or a page token that is not one"),
+#[utoipa::path(get, path = "/api/v1/search", params(SearchQuery),
+    responses((status = 200, body = SearchResults), (status = 400, body = ApiError, description = "outside the declared bounds: a query of only whitespace or over 1024 bytes (UTF-8) or 16 distinct words, a limit over 10000, a page token that is not hex of 36 to 291 bytes"),
               (status = 429, body = ApiError, description = "the directory or a neighbour rate-limits this peer; see Retry-After"),
               (status = 503, body = ApiError, description = "neither the neighbours nor the central answer")))]
 async fn search(
@@ -717,6 +810,26 @@ async fn search(
             "search query q is empty; give one or more words".into(),
         ));
     }
+    // The page token is the directory's, but its form is the document's:
+    // checked here, so a bad one is refused whatever the query (the
+    // directory answers a query without words before it reads the token).
+    if let Some(page) = q.page.as_deref().filter(|p| !p.is_empty()) {
+        let bytes = page.len() / 2;
+        if page.len() % 2 != 0
+            || !page.bytes().all(|b| b.is_ascii_hexdigit())
+            || !(36..=36 + MAX_NAME_BYTES).contains(&bytes)
+        {
+            return Err(Error::InvalidArgument(
+                "page: not a `next_page` token of a previous search answer".into(),
+            ));
+        }
+    }
+    if q.q.len() > MAX_QUERY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "search query q is {} bytes; at most {MAX_QUERY_BYTES}",
+            q.q.len()
+        )));
+    }
     let (central, lookup) = (central.into_inner(), lookup.into_inner());
     Ok(web::Json(
         rt.run(async move { lookup.search(&central, &q).await })
@@ -727,7 +840,7 @@ async fn search(
 /// A file by id, or every content carrying an exact name: size, names,
 /// live holders (owners and replica holders) and its copies wanted and
 /// live (through a neighbour, or the central if none answers).
-#[utoipa::path(get, path = "/api/v1/locate", params(("file_id" = Option<String>, Query, description = "a file id: 64 lowercase hex characters", pattern = "^[0-9a-f]{64}$"), ("name" = Option<String>, Query, description = "an exact file name (give exactly one of file_id and name)")),
+#[utoipa::path(get, path = "/api/v1/locate", params(("target" = LocateQuery, Query, style = Form, explode, description = "exactly one of `file_id` (a file id) and `name` (an exact file name), each its own query parameter: `?file_id=...` or `?name=...`")),
     responses((status = 200, body = LocateResult, description = "every content found (none: an empty list)"), (status = 400, body = ApiError, description = "not exactly one of a valid file_id and name"),
               (status = 429, body = ApiError, description = "the directory or a neighbour rate-limits this peer; see Retry-After"),
               (status = 503, body = ApiError, description = "neither the neighbours nor the central answer")))]
@@ -765,7 +878,7 @@ async fn start_download(
 /// shared files first, then the directory).
 #[utoipa::path(post, path = "/api/v1/pins", request_body = PinRequest,
     responses((status = 200, body = PinStatus, description = "the pin as the directory keeps it, and the file's copies"),
-              (status = 400, body = ApiError, description = "not a file id or name, or replicas above the directory's CENTRAL_MAX_REPLICAS"),
+              (status = 400, body = ApiError, description = "not a file id or name, or replicas above the directory's CENTRAL_MAX_REPLICAS (at most 64)"),
               (status = 404, body = ApiError, description = "no live peer holds the file and nobody pinned it"),
               (status = 409, body = ApiError, description = "the name matches several contents: see candidates"),
               (status = 429, body = ApiError, description = "a limit of the directory on this peer's pins (CENTRAL_MAX_PINS_PER_PEER, CENTRAL_MAX_PINNED_BYTES_PER_PEER), or its rate limit (then with Retry-After)"),
@@ -784,6 +897,12 @@ async fn pin(
         lookup.into_inner(),
     );
     let req = req.into_inner();
+    if req.replicas > MAX_REPLICAS {
+        return Err(Error::InvalidArgument(format!(
+            "replicas: {} is above {MAX_REPLICAS}, the most any directory keeps",
+            req.replicas
+        )));
+    }
     Ok(web::Json(
         rt.run(async move { crate::pins::pin(&store, &central, &lookup, req).await })
             .await?,
@@ -815,15 +934,16 @@ async fn list_downloads(downloads: web::Data<Downloads>) -> web::Json<JobList> {
 }
 
 fn job_handle(downloads: &Downloads, id: &str) -> Result<Arc<JobHandle>> {
-    let uuid = uuid::Uuid::parse_str(id)
-        .map_err(|_| Error::InvalidArgument(format!("invalid job id {id:?}")))?;
+    let uuid = parse_hyphenated_uuid(id).ok_or_else(|| {
+        Error::InvalidArgument(format!("invalid job id {id:?}: expected a hyphenated UUID"))
+    })?;
     downloads
         .get(&uuid)
         .ok_or_else(|| Error::NotFound(format!("no download job {id}")))
 }
 
 /// One job's current state.
-#[utoipa::path(get, path = "/api/v1/downloads/{job}", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)", format = Uuid)), responses((status = 200, body = Job), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
+#[utoipa::path(get, path = "/api/v1/downloads/{job}", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)")), responses((status = 200, body = Job), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
 async fn get_download(
     downloads: web::Data<Downloads>,
     job: web::Path<String>,
@@ -831,43 +951,60 @@ async fn get_download(
     Ok(web::Json(job_handle(&downloads, &job)?.snapshot()))
 }
 
-/// Cancel a job; its partial bytes are discarded.
-#[utoipa::path(delete, path = "/api/v1/downloads/{job}", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)", format = Uuid)), responses((status = 200, body = Job, description = "cancelled (or already final): its last state"), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
+/// Cancel a running job (its partial bytes are discarded), or remove a
+/// finished one. A running job stays listed with its final state, so
+/// whoever follows it sees how it ended; deleting it again once it has
+/// ended removes it, and its id answers 404 from then on.
+#[utoipa::path(delete, path = "/api/v1/downloads/{job}", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)")), responses((status = 200, body = Job, description = "the job's last state: a running job is now cancelled (it stays listed, `cancelled`); a finished one (done, failed, cancelled) is removed"), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
 async fn cancel_download(
     downloads: web::Data<Downloads>,
     job: web::Path<String>,
 ) -> Result<web::Json<Job>> {
     let h = job_handle(&downloads, &job)?;
+    let last = h.snapshot();
+    if last.state.is_final() {
+        if let Ok(id) = last.job_id.parse() {
+            downloads.forget(&id);
+        }
+        return Ok(web::Json(last));
+    }
     h.cancel();
     let mut rx = h.subscribe();
     let _ = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|j| j.state.is_final())).await;
     Ok(web::Json(h.snapshot()))
 }
 
-/// Follow a job live: newline-delimited JSON, one Job per change (at least
-/// every second), ending after a final state.
-#[utoipa::path(get, path = "/api/v1/downloads/{job}/events", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)", format = Uuid)), responses((status = 200, content_type = "application/x-ndjson", body = Job, description = "one Job per line on each change; ends after a final state"), (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job")))]
+/// Follow a job live: one Job per change (at least every second), ending
+/// after a final state; as server-sent events or NDJSON (see `Framing`).
+#[utoipa::path(get, path = "/api/v1/downloads/{job}/events", params(("job" = String, Path, description = "a job id (a UUID, as `POST /api/v1/downloads` answers)")),
+    responses((status = 200, description = "a stream of Jobs: one now, then one on each change (at least every second); it ends after the job's final state. Server-sent events (one `data:` line of JSON per event) unless the request's Accept names application/x-ndjson (then one JSON line per Job). Close the connection to stop following early",
+               content((Job = "text/event-stream"), (Job = "application/x-ndjson"))),
+              (status = 400, body = ApiError, description = "not a job id"), (status = 404, body = ApiError, description = "no such job"),
+              (status = 406, body = ApiError, description = "the Accept header names neither text/event-stream nor application/x-ndjson")))]
 async fn download_events(
     downloads: web::Data<Downloads>,
+    req: HttpRequest,
     job: web::Path<String>,
 ) -> Result<HttpResponse> {
+    let framing = Framing::of(&req)?;
     let h = job_handle(&downloads, &job)?;
-    let stream = async_stream(h);
-    Ok(HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream))
+    Ok(framing.respond(job_stream(h, framing)))
 }
 
-/// Follow every download job: newline-delimited JSON, one JobList (as
-/// `GET /api/v1/downloads`) at once, then after every change (at most four
-/// a second) and at least every 15 s. Ends when the PServer stops.
-#[utoipa::path(get, path = "/api/v1/events", responses((status = 200, content_type = "application/x-ndjson", body = JobList, description = "one JobList per line: now, on each change, and at least every 15 s")))]
-async fn events(downloads: web::Data<Downloads>) -> HttpResponse {
+/// Follow every download job: one JobList (as `GET /api/v1/downloads`) at
+/// once, then after every change (at most four a second) and at least
+/// every 15 s; as server-sent events or NDJSON (see `Framing`). Never ends
+/// while the PServer runs: the client closes it.
+#[utoipa::path(get, path = "/api/v1/events",
+    responses((status = 200, description = "a stream that never ends while the PServer runs (close the connection to stop): a JobList now, on each change (at most four a second) and at least every 15 s. Server-sent events (one `data:` line of JSON per event) unless the request's Accept names application/x-ndjson (then one JSON line per JobList)",
+               content((JobList = "text/event-stream"), (JobList = "application/x-ndjson"))),
+              (status = 406, body = ApiError, description = "the Accept header names neither text/event-stream nor application/x-ndjson")))]
+async fn events(downloads: web::Data<Downloads>, req: HttpRequest) -> Result<HttpResponse> {
+    let framing = Framing::of(&req)?;
     let rx = downloads.watch();
     let stream = futures_util::stream::unfold(
         (downloads, rx, true),
-        |(downloads, mut rx, first)| async move {
+        move |(downloads, mut rx, first)| async move {
             if !first {
                 if let Ok(Err(_)) = tokio::time::timeout(EVENTS_KEEPALIVE, rx.changed()).await {
                     return None;
@@ -881,42 +1018,126 @@ async fn events(downloads: web::Data<Downloads>) -> HttpResponse {
             let list = JobList {
                 jobs: downloads.list(),
             };
-            let mut line = serde_json::to_vec(&list).unwrap_or_default();
-            line.push(b'\n');
             Some((
-                Ok::<_, actix_web::Error>(bytes::Bytes::from(line)),
+                Ok::<_, actix_web::Error>(framing.frame(&list)),
                 (downloads, rx, false),
             ))
         },
     );
-    HttpResponse::Ok()
-        .content_type("application/x-ndjson")
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream)
+    Ok(framing.respond(stream))
 }
 
 /// Longest quiet time on `GET /api/v1/events`.
 const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
 
-fn async_stream(
+/// How an event stream is framed. Server-sent events (`text/event-stream`)
+/// unless the client asks for newline-delimited JSON: SSE is the format
+/// generic HTTP clients and tools know never to wait for the end of (and
+/// browsers' `EventSource` reads); the CLI and the web UI ask for NDJSON
+/// with `Accept: application/x-ndjson`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Sse,
+    Ndjson,
+}
+
+impl Framing {
+    const NDJSON: &str = "application/x-ndjson";
+    const SSE: &str = "text/event-stream";
+
+    /// From the `Accept` header: NDJSON when it names it (or only
+    /// `application/*`), SSE when it names SSE, `text/*` or `*/*`, or is
+    /// absent; 406 when it allows neither. Ranges with `q=0` do not count.
+    fn of(req: &HttpRequest) -> Result<Self> {
+        let Some(accept) = req.headers().get(header::ACCEPT) else {
+            return Ok(Self::Sse);
+        };
+        let accept = accept.to_str().unwrap_or("");
+        let ranges: Vec<String> = accept
+            .split(',')
+            .filter_map(|range| {
+                let mut parts = range.split(';');
+                let media = parts.next()?.trim().to_ascii_lowercase();
+                let refused = parts.any(|p| {
+                    p.trim()
+                        .strip_prefix("q=")
+                        .and_then(|q| q.trim().parse::<f32>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                (!refused && !media.is_empty()).then_some(media)
+            })
+            .collect();
+        let named = |m: &str| ranges.iter().any(|r| r == m);
+        if ranges.is_empty() && accept.trim().is_empty() {
+            Ok(Self::Sse)
+        } else if named(Self::NDJSON) {
+            Ok(Self::Ndjson)
+        } else if named(Self::SSE) || named("text/*") || named("*/*") {
+            Ok(Self::Sse)
+        } else if named("application/*") {
+            Ok(Self::Ndjson)
+        } else {
+            Err(Error::NotAcceptable(format!(
+                "this stream is {} or {}; Accept {accept:?} allows neither",
+                Self::SSE,
+                Self::NDJSON
+            )))
+        }
+    }
+
+    /// One value as one event (SSE) or one line (NDJSON); the JSON has no
+    /// newline, so it fits one `data:` line.
+    fn frame(self, value: &impl serde::Serialize) -> bytes::Bytes {
+        let json = serde_json::to_vec(value).unwrap_or_default();
+        let mut out = Vec::with_capacity(json.len() + 8);
+        match self {
+            Self::Sse => {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(&json);
+                out.extend_from_slice(b"\n\n");
+            }
+            Self::Ndjson => {
+                out.extend_from_slice(&json);
+                out.push(b'\n');
+            }
+        }
+        out.into()
+    }
+
+    fn respond(
+        self,
+        stream: impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, actix_web::Error>>
+        + 'static,
+    ) -> HttpResponse {
+        HttpResponse::Ok()
+            .content_type(match self {
+                Self::Sse => Self::SSE,
+                Self::Ndjson => Self::NDJSON,
+            })
+            .insert_header(("X-Accel-Buffering", "no"))
+            .streaming(stream)
+    }
+}
+
+fn job_stream(
     h: Arc<JobHandle>,
+    framing: Framing,
 ) -> impl futures_util::Stream<Item = std::result::Result<bytes::Bytes, actix_web::Error>> {
     let rx = h.subscribe();
-    futures_util::stream::unfold((h, rx, false), |(h, mut rx, done)| async move {
+    futures_util::stream::unfold((h, rx, false), move |(h, mut rx, done)| async move {
         if done {
             return None;
         }
         rx.mark_unchanged();
         let job = h.snapshot();
         let last = job.state.is_final();
-        let mut line = serde_json::to_vec(&job).unwrap_or_default();
-        line.push(b'\n');
+        let frame = framing.frame(&job);
         if !last {
             // Wait for a change, but emit at least every second.
             let _ = tokio::time::timeout(Duration::from_secs(1), rx.changed()).await;
             tokio::time::sleep(Duration::from_millis(50)).await; // coalesce bursts
         }
-        Some((Ok(bytes::Bytes::from(line)), (h, rx, last)))
+        Some((Ok(frame), (h, rx, last)))
     })
 }
 
@@ -955,6 +1176,94 @@ mod tests {
         for code in ["401", "403", "500"] {
             assert!(del["responses"].get(code).is_some(), "{code}");
         }
+    }
+
+    /// The bounds the parsers enforce are in the document, from the same
+    /// constants: a change to one is a change to the other.
+    #[test]
+    fn the_document_declares_the_parsers_bounds() {
+        use peerdex_proto::types::{
+            MAX_NAME_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS, QUERY_PATTERN, UUID_PATTERN,
+        };
+        let doc = document();
+        let paths = &doc["paths"];
+        let schemas = &doc["components"]["schemas"];
+        let search = paths["/api/v1/search"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let q = search.iter().find(|p| p["name"] == "q").unwrap();
+        assert_eq!(q["required"], true);
+        assert_eq!(q["schema"]["pattern"], QUERY_PATTERN);
+        assert_eq!(q["schema"]["maxLength"], MAX_QUERY_BYTES);
+        let limit = search.iter().find(|p| p["name"] == "limit").unwrap();
+        assert_eq!(limit["schema"]["maximum"], super::MAX_SEARCH_LIMIT);
+        let pin = &schemas["PinRequest"]["properties"];
+        assert_eq!(pin["replicas"]["maximum"], MAX_REPLICAS);
+        assert_eq!(pin["file"]["minLength"], 1);
+        assert_eq!(pin["file"]["maxLength"], MAX_NAME_BYTES);
+        let locate = &schemas["LocateQuery"]["oneOf"];
+        assert_eq!(locate[1]["properties"]["name"]["minLength"], 1);
+        assert_eq!(locate[0]["additionalProperties"], false);
+        let job = &paths["/api/v1/downloads/{job}"]["get"]["parameters"][0]["schema"];
+        assert_eq!(job["pattern"], UUID_PATTERN);
+        // JSON bodies: too large and not JSON are documented answers.
+        for (path, method) in [("/api/v1/pins", "post"), ("/api/v1/downloads", "post")] {
+            for code in ["400", "413", "415"] {
+                assert!(
+                    paths[path][method]["responses"].get(code).is_some(),
+                    "{method} {path} {code}"
+                );
+            }
+        }
+        // The streams say they stream, and each event's data is JSON of
+        // the documented schema.
+        for path in ["/api/v1/events", "/api/v1/downloads/{job}/events"] {
+            let ok = &paths[path]["get"]["responses"]["200"];
+            let sse = &ok["content"]["text/event-stream"]["schema"];
+            assert_eq!(
+                sse["properties"]["data"]["contentMediaType"],
+                "application/json"
+            );
+            assert!(sse["properties"]["data"]["contentSchema"]["$ref"].is_string());
+            assert!(ok["content"].get("application/x-ndjson").is_some());
+            assert!(paths[path]["get"]["responses"].get("406").is_some());
+        }
+        let events = paths["/api/v1/events"]["get"]["responses"]["200"]["description"]
+            .as_str()
+            .unwrap();
+        assert!(events.contains("never ends"), "{events}");
+        assert_eq!(doc["security"][0]["bearer"], serde_json::json!([]));
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+    }
+
+    #[test]
+    fn event_streams_are_framed_as_asked() {
+        use super::Framing::{self, Ndjson, Sse};
+        use actix_web::test::TestRequest;
+        let of = |accept: Option<&str>| {
+            let mut r = TestRequest::default();
+            if let Some(a) = accept {
+                r = r.insert_header((actix_web::http::header::ACCEPT, a));
+            }
+            Framing::of(&r.to_http_request()).ok()
+        };
+        assert_eq!(of(None), Some(Sse));
+        assert_eq!(of(Some("*/*")), Some(Sse));
+        assert_eq!(of(Some("text/event-stream")), Some(Sse));
+        assert_eq!(of(Some("application/x-ndjson")), Some(Ndjson));
+        assert_eq!(
+            of(Some("text/event-stream;q=0.5, Application/X-NDJSON")),
+            Some(Ndjson)
+        );
+        assert_eq!(of(Some("application/*")), Some(Ndjson));
+        assert_eq!(of(Some("application/json")), None);
+        assert_eq!(of(Some("application/x-ndjson;q=0")), None);
+        let value = serde_json::json!({"jobs": []});
+        assert_eq!(&Sse.frame(&value)[..], b"data: {\"jobs\":[]}\n\n");
+        assert_eq!(&Ndjson.frame(&value)[..], b"{\"jobs\":[]}\n");
     }
 
     #[test]

@@ -25,6 +25,12 @@ pub enum Error {
     NameConflict(String),
     #[error("{0}")]
     TooLarge(String),
+    /// The body is not of a media type the endpoint reads (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The `Accept` header allows no form this endpoint answers in (406).
+    #[error("{0}")]
+    NotAcceptable(String),
     /// The disk cannot take it (the reserve `PSERVER_MIN_FREE_BYTES`, or
     /// ENOSPC): 507, naming the folder and the figures.
     #[error("{0}")]
@@ -79,6 +85,8 @@ impl Error {
             Error::Ambiguous { .. } => "ambiguous_name",
             Error::NameConflict(_) => "name_conflict",
             Error::TooLarge(_) => "too_large",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::NotAcceptable(_) => "not_acceptable",
             Error::InsufficientStorage(_) => "insufficient_storage",
             Error::MethodNotAllowed { .. } => "method_not_allowed",
             Error::Unauthorized(_) => "unauthorized",
@@ -109,6 +117,8 @@ impl ResponseError for Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Ambiguous { .. } | Error::NameConflict(_) => StatusCode::CONFLICT,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,

@@ -414,11 +414,30 @@ fn no_store() -> middleware::DefaultHeaders {
     ))
 }
 
+/// JSON bodies: at most 64 KiB (413 above), `application/json` (415
+/// otherwise), and of the endpoint's schema (400 otherwise).
 fn json_config() -> web::JsonConfig {
+    use actix_web::error::JsonPayloadError;
     web::JsonConfig::default()
-        .limit(64 * 1024)
-        .error_handler(|e, _| Error::InvalidArgument(format!("bad JSON body: {e}")).into())
+        .limit(JSON_BODY_LIMIT)
+        .error_handler(|e, _| {
+            match e {
+                JsonPayloadError::Overflow { .. }
+                | JsonPayloadError::OverflowKnownLength { .. } => Error::TooLarge(format!(
+                    "the JSON body is larger than {JSON_BODY_LIMIT} bytes"
+                )),
+                JsonPayloadError::ContentType => Error::UnsupportedMediaType(
+                    "the body must be JSON, sent with Content-Type: application/json".into(),
+                ),
+                e => Error::InvalidArgument(format!("bad JSON body: {e}")),
+            }
+            .into()
+        })
 }
+
+/// Largest JSON request body of the control API (a download or pin request
+/// is a few hundred bytes).
+const JSON_BODY_LIMIT: usize = 64 * 1024;
 
 fn query_config() -> web::QueryConfig {
     web::QueryConfig::default()

@@ -73,10 +73,9 @@ pub const STEP: usize = 2048;
 /// Publishes interleave with a mass expiry).
 pub const SWEEP_TX_HOLDINGS: usize = 20_000;
 
-/// Longest accepted search query, in bytes.
-pub const MAX_QUERY_BYTES: usize = 1024;
-/// Most words accepted in a search query.
-pub const MAX_QUERY_WORDS: usize = 16;
+/// Longest accepted search query, in bytes, and most words in one: the
+/// wire contract's, which the PServer's OpenAPI document declares.
+pub use peerdex_proto::types::{MAX_QUERY_BYTES, MAX_QUERY_WORDS};
 /// Metadata naming the peer that searches (optional; with its token).
 pub const PEER_ID_META: &str = "peerdex-peer-id";
 /// Results per search page when the request says 0.

@@ -212,4 +212,17 @@ impl Jobs {
         self.changes.send_modify(|n| *n += 1);
         Ok(handle)
     }
+
+    /// Forget a finished job (`DELETE` of a job that has ended): its id is
+    /// unknown from then on. A job still running is kept; false then.
+    pub(crate) fn forget(&self, id: &Uuid) -> bool {
+        let mut map = self.map.lock().unwrap();
+        if !map.get(id).is_some_and(|h| h.is_final()) {
+            return false;
+        }
+        map.remove(id);
+        self.order.lock().unwrap().retain(|j| j != id);
+        self.changes.send_modify(|n| *n += 1);
+        true
+    }
 }

@@ -159,6 +159,11 @@ impl Downloads {
         self.0.jobs.get(id)
     }
 
+    /// Forget a finished job (see [`Jobs::forget`]).
+    pub(crate) fn forget(&self, id: &Uuid) -> bool {
+        self.0.jobs.forget(id)
+    }
+
     pub(crate) fn list(&self) -> Vec<Job> {
         self.0.jobs.list()
     }

@@ -296,6 +296,7 @@ async fn the_job_list_is_followed_live() {
     let resp = p
         .http
         .get(format!("{}/api/v1/events", p.api_url))
+        .header(reqwest::header::ACCEPT, "application/x-ndjson")
         .send()
         .await
         .unwrap();

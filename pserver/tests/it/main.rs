@@ -14,6 +14,7 @@ mod ha;
 mod http_semantics;
 mod metrics;
 mod neighbour_limits;
+mod openapi;
 mod private_network;
 mod replicas;
 mod replication;
