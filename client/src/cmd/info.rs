@@ -57,7 +57,7 @@ fn describe(f: &LocatedFile) -> String {
         "names",
         f.names
             .iter()
-            .map(|n| sanitize(n))
+            .map(|n| crate::output::name(n))
             .collect::<Vec<_>>()
             .join(", "),
     );

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::Ctx;
-use crate::output::{human_size, outp};
+use crate::output::{human_size, outp, sanitize};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let s = ctx.api.status().await?;
@@ -58,6 +58,18 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "sharing",
         format!("{} files, {}", s.shared_files, human_size(s.shared_bytes)),
     );
+    if s.unshared_files > 0 {
+        line("not shared", unshared_line(&s));
+        for f in &s.unshared {
+            line("", format!("{}: {}", sanitize(&f.name), sanitize(&f.reason)));
+        }
+        if s.unshared_files > s.unshared.len() as u64 {
+            line(
+                "",
+                format!("… and {} more", s.unshared_files - s.unshared.len() as u64),
+            );
+        }
+    }
     line(
         "transfers",
         format!(
@@ -84,7 +96,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             "fetching",
             format!(
                 "{} ({}) {} of {}",
-                crate::output::sanitize(&f.name),
+                crate::output::name(&f.name),
                 crate::output::short_id(&f.file_id),
                 human_size(f.bytes_done),
                 human_size(f.bytes_total)
@@ -97,6 +109,17 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     line("version", s.version);
     outp!("{out}");
     Ok(())
+}
+
+/// Files of the share folder that are not shared, and what to do.
+fn unshared_line(s: &peerdex_proto::rest::Status) -> String {
+    let n = s.unshared_files;
+    let (files, are) = if n == 1 { ("file", "is") } else { ("files", "are") };
+    format!(
+        "{n} {files} in the share folder {are} not shared: rename or remove {}; \
+         each is listed below with its reason (the PServer's log has them too)",
+        if n == 1 { "it" } else { "them" }
+    )
 }
 
 /// The replica space: held and offered.
