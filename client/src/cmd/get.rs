@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use super::Ctx;
 use crate::api;
 use crate::cli::GetArgs;
-use crate::output::{human_size, outln, quoted, sanitize};
+use crate::output::{human_size, outln, quoted};
 use crate::progress::follow;
 
 #[derive(Serialize)]

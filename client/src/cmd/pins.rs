@@ -5,7 +5,7 @@
 use peerdex_proto::rest::{PinStatus, Replication};
 
 use super::Ctx;
-use crate::output::{human_size, outp, quoted, sanitize, short_id, table};
+use crate::output::{human_size, outp, quoted, short_id, table};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let list = ctx.api.pins().await?;

@@ -7,7 +7,7 @@ use peerdex_proto::rest::FileInfo;
 
 use super::Ctx;
 use crate::cli::RmArgs;
-use crate::output::{outln, quoted, sanitize};
+use crate::output::{outln, quoted};
 
 pub(super) async fn run(ctx: &Ctx, args: RmArgs) -> anyhow::Result<()> {
     let id = match args.id.parse::<FileId>() {

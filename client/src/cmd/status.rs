@@ -26,6 +26,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             .join(", ")
     };
     let replicas = replicas_line(&s);
+    let unshared = (s.unshared_files > 0).then(|| unshared_line(&s));
     let mut out = String::new();
     let mut line = |k: &str, v: String| {
         let _ = writeln!(out, "{k:<12} {v}");
@@ -58,8 +59,8 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "sharing",
         format!("{} files, {}", s.shared_files, human_size(s.shared_bytes)),
     );
-    if s.unshared_files > 0 {
-        line("not shared", unshared_line(&s));
+    if let Some(unshared) = unshared {
+        line("not shared", unshared);
         for f in &s.unshared {
             line("", format!("{}: {}", sanitize(&f.name), sanitize(&f.reason)));
         }
