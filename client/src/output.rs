@@ -263,7 +263,10 @@ mod tests {
     fn lookalike_names_are_marked() {
         assert_eq!(name("p\u{430}ypal.pdf"), "\u{26a0} p\u{430}ypal.pdf");
         assert_eq!(name("paypal.pdf"), "paypal.pdf");
-        assert_eq!(name("\u{43e}\u{442}\u{447}\u{451}\u{442}.pdf"), "\u{43e}\u{442}\u{447}\u{451}\u{442}.pdf");
+        assert_eq!(
+            name("\u{43e}\u{442}\u{447}\u{451}\u{442}.pdf"),
+            "\u{43e}\u{442}\u{447}\u{451}\u{442}.pdf"
+        );
     }
 
     /// Wide characters and combining marks cannot fake columns: every row

@@ -1112,7 +1112,9 @@ async fn lookalike_names_are_marked_and_unshared_files_counted() {
     let lines: Vec<&str> = r.stdout.lines().collect();
     assert_eq!(lines.len(), 4, "{r:?}");
     assert!(
-        lines.iter().any(|l| l.starts_with(&format!("\u{26a0} {lookalike}  "))),
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("\u{26a0} {lookalike}  "))),
         "{r:?}"
     );
     // The ID column starts at the same terminal column on every line:

@@ -19,13 +19,57 @@ pub const FILE_ID_PATTERN: &str = "^[0-9a-f]{64}$";
 macro_rules! invisible_chars {
     () => {
         concat!(
-            '\u{ad}', '\u{34f}', '\u{600}', "-", '\u{605}', '\u{61c}', '\u{6dd}', '\u{70f}',
-            '\u{890}', "-", '\u{891}', '\u{8e2}', '\u{115f}', '\u{1160}', '\u{17b4}', '\u{17b5}',
-            '\u{180b}', "-", '\u{180f}', '\u{200b}', "-", '\u{200f}', '\u{2028}', "-", '\u{202e}',
-            '\u{2060}', "-", '\u{206f}', '\u{3164}', '\u{fe00}', "-", '\u{fe0f}', '\u{feff}',
-            '\u{ffa0}', '\u{fff0}', "-", '\u{fffb}', '\u{110bd}', '\u{110cd}', '\u{13430}', "-",
-            '\u{1343f}', '\u{1bca0}', "-", '\u{1bca3}', '\u{1d173}', "-", '\u{1d17a}',
-            '\u{e0000}', "-", '\u{e0fff}'
+            '\u{ad}',
+            '\u{34f}',
+            '\u{600}',
+            "-",
+            '\u{605}',
+            '\u{61c}',
+            '\u{6dd}',
+            '\u{70f}',
+            '\u{890}',
+            "-",
+            '\u{891}',
+            '\u{8e2}',
+            '\u{115f}',
+            '\u{1160}',
+            '\u{17b4}',
+            '\u{17b5}',
+            '\u{180b}',
+            "-",
+            '\u{180f}',
+            '\u{200b}',
+            "-",
+            '\u{200f}',
+            '\u{2028}',
+            "-",
+            '\u{202e}',
+            '\u{2060}',
+            "-",
+            '\u{206f}',
+            '\u{3164}',
+            '\u{fe00}',
+            "-",
+            '\u{fe0f}',
+            '\u{feff}',
+            '\u{ffa0}',
+            '\u{fff0}',
+            "-",
+            '\u{fffb}',
+            '\u{110bd}',
+            '\u{110cd}',
+            '\u{13430}',
+            "-",
+            '\u{1343f}',
+            '\u{1bca0}',
+            "-",
+            '\u{1bca3}',
+            '\u{1d173}',
+            "-",
+            '\u{1d17a}',
+            '\u{e0000}',
+            "-",
+            '\u{e0fff}'
         )
     };
 }
@@ -592,7 +636,11 @@ mod tests {
     #[test]
     fn invisible_characters_are_refused_by_code_point_and_position() {
         for (name, code, at) in [
-            ("invoice \u{202e}fdp.exe", "U+202E RIGHT-TO-LEFT OVERRIDE", 9),
+            (
+                "invoice \u{202e}fdp.exe",
+                "U+202E RIGHT-TO-LEFT OVERRIDE",
+                9,
+            ),
             ("pay\u{200b}pal.pdf", "U+200B ZERO WIDTH SPACE", 4),
             ("\u{feff}x", "U+FEFF ZERO WIDTH NO-BREAK SPACE", 1),
             ("a\u{2066}b\u{2069}", "U+2066 LEFT-TO-RIGHT ISOLATE", 2),
@@ -609,7 +657,10 @@ mod tests {
             let err = name.parse::<FileName>().unwrap_err().to_string();
             let want = format!("contains {code} at character {at}, ");
             assert!(err.contains(&want), "{name:?}: {err}");
-            assert!(!err.contains(|c: char| is_invisible(c) || c.is_control()), "{err:?}");
+            assert!(
+                !err.contains(|c: char| is_invisible(c) || c.is_control()),
+                "{err:?}"
+            );
         }
     }
 
@@ -624,7 +675,10 @@ mod tests {
             .filter(|c| c.general_category() == GeneralCategory::Format && !is_invisible(*c))
             .map(|c| format!("U+{:04X}", c as u32))
             .collect();
-        assert!(missing.is_empty(), "format characters not refused: {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "format characters not refused: {missing:?}"
+        );
     }
 
     /// The OpenAPI pattern accepts exactly what the parser accepts, for
@@ -634,13 +688,23 @@ mod tests {
         let re = regex::Regex::new(FILE_NAME_PATTERN).unwrap();
         let mut wrong = Vec::new();
         for c in (0..=0x10ffff_u32).filter_map(char::from_u32) {
-            for s in [format!("{c}"), format!("{c}x"), format!("x{c}y"), format!("Z{c}y")] {
+            for s in [
+                format!("{c}"),
+                format!("{c}x"),
+                format!("x{c}y"),
+                format!("Z{c}y"),
+            ] {
                 if re.is_match(&s) != s.parse::<FileName>().is_ok() {
                     wrong.push(s);
                 }
             }
         }
-        assert!(wrong.is_empty(), "{} disagreements: {:?}", wrong.len(), &wrong[..wrong.len().min(20)]);
+        assert!(
+            wrong.is_empty(),
+            "{} disagreements: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(20)]
+        );
     }
 
     #[test]

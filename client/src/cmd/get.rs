@@ -50,7 +50,11 @@ pub(super) async fn run(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         .context("the PServer reported a finished job without a file id")?;
     let size = job.bytes_total.unwrap_or(job.bytes_done);
     if !ctx.json {
-        outln!("{file_id}  {:>10}  {}", human_size(size), crate::output::name(&what));
+        outln!(
+            "{file_id}  {:>10}  {}",
+            human_size(size),
+            crate::output::name(&what)
+        );
     }
     let mut saved_to = None;
     if let Some(out) = &args.output {

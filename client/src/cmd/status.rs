@@ -62,7 +62,10 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(unshared) = unshared {
         line("not shared", unshared);
         for f in &s.unshared {
-            line("", format!("{}: {}", sanitize(&f.name), sanitize(&f.reason)));
+            line(
+                "",
+                format!("{}: {}", sanitize(&f.name), sanitize(&f.reason)),
+            );
         }
         if s.unshared_files > s.unshared.len() as u64 {
             line(
@@ -115,7 +118,11 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
 /// Files of the share folder that are not shared, and what to do.
 fn unshared_line(s: &peerdex_proto::rest::Status) -> String {
     let n = s.unshared_files;
-    let (files, are) = if n == 1 { ("file", "is") } else { ("files", "are") };
+    let (files, are) = if n == 1 {
+        ("file", "is")
+    } else {
+        ("files", "are")
+    };
     format!(
         "{n} {files} in the share folder {are} not shared: rename or remove {}; \
          each is listed below with its reason (the PServer's log has them too)",

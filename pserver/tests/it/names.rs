@@ -74,7 +74,10 @@ async fn an_nfd_name_on_disk_is_the_same_name_as_its_nfc_spelling() {
     let located = locate_name(&me, NFC).await;
     assert_eq!(located.files.len(), 1, "{located:?}");
     assert_eq!(
-        (located.files[0].file_id.as_str(), &located.files[0].names[..]),
+        (
+            located.files[0].file_id.as_str(),
+            &located.files[0].names[..]
+        ),
         (id.as_str(), &[NFC.to_owned()][..])
     );
     assert_eq!(locate_name(&me, NFD).await, located);
@@ -121,7 +124,8 @@ async fn invisible_characters_are_refused_at_upload() {
         let e: ApiError = r.json().await.unwrap();
         assert_eq!(e.code, "invalid_argument", "{e:?}");
         assert!(
-            e.message.contains(&format!("{code} ")) && e.message.contains(&format!("at character {at}")),
+            e.message.contains(&format!("{code} "))
+                && e.message.contains(&format!("at character {at}")),
             "{e:?}"
         );
     }
@@ -155,10 +159,14 @@ async fn the_share_folder_says_what_it_cannot_share() {
     )
     .unwrap();
 
-    let s = wait_for("the rescan to share two files and report four", T, || async {
-        let s = p.status().await;
-        (s.shared_files == 2 && s.unshared_files == 4).then_some(s)
-    })
+    let s = wait_for(
+        "the rescan to share two files and report four",
+        T,
+        || async {
+            let s = p.status().await;
+            (s.shared_files == 2 && s.unshared_files == 4).then_some(s)
+        },
+    )
     .await;
     let mut reasons: Vec<(String, String)> = s
         .unshared
@@ -183,7 +191,10 @@ async fn the_share_folder_says_what_it_cannot_share() {
     assert!(reasons[3].1.contains("U+202E"), "{reasons:#?}");
 
     let meeting_id = blake3_hex(b"minutes of the meeting");
-    assert_eq!(ids_named(&p, "meeting", "meeting 12:30.txt").await, [meeting_id]);
+    assert_eq!(
+        ids_named(&p, "meeting", "meeting 12:30.txt").await,
+        [meeting_id]
+    );
     assert_eq!(ids_named(&p, "caf\u{e9}", NFC).await, [blake3_hex(&cafe)]);
     assert!(meeting.exists());
 
