@@ -19,7 +19,11 @@ pub(super) async fn run(ctx: &Ctx, args: RmArgs) -> anyhow::Result<()> {
         return ctx.print_json(&removed);
     }
     for f in &removed.files {
-        outln!("stopped sharing {} ({})", crate::output::name(&f.name), f.file_id);
+        outln!(
+            "stopped sharing {} ({})",
+            crate::output::name(&f.name),
+            f.file_id
+        );
     }
     Ok(())
 }
