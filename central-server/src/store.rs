@@ -313,7 +313,10 @@ impl Store {
             let size = r.get::<_, i64>(3)? as u64;
             // Never written (Join/Publish screen a peer's contradictions);
             // kept out of the index if a hand-edited database has some.
-            if !ix.add_ref(p, f, r.get_ref(2)?.as_str()?, size) {
+            // Names written before names were normalized come back in NFC
+            // (what every answer and lookup uses now).
+            let name = peerdex_proto::types::to_nfc(r.get_ref(2)?.as_str()?);
+            if !ix.add_ref(p, f, &name, size) {
                 contradictions += 1;
             } else {
                 ix.mark_replica(p, f, r.get::<_, bool>(4)?);

@@ -1747,6 +1747,101 @@ async fn pins_replicate_through_volunteers_and_persist(store: Store) {
     );
 }
 
+/// One name whatever its Unicode spelling (issue 29): a name published in
+/// NFD and one in NFC are the same name to Locate and Search, typed either
+/// way, and come back in NFC; names with bidi controls or zero-width
+/// characters are refused entry by entry, naming the character; `:` is a
+/// name character like any other.
+async fn names_are_one_spelling_and_invisible_ones_are_refused(store: Store) {
+    let env = Env::new(store).await;
+    let central = env.start_with(|_| {}).await;
+    let mut c = client(&central).await;
+    let (a, b) = (PeerId::new_random(), PeerId::new_random());
+    let (nfd, nfc) = ("cafe\u{301}.txt", "caf\u{e9}.txt");
+    let ta = join(&mut c, &a, 7001, vec![file(1, nfd)]).await;
+    let _tb = join(&mut c, &b, 7002, vec![file(2, nfc)]).await;
+
+    let mut want = vec![fid(1), fid(2)];
+    want.sort();
+    for typed in [nfc, nfd] {
+        let r = c
+            .locate(v1::LocateRequest {
+                target: Some(Target::Name(typed.into())),
+                max_holders: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut got: Vec<String> = r.files.iter().map(|f| f.file_id.clone()).collect();
+        got.sort();
+        assert_eq!(got, want, "locate {typed:?}");
+        for f in &r.files {
+            assert_eq!(f.names, [nfc], "names come back in NFC");
+        }
+    }
+    for typed in ["caf\u{e9}", "cafe\u{301}", "CAFE\u{301}"] {
+        let r = search(&mut c, typed, 10, "").await.unwrap();
+        let mut got: Vec<(String, String)> = r
+            .hits
+            .iter()
+            .map(|h| (h.file_id.clone(), h.name.clone()))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [(fid(1), nfc.to_owned()), (fid(2), nfc.to_owned())],
+            "search {typed:?}"
+        );
+    }
+
+    // Invisible characters: refused one by one, the rest applied.
+    let refused = publish(
+        &mut c,
+        &a,
+        &ta,
+        vec![
+            file(3, "invoice \u{202e}fdp.exe"),
+            file(4, "pay\u{200b}pal.pdf"),
+            file(5, "meeting 12:30.txt"),
+        ],
+    )
+    .await
+    .unwrap();
+    let got: Vec<(String, bool)> = refused
+        .iter()
+        .map(|r| (r.file_id.clone(), r.reason.contains("at character")))
+        .collect();
+    assert_eq!(got, [(fid(3), true), (fid(4), true)], "{refused:?}");
+    assert!(refused[0].reason.contains("U+202E"), "{refused:?}");
+    assert!(refused[1].reason.contains("U+200B"), "{refused:?}");
+    assert!(locate_id(&mut c, 3).await.is_empty());
+    assert!(locate_id(&mut c, 4).await.is_empty());
+    let meeting = c
+        .locate(v1::LocateRequest {
+            target: Some(Target::Name("meeting 12:30.txt".into())),
+            max_holders: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .files;
+    assert_eq!(meeting.len(), 1);
+    assert_eq!(meeting[0].file_id, fid(5));
+    // At Join too.
+    let r = join_answer(
+        &mut c,
+        &PeerId::new_random(),
+        7003,
+        vec![file(6, "x\u{2066}y.txt"), file(7, "ok.txt")],
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.refused.len(), 1);
+    assert_eq!(r.refused[0].file_id, fid(6));
+    assert!(r.refused[0].reason.contains("U+2066"), "{:?}", r.refused);
+}
+
 /// Each contract test, once per store.
 macro_rules! on_both_stores {
     ($($name:ident,)*) => {
@@ -1780,4 +1875,5 @@ on_both_stores! {
         ids_cannot_be_squatted,
         a_private_network_admits_with_the_secret_and_issues_credentials,
         pins_replicate_through_volunteers_and_persist,
+        names_are_one_spelling_and_invisible_ones_are_refused,
 }

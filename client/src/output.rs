@@ -131,13 +131,16 @@ pub(crate) fn host_of(url: &str) -> &str {
 }
 
 /// A plain-text table: columns padded to the widest cell, two spaces apart,
-/// columns listed in `right` right-aligned. No trailing spaces.
+/// columns listed in `right` right-aligned. No trailing spaces. Widths are
+/// what a terminal shows (wide CJK characters take two columns, combining
+/// marks none), so no name can push the other columns out of line.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> String {
+    use unicode_width::UnicodeWidthStr;
     let cols = header.len();
-    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    let mut width: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate().take(cols) {
-            width[i] = width[i].max(cell.chars().count());
+            width[i] = width[i].max(cell.width());
         }
     }
     let mut out = String::new();
@@ -148,7 +151,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> S
             if i > 0 {
                 line.push_str("  ");
             }
-            let pad = width[i].saturating_sub(cell.chars().count());
+            let pad = width[i].saturating_sub(cell.width());
             if right.contains(&i) {
                 line.extend(std::iter::repeat_n(' ', pad));
                 line.push_str(cell);
@@ -165,17 +168,42 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>], right: &[usize]) -> S
     out
 }
 
-/// Replace control characters (a peer could put escape codes in a name) so
-/// nothing we print can drive the terminal.
 /// `s` in double quotes, for messages: sanitized text, never Rust debug form.
 pub(crate) fn quoted(s: &str) -> String {
     format!("\u{201c}{}\u{201d}", sanitize(s))
 }
 
+/// Replace control characters (a peer could put escape codes in a name)
+/// and invisible ones (bidi overrides, zero-width characters: see
+/// `peerdex_proto::types::is_invisible`) by U+FFFD, so nothing we print can
+/// drive the terminal or show in another order than it reads. The
+/// directory refuses such names; this is for the ones from elsewhere
+/// (errors, older peers).
 pub(crate) fn sanitize(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .map(|c| {
+            if c.is_control() || peerdex_proto::types::is_invisible(c) {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
         .collect()
+}
+
+/// The marker before a name whose words mix scripts (it may imitate
+/// another name letter for letter).
+pub(crate) const LOOKALIKE: &str = "\u{26a0} ";
+
+/// A file name as shown to people: [`sanitize`]d, and marked with
+/// [`LOOKALIKE`] when a word of it mixes scripts (Latin with a Cyrillic
+/// `а`, say; `peerdex_proto::types::mixes_scripts`).
+pub(crate) fn name(s: &str) -> String {
+    if peerdex_proto::types::mixes_scripts(s) {
+        format!("{LOOKALIKE}{}", sanitize(s))
+    } else {
+        sanitize(s)
+    }
 }
 
 #[cfg(test)]
@@ -227,6 +255,42 @@ mod tests {
     fn control_characters_are_neutralised() {
         assert_eq!(sanitize("a\u{1b}[31mb\n"), "a\u{FFFD}[31mb\u{FFFD}");
         assert_eq!(sanitize("naïve.txt"), "naïve.txt");
+        assert_eq!(sanitize("x\u{202e}fdp.exe"), "x\u{FFFD}fdp.exe");
+        assert_eq!(sanitize("a\u{200b}b"), "a\u{FFFD}b");
+    }
+
+    #[test]
+    fn lookalike_names_are_marked() {
+        assert_eq!(name("p\u{430}ypal.pdf"), "\u{26a0} p\u{430}ypal.pdf");
+        assert_eq!(name("paypal.pdf"), "paypal.pdf");
+        assert_eq!(
+            name("\u{43e}\u{442}\u{447}\u{451}\u{442}.pdf"),
+            "\u{43e}\u{442}\u{447}\u{451}\u{442}.pdf"
+        );
+    }
+
+    /// Wide characters and combining marks cannot fake columns: every row
+    /// puts the next column at the same terminal column.
+    #[test]
+    fn tables_align_by_display_width() {
+        use unicode_width::UnicodeWidthStr;
+        let t = table(
+            &["NAME", "ID"],
+            &[
+                vec!["報告書.pdf".into(), "a1".into()],
+                vec!["cafe\u{301}\u{301}\u{301}.txt".into(), "b2".into()],
+                vec!["plain.txt".into(), "c3".into()],
+            ],
+            &[],
+        );
+        let cols: Vec<usize> = t
+            .lines()
+            .map(|l| {
+                let cut = l.rfind("  ").unwrap() + 2;
+                l[..cut].width()
+            })
+            .collect();
+        assert!(cols.windows(2).all(|w| w[0] == w[1]), "{t}\n{cols:?}");
     }
 
     #[test]

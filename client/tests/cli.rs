@@ -1113,3 +1113,72 @@ async fn upload_with_replicas_replicate_and_pins() {
     assert!(r.stdout.contains("pinned"), "{r:?}");
     assert!(r.stdout.contains("twice kept.bin"), "{r:?}");
 }
+
+/// Names that mix scripts are marked wherever `peerdex` shows them (and
+/// say so in `--json`); wide characters and combining marks do not push
+/// the search table's columns out of line; `status` counts the share
+/// folder's files that cannot be shared and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookalike_names_are_marked_and_unshared_files_counted() {
+    use unicode_width::UnicodeWidthStr;
+    let central = TestCentral::start(T).await;
+    let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    a.wait_joined().await;
+    let work = tempfile::tempdir().unwrap();
+    let cwd = work.path();
+    // "pаypal" with a Cyrillic а; a wide name; a name of combining marks.
+    let lookalike = "p\u{430}ypal invoice.pdf";
+    a.drop_file(lookalike, b"phish");
+    a.drop_file("invoice \u{5831}\u{544a}\u{66f8}.pdf", b"wide");
+    a.drop_file("invoice z\u{301}\u{301}\u{301}\u{301}.pdf", b"marks");
+    a.drop_file("invoice \u{202e}fdp.exe", b"disguised");
+    let doc = wait_for_hits(cwd, &a, "invoice", 3).await;
+    let marked: Vec<(&str, bool)> = doc["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["name"].as_str().unwrap(), h["lookalike"] == true))
+        .filter(|(_, l)| *l)
+        .collect();
+    assert_eq!(marked, [(lookalike, true)], "{doc}");
+
+    let r = cli(cwd, &a.api_url, &["search", "invoice"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{r:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("\u{26a0} {lookalike}  "))),
+        "{r:?}"
+    );
+    // The ID column starts at the same terminal column on every line:
+    // the name cell's display width plus the padding after it.
+    let id_col: Vec<usize> = lines
+        .iter()
+        .map(|l| {
+            let (name, rest) = l.split_once("  ").unwrap();
+            name.width() + 2 + rest.chars().take_while(|c| *c == ' ').count()
+        })
+        .collect();
+    assert!(
+        id_col.windows(2).all(|w| w[0] == w[1]),
+        "{id_col:?}\n{}",
+        r.stdout
+    );
+
+    let r = cli(cwd, &a.api_url, &["ls"]).await;
+    assert!(r.stdout.contains(&format!("\u{26a0} {lookalike}")), "{r:?}");
+
+    let r = cli(cwd, &a.api_url, &["status"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("1 file in the share folder is not shared: rename or remove it"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("U+202E"), "{r:?}");
+    assert!(!r.stdout.contains('\u{202e}'), "{r:?}");
+    let doc = cli(cwd, &a.api_url, &["--json", "status"]).await.json();
+    assert_eq!(doc["unshared_files"], 1, "{doc}");
+}

@@ -110,6 +110,7 @@ impl From<v1::PinStatus> for rest::PinStatus {
 impl From<v1::SearchHit> for rest::SearchHit {
     fn from(h: v1::SearchHit) -> Self {
         rest::SearchHit {
+            lookalike: crate::types::mixes_scripts(&h.name),
             name: h.name,
             file_id: h.file_id,
             size: h.size,

@@ -45,6 +45,10 @@ pub struct FileInfo {
     #[schema(schema_with = schema::file_name)]
     pub name: String,
     pub size: u64,
+    /// A word of the name mixes scripts (Latin with a Cyrillic `а`, say):
+    /// it may imitate another name. Present only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lookalike: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -123,7 +127,26 @@ pub struct Status {
     /// user's download jobs).
     #[serde(default)]
     pub replica_fetches: Vec<ReplicaFetch>,
+    /// Files in the share folder that are not shared: a name that cannot
+    /// be a file name here (invisible characters, a leading drive prefix,
+    /// not UTF-8…), two Unicode spellings of one name, a symlink leaving
+    /// the folder, unreadable. How many.
+    #[serde(default)]
+    pub unshared_files: u64,
+    /// The first of them (at most 20), each with why.
+    #[serde(default)]
+    pub unshared: Vec<UnsharedFile>,
     pub version: String,
+}
+
+/// A file in the share folder that is not shared, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnsharedFile {
+    /// Its name on disk, control and invisible characters written as
+    /// `\u{…}` escapes.
+    pub name: String,
+    /// Why it is not shared, and what to do.
+    pub reason: String,
 }
 
 /// A replica this PServer is fetching for the directory.
@@ -162,6 +185,11 @@ pub struct SearchHit {
     /// (0 = not pinned).
     #[serde(default)]
     pub replicas_wanted: u32,
+    /// A word of the name mixes scripts (Latin with a Cyrillic `а`, say):
+    /// it may imitate another name. Present only when true; the PServer
+    /// works it out itself, whatever a neighbour said.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lookalike: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

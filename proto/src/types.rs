@@ -54,19 +54,236 @@ pub fn parse_hyphenated_uuid(s: &str) -> Option<uuid::Uuid> {
     shaped.then(|| uuid::Uuid::parse_str(s).ok()).flatten()
 }
 
+/// The invisible characters of [`is_invisible`], as the body of a regex
+/// character class: the characters themselves (`concat!` of char
+/// literals), ranges joined by `-`.
+macro_rules! invisible_chars {
+    () => {
+        concat!(
+            '\u{ad}',
+            '\u{34f}',
+            '\u{600}',
+            "-",
+            '\u{605}',
+            '\u{61c}',
+            '\u{6dd}',
+            '\u{70f}',
+            '\u{890}',
+            "-",
+            '\u{891}',
+            '\u{8e2}',
+            '\u{115f}',
+            '\u{1160}',
+            '\u{17b4}',
+            '\u{17b5}',
+            '\u{180b}',
+            "-",
+            '\u{180f}',
+            '\u{200b}',
+            "-",
+            '\u{200f}',
+            '\u{2028}',
+            "-",
+            '\u{202e}',
+            '\u{2060}',
+            "-",
+            '\u{206f}',
+            '\u{3164}',
+            '\u{fe00}',
+            "-",
+            '\u{fe0f}',
+            '\u{feff}',
+            '\u{ffa0}',
+            '\u{fff0}',
+            "-",
+            '\u{fffb}',
+            '\u{110bd}',
+            '\u{110cd}',
+            '\u{13430}',
+            "-",
+            '\u{1343f}',
+            '\u{1bca0}',
+            "-",
+            '\u{1bca3}',
+            '\u{1d173}',
+            "-",
+            '\u{1d17a}',
+            '\u{e0000}',
+            "-",
+            '\u{e0fff}'
+        )
+    };
+}
+
+/// Path separators and control characters, as a regex class body.
+macro_rules! seps_and_controls {
+    () => {
+        r"/\\\u0000-\u001f\u007f-\u009f"
+    };
+}
+
+/// The whitespace a name may not start or end with (what `str::trim`
+/// strips beside control characters), as a regex class body.
+macro_rules! edge_space {
+    () => {
+        r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+    };
+}
+
 /// [`FileName`] as a JSON Schema (ECMA-262) pattern, for the OpenAPI
-/// document: no `/`, `\`, `:` or control character; not starting with `.`
-/// or whitespace; not ending with whitespace. The byte limit
-/// ([`MAX_NAME_BYTES`]) is the schema's `maxLength` (which counts
-/// characters, so a name of many multi-byte characters can still be too
-/// long). Checked against [`FileName::from_str`] by a property test.
+/// document: no `/`, `\`, control character or invisible character
+/// ([`is_invisible`]); not starting with `.`, whitespace or a drive prefix
+/// (`C:`); not ending with whitespace. The byte limit ([`MAX_NAME_BYTES`])
+/// is the schema's `maxLength` (which counts characters, so a name of many
+/// multi-byte characters can still be too long). The invisible characters
+/// stand in the pattern as themselves, not as escapes: Python, Rust and
+/// ECMA-262 with Unicode semantics (what JSON Schema validators use) read
+/// them alike, where an escape of a character past U+FFFF is spelt
+/// differently by each. Checked against [`FileName::from_str`] for every
+/// character by a test.
 pub const FILE_NAME_PATTERN: &str = concat!(
-    r"^[^./\\:\u0000-\u001f\u007f-\u009f",
-    r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
-    r"([^/\\:\u0000-\u001f\u007f-\u009f]*",
-    r"[^/\\:\u0000-\u001f\u007f-\u009f",
-    r"\u0020\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000])?$"
+    // A first character other than an ASCII letter (no drive prefix is
+    // possible), then the rest;
+    "^(?:[^A-Za-z.",
+    seps_and_controls!(),
+    edge_space!(),
+    invisible_chars!(),
+    "](?:[^",
+    seps_and_controls!(),
+    invisible_chars!(),
+    "]*[^",
+    seps_and_controls!(),
+    edge_space!(),
+    invisible_chars!(),
+    "])?",
+    // or an ASCII letter, then anything but ':' (a drive prefix) and the rest.
+    "|[A-Za-z](?:[^:",
+    seps_and_controls!(),
+    edge_space!(),
+    invisible_chars!(),
+    "]|[^:",
+    seps_and_controls!(),
+    invisible_chars!(),
+    "][^",
+    seps_and_controls!(),
+    invisible_chars!(),
+    "]*[^",
+    seps_and_controls!(),
+    edge_space!(),
+    invisible_chars!(),
+    "])?)$"
 );
+
+/// Characters that show nothing, or change how the text around them shows,
+/// refused in file names like control characters: a name must look like
+/// what it is. Every format character (Unicode category Cf: the bidi
+/// controls U+061C, U+200E/U+200F, U+202A–U+202E and U+2066–U+2069, the
+/// zero-width U+200B–U+200D, U+2060 and U+FEFF, the soft hyphen, tags…),
+/// the rest of the Default_Ignorable_Code_Point property (the Hangul
+/// fillers U+115F, U+1160, U+3164 and U+FFA0, variation selectors, the
+/// combining grapheme joiner U+034F, Khmer inherent vowels, Mongolian
+/// free variation selectors, unassigned U+2065, U+FFF0–U+FFF8 and
+/// U+E0000–U+E0FFF), and the line and paragraph separators U+2028/U+2029.
+/// The ranges are written out (Unicode 16); a test checks that they hold
+/// every Cf character the `unicode-properties` crate knows.
+pub fn is_invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{34f}' | '\u{600}'..='\u{605}' | '\u{61c}' | '\u{6dd}' | '\u{70f}'
+        | '\u{890}'..='\u{891}' | '\u{8e2}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff0}'..='\u{fffb}' | '\u{110bd}' | '\u{110cd}'
+        | '\u{13430}'..='\u{1343f}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e0fff}')
+}
+
+/// `s` in NFC (Unicode canonical composition), borrowed when it is
+/// already (ASCII always is): how names are compared and searched.
+pub fn to_nfc(s: &str) -> std::borrow::Cow<'_, str> {
+    use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
+    if s.is_ascii() || is_nfc_quick(s.chars()) == IsNormalized::Yes {
+        std::borrow::Cow::Borrowed(s)
+    } else {
+        std::borrow::Cow::Owned(s.nfc().collect())
+    }
+}
+
+/// `s` with its control and invisible characters ([`is_invisible`])
+/// written as `\u{…}` escapes: a name as it can be shown anywhere (logs,
+/// JSON read by people) without hiding or reordering anything.
+pub fn escape_invisible(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() || is_invisible(c) {
+            out.push_str(&format!("\\u{{{:04x}}}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// What an invisible or control character is, for error messages.
+fn kind_of(c: char) -> &'static str {
+    match c {
+        '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+            "a bidirectional control, which can make a name show in another order than it reads"
+        }
+        '\u{200b}'..='\u{200d}' | '\u{2060}' | '\u{feff}' => {
+            "a zero-width character, which can make two names look the same"
+        }
+        c if c.is_control() => "a control character",
+        _ => "an invisible or format character, which can make two names look the same",
+    }
+}
+
+/// The Unicode name of the invisible characters most used to disguise a
+/// name; `None` for the others (the code point says enough).
+fn name_of(c: char) -> Option<&'static str> {
+    Some(match c {
+        '\u{ad}' => "SOFT HYPHEN",
+        '\u{61c}' => "ARABIC LETTER MARK",
+        '\u{180e}' => "MONGOLIAN VOWEL SEPARATOR",
+        '\u{200b}' => "ZERO WIDTH SPACE",
+        '\u{200c}' => "ZERO WIDTH NON-JOINER",
+        '\u{200d}' => "ZERO WIDTH JOINER",
+        '\u{200e}' => "LEFT-TO-RIGHT MARK",
+        '\u{200f}' => "RIGHT-TO-LEFT MARK",
+        '\u{2028}' => "LINE SEPARATOR",
+        '\u{2029}' => "PARAGRAPH SEPARATOR",
+        '\u{202a}' => "LEFT-TO-RIGHT EMBEDDING",
+        '\u{202b}' => "RIGHT-TO-LEFT EMBEDDING",
+        '\u{202c}' => "POP DIRECTIONAL FORMATTING",
+        '\u{202d}' => "LEFT-TO-RIGHT OVERRIDE",
+        '\u{202e}' => "RIGHT-TO-LEFT OVERRIDE",
+        '\u{2060}' => "WORD JOINER",
+        '\u{2066}' => "LEFT-TO-RIGHT ISOLATE",
+        '\u{2067}' => "RIGHT-TO-LEFT ISOLATE",
+        '\u{2068}' => "FIRST STRONG ISOLATE",
+        '\u{2069}' => "POP DIRECTIONAL ISOLATE",
+        '\u{3164}' => "HANGUL FILLER",
+        '\u{feff}' => "ZERO WIDTH NO-BREAK SPACE",
+        _ => return None,
+    })
+}
+
+/// Does some word of `name` mix writing systems (Latin with a Cyrillic
+/// `а`, say)? Such a name can imitate another one letter for letter; the
+/// CLI and the web UI mark it. A word is a run of letters, digits and
+/// combining marks; each must be of one script as UTS #39 resolves it
+/// (augmented script sets: Han with Hiragana and Katakana is Japanese, with
+/// Hangul Korean; digits and punctuation go with any script), so
+/// `отчёт.pdf` or `報告 2024.pdf` are not marked, `pаypal.pdf` is. A whole
+/// word in another script that looks Latin (all-Cyrillic `раура`) is not
+/// caught: that needs the confusables table, and most such words are
+/// honest.
+pub fn mixes_scripts(name: &str) -> bool {
+    use unicode_security::MixedScript;
+    name.split(|c: char| {
+        !(c.is_alphanumeric() || unicode_normalization::char::is_combining_mark(c))
+    })
+    .any(|w| !w.is_empty() && !w.is_single_script())
+}
 
 /// Why a wire value was refused. Messages are lowercase and carry the value.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,8 +292,12 @@ pub enum ParseError {
     FileId(String),
     #[error("invalid peer id {0:?}: expected a UUID")]
     PeerId(String),
-    #[error("invalid file name {name:?}: {reason}")]
-    FileName { name: String, reason: &'static str },
+    /// The name is shown with its invisible characters escaped.
+    #[error("invalid file name \"{}\": {reason}", escape_invisible(.name))]
+    FileName {
+        name: String,
+        reason: std::borrow::Cow<'static, str>,
+    },
     #[error("invalid peer url {url:?}: {reason}")]
     PeerUrl { url: String, reason: &'static str },
 }
@@ -164,9 +385,18 @@ impl fmt::Display for PeerId {
 /// A file name supplied by a user or a peer, safe to join onto a folder.
 ///
 /// One path component: not empty, at most [`MAX_NAME_BYTES`] bytes, no `/`,
-/// `\`, NUL or other control characters, not `.` or `..`, no drive prefix
-/// (`C:`), no leading or trailing whitespace. Names starting with `.` are
-/// refused too: they are hidden files and our own temp files use that prefix.
+/// `\`, NUL or other control characters, no invisible character
+/// ([`is_invisible`]: bidi controls, zero-width and other format
+/// characters), not `.` or `..`, no drive prefix (`C:`), no leading or
+/// trailing whitespace. Names starting with `.` are refused too: they are
+/// hidden files and our own temp files use that prefix. `:` elsewhere is
+/// fine (every system a peer runs on allows it: `meeting 12:30.txt`).
+///
+/// Parsing normalizes to NFC (Unicode canonical composition), so one name
+/// is one value however it was typed or stored: `café` with a precomposed
+/// `é` (U+00E9) and with `e` + U+0301 parse to the same name. Everything
+/// that takes a name from outside (the share folder, the control API, the
+/// directory's RPCs) goes through here.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub struct FileName(String);
 
@@ -177,44 +407,68 @@ impl FileName {
     pub fn into_string(self) -> String {
         self.0
     }
+    /// See [`mixes_scripts`].
+    pub fn mixes_scripts(&self) -> bool {
+        mixes_scripts(&self.0)
+    }
 }
 
 impl FromStr for FileName {
     type Err = ParseError;
     fn from_str(s: &str) -> Result<Self, ParseError> {
-        let reject = |reason| ParseError::FileName {
+        let reject = |reason: std::borrow::Cow<'static, str>| ParseError::FileName {
             name: truncate(s),
             reason,
         };
+        let fixed = |r: &'static str| reject(r.into());
         if s.is_empty() {
-            return Err(reject("empty"));
+            return Err(fixed("empty"));
         }
-        if s.len() > MAX_NAME_BYTES {
-            return Err(reject("longer than 255 bytes"));
+        if s.len() > 4 * MAX_NAME_BYTES {
+            // Not worth normalizing.
+            return Err(fixed("longer than 255 bytes"));
         }
         if s == "." || s == ".." {
-            return Err(reject("not a file name"));
+            return Err(fixed("not a file name"));
         }
         if s.starts_with('.') {
-            return Err(reject("names starting with '.' are reserved"));
+            return Err(fixed("names starting with '.' are reserved"));
         }
         if s.contains(['/', '\\']) {
-            return Err(reject("contains a path separator"));
+            return Err(fixed("contains a path separator"));
         }
-        if s.chars().any(|c| c.is_control()) {
-            return Err(reject("contains a control character"));
+        if let Some((i, c)) = s
+            .chars()
+            .enumerate()
+            .find(|&(_, c)| c.is_control() || is_invisible(c))
+        {
+            let named = name_of(c).map(|n| format!(" {n}")).unwrap_or_default();
+            return Err(reject(
+                format!(
+                    "contains U+{:04X}{named} at character {}, {}",
+                    c as u32,
+                    i + 1,
+                    kind_of(c)
+                )
+                .into(),
+            ));
         }
         if s.trim() != s {
-            return Err(reject("leading or trailing whitespace"));
+            return Err(fixed("leading or trailing whitespace"));
         }
         let b = s.as_bytes();
         if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
-            return Err(reject("drive prefix"));
+            return Err(fixed(
+                "starts with a drive prefix (a letter and ':'), which Windows tools read as a drive",
+            ));
         }
-        if s.contains(':') {
-            return Err(reject("contains ':'"));
+        // NFC never brings in a character refused above (no canonical
+        // decomposition involves them), but it can lengthen a name.
+        let nfc = to_nfc(s);
+        if nfc.len() > MAX_NAME_BYTES {
+            return Err(fixed("longer than 255 bytes"));
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(nfc.into_owned()))
     }
 }
 
@@ -336,7 +590,8 @@ mod tests {
             s in proptest::collection::vec(
                 proptest::sample::select(vec![
                     'a', 'Z', '0', '.', ' ', '-', '/', '\\', ':', '\0', '\t', '\u{7f}', '\u{85}',
-                    '\u{a0}', '\u{2003}', '\u{3000}', '\u{feff}', '\u{1c}', '\u{b}', '\u{2028}', 'é', '語', '🦀',
+                    '\u{a0}', '\u{2003}', '\u{3000}', '\u{feff}', '\u{1c}', '\u{b}', 'é', '語', '🦀',
+                    '\u{301}', '\u{202e}', '\u{200b}', '\u{2028}', '\u{e0001}', '\u{3164}', 'а',
                 ]),
                 0..12,
             ).prop_map(|v| v.into_iter().collect::<String>()),
@@ -385,6 +640,7 @@ mod tests {
             " x",
             "x ",
             "a\nb",
+            "\u{3000}x",
             "a:b",
         ] {
             assert!(bad.parse::<FileName>().is_err(), "{bad:?} accepted");
@@ -395,11 +651,144 @@ mod tests {
             "ünïcødé.txt",
             "a b",
             "x..y",
+            "ab:c",
+            "meeting 12:30.txt",
+            ":x",
+            "12:30",
+            "報告 2024.pdf",
         ] {
             assert_eq!(good.parse::<FileName>().unwrap().as_str(), good);
         }
         assert!("a".repeat(256).parse::<FileName>().is_err());
         assert!("a".repeat(255).parse::<FileName>().is_ok());
+    }
+
+    /// One name whatever its spelling: NFD (as macOS tools write it) and
+    /// NFC parse to the same NFC name, which parses to itself.
+    #[test]
+    fn file_names_are_nfc() {
+        let nfd = "cafe\u{301}.txt";
+        let nfc = "caf\u{e9}.txt";
+        let a: FileName = nfd.parse().unwrap();
+        let b: FileName = nfc.parse().unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.as_str(), nfc);
+        assert_eq!(a.to_string().parse::<FileName>().unwrap(), a);
+        // Hangul jamo compose; a singleton (OHM SIGN) becomes its canonical
+        // equivalent (GREEK CAPITAL OMEGA).
+        assert_eq!(
+            "\u{1100}\u{1161}.txt".parse::<FileName>().unwrap().as_str(),
+            "\u{ac00}.txt"
+        );
+        assert_eq!(
+            "1k\u{2126}.txt".parse::<FileName>().unwrap().as_str(),
+            "1k\u{3a9}.txt"
+        );
+        // 255 bytes in NFC, more in NFD: the NFC length counts.
+        let long = format!("{}{}", "a".repeat(253), "e\u{301}");
+        assert_eq!(long.len(), 256);
+        assert_eq!(long.parse::<FileName>().unwrap().as_str().len(), 255);
+    }
+
+    /// Invisible characters are refused, and the error names the character
+    /// (U+XXXX) and where it is, and never carries it raw.
+    #[test]
+    fn invisible_characters_are_refused_by_code_point_and_position() {
+        for (name, code, at) in [
+            (
+                "invoice \u{202e}fdp.exe",
+                "U+202E RIGHT-TO-LEFT OVERRIDE",
+                9,
+            ),
+            ("pay\u{200b}pal.pdf", "U+200B ZERO WIDTH SPACE", 4),
+            ("\u{feff}x", "U+FEFF ZERO WIDTH NO-BREAK SPACE", 1),
+            ("a\u{2066}b\u{2069}", "U+2066 LEFT-TO-RIGHT ISOLATE", 2),
+            ("x\u{61c}y", "U+061C ARABIC LETTER MARK", 2),
+            ("x\u{200e}y", "U+200E LEFT-TO-RIGHT MARK", 2),
+            ("e\u{301}\u{200d}", "U+200D ZERO WIDTH JOINER", 3),
+            ("\u{3164}.txt", "U+3164 HANGUL FILLER", 1),
+            ("x\u{180e}", "U+180E MONGOLIAN VOWEL SEPARATOR", 2),
+            ("soft\u{ad}hyphen", "U+00AD SOFT HYPHEN", 5),
+            ("flag\u{e0067}", "U+E0067", 5),
+            ("vs\u{fe0f}", "U+FE0F", 3),
+            ("a\u{7}b", "U+0007", 2),
+        ] {
+            let err = name.parse::<FileName>().unwrap_err().to_string();
+            let want = format!("contains {code} at character {at}, ");
+            assert!(err.contains(&want), "{name:?}: {err}");
+            assert!(
+                !err.contains(|c: char| is_invisible(c) || c.is_control()),
+                "{err:?}"
+            );
+        }
+    }
+
+    /// The written-out ranges hold every format character (category Cf) of
+    /// the Unicode version `unicode-properties` knows: a newer Unicode with
+    /// new ones fails here until they are added.
+    #[test]
+    fn every_format_character_is_invisible() {
+        use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+        let missing: Vec<String> = (0..=0x10ffff_u32)
+            .filter_map(char::from_u32)
+            .filter(|c| c.general_category() == GeneralCategory::Format && !is_invisible(*c))
+            .map(|c| format!("U+{:04X}", c as u32))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "format characters not refused: {missing:?}"
+        );
+    }
+
+    /// The OpenAPI pattern accepts exactly what the parser accepts, for
+    /// every character at the start, in the middle and at the end.
+    #[test]
+    fn schema_pattern_matches_the_parser_for_every_character() {
+        let re = regex::Regex::new(FILE_NAME_PATTERN).unwrap();
+        let mut wrong = Vec::new();
+        for c in (0..=0x10ffff_u32).filter_map(char::from_u32) {
+            for s in [
+                format!("{c}"),
+                format!("{c}x"),
+                format!("x{c}y"),
+                format!("Z{c}y"),
+            ] {
+                if re.is_match(&s) != s.parse::<FileName>().is_ok() {
+                    wrong.push(s);
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} disagreements: {:?}",
+            wrong.len(),
+            &wrong[..wrong.len().min(20)]
+        );
+    }
+
+    #[test]
+    fn mixed_scripts_are_told() {
+        for lookalike in [
+            "p\u{430}ypal.pdf",     // Cyrillic а in a Latin word
+            "invoice-\u{3bf}k.txt", // Greek ο
+            "\u{440}aypal.exe",     // Cyrillic р first
+        ] {
+            assert!(mixes_scripts(lookalike), "{lookalike:?}");
+        }
+        for honest in [
+            "report.pdf",
+            "caf\u{e9}.txt",
+            "cafe\u{301}.txt",
+            "\u{43e}\u{442}\u{447}\u{451}\u{442}.pdf", // отчёт.pdf
+            "報告 2024.pdf",
+            "日本語のテキスト.txt",
+            "한국어 문서.hwp",
+            "Ελληνικά-v2.doc",
+            "meeting 12:30.txt",
+            "🦀 notes.md",
+        ] {
+            assert!(!mixes_scripts(honest), "{honest:?}");
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use peerdex_proto::rest::{
     ApiError, Candidate, DownloadRequest, FileInfo, FileList, Holder, Job, JobList, LeaseRenewals,
     LocateQuery, LocateResult, LocatedFile, MAX_SEARCH_LIMIT, NeighbourStatus, PinList, PinRequest,
     PinStatus, ReplicaFetch, Replication, SearchHit, SearchQuery, SearchResults, SourceProgress,
-    Status, schema,
+    Status, UnsharedFile, schema,
 };
 use peerdex_proto::types::{MAX_NAME_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS, parse_hyphenated_uuid};
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
@@ -101,6 +101,7 @@ never ends: close the connection to stop."
         PinList,
         Replication,
         ReplicaFetch,
+        UnsharedFile,
         SearchHit,
         LocateResult,
         LocateQuery,
@@ -592,6 +593,7 @@ async fn upload(
         file_id: id.to_hex(),
         name: name.to_string(),
         size,
+        lookalike: name.mixes_scripts(),
     };
     if added == Added::New {
         tracing::info!(name = %name, file = %id, bytes = size, "file uploaded");
@@ -725,6 +727,7 @@ async fn status(
     let probe = lookup.clone().into_inner();
     let neighbours = rt.run(async move { Ok(probe.probe().await) }).await?;
     let (files, bytes) = store.totals();
+    let (unshared_files, unshared) = store.unshared();
     Ok(web::Json(Status {
         peer_id: control.peer_id.to_string(),
         public_url: control.public_url.to_string(),
@@ -758,6 +761,11 @@ async fn status(
         replica_used_bytes: store.replica_bytes(),
         replicas: store.replicas().iter().map(|e| e.to_info()).collect(),
         replica_fetches: downloads.replica_fetches(),
+        unshared_files,
+        unshared: unshared
+            .into_iter()
+            .map(|(name, reason)| UnsharedFile { name, reason })
+            .collect(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
 }
@@ -831,10 +839,14 @@ async fn search(
         )));
     }
     let (central, lookup) = (central.into_inner(), lookup.into_inner());
-    Ok(web::Json(
-        rt.run(async move { lookup.search(&central, &q).await })
-            .await?,
-    ))
+    let mut results = rt
+        .run(async move { lookup.search(&central, &q).await })
+        .await?;
+    // Our own judgement, not a neighbour's.
+    for h in &mut results.hits {
+        h.lookalike = peerdex_proto::types::mixes_scripts(&h.name);
+    }
+    Ok(web::Json(results))
 }
 
 /// A file by id, or every content carrying an exact name: size, names,

@@ -31,6 +31,17 @@
 //! Only names that parse as [`FileName`] are ever joined onto the share
 //! folder, and files reached through a symlink that leaves the share folder
 //! are neither listed nor served.
+//!
+//! Names are shared in NFC (see [`FileName`]): a file whose name is written
+//! on disk in another spelling (NFD, as macOS tools write `café`) is shared
+//! under the NFC name and read from its real path. Two files whose names
+//! differ only in spelling share one name: the one spelt in NFC (else the
+//! first by bytes) is shared, the other is not. A file of the share folder
+//! that cannot be shared (a name [`FileName`] refuses, two spellings of one
+//! name, a symlink leaving the folder, unreadable) is logged once with its
+//! reason and counted in the control API's status ([`Store::unshared`]);
+//! hidden files (a leading `.`, our own temp files too) are left out
+//! quietly, by design.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -43,6 +54,7 @@ use std::time::UNIX_EPOCH;
 use peerdex_proto::convert::SharedFile;
 use peerdex_proto::rest::FileInfo;
 use peerdex_proto::tree::{Manifest, TreeHasher};
+use peerdex_proto::types::escape_invisible;
 use peerdex_proto::{FileId, FileName, PeerId};
 use serde::{Deserialize, Serialize};
 
@@ -54,6 +66,9 @@ use crate::space::{Space, disk_error};
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub name: FileName,
+    /// The file's name in the share folder when it is spelt otherwise than
+    /// `name` (NFD on disk); `None` when they are the same.
+    on_disk: Option<String>,
     pub id: FileId,
     pub size: u64,
     mtime_ns: u128,
@@ -76,6 +91,7 @@ impl Entry {
             file_id: self.id.to_hex(),
             name: self.name.to_string(),
             size: self.size,
+            lookalike: self.name.mixes_scripts(),
         }
     }
 }
@@ -108,7 +124,14 @@ struct CacheEntry {
     file_id: String,
     /// [`Manifest::encode`], hex; checked against the id again when loaded.
     manifest: String,
+    /// The name on disk, when not spelt as the key (the NFC name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    on_disk: Option<String>,
 }
+
+/// Files of the share folder that are not shared, shown at most this many
+/// at a time in the status (all are counted).
+pub const MAX_UNSHARED_SHOWN: usize = 20;
 
 /// One replica in `replicas/index.json`.
 #[derive(Serialize, Deserialize)]
@@ -127,6 +150,9 @@ pub struct Store {
     /// `data/replicas/`: replicas held for the directory.
     replica_dir: PathBuf,
     files: Mutex<BTreeMap<FileName, Entry>>,
+    /// Files of the share folder the last rescan could not share: name on
+    /// disk → why. Each is logged when it first appears here.
+    unshared: Mutex<BTreeMap<std::ffi::OsString, String>>,
     /// Replicas held, by id (one name each: the one the directory gave).
     replicas: Mutex<BTreeMap<FileId, Entry>>,
     /// Ids withdrawn because their bytes failed verification, so requests
@@ -161,6 +187,7 @@ impl Store {
             tmp_dir,
             replica_dir,
             files: Mutex::new(BTreeMap::new()),
+            unshared: Mutex::new(BTreeMap::new()),
             replicas: Mutex::new(BTreeMap::new()),
             quarantined: Mutex::new(std::collections::HashSet::new()),
             hashed: AtomicU64::new(0),
@@ -269,7 +296,7 @@ impl Store {
         let (dir, path) = if entry.replica {
             (&self.replica_dir, self.replica_dir.join(id.to_hex()))
         } else {
-            (&self.share_dir, self.share_dir.join(entry.name.as_str()))
+            (&self.share_dir, self.share_path(&entry))
         };
         let real = path
             .canonicalize()
@@ -287,26 +314,80 @@ impl Store {
         Ok((file, entry))
     }
 
+    /// Where a shared file is on disk: its name in the share folder as
+    /// spelt there.
+    fn share_path(&self, e: &Entry) -> PathBuf {
+        self.share_dir
+            .join(e.on_disk.as_deref().unwrap_or(e.name.as_str()))
+    }
+
+    /// Files of the share folder the last rescan could not share: how many,
+    /// and the first [`MAX_UNSHARED_SHOWN`] (name with its invisible and
+    /// control characters escaped, reason).
+    pub fn unshared(&self) -> (u64, Vec<(String, String)>) {
+        let u = self.unshared.lock().unwrap();
+        let shown = u
+            .iter()
+            .take(MAX_UNSHARED_SHOWN)
+            .map(|(n, why)| (escape_invisible(&n.to_string_lossy()), why.clone()))
+            .collect();
+        (u.len() as u64, shown)
+    }
+
     /// Read the share folder and bring the index in line with it: new or
     /// changed files are hashed (unless the cache knows them), vanished ones
-    /// dropped. Blocking; run it off the async runtime.
+    /// dropped. Files that cannot be shared are remembered with their reason
+    /// ([`Store::unshared`]) and logged once. Blocking; run it off the async
+    /// runtime.
     pub fn rescan(&self) -> io::Result<Changes> {
-        let mut seen: HashMap<FileName, (u64, u128)> = HashMap::new();
+        let mut unshared: BTreeMap<std::ffi::OsString, String> = BTreeMap::new();
+        // (name, spelling on disk if not the name's, path), the names
+        // spelt in NFC first: of two spellings of one name, that one is
+        // shared (else the first by bytes).
+        let mut candidates: Vec<(FileName, Option<String>, std::ffi::OsString, PathBuf)> =
+            Vec::new();
         for dirent in fs::read_dir(&self.share_dir)? {
             let Ok(dirent) = dirent else { continue };
-            let Some(name) = dirent
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<FileName>().ok())
-            else {
-                continue; // hidden, temp or unrepresentable names are never shared
+            let raw = dirent.file_name();
+            let Some(s) = raw.to_str() else {
+                unshared.insert(
+                    raw,
+                    "its name is not valid UTF-8; rename it (peers exchange names as Unicode text)"
+                        .to_owned(),
+                );
+                continue;
             };
-            let path = dirent.path();
+            if s.starts_with('.') {
+                continue; // hidden and our own temp files are never shared
+            }
+            let name = match s.parse::<FileName>() {
+                Ok(n) => n,
+                Err(e) => {
+                    let why = match e {
+                        peerdex_proto::ParseError::FileName { reason, .. } => reason.into_owned(),
+                        other => other.to_string(),
+                    };
+                    unshared.insert(raw, format!("its name {why}; rename it to share it"));
+                    continue;
+                }
+            };
+            let on_disk = (s != name.as_str()).then(|| s.to_owned());
+            candidates.push((name, on_disk, raw, dirent.path()));
+        }
+        candidates.sort_by(|a, b| (a.1.is_some(), &a.2).cmp(&(b.1.is_some(), &b.2)));
+
+        let mut seen: HashMap<FileName, (u64, u128, Option<String>)> = HashMap::new();
+        let mut spelt: HashMap<FileName, std::ffi::OsString> = HashMap::new();
+        for (name, on_disk, raw, path) in candidates {
             let Ok(real) = path.canonicalize() else {
                 continue;
             };
             if !real.starts_with(&self.share_dir) {
-                tracing::warn!(name = %name, target = %real.display(), "not sharing a symlink that leaves the share folder");
+                unshared.insert(
+                    raw,
+                    "it is a symlink to a file outside the share folder, which is never served"
+                        .to_owned(),
+                );
                 continue;
             }
             let Ok(meta) = fs::metadata(&real) else {
@@ -315,7 +396,19 @@ impl Store {
             if !meta.is_file() {
                 continue;
             }
-            seen.insert(name, (meta.len(), mtime_ns(&meta)));
+            if let Some(first) = spelt.get(&name) {
+                unshared.insert(
+                    raw,
+                    format!(
+                        "another file, \"{}\", has the same name spelt otherwise in Unicode (NFC and NFD); \
+                         peers see one name, so only that one is shared: rename or remove one of them",
+                        escape_invisible(&first.to_string_lossy())
+                    ),
+                );
+                continue;
+            }
+            spelt.insert(name.clone(), raw);
+            seen.insert(name, (meta.len(), mtime_ns(&meta), on_disk));
         }
 
         let mut changes = Changes::default();
@@ -324,7 +417,11 @@ impl Store {
             let files = self.files.lock().unwrap();
             files
                 .values()
-                .filter(|e| seen.get(&e.name) != Some(&(e.size, e.mtime_ns)))
+                .filter(|e| {
+                    seen.get(&e.name).is_none_or(|(size, mtime, on_disk)| {
+                        (*size, *mtime, on_disk) != (e.size, e.mtime_ns, &e.on_disk)
+                    })
+                })
                 .cloned()
                 .collect()
         };
@@ -336,26 +433,30 @@ impl Store {
             }
         }
         // Hash new or changed files, outside the lock.
-        let todo: Vec<(FileName, u64, u128)> = {
+        let todo: Vec<(FileName, u64, u128, Option<String>)> = {
             let files = self.files.lock().unwrap();
             seen.into_iter()
                 .filter(|(n, _)| !files.contains_key(n))
-                .map(|(n, (s, m))| (n, s, m))
+                .map(|(n, (s, m, d))| (n, s, m, d))
                 .collect()
         };
-        for (name, size, mtime) in todo {
-            let path = self.share_dir.join(name.as_str());
+        for (name, size, mtime, on_disk) in todo {
+            let path = self
+                .share_dir
+                .join(on_disk.as_deref().unwrap_or(name.as_str()));
             self.hashed.fetch_add(1, Ordering::Relaxed);
             let (id, manifest) = match hash_path(&path) {
                 Ok((id, m)) if m.size() == size => (id, m),
                 Ok(_) => continue, // still being written; the next scan picks it up
                 Err(e) => {
-                    tracing::warn!(name = %name, error = %e, "cannot hash file; skipping it");
+                    let raw = std::ffi::OsString::from(on_disk.as_deref().unwrap_or(name.as_str()));
+                    unshared.insert(raw, format!("it cannot be read: {e}"));
                     continue;
                 }
             };
             let entry = Entry {
                 name: name.clone(),
+                on_disk,
                 id,
                 size,
                 mtime_ns: mtime,
@@ -374,7 +475,24 @@ impl Store {
             self.save_cache();
         }
         changes.removed.extend(self.drop_shadowed_replicas());
+        self.note_unshared(unshared);
         Ok(changes)
+    }
+
+    /// Keep what the last rescan could not share; log each file when it
+    /// first appears (or its reason changes), not at every rescan.
+    fn note_unshared(&self, now: BTreeMap<std::ffi::OsString, String>) {
+        let mut known = self.unshared.lock().unwrap();
+        for (raw, why) in &now {
+            if known.get(raw) != Some(why) {
+                tracing::warn!(
+                    file = %escape_invisible(&raw.to_string_lossy()),
+                    reason = %why,
+                    "a file in the share folder is not shared"
+                );
+            }
+        }
+        *known = now;
     }
 
     // ── replicas ────────────────────────────────────────────────────────
@@ -443,6 +561,7 @@ impl Store {
                 id,
                 Entry {
                     name,
+                    on_disk: None,
                     id,
                     size,
                     mtime_ns: mtime,
@@ -496,6 +615,7 @@ impl Store {
         let meta = fs::metadata(&dest)?;
         let entry = Entry {
             name,
+            on_disk: None,
             id,
             size: meta.len(),
             mtime_ns: mtime_ns(&meta),
@@ -706,6 +826,7 @@ impl Store {
         let dest_meta = fs::metadata(&dest).unwrap_or(meta);
         let entry = Entry {
             name: name.clone(),
+            on_disk: None,
             id,
             size: dest_meta.len(),
             mtime_ns: mtime_ns(&dest_meta),
@@ -769,7 +890,7 @@ impl Store {
             return Err(Error::NotFound(format!("file {id} is not shared here")));
         }
         for e in &removed {
-            let path = self.share_dir.join(e.name.as_str());
+            let path = self.share_path(e);
             if let Err(err) = fs::remove_file(&path)
                 && err.kind() != io::ErrorKind::NotFound
             {
@@ -793,8 +914,11 @@ impl Store {
             return BTreeMap::new();
         };
         raw.into_iter()
-            .filter_map(|(name, c)| {
-                let name: FileName = name.parse().ok()?;
+            .filter_map(|(key, c)| {
+                let name: FileName = key.parse().ok()?;
+                // A cache written before names were normalized has the
+                // disk's spelling as its key.
+                let on_disk = c.on_disk.or_else(|| (key != name.as_str()).then_some(key));
                 let id: FileId = c.file_id.parse().ok()?;
                 let manifest = Manifest::decode(id, &hex::decode(c.manifest).ok()?)
                     .ok()
@@ -803,6 +927,7 @@ impl Store {
                     name.clone(),
                     Entry {
                         name,
+                        on_disk,
                         id,
                         size: c.size,
                         mtime_ns: c.mtime_ns,
@@ -828,6 +953,7 @@ impl Store {
                         mtime_ns: e.mtime_ns,
                         file_id: e.id.to_hex(),
                         manifest: hex::encode(e.manifest.encode()),
+                        on_disk: e.on_disk.clone(),
                     },
                 )
             })

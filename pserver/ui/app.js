@@ -42,6 +42,20 @@
     return e;
   }
 
+  /** A file name as text (never markup). A name whose words mix scripts
+   *  (Latin with a Cyrillic `а`, say: the PServer tells with `lookalike`)
+   *  gets a visible marker, as `peerdex` prints one: it may imitate another
+   *  name letter for letter. */
+  function nameNode(name, lookalike) {
+    if (!lookalike) return name;
+    const mark = el('span', {
+      className: 'lookalike',
+      title: 'This name mixes scripts (for example Latin and Cyrillic letters): it may imitate another name',
+      attrs: { role: 'img', 'aria-label': 'Warning: this name mixes scripts' },
+    }, '\u26a0\ufe0e ');
+    return el('span', { className: 'lookalike-name' }, mark, name);
+  }
+
   function setText(node, text) {
     const t = String(text);
     if (node.textContent !== t) node.textContent = t;
@@ -334,7 +348,7 @@
     copy.setAttribute('aria-label', `Copy the id of ${hit.name}`);
     copy.addEventListener('click', () => copyText(hit.file_id, copy));
     return el('tr', { dataset: { fileId: hit.file_id, name: hit.name } },
-      el('td', { className: 'name' }, hit.name),
+      el('td', { className: 'name' }, nameNode(hit.name, hit.lookalike)),
       el('td', { className: 'num', title: `${hit.size} bytes` }, humanSize(hit.size)),
       el('td', { className: 'num' }, String(hit.holders)),
       el('td', {}, el('code', { className: 'id', title: hit.file_id }, shortId(hit.file_id))),
@@ -668,7 +682,7 @@
     ];
     actions.replaceChildren(...normal());
     return el('tr', { dataset: { fileId: f.file_id, name: f.name } },
-      el('td', { className: 'name' }, f.name),
+      el('td', { className: 'name' }, nameNode(f.name, f.lookalike)),
       el('td', { className: 'num', title: `${f.size} bytes` }, humanSize(f.size)),
       el('td', {}, el('code', { className: 'id', title: f.file_id }, shortId(f.file_id))),
       actions);

@@ -1226,7 +1226,9 @@ impl DirectoryService {
                 "query is empty: give one or more words",
             ));
         }
-        let mut query: Vec<String> = words(&r.query).collect();
+        // Names are kept in NFC (`FileName`): so is the query, so `café`
+        // typed with a combining accent finds `café`.
+        let mut query: Vec<String> = words(&peerdex_proto::types::to_nfc(&r.query)).collect();
         query.sort_unstable();
         query.dedup();
         if query.is_empty() {

@@ -16,7 +16,7 @@ use tokio::io::AsyncWriteExt;
 use super::Ctx;
 use crate::api;
 use crate::cli::GetArgs;
-use crate::output::{human_size, outln, quoted, sanitize};
+use crate::output::{human_size, outln, quoted};
 use crate::progress::follow;
 
 #[derive(Serialize)]
@@ -50,7 +50,11 @@ pub(super) async fn run(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         .context("the PServer reported a finished job without a file id")?;
     let size = job.bytes_total.unwrap_or(job.bytes_done);
     if !ctx.json {
-        outln!("{file_id}  {:>10}  {}", human_size(size), sanitize(&what));
+        outln!(
+            "{file_id}  {:>10}  {}",
+            human_size(size),
+            crate::output::name(&what)
+        );
     }
     let mut saved_to = None;
     if let Some(out) = &args.output {
@@ -227,6 +231,7 @@ mod tests {
             file_id: id.into(),
             size: 1,
             holders: 1,
+            lookalike: false,
         }
     }
 

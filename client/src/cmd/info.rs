@@ -9,7 +9,7 @@ use peerdex_proto::rest::{LocateQuery, LocatedFile};
 
 use super::Ctx;
 use crate::cli::InfoArgs;
-use crate::output::{host_of, human_size, outp, quoted, sanitize};
+use crate::output::{host_of, human_size, outp, quoted};
 
 pub(super) async fn run(ctx: &Ctx, args: InfoArgs) -> anyhow::Result<()> {
     let target = super::replicate::target(&args.target, &ctx.last_hits);
@@ -57,7 +57,7 @@ fn describe(f: &LocatedFile) -> String {
         "names",
         f.names
             .iter()
-            .map(|n| sanitize(n))
+            .map(|n| crate::output::name(n))
             .collect::<Vec<_>>()
             .join(", "),
     );

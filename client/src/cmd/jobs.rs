@@ -30,7 +30,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
                 j.job_id.clone(),
                 state_word(j.state).to_owned(),
                 progress,
-                sanitize(name),
+                crate::output::name(name),
                 j.error.as_deref().map(sanitize).unwrap_or_default(),
             ]
         })

@@ -1,7 +1,7 @@
 //! `ls`: the files this PServer shares.
 
 use super::Ctx;
-use crate::output::{human_size, outp, sanitize, table};
+use crate::output::{human_size, name, outp, table};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let list = ctx.api.list_files().await?;
@@ -18,7 +18,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let rows: Vec<Vec<String>> = list
         .files
         .iter()
-        .map(|f| vec![sanitize(&f.name), f.file_id.clone(), human_size(f.size)])
+        .map(|f| vec![name(&f.name), f.file_id.clone(), human_size(f.size)])
         .collect();
     outp!("{}", table(&["NAME", "ID", "SIZE"], &rows, &[2]));
     Ok(())

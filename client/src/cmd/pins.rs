@@ -25,7 +25,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         .map(|p| {
             let r = &p.replication;
             vec![
-                sanitize(&p.name),
+                crate::output::name(&p.name),
                 short_id(&p.file_id).to_owned(),
                 human_size(p.size),
                 p.pinned.to_string(),

@@ -55,6 +55,7 @@ mod tests {
             size: 1,
             holders: 1,
             replicas_wanted: 0,
+            lookalike: false,
         };
         assert_eq!(target(&id, &[]), id);
         assert_eq!(target("ABABAB", std::slice::from_ref(&hit)), id);

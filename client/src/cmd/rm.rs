@@ -7,7 +7,7 @@ use peerdex_proto::rest::FileInfo;
 
 use super::Ctx;
 use crate::cli::RmArgs;
-use crate::output::{outln, quoted, sanitize};
+use crate::output::{outln, quoted};
 
 pub(super) async fn run(ctx: &Ctx, args: RmArgs) -> anyhow::Result<()> {
     let id = match args.id.parse::<FileId>() {
@@ -19,7 +19,11 @@ pub(super) async fn run(ctx: &Ctx, args: RmArgs) -> anyhow::Result<()> {
         return ctx.print_json(&removed);
     }
     for f in &removed.files {
-        outln!("stopped sharing {} ({})", sanitize(&f.name), f.file_id);
+        outln!(
+            "stopped sharing {} ({})",
+            crate::output::name(&f.name),
+            f.file_id
+        );
     }
     Ok(())
 }

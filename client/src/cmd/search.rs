@@ -5,7 +5,7 @@ use peerdex_proto::rest::SearchQuery;
 
 use super::Ctx;
 use crate::cli::SearchArgs;
-use crate::output::{human_size, outp, quoted, sanitize, short_id, table};
+use crate::output::{human_size, name, outp, quoted, short_id, table};
 
 pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
     let q = args.query.join(" ");
@@ -36,7 +36,7 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
         .iter()
         .map(|h| {
             vec![
-                sanitize(&h.name),
+                name(&h.name),
                 short_id(&h.file_id).to_owned(),
                 human_size(h.size),
                 holders(h.holders, h.replicas_wanted),

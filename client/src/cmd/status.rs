@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::Ctx;
-use crate::output::{human_size, outp};
+use crate::output::{human_size, outp, sanitize};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     let s = ctx.api.status().await?;
@@ -26,6 +26,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             .join(", ")
     };
     let replicas = replicas_line(&s);
+    let unshared = (s.unshared_files > 0).then(|| unshared_line(&s));
     let mut out = String::new();
     let mut line = |k: &str, v: String| {
         let _ = writeln!(out, "{k:<12} {v}");
@@ -58,6 +59,21 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "sharing",
         format!("{} files, {}", s.shared_files, human_size(s.shared_bytes)),
     );
+    if let Some(unshared) = unshared {
+        line("not shared", unshared);
+        for f in &s.unshared {
+            line(
+                "",
+                format!("{}: {}", sanitize(&f.name), sanitize(&f.reason)),
+            );
+        }
+        if s.unshared_files > s.unshared.len() as u64 {
+            line(
+                "",
+                format!("… and {} more", s.unshared_files - s.unshared.len() as u64),
+            );
+        }
+    }
     line(
         "transfers",
         format!(
@@ -84,7 +100,7 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             "fetching",
             format!(
                 "{} ({}) {} of {}",
-                crate::output::sanitize(&f.name),
+                crate::output::name(&f.name),
                 crate::output::short_id(&f.file_id),
                 human_size(f.bytes_done),
                 human_size(f.bytes_total)
@@ -97,6 +113,21 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     line("version", s.version);
     outp!("{out}");
     Ok(())
+}
+
+/// Files of the share folder that are not shared, and what to do.
+fn unshared_line(s: &peerdex_proto::rest::Status) -> String {
+    let n = s.unshared_files;
+    let (files, are) = if n == 1 {
+        ("file", "is")
+    } else {
+        ("files", "are")
+    };
+    format!(
+        "{n} {files} in the share folder {are} not shared: rename or remove {}; \
+         each is listed below with its reason (the PServer's log has them too)",
+        if n == 1 { "it" } else { "them" }
+    )
 }
 
 /// The replica space: held and offered.

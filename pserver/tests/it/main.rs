@@ -13,6 +13,7 @@ mod failover;
 mod ha;
 mod http_semantics;
 mod metrics;
+mod names;
 mod neighbour_limits;
 mod openapi;
 mod private_network;
