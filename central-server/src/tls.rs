@@ -115,6 +115,33 @@ impl TlsFiles {
     }
 }
 
+/// Read a PEM file of CA certificates (`CENTRAL_PEER_CA_FILE`): at least
+/// one certificate, or a message that names the setting.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let bad = |m: String| Error::Config(m);
+    let pem = std::fs::read(path).map_err(|e| {
+        bad(format!(
+            "CENTRAL_PEER_CA_FILE {}: cannot read it ({e})",
+            path.display()
+        ))
+    })?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| {
+            bad(format!(
+                "CENTRAL_PEER_CA_FILE {}: not PEM certificates ({e})",
+                path.display()
+            ))
+        })?;
+    if certs.is_empty() {
+        return Err(bad(format!(
+            "CENTRAL_PEER_CA_FILE {} holds no certificate: expected PEM \"-----BEGIN CERTIFICATE-----\" blocks",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,31 +206,4 @@ mod tests {
         let e = err(Some(&cert), Some(&other_key));
         assert!(e.contains("do not make a usable pair"), "{e}");
     }
-}
-
-/// Read a PEM file of CA certificates (`CENTRAL_PEER_CA_FILE`): at least
-/// one certificate, or a message that names the setting.
-pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let bad = |m: String| Error::Config(m);
-    let pem = std::fs::read(path).map_err(|e| {
-        bad(format!(
-            "CENTRAL_PEER_CA_FILE {}: cannot read it ({e})",
-            path.display()
-        ))
-    })?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| {
-            bad(format!(
-                "CENTRAL_PEER_CA_FILE {}: not PEM certificates ({e})",
-                path.display()
-            ))
-        })?;
-    if certs.is_empty() {
-        return Err(bad(format!(
-            "CENTRAL_PEER_CA_FILE {} holds no certificate: expected PEM \"-----BEGIN CERTIFICATE-----\" blocks",
-            path.display()
-        )));
-    }
-    Ok(certs)
 }

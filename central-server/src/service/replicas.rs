@@ -837,15 +837,16 @@ impl DirectoryService {
         self.end_orphan_pins(now).await?;
         let now_ms = unix_ms();
         let reps = self.replicas();
-        let (pinned, pinners): (BTreeMap<FileId, (u32, u64, String)>, HashMap<FileId, _>) = {
+        let pinned: BTreeMap<FileId, (u32, u64, String)>;
+        let pinners: HashMap<FileId, Option<std::net::IpAddr>>;
+        {
             let book = reps.pins.read();
-            (
-                book.files()
-                    .map(|(f, wanted, p)| (f, (wanted, p.size, p.name.clone())))
-                    .collect(),
-                book.files().map(|(f, _, _)| (f, book.pinner(&f))).collect(),
-            )
-        };
+            pinned = book
+                .files()
+                .map(|(f, wanted, p)| (f, (wanted, p.size, p.name.clone())))
+                .collect();
+            pinners = book.files().map(|(f, _, _)| (f, book.pinner(&f))).collect();
+        }
         let (mut files, volunteers) = self.index().replication_view(now, &pinned);
         for f in &mut files {
             f.pinner = pinners.get(&f.id).copied().flatten();
