@@ -396,6 +396,7 @@ else
 		if [[ $ha == yes ]]; then index=$k vm="central-$k" sets=(--set "CENTRAL_NAME=central-$k"); fi
 		"$here/render.sh" central --bundle-url "$bundle_url" --tls-url "$(tls_url "$vm")" \
 			--set CENTRAL_TLS_CERT=/etc/peerdex/tls/cert.pem --set CENTRAL_TLS_KEY=/etc/peerdex/tls/key.pem \
+			--set CENTRAL_PEER_CA_FILE=/etc/peerdex/tls/ca.pem \
 			"${sets[@]+"${sets[@]}"}" >"$workdir/$vm.yaml"
 		read -r id ip < <(run_instance central "$index" "$workdir/$vm.yaml" "$etcd_sg_id")
 		[[ "$ip" =~ ^[0-9.]+$ ]] || ip="$(private_ip "$id")"

@@ -312,6 +312,8 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             let (cert, key) = t.leaf(name)?;
             central_env.push(("CENTRAL_TLS_CERT", cert));
             central_env.push(("CENTRAL_TLS_KEY", key));
+            // Audits of the PServers' https peer APIs trust the devnet CA.
+            central_env.push(("CENTRAL_PEER_CA_FILE", t.ca_file.display().to_string()));
         }
         if let Some(s) = &join_secret {
             central_env.push(("CENTRAL_JOIN_SECRET", s.clone()));

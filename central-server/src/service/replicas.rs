@@ -411,15 +411,7 @@ impl DirectoryService {
                 orphaned_at: None,
             })
         };
-        if let Some(etcd) = self.etcd() {
-            let revision = etcd.set_pin(&file, &peer, pin.as_ref()).await?;
-            etcd.wait_applied(revision).await?;
-        } else {
-            let p = pin.clone();
-            self.write(move |_, store| store.set_pin(&file, &peer, p.as_ref()))
-                .await?;
-            self.replicas().pins.write().set(file, peer, pin.clone());
-        }
+        self.store_pin(file, peer, pin.clone()).await?;
         match &pin {
             Some(p) => {
                 tracing::info!(%peer, %file, name = p.name, replicas = p.replicas, "pin set")

@@ -251,7 +251,7 @@ async fn quick_central() -> TestCentral {
 }
 
 /// A peer offering `quota` bytes of replica space, in fresh folders.
-async fn volunteer(central: &TestCentral, quota: u64) -> TestPeer {
+pub(crate) async fn volunteer(central: &TestCentral, quota: u64) -> TestPeer {
     volunteer_in(Arc::new(tempfile::tempdir().unwrap()), central, quota).await
 }
 
@@ -267,7 +267,7 @@ async fn volunteer_in(root: Arc<tempfile::TempDir>, central: &TestCentral, quota
     p
 }
 
-async fn pin(p: &TestPeer, file: &str, replicas: u32) -> PinStatus {
+pub(crate) async fn pin(p: &TestPeer, file: &str, replicas: u32) -> PinStatus {
     let r = p
         .http
         .post(format!("{}/api/v1/pins", p.api_url))
@@ -282,7 +282,7 @@ async fn pin(p: &TestPeer, file: &str, replicas: u32) -> PinStatus {
     r.json().await.unwrap()
 }
 
-async fn pins(p: &TestPeer) -> PinList {
+pub(crate) async fn pins(p: &TestPeer) -> PinList {
     p.http
         .get(format!("{}/api/v1/pins", p.api_url))
         .send()

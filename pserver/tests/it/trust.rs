@@ -10,13 +10,13 @@
 //! with the release binaries' protocol would be.
 
 use crate::common;
+use crate::replicas::{pin, pins, volunteer as peer};
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
 use peerdex_proto::PeerId;
-use peerdex_proto::rest::{PinList, PinRequest, PinStatus};
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::{self, locate_request::Target};
 use peerdex_testkit::DeadUrl;
@@ -37,42 +37,6 @@ async fn central_with(tweak: impl FnOnce(&mut central_server::Config)) -> TestCe
         tweak(c);
     })
     .await
-}
-
-async fn peer(central: &TestCentral, quota: u64) -> TestPeer {
-    let p = TestPeer::start(&central.url, &[], |c| {
-        c.replica_quota_bytes = quota;
-        c.min_free_bytes = 0;
-    })
-    .await;
-    p.wait_joined().await;
-    p
-}
-
-async fn pin(p: &TestPeer, file: &str, replicas: u32) -> PinStatus {
-    let r = p
-        .http
-        .post(format!("{}/api/v1/pins", p.api_url))
-        .json(&PinRequest {
-            file: file.into(),
-            replicas,
-        })
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
-    r.json().await.unwrap()
-}
-
-async fn pins(p: &TestPeer) -> PinList {
-    p.http
-        .get(format!("{}/api/v1/pins", p.api_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 /// The central's view of `id`: holders (url, replica) and replication.
