@@ -1038,6 +1038,7 @@ async fn upload_with_replicas_replicate_and_pins() {
     })
     .await;
     assert_eq!(pins["pins"][0]["replication"]["live"], 2, "{pins}");
+    assert_eq!(pins["pins"][0]["replication"]["proven"], 2, "{pins}");
     assert_eq!(pins["pins"][0]["replication"]["replicas"], 1, "{pins}");
     let r = cli(cwd, &a.api_url, &["pins"]).await;
     assert_eq!(r.code, 0, "{r:?}");
@@ -1059,7 +1060,8 @@ async fn upload_with_replicas_replicate_and_pins() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains(&format!("id        {id}")), "{r:?}");
     assert!(
-        r.stdout.contains("2 live of 2 wanted (1 replicas) — ok"),
+        r.stdout
+            .contains("2 proven of 2 wanted (2 live: 0 unproven, 1 replicas) — ok"),
         "{r:?}"
     );
     for holder in [&a.peer_url, &v.peer_url] {

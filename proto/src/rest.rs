@@ -331,10 +331,18 @@ fn whole_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
             f.write_str("a whole number from 0 to 4294967295")
         }
         fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
-            u32::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+            u32::try_from(v).map_err(|_| {
+                E::custom(format!(
+                    "{v} is out of range: expected a whole number from 0 to 4294967295"
+                ))
+            })
         }
         fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
-            u32::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+            u32::try_from(v).map_err(|_| {
+                E::custom(format!(
+                    "{v} is out of range: expected a whole number from 0 to 4294967295"
+                ))
+            })
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u32, E> {
             if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {

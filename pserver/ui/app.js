@@ -883,6 +883,12 @@
     fact('shared_files', s.shared_files, String(s.shared_files));
     fact('shared_bytes', s.shared_bytes, humanSize(s.shared_bytes));
     fact('files_hashed', s.files_hashed, String(s.files_hashed));
+    // Files in the share folder that cannot be shared, with why (a few).
+    const unshared = s.unshared || [];
+    fact('unshared_files', s.unshared_files,
+      s.unshared_files ? `${s.unshared_files} files (rename or remove them)` : 'none');
+    fact('unshared', unshared,
+      unshared.length ? `: ${unshared.map((u) => `${u.name} (${u.reason})`).join('; ')}` : '');
     fact('active_uploads', s.active_uploads, String(s.active_uploads));
     fact('active_downloads', s.active_downloads, String(s.active_downloads));
     fact('bytes_sent', s.bytes_sent, humanSize(s.bytes_sent));

@@ -158,15 +158,15 @@ async fn bad_pin_requests_are_refused_before_the_directory_is_asked() {
     for (body, says) in [
         (
             serde_json::json!({"file": id, "replicas": "three"}),
-            "expected u32",
+            "a whole number from 0 to 4294967295",
         ),
         (
             serde_json::json!({"file": id, "replicas": -1}),
-            "expected u32",
+            "a whole number from 0 to 4294967295",
         ),
         (
             serde_json::json!({"file": id, "replicas": 4294967296u64}),
-            "expected u32",
+            "a whole number from 0 to 4294967295",
         ),
         (serde_json::json!({"file": id}), "missing field `replicas`"),
         (serde_json::json!({"replicas": 3}), "missing field `file`"),
@@ -189,10 +189,20 @@ async fn bad_pin_requests_are_refused_before_the_directory_is_asked() {
         assert_eq!(e.code, "invalid_argument", "{body}");
         assert!(e.message.contains(says), "{body}: {}", e.message);
     }
-    // Not JSON at all, and the wrong method.
+    // Not JSON at all (415 without the JSON content type, 400 with it),
+    // and the wrong method.
     let r = a
         .http
         .post(format!("{}/api/v1/pins", a.api_url))
+        .body("replicas=3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+    let r = a
+        .http
+        .post(format!("{}/api/v1/pins", a.api_url))
+        .header("content-type", "application/json")
         .body("replicas=3")
         .send()
         .await
