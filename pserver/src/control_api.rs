@@ -461,15 +461,7 @@ async fn openapi() -> HttpResponse {
 /// value utoipa was given, which utoipa cannot write (`contentSchema`).
 fn document() -> serde_json::Value {
     let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
-    let streams = doc
-        .get_mut("paths")
-        .and_then(|p| p.as_object_mut())
-        .into_iter()
-        .flat_map(|paths| paths.values_mut())
-        .filter_map(|item| item.as_object_mut())
-        .flat_map(|item| item.values_mut())
-        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
-        .flat_map(|responses| responses.values_mut())
+    let streams = responses(&mut doc)
         .filter_map(|resp| resp.get_mut("content")?.get_mut("text/event-stream"));
     for media in streams {
         if let Some(value) = media.get_mut("schema") {
@@ -489,15 +481,7 @@ fn document() -> serde_json::Value {
             });
         }
     }
-    let links = doc
-        .get_mut("paths")
-        .and_then(|p| p.as_object_mut())
-        .into_iter()
-        .flat_map(|paths| paths.values_mut())
-        .filter_map(|item| item.as_object_mut())
-        .flat_map(|item| item.values_mut())
-        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
-        .flat_map(|responses| responses.values_mut())
+    let links = responses(&mut doc)
         .filter_map(|resp| resp.get_mut("links")?.as_object_mut())
         .flat_map(|links| links.values_mut())
         .filter_map(|link| link.as_object_mut());
@@ -513,6 +497,18 @@ fn document() -> serde_json::Value {
         }
     }
     doc
+}
+
+/// Every response object of every operation of an OpenAPI document.
+fn responses(doc: &mut serde_json::Value) -> impl Iterator<Item = &mut serde_json::Value> {
+    doc.get_mut("paths")
+        .and_then(|p| p.as_object_mut())
+        .into_iter()
+        .flat_map(|paths| paths.values_mut())
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op.get_mut("responses")?.as_object_mut())
+        .flat_map(|responses| responses.values_mut())
 }
 
 /// Upload a file: the request body is the content, streamed.

@@ -608,11 +608,10 @@ impl DirectoryService {
 
     /// Mark each holder proven or not, each file auditing or not, and
     /// start the audits that are due (at most [`AUDITS_IN_FLIGHT`]).
-    fn schedule_audits(&self, files: &mut [replication::FileState], now_ms: u64) {
+    fn schedule_audits(&self, files: &mut [replication::FileState], tasks: &Tasks, now_ms: u64) {
         let reps = self.replicas();
         let every = self.shared.audit_every.as_millis() as u64;
         let proofs: HashSet<(PeerId, FileId)> = lock(&reps.proofs).keys().copied().collect();
-        let tasks = lock(&reps.tasks).clone();
         let audit_wait = (crate::audit::AUDIT_TIMEOUT + Duration::from_secs(2)).as_millis() as u64;
         let mut start = Vec::new();
         {
@@ -843,9 +842,10 @@ impl DirectoryService {
         for f in &mut files {
             f.pinner = pinners.get(&f.id).copied().flatten();
         }
-        self.schedule_audits(&mut files, now_ms);
+        let old_tasks = lock(&reps.tasks).clone();
+        self.schedule_audits(&mut files, &old_tasks, now_ms);
         self.forget_stale_proofs(&files).await?;
-        if files.is_empty() && lock(&reps.tasks).is_empty() {
+        if files.is_empty() && old_tasks.is_empty() {
             return Ok(());
         }
         let expired: Vec<(PeerId, FileId)>;
@@ -855,7 +855,6 @@ impl DirectoryService {
             expired = d.iter().filter(|(_, x)| old(x)).map(|(k, _)| *k).collect();
             d.iter().filter(|(_, x)| !old(x)).map(|(k, _)| *k).collect()
         };
-        let old_tasks = lock(&reps.tasks).clone();
         let input = Input {
             files,
             volunteers,

@@ -35,8 +35,16 @@ fn root_with_replicas(files: &[(&str, &[u8])]) -> Arc<tempfile::TempDir> {
 
 /// The central's holders of `id`: (peer url, replica flag).
 async fn holders_of(central: &TestCentral, id: &str) -> Vec<(String, bool)> {
+    located(central, id).await.0
+}
+
+/// The central's view of `id`: holders (url, replica) and replication.
+pub(crate) async fn located(
+    central: &TestCentral,
+    id: &str,
+) -> (Vec<(String, bool)>, v1::Replication) {
     let mut c = DirectoryClient::connect(central.url.clone()).await.unwrap();
-    let files = c
+    let f = c
         .locate(v1::LocateRequest {
             target: Some(Target::FileId(id.to_owned())),
             max_holders: 0,
@@ -44,12 +52,19 @@ async fn holders_of(central: &TestCentral, id: &str) -> Vec<(String, bool)> {
         .await
         .unwrap()
         .into_inner()
-        .files;
-    files
+        .files
         .into_iter()
-        .flat_map(|f| f.holders)
-        .map(|h| (h.peer_url, h.replica))
-        .collect()
+        .next();
+    match f {
+        Some(f) => (
+            f.holders
+                .into_iter()
+                .map(|h| (h.peer_url, h.replica))
+                .collect(),
+            f.replication.unwrap_or_default(),
+        ),
+        None => (Vec::new(), v1::Replication::default()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

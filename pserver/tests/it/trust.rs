@@ -10,15 +10,15 @@
 //! with the release binaries' protocol would be.
 
 use crate::common;
-use crate::replicas::{pin, pins, volunteer as peer};
+use crate::replicas::{located, pin, pins, volunteer as peer};
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
 use peerdex_proto::PeerId;
+use peerdex_proto::v1;
 use peerdex_proto::v1::directory_client::DirectoryClient;
-use peerdex_proto::v1::{self, locate_request::Target};
 use peerdex_testkit::DeadUrl;
 use peerdex_testkit::central::{peer_key, signed_join};
 use tonic::transport::{Channel, Endpoint};
@@ -37,32 +37,6 @@ async fn central_with(tweak: impl FnOnce(&mut central_server::Config)) -> TestCe
         tweak(c);
     })
     .await
-}
-
-/// The central's view of `id`: holders (url, replica) and replication.
-async fn located(central: &TestCentral, id: &str) -> (Vec<(String, bool)>, v1::Replication) {
-    let mut c = DirectoryClient::connect(central.url.clone()).await.unwrap();
-    let f = c
-        .locate(v1::LocateRequest {
-            target: Some(Target::FileId(id.to_owned())),
-            max_holders: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .files
-        .into_iter()
-        .next();
-    match f {
-        Some(f) => (
-            f.holders
-                .into_iter()
-                .map(|h| (h.peer_url, h.replica))
-                .collect(),
-            f.replication.unwrap_or_default(),
-        ),
-        None => (Vec::new(), v1::Replication::default()),
-    }
 }
 
 /// A rogue: a raw client from `source`, joined under `id` at a URL where
