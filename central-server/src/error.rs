@@ -52,6 +52,10 @@ pub enum Error {
     /// A configuration value is out of range; the message names the setting.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A certificate or key file (`CENTRAL_TLS_*`, a CA file) is unusable;
+    /// the message names the setting and the file.
+    #[error("invalid configuration: {0}")]
+    TlsFile(#[from] peerdex_common::tls::PemFileError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
     #[error("grpc transport error: {0}")]

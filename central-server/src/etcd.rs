@@ -69,6 +69,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
     PutOptions, Txn, TxnOp, WatchOptions,
 };
+use peerdex_common::sync::lock;
 use peerdex_proto::{FileId, PeerId};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -236,10 +237,6 @@ pub(crate) struct Etcd {
     fenced: tokio::sync::Mutex<i64>,
     /// The shared lease of spent nonces, and when it was granted.
     nonce_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// `e` as the directory's error: etcd did not answer or refused.

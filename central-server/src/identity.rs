@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use peerdex_common::sync::lock;
 use peerdex_proto::PeerId;
 use peerdex_proto::network::constant_time_eq;
 use tokio::time::Instant;
@@ -116,10 +117,6 @@ fn random_part(nonce: &[u8]) -> &[u8; RANDOM] {
     nonce[EXPIRY..EXPIRY + RANDOM]
         .try_into()
         .unwrap_or(&[0; RANDOM])
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

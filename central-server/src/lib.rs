@@ -38,7 +38,7 @@
 //! * **Under abuse** (issue 16): rate limits per source address (Join,
 //!   Search) and per peer (Publish/Unpublish, and Search when the call
 //!   names its peer), token buckets with a burst of 10 seconds' worth
-//!   (`peerdex_proto::limit`; RESOURCE_EXHAUSTED naming the setting, `retry-after`
+//!   (`peerdex_common::limit`; RESOURCE_EXHAUSTED naming the setting, `retry-after`
 //!   metadata); quotas on live peers per source address and holdings in
 //!   total. A search costs at most `CENTRAL_SEARCH_BUDGET` units of work
 //!   and runs off the async workers; the index is behind a fair read-write
@@ -120,6 +120,10 @@ pub use error::{Error, RETRY_AFTER, Result};
 /// check that an acknowledged change is already committed).
 pub use store::DB_FILE;
 pub use tls::{TlsFiles, read_ca_file};
+/// Read TLS files the way the central does (`CENTRAL_TLS_*`).
+pub mod tls_files {
+    pub use crate::tls::{from_settings, load};
+}
 
 use service::{Backend, DirectoryService, Secrets};
 
@@ -290,7 +294,7 @@ pub async fn run_with_metrics(
     };
     let mut server = Server::builder();
     if let Some(tls) = &config.tls {
-        server = server.tls_config(tls.server_config())?;
+        server = server.tls_config(tls::server_config(tls))?;
     }
     let serve = server
         .layer(oversize::OversizeLayer)

@@ -328,7 +328,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // `.env` first (before any thread), so its values act as environment
     // defaults for clap; a line it cannot parse stops start-up.
-    let settings = match peerdex_proto::settings::load(&Args::command(), "CENTRAL_") {
+    let settings = match peerdex_common::settings::load(&Args::command(), "CENTRAL_") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -351,7 +351,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn try_main(unknown: Vec<peerdex_proto::settings::UnknownSetting>) -> anyhow::Result<()> {
+async fn try_main(unknown: Vec<peerdex_common::settings::UnknownSetting>) -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -366,7 +366,7 @@ async fn try_main(unknown: Vec<peerdex_proto::settings::UnknownSetting>) -> anyh
     }
     let mut config = args.config();
     let set = |p: &Option<PathBuf>| p.clone().filter(|p| !p.as_os_str().is_empty());
-    config.tls = central_server::TlsFiles::from_settings(
+    config.tls = central_server::tls_files::from_settings(
         set(&args.tls_cert).as_deref(),
         set(&args.tls_key).as_deref(),
     )?;
@@ -397,36 +397,14 @@ async fn try_main(unknown: Vec<peerdex_proto::settings::UnknownSetting>) -> anyh
             m.local_addr()?
         );
     }
-    central_server::run_with_metrics(listener, metrics, config, shutdown_signal()).await?;
+    central_server::run_with_metrics(
+        listener,
+        metrics,
+        config,
+        peerdex_common::signal::shutdown(),
+    )
+    .await?;
     Ok(())
-}
-
-/// Ctrl+C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl+C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use peerdex_proto::keyfile::{self, Loaded};
+use peerdex_common::keyfile::{self, Loaded};
 use peerdex_proto::network::{Credential, audience, constant_time_eq, kid, secret_proof, unix_now};
 use peerdex_proto::{PeerId, v1};
 

@@ -49,7 +49,7 @@ const EXIT_USAGE: u8 = 2;
 pub fn main_entry() -> ExitCode {
     // `.env` first, so its values act as environment defaults for clap; a
     // line it cannot parse is a usage error (never a setting silently lost).
-    let settings = match peerdex_proto::settings::load(&Cli::command(), "PEERDEX_") {
+    let settings = match peerdex_common::settings::load(&Cli::command(), "PEERDEX_") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
@@ -113,22 +113,10 @@ fn run(cli: Cli) -> ExitCode {
 /// The certificates of PEERDEX_CA_FILE (none when unset or empty).
 fn ca_roots(path: Option<&std::path::Path>) -> anyhow::Result<Vec<reqwest::Certificate>> {
     use anyhow::Context;
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
     let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(Vec::new());
     };
-    let pem = std::fs::read(path)
-        .with_context(|| format!("cannot read PEERDEX_CA_FILE {}", path.display()))?;
-    let ders = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("PEERDEX_CA_FILE {} is not valid PEM: {e}", path.display()))?;
-    if ders.is_empty() {
-        anyhow::bail!(
-            "PEERDEX_CA_FILE {} holds no certificate: expected PEM \"-----BEGIN CERTIFICATE-----\" blocks",
-            path.display()
-        );
-    }
+    let ders = peerdex_common::tls::read_certs("PEERDEX_CA_FILE", path)?;
     ders.iter()
         .map(|d| {
             reqwest::Certificate::from_der(d)

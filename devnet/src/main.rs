@@ -193,7 +193,7 @@ fn write_env(dir: &Path, lines: &[(&str, String)]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let body: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     // It may hold a join secret: readable by its owner only.
-    peerdex_proto::keyfile::write_secret(&dir.join(".env"), body.as_bytes())?;
+    peerdex_common::fs::write_secret(&dir.join(".env"), body.as_bytes())?;
     Ok(())
 }
 

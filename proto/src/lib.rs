@@ -8,27 +8,20 @@
 //! * [`tree`] — BLAKE3 tree manifests: chunk chaining values checked against
 //!   the file id alone (served by holders, never stored by the directory).
 //! * [`identity`] — the statement a Join signs with the peer's Ed25519 key.
-//! * [`keyfile`] — Ed25519 key files and other secrets on disk (0600).
 //! * [`network`] — private networks: the join-secret proof, the audience
 //!   and key ids of credentials.
-//! * [`limit`] — token buckets per source address or peer (rate limits).
 //! * [`range`] — the `Range` header parser of the peer API.
-//! * [`settings`] — the `.env` loader of every binary: a bad line is fatal,
-//!   an unknown setting is reported with the closest known one.
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
 //!   `pserver` and the `peerdex` client.
 //!
-//! This crate does no network I/O; [`keyfile`] and [`settings`] (reading
-//! `.env`) are its only file I/O.
+//! This crate does no I/O: runtime pieces shared by the servers (files,
+//! settings, rate limits, TLS) are `peerdex-common`'s.
 
 pub mod convert;
 pub mod identity;
-pub mod keyfile;
-pub mod limit;
 pub mod network;
 pub mod range;
 pub mod rest;
-pub mod settings;
 pub mod tree;
 pub mod types;
 

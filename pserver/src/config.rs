@@ -417,7 +417,7 @@ impl Args {
         use anyhow::{Context, bail};
         let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
         let tls = match (set(self.tls_cert), set(self.tls_key)) {
-            (Some(cert), Some(key)) => Some(ServerTls::load(&cert, &key)?),
+            (Some(cert), Some(key)) => Some(crate::tls::load_server_tls(&cert, &key)?),
             (None, None) => None,
             (Some(_), None) => {
                 bail!("PSERVER_TLS_CERT is set but PSERVER_TLS_KEY is missing: set both or neither")

@@ -11,9 +11,9 @@ use std::io;
 use std::path::Path;
 
 use ed25519_dalek::SigningKey;
-use peerdex_proto::keyfile::{self, Loaded};
+use peerdex_common::keyfile::{self, Loaded};
 
-pub use peerdex_proto::keyfile::write_secret;
+pub use peerdex_common::fs::write_secret;
 
 /// File name of the key in the data folder.
 pub const KEY_FILE: &str = "peer.key";

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use actix_web::dev::Extensions;
 // The source a limit counts against: the IPv4 address, or the IPv6 /64.
-use peerdex_proto::limit::{Limiter, addr_key as source_key, retry_secs};
+use peerdex_common::limit::{Limiter, addr_key as source_key, retry_secs};
 
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;

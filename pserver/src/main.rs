@@ -7,7 +7,7 @@ async fn main() -> std::process::ExitCode {
     pserver::tls::install_provider();
     // `.env` first, so its values act as environment defaults for clap; a
     // line it cannot parse stops start-up (never a setting silently dropped).
-    let settings = match peerdex_proto::settings::load(&pserver::Args::command(), "PSERVER_") {
+    let settings = match peerdex_common::settings::load(&pserver::Args::command(), "PSERVER_") {
         Ok(s) => s,
         Err(e) => {
             eprintln!("pserver: {e}");

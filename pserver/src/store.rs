@@ -1001,20 +1001,7 @@ pub fn peer_id_in(data_dir: &Path) -> io::Result<PeerId> {
     }
 }
 
-/// Write a small file atomically (temp + fsync + rename). On failure (a
-/// full disk) the previous version stays and the temp file is removed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let written = fs::File::create(&tmp).and_then(|mut f| {
-        io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()
-    });
-    let result = written.and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
+pub use peerdex_common::fs::write_atomic;
 
 /// Hash a file on disk in one pass: its id and manifest (whose size is
 /// what was read: compare it with the size expected, the file may be

@@ -8,120 +8,28 @@
 //! installed (mains install ring too, for the clients that read the
 //! process default).
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, bail};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 
-/// The process-wide provider: ring. Idempotent; a main calls it first.
-pub fn install_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use peerdex_common::tls::{CertKey, PairVars};
+pub use peerdex_common::tls::{PemFileError, install_provider, provider, read_certs};
 
 /// The certificate and key a listener serves, loaded and checked at start.
-#[derive(Clone)]
-pub struct ServerTls {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    certs: Vec<CertificateDer<'static>>,
-    key_der: Arc<PrivateKeyDer<'static>>,
-}
+pub type ServerTls = CertKey;
 
-/// Paths only: the key never reaches a log.
-impl fmt::Debug for ServerTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerTls")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
+/// The settings the PServer's certificate and key come from.
+pub const VARS: PairVars = PairVars {
+    cert: "PSERVER_TLS_CERT",
+    key: "PSERVER_TLS_KEY",
+};
 
-impl ServerTls {
-    /// Read a PEM certificate chain and its private key; errors name the
-    /// variable, the file and what is wrong with it.
-    pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
-        let certs = read_certs("PSERVER_TLS_CERT", cert)?;
-        let pem = std::fs::read(key)
-            .with_context(|| format!("cannot read PSERVER_TLS_KEY {}", key.display()))?;
-        let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-            anyhow::anyhow!(
-                "PSERVER_TLS_KEY {} holds no usable private key ({}): expected a PEM \
-                 \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" block",
-                key.display(),
-                pem_problem(&e)
-            )
-        })?;
-        let tls = Self {
-            cert: cert.to_owned(),
-            key: key.to_owned(),
-            certs,
-            key_der: Arc::new(key_der),
-        };
-        // Builds the configuration once: a key that does not match the
-        // certificate is refused here, at start, not at the first handshake.
-        tls.server_config()?;
-        Ok(tls)
-    }
-
-    /// A rustls server configuration for this certificate (HTTP/1.1 and
-    /// HTTP/2 offered by ALPN; actix-web adds its protocols itself).
-    pub fn server_config(&self) -> anyhow::Result<rustls::ServerConfig> {
-        rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .context("rustls protocol versions")?
-            .with_no_client_auth()
-            .with_single_cert(self.certs.clone(), self.key_der.clone_key())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "PSERVER_TLS_CERT {} and PSERVER_TLS_KEY {} do not make a usable pair: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                )
-            })
-    }
-}
-
-/// The certificates of a PEM file (a chain or a bundle of roots).
-pub fn read_certs(var: &str, path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let pem =
-        std::fs::read(path).with_context(|| format!("cannot read {var} {}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "{var} {} is not valid PEM ({})",
-                path.display(),
-                pem_problem(&e)
-            )
-        })?;
-    if certs.is_empty() {
-        bail!(
-            "{var} {} holds no certificate: expected PEM \"-----BEGIN CERTIFICATE-----\" blocks",
-            path.display()
-        );
-    }
-    Ok(certs)
-}
-
-fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error as E;
-    match e {
-        E::NoItemsFound => "no PEM block of the expected kind".into(),
-        E::MissingSectionEnd { .. } => "a PEM block has no END line".into(),
-        E::IllegalSectionStart { .. } => "a malformed BEGIN line".into(),
-        E::Base64Decode(_) => "a PEM block is not valid base64".into(),
-        other => other.to_string(),
-    }
+/// Read `PSERVER_TLS_CERT` and `PSERVER_TLS_KEY` and check they make a pair.
+pub fn load_server_tls(cert: &Path, key: &Path) -> Result<ServerTls, PemFileError> {
+    CertKey::load(VARS, cert, key)
 }
 
 /// The verifier for every outgoing TLS connection (central and peers): the

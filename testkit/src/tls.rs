@@ -90,7 +90,7 @@ impl TestCa {
     /// `PSERVER_TLS_CERT`/`PSERVER_TLS_KEY` settings of a peer with
     /// `leaf`, trusting this CA: a tweak for [`crate::TestPeer::start`].
     pub fn peer_tweak(&self, leaf: &CertFiles) -> impl FnOnce(&mut pserver::Config) + use<> {
-        let tls = pserver::tls::ServerTls::load(&leaf.cert, &leaf.key)
+        let tls = pserver::tls::load_server_tls(&leaf.cert, &leaf.key)
             .expect("load the peer's certificate");
         let roots =
             pserver::tls::read_certs("PSERVER_CA_FILE", &self.ca_file).expect("read the CA file");
@@ -102,7 +102,7 @@ impl TestCa {
 
     /// `CENTRAL_TLS_CERT`/`CENTRAL_TLS_KEY` of a central with `leaf`.
     pub fn central_tls(&self, leaf: &CertFiles) -> central_server::TlsFiles {
-        central_server::TlsFiles::load(&leaf.cert, &leaf.key)
+        central_server::tls_files::load(&leaf.cert, &leaf.key)
             .expect("load the central's certificate")
     }
 }

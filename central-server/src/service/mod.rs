@@ -26,7 +26,7 @@
 //! order (the store mutex is held across the steps); a reader may see a
 //! big change half applied, never a change that is not committed.
 //!
-//! Rate limits (`peerdex_proto::limit`) are checked before any work: Join and Search
+//! Rate limits (`peerdex_common::limit`) are checked before any work: Join and Search
 //! per source address, Publish/Unpublish and (when the call names its
 //! peer) Search per peer, after the peer proved who it is, so nobody can
 //! spend another peer's allowance. Quotas (peers per source address,
@@ -39,7 +39,9 @@ mod revocations;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use peerdex_common::sync::lock;
 use std::time::Duration;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -62,7 +64,7 @@ use crate::leader::Leadership;
 use crate::metrics::{Metrics, Refusal, Rpc};
 use crate::network::Network;
 use crate::store::{PublicKey, Store, Withdrawal};
-use peerdex_proto::limit::{Limiter, addr_key, retry_secs};
+use peerdex_common::limit::{Limiter, addr_key, retry_secs};
 
 /// Most holdings one step of a bulk change adds or removes under the
 /// write lock (see [`Steps`]).
@@ -161,10 +163,6 @@ pub(crate) struct Secrets {
 #[derive(Clone)]
 pub struct DirectoryService {
     shared: Arc<Shared>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Searches that may run at once: one fewer than the cores, at least one.

@@ -6,6 +6,8 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use crate::fs::write_secret;
+
 use ed25519_dalek::SigningKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, spki::der::pem::LineEnding};
 
@@ -75,26 +77,6 @@ fn tighten(path: &Path) -> io::Result<bool> {
 #[cfg(not(unix))]
 fn tighten(_: &Path) -> io::Result<bool> {
     Ok(false)
-}
-
-/// Write a secret (a key, a token) atomically, readable by its owner only
-/// from the first byte on.
-pub fn write_secret(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = fs::remove_file(&tmp);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = options.open(&tmp).and_then(|mut f| {
-        io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()
-    });
-    let result = written.and_then(|()| fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

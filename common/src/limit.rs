@@ -21,7 +21,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
+
+use crate::sync::lock;
 use std::time::{Duration, Instant};
 
 /// Most keys a limiter tracks at once.
@@ -72,7 +74,7 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         if self.rate == 0.0 {
             return Ok(());
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
         if !state.buckets.contains_key(key) && state.buckets.len() >= MAX_KEYS {
             self.evict_full(&mut state, now);
         }
@@ -111,18 +113,14 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     /// Drop idle buckets (called periodically, so the table shrinks after
     /// a flood even when no new key arrives).
     pub fn purge(&self, now: Instant) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = lock(&self.state);
         self.evict_full(&mut state, now);
         state.buckets.shrink_to_fit();
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .buckets
-            .len()
+        lock(&self.state).buckets.len()
     }
 }
 
