@@ -1,0 +1,213 @@
+//! The connection to etcd and its retries: connecting to the members,
+//! repeating a call another member may answer (with backoff, under one
+//! deadline), and what an etcd failure becomes for the directory
+//! ([`unavailable`], [`lease_gone`]). Also the calls that are neither a
+//! directory write nor part of following: leases, shared secrets, the
+//! cluster's revision and compaction.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Etcd;
+use crate::error::{Error, Result};
+
+/// Per-request deadline towards etcd (a member that does not answer is
+/// left for another).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// First pause before a call is repeated; it doubles up to
+/// [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+
+/// Longest pause between two tries of one call.
+const MAX_PAUSE: Duration = Duration::from_millis(800);
+
+/// `e` as the directory's error: etcd did not answer or refused.
+pub(super) fn unavailable(what: &str, e: etcd_client::Error) -> Error {
+    Error::Unavailable(format!("etcd: {what}: {e}"))
+}
+
+/// Whether an etcd error says the lease is gone.
+pub(crate) fn lease_gone(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(m) if m.contains("lease not found"))
+}
+
+/// Whether etcd's own error says the lease is gone (a revoke of a lease
+/// that ended already).
+pub(super) fn lease_not_found(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("lease not found")
+}
+
+/// A call worth repeating at another member: no answer, or no leader.
+fn transient(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled
+        ),
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
+impl Etcd {
+    /// Connect to `endpoints` (comma-separated URLs).
+    pub(crate) async fn connect(endpoints: &str, prefix: &str) -> Result<Self> {
+        let list: Vec<&str> = endpoints
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            // etcd closes connections that ping more often than its
+            // --grpc-keepalive-min-time (5 s by default: "too many pings"),
+            // which broke idle watches every few seconds.
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
+            .with_keep_alive_while_idle(true)
+            .with_require_leader(true);
+        let connect = |options| async {
+            Client::connect(&list, Some(options)).await.map_err(|e| {
+                Error::Config(format!(
+                    "CENTRAL_ETCD_ENDPOINTS {endpoints:?}: cannot connect: {e}"
+                ))
+            })
+        };
+        let client = connect(options.clone().with_timeout(REQUEST_TIMEOUT)).await?;
+        // Campaigns wait as long as another central leads: no deadline.
+        let waiting = connect(options).await?;
+        Ok(Self {
+            client,
+            waiting,
+            prefix: prefix.to_owned(),
+            endpoints: endpoints.to_owned(),
+            mirror: std::sync::Mutex::default(),
+            applied: watch::Sender::new(0),
+            fenced: tokio::sync::Mutex::new(0),
+            nonce_lease: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub(crate) fn endpoints(&self) -> &str {
+        &self.endpoints
+    }
+
+    /// A client whose calls may wait as long as they need.
+    pub(crate) fn waiting_client(&self) -> Client {
+        self.waiting.clone()
+    }
+
+    /// Call `f` on a client, again after a short pause when etcd did not
+    /// answer (a member died: the next call goes to another). Only for
+    /// calls that may be repeated.
+    pub(super) async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut pause = FIRST_PAUSE;
+        let deadline = Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            match f(self.client.clone()).await {
+                Ok(t) => return Ok(t),
+                Err(e) if transient(&e) && Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, what, "etcd call failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
+                Err(e) => return Err(unavailable(what, e)),
+            }
+        }
+    }
+
+    /// A transaction, repeated when etcd did not answer (see
+    /// [`Etcd::retry`]).
+    pub(super) async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        self.retry(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
+    /// The value at `rest`, created as `make()` when absent (whoever
+    /// creates it first wins; every central then reads the same).
+    pub(crate) async fn get_or_create(&self, rest: &str, make: Vec<u8>) -> Result<Vec<u8>> {
+        let key = self.key(rest);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), make.clone(), None)])
+            .or_else([TxnOp::get(key.clone(), None)]);
+        let r = self.txn("create shared secret", txn).await?;
+        if r.succeeded() {
+            return Ok(make);
+        }
+        for op in r.op_responses() {
+            if let etcd_client::TxnOpResponse::Get(g) = op
+                && let Some(kv) = g.kvs().first()
+            {
+                return Ok(kv.value().to_vec());
+            }
+        }
+        Err(Error::Internal(format!("etcd: {key} vanished while read")))
+    }
+
+    /// A lease for a new session of `ttl`.
+    pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let r = self
+            .retry("grant a lease", |mut c| async move {
+                c.lease_grant(secs, None).await
+            })
+            .await?;
+        Ok(r.id())
+    }
+
+    /// Renew a lease; false when etcd no longer has it.
+    pub(crate) async fn keep_alive(&self, lease: i64) -> Result<bool> {
+        // Opening the stream sends a keep-alive and reads its answer (an
+        // error saying "lease not found" when etcd no longer has it).
+        let r = self
+            .retry("keep a lease alive", |mut c| async move {
+                c.lease_keep_alive(lease).await.map(|_| ())
+            })
+            .await;
+        match r {
+            Ok(()) => Ok(true),
+            Err(e) if lease_gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Compact etcd's history up to `revision` (the leader does this).
+    pub(crate) async fn compact(&self, revision: i64) -> Result<()> {
+        self.client
+            .clone()
+            .compact(revision, None)
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                if e.to_string().contains("compacted") {
+                    Ok(())
+                } else {
+                    Err(unavailable("compact", e))
+                }
+            })
+    }
+
+    /// The current revision of the cluster.
+    pub(crate) async fn revision(&self) -> Result<i64> {
+        let key = self.key("secrets/nonce");
+        let r = self
+            .retry("read the revision", |mut c| {
+                let key = key.clone();
+                async move { c.get(key, Some(GetOptions::new().with_keys_only())).await }
+            })
+            .await?;
+        Ok(r.header().map_or(0, |h| h.revision()))
+    }
+}

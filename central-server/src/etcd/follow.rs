@@ -1,0 +1,415 @@
+//! Following the directory: the start-up read at one revision
+//! ([`Etcd::snapshot`]), the watch from the next, decoding what they
+//! deliver into [`Change`]s, the mirror of what a central keeps beside
+//! the index (peers' leases and record revisions, key bindings), and the
+//! applied revision that writes wait for ([`Etcd::wait_applied`]).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, KeyValue, WatchOptions};
+use peerdex_common::sync::lock;
+use peerdex_proto::{FileId, PeerId};
+use tokio::time::Instant;
+
+use super::Etcd;
+use super::schema::{
+    Binding, Decline, FOLLOWED_AFTER_HOLDINGS, Key, PeerRecord, holdings_of, json,
+    parse_holding_value, range_end,
+};
+use crate::error::{Error, Result};
+use crate::replication::{Pin, Proof, Task};
+
+/// Keys per page of the start-up range read.
+const PAGE: i64 = 2000;
+
+/// Peers' holdings read at once at start-up.
+const SNAPSHOT_READS: usize = 16;
+
+/// Longest wait for our own watch to apply a write we made.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One change of the directory, decoded from etcd.
+#[derive(Debug)]
+pub(crate) enum Change {
+    /// A peer's record; `new_session` when it replaces one of another
+    /// lease (a re-Join: the old inventory is dropped, the new one follows).
+    Peer {
+        peer: PeerId,
+        record: PeerRecord,
+        new_session: bool,
+    },
+    PeerGone(PeerId),
+    Holding {
+        peer: PeerId,
+        file: FileId,
+        name: String,
+        size: u64,
+        replica: bool,
+    },
+    HoldingGone {
+        peer: PeerId,
+        file: FileId,
+        name: String,
+    },
+    /// A pin set (`Some`) or removed.
+    Pin {
+        file: FileId,
+        peer: PeerId,
+        pin: Option<Pin>,
+    },
+    /// A volunteer's task given or withdrawn.
+    Task {
+        peer: PeerId,
+        file: FileId,
+        task: Option<Task>,
+    },
+    Declined {
+        peer: PeerId,
+        file: FileId,
+        decline: Option<Decline>,
+    },
+    /// A copy proven (`Some`) or no longer.
+    Proof {
+        peer: PeerId,
+        file: FileId,
+        proof: Option<Proof>,
+    },
+}
+
+/// What a central knows of a peer beyond the index: its etcd lease, and
+/// the revision of its record (a Join compares it, so two Joins of one
+/// peer at two centrals cannot interleave).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerMeta {
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// What the watch told this central beyond the index.
+#[derive(Default)]
+pub(super) struct Mirror {
+    peers: HashMap<PeerId, PeerMeta>,
+    /// Key bindings, with the exact stored bytes (compared by a Join).
+    keys: HashMap<PeerId, (Binding, Vec<u8>)>,
+}
+
+impl Etcd {
+    /// The whole directory at one revision, in pages: peers first, then
+    /// holdings (so that every holding finds its peer). Returns the
+    /// changes and the revision; the mirror is rebuilt.
+    pub(crate) async fn snapshot(&self) -> Result<(Vec<Change>, i64)> {
+        // etcd counts the rest of the range on every limited read, so one
+        // paginated read of the whole prefix costs O(n²). Read the peers
+        // and the key bindings, then each peer's holdings under its own
+        // prefix (a few in flight), all at the revision of the first read.
+        let (mut kvs, revision) = self.read_prefix("peers/", 0).await?;
+        let (keys, _) = self.read_prefix("keys/", revision).await?;
+        *lock(&self.mirror) = Mirror::default();
+        let mut changes = Vec::new();
+        let mut ids = Vec::new();
+        for kv in kvs.drain(..).chain(keys) {
+            if let Some(c) = self.decode_put(&kv) {
+                if let Change::Peer { peer, .. } = &c {
+                    ids.push(*peer);
+                }
+                changes.push(c);
+            }
+        }
+        use futures_util::StreamExt;
+        let mut reads = futures_util::stream::iter(ids)
+            .map(|p| async move { self.read_prefix(&holdings_of(&p), revision).await })
+            .buffer_unordered(SNAPSHOT_READS);
+        while let Some(r) = reads.next().await {
+            let (kvs, _) = r?;
+            changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
+        }
+        drop(reads);
+        for rest in FOLLOWED_AFTER_HOLDINGS {
+            let (kvs, _) = self.read_prefix(rest, revision).await?;
+            changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
+        }
+        Ok((changes, revision))
+    }
+
+    /// Every key under `prefix + rest`, in pages, at `revision` (0: the
+    /// current one, returned).
+    async fn read_prefix(&self, rest: &str, revision: i64) -> Result<(Vec<KeyValue>, i64)> {
+        let start = self.key(rest).into_bytes();
+        let end = range_end(&start);
+        let mut from = start;
+        let mut revision = revision;
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        loop {
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision);
+            }
+            let key = from.clone();
+            let mut r = self
+                .retry("range read", |mut c| {
+                    let (key, opts) = (key.clone(), opts.clone());
+                    async move { c.get(key, Some(opts)).await }
+                })
+                .await?;
+            if revision == 0 {
+                revision = r.header().map_or(0, |h| h.revision());
+            }
+            let more = r.more();
+            let page = r.take_kvs();
+            if let Some(last) = page.last() {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            kvs.extend(page);
+            if !more {
+                return Ok((kvs, revision));
+            }
+        }
+    }
+
+    /// Decode a put (and note it in the mirror); `None` for keys that are
+    /// not the index's (bindings are only mirrored).
+    fn decode_put(&self, kv: &KeyValue) -> Option<Change> {
+        let key = kv.key_str().ok()?;
+        let value = kv.value();
+        match Key::parse(self.strip(key)?)? {
+            Key::Peer(peer) => match serde_json::from_slice::<PeerRecord>(value) {
+                Ok(record) => {
+                    let old = lock(&self.mirror).peers.insert(
+                        peer,
+                        PeerMeta {
+                            lease: record.lease,
+                            mod_revision: kv.mod_revision(),
+                        },
+                    );
+                    Some(Change::Peer {
+                        peer,
+                        new_session: old.is_some_and(|o| o.lease != record.lease),
+                        record,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "etcd: unreadable peer record ignored");
+                    None
+                }
+            },
+            Key::Binding(peer) => {
+                match serde_json::from_slice::<Binding>(value) {
+                    Ok(b) => {
+                        lock(&self.mirror).keys.insert(peer, (b, value.to_vec()));
+                    }
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "etcd: unreadable key binding ignored");
+                    }
+                }
+                None
+            }
+            Key::Holding { peer, file, name } => {
+                let (size, replica) = parse_holding_value(value)?;
+                Some(Change::Holding {
+                    peer,
+                    file,
+                    name,
+                    size,
+                    replica,
+                })
+            }
+            Key::Pin { file, peer } => Some(Change::Pin {
+                file,
+                peer,
+                pin: Some(json(key, value)?),
+            }),
+            Key::Task { peer, file } => Some(Change::Task {
+                peer,
+                file,
+                task: Some(json(key, value)?),
+            }),
+            Key::Declined { peer, file } => Some(Change::Declined {
+                peer,
+                file,
+                decline: Some(json(key, value)?),
+            }),
+            Key::Proof { peer, file } => Some(Change::Proof {
+                peer,
+                file,
+                proof: Some(json(key, value)?),
+            }),
+        }
+    }
+
+    fn decode_delete(&self, kv: &KeyValue) -> Option<Change> {
+        let key = kv.key_str().ok()?;
+        match Key::parse(self.strip(key)?)? {
+            Key::Peer(peer) => {
+                lock(&self.mirror).peers.remove(&peer);
+                Some(Change::PeerGone(peer))
+            }
+            Key::Binding(peer) => {
+                lock(&self.mirror).keys.remove(&peer);
+                None
+            }
+            Key::Holding { peer, file, name } => Some(Change::HoldingGone { peer, file, name }),
+            Key::Pin { file, peer } => Some(Change::Pin {
+                file,
+                peer,
+                pin: None,
+            }),
+            Key::Task { peer, file } => Some(Change::Task {
+                peer,
+                file,
+                task: None,
+            }),
+            Key::Declined { peer, file } => Some(Change::Declined {
+                peer,
+                file,
+                decline: None,
+            }),
+            Key::Proof { peer, file } => Some(Change::Proof {
+                peer,
+                file,
+                proof: None,
+            }),
+        }
+    }
+
+    /// Decode one watch answer's events in order, peers' puts first and
+    /// peers' deletes last (a transaction's events may come in any key
+    /// order).
+    pub(crate) fn decode(&self, events: &[etcd_client::Event]) -> Vec<Change> {
+        let (mut first, mut middle, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        for ev in events {
+            let Some(kv) = ev.kv() else { continue };
+            let change = match ev.event_type() {
+                EventType::Put => self.decode_put(kv),
+                EventType::Delete => self.decode_delete(kv),
+            };
+            match change {
+                Some(c @ Change::Peer { .. }) => first.push(c),
+                Some(c @ Change::PeerGone(_)) => last.push(c),
+                Some(c) => middle.push(c),
+                None => {}
+            }
+        }
+        first.extend(middle);
+        first.extend(last);
+        first
+    }
+
+    /// Start following changes from `revision`.
+    pub(crate) async fn watch(&self, revision: i64) -> Result<etcd_client::WatchStream> {
+        let prefix = self.prefix.clone();
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision);
+        self.retry("watch", |mut c| {
+            let (prefix, opts) = (prefix.clone(), opts.clone());
+            async move { c.watch(prefix, Some(opts)).await }
+        })
+        .await
+    }
+
+    pub(crate) fn applied(&self) -> i64 {
+        *self.applied.borrow()
+    }
+
+    pub(crate) fn set_applied(&self, revision: i64) {
+        self.applied.send_if_modified(|r| {
+            if revision > *r {
+                *r = revision;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Wait until our watch has applied `revision` (so this central
+    /// answers with the write). A write that changed nothing has no event
+    /// to wait for: after a moment a `fence` write makes one, which the
+    /// watch delivers after every event before it.
+    pub(crate) async fn wait_applied(&self, revision: i64) -> Result<()> {
+        let mut rx = self.applied.subscribe();
+        let deadline = Instant::now() + APPLY_TIMEOUT;
+        let mut nudge = Duration::from_millis(100);
+        loop {
+            if *rx.borrow_and_update() >= revision {
+                return Ok(());
+            }
+            let wait = nudge.min(deadline.saturating_duration_since(Instant::now()));
+            if wait.is_zero() {
+                return Err(Error::Unavailable(format!(
+                    "etcd: the write is committed (revision {revision}) but this central's watch has not caught up within {} s; retry the call here or at another central",
+                    APPLY_TIMEOUT.as_secs()
+                )));
+            }
+            if tokio::time::timeout(wait, rx.changed()).await.is_err() {
+                self.fence(revision).await;
+                nudge = (nudge * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Write `fence` unless a fence at or after `revision` was written
+    /// already (waiters share one); a failure is left to the caller's
+    /// deadline.
+    async fn fence(&self, revision: i64) {
+        let mut fenced = self.fenced.lock().await;
+        if *fenced >= revision {
+            return;
+        }
+        let key = self.key("fence");
+        match self
+            .retry("write a fence", |mut c| {
+                let key = key.clone();
+                async move { c.put(key, Vec::new(), None).await }
+            })
+            .await
+        {
+            Ok(r) => *fenced = r.header().map_or(0, |h| h.revision()),
+            Err(e) => tracing::debug!(error = %e, "etcd: fence write failed"),
+        }
+    }
+
+    pub(crate) fn peer_meta(&self, peer: &PeerId) -> Option<PeerMeta> {
+        lock(&self.mirror).peers.get(peer).copied()
+    }
+
+    pub(crate) fn binding(&self, peer: &PeerId) -> Option<Binding> {
+        lock(&self.mirror).keys.get(peer).map(|(b, _)| b.clone())
+    }
+
+    /// The binding of `peer` exactly as stored (a Join compares it).
+    pub(super) fn binding_bytes(&self, peer: &PeerId) -> Option<Vec<u8>> {
+        lock(&self.mirror)
+            .keys
+            .get(peer)
+            .map(|(_, raw)| raw.clone())
+    }
+
+    pub(crate) fn bindings_held(&self) -> usize {
+        lock(&self.mirror).keys.len()
+    }
+
+    /// Bindings of peers not in the directory whose last Join is before
+    /// `before`, oldest first.
+    pub(crate) fn idle_bindings(&self, before: i64) -> Vec<(PeerId, i64)> {
+        let m = lock(&self.mirror);
+        let mut idle: Vec<(PeerId, i64)> = m
+            .keys
+            .iter()
+            .filter(|(p, (b, _))| b.last_join < before && !m.peers.contains_key(p))
+            .map(|(p, (b, _))| (*p, b.last_join))
+            .collect();
+        idle.sort_by_key(|&(_, t)| t);
+        idle
+    }
+
+    /// Bindings of absent peers, oldest Join first (to make room).
+    pub(crate) fn absent_bindings(&self) -> Vec<PeerId> {
+        self.idle_bindings(i64::MAX)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect()
+    }
+}

@@ -1,0 +1,111 @@
+//! The directory on etcd (`CENTRAL_ETCD_ENDPOINTS`): any number of
+//! centrals serve one directory, all active.
+//!
+//! # Data model
+//!
+//! Under the prefix (`CENTRAL_ETCD_PREFIX`, default `/peerdex/`):
+//!
+//! * `peers/<peer id>` → [`PeerRecord`] (JSON: URL, BLAKE3 hash of the
+//!   session token, etcd lease, source address, load), attached to the
+//!   peer's etcd lease;
+//! * `files/<peer id>/<file id>/<name>` → the size this peer claims
+//!   (followed by ` r` when it holds the file as a replica), attached to
+//!   the same lease, so that when the peer stops heartbeating etcd itself
+//!   drops everything it announced, in one revision;
+//! * `seq/<peer id>` → the number of the last inventory change applied
+//!   for the peer's session (zero-padded, see [`Ordered`]), on its lease;
+//! * `pins/<file id>/<peer id>` → a [`Pin`](crate::replication::Pin)
+//!   (JSON), no lease: pins are the directory's state and outlive the
+//!   peer that set them;
+//! * `tasks/<peer id>/<file id>` → a replica
+//!   [`Task`](crate::replication::Task) (JSON) for that volunteer, written
+//!   by the leader's planner, attached to the volunteer's lease (every
+//!   central hands it out in Heartbeat answers);
+//! * `declined/<peer id>/<file id>` → a [`Decline`] (JSON): a FETCH the
+//!   volunteer would not do, attached to its lease, read by the planner;
+//! * `proofs/<peer id>/<file id>` → a
+//!   [`Proof`](crate::replication::Proof) (JSON): a copy the directory
+//!   stands behind (fetched at its request, or audited), on the holder's
+//!   lease, written by the leader;
+//! * `keys/<peer id>` → [`Binding`] (the peer's public key and last Join),
+//!   no lease: a binding outlives the peer (`CENTRAL_KEY_RETENTION_DAYS`);
+//! * `nonces/<nonce>` → spent Join nonces, on a short shared lease, so a
+//!   Join cannot be replayed at another central;
+//! * `secrets/network`, `secrets/nonce` → the private network's signing
+//!   key and the nonce MAC key, made once by whichever central starts
+//!   first, so that every central issues and checks the same credentials
+//!   and nonces;
+//! * `election` → etcd's election API (see `crate::leader`);
+//! * `fence` → empty, rewritten when a central waits for a write that
+//!   made no event of its own (see "Reads from memory" below).
+//!
+//! A Heartbeat is a keep-alive of the peer's etcd lease, whichever central
+//! receives it. Inventories bigger than one transaction
+//! ([`TXN_OPS`](writes::TXN_OPS) operations, etcd's default
+//! `--max-txn-ops`) are written in batches under the same lease.
+//!
+//! # Reads from memory
+//!
+//! Each central builds its index from a paginated range read at one
+//! revision ([`Etcd::snapshot`]), then follows a watch from the next
+//! revision; the service applies what it decodes ([`Change`]) to the
+//! in-memory index and marks the revision applied. A write is
+//! acknowledged only once the watch has applied its revision
+//! ([`Etcd::wait_applied`]), so a peer reads its own writes from the
+//! central it talks to. Locate and Search never wait for etcd.
+//!
+//! The applied revision is that of the last event applied, never a
+//! response header's: etcd releases without the fix of etcd PR 15237
+//! (3.5.1 among them) answer a requested progress notification with
+//! their current revision, ahead of events still queued for the stream
+//! (etcd issue 15220), and a catch-up batch's header can be ahead of its
+//! events. Trusting those acknowledged writes the index
+//! did not have yet, and a watch resumed from such a revision skipped
+//! events for good. A write that changed nothing has no event of its own
+//! to wait for: a write to `fence` then makes one, and the events of the
+//! stream arrive in revision order.
+//!
+//! # Layout
+//!
+//! * `mod.rs` — [`Etcd`], the handle every part below adds methods to.
+//! * `client` — connecting, retries with backoff under a deadline, what
+//!   an etcd failure becomes ([`lease_gone`]); leases, shared secrets,
+//!   revision and compaction.
+//! * `schema` — every key layout and stored value, encoded and read back.
+//! * `follow` — the snapshot read, the watch, decoding into [`Change`],
+//!   the mirror (leases, bindings) and the applied revision.
+//! * `writes` — Join, ordered inventory changes, Leave, pins, proofs,
+//!   tasks, declines, forgotten bindings.
+
+mod client;
+mod follow;
+mod schema;
+mod writes;
+
+use std::sync::Mutex;
+
+use etcd_client::Client;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+pub(crate) use client::lease_gone;
+pub(crate) use follow::Change;
+pub(crate) use schema::{Binding, Decline, PeerRecord};
+pub(crate) use writes::{JoinConflict, JoinWrite, Ordered};
+
+/// The directory's handle on etcd: two clients (one with a deadline per
+/// call, one for calls that wait), the key prefix, and what the watch
+/// told this central (see `follow`).
+pub(crate) struct Etcd {
+    client: Client,
+    /// For calls that wait without a deadline (a campaign).
+    waiting: Client,
+    prefix: String,
+    endpoints: String,
+    mirror: Mutex<follow::Mirror>,
+    applied: watch::Sender<i64>,
+    /// The revision of the last `fence` write (see [`Etcd::wait_applied`]).
+    fenced: tokio::sync::Mutex<i64>,
+    /// The shared lease of spent nonces, and when it was granted.
+    nonce_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
+}
