@@ -14,9 +14,10 @@ use std::thread::JoinHandle;
 
 use peerdex_proto::FileId;
 
+use super::Index;
 use super::compact::{Small, Word};
+use super::slab::{Handles, Slab};
 use super::words::raw_words;
-use super::{Handles, Index, Slab};
 
 /// The state of a bulk load (see the module doc).
 pub(super) struct Bulk {

@@ -7,8 +7,9 @@ use std::collections::HashSet;
 use peerdex_proto::{FileId, PeerId, v1};
 use tokio::time::Instant;
 
+use super::holdings::most_claimed;
 use super::words::{lower_into, raw_words};
-use super::{Cursor, Index, SearchPage, most_claimed};
+use super::{Cursor, Index, SearchPage};
 use crate::replication::{FileState, Holder, Volunteer};
 
 /// Whether some word of `name` starts with `q` (lowercase), case-folded as
