@@ -78,7 +78,8 @@
 //! # Layout
 //!
 //! * `lib.rs` — [`run`]: load the index, serve, shut down.
-//! * `config` — [`Config`], [`Limits`] and their validation.
+//! * `config/` — [`Config`], [`Limits`], their defaults, bounds and
+//!   validation, and [`Args`]: the flags in sections that fill them.
 //! * `tls` — [`TlsFiles`]: the certificate and key of the gRPC port.
 //! * `service` — the gRPC service: parsing, auth, write ordering.
 //! * `index/` — the in-memory index (tokenizer, slabs and key → handle
@@ -91,7 +92,7 @@
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].
 
 mod audit;
-mod config;
+pub mod config;
 mod error;
 mod etcd;
 mod identity;
@@ -114,7 +115,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
-pub use config::{Config, Limits};
+pub use config::{Args, Config, ConfigError, Limits};
 pub use error::{Error, RETRY_AFTER, Result};
 /// File name of the database inside [`Config::data_dir`] (tests open it to
 /// check that an acknowledged change is already committed).

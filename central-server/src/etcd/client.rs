@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Etcd;
+use crate::config::ConfigError;
 use crate::error::{Error, Result};
 
 /// Per-request deadline towards etcd (a member that does not answer is
@@ -71,11 +72,12 @@ impl Etcd {
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         let connect = |options| async {
-            Client::connect(&list, Some(options)).await.map_err(|e| {
-                Error::Config(format!(
-                    "CENTRAL_ETCD_ENDPOINTS {endpoints:?}: cannot connect: {e}"
-                ))
-            })
+            Client::connect(&list, Some(options))
+                .await
+                .map_err(|source| ConfigError::EtcdConnect {
+                    endpoints: endpoints.to_owned(),
+                    source,
+                })
         };
         let client = connect(options.clone().with_timeout(REQUEST_TIMEOUT)).await?;
         // Campaigns wait as long as another central leads: no deadline.
