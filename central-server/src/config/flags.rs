@@ -237,6 +237,8 @@ pub struct EtcdArgs {
     #[arg(long, env = "CENTRAL_ETCD_PREFIX", default_value = defaults::ETCD_PREFIX)]
     pub etcd_prefix: String,
 
+    // The help shows `<hostname>:<port>` as written, not as HTML.
+    #[allow(rustdoc::invalid_html_tags)]
     /// This central's name in answers, logs and the leader election
     /// (letters, digits, . _ : -). Empty = <hostname>:<port>.
     #[arg(long, env = "CENTRAL_NAME", default_value = "")]

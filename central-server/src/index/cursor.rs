@@ -43,7 +43,8 @@ impl Cursor {
         })
     }
 
-    /// The hit order of [`super::Index::search`]: holders (desc), name, file id.
+    /// The hit order of [`super::Index::search_within`]: holders (desc), name,
+    /// file id.
     pub(super) fn key(&self) -> (Reverse<u32>, &str, FileId) {
         (Reverse(self.holders), &self.name, self.file)
     }

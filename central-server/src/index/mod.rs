@@ -28,7 +28,7 @@
 //! * `holdings` — holdings and size claims: publish, unpublish, conflicts.
 //! * `names` — interned names and the token map's postings.
 //! * `query` — the read side: Locate by id or name, ranked Search.
-//! * [`words`] — the tokenizer shared by names and queries.
+//! * [`words`](mod@words) — the tokenizer shared by names and queries.
 //! * `slab` — `u32`-handle storage for peers, files and names, and the
 //!   key → handle tables.
 //! * `compact` — inline-one lists and inline short words.
