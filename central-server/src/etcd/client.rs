@@ -26,20 +26,70 @@ const FIRST_PAUSE: Duration = Duration::from_millis(50);
 /// Longest pause between two tries of one call.
 const MAX_PAUSE: Duration = Duration::from_millis(800);
 
-/// `e` as the directory's error: etcd did not answer or refused.
-pub(super) fn unavailable(what: &str, e: etcd_client::Error) -> Error {
-    Error::Unavailable(format!("etcd: {what}: {e}"))
+/// What went wrong with etcd. Methods of [`Etcd`] that the service calls
+/// turn it into the directory's [`Error`] (with the same words): etcd
+/// trouble is UNAVAILABLE (retry here or at another central), a fault of
+/// ours is internal.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EtcdError {
+    /// etcd did not answer, or refused `what`.
+    #[error("etcd: {what}: {source}")]
+    Unavailable {
+        what: &'static str,
+        source: etcd_client::Error,
+    },
+    /// A write is committed but this central's watch has not applied it.
+    #[error(
+        "etcd: the write is committed (revision {revision}) but this central's watch has not caught up within {} s; retry the call here or at another central",
+        waited.as_secs()
+    )]
+    NotApplied { revision: i64, waited: Duration },
+    /// A key read back after a failed create was gone.
+    #[error("etcd: {key} vanished while read")]
+    Vanished { key: String },
+    /// A value could not be encoded.
+    #[error("encoding {what}: {source}")]
+    Encode {
+        what: &'static str,
+        source: serde_json::Error,
+    },
 }
 
-/// Whether an etcd error says the lease is gone.
-pub(crate) fn lease_gone(e: &Error) -> bool {
-    matches!(e, Error::Unavailable(m) if m.contains("lease not found"))
+impl EtcdError {
+    /// Whether etcd said the lease is gone (the peer's session ended).
+    pub(super) fn lease_gone(&self) -> bool {
+        matches!(self, Self::Unavailable { source, .. } if lease_not_found(source))
+    }
 }
+
+impl From<EtcdError> for Error {
+    fn from(e: EtcdError) -> Self {
+        match e {
+            EtcdError::Unavailable { .. } | EtcdError::NotApplied { .. } => {
+                Error::Unavailable(e.to_string())
+            }
+            EtcdError::Vanished { .. } | EtcdError::Encode { .. } => Error::Internal(e.to_string()),
+        }
+    }
+}
+
+/// `e` as our error: etcd did not answer or refused `what`.
+pub(super) fn unavailable(what: &'static str, source: etcd_client::Error) -> EtcdError {
+    EtcdError::Unavailable { what, source }
+}
+
+/// Whether an error from a method of [`Etcd`] says the lease is gone.
+pub(crate) fn lease_gone(e: &Error) -> bool {
+    matches!(e, Error::Unavailable(m) if m.contains(LEASE_NOT_FOUND))
+}
+
+/// What etcd says of a lease it no longer has.
+const LEASE_NOT_FOUND: &str = "lease not found";
 
 /// Whether etcd's own error says the lease is gone (a revoke of a lease
 /// that ended already).
 pub(super) fn lease_not_found(e: &etcd_client::Error) -> bool {
-    e.to_string().contains("lease not found")
+    e.to_string().contains(LEASE_NOT_FOUND)
 }
 
 /// A call worth repeating at another member: no answer, or no leader.
@@ -106,7 +156,7 @@ impl Etcd {
     /// Call `f` on a client, again after a short pause when etcd did not
     /// answer (a member died: the next call goes to another). Only for
     /// calls that may be repeated.
-    pub(super) async fn retry<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    pub(super) async fn retry<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, EtcdError>
     where
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
@@ -128,7 +178,11 @@ impl Etcd {
 
     /// A transaction, repeated when etcd did not answer (see
     /// [`Etcd::retry`]).
-    pub(super) async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse> {
+    pub(super) async fn txn(
+        &self,
+        what: &'static str,
+        txn: Txn,
+    ) -> Result<etcd_client::TxnResponse, EtcdError> {
         self.retry(what, |mut c| {
             let txn = txn.clone();
             async move { c.txn(txn).await }
@@ -155,7 +209,7 @@ impl Etcd {
                 return Ok(kv.value().to_vec());
             }
         }
-        Err(Error::Internal(format!("etcd: {key} vanished while read")))
+        Err(EtcdError::Vanished { key }.into())
     }
 
     /// A lease for a new session of `ttl`.
@@ -180,8 +234,8 @@ impl Etcd {
             .await;
         match r {
             Ok(()) => Ok(true),
-            Err(e) if lease_gone(&e) => Ok(false),
-            Err(e) => Err(e),
+            Err(e) if e.lease_gone() => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -196,7 +250,7 @@ impl Etcd {
                 if e.to_string().contains("compacted") {
                     Ok(())
                 } else {
-                    Err(unavailable("compact", e))
+                    Err(unavailable("compact", e).into())
                 }
             })
     }
@@ -211,5 +265,47 @@ impl Etcd {
             })
             .await?;
         Ok(r.header().map_or(0, |h| h.revision()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_errors_keep_their_words_and_their_kind_at_the_edge() {
+        let gone = || {
+            unavailable(
+                "keep a lease alive",
+                etcd_client::Error::GRpcStatus(tonic::Status::not_found(
+                    "etcdserver: requested lease not found",
+                )),
+            )
+        };
+        assert!(gone().lease_gone());
+        let e = Error::from(gone());
+        assert!(matches!(&e, Error::Unavailable(m) if m.starts_with("etcd: keep a lease alive: ")));
+        assert!(lease_gone(&e), "{e}");
+        let other = unavailable(
+            "join",
+            etcd_client::Error::GRpcStatus(tonic::Status::unavailable("no leader")),
+        );
+        assert!(!other.lease_gone());
+        assert!(!lease_gone(&Error::from(other)));
+        let late = Error::from(EtcdError::NotApplied {
+            revision: 7,
+            waited: Duration::from_secs(10),
+        });
+        assert_eq!(
+            late.to_string(),
+            "etcd: the write is committed (revision 7) but this central's watch has not caught up within 10 s; retry the call here or at another central"
+        );
+        assert!(matches!(late, Error::Unavailable(_)));
+        let lost = Error::from(EtcdError::Vanished {
+            key: "/peerdex/secrets/nonce".into(),
+        });
+        assert!(
+            matches!(&lost, Error::Internal(m) if m == "etcd: /peerdex/secrets/nonce vanished while read")
+        );
     }
 }

@@ -13,11 +13,12 @@ use peerdex_proto::{FileId, PeerId};
 use tokio::time::Instant;
 
 use super::Etcd;
+use super::client::EtcdError;
 use super::schema::{
     Binding, Decline, FOLLOWED_AFTER_HOLDINGS, Key, PeerRecord, holdings_of, json,
     parse_holding_value, range_end,
 };
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::replication::{Pin, Proof, Task};
 
 /// Keys per page of the start-up range read.
@@ -302,11 +303,12 @@ impl Etcd {
         let opts = WatchOptions::new()
             .with_prefix()
             .with_start_revision(revision);
-        self.retry("watch", |mut c| {
-            let (prefix, opts) = (prefix.clone(), opts.clone());
-            async move { c.watch(prefix, Some(opts)).await }
-        })
-        .await
+        Ok(self
+            .retry("watch", |mut c| {
+                let (prefix, opts) = (prefix.clone(), opts.clone());
+                async move { c.watch(prefix, Some(opts)).await }
+            })
+            .await?)
     }
 
     pub(crate) fn applied(&self) -> i64 {
@@ -338,10 +340,11 @@ impl Etcd {
             }
             let wait = nudge.min(deadline.saturating_duration_since(Instant::now()));
             if wait.is_zero() {
-                return Err(Error::Unavailable(format!(
-                    "etcd: the write is committed (revision {revision}) but this central's watch has not caught up within {} s; retry the call here or at another central",
-                    APPLY_TIMEOUT.as_secs()
-                )));
+                return Err(EtcdError::NotApplied {
+                    revision,
+                    waited: APPLY_TIMEOUT,
+                }
+                .into());
             }
             if tokio::time::timeout(wait, rx.changed()).await.is_err() {
                 self.fence(revision).await;

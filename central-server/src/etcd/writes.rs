@@ -14,9 +14,9 @@ use peerdex_proto::{FileId, PeerId};
 use tokio::time::Instant;
 
 use super::Etcd;
-use super::client::{lease_gone, lease_not_found, unavailable};
+use super::client::{EtcdError, lease_not_found, unavailable};
 use super::schema::{Binding, Decline, PeerRecord, holding_value, parse_seq, seq_value};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::replication::{Pin, Proof, Task};
 
 /// Most operations in one etcd transaction (etcd's default
@@ -57,8 +57,8 @@ pub(crate) enum Ordered {
 }
 
 /// `value` as JSON for etcd.
-fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Internal(format!("encoding {what}: {e}")))
+fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, EtcdError> {
+    serde_json::to_vec(value).map_err(|source| EtcdError::Encode { what, source })
 }
 
 impl Etcd {
@@ -78,7 +78,7 @@ impl Etcd {
 
     /// Put `ops` in transactions of at most [`TXN_OPS`]; the revision of
     /// the last.
-    async fn batches(&self, what: &str, ops: Vec<TxnOp>) -> Result<i64> {
+    async fn batches(&self, what: &'static str, ops: Vec<TxnOp>) -> Result<i64, EtcdError> {
         let mut revision = 0;
         for chunk in ops.chunks(TXN_OPS) {
             let r = self.txn(what, Txn::new().and_then(chunk.to_vec())).await?;
@@ -204,7 +204,7 @@ impl Etcd {
     /// writes its operations again, which changes nothing if they landed.
     async fn ordered(
         &self,
-        what: &str,
+        what: &'static str,
         peer: &PeerId,
         lease: i64,
         seq: u64,
@@ -285,7 +285,7 @@ impl Etcd {
         match self.client.clone().lease_revoke(lease).await {
             Ok(r) => Ok(Some(r.header().map_or(0, |h| h.revision()))),
             Err(e) if lease_not_found(&e) => Ok(None),
-            Err(e) => Err(unavailable("leave", e)),
+            Err(e) => Err(unavailable("leave", e).into()),
         }
     }
 
@@ -319,7 +319,7 @@ impl Etcd {
             Some(p) => TxnOp::put(key, encode("a pin", p)?, None),
             None => TxnOp::delete(key, None),
         };
-        self.batches("pin", vec![op]).await
+        Ok(self.batches("pin", vec![op]).await?)
     }
 
     /// Write the planner's changes: tasks to give (each on its volunteer's
@@ -350,8 +350,8 @@ impl Etcd {
             );
             match self.batches("give a task", vec![op]).await {
                 Ok(r) => revision = revision.max(r),
-                Err(e) if lease_gone(&e) => {}
-                Err(e) => return Err(e),
+                Err(e) if e.lease_gone() => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(revision)
@@ -372,7 +372,7 @@ impl Etcd {
                 Some(PutOptions::new().with_lease(lease)),
             ));
         }
-        self.batches("decline", ops).await
+        Ok(self.batches("decline", ops).await?)
     }
 
     /// Forget old declines (they expire: a volunteer may have room again).
@@ -381,7 +381,7 @@ impl Etcd {
             .iter()
             .map(|(p, f)| TxnOp::delete(self.declined_key(p, f), None))
             .collect();
-        self.batches("forget declines", ops).await
+        Ok(self.batches("forget declines", ops).await?)
     }
 
     /// Record that the directory stands behind `peer`'s copy of `file`
@@ -408,8 +408,8 @@ impl Etcd {
             None => TxnOp::delete(key, None),
         };
         match self.batches("proof", vec![op]).await {
-            Err(e) if lease_gone(&e) => Ok(0),
-            r => r,
+            Err(e) if e.lease_gone() => Ok(0),
+            r => Ok(r?),
         }
     }
 }
