@@ -231,11 +231,6 @@ impl Index {
         }
     }
 
-    /// `t` as nanoseconds since the epoch.
-    pub(super) fn tick(&self, t: Instant) -> u64 {
-        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
-    }
-
     /// Holdings in the whole index.
     pub fn holdings(&self) -> usize {
         self.holdings

@@ -15,6 +15,12 @@ use tokio::time::Instant;
 use super::{Index, Lease, Load, Peer, TokenHash};
 
 impl Index {
+    /// `t` as nanoseconds since the epoch: a lease end as the atomic
+    /// `Peer::expires` keeps it.
+    fn tick(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos()).unwrap_or(u64::MAX)
+    }
+
     pub fn lease(&self, peer: &PeerId, now: Instant) -> Lease {
         match self.peer_ix.get(peer) {
             None => Lease::Unknown,
