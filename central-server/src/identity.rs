@@ -13,6 +13,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use peerdex_common::sync::lock;
+
+use crate::error::NonceError;
 use peerdex_proto::PeerId;
 use peerdex_proto::network::constant_time_eq;
 use tokio::time::Instant;
@@ -74,29 +76,28 @@ impl Nonces {
     /// Is `nonce` one we issued for `peer`, still valid and not spent?
     /// (Does not spend it: see [`Nonces::spend`], once the signature is
     /// checked.)
-    pub(crate) fn check(&self, peer: &PeerId, nonce: &[u8], now: Instant) -> Result<(), String> {
+    pub(crate) fn check(
+        &self,
+        peer: &PeerId,
+        nonce: &[u8],
+        now: Instant,
+    ) -> Result<(), NonceError> {
         if nonce.len() != NONCE_LEN {
-            return Err(format!(
-                "nonce: {} bytes, not a nonce from Challenge; ask Challenge for one",
-                nonce.len()
-            ));
+            return Err(NonceError::Length(nonce.len()));
         }
         let (head, mac) = nonce.split_at(EXPIRY + RANDOM);
         let expected = self.mac(peer, head);
         if !constant_time_eq(mac, &expected) {
-            return Err(
-                "nonce: not issued by this directory for this peer id (or before its restart); ask Challenge for a fresh one".into(),
-            );
+            return Err(NonceError::Foreign);
         }
         let expiry = u64::from_be_bytes(head[..EXPIRY].try_into().unwrap_or_default());
         if expiry <= self.ms(now) {
-            return Err(format!(
-                "nonce: expired (a nonce is good for {} s); ask Challenge for a fresh one",
-                NONCE_VALID.as_secs()
-            ));
+            return Err(NonceError::Expired {
+                valid_secs: NONCE_VALID.as_secs(),
+            });
         }
         if lock(&self.spent).contains_key(random_part(nonce)) {
-            return Err("nonce: already used by a Join; ask Challenge for a fresh one".into());
+            return Err(NonceError::Spent);
         }
         Ok(())
     }
@@ -131,21 +132,20 @@ mod tests {
         let x = n.issue(&a, now);
         assert_eq!(x.len(), NONCE_LEN);
         assert_eq!(n.check(&a, &x, now), Ok(()));
-        assert!(n.check(&b, &x, now).unwrap_err().contains("not issued"));
+        assert_eq!(n.check(&b, &x, now), Err(NonceError::Foreign));
         let mut forged = x.clone();
         forged[0] ^= 1; // a later expiry
-        assert!(
-            n.check(&a, &forged, now)
-                .unwrap_err()
-                .contains("not issued")
-        );
+        assert_eq!(n.check(&a, &forged, now), Err(NonceError::Foreign));
         assert!(Nonces::new().check(&a, &x, now).is_err(), "another process");
-        assert!(n.check(&a, &x[..10], now).unwrap_err().contains("10 bytes"));
+        assert_eq!(n.check(&a, &x[..10], now), Err(NonceError::Length(10)));
         let late = now + NONCE_VALID;
-        assert!(n.check(&a, &x, late).unwrap_err().contains("expired"));
+        assert!(matches!(
+            n.check(&a, &x, late),
+            Err(NonceError::Expired { .. })
+        ));
         assert!(n.spend(&x, now));
         assert!(!n.spend(&x, now));
-        assert!(n.check(&a, &x, now).unwrap_err().contains("already used"));
+        assert_eq!(n.check(&a, &x, now), Err(NonceError::Spent));
         let y = n.issue(&a, now);
         assert_eq!(n.check(&a, &y, now), Ok(()));
     }

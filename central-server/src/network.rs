@@ -24,7 +24,7 @@ use peerdex_common::keyfile::{self, Loaded};
 use peerdex_proto::network::{Credential, audience, constant_time_eq, kid, secret_proof, unix_now};
 use peerdex_proto::{PeerId, v1};
 
-use crate::error::{Error, Result};
+use crate::error::{Auth, Error, Result};
 
 /// File name of the network key in the data folder.
 pub const KEY_FILE: &str = "network.key";
@@ -87,15 +87,11 @@ impl Network {
     /// Check a Join's proof of the secret.
     pub(crate) fn admit(&self, r: &v1::JoinRequest) -> Result<()> {
         if r.secret_proof.is_empty() {
-            return Err(Error::Unauthenticated(
-                "this is a private network: a Join must prove the join secret (set PSERVER_JOIN_SECRET)".into(),
-            ));
+            return Err(Auth::NoSecretProof.into());
         }
         let expected = secret_proof(&self.secret, &r.nonce, &r.peer_id);
         if !constant_time_eq(&r.secret_proof, &expected) {
-            return Err(Error::Unauthenticated(
-                "secret_proof: wrong join secret (PSERVER_JOIN_SECRET must equal the directory's CENTRAL_JOIN_SECRET)".into(),
-            ));
+            return Err(Auth::WrongSecret.into());
         }
         Ok(())
     }

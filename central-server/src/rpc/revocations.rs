@@ -20,10 +20,16 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Status};
 
-use super::{DirectoryService, authorize, bearer, lock, parse_peer};
-use crate::error::Error;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use peerdex_common::sync::lock;
+use tokio_util::sync::CancellationToken;
+
+use super::{DirectoryService, bearer, parse_peer};
+use crate::error::{Error, Limit, Result};
 use crate::index::TokenHash;
 
 /// Streams one peer may hold open (a PServer keeps one; the second covers
@@ -35,6 +41,15 @@ const STREAM_BUFFER: usize = 16;
 
 pub(crate) type RevocationStream = ReceiverStream<Result<v1::RevocationEvent, Status>>;
 
+/// The Revocations streams open at this central.
+#[derive(Default)]
+pub(super) struct Streams {
+    /// Streams open, per peer.
+    open: Mutex<HashMap<PeerId, usize>>,
+    /// Ends every stream (shutdown, drain).
+    end: CancellationToken,
+}
+
 /// One open stream of a peer, given back when the stream ends.
 struct Slot {
     service: DirectoryService,
@@ -42,13 +57,15 @@ struct Slot {
 }
 
 impl Slot {
-    fn take(service: &DirectoryService, peer: PeerId) -> Result<Self, Error> {
-        let mut open = lock(&service.shared.streams);
+    fn take(service: &DirectoryService, peer: PeerId) -> Result<Self> {
+        let mut open = lock(&service.inner.streams.open);
         let n = open.entry(peer).or_insert(0);
         if *n >= MAX_STREAMS_PER_PEER {
-            return Err(Error::LimitExceeded(format!(
-                "peer {peer} already has {MAX_STREAMS_PER_PEER} Revocations streams open; close one first"
-            )));
+            return Err(Limit::Streams {
+                peer,
+                max: MAX_STREAMS_PER_PEER,
+            }
+            .into());
         }
         *n += 1;
         Ok(Self {
@@ -60,7 +77,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut open = lock(&self.service.shared.streams);
+        let mut open = lock(&self.service.inner.streams.open);
         if let Some(n) = open.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -78,31 +95,31 @@ impl DirectoryService {
     /// End every Revocations stream (shutdown, drain): their PServers
     /// open them again at another central.
     pub(crate) fn end_streams(&self) {
-        self.shared.streams_end.cancel();
+        self.inner.streams.end.cancel();
     }
 
-    pub(super) async fn revocations_rpc(
+    pub(super) fn revocations(
         &self,
         req: Request<v1::RevocationsRequest>,
-    ) -> Result<Response<RevocationStream>, Status> {
+    ) -> Result<RevocationStream> {
         let token = bearer(req.metadata())?;
         let peer = parse_peer(&req.into_inner().peer_id)?;
-        let Some(net) = &self.shared.network else {
-            return Err(Status::failed_precondition(
-                "this directory is an open network (no CENTRAL_JOIN_SECRET): it gives no credentials, so revokes none",
-            ));
+        let Some(net) = self.dir().network() else {
+            return Err(Error::OpenNetwork);
         };
-        if self.shared.draining.load(Ordering::Relaxed) || self.shared.streams_end.is_cancelled() {
-            return Err(Error::Closed.into());
+        if self.inner.drain.draining.load(Ordering::Relaxed)
+            || self.inner.streams.end.is_cancelled()
+        {
+            return Err(Error::Closed);
         }
-        authorize(&self.index(), &peer, &token, Instant::now())?;
+        self.dir().authorize(&peer, &token, Instant::now())?;
         let slot = Slot::take(self, peer)?;
         let (pushed, list) = net.subscribe();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         // Room for it: the channel is new.
         let _ = tx.try_send(event(list, true));
         tokio::spawn(self.clone().push(slot, token, pushed, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(ReceiverStream::new(rx))
     }
 
     /// Forward departures to one stream until it ends.
@@ -114,18 +131,18 @@ impl DirectoryService {
         tx: mpsc::Sender<Result<v1::RevocationEvent, Status>>,
     ) {
         let peer = slot.peer;
-        let Some(net) = &self.shared.network else {
+        let Some(net) = self.dir().network() else {
             return;
         };
-        let mut tick = tokio::time::interval(self.shared.heartbeat_interval);
+        let mut tick = tokio::time::interval(self.inner.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let end = self.shared.streams_end.clone();
+        let end = self.inner.streams.end.clone();
         loop {
             let next = tokio::select! {
                 () = end.cancelled() => return,
                 () = tx.closed() => return,
                 _ = tick.tick() => {
-                    if authorize(&self.index(), &peer, &token, Instant::now()).is_err() {
+                    if self.dir().authorize(&peer, &token, Instant::now()).is_err() {
                         tracing::debug!(%peer, "revocations: the subscriber's lease ended; stream closed");
                         return;
                     }

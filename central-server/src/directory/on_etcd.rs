@@ -1,0 +1,375 @@
+//! The directory on etcd (several centrals): the writes.
+//!
+//! A write is checked against the index (as with SQLite), written to
+//! etcd, and acknowledged once this central's watch has applied its
+//! revision (see [`super::follow`]). The index changes only through the
+//! follower, so every central applies every change in etcd's order. Writes
+//! of one peer are serialized by its stripe of the directory's locks, so
+//! its calls apply in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use peerdex_proto::{FileId, PeerId, v1};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Admit, Backend, Directory, Join, Opened, TaskChanges, authorize, check_leave, check_rejoin,
+    follow,
+};
+use crate::config::Config;
+use crate::error::{Error, Limit, NonceError, Result};
+use crate::etcd::{Binding, Decline, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord};
+use crate::identity::{NONCE_VALID, Nonces};
+use crate::index::{Index, Load, TokenHash};
+use crate::leader::{self, Leadership};
+use crate::network::Network;
+use crate::replication::{Pin, Proof};
+use crate::store::Withdrawal;
+
+/// How many revisions of history the leader keeps when it compacts.
+const COMPACT_KEEP: i64 = 10_000;
+
+pub(super) struct OnEtcd {
+    pub(super) etcd: Arc<Etcd>,
+}
+
+/// A lease that never ends by our clock: etcd ends it.
+pub(super) fn never(now: Instant) -> Instant {
+    now + Duration::from_secs(100 * 365 * 86_400)
+}
+
+/// Connect to etcd, take the directory's shared secrets, load the index
+/// and start following etcd and the leader election.
+pub(super) async fn open(
+    config: &Config,
+    endpoints: &str,
+    name: &str,
+    cancel: &CancellationToken,
+) -> Result<Opened> {
+    let etcd = Arc::new(Etcd::connect(endpoints, &config.etcd_prefix).await?);
+    let (nonces, network) = shared_secrets(&etcd, config).await?;
+    let leadership = Leadership::new(name);
+    let backend = Backend::Etcd(OnEtcd { etcd: etcd.clone() });
+    let directory = Arc::new(Directory::new(backend, Index::new(), network, config));
+    let revision = follow::load(&directory, &etcd).await?;
+    tracing::info!(endpoints = %etcd.endpoints(), prefix = %config.etcd_prefix, revision,
+        "the directory is on etcd; following its changes");
+    let tasks = vec![
+        tokio::spawn(follow::follow_loop(
+            directory.clone(),
+            etcd.clone(),
+            cancel.clone(),
+        )),
+        tokio::spawn(leadership.clone().run(
+            etcd.waiting_client(),
+            etcd.key("election"),
+            leader::election_ttl(config.lease_ttl),
+            cancel.clone(),
+        )),
+    ];
+    Ok(Opened {
+        directory,
+        nonces,
+        leadership,
+        tasks,
+    })
+}
+
+/// The nonce key and (in a private network) the network key, shared by
+/// every central of a directory on etcd: the first to start makes them.
+async fn shared_secrets(etcd: &Etcd, config: &Config) -> Result<(Nonces, Option<Network>)> {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+    let nonce_key = etcd
+        .get_or_create("secrets/nonce", rand::random::<[u8; 32]>().to_vec())
+        .await?;
+    let nonce_key: [u8; 32] = nonce_key
+        .try_into()
+        .map_err(|_| Error::Corrupt("etcd: secrets/nonce is not 32 bytes".into()))?;
+    let network = match &config.join_secret {
+        Some(secret) => {
+            let fresh = ed25519_dalek::SigningKey::from_bytes(&rand::random())
+                .to_pkcs8_der()
+                .map_err(|e| Error::Internal(format!("cannot encode a key: {e}")))?;
+            let der = etcd
+                .get_or_create("secrets/network", fresh.as_bytes().to_vec())
+                .await?;
+            let key = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
+                .map_err(|e| Error::Corrupt(format!("etcd: secrets/network: {e}")))?;
+            Some(Network::with_key(secret, key, config.lease_ttl))
+        }
+        None => None,
+    };
+    Ok((Nonces::with_key(nonce_key), network))
+}
+
+fn not_joined_if_lease_gone(e: Error, peer: PeerId) -> Error {
+    if crate::etcd::lease_gone(&e) {
+        Error::NotJoined(peer)
+    } else {
+        e
+    }
+}
+
+impl OnEtcd {
+    pub(super) async fn join(
+        &self,
+        dir: &Directory,
+        j: Join,
+        admit: Admit,
+    ) -> Result<(usize, Vec<v1::Refused>)> {
+        let etcd = &self.etcd;
+        let _serial = dir.serial(&j.peer).await;
+        let peer = j.peer;
+        let bound = etcd.binding(&peer);
+        let bound_key = bound.as_ref().and_then(Binding::public_key);
+        if bound_key.is_some_and(|b| b != j.key) {
+            return Err(Error::OtherKey(peer));
+        }
+        let max_keys = dir.max_keys;
+        if bound.is_none() && etcd.bindings_held() >= max_keys {
+            let before = j.unix_now - dir.key_retention.as_secs() as i64;
+            let mut victims: Vec<PeerId> = etcd
+                .idle_bindings(before)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect();
+            if victims.is_empty() {
+                victims = etcd.absent_bindings();
+            }
+            victims.truncate(etcd.bindings_held() + 1 - max_keys);
+            etcd.forget_bindings(&victims).await?;
+            if etcd.bindings_held() >= max_keys {
+                return Err(Limit::Keys { max: max_keys }.into());
+            }
+        }
+        let now = Instant::now();
+        let (files, refused) = {
+            let ix = dir.index();
+            check_rejoin(&ix, &j, bound.is_some(), now)?;
+            admit(&ix)?
+        };
+        let lease = etcd.grant(dir.lease_ttl).await?;
+        let record = PeerRecord {
+            url: j.url.to_string(),
+            token: hex::encode(j.hash),
+            lease,
+            addr: Some(j.addr),
+            active_uploads: j.load.active_uploads,
+            free_upload_slots: j.load.free_upload_slots,
+            replica_quota: j.replica_quota,
+        };
+        let write = JoinWrite {
+            peer,
+            record,
+            binding: Binding {
+                key: hex::encode(j.key),
+                last_join: j.unix_now,
+            },
+            nonce: &j.nonce,
+            files: &files,
+        };
+        let revision = match etcd.join(write, NONCE_VALID).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(conflict)) => {
+                let _ = etcd.leave(lease).await;
+                return Err(match conflict {
+                    JoinConflict::OtherKey => Error::OtherKey(peer),
+                    JoinConflict::NonceSpent => NonceError::Spent.into(),
+                    JoinConflict::Raced => Error::Raced(peer),
+                });
+            }
+            Err(e) => {
+                let _ = etcd.leave(lease).await;
+                return Err(e);
+            }
+        };
+        etcd.wait_applied(revision).await?;
+        Ok((files.len(), refused))
+    }
+
+    /// Keep `peer`'s etcd lease alive (it was authorized and paced).
+    pub(super) async fn heartbeat(
+        &self,
+        dir: &Directory,
+        peer: &PeerId,
+        load: Option<Load>,
+        now: Instant,
+    ) -> Result<bool> {
+        let Some(meta) = self.etcd.peer_meta(peer) else {
+            tracing::debug!(%peer, "heartbeat: the peer has no lease record in the mirror");
+            return Ok(false);
+        };
+        if !self.etcd.keep_alive(meta.lease).await? {
+            tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+            return Ok(false);
+        }
+        dir.index().renew(peer, load, never(now), now);
+        Ok(true)
+    }
+
+    pub(super) async fn publish(
+        &self,
+        dir: &Directory,
+        peer: PeerId,
+        token: TokenHash,
+        seq: u64,
+        admit: Admit,
+    ) -> Result<Vec<v1::Refused>> {
+        let _serial = dir.serial(&peer).await;
+        let (files, refused) = {
+            let ix = dir.index();
+            authorize(&ix, &peer, &token, Instant::now())?;
+            admit(&ix)?
+        };
+        let meta = self.etcd.peer_meta(&peer).ok_or(Error::NotJoined(peer))?;
+        let done = self
+            .etcd
+            .publish(&peer, meta.lease, seq, &files)
+            .await
+            .map_err(|e| not_joined_if_lease_gone(e, peer))?;
+        self.landed(peer, seq, done).await?;
+        Ok(refused)
+    }
+
+    pub(super) async fn unpublish(
+        &self,
+        dir: &Directory,
+        peer: PeerId,
+        token: TokenHash,
+        seq: u64,
+        refs: Vec<Withdrawal>,
+    ) -> Result<()> {
+        let _serial = dir.serial(&peer).await;
+        dir.authorize(&peer, &token, Instant::now())?;
+        let meta = self.etcd.peer_meta(&peer).ok_or(Error::NotJoined(peer))?;
+        let done = self
+            .etcd
+            .unpublish(&peer, meta.lease, seq, &refs)
+            .await
+            .map_err(|e| not_joined_if_lease_gone(e, peer))?;
+        self.landed(peer, seq, done).await
+    }
+
+    /// Wait for an applied change to be in our index; refuse one that
+    /// came too late.
+    async fn landed(&self, peer: PeerId, seq: u64, done: Ordered) -> Result<()> {
+        match done {
+            Ordered::Applied(revision) => self.etcd.wait_applied(revision).await,
+            Ordered::Superseded(last) => Err(Error::Superseded { peer, seq, last }),
+            Ordered::Gone => Err(Error::NotJoined(peer)),
+        }
+    }
+
+    /// Returns whether the peer was there. The follower revokes its
+    /// credential (at every central).
+    pub(super) async fn leave(
+        &self,
+        dir: &Directory,
+        peer: PeerId,
+        token: TokenHash,
+    ) -> Result<bool> {
+        let _serial = dir.serial(&peer).await;
+        if !check_leave(&dir.index(), &peer, &token)? {
+            return Ok(false);
+        }
+        let Some(meta) = self.etcd.peer_meta(&peer) else {
+            return Ok(false);
+        };
+        match self.etcd.leave(meta.lease).await? {
+            Some(revision) => {
+                self.etcd.wait_applied(revision).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    pub(super) async fn forget_idle_keys(&self, before: i64) -> Result<usize> {
+        let idle: Vec<PeerId> = self
+            .etcd
+            .idle_bindings(before)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        if idle.is_empty() {
+            return Ok(0);
+        }
+        self.etcd.forget_bindings(&idle).await
+    }
+
+    /// Compact etcd's history, keeping [`COMPACT_KEEP`] revisions.
+    pub(super) async fn compact(&self) {
+        match self.etcd.revision().await {
+            Ok(rev) if rev > COMPACT_KEEP => match self.etcd.compact(rev - COMPACT_KEEP).await {
+                Ok(()) => tracing::debug!(revision = rev - COMPACT_KEEP, "etcd: compacted"),
+                Err(e) => tracing::warn!(error = %e, "etcd: compaction failed"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "etcd: cannot read the revision"),
+        }
+    }
+
+    pub(super) async fn set_pin(&self, file: FileId, peer: PeerId, pin: Option<Pin>) -> Result<()> {
+        let revision = self.etcd.set_pin(&file, &peer, pin.as_ref()).await?;
+        self.etcd.wait_applied(revision).await
+    }
+
+    pub(super) async fn set_proof(
+        &self,
+        peer: PeerId,
+        file: FileId,
+        proof: Option<Proof>,
+    ) -> Result<()> {
+        let revision = self.etcd.set_proof(&peer, &file, proof.as_ref()).await?;
+        if revision > 0 {
+            self.etcd.wait_applied(revision).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn drop_claim(
+        &self,
+        dir: &Directory,
+        peer: PeerId,
+        refs: Vec<Withdrawal>,
+    ) -> Result<()> {
+        let _serial = dir.serial(&peer).await;
+        let Some(meta) = self.etcd.peer_meta(&peer) else {
+            return Ok(());
+        };
+        match self.etcd.unpublish(&peer, meta.lease, 0, &refs).await {
+            Ok(Ordered::Applied(revision)) => self.etcd.wait_applied(revision).await,
+            Ok(_) => Ok(()),
+            Err(e) if crate::etcd::lease_gone(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) async fn record_declines(
+        &self,
+        peer: &PeerId,
+        declines: &[(FileId, Decline)],
+    ) -> Result<()> {
+        if let Some(meta) = self.etcd.peer_meta(peer) {
+            let revision = self.etcd.decline(peer, meta.lease, declines).await?;
+            self.etcd.wait_applied(revision).await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn set_tasks(&self, changes: TaskChanges) -> Result<()> {
+        let etcd = &self.etcd;
+        let mut revision = etcd.set_tasks(&changes.give, &changes.withdraw).await?;
+        for (p, f, d) in changes.timed_out {
+            if let Some(meta) = etcd.peer_meta(&p) {
+                revision = revision.max(etcd.decline(&p, meta.lease, &[(f, d)]).await?);
+            }
+        }
+        if !changes.forget.is_empty() {
+            revision = revision.max(etcd.forget_declines(&changes.forget).await?);
+        }
+        etcd.wait_applied(revision).await
+    }
+}

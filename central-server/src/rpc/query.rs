@@ -1,0 +1,170 @@
+//! Locate and Search: who holds a file, by id or name, and which names
+//! match some words. Both read the index only, and never wait for a change
+//! for longer than one step of it.
+
+use peerdex_proto::types::{MAX_QUERY_BYTES, MAX_QUERY_WORDS};
+use peerdex_proto::{FileId, FileName, PeerId, v1};
+use prost::Message;
+use tokio::time::Instant;
+use tonic::Request;
+
+use super::{DEFAULT_PAGE, DirectoryService, PEER_ID_META, bearer, source};
+use crate::error::{Auth, Error, Field, Invalid, Result};
+use crate::index::{Cursor, words};
+
+impl DirectoryService {
+    pub(super) fn locate(&self, req: Request<v1::LocateRequest>) -> Result<v1::LocateResponse> {
+        use v1::locate_request::Target;
+        let r = req.into_inner();
+        let limits = self.admission().limits();
+        let max_holders = match r.max_holders as usize {
+            0 => limits.max_holders,
+            n => n.min(limits.max_holders),
+        };
+        let now = Instant::now();
+        let files = match r.target {
+            Some(Target::FileId(s)) => {
+                let id: FileId = s.parse().map_err(|source| Invalid::Parse {
+                    field: Field::FileId,
+                    source,
+                })?;
+                let found = self.dir().index().locate_id(&id, now, max_holders);
+                found
+                    .or_else(|| self.dir().replicas().located_lost(&id))
+                    .into_iter()
+                    .collect()
+            }
+            Some(Target::Name(s)) => {
+                self.check_name_len(&s, Field::Name)?;
+                let name: FileName = s.parse().map_err(|source| Invalid::Parse {
+                    field: Field::Name,
+                    source,
+                })?;
+                let mut found = self.dir().index().locate_name(
+                    name.as_str(),
+                    now,
+                    max_holders,
+                    limits.max_page,
+                );
+                // Keep the answer under the message limit (a content can
+                // carry many names).
+                let budget = limits.max_message_bytes / 2;
+                let mut used = 0;
+                let keep = found
+                    .iter()
+                    .take_while(|f| {
+                        used += f.encoded_len() + 8;
+                        used <= budget
+                    })
+                    .count()
+                    .max(1);
+                found.truncate(keep);
+                found
+            }
+            None => {
+                return Err(Invalid::NoTarget.into());
+            }
+        };
+        let mut files: Vec<v1::LocatedFile> = files;
+        self.dir()
+            .replicas()
+            .with_replication(&self.dir().index(), &mut files, now);
+        Ok(v1::LocateResponse { files })
+    }
+
+    pub(super) async fn search(
+        &self,
+        req: Request<v1::SearchRequest>,
+    ) -> Result<v1::SearchResponse> {
+        self.admission().search_from(&source(&req))?;
+        let token = bearer(req.metadata()).ok();
+        let named = match req.metadata().get(PEER_ID_META) {
+            None => None,
+            Some(v) => Some(v.to_str().unwrap_or_default().parse::<PeerId>().map_err(
+                |source| Invalid::Parse {
+                    field: Field::PeerIdMeta,
+                    source,
+                },
+            )?),
+        };
+        let r = req.into_inner();
+        if let Some(peer) = named {
+            let token = token.ok_or(Auth::SearchWithoutToken(peer))?;
+            match self.dir().authorize(&peer, &token, Instant::now()) {
+                Ok(()) => self.admission().search_by(&peer)?,
+                // A peer whose lease just ended may still search, within
+                // its address's allowance.
+                Err(Error::NotJoined(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let limits = self.admission().limits();
+        if r.query.len() > MAX_QUERY_BYTES {
+            return Err(Invalid::QueryTooLong {
+                bytes: r.query.len(),
+                max: MAX_QUERY_BYTES,
+            }
+            .into());
+        }
+        if r.query.trim().is_empty() {
+            return Err(Invalid::EmptyQuery.into());
+        }
+        // Names are kept in NFC (`FileName`): so is the query, so `café`
+        // typed with a combining accent finds `café`.
+        let mut query: Vec<String> = words(&peerdex_proto::types::to_nfc(&r.query)).collect();
+        query.sort_unstable();
+        query.dedup();
+        if query.is_empty() {
+            // Names are found by their words; a query of none (only
+            // punctuation, say) matches no name.
+            return Ok(v1::SearchResponse::default());
+        }
+        if query.len() > MAX_QUERY_WORDS {
+            return Err(Invalid::TooManyWords {
+                words: query.len(),
+                max: MAX_QUERY_WORDS,
+            }
+            .into());
+        }
+        let limit = match r.limit as usize {
+            0 => DEFAULT_PAGE.min(limits.max_page),
+            n => n.min(limits.max_page),
+        };
+        let cursor = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(Cursor::decode(&r.page_token).ok_or(Invalid::PageToken)?)
+        };
+        let (max_matches, budget) = (limits.max_search_matches, limits.search_budget);
+        let _slot = self
+            .inner
+            .searching
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
+        let dir = self.dir().clone();
+        let page = tokio::task::spawn_blocking(move || {
+            dir.index().search_within(
+                &query,
+                cursor.as_ref(),
+                limit,
+                Instant::now(),
+                max_matches,
+                budget,
+            )
+        })
+        .await?;
+        if page.truncated
+            && let Some(m) = &self.inner.metrics
+        {
+            m.search_truncated();
+        }
+        let mut hits = page.hits;
+        self.dir().replicas().hits_with_pins(&mut hits);
+        Ok(v1::SearchResponse {
+            hits,
+            next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
+            truncated: page.truncated,
+        })
+    }
+}
