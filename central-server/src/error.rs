@@ -246,6 +246,37 @@ impl RateLimited {
     }
 }
 
+/// What in the stored state this version cannot read.
+#[derive(Debug, thiserror::Error)]
+pub enum Corrupt {
+    #[error("cannot switch the database to WAL (got {mode})")]
+    NotWal { mode: String },
+    #[error(
+        "schema version {version} (PRAGMA user_version) is not one this central-server knows ({known}); a newer release wrote it"
+    )]
+    Schema { version: i64, known: &'static str },
+    #[error("{table} row {row}: {problem}")]
+    Row {
+        table: &'static str,
+        row: i64,
+        problem: &'static str,
+    },
+    #[error("{table}: {problem}")]
+    Table {
+        table: &'static str,
+        problem: &'static str,
+    },
+    #[error("holding ({file_row}, {peer_row}) refers to a missing row")]
+    MissingRow { file_row: i64, peer_row: i64 },
+    #[error("unexpected column type: {0}")]
+    Column(rusqlite::types::FromSqlError),
+    #[error("etcd: {key}: {problem}")]
+    Secret {
+        key: &'static str,
+        problem: &'static str,
+    },
+}
+
 /// Everything that can go wrong in the directory. Each variant says what the
 /// caller should do: fix the request, authenticate, join again, send less, or
 /// (for storage trouble) retry later.
@@ -295,17 +326,31 @@ pub enum Error {
     /// The directory's store (etcd) did not answer, or a write could not
     /// be confirmed; nothing acknowledged is lost. Retry (here or at
     /// another central).
-    #[error("{0}")]
-    Unavailable(String),
+    #[error(transparent)]
+    Etcd(#[from] crate::etcd::EtcdError),
     /// The server is shutting down. Retry against the next instance.
     #[error("the directory is shutting down")]
     Closed,
     /// The database holds something this version cannot read.
     #[error("corrupt database: {0}")]
-    Corrupt(String),
+    Corrupt(#[from] Corrupt),
     /// A configuration value is out of range; the message names the setting.
     #[error("invalid configuration: {0}")]
-    Config(String),
+    Config(#[from] crate::config::ConfigError),
+    /// No CA certificates to check peers' certificates with (audits).
+    #[error(
+        "invalid configuration: CENTRAL_PEER_CA_FILE: no trusted CA certificates for https peers ({0})"
+    )]
+    PeerRoots(rustls::Error),
+    /// The audit client cannot be built.
+    #[error("audit client: {0}")]
+    AuditClient(reqwest::Error),
+    /// A credential (JWT) cannot be signed.
+    #[error("cannot sign a credential: {0}")]
+    Sign(#[from] jsonwebtoken::errors::Error),
+    /// A fresh key cannot be encoded.
+    #[error("cannot encode a key: {0}")]
+    KeyEncoding(#[from] ed25519_dalek::pkcs8::Error),
     /// A certificate or key file (`CENTRAL_TLS_*`, a CA file) is unusable;
     /// the message names the setting and the file.
     #[error("invalid configuration: {0}")]
@@ -318,18 +363,12 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
     /// A fault of the directory (see its log).
     #[error("{0}")]
-    Internal(String),
+    Internal(&'static str),
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
-
-impl From<NonceError> for Error {
-    fn from(e: NonceError) -> Self {
-        Error::Auth(Auth::Nonce(e))
-    }
-}
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
@@ -348,7 +387,11 @@ impl From<Error> for Status {
             }
             Error::Superseded { .. } => Status::aborted(m),
             Error::NoSuchFile(_) => Status::not_found(m),
-            Error::Unavailable(_) | Error::Raced(_) => {
+            Error::Etcd(ref etcd) if etcd.is_unavailable() => {
+                tracing::warn!(error = %m, "call not done: the store did not answer");
+                Status::unavailable(m)
+            }
+            Error::Raced(_) => {
                 tracing::warn!(error = %m, "call not done: the store did not answer");
                 Status::unavailable(m)
             }
@@ -365,7 +408,13 @@ impl From<Error> for Status {
 
 impl From<rusqlite::types::FromSqlError> for Error {
     fn from(e: rusqlite::types::FromSqlError) -> Self {
-        Error::Corrupt(format!("unexpected column type: {e}"))
+        Error::Corrupt(Corrupt::Column(e))
+    }
+}
+
+impl From<NonceError> for Error {
+    fn from(e: NonceError) -> Self {
+        Error::Auth(Auth::Nonce(e))
     }
 }
 

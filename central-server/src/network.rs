@@ -24,7 +24,7 @@ use peerdex_common::keyfile::{self, Loaded};
 use peerdex_proto::network::{Credential, audience, constant_time_eq, kid, secret_proof, unix_now};
 use peerdex_proto::{PeerId, v1};
 
-use crate::error::{Auth, Error, Result};
+use crate::error::{Auth, Result};
 
 /// File name of the network key in the data folder.
 pub const KEY_FILE: &str = "network.key";
@@ -117,8 +117,7 @@ impl Network {
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
-        let jwt = jsonwebtoken::encode(&header, &claims, &self.encoding)
-            .map_err(|e| Error::Internal(format!("cannot sign a credential: {e}")))?;
+        let jwt = jsonwebtoken::encode(&header, &claims, &self.encoding)?;
         Ok((jwt, claims.exp))
     }
 

@@ -21,7 +21,7 @@ use peerdex_proto::{FileId, PeerId, PeerUrl};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::time::Instant;
 
-use crate::error::{Error, Result};
+use crate::error::{Corrupt, Error, Result};
 use crate::index::{Index, TokenHash};
 use crate::replication::Pin;
 
@@ -134,9 +134,7 @@ impl Store {
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::Corrupt(format!(
-                "cannot switch the database to WAL (got {mode})"
-            )));
+            return Err(Corrupt::NotWal { mode }.into());
         }
         conn.execute_batch(
             "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=5000;",
@@ -202,9 +200,11 @@ impl Store {
                 tx.execute_batch(PIN_OWNERS)?;
             }
             (v, _) => {
-                return Err(Error::Corrupt(format!(
-                    "schema version {v} (PRAGMA user_version) is not one this central-server knows (0, 2, 3, 4 or {SCHEMA_VERSION}); a newer release wrote it"
-                )));
+                return Err(Corrupt::Schema {
+                    version: v,
+                    known: "0, 2, 3, 4 or 5",
+                }
+                .into());
             }
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
@@ -242,8 +242,11 @@ impl Store {
         // Row ids are dense (INTEGER PRIMARY KEY), so plain vectors map them.
         const NONE: u32 = u32::MAX;
         let slot = |v: &mut Vec<u32>, row: i64| -> Result<usize> {
-            let i = usize::try_from(row)
-                .map_err(|_| Error::Corrupt(format!("negative row id {row}")))?;
+            let i = usize::try_from(row).map_err(|_| Corrupt::Row {
+                table: "a table",
+                row,
+                problem: "a negative row id",
+            })?;
             if i >= v.len() {
                 v.resize(i + 1, NONE);
             }
@@ -256,18 +259,27 @@ impl Store {
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let row: i64 = r.get(0)?;
-            let id = PeerId::from_uuid(
-                uuid::Uuid::from_slice(r.get_ref(1)?.as_blob()?)
-                    .map_err(|e| Error::Corrupt(format!("peer row {row}: {e}")))?,
-            );
-            let url: PeerUrl = r
-                .get_ref(2)?
-                .as_str()?
-                .parse()
-                .map_err(|e| Error::Corrupt(format!("peer row {row}: {e}")))?;
-            let hash: TokenHash = r.get_ref(3)?.as_blob()?.try_into().map_err(|_| {
-                Error::Corrupt(format!("peer row {row}: token hash is not 32 bytes"))
+            let id = PeerId::from_uuid(uuid::Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(
+                |_| Corrupt::Row {
+                    table: "peers",
+                    row,
+                    problem: "the peer id is not a UUID",
+                },
+            )?);
+            let url: PeerUrl = r.get_ref(2)?.as_str()?.parse().map_err(|_| Corrupt::Row {
+                table: "peers",
+                row,
+                problem: "the URL is not a peer URL",
             })?;
+            let hash: TokenHash =
+                r.get_ref(3)?
+                    .as_blob()?
+                    .try_into()
+                    .map_err(|_| Corrupt::Row {
+                        table: "peers",
+                        row,
+                        problem: "the token hash is not 32 bytes",
+                    })?;
             let i = slot(&mut peer_of_row, row)?;
             peer_of_row[i] = ix.insert_peer(id, url, hash, expires);
             ix.set_replica_quota(peer_of_row[i], r.get::<_, i64>(4)? as u64);
@@ -278,12 +290,13 @@ impl Store {
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let row: i64 = r.get(0)?;
-            let id = FileId::from_bytes(
-                r.get_ref(1)?
-                    .as_blob()?
-                    .try_into()
-                    .map_err(|_| Error::Corrupt(format!("file row {row}: bad id")))?,
-            );
+            let id = FileId::from_bytes(r.get_ref(1)?.as_blob()?.try_into().map_err(|_| {
+                Corrupt::Row {
+                    table: "files",
+                    row,
+                    problem: "the file id is not 32 bytes",
+                }
+            })?);
             let i = slot(&mut file_of_row, row)?;
             file_of_row[i] = ix.insert_file(id);
         }
@@ -303,12 +316,18 @@ impl Store {
             let get =
                 |v: &[u32], row: i64| usize::try_from(row).ok().and_then(|i| v.get(i)).copied();
             let (Some(f), Some(p)) = (get(&file_of_row, f), get(&peer_of_row, p)) else {
-                return Err(Error::Corrupt(format!(
-                    "holding ({f}, {p}) refers to a missing row"
-                )));
+                return Err(Corrupt::MissingRow {
+                    file_row: f,
+                    peer_row: p,
+                }
+                .into());
             };
             if f == NONE || p == NONE {
-                return Err(Error::Corrupt("a holding refers to a missing row".into()));
+                return Err(Corrupt::Table {
+                    table: "holdings",
+                    problem: "a holding refers to a missing row",
+                }
+                .into());
             }
             let size = r.get::<_, i64>(3)? as u64;
             // Never written (Join/Publish screen a peer's contradictions);
@@ -346,7 +365,11 @@ impl Store {
             .optional()?;
         key.map(|k| {
             PublicKey::try_from(k.as_slice()).map_err(|_| {
-                Error::Corrupt(format!("peer_keys: the key of {peer} is not 32 bytes"))
+                Corrupt::Table {
+                    table: "peer_keys",
+                    problem: "a key is not 32 bytes",
+                }
+                .into()
             })
         })
         .transpose()
@@ -489,19 +512,23 @@ impl Store {
         let mut rows = stmt.query([])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
-            let file = FileId::from_bytes(
-                r.get_ref(0)?
-                    .as_blob()?
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("pins: a bad file id".into()))?,
-            );
+            let file = FileId::from_bytes(r.get_ref(0)?.as_blob()?.try_into().map_err(|_| {
+                Corrupt::Table {
+                    table: "pins",
+                    problem: "a file id is not 32 bytes",
+                }
+            })?);
             let peer = PeerId::from_uuid(
-                uuid::Uuid::from_slice(r.get_ref(1)?.as_blob()?)
-                    .map_err(|e| Error::Corrupt(format!("pins: {e}")))?,
+                uuid::Uuid::from_slice(r.get_ref(1)?.as_blob()?).map_err(|_| Corrupt::Table {
+                    table: "pins",
+                    problem: "a peer id is not a UUID",
+                })?,
             );
             let pin = Pin {
-                replicas: u32::try_from(r.get::<_, i64>(2)?)
-                    .map_err(|_| Error::Corrupt("pins: a bad count".into()))?,
+                replicas: u32::try_from(r.get::<_, i64>(2)?).map_err(|_| Corrupt::Table {
+                    table: "pins",
+                    problem: "a count is out of range",
+                })?,
                 size: r.get::<_, i64>(3)? as u64,
                 name: r.get(4)?,
                 at: r.get(5)?,

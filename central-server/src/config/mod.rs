@@ -481,13 +481,6 @@ pub enum ConfigError {
     RateTooHigh { setting: &'static str, rate: u32 },
 }
 
-impl From<ConfigError> for Error {
-    fn from(e: ConfigError) -> Self {
-        // `Error::Config` keeps the message ("invalid configuration: …").
-        Error::Config(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,7 +19,7 @@ use super::{
     follow,
 };
 use crate::config::Config;
-use crate::error::{Error, Limit, NonceError, Result};
+use crate::error::{Corrupt, Error, Limit, NonceError, Result};
 use crate::etcd::{Binding, Decline, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord};
 use crate::identity::{NONCE_VALID, Nonces};
 use crate::index::{Index, Load, TokenHash};
@@ -84,19 +84,21 @@ async fn shared_secrets(etcd: &Etcd, config: &Config) -> Result<(Nonces, Option<
     let nonce_key = etcd
         .get_or_create("secrets/nonce", rand::random::<[u8; 32]>().to_vec())
         .await?;
-    let nonce_key: [u8; 32] = nonce_key
-        .try_into()
-        .map_err(|_| Error::Corrupt("etcd: secrets/nonce is not 32 bytes".into()))?;
+    let nonce_key: [u8; 32] = nonce_key.try_into().map_err(|_| Corrupt::Secret {
+        key: "secrets/nonce",
+        problem: "not 32 bytes",
+    })?;
     let network = match &config.join_secret {
         Some(secret) => {
-            let fresh = ed25519_dalek::SigningKey::from_bytes(&rand::random())
-                .to_pkcs8_der()
-                .map_err(|e| Error::Internal(format!("cannot encode a key: {e}")))?;
+            let fresh = ed25519_dalek::SigningKey::from_bytes(&rand::random()).to_pkcs8_der()?;
             let der = etcd
                 .get_or_create("secrets/network", fresh.as_bytes().to_vec())
                 .await?;
-            let key = ed25519_dalek::SigningKey::from_pkcs8_der(&der)
-                .map_err(|e| Error::Corrupt(format!("etcd: secrets/network: {e}")))?;
+            let key =
+                ed25519_dalek::SigningKey::from_pkcs8_der(&der).map_err(|_| Corrupt::Secret {
+                    key: "secrets/network",
+                    problem: "not a PKCS#8 Ed25519 key",
+                })?;
             Some(Network::with_key(secret, key, config.lease_ttl))
         }
         None => None,

@@ -75,7 +75,7 @@ where
     let dir = dir.clone();
     tokio::task::spawn_blocking(move || {
         let Backend::Sqlite(db) = &dir.backend else {
-            return Err(Error::Internal("not a SQLite directory".into()));
+            return Err(Error::Internal("not a SQLite directory"));
         };
         let mut store = lock(&db.store);
         let store = store.as_mut().ok_or(Error::Closed)?;

@@ -31,7 +31,7 @@ const MAX_PAUSE: Duration = Duration::from_millis(800);
 /// trouble is UNAVAILABLE (retry here or at another central), a fault of
 /// ours is internal.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum EtcdError {
+pub enum EtcdError {
     /// etcd did not answer, or refused `what`.
     #[error("etcd: {what}: {source}")]
     Unavailable {
@@ -57,19 +57,16 @@ pub(crate) enum EtcdError {
 
 impl EtcdError {
     /// Whether etcd said the lease is gone (the peer's session ended).
-    pub(super) fn lease_gone(&self) -> bool {
+    pub(crate) fn lease_gone(&self) -> bool {
         matches!(self, Self::Unavailable { source, .. } if lease_not_found(source))
     }
 }
 
-impl From<EtcdError> for Error {
-    fn from(e: EtcdError) -> Self {
-        match e {
-            EtcdError::Unavailable { .. } | EtcdError::NotApplied { .. } => {
-                Error::Unavailable(e.to_string())
-            }
-            EtcdError::Vanished { .. } | EtcdError::Encode { .. } => Error::Internal(e.to_string()),
-        }
+impl EtcdError {
+    /// etcd trouble (retry here or at another central), not a fault of
+    /// ours.
+    pub(crate) fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::NotApplied { .. })
     }
 }
 
@@ -80,7 +77,7 @@ pub(super) fn unavailable(what: &'static str, source: etcd_client::Error) -> Etc
 
 /// Whether an error from a method of [`Etcd`] says the lease is gone.
 pub(crate) fn lease_gone(e: &Error) -> bool {
-    matches!(e, Error::Unavailable(m) if m.contains(LEASE_NOT_FOUND))
+    matches!(e, Error::Etcd(x) if x.lease_gone())
 }
 
 /// What etcd says of a lease it no longer has.
@@ -284,7 +281,14 @@ mod tests {
         };
         assert!(gone().lease_gone());
         let e = Error::from(gone());
-        assert!(matches!(&e, Error::Unavailable(m) if m.starts_with("etcd: keep a lease alive: ")));
+        assert!(
+            e.to_string().starts_with("etcd: keep a lease alive: "),
+            "{e}"
+        );
+        assert_eq!(
+            tonic::Status::from(Error::from(gone())).code(),
+            tonic::Code::Unavailable
+        );
         assert!(lease_gone(&e), "{e}");
         let other = unavailable(
             "join",
@@ -300,12 +304,15 @@ mod tests {
             late.to_string(),
             "etcd: the write is committed (revision 7) but this central's watch has not caught up within 10 s; retry the call here or at another central"
         );
-        assert!(matches!(late, Error::Unavailable(_)));
+        assert!(matches!(&late, Error::Etcd(x) if x.is_unavailable()));
+        assert_eq!(tonic::Status::from(late).code(), tonic::Code::Unavailable);
         let lost = Error::from(EtcdError::Vanished {
             key: "/peerdex/secrets/nonce".into(),
         });
-        assert!(
-            matches!(&lost, Error::Internal(m) if m == "etcd: /peerdex/secrets/nonce vanished while read")
+        assert_eq!(
+            lost.to_string(),
+            "etcd: /peerdex/secrets/nonce vanished while read"
         );
+        assert!(matches!(&lost, Error::Etcd(x) if !x.is_unavailable()));
     }
 }

@@ -88,6 +88,7 @@ use etcd_client::Client;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+pub use client::EtcdError;
 pub(crate) use client::lease_gone;
 pub(crate) use follow::Change;
 pub(crate) use schema::{Binding, Decline, PeerRecord};

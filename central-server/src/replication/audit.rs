@@ -49,15 +49,11 @@ impl Auditor {
                 provider.clone(),
             ) {
                 Ok(v) => std::sync::Arc::new(v),
-                Err(e) => {
-                    return Err(crate::error::Error::Config(format!(
-                        "CENTRAL_PEER_CA_FILE: no trusted CA certificates for https peers ({e})"
-                    )));
-                }
+                Err(e) => return Err(crate::error::Error::PeerRoots(e)),
             };
         let mut tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| crate::error::Error::Internal(e.to_string()))?
+            .map_err(crate::error::Error::PeerRoots)?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
             .with_no_client_auth();
@@ -69,7 +65,7 @@ impl Auditor {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("peerdex-central-audit/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| crate::error::Error::Internal(format!("audit client: {e}")))?;
+            .map_err(crate::error::Error::AuditClient)?;
         Ok(Self { http })
     }
 
