@@ -43,7 +43,7 @@
 //!   total. A search costs at most `CENTRAL_SEARCH_BUDGET` units of work
 //!   and runs off the async workers; the index is behind a fair read-write
 //!   lock, heartbeats take its read side, and bulk changes apply in steps
-//!   that hand the lock over (see `service`). Measured in
+//!   that hand the lock over (see `directory`). Measured in
 //!   `bench/README.md` (issue 16).
 //!
 //! # Answers worth knowing
@@ -77,17 +77,28 @@
 //!
 //! # Layout
 //!
-//! * `lib.rs` — [`run`]: load the index, serve, shut down.
+//! * `server` — [`run`]: open the directory, serve gRPC and metrics,
+//!   drain, shut down.
+//! * `rpc/` — the gRPC service, one file per group of RPCs (join and
+//!   identity, leases, inventory, queries, pins, revocations, info): parse
+//!   at the edge, admit, call the directory.
+//! * `admission` — rate limits and quotas, with their own state.
+//! * `directory/` — the one directory interface: the index and the
+//!   replication state kept equal to their store, SQLite (`sqlite`) or etcd
+//!   (`on_etcd`, `follow`), chosen once at start; changes in steps (`gate`).
+//! * `replication/` — the planner, the replication state, the leader's
+//!   rounds and audits.
+//! * `index/` — the in-memory index (peers and leases, holdings, names and
+//!   postings, queries, slabs, the bulk load used at restart).
+//! * `store` — SQLite. `etcd/` — the etcd client, key schema, follower and
+//!   writes.
 //! * `config/` — [`Config`], [`Limits`], their defaults, bounds and
 //!   validation, and [`Args`]: the flags in sections that fill them.
 //! * `tls` — [`TlsFiles`]: the certificate and key of the gRPC port.
-//! * `service` — the gRPC service: parsing, auth, write ordering.
-//! * `index/` — the in-memory index (tokenizer, slabs and key → handle
-//!   tables, compact lists and words, page cursor, the bulk load used at
-//!   restart).
-//! * `store` — SQLite.
-//! * `error` — [`Error`], mapped to a gRPC status at the edge.
-//! * `metrics` — the Prometheus metrics on `CENTRAL_METRICS_ADDR`.
+//! * `identity`, `network` — Join nonces; private networks' credentials.
+//! * `error` — [`Error`], typed, mapped to a gRPC status at the edge.
+//! * `metrics`, `metering` — the Prometheus metrics on
+//!   `CENTRAL_METRICS_ADDR`, and the layer that counts every call.
 //! * `oversize` — maps tonic's oversized-message error to RESOURCE_EXHAUSTED.
 //! * `main.rs` — flags/env/`.env`, signals, then [`run`].
 

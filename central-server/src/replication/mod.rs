@@ -4,7 +4,7 @@
 //!
 //! * [`planner`] — the pure planner ([`plan`]): state in, the whole set of
 //!   open tasks out; the pin, proof and task types.
-//! * [`state`] — pins, tasks, declines and proofs as this central holds
+//! * [`mod@state`] — pins, tasks, declines and proofs as this central holds
 //!   them in memory (mirrored from etcd, or kept beside SQLite), and the
 //!   replication figures of answers.
 //! * [`rounds`] — the leader's rounds: orphaned pins, audits, planning, the
