@@ -136,36 +136,6 @@ impl Drop for TestCentral {
     }
 }
 
-/// The Ed25519 key a test peer joins with: derived from its id, so every
-/// call for the same peer proves the same key (a squatter uses another
-/// `seed`).
-pub fn peer_key(peer: &peerdex_proto::PeerId, seed: u8) -> ed25519_dalek::SigningKey {
-    let mut h = blake3::Hasher::new();
-    h.update(b"peerdex test peer key");
-    h.update(peer.as_uuid().as_bytes());
-    h.update(&[seed]);
-    ed25519_dalek::SigningKey::from_bytes(h.finalize().as_bytes())
-}
-
-/// Join as a PServer does: ask a Challenge, sign it with `key`, then Join
-/// (the request's metadata, such as a session token, is kept).
-pub async fn signed_join(
-    c: &mut peerdex_proto::v1::directory_client::DirectoryClient<tonic::transport::Channel>,
-    key: &ed25519_dalek::SigningKey,
-    req: impl tonic::IntoRequest<peerdex_proto::v1::JoinRequest>,
-) -> Result<tonic::Response<peerdex_proto::v1::JoinResponse>, tonic::Status> {
-    let mut req = req.into_request();
-    let nonce = c
-        .challenge(peerdex_proto::v1::ChallengeRequest {
-            peer_id: req.get_ref().peer_id.clone(),
-        })
-        .await?
-        .into_inner()
-        .nonce;
-    peerdex_proto::identity::prove(req.get_mut(), key, nonce);
-    c.join(req).await
-}
-
 /// A real `central-server` process (for faults a process must take:
 /// `kill -9`, SIGSTOP, SIGTERM), in `dir`, with `CENTRAL_*` settings.
 /// Restarts keep its address (as a PServer's list of centrals keeps it)
