@@ -13,8 +13,8 @@ pub type Directory = DirectoryClient<Channel>;
 
 /// A well-formed file id (BLAKE3 hex) made from a number: the same `i`
 /// gives the same id in every test and benchmark.
-pub fn fid(i: impl Into<u64>) -> String {
-    blake3::hash(&i.into().to_le_bytes()).to_hex().to_string()
+pub fn fid(i: u64) -> String {
+    blake3::hash(&i.to_le_bytes()).to_hex().to_string()
 }
 
 /// `msg` with the session token a Join returned, as every later call of a

@@ -26,7 +26,7 @@ use peerdex_proto::rest::{FileList, JobState};
 use peerdex_proto::tree::{Manifest, TreeHasher};
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::{FileId, PeerId, v1};
-use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::grpc::{peer_key, signed_join};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fake holders never renew their lease: long enough for every test here.

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use peerdex_proto::PeerId;
 use peerdex_proto::v1::{self, directory_client::DirectoryClient};
-use peerdex_proto::{AUTHORIZATION, PeerId};
-use peerdex_testkit::central::peer_key;
+use peerdex_testkit::grpc::{authed, peer_key};
 use peerdex_testkit::tls::TestCa;
 use reqwest::StatusCode;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -87,14 +87,10 @@ async fn join_member(c: &mut DirectoryClient<Channel>) -> Member {
 }
 
 async fn leave(c: &mut DirectoryClient<Channel>, m: &Member) {
-    let mut req = tonic::Request::new(v1::LeaveRequest {
+    let req = v1::LeaveRequest {
         peer_id: m.peer.to_string(),
-    });
-    req.metadata_mut().insert(
-        AUTHORIZATION,
-        format!("Bearer {}", m.token).parse().unwrap(),
-    );
-    c.leave(req).await.unwrap();
+    };
+    c.leave(authed(req, &m.token)).await.unwrap();
 }
 
 /// A client of peer APIs that trusts `ca`.
