@@ -1523,7 +1523,7 @@ async fn pins_replicate_through_volunteers_and_persist(store: Store) {
     let mut c = client(&central).await;
     // Copies count once the directory audits them: the honest peers'
     // URL serves file 1's bytes (its id is the BLAKE3 of them).
-    let holder = StaticHolder::start(vec![1u32.to_le_bytes().to_vec()]).await;
+    let holder = StaticHolder::start(vec![1u64.to_le_bytes().to_vec()]).await;
     assert_eq!(holder.ids[0], fid(1));
     let hp = holder.port();
     let owner = PeerId::new_random();

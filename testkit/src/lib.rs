@@ -45,5 +45,8 @@ pub use central::TestCentral;
 pub use etcd::EtcdCluster;
 pub use holder::StaticHolder;
 pub use peer::{ChildPeer, TestPeer};
+/// The control API's typed client (the CLI's), for suites that do not
+/// depend on `peerdex-client` themselves.
+pub use peerdex_client::api;
 pub use process::{ChildProc, DeadUrl, bin};
 pub use wait::{wait_for, wait_until};

@@ -237,14 +237,9 @@ async fn a_restarted_pserver_refuses_credentials_until_it_has_the_list() {
     let root = tempfile::tempdir().unwrap();
     let mut b = ChildPeer::spawn_in(root.path(), &gate.url, &env);
     let joined = |b: &ChildPeer| {
-        let api = b.api_url.clone();
+        let api = b.api.clone();
         async move {
-            let s: peerdex_proto::rest::Status = reqwest::get(format!("{api}/api/v1/status"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
+            let s = api.status().await.ok()?;
             s.lease_age_secs.map(|_| ())
         }
     };
