@@ -29,8 +29,8 @@ pub struct TestCentral {
 
 /// The settings of a test central, named as the central's config names
 /// them (defaults: the central's own). The one place that reads and writes
-/// `central_server::Config`'s fields is here ([`Settings::of`] and
-/// [`Settings::apply`]).
+/// `central_server::Config`'s fields is here (`Settings::of` and
+/// [`Settings::config`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub lease_ttl: Duration,

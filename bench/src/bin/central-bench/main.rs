@@ -209,7 +209,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if let Some((_, lines, done)) = &expiry {
         println!(
-            "\nsweep logged its end {:.2} s after the leases ended:",
+            "\nthe sweep ended {:.2} s after the leases ended (per Info); the sweeper logged:",
             done.as_secs_f64()
         );
         for l in lines {
