@@ -5,15 +5,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use peerdex_proto::PeerId;
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::{self, SharedFile};
-use peerdex_proto::{AUTHORIZATION, PeerId};
-use peerdex_testkit::central::{CentralProc as Central, peer_key, signed_join};
+use peerdex_testkit::central::CentralProc as Central;
 use peerdex_testkit::etcd::EtcdCluster;
+use peerdex_testkit::grpc::{authed, peer_key, signed_join};
 use peerdex_testkit::wait_for;
-use tonic::Request;
 use tonic::transport::Channel;
 
 /// Lease TTL of the centrals here (whole seconds, as the setting takes).
@@ -142,16 +142,12 @@ async fn the_leader_moves_within_one_ttl_and_never_two_lead() {
     let mut killed = HashMap::new();
     cs[first].proc.kill9();
     killed.insert(cs[first].name.clone(), now_ms());
-    let t = Instant::now();
-    let second = wait_for("a new leader", TTL * 2, || async {
+    // The property under test is the election's: a new leader within one
+    // lease TTL (a deadline on the condition, not a speed).
+    let second = wait_for("a new leader within one TTL", TTL, || async {
         leader_of(&cs).await.filter(|&l| l != first)
     })
     .await;
-    let took = t.elapsed();
-    assert!(
-        took <= TTL,
-        "a new leader after {took:?}, over one TTL ({TTL:?})"
-    );
 
     cs[second].proc.signal(libc::SIGSTOP);
     let third = wait_for("a leader while the second is paused", TTL * 2, || async {
@@ -199,13 +195,6 @@ fn file(peer: usize, k: usize) -> SharedFile {
         size: 1 + k as u64,
         name: format!("p{peer}-f{k}.bin"),
     }
-}
-
-fn authed<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 /// An operation of the history and what became of it.

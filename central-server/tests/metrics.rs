@@ -5,36 +5,25 @@
 
 use std::time::Duration;
 
+use peerdex_proto::PeerId;
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::v1::{self, SharedFile};
-use peerdex_proto::{AUTHORIZATION, PeerId};
-use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::grpc::{self, authed, fid};
 use peerdex_testkit::prom::{self, Exposition};
 use peerdex_testkit::{ChildProc, TestCentral, bin, wait_for};
+use tonic::Code;
 use tonic::transport::Channel;
-use tonic::{Code, Request};
 
 const T: Duration = Duration::from_secs(30);
-
-fn fid(i: u32) -> String {
-    blake3::hash(&i.to_le_bytes()).to_hex().to_string()
-}
 
 fn file(i: u32, name: &str) -> SharedFile {
     SharedFile {
         replica: false,
-        file_id: fid(i),
+        file_id: fid(i.into()),
         size: 1000 + u64::from(i),
         name: name.into(),
     }
-}
-
-fn authed<T>(msg: T, token: &str) -> Request<T> {
-    let mut r = Request::new(msg);
-    r.metadata_mut()
-        .insert(AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 async fn join(
@@ -43,21 +32,7 @@ async fn join(
     port: u16,
     files: Vec<SharedFile>,
 ) -> String {
-    let r = signed_join(
-        c,
-        &peer_key(peer, 0),
-        Request::new(v1::JoinRequest {
-            peer_id: peer.to_string(),
-            peer_url: format!("http://127.0.0.1:{port}"),
-            files,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    assert_eq!(r.refused, []);
-    r.session_token
+    grpc::join(c, peer, &format!("http://127.0.0.1:{port}"), files).await
 }
 
 async fn locate(c: &mut DirectoryClient<Channel>, target: Option<Target>) -> Result<usize, Code> {

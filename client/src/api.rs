@@ -16,7 +16,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 use serde::de::DeserializeOwned;
 
 /// Default address of the control API (what `pserver` binds by default).
-pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:7070";
+pub const DEFAULT_URL: &str = "http://127.0.0.1:7070";
 
 /// How long an idle pooled connection is kept: shorter than the PServer's
 /// keep-alive (5 s, actix-web's default).
@@ -27,7 +27,7 @@ const MAX_EVENT_LINE: usize = 1 << 20;
 
 /// Why a control-API call failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum Error {
+pub enum Error {
     /// The connection was made but TLS failed (untrusted or wrong
     /// certificate, TLS against plaintext or the other way round); the
     /// message says which and what to set.
@@ -72,16 +72,25 @@ pub(crate) enum Error {
 
 impl Error {
     /// The [`ApiError`] the PServer sent, if that is what this is.
-    pub(crate) fn api_error(&self) -> Option<&ApiError> {
+    pub fn api_error(&self) -> Option<&ApiError> {
         match self {
             Error::Api { error, .. } => Some(error),
             _ => None,
         }
     }
 
+    /// The HTTP status of an [`ApiError`] answer or of an answer that was
+    /// not the control API's JSON; `None` when no answer came.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::Api { status, .. } | Error::BadResponse { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
     /// A stable machine-readable code: the server's code for API errors,
     /// `unreachable`, `transport` or `bad_response` otherwise.
-    pub(crate) fn code(&self) -> &str {
+    pub fn code(&self) -> &str {
         match self {
             Error::Unreachable { .. } => "unreachable",
             Error::Tls { .. } => "tls",
@@ -92,19 +101,19 @@ impl Error {
     }
 }
 
-pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Outcome of an upload: the stored file, and whether it is new (201) or was
 /// already shared with identical content under that name (200).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Uploaded {
-    pub(crate) file: FileInfo,
-    pub(crate) created: bool,
+pub struct Uploaded {
+    pub file: FileInfo,
+    pub created: bool,
 }
 
 /// A client for one PServer's control API.
 #[derive(Debug, Clone)]
-pub(crate) struct Client {
+pub struct Client {
     base: Url,
     token: Option<String>,
     http: reqwest::Client,
@@ -113,18 +122,13 @@ pub(crate) struct Client {
 impl Client {
     /// A client for the control API at `base` (e.g. `http://127.0.0.1:7070`),
     /// sending `Authorization: Bearer <token>` when a token is given.
-    #[cfg(test)]
-    pub(crate) fn new(base: Url, token: Option<String>) -> Self {
+    pub fn new(base: Url, token: Option<String>) -> Self {
         Self::with_roots(base, token, Vec::new())
     }
 
     /// [`Client::new`] trusting `roots` (PEERDEX_CA_FILE) besides the
     /// system's roots for an `https://` control API.
-    pub(crate) fn with_roots(
-        base: Url,
-        token: Option<String>,
-        roots: Vec<reqwest::Certificate>,
-    ) -> Self {
+    pub fn with_roots(base: Url, token: Option<String>, roots: Vec<reqwest::Certificate>) -> Self {
         // rustls' ring provider, the one every peerdex process uses.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let builder = || {
@@ -159,7 +163,7 @@ impl Client {
     }
 
     /// The base URL this client talks to.
-    pub(crate) fn base_url(&self) -> &Url {
+    pub fn base_url(&self) -> &Url {
         &self.base
     }
 
@@ -253,36 +257,37 @@ impl Client {
     }
 
     /// `GET /api/v1/status`.
-    pub(crate) async fn status(&self) -> Result<Status> {
+    pub async fn status(&self) -> Result<Status> {
         self.json(self.request(Method::GET, &["status"])).await
     }
 
+    /// `GET /api/v1/openapi.json`: the OpenAPI document of this API.
+    pub async fn openapi(&self) -> Result<serde_json::Value> {
+        self.json(self.request(Method::GET, &["openapi.json"]))
+            .await
+    }
+
     /// `GET /api/v1/files`: the files this PServer shares.
-    pub(crate) async fn list_files(&self) -> Result<FileList> {
+    pub async fn list_files(&self) -> Result<FileList> {
         self.json(self.request(Method::GET, &["files"])).await
     }
 
     /// `DELETE /api/v1/files/{id}`: stop sharing; answers the removed entries.
-    pub(crate) async fn remove_file(&self, file_id: &str) -> Result<FileList> {
+    pub async fn remove_file(&self, file_id: &str) -> Result<FileList> {
         self.json(self.request(Method::DELETE, &["files", file_id]))
             .await
     }
 
     /// `GET /api/v1/files/{id}/content`: the response, to be streamed with
     /// [`Response::chunk`].
-    pub(crate) async fn file_content(&self, file_id: &str) -> Result<Response> {
+    pub async fn file_content(&self, file_id: &str) -> Result<Response> {
         self.send(self.request(Method::GET, &["files", file_id, "content"]))
             .await
     }
 
     /// `PUT /api/v1/files/{name}` with `body` as the content. `len` is sent as
     /// `Content-Length` so the PServer can refuse too-large files up front.
-    pub(crate) async fn upload(
-        &self,
-        name: &str,
-        len: u64,
-        body: reqwest::Body,
-    ) -> Result<Uploaded> {
+    pub async fn upload(&self, name: &str, len: u64, body: reqwest::Body) -> Result<Uploaded> {
         let rb = self
             .request(Method::PUT, &["files", name])
             .header(header::CONTENT_TYPE, "application/octet-stream")
@@ -302,20 +307,20 @@ impl Client {
     }
 
     /// `GET /api/v1/search`.
-    pub(crate) async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
+    pub async fn search(&self, query: &SearchQuery) -> Result<SearchResults> {
         self.json(self.request(Method::GET, &["search"]).query(query))
             .await
     }
 
     /// `POST /api/v1/downloads`: start a download job. A name that matches
     /// several contents fails with code `ambiguous_name` and the candidates.
-    pub(crate) async fn start_download(&self, req: &DownloadRequest) -> Result<Job> {
+    pub async fn start_download(&self, req: &DownloadRequest) -> Result<Job> {
         self.json(self.request(Method::POST, &["downloads"]).json(req))
             .await
     }
 
     /// `GET /api/v1/locate`: a file by id, or every content with a name.
-    pub(crate) async fn locate(&self, query: &LocateQuery) -> Result<LocateResult> {
+    pub async fn locate(&self, query: &LocateQuery) -> Result<LocateResult> {
         self.json(self.request(Method::GET, &["locate"]).query(query))
             .await
     }
@@ -323,35 +328,35 @@ impl Client {
     /// `POST /api/v1/pins`: pin a file (by id or name) to a number of live
     /// copies, or unpin it (0 or 1). An ambiguous name fails with code
     /// `ambiguous_name` and the candidates.
-    pub(crate) async fn pin(&self, req: &PinRequest) -> Result<PinStatus> {
+    pub async fn pin(&self, req: &PinRequest) -> Result<PinStatus> {
         self.json(self.request(Method::POST, &["pins"]).json(req))
             .await
     }
 
     /// `GET /api/v1/pins`: the pins this PServer set.
-    pub(crate) async fn pins(&self) -> Result<PinList> {
+    pub async fn pins(&self) -> Result<PinList> {
         self.json(self.request(Method::GET, &["pins"])).await
     }
 
     /// `GET /api/v1/downloads`: every job, oldest first.
-    pub(crate) async fn list_downloads(&self) -> Result<JobList> {
+    pub async fn list_downloads(&self) -> Result<JobList> {
         self.json(self.request(Method::GET, &["downloads"])).await
     }
 
     /// `GET /api/v1/downloads/{job}`.
-    pub(crate) async fn job(&self, job_id: &str) -> Result<Job> {
+    pub async fn job(&self, job_id: &str) -> Result<Job> {
         self.json(self.request(Method::GET, &["downloads", job_id]))
             .await
     }
 
     /// `DELETE /api/v1/downloads/{job}`: cancel; answers the job's last state.
-    pub(crate) async fn cancel(&self, job_id: &str) -> Result<Job> {
+    pub async fn cancel(&self, job_id: &str) -> Result<Job> {
         self.json(self.request(Method::DELETE, &["downloads", job_id]))
             .await
     }
 
     /// `GET /api/v1/downloads/{job}/events`: follow a job live.
-    pub(crate) async fn events(&self, job_id: &str) -> Result<Events> {
+    pub async fn events(&self, job_id: &str) -> Result<Events> {
         // NDJSON, one Job per line (without Accept the PServer streams
         // server-sent events, for generic clients).
         let resp = self
@@ -371,7 +376,7 @@ impl Client {
 
 /// A job's event stream: one [`Job`] per line until a final state.
 #[derive(Debug)]
-pub(crate) struct Events {
+pub struct Events {
     client: Client,
     resp: Response,
     buf: BytesMut,
@@ -381,7 +386,7 @@ pub(crate) struct Events {
 impl Events {
     /// The next update, or `None` when the stream ended (after a final state,
     /// or because the PServer closed it).
-    pub(crate) async fn next(&mut self) -> Result<Option<Job>> {
+    pub async fn next(&mut self) -> Result<Option<Job>> {
         loop {
             if let Some(line) = take_line(&mut self.buf) {
                 if line.iter().all(u8::is_ascii_whitespace) {

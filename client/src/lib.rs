@@ -4,9 +4,10 @@
 //! [`peerdex_proto::rest`]. It runs one command (`peerdex search x`) or, with
 //! no command, an interactive shell with the same commands.
 //!
-//! Layout (every module is private: the only user of this library is
-//! `main.rs`, through [`main_entry`]):
-//! * `api` — a typed HTTP client for the control API.
+//! Layout (every module but [`api`] is private: the only other user of
+//! this library is `main.rs`, through [`main_entry`]):
+//! * [`api`] — a typed HTTP client for the control API, public so the
+//!   integration tests and benchmarks speak to a PServer as the CLI does.
 //! * `cli` — the command line (clap): global options and commands, parsed
 //!   against an environment given explicitly.
 //! * `cmd` — what each command does and prints, one file per command.
@@ -20,7 +21,7 @@
 //! flag or setting, or a `.env` that cannot be parsed), 130
 //! interrupted by Ctrl+C.
 
-mod api;
+pub mod api;
 mod cli;
 mod cmd;
 mod ctx;

@@ -6,7 +6,12 @@
 //!   test ever sleeps a fixed time instead.
 //! * [`bytes`] — deterministic test content, hashes, listing folders.
 //! * [`central`] — a real central directory in-process on `127.0.0.1:0`.
-//! * [`peer`] — a real PServer in-process on `127.0.0.1:0`.
+//! * [`peer`] — a real PServer in-process on `127.0.0.1:0`, or the
+//!   `pserver` binary as a child process.
+//! * [`control`] — a PServer's control API through the CLI's typed client
+//!   (`peerdex_client::api`): uploads, searches, download jobs.
+//! * [`grpc`] — the directory's gRPC API as a raw peer speaks it: file ids,
+//!   the signed Join, calls carrying the session token.
 //! * [`holder`] — the peer API's two read routes over fixed contents, so a
 //!   raw gRPC peer's claims hold up to the directory's audits.
 //! * [`prom`] — parse Prometheus text with the reference Python parser
@@ -24,7 +29,9 @@
 
 pub mod bytes;
 pub mod central;
+pub mod control;
 pub mod etcd;
+pub mod grpc;
 pub mod holder;
 pub mod peer;
 pub mod process;
@@ -37,6 +44,9 @@ pub use bytes::{blake3_hex, files_under, test_bytes};
 pub use central::TestCentral;
 pub use etcd::EtcdCluster;
 pub use holder::StaticHolder;
-pub use peer::TestPeer;
+pub use peer::{ChildPeer, TestPeer};
+/// The control API's typed client (the CLI's), for suites that do not
+/// depend on `peerdex-client` themselves.
+pub use peerdex_client::api;
 pub use process::{ChildProc, DeadUrl, bin};
 pub use wait::{wait_for, wait_until};

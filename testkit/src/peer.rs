@@ -4,11 +4,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use peerdex_client::api::Client;
 use peerdex_proto::PeerUrl;
 use peerdex_proto::rest::Status;
 use pserver::Config;
 use tokio::sync::oneshot;
 
+use crate::process::{ChildProc, bin};
 use crate::wait::wait_for;
 
 /// A PServer running in this process, with its own share and data folders.
@@ -17,7 +19,13 @@ pub struct TestPeer {
     pub peer_url: String,
     pub share_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// A plain HTTP client trusting the tweak's `ca_roots`, for what the
+    /// control API's typed client cannot send (malformed requests, the
+    /// peer API, metrics).
     pub http: reqwest::Client,
+    /// The control API's typed client (the CLI's), with the peer's
+    /// `api_token` when it has one.
+    pub api: Client,
     root: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -37,7 +45,7 @@ impl TestPeer {
     /// Start a peer over the folders of `root` (e.g. after [`TestPeer::stop`]).
     /// A tweak that sets `tls` makes the peer API (and with `api_tls` the
     /// control API) speak TLS: the URLs turn `https://`, and [`TestPeer::http`]
-    /// trusts the tweak's `ca_roots`.
+    /// and [`TestPeer::api`] trust the tweak's `ca_roots`.
     pub async fn start_in(
         root: Arc<tempfile::TempDir>,
         central_url: &str,
@@ -45,9 +53,12 @@ impl TestPeer {
         tweak: impl FnOnce(&mut Config),
     ) -> Self {
         crate::tls::install_provider();
-        let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let api_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let peer = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let (api_addr, peer_addr) = (api.local_addr().unwrap(), peer.local_addr().unwrap());
+        let (api_addr, peer_addr) = (
+            api_listener.local_addr().unwrap(),
+            peer.local_addr().unwrap(),
+        );
         let peer_url = format!("http://{peer_addr}");
         let share_dir = root.path().join("share");
         let data_dir = root.path().join("data");
@@ -74,17 +85,18 @@ impl TestPeer {
         if config.tls.is_some() && config.public_url.as_str().starts_with("http://") {
             config.public_url = peer_url.parse::<PeerUrl>().unwrap();
         }
+        let roots: Vec<reqwest::Certificate> = config
+            .ca_roots
+            .iter()
+            .map(|c| reqwest::Certificate::from_der(c).unwrap())
+            .collect();
         let http = reqwest::Client::builder()
-            .tls_certs_merge(
-                config
-                    .ca_roots
-                    .iter()
-                    .map(|c| reqwest::Certificate::from_der(c).unwrap()),
-            )
+            .tls_certs_merge(roots.clone())
             .build()
             .unwrap();
+        let api = Client::with_roots(api_url.parse().unwrap(), config.api_token.clone(), roots);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(pserver::run(api, peer, config, async move {
+        let task = tokio::spawn(pserver::run(api_listener, peer, config, async move {
             let _ = rx.await;
         }));
         let p = Self {
@@ -93,6 +105,7 @@ impl TestPeer {
             share_dir,
             data_dir,
             http,
+            api,
             root,
             stop: Some(tx),
             task: Some(task),
@@ -100,13 +113,7 @@ impl TestPeer {
         wait_for(
             "the control API to answer",
             Duration::from_secs(30),
-            || async {
-                p.http
-                    .get(format!("{}/api/v1/status", p.api_url))
-                    .send()
-                    .await
-                    .ok()
-            },
+            || async { p.api.status().await.ok() },
         )
         .await;
         p
@@ -117,14 +124,7 @@ impl TestPeer {
     }
 
     pub async fn status(&self) -> Status {
-        self.http
-            .get(format!("{}/api/v1/status", self.api_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.api.status().await.expect("GET /api/v1/status")
     }
 
     /// Wait until the peer holds a lease at the central.
@@ -175,5 +175,73 @@ impl Drop for TestPeer {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// A `pserver` binary running as a child process (for faults a process
+/// must take: kill -9, signals), its addresses read from its first line of
+/// output.
+pub struct ChildPeer {
+    pub proc: ChildProc,
+    pub api_url: String,
+    pub peer_url: String,
+    pub root: PathBuf,
+    /// The control API's typed client (no token).
+    pub api: Client,
+    _own: Option<tempfile::TempDir>,
+}
+
+impl ChildPeer {
+    /// A child PServer in fresh folders, with `env` on top of the defaults
+    /// below.
+    pub fn spawn(central_url: &str, env: &[(&str, &str)]) -> Self {
+        let own = tempfile::tempdir().unwrap();
+        let mut p = Self::spawn_in(own.path(), central_url, env);
+        p._own = Some(own);
+        p
+    }
+
+    /// A child PServer over `root/share` and `root/data` (again after a
+    /// kill): loopback port 0 for both APIs, a rescan every second, warnings
+    /// only in its log; `env` may override any of these.
+    pub fn spawn_in(root: &Path, central_url: &str, env: &[(&str, &str)]) -> Self {
+        std::fs::create_dir_all(root.join("share")).unwrap();
+        let mut vars: Vec<(&str, String)> = vec![
+            ("RUST_LOG", "warn".into()),
+            ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
+            ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
+            (
+                "PSERVER_SHARE_DIR",
+                root.join("share").display().to_string(),
+            ),
+            ("PSERVER_DATA_DIR", root.join("data").display().to_string()),
+            ("PSERVER_CENTRAL_URL", central_url.into()),
+            ("PSERVER_RESCAN_SECS", "1".into()),
+        ];
+        vars.extend(env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let proc = ChildProc::spawn(&bin("pserver"), root, &vars);
+        let (api_url, peer_url) = (proc.field("api"), proc.field("peer"));
+        let api = Client::new(api_url.parse().expect("api= is a URL"), None);
+        Self {
+            proc,
+            api_url,
+            peer_url,
+            root: root.to_owned(),
+            api,
+            _own: None,
+        }
+    }
+
+    pub fn share_dir(&self) -> PathBuf {
+        self.root.join("share")
+    }
+
+    /// Its status, which it must answer.
+    pub async fn status(&self) -> Status {
+        self.api.status().await.expect("GET /api/v1/status")
+    }
+
+    pub fn kill9(&mut self) {
+        self.proc.kill9();
     }
 }

@@ -39,8 +39,10 @@ use clap::Parser;
 use peerdex_proto::rest::Status;
 use peerdex_proto::v1::LocateRequest;
 use peerdex_proto::v1::locate_request::Target;
+use peerdex_testkit::api::Client;
 use peerdex_testkit::central::CentralProc;
-use peerdex_testkit::{ChildProc, EtcdCluster};
+use peerdex_testkit::control::upload;
+use peerdex_testkit::{ChildPeer, EtcdCluster};
 
 #[derive(Debug, Parser)]
 #[command(about = "Failover time of a PServer between centrals on etcd")]
@@ -124,29 +126,16 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         .join(",");
     eprintln!("centrals: {list}");
     let peer_root = root.join("pserver");
-    std::fs::create_dir_all(peer_root.join("share"))?;
-    let vars: Vec<(&str, String)> = vec![
-        ("RUST_LOG", "info".into()),
-        ("NO_COLOR", "1".into()),
-        ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
-        ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
-        (
-            "PSERVER_SHARE_DIR",
-            peer_root.join("share").display().to_string(),
-        ),
-        (
-            "PSERVER_DATA_DIR",
-            peer_root.join("data").display().to_string(),
-        ),
-        ("PSERVER_CENTRAL_URL", list.clone()),
+    // testkit's child PServer, with the default rescan (2 s) and info logs.
+    let vars = [
+        ("RUST_LOG", "info"),
+        ("NO_COLOR", "1"),
+        ("PSERVER_RESCAN_SECS", "2"),
     ];
-    let pserver = ChildProc::spawn(&peerdex_testkit::bin("pserver"), &peer_root, &vars);
-    let api = pserver.field("api");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let pserver = ChildPeer::spawn_in(&peer_root, &list, &vars);
+    let api = &pserver.api;
     let joined = poll("the PServer to join", || async {
-        status(&http, &api)
+        status(api)
             .await
             .filter(|s| s.central_reachable && s.lease_age_secs.is_some())
     })
@@ -162,11 +151,11 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         // renewal (where the previous step's wait ended).
         phase(round, 0).await;
         n += 1;
-        let before = status(&http, &api).await.context("status")?;
+        let before = status(api).await.context("status")?;
         let t = Instant::now();
-        let (put, loc) = upload_and_locate(&http, &api, &centrals, None, args, n, t).await?;
+        let (put, loc) = upload_and_locate(api, &centrals, None, args, n, t).await?;
         poll("a lease renewal", || async {
-            status(&http, &api)
+            status(api)
                 .await
                 .filter(|s| renewals(s) > renewals(&before))
         })
@@ -185,7 +174,7 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         // kill -9 the central in use.
         phase(round, 1).await;
         n += 1;
-        let before = status(&http, &api).await.context("status")?;
+        let before = status(api).await.context("status")?;
         let Some(victim) = centrals.iter().position(|c| c.url == before.central_url) else {
             bail!(
                 "the PServer uses {}, which is not one of {list}",
@@ -194,11 +183,10 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         };
         let t = Instant::now();
         centrals[victim].proc.kill9();
-        let (put, loc) =
-            upload_and_locate(&http, &api, &centrals, Some(victim), args, n, t).await?;
+        let (put, loc) = upload_and_locate(api, &centrals, Some(victim), args, n, t).await?;
         let victim_url = centrals[victim].url.clone();
         let after = poll("the lease renewed on another central", || async {
-            status(&http, &api).await.filter(|s| {
+            status(api).await.filter(|s| {
                 s.central_url != victim_url
                     && s.central_reachable
                     && renewals(s) > renewals(&before)
@@ -274,8 +262,7 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
 /// `skip` until one knows it. Returns (PUT answered, locatable), both from
 /// `t` (the kill, or the start of the upload).
 async fn upload_and_locate(
-    http: &reqwest::Client,
-    api: &str,
+    api: &Client,
     centrals: &[CentralProc],
     skip: Option<usize>,
     args: &Args,
@@ -290,14 +277,11 @@ async fn upload_and_locate(
         .filter(|(i, _)| Some(*i) != skip)
         .map(|(_, c)| c.client())
         .collect();
-    let r = http
-        .put(format!("{api}/api/v1/files/failover-bench-{n}.bin"))
-        .body(bytes)
-        .send()
-        .await?;
+    let name = format!("failover-bench-{n}.bin");
+    let r = upload(api, &name, bytes).await;
     let put = t.elapsed();
-    if !r.status().is_success() {
-        bail!("upload {n}: {} {}", r.status(), r.text().await?);
+    if let Err(e) = r {
+        bail!("upload {n}: {e}");
     }
     let loc = poll("the upload to be locatable", || async {
         for c in &clients {
@@ -344,14 +328,8 @@ fn renewals(s: &Status) -> u64 {
     s.lease_renewals.ok + s.lease_renewals.rejoin
 }
 
-async fn status(http: &reqwest::Client, api: &str) -> Option<Status> {
-    http.get(format!("{api}/api/v1/status"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
+async fn status(api: &Client) -> Option<Status> {
+    api.status().await.ok()
 }
 
 /// Poll `f` every millisecond (a timing, so no backoff) until it gives

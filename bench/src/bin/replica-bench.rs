@@ -39,9 +39,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use peerdex_proto::rest::{Job, Status};
-use peerdex_testkit::ChildProc;
+use peerdex_proto::rest::{PinRequest, Status};
+use peerdex_testkit::ChildPeer;
 use peerdex_testkit::central::CentralProc;
+use peerdex_testkit::control::by_id;
 
 #[derive(Debug, Parser)]
 #[command(about = "Time to restore 3 copies of a file after losing 2 of its holders")]
@@ -86,48 +87,30 @@ fn deadline(args: &Args) -> Duration {
     Duration::from_secs(120 + args.size_mib / 4)
 }
 
+/// A `pserver` process (testkit's child PServer) and its peer id.
 struct Peer {
-    proc: ChildProc,
-    api: String,
+    peer: ChildPeer,
     id: String,
 }
 
 async fn spawn(root: &Path, central: &str, quota: u64) -> anyhow::Result<Peer> {
-    std::fs::create_dir_all(root.join("share"))?;
-    let vars: Vec<(&str, String)> = vec![
-        ("RUST_LOG", "info".into()),
-        ("NO_COLOR", "1".into()),
-        ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
-        ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
-        (
-            "PSERVER_SHARE_DIR",
-            root.join("share").display().to_string(),
-        ),
-        ("PSERVER_DATA_DIR", root.join("data").display().to_string()),
-        ("PSERVER_CENTRAL_URL", central.into()),
-        ("PSERVER_RESCAN_SECS", "1".into()),
-        ("PSERVER_REPLICA_QUOTA_BYTES", quota.to_string()),
-        (
-            "PSERVER_MAX_UPLOAD_BYTES",
-            (quota.max(1 << 30) * 2).to_string(),
-        ),
+    let quota_bytes = quota.to_string();
+    let max_upload = (quota.max(1 << 30) * 2).to_string();
+    let vars = [
+        ("RUST_LOG", "info"),
+        ("NO_COLOR", "1"),
+        ("PSERVER_REPLICA_QUOTA_BYTES", quota_bytes.as_str()),
+        ("PSERVER_MAX_UPLOAD_BYTES", max_upload.as_str()),
     ];
-    let proc = ChildProc::spawn(&peerdex_testkit::bin("pserver"), root, &vars);
-    let api = proc.field("api");
-    let http = reqwest::Client::new();
+    let peer = ChildPeer::spawn_in(root, central, &vars);
     let status: Status = poll("a PServer to answer", Duration::from_secs(30), || async {
-        get(&http, &format!("{api}/api/v1/status")).await
+        peer.api.status().await.ok()
     })
     .await?;
     Ok(Peer {
-        proc,
-        api,
+        peer,
         id: status.peer_id,
     })
-}
-
-async fn get<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> Option<T> {
-    http.get(url).send().await.ok()?.json().await.ok()
 }
 
 async fn poll<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> anyhow::Result<T>
@@ -176,9 +159,6 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
     .collect();
     let central = CentralProc::start(&root.join("central"), "central", env);
     eprintln!("central at {}", central.url);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
 
     // The owner's file, written and hashed in 16 MiB pieces.
     let owner_root = root.join("owner");
@@ -217,20 +197,9 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
     let dl_root = root.join("downloader");
     let mut dl = spawn(&dl_root, &central.url, 0).await?;
     let t = Instant::now();
-    let job: Job = http
-        .post(format!("{}/api/v1/downloads", dl.api))
-        .json(&serde_json::json!({ "file_id": id }))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
+    let job = dl.peer.api.start_download(&by_id(&id)).await?;
     let done = poll("the reference download", limit, || async {
-        let j: Job = get(
-            &http,
-            &format!("{}/api/v1/downloads/{}", dl.api, job.job_id),
-        )
-        .await?;
+        let j = dl.peer.api.job(&job.job_id).await.ok()?;
         j.state.is_final().then_some(j)
     })
     .await?;
@@ -242,12 +211,12 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         "reference single-source download: {:.2} s",
         reference.as_secs_f64()
     );
-    http.delete(format!("{}/api/v1/files/{id}", dl.api))
-        .send()
-        .await?
-        .error_for_status()
+    dl.peer
+        .api
+        .remove_file(&id)
+        .await
         .context("removing the reference copy")?;
-    dl.proc.kill9();
+    dl.peer.kill9();
     poll("the reference copy gone", limit, || async {
         live(&central, &id).await.filter(|(n, _)| *n == 1)
     })
@@ -255,12 +224,11 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
 
     // 2. Pin 3 copies.
     let t = Instant::now();
-    http.post(format!("{}/api/v1/pins", owner.api))
-        .json(&serde_json::json!({ "file": id, "replicas": 3 }))
-        .send()
-        .await?
-        .error_for_status()
-        .context("pinning")?;
+    let pin = PinRequest {
+        file: id.clone(),
+        replicas: 3,
+    };
+    owner.peer.api.pin(&pin).await.context("pinning")?;
     let (_, holders) = poll("3 copies", limit, || async {
         live(&central, &id).await.filter(|(n, _)| *n == 3)
     })
@@ -279,8 +247,8 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         .find(|p| p.id == victim)
         .context("the replica holder is not one of ours")?;
     let t = Instant::now();
-    owner.proc.kill9();
-    v.proc.kill9();
+    owner.peer.kill9();
+    v.peer.kill9();
     poll("the two losses detected", limit, || async {
         live(&central, &id).await.filter(|(n, _)| *n == 1)
     })
@@ -293,7 +261,7 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
     let restored = t.elapsed();
     let transfer = restored - detected;
     let mib = args.size_mib as f64;
-    let status: Option<Status> = get(&http, &format!("{}/api/v1/status", vols[0].api)).await;
+    let status: Option<Status> = vols[0].peer.api.status().await.ok();
     eprintln!(
         "done (a volunteer's status: {:?})",
         status.map(|s| s.replica_used_bytes)
@@ -334,7 +302,7 @@ async fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
     );
     row("kill -9 → 3 live copies (total)", restored, false);
     for p in &mut vols {
-        p.proc.kill9();
+        p.peer.kill9();
     }
     Ok(())
 }

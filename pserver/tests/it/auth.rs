@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use common::*;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use peerdex_proto::rest::FileList;
+use peerdex_proto::rest::SearchQuery;
+use peerdex_testkit::api::{self, Client};
 use peerdex_testkit::bin;
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 /// `pserver token create …` for the PServer whose data folder is `data`.
@@ -58,22 +59,17 @@ fn expired_token(data: &Path, peer_id: &str) -> String {
     .unwrap()
 }
 
-async fn call(
-    p: &TestPeer,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, String) {
-    let mut r = p.http.request(method, format!("{}{path}", p.api_url));
-    if let Some(t) = token {
-        r = r.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    (resp.status(), resp.text().await.unwrap())
+/// `p`'s control API as a client presenting `token` (none: no
+/// `Authorization` header at all).
+fn client(p: &TestPeer, token: Option<&str>) -> Client {
+    Client::new(p.api_url.parse().unwrap(), token.map(str::to_owned))
+}
+
+/// The status and message of a call that must be refused.
+#[track_caller]
+fn refusal<T: std::fmt::Debug>(r: api::Result<T>) -> (u16, String) {
+    let (status, e) = refused(r);
+    (status, e.message)
 }
 
 #[cfg(unix)]
@@ -100,39 +96,50 @@ async fn client_tokens_are_checked_and_limited_to_their_scope() {
 
     let read = token(&p.data_dir, "read");
     let write = token(&p.data_dir, "write");
-    let download = serde_json::json!({ "file_id": theirs.file_id });
+    let download = by_id(&theirs.file_id);
 
     // Read: search, list, status, jobs, contents; nothing that changes.
-    for path in [
-        "/api/v1/files",
-        "/api/v1/status",
-        "/api/v1/search?q=theirs",
-        "/api/v1/downloads",
-        &format!("/api/v1/files/{}/content", mine.file_id),
-        "/metrics",
-    ] {
-        let (s, body) = call(&p, Method::GET, path, Some(&read), None).await;
-        assert_eq!(s, StatusCode::OK, "GET {path}: {body}");
-    }
-    for (method, path, body) in [
-        (Method::PUT, "/api/v1/files/new.txt".to_owned(), None),
+    let reader = client(&p, Some(&read));
+    reader.list_files().await.expect("GET files");
+    reader.status().await.expect("GET status");
+    let q = SearchQuery {
+        q: "theirs".into(),
+        ..Default::default()
+    };
+    reader.search(&q).await.expect("GET search");
+    reader.list_downloads().await.expect("GET downloads");
+    reader
+        .file_content(&mine.file_id)
+        .await
+        .expect("GET content");
+    // Raw: /metrics is beside the control API, not part of it.
+    let r = p
+        .http
+        .get(format!("{}/metrics", p.api_url))
+        .bearer_auth(&read)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "GET /metrics");
+    for (what, r) in [
         (
-            Method::POST,
-            "/api/v1/downloads".to_owned(),
-            Some(download.clone()),
+            "PUT files/new.txt",
+            upload(&reader, "new.txt", Vec::new()).await.map(drop),
         ),
         (
-            Method::DELETE,
-            format!("/api/v1/files/{}", mine.file_id),
-            None,
+            "POST downloads",
+            reader.start_download(&download).await.map(drop),
+        ),
+        (
+            "DELETE files/{id}",
+            reader.remove_file(&mine.file_id).await.map(drop),
         ),
     ] {
-        let (s, text) = call(&p, method.clone(), &path, Some(&read), body).await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {path}: {text}");
+        let (s, text) = refusal(r);
+        assert_eq!(s, 403, "{what}: {text}");
         assert!(text.contains("needs scope write"), "{text}");
     }
-    let (_, text) = call(&p, Method::GET, "/api/v1/files", None, None).await;
-    let files: FileList = serde_json::from_str(&text).unwrap();
+    let files = client(&p, None).list_files().await.unwrap();
     assert_eq!(files.files.len(), 1, "nothing changed: {files:?}");
     assert!(p.status().await.active_downloads == 0);
 
@@ -157,33 +164,24 @@ async fn client_tokens_are_checked_and_limited_to_their_scope() {
             "alg: none",
         ),
     ] {
-        let (s, text) = call(&p, Method::GET, "/api/v1/files", Some(&t), None).await;
-        assert_eq!(s, StatusCode::UNAUTHORIZED, "{why}: {text}");
+        let (s, text) = refusal(client(&p, Some(&t)).list_files().await);
+        assert_eq!(s, 401, "{why}: {text}");
         assert!(text.contains(why), "{why} not in {text}");
     }
 
     // Write: everything.
-    let (s, text) = call(
-        &p,
-        Method::POST,
-        "/api/v1/downloads",
-        Some(&write),
-        Some(download),
-    )
-    .await;
-    assert_eq!(s, StatusCode::ACCEPTED, "{text}");
-    let (s, text) = call(
-        &p,
-        Method::DELETE,
-        &format!("/api/v1/files/{}", mine.file_id),
-        Some(&write),
-        None,
-    )
-    .await;
-    assert_eq!(s, StatusCode::OK, "{text}");
+    let writer = client(&p, Some(&write));
+    let job = writer
+        .start_download(&download)
+        .await
+        .expect("POST downloads");
+    assert_eq!(job.request, download, "a job for what was asked: {job:?}");
+    writer
+        .remove_file(&mine.file_id)
+        .await
+        .expect("DELETE files/{id}");
     // No token on loopback without PSERVER_API_TOKEN: full access, as before.
-    let (s, _) = call(&p, Method::GET, "/api/v1/files", None, None).await;
-    assert_eq!(s, StatusCode::OK);
+    client(&p, None).list_files().await.expect("GET files");
 
     // Bad requests for a token are answered by the command, and make none.
     for args in [
@@ -211,15 +209,14 @@ async fn the_static_token_and_client_tokens_together() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
     let secret = "a-static-token-0123456789";
     let p = TestPeer::start(&central.url, &[], |c| c.api_token = Some(secret.into())).await;
-    let read = token(&p.data_dir, "read");
-    let (s, _) = call(&p, Method::GET, "/api/v1/files", None, None).await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED);
-    let (s, _) = call(&p, Method::GET, "/api/v1/files", Some(&read), None).await;
-    assert_eq!(s, StatusCode::OK);
-    let (s, _) = call(&p, Method::PUT, "/api/v1/files/x.txt", Some(&read), None).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, text) = call(&p, Method::PUT, "/api/v1/files/x.txt", Some(secret), None).await;
-    assert_eq!(s, StatusCode::CREATED, "{text}");
+    let read = client(&p, Some(&token(&p.data_dir, "read")));
+    assert_eq!(refusal(client(&p, None).list_files().await).0, 401);
+    read.list_files()
+        .await
+        .expect("GET files with a read token");
+    assert_eq!(refusal(upload(&read, "x.txt", Vec::new()).await).0, 403);
+    let put = upload(&client(&p, Some(secret)), "x.txt", Vec::new()).await;
+    assert!(put.unwrap().created, "201");
 }
 
 /// A PServer's id is bound to its key: a copy of its id without its key

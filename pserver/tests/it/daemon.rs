@@ -5,17 +5,12 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{ApiError, DownloadRequest, FileList, Job, JobState, Status};
+use peerdex_proto::rest::{ApiError, DownloadRequest, JobState, Status};
+use peerdex_testkit::api::Client;
 
 const LONG_TTL: Duration = Duration::from_secs(30);
 const T: Duration = Duration::from_secs(30);
 
-fn by_name(name: &str) -> DownloadRequest {
-    DownloadRequest {
-        file_id: None,
-        name: Some(name.into()),
-    }
-}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_then_download_through_neighbour() {
     let central = TestCentral::start(LONG_TTL).await;
@@ -29,24 +24,24 @@ async fn upload_then_download_through_neighbour() {
     assert_eq!(info.file_id, blake3_hex(&bytes));
     assert_eq!(info.size, bytes.len() as u64);
     // Idempotent re-upload: 200 with the same id.
-    let again = upload(&a, "alpha-report.bin", bytes.clone()).await;
-    assert_eq!(again.status(), 200);
+    let again = upload(&a, "alpha-report.bin", bytes.clone()).await.unwrap();
+    assert!(!again.created, "200, not 201");
+    assert_eq!(again.file.file_id, info.file_id);
     // Same name, different content: 409.
-    let clash = upload(&a, "alpha-report.bin", b"other".to_vec()).await;
-    assert_eq!(clash.status(), 409);
-    assert_eq!(
-        clash.json::<ApiError>().await.unwrap().code,
-        "name_conflict"
-    );
+    let (status, e) = refused(upload(&a, "alpha-report.bin", b"other".to_vec()).await);
+    assert_eq!(status, 409);
+    assert_eq!(e.code, "name_conflict");
 
     // Found through the neighbour by a multi-word prefix query.
     let hits = search(&b, "ALPHA rep").await.hits;
     assert_eq!(hits.len(), 1, "{hits:?}");
     assert_eq!(hits[0].file_id, info.file_id);
 
-    let r = start_download(&b, &by_name("alpha-report.bin")).await;
-    assert_eq!(r.status(), 202);
-    let job: Job = r.json().await.unwrap();
+    let job = b
+        .api
+        .start_download(&by_name("alpha-report.bin"))
+        .await
+        .unwrap();
     let done = finish(&b, &job.job_id, T).await;
     assert_eq!(done.state, JobState::Done, "{done:?}");
     let got = std::fs::read(b.path_in_share("alpha-report.bin")).unwrap();
@@ -59,12 +54,8 @@ async fn upload_then_download_through_neighbour() {
     .await;
     // Content endpoint streams the stored bytes back.
     let content = b
-        .http
-        .get(format!(
-            "{}/api/v1/files/{}/content",
-            b.api_url, info.file_id
-        ))
-        .send()
+        .api
+        .file_content(&info.file_id)
         .await
         .unwrap()
         .bytes()
@@ -74,11 +65,7 @@ async fn upload_then_download_through_neighbour() {
     // Nothing left in the temp folder.
     assert!(files_under(&b.data_path().join("tmp")).is_empty());
     // A second download of the same id is done at once.
-    let j: Job = start_download(&b, &by_id(&info.file_id))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let j = b.api.start_download(&by_id(&info.file_id)).await.unwrap();
     assert_eq!(j.state, JobState::Done);
 }
 
@@ -185,6 +172,8 @@ async fn traversal_attempts_are_rejected() {
         "C:evil",
         ".hidden",
     ] {
+        // Raw: the name is sent already percent-encoded, as an attacker
+        // would (the typed client encodes every segment itself).
         let r = a
             .http
             .put(format!("{}/api/v1/files/{name}", a.api_url))
@@ -213,15 +202,7 @@ async fn traversal_attempts_are_rejected() {
     assert!(!raw.starts_with("HTTP/1.1 2"), "{raw}");
 
     // The symlink that leaves the share folder is neither listed nor served.
-    let list: FileList = a
-        .http
-        .get(format!("{}/api/v1/files", a.api_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = a.api.list_files().await.unwrap();
     assert!(list.files.iter().all(|f| f.name != "link.txt"), "{list:?}");
     let id = blake3_hex(b"do not serve");
     let r = a
@@ -257,11 +238,7 @@ async fn only_holder_serving_corrupt_bytes_fails_the_job() {
     // Alter one byte on A's disk, keeping size and mtime so A does not notice.
     flip_in_place(&a.path_in_share("c.bin"), &[1_500_000]);
 
-    let job: Job = start_download(&b, &by_id(&info.file_id))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let job = start_job(&b, &info.file_id).await;
     let end = finish(&b, &job.job_id, Duration::from_secs(60)).await;
     assert_eq!(end.state, JobState::Failed, "{end:?}");
     let why = end.error.unwrap();
@@ -326,9 +303,9 @@ async fn dropped_files_are_published_and_ctrl_c_leaves_at_once() {
 async fn oversize_upload_is_refused_and_cleaned_up() {
     let central = TestCentral::start(LONG_TTL).await;
     let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bytes = 1000).await;
-    let r = upload(&a, "big.bin", vec![7u8; 5000]).await;
-    assert_eq!(r.status(), 413);
-    assert_eq!(r.json::<ApiError>().await.unwrap().code, "too_large");
+    let (status, e) = refused(upload(&a, "big.bin", vec![7u8; 5000]).await);
+    assert_eq!(status, 413);
+    assert_eq!(e.code, "too_large");
     // Without a Content-Length (chunked), the limit is enforced while
     // streaming. A raw request, sent in one write so the server has read it
     // all when it answers: the 413 always arrives (no reset races).
@@ -356,7 +333,7 @@ async fn oversize_upload_is_refused_and_cleaned_up() {
     .await;
     assert!(files_under(&a.share_dir).is_empty());
     // Exactly at the limit is fine.
-    assert_eq!(upload(&a, "ok.bin", vec![1u8; 1000]).await.status(), 201);
+    assert!(upload(&a, "ok.bin", vec![1u8; 1000]).await.unwrap().created);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,24 +373,18 @@ async fn ambiguous_names_and_bad_requests() {
         (search(&c, "same").await.hits.len() == 2).then_some(())
     })
     .await;
-    let r = start_download(&c, &by_name("same.txt")).await;
-    assert_eq!(r.status(), 409);
-    let e: ApiError = r.json().await.unwrap();
+    let (status, e) = refused(c.api.start_download(&by_name("same.txt")).await);
+    assert_eq!(status, 409);
     assert_eq!(e.code, "ambiguous_name");
     assert_eq!(e.candidates.len(), 2);
     // Unknown name / id → 404; both or neither → 400; bad id → 400.
-    assert_eq!(start_download(&c, &by_name("nope.txt")).await.status(), 404);
-    assert_eq!(
-        start_download(&c, &by_id(&"a".repeat(64))).await.status(),
-        404
-    );
-    assert_eq!(start_download(&c, &by_id("xyz")).await.status(), 400);
-    assert_eq!(
-        start_download(&c, &DownloadRequest::default())
-            .await
-            .status(),
-        400
-    );
+    let api = &c.api;
+    let start = |req: DownloadRequest| async move { refused(api.start_download(&req).await).0 };
+    assert_eq!(start(by_name("nope.txt")).await, 404);
+    assert_eq!(start(by_id(&"a".repeat(64))).await, 404);
+    assert_eq!(start(by_id("xyz")).await, 400);
+    assert_eq!(start(DownloadRequest::default()).await, 400);
+    // Raw: a body that is not JSON (the typed client only sends JSON).
     let r = c
         .http
         .post(format!("{}/api/v1/downloads", c.api_url))
@@ -423,24 +394,9 @@ async fn ambiguous_names_and_bad_requests() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(
-        c.http
-            .get(format!("{}/api/v1/search?q=", c.api_url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
-    assert_eq!(
-        c.http
-            .get(format!("{}/api/v1/downloads/nope", c.api_url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        400
-    );
+    let empty = peerdex_proto::rest::SearchQuery::default();
+    assert_eq!(refused(c.api.search(&empty).await).0, 400);
+    assert_eq!(refused(c.api.job("nope").await).0, 400);
     // Neighbour loop guard.
     let r = a
         .http
@@ -460,28 +416,16 @@ async fn control_api_token_and_host_checks() {
     let token = "0123456789abcdef-secret";
     let a = TestPeer::start(&central.url, &[], |c| c.api_token = Some(token.into())).await;
     let url = format!("{}/api/v1/status", a.api_url);
+    let base: reqwest::Url = a.api_url.parse().unwrap();
+    let with = |t: Option<&str>| Client::new(base.clone(), t.map(str::to_owned));
     // testkit's readiness probe got 401s; check explicitly.
-    assert_eq!(a.http.get(&url).send().await.unwrap().status(), 401);
+    assert_eq!(refused(with(None).status().await).0, 401);
     assert_eq!(
-        a.http
-            .get(&url)
-            .bearer_auth("wrong-token-wrong")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        refused(with(Some("wrong-token-wrong")).status().await).0,
         401
     );
-    assert_eq!(
-        a.http
-            .get(&url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    a.api.status().await.expect("the peer's token is taken");
+    // Raw: a forged Host header (the typed client sends the URL's).
     let r = a
         .http
         .get(&url)
@@ -491,14 +435,7 @@ async fn control_api_token_and_host_checks() {
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
-    let doc = a
-        .http
-        .get(format!("{}/api/v1/openapi.json", a.api_url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let doc: serde_json::Value = doc.json().await.unwrap();
+    let doc = a.api.openapi().await.unwrap();
     assert!(doc["paths"]["/api/v1/downloads"].is_object());
 }
 
@@ -518,7 +455,7 @@ async fn holder_killed_mid_transfer_second_holder_finishes() {
     })
     .await;
 
-    let job: Job = start_download(&b, &by_id(&id)).await.json().await.unwrap();
+    let job = start_job(&b, &id).await;
     let source = wait_for("bytes to flow", T, || async {
         let j = common::job(&b, &job.job_id).await;
         (j.bytes_done > 500_000).then_some(j.source).flatten()
@@ -558,6 +495,7 @@ async fn raw_exchange(addr: &str, request: &[u8]) -> String {
 async fn wrong_methods_get_405_and_a_bodyless_put_is_an_empty_file() {
     let central = TestCentral::start(LONG_TTL).await;
     let a = TestPeer::start(&central.url, &[], |_| {}).await;
+    // Raw: methods the typed client never sends.
     let http = reqwest::Client::new();
     for (method, path, allow) in [
         (reqwest::Method::DELETE, "/api/v1/status", "GET"),
@@ -598,9 +536,8 @@ async fn wrong_methods_get_405_and_a_bodyless_put_is_an_empty_file() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     assert_eq!(std::fs::read(a.path_in_share("empty.txt")).unwrap(), b"");
-    assert_eq!(
-        upload(&a, "empty.txt", Vec::new()).await.status(),
-        200,
-        "the same empty content again"
+    assert!(
+        !upload(&a, "empty.txt", Vec::new()).await.unwrap().created,
+        "200: the same empty content again"
     );
 }

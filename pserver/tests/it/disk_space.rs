@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use blake3::hazmat::{HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
 use common::*;
-use peerdex_proto::rest::{FileList, JobState};
+use peerdex_proto::rest::JobState;
 use peerdex_proto::tree::{Manifest, TreeHasher};
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::{FileId, PeerId, v1};
-use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::grpc::{peer_key, signed_join};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Fake holders never renew their lease: long enough for every test here.
@@ -134,15 +134,7 @@ fn listing(dir: &Path) -> Vec<String> {
 /// The id of `name` in `p`'s share folder, once hashed and listed.
 async fn listed_id(p: &TestPeer, name: &str) -> String {
     wait_for(&format!("{name} to be shared"), T, || async {
-        let l: FileList = p
-            .http
-            .get(format!("{}/api/v1/files", p.api_url))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let l = p.api.list_files().await.ok()?;
         l.files
             .into_iter()
             .find(|f| f.name == name)
@@ -433,9 +425,9 @@ async fn a_disk_that_fills_mid_download_fails_the_job_cleanly_and_the_peer_keeps
     .await;
     let filler = fill(root.path());
     // An upload meanwhile is refused up front, naming the figures.
-    let r = upload(&d, "late.txt", b"hello".to_vec()).await;
-    assert_eq!(r.status(), 507);
-    let msg = r.text().await.unwrap();
+    let (status, e) = refused(upload(&d, "late.txt", b"hello".to_vec()).await);
+    assert_eq!(status, 507);
+    let msg = e.message;
     assert!(
         msg.contains("not enough free space") && msg.contains("PSERVER_MIN_FREE_BYTES"),
         "{msg}"
@@ -639,16 +631,7 @@ async fn kept_partials_beyond_the_cap_drop_the_oldest_first() {
         "{:?}",
         listing(&d.data_path().join("partial"))
     );
-    let jobs = d
-        .http
-        .get(format!("{}/api/v1/downloads", d.api_url))
-        .send()
-        .await
-        .unwrap()
-        .json::<peerdex_proto::rest::JobList>()
-        .await
-        .unwrap()
-        .jobs;
+    let jobs = d.api.list_downloads().await.unwrap().jobs;
     let resumed: Vec<Option<String>> = jobs.into_iter().map(|j| j.file_id).collect();
     assert_eq!(resumed, [Some(files[2].0.clone())]);
     for (_, fake) in &files {
@@ -707,7 +690,8 @@ async fn a_disk_that_fills_mid_upload_leaves_nothing_half_written() {
     let central = TestCentral::start(LONG_TTL).await;
     let p = TestPeer::start_in(root.clone(), &central.url, &[], |c| c.min_free_bytes = 0).await;
     let before = free(root.path());
-    // Streamed without a length: the check up front cannot see it coming.
+    // Streamed without a length: the check up front cannot see it coming
+    // (raw: the typed client always sends the length).
     let body = test_bytes(24 * MIB as usize, 57);
     let pieces: Vec<Result<Vec<u8>, std::io::Error>> =
         body.chunks(256 << 10).map(|c| Ok(c.to_vec())).collect();

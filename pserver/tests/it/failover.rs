@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use peerdex_proto::rest::SearchQuery;
 use peerdex_proto::v1::{self, directory_client::DirectoryClient, locate_request::Target};
 use peerdex_testkit::DeadUrl;
 
@@ -147,15 +148,13 @@ async fn a_rate_limited_central_hands_the_search_to_the_other() {
     let first = p.status().await.central_url;
     // More searches than one central allows: when the one in use answers
     // RESOURCE_EXHAUSTED, the same search is asked of the other at once.
+    let q = SearchQuery {
+        q: "anything".into(),
+        ..Default::default()
+    };
     for i in 0..18 {
-        let r = p
-            .http
-            .get(format!("{}/api/v1/search", p.api_url))
-            .query(&[("q", "anything")])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200, "search {i}: {}", r.text().await.unwrap());
+        let r = p.api.search(&q).await;
+        assert!(r.is_ok(), "search {i}: {r:?}");
     }
     let now = p.status().await.central_url;
     assert_ne!(now, first);
@@ -163,30 +162,14 @@ async fn a_rate_limited_central_hands_the_search_to_the_other() {
 }
 
 /// A central served over `data_dir` on `addr` (again, after a stop), with
-/// its metrics on a port of their own; stops when the sender is dropped.
-async fn central_at(
-    addr: SocketAddr,
-    data_dir: &Path,
-) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// its metrics on a port of their own; stops when dropped.
+async fn central_at(addr: SocketAddr, data_dir: &Path) -> TestCentral {
     let listener = wait_for("the central's port to be free again", T, || async {
         tokio::net::TcpListener::bind(addr).await.ok()
     })
     .await;
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics_url = format!("http://{}/metrics", metrics.local_addr().unwrap());
-    let mut config = central_server::Config::new(data_dir);
-    config.lease_ttl = TTL;
-    config.heartbeat_interval = TTL / 3;
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(central_server::run_with_metrics(
-        listener,
-        Some(metrics),
-        config,
-        async move {
-            let _ = rx.await;
-        },
-    ));
-    (metrics_url, tx)
+    TestCentral::serve(listener, data_dir, Some(metrics), |c| c.lease(TTL))
 }
 
 /// `peerdex_central_requests_total` of one RPC answered OK.
@@ -216,13 +199,7 @@ async fn changes_made_while_no_central_answers_arrive_in_order() {
     // No central answers: publish two files, then unpublish the first.
     let one = upload_ok(&p, "queued-one.bin", test_bytes(10_000, 1)).await;
     upload_ok(&p, "queued-two.bin", test_bytes(10_000, 2)).await;
-    let r = p
-        .http
-        .delete(format!("{}/api/v1/files/{}", p.api_url, one.file_id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    p.api.remove_file(&one.file_id).await.unwrap();
     assert_eq!(
         files_under(&p.share_dir),
         [p.path_in_share("queued-two.bin")]
@@ -232,7 +209,8 @@ async fn changes_made_while_no_central_answers_arrive_in_order() {
 
     // The central comes back at the same address over the same folder
     // (the peer's lease is in its grace period there).
-    let (metrics, _stop) = central_at(addr, &dir).await;
+    let back = central_at(addr, &dir).await;
+    let metrics = back.metrics_url.clone().unwrap();
     wait_listed(&url, "queued", &[("queued-two.bin", 1)]).await;
     // A change made now goes behind the queue: once it is listed, every
     // change before it was delivered.

@@ -2,6 +2,10 @@
 //! (304, 412, If-Range), HEAD like GET, and the cache policy of every
 //! response kind (immutable content-addressed bytes, private copies, live
 //! state never stored).
+//!
+//! The subject here is the HTTP itself (headers, validators, methods), so
+//! most requests are raw reqwest on purpose; the typed control-API client
+//! makes the calls that are only setup.
 
 #[allow(unused_imports)] // each suite uses part of the shared helpers
 use crate::common;
@@ -221,12 +225,8 @@ async fn web_ui_assets_and_the_guard() {
         assert_eq!(h(r.headers(), &reqwest::header::ALLOW), "GET, HEAD");
     }
     // The page is no way around the token: the API still wants it.
-    let r = http
-        .get(format!("{}/api/v1/files", p.api_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let no_token = peerdex_testkit::api::Client::new(p.api_url.parse().unwrap(), None);
+    assert_eq!(refused(no_token.list_files().await).0, 401);
     // ... nor around the Host check.
     let r = http
         .get(format!("{}/", p.api_url))
@@ -238,17 +238,10 @@ async fn web_ui_assets_and_the_guard() {
 
     // A browser request from a page of another site, even with the token
     // (say, taken from a careless script), changes nothing.
-    let r = auth(http.put(format!("{}/api/v1/files/keep.txt", p.api_url)))
-        .body("keep me")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let id = r
-        .json::<peerdex_proto::rest::FileInfo>()
-        .await
-        .unwrap()
-        .file_id;
+    let kept = upload(&p, "keep.txt", b"keep me".to_vec()).await.unwrap();
+    assert!(kept.created, "201");
+    let id = kept.file.file_id;
+    // Raw: the headers a browser adds, which the typed client never sends.
     let file = format!("{}/api/v1/files/{id}", p.api_url);
     for site in ["cross-site", "same-site"] {
         let r = auth(http.delete(&file))

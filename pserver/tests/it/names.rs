@@ -7,7 +7,7 @@ use crate::common;
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{ApiError, DownloadRequest, JobState, LocateResult};
+use peerdex_proto::rest::{JobState, LocateQuery, LocateResult};
 
 const LONG_TTL: Duration = Duration::from_secs(30);
 const T: Duration = Duration::from_secs(40);
@@ -17,23 +17,15 @@ const T: Duration = Duration::from_secs(40);
 const NFC: &str = "caf\u{e9}.txt";
 const NFD: &str = "cafe\u{301}.txt";
 
-fn by_name(name: &str) -> DownloadRequest {
-    DownloadRequest {
+async fn locate_name(p: &TestPeer, name: &str) -> LocateResult {
+    let q = LocateQuery {
         file_id: None,
         name: Some(name.into()),
-    }
-}
-
-async fn locate_name(p: &TestPeer, name: &str) -> LocateResult {
-    let r = p
-        .http
-        .get(format!("{}/api/v1/locate", p.api_url))
-        .query(&[("name", name)])
-        .send()
+    };
+    p.api
+        .locate(&q)
         .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "locate {name:?}");
-    r.json().await.unwrap()
+        .unwrap_or_else(|e| panic!("locate {name:?}: {e:?}"))
 }
 
 /// Ids of the hits of a search for `q` named `name`, sorted.
@@ -92,9 +84,8 @@ async fn an_nfd_name_on_disk_is_the_same_name_as_its_nfc_spelling() {
     })
     .await;
     for typed in [NFC, NFD] {
-        let r = start_download(&me, &by_name(typed)).await;
-        assert_eq!(r.status(), 409, "get {typed:?}");
-        let e: ApiError = r.json().await.unwrap();
+        let (status, e) = refused(me.api.start_download(&by_name(typed)).await);
+        assert_eq!(status, 409, "get {typed:?}");
         assert_eq!(e.code, "ambiguous_name", "{e:?}");
         let mut got: Vec<String> = e.candidates.iter().map(|c| c.file_id.clone()).collect();
         got.sort();
@@ -119,9 +110,8 @@ async fn invisible_characters_are_refused_at_upload() {
         ("invoice \u{202e}fdp.exe", "U+202E", 9),
         ("pay\u{200b}pal.pdf", "U+200B", 4),
     ] {
-        let r = upload(&p, name, b"x".to_vec()).await;
-        assert_eq!(r.status(), 400, "{name:?}");
-        let e: ApiError = r.json().await.unwrap();
+        let (status, e) = refused(upload(&p, name, b"x".to_vec()).await);
+        assert_eq!(status, 400, "{name:?}");
         assert_eq!(e.code, "invalid_argument", "{e:?}");
         assert!(
             e.message.contains(&format!("{code} "))

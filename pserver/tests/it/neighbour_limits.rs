@@ -11,7 +11,8 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use peerdex_proto::rest::{ApiError, LocateResult, SearchResults};
+use peerdex_proto::rest::{ApiError, LocateQuery, SearchQuery};
+use peerdex_testkit::api::Client;
 use reqwest::StatusCode;
 
 const T: Duration = Duration::from_secs(20);
@@ -144,38 +145,20 @@ async fn metric(p: &TestPeer, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// One search and one locate through `api` (the user's own PServer), as a
 /// script doing `peerdex search` and `peerdex get` would; `Err` says what
 /// failed.
-async fn search_and_locate(http: reqwest::Client, api: String, id: String) -> Result<(), String> {
-    let r = http
-        .get(format!("{api}/api/v1/search"))
-        .query(&[("q", "busy report")])
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status() != StatusCode::OK {
-        return Err(format!(
-            "search: {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        ));
-    }
-    let hits: SearchResults = r.json().await.map_err(|e| e.to_string())?;
+async fn search_and_locate(api: Client, id: String) -> Result<(), String> {
+    let q = SearchQuery {
+        q: "busy report".into(),
+        ..Default::default()
+    };
+    let hits = api.search(&q).await.map_err(|e| format!("search: {e:?}"))?;
     if !hits.hits.iter().any(|h| h.file_id == id) {
         return Err(format!("search: the file is missing from {hits:?}"));
     }
-    let r = http
-        .get(format!("{api}/api/v1/locate"))
-        .query(&[("name", "busy-report.bin")])
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status() != StatusCode::OK {
-        return Err(format!(
-            "locate: {} {}",
-            r.status(),
-            r.text().await.unwrap_or_default()
-        ));
-    }
-    let found: LocateResult = r.json().await.map_err(|e| e.to_string())?;
+    let q = LocateQuery {
+        file_id: None,
+        name: Some("busy-report.bin".into()),
+    };
+    let found = api.locate(&q).await.map_err(|e| format!("locate: {e:?}"))?;
     if !found.files.iter().any(|f| f.file_id == id) {
         return Err(format!("locate: the file is missing from {found:?}"));
     }
@@ -192,7 +175,7 @@ async fn a_rate_limited_neighbour_fails_no_lookup_at_70_a_second() {
     let a = TestPeer::start(&central.url, &[&b.peer_url], |_| {}).await;
     let info = upload_ok(&b, "busy-report.bin", test_bytes(10_000, 29)).await;
     wait_for("the file to be found", T, || async {
-        search_and_locate(a.http.clone(), a.api_url.clone(), info.file_id.clone())
+        search_and_locate(a.api.clone(), info.file_id.clone())
             .await
             .ok()
     })
@@ -208,11 +191,7 @@ async fn a_rate_limited_neighbour_fails_no_lookup_at_70_a_second() {
     let mut ops = tokio::task::JoinSet::new();
     for _ in 0..OPS {
         tick.tick().await;
-        ops.spawn(search_and_locate(
-            a.http.clone(),
-            a.api_url.clone(),
-            info.file_id.clone(),
-        ));
+        ops.spawn(search_and_locate(a.api.clone(), info.file_id.clone()));
     }
     let mut failed = Vec::new();
     while let Some(r) = ops.join_next().await {
@@ -247,6 +226,7 @@ async fn a_lookup_every_source_refuses_fails_naming_them_all() {
     let a = TestPeer::start(&central.url, &[&b.peer_url], |_| {}).await;
     let http = reqwest::Client::new();
     drain_by_locate(&http, &b.peer_url, 100).await;
+    // Raw: the answer's Retry-After header is part of what is checked.
     let search = || async {
         http.get(format!("{}/api/v1/search", a.api_url))
             .query(&[("q", "report")])

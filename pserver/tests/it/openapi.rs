@@ -58,17 +58,7 @@ async fn schemathesis_finds_nothing_the_document_does_not_promise() {
     wait_for(
         "the peer to join the central",
         Duration::from_secs(30),
-        || async {
-            let r = p
-                .http
-                .get(format!("{}/api/v1/status", p.api_url))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?;
-            let status: peerdex_proto::rest::Status = r.json().await.ok()?;
-            status.lease_age_secs
-        },
+        || async { p.api.status().await.ok()?.lease_age_secs },
     )
     .await;
     // Something to find, locate, pin and download.
@@ -77,30 +67,14 @@ async fn schemathesis_finds_nothing_the_document_does_not_promise() {
         "the dropped file to be shared",
         Duration::from_secs(30),
         || async {
-            let r = p
-                .http
-                .get(format!("{}/api/v1/files", p.api_url))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .ok()?;
-            let files: peerdex_proto::rest::FileList = r.json().await.ok()?;
+            let files = p.api.list_files().await.ok()?;
             (!files.files.is_empty()).then_some(())
         },
     )
     .await;
 
     // Every operation of the document, to check that all were tested.
-    let doc: serde_json::Value = p
-        .http
-        .get(format!("{}/api/v1/openapi.json", p.api_url))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = p.api.openapi().await.unwrap();
     let operations: usize = doc["paths"]
         .as_object()
         .expect("paths")

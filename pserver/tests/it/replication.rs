@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{JobState, PinStatus, Status};
+use peerdex_proto::rest::{JobState, PinRequest, PinStatus, Status};
 use peerdex_proto::v1;
 use peerdex_testkit::central::CentralProc;
 use peerdex_testkit::etcd::EtcdCluster;
@@ -81,33 +81,22 @@ async fn wait_gone(central: &CentralProc, id: &str, dead: &[String]) {
 }
 
 async fn status(p: &ChildPeer) -> Status {
-    p.get("/api/v1/status").await
+    p.status().await
 }
 
 async fn upload_to(p: &ChildPeer, name: &str, bytes: &[u8]) {
-    let r = reqwest::Client::new()
-        .put(format!("{}/api/v1/files/{name}", p.api_url))
-        .body(bytes.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success(), "upload: {}", r.status());
+    upload_ok(p, name, bytes.to_vec()).await;
 }
 
 async fn pin(p: &ChildPeer, id: &str, replicas: u32) -> PinStatus {
-    let r = reqwest::Client::new()
-        .post(format!("{}/api/v1/pins", p.api_url))
-        .json(&serde_json::json!({ "file": id, "replicas": replicas }))
-        .send()
+    let req = PinRequest {
+        file: id.into(),
+        replicas,
+    };
+    p.api
+        .pin(&req)
         .await
-        .unwrap();
-    assert!(
-        r.status().is_success(),
-        "pin: {}: {}",
-        r.status(),
-        r.text().await.unwrap()
-    );
-    r.json().await.unwrap()
+        .unwrap_or_else(|e| panic!("pin: {e:?}"))
 }
 
 /// The bytes `peer_url` serves for `id`, hashed.
@@ -297,13 +286,13 @@ async fn the_next_leader_finishes_a_re_replication() {
     pin(&peers[0], &id, 3).await;
     let holders = wait_copies(&cs[other], &id, 3, "3 copies").await;
 
-    // Two holders die; once the leader has asked a volunteer to fetch,
+    // Two holders die; once the leader has asked a volunteer to fetch
+    // (the volunteer shows the fetch, or the copy it made, in its status),
     // the leader dies too.
-    let asked_before = cs[leader]
-        .proc
-        .log()
-        .matches("asked a volunteer to fetch")
-        .count();
+    let was_holder: Vec<bool> = ids
+        .iter()
+        .map(|i| holders.iter().any(|(h, _)| h == i))
+        .collect();
     let victims: Vec<usize> = holders
         .iter()
         .take(2)
@@ -314,12 +303,18 @@ async fn the_next_leader_finishes_a_re_replication() {
     }
     let dead: Vec<String> = victims.iter().map(|&v| ids[v].clone()).collect();
     wait_for("the leader to start re-replicating", T, || async {
-        let asked = cs[leader]
-            .proc
-            .log()
-            .matches("asked a volunteer to fetch")
-            .count();
-        (asked > asked_before).then_some(())
+        for (i, p) in peers.iter().enumerate() {
+            if was_holder[i] {
+                continue;
+            }
+            let s = status(p).await;
+            let asked = s.replica_fetches.iter().any(|f| f.file_id == id)
+                || s.replicas.iter().any(|f| f.file_id == id);
+            if asked {
+                return Some(());
+            }
+        }
+        None
     })
     .await;
     cs[leader].proc.kill9();

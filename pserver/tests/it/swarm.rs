@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use peerdex_proto::rest::{Job, JobList, JobState, SourceProgress};
+use peerdex_proto::rest::{Job, JobState, SourceProgress};
 
 const LONG_TTL: Duration = Duration::from_secs(30);
 const T: Duration = Duration::from_secs(40);
@@ -146,15 +146,7 @@ async fn restart_of_the_downloading_peer_resumes_the_job() {
     let d = TestPeer::start_in(root, &central.url, &[], |_| {}).await;
     // The restarted peer resumes by itself: a new job shows up.
     let resumed = wait_for("the job to be resumed", T, || async {
-        let list: JobList = d
-            .http
-            .get(format!("{}/api/v1/downloads", d.api_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = d.api.list_downloads().await.unwrap();
         list.jobs
             .into_iter()
             .find(|j| j.file_id.as_deref() == Some(id.as_str()))
@@ -244,13 +236,8 @@ async fn cancel_discards_the_partial_and_a_second_request_joins_the_job() {
     })
     .await;
     assert!(!partial_files(d.data_path()).is_empty());
-    let r = d
-        .http
-        .delete(format!("{}/api/v1/downloads/{}", d.api_url, job.job_id))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let cancelled = d.api.cancel(&job.job_id).await.unwrap();
+    assert_eq!(cancelled.job_id, job.job_id);
     let end = finish(&d, &job.job_id, T).await;
     assert_eq!(end.state, JobState::Cancelled, "{end:#?}");
     wait_for("the partial to be discarded", T, || async {
@@ -279,15 +266,7 @@ async fn downloader_killed_9_resumes_from_its_last_checkpoint() {
 
     let root = tempfile::tempdir().unwrap();
     let mut d = ChildPeer::spawn_in(root.path(), &central.url, &[]);
-    let job: Job = reqwest::Client::new()
-        .post(format!("{}/api/v1/downloads", d.api_url))
-        .json(&by_id(&id))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let job = start_job(&d, &id).await;
     assert_eq!(job.state, JobState::Downloading, "{job:#?}");
     // Wait for a checkpoint on disk that records a few verified chunks.
     let bitmap = root.path().join(format!("data/partial/{id}.bitmap"));
@@ -302,19 +281,13 @@ async fn downloader_killed_9_resumes_from_its_last_checkpoint() {
 
     let d = ChildPeer::spawn_in(root.path(), &central.url, &[]);
     let resumed = wait_for("the job to be resumed", T, || async {
-        let list: JobList = d.get("/api/v1/downloads").await;
+        let list = d.api.list_downloads().await.unwrap();
         list.jobs
             .into_iter()
             .find(|j| j.file_id.as_deref() == Some(id.as_str()))
     })
     .await;
-    let end = wait_for("the resumed job to finish", T, || async {
-        let j: Job = d
-            .get(&format!("/api/v1/downloads/{}", resumed.job_id))
-            .await;
-        j.state.is_final().then_some(j)
-    })
-    .await;
+    let end = finish(&d, &resumed.job_id, T).await;
     assert_eq!(end.state, JobState::Done, "{end:#?}");
     assert_eq!(
         std::fs::read(root.path().join("share/crash.bin")).unwrap(),

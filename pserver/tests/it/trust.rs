@@ -20,7 +20,7 @@ use peerdex_proto::PeerId;
 use peerdex_proto::v1;
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_testkit::DeadUrl;
-use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::grpc::{authed, peer_key, signed_join};
 use tonic::transport::{Channel, Endpoint};
 
 const T: Duration = Duration::from_secs(60);
@@ -28,7 +28,7 @@ const MIB: u64 = 1 << 20;
 
 /// Quick leases, planner and grace; failed audits retried after 300 ms
 /// per failure in a row.
-async fn central_with(tweak: impl FnOnce(&mut central_server::Config)) -> TestCentral {
+async fn central_with(tweak: impl FnOnce(&mut peerdex_testkit::central::Settings)) -> TestCentral {
     TestCentral::start_with(|c| {
         c.lease_ttl = Duration::from_secs(3);
         c.heartbeat_interval = Duration::from_secs(1);
@@ -53,13 +53,6 @@ impl Drop for Rogue {
     fn drop(&mut self) {
         self.beat.abort();
     }
-}
-
-fn authed<T>(msg: T, token: &str) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    r
 }
 
 async fn rogue(

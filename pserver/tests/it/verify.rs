@@ -13,7 +13,7 @@ use peerdex_proto::rest::JobState;
 use peerdex_proto::tree::TreeHasher;
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::{FileId, PeerId, v1};
-use peerdex_testkit::central::{peer_key, signed_join};
+use peerdex_testkit::grpc::{peer_key, signed_join};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LONG_TTL: Duration = Duration::from_secs(30);

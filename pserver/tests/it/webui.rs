@@ -21,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use peerdex_proto::rest::{FileList, JobList, JobState, SearchResults};
+use peerdex_proto::rest::{FileList, JobList, JobState, SearchQuery};
 use peerdex_testkit::pyvenv;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -37,7 +37,8 @@ const PLAYWRIGHT: &str = "playwright==1.65.2";
 /// The whole browser run (install excluded), killed after this.
 const BROWSER_DEADLINE: Duration = Duration::from_secs(600);
 
-/// A client of A's control API with the token.
+/// A's control API: the typed client with the token, and raw requests
+/// (with the token) for what a browser sends and the client never does.
 struct Api<'a> {
     peer: &'a TestPeer,
 }
@@ -47,36 +48,27 @@ impl Api<'_> {
         format!("{}{path}", self.peer.api_url)
     }
 
-    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let r = self
-            .peer
-            .http
-            .get(self.url(path))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK, "GET {path}");
-        r.json().await.unwrap()
-    }
-
+    /// `status` as the JSON the page reads.
     async fn status(&self) -> Value {
-        self.get("/api/v1/status").await
+        serde_json::to_value(self.peer.status().await).unwrap()
     }
 
     async fn sees(&self, word: &str, id: &str) -> bool {
-        let hits: SearchResults = self
-            .get(&format!("/api/v1/search?q={word}&limit=100"))
-            .await;
+        let q = SearchQuery {
+            q: word.into(),
+            limit: Some(100),
+            page: None,
+        };
+        let hits = self.peer.api.search(&q).await.unwrap();
         hits.hits.iter().any(|h| h.file_id == id && h.holders >= 1)
     }
 
     async fn jobs(&self) -> JobList {
-        self.get("/api/v1/downloads").await
+        self.peer.api.list_downloads().await.unwrap()
     }
 
     async fn files(&self) -> FileList {
-        self.get("/api/v1/files").await
+        self.peer.api.list_files().await.unwrap()
     }
 }
 
@@ -182,16 +174,9 @@ async fn the_web_ui_in_a_real_browser() {
         .unwrap_or_else(|e| panic!("the script's last line is not JSON ({e}):\n{stdout}"));
 
     // A wrong token: the page showed the server's own refusal.
-    let refusal: peerdex_proto::rest::ApiError = a
-        .http
-        .get(api.url("/api/v1/status"))
-        .bearer_auth("not-the-token")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let wrong =
+        peerdex_testkit::api::Client::new(a.api_url.parse().unwrap(), Some("not-the-token".into()));
+    let (_, refusal) = refused(wrong.status().await);
     assert_eq!(
         result["wrong_token_message"],
         format!("This token was refused: {}", refusal.message).as_str()
@@ -308,22 +293,13 @@ async fn another_site_cannot_start_a_download_or_delete_a_file() {
         api.sees("wanted", &wanted).await.then_some(())
     })
     .await;
-    let mine = a
-        .http
-        .put(api.url("/api/v1/files/mine.txt"))
-        .bearer_auth(TOKEN)
-        .body("kept")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(mine.status(), StatusCode::CREATED);
-    let mine = mine
-        .json::<peerdex_proto::rest::FileInfo>()
-        .await
-        .unwrap()
-        .file_id;
+    let mine = upload(&a, "mine.txt", b"kept".to_vec()).await.unwrap();
+    assert!(mine.created, "201");
+    let mine = mine.file.file_id;
     let body = serde_json::json!({ "file_id": wanted });
 
+    // Raw: the Origin headers and form bodies of a browser, which the
+    // typed client never sends.
     for origin in ["http://evil.example", "null"] {
         let r = a
             .http
@@ -372,24 +348,9 @@ async fn another_site_cannot_start_a_download_or_delete_a_file() {
     assert_eq!(api.files().await.files.len(), 1);
 
     // Proof that the refusals were about the origin: the same requests as
-    // the CLI sends them (no Origin) go through.
-    let r = a
-        .http
-        .post(api.url("/api/v1/downloads"))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let r = a
-        .http
-        .delete(api.url(&format!("/api/v1/files/{mine}")))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
+    // the CLI sends them (its client, no Origin) go through.
+    a.api.start_download(&by_id(&wanted)).await.unwrap();
+    a.api.remove_file(&mine).await.unwrap();
     assert!(!a.path_in_share("mine.txt").exists());
 }
 
@@ -433,8 +394,6 @@ async fn the_page_is_served_without_a_token_under_its_policy() {
         assert_eq!(r.status(), StatusCode::OK, "{path}");
         assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
     }
-    let r = reqwest::get(format!("{}/api/v1/status", a.api_url))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let no_token = peerdex_testkit::api::Client::new(a.api_url.parse().unwrap(), None);
+    assert_eq!(refused(no_token.status().await).0, 401);
 }
