@@ -19,7 +19,7 @@ pub struct Config {
     pub share_dir: PathBuf,
     pub data_dir: PathBuf,
     /// gRPC URLs of the centrals that serve the directory (at least one,
-    /// at most [`MAX_CENTRALS`], no duplicates; see `crate::central` for how
+    /// at most [`MAX_CENTRALS`], no duplicates; see `crate::link` for how
     /// a PServer uses several).
     pub centrals: Vec<String>,
     /// Peer-API base URLs of neighbours, asked in order.
@@ -96,8 +96,8 @@ impl Config {
             api_token: None,
             join_secret: None,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
-            min_free_bytes: crate::space::DEFAULT_MIN_FREE_BYTES,
-            max_partial_bytes: crate::space::DEFAULT_MAX_PARTIAL_BYTES,
+            min_free_bytes: crate::store::space::DEFAULT_MIN_FREE_BYTES,
+            max_partial_bytes: crate::store::space::DEFAULT_MAX_PARTIAL_BYTES,
             replica_quota_bytes: 0,
             max_uploads: 32,
             drain: Duration::from_secs(10),
@@ -266,13 +266,13 @@ pub struct Args {
     /// data folders: a download (its size, from a manifest verified against
     /// the file id) or an upload that would leave less is refused up front,
     /// naming the figures. 0 = no reserve (the disk may fill up).
-    #[arg(long, env = "PSERVER_MIN_FREE_BYTES", default_value_t = crate::space::DEFAULT_MIN_FREE_BYTES)]
+    #[arg(long, env = "PSERVER_MIN_FREE_BYTES", default_value_t = crate::store::space::DEFAULT_MIN_FREE_BYTES)]
     pub min_free_bytes: u64,
 
     /// Disk space, in bytes, that the partial downloads kept for resuming
     /// (failed or interrupted jobs) may take together; beyond it the oldest
     /// are dropped, never one a running job writes. 0 = no cap.
-    #[arg(long, env = "PSERVER_MAX_PARTIAL_BYTES", default_value_t = crate::space::DEFAULT_MAX_PARTIAL_BYTES)]
+    #[arg(long, env = "PSERVER_MAX_PARTIAL_BYTES", default_value_t = crate::store::space::DEFAULT_MAX_PARTIAL_BYTES)]
     pub max_partial_bytes: u64,
 
     /// Disk space, in bytes, this peer offers for replicas of other peers'
@@ -394,9 +394,9 @@ pub enum TokenCommand {
         /// `read`: search, list, status, jobs, file contents. `write`: also
         /// upload, download, cancel, remove.
         #[arg(long, value_enum)]
-        scope: crate::tokens::Scope,
+        scope: crate::control::tokens::Scope,
         /// Lifetime: a number and s, m, h or d (at most 366 days).
-        #[arg(long, default_value = "24h", value_parser = crate::tokens::parse_ttl)]
+        #[arg(long, default_value = "24h", value_parser = crate::control::tokens::parse_ttl)]
         ttl: Duration,
         /// Who holds it (a device, a script); shown in refusals.
         #[arg(long, default_value = "client")]

@@ -57,29 +57,20 @@
 //! handles their handlers take as app data, and background tasks own the
 //! handles they use. No module reaches back into this file.
 
-mod central;
-mod conditional;
 pub mod config;
-mod control_api;
+mod control;
 mod download;
 mod error;
 mod identity;
-mod limits;
-mod lookup;
+mod link;
 mod metrics;
-mod network;
-mod peer_api;
-mod pins;
+mod peer;
 mod rate;
-mod replicas;
 mod rt;
-mod serve;
-mod space;
 mod store;
 pub mod tls;
-pub mod tokens;
-mod uploads;
-mod webui;
+
+pub use control::tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -111,7 +102,7 @@ pub async fn run(
             config.data_dir.display()
         )
     })?;
-    let store = store.with_space(space::Space::new(
+    let store = store.with_space(store::space::Space::new(
         config.min_free_bytes,
         config.max_partial_bytes,
     ));
@@ -120,7 +111,7 @@ pub async fn run(
         .context("cannot read or create the peer id in PSERVER_DATA_DIR")?;
     let key = identity::load_or_create(store.data_dir())
         .context("cannot read or create this peer's key in PSERVER_DATA_DIR")?;
-    let api_key = tokens::load_key(store.data_dir())
+    let api_key = control::tokens::load_key(store.data_dir())
         .context("cannot read or create the control API's key in PSERVER_DATA_DIR")?;
     let quota = config.replica_quota_bytes;
     let store = tokio::task::spawn_blocking(move || {
@@ -139,8 +130,8 @@ pub async fn run(
         anyhow::Ok(store)
     })
     .await??;
-    let network = Arc::new(network::Network::new(config.join_secret.clone()));
-    let central = central::Central::new(
+    let network = Arc::new(peer::network::Network::new(config.join_secret.clone()));
+    let central = link::Central::new(
         &config.centrals,
         peer_id,
         key.clone(),
@@ -157,22 +148,22 @@ pub async fn run(
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("peerdex-pserver/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    let http = network::PeerHttp::new(http, network.clone());
+    let http = peer::network::PeerHttp::new(http, network.clone());
     let (files, bytes) = store.totals();
     let rt = rt::MainRt::current();
     let store = Arc::new(store);
     let central = Arc::new(central);
     let metrics = metrics::Metrics::new();
-    let lookup = Arc::new(lookup::Lookup::new(
+    let lookup = Arc::new(link::lookup::Lookup::new(
         &config.neighbours,
         http.clone(),
         config.neighbour_timeout,
         metrics.clone(),
     ));
-    let uploads = uploads::Uploads::new(
+    let uploads = peer::uploads::Uploads::new(
         config.max_uploads,
         config.max_upload_bps,
-        uploads::Rules {
+        peer::uploads::Rules {
             min_bps: config.upload_min_bps,
             idle: config.upload_idle,
         },
@@ -192,7 +183,7 @@ pub async fn run(
         },
         rt.clone(),
     );
-    let replicas = replicas::Replicas::new(
+    let replicas = download::replicas::Replicas::new(
         config.replica_quota_bytes,
         store.clone(),
         central.clone(),
@@ -224,7 +215,7 @@ pub async fn run(
             cancel.clone(),
         );
         async move {
-            let load = || central::Load {
+            let load = || link::Load {
                 active_uploads: uploads.active(),
                 free_upload_slots: uploads.free(),
             };
@@ -246,7 +237,7 @@ pub async fn run(
         rescan_now.clone(),
         cancel.clone(),
     ));
-    let withdraw = serve::Withdraw {
+    let withdraw = peer::serve::Withdraw {
         store: store.clone(),
         central: central.clone(),
         rt: rt.clone(),
@@ -254,13 +245,16 @@ pub async fn run(
     };
     downloads.resume_partials();
 
-    let control = control_api::Control {
+    let control = control::Control {
         api_addr,
         api_token: config.api_token.clone(),
         max_upload_bytes: config.max_upload_bytes,
         peer_id,
         public_url: config.public_url.clone(),
-        tokens: Arc::new(tokens::ClientTokens::new(&api_key, &peer_id.to_string())),
+        tokens: Arc::new(control::tokens::ClientTokens::new(
+            &api_key,
+            &peer_id.to_string(),
+        )),
     };
     let api_srv = HttpServer::new({
         let (store, central, lookup, uploads, downloads, rt, withdraw, metrics, replicas) = (
@@ -288,9 +282,9 @@ pub async fn run(
                 .app_data(web::Data::new(replicas.clone()))
                 .app_data(json_config())
                 .app_data(query_config())
-                .wrap(middleware::from_fn(control_api::guard))
+                .wrap(middleware::from_fn(control::guard))
                 .wrap(no_store())
-                .configure(control_api::routes)
+                .configure(control::routes)
         }
     })
     .workers(1)
@@ -302,8 +296,8 @@ pub async fn run(
     }
     .run();
     let drain = config.drain.as_secs();
-    let conns = limits::ConnLimit::new(config.max_conns_per_addr);
-    let neighbour_rate = limits::NeighbourRate::new(config.neighbour_rate, metrics.clone());
+    let conns = peer::limits::ConnLimit::new(config.max_conns_per_addr);
+    let neighbour_rate = peer::limits::NeighbourRate::new(config.neighbour_rate, metrics.clone());
     let peer_srv = HttpServer::new({
         let (store, central, uploads, rt) =
             (store.clone(), central.clone(), uploads.clone(), rt.clone());
@@ -318,13 +312,13 @@ pub async fn run(
                 .app_data(web::Data::from(network.clone()))
                 .app_data(web::Data::new(rt.clone()))
                 .app_data(query_config())
-                .wrap(middleware::from_fn(peer_api::guard))
+                .wrap(middleware::from_fn(peer::guard))
                 .wrap(no_store())
-                .configure(peer_api::routes)
+                .configure(peer::routes)
         }
     })
     .workers(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
-    .on_connect(move |io, ext| limits::Conn::accept(&conns, io, ext))
+    .on_connect(move |io, ext| peer::limits::Conn::accept(&conns, io, ext))
     // A request head must arrive within 5 s, an idle keep-alive connection
     // is closed after 15 s, and a closing one gets 1 s to say goodbye: no
     // socket is held open by a silent client (responses: see `uploads`).
@@ -369,7 +363,7 @@ pub async fn run(
 /// woken early when a served file failed verification (see `serve`).
 async fn rescan_loop(
     store: Arc<store::Store>,
-    central: Arc<central::Central>,
+    central: Arc<link::Central>,
     every: Duration,
     now: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
@@ -410,7 +404,7 @@ async fn rescan_loop(
 fn no_store() -> middleware::DefaultHeaders {
     middleware::DefaultHeaders::new().add((
         actix_web::http::header::CACHE_CONTROL,
-        conditional::NO_STORE,
+        peer::conditional::NO_STORE,
     ))
 }
 

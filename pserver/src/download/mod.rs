@@ -21,7 +21,7 @@
 //! Every download goes through the swarm (one holder is a swarm of one),
 //! whatever the file's size.
 //!
-//! Replica fetches (the directory's FETCH tasks, see `crate::replicas`)
+//! Replica fetches (the directory's FETCH tasks, see `crate::download::replicas`)
 //! are downloads too, through the same engine and with the same
 //! guarantees, with another destination ([`Dest::Replica`]): their
 //! partials live under `data/replicas/partial/` (never resumed as the
@@ -46,7 +46,7 @@
 //! manifest verified against the id, and that size (less what a kept
 //! partial already holds) must fit in the data folder besides
 //! `PSERVER_MIN_FREE_BYTES` and what other transfers were promised (see
-//! `crate::space`); else the job fails at once, naming the figures. Kept
+//! `crate::store::space`); else the job fails at once, naming the figures. Kept
 //! partials are capped together by `PSERVER_MAX_PARTIAL_BYTES`, oldest
 //! dropped first (never one a job is running for), whenever a job ends and
 //! at start. A disk that fills anyway fails the job with the folder and the
@@ -62,22 +62,20 @@ use peerdex_proto::tree::Manifest;
 use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use uuid::Uuid;
 
-use crate::central::Central;
 use crate::error::{Error, Result};
-use crate::lookup::{LocateTarget, Lookup};
+use crate::link::Central;
+use crate::link::lookup::{LocateTarget, Lookup};
 use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 use crate::rt::MainRt;
-use crate::space::{Bytes, Claim, NoSpace};
 use crate::store::Store;
+use crate::store::space::{Bytes, Claim, NoSpace};
 
-mod chunk;
-mod holder;
+mod engine;
 mod jobs;
-mod manifest;
-mod partial;
-mod scheduler;
-mod transport;
+pub(crate) mod replicas;
+
+use engine::{manifest, partial, scheduler, transport};
 
 pub(crate) use jobs::{JobHandle, Jobs};
 use partial::Partial;
@@ -101,7 +99,7 @@ pub(crate) struct Engine {
     store: Arc<Store>,
     central: Arc<Central>,
     lookup: Arc<Lookup>,
-    http: crate::network::PeerHttp,
+    http: crate::peer::network::PeerHttp,
     download_limit: Arc<RateLimiter>,
     peer_id: PeerId,
     max_sources: usize,
@@ -124,7 +122,7 @@ impl Downloads {
         store: Arc<Store>,
         central: Arc<Central>,
         lookup: Arc<Lookup>,
-        http: crate::network::PeerHttp,
+        http: crate::peer::network::PeerHttp,
         peer_id: PeerId,
         settings: Settings,
         rt: MainRt,
@@ -826,7 +824,7 @@ async fn claim_space(
             .claim(&d, need, &what)
             .map_err(DownloadError::NoSpace)?;
         let share = store.share_dir();
-        if to_share && !crate::space::same_fs(&d, share) {
+        if to_share && !crate::store::space::same_fs(&d, share) {
             store
                 .space()
                 .check(share, m.size(), &what)

@@ -12,9 +12,9 @@ use peerdex_proto::rest::{Candidate, PinList, PinRequest, PinStatus};
 use peerdex_proto::{FileId, FileName};
 use tonic::Code;
 
-use crate::central::Central;
 use crate::error::{Error, Result};
-use crate::lookup::{LocateTarget, Lookup};
+use crate::link::Central;
+use crate::link::lookup::{LocateTarget, Lookup};
 use crate::store::Store;
 
 /// Pin (or unpin, with 0 or 1) the file `req.file` names.
@@ -124,7 +124,7 @@ mod tests {
             &["http://127.0.0.1:1".into()],
             peerdex_proto::PeerId::new_random(),
             ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
-            std::sync::Arc::new(crate::network::Network::new(None)),
+            std::sync::Arc::new(crate::peer::network::Network::new(None)),
             "http://127.0.0.1:9".parse().unwrap(),
             dir.path(),
             &[],

@@ -26,6 +26,8 @@
 //! which the lease loop hands to the replica worker ([`ReplicaTasks`]).
 //! Pin and Pins act for this peer like Publish (our session token).
 
+pub(crate) mod lookup;
+
 use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
@@ -43,7 +45,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::metrics::{Metrics, Renewal};
-use crate::network::Network;
+use crate::peer::network::Network;
 
 /// Per-call deadline for RPCs to the central.
 const RPC_TIMEOUT: Duration = Duration::from_secs(5);

@@ -4,6 +4,10 @@
 //! `localhost`, and only our own address when bound to a specific one) and,
 //! when `PSERVER_API_TOKEN` is set, a bearer token on every request.
 
+pub(crate) mod pins;
+pub mod tokens;
+mod webui;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,19 +30,18 @@ use peerdex_proto::{FileId, FileName, PeerId, PeerUrl};
 use tokio::io::AsyncWriteExt;
 use utoipa::OpenApi;
 
-use crate::central::Central;
-use crate::conditional;
+use crate::control::tokens::{ClientTokens, Scope};
+use crate::download::replicas::Replicas;
 use crate::download::{Downloads, JobHandle};
 use crate::error::{Error, Result};
-use crate::lookup::Lookup;
+use crate::link::Central;
+use crate::link::lookup::Lookup;
 use crate::metrics::{Live, Metrics};
-use crate::replicas::Replicas;
+use crate::peer::conditional;
+use crate::peer::serve::{Withdraw, verified_range};
+use crate::peer::uploads::Uploads;
 use crate::rt::MainRt;
-use crate::serve::{Withdraw, verified_range};
 use crate::store::{Added, Store};
-use crate::tokens::{ClientTokens, Scope};
-use crate::uploads::Uploads;
-use crate::webui;
 
 /// This API's own settings and what it reports about the PServer.
 #[derive(Clone)]
@@ -549,7 +552,7 @@ async fn upload(
     let (space, tmp) = (store.space().clone(), store.tmp_dir().to_owned());
     let what = format!("upload {:?}", name.as_str());
     let claim = space.claim(&tmp, declared.unwrap_or(0), &what)?;
-    let disk = |e: std::io::Error| crate::space::disk_error(&space, e, &tmp);
+    let disk = |e: std::io::Error| crate::store::space::disk_error(&space, e, &tmp);
     let temp = store.temp_path("upload");
     let guard = TempGuard(temp.clone());
     let file = tokio::fs::OpenOptions::new()
@@ -858,7 +861,7 @@ async fn locate(
     rt: web::Data<MainRt>,
     q: web::Query<LocateQuery>,
 ) -> Result<web::Json<LocateResult>> {
-    let target = crate::lookup::LocateTarget::from_query(&q)?;
+    let target = crate::link::lookup::LocateTarget::from_query(&q)?;
     let (central, lookup) = (central.into_inner(), lookup.into_inner());
     let files = rt
         .run(async move { lookup.locate(&central, &target).await })
@@ -912,7 +915,7 @@ async fn pin(
         )));
     }
     Ok(web::Json(
-        rt.run(async move { crate::pins::pin(&store, &central, &lookup, req).await })
+        rt.run(async move { crate::control::pins::pin(&store, &central, &lookup, req).await })
             .await?,
     ))
 }
@@ -928,7 +931,7 @@ async fn list_pins(
 ) -> Result<web::Json<PinList>> {
     let central = central.into_inner();
     Ok(web::Json(
-        rt.run(async move { crate::pins::list(&central).await })
+        rt.run(async move { crate::control::pins::list(&central).await })
             .await?,
     ))
 }

@@ -47,11 +47,11 @@ use peerdex_proto::{FileId, FileName};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::central::{Central, ReplicaTasks};
 use crate::download::{Downloads, ReplicaEnd};
+use crate::link::{Central, ReplicaTasks};
 use crate::metrics::{Metrics, ReplicaResult};
-use crate::space::Bytes;
 use crate::store::Store;
+use crate::store::space::Bytes;
 
 /// Replica fetches running at once.
 pub(crate) const MAX_FETCHES: usize = 2;

@@ -14,7 +14,7 @@
 //!   partial/         replica fetches in progress (see `crate::download`)
 //! ```
 //! Replicas are copies of other peers' files that the directory asked this
-//! peer to keep (`PSERVER_REPLICA_QUOTA_BYTES`, see `crate::replicas`).
+//! peer to keep (`PSERVER_REPLICA_QUOTA_BYTES`, see `crate::download::replicas`).
 //! They never enter the share folder and are not listed as the user's
 //! files, but the peer API serves them like shared files (verified chunk
 //! by chunk) and the inventory announces them with `replica = true`. A
@@ -43,6 +43,8 @@
 //! hidden files (a leading `.`, our own temp files too) are left out
 //! quietly, by design.
 
+pub(crate) mod space;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
@@ -59,7 +61,7 @@ use peerdex_proto::{FileId, FileName, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::space::{Space, disk_error};
+use crate::store::space::{Space, disk_error};
 
 /// One shared file. Cheap to clone: the manifest (up to 256 KiB of CVs) is
 /// shared.
