@@ -205,12 +205,15 @@ pub async fn run(
     let (api_tls, peer_tls) = (tls_config(config.api_tls)?, tls_config(true)?);
 
     let cancel = CancellationToken::new();
+    // Replica tasks go from the lease loop to the replica worker, which
+    // stops when the lease loop has ended.
+    let (task_tx, task_rx) = tokio::sync::mpsc::channel(8);
+    let replica_worker = tokio::spawn(replicas.clone().run(task_rx));
     let lease = tokio::spawn({
-        let (central, store, uploads, replicas, metrics, c) = (
+        let (central, store, uploads, metrics, c) = (
             central.clone(),
             store.clone(),
             uploads.clone(),
-            replicas.clone(),
             metrics.clone(),
             cancel.clone(),
         );
@@ -220,7 +223,7 @@ pub async fn run(
                 free_upload_slots: uploads.free(),
             };
             central
-                .lease_loop(|| store.inventory(), load, replicas, metrics, c)
+                .lease_loop(|| store.inventory(), load, task_tx, metrics, c)
                 .await
         }
     });
@@ -347,7 +350,7 @@ pub async fn run(
     tokio::join!(api_handle.stop(true), peer_handle.stop(true));
     let _ = tokio::join!(api_task, peer_task);
     cancel.cancel();
-    let _ = tokio::join!(lease, rescan);
+    let _ = tokio::join!(lease, rescan, replica_worker);
     if let Some(r) = revocations {
         let _ = r.await;
     }
