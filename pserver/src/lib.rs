@@ -77,47 +77,40 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, middleware, web};
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Command, Config, TokenCommand};
+pub use config::{Args, Command, Config, ConfigError, TokenCommand};
 use error::Error;
 
 /// Run a PServer on already-bound listeners until `shutdown` completes, then
-/// stop accepting, let in-flight uploads finish (at most `config.drain`),
+/// stop accepting, let in-flight uploads finish (at most `config.peer_api.drain`),
 /// leave the central and remove temp files.
 pub async fn run(
     api: std::net::TcpListener,
     peer: std::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let api_addr = api.local_addr()?;
+) -> Result<(), StartError> {
+    let api_addr = api.local_addr().map_err(StartError::Listener)?;
     config.check_network()?;
-    let peer_addr = peer.local_addr()?;
-    let store = store::Store::open(&config.share_dir, &config.data_dir).with_context(|| {
-        format!(
-            "cannot open PSERVER_SHARE_DIR {} / PSERVER_DATA_DIR {}",
-            config.share_dir.display(),
-            config.data_dir.display()
-        )
+    let peer_addr = peer.local_addr().map_err(StartError::Listener)?;
+    let store = store::Store::open(&config.share_dir, &config.data_dir).map_err(|source| {
+        StartError::OpenStore {
+            share_dir: config.share_dir.clone(),
+            data_dir: config.data_dir.clone(),
+            source,
+        }
     })?;
     let store = store.with_space(store::space::Space::new(
-        config.min_free_bytes,
-        config.max_partial_bytes,
+        config.store.min_free_bytes,
+        config.store.max_partial_bytes,
     ));
-    let peer_id = store
-        .peer_id()
-        .context("cannot read or create the peer id in PSERVER_DATA_DIR")?;
-    let key = identity::load_or_create(store.data_dir())
-        .context("cannot read or create this peer's key in PSERVER_DATA_DIR")?;
-    let api_key = control::tokens::load_key(store.data_dir())
-        .context("cannot read or create the control API's key in PSERVER_DATA_DIR")?;
-    let quota = config.replica_quota_bytes;
+    let peer_id = store.peer_id().map_err(StartError::PeerId)?;
+    let key = identity::load_or_create(store.data_dir()).map_err(StartError::PeerKey)?;
+    let api_key = control::tokens::load_key(store.data_dir()).map_err(StartError::ApiKey)?;
+    let quota = config.replicas.quota_bytes;
     let store = tokio::task::spawn_blocking(move || {
-        let held = store
-            .load_replicas()
-            .context("cannot read the replica space in PSERVER_DATA_DIR")?;
+        let held = store.load_replicas().map_err(StartError::ReplicaSpace)?;
         if held > 0 || quota > 0 {
             tracing::info!(
                 replicas = held,
@@ -126,20 +119,21 @@ pub async fn run(
                 "replica space"
             );
         }
-        store.rescan().context("cannot read PSERVER_SHARE_DIR")?;
-        anyhow::Ok(store)
+        store.rescan().map_err(StartError::ShareDir)?;
+        Ok::<_, StartError>(store)
     })
-    .await??;
-    let network = Arc::new(peer::network::Network::new(config.join_secret.clone()));
+    .await
+    .map_err(StartError::Task)??;
+    let network = Arc::new(peer::network::Network::new(config.link.join_secret.clone()));
     let central = link::Central::new(
-        &config.centrals,
+        &config.link.centrals,
         peer_id,
         key.clone(),
         network.clone(),
         config.public_url.clone(),
         store.data_dir(),
         &config.ca_roots,
-        config.replica_quota_bytes,
+        config.replicas.quota_bytes,
     )?;
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls::http_client_config(&config.ca_roots))
@@ -147,7 +141,8 @@ pub async fn run(
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("peerdex-pserver/", env!("CARGO_PKG_VERSION")))
-        .build()?;
+        .build()
+        .map_err(StartError::HttpClient)?;
     let http = peer::network::PeerHttp::new(http, network.clone());
     let (files, bytes) = store.totals();
     let rt = rt::MainRt::current();
@@ -155,17 +150,17 @@ pub async fn run(
     let central = Arc::new(central);
     let metrics = metrics::Metrics::new();
     let lookup = Arc::new(link::lookup::Lookup::new(
-        &config.neighbours,
+        &config.link.neighbours,
         http.clone(),
-        config.neighbour_timeout,
+        config.link.neighbour_timeout,
         metrics.clone(),
     ));
     let uploads = peer::uploads::Uploads::new(
-        config.max_uploads,
-        config.max_upload_bps,
+        config.peer_api.max_uploads,
+        config.peer_api.max_upload_bps,
         peer::uploads::Rules {
-            min_bps: config.upload_min_bps,
-            idle: config.upload_idle,
+            min_bps: config.peer_api.upload_min_bps,
+            idle: config.peer_api.upload_idle,
         },
         metrics.clone(),
     );
@@ -176,15 +171,15 @@ pub async fn run(
         http,
         peer_id,
         download::Settings {
-            max_sources: config.max_sources,
-            stall_timeout: config.stall_timeout,
-            max_download_bps: config.max_download_bps,
+            max_sources: config.downloads.max_sources,
+            stall_timeout: config.downloads.stall_timeout,
+            max_download_bps: config.downloads.max_download_bps,
             metrics: metrics.clone(),
         },
         rt.clone(),
     );
     let replicas = download::replicas::Replicas::new(
-        config.replica_quota_bytes,
+        config.replicas.quota_bytes,
         store.clone(),
         central.clone(),
         downloads.clone(),
@@ -196,7 +191,7 @@ pub async fn run(
         tracing::warn!(api = %api_addr, "the control API is served off loopback over plaintext \
             (PSERVER_TRUSTED_LAN): its token and every file it sends cross the network unencrypted");
     }
-    let tls_config = |on: bool| -> anyhow::Result<Option<rustls::ServerConfig>> {
+    let tls_config = |on: bool| -> Result<Option<rustls::ServerConfig>, tls::PemFileError> {
         match (&config.tls, on) {
             (Some(t), true) => Ok(Some(t.server_config()?)),
             _ => Ok(None),
@@ -236,7 +231,7 @@ pub async fn run(
     let rescan = tokio::spawn(rescan_loop(
         store.clone(),
         central.clone(),
-        config.rescan_interval,
+        config.store.rescan_interval,
         rescan_now.clone(),
         cancel.clone(),
     ));
@@ -250,8 +245,8 @@ pub async fn run(
 
     let control = control::Control {
         api_addr,
-        api_token: config.api_token.clone(),
-        max_upload_bytes: config.max_upload_bytes,
+        api_token: config.control.api_token.clone(),
+        max_upload_bytes: config.control.max_upload_bytes,
         peer_id,
         public_url: config.public_url.clone(),
         tokens: Arc::new(control::tokens::ClientTokens::new(
@@ -294,13 +289,15 @@ pub async fn run(
     .disable_signals()
     .shutdown_timeout(2);
     let api_srv = match api_tls {
-        Some(tls) => api_srv.listen_rustls_0_23(api, tls)?,
-        None => api_srv.listen(api)?,
+        Some(tls) => api_srv.listen_rustls_0_23(api, tls),
+        None => api_srv.listen(api),
     }
+    .map_err(StartError::Listener)?
     .run();
-    let drain = config.drain.as_secs();
-    let conns = peer::limits::ConnLimit::new(config.max_conns_per_addr);
-    let neighbour_rate = peer::limits::NeighbourRate::new(config.neighbour_rate, metrics.clone());
+    let drain = config.peer_api.drain.as_secs();
+    let conns = peer::limits::ConnLimit::new(config.peer_api.max_conns_per_addr);
+    let neighbour_rate =
+        peer::limits::NeighbourRate::new(config.peer_api.neighbour_rate, metrics.clone());
     let peer_srv = HttpServer::new({
         let (store, central, uploads, rt) =
             (store.clone(), central.clone(), uploads.clone(), rt.clone());
@@ -331,9 +328,10 @@ pub async fn run(
     .disable_signals()
     .shutdown_timeout(drain);
     let peer_srv = match peer_tls {
-        Some(tls) => peer_srv.listen_rustls_0_23(peer, tls)?,
-        None => peer_srv.listen(peer)?,
+        Some(tls) => peer_srv.listen_rustls_0_23(peer, tls),
+        None => peer_srv.listen(peer),
     }
+    .map_err(StartError::Listener)?
     .run();
     let (api_handle, peer_handle) = (api_srv.handle(), peer_srv.handle());
     let api_task = tokio::spawn(api_srv);
@@ -360,6 +358,46 @@ pub async fn run(
     let _ = tokio::fs::create_dir_all(&tmp).await;
     tracing::info!("pserver stopped");
     Ok(())
+}
+
+/// Why a PServer cannot start: the message names the setting or the
+/// folder to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A listener's socket (its address, or serving on it).
+    #[error(transparent)]
+    Listener(std::io::Error),
+    #[error(
+        "cannot open PSERVER_SHARE_DIR {} / PSERVER_DATA_DIR {}: {source}",
+        share_dir.display(),
+        data_dir.display()
+    )]
+    OpenStore {
+        share_dir: std::path::PathBuf,
+        data_dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read or create the peer id in PSERVER_DATA_DIR: {0}")]
+    PeerId(#[source] std::io::Error),
+    #[error("cannot read or create this peer's key in PSERVER_DATA_DIR: {0}")]
+    PeerKey(#[source] std::io::Error),
+    #[error("cannot read or create the control API's key in PSERVER_DATA_DIR: {0}")]
+    ApiKey(#[source] std::io::Error),
+    #[error("cannot read the replica space in PSERVER_DATA_DIR: {0}")]
+    ReplicaSpace(#[source] std::io::Error),
+    #[error("cannot read PSERVER_SHARE_DIR: {0}")]
+    ShareDir(#[source] std::io::Error),
+    #[error(transparent)]
+    Task(tokio::task::JoinError),
+    #[error(transparent)]
+    Link(#[from] link::SetupError),
+    /// The HTTP client for other peers cannot be built.
+    #[error(transparent)]
+    HttpClient(reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::PemFileError),
 }
 
 /// Publish files dropped into the share folder and withdraw removed ones;

@@ -73,7 +73,10 @@ pub(crate) async fn guard(
         // A client token: checked, and limits the request to its scope,
         // on loopback too.
         Some(g) if g.matches('.').count() == 2 => {
-            let claims = control.tokens.check(g).map_err(Error::Unauthorized)?;
+            let claims = control
+                .tokens
+                .check(g)
+                .map_err(|e| Error::Unauthorized(e.to_string()))?;
             if claims.scope == Scope::Read && !safe {
                 return Err(Error::Forbidden(format!(
                     "{} {} needs scope write; this token ({:?}) has scope read: create one with `pserver token create --scope write`",

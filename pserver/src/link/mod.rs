@@ -133,6 +133,23 @@ pub struct Central {
     declines: Declines,
 }
 
+/// Why the link to the centrals cannot be set up (at start).
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("PSERVER_CENTRAL_URL lists no central")]
+    NoCentral,
+    #[error("PSERVER_CENTRAL_URL {url:?} is not a valid URL: {source}")]
+    Url {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("PSERVER_CENTRAL_URL {url:?}: {source}")]
+    Tls {
+        url: String,
+        source: tonic::transport::Error,
+    },
+}
+
 /// Where the lease loop sends the replica tasks of each renewed
 /// Heartbeat's answer (all the open ones, every time): the replica worker
 /// owns the receiving end. Every answer counts (the worker stops a fetch
@@ -169,8 +186,10 @@ impl Central {
         data_dir: &std::path::Path,
         ca_roots: &[rustls::pki_types::CertificateDer<'static>],
         replica_quota: u64,
-    ) -> anyhow::Result<Self> {
-        anyhow::ensure!(!urls.is_empty(), "PSERVER_CENTRAL_URL lists no central");
+    ) -> Result<Self, SetupError> {
+        if urls.is_empty() {
+            return Err(SetupError::NoCentral);
+        }
         let links = urls
             .iter()
             .map(|url| {
@@ -180,7 +199,7 @@ impl Central {
                     failed_at: Mutex::new(None),
                 })
             })
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, SetupError>>()?;
         let token_path = data_dir.join("session.token");
         let token = std::fs::read_to_string(&token_path)
             .ok()
@@ -324,9 +343,12 @@ impl Central {
 fn channel(
     url: &str,
     ca_roots: &[rustls::pki_types::CertificateDer<'static>],
-) -> anyhow::Result<Channel> {
+) -> Result<Channel, SetupError> {
     let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|e| anyhow::anyhow!("PSERVER_CENTRAL_URL {url:?} is not a valid URL: {e}"))?
+        .map_err(|source| SetupError::Url {
+            url: url.to_owned(),
+            source,
+        })?
         .connect_timeout(Duration::from_secs(3))
         .timeout(RPC_TIMEOUT)
         .tcp_nodelay(true);
@@ -336,7 +358,10 @@ fn channel(
                 tonic::transport::ClientTlsConfig::new(),
                 crate::tls::verifier(ca_roots),
             )
-            .map_err(|e| anyhow::anyhow!("PSERVER_CENTRAL_URL {url:?}: {e}"))?;
+            .map_err(|source| SetupError::Tls {
+                url: url.to_owned(),
+                source,
+            })?;
     }
     Ok(endpoint.connect_lazy())
 }

@@ -210,7 +210,10 @@ async fn client_tokens_are_checked_and_limited_to_their_scope() {
 async fn the_static_token_and_client_tokens_together() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
     let secret = "a-static-token-0123456789";
-    let p = TestPeer::start(&central.url, &[], |c| c.api_token = Some(secret.into())).await;
+    let p = TestPeer::start(&central.url, &[], |c| {
+        c.control.api_token = Some(secret.into())
+    })
+    .await;
     let read = token(&p.data_dir, "read");
     let (s, _) = call(&p, Method::GET, "/api/v1/files", None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);

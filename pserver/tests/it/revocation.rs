@@ -151,7 +151,7 @@ async fn a_departed_peers_credential_is_refused_within_a_second() {
     let tweak = ca.peer_tweak(&ca.leaf("b"));
     let b = TestPeer::start(&central.url, &[], move |c| {
         tweak(c);
-        c.join_secret = Some(SECRET.into());
+        c.link.join_secret = Some(SECRET.into());
     })
     .await;
     b.wait_joined().await;
