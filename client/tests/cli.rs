@@ -636,7 +636,10 @@ async fn piped_repl_against_a_real_pserver() {
 async fn bearer_token() {
     let central = TestCentral::start(T).await;
     let token = "0123456789abcdef-test";
-    let a = TestPeer::start(&central.url, &[], |c| c.api_token = Some(token.to_owned())).await;
+    let a = TestPeer::start(&central.url, &[], |c| {
+        c.control.api_token = Some(token.to_owned())
+    })
+    .await;
     let work = tempfile::tempdir().unwrap();
     let r = cli(work.path(), &a.api_url, &["status"]).await;
     assert_eq!(r.code, 1, "{r:?}");
@@ -767,7 +770,7 @@ async fn read_until(
 async fn slow_download_setup(central: &TestCentral) -> (TestPeer, TestPeer, tempfile::TempDir) {
     let a = TestPeer::start(&central.url, &[], |_| {}).await;
     let b = TestPeer::start(&central.url, &[&a.peer_url], |c| {
-        c.max_download_bps = 100_000
+        c.downloads.max_download_bps = 100_000
     })
     .await;
     a.wait_joined().await;
@@ -857,7 +860,7 @@ async fn ctrl_c_in_the_repl_returns_to_the_prompt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_failures_are_reported_per_file() {
     let central = TestCentral::start(T).await;
-    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bytes = 1000).await;
+    let a = TestPeer::start(&central.url, &[], |c| c.control.max_upload_bytes = 1000).await;
     let work = tempfile::tempdir().unwrap();
     let cwd = work.path();
     let small = write_file(cwd, "small.txt", b"small");
@@ -963,7 +966,7 @@ async fn status_lists_every_central_and_names_the_one_in_use() {
     let central = TestCentral::start(T).await;
     let dead = DeadUrl::new();
     let list = vec![dead.url.clone(), central.url.clone()];
-    let p = TestPeer::start(&central.url, &[], |c| c.centrals = list.clone()).await;
+    let p = TestPeer::start(&central.url, &[], |c| c.link.centrals = list.clone()).await;
     p.wait_joined().await;
     let st = cli(cwd, &p.api_url, &["--json", "status"]).await.json();
     assert_eq!(st["central_url"], central.url.as_str(), "{st}");
@@ -1009,8 +1012,8 @@ async fn upload_with_replicas_replicate_and_pins() {
     .await;
     let a = TestPeer::start(&central.url, &[], |_| {}).await;
     let v = TestPeer::start(&central.url, &[], |c| {
-        c.replica_quota_bytes = 64 << 20;
-        c.min_free_bytes = 0;
+        c.replicas.quota_bytes = 64 << 20;
+        c.store.min_free_bytes = 0;
     })
     .await;
     a.wait_joined().await;

@@ -57,76 +57,60 @@
 //! handles their handlers take as app data, and background tasks own the
 //! handles they use. No module reaches back into this file.
 
-mod central;
-mod conditional;
 pub mod config;
-mod control_api;
+mod control;
 mod download;
 mod error;
 mod identity;
-mod limits;
-mod lookup;
+mod link;
 mod metrics;
-mod network;
-mod peer_api;
-mod pins;
+mod peer;
 mod rate;
-mod replicas;
 mod rt;
-mod serve;
-mod space;
 mod store;
 pub mod tls;
-pub mod tokens;
-mod uploads;
-mod webui;
+
+pub use control::tokens;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, middleware, web};
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{Args, Command, Config, TokenCommand};
+pub use config::{Args, Command, Config, ConfigError, TokenCommand};
 use error::Error;
 
 /// Run a PServer on already-bound listeners until `shutdown` completes, then
-/// stop accepting, let in-flight uploads finish (at most `config.drain`),
+/// stop accepting, let in-flight uploads finish (at most `config.peer_api.drain`),
 /// leave the central and remove temp files.
 pub async fn run(
     api: std::net::TcpListener,
     peer: std::net::TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let api_addr = api.local_addr()?;
+) -> Result<(), StartError> {
+    let api_addr = api.local_addr().map_err(StartError::Listener)?;
     config.check_network()?;
-    let peer_addr = peer.local_addr()?;
-    let store = store::Store::open(&config.share_dir, &config.data_dir).with_context(|| {
-        format!(
-            "cannot open PSERVER_SHARE_DIR {} / PSERVER_DATA_DIR {}",
-            config.share_dir.display(),
-            config.data_dir.display()
-        )
+    let peer_addr = peer.local_addr().map_err(StartError::Listener)?;
+    let store = store::Store::open(&config.share_dir, &config.data_dir).map_err(|source| {
+        StartError::OpenStore {
+            share_dir: config.share_dir.clone(),
+            data_dir: config.data_dir.clone(),
+            source,
+        }
     })?;
-    let store = store.with_space(space::Space::new(
-        config.min_free_bytes,
-        config.max_partial_bytes,
+    let store = store.with_space(store::space::Space::new(
+        config.store.min_free_bytes,
+        config.store.max_partial_bytes,
     ));
-    let peer_id = store
-        .peer_id()
-        .context("cannot read or create the peer id in PSERVER_DATA_DIR")?;
-    let key = identity::load_or_create(store.data_dir())
-        .context("cannot read or create this peer's key in PSERVER_DATA_DIR")?;
-    let api_key = tokens::load_key(store.data_dir())
-        .context("cannot read or create the control API's key in PSERVER_DATA_DIR")?;
-    let quota = config.replica_quota_bytes;
+    let peer_id = store.peer_id().map_err(StartError::PeerId)?;
+    let key = identity::load_or_create(store.data_dir()).map_err(StartError::PeerKey)?;
+    let api_key = control::tokens::load_key(store.data_dir()).map_err(StartError::ApiKey)?;
+    let quota = config.replicas.quota_bytes;
     let store = tokio::task::spawn_blocking(move || {
-        let held = store
-            .load_replicas()
-            .context("cannot read the replica space in PSERVER_DATA_DIR")?;
+        let held = store.load_replicas().map_err(StartError::ReplicaSpace)?;
         if held > 0 || quota > 0 {
             tracing::info!(
                 replicas = held,
@@ -135,20 +119,21 @@ pub async fn run(
                 "replica space"
             );
         }
-        store.rescan().context("cannot read PSERVER_SHARE_DIR")?;
-        anyhow::Ok(store)
+        store.rescan().map_err(StartError::ShareDir)?;
+        Ok::<_, StartError>(store)
     })
-    .await??;
-    let network = Arc::new(network::Network::new(config.join_secret.clone()));
-    let central = central::Central::new(
-        &config.centrals,
+    .await
+    .map_err(StartError::Task)??;
+    let network = Arc::new(peer::network::Network::new(config.link.join_secret.clone()));
+    let central = link::Central::new(
+        &config.link.centrals,
         peer_id,
         key.clone(),
         network.clone(),
         config.public_url.clone(),
         store.data_dir(),
         &config.ca_roots,
-        config.replica_quota_bytes,
+        config.replicas.quota_bytes,
     )?;
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls::http_client_config(&config.ca_roots))
@@ -156,25 +141,26 @@ pub async fn run(
         .connect_timeout(Duration::from_secs(3))
         .pool_idle_timeout(Duration::from_secs(30))
         .user_agent(concat!("peerdex-pserver/", env!("CARGO_PKG_VERSION")))
-        .build()?;
-    let http = network::PeerHttp::new(http, network.clone());
+        .build()
+        .map_err(StartError::HttpClient)?;
+    let http = peer::network::PeerHttp::new(http, network.clone());
     let (files, bytes) = store.totals();
     let rt = rt::MainRt::current();
     let store = Arc::new(store);
     let central = Arc::new(central);
     let metrics = metrics::Metrics::new();
-    let lookup = Arc::new(lookup::Lookup::new(
-        &config.neighbours,
+    let lookup = Arc::new(link::lookup::Lookup::new(
+        &config.link.neighbours,
         http.clone(),
-        config.neighbour_timeout,
+        config.link.neighbour_timeout,
         metrics.clone(),
     ));
-    let uploads = uploads::Uploads::new(
-        config.max_uploads,
-        config.max_upload_bps,
-        uploads::Rules {
-            min_bps: config.upload_min_bps,
-            idle: config.upload_idle,
+    let uploads = peer::uploads::Uploads::new(
+        config.peer_api.max_uploads,
+        config.peer_api.max_upload_bps,
+        peer::uploads::Rules {
+            min_bps: config.peer_api.upload_min_bps,
+            idle: config.peer_api.upload_idle,
         },
         metrics.clone(),
     );
@@ -185,15 +171,15 @@ pub async fn run(
         http,
         peer_id,
         download::Settings {
-            max_sources: config.max_sources,
-            stall_timeout: config.stall_timeout,
-            max_download_bps: config.max_download_bps,
+            max_sources: config.downloads.max_sources,
+            stall_timeout: config.downloads.stall_timeout,
+            max_download_bps: config.downloads.max_download_bps,
             metrics: metrics.clone(),
         },
         rt.clone(),
     );
-    let replicas = replicas::Replicas::new(
-        config.replica_quota_bytes,
+    let replicas = download::replicas::Replicas::new(
+        config.replicas.quota_bytes,
         store.clone(),
         central.clone(),
         downloads.clone(),
@@ -205,7 +191,7 @@ pub async fn run(
         tracing::warn!(api = %api_addr, "the control API is served off loopback over plaintext \
             (PSERVER_TRUSTED_LAN): its token and every file it sends cross the network unencrypted");
     }
-    let tls_config = |on: bool| -> anyhow::Result<Option<rustls::ServerConfig>> {
+    let tls_config = |on: bool| -> Result<Option<rustls::ServerConfig>, tls::PemFileError> {
         match (&config.tls, on) {
             (Some(t), true) => Ok(Some(t.server_config()?)),
             _ => Ok(None),
@@ -214,22 +200,25 @@ pub async fn run(
     let (api_tls, peer_tls) = (tls_config(config.api_tls)?, tls_config(true)?);
 
     let cancel = CancellationToken::new();
+    // Replica tasks go from the lease loop to the replica worker, which
+    // stops when the lease loop has ended.
+    let (task_tx, task_rx) = tokio::sync::mpsc::channel(8);
+    let replica_worker = tokio::spawn(replicas.clone().run(task_rx));
     let lease = tokio::spawn({
-        let (central, store, uploads, replicas, metrics, c) = (
+        let (central, store, uploads, metrics, c) = (
             central.clone(),
             store.clone(),
             uploads.clone(),
-            replicas.clone(),
             metrics.clone(),
             cancel.clone(),
         );
         async move {
-            let load = || central::Load {
+            let load = || link::Load {
                 active_uploads: uploads.active(),
                 free_upload_slots: uploads.free(),
             };
             central
-                .lease_loop(|| store.inventory(), load, replicas, metrics, c)
+                .lease_loop(|| store.inventory(), load, task_tx, metrics, c)
                 .await
         }
     });
@@ -242,11 +231,11 @@ pub async fn run(
     let rescan = tokio::spawn(rescan_loop(
         store.clone(),
         central.clone(),
-        config.rescan_interval,
+        config.store.rescan_interval,
         rescan_now.clone(),
         cancel.clone(),
     ));
-    let withdraw = serve::Withdraw {
+    let withdraw = peer::serve::Withdraw {
         store: store.clone(),
         central: central.clone(),
         rt: rt.clone(),
@@ -254,13 +243,16 @@ pub async fn run(
     };
     downloads.resume_partials();
 
-    let control = control_api::Control {
+    let control = control::Control {
         api_addr,
-        api_token: config.api_token.clone(),
-        max_upload_bytes: config.max_upload_bytes,
+        api_token: config.control.api_token.clone(),
+        max_upload_bytes: config.control.max_upload_bytes,
         peer_id,
         public_url: config.public_url.clone(),
-        tokens: Arc::new(tokens::ClientTokens::new(&api_key, &peer_id.to_string())),
+        tokens: Arc::new(control::tokens::ClientTokens::new(
+            &api_key,
+            &peer_id.to_string(),
+        )),
     };
     let api_srv = HttpServer::new({
         let (store, central, lookup, uploads, downloads, rt, withdraw, metrics, replicas) = (
@@ -288,22 +280,24 @@ pub async fn run(
                 .app_data(web::Data::new(replicas.clone()))
                 .app_data(json_config())
                 .app_data(query_config())
-                .wrap(middleware::from_fn(control_api::guard))
+                .wrap(middleware::from_fn(control::guard))
                 .wrap(no_store())
-                .configure(control_api::routes)
+                .configure(control::routes)
         }
     })
     .workers(1)
     .disable_signals()
     .shutdown_timeout(2);
     let api_srv = match api_tls {
-        Some(tls) => api_srv.listen_rustls_0_23(api, tls)?,
-        None => api_srv.listen(api)?,
+        Some(tls) => api_srv.listen_rustls_0_23(api, tls),
+        None => api_srv.listen(api),
     }
+    .map_err(StartError::Listener)?
     .run();
-    let drain = config.drain.as_secs();
-    let conns = limits::ConnLimit::new(config.max_conns_per_addr);
-    let neighbour_rate = limits::NeighbourRate::new(config.neighbour_rate, metrics.clone());
+    let drain = config.peer_api.drain.as_secs();
+    let conns = peer::limits::ConnLimit::new(config.peer_api.max_conns_per_addr);
+    let neighbour_rate =
+        peer::limits::NeighbourRate::new(config.peer_api.neighbour_rate, metrics.clone());
     let peer_srv = HttpServer::new({
         let (store, central, uploads, rt) =
             (store.clone(), central.clone(), uploads.clone(), rt.clone());
@@ -318,13 +312,13 @@ pub async fn run(
                 .app_data(web::Data::from(network.clone()))
                 .app_data(web::Data::new(rt.clone()))
                 .app_data(query_config())
-                .wrap(middleware::from_fn(peer_api::guard))
+                .wrap(middleware::from_fn(peer::guard))
                 .wrap(no_store())
-                .configure(peer_api::routes)
+                .configure(peer::routes)
         }
     })
     .workers(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
-    .on_connect(move |io, ext| limits::Conn::accept(&conns, io, ext))
+    .on_connect(move |io, ext| peer::limits::Conn::accept(&conns, io, ext))
     // A request head must arrive within 5 s, an idle keep-alive connection
     // is closed after 15 s, and a closing one gets 1 s to say goodbye: no
     // socket is held open by a silent client (responses: see `uploads`).
@@ -334,9 +328,10 @@ pub async fn run(
     .disable_signals()
     .shutdown_timeout(drain);
     let peer_srv = match peer_tls {
-        Some(tls) => peer_srv.listen_rustls_0_23(peer, tls)?,
-        None => peer_srv.listen(peer)?,
+        Some(tls) => peer_srv.listen_rustls_0_23(peer, tls),
+        None => peer_srv.listen(peer),
     }
+    .map_err(StartError::Listener)?
     .run();
     let (api_handle, peer_handle) = (api_srv.handle(), peer_srv.handle());
     let api_task = tokio::spawn(api_srv);
@@ -353,7 +348,7 @@ pub async fn run(
     tokio::join!(api_handle.stop(true), peer_handle.stop(true));
     let _ = tokio::join!(api_task, peer_task);
     cancel.cancel();
-    let _ = tokio::join!(lease, rescan);
+    let _ = tokio::join!(lease, rescan, replica_worker);
     if let Some(r) = revocations {
         let _ = r.await;
     }
@@ -365,11 +360,51 @@ pub async fn run(
     Ok(())
 }
 
+/// Why a PServer cannot start: the message names the setting or the
+/// folder to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A listener's socket (its address, or serving on it).
+    #[error(transparent)]
+    Listener(std::io::Error),
+    #[error(
+        "cannot open PSERVER_SHARE_DIR {} / PSERVER_DATA_DIR {}: {source}",
+        share_dir.display(),
+        data_dir.display()
+    )]
+    OpenStore {
+        share_dir: std::path::PathBuf,
+        data_dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read or create the peer id in PSERVER_DATA_DIR: {0}")]
+    PeerId(#[source] std::io::Error),
+    #[error("cannot read or create this peer's key in PSERVER_DATA_DIR: {0}")]
+    PeerKey(#[source] std::io::Error),
+    #[error("cannot read or create the control API's key in PSERVER_DATA_DIR: {0}")]
+    ApiKey(#[source] std::io::Error),
+    #[error("cannot read the replica space in PSERVER_DATA_DIR: {0}")]
+    ReplicaSpace(#[source] std::io::Error),
+    #[error("cannot read PSERVER_SHARE_DIR: {0}")]
+    ShareDir(#[source] std::io::Error),
+    #[error(transparent)]
+    Task(tokio::task::JoinError),
+    #[error(transparent)]
+    Link(#[from] link::SetupError),
+    /// The HTTP client for other peers cannot be built.
+    #[error(transparent)]
+    HttpClient(reqwest::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::PemFileError),
+}
+
 /// Publish files dropped into the share folder and withdraw removed ones;
 /// woken early when a served file failed verification (see `serve`).
 async fn rescan_loop(
     store: Arc<store::Store>,
-    central: Arc<central::Central>,
+    central: Arc<link::Central>,
     every: Duration,
     now: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
@@ -410,7 +445,7 @@ async fn rescan_loop(
 fn no_store() -> middleware::DefaultHeaders {
     middleware::DefaultHeaders::new().add((
         actix_web::http::header::CACHE_CONTROL,
-        conditional::NO_STORE,
+        peer::conditional::NO_STORE,
     ))
 }
 

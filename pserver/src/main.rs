@@ -68,5 +68,5 @@ async fn start(args: pserver::Args) -> anyhow::Result<()> {
         scheme(config.tls.is_some()),
         config.public_url
     );
-    pserver::run(api, peer, config, pserver::shutdown_signal()).await
+    Ok(pserver::run(api, peer, config, pserver::shutdown_signal()).await?)
 }

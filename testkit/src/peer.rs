@@ -28,7 +28,7 @@ pub struct TestPeer {
     pub api: Client,
     root: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    task: Option<tokio::task::JoinHandle<Result<(), pserver::StartError>>>,
 }
 
 impl TestPeer {
@@ -69,15 +69,15 @@ impl TestPeer {
             central_url.to_owned(),
         );
         // `central_url` may list several centrals, comma-separated.
-        config.centrals = central_url.split(',').map(str::to_owned).collect();
-        config.neighbours = neighbours.iter().map(|n| n.parse().unwrap()).collect();
-        config.rescan_interval = Duration::from_millis(300);
-        config.drain = Duration::from_secs(5);
-        config.stall_timeout = Duration::from_secs(5);
+        config.link.centrals = central_url.split(',').map(str::to_owned).collect();
+        config.link.neighbours = neighbours.iter().map(|n| n.parse().unwrap()).collect();
+        config.store.rescan_interval = Duration::from_millis(300);
+        config.peer_api.drain = Duration::from_secs(5);
+        config.downloads.stall_timeout = Duration::from_secs(5);
         // Every test peer is 127.0.0.1, one source for the per-source limits
         // of the peer API; a test of those limits sets its own.
-        config.max_conns_per_addr = 1024;
-        config.neighbour_rate = 100_000;
+        config.peer_api.max_conns_per_addr = 1024;
+        config.peer_api.neighbour_rate = 100_000;
         tweak(&mut config);
         let scheme = |tls: bool| if tls { "https" } else { "http" };
         let api_url = format!("{}://{api_addr}", scheme(config.api_tls));
@@ -94,7 +94,11 @@ impl TestPeer {
             .tls_certs_merge(roots.clone())
             .build()
             .unwrap();
-        let api = Client::with_roots(api_url.parse().unwrap(), config.api_token.clone(), roots);
+        let api = Client::with_roots(
+            api_url.parse().unwrap(),
+            config.control.api_token.clone(),
+            roots,
+        );
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(pserver::run(api_listener, peer, config, async move {
             let _ = rx.await;

@@ -208,7 +208,10 @@ async fn client_tokens_are_checked_and_limited_to_their_scope() {
 async fn the_static_token_and_client_tokens_together() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
     let secret = "a-static-token-0123456789";
-    let p = TestPeer::start(&central.url, &[], |c| c.api_token = Some(secret.into())).await;
+    let p = TestPeer::start(&central.url, &[], |c| {
+        c.control.api_token = Some(secret.into())
+    })
+    .await;
     let read = client(&p, Some(&token(&p.data_dir, "read")));
     assert_eq!(refusal(client(&p, None).list_files().await).0, 401);
     read.list_files()

@@ -302,7 +302,7 @@ async fn dropped_files_are_published_and_ctrl_c_leaves_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_upload_is_refused_and_cleaned_up() {
     let central = TestCentral::start(LONG_TTL).await;
-    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bytes = 1000).await;
+    let a = TestPeer::start(&central.url, &[], |c| c.control.max_upload_bytes = 1000).await;
     let (status, e) = refused(upload(&a, "big.bin", vec![7u8; 5000]).await);
     assert_eq!(status, 413);
     assert_eq!(e.code, "too_large");
@@ -340,8 +340,8 @@ async fn oversize_upload_is_refused_and_cleaned_up() {
 async fn busy_peer_answers_503_with_retry_after() {
     let central = TestCentral::start(LONG_TTL).await;
     let a = TestPeer::start(&central.url, &[], |c| {
-        c.max_uploads = 1;
-        c.max_upload_bps = 20_000;
+        c.peer_api.max_uploads = 1;
+        c.peer_api.max_upload_bps = 20_000;
     })
     .await;
     let info = upload_ok(&a, "slow.bin", test_bytes(200_000, 4)).await;
@@ -414,7 +414,10 @@ async fn ambiguous_names_and_bad_requests() {
 async fn control_api_token_and_host_checks() {
     let central = TestCentral::start(LONG_TTL).await;
     let token = "0123456789abcdef-secret";
-    let a = TestPeer::start(&central.url, &[], |c| c.api_token = Some(token.into())).await;
+    let a = TestPeer::start(&central.url, &[], |c| {
+        c.control.api_token = Some(token.into())
+    })
+    .await;
     let url = format!("{}/api/v1/status", a.api_url);
     let base: reqwest::Url = a.api_url.parse().unwrap();
     let with = |t: Option<&str>| Client::new(base.clone(), t.map(str::to_owned));

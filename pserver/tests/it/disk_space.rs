@@ -364,7 +364,7 @@ async fn a_download_that_does_not_fit_is_refused_up_front_and_the_peer_keeps_ser
     let big_id = listed_id(&holder, "big.bin").await;
     let small_id = blake3_hex(&small);
     let d = TestPeer::start_in(root.clone(), &central.url, &[], |c| {
-        c.min_free_bytes = reserve;
+        c.store.min_free_bytes = reserve;
     })
     .await;
     wait_holders_exactly(&d, "big", &big_id, 1).await;
@@ -407,13 +407,16 @@ async fn a_disk_that_fills_mid_download_fails_the_job_cleanly_and_the_peer_keeps
     };
     let central = TestCentral::start(LONG_TTL).await;
     // Slow enough that the disk fills long before the end.
-    let holder = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 3 * MIB).await;
+    let holder = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 3 * MIB).await;
     let big = test_bytes(24 * MIB as usize, 52);
     let small = test_bytes(MIB as usize, 53);
     upload_ok(&holder, "big.bin", big.clone()).await;
     upload_ok(&holder, "small.bin", small.clone()).await;
     let (big_id, small_id) = (blake3_hex(&big), blake3_hex(&small));
-    let d = TestPeer::start_in(root.clone(), &central.url, &[], |c| c.min_free_bytes = 0).await;
+    let d = TestPeer::start_in(root.clone(), &central.url, &[], |c| {
+        c.store.min_free_bytes = 0
+    })
+    .await;
     wait_holders_exactly(&d, "big", &big_id, 1).await;
 
     let job = start_job(&d, &big_id).await;
@@ -600,7 +603,7 @@ async fn kept_partials_beyond_the_cap_drop_the_oldest_first() {
         files.push(stingy(&central.url, name, 60 + i as u64).await);
     }
     // Room for two kept partials of ~2 MiB, not three.
-    let d = TestPeer::start(&central.url, &[], |c| c.max_partial_bytes = 5 * MIB).await;
+    let d = TestPeer::start(&central.url, &[], |c| c.store.max_partial_bytes = 5 * MIB).await;
     let kept = |p: &TestPeer, id: &str| partial_files(p, id).len() == 3;
     for (i, (id, _)) in files.iter().enumerate() {
         let end = finish(&d, &start_job(&d, id).await.job_id, T).await;
@@ -623,7 +626,10 @@ async fn kept_partials_beyond_the_cap_drop_the_oldest_first() {
     // At start too: with room for one, the older of the two goes and the
     // newer is resumed.
     let root = d.stop().await;
-    let d = TestPeer::start_in(root, &central.url, &[], |c| c.max_partial_bytes = 3 * MIB).await;
+    let d = TestPeer::start_in(root, &central.url, &[], |c| {
+        c.store.max_partial_bytes = 3 * MIB
+    })
+    .await;
     let on_disk: Vec<bool> = files.iter().map(|(id, _)| kept(&d, id)).collect();
     assert_eq!(
         on_disk,
@@ -658,7 +664,7 @@ async fn an_upload_that_would_cut_into_the_reserve_is_refused_and_leaves_nothing
         }
     };
     let p = TestPeer::start_in(root.clone(), &central.url, &[], |c| {
-        c.min_free_bytes = reserve
+        c.store.min_free_bytes = reserve
     })
     .await;
     let (status, answer) = put_head_only(&p, "big.bin", declared).await;
@@ -688,7 +694,10 @@ async fn a_disk_that_fills_mid_upload_leaves_nothing_half_written() {
         return;
     };
     let central = TestCentral::start(LONG_TTL).await;
-    let p = TestPeer::start_in(root.clone(), &central.url, &[], |c| c.min_free_bytes = 0).await;
+    let p = TestPeer::start_in(root.clone(), &central.url, &[], |c| {
+        c.store.min_free_bytes = 0
+    })
+    .await;
     let before = free(root.path());
     // Streamed without a length: the check up front cannot see it coming
     // (raw: the typed client always sends the length).
@@ -748,7 +757,7 @@ async fn two_downloads_that_fit_alone_do_not_fill_the_disk_together() {
     };
     let central = TestCentral::start(LONG_TTL).await;
     // Slow, so the first is still running when the second asks.
-    let holder = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 4 * MIB).await;
+    let holder = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 4 * MIB).await;
     let (a, b) = (
         test_bytes(14 * MIB as usize, 71),
         test_bytes(14 * MIB as usize, 72),
@@ -756,7 +765,10 @@ async fn two_downloads_that_fit_alone_do_not_fill_the_disk_together() {
     upload_ok(&holder, "a.bin", a.clone()).await;
     upload_ok(&holder, "b.bin", b.clone()).await;
     let (a_id, b_id) = (blake3_hex(&a), blake3_hex(&b));
-    let d = TestPeer::start_in(root.clone(), &central.url, &[], |c| c.min_free_bytes = 0).await;
+    let d = TestPeer::start_in(root.clone(), &central.url, &[], |c| {
+        c.store.min_free_bytes = 0
+    })
+    .await;
     wait_holders_exactly(&d, "a", &a_id, 1).await;
     wait_holders_exactly(&d, "b", &b_id, 1).await;
 

@@ -58,7 +58,7 @@ async fn joins_through_the_central_that_answers() {
     // one is very likely picked first at least once.
     let mut peers = Vec::new();
     for _ in 0..3 {
-        peers.push(TestPeer::start(&live.url, &[], |c| c.centrals = list.clone()).await);
+        peers.push(TestPeer::start(&live.url, &[], |c| c.link.centrals = list.clone()).await);
     }
     for (i, p) in peers.iter().enumerate() {
         p.wait_joined().await;
@@ -85,7 +85,7 @@ async fn moves_to_the_other_central_when_its_own_stops() {
     let a = TestCentral::start(TTL).await;
     let b = TestCentral::start(TTL).await;
     let list = vec![a.url.clone(), b.url.clone()];
-    let p = TestPeer::start(&a.url, &[], |c| c.centrals = list.clone()).await;
+    let p = TestPeer::start(&a.url, &[], |c| c.link.centrals = list.clone()).await;
     p.wait_joined().await;
     let bytes = test_bytes(50_000, 7);
     let info = upload_ok(&p, "failover-notes.bin", bytes.clone()).await;
@@ -143,7 +143,7 @@ async fn a_rate_limited_central_hands_the_search_to_the_other() {
     let a = TestCentral::start_with(|c| c.limits.search_rate = 1).await;
     let b = TestCentral::start_with(|c| c.limits.search_rate = 1).await;
     let list = vec![a.url.clone(), b.url.clone()];
-    let p = TestPeer::start(&a.url, &[], |c| c.centrals = list.clone()).await;
+    let p = TestPeer::start(&a.url, &[], |c| c.link.centrals = list.clone()).await;
     p.wait_joined().await;
     let first = p.status().await.central_url;
     // More searches than one central allows: when the one in use answers

@@ -80,7 +80,7 @@ async fn a_killed_central_costs_a_peer_nothing() {
     let mut cs = centrals(root.path(), &etcd, 2);
     let urls = list(&cs);
     // The holder sends slowly, so the download is under way at the kill.
-    let a = TestPeer::start(&urls, &[], |c| c.max_upload_bps = 1 << 20).await;
+    let a = TestPeer::start(&urls, &[], |c| c.peer_api.max_upload_bps = 1 << 20).await;
     let b = TestPeer::start(&urls, &[&a.peer_url], |_| {}).await;
     a.wait_joined().await;
     b.wait_joined().await;

@@ -189,7 +189,10 @@ async fn conditional_requests_and_cache_headers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn web_ui_assets_and_the_guard() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
-    let p = TestPeer::start(&central.url, &[], |c| c.api_token = Some("s3cret".into())).await;
+    let p = TestPeer::start(&central.url, &[], |c| {
+        c.control.api_token = Some("s3cret".into())
+    })
+    .await;
     let http = reqwest::Client::new();
     let auth = |r: reqwest::RequestBuilder| r.bearer_auth("s3cret");
 

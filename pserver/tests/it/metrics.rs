@@ -190,7 +190,7 @@ async fn metrics_need_the_api_token_when_one_is_set() {
     let central = TestCentral::start(LONG_TTL).await;
     let token = "s3cret-token-for-metrics";
     let a = TestPeer::start(&central.url, &[], |c| {
-        c.api_token = Some(token.into());
+        c.control.api_token = Some(token.into());
     })
     .await;
     for wrong in [None, Some("wrong"), Some("s3cret-token-for-metric")] {

@@ -44,7 +44,7 @@ async fn search_until_refused(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_flood_gets_429_after_the_burst_and_the_peer_stays_up() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
-    let p = TestPeer::start(&central.url, &[], |c| c.neighbour_rate = 5).await;
+    let p = TestPeer::start(&central.url, &[], |c| c.peer_api.neighbour_rate = 5).await;
     let http = reqwest::Client::new();
 
     let (ok, refused, took) = search_until_refused(&http, &p.peer_url, 400).await;
@@ -171,7 +171,7 @@ async fn search_and_locate(api: Client, id: String) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_neighbour_fails_no_lookup_at_70_a_second() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
-    let b = TestPeer::start(&central.url, &[], |c| c.neighbour_rate = 20).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.peer_api.neighbour_rate = 20).await;
     let a = TestPeer::start(&central.url, &[&b.peer_url], |_| {}).await;
     let info = upload_ok(&b, "busy-report.bin", test_bytes(10_000, 29)).await;
     wait_for("the file to be found", T, || async {
@@ -222,7 +222,7 @@ async fn a_rate_limited_neighbour_fails_no_lookup_at_70_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_every_source_refuses_fails_naming_them_all() {
     let central = TestCentral::start_with(|c| c.limits.search_rate = 1).await;
-    let b = TestPeer::start(&central.url, &[], |c| c.neighbour_rate = 1).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.peer_api.neighbour_rate = 1).await;
     let a = TestPeer::start(&central.url, &[&b.peer_url], |_| {}).await;
     let http = reqwest::Client::new();
     drain_by_locate(&http, &b.peer_url, 100).await;

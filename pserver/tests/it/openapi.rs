@@ -50,9 +50,9 @@ async fn schemathesis_finds_nothing_the_document_does_not_promise() {
     })
     .await;
     let p = TestPeer::start(&central.url, &[], |cfg| {
-        cfg.api_token = Some(TOKEN.into());
+        cfg.control.api_token = Some(TOKEN.into());
         // Uploads of every size schemathesis sends, whatever the disk.
-        cfg.min_free_bytes = 0;
+        cfg.store.min_free_bytes = 0;
     })
     .await;
     wait_for(

@@ -58,7 +58,7 @@ async fn a_private_network_over_tls() {
         let secret = secret.map(str::to_owned);
         move |c: &mut pserver::Config| {
             tweak(c);
-            c.join_secret = secret;
+            c.link.join_secret = secret;
         }
     };
     let a = TestPeer::start(&central.url, &[], member("a", Some(SECRET))).await;

@@ -123,7 +123,7 @@ async fn a_replica_is_served_like_a_shared_file_and_outlives_a_restart() {
         (holders_of(&central, &id).await == [(a.peer_url.clone(), true)]).then_some(())
     })
     .await;
-    let b = TestPeer::start(&central.url, &[], |c| c.min_free_bytes = 0).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.store.min_free_bytes = 0).await;
     b.wait_joined().await;
     let job = start_job(&b, &id).await;
     let done = finish(&b, &job.job_id, T).await;
@@ -286,8 +286,8 @@ pub(crate) async fn volunteer(central: &TestCentral, quota: u64) -> TestPeer {
 /// `root`, joined.
 async fn volunteer_in(root: Arc<tempfile::TempDir>, central: &TestCentral, quota: u64) -> TestPeer {
     let p = TestPeer::start_in(root, &central.url, &[], |c| {
-        c.replica_quota_bytes = quota;
-        c.min_free_bytes = 0;
+        c.replicas.quota_bytes = quota;
+        c.store.min_free_bytes = 0;
     })
     .await;
     p.wait_joined().await;
@@ -431,7 +431,7 @@ async fn a_pin_of_three_gets_three_live_copies_on_three_peers() {
 
     // The owner leaves: a newcomer still gets the file, from the replicas.
     owner.stop().await;
-    let c = TestPeer::start(&central.url, &[], |c| c.min_free_bytes = 0).await;
+    let c = TestPeer::start(&central.url, &[], |c| c.store.min_free_bytes = 0).await;
     c.wait_joined().await;
     let job = start_job(&c, &id).await;
     let done = finish(&c, &job.job_id, T).await;
@@ -449,8 +449,8 @@ async fn a_volunteer_without_room_declines_and_another_is_asked() {
     // The roomiest quota, so the planner asks it first; but its disk
     // cannot take the file beside PSERVER_MIN_FREE_BYTES.
     let full = TestPeer::start(&central.url, &[], |c| {
-        c.replica_quota_bytes = 1 << 40;
-        c.min_free_bytes = u64::MAX / 4;
+        c.replicas.quota_bytes = 1 << 40;
+        c.store.min_free_bytes = u64::MAX / 4;
     })
     .await;
     full.wait_joined().await;
@@ -581,9 +581,9 @@ async fn a_fetch_no_longer_asked_for_is_stopped_and_leaves_nothing() {
     let owner = volunteer(&central, 0).await;
     // 8 MiB at 200 kB/s: about 42 s to finish.
     let slow = TestPeer::start(&central.url, &[], |c| {
-        c.replica_quota_bytes = 64 * MIB;
-        c.min_free_bytes = 0;
-        c.max_download_bps = 200_000;
+        c.replicas.quota_bytes = 64 * MIB;
+        c.store.min_free_bytes = 0;
+        c.downloads.max_download_bps = 200_000;
     })
     .await;
     slow.wait_joined().await;

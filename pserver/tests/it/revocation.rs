@@ -148,7 +148,7 @@ async fn a_departed_peers_credential_is_refused_at_once_by_stream() {
     let tweak = ca.peer_tweak(&ca.leaf("b"));
     let b = TestPeer::start(&central.url, &[], move |c| {
         tweak(c);
-        c.join_secret = Some(SECRET.into());
+        c.link.join_secret = Some(SECRET.into());
     })
     .await;
     b.wait_joined().await;

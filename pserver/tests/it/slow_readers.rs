@@ -70,10 +70,10 @@ fn drain_until_closed(s: &mut TcpStream) -> usize {
 async fn slow_readers_lose_their_slots_and_an_honest_download_completes() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
     let holder = TestPeer::start(&central.url, &[], |c| {
-        c.max_uploads = 4;
+        c.peer_api.max_uploads = 4;
         // Longer than the engine's relocate rounds (0.5 + 1 + 2 s), so the
         // honest download below really has to wait out busy answers.
-        c.upload_idle = Duration::from_secs(6);
+        c.peer_api.upload_idle = Duration::from_secs(6);
     })
     .await;
     holder.wait_joined().await;
@@ -181,7 +181,7 @@ fn request(s: &mut TcpStream, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_per_address_cap_get_429_and_are_closed() {
     let central = TestCentral::start(Duration::from_secs(10)).await;
-    let p = TestPeer::start(&central.url, &[], |c| c.max_conns_per_addr = 3).await;
+    let p = TestPeer::start(&central.url, &[], |c| c.peer_api.max_conns_per_addr = 3).await;
     let addr = p.peer_url.trim_start_matches("http://").to_owned();
     let mut held: Vec<TcpStream> = (0..3)
         .map(|_| {
@@ -233,10 +233,10 @@ async fn our_rate_cap_never_makes_a_reader_look_slow_but_a_slow_reader_is_cut() 
     // The cap (4 MiB/s) is below the minimum (8 MiB/s): every honest
     // response is slower than the minimum only because of us.
     let holder = TestPeer::start(&central.url, &[], |c| {
-        c.max_upload_bps = 4 << 20;
-        c.upload_min_bps = 8 << 20;
+        c.peer_api.max_upload_bps = 4 << 20;
+        c.peer_api.upload_min_bps = 8 << 20;
         // Only the minimum rate may cut anyone here.
-        c.upload_idle = Duration::from_secs(600);
+        c.peer_api.upload_idle = Duration::from_secs(600);
     })
     .await;
     let bytes = test_bytes(LEN, 17);

@@ -40,8 +40,8 @@ async fn three_holders_one_rotten_chunk_the_others_finish_and_it_withdraws() {
     // Two slow honest holders and a fast one whose copy of the last chunk is
     // corrupt: the fast one finishes its first chunks long before the slow
     // ones and so is the one that takes (and fails) the last chunk.
-    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_000_000).await;
-    let b = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_000_000).await;
+    let a = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 1_000_000).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 1_000_000).await;
     let c = TestPeer::start(&central.url, &[], |_| {}).await;
     let d = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
     let bytes = test_bytes(6 * MIB + 12_345, 61);
@@ -91,9 +91,9 @@ async fn stalled_holder_does_not_stall_the_job() {
     let central = TestCentral::start(LONG_TTL).await;
     let fast = TestPeer::start(&central.url, &[], |_| {}).await;
     // A few bytes per second: its first bytes come after ~50 s.
-    let slow = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 10).await;
+    let slow = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 10).await;
     let d = TestPeer::start(&central.url, &[], |c| {
-        c.stall_timeout = Duration::from_secs(1);
+        c.downloads.stall_timeout = Duration::from_secs(1);
     })
     .await;
     let bytes = test_bytes(5 * MIB + 1, 62);
@@ -118,8 +118,8 @@ async fn stalled_holder_does_not_stall_the_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_of_the_downloading_peer_resumes_the_job() {
     let central = TestCentral::start(LONG_TTL).await;
-    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_500_000).await;
-    let b = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_500_000).await;
+    let a = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 1_500_000).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 1_500_000).await;
     let d = TestPeer::start(&central.url, &[], |_| {}).await;
     let bytes = test_bytes(14 * MIB, 63);
     let id = blake3_hex(&bytes);
@@ -221,7 +221,7 @@ async fn all_holders_killed_fails_keeping_chunks_then_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_discards_the_partial_and_a_second_request_joins_the_job() {
     let central = TestCentral::start(LONG_TTL).await;
-    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_000_000).await;
+    let a = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 1_000_000).await;
     let d = TestPeer::start(&central.url, &[], |_| {}).await;
     let bytes = test_bytes(6 * MIB, 65);
     let id = blake3_hex(&bytes);
@@ -256,8 +256,8 @@ fn bitmap_bits(path: &Path) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloader_killed_9_resumes_from_its_last_checkpoint() {
     let central = TestCentral::start(LONG_TTL).await;
-    let a = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_500_000).await;
-    let b = TestPeer::start(&central.url, &[], |c| c.max_upload_bps = 1_500_000).await;
+    let a = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 1_500_000).await;
+    let b = TestPeer::start(&central.url, &[], |c| c.peer_api.max_upload_bps = 1_500_000).await;
     let bytes = test_bytes(12 * MIB, 66);
     let id = blake3_hex(&bytes);
     upload_ok(&a, "crash.bin", bytes.clone()).await;

@@ -307,7 +307,7 @@ async fn connection_cap_holds_over_tls() {
     let tls = ca.peer_tweak(&ca.leaf("capped"));
     let p = TestPeer::start(&central.url, &[], |c| {
         tls(c);
-        c.max_conns_per_addr = 2;
+        c.peer_api.max_conns_per_addr = 2;
     })
     .await;
     let ca_pem = std::fs::read(&ca.ca_file).unwrap();

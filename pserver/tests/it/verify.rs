@@ -200,7 +200,7 @@ async fn a_rotten_only_copy_fails_cleanly_and_is_withdrawn() {
     let central = TestCentral::start(LONG_TTL).await;
     // No periodic rescan: what the holder does comes from serving alone.
     let a = TestPeer::start(&central.url, &[], |c| {
-        c.rescan_interval = Duration::from_secs(3600)
+        c.store.rescan_interval = Duration::from_secs(3600)
     })
     .await;
     let d = TestPeer::start(&central.url, &[&a.peer_url], |_| {}).await;
@@ -264,7 +264,7 @@ async fn raw_get(peer_url: &str, path: &str, range: Option<&str>) -> (String, Ve
 async fn no_byte_of_a_rotten_chunk_leaves_the_holder() {
     let central = TestCentral::start(LONG_TTL).await;
     let a = TestPeer::start(&central.url, &[], |c| {
-        c.rescan_interval = Duration::from_secs(3600)
+        c.store.rescan_interval = Duration::from_secs(3600)
     })
     .await;
     let files: Vec<(String, Vec<u8>)> = (0..3)

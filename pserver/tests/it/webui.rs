@@ -113,9 +113,12 @@ async fn the_web_ui_in_a_real_browser() {
     // B holds a few MiB; C a bigger file that it serves slowly (to cancel).
     let central = TestCentral::start(LONG_TTL).await;
     let b = TestPeer::start(&central.url, &[], |_| {}).await;
-    let c = TestPeer::start(&central.url, &[], |cfg| cfg.max_upload_bps = 300_000).await;
+    let c = TestPeer::start(&central.url, &[], |cfg| {
+        cfg.peer_api.max_upload_bps = 300_000
+    })
+    .await;
     let a = TestPeer::start(&central.url, &[b.peer_url.as_str()], |cfg| {
-        cfg.api_token = Some(TOKEN.into());
+        cfg.control.api_token = Some(TOKEN.into());
     })
     .await;
     let api = Api { peer: &a };
@@ -282,7 +285,7 @@ async fn another_site_cannot_start_a_download_or_delete_a_file() {
     let central = TestCentral::start(LONG_TTL).await;
     let b = TestPeer::start(&central.url, &[], |_| {}).await;
     let a = TestPeer::start(&central.url, &[b.peer_url.as_str()], |cfg| {
-        cfg.api_token = Some(TOKEN.into());
+        cfg.control.api_token = Some(TOKEN.into());
     })
     .await;
     let api = Api { peer: &a };
@@ -361,7 +364,7 @@ async fn another_site_cannot_start_a_download_or_delete_a_file() {
 async fn the_page_is_served_without_a_token_under_its_policy() {
     let central = TestCentral::start(LONG_TTL).await;
     let a = TestPeer::start(&central.url, &[], |cfg| {
-        cfg.api_token = Some(TOKEN.into());
+        cfg.control.api_token = Some(TOKEN.into());
     })
     .await;
     let r = reqwest::get(format!("{}/", a.api_url)).await.unwrap();

@@ -17,8 +17,8 @@ use std::sync::LazyLock;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 
-use crate::conditional::{self, Verdict};
 use crate::error::{Error, Result};
+use crate::peer::conditional::{self, Verdict};
 
 /// The policy of every asset: only our own script, style and images, API
 /// calls to this origin, never framed, no forms posted anywhere.
@@ -36,22 +36,22 @@ const ASSETS: &[Asset] = &[
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        body: include_str!("../ui/index.html"),
+        body: include_str!("../../ui/index.html"),
     },
     Asset {
         path: "/ui/app.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../ui/app.js"),
+        body: include_str!("../../ui/app.js"),
     },
     Asset {
         path: "/ui/app.css",
         content_type: "text/css; charset=utf-8",
-        body: include_str!("../ui/app.css"),
+        body: include_str!("../../ui/app.css"),
     },
     Asset {
         path: "/ui/icon.svg",
         content_type: "image/svg+xml",
-        body: include_str!("../ui/icon.svg"),
+        body: include_str!("../../ui/icon.svg"),
     },
 ];
 

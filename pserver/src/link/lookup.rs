@@ -18,8 +18,8 @@ use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::{FileId, FileName, HOPS_HEADER, PeerUrl};
 use serde::de::DeserializeOwned;
 
-use crate::central::Central;
 use crate::error::{Error, Result};
+use crate::link::Central;
 use crate::metrics::{AnsweredBy, Metrics};
 
 /// How long a neighbour that failed is skipped.
@@ -148,7 +148,7 @@ enum Asked<T> {
 
 pub struct Lookup {
     neighbours: Vec<Neighbour>,
-    http: crate::network::PeerHttp,
+    http: crate::peer::network::PeerHttp,
     timeout: Duration,
     metrics: Metrics,
 }
@@ -156,7 +156,7 @@ pub struct Lookup {
 impl Lookup {
     pub(crate) fn new(
         neighbours: &[PeerUrl],
-        http: crate::network::PeerHttp,
+        http: crate::peer::network::PeerHttp,
         timeout: Duration,
         metrics: Metrics,
     ) -> Self {

@@ -49,7 +49,7 @@ pub(crate) type Fetcher = Arc<
 /// Range requests for file `id` over the peer API, under `limit`.
 /// Every body byte received counts in `metrics` (verified or not).
 pub(crate) fn http_fetcher(
-    http: crate::network::PeerHttp,
+    http: crate::peer::network::PeerHttp,
     limit: Arc<RateLimiter>,
     id: FileId,
     metrics: Metrics,

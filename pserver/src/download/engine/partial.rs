@@ -43,7 +43,7 @@ use peerdex_proto::tree::Manifest;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::store::write_atomic;
+use peerdex_common::fs::write_atomic;
 
 /// Checkpoint at least this often while chunks arrive...
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);

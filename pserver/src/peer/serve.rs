@@ -27,8 +27,8 @@ use peerdex_proto::FileId;
 use peerdex_proto::tree::Manifest;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::central::Central;
 use crate::error::{Error, Result};
+use crate::link::Central;
 use crate::rt::MainRt;
 use crate::store::Store;
 

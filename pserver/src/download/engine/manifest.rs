@@ -16,7 +16,7 @@
 //! id names real content: whoever makes up the id makes up a manifest that
 //! merges to it, of any size. So before its last chunk is even asked for
 //! (a chunk is held in memory until verified), the size must fit on disk
-//! besides `PSERVER_MIN_FREE_BYTES` (see `crate::space`); the chunk size is
+//! besides `PSERVER_MIN_FREE_BYTES` (see `crate::store::space`); the chunk size is
 //! the one every peer uses for that size ([`Manifest::decode`] refuses any
 //! other), so the last chunk is at most 1/8192 of a size that fits.
 
@@ -32,7 +32,7 @@ use peerdex_proto::tree::{MAX_ENCODED, Manifest};
 
 use super::chunk::{Bad, ChunkRequest, Outcome};
 use super::transport::{Fetcher, Source, root_cause};
-use crate::space::NoSpace;
+use crate::store::space::NoSpace;
 
 /// Chunks above this are confirmed, then fetched again by the swarm rather
 /// than kept in memory.
@@ -67,7 +67,7 @@ pub(crate) enum Unconfirmed {
 /// chunk that fails verification counts in `metrics`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn confirm(
-    http: &crate::network::PeerHttp,
+    http: &crate::peer::network::PeerHttp,
     fetch: &Fetcher,
     id: FileId,
     holders: &[Source],
@@ -139,7 +139,7 @@ pub(crate) async fn confirm(
 /// strike), `Err(pause)` busy: ask again after `pause`.
 #[allow(clippy::too_many_arguments)]
 async fn confirm_one(
-    http: &crate::network::PeerHttp,
+    http: &crate::peer::network::PeerHttp,
     fetch: &Fetcher,
     id: FileId,
     src: &Source,
@@ -233,7 +233,7 @@ enum Fault {
 }
 
 async fn get(
-    http: &crate::network::PeerHttp,
+    http: &crate::peer::network::PeerHttp,
     src: &Source,
     id: FileId,
     stall: Duration,

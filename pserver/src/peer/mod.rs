@@ -9,6 +9,12 @@
 //! and its connection (see `uploads`). Bytes and manifests are immutable
 //! under their URL and answer conditional requests (see `conditional`).
 
+pub(crate) mod conditional;
+pub(crate) mod limits;
+pub(crate) mod network;
+pub(crate) mod serve;
+pub(crate) mod uploads;
+
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{ConnectionType, Method, StatusCode, header};
@@ -19,16 +25,16 @@ use peerdex_proto::range::{RangeReq, parse_range};
 use peerdex_proto::rest::{LocateQuery, LocateResult, SearchQuery};
 use peerdex_proto::{FileId, HOPS_HEADER, PeerId};
 
-use crate::central::Central;
-use crate::conditional::{self, Verdict};
 use crate::error::{Error, Result};
-use crate::limits::{Conn, NeighbourRate};
-use crate::lookup::{self, LocateTarget};
-use crate::network::{Network, Refused};
+use crate::link::Central;
+use crate::link::lookup::{self, LocateTarget};
+use crate::peer::conditional::Verdict;
+use crate::peer::limits::{Conn, NeighbourRate};
+use crate::peer::network::{Network, Refused};
+use crate::peer::serve::{Withdraw, verified_range};
+use crate::peer::uploads::Uploads;
 use crate::rt::MainRt;
-use crate::serve::{Withdraw, verified_range};
 use crate::store::Store;
-use crate::uploads::Uploads;
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -186,7 +192,7 @@ pub(crate) async fn guard(
 }
 
 /// In a private network, every request needs a valid credential of the
-/// network (see `crate::network`); 401 says what is wrong with it.
+/// network (see `crate::peer::network`); 401 says what is wrong with it.
 async fn credential(req: &ServiceRequest) -> Result<()> {
     let Some(net) = req.app_data::<web::Data<Network>>() else {
         return Ok(());

@@ -33,8 +33,8 @@ use futures_util::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::error::{Error, Result};
-use crate::limits::Closer;
 use crate::metrics::Metrics;
+use crate::peer::limits::Closer;
 use crate::rate::RateLimiter;
 
 /// How often a watchdog judges its response.

@@ -27,11 +27,6 @@ use std::sync::{Arc, Mutex};
 
 use crate::error::Error;
 
-/// Default of `PSERVER_MIN_FREE_BYTES`: 1 GiB.
-pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
-/// Default of `PSERVER_MAX_PARTIAL_BYTES`: 64 GiB.
-pub const DEFAULT_MAX_PARTIAL_BYTES: u64 = 64 << 30;
-
 /// The reserve, the partial cap and the claims of transfers in progress;
 /// shared by the store, the download jobs and the upload handler.
 #[derive(Debug)]

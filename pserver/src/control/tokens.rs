@@ -82,7 +82,7 @@ pub fn issue(
     scope: Scope,
     ttl: Duration,
     name: &str,
-) -> anyhow::Result<(String, Claims)> {
+) -> Result<(String, Claims), TokenError> {
     let iat = unix_now();
     let claims = Claims {
         iss: peer_id.to_owned(),
@@ -93,14 +93,13 @@ pub fn issue(
         exp: iat + ttl.as_secs(),
         jti: uuid::Uuid::new_v4().to_string(),
     };
-    let der = key
-        .to_pkcs8_der()
-        .map_err(|e| anyhow::anyhow!("cannot encode the API key: {e}"))?;
+    let der = key.to_pkcs8_der().map_err(TokenError::EncodeKey)?;
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::EdDSA),
         &claims,
         &EncodingKey::from_ed_der(der.as_bytes()),
-    )?;
+    )
+    .map_err(TokenError::Sign)?;
     Ok((token, claims))
 }
 
@@ -118,43 +117,73 @@ impl ClientTokens {
     }
 
     /// The claims of a valid token, or why it is not one (for a 401).
-    pub fn check(&self, token: &str) -> Result<Claims, String> {
+    pub fn check(&self, token: &str) -> Result<Claims, Refused> {
         // The header first: only EdDSA is ever accepted (`alg: none` and
         // HMAC tokens are refused by name).
         match jsonwebtoken::decode_header(token) {
             Ok(h) if h.alg == Algorithm::EdDSA => {}
-            Ok(h) => {
-                return Err(format!(
-                    "client token signed with {:?}; this PServer only accepts EdDSA tokens it issued",
-                    h.alg
-                ));
-            }
-            Err(_) => {
-                return Err(
-                    "not a token this PServer issued (malformed, or `alg: none`); create one with `pserver token create`"
-                        .into(),
-                );
-            }
+            Ok(h) => return Err(Refused::Algorithm(h.alg)),
+            Err(_) => return Err(Refused::Malformed),
         }
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => {
-                    "client token expired; create a new one with `pserver token create`".into()
-                }
-                ErrorKind::InvalidSignature => {
-                    "client token signature does not verify: it was not issued by this PServer (or api.key changed), or it was altered".into()
-                }
-                ErrorKind::InvalidAudience => {
-                    format!("client token is not for this API (audience is not {AUDIENCE})")
-                }
-                ErrorKind::InvalidIssuer => {
-                    "client token was issued by another PServer".into()
-                }
-                ErrorKind::ImmatureSignature => "client token is not valid yet".into(),
-                _ => format!("client token refused: {e}"),
+                ErrorKind::ExpiredSignature => Refused::Expired,
+                ErrorKind::InvalidSignature => Refused::Signature,
+                ErrorKind::InvalidAudience => Refused::Audience,
+                ErrorKind::InvalidIssuer => Refused::Issuer,
+                ErrorKind::ImmatureSignature => Refused::NotYetValid,
+                _ => Refused::Other(e),
             })
     }
+}
+
+/// Why a client token is refused (a 401 says it in these words).
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error("client token signed with {0:?}; this PServer only accepts EdDSA tokens it issued")]
+    Algorithm(Algorithm),
+    #[error(
+        "not a token this PServer issued (malformed, or `alg: none`); create one with `pserver token create`"
+    )]
+    Malformed,
+    #[error("client token expired; create a new one with `pserver token create`")]
+    Expired,
+    #[error(
+        "client token signature does not verify: it was not issued by this PServer (or api.key changed), or it was altered"
+    )]
+    Signature,
+    #[error("client token is not for this API (audience is not {AUDIENCE})")]
+    Audience,
+    #[error("client token was issued by another PServer")]
+    Issuer,
+    #[error("client token is not valid yet")]
+    NotYetValid,
+    #[error("client token refused: {0}")]
+    Other(jsonwebtoken::errors::Error),
+}
+
+/// Why `pserver token create` cannot issue a token.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("--name must be 1 to 64 printable characters")]
+    Name,
+    #[error("cannot create PSERVER_DATA_DIR {}: {source}", dir.display())]
+    DataDir {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the peer id in {}: {source}", dir.display())]
+    PeerId {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read or create the API key: {0}")]
+    Key(#[source] std::io::Error),
+    #[error("cannot encode the API key: {0}")]
+    EncodeKey(ed25519_dalek::pkcs8::Error),
+    #[error("cannot sign the token: {0}")]
+    Sign(#[source] jsonwebtoken::errors::Error),
 }
 
 /// `pserver token create`: print a new token for the PServer whose data
@@ -165,16 +194,16 @@ pub fn create_command(
     ttl: Duration,
     name: &str,
     json: bool,
-) -> anyhow::Result<()> {
-    use anyhow::Context;
+) -> Result<(), TokenError> {
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        anyhow::bail!("--name must be 1 to 64 printable characters");
+        return Err(TokenError::Name);
     }
+    let dir = || data_dir.to_path_buf();
     std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create PSERVER_DATA_DIR {}", data_dir.display()))?;
+        .map_err(|source| TokenError::DataDir { dir: dir(), source })?;
     let peer_id = crate::store::peer_id_in(data_dir)
-        .with_context(|| format!("cannot read the peer id in {}", data_dir.display()))?;
-    let key = load_key(data_dir).context("cannot read or create the API key")?;
+        .map_err(|source| TokenError::PeerId { dir: dir(), source })?;
+    let key = load_key(data_dir).map_err(TokenError::Key)?;
     let (token, claims) = issue(&key, &peer_id.to_string(), scope, ttl, name)?;
     if json {
         println!(
@@ -199,27 +228,36 @@ pub fn create_command(
 
 /// Parse a lifetime such as `90s`, `30m`, `24h`, `7d` (a bare number is
 /// seconds), at most [`MAX_TTL`].
-pub fn parse_ttl(s: &str) -> Result<Duration, String> {
+pub fn parse_ttl(s: &str) -> Result<Duration, TtlError> {
     let s = s.trim();
     let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let given = || s.to_owned();
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit, such as 30m, 24h or 7d"))?;
+        .map_err(|_| TtlError::NotANumber { given: given() })?;
     let secs = match unit {
         "" | "s" => n,
         "m" => n.saturating_mul(60),
         "h" => n.saturating_mul(3600),
         "d" => n.saturating_mul(86_400),
-        _ => return Err(format!("{s:?}: the unit is one of s, m, h, d")),
+        _ => return Err(TtlError::Unit { given: given() }),
     };
     let ttl = Duration::from_secs(secs);
     if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(format!(
-            "{s:?}: a token lives from 1 s to {} days",
-            MAX_TTL.as_secs() / 86_400
-        ));
+        return Err(TtlError::OutOfRange { given: given() });
     }
     Ok(ttl)
+}
+
+/// Why a token lifetime (`--ttl`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TtlError {
+    #[error("{given:?}: expected a number and a unit, such as 30m, 24h or 7d")]
+    NotANumber { given: String },
+    #[error("{given:?}: the unit is one of s, m, h, d")]
+    Unit { given: String },
+    #[error("{given:?}: a token lives from 1 s to {} days", MAX_TTL.as_secs() / 86_400)]
+    OutOfRange { given: String },
 }
 
 #[cfg(test)]
@@ -235,17 +273,18 @@ mod tests {
         let (k, peer) = (key(1), "peer-a");
         let tokens = ClientTokens::new(&k, peer);
         let (t, c) = issue(&k, peer, Scope::Read, Duration::from_secs(60), "laptop").unwrap();
-        assert_eq!(tokens.check(&t), Ok(c.clone()));
+        assert_eq!(tokens.check(&t).unwrap(), c.clone());
         assert_eq!(c.scope, Scope::Read);
 
         // Another PServer's key, or another issuer.
         let (other, _) = issue(&key(2), peer, Scope::Write, Duration::from_secs(60), "x").unwrap();
-        assert!(tokens.check(&other).unwrap_err().contains("signature"));
+        assert!(matches!(tokens.check(&other), Err(Refused::Signature)));
         let (foreign, _) = issue(&k, "peer-b", Scope::Write, Duration::from_secs(60), "x").unwrap();
         assert!(
             tokens
                 .check(&foreign)
                 .unwrap_err()
+                .to_string()
                 .contains("another PServer")
         );
 
@@ -255,7 +294,14 @@ mod tests {
         let der = k.to_pkcs8_der().unwrap();
         let enc = EncodingKey::from_ed_der(der.as_bytes());
         let expired = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &old, &enc).unwrap();
-        assert!(tokens.check(&expired).unwrap_err().contains("expired"));
+        assert!(matches!(tokens.check(&expired), Err(Refused::Expired)));
+        assert!(
+            tokens
+                .check(&expired)
+                .unwrap_err()
+                .to_string()
+                .contains("expired")
+        );
 
         // A tampered signature, and claims signed for read then sent as
         // write (the payload of another token under this signature).
@@ -268,28 +314,53 @@ mod tests {
             parts[1],
             String::from_utf8(sig).unwrap()
         );
-        assert!(tokens.check(&tampered).unwrap_err().contains("signature"));
+        assert!(
+            tokens
+                .check(&tampered)
+                .unwrap_err()
+                .to_string()
+                .contains("signature")
+        );
         let (w, _) = issue(&k, peer, Scope::Write, Duration::from_secs(60), "laptop").unwrap();
         let spliced = format!("{}.{}.{}", parts[0], w.split('.').nth(1).unwrap(), parts[2]);
-        assert!(tokens.check(&spliced).unwrap_err().contains("signature"));
+        assert!(
+            tokens
+                .check(&spliced)
+                .unwrap_err()
+                .to_string()
+                .contains("signature")
+        );
 
         // `alg: none` ({"alg":"none","typ":"JWT"}), HMAC, garbage.
         let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
-        assert!(tokens.check(&none).unwrap_err().contains("alg: none"));
+        assert!(matches!(tokens.check(&none), Err(Refused::Malformed)));
+        assert!(
+            tokens
+                .check(&none)
+                .unwrap_err()
+                .to_string()
+                .contains("alg: none")
+        );
         let hs = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &c,
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
-        assert!(tokens.check(&hs).unwrap_err().contains("HS256"));
+        assert!(tokens.check(&hs).unwrap_err().to_string().contains("HS256"));
         assert!(tokens.check("nonsense").is_err());
 
         // Another audience.
         let mut aud = c;
         aud.aud = "something-else".into();
         let other_aud = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &aud, &enc).unwrap();
-        assert!(tokens.check(&other_aud).unwrap_err().contains("audience"));
+        assert!(
+            tokens
+                .check(&other_aud)
+                .unwrap_err()
+                .to_string()
+                .contains("audience")
+        );
     }
 
     #[test]
@@ -299,7 +370,8 @@ mod tests {
         assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("400d").is_err());
-        assert!(parse_ttl("1w").unwrap_err().contains("unit"));
+        assert!(parse_ttl("1w").unwrap_err().to_string().contains("unit"));
+        assert_eq!(parse_ttl("1w"), Err(TtlError::Unit { given: "1w".into() }));
         assert!(parse_ttl("h").is_err());
         assert!(parse_ttl("99999999999999999999d").is_err());
     }

@@ -47,11 +47,11 @@ use peerdex_proto::{FileId, FileName};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::central::{Central, ReplicaTasks};
 use crate::download::{Downloads, ReplicaEnd};
+use crate::link::Central;
 use crate::metrics::{Metrics, ReplicaResult};
-use crate::space::Bytes;
 use crate::store::Store;
+use crate::store::space::Bytes;
 
 /// Replica fetches running at once.
 pub(crate) const MAX_FETCHES: usize = 2;
@@ -64,9 +64,6 @@ const NUDGE_EVERY: Duration = Duration::from_secs(30);
 /// Renewed Heartbeat answers in a row without a running FETCH after
 /// which it is stopped.
 const WITHDRAWN_AFTER: u32 = 3;
-/// Most declines one Heartbeat carries (the directory reads at most 64);
-/// the rest wait for the next ones.
-const DECLINES_PER_BEAT: usize = 64;
 
 /// The replica worker, as a cheap handle.
 #[derive(Clone)]
@@ -89,8 +86,6 @@ struct State {
     running: HashMap<FileId, Running>,
     /// FETCHes declined lately: why, and when.
     declined: HashMap<FileId, (String, Instant)>,
-    /// Declines not sent to the directory yet.
-    outgoing: Vec<v1::Declined>,
     /// When a FETCH of a replica held already was last announced again.
     announced: HashMap<FileId, Instant>,
     /// When a DROP was last carried out (or withdrawn again).
@@ -119,12 +114,6 @@ fn quota_reason(quota: u64, used: u64, in_flight: u64, size: u64) -> String {
         Bytes(used),
         Bytes(in_flight)
     )
-}
-
-/// The first [`DECLINES_PER_BEAT`] of `outgoing`, oldest first.
-fn take_some(outgoing: &mut Vec<v1::Declined>) -> Vec<v1::Declined> {
-    let n = outgoing.len().min(DECLINES_PER_BEAT);
-    outgoing.drain(..n).collect()
 }
 
 impl Replicas {
@@ -178,11 +167,7 @@ impl Replicas {
     fn decline(&self, st: &mut State, id: FileId, reason: String, result: ReplicaResult) {
         tracing::info!(file = %id, %reason, "replica task: declined");
         self.0.metrics.replica_fetch(result);
-        st.outgoing.retain(|o| o.file_id != id.to_hex());
-        st.outgoing.push(v1::Declined {
-            file_id: id.to_hex(),
-            reason: reason.clone(),
-        });
+        self.0.central.decline(id, reason.clone());
         st.declined.insert(id, (reason, Instant::now()));
     }
 
@@ -220,13 +205,7 @@ impl Replicas {
         }
         st.declined.retain(|_, (_, at)| at.elapsed() < DECLINE_HOLD);
         if let Some((reason, _)) = st.declined.get(&id) {
-            let reason = reason.clone();
-            if !st.outgoing.iter().any(|o| o.file_id == id.to_hex()) {
-                st.outgoing.push(v1::Declined {
-                    file_id: id.to_hex(),
-                    reason,
-                });
-            }
+            inner.central.decline_again(id, reason.clone());
             return;
         }
         if inner.store.by_id(&id).is_some() {
@@ -387,21 +366,13 @@ impl Replicas {
     }
 }
 
-impl ReplicaTasks for Replicas {
-    /// Declines to send with the next Heartbeat, at most
-    /// [`DECLINES_PER_BEAT`] (taken: given back with `give_back_declined`
-    /// if it does not get through).
-    fn take_declined(&self) -> Vec<v1::Declined> {
-        take_some(&mut self.0.state.lock().unwrap().outgoing)
-    }
-
-    fn give_back_declined(&self, declined: Vec<v1::Declined>) {
-        let mut st = self.0.state.lock().unwrap();
-        // Back in front: they are older than any decline made meanwhile.
-        for d in declined.into_iter().rev() {
-            if !st.outgoing.iter().any(|o| o.file_id == d.file_id) {
-                st.outgoing.insert(0, d);
-            }
+impl Replicas {
+    /// The worker's loop: the replica tasks of each Heartbeat answer, as
+    /// the directory link sends them. Returns when the link's lease loop
+    /// has ended (the sender is gone).
+    pub(crate) async fn run(self, mut tasks: tokio::sync::mpsc::Receiver<Vec<v1::ReplicaTask>>) {
+        while let Some(open) = tasks.recv().await {
+            self.tasks(open);
         }
     }
 
@@ -443,21 +414,6 @@ impl ReplicaTasks for Replicas {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn declines_go_at_most_64_a_heartbeat_oldest_first() {
-        let mut outgoing: Vec<v1::Declined> = (0..100u8)
-            .map(|i| v1::Declined {
-                file_id: FileId::from_bytes([i; 32]).to_hex(),
-                reason: "r".into(),
-            })
-            .collect();
-        let first = take_some(&mut outgoing);
-        assert_eq!(first.len(), 64);
-        assert_eq!(first[0].file_id, FileId::from_bytes([0; 32]).to_hex());
-        assert_eq!(take_some(&mut outgoing).len(), 36);
-        assert!(take_some(&mut outgoing).is_empty());
-    }
 
     #[test]
     fn reasons_name_the_setting_and_the_figures() {

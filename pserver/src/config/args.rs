@@ -1,5 +1,6 @@
-//! Configuration: one typed [`Config`], built from flags, environment
-//! variables and a `.env` file by [`Args`].
+//! The command line: flags with their environment variables (and `.env`),
+//! their help, defaults (from [`super::defaults`]) and bounds, and
+//! [`Args::into_config`], which checks what spans several settings.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,188 +8,12 @@ use std::time::Duration;
 
 use clap::Parser;
 use peerdex_proto::PeerUrl;
-use rustls::pki_types::CertificateDer;
 
+use super::{
+    Config, ConfigError, ControlConfig, DownloadConfig, LinkConfig, PeerApiConfig, ReplicaConfig,
+    StoreConfig, defaults, parse_centrals,
+};
 use crate::tls::ServerTls;
-
-/// Validated settings of one PServer.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// Base URL other peers use to reach our peer API (sent to the central).
-    pub public_url: PeerUrl,
-    pub share_dir: PathBuf,
-    pub data_dir: PathBuf,
-    /// gRPC URLs of the centrals that serve the directory (at least one,
-    /// at most [`MAX_CENTRALS`], no duplicates; see `crate::central` for how
-    /// a PServer uses several).
-    pub centrals: Vec<String>,
-    /// Peer-API base URLs of neighbours, asked in order.
-    pub neighbours: Vec<PeerUrl>,
-    /// Required on every control-API request when set.
-    pub api_token: Option<String>,
-    /// `PSERVER_JOIN_SECRET`: join a private network (needs an https://
-    /// central); `None` = an open network.
-    pub join_secret: Option<String>,
-    pub max_upload_bytes: u64,
-    /// Free space kept for the user in the share and data folders: a
-    /// download or upload that would cut into it is refused.
-    pub min_free_bytes: u64,
-    /// Cap on the disk space of all partial downloads together (0 = none).
-    pub max_partial_bytes: u64,
-    /// Space offered for replicas of other peers' files, kept under
-    /// `data_dir/replicas/` at the directory's request (0 = none: this peer
-    /// never stores what its user did not ask for).
-    pub replica_quota_bytes: u64,
-    pub max_uploads: u32,
-    pub drain: Duration,
-    /// How often the share dir is rescanned for files added or removed by hand.
-    pub rescan_interval: Duration,
-    /// Per-request timeout when asking a neighbour.
-    pub neighbour_timeout: Duration,
-    /// A holder that sends no bytes for this long loses the transfer.
-    pub stall_timeout: Duration,
-    /// Upload cap across all transfers to other peers, bytes/s (0 = unlimited).
-    pub max_upload_bps: u64,
-    /// Download cap across all jobs, bytes/s (0 = unlimited).
-    pub max_download_bps: u64,
-    /// Holders one download fetches from at the same time.
-    pub max_sources: usize,
-    /// A response to another peer that averages less than this, bytes/s,
-    /// over 20 s of the peer (not our rate cap or disk) holding it up, loses
-    /// its slot and its connection (0 = no minimum).
-    pub upload_min_bps: u64,
-    /// A response to another peer that the peer does not take a byte of
-    /// for this long loses its slot and its connection.
-    pub upload_idle: Duration,
-    /// Open peer-API connections per source address (IPv6: per /64); the
-    /// ones beyond it are answered 429 and closed.
-    pub max_conns_per_addr: u32,
-    /// Neighbour-role requests (locate, search) per second per source
-    /// address, with a burst of ten seconds' worth; beyond it 429.
-    pub neighbour_rate: u32,
-    /// Certificate and key of the peer API (then `public_url` is
-    /// `https://`), and of the control API when `api_tls` is set.
-    pub tls: Option<ServerTls>,
-    /// The control API speaks TLS with `tls` (set when it is bound off
-    /// loopback; tests set it on loopback).
-    pub api_tls: bool,
-    /// Roots trusted for the central and other peers besides the system's
-    /// (`PSERVER_CA_FILE`).
-    pub ca_roots: Vec<CertificateDer<'static>>,
-}
-
-impl Config {
-    /// Settings for a peer with everything at its default, for tests and
-    /// tools, talking to the one central at `central_url` (set
-    /// [`Config::centrals`] for several).
-    pub fn new(
-        public_url: PeerUrl,
-        share_dir: PathBuf,
-        data_dir: PathBuf,
-        central_url: String,
-    ) -> Self {
-        Self {
-            public_url,
-            share_dir,
-            data_dir,
-            centrals: vec![central_url],
-            neighbours: Vec::new(),
-            api_token: None,
-            join_secret: None,
-            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
-            min_free_bytes: crate::space::DEFAULT_MIN_FREE_BYTES,
-            max_partial_bytes: crate::space::DEFAULT_MAX_PARTIAL_BYTES,
-            replica_quota_bytes: 0,
-            max_uploads: 32,
-            drain: Duration::from_secs(10),
-            rescan_interval: Duration::from_secs(2),
-            neighbour_timeout: Duration::from_secs(3),
-            stall_timeout: Duration::from_secs(15),
-            max_upload_bps: 0,
-            max_download_bps: 0,
-            max_sources: DEFAULT_MAX_SOURCES,
-            upload_min_bps: DEFAULT_UPLOAD_MIN_BPS,
-            upload_idle: Duration::from_secs(DEFAULT_UPLOAD_IDLE_SECS),
-            max_conns_per_addr: DEFAULT_MAX_CONNS_PER_ADDR,
-            neighbour_rate: DEFAULT_NEIGHBOUR_RATE,
-            tls: None,
-            api_tls: false,
-            ca_roots: Vec::new(),
-        }
-    }
-
-    /// A private network's rules: a secret of at least 16 printable
-    /// characters, sent only to an https:// central.
-    pub fn check_network(&self) -> anyhow::Result<()> {
-        if let Some(s) = &self.join_secret {
-            if s.len() < 16 || !s.chars().all(|c| c.is_ascii_graphic()) {
-                anyhow::bail!(
-                    "PSERVER_JOIN_SECRET must be at least 16 printable ASCII characters without spaces"
-                );
-            }
-            if let Some(plain) = self.centrals.iter().find(|u| !u.starts_with("https://")) {
-                anyhow::bail!(
-                    "PSERVER_JOIN_SECRET is set but PSERVER_CENTRAL_URL {plain} is not https://: \
-                     a private network joins only over TLS"
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Most centrals one PServer lists: a directory is a handful of processes,
-/// and a longer list is more likely a pasted mistake than a cluster.
-pub const MAX_CENTRALS: usize = 16;
-
-/// `PSERVER_CENTRAL_URL`: one URL, or several separated by commas. Each is
-/// an http:// or https:// URL with a host (a trailing `/` is dropped); an
-/// empty item, a duplicate or more than [`MAX_CENTRALS`] items are refused
-/// with a message naming the item.
-pub fn parse_centrals(raw: &str) -> anyhow::Result<Vec<String>> {
-    use anyhow::bail;
-    if raw.trim().is_empty() {
-        bail!("PSERVER_CENTRAL_URL is empty: give the gRPC URL of the central directory");
-    }
-    let items: Vec<&str> = raw.split(',').map(str::trim).collect();
-    if items.len() > MAX_CENTRALS {
-        bail!(
-            "PSERVER_CENTRAL_URL lists {} centrals; at most {MAX_CENTRALS} are allowed",
-            items.len()
-        );
-    }
-    let mut centrals: Vec<String> = Vec::with_capacity(items.len());
-    for (i, item) in items.iter().enumerate() {
-        if item.is_empty() {
-            bail!(
-                "PSERVER_CENTRAL_URL {raw:?}: item {} is empty (a stray comma?)",
-                i + 1
-            );
-        }
-        if !(item.starts_with("http://") || item.starts_with("https://")) {
-            bail!("PSERVER_CENTRAL_URL {item:?} must start with http:// or https://");
-        }
-        let uri = item
-            .parse::<tonic::codegen::http::Uri>()
-            .map_err(|e| anyhow::anyhow!("PSERVER_CENTRAL_URL {item:?} is not a valid URL: {e}"))?;
-        if uri.host().is_none_or(str::is_empty) {
-            bail!("PSERVER_CENTRAL_URL {item:?} has no host");
-        }
-        let url = item.trim_end_matches('/');
-        if centrals.iter().any(|c| c.eq_ignore_ascii_case(url)) {
-            bail!("PSERVER_CENTRAL_URL lists {url} twice");
-        }
-        centrals.push(url.to_owned());
-    }
-    Ok(centrals)
-}
-
-const DEFAULT_MAX_UPLOAD_BYTES: u64 = 64 << 30;
-const DEFAULT_MAX_SOURCES: usize = 8;
-const DEFAULT_UPLOAD_MIN_BPS: u64 = 4096;
-const DEFAULT_UPLOAD_IDLE_SECS: u64 = 30;
-const DEFAULT_MAX_CONNS_PER_ADDR: u32 = 16;
-const DEFAULT_NEIGHBOUR_RATE: u32 = 20;
 
 /// The peerdex peer daemon: shares the files in a folder, finds files through
 /// a neighbour PServer and the central directory, and downloads them directly
@@ -202,11 +27,11 @@ pub struct Args {
     /// Address of the control API used by the local `peerdex` client. Keep it
     /// on loopback; any other address requires PSERVER_API_TOKEN and TLS
     /// (PSERVER_TLS_CERT/KEY), or PSERVER_TRUSTED_LAN=true for plaintext.
-    #[arg(long, env = "PSERVER_API_ADDR", default_value = "127.0.0.1:7070")]
+    #[arg(long, env = "PSERVER_API_ADDR", default_value = defaults::API_ADDR)]
     pub api_addr: SocketAddr,
 
     /// Address of the peer API that other peers download from.
-    #[arg(long, env = "PSERVER_PEER_ADDR", default_value = "0.0.0.0:7071")]
+    #[arg(long, env = "PSERVER_PEER_ADDR", default_value = defaults::PEER_ADDR)]
     pub peer_addr: SocketAddr,
 
     /// URL other peers use to reach the peer API, e.g. http://203.0.113.7:7071
@@ -218,22 +43,18 @@ pub struct Args {
 
     /// Folder of shared files, under their human names. Files dropped in or
     /// removed by hand are published or withdrawn within a few seconds.
-    #[arg(long, env = "PSERVER_SHARE_DIR", default_value = "./data/share")]
+    #[arg(long, env = "PSERVER_SHARE_DIR", default_value = defaults::SHARE_DIR)]
     pub share_dir: PathBuf,
 
     /// Folder for the peer id, the hash cache and downloads in progress.
-    #[arg(long, env = "PSERVER_DATA_DIR", default_value = "./data/pserver")]
+    #[arg(long, env = "PSERVER_DATA_DIR", default_value = defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 
     /// gRPC URL of the central directory, or a comma-separated list of
     /// the centrals that serve one directory (at most 16): the PServer picks
     /// one at random, stays with it while it answers, and moves to the next
     /// when it fails, is overloaded or shuts down.
-    #[arg(
-        long,
-        env = "PSERVER_CENTRAL_URL",
-        default_value = "http://127.0.0.1:50051"
-    )]
+    #[arg(long, env = "PSERVER_CENTRAL_URL", default_value = defaults::CENTRAL_URL)]
     pub central_url: String,
 
     /// Comma-separated peer-API URLs of neighbour PServers, asked in order to
@@ -259,20 +80,22 @@ pub struct Args {
     pub join_secret: Option<String>,
 
     /// Largest file accepted by an upload through the control API, in bytes.
-    #[arg(long, env = "PSERVER_MAX_UPLOAD_BYTES", default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    #[arg(long, env = "PSERVER_MAX_UPLOAD_BYTES", default_value_t = defaults::MAX_UPLOAD_BYTES,
+          value_parser = max_upload_bytes)]
     pub max_upload_bytes: u64,
 
     /// Free space, in bytes, kept for the user on the disks of the share and
     /// data folders: a download (its size, from a manifest verified against
     /// the file id) or an upload that would leave less is refused up front,
     /// naming the figures. 0 = no reserve (the disk may fill up).
-    #[arg(long, env = "PSERVER_MIN_FREE_BYTES", default_value_t = crate::space::DEFAULT_MIN_FREE_BYTES)]
+    #[arg(long, env = "PSERVER_MIN_FREE_BYTES", default_value_t = defaults::MIN_FREE_BYTES)]
     pub min_free_bytes: u64,
 
     /// Disk space, in bytes, that the partial downloads kept for resuming
     /// (failed or interrupted jobs) may take together; beyond it the oldest
     /// are dropped, never one a running job writes. 0 = no cap.
-    #[arg(long, env = "PSERVER_MAX_PARTIAL_BYTES", default_value_t = crate::space::DEFAULT_MAX_PARTIAL_BYTES)]
+    #[arg(long, env = "PSERVER_MAX_PARTIAL_BYTES", default_value_t = defaults::MAX_PARTIAL_BYTES,
+          value_parser = max_partial_bytes)]
     pub max_partial_bytes: u64,
 
     /// Disk space, in bytes, this peer offers for replicas of other peers'
@@ -283,37 +106,38 @@ pub struct Args {
     /// more than this together, and never cut into PSERVER_MIN_FREE_BYTES.
     /// 0 = offer none (this peer stores nothing its user did not ask for);
     /// otherwise at least 1048576 (1 MiB).
-    #[arg(long, env = "PSERVER_REPLICA_QUOTA_BYTES", default_value_t = 0)]
+    #[arg(long, env = "PSERVER_REPLICA_QUOTA_BYTES", default_value_t = defaults::REPLICA_QUOTA_BYTES,
+          value_parser = replica_quota_bytes)]
     pub replica_quota_bytes: u64,
 
     /// Concurrent uploads to other peers; beyond it peers get 503 + Retry-After.
-    #[arg(long, env = "PSERVER_MAX_UPLOADS", default_value_t = 32,
+    #[arg(long, env = "PSERVER_MAX_UPLOADS", default_value_t = defaults::MAX_UPLOADS,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_uploads: u32,
 
     /// On Ctrl+C/SIGTERM, seconds in-flight uploads may take to finish.
-    #[arg(long, env = "PSERVER_DRAIN_SECS", default_value_t = 10,
+    #[arg(long, env = "PSERVER_DRAIN_SECS", default_value_t = defaults::DRAIN_SECS,
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_secs: u64,
 
     /// Seconds between rescans of the share folder.
-    #[arg(long, env = "PSERVER_RESCAN_SECS", default_value_t = 2,
+    #[arg(long, env = "PSERVER_RESCAN_SECS", default_value_t = defaults::RESCAN_SECS,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub rescan_secs: u64,
 
     /// Upload rate cap across all transfers to other peers, in bytes per
     /// second (token bucket). 0 = unlimited.
-    #[arg(long, env = "PSERVER_MAX_UPLOAD_BPS", default_value_t = 0)]
+    #[arg(long, env = "PSERVER_MAX_UPLOAD_BPS", default_value_t = defaults::MAX_UPLOAD_BPS)]
     pub max_upload_bps: u64,
 
     /// Download rate cap across all download jobs, in bytes per second. 0 = unlimited.
-    #[arg(long, env = "PSERVER_MAX_DOWNLOAD_BPS", default_value_t = 0)]
+    #[arg(long, env = "PSERVER_MAX_DOWNLOAD_BPS", default_value_t = defaults::MAX_DOWNLOAD_BPS)]
     pub max_download_bps: u64,
 
     /// Holders a download fetches chunks from at the same time (swarming).
     /// More sources spread the load and survive slow or dying holders; 1
     /// fetches from one holder at a time.
-    #[arg(long, env = "PSERVER_MAX_SOURCES", default_value_t = DEFAULT_MAX_SOURCES as u64,
+    #[arg(long, env = "PSERVER_MAX_SOURCES", default_value_t = defaults::MAX_SOURCES,
           value_parser = clap::value_parser!(u64).range(1..=64))]
     pub max_sources: u64,
 
@@ -322,19 +146,19 @@ pub struct Args {
     /// the peer itself holds the transfer up, never our own rate cap). A
     /// slower reader loses its upload slot and its connection, so slow or
     /// stalled readers cannot keep honest peers out. 0 = no minimum.
-    #[arg(long, env = "PSERVER_UPLOAD_MIN_BPS", default_value_t = DEFAULT_UPLOAD_MIN_BPS)]
+    #[arg(long, env = "PSERVER_UPLOAD_MIN_BPS", default_value_t = defaults::UPLOAD_MIN_BPS)]
     pub upload_min_bps: u64,
 
     /// Longest time, in seconds, a response to another peer may make no
     /// progress (the peer reads nothing) before it loses its upload slot and
     /// its connection.
-    #[arg(long, env = "PSERVER_UPLOAD_IDLE_SECS", default_value_t = DEFAULT_UPLOAD_IDLE_SECS,
+    #[arg(long, env = "PSERVER_UPLOAD_IDLE_SECS", default_value_t = defaults::UPLOAD_IDLE_SECS,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub upload_idle_secs: u64,
 
     /// Open peer-API connections allowed per source IP address (IPv6: per
     /// /64). Connections beyond it are answered 429 with Retry-After and closed.
-    #[arg(long, env = "PSERVER_MAX_CONNS_PER_ADDR", default_value_t = DEFAULT_MAX_CONNS_PER_ADDR,
+    #[arg(long, env = "PSERVER_MAX_CONNS_PER_ADDR", default_value_t = defaults::MAX_CONNS_PER_ADDR,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_conns_per_addr: u32,
 
@@ -342,7 +166,7 @@ pub struct Args {
     /// second per source IP address, with a burst of ten seconds' worth;
     /// beyond it 429 with Retry-After, so no one can flood the central
     /// through this peer.
-    #[arg(long, env = "PSERVER_NEIGHBOUR_RATE", default_value_t = DEFAULT_NEIGHBOUR_RATE,
+    #[arg(long, env = "PSERVER_NEIGHBOUR_RATE", default_value_t = defaults::NEIGHBOUR_RATE,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub neighbour_rate: u32,
 
@@ -394,9 +218,9 @@ pub enum TokenCommand {
         /// `read`: search, list, status, jobs, file contents. `write`: also
         /// upload, download, cancel, remove.
         #[arg(long, value_enum)]
-        scope: crate::tokens::Scope,
+        scope: crate::control::tokens::Scope,
         /// Lifetime: a number and s, m, h or d (at most 366 days).
-        #[arg(long, default_value = "24h", value_parser = crate::tokens::parse_ttl)]
+        #[arg(long, default_value = "24h", value_parser = crate::control::tokens::parse_ttl)]
         ttl: Duration,
         /// Who holds it (a device, a script); shown in refusals.
         #[arg(long, default_value = "client")]
@@ -413,68 +237,47 @@ impl Args {
     ///
     /// `peer_local` is the address the peer listener actually got (it differs
     /// from `peer_addr` when that asks for port 0); a derived public URL uses it.
-    pub fn into_config(self, peer_local: std::net::SocketAddr) -> anyhow::Result<Config> {
-        use anyhow::{Context, bail};
+    pub fn into_config(self, peer_local: std::net::SocketAddr) -> Result<Config, ConfigError> {
         let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
-        let tls = match (set(self.tls_cert), set(self.tls_key)) {
-            (Some(cert), Some(key)) => Some(crate::tls::load_server_tls(&cert, &key)?),
-            (None, None) => None,
-            (Some(_), None) => {
-                bail!("PSERVER_TLS_CERT is set but PSERVER_TLS_KEY is missing: set both or neither")
-            }
-            (None, Some(_)) => {
-                bail!("PSERVER_TLS_KEY is set but PSERVER_TLS_CERT is missing: set both or neither")
-            }
-        };
+        let tls = ServerTls::from_settings(
+            crate::tls::VARS,
+            set(self.tls_cert).as_deref(),
+            set(self.tls_key).as_deref(),
+        )?;
         let ca_roots = match set(self.ca_file) {
             Some(f) => crate::tls::read_certs("PSERVER_CA_FILE", &f)?,
             None => Vec::new(),
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let public_url = match self.public_url.as_deref().filter(|u| !u.is_empty()) {
-            Some(u) => u.parse::<PeerUrl>().context("PSERVER_PUBLIC_URL")?,
-            None if self.peer_addr.ip().is_unspecified() => bail!(
-                "PSERVER_PUBLIC_URL is required when PSERVER_PEER_ADDR is {} \
-                 (set it to the URL other peers can reach, e.g. {scheme}://203.0.113.7:{})",
-                self.peer_addr,
-                self.peer_addr.port()
-            ),
+            Some(u) => u.parse::<PeerUrl>().map_err(ConfigError::PublicUrl)?,
+            None if self.peer_addr.ip().is_unspecified() => {
+                return Err(ConfigError::PublicUrlRequired {
+                    peer_addr: self.peer_addr,
+                    scheme,
+                });
+            }
             None => format!("{scheme}://{peer_local}")
                 .parse()
-                .context("PSERVER_PEER_ADDR")?,
+                .map_err(ConfigError::PeerAddr)?,
         };
         match (public_url.as_str().starts_with("https://"), tls.is_some()) {
-            (true, false) => bail!(
-                "PSERVER_PUBLIC_URL {public_url} is https:// but the peer API has no certificate: \
-                 set PSERVER_TLS_CERT and PSERVER_TLS_KEY, or use an http:// URL"
-            ),
-            (false, true) => bail!(
-                "PSERVER_PUBLIC_URL {public_url} must be https:// when PSERVER_TLS_CERT is set \
-                 (the peer API then speaks only TLS)"
-            ),
+            (true, false) => return Err(ConfigError::HttpsWithoutCertificate { url: public_url }),
+            (false, true) => return Err(ConfigError::HttpWithCertificate { url: public_url }),
             _ => {}
         }
-        let off_loopback = !self.api_addr.ip().is_loopback();
+        let api_addr = self.api_addr;
+        let off_loopback = !api_addr.ip().is_loopback();
         if off_loopback && self.api_token.as_deref().unwrap_or("").is_empty() {
-            bail!(
-                "PSERVER_API_TOKEN is required when PSERVER_API_ADDR ({}) is not a loopback address",
-                self.api_addr
-            );
+            return Err(ConfigError::ApiTokenRequired { api_addr });
         }
         if off_loopback && tls.is_none() && !self.trusted_lan {
-            bail!(
-                "PSERVER_API_ADDR ({}) is not a loopback address: the control API then needs TLS \
-                 (set PSERVER_TLS_CERT and PSERVER_TLS_KEY), or PSERVER_TRUSTED_LAN=true \
-                 (--trusted-lan) to serve it over plaintext on a LAN you trust",
-                self.api_addr
-            );
+            return Err(ConfigError::ApiTlsRequired { api_addr });
         }
         if let Some(t) = self.api_token.as_deref().filter(|t| !t.is_empty())
             && (t.len() < 16 || !t.chars().all(|c| c.is_ascii_graphic()))
         {
-            bail!(
-                "PSERVER_API_TOKEN must be at least 16 printable ASCII characters without spaces"
-            );
+            return Err(ConfigError::WeakApiToken);
         }
         let centrals = parse_centrals(&self.central_url)?;
         let neighbours = self
@@ -484,48 +287,95 @@ impl Args {
             .filter(|s| !s.is_empty())
             .map(|s| s.parse::<PeerUrl>())
             .collect::<Result<Vec<_>, _>>()
-            .context("PSERVER_NEIGHBOURS")?;
-        if self.max_upload_bytes == 0 {
-            bail!("PSERVER_MAX_UPLOAD_BYTES must be greater than 0");
-        }
-        let mut c = Config::new(public_url, self.share_dir, self.data_dir, String::new());
-        c.centrals = centrals;
-        c.neighbours = neighbours;
-        c.api_token = self.api_token.filter(|t| !t.is_empty());
-        c.join_secret = self.join_secret.filter(|t| !t.is_empty());
+            .map_err(ConfigError::Neighbours)?;
+        let c = Config {
+            public_url,
+            share_dir: self.share_dir,
+            data_dir: self.data_dir,
+            link: LinkConfig {
+                centrals,
+                neighbours,
+                join_secret: self.join_secret.filter(|t| !t.is_empty()),
+                ..LinkConfig::default()
+            },
+            control: ControlConfig {
+                api_token: self.api_token.filter(|t| !t.is_empty()),
+                max_upload_bytes: self.max_upload_bytes,
+            },
+            peer_api: PeerApiConfig {
+                max_uploads: self.max_uploads,
+                drain: Duration::from_secs(self.drain_secs),
+                max_upload_bps: self.max_upload_bps,
+                upload_min_bps: self.upload_min_bps,
+                upload_idle: Duration::from_secs(self.upload_idle_secs),
+                max_conns_per_addr: self.max_conns_per_addr,
+                neighbour_rate: self.neighbour_rate,
+            },
+            downloads: DownloadConfig {
+                max_sources: self.max_sources as usize,
+                max_download_bps: self.max_download_bps,
+                ..DownloadConfig::default()
+            },
+            store: StoreConfig {
+                rescan_interval: Duration::from_secs(self.rescan_secs),
+                min_free_bytes: self.min_free_bytes,
+                max_partial_bytes: self.max_partial_bytes,
+            },
+            replicas: ReplicaConfig {
+                quota_bytes: self.replica_quota_bytes,
+            },
+            api_tls: tls.is_some() && off_loopback,
+            tls,
+            ca_roots,
+        };
         c.check_network()?;
-        c.max_upload_bytes = self.max_upload_bytes;
-        if self.max_partial_bytes != 0 && self.max_partial_bytes < 1 << 20 {
-            bail!(
-                "PSERVER_MAX_PARTIAL_BYTES ({}) must be 0 (no cap) or at least 1048576 (one chunk): \
-                 a smaller cap drops every partial download it could keep",
-                self.max_partial_bytes
-            );
-        }
-        if self.replica_quota_bytes != 0 && self.replica_quota_bytes < 1 << 20 {
-            bail!(
-                "PSERVER_REPLICA_QUOTA_BYTES ({}) must be 0 (no replica space) or at least 1048576 \
-                 (1 MiB): the value is in bytes, and a smaller quota holds next to nothing",
-                self.replica_quota_bytes
-            );
-        }
-        c.min_free_bytes = self.min_free_bytes;
-        c.max_partial_bytes = self.max_partial_bytes;
-        c.replica_quota_bytes = self.replica_quota_bytes;
-        c.max_uploads = self.max_uploads;
-        c.drain = Duration::from_secs(self.drain_secs);
-        c.rescan_interval = Duration::from_secs(self.rescan_secs);
-        c.max_upload_bps = self.max_upload_bps;
-        c.max_download_bps = self.max_download_bps;
-        c.max_sources = self.max_sources as usize;
-        c.upload_min_bps = self.upload_min_bps;
-        c.upload_idle = Duration::from_secs(self.upload_idle_secs);
-        c.max_conns_per_addr = self.max_conns_per_addr;
-        c.neighbour_rate = self.neighbour_rate;
-        c.api_tls = tls.is_some() && off_loopback;
-        c.tls = tls;
-        c.ca_roots = ca_roots;
         Ok(c)
+    }
+}
+
+/// A size setting out of its bounds (the value is in bytes).
+#[derive(Debug, thiserror::Error)]
+enum SizeError {
+    #[error("not a number of bytes: {0}")]
+    NotANumber(#[from] std::num::ParseIntError),
+    #[error("PSERVER_MAX_UPLOAD_BYTES must be greater than 0")]
+    NoUploads,
+    #[error(
+        "PSERVER_MAX_PARTIAL_BYTES ({0}) must be 0 (no cap) or at least 1048576 (one chunk): \
+         a smaller cap drops every partial download it could keep"
+    )]
+    PartialCap(u64),
+    #[error(
+        "PSERVER_REPLICA_QUOTA_BYTES ({0}) must be 0 (no replica space) or at least 1048576 \
+         (1 MiB): the value is in bytes, and a smaller quota holds next to nothing"
+    )]
+    ReplicaQuota(u64),
+}
+
+/// One MiB: the least a partial-download cap or a replica quota may be.
+const MIB: u64 = 1 << 20;
+
+/// `PSERVER_MAX_UPLOAD_BYTES`: at least 1.
+fn max_upload_bytes(s: &str) -> Result<u64, SizeError> {
+    match s.parse::<u64>()? {
+        0 => Err(SizeError::NoUploads),
+        n => Ok(n),
+    }
+}
+
+/// `PSERVER_MAX_PARTIAL_BYTES`: 0 or at least [`MIB`].
+fn max_partial_bytes(s: &str) -> Result<u64, SizeError> {
+    match s.parse::<u64>()? {
+        n if n != 0 && n < MIB => Err(SizeError::PartialCap(n)),
+        n => Ok(n),
+    }
+}
+
+/// `PSERVER_REPLICA_QUOTA_BYTES`: 0 or at least [`MIB`].
+fn replica_quota_bytes(s: &str) -> Result<u64, SizeError> {
+    match s.parse::<u64>()? {
+        n if n != 0 && n < MIB => Err(SizeError::ReplicaQuota(n)),
+        n => Ok(n),
     }
 }
 
@@ -546,8 +396,23 @@ mod tests {
         Args::from_arg_matches(&m).unwrap()
     }
 
+    /// The error of parsing `extra` (flags only), as the user sees it.
+    fn parse_err(extra: &[&str]) -> String {
+        use clap::{CommandFactory, FromArgMatches};
+        let mut v = vec!["pserver"];
+        v.extend_from_slice(extra);
+        let e = match Args::command()
+            .mut_args(|a| a.env(None::<&str>))
+            .try_get_matches_from(v)
+        {
+            Err(e) => e,
+            Ok(m) => Args::from_arg_matches(&m).unwrap_err(),
+        };
+        e.to_string()
+    }
+
     impl Args {
-        fn cfg(self) -> anyhow::Result<Config> {
+        fn cfg(self) -> Result<Config, ConfigError> {
             let local = self.peer_addr;
             self.into_config(local)
         }
@@ -680,10 +545,10 @@ mod tests {
         let c = args(&["--peer-addr", "127.0.0.1:1"]).cfg().unwrap();
         assert_eq!(
             (
-                c.upload_min_bps,
-                c.upload_idle,
-                c.max_conns_per_addr,
-                c.neighbour_rate
+                c.peer_api.upload_min_bps,
+                c.peer_api.upload_idle,
+                c.peer_api.max_conns_per_addr,
+                c.peer_api.neighbour_rate
             ),
             (4096, Duration::from_secs(30), 16, 20)
         );
@@ -703,10 +568,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             (
-                c.upload_min_bps,
-                c.upload_idle,
-                c.max_conns_per_addr,
-                c.neighbour_rate
+                c.peer_api.upload_min_bps,
+                c.peer_api.upload_idle,
+                c.peer_api.max_conns_per_addr,
+                c.peer_api.neighbour_rate
             ),
             (0, Duration::from_secs(5), 2, 3)
         );
@@ -729,7 +594,10 @@ mod tests {
     #[test]
     fn disk_space_settings() {
         let c = args(&["--peer-addr", "127.0.0.1:1"]).cfg().unwrap();
-        assert_eq!((c.min_free_bytes, c.max_partial_bytes), (1 << 30, 64 << 30));
+        assert_eq!(
+            (c.store.min_free_bytes, c.store.max_partial_bytes),
+            (1 << 30, 64 << 30)
+        );
         let c = args(&[
             "--peer-addr",
             "127.0.0.1:1",
@@ -740,12 +608,17 @@ mod tests {
         ])
         .cfg()
         .unwrap();
-        assert_eq!((c.min_free_bytes, c.max_partial_bytes), (0, 0));
-        let e = args(&["--peer-addr", "127.0.0.1:1", "--max-partial-bytes", "64"])
-            .cfg()
-            .unwrap_err();
+        assert_eq!((c.store.min_free_bytes, c.store.max_partial_bytes), (0, 0));
+        // Refused where the flag is parsed, with the same words.
+        let e = parse_err(&["--max-partial-bytes", "64"]);
         assert!(
-            e.to_string().contains("PSERVER_MAX_PARTIAL_BYTES (64)"),
+            e.contains("PSERVER_MAX_PARTIAL_BYTES (64) must be 0 (no cap) or at least 1048576"),
+            "{e}"
+        );
+        let e = parse_err(&["--max-upload-bytes", "0"]);
+        assert!(
+            e.contains("--max-upload-bytes")
+                && e.contains("PSERVER_MAX_UPLOAD_BYTES must be greater than 0"),
             "{e}"
         );
     }
@@ -753,7 +626,7 @@ mod tests {
     #[test]
     fn replica_quota() {
         let c = args(&["--peer-addr", "127.0.0.1:1"]).cfg().unwrap();
-        assert_eq!(c.replica_quota_bytes, 0, "no replica space unless offered");
+        assert_eq!(c.replicas.quota_bytes, 0, "no replica space unless offered");
         let c = args(&[
             "--peer-addr",
             "127.0.0.1:1",
@@ -762,12 +635,10 @@ mod tests {
         ])
         .cfg()
         .unwrap();
-        assert_eq!(c.replica_quota_bytes, 1 << 30);
-        let e = args(&["--peer-addr", "127.0.0.1:1", "--replica-quota-bytes", "512"])
-            .cfg()
-            .unwrap_err();
+        assert_eq!(c.replicas.quota_bytes, 1 << 30);
+        let e = parse_err(&["--replica-quota-bytes", "512"]);
         assert!(
-            e.to_string().contains(
+            e.contains(
                 "PSERVER_REPLICA_QUOTA_BYTES (512) must be 0 (no replica space) or at least 1048576"
             ),
             "{e}"
@@ -796,7 +667,7 @@ mod tests {
         let one = |u: &str| {
             args(&["--peer-addr", "127.0.0.1:1", "--central-url", u])
                 .cfg()
-                .map(|c| c.centrals)
+                .map(|c| c.link.centrals)
         };
         // One URL works as it always did (trailing slash trimmed).
         assert_eq!(one("http://c:50051/").unwrap(), ["http://c:50051"]);
@@ -856,7 +727,7 @@ mod tests {
         ])
         .cfg()
         .unwrap();
-        assert_eq!(c.neighbours.len(), 2);
+        assert_eq!(c.link.neighbours.len(), 2);
         let e = args(&["--peer-addr", "127.0.0.1:1", "--neighbours", "nope"])
             .cfg()
             .unwrap_err();

@@ -9,7 +9,7 @@
 //!   at Join and again on an unknown key id), for this network's audience,
 //!   not expired, and not of a peer that left since it was issued. The
 //!   directory pushes each departure on a `Revocations` stream we keep
-//!   open ([`crate::central::Central::revocations_loop`]), and lists them
+//!   open ([`crate::link::Central::revocations_loop`]), and lists them
 //!   all in Join and Heartbeat answers (a safety net). Until we have the
 //!   list once (after a start or restart: a peer that left while we were
 //!   down would otherwise get in), every credential is answered 503 with

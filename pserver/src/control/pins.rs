@@ -8,17 +8,20 @@
 //! what was just uploaded), then the directory, where a name carried by
 //! several contents is a 409 with the candidates, as for downloads.
 
-use peerdex_proto::rest::{Candidate, PinList, PinRequest, PinStatus};
+use actix_web::web;
+use peerdex_proto::rest::{ApiError, Candidate, PinList, PinRequest, PinStatus};
+use peerdex_proto::types::MAX_REPLICAS;
 use peerdex_proto::{FileId, FileName};
 use tonic::Code;
 
-use crate::central::Central;
 use crate::error::{Error, Result};
-use crate::lookup::{LocateTarget, Lookup};
+use crate::link::Central;
+use crate::link::lookup::{LocateTarget, Lookup};
+use crate::rt::MainRt;
 use crate::store::Store;
 
 /// Pin (or unpin, with 0 or 1) the file `req.file` names.
-pub(crate) async fn pin(
+pub(crate) async fn pin_file(
     store: &Store,
     central: &Central,
     lookup: &Lookup,
@@ -113,6 +116,58 @@ fn pin_error(central: &Central, s: tonic::Status) -> Error {
     }
 }
 
+/// Pin a file: ask the directory to keep `replicas` live copies of it on
+/// distinct peers (volunteers fetch copies as needed), or stop asking (0
+/// or 1). The file is named by id, or by an exact name (this PServer's
+/// shared files first, then the directory).
+#[utoipa::path(post, path = "/api/v1/pins", request_body = PinRequest,
+    responses((status = 200, body = PinStatus, description = "the pin as the directory keeps it, and the file's copies"),
+              (status = 400, body = ApiError, description = "not a file id or name, or replicas above the directory's CENTRAL_MAX_REPLICAS (at most 64)"),
+              (status = 404, body = ApiError, description = "no live peer holds the file and nobody pinned it"),
+              (status = 409, body = ApiError, description = "the name matches several contents: see candidates"),
+              (status = 429, body = ApiError, description = "a limit of the directory on this peer's pins (CENTRAL_MAX_PINS_PER_PEER, CENTRAL_MAX_PINNED_BYTES_PER_PEER), or its rate limit (then with Retry-After)"),
+              (status = 501, body = ApiError, description = "the central directory keeps no pins (an older version)"),
+              (status = 503, body = ApiError, description = "the central directory does not answer, or this PServer is not joined right now")))]
+pub(super) async fn pin(
+    store: web::Data<Store>,
+    central: web::Data<Central>,
+    lookup: web::Data<Lookup>,
+    rt: web::Data<MainRt>,
+    req: web::Json<PinRequest>,
+) -> Result<web::Json<PinStatus>> {
+    let (store, central, lookup) = (
+        store.into_inner(),
+        central.into_inner(),
+        lookup.into_inner(),
+    );
+    let req = req.into_inner();
+    if req.replicas > MAX_REPLICAS {
+        return Err(Error::InvalidArgument(format!(
+            "replicas: {} is above {MAX_REPLICAS}, the most any directory keeps",
+            req.replicas
+        )));
+    }
+    Ok(web::Json(
+        rt.run(async move { pin_file(&store, &central, &lookup, req).await })
+            .await?,
+    ))
+}
+
+/// The pins this PServer set, with each file's wanted and live copies.
+#[utoipa::path(get, path = "/api/v1/pins",
+    responses((status = 200, body = PinList),
+              (status = 501, body = ApiError, description = "the central directory keeps no pins (an older version)"),
+              (status = 503, body = ApiError, description = "the central directory does not answer, or this PServer is not joined right now")))]
+pub(super) async fn list_pins(
+    central: web::Data<Central>,
+    rt: web::Data<MainRt>,
+) -> Result<web::Json<PinList>> {
+    let central = central.into_inner();
+    Ok(web::Json(
+        rt.run(async move { list(&central).await }).await?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,7 +179,7 @@ mod tests {
             &["http://127.0.0.1:1".into()],
             peerdex_proto::PeerId::new_random(),
             ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
-            std::sync::Arc::new(crate::network::Network::new(None)),
+            std::sync::Arc::new(crate::peer::network::Network::new(None)),
             "http://127.0.0.1:9".parse().unwrap(),
             dir.path(),
             &[],

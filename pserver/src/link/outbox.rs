@@ -1,0 +1,200 @@
+//! The outbox of inventory changes: Publish and Unpublish, numbered in
+//! the session and delivered in order (see the module doc of `link`).
+
+use std::collections::VecDeque;
+
+use peerdex_proto::convert::SharedFile;
+use peerdex_proto::v1::{self};
+use peerdex_proto::{FileId, FileName};
+use tonic::{Code, Status};
+
+use super::Central;
+use super::failover::{Link, unreachable};
+use super::lease::log_refused;
+
+/// Publishes and unpublishes kept while no central answers. Beyond it the
+/// queue is dropped and we re-join with the whole inventory instead
+/// (nothing is lost: the inventory holds every change).
+const MAX_QUEUED: usize = 1024;
+
+/// A change of our inventory on its way to the directory.
+/// An inventory change, with its number in the session (`seq`): the
+/// directory applies changes only in that order, so one that a paused
+/// central delivers late cannot undo a later one.
+pub(super) enum Change {
+    Publish(Vec<SharedFile>, u64),
+    Unpublish(Vec<(FileId, FileName)>, u64),
+}
+
+impl Change {
+    fn what(&self) -> &'static str {
+        match self {
+            Change::Publish(..) => "publish",
+            Change::Unpublish(..) => "unpublish",
+        }
+    }
+}
+
+impl Central {
+    /// Announce new files. Skipped while not joined: the next Join carries them.
+    pub async fn publish(&self, files: &[SharedFile]) {
+        if !files.is_empty() {
+            let files = files.to_vec();
+            self.change(|seq| Change::Publish(files, seq)).await;
+        }
+    }
+
+    /// Withdraw files. Skipped while not joined.
+    pub async fn unpublish(&self, files: &[(FileId, FileName)]) {
+        if !files.is_empty() {
+            let files = files.to_vec();
+            self.change(|seq| Change::Unpublish(files, seq)).await;
+        }
+    }
+
+    /// Put `change` in line behind the changes still waiting, then deliver
+    /// them in order (see the module doc).
+    async fn change(&self, change: impl FnOnce(u64) -> Change) {
+        let mut queue = self.outbox.lock().await;
+        if self.skipped_while_not_joined() {
+            queue.clear();
+            return;
+        }
+        let change = change({
+            let mut s = self.session.lock().unwrap();
+            s.seq += 1;
+            s.seq
+        });
+        let waiting = !queue.is_empty();
+        queue.push_back(change);
+        if queue.len() > MAX_QUEUED {
+            tracing::warn!(
+                queued = queue.len(),
+                "too many publishes and unpublishes are waiting for a central; \
+                 the next Join will carry the whole inventory instead"
+            );
+            queue.clear();
+            self.mark_not_joined();
+            return;
+        }
+        if waiting && self.links.iter().all(Link::failed_recently) {
+            // No central answered a moment ago: the lease loop delivers
+            // the queue once one does.
+            return;
+        }
+        let _ = self.deliver(&mut queue).await;
+    }
+
+    /// Send the queued changes in order. One that no central takes because
+    /// none answers stays first in line (`Err`); any other refusal means
+    /// re-join with the whole inventory, which supersedes the queue.
+    async fn deliver(&self, queue: &mut VecDeque<Change>) -> Result<(), Status> {
+        while let Some(change) = queue.front() {
+            let r = self.send(change).await;
+            match r {
+                Ok(()) => {
+                    queue.pop_front();
+                }
+                Err(s) if s.code() == Code::Aborted => {
+                    // A later change of ours is applied already: this one
+                    // reached the directory before (its answer was lost).
+                    tracing::info!(call = change.what(), status = %s.message(),
+                        "the directory has a later change of ours; this one is done");
+                    queue.pop_front();
+                }
+                Err(s) if unreachable(&s) => {
+                    tracing::warn!(call = change.what(), code = ?s.code(), status = %self.explain(&s), queued = queue.len(),
+                        "no central takes our inventory changes; keeping them in order until one answers");
+                    return Err(s);
+                }
+                Err(s) => {
+                    self.after_inventory_call(change.what(), &s);
+                    queue.clear();
+                    return Err(s);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn send(&self, change: &Change) -> Result<(), Status> {
+        match change {
+            Change::Publish(files, seq) => {
+                let files: Vec<v1::SharedFile> = files.iter().map(Into::into).collect();
+                let (_, r) = self
+                    .call("publish", |mut c| {
+                        let req = self.authed(v1::PublishRequest {
+                            peer_id: self.peer_id.to_string(),
+                            files: files.clone(),
+                            seq: *seq,
+                        });
+                        async move { c.publish(req).await }
+                    })
+                    .await?;
+                log_refused("publish", &r.get_ref().refused);
+            }
+            Change::Unpublish(files, seq) => {
+                let files: Vec<v1::FileRef> = files
+                    .iter()
+                    .map(|(id, name)| v1::FileRef {
+                        file_id: id.to_hex(),
+                        name: name.to_string(),
+                    })
+                    .collect();
+                self.call("unpublish", |mut c| {
+                    let req = self.authed(v1::UnpublishRequest {
+                        peer_id: self.peer_id.to_string(),
+                        files: files.clone(),
+                        seq: *seq,
+                    });
+                    async move { c.unpublish(req).await }
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The lease loop heard from a central: deliver what waits, first.
+    /// If even that fails, fall back to a Join with the whole inventory.
+    pub(super) async fn deliver_waiting(&self) {
+        // A caller holding the outbox is delivering it already.
+        let Ok(mut queue) = self.outbox.try_lock() else {
+            return;
+        };
+        if queue.is_empty() {
+            return;
+        }
+        let n = queue.len();
+        match self.deliver(&mut queue).await {
+            Ok(()) => {
+                tracing::info!(
+                    changes = n,
+                    central = %self.url(),
+                    "delivered the inventory changes kept while no central answered"
+                )
+            }
+            Err(s) if unreachable(&s) => {
+                tracing::info!(
+                    "the waiting inventory changes still find no central; joining again with the whole inventory"
+                );
+                queue.clear();
+                self.mark_not_joined();
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn after_inventory_call(&self, what: &str, s: &Status) {
+        if matches!(
+            s.code(),
+            Code::FailedPrecondition | Code::Unauthenticated | Code::NotFound
+        ) {
+            tracing::info!(call = what, status = %s.message(), "central does not know us; re-joining");
+        } else {
+            // Refused: re-join later with the full inventory.
+            tracing::warn!(call = what, code = ?s.code(), status = %self.explain(s), "central call failed; will re-join");
+        }
+        self.mark_not_joined();
+    }
+}
