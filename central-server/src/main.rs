@@ -61,14 +61,14 @@ async fn try_main(unknown: Vec<peerdex_common::settings::UnknownSetting>) -> any
             })?),
             None => None,
         };
+    // One line on stdout that scripts and tests read: the gRPC address
+    // last, and `metrics=URL` when there is a metrics listener.
     let addr = listener.local_addr()?;
-    println!("central-server listening on {addr}");
-    if let Some(m) = &metrics {
-        println!(
-            "central-server metrics on http://{}/metrics",
-            m.local_addr()?
-        );
-    }
+    let metrics_url = match &metrics {
+        Some(m) => format!(" metrics=http://{}/metrics", m.local_addr()?),
+        None => String::new(),
+    };
+    println!("central-server{metrics_url} listening on {addr}");
     central_server::run_with_metrics(
         listener,
         metrics,

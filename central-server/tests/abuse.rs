@@ -872,17 +872,8 @@ async fn a_heartbeat_flood_is_paced_and_costs_neither_memory_nor_log() {
             ("CENTRAL_METRICS_ADDR", "127.0.0.1:0"),
         ],
     );
-    let metrics_url = wait_for(
-        "the metrics address in the log",
-        Duration::from_secs(10),
-        || async {
-            let log = plain(&proc.log());
-            let at = log.find("metrics at http://")?;
-            let rest = &log[at + "metrics at ".len()..];
-            Some(rest[..rest.find("/metrics")? + "/metrics".len()].to_owned())
-        },
-    )
-    .await;
+    // Announced on the first line of stdout, beside the gRPC address.
+    let metrics_url = proc.field("metrics");
     let c = connect(&url).await;
     let rogue = PeerId::new_random();
     let token = join(&mut c.clone(), &rogue, files(0..1)).await;
