@@ -14,6 +14,7 @@
 //! lead. Every change is logged (`leadership`), with the election
 //! revision that orders them.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,12 +45,42 @@ pub(crate) fn election_ttl(lease_ttl: Duration) -> Duration {
     (lease_ttl / 2).max(Duration::from_secs(2))
 }
 
+/// Terms kept for Info.
+const TERMS_KEPT: usize = 16;
+
+/// One term of this central as leader (Unix ms; no end while it goes on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Term {
+    pub began_ms: u64,
+    pub ended_ms: Option<u64>,
+}
+
 #[derive(Debug, Clone, Default)]
 struct View {
     /// The leader's name, as last seen in etcd.
     leader: Option<String>,
     /// While we lead: until when our lease is surely alive.
     mine_until: Option<Instant>,
+    /// Our latest terms, oldest first.
+    terms: VecDeque<Term>,
+}
+
+impl View {
+    fn begin(&mut self, at: Instant) {
+        if self.terms.len() == TERMS_KEPT {
+            self.terms.pop_front();
+        }
+        self.terms.push_back(Term {
+            began_ms: unix_ms(at),
+            ended_ms: None,
+        });
+    }
+
+    fn end(&mut self, at: Instant) {
+        if let Some(t) = self.terms.back_mut().filter(|t| t.ended_ms.is_none()) {
+            t.ended_ms = Some(unix_ms(at));
+        }
+    }
 }
 
 /// Who leads, as this central sees it. Cheap to clone.
@@ -66,6 +97,7 @@ impl Leadership {
         l.view.send_modify(|v| {
             v.leader = Some(name.to_owned());
             v.mine_until = None;
+            v.begin(Instant::now());
         });
         l
     }
@@ -88,6 +120,11 @@ impl Leadership {
             Some(until) => until > Instant::now(),
             None => v.leader.as_deref() == Some(&*self.name),
         }
+    }
+
+    /// This central's latest terms as leader, oldest first.
+    pub(crate) fn terms(&self) -> Vec<Term> {
+        self.view.borrow().terms.iter().copied().collect()
     }
 
     /// The leader's name, when known ("" otherwise).
@@ -196,11 +233,13 @@ impl Leadership {
             return Ok(());
         };
         let rev = key.as_ref().map_or(0, LeaderKey::rev);
+        let began = Instant::now();
         self.view.send_modify(|v| {
             v.leader = Some(self.name.to_string());
             v.mine_until = Some(until);
+            v.begin(began);
         });
-        tracing::info!(central = %self.name, term = rev, at_ms = unix_ms(Instant::now()),
+        tracing::info!(central = %self.name, term = rev, at_ms = unix_ms(began),
             "leadership: became the leader");
         let mut lease_view = alive.subscribe();
         let resign = loop {
@@ -226,6 +265,7 @@ impl Leadership {
         self.view.send_modify(|v| {
             v.mine_until = None;
             v.leader = None;
+            v.end(ended);
         });
         tracing::info!(central = %self.name, term = rev, until_ms = unix_ms(ended),
             "leadership: no longer the leader");
@@ -271,6 +311,38 @@ impl Leadership {
                     false
                 }
             });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terms_begin_and_end_in_order_and_only_the_latest_are_kept() {
+        let alone = Leadership::alone("solo");
+        let t = alone.terms();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].ended_ms, None, "a single central leads from its start");
+
+        let l = Leadership::new("c1");
+        assert!(l.terms().is_empty());
+        let base = Instant::now();
+        let ms = |n: u64| base + Duration::from_millis(n);
+        for k in 0..(TERMS_KEPT + 3) as u64 {
+            l.view.send_modify(|v| v.begin(ms(20 * k)));
+            l.view.send_modify(|v| v.end(ms(20 * k + 10)));
+            // Ending twice changes nothing.
+            l.view.send_modify(|v| v.end(ms(20 * k + 15)));
+        }
+        let t = l.terms();
+        assert_eq!(t.len(), TERMS_KEPT);
+        // The oldest went: the first kept began at the fourth term.
+        assert!(t[0].began_ms >= unix_ms(ms(60)) - 1, "{t:?}");
+        for w in t.windows(2) {
+            let ended = w[0].ended_ms.unwrap();
+            assert!(w[0].began_ms < ended && ended <= w[1].began_ms, "{t:?}");
         }
     }
 }

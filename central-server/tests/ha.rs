@@ -2,7 +2,7 @@
 //! `central-server` processes, killed (`kill -9`), paused (SIGSTOP) and
 //! restarted, driven over gRPC. Nothing is mocked.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,38 +70,16 @@ async fn leader_of(cs: &[Central]) -> Option<usize> {
     None
 }
 
-/// The leadership intervals `[became, ended]` (Unix ms) each central
-/// logged; a central killed while leading ends at `killed`.
-fn leadership_log(dir: &Path, killed: &HashMap<String, u64>) -> Vec<(String, u64, u64)> {
-    let mut spans = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_none_or(|e| e != "log") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut open: Option<(String, u64)> = None;
-        for line in text.lines() {
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{k}=")))
-                    .map(|v| v.trim_matches('"').to_owned())
-            };
-            if line.contains("became the leader") {
-                let name = field("central").unwrap();
-                open = Some((name, field("at_ms").unwrap().parse().unwrap()));
-            } else if line.contains("no longer the leader") {
-                let (name, at) = open.take().expect("an end without a start");
-                spans.push((name, at, field("until_ms").unwrap().parse().unwrap()));
-            }
-        }
-        if let Some((name, at)) = open {
-            let end = killed.get(&name).copied().unwrap_or(u64::MAX);
-            spans.push((name, at, end));
-        }
-    }
-    spans.sort_by_key(|s| s.1);
-    spans
+/// The terms `(central, began, ended)` (Unix ms) a central reports in
+/// Info; a term still going on ends at `end`.
+fn terms(info: &v1::InfoResponse, end: u64) -> Vec<(String, u64, u64)> {
+    info.terms
+        .iter()
+        .map(|t| {
+            let ended = if t.ended_ms == 0 { end } else { t.ended_ms };
+            (info.central.clone(), t.began_ms, ended)
+        })
+        .collect()
 }
 
 fn assert_one_leader_at_a_time(spans: &[(String, u64, u64)]) {
@@ -139,9 +117,11 @@ async fn the_leader_moves_within_one_ttl_and_never_two_lead() {
         .await;
     }
 
-    let mut killed = HashMap::new();
+    // The first leader's terms, read before it dies: its last ends when
+    // it is killed.
+    let before = info(&cs[first]).await.expect("the first leader answers");
     cs[first].proc.kill9();
-    killed.insert(cs[first].name.clone(), now_ms());
+    let mut all = terms(&before, now_ms());
     // The property under test is the election's: a new leader within one
     // lease TTL (a deadline on the condition, not a speed).
     let second = wait_for("a new leader within one TTL", TTL, || async {
@@ -163,21 +143,21 @@ async fn the_leader_moves_within_one_ttl_and_never_two_lead() {
     );
     assert!(info(&cs[third]).await.unwrap().is_leader);
 
-    // The paused one logs its end; then read every log.
-    wait_for("the resumed central to log its end", TTL, || async {
-        cs[second]
-            .proc
-            .log()
-            .contains("no longer the leader")
-            .then_some(())
+    // The paused one reports its term ended; then every live central's
+    // terms (a term still going on runs to the end of the test).
+    wait_for("the resumed central to end its term", TTL, || async {
+        info(&cs[second])
+            .await
+            .filter(|i| i.terms.last().is_some_and(|t| t.ended_ms != 0))
+            .map(|_| ())
     })
     .await;
-    let mut all = Vec::new();
-    for i in 1..=3 {
-        all.extend(leadership_log(&root.path().join(format!("c{i}")), &killed));
+    let end = now_ms();
+    for c in [&cs[second], &cs[third]] {
+        all.extend(terms(&info(c).await.unwrap(), end));
     }
     all.sort_by_key(|s| s.1);
-    assert!(all.len() >= 3, "three terms logged: {all:?}");
+    assert!(all.len() >= 3, "three terms reported: {all:?}");
     assert_one_leader_at_a_time(&all);
 }
 

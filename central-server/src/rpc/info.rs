@@ -40,6 +40,14 @@ impl DirectoryService {
             files: stats.files as u64,
             names: stats.names as u64,
             revision: dir.revision(),
+            terms: l
+                .terms()
+                .into_iter()
+                .map(|t| v1::LeaderTerm {
+                    began_ms: t.began_ms,
+                    ended_ms: t.ended_ms.unwrap_or(0),
+                })
+                .collect(),
         }
     }
 
