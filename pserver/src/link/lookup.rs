@@ -18,7 +18,7 @@ use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::{FileId, FileName, HOPS_HEADER, PeerUrl};
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result, Throttled, Unavailable};
 use crate::link::Central;
 use crate::metrics::{AnsweredBy, Metrics};
 
@@ -58,9 +58,7 @@ impl LocateTarget {
         match (&q.file_id, &q.name) {
             (Some(id), None) => Ok(Self::Id(id.parse()?)),
             (None, Some(n)) => Ok(Self::Name(n.parse()?)),
-            _ => Err(Error::InvalidArgument(
-                "give exactly one of file_id and name".into(),
-            )),
+            _ => Err(Invalid::OneTarget.into()),
         }
     }
 }
@@ -85,7 +83,7 @@ struct Neighbour {
 
 /// A source that would not answer a lookup now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Refusal {
+pub(crate) enum Refusal {
     /// A neighbour's rate limit (429), with its `Retry-After` in seconds.
     Neighbour { url: PeerUrl, retry_after: u64 },
     /// The central's rate limit (RESOURCE_EXHAUSTED).
@@ -95,6 +93,12 @@ enum Refusal {
 }
 
 impl Refusal {
+    /// The refusals, one after the other (for the user's message).
+    pub(crate) fn list(refusals: &[Refusal]) -> String {
+        let list: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+        list.join("; ")
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::Neighbour { retry_after, .. } | Self::Central { retry_after, .. } => {
@@ -125,16 +129,16 @@ impl std::fmt::Display for Refusal {
 
 /// The user's lookup fails: every source refused it. 429 with the soonest
 /// `Retry-After` among them, and each refuser named.
-fn all_refused(refusals: &[Refusal]) -> Error {
-    let list: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+fn all_refused(refusals: Vec<Refusal>) -> Error {
+    let retry_after = refusals
+        .iter()
+        .filter_map(Refusal::retry_after)
+        .min()
+        .unwrap_or(1)
+        .clamp(1, 3600);
     Error::TooManyRequests {
-        message: format!("every source refused the lookup: {}", list.join("; ")),
-        retry_after: refusals
-            .iter()
-            .filter_map(Refusal::retry_after)
-            .min()
-            .unwrap_or(1)
-            .clamp(1, 3600),
+        why: Throttled::AllRefused { refusals },
+        retry_after,
     }
 }
 
@@ -324,7 +328,9 @@ impl Lookup {
 fn central_error(s: tonic::Status) -> Error {
     match s.code() {
         tonic::Code::ResourceExhausted => Error::TooManyRequests {
-            message: format!("the central directory is busy: {}", s.message()),
+            why: Throttled::Central {
+                message: s.message().to_owned(),
+            },
             retry_after: s
                 .metadata()
                 .get("retry-after")
@@ -333,17 +339,21 @@ fn central_error(s: tonic::Status) -> Error {
                 .unwrap_or(1)
                 .clamp(1, 3600),
         },
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
-            Error::InvalidArgument(s.message().to_owned())
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Invalid::Central {
+            message: s.message().to_owned(),
         }
-        _ => Error::Unavailable(format!("central directory unavailable: {}", s.message())),
+        .into(),
+        _ => Unavailable::Central {
+            why: s.message().to_owned(),
+        }
+        .into(),
     }
 }
 
 /// [`central_error`], with TLS trouble told in plain words (see `crate::tls`).
 fn central_error_at(central: &Central, s: tonic::Status) -> Error {
     match crate::tls::explain(&s, "the central", central.url()) {
-        Some(why) => Error::Unavailable(format!("central directory unavailable: {why}")),
+        Some(why) => Unavailable::Central { why }.into(),
         None => central_error(s),
     }
 }
@@ -362,20 +372,17 @@ fn at_central<T>(mut refused: Vec<Refusal>, answer: Result<T>) -> Result<T> {
             Ok(v)
         }
         Err(e) if refused.is_empty() => Err(e),
-        Err(Error::TooManyRequests {
-            message,
-            retry_after,
-        }) => {
+        Err(Error::TooManyRequests { why, retry_after }) => {
             refused.push(Refusal::Central {
-                message,
+                message: why.to_string(),
                 retry_after,
             });
-            Err(all_refused(&refused))
+            Err(all_refused(refused))
         }
         Err(e @ Error::InvalidArgument(_)) => Err(e),
         Err(e) => {
             refused.push(Refusal::CentralDown(e.to_string()));
-            Err(all_refused(&refused))
+            Err(all_refused(refused))
         }
     }
 }
@@ -414,10 +421,10 @@ mod tests {
         match central_error(s) {
             Error::TooManyRequests {
                 retry_after,
-                message,
+                why: Throttled::Central { message },
             } => {
                 assert_eq!(retry_after, 7);
-                assert!(message.contains("too many searches"), "{message}");
+                assert_eq!(message, "too many searches");
             }
             other => panic!("{other:?}"),
         }
@@ -427,7 +434,10 @@ mod tests {
             "{bare:?}"
         );
         let bad = central_error(tonic::Status::invalid_argument("bad name"));
-        assert!(matches!(bad, Error::InvalidArgument(_)), "{bad:?}");
+        assert!(
+            matches!(&bad, Error::InvalidArgument(Invalid::Central { message }) if message == "bad name"),
+            "{bad:?}"
+        );
     }
 
     #[test]
@@ -441,17 +451,17 @@ mod tests {
         assert_eq!(at_central(vec![neighbour.clone()], Ok(7)).unwrap(), 7);
         // The central refused too: 429, the soonest Retry-After, both named.
         let busy = Error::TooManyRequests {
-            message: "the central directory is busy: too many searches".into(),
+            why: Throttled::Central {
+                message: "too many searches".into(),
+            },
             retry_after: 2,
         };
         match at_central::<()>(vec![neighbour.clone()], Err(busy)) {
-            Err(Error::TooManyRequests {
-                message,
-                retry_after,
-            }) => {
+            Err(Error::TooManyRequests { why, retry_after }) => {
                 assert_eq!(retry_after, 2);
+                assert!(matches!(&why, Throttled::AllRefused { refusals } if refusals.len() == 2));
                 assert_eq!(
-                    message,
+                    why.to_string(),
                     format!(
                         "every source refused the lookup: neighbour {b} is rate limiting our \
                          requests (retry in 4 s); the central directory is busy: too many \
@@ -462,18 +472,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Down after a refusal: still 429 (the neighbour takes it later).
-        let down = Error::Unavailable("central directory unavailable: refused".into());
+        let down = || -> Error {
+            Unavailable::Central {
+                why: "refused".into(),
+            }
+            .into()
+        };
         assert!(matches!(
-            at_central::<()>(vec![neighbour.clone()], Err(down)),
+            at_central::<()>(vec![neighbour.clone()], Err(down())),
             Err(Error::TooManyRequests { retry_after: 4, .. })
         ));
         // No refusal, or the request's own mistake: the central's error as is.
-        let down = Error::Unavailable("central directory unavailable: refused".into());
         assert!(matches!(
-            at_central::<()>(vec![], Err(down)),
+            at_central::<()>(vec![], Err(down())),
             Err(Error::Unavailable(_))
         ));
-        let bad = Error::InvalidArgument("bad name".into());
+        let bad = Error::InvalidArgument(Invalid::Central {
+            message: "bad name".into(),
+        });
         assert!(matches!(
             at_central::<()>(vec![neighbour], Err(bad)),
             Err(Error::InvalidArgument(_))
