@@ -15,8 +15,8 @@ use peerdex_proto::{FileId, FileName};
 use tonic::Code;
 
 use crate::error::{Error, Forbidden, Invalid, Missing, Result, Throttled, Unavailable};
-use crate::link::Central;
 use crate::link::lookup::{LocateTarget, Lookup};
+use crate::link::{CallError, Central};
 use crate::rt::MainRt;
 use crate::store::Store;
 
@@ -28,17 +28,14 @@ pub(crate) async fn pin_file(
     req: PinRequest,
 ) -> Result<PinStatus> {
     let id = resolve(store, central, lookup, &req.file).await?;
-    let pin = central
-        .pin(id, req.replicas)
-        .await
-        .map_err(|s| pin_error(central, s))?;
+    let pin = central.pin(id, req.replicas).await.map_err(pin_error)?;
     tracing::info!(file = %id, replicas = req.replicas, "pin set at the directory");
     Ok(pin.into())
 }
 
 /// The pins this peer set, with their state.
 pub(crate) async fn list(central: &Central) -> Result<PinList> {
-    let pins = central.pins().await.map_err(|s| pin_error(central, s))?;
+    let pins = central.pins().await.map_err(pin_error)?;
     Ok(PinList {
         pins: pins.into_iter().map(Into::into).collect(),
     })
@@ -83,18 +80,13 @@ async fn resolve(store: &Store, central: &Central, lookup: &Lookup, file: &str) 
 /// The directory's answer to Pin or Pins, as ours. RESOURCE_EXHAUSTED is
 /// a pin limit (its message names it), unless it carries `retry-after`
 /// (a rate limit: 429 with Retry-After).
-fn pin_error(central: &Central, s: tonic::Status) -> Error {
-    let msg = s.message().to_owned();
-    match s.code() {
+fn pin_error(s: CallError) -> Error {
+    let msg = s.message.clone();
+    match s.code {
         Code::InvalidArgument | Code::OutOfRange => Invalid::Central { message: msg }.into(),
         Code::NotFound => Missing::Central { message: msg }.into(),
         Code::PermissionDenied => Forbidden::Central { message: msg }.into(),
-        Code::ResourceExhausted => match s
-            .metadata()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
+        Code::ResourceExhausted => match s.retry_after {
             Some(secs) => Error::TooManyRequests {
                 why: Throttled::Central { message: msg },
                 retry_after: secs.clamp(1, 3600),
@@ -105,10 +97,7 @@ fn pin_error(central: &Central, s: tonic::Status) -> Error {
         Code::Unauthenticated | Code::FailedPrecondition => {
             Unavailable::NotJoined { message: msg }.into()
         }
-        _ => Unavailable::Central {
-            why: central.explain(&s),
-        }
-        .into(),
+        _ => Unavailable::Central { why: s.explained() }.into(),
     }
 }
 
@@ -168,21 +157,9 @@ pub(super) async fn list_pins(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn directory_answers_map_to_api_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let central = Central::new(
-            &["http://127.0.0.1:1".into()],
-            peerdex_proto::PeerId::new_random(),
-            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
-            std::sync::Arc::new(crate::peer::network::Network::new(None)),
-            "http://127.0.0.1:9".parse().unwrap(),
-            dir.path(),
-            &[],
-            0,
-        )
-        .unwrap();
-        let e = |s| pin_error(&central, s);
+    #[test]
+    fn directory_answers_map_to_api_errors() {
+        let e = |s: tonic::Status| pin_error(CallError::from(s));
         assert!(matches!(
             e(tonic::Status::invalid_argument("replicas 9 is above CENTRAL_MAX_REPLICAS (5)")),
             Error::InvalidArgument(Invalid::Central { message: m }) if m.contains("CENTRAL_MAX_REPLICAS")

@@ -19,7 +19,7 @@ use peerdex_proto::{FileId, FileName, HOPS_HEADER, PeerUrl};
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Invalid, Result, Throttled, Unavailable};
-use crate::link::Central;
+use crate::link::{CallError, Central};
 use crate::metrics::{AnsweredBy, Metrics};
 
 /// How long a neighbour that failed is skipped.
@@ -325,34 +325,28 @@ impl Lookup {
 /// limit (its `retry-after` metadata, in seconds, says when to come back):
 /// passed on as 429 with `Retry-After`, so whoever asked through us backs
 /// off too.
-fn central_error(s: tonic::Status) -> Error {
-    match s.code() {
+fn central_error(s: CallError) -> Error {
+    match s.code {
         tonic::Code::ResourceExhausted => Error::TooManyRequests {
             why: Throttled::Central {
-                message: s.message().to_owned(),
+                message: s.message.clone(),
             },
-            retry_after: s
-                .metadata()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(1)
-                .clamp(1, 3600),
+            retry_after: s.retry_after.unwrap_or(1).clamp(1, 3600),
         },
         tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Invalid::Central {
-            message: s.message().to_owned(),
+            message: s.message.clone(),
         }
         .into(),
         _ => Unavailable::Central {
-            why: s.message().to_owned(),
+            why: s.message.clone(),
         }
         .into(),
     }
 }
 
 /// [`central_error`], with TLS trouble told in plain words (see `crate::tls`).
-fn central_error_at(central: &Central, s: tonic::Status) -> Error {
-    match crate::tls::explain(&s, "the central", central.url()) {
+fn central_error_at(s: CallError) -> Error {
+    match s.tls.clone() {
         Some(why) => Unavailable::Central { why }.into(),
         None => central_error(s),
     }
@@ -394,7 +388,7 @@ pub async fn locate_at_central(
     let files = central
         .locate(target.grpc())
         .await
-        .map_err(|s| central_error_at(central, s))?;
+        .map_err(central_error_at)?;
     Ok(files.into_iter().map(Into::into).collect())
 }
 
@@ -402,7 +396,7 @@ pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<Sea
     let r = central
         .search(&q.q, q.limit.unwrap_or(0), q.page.as_deref().unwrap_or(""))
         .await
-        .map_err(|s| central_error_at(central, s))?;
+        .map_err(central_error_at)?;
     Ok(SearchResults {
         hits: r.hits.into_iter().map(SearchHit::from).collect(),
         next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
@@ -418,7 +412,7 @@ mod tests {
     fn the_centrals_rate_limit_becomes_429_with_its_retry_after() {
         let mut s = tonic::Status::resource_exhausted("too many searches");
         s.metadata_mut().insert("retry-after", "7".parse().unwrap());
-        match central_error(s) {
+        match central_error(s.into()) {
             Error::TooManyRequests {
                 retry_after,
                 why: Throttled::Central { message },
@@ -428,12 +422,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let bare = central_error(tonic::Status::resource_exhausted("slow down"));
+        let bare = central_error(tonic::Status::resource_exhausted("slow down").into());
         assert!(
             matches!(bare, Error::TooManyRequests { retry_after: 1, .. }),
             "{bare:?}"
         );
-        let bad = central_error(tonic::Status::invalid_argument("bad name"));
+        let bad = central_error(tonic::Status::invalid_argument("bad name").into());
         assert!(
             matches!(&bad, Error::InvalidArgument(Invalid::Central { message }) if message == "bad name"),
             "{bad:?}"

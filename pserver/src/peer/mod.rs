@@ -219,11 +219,10 @@ async fn credential(req: &ServiceRequest) -> Result<()> {
                 let central = central.clone().into_inner();
                 let _ = rt
                     .run(async move {
-                        central.refresh_keys().await.map_err(|s| {
-                            Error::from(Unavailable::Keys {
-                                message: s.message().to_owned(),
-                            })
-                        })
+                        central
+                            .refresh_keys()
+                            .await
+                            .map_err(|s| Error::from(Unavailable::Keys { message: s.message }))
                     })
                     .await;
             }
