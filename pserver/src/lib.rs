@@ -4,45 +4,43 @@
 //! files through a neighbour PServer and the central directory, and downloads
 //! them directly from the peers that hold them, verified with BLAKE3.
 //!
-//! Layout:
-//! * [`config`] — flags / env / `.env` into one typed [`Config`].
-//! * [`store`] — the share folder and the data folder (peer id, hash cache, temp files;
-//!   partial downloads live in `data/partial/`, see [`download`]).
-//! * [`central`] — gRPC to the centrals: Join, the lease loop, Publish/Unpublish
-//!   (kept in order while no central answers), Leave; failover between centrals.
-//! * [`lookup`] — finding files through neighbours, falling back to the central.
-//! * [`download`] — download jobs: swarm chunks from several holders (HTTP Range),
-//!   verify each, resume partials, store, publish.
-//! * `pins` — `POST`/`GET /api/v1/pins`: a file named by id or name, pinned
-//!   at the directory to a number of live copies.
-//! * `replicas` — this peer as a volunteer (`PSERVER_REPLICA_QUOTA_BYTES`):
-//!   the directory's FETCH and DROP tasks, carried out through the
-//!   download engine into the replica space (`data/replicas/`), or declined
-//!   with the reason.
-//! * [`control_api`] — `/api/v1` for the local `peerdex` client and the web
-//!   UI (loopback, optional token; `Host` and `Origin` checks).
-//! * `webui` — the web UI's page, script and style, compiled in, at `/`.
-//! * [`peer_api`] — `/peer/v1` for other peers: file bytes and the neighbour role.
+//! Layout (one folder a concern; `lib.rs` wires the parts together and
+//! `main.rs` only parses and starts):
+//! * `config/` — flags / env / `.env` into one typed [`Config`] in sections
+//!   (`args` the command line, `centrals` the list of centrals); every
+//!   default once, in [`config::defaults`].
+//! * `control/` — `/api/v1` for the local `peerdex` client and the web UI,
+//!   one file per resource (`files`, `downloads`, `pins`, `search`,
+//!   `status`), `guard` (`Host`, `Origin`, bearer token and scope),
+//!   `openapi`, `webui` (the page, script and style, compiled in, at `/`)
+//!   and [`tokens`] (client tokens: EdDSA JWTs with a scope, signed with
+//!   `api.key`).
+//! * `peer/` — `/peer/v1` for other peers: `serve` (bytes verified chunk by
+//!   chunk before any is sent; a rotten copy is withdrawn), `conditional`
+//!   (ETag, 304/412, If-Range, cache policy), `uploads` (slots, rate cap,
+//!   the slow-reader cut), `limits` (per-source connections and
+//!   neighbour-role requests), `network` (a private network's credentials:
+//!   ours on every request to other peers, the check of theirs).
+//! * `link/` — the directory link: `failover` between the centrals of
+//!   `PSERVER_CENTRAL_URL`, `lease` (Join, Heartbeat, the lease loop,
+//!   Leave), `outbox` (Publish/Unpublish in order while no central
+//!   answers), `declines` (replica declines on their way), `queries`
+//!   (Locate, Search, pins, keys), `revocations` (a private network's
+//!   departures), `lookup` (neighbours first, then the central).
+//! * `store/` — the share folder (`scan`: what is shared, the hash cache),
+//!   the data folder (peer id, temp files), `replicas` (the replica space,
+//!   `data/replicas/`), `space` (the reserve `PSERVER_MIN_FREE_BYTES`,
+//!   clear errors on a full disk).
+//! * `download/` — download jobs (`start`, `run`, `fetch`, `jobs`), the
+//!   replica worker (`replicas`: the directory's FETCH and DROP tasks, which
+//!   the lease loop sends it over a channel) and the verified engine
+//!   (`engine/`: swarm, chunks, manifests, partial files).
 //! * [`tls`] — certificates of our listeners, roots trusted for the central
 //!   and peers (system + `PSERVER_CA_FILE`), handshake failures in plain words.
-//!
+//! * `error` — the one HTTP error type, with a typed reason per class.
 //! * `identity` — this peer's Ed25519 key (`peer.key`), which the directory
 //!   binds to its id; secrets are written 0600.
-//! * [`tokens`] — client tokens for the control API (`pserver token
-//!   create`): EdDSA JWTs with a scope, signed with `api.key`.
-//! * `network` — a private network (`PSERVER_JOIN_SECRET`): our
-//!   credential on every request to other peers, and the check of theirs
-//!   on our peer API.
-//! * `uploads` — serving files to other peers: upload slots, rate cap, and
-//!   the watchdog that takes a slot back from a slow or stalled reader.
-//! * `limits` — per-source limits of the peer API: open connections and
-//!   neighbour-role requests.
-//! * `conditional` — conditional requests (ETag, 304/412, If-Range) and the
-//!   cache policy of every response.
-//! * `space` — free space: the reserve (`PSERVER_MIN_FREE_BYTES`) checked
-//!   before a download or upload writes, clear errors on a full disk.
-//! * `serve` — reading shared files verified chunk by chunk before any byte
-//!   is sent; a rotten copy is withdrawn and hashed again.
+//! * `rate` — the token bucket of the upload and download rate caps.
 //! * `rt` — the main runtime as a handle: actix-web serves from worker
 //!   threads with runtimes of their own, so outbound work (gRPC, peer HTTP,
 //!   download jobs) runs on the main runtime and its connection pools
@@ -52,10 +50,10 @@
 //!   in one test process keep their own figures.
 //!
 //! Each part is a small cheap-to-clone handle (`Arc<Store>`,
-//! `Arc<Central>`, `Arc<Lookup>`, [`download::Downloads`],
-//! [`uploads::Uploads`], [`rt::MainRt`]); the two actix-web apps get the
-//! handles their handlers take as app data, and background tasks own the
-//! handles they use. No module reaches back into this file.
+//! `Arc<Central>`, `Arc<Lookup>`, `Downloads`, `Uploads`, `MainRt`); the
+//! two actix-web apps get the handles their handlers take as app data, and
+//! background tasks own the handles they use. No module reaches back into
+//! this file.
 
 pub mod config;
 mod control;
@@ -458,13 +456,13 @@ fn json_config() -> web::JsonConfig {
         .error_handler(|e, _| {
             match e {
                 JsonPayloadError::Overflow { .. }
-                | JsonPayloadError::OverflowKnownLength { .. } => Error::TooLarge(format!(
-                    "the JSON body is larger than {JSON_BODY_LIMIT} bytes"
-                )),
-                JsonPayloadError::ContentType => Error::UnsupportedMediaType(
-                    "the body must be JSON, sent with Content-Type: application/json".into(),
-                ),
-                e => Error::InvalidArgument(format!("bad JSON body: {e}")),
+                | JsonPayloadError::OverflowKnownLength { .. } => {
+                    Error::TooLarge(error::TooLarge::JsonBody {
+                        limit: JSON_BODY_LIMIT,
+                    })
+                }
+                JsonPayloadError::ContentType => Error::UnsupportedMediaType,
+                e => Error::InvalidArgument(error::Invalid::JsonBody(e)),
             }
             .into()
         })
@@ -476,7 +474,7 @@ const JSON_BODY_LIMIT: usize = 64 * 1024;
 
 fn query_config() -> web::QueryConfig {
     web::QueryConfig::default()
-        .error_handler(|e, _| Error::InvalidArgument(format!("bad query string: {e}")).into())
+        .error_handler(|e, _| Error::InvalidArgument(error::Invalid::QueryString(e)).into())
 }
 
 /// Resolves on Ctrl+C or SIGTERM.

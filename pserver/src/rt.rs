@@ -9,7 +9,7 @@
 
 use std::future::Future;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Internal, Result};
 
 #[derive(Clone)]
 pub(crate) struct MainRt(tokio::runtime::Handle);
@@ -28,7 +28,7 @@ impl MainRt {
         self.0
             .spawn(f)
             .await
-            .map_err(|e| Error::Internal(format!("background task failed: {e}")))?
+            .map_err(|e| Error::Internal(Internal::Background(e)))?
     }
 
     /// Start `f` on the main runtime.

@@ -10,7 +10,7 @@ use peerdex_proto::rest::{ApiError, DownloadRequest, Job, JobList};
 use peerdex_proto::types::parse_hyphenated_uuid;
 
 use crate::download::{Downloads, JobHandle};
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Missing, Result};
 
 /// Start downloading a file by id or exact name.
 #[utoipa::path(post, path = "/api/v1/downloads", request_body = DownloadRequest,
@@ -36,11 +36,13 @@ pub(super) async fn list_downloads(downloads: web::Data<Downloads>) -> web::Json
 
 fn job_handle(downloads: &Downloads, id: &str) -> Result<Arc<JobHandle>> {
     let uuid = parse_hyphenated_uuid(id).ok_or_else(|| {
-        Error::InvalidArgument(format!("invalid job id {id:?}: expected a hyphenated UUID"))
+        Error::from(Invalid::JobId {
+            given: id.to_owned(),
+        })
     })?;
     downloads
         .get(&uuid)
-        .ok_or_else(|| Error::NotFound(format!("no download job {id}")))
+        .ok_or_else(|| Missing::Job { id: id.to_owned() }.into())
 }
 
 /// One job's current state.
@@ -181,11 +183,11 @@ impl Framing {
         } else if named("application/*") {
             Ok(Self::Ndjson)
         } else {
-            Err(Error::NotAcceptable(format!(
-                "this stream is {} or {}; Accept {accept:?} allows neither",
-                Self::SSE,
-                Self::NDJSON
-            )))
+            Err(Error::NotAcceptable {
+                accept: accept.to_owned(),
+                sse: Self::SSE,
+                ndjson: Self::NDJSON,
+            })
         }
     }
 

@@ -9,7 +9,7 @@ use peerdex_proto::{FileId, FileName};
 use tokio::io::AsyncWriteExt;
 
 use super::Control;
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Result, TooLarge};
 use crate::link::Central;
 use crate::peer::conditional;
 use crate::peer::serve::{Withdraw, verified_range};
@@ -35,11 +35,7 @@ pub(super) async fn upload(
 ) -> Result<HttpResponse> {
     let name: FileName = name.parse()?;
     let max = control.max_upload_bytes;
-    let too_large = || {
-        Error::TooLarge(format!(
-            "upload exceeds PSERVER_MAX_UPLOAD_BYTES ({max} bytes)"
-        ))
-    };
+    let too_large = || Error::TooLarge(TooLarge::Upload { max });
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -66,8 +62,7 @@ pub(super) async fn upload(
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
     let mut hasher = peerdex_proto::tree::TreeHasher::new();
     while let Some(piece) = body.next().await {
-        let piece =
-            piece.map_err(|e| Error::InvalidArgument(format!("upload interrupted: {e}")))?;
+        let piece = piece.map_err(|e| Error::InvalidArgument(Invalid::UploadInterrupted(e)))?;
         if hasher.total() + piece.len() as u64 > max {
             return Err(too_large());
         }
@@ -87,7 +82,7 @@ pub(super) async fn upload(
     let (n2, t2) = (name.clone(), temp.clone());
     let added = web::block(move || s.add_from_temp(&t2, &n2, id, manifest))
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(Error::from)??;
     drop(claim);
     guard.disarm();
     let info = FileInfo {
@@ -146,7 +141,7 @@ pub(super) async fn remove_file(
     let store = store.into_inner();
     let removed = web::block(move || store.remove(&id))
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(Error::from)??;
     let refs: Vec<_> = removed.iter().map(|e| (e.id, e.name.clone())).collect();
     let central = central.into_inner();
     rt.run(async move {
@@ -176,7 +171,7 @@ pub(super) async fn file_content(
     let store = store.into_inner();
     let (file, entry) = web::block(move || store.open_shared(&id))
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(Error::from)??;
     let size = entry.size;
     // Content-addressed like the peer API's bytes, but for this user only.
     if conditional::evaluate(&req, &id.to_hex())? == conditional::Verdict::NotModified {

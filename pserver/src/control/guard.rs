@@ -13,7 +13,7 @@ use peerdex_proto::network::constant_time_eq;
 
 use super::Control;
 use crate::control::tokens::Scope;
-use crate::error::{Error, Result};
+use crate::error::{Error, Forbidden, Result, Unauthorized};
 
 /// Host check and bearer token, for every control-API request.
 pub(crate) async fn guard(
@@ -30,13 +30,13 @@ pub(crate) async fn guard(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
     if !host_allowed(host, control.api_addr) {
-        return Err(Error::Forbidden(format!(
-            "host {host:?} is not allowed; address this API by IP address or localhost"
-        ))
+        return Err(Error::from(Forbidden::Host {
+            host: host.to_owned(),
+        })
         .into());
     }
     if let Err(why) = same_origin(&req, host) {
-        return Err(Error::Forbidden(why).into());
+        return Err(Error::from(why).into());
     }
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
     if safe && super::webui::is_asset(req.path()) {
@@ -49,19 +49,14 @@ pub(crate) async fn guard(
                 .ok()
                 .and_then(|h| h.strip_prefix("Bearer "))
                 .map(str::trim)
-                .ok_or_else(|| {
-                    Error::Unauthorized("the Authorization header must be `Bearer <token>`".into())
-                })?,
+                .ok_or_else(|| Error::from(Unauthorized::BadHeader))?,
         ),
     };
     match given {
         // Without a token: full access only where none is configured (on
         // loopback without PSERVER_API_TOKEN).
         None if control.api_token.is_some() => {
-            return Err(Error::Unauthorized(
-                "missing bearer token: give this PServer's API token (PSERVER_API_TOKEN, or a client token from `pserver token create`); the CLI takes it as --token or PEERDEX_API_TOKEN".into(),
-            )
-            .into());
+            return Err(Error::from(Unauthorized::MissingToken).into());
         }
         None => {}
         // The static token: full access.
@@ -76,22 +71,18 @@ pub(crate) async fn guard(
             let claims = control
                 .tokens
                 .check(g)
-                .map_err(|e| Error::Unauthorized(e.to_string()))?;
+                .map_err(|e| Error::from(Unauthorized::from(e)))?;
             if claims.scope == Scope::Read && !safe {
-                return Err(Error::Forbidden(format!(
-                    "{} {} needs scope write; this token ({:?}) has scope read: create one with `pserver token create --scope write`",
-                    req.method(),
-                    req.path(),
-                    claims.sub
-                ))
+                return Err(Error::from(Forbidden::ReadOnly {
+                    method: req.method().to_string(),
+                    path: req.path().to_owned(),
+                    name: claims.sub,
+                })
                 .into());
             }
         }
         Some(_) => {
-            return Err(Error::Unauthorized(
-                "wrong bearer token: it is neither this PServer's PSERVER_API_TOKEN nor a client token (a JWT from `pserver token create`)".into(),
-            )
-            .into());
+            return Err(Error::from(Unauthorized::WrongToken).into());
         }
     }
     next.call(req).await
@@ -104,7 +95,7 @@ pub(crate) async fn guard(
 /// and `Sec-Fetch-Site` on all of them; the CLI sends neither. Together with
 /// the JSON body `POST /api/v1/downloads` requires (a form cannot send one)
 /// and the `Host` check against DNS rebinding, this is the CSRF defence.
-fn same_origin(req: &ServiceRequest, host: &str) -> std::result::Result<(), String> {
+fn same_origin(req: &ServiceRequest, host: &str) -> std::result::Result<(), Forbidden> {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
@@ -112,11 +103,10 @@ fn same_origin(req: &ServiceRequest, host: &str) -> std::result::Result<(), Stri
     if let Some(site) = h.get("sec-fetch-site").and_then(|v| v.to_str().ok())
         && matches!(site, "cross-site" | "same-site")
     {
-        return Err(format!(
-            "{} from a page of another site (Sec-Fetch-Site: {site}) is refused; \
-             use the web UI at this address, or the peerdex CLI",
-            req.method()
-        ));
+        return Err(Forbidden::CrossSite {
+            method: req.method().to_string(),
+            site: site.to_owned(),
+        });
     }
     if let Some(origin) = h.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("(not text)");
@@ -126,11 +116,11 @@ fn same_origin(req: &ServiceRequest, host: &str) -> std::result::Result<(), Stri
                 .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
         });
         if !ours {
-            return Err(format!(
-                "{} from origin {origin:?} is refused: only pages served by this API \
-                 (http://{host}) may change things; use its web UI, or the peerdex CLI",
-                req.method()
-            ));
+            return Err(Forbidden::Origin {
+                method: req.method().to_string(),
+                origin: origin.to_owned(),
+                host: host.to_owned(),
+            });
         }
     }
     Ok(())

@@ -31,7 +31,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use peerdex_proto::{PeerId, PeerUrl};
 
 use crate::control::tokens::ClientTokens;
-use crate::error::Error;
+use crate::error::{Error, Missing};
 
 /// This API's own settings and what it reports about the PServer.
 #[derive(Clone)]
@@ -88,9 +88,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
     .service(resource("/metrics", "GET").route(web::get().to(metrics)))
     .configure(webui::routes)
     .default_service(web::to(|| async {
-        Err::<HttpResponse, _>(Error::NotFound(
-            "no such endpoint; see /api/v1/openapi.json".into(),
-        ))
+        Err::<HttpResponse, _>(Error::from(Missing::ControlEndpoint))
     }));
 }
 

@@ -14,9 +14,9 @@ use peerdex_proto::types::MAX_REPLICAS;
 use peerdex_proto::{FileId, FileName};
 use tonic::Code;
 
-use crate::error::{Error, Result};
-use crate::link::Central;
+use crate::error::{Error, Forbidden, Invalid, Missing, Result, Throttled, Unavailable};
 use crate::link::lookup::{LocateTarget, Lookup};
+use crate::link::{CallError, Central};
 use crate::rt::MainRt;
 use crate::store::Store;
 
@@ -28,17 +28,14 @@ pub(crate) async fn pin_file(
     req: PinRequest,
 ) -> Result<PinStatus> {
     let id = resolve(store, central, lookup, &req.file).await?;
-    let pin = central
-        .pin(id, req.replicas)
-        .await
-        .map_err(|s| pin_error(central, s))?;
+    let pin = central.pin(id, req.replicas).await.map_err(pin_error)?;
     tracing::info!(file = %id, replicas = req.replicas, "pin set at the directory");
     Ok(pin.into())
 }
 
 /// The pins this peer set, with their state.
 pub(crate) async fn list(central: &Central) -> Result<PinList> {
-    let pins = central.pins().await.map_err(|s| pin_error(central, s))?;
+    let pins = central.pins().await.map_err(pin_error)?;
     Ok(PinList {
         pins: pins.into_iter().map(Into::into).collect(),
     })
@@ -50,11 +47,9 @@ async fn resolve(store: &Store, central: &Central, lookup: &Lookup, file: &str) 
     if let Ok(id) = file.parse::<FileId>() {
         return Ok(id);
     }
-    let name: FileName = file.parse().map_err(|e| {
-        Error::InvalidArgument(format!(
-            "file must be a file id (64 lowercase hex characters) or an exact file name: {e}"
-        ))
-    })?;
+    let name: FileName = file
+        .parse()
+        .map_err(|e| Error::InvalidArgument(Invalid::PinFile(e)))?;
     if let Some(e) = store.by_name(&name) {
         return Ok(e.id);
     }
@@ -64,12 +59,12 @@ async fn resolve(store: &Store, central: &Central, lookup: &Lookup, file: &str) 
     located.sort_by(|a, b| a.file_id.cmp(&b.file_id));
     located.dedup_by(|a, b| a.file_id == b.file_id);
     match located.len() {
-        0 => Err(Error::NotFound(format!(
-            "no live peer shares a file named \"{name}\"; try `search`"
-        ))),
+        0 => Err(Missing::NoHolderNamed { name }.into()),
         1 => Ok(located[0].file_id.parse()?),
-        n => Err(Error::Ambiguous {
-            message: format!("{n} different files are named \"{name}\"; pin one by id"),
+        count => Err(Error::Ambiguous {
+            name,
+            count,
+            what: "pin",
             candidates: located
                 .iter()
                 .map(|f| Candidate {
@@ -85,34 +80,24 @@ async fn resolve(store: &Store, central: &Central, lookup: &Lookup, file: &str) 
 /// The directory's answer to Pin or Pins, as ours. RESOURCE_EXHAUSTED is
 /// a pin limit (its message names it), unless it carries `retry-after`
 /// (a rate limit: 429 with Retry-After).
-fn pin_error(central: &Central, s: tonic::Status) -> Error {
-    let msg = s.message().to_owned();
-    match s.code() {
-        Code::InvalidArgument | Code::OutOfRange => Error::InvalidArgument(msg),
-        Code::NotFound => Error::NotFound(msg),
-        Code::PermissionDenied => Error::Forbidden(msg),
-        Code::ResourceExhausted => match s
-            .metadata()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
+fn pin_error(s: CallError) -> Error {
+    let msg = s.message.clone();
+    match s.code {
+        Code::InvalidArgument | Code::OutOfRange => Invalid::Central { message: msg }.into(),
+        Code::NotFound => Missing::Central { message: msg }.into(),
+        Code::PermissionDenied => Forbidden::Central { message: msg }.into(),
+        Code::ResourceExhausted => match s.retry_after {
             Some(secs) => Error::TooManyRequests {
-                message: format!("the central directory is busy: {msg}"),
+                why: Throttled::Central { message: msg },
                 retry_after: secs.clamp(1, 3600),
             },
-            None => Error::LimitReached(msg),
+            None => Error::LimitReached { message: msg },
         },
-        Code::Unimplemented => Error::NotImplemented(format!(
-            "the central directory does not keep pins (an older version): {msg}"
-        )),
-        Code::Unauthenticated | Code::FailedPrecondition => Error::Unavailable(format!(
-            "this PServer is not joined to the directory right now (it joins again by itself; try again in a moment): {msg}"
-        )),
-        _ => Error::Unavailable(format!(
-            "central directory unavailable: {}",
-            central.explain(&s)
-        )),
+        Code::Unimplemented => Error::PinsUnsupported { message: msg },
+        Code::Unauthenticated | Code::FailedPrecondition => {
+            Unavailable::NotJoined { message: msg }.into()
+        }
+        _ => Unavailable::Central { why: s.explained() }.into(),
     }
 }
 
@@ -142,10 +127,10 @@ pub(super) async fn pin(
     );
     let req = req.into_inner();
     if req.replicas > MAX_REPLICAS {
-        return Err(Error::InvalidArgument(format!(
-            "replicas: {} is above {MAX_REPLICAS}, the most any directory keeps",
-            req.replicas
-        )));
+        return Err(Invalid::Replicas {
+            given: req.replicas,
+        }
+        .into());
     }
     Ok(web::Json(
         rt.run(async move { pin_file(&store, &central, &lookup, req).await })
@@ -172,51 +157,42 @@ pub(super) async fn list_pins(
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn directory_answers_map_to_api_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let central = Central::new(
-            &["http://127.0.0.1:1".into()],
-            peerdex_proto::PeerId::new_random(),
-            ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
-            std::sync::Arc::new(crate::peer::network::Network::new(None)),
-            "http://127.0.0.1:9".parse().unwrap(),
-            dir.path(),
-            &[],
-            0,
-        )
-        .unwrap();
-        let e = |s| pin_error(&central, s);
+    #[test]
+    fn directory_answers_map_to_api_errors() {
+        let e = |s: tonic::Status| pin_error(CallError::from(s));
         assert!(matches!(
             e(tonic::Status::invalid_argument("replicas 9 is above CENTRAL_MAX_REPLICAS (5)")),
-            Error::InvalidArgument(m) if m.contains("CENTRAL_MAX_REPLICAS")
+            Error::InvalidArgument(Invalid::Central { message: m }) if m.contains("CENTRAL_MAX_REPLICAS")
         ));
         assert!(matches!(
             e(tonic::Status::not_found("x")),
-            Error::NotFound(_)
+            Error::NotFound(Missing::Central { .. })
         ));
         assert!(matches!(
             e(tonic::Status::resource_exhausted("CENTRAL_MAX_PINS_PER_PEER (2) reached")),
-            Error::LimitReached(m) if m.contains("CENTRAL_MAX_PINS_PER_PEER")
+            Error::LimitReached { message: m } if m.contains("CENTRAL_MAX_PINS_PER_PEER")
         ));
         let mut rate = tonic::Status::resource_exhausted("slow down");
         rate.metadata_mut()
             .insert("retry-after", "4".parse().unwrap());
         assert!(matches!(
             e(rate),
-            Error::TooManyRequests { retry_after: 4, .. }
+            Error::TooManyRequests {
+                why: Throttled::Central { .. },
+                retry_after: 4
+            }
         ));
         assert!(matches!(
             e(tonic::Status::unimplemented("")),
-            Error::NotImplemented(_)
+            Error::PinsUnsupported { .. }
         ));
         assert!(matches!(
             e(tonic::Status::unauthenticated("")),
-            Error::Unavailable(_)
+            Error::Unavailable(Unavailable::NotJoined { .. })
         ));
         assert!(matches!(
             e(tonic::Status::unavailable("down")),
-            Error::Unavailable(_)
+            Error::Unavailable(Unavailable::Central { .. })
         ));
     }
 }

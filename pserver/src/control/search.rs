@@ -7,7 +7,7 @@ use peerdex_proto::rest::{
 };
 use peerdex_proto::types::{MAX_NAME_BYTES, MAX_QUERY_BYTES};
 
-use crate::error::{Error, Result};
+use crate::error::{Invalid, Result};
 use crate::link::Central;
 use crate::link::lookup::Lookup;
 use crate::rt::MainRt;
@@ -25,14 +25,10 @@ pub(super) async fn search(
 ) -> Result<web::Json<SearchResults>> {
     let q = q.into_inner();
     if q.limit.is_some_and(|l| l > MAX_SEARCH_LIMIT) {
-        return Err(Error::InvalidArgument(format!(
-            "limit is at most {MAX_SEARCH_LIMIT} hits per page"
-        )));
+        return Err(Invalid::SearchLimit.into());
     }
     if q.q.trim().is_empty() {
-        return Err(Error::InvalidArgument(
-            "search query q is empty; give one or more words".into(),
-        ));
+        return Err(Invalid::EmptyQuery.into());
     }
     // The page token is the directory's, but its form is the document's:
     // checked here, so a bad one is refused whatever the query (the
@@ -43,16 +39,11 @@ pub(super) async fn search(
             || !page.bytes().all(|b| b.is_ascii_hexdigit())
             || !(36..=36 + MAX_NAME_BYTES).contains(&bytes)
         {
-            return Err(Error::InvalidArgument(
-                "page: not a `next_page` token of a previous search answer".into(),
-            ));
+            return Err(Invalid::PageToken.into());
         }
     }
     if q.q.len() > MAX_QUERY_BYTES {
-        return Err(Error::InvalidArgument(format!(
-            "search query q is {} bytes; at most {MAX_QUERY_BYTES}",
-            q.q.len()
-        )));
+        return Err(Invalid::QueryTooLong { bytes: q.q.len() }.into());
     }
     let (central, lookup) = (central.into_inner(), lookup.into_inner());
     let mut results = rt

@@ -95,10 +95,11 @@ async fn asset(req: HttpRequest) -> Result<HttpResponse> {
         "/index.html" => "/",
         p => p,
     };
-    let i = ASSETS
-        .iter()
-        .position(|a| a.path == path)
-        .ok_or_else(|| Error::NotFound(format!("no such asset {path}")))?;
+    let i = ASSETS.iter().position(|a| a.path == path).ok_or_else(|| {
+        Error::from(crate::error::Missing::Asset {
+            path: path.to_owned(),
+        })
+    })?;
     let (a, tag) = (&ASSETS[i], &TAGS[i]);
     let fresh = conditional::evaluate(&req, tag)? == Verdict::NotModified;
     let mut resp = if fresh {

@@ -219,9 +219,7 @@ pub(super) async fn fetch_replica(
     {
         Ok(h) => h,
         Err(_) => {
-            return Err(ReplicaEnd::Failed(DownloadError::Refused(format!(
-                "a fetch of file {id} is running already"
-            ))));
+            return Err(ReplicaEnd::Failed(DownloadError::AlreadyFetching { id }));
         }
     };
     h.update(|j| {

@@ -276,8 +276,17 @@ pub(crate) enum DownloadError {
     #[error("background task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
     /// A replica the directory described wrongly (larger than it said).
-    #[error("{0}")]
-    Refused(String),
+    #[error(
+        "file {id} is {size} bytes (its verified manifest says so), more than the {max_size} bytes the directory said"
+    )]
+    LargerThanSaid {
+        id: FileId,
+        size: u64,
+        max_size: u64,
+    },
+    /// A replica fetch of this file is running already.
+    #[error("a fetch of file {id} is running already")]
+    AlreadyFetching { id: FileId },
 }
 
 impl DownloadError {
@@ -285,7 +294,10 @@ impl DownloadError {
     pub(crate) fn is_permanent(&self) -> bool {
         matches!(
             self,
-            DownloadError::NoSpace(_) | DownloadError::Store(_) | DownloadError::Refused(_)
+            DownloadError::NoSpace(_)
+                | DownloadError::Store(_)
+                | DownloadError::LargerThanSaid { .. }
+                | DownloadError::AlreadyFetching { .. }
         )
     }
 }

@@ -242,10 +242,11 @@ pub(super) async fn drive(
     if let Dest::Replica { max_size, .. } = dest
         && t.size > *max_size
     {
-        return Err(DownloadError::Refused(format!(
-            "file {} is {} bytes (its verified manifest says so), more than the {max_size} bytes the directory said",
-            t.id, t.size
-        ))
+        return Err(DownloadError::LargerThanSaid {
+            id: t.id,
+            size: t.size,
+            max_size: *max_size,
+        }
         .into());
     }
     let name = pick_name(shared, &t, dest);

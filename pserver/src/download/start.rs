@@ -10,7 +10,7 @@ use peerdex_proto::{FileId, FileName, PeerUrl};
 use super::fetch::pick_name;
 use super::run::{Begin, spawn_job};
 use super::{Dest, Engine, Target};
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Missing, Result};
 use crate::link::lookup::LocateTarget;
 
 pub(super) fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
@@ -38,9 +38,7 @@ pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<
         (Some(id), None) => LocateTarget::Id(id.parse()?),
         (None, Some(name)) => LocateTarget::Name(name.parse()?),
         _ => {
-            return Err(Error::InvalidArgument(
-                "give exactly one of file_id and name".into(),
-            ));
+            return Err(Invalid::OneTarget.into());
         }
     };
     // Already here?
@@ -87,10 +85,9 @@ pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<
         let live: Vec<&Target> = targets.iter().filter(|t| !t.holders.is_empty()).collect();
         if live.len() > 1 {
             return Err(Error::Ambiguous {
-                message: format!(
-                    "{} different files are named \"{name}\"; ask for one by id",
-                    live.len()
-                ),
+                name: name.clone(),
+                count: live.len(),
+                what: "ask for",
                 candidates: live
                     .iter()
                     .map(|t| Candidate {
@@ -104,21 +101,17 @@ pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<
         targets.retain(|t| !t.holders.is_empty());
     }
     let Some(mut t) = targets.into_iter().next() else {
-        return Err(Error::NotFound(match &target {
-            LocateTarget::Id(id) => format!("no live peer shares file {id}"),
-            LocateTarget::Name(n) => {
-                format!("no live peer shares a file named \"{n}\"; try `search`")
-            }
-        }));
+        return Err(match &target {
+            LocateTarget::Id(id) => Missing::NoHolder { id: *id },
+            LocateTarget::Name(n) => Missing::NoHolderNamed { name: n.clone() },
+        }
+        .into());
     };
     if let LocateTarget::Name(n) = &target {
         t.prefer_name(n.clone());
     }
     if t.holders.is_empty() {
-        return Err(Error::NotFound(format!(
-            "no live peer other than this one shares file {}",
-            t.id
-        )));
+        return Err(Missing::NoOtherHolder { id: t.id }.into());
     }
     let handle = match shared.jobs.insert(req, Some(t.id), JobState::Downloading) {
         Ok(h) => h,
@@ -157,7 +150,7 @@ pub(super) fn promote_job(shared: &Arc<Engine>, req: DownloadRequest, t: &Target
         let (s, n) = (shared.clone(), name.clone());
         let promoted = tokio::task::spawn_blocking(move || s.store.promote_replica(&id, &n))
             .await
-            .unwrap_or_else(|e| Err(Error::Internal(e.to_string())));
+            .unwrap_or_else(|e| Err(Error::from(e)));
         match promoted {
             Ok((entry, withdraw)) => {
                 shared.central.publish(&[entry.to_shared()]).await;

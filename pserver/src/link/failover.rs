@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use peerdex_proto::v1::directory_client::DirectoryClient;
+use tonic::Status;
 use tonic::transport::Channel;
-use tonic::{Code, Status};
+
+use super::CallError;
 
 use super::Central;
 
@@ -32,24 +34,9 @@ impl Link {
     }
 }
 
-/// A failure that says nothing about our request: the central did not
-/// answer (or a proxy in between said so).
-pub(super) fn unreachable(s: &Status) -> bool {
-    matches!(
-        s.code(),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
-    )
-}
-
-/// A failure after which we try another central: it did not answer, or it
-/// is overloaded.
-pub(super) fn worth_moving(s: &Status) -> bool {
-    unreachable(s) || s.code() == Code::ResourceExhausted
-}
-
 impl Central {
     /// Run `f` against the central we use; when that one fails in a way
-    /// worth moving for (see [`worth_moving`]), move to the next and run
+    /// worth moving for (see [`CallError::worth_moving`]), move to the next and run
     /// `f` there at once, until one answers or every central not failed
     /// lately was tried. Only for calls that are safe to repeat. Returns
     /// the index of the central that answered with its answer.
@@ -57,7 +44,7 @@ impl Central {
         &self,
         what: &'static str,
         f: F,
-    ) -> Result<(usize, T), Status>
+    ) -> Result<(usize, T), CallError>
     where
         F: Fn(DirectoryClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
@@ -67,19 +54,20 @@ impl Central {
         loop {
             tried |= 1 << i;
             let r = f(self.links[i].client.clone()).await;
-            self.note(&r);
             let s = match r {
                 Ok(v) => {
+                    self.note(true);
                     *self.links[i].failed_at.lock().unwrap() = None;
                     return Ok((i, v));
                 }
-                Err(s) => s,
+                // The status becomes ours here, where we know who said it.
+                Err(s) => CallError::at(&s, &self.links[i].url),
             };
-            if !worth_moving(&s) {
+            self.note(!s.unreachable());
+            if !s.worth_moving() {
                 return Err(s);
             }
-            *self.last_failed.lock().unwrap() = Some(self.links[i].url.clone());
-            let why = format!("{what}: {:?}: {}", s.code(), self.explain(&s));
+            let why = format!("{what}: {:?}: {}", s.code, s.explained());
             let next = self.move_from(i, &why);
             // Within one call, every central is tried once before the call
             // fails: one that failed lately (restarted since, in a rolling
@@ -132,6 +120,8 @@ impl Central {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+
+    use tonic::Code;
 
     use peerdex_proto::PeerId;
 
@@ -196,10 +186,13 @@ mod tests {
             Code::Unknown,
             Code::ResourceExhausted,
         ] {
-            assert!(worth_moving(&Status::new(code, "x")), "{code:?}");
+            assert!(
+                CallError::from(Status::new(code, "x")).worth_moving(),
+                "{code:?}"
+            );
         }
         // Only a central that did not answer keeps a change in the queue.
-        assert!(!unreachable(&Status::resource_exhausted("x")));
+        assert!(!CallError::from(Status::resource_exhausted("x")).unreachable());
         for code in [
             Code::FailedPrecondition,
             Code::Unauthenticated,
@@ -207,7 +200,10 @@ mod tests {
             Code::PermissionDenied,
             Code::NotFound,
         ] {
-            assert!(!worth_moving(&Status::new(code, "x")), "{code:?}");
+            assert!(
+                !CallError::from(Status::new(code, "x")).worth_moving(),
+                "{code:?}"
+            );
         }
     }
 }

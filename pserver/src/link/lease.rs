@@ -6,26 +6,19 @@ use std::time::{Duration, Instant};
 use peerdex_proto::convert::SharedFile;
 use peerdex_proto::v1::{self};
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, Status};
+use tonic::Code;
 
-use super::{Beat, Central, Load, MAX_BACKOFF, RPC_TIMEOUT, TaskSender};
+use super::{Beat, CallError, Central, Load, MAX_BACKOFF, RPC_TIMEOUT, TaskSender};
 use crate::metrics::{Metrics, Renewal};
 
 /// A Heartbeat refused for coming too soon after the last one taken (the
 /// directory takes one per half interval): how long it says to wait
 /// (its `retry-after`, whole seconds, at most 30 s).
-fn paced(s: &Status) -> Option<Duration> {
-    if s.code() != Code::ResourceExhausted {
+fn paced(s: &CallError) -> Option<Duration> {
+    if s.code != Code::ResourceExhausted {
         return None;
     }
-    let secs: u64 = s
-        .metadata()
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs.clamp(1, 30)))
+    Some(Duration::from_secs(s.retry_after?.clamp(1, 30)))
 }
 
 /// Entries the central did not take (the rest of the call was applied).
@@ -37,16 +30,16 @@ pub(super) fn log_refused(call: &str, refused: &[v1::Refused]) {
 }
 
 impl Central {
-    fn set_lease_error<T>(&self, r: &Result<T, Status>) {
+    fn set_lease_error<T>(&self, r: &Result<T, CallError>) {
         *self.lease_error.lock().unwrap() = r
             .as_ref()
             .err()
-            .map(|s| format!("{:?}: {}", s.code(), s.message()));
+            .map(|s| format!("{:?}: {}", s.code, s.message));
     }
 
     /// Join with the full inventory, proving our key over a fresh nonce
     /// from the same central.
-    pub async fn join(&self, inventory: &[SharedFile], load: Load) -> Result<(), Status> {
+    pub async fn join(&self, inventory: &[SharedFile], load: Load) -> Result<(), CallError> {
         let files: Vec<v1::SharedFile> = inventory.iter().map(Into::into).collect();
         let (at, r) = self
             .call("join", |mut c| {
@@ -102,7 +95,11 @@ impl Central {
 
     /// Renew the lease (at the central we use, or the next that answers),
     /// telling the directory which replica FETCH tasks we `declined`.
-    pub async fn heartbeat(&self, load: Load, declined: &[v1::Declined]) -> Result<Beat, Status> {
+    pub async fn heartbeat(
+        &self,
+        load: Load,
+        declined: &[v1::Declined],
+    ) -> Result<Beat, CallError> {
         let (at, r) = self
             .call("heartbeat", |mut c| async move {
                 let req = self.authed(v1::HeartbeatRequest {
@@ -191,7 +188,7 @@ impl Central {
                 metrics.renewal(match &answer {
                     Ok(Beat::Renewed { .. }) => Renewal::Ok,
                     Ok(Beat::Rejoin) => Renewal::Rejoin,
-                    Err(s) if s.code() == Code::Unauthenticated => Renewal::Rejoin,
+                    Err(s) if s.code == Code::Unauthenticated => Renewal::Rejoin,
                     Err(_) => Renewal::Error,
                 });
                 if !matches!(answer, Ok(Beat::Renewed { .. })) {
@@ -218,8 +215,8 @@ impl Central {
                         tracing::info!(central = %self.url(), "central asked us to join again");
                         Duration::ZERO
                     }
-                    Err(s) if s.code() == Code::Unauthenticated => {
-                        tracing::warn!(status = %s.message(), "heartbeat refused; re-joining");
+                    Err(s) if s.code == Code::Unauthenticated => {
+                        tracing::warn!(status = %s.message, "heartbeat refused; re-joining");
                         self.mark_not_joined();
                         Duration::ZERO
                     }
@@ -227,11 +224,11 @@ impl Central {
                         // Heard too soon (a retry after an answer we did
                         // not get): the lease is live; come back when told.
                         let wait = paced(&s).unwrap_or(Duration::from_secs(1));
-                        tracing::debug!(status = %s.message(), retry_in = ?wait, "heartbeat paced by the central");
+                        tracing::debug!(status = %s.message, retry_in = ?wait, "heartbeat paced by the central");
                         wait
                     }
                     Err(s) => {
-                        tracing::warn!(code = ?s.code(), status = %self.explain(&s), retry_in = ?backoff, "heartbeat failed");
+                        tracing::warn!(code = ?s.code, status = %s.explained(), retry_in = ?backoff, "heartbeat failed");
                         let w = backoff;
                         // Never wait longer than the advised interval: after a
                         // central restart the grace period is one lease, and
@@ -275,17 +272,17 @@ impl Central {
                             .unwrap_or(Duration::from_secs(10))
                     }
                     Err(s) => {
-                        if s.code() == Code::Unauthenticated {
+                        if s.code == Code::Unauthenticated {
                             // Our peer id is live under a token we no longer have
                             // (data dir restored from elsewhere?): wait for that
                             // lease to expire, then a plain join succeeds.
                             self.session.lock().unwrap().token = None;
                         }
-                        if s.code() == Code::PermissionDenied {
-                            tracing::error!(status = %s.message(), retry_in = ?backoff,
+                        if s.code == Code::PermissionDenied {
+                            tracing::error!(status = %s.message, retry_in = ?backoff,
                                 "the central refuses our peer id: it is bound to another key");
                         } else {
-                            tracing::warn!(code = ?s.code(), status = %self.explain(&s), retry_in = ?backoff, "cannot join the central");
+                            tracing::warn!(code = ?s.code, status = %s.explained(), retry_in = ?backoff, "cannot join the central");
                         }
                         let w = backoff;
                         backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -18,8 +18,8 @@ use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::{FileId, FileName, HOPS_HEADER, PeerUrl};
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
-use crate::link::Central;
+use crate::error::{Error, Invalid, Result, Throttled, Unavailable};
+use crate::link::{CallError, Central};
 use crate::metrics::{AnsweredBy, Metrics};
 
 /// How long a neighbour that failed is skipped.
@@ -58,9 +58,7 @@ impl LocateTarget {
         match (&q.file_id, &q.name) {
             (Some(id), None) => Ok(Self::Id(id.parse()?)),
             (None, Some(n)) => Ok(Self::Name(n.parse()?)),
-            _ => Err(Error::InvalidArgument(
-                "give exactly one of file_id and name".into(),
-            )),
+            _ => Err(Invalid::OneTarget.into()),
         }
     }
 }
@@ -85,7 +83,7 @@ struct Neighbour {
 
 /// A source that would not answer a lookup now.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Refusal {
+pub(crate) enum Refusal {
     /// A neighbour's rate limit (429), with its `Retry-After` in seconds.
     Neighbour { url: PeerUrl, retry_after: u64 },
     /// The central's rate limit (RESOURCE_EXHAUSTED).
@@ -95,6 +93,12 @@ enum Refusal {
 }
 
 impl Refusal {
+    /// The refusals, one after the other (for the user's message).
+    pub(crate) fn list(refusals: &[Refusal]) -> String {
+        let list: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+        list.join("; ")
+    }
+
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::Neighbour { retry_after, .. } | Self::Central { retry_after, .. } => {
@@ -125,16 +129,16 @@ impl std::fmt::Display for Refusal {
 
 /// The user's lookup fails: every source refused it. 429 with the soonest
 /// `Retry-After` among them, and each refuser named.
-fn all_refused(refusals: &[Refusal]) -> Error {
-    let list: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+fn all_refused(refusals: Vec<Refusal>) -> Error {
+    let retry_after = refusals
+        .iter()
+        .filter_map(Refusal::retry_after)
+        .min()
+        .unwrap_or(1)
+        .clamp(1, 3600);
     Error::TooManyRequests {
-        message: format!("every source refused the lookup: {}", list.join("; ")),
-        retry_after: refusals
-            .iter()
-            .filter_map(Refusal::retry_after)
-            .min()
-            .unwrap_or(1)
-            .clamp(1, 3600),
+        why: Throttled::AllRefused { refusals },
+        retry_after,
     }
 }
 
@@ -321,29 +325,29 @@ impl Lookup {
 /// limit (its `retry-after` metadata, in seconds, says when to come back):
 /// passed on as 429 with `Retry-After`, so whoever asked through us backs
 /// off too.
-fn central_error(s: tonic::Status) -> Error {
-    match s.code() {
+fn central_error(s: CallError) -> Error {
+    match s.code {
         tonic::Code::ResourceExhausted => Error::TooManyRequests {
-            message: format!("the central directory is busy: {}", s.message()),
-            retry_after: s
-                .metadata()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(1)
-                .clamp(1, 3600),
+            why: Throttled::Central {
+                message: s.message.clone(),
+            },
+            retry_after: s.retry_after.unwrap_or(1).clamp(1, 3600),
         },
-        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => {
-            Error::InvalidArgument(s.message().to_owned())
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => Invalid::Central {
+            message: s.message.clone(),
         }
-        _ => Error::Unavailable(format!("central directory unavailable: {}", s.message())),
+        .into(),
+        _ => Unavailable::Central {
+            why: s.message.clone(),
+        }
+        .into(),
     }
 }
 
 /// [`central_error`], with TLS trouble told in plain words (see `crate::tls`).
-fn central_error_at(central: &Central, s: tonic::Status) -> Error {
-    match crate::tls::explain(&s, "the central", central.url()) {
-        Some(why) => Error::Unavailable(format!("central directory unavailable: {why}")),
+fn central_error_at(s: CallError) -> Error {
+    match s.tls.clone() {
+        Some(why) => Unavailable::Central { why }.into(),
         None => central_error(s),
     }
 }
@@ -362,20 +366,17 @@ fn at_central<T>(mut refused: Vec<Refusal>, answer: Result<T>) -> Result<T> {
             Ok(v)
         }
         Err(e) if refused.is_empty() => Err(e),
-        Err(Error::TooManyRequests {
-            message,
-            retry_after,
-        }) => {
+        Err(Error::TooManyRequests { why, retry_after }) => {
             refused.push(Refusal::Central {
-                message,
+                message: why.to_string(),
                 retry_after,
             });
-            Err(all_refused(&refused))
+            Err(all_refused(refused))
         }
         Err(e @ Error::InvalidArgument(_)) => Err(e),
         Err(e) => {
             refused.push(Refusal::CentralDown(e.to_string()));
-            Err(all_refused(&refused))
+            Err(all_refused(refused))
         }
     }
 }
@@ -387,7 +388,7 @@ pub async fn locate_at_central(
     let files = central
         .locate(target.grpc())
         .await
-        .map_err(|s| central_error_at(central, s))?;
+        .map_err(central_error_at)?;
     Ok(files.into_iter().map(Into::into).collect())
 }
 
@@ -395,7 +396,7 @@ pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<Sea
     let r = central
         .search(&q.q, q.limit.unwrap_or(0), q.page.as_deref().unwrap_or(""))
         .await
-        .map_err(|s| central_error_at(central, s))?;
+        .map_err(central_error_at)?;
     Ok(SearchResults {
         hits: r.hits.into_iter().map(SearchHit::from).collect(),
         next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
@@ -411,23 +412,26 @@ mod tests {
     fn the_centrals_rate_limit_becomes_429_with_its_retry_after() {
         let mut s = tonic::Status::resource_exhausted("too many searches");
         s.metadata_mut().insert("retry-after", "7".parse().unwrap());
-        match central_error(s) {
+        match central_error(s.into()) {
             Error::TooManyRequests {
                 retry_after,
-                message,
+                why: Throttled::Central { message },
             } => {
                 assert_eq!(retry_after, 7);
-                assert!(message.contains("too many searches"), "{message}");
+                assert_eq!(message, "too many searches");
             }
             other => panic!("{other:?}"),
         }
-        let bare = central_error(tonic::Status::resource_exhausted("slow down"));
+        let bare = central_error(tonic::Status::resource_exhausted("slow down").into());
         assert!(
             matches!(bare, Error::TooManyRequests { retry_after: 1, .. }),
             "{bare:?}"
         );
-        let bad = central_error(tonic::Status::invalid_argument("bad name"));
-        assert!(matches!(bad, Error::InvalidArgument(_)), "{bad:?}");
+        let bad = central_error(tonic::Status::invalid_argument("bad name").into());
+        assert!(
+            matches!(&bad, Error::InvalidArgument(Invalid::Central { message }) if message == "bad name"),
+            "{bad:?}"
+        );
     }
 
     #[test]
@@ -441,17 +445,17 @@ mod tests {
         assert_eq!(at_central(vec![neighbour.clone()], Ok(7)).unwrap(), 7);
         // The central refused too: 429, the soonest Retry-After, both named.
         let busy = Error::TooManyRequests {
-            message: "the central directory is busy: too many searches".into(),
+            why: Throttled::Central {
+                message: "too many searches".into(),
+            },
             retry_after: 2,
         };
         match at_central::<()>(vec![neighbour.clone()], Err(busy)) {
-            Err(Error::TooManyRequests {
-                message,
-                retry_after,
-            }) => {
+            Err(Error::TooManyRequests { why, retry_after }) => {
                 assert_eq!(retry_after, 2);
+                assert!(matches!(&why, Throttled::AllRefused { refusals } if refusals.len() == 2));
                 assert_eq!(
-                    message,
+                    why.to_string(),
                     format!(
                         "every source refused the lookup: neighbour {b} is rate limiting our \
                          requests (retry in 4 s); the central directory is busy: too many \
@@ -462,18 +466,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // Down after a refusal: still 429 (the neighbour takes it later).
-        let down = Error::Unavailable("central directory unavailable: refused".into());
+        let down = || -> Error {
+            Unavailable::Central {
+                why: "refused".into(),
+            }
+            .into()
+        };
         assert!(matches!(
-            at_central::<()>(vec![neighbour.clone()], Err(down)),
+            at_central::<()>(vec![neighbour.clone()], Err(down())),
             Err(Error::TooManyRequests { retry_after: 4, .. })
         ));
         // No refusal, or the request's own mistake: the central's error as is.
-        let down = Error::Unavailable("central directory unavailable: refused".into());
         assert!(matches!(
-            at_central::<()>(vec![], Err(down)),
+            at_central::<()>(vec![], Err(down())),
             Err(Error::Unavailable(_))
         ));
-        let bad = Error::InvalidArgument("bad name".into());
+        let bad = Error::InvalidArgument(Invalid::Central {
+            message: "bad name".into(),
+        });
         assert!(matches!(
             at_central::<()>(vec![neighbour], Err(bad)),
             Err(Error::InvalidArgument(_))

@@ -35,6 +35,7 @@
 //! network's departures), `lookup` (neighbours first, then the central).
 
 mod declines;
+mod error;
 mod failover;
 mod lease;
 pub(crate) mod lookup;
@@ -52,12 +53,14 @@ use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::{self};
 use peerdex_proto::{FileId, PeerId, PeerUrl};
 use tokio::sync::Notify;
+use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Status};
+
+pub use error::CallError;
 
 use crate::peer::network::Network;
 use declines::Declines;
-use failover::{Link, unreachable};
+use failover::Link;
 use outbox::Change;
 
 /// Per-call deadline for RPCs to the central.
@@ -106,9 +109,6 @@ pub struct Central {
     links: Vec<Link>,
     /// Index in `links` of the central we use.
     current: AtomicUsize,
-    /// The URL of the central whose answer was the last failure (for
-    /// [`Central::explain`]).
-    last_failed: Mutex<Option<String>>,
     peer_id: PeerId,
     /// Proves our id to the directory at every Join.
     key: ed25519_dalek::SigningKey,
@@ -211,7 +211,6 @@ impl Central {
         Ok(Self {
             links,
             current: AtomicUsize::new(first),
-            last_failed: Mutex::new(None),
             peer_id,
             key,
             network,
@@ -292,24 +291,9 @@ impl Central {
         self.session.lock().unwrap().joined
     }
 
-    fn note<T>(&self, r: &Result<T, Status>) {
-        let up = match r {
-            Ok(_) => true,
-            Err(s) => !unreachable(s),
-        };
+    /// Whether the last call found a central that answers.
+    fn note(&self, up: bool) {
         self.reachable.store(up, Ordering::Relaxed);
-    }
-
-    /// A failed call's status in plain words: what went wrong with TLS
-    /// (or plaintext meeting TLS) when that is the cause, else its message.
-    pub fn explain(&self, s: &Status) -> String {
-        let url = self
-            .last_failed
-            .lock()
-            .unwrap()
-            .clone()
-            .unwrap_or_else(|| self.url().to_owned());
-        crate::tls::explain(s, "the central", &url).unwrap_or_else(|| s.message().to_owned())
     }
 
     fn authed<T>(&self, msg: T) -> Request<T> {

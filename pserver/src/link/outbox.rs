@@ -6,11 +6,11 @@ use std::collections::VecDeque;
 use peerdex_proto::convert::SharedFile;
 use peerdex_proto::v1::{self};
 use peerdex_proto::{FileId, FileName};
-use tonic::{Code, Status};
+use tonic::Code;
 
-use super::Central;
-use super::failover::{Link, unreachable};
+use super::failover::Link;
 use super::lease::log_refused;
+use super::{CallError, Central};
 
 /// Publishes and unpublishes kept while no central answers. Beyond it the
 /// queue is dropped and we re-join with the whole inventory instead
@@ -88,22 +88,22 @@ impl Central {
     /// Send the queued changes in order. One that no central takes because
     /// none answers stays first in line (`Err`); any other refusal means
     /// re-join with the whole inventory, which supersedes the queue.
-    async fn deliver(&self, queue: &mut VecDeque<Change>) -> Result<(), Status> {
+    async fn deliver(&self, queue: &mut VecDeque<Change>) -> Result<(), CallError> {
         while let Some(change) = queue.front() {
             let r = self.send(change).await;
             match r {
                 Ok(()) => {
                     queue.pop_front();
                 }
-                Err(s) if s.code() == Code::Aborted => {
+                Err(s) if s.code == Code::Aborted => {
                     // A later change of ours is applied already: this one
                     // reached the directory before (its answer was lost).
-                    tracing::info!(call = change.what(), status = %s.message(),
+                    tracing::info!(call = change.what(), status = %s.message,
                         "the directory has a later change of ours; this one is done");
                     queue.pop_front();
                 }
-                Err(s) if unreachable(&s) => {
-                    tracing::warn!(call = change.what(), code = ?s.code(), status = %self.explain(&s), queued = queue.len(),
+                Err(s) if s.unreachable() => {
+                    tracing::warn!(call = change.what(), code = ?s.code, status = %s.explained(), queued = queue.len(),
                         "no central takes our inventory changes; keeping them in order until one answers");
                     return Err(s);
                 }
@@ -117,7 +117,7 @@ impl Central {
         Ok(())
     }
 
-    async fn send(&self, change: &Change) -> Result<(), Status> {
+    async fn send(&self, change: &Change) -> Result<(), CallError> {
         match change {
             Change::Publish(files, seq) => {
                 let files: Vec<v1::SharedFile> = files.iter().map(Into::into).collect();
@@ -174,7 +174,7 @@ impl Central {
                     "delivered the inventory changes kept while no central answered"
                 )
             }
-            Err(s) if unreachable(&s) => {
+            Err(s) if s.unreachable() => {
                 tracing::info!(
                     "the waiting inventory changes still find no central; joining again with the whole inventory"
                 );
@@ -185,15 +185,15 @@ impl Central {
         }
     }
 
-    fn after_inventory_call(&self, what: &str, s: &Status) {
+    fn after_inventory_call(&self, what: &str, s: &CallError) {
         if matches!(
-            s.code(),
+            s.code,
             Code::FailedPrecondition | Code::Unauthenticated | Code::NotFound
         ) {
-            tracing::info!(call = what, status = %s.message(), "central does not know us; re-joining");
+            tracing::info!(call = what, status = %s.message, "central does not know us; re-joining");
         } else {
             // Refused: re-join later with the full inventory.
-            tracing::warn!(call = what, code = ?s.code(), status = %self.explain(s), "central call failed; will re-join");
+            tracing::warn!(call = what, code = ?s.code, status = %s.explained(), "central call failed; will re-join");
         }
         self.mark_not_joined();
     }

@@ -3,13 +3,12 @@
 
 use peerdex_proto::FileId;
 use peerdex_proto::v1::{self, locate_request::Target};
-use tonic::Status;
 
-use super::Central;
+use super::{CallError, Central};
 
 impl Central {
     /// Fetch the keys that sign this network's credentials.
-    pub async fn refresh_keys(&self) -> Result<(), Status> {
+    pub async fn refresh_keys(&self) -> Result<(), CallError> {
         let (_, r) = self
             .call("network keys", |mut c| async move {
                 c.network_keys(v1::NetworkKeysRequest {}).await
@@ -21,7 +20,7 @@ impl Central {
 
     /// Ask the directory to keep `replicas` live copies of `id` (0 or 1:
     /// stop asking). Our pin: it counts against our limits.
-    pub async fn pin(&self, id: FileId, replicas: u32) -> Result<v1::PinStatus, Status> {
+    pub async fn pin(&self, id: FileId, replicas: u32) -> Result<v1::PinStatus, CallError> {
         let (_, r) = self
             .call("pin", |mut c| async move {
                 let req = self.authed(v1::PinRequest {
@@ -34,11 +33,11 @@ impl Central {
             .await?;
         r.into_inner()
             .pin
-            .ok_or_else(|| Status::internal("the central answered a pin without its status"))
+            .ok_or_else(|| CallError::internal("the central answered a pin without its status"))
     }
 
     /// The pins this peer set, with their state.
-    pub async fn pins(&self) -> Result<Vec<v1::PinStatus>, Status> {
+    pub async fn pins(&self) -> Result<Vec<v1::PinStatus>, CallError> {
         let (_, r) = self
             .call("pins", |mut c| async move {
                 let req = self.authed(v1::PinsRequest {
@@ -50,7 +49,7 @@ impl Central {
         Ok(r.into_inner().pins)
     }
 
-    pub async fn locate(&self, target: Target) -> Result<Vec<v1::LocatedFile>, Status> {
+    pub async fn locate(&self, target: Target) -> Result<Vec<v1::LocatedFile>, CallError> {
         let (_, r) = self
             .call("locate", |mut c| {
                 let target = target.clone();
@@ -71,7 +70,7 @@ impl Central {
         query: &str,
         limit: u32,
         page_token: &str,
-    ) -> Result<v1::SearchResponse, Status> {
+    ) -> Result<v1::SearchResponse, CallError> {
         let (_, r) = self
             .call("search", |mut c| async move {
                 c.search(v1::SearchRequest {

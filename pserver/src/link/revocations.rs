@@ -7,7 +7,7 @@ use peerdex_proto::v1::{self};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use super::{Central, MAX_BACKOFF};
+use super::{CallError, Central, MAX_BACKOFF};
 
 /// How long the Revocations stream waits before it is opened again, at
 /// most.
@@ -62,13 +62,14 @@ impl Central {
                                     break;
                                 }
                                 Err(s) => {
-                                    tracing::debug!(code = ?s.code(), status = %s.message(), "revocations: the stream failed; reopening");
+                                    let s = CallError::from(s);
+                                    tracing::debug!(code = ?s.code, status = %s.message, "revocations: the stream failed; reopening");
                                     break;
                                 }
                             }
                         }
                     }
-                    Err(s) if s.code() == Code::Unimplemented => {
+                    Err(s) if s.code == Code::Unimplemented => {
                         // An older directory: heartbeat answers carry the
                         // list (later, but they do).
                         tracing::info!(
@@ -77,7 +78,7 @@ impl Central {
                         backoff = MAX_BACKOFF;
                     }
                     Err(s) => {
-                        tracing::debug!(code = ?s.code(), status = %s.message(), retry_in = ?backoff, "revocations: cannot open the stream");
+                        tracing::debug!(code = ?s.code, status = %s.message, retry_in = ?backoff, "revocations: cannot open the stream");
                     }
                 }
             }

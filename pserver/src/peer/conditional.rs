@@ -44,10 +44,10 @@ pub(crate) fn evaluate(req: &HttpRequest, tag: &str) -> Result<Verdict> {
     if let Some(v) = h.get(header::IF_MATCH)
         && !list_matches(v, tag, true)
     {
-        return Err(Error::PreconditionFailed(format!(
-            "If-Match {} does not match this resource's ETag \"{tag}\"",
-            v.to_str().unwrap_or("(not text)")
-        )));
+        return Err(Error::PreconditionFailed {
+            if_match: v.to_str().unwrap_or("(not text)").to_owned(),
+            etag: tag.to_owned(),
+        });
     }
     if let Some(v) = h.get(header::IF_NONE_MATCH)
         && list_matches(v, tag, false)
@@ -129,7 +129,7 @@ mod tests {
             assert!(
                 matches!(
                     verdict(&[("If-Match", bad)]),
-                    Err(Error::PreconditionFailed(_))
+                    Err(Error::PreconditionFailed { .. })
                 ),
                 "{bad}"
             );

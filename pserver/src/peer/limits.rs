@@ -20,7 +20,7 @@ use actix_web::dev::Extensions;
 // The source a limit counts against: the IPv4 address, or the IPv6 /64.
 use peerdex_common::limit::{Limiter, addr_key as source_key, retry_secs};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Throttled};
 use crate::metrics::Metrics;
 
 /// Seconds a client over a limit is told to wait, at least.
@@ -115,11 +115,10 @@ impl Conn {
     pub(crate) fn check(&self) -> Result<()> {
         match &self.ticket {
             Some(t) if !t.admitted => Err(Error::TooManyRequests {
-                message: format!(
-                    "more than {} open connections from {}; PSERVER_MAX_CONNS_PER_ADDR \
-                     limits them per source address",
-                    t.limit.max, t.key
-                ),
+                why: Throttled::Connections {
+                    max: t.limit.max,
+                    from: t.key,
+                },
                 retry_after: RETRY_AFTER,
             }),
             _ => Ok(()),
@@ -170,18 +169,16 @@ impl NeighbourRate {
 
     fn check_at(&self, ip: IpAddr, now: Instant) -> Result<()> {
         let key = source_key(ip);
-        self.buckets
-            .check(&key, now)
-            .map_err(|wait| {
-                self.metrics.neighbour_refused();
-                Error::TooManyRequests {
-                    message: format!(
-                        "too many neighbour requests from {key}; PSERVER_NEIGHBOUR_RATE allows {} per second",
-                        self.per_sec
-                    ),
-                    retry_after: retry_secs(wait).max(RETRY_AFTER),
-                }
-            })
+        self.buckets.check(&key, now).map_err(|wait| {
+            self.metrics.neighbour_refused();
+            Error::TooManyRequests {
+                why: Throttled::NeighbourRate {
+                    from: key,
+                    per_sec: self.per_sec,
+                },
+                retry_after: retry_secs(wait).max(RETRY_AFTER),
+            }
+        })
     }
 }
 

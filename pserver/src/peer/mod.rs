@@ -25,7 +25,7 @@ use peerdex_proto::range::{RangeReq, parse_range};
 use peerdex_proto::rest::{LocateQuery, LocateResult, SearchQuery};
 use peerdex_proto::{FileId, HOPS_HEADER, PeerId};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Invalid, Missing, Result, Unauthorized, Unavailable};
 use crate::link::Central;
 use crate::link::lookup::{self, LocateTarget};
 use crate::peer::conditional::Verdict;
@@ -60,9 +60,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
             .route("/health", web::get().to(health)),
     )
     .default_service(web::to(|| async {
-        Err::<HttpResponse, _>(Error::NotFound(
-            "no such endpoint; the peer API lives under /peer/v1".into(),
-        ))
+        Err::<HttpResponse, _>(Error::from(Missing::PeerEndpoint))
     }));
 }
 
@@ -78,7 +76,7 @@ async fn serve_file(
     let store = store.into_inner();
     let (file, entry) = web::block(move || store.open_shared(&id))
         .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .map_err(Error::from)??;
     let size = entry.size;
     let honour_range = match conditional::evaluate(&req, &tag)? {
         Verdict::NotModified => {
@@ -205,15 +203,11 @@ async fn credential(req: &ServiceRequest) -> Result<()> {
         .get(header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            Error::Unauthorized(
-                "this is a private network: every request needs `Authorization: Bearer <credential>` (a credential the directory gives to the peers that joined)".into(),
-            )
-        })?;
+        .ok_or_else(|| Error::from(Unauthorized::NoCredential))?;
     match net.check(jwt) {
         Ok(_) => Ok(()),
-        Err(Refused::Invalid(m)) => Err(Error::Unauthorized(m)),
-        Err(Refused::NotReady) => Err(not_ready()),
+        Err(Refused::Invalid(why)) => Err(Unauthorized::from(why).into()),
+        Err(Refused::NotReady) => Err(Error::NotReady),
         Err(Refused::UnknownKey(kid)) => {
             // A key we have not seen: the directory may have a new one.
             if net.may_refresh_keys()
@@ -228,30 +222,23 @@ async fn credential(req: &ServiceRequest) -> Result<()> {
                         central
                             .refresh_keys()
                             .await
-                            .map_err(|s| Error::Unavailable(s.message().to_owned()))
+                            .map_err(|s| Error::from(Unavailable::Keys { message: s.message }))
                     })
                     .await;
             }
             match net.check(jwt) {
                 Ok(_) => Ok(()),
-                Err(Refused::Invalid(m)) => Err(Error::Unauthorized(m)),
-                Err(Refused::NotReady) => Err(not_ready()),
-                Err(Refused::UnknownKey(_)) => Err(Error::Unauthorized(format!(
-                    "credential signed by a key this network's directory does not use (kid {kid}): a credential of another network?"
-                ))),
+                Err(Refused::Invalid(why)) => Err(Unauthorized::from(why).into()),
+                Err(Refused::NotReady) => Err(Error::NotReady),
+                Err(Refused::UnknownKey(_)) => Err(Unauthorized::UnknownKey { kid }.into()),
             }
         }
     }
 }
 
-/// 503 + `Retry-After`: we (re)started and do not have the directory's
-/// list of departed peers yet, so we cannot tell a departed peer's
-/// credential from a member's. It comes with our Join.
-fn not_ready() -> Error {
-    Error::NotReady(
-        "this peer (re)started and has not yet received the directory's list of departed peers; it accepts credentials once it has (it comes with its Join)".into(),
-    )
-}
+// `Error::NotReady` (503 + `Retry-After`): we (re)started and do not have
+// the directory's list of departed peers yet, so we cannot tell a departed
+// peer's credential from a member's. It comes with our Join.
 
 fn check_hops(req: &HttpRequest) -> Result<()> {
     let hops = match req.headers().get(HOPS_HEADER) {
@@ -261,15 +248,15 @@ fn check_hops(req: &HttpRequest) -> Result<()> {
             .ok()
             .and_then(|s| s.parse::<u32>().ok())
             .ok_or_else(|| {
-                Error::InvalidArgument(format!("{HOPS_HEADER} must be a small number"))
+                Error::from(Invalid::Hops {
+                    header: HOPS_HEADER,
+                })
             })?,
     };
     // A neighbour answers from the central itself and never forwards, so a
     // request that already made more than one hop came through a loop.
     if hops > 1 {
-        return Err(Error::LoopDetected(format!(
-            "request already made {hops} hops; neighbours do not forward"
-        )));
+        return Err(Error::LoopDetected { hops });
     }
     Ok(())
 }
@@ -314,7 +301,7 @@ async fn search(
     check_hops(&req)?;
     let q = q.into_inner();
     if q.q.trim().is_empty() {
-        return Err(Error::InvalidArgument("search query q is empty".into()));
+        return Err(Invalid::EmptyNeighbourQuery.into());
     }
     tracing::info!(query = %q.q, "neighbour role: searching at the central on behalf of a peer");
     let central = central.into_inner();

@@ -38,11 +38,34 @@ pub(crate) enum Refused {
     /// Signed by a key we do not know (yet): ask the directory, then check
     /// again.
     UnknownKey(String),
-    /// Anything else; the message says what.
-    Invalid(String),
+    /// Anything else: what is wrong with it.
+    Invalid(BadCredential),
     /// We do not have the directory's list of departed peers yet (we just
     /// started and have not joined): ask again shortly.
     NotReady,
+}
+
+/// What is wrong with a credential (a 401 says it in these words).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BadCredential {
+    #[error("not a credential of this network (malformed, or `alg: none`)")]
+    Malformed,
+    #[error("credential signed with {0:?}; this network's credentials are EdDSA")]
+    Algorithm(Algorithm),
+    #[error("credential without a key id (kid)")]
+    NoKeyId,
+    #[error("credential expired: the peer's lease ended (it renews its credential with its lease)")]
+    Expired,
+    #[error(
+        "credential signature does not verify (altered, or not signed by this network's directory)"
+    )]
+    Signature,
+    #[error("credential of another network (wrong audience)")]
+    Audience,
+    #[error("credential refused: {0}")]
+    Other(jsonwebtoken::errors::Error),
+    #[error("credential of peer {peer} which left the network since it was issued")]
+    Departed { peer: String },
 }
 
 pub(crate) struct Network {
@@ -148,18 +171,12 @@ impl Network {
         if !self.listed.load(Ordering::Acquire) {
             return Err(Refused::NotReady);
         }
-        let bad = |m: &str| Refused::Invalid(m.to_owned());
-        let header = jsonwebtoken::decode_header(jwt)
-            .map_err(|_| bad("not a credential of this network (malformed, or `alg: none`)"))?;
+        let bad = Refused::Invalid;
+        let header = jsonwebtoken::decode_header(jwt).map_err(|_| bad(BadCredential::Malformed))?;
         if header.alg != Algorithm::EdDSA {
-            return Err(Refused::Invalid(format!(
-                "credential signed with {:?}; this network's credentials are EdDSA",
-                header.alg
-            )));
+            return Err(bad(BadCredential::Algorithm(header.alg)));
         }
-        let kid = header
-            .kid
-            .ok_or_else(|| bad("credential without a key id (kid)"))?;
+        let kid = header.kid.ok_or(bad(BadCredential::NoKeyId))?;
         let claims = {
             let keys = self.keys.read().unwrap();
             let Some(key) = keys.get(&kid) else {
@@ -171,26 +188,17 @@ impl Network {
             v.leeway = 30;
             jsonwebtoken::decode::<Credential>(jwt, key, &v)
                 .map_err(|e| match e.kind() {
-                    ErrorKind::ExpiredSignature => bad(
-                        "credential expired: the peer's lease ended (it renews its credential with its lease)",
-                    ),
-                    ErrorKind::InvalidSignature => {
-                        bad("credential signature does not verify (altered, or not signed by this network's directory)")
-                    }
-                    ErrorKind::InvalidAudience => {
-                        bad("credential of another network (wrong audience)")
-                    }
-                    _ => Refused::Invalid(format!("credential refused: {e}")),
+                    ErrorKind::ExpiredSignature => bad(BadCredential::Expired),
+                    ErrorKind::InvalidSignature => bad(BadCredential::Signature),
+                    ErrorKind::InvalidAudience => bad(BadCredential::Audience),
+                    _ => bad(BadCredential::Other(e.clone())),
                 })?
                 .claims
         };
         if let Some(at) = self.revoked.lock().unwrap().get(&claims.sub)
             && claims.iat <= *at
         {
-            return Err(Refused::Invalid(format!(
-                "credential of peer {} which left the network since it was issued",
-                claims.sub
-            )));
+            return Err(bad(BadCredential::Departed { peer: claims.sub }));
         }
         Ok(claims)
     }

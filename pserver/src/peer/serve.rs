@@ -27,7 +27,7 @@ use peerdex_proto::FileId;
 use peerdex_proto::tree::Manifest;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Internal, Missing, Result};
 use crate::link::Central;
 use crate::rt::MainRt;
 use crate::store::Store;
@@ -95,7 +95,7 @@ pub(crate) async fn verified_range(
     });
     first_rx
         .await
-        .map_err(|_| Error::Internal("the file reader stopped".into()))??;
+        .map_err(|_| Error::from(Internal::ReaderStopped))??;
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
 
@@ -173,9 +173,7 @@ impl Reader {
     fn rotten(&mut self, tx: &mpsc::Sender<io::Result<Bytes>>, i: usize) -> Bad {
         if self.first.is_some() {
             let id = self.manifest.id();
-            self.judged(Err(Error::NotFound(format!(
-                "file {id} failed verification on this peer and is no longer shared here"
-            ))));
+            self.judged(Err(Missing::Rotten { id }.into()));
             // (the same words the store gives later requests for this id)
         } else {
             let _ = tx.blocking_send(Err(io::Error::new(

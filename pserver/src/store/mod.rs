@@ -60,7 +60,7 @@ use peerdex_proto::tree::Manifest;
 use peerdex_proto::types::escape_invisible;
 use peerdex_proto::{FileId, FileName, PeerId};
 
-use crate::error::{Error, Result};
+use crate::error::{Conflict, Error, Missing, Result};
 use crate::store::space::{Space, disk_error};
 use peerdex_common::fs::write_atomic;
 use scan::mtime_ns;
@@ -280,18 +280,14 @@ impl Store {
         } else {
             (&self.share_dir, self.share_path(&entry))
         };
-        let real = path
-            .canonicalize()
-            .map_err(|_| Error::NotFound(format!("file {id} is no longer on disk")))?;
+        let real = path.canonicalize().map_err(|_| Missing::Gone { id: *id })?;
         if !real.starts_with(dir) {
-            return Err(Error::NotFound(format!("file {id} is not shared here")));
+            return Err(Missing::NotShared { id: *id }.into());
         }
         let file = fs::File::open(&real)?;
         let len = file.metadata()?.len();
         if len != entry.size {
-            return Err(Error::NotFound(format!(
-                "file {id} changed on disk; it will be re-hashed"
-            )));
+            return Err(Missing::Changed { id: *id }.into());
         }
         Ok((file, entry))
     }
@@ -330,10 +326,11 @@ impl Store {
             return if existing.id == id {
                 Ok(Added::AlreadyShared)
             } else {
-                Err(Error::NameConflict(format!(
-                    "a different file named \"{name}\" is already shared (id {}); rename yours or remove that one first",
-                    existing.id
-                )))
+                Err(Conflict::Taken {
+                    name: name.clone(),
+                    existing: existing.id,
+                }
+                .into())
             };
         }
         let dest = self.share_dir.join(name.as_str());
@@ -350,9 +347,7 @@ impl Store {
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let _ = fs::remove_file(temp);
-                return Err(Error::NameConflict(format!(
-                    "a file named \"{name}\" appeared in the share folder meanwhile; rename yours"
-                )));
+                return Err(Conflict::Appeared { name: name.clone() }.into());
             }
             Err(_) => {
                 // Different file systems (or no hard links): copy to a hidden
@@ -368,9 +363,7 @@ impl Store {
                 }
                 if dest.exists() {
                     let _ = fs::remove_file(&side);
-                    return Err(Error::NameConflict(format!(
-                        "a file named \"{name}\" already exists"
-                    )));
+                    return Err(Conflict::Exists { name: name.clone() }.into());
                 }
                 fs::rename(&side, &dest)?;
                 let _ = fs::remove_file(temp);
@@ -398,10 +391,11 @@ impl Store {
     /// saying why it is not shared here.
     pub fn shared(&self, id: &FileId) -> Result<Entry> {
         self.by_id(id).or_else(|| self.replica(id)).ok_or_else(|| {
-            Error::NotFound(if self.quarantined.lock().unwrap().contains(id) {
-                format!("file {id} failed verification on this peer and is no longer shared here")
+            let id = *id;
+            Error::from(if self.quarantined.lock().unwrap().contains(&id) {
+                Missing::Rotten { id }
             } else {
-                format!("file {id} is not shared here")
+                Missing::NotShared { id }
             })
         })
     }
@@ -443,7 +437,7 @@ impl Store {
     pub fn remove(&self, id: &FileId) -> Result<Vec<Entry>> {
         let removed = self.take_all(id);
         if removed.is_empty() {
-            return Err(Error::NotFound(format!("file {id} is not shared here")));
+            return Err(Missing::NotShared { id: *id }.into());
         }
         for e in &removed {
             let path = self.share_path(e);

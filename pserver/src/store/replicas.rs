@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::scan::{hash_path, mtime_ns};
 use super::{Entry, Store};
-use crate::error::{Error, Result};
+use crate::error::{Internal, Missing, Result};
 use crate::store::space::disk_error;
 use peerdex_common::fs::write_atomic;
 
@@ -193,9 +193,7 @@ impl Store {
         name: &FileName,
     ) -> Result<(Entry, Option<FileName>)> {
         if self.replica(id).is_none() {
-            return Err(Error::NotFound(format!(
-                "file {id} is no longer held here as a replica"
-            )));
+            return Err(Missing::ReplicaGone { id: *id }.into());
         }
         let src = self.replica_dir.join(id.to_hex());
         let temp = self.temp_path("replica");
@@ -212,10 +210,7 @@ impl Store {
                 let _ = fs::remove_file(&temp);
                 tracing::warn!(file = %id, "a replica no longer matches its id (damaged on disk); deleting it");
                 self.remove_replica(id);
-                return Err(Error::Internal(format!(
-                    "the copy of file {id} held here as a replica was damaged on disk and is deleted; \
-                     download it again to fetch it from other peers"
-                )));
+                return Err(Internal::ReplicaDamaged { id: *id }.into());
             }
             Err(e) => {
                 let _ = fs::remove_file(&temp);
@@ -223,11 +218,9 @@ impl Store {
             }
         };
         self.add_from_temp(&temp, name, *id, manifest)?;
-        let entry = self.by_name(name).ok_or_else(|| {
-            Error::Internal(format!(
-                "\"{name}\" vanished from the share folder meanwhile"
-            ))
-        })?;
+        let entry = self
+            .by_name(name)
+            .ok_or_else(|| Internal::Vanished { name: name.clone() })?;
         let withdraw = self
             .remove_replica(id)
             .map(|r| r.name)

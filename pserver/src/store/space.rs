@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::error::Error;
+use crate::error::{Error, NoRoom};
 
 /// The reserve, the partial cap and the claims of transfers in progress;
 /// shared by the store, the download jobs and the upload handler.
@@ -82,12 +82,6 @@ impl fmt::Display for NoSpace {
         } else {
             write!(f, "; free some space")
         }
-    }
-}
-
-impl From<NoSpace> for Error {
-    fn from(e: NoSpace) -> Self {
-        Error::InsufficientStorage(e.to_string())
     }
 }
 
@@ -273,7 +267,7 @@ impl Drop for Claim {
 pub(crate) fn disk_error(space: &Space, e: io::Error, dir: &Path) -> Error {
     let e = space.explain(e, dir);
     if is_full(&e) {
-        Error::InsufficientStorage(e.to_string())
+        Error::InsufficientStorage(NoRoom::Full(e))
     } else {
         Error::Io(e)
     }
