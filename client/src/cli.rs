@@ -306,15 +306,24 @@ pub(crate) fn repl_command_names() -> Vec<String> {
     names
 }
 
-fn parse_pserver_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| format!("{e}; expected e.g. {DEFAULT_URL}"))?;
+/// Why `--pserver` / `PEERDEX_PSERVER_URL` is not a PServer's URL.
+#[derive(Debug, thiserror::Error)]
+pub enum PserverUrlError {
+    #[error("{0}; expected e.g. {DEFAULT_URL}")]
+    Parse(<Url as std::str::FromStr>::Err),
+    #[error("expected an http:// or https:// URL with a host, e.g. {DEFAULT_URL}")]
+    NotHttp,
+    #[error("the URL must not have a query or fragment")]
+    QueryOrFragment,
+}
+
+fn parse_pserver_url(s: &str) -> Result<Url, PserverUrlError> {
+    let url = Url::parse(s).map_err(PserverUrlError::Parse)?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(format!(
-            "expected an http:// or https:// URL with a host, e.g. {DEFAULT_URL}"
-        ));
+        return Err(PserverUrlError::NotHttp);
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err("the URL must not have a query or fragment".to_owned());
+        return Err(PserverUrlError::QueryOrFragment);
     }
     Ok(url)
 }
