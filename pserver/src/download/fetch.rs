@@ -200,7 +200,7 @@ pub(super) async fn swarm_download(
     Ok(())
 }
 
-/// A replica fetch (see [`Downloads::fetch_replica`]): locate the holders,
+/// A replica fetch (see [`super::Downloads::fetch_replica`]): locate the holders,
 /// then the same job as a download, with its own job in `replica_jobs`.
 pub(super) async fn fetch_replica(
     shared: &Arc<Engine>,
