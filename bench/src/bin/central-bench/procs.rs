@@ -55,7 +55,12 @@ pub(crate) fn spawn(mut cmd: Command, prefix: &str) -> anyhow::Result<Proc> {
         if lines.read_line(&mut line)? == 0 {
             bail!("child exited before printing {prefix:?}");
         }
-        if let Some(a) = line.trim().strip_prefix(prefix) {
+        // `NAME [metrics=URL] listening on ADDR`: the address is last.
+        let l = line.trim();
+        let name = prefix.split_whitespace().next().unwrap_or(prefix);
+        if l.starts_with(name)
+            && let Some((_, a)) = l.rsplit_once(" listening on ")
+        {
             let addr = a.trim().parse()?;
             // Keep draining stdout so the child never blocks on it.
             std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
@@ -120,7 +125,7 @@ pub(crate) fn start_central_env(
         .env("CENTRAL_MAX_PEERS_PER_ADDR", "1000000")
         .env("NO_COLOR", "1")
         // The sweeper's lines, shown in the report.
-        .env("RUST_LOG", "warn,central_server::service=info")
+        .env("RUST_LOG", "warn,central_server::directory=info")
         .stderr(log);
     spawn(cmd, "central-server listening on")
 }

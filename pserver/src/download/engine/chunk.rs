@@ -62,7 +62,7 @@ pub(crate) enum Failed {
     #[error("closed the connection after {got} of {len} bytes")]
     Short { got: u64, len: u64 },
     #[error("request task failed: {0}")]
-    Task(String),
+    Task(tokio::task::JoinError),
 }
 
 /// How a chunk request ended.

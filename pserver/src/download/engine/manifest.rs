@@ -152,17 +152,18 @@ async fn confirm_one(
 ) -> Result<Option<Confirmed>, Duration> {
     let manifest = match get(http, src, id, stall).await {
         Ok(m) => Arc::new(m),
-        Err(Fault::Strike(why)) => {
+        Err(Fault::Busy(pause)) => return Err(pause),
+        Err(fault) if fault.is_strike() => {
+            let why = fault.to_string();
             tracing::warn!(peer = %src.peer_id, url = %src.url, %why, file = %id, "holder sent a manifest that fails verification");
             notes.push(format!("peer {}: {why}", src.peer_id));
             strikes.push((src.peer_id.clone(), why));
             return Ok(None);
         }
-        Err(Fault::Unusable(why)) => {
-            notes.push(format!("peer {}: {why}", src.peer_id));
+        Err(fault) => {
+            notes.push(format!("peer {}: {fault}", src.peer_id));
             return Ok(None);
         }
-        Err(Fault::Busy(pause)) => return Err(pause),
     };
     if let Err(e) = fits(&manifest) {
         tracing::warn!(peer = %src.peer_id, file = %id, size = manifest.size(), error = %e, "refusing a download that does not fit on disk");
@@ -223,13 +224,40 @@ async fn confirm_one(
     Ok(None)
 }
 
+/// Why a holder gave no usable manifest.
+#[derive(Debug, thiserror::Error)]
 enum Fault {
     /// The holder broke the protocol or lied: a strike.
-    Strike(String),
+    #[error("sent a manifest of more than {MAX_ENCODED} bytes")]
+    TooLong,
+    /// A strike too: it does not verify against the file id.
+    #[error("manifest: {0}")]
+    Decode(#[from] peerdex_proto::tree::ManifestError),
     /// Could not get an answer: no blame.
-    Unusable(String),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("cannot connect: {}", super::transport::connect_error(.source, .url.as_str()))]
+    Connect {
+        url: peerdex_proto::PeerUrl,
+        source: reqwest::Error,
+    },
+    #[error("manifest answered HTTP {0}")]
+    Status(u16),
+    #[error("manifest stalled for {0:?}")]
+    Stalled(Duration),
+    #[error("manifest transfer broke: {}", root_cause(.0))]
+    Broke(reqwest::Error),
     /// 503 (no upload slot free) or 429 (rate limited): ask again later.
+    #[error("busy: ask again in {0:?}")]
     Busy(Duration),
+}
+
+impl Fault {
+    /// The holder is to blame (its manifest is a lie or breaks the
+    /// protocol), not the network.
+    fn is_strike(&self) -> bool {
+        matches!(self, Fault::TooLong | Fault::Decode(_))
+    }
 }
 
 async fn get(
@@ -241,12 +269,10 @@ async fn get(
     let url = format!("{}/peer/v1/files/{id}/manifest", src.url);
     let resp = tokio::time::timeout(stall, http.get(url).send())
         .await
-        .map_err(|_| Fault::Unusable(format!("no answer within {stall:?}")))?
-        .map_err(|e| {
-            Fault::Unusable(format!(
-                "cannot connect: {}",
-                super::transport::connect_error(&e, src.url.as_str())
-            ))
+        .map_err(|_| Fault::NoAnswer(stall))?
+        .map_err(|source| Fault::Connect {
+            url: src.url.clone(),
+            source,
         })?;
     match resp.status().as_u16() {
         200 => {}
@@ -260,7 +286,7 @@ async fn get(
                 .clamp(1, 60);
             return Err(Fault::Busy(Duration::from_secs(pause)));
         }
-        s => return Err(Fault::Unusable(format!("manifest answered HTTP {s}"))),
+        s => return Err(Fault::Status(s)),
     }
     // Bounded: never more than the largest manifest, whatever the holder sends.
     let mut body = resp.bytes_stream();
@@ -268,24 +294,17 @@ async fn get(
     loop {
         let piece = tokio::time::timeout(stall, body.next())
             .await
-            .map_err(|_| Fault::Unusable(format!("manifest stalled for {stall:?}")))?;
+            .map_err(|_| Fault::Stalled(stall))?;
         match piece {
             None => break,
-            Some(Err(e)) => {
-                return Err(Fault::Unusable(format!(
-                    "manifest transfer broke: {}",
-                    root_cause(&e)
-                )));
-            }
+            Some(Err(e)) => return Err(Fault::Broke(e)),
             Some(Ok(p)) => {
                 if bytes.len() + p.len() > MAX_ENCODED {
-                    return Err(Fault::Strike(format!(
-                        "sent a manifest of more than {MAX_ENCODED} bytes"
-                    )));
+                    return Err(Fault::TooLong);
                 }
                 bytes.extend_from_slice(&p);
             }
         }
     }
-    Manifest::decode(id, &bytes).map_err(|e| Fault::Strike(format!("manifest: {e}")))
+    Ok(Manifest::decode(id, &bytes)?)
 }

@@ -277,7 +277,7 @@ impl Swarm {
                             self.ended(e.id());
                             continue;
                         }
-                        Err(e) => (e.id(), Outcome::Failed(Failed::Task(e.to_string()))),
+                        Err(e) => (e.id(), Outcome::Failed(Failed::Task(e))),
                     };
                     if let Err(e) = self.handle(id, outcome, partial).await {
                         break Err(SwarmEnd::Io(e));
@@ -863,7 +863,7 @@ mod tests {
                     },
                     Behaviour::Busy(_) => ok(piece(bytes)),
                     Behaviour::Flaky(k) if call % k == 0 => {
-                        return Err(TransportError::Connect("refused".into()));
+                        return Err(TransportError::Refused);
                     }
                     Behaviour::Flaky(_) => ok(piece(bytes)),
                     Behaviour::Stall => ok(futures_util::stream::pending().boxed()),
@@ -880,7 +880,7 @@ mod tests {
                         content_range: Some(format!("bytes 0-{}/{size}", e - s)),
                         ..ok(piece(bytes))
                     },
-                    Behaviour::Refuse => return Err(TransportError::Connect("refused".into())),
+                    Behaviour::Refuse => return Err(TransportError::Refused),
                     Behaviour::Gone => Reply {
                         status: 404,
                         ..ok(futures_util::stream::empty().boxed())
@@ -890,9 +890,7 @@ mod tests {
                         ..ok(futures_util::stream::empty().boxed())
                     },
                     Behaviour::BreakHalfway => ok(piece(bytes[..half].to_vec())
-                        .chain(futures_util::stream::iter([Err(TransportError::Body(
-                            "connection reset".into(),
-                        ))]))
+                        .chain(futures_util::stream::iter([Err(TransportError::Reset)]))
                         .boxed()),
                 })
             })

@@ -26,10 +26,23 @@ pub(crate) struct Source {
 /// by verification).
 #[derive(Debug, Clone, thiserror::Error)]
 pub(crate) enum TransportError {
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("{0}")]
-    Body(String),
+    /// No answer from the holder at `url` (TLS trouble in plain words).
+    #[error("cannot connect: {}", connect_error(source.as_ref(), url))]
+    Connect {
+        url: String,
+        source: Arc<reqwest::Error>,
+    },
+    /// The answer's body broke off.
+    #[error("{}", root_cause(.0.as_ref()))]
+    Body(Arc<reqwest::Error>),
+    /// The property tests' holders: a refused connection.
+    #[cfg(test)]
+    #[error("cannot connect: refused")]
+    Refused,
+    /// The property tests' holders: a connection cut mid-body.
+    #[cfg(test)]
+    #[error("connection reset")]
+    Reset,
 }
 
 /// A holder's answer to a range request.
@@ -64,7 +77,10 @@ pub(crate) fn http_fetcher(
                 .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
                 .send()
                 .await
-                .map_err(|e| TransportError::Connect(connect_error(&e, &base)))?;
+                .map_err(|e| TransportError::Connect {
+                    url: base,
+                    source: Arc::new(e),
+                })?;
             let header = |name| {
                 resp.headers()
                     .get(name)
@@ -83,7 +99,7 @@ pub(crate) fn http_fetcher(
                         metrics.received(b.len() as u64);
                         Ok(b)
                     }
-                    Err(e) => Err(TransportError::Body(root_cause(&e))),
+                    Err(e) => Err(TransportError::Body(Arc::new(e))),
                 })
                 .then(move |r| {
                     let limit = limit.clone();
