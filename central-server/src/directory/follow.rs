@@ -10,15 +10,20 @@ use peerdex_proto::{FileName, PeerId, PeerUrl};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::on_etcd::never;
-use super::{Directory, IndexGate, Steps};
+use super::gate::{IndexGate, Steps};
+use super::shared::Shared;
 use crate::error::Result;
 use crate::etcd::{Change, Etcd};
 use crate::index::{Index, Load, TokenHash};
 
+/// A lease that never ends by our clock: etcd ends it.
+pub(super) fn never(now: Instant) -> Instant {
+    now + Duration::from_secs(100 * 365 * 86_400)
+}
+
 /// Build the index from etcd (at start, and after falling behind a
 /// compaction); returns the revision it reflects.
-pub(super) async fn load(dir: &Arc<Directory>, etcd: &Etcd) -> Result<i64> {
+pub(super) async fn load(dir: &Arc<Shared>, etcd: &Etcd) -> Result<i64> {
     let (changes, revision) = etcd.snapshot().await?;
     let shared = dir.clone();
     tokio::task::spawn_blocking(move || {
@@ -41,7 +46,7 @@ pub(super) async fn load(dir: &Arc<Directory>, etcd: &Etcd) -> Result<i64> {
 }
 
 /// Apply decoded changes to the index, in steps.
-async fn apply_changes(dir: &Arc<Directory>, changes: Vec<Change>) -> Result<()> {
+async fn apply_changes(dir: &Arc<Shared>, changes: Vec<Change>) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
@@ -78,7 +83,7 @@ async fn apply_changes(dir: &Arc<Directory>, changes: Vec<Change>) -> Result<()>
 /// Follow etcd's changes into the index until `cancel`: reconnects
 /// after a failure from the next revision, reloads after falling
 /// behind a compaction.
-pub(super) async fn follow_loop(dir: Arc<Directory>, etcd: Arc<Etcd>, cancel: CancellationToken) {
+pub(super) async fn follow_loop(dir: Arc<Shared>, etcd: Arc<Etcd>, cancel: CancellationToken) {
     let mut pause = Duration::from_millis(100);
     while !cancel.is_cancelled() {
         let from = etcd.applied() + 1;

@@ -23,36 +23,30 @@ mod follow;
 mod gate;
 mod inventory;
 mod on_etcd;
+mod shared;
 mod sqlite;
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{RwLock, RwLockReadGuard};
-use peerdex_proto::convert::SharedFile;
-use peerdex_proto::{FileId, PeerId, PeerUrl, v1};
+use parking_lot::RwLockReadGuard;
+use peerdex_proto::{FileId, PeerId, v1};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use gate::{IndexGate, Steps};
 pub(crate) use inventory::{Inventory, log_refused};
+pub(crate) use shared::{Admit, Admitted, Join, Shared, TaskChanges};
 
 use crate::config::Config;
-use crate::error::{Auth, Error, Result};
+use crate::error::{Error, Result};
 use crate::etcd::Decline;
 use crate::identity::Nonces;
-use crate::index::{Index, Lease, Load, TokenHash};
+use crate::index::{Index, Load, TokenHash};
 use crate::leader::Leadership;
 use crate::network::Network;
-use crate::replication::{Pin, Proof, Replicas, Task, Tasks};
-use crate::store::{PublicKey, Withdrawal};
-
-/// Most holdings removed from the database in one transaction by the
-/// lease sweeper (the store mutex is released between them, so Joins and
-/// Publishes interleave with a mass expiry).
-pub const SWEEP_TX_HOLDINGS: usize = 20_000;
+use crate::replication::{Pin, Proof, Replicas};
+use crate::store::Withdrawal;
 
 /// How often the leader does its chores: forget idle key bindings and
 /// (on etcd) compact the history.
@@ -60,75 +54,14 @@ const CHORES_EVERY: Duration = Duration::from_secs(60);
 
 /// The directory. Shared as `Arc<Directory>`.
 pub(crate) struct Directory {
-    index: RwLock<Index>,
+    shared: Arc<Shared>,
     backend: Backend,
-    replicas: Replicas,
-    /// A private network (`CENTRAL_JOIN_SECRET`): departures revoke
-    /// credentials. `None` = open.
-    network: Option<Network>,
-    lease_ttl: Duration,
-    /// Forget a key binding after this long without a Join (and the peer gone).
-    key_retention: Duration,
-    /// CENTRAL_MAX_KEYS.
-    max_keys: usize,
-    /// Calls of one peer that must not interleave (its inventory changes
-    /// on etcd, its pin changes) take its stripe of these.
-    stripes: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// Where the directory is persisted.
 enum Backend {
-    Sqlite(sqlite::Sqlite),
+    Sqlite(Arc<sqlite::Sqlite>),
     Etcd(on_etcd::OnEtcd),
-}
-
-/// A Join, checked at the edge (the peer proved its key).
-pub(crate) struct Join {
-    pub peer: PeerId,
-    pub url: PeerUrl,
-    pub key: PublicKey,
-    /// The session token the call carried, if any (a re-join of a peer
-    /// without a key binding must show it).
-    pub token: Option<TokenHash>,
-    pub addr: IpAddr,
-    pub load: Load,
-    /// The new session token's hash.
-    pub hash: TokenHash,
-    pub nonce: Vec<u8>,
-    pub unix_now: i64,
-    pub replica_quota: u64,
-}
-
-/// The entries of an inventory that are taken, and the refusals.
-pub(crate) type Admitted = (Vec<SharedFile>, Vec<v1::Refused>);
-
-/// The admission of an inventory against the index as it is when the
-/// change is made (quotas, the peer's own size claims): see
-/// `crate::admission`.
-pub(crate) type Admit = Box<dyn FnOnce(&Index) -> Result<Admitted> + Send>;
-
-/// What one round of the replication planner changes.
-#[derive(Default)]
-pub(crate) struct TaskChanges {
-    /// The whole set of open tasks after the round.
-    pub tasks: Tasks,
-    /// Tasks new or changed.
-    pub give: Vec<(PeerId, FileId, Task)>,
-    /// Tasks no longer open.
-    pub withdraw: Vec<(PeerId, FileId)>,
-    /// FETCHes that took too long, recorded as declined.
-    pub timed_out: Vec<(PeerId, FileId, Decline)>,
-    /// Declines old enough to forget.
-    pub forget: Vec<(PeerId, FileId)>,
-}
-
-impl TaskChanges {
-    fn is_empty(&self) -> bool {
-        self.give.is_empty()
-            && self.withdraw.is_empty()
-            && self.timed_out.is_empty()
-            && self.forget.is_empty()
-    }
 }
 
 /// A directory opened at start, with what serves beside it.
@@ -151,36 +84,45 @@ impl Directory {
         cancel: &CancellationToken,
     ) -> Result<Opened> {
         match &config.etcd_endpoints {
-            None => sqlite::open(config, name).await,
-            Some(endpoints) => on_etcd::open(config, endpoints, name, cancel).await,
-        }
-    }
-
-    fn new(backend: Backend, index: Index, network: Option<Network>, config: &Config) -> Self {
-        Self {
-            index: RwLock::new(index),
-            backend,
-            replicas: Replicas::default(),
-            network,
-            lease_ttl: config.lease_ttl,
-            key_retention: config.key_retention,
-            max_keys: config.limits.max_keys,
-            stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
+            None => {
+                let (db, shared) = sqlite::open(config).await?;
+                Ok(Opened {
+                    directory: Arc::new(Self {
+                        shared,
+                        backend: Backend::Sqlite(db),
+                    }),
+                    nonces: Nonces::new(),
+                    leadership: Leadership::alone(name),
+                    tasks: Vec::new(),
+                })
+            }
+            Some(endpoints) => {
+                let o = on_etcd::open(config, endpoints, name, cancel).await?;
+                Ok(Opened {
+                    directory: Arc::new(Self {
+                        shared: o.shared,
+                        backend: Backend::Etcd(o.store),
+                    }),
+                    nonces: o.nonces,
+                    leadership: o.leadership,
+                    tasks: o.tasks,
+                })
+            }
         }
     }
 
     /// The read side of the index lock.
     pub(crate) fn index(&self) -> RwLockReadGuard<'_, Index> {
-        self.index.read()
+        self.shared.index()
     }
 
     /// Pins, tasks, declines and proofs.
     pub(crate) fn replicas(&self) -> &Replicas {
-        &self.replicas
+        &self.shared.replicas
     }
 
     pub(crate) fn network(&self) -> Option<&Network> {
-        self.network.as_ref()
+        self.shared.network.as_ref()
     }
 
     /// `sqlite` or `etcd`, for Info and the log.
@@ -208,13 +150,12 @@ impl Directory {
     /// A live peer proving it is itself: unknown/expired → join again,
     /// wrong token → UNAUTHENTICATED.
     pub(crate) fn authorize(&self, peer: &PeerId, token: &TokenHash, now: Instant) -> Result<()> {
-        authorize(&self.index(), peer, token, now)
+        self.shared.authorize(peer, token, now)
     }
 
     /// This peer's stripe of the serializing locks.
     pub(crate) async fn serial(&self, peer: &PeerId) -> tokio::sync::MutexGuard<'_, ()> {
-        let i = (peer.as_uuid().as_u128() % self.stripes.len() as u128) as usize;
-        self.stripes[i].lock().await
+        self.shared.serial(peer).await
     }
 
     /// Admit a peer: bind its key (first Join) or check it, replace its
@@ -226,8 +167,8 @@ impl Directory {
         admit: Admit,
     ) -> Result<(usize, Vec<v1::Refused>)> {
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::join(self, j, admit).await,
-            Backend::Etcd(e) => e.join(self, j, admit).await,
+            Backend::Sqlite(db) => db.join(&self.shared, j, admit).await,
+            Backend::Etcd(e) => e.join(&self.shared, j, admit).await,
         }
     }
 
@@ -252,8 +193,12 @@ impl Directory {
         // Paced before the store is asked: a flood costs it nothing.
         pace()?;
         match &self.backend {
-            Backend::Sqlite(_) => Ok(self.index().renew(peer, load, now + self.lease_ttl, now)),
-            Backend::Etcd(e) => e.heartbeat(self, peer, load, now).await,
+            Backend::Sqlite(_) => {
+                Ok(self
+                    .index()
+                    .renew(peer, load, now + self.shared.lease_ttl, now))
+            }
+            Backend::Etcd(e) => e.heartbeat(&self.shared, peer, load, now).await,
         }
     }
 
@@ -267,8 +212,8 @@ impl Directory {
         admit: Admit,
     ) -> Result<Vec<v1::Refused>> {
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::publish(self, peer, token, seq, admit).await,
-            Backend::Etcd(e) => e.publish(self, peer, token, seq, admit).await,
+            Backend::Sqlite(db) => db.publish(&self.shared, peer, token, seq, admit).await,
+            Backend::Etcd(e) => e.publish(&self.shared, peer, token, seq, admit).await,
         }
     }
 
@@ -281,8 +226,8 @@ impl Directory {
         refs: Vec<Withdrawal>,
     ) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::unpublish(self, peer, token, seq, refs).await,
-            Backend::Etcd(e) => e.unpublish(self, peer, token, seq, refs).await,
+            Backend::Sqlite(db) => db.unpublish(&self.shared, peer, token, seq, refs).await,
+            Backend::Etcd(e) => e.unpublish(&self.shared, peer, token, seq, refs).await,
         }
     }
 
@@ -290,8 +235,8 @@ impl Directory {
     /// was there (leaving twice is not an error).
     pub(crate) async fn leave(self: &Arc<Self>, peer: PeerId, token: TokenHash) -> Result<bool> {
         let left = match &self.backend {
-            Backend::Sqlite(_) => sqlite::leave(self, peer, token).await?,
-            Backend::Etcd(e) => e.leave(self, peer, token).await?,
+            Backend::Sqlite(db) => db.leave(&self.shared, peer, token).await?,
+            Backend::Etcd(e) => e.leave(&self.shared, peer, token).await?,
         };
         if left {
             tracing::info!(%peer, "peer left");
@@ -303,7 +248,7 @@ impl Directory {
     /// `None`: etcd ends leases itself (the follower applies it).
     pub(crate) async fn expire(self: &Arc<Self>, now: Instant) -> Result<Option<usize>> {
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::expire(self, now).await.map(Some),
+            Backend::Sqlite(db) => db.expire(&self.shared, now).await.map(Some),
             Backend::Etcd(_) => Ok(None),
         }
     }
@@ -311,9 +256,9 @@ impl Directory {
     /// Forget key bindings idle longer than `CENTRAL_KEY_RETENTION_DAYS`
     /// (of peers no longer in the directory).
     pub(crate) async fn forget_idle_keys(self: &Arc<Self>) -> Result<usize> {
-        let before = unix_secs() - self.key_retention.as_secs() as i64;
+        let before = unix_secs() - self.shared.key_retention.as_secs() as i64;
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::forget_idle_keys(self, before).await,
+            Backend::Sqlite(db) => db.forget_idle_keys(&self.shared, before).await,
             Backend::Etcd(e) => e.forget_idle_keys(before).await,
         }
     }
@@ -333,7 +278,7 @@ impl Directory {
         pin: Option<Pin>,
     ) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::set_pin(self, file, peer, pin).await,
+            Backend::Sqlite(db) => db.set_pin(&self.shared, file, peer, pin).await,
             Backend::Etcd(e) => e.set_pin(file, peer, pin).await,
         }
     }
@@ -347,7 +292,7 @@ impl Directory {
     ) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(_) => {
-                self.replicas.set_proof(peer, file, proof);
+                self.shared.replicas.set_proof(peer, file, proof);
                 Ok(())
             }
             Backend::Etcd(e) => e.set_proof(peer, file, proof).await,
@@ -359,8 +304,8 @@ impl Directory {
     pub(crate) async fn drop_claim(self: &Arc<Self>, peer: PeerId, file: FileId) -> Result<()> {
         let refs: Vec<Withdrawal> = vec![(file, None)];
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::drop_claim(self, peer, refs).await,
-            Backend::Etcd(e) => e.drop_claim(self, peer, refs).await,
+            Backend::Sqlite(db) => db.drop_claim(&self.shared, peer, refs).await,
+            Backend::Etcd(e) => e.drop_claim(&self.shared, peer, refs).await,
         }
     }
 
@@ -375,7 +320,7 @@ impl Directory {
         }
         match &self.backend {
             Backend::Sqlite(_) => {
-                self.replicas.keep_declines(peer, declines);
+                self.shared.replicas.keep_declines(peer, declines);
                 Ok(())
             }
             Backend::Etcd(e) => e.record_declines(peer, &declines).await,
@@ -386,8 +331,11 @@ impl Directory {
     pub(crate) async fn set_tasks(&self, changes: TaskChanges) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(_) => {
-                self.replicas
-                    .replace_tasks(changes.tasks, &changes.forget, changes.timed_out);
+                self.shared.replicas.replace_tasks(
+                    changes.tasks,
+                    &changes.forget,
+                    changes.timed_out,
+                );
                 Ok(())
             }
             Backend::Etcd(e) if !changes.is_empty() => e.set_tasks(changes).await,
@@ -398,17 +346,8 @@ impl Directory {
     /// Close the store (after the server stopped).
     pub(crate) async fn close(self: &Arc<Self>) -> Result<()> {
         match &self.backend {
-            Backend::Sqlite(_) => sqlite::close(self).await,
+            Backend::Sqlite(db) => db.close().await,
             Backend::Etcd(_) => Ok(()),
-        }
-    }
-
-    /// Departed peers: their credentials are revoked (private network).
-    fn departed(&self, peers: &[PeerId]) {
-        if let Some(net) = &self.network
-            && !peers.is_empty()
-        {
-            net.revoke(peers);
         }
     }
 
@@ -422,7 +361,8 @@ impl Directory {
         on_sweep: impl Fn(usize, Duration) + Send,
         cancel: CancellationToken,
     ) {
-        let period = (self.lease_ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+        let period =
+            (self.shared.lease_ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut chores_done: Option<Instant> = None;
@@ -460,40 +400,6 @@ impl Directory {
             }
         }
     }
-}
-
-/// A live peer proving it is itself: unknown/expired → join again, wrong
-/// token → UNAUTHENTICATED.
-pub(crate) fn authorize(ix: &Index, peer: &PeerId, token: &TokenHash, now: Instant) -> Result<()> {
-    match ix.lease(peer, now) {
-        Lease::Unknown | Lease::Expired => Err(Error::NotJoined(*peer)),
-        Lease::Live if ix.token_matches(peer, token) => Ok(()),
-        Lease::Live => Err(Auth::WrongToken(*peer).into()),
-    }
-}
-
-/// A Join of a peer without a key binding yet (from before keys) that
-/// has a live lease must carry its session token.
-fn check_rejoin(ix: &Index, j: &Join, bound: bool, now: Instant) -> Result<()> {
-    if !bound
-        && ix.lease(&j.peer, now) == Lease::Live
-        && !j.token.is_some_and(|t| ix.token_matches(&j.peer, &t))
-    {
-        return Err(Auth::LiveLease(j.peer).into());
-    }
-    Ok(())
-}
-
-/// The check of a Leave: `Ok(false)` when the peer is already gone
-/// (leaving is idempotent), UNAUTHENTICATED with a wrong token.
-fn check_leave(ix: &Index, peer: &PeerId, token: &TokenHash) -> Result<bool> {
-    if ix.lease(peer, Instant::now()) == Lease::Unknown {
-        return Ok(false);
-    }
-    if !ix.token_matches(peer, token) {
-        return Err(Auth::WrongToken(*peer).into());
-    }
-    Ok(true)
 }
 
 /// Seconds since the Unix epoch, as the stores keep them (key bindings'

@@ -8,16 +8,13 @@
 //! its calls apply in order.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use peerdex_proto::{FileId, PeerId, v1};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Admit, Backend, Directory, Join, Opened, TaskChanges, authorize, check_leave, check_rejoin,
-    follow,
-};
+use super::follow::{self, never};
+use super::shared::{Admit, Join, Shared, TaskChanges, authorize, check_leave, check_rejoin};
 use crate::config::Config;
 use crate::error::{Corrupt, Error, Limit, NonceError, Result};
 use crate::etcd::{Binding, Decline, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord};
@@ -35,9 +32,14 @@ pub(super) struct OnEtcd {
     pub(super) etcd: Arc<Etcd>,
 }
 
-/// A lease that never ends by our clock: etcd ends it.
-pub(super) fn never(now: Instant) -> Instant {
-    now + Duration::from_secs(100 * 365 * 86_400)
+/// A directory on etcd, opened.
+pub(super) struct Opened {
+    pub store: OnEtcd,
+    pub shared: Arc<Shared>,
+    pub nonces: Nonces,
+    pub leadership: Leadership,
+    /// The follower and the election.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Connect to etcd, take the directory's shared secrets, load the index
@@ -51,14 +53,13 @@ pub(super) async fn open(
     let etcd = Arc::new(Etcd::connect(endpoints, &config.etcd_prefix).await?);
     let (nonces, network) = shared_secrets(&etcd, config).await?;
     let leadership = Leadership::new(name);
-    let backend = Backend::Etcd(OnEtcd { etcd: etcd.clone() });
-    let directory = Arc::new(Directory::new(backend, Index::new(), network, config));
-    let revision = follow::load(&directory, &etcd).await?;
+    let shared = Shared::new(Index::new(), network, config);
+    let revision = follow::load(&shared, &etcd).await?;
     tracing::info!(endpoints = %etcd.endpoints(), prefix = %config.etcd_prefix, revision,
         "the directory is on etcd; following its changes");
     let tasks = vec![
         tokio::spawn(follow::follow_loop(
-            directory.clone(),
+            shared.clone(),
             etcd.clone(),
             cancel.clone(),
         )),
@@ -70,7 +71,8 @@ pub(super) async fn open(
         )),
     ];
     Ok(Opened {
-        directory,
+        store: OnEtcd { etcd },
+        shared,
         nonces,
         leadership,
         tasks,
@@ -117,7 +119,7 @@ fn not_joined_if_lease_gone(e: Error, peer: PeerId) -> Error {
 impl OnEtcd {
     pub(super) async fn join(
         &self,
-        dir: &Directory,
+        dir: &Shared,
         j: Join,
         admit: Admit,
     ) -> Result<(usize, Vec<v1::Refused>)> {
@@ -194,7 +196,7 @@ impl OnEtcd {
     /// Keep `peer`'s etcd lease alive (it was authorized and paced).
     pub(super) async fn heartbeat(
         &self,
-        dir: &Directory,
+        dir: &Shared,
         peer: &PeerId,
         load: Option<Load>,
         now: Instant,
@@ -213,7 +215,7 @@ impl OnEtcd {
 
     pub(super) async fn publish(
         &self,
-        dir: &Directory,
+        dir: &Shared,
         peer: PeerId,
         token: TokenHash,
         seq: u64,
@@ -237,7 +239,7 @@ impl OnEtcd {
 
     pub(super) async fn unpublish(
         &self,
-        dir: &Directory,
+        dir: &Shared,
         peer: PeerId,
         token: TokenHash,
         seq: u64,
@@ -266,12 +268,7 @@ impl OnEtcd {
 
     /// Returns whether the peer was there. The follower revokes its
     /// credential (at every central).
-    pub(super) async fn leave(
-        &self,
-        dir: &Directory,
-        peer: PeerId,
-        token: TokenHash,
-    ) -> Result<bool> {
+    pub(super) async fn leave(&self, dir: &Shared, peer: PeerId, token: TokenHash) -> Result<bool> {
         let _serial = dir.serial(&peer).await;
         if !check_leave(&dir.index(), &peer, &token)? {
             return Ok(false);
@@ -333,7 +330,7 @@ impl OnEtcd {
 
     pub(super) async fn drop_claim(
         &self,
-        dir: &Directory,
+        dir: &Shared,
         peer: PeerId,
         refs: Vec<Withdrawal>,
     ) -> Result<()> {
