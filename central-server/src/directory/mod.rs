@@ -15,6 +15,9 @@
 //!   to apply that revision: the index changes only through the follower,
 //!   so every central applies every change in etcd's order.
 //!
+//! The stores depend on [`shared`] (the state they keep current, the
+//! requests and checks they take), never on this module.
+//!
 //! Changes to the index are applied in steps ([`gate`]), so a big one never
 //! makes a reader wait long; a Join or Publish arrives as an
 //! [`Inventory`] whose bad entries are refused one by one.
