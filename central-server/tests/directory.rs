@@ -7,7 +7,7 @@ use peerdex_proto::PeerId;
 use peerdex_proto::v1::directory_client::DirectoryClient;
 use peerdex_proto::v1::locate_request::Target;
 use peerdex_proto::v1::{self, SharedFile};
-use peerdex_testkit::central::{Limits, Settings, refused_settings};
+use peerdex_testkit::central::{Limits, Settings, lease, refused_settings};
 use peerdex_testkit::etcd::EtcdCluster;
 use peerdex_testkit::grpc::{authed, fid, peer_key, signed_join};
 use peerdex_testkit::{StaticHolder, TestCentral, wait_for};
@@ -51,7 +51,7 @@ impl Env {
     }
 
     async fn start(&self, lease_ttl: Duration) -> TestCentral {
-        self.start_with(|c| c.lease(lease_ttl)).await
+        self.start_with(|c| lease(c, lease_ttl)).await
     }
 
     async fn start_with(&self, tweak: impl FnOnce(&mut Settings)) -> TestCentral {

@@ -1,9 +1,8 @@
 //! A real central directory, in-process on `127.0.0.1:0`, or the
 //! `central-server` binary as a child process.
 //!
-//! Tests change a central's settings through [`Settings`], never through
-//! `central_server::Config` itself: this file is the one place that knows
-//! how the settings map onto the central's config.
+//! Tests change a central's settings with a tweak of its config
+//! ([`Settings`], `central_server::Config`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,154 +26,15 @@ pub struct TestCentral {
     task: Option<JoinHandle<central_server::Result<()>>>,
 }
 
-/// The settings of a test central, named as the central's config names
-/// them (defaults: the central's own). The one place that reads and writes
-/// `central_server::Config`'s fields is here (`Settings::of` and
-/// [`Settings::config`]).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub lease_ttl: Duration,
-    pub heartbeat_interval: Duration,
-    pub key_retention: Duration,
-    pub join_secret: Option<String>,
-    pub limits: Limits,
-    pub tls: Option<central_server::TlsFiles>,
-    pub etcd_endpoints: Option<String>,
-    pub etcd_prefix: String,
-    pub name: Option<String>,
-    pub drain: Option<Duration>,
-    pub replica_grace: Duration,
-    pub pin_orphan: Duration,
-    pub audit_every: Duration,
-    pub audit_retry: Duration,
-    pub peer_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
-}
+/// The settings a test tweaks: the central's own config (its defaults
+/// until a tweak changes them; the data folder is the test's).
+pub use central_server::{Config as Settings, Limits};
 
-/// The central's limits, as [`Settings`] names them (defaults: the
-/// central's own; see `central_server::Limits` for what each bounds).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
-    pub max_message_bytes: usize,
-    pub max_name_bytes: usize,
-    pub max_inventory: usize,
-    pub max_page: usize,
-    pub max_holders: usize,
-    pub max_search_matches: usize,
-    pub search_budget: usize,
-    pub join_rate: u32,
-    pub publish_rate: u32,
-    pub search_rate: u32,
-    pub max_peers_per_addr: usize,
-    pub max_files: usize,
-    pub max_keys: usize,
-    pub max_replicas: u32,
-    pub max_pins_per_peer: usize,
-    pub max_pinned_bytes_per_peer: u64,
-    pub max_pins_per_addr: usize,
-    pub max_pinned_bytes_per_addr: u64,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Settings::default().limits
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self::of(&central_server::Config::new(PathBuf::new()))
-    }
-}
-
-impl Settings {
-    /// These settings with the lease TTL `ttl` and heartbeats advised at a
-    /// third of it (at least every 300 ms).
-    pub fn lease(&mut self, ttl: Duration) {
-        self.lease_ttl = ttl;
-        self.heartbeat_interval = (ttl / 3).max(Duration::from_millis(300));
-    }
-
-    /// What `config` says.
-    fn of(config: &central_server::Config) -> Self {
-        let l = &config.limits;
-        Self {
-            lease_ttl: config.lease_ttl,
-            heartbeat_interval: config.heartbeat_interval,
-            key_retention: config.key_retention,
-            join_secret: config.join_secret.clone(),
-            limits: Limits {
-                max_message_bytes: l.max_message_bytes,
-                max_name_bytes: l.max_name_bytes,
-                max_inventory: l.max_inventory,
-                max_page: l.max_page,
-                max_holders: l.max_holders,
-                max_search_matches: l.max_search_matches,
-                search_budget: l.search_budget,
-                join_rate: l.join_rate,
-                publish_rate: l.publish_rate,
-                search_rate: l.search_rate,
-                max_peers_per_addr: l.max_peers_per_addr,
-                max_files: l.max_files,
-                max_keys: l.max_keys,
-                max_replicas: l.max_replicas,
-                max_pins_per_peer: l.max_pins_per_peer,
-                max_pinned_bytes_per_peer: l.max_pinned_bytes_per_peer,
-                max_pins_per_addr: l.max_pins_per_addr,
-                max_pinned_bytes_per_addr: l.max_pinned_bytes_per_addr,
-            },
-            tls: config.tls.clone(),
-            etcd_endpoints: config.etcd_endpoints.clone(),
-            etcd_prefix: config.etcd_prefix.clone(),
-            name: config.name.clone(),
-            drain: config.drain,
-            replica_grace: config.replica_grace,
-            pin_orphan: config.pin_orphan,
-            audit_every: config.audit_every,
-            audit_retry: config.audit_retry,
-            peer_ca: config.peer_ca.clone(),
-        }
-    }
-
-    /// The central's config over `data_dir` with these settings.
-    pub fn config(self, data_dir: &Path) -> central_server::Config {
-        let mut c = central_server::Config::new(data_dir);
-        let l = self.limits;
-        c.limits = central_server::Limits {
-            max_message_bytes: l.max_message_bytes,
-            max_name_bytes: l.max_name_bytes,
-            max_inventory: l.max_inventory,
-            max_page: l.max_page,
-            max_holders: l.max_holders,
-            max_search_matches: l.max_search_matches,
-            search_budget: l.search_budget,
-            join_rate: l.join_rate,
-            publish_rate: l.publish_rate,
-            search_rate: l.search_rate,
-            max_peers_per_addr: l.max_peers_per_addr,
-            max_files: l.max_files,
-            max_keys: l.max_keys,
-            max_replicas: l.max_replicas,
-            max_pins_per_peer: l.max_pins_per_peer,
-            max_pinned_bytes_per_peer: l.max_pinned_bytes_per_peer,
-            max_pins_per_addr: l.max_pins_per_addr,
-            max_pinned_bytes_per_addr: l.max_pinned_bytes_per_addr,
-        };
-        c.lease_ttl = self.lease_ttl;
-        c.heartbeat_interval = self.heartbeat_interval;
-        c.key_retention = self.key_retention;
-        c.join_secret = self.join_secret;
-        c.tls = self.tls;
-        c.etcd_endpoints = self.etcd_endpoints;
-        c.etcd_prefix = self.etcd_prefix;
-        c.name = self.name;
-        c.drain = self.drain;
-        c.replica_grace = self.replica_grace;
-        c.pin_orphan = self.pin_orphan;
-        c.audit_every = self.audit_every;
-        c.audit_retry = self.audit_retry;
-        c.peer_ca = self.peer_ca;
-        c
-    }
+/// Set the lease TTL `ttl`, with heartbeats advised at a third of it (at
+/// least every 300 ms).
+pub fn lease(c: &mut Settings, ttl: Duration) {
+    c.lease_ttl = ttl;
+    c.heartbeat_interval = (ttl / 3).max(Duration::from_millis(300));
 }
 
 /// Run a central over a fresh folder with the settings `tweak` makes, and
@@ -184,13 +44,9 @@ pub async fn refused_settings(tweak: impl FnOnce(&mut Settings)) -> central_serv
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
-    let mut settings = Settings::default();
+    let mut settings = Settings::new(dir.path());
     tweak(&mut settings);
-    let run = central_server::run(
-        listener,
-        settings.config(dir.path()),
-        std::future::pending(),
-    );
+    let run = central_server::run(listener, settings, std::future::pending());
     tokio::time::timeout(Duration::from_secs(15), run)
         .await
         .expect("a bad setting is refused at start, not served")
@@ -201,7 +57,7 @@ impl TestCentral {
     /// A central over a fresh folder with the given lease TTL (heartbeats
     /// advised at a third of it, at least every 300 ms).
     pub async fn start(lease_ttl: Duration) -> Self {
-        Self::start_with(|c| c.lease(lease_ttl)).await
+        Self::start_with(|c| lease(c, lease_ttl)).await
     }
 
     /// A central over a fresh folder; `tweak` may change any setting.
@@ -215,7 +71,7 @@ impl TestCentral {
     /// A central over `data_dir` (e.g. again after [`TestCentral::stop`]),
     /// with the given lease TTL.
     pub async fn start_at(data_dir: PathBuf, lease_ttl: Duration) -> Self {
-        Self::start_in(&data_dir, |c| c.lease(lease_ttl)).await
+        Self::start_in(&data_dir, |c| lease(c, lease_ttl)).await
     }
 
     /// A central over `data_dir`; `tweak` may change any setting.
@@ -261,7 +117,7 @@ impl TestCentral {
             .as_ref()
             .map(|l| format!("http://{}/metrics", l.local_addr().unwrap()));
         let addr = listener.local_addr().unwrap();
-        let mut settings = Settings::default();
+        let mut settings = Settings::new(data_dir);
         tweak(&mut settings);
         let scheme = if settings.tls.is_some() {
             "https"
@@ -272,7 +128,7 @@ impl TestCentral {
         let task = tokio::spawn(central_server::run_with_metrics(
             listener,
             metrics,
-            settings.config(data_dir),
+            settings,
             async move {
                 let _ = rx.await;
             },

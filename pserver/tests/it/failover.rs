@@ -16,6 +16,7 @@ use common::*;
 use peerdex_proto::rest::SearchQuery;
 use peerdex_proto::v1::{self, directory_client::DirectoryClient, locate_request::Target};
 use peerdex_testkit::DeadUrl;
+use peerdex_testkit::central::lease;
 
 const T: Duration = Duration::from_secs(30);
 /// Short leases: heartbeats every second, so a move is seen quickly.
@@ -169,7 +170,7 @@ async fn central_at(addr: SocketAddr, data_dir: &Path) -> TestCentral {
     })
     .await;
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    TestCentral::serve(listener, data_dir, Some(metrics), |c| c.lease(TTL))
+    TestCentral::serve(listener, data_dir, Some(metrics), |c| lease(c, TTL))
 }
 
 /// `peerdex_central_requests_total` of one RPC answered OK.
