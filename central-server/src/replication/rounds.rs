@@ -81,7 +81,9 @@ struct AuditMemo {
     first_seen_ms: u64,
 }
 
-fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, as tasks, declines and proofs keep
+/// them.
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::etcd::Decline;
 use crate::index::Load;
 use crate::replication::Action;
+use crate::replication::rounds::unix_ms;
 
 /// Most declines one Heartbeat may carry, and the longest reason kept.
 const MAX_DECLINED: usize = 64;
@@ -88,9 +89,7 @@ impl DirectoryService {
         // beyond the limit, malformed ones and ones for tasks not given
         // are left out.
         if !declined.is_empty() {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+            let now_ms = unix_ms();
             let sent = declined.len();
             let mut parsed = Vec::new();
             for d in declined.into_iter().take(MAX_DECLINED) {
