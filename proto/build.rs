@@ -13,7 +13,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(
             std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("peerdex_descriptor.bin"),
         )
-        .compile_protos(&["proto/peerdex/v1/directory.proto"], &["proto"])?;
+        .compile_protos(
+            &[
+                "proto/peerdex/v1/directory.proto",
+                "proto/peerdex/v1/link.proto",
+            ],
+            &["proto"],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

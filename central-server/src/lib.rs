@@ -88,6 +88,9 @@
 //!   (`on_etcd`, `follow`), chosen once at start; changes in steps (`gate`).
 //! * `replication/` — the planner, the replication state, the leader's
 //!   rounds and audits.
+//! * `link/` — links to other islands (`CENTRAL_LINKS`): their state and
+//!   summaries, lookups forwarded to them under one deadline, and the
+//!   `peerdex.v1.Link` service that answers them (mutual TLS, one hop).
 //! * `index/` — the in-memory index (peers and leases, holdings, names and
 //!   postings, queries, slabs, the bulk load used at restart).
 //! * `store` — SQLite. `etcd/` — the etcd client, key schema, follower and
@@ -110,6 +113,7 @@ mod etcd;
 mod identity;
 mod index;
 mod leader;
+pub mod link;
 mod metering;
 mod metrics;
 mod network;

@@ -32,6 +32,26 @@ use tonic::Code;
 
 use crate::index::Stats;
 
+/// The metrics of links between islands, and their help.
+const LINK_METRICS: [(&str, &str); 4] = [
+    (
+        "peerdex_central_link_up",
+        "1 while a linked island answers (its summary is current), by island",
+    ),
+    (
+        "peerdex_central_link_queries_total",
+        "Lookups this central sent to a linked island, by island, RPC and result (ok, error, timeout, invalid)",
+    ),
+    (
+        "peerdex_central_link_served_total",
+        "Calls this central answered for a linked island, by island and RPC",
+    ),
+    (
+        "peerdex_central_link_summary_ids",
+        "File ids in a linked island's latest summary, by island",
+    ),
+];
+
 /// The RPCs of `peerdex.v1.Directory`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Rpc {
@@ -161,6 +181,8 @@ fn shard_index(n: usize) -> usize {
 pub(crate) struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
+    /// The link metrics were described (once, at their first use).
+    described_links: std::sync::atomic::AtomicBool,
     shards: Box<[Shard]>,
     requests: [[OnceLock<Counter>; 17]; RPCS.len()],
     refusals: [Counter; 6],
@@ -375,6 +397,7 @@ impl Metrics {
                 "Pins ended because their owner had no lease for CENTRAL_PIN_ORPHAN_DAYS",
             ),
             handle: r.handle(),
+            described_links: Default::default(),
             recorder: r,
         }
     }
@@ -478,6 +501,48 @@ impl Metrics {
 
     pub(crate) fn pin_orphaned(&self) {
         self.orphan_pins_ended.increment(1);
+    }
+
+    fn labelled(&self, name: &'static str, labels: Vec<Label>) -> Key {
+        if !self.described_links.swap(true, Ordering::Relaxed) {
+            for (n, h) in LINK_METRICS {
+                describe(&self.recorder, n, None, h);
+            }
+        }
+        Key::from_parts(name, labels)
+    }
+
+    /// A gauge of one linked island (its name is one of a few: the
+    /// islands of `CENTRAL_LINKS`).
+    pub(crate) fn link_gauge(&self, name: &'static str, island: &str, value: f64) {
+        let key = self.labelled(name, vec![Label::new("island", island.to_owned())]);
+        self.recorder.register_gauge(&key, &META).set(value);
+    }
+
+    /// A query this central sent to `island`, by result (`ok`, `error`,
+    /// `timeout`, `invalid`).
+    pub(crate) fn link_query(&self, island: &str, rpc: &'static str, result: &'static str) {
+        let key = self.labelled(
+            "peerdex_central_link_queries_total",
+            vec![
+                Label::new("island", island.to_owned()),
+                Label::from_static_parts("rpc", rpc),
+                Label::from_static_parts("result", result),
+            ],
+        );
+        self.recorder.register_counter(&key, &META).increment(1);
+    }
+
+    /// A call this central answered for a linked island.
+    pub(crate) fn link_served(&self, island: &str, rpc: &'static str) {
+        let key = self.labelled(
+            "peerdex_central_link_served_total",
+            vec![
+                Label::new("island", island.to_owned()),
+                Label::from_static_parts("rpc", rpc),
+            ],
+        );
+        self.recorder.register_counter(&key, &META).increment(1);
     }
 
     /// The Prometheus text exposition, gauges set from `stats`.

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peerdex_proto::v1::{self, directory_server::DirectoryServer};
+use peerdex_proto::v1::{self, directory_server::DirectoryServer, link_server::LinkServer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
@@ -15,6 +15,9 @@ use crate::admission::Admission;
 use crate::config::Config;
 use crate::directory::{Directory, Opened};
 use crate::error::{Error, Result};
+use crate::link::Links;
+use crate::link::service::LinkService;
+use crate::link::summary::MAX_FILTER_BYTES;
 use crate::metering::MeteringLayer;
 use crate::oversize::OversizeLayer;
 use crate::replication::Replicator;
@@ -72,6 +75,14 @@ pub async fn run_with_metrics(
         &config,
         recorder.clone(),
     )?);
+    let links = Links::new(
+        &config.links,
+        config.tls.as_ref(),
+        &name,
+        config.join_secret.is_some(),
+        dir.clone(),
+        recorder.clone(),
+    );
     let directory = DirectoryService::new(Parts {
         dir: dir.clone(),
         admission: admission.clone(),
@@ -81,6 +92,7 @@ pub async fn run_with_metrics(
         metrics: recorder.clone(),
         lease_ttl: config.lease_ttl,
         heartbeat_interval: config.heartbeat_interval,
+        links: links.clone(),
     });
     let stats = directory.stats();
 
@@ -110,6 +122,7 @@ pub async fn run_with_metrics(
         cancel.clone(),
     ));
     background.push(tokio::spawn(replicator.clone().plan_loop(cancel.clone())));
+    background.push(tokio::spawn(links.clone().refresh_loop(cancel.clone())));
     background.push(tokio::spawn(purge_loop(
         admission.clone(),
         directory.clone(),
@@ -150,8 +163,12 @@ pub async fn run_with_metrics(
         .drain
         .unwrap_or(config.heartbeat_interval + Duration::from_secs(1))
         .min(DRAIN_TIMEOUT);
+    let leaving = links.clone();
     let signal = async move {
         shutdown.await;
+        // Linked islands stop asking this central at once (at most a
+        // second).
+        leaving.leave().await;
         // Streams never finish by themselves: end them, or the server
         // would wait for them.
         draining.end_streams();
@@ -168,11 +185,7 @@ pub async fn run_with_metrics(
         tracing::info!("shutting down: no new connections, draining in-flight calls");
         let _ = stopping_tx.send(());
     };
-    let mut server = Server::builder();
-    if let Some(tls) = &config.tls {
-        server = server.tls_config(tls::server_config(tls))?;
-    }
-    let serve = server
+    let router = Server::builder()
         .layer(MeteringLayer(recorder.clone()))
         .layer(OversizeLayer)
         .add_service(health)
@@ -183,7 +196,28 @@ pub async fn run_with_metrics(
                 .max_decoding_message_size(config.limits.max_message_bytes)
                 .max_encoding_message_size(config.limits.max_message_bytes),
         )
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener).with_nodelay(Some(true)), signal);
+        .add_service(
+            LinkServer::new(LinkService::new(links.clone(), directory.clone()))
+                .max_decoding_message_size(config.limits.max_message_bytes)
+                .max_encoding_message_size(MAX_FILTER_BYTES + (1 << 20)),
+        );
+    // With TLS, our own acceptor: it asks linked centrals for their
+    // certificate (see `tls::rustls_config`).
+    use futures_util::future::Either;
+    let serve = match &config.tls {
+        Some(tls) => {
+            let incoming = tls::incoming(
+                listener,
+                tls::rustls_config(tls, links.any())?,
+                cancel.clone(),
+            );
+            Either::Left(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+        None => Either::Right(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            signal,
+        )),
+    };
     let drain_deadline = async {
         if stopping_rx.await.is_ok() {
             tokio::time::sleep(DRAIN_TIMEOUT).await;

@@ -5,9 +5,20 @@
 //! first handshake.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use peerdex_common::tls::{CertKey, PairVars, read_certs};
-use rustls::pki_types::CertificateDer;
+use rustls::DigitallySignedStruct;
+use rustls::DistinguishedName;
+use rustls::SignatureScheme;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
 
@@ -30,16 +41,132 @@ pub fn load(cert: &Path, key: &Path) -> Result<TlsFiles> {
     Ok(CertKey::load(VARS, cert, key)?)
 }
 
-/// tonic's configuration for the gRPC port.
-pub(crate) fn server_config(files: &TlsFiles) -> tonic::transport::ServerTlsConfig {
-    tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
-        files.cert_pem(),
-        files.key_pem(),
-    ))
-}
-
 /// Read a PEM file of CA certificates (`CENTRAL_PEER_CA_FILE`): at least
 /// one certificate, or a message that names the setting.
 pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(read_certs("CENTRAL_PEER_CA_FILE", path)?)
+}
+
+/// Read `CENTRAL_LINK_CA_FILE`: the file (PEM, for tonic's client) and its
+/// certificates (at least one).
+pub fn read_link_ca_file(path: &Path) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>)> {
+    Ok(peerdex_common::tls::read_certs_pem(
+        "CENTRAL_LINK_CA_FILE",
+        path,
+    )?)
+}
+
+/// The rustls configuration of the gRPC port: HTTP/2, and with `links`
+/// a request for a client certificate that every client may decline
+/// (peers never show one). What a linked central shows is checked by the
+/// Link service itself ([`crate::link::auth`]), so that a wrong
+/// certificate is answered PERMISSION_DENIED with a reason instead of a
+/// failed handshake, and so that a peer's calls never depend on it.
+pub(crate) fn rustls_config(files: &TlsFiles, links: bool) -> Result<Arc<rustls::ServerConfig>> {
+    let clients = links.then(|| {
+        Arc::new(OfferClientAuth {
+            algs: peerdex_common::tls::provider().signature_verification_algorithms,
+        }) as Arc<dyn ClientCertVerifier>
+    });
+    let mut config = files.server_config_with(clients)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Asks for a client certificate, takes any (or none) at the handshake,
+/// and checks the handshake's signature with it, so that a certificate
+/// seen by the Link service is surely held by the caller. The chain and
+/// the names are checked by the Link service ([`crate::link::auth`]).
+#[derive(Debug)]
+struct OfferClientAuth {
+    algs: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for OfferClientAuth {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The TLS connections of `listener`, handshaken off the accept loop (a
+/// slow client never holds up others), until `cancel`.
+pub(crate) fn incoming(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    cancel: CancellationToken,
+) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, from) = tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tx.closed() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, say: wait a little rather
+                        // than spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
 }

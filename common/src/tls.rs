@@ -96,6 +96,17 @@ pub fn read_certs(
     parse_certs(var, path, &read(var, path)?)
 }
 
+/// [`read_certs`], and the file as read (PEM), for clients that take PEM
+/// (tonic).
+pub fn read_certs_pem(
+    var: &'static str,
+    path: &Path,
+) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), PemFileError> {
+    let pem = read(var, path)?;
+    let certs = parse_certs(var, path, &pem)?;
+    Ok((pem, certs))
+}
+
 fn parse_certs(
     var: &'static str,
     path: &Path,
@@ -198,11 +209,23 @@ impl CertKey {
     /// A rustls server configuration for this pair, without client
     /// authentication (callers add ALPN).
     pub fn server_config(&self) -> Result<rustls::ServerConfig, PemFileError> {
+        self.server_config_with(None)
+    }
+
+    /// [`CertKey::server_config`], with `clients` verifying the client
+    /// certificates it asks for (`None`: it asks for none).
+    pub fn server_config_with(
+        &self,
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> Result<rustls::ServerConfig, PemFileError> {
         rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .and_then(|b| {
-                b.with_no_client_auth()
-                    .with_single_cert(self.certs.clone(), self.key_der.clone_key())
+                let b = match clients {
+                    Some(v) => b.with_client_cert_verifier(v),
+                    None => b.with_no_client_auth(),
+                };
+                b.with_single_cert(self.certs.clone(), self.key_der.clone_key())
             })
             .map_err(|source| PemFileError::Mismatch {
                 cert_var: self.vars.cert,

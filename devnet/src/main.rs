@@ -72,6 +72,14 @@ struct Args {
     /// that list all three centrals (PSERVER_CENTRAL_URL) and fail over.
     #[arg(long)]
     ha: bool,
+    /// Run N independent islands (2-8), each one central with its own
+    /// SQLite directory, linked to each other over mutual TLS
+    /// (CENTRAL_LINKS; certificates generated as with --tls); peer k joins
+    /// island k (round robin) and asks its central itself, so the tour's
+    /// download crosses islands.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(2..=8),
+          conflicts_with = "ha")]
+    islands: Option<u8>,
 }
 
 /// How many centrals `--ha` runs (and etcd members).
@@ -254,16 +262,17 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     let root = root.canonicalize()?;
 
     // TLS material (with --tls): one CA, one certificate per process.
-    let tls = match args.tls {
+    let islands = args.islands.map(usize::from);
+    let tls = match args.tls || islands.is_some() {
         true => Some(Tls::generate(&root.join("tls"))?),
         false => None,
     };
     // With TLS, a private network: a fresh join secret for the central
     // (CENTRAL_JOIN_SECRET) and every peer (PSERVER_JOIN_SECRET); each
     // peer API then asks for the credential the central gives members.
-    let join_secret = tls
-        .as_ref()
-        .map(|_| format!("devnet-{:032x}", rand::random::<u128>()));
+    // (Islands stay open: a private island exports nothing over links.)
+    let join_secret =
+        (args.tls && islands.is_none()).then(|| format!("devnet-{:032x}", rand::random::<u128>()));
 
     // With --ha, the etcd cluster the centrals share (blocking start: it
     // waits until the 3 members agree on a Raft leader).
@@ -282,17 +291,33 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     let etcd_endpoints = net.etcd.as_ref().map(EtcdCluster::endpoints);
 
     // Centrals: one, or with --ha three on the same etcd cluster.
-    let names: Vec<String> = match args.ha {
-        true => (1..=HA_CENTRALS).map(|k| format!("central-{k}")).collect(),
-        false => vec!["central".to_owned()],
+    let names: Vec<String> = match (args.ha, islands) {
+        (true, _) => (1..=HA_CENTRALS).map(|k| format!("central-{k}")).collect(),
+        (false, Some(n)) => (1..=n).map(|k| format!("island-{k}")).collect(),
+        (false, None) => vec!["central".to_owned()],
+    };
+    // Islands list each other before they start: their ports are picked
+    // now (free at this moment; a clash fails the start with a message).
+    let island_ports: Vec<u16> = match islands {
+        Some(n) => (0..n)
+            .map(|_| {
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .map(|a| a.port())
+            })
+            .collect::<std::io::Result<_>>()?,
+        None => Vec::new(),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     // (name, address, URL, pid) of each central.
     let mut centrals: Vec<(String, String, String, u32)> = Vec::new();
-    for name in &names {
+    for (k, name) in names.iter().enumerate() {
         let central_dir = root.join(name);
+        let listen = island_ports
+            .get(k)
+            .map_or_else(|| "127.0.0.1:0".to_owned(), |p| format!("127.0.0.1:{p}"));
         let mut central_env = vec![
-            ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
+            ("CENTRAL_LISTEN_ADDR", listen),
             ("CENTRAL_DATA_DIR", "./data".into()),
             // Metrics on a port the OS picks: the central logs where.
             ("CENTRAL_METRICS_ADDR", "127.0.0.1:0".into()),
@@ -317,6 +342,18 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         }
         if let Some(s) = &join_secret {
             central_env.push(("CENTRAL_JOIN_SECRET", s.clone()));
+        }
+        if let Some(t) = tls.as_ref().filter(|_| islands.is_some()) {
+            let others: Vec<String> = island_ports
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != k)
+                .map(|(_, p)| format!("https://127.0.0.1:{p}"))
+                .collect();
+            central_env.push(("CENTRAL_ISLAND_NAME", name.clone()));
+            central_env.push(("CENTRAL_LINKS", others.join(",")));
+            central_env.push(("CENTRAL_LINK_CA_FILE", t.ca_file.display().to_string()));
+            central_env.push(("CENTRAL_LINK_REFRESH_SECS", "2".into()));
         }
         write_env(&central_dir, &central_env)?;
         let (p, line) = spawn(&bins, "central-server", &central_dir, name).await?;
@@ -346,7 +383,13 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     let mut peers: [Option<PeerAddrs>; 3] = [None, None, None];
     for i in START_ORDER {
         let dir = root.join(format!("peer{}", i + 1));
+        // With islands, peer k joins island k and asks its own central.
+        let central_url = match islands {
+            Some(n) => centrals[i % n].2.clone(),
+            None => central_url.clone(),
+        };
         let neighbour = NEIGHBOUR[i]
+            .filter(|_| islands.is_none())
             .map(|n| {
                 peers[n]
                     .as_ref()
@@ -478,7 +521,7 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         );
     }
     for (i, p) in peers.iter().enumerate() {
-        let neighbour = NEIGHBOUR[i].map_or_else(
+        let neighbour = NEIGHBOUR[i].filter(|_| islands.is_none()).map_or_else(
             || "none (asks the central)".to_owned(),
             |n| peers[n].peer_url.clone(),
         );
@@ -515,6 +558,37 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         return Ok(());
     }
 
+    if let Some(n) = islands {
+        // beta-notes.md is held by peer2, in island-2: wait until island-1
+        // has island-2's summary (it is pulled every second).
+        println!("  {n} islands, linked to each other; peer k joins island k");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let hits = http
+                .get(format!("{}/api/v1/search?q=beta", api_urls[0]))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success());
+            let found = match hits {
+                Some(r) => r
+                    .json::<peerdex_proto::rest::SearchResults>()
+                    .await
+                    .is_ok_and(|s| !s.hits.is_empty()),
+                None => false,
+            };
+            if found {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "island-1 did not see island-2's files within 30 s; see the centrals' logs in {}",
+                    root.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     println!("\nNo terminal on stdin: running the scripted tour on peer1.\n");
     let steps: [&[&str]; 4] = [
         &["search", "report"],

@@ -66,6 +66,7 @@ impl From<v1::Holder> for rest::Holder {
             active_uploads: load.active_uploads,
             free_upload_slots: load.free_upload_slots,
             replica: h.replica,
+            island: h.island,
         }
     }
 }
@@ -116,6 +117,7 @@ impl From<v1::SearchHit> for rest::SearchHit {
             size: h.size,
             holders: h.holders,
             replicas_wanted: h.replicas_wanted,
+            island: h.island,
         }
     }
 }

@@ -82,6 +82,10 @@ pub struct Status {
     /// when unknown.
     #[serde(default)]
     pub leader: Option<String>,
+    /// The directory's island (CENTRAL_ISLAND_NAME), as the last Join or
+    /// Heartbeat answer named it; null when unknown.
+    #[serde(default)]
+    pub island: Option<String>,
     /// Did the last call to the central succeed?
     pub central_reachable: bool,
     /// Seconds since the lease was last renewed (Join or Heartbeat); none if never.
@@ -190,6 +194,10 @@ pub struct SearchHit {
     /// works it out itself, whatever a neighbour said.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lookalike: bool,
+    /// The island (directory) whose peers hold it: the PServer's own, or
+    /// a linked one (`CENTRAL_LINKS`). Empty from an older directory.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub island: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -203,6 +211,12 @@ pub struct SearchResults {
     /// gets a complete answer.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// Linked islands that answered this search too (first page only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub islands: Vec<String>,
+    /// Linked islands that were not asked or did not answer in time (down).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub islands_skipped: Vec<String>,
 }
 
 /// Query string of the search endpoints (its OpenAPI parameters are
@@ -268,6 +282,9 @@ pub struct Holder {
     /// It holds the file as a replica (a volunteer), not as an owner.
     #[serde(default)]
     pub replica: bool,
+    /// Its island (directory): the PServer's own, or a linked one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub island: String,
 }
 
 /// A content and its live holders, least-loaded first.

@@ -351,6 +351,7 @@
       el('td', { className: 'name' }, nameNode(hit.name, hit.lookalike)),
       el('td', { className: 'num', title: `${hit.size} bytes` }, humanSize(hit.size)),
       el('td', { className: 'num' }, String(hit.holders)),
+      el('td', { className: 'island' }, hit.island || ''),
       el('td', {}, el('code', { className: 'id', title: hit.file_id }, shortId(hit.file_id))),
       el('td', { className: 'actions' }, copy, dl));
   }
@@ -909,6 +910,9 @@
     // The directory's leader, as the last heartbeat answer named it.
     const leader = s.leader ?? null;
     fact('leader', leader, leader || '—');
+    // The directory's island (CENTRAL_ISLAND_NAME).
+    const island = s.island ?? null;
+    fact('island', island, island || '—');
     setText($('network-updated'), `Updated ${new Date().toLocaleTimeString()}; refreshed every ${NETWORK_POLL_MS / 1000} s on this page.`);
     setText($('footer-peer'), `peer ${shortId(s.peer_id)} · peerdex ${s.version}`);
     setText($('upload-limit'), s.max_upload_bytes ? `Up to ${humanSize(s.max_upload_bytes)} per file.` : '');

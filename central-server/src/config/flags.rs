@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::{Args as Section, Parser};
 
 use super::parse::{Bounded, OptionalAddr, address, optional_address};
-use super::{Config, Limits, bounds, days, defaults};
+use super::{Config, Limits, LinkConfig, LinkUrl, bounds, days, defaults, parse_links};
 use crate::error::Result;
 
 /// The peerdex central directory (gRPC). Every flag can also be set with the
@@ -33,6 +33,8 @@ pub struct Args {
     pub etcd: EtcdArgs,
     #[command(flatten)]
     pub tls: TlsArgs,
+    #[command(flatten)]
+    pub links: LinkArgs,
 }
 
 /// Where to serve: gRPC, metrics, and the database.
@@ -259,6 +261,71 @@ pub struct TlsArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// The island and its links to other islands (see the README, "Islands").
+#[derive(Debug, Section)]
+pub struct LinkArgs {
+    /// This island's name, shown in Info, in search results and by
+    /// `peerdex status` (letters, digits, . _ : -). Empty = the host name.
+    /// Every central of one island (on one etcd) should give the same.
+    #[arg(long, env = "CENTRAL_ISLAND_NAME", default_value = "")]
+    pub island_name: String,
+
+    /// Comma-separated https://host:port URLs of the centrals of other
+    /// islands to link with (several centrals of one island fail over in
+    /// this order). A link exists only when both ends list each other.
+    /// Needs CENTRAL_TLS_CERT/KEY (shown to them as a client certificate)
+    /// and CENTRAL_LINK_CA_FILE. Empty = this island stands alone.
+    #[arg(long, env = "CENTRAL_LINKS", default_value = "", value_name = "URLS",
+          value_parser = links_list)]
+    pub links: LinkList,
+
+    /// PEM file of the CA certificates trusted for links: a linked central
+    /// must show a certificate that chains to one of them and names the
+    /// host of one of CENTRAL_LINKS (both ways).
+    #[arg(long, env = "CENTRAL_LINK_CA_FILE", value_name = "PEM")]
+    pub link_ca_file: Option<PathBuf>,
+
+    /// Seconds between summary pulls from each linked island: a file
+    /// shared there is found from here within this long.
+    #[arg(long, env = "CENTRAL_LINK_REFRESH_SECS", default_value_t = defaults::LINK_REFRESH_SECS,
+          value_parser = Bounded::<u64>::within("CENTRAL_LINK_REFRESH_SECS", 1, 3600))]
+    pub link_refresh_secs: u64,
+
+    /// Milliseconds a lookup waits for linked islands (the local answer
+    /// never waits longer); a slower island is skipped until it answers a
+    /// probe.
+    #[arg(long, env = "CENTRAL_LINK_TIMEOUT_MS", default_value_t = defaults::LINK_TIMEOUT_MS,
+          value_parser = Bounded::<u64>::within("CENTRAL_LINK_TIMEOUT_MS", 10, 60_000))]
+    pub link_timeout_ms: u64,
+
+    /// Calls per second each linked island may make here (Locate, Search,
+    /// summaries); more are refused RESOURCE_EXHAUSTED. 0 = no limit.
+    #[arg(long, env = "CENTRAL_LINK_RATE", default_value_t = defaults::LINK_RATE,
+          value_parser = Bounded::<u32>::rate("CENTRAL_LINK_RATE", bounds::MAX_RATE))]
+    pub link_rate: u32,
+}
+
+/// `CENTRAL_LINKS`, parsed.
+#[derive(Debug, Clone, Default)]
+pub struct LinkList(pub Vec<LinkUrl>);
+
+fn links_list(s: &str) -> Result<LinkList, String> {
+    parse_links(s).map(LinkList).map_err(|e| e.to_string())
+}
+
+impl LinkArgs {
+    fn apply(&self, c: &mut Config) {
+        c.links = LinkConfig {
+            island: set(&self.island_name),
+            links: self.links.0.clone(),
+            refresh: Duration::from_secs(self.link_refresh_secs),
+            timeout: Duration::from_millis(self.link_timeout_ms),
+            rate: self.link_rate,
+            ..LinkConfig::default()
+        };
+    }
+}
+
 /// `Some(s)` unless `s` is empty once trimmed (an empty setting is unset).
 fn set(s: &str) -> Option<String> {
     Some(s.trim().to_owned()).filter(|s| !s.is_empty())
@@ -336,6 +403,7 @@ impl Args {
         self.replication.apply(&mut c);
         self.keys.apply(&mut c);
         self.etcd.apply(&mut c);
+        self.links.apply(&mut c);
         c
     }
 
@@ -349,6 +417,9 @@ impl Args {
         )?;
         if let Some(path) = set_path(self.replication.peer_ca_file.as_ref()) {
             c.peer_ca = crate::tls::read_ca_file(path)?;
+        }
+        if let Some(path) = set_path(self.links.link_ca_file.as_ref()) {
+            (c.links.ca_pem, c.links.ca) = crate::tls::read_link_ca_file(path)?;
         }
         c.validate()?;
         Ok(c)

@@ -10,6 +10,7 @@
 //!   a flag is declared, errors that name the variable and the range.
 
 mod flags;
+mod links;
 mod parse;
 
 use std::path::PathBuf;
@@ -20,8 +21,9 @@ use peerdex_proto::types::MAX_NAME_BYTES;
 use crate::error::{Error, Result};
 
 pub use flags::{
-    Args, EtcdArgs, KeyArgs, LeaseArgs, LimitArgs, ReplicationArgs, ServeArgs, TlsArgs,
+    Args, EtcdArgs, KeyArgs, LeaseArgs, LimitArgs, LinkArgs, ReplicationArgs, ServeArgs, TlsArgs,
 };
+pub use links::{LinkConfig, LinkUrl, MAX_LINKS, host_name, parse_links, valid_name};
 pub use parse::{Expected, OptionalAddr, SettingError};
 
 /// Every default, written once: [`Config::new`], [`Limits::default`] and
@@ -35,6 +37,12 @@ pub mod defaults {
     pub const LEASE_TTL_SECS: u64 = 30;
     /// `CENTRAL_HEARTBEAT_SECS`.
     pub const HEARTBEAT_SECS: u64 = 10;
+    /// `CENTRAL_LINK_REFRESH_SECS`.
+    pub const LINK_REFRESH_SECS: u64 = 10;
+    /// `CENTRAL_LINK_TIMEOUT_MS`.
+    pub const LINK_TIMEOUT_MS: u64 = 500;
+    /// `CENTRAL_LINK_RATE`.
+    pub const LINK_RATE: u32 = 200;
     /// `CENTRAL_KEY_RETENTION_DAYS`.
     pub const KEY_RETENTION_DAYS: u32 = 90;
     /// `CENTRAL_ETCD_PREFIX`.
@@ -258,6 +266,8 @@ pub struct Config {
     /// Extra CA certificates (PEM) trusted when auditing peers whose API
     /// is https (`CENTRAL_PEER_CA_FILE`), beside the system's roots.
     pub peer_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// The island's name and its links to other islands (`crate::link`).
+    pub links: LinkConfig,
 }
 
 /// Longest `CENTRAL_NAME`.
@@ -284,6 +294,7 @@ impl Config {
             audit_every: Duration::from_secs(d::AUDIT_SECS),
             audit_retry: Duration::from_secs(d::AUDIT_RETRY_SECS),
             peer_ca: Vec::new(),
+            links: LinkConfig::default(),
         }
     }
 
@@ -314,6 +325,7 @@ impl Config {
         if self.join_secret.is_some() && self.tls.is_none() {
             return Err(E::PrivateWithoutTls);
         }
+        self.links.check(self.tls.is_some())?;
         if let Some(eps) = &self.etcd_endpoints {
             let list: Vec<&str> = eps.split(',').map(str::trim).collect();
             if list.iter().any(|e| e.is_empty()) {
@@ -479,6 +491,26 @@ pub enum ConfigError {
         bounds::MAX_RATE
     )]
     RateTooHigh { setting: &'static str, rate: u32 },
+    #[error(
+        "CENTRAL_ISLAND_NAME {name:?} must be 1-{MAX_NAME_LEN} characters among letters, digits and . _ : -"
+    )]
+    IslandName { name: String },
+    #[error(
+        "CENTRAL_LINKS: {url:?} is not a URL of a central such as https://central.example:50051"
+    )]
+    LinkNotUrl { url: String },
+    #[error("CENTRAL_LINKS: {url:?} is not https://: links between islands speak only TLS")]
+    LinkNotHttps { url: String },
+    #[error("CENTRAL_LINKS lists {links} centrals; at most {max}")]
+    TooManyLinks { links: usize, max: usize },
+    #[error(
+        "CENTRAL_LINKS needs TLS: set CENTRAL_TLS_CERT and CENTRAL_TLS_KEY (the certificate is also shown to linked islands)"
+    )]
+    LinksWithoutTls,
+    #[error(
+        "CENTRAL_LINKS needs CENTRAL_LINK_CA_FILE: the CA certificates (PEM) that sign the linked centrals' certificates"
+    )]
+    LinksWithoutCa,
 }
 
 #[cfg(test)]

@@ -194,6 +194,7 @@ impl Index {
                 size: self.answer_size(*f, now),
                 holders: *h,
                 replicas_wanted: 0,
+                island: String::new(),
             })
             .collect();
         let next = match (more, hits.last(), keyed.last()) {
@@ -354,6 +355,38 @@ impl Index {
 
     /// The size to answer for `f`: the one claimed by the most live holders
     /// (ties: the smaller).
+    /// The keys of this island's summary for linked islands: `id_key` of
+    /// every file with a live holder and `name_key` of each of its live
+    /// names (each name once). Returns how many ids, and the keys.
+    pub fn summary_keys(
+        &self,
+        now: Instant,
+        id_key: impl Fn(&FileId) -> u64,
+        name_key: impl Fn(&str) -> u64,
+    ) -> (usize, Vec<u64>) {
+        let mut keys = Vec::with_capacity(self.holdings.min(1 << 24) + 16);
+        let mut named = HashSet::new();
+        let mut ids = 0;
+        for (_, file) in self.files.iter() {
+            let mut live = file
+                .refs
+                .iter()
+                .filter(|&&(p, _)| self.live(p, now))
+                .peekable();
+            if live.peek().is_none() {
+                continue;
+            }
+            ids += 1;
+            keys.push(id_key(&file.id));
+            for &(_, n) in live {
+                if named.insert(n) {
+                    keys.push(name_key(&self.names.get(n).text));
+                }
+            }
+        }
+        (ids, keys)
+    }
+
     fn answer_size(&self, f: u32, now: Instant) -> u64 {
         let file = self.files.get(f);
         let Some(others) = self.other_sizes.get(&f) else {
@@ -421,6 +454,7 @@ impl Index {
                             free_upload_slots: load.free_upload_slots,
                         }),
                         replica: e.replicas.contains(&f),
+                        island: String::new(),
                     }
                 })
                 .collect(),

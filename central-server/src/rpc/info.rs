@@ -48,7 +48,14 @@ impl DirectoryService {
                     ended_ms: t.ended_ms.unwrap_or(0),
                 })
                 .collect(),
+            island: self.inner.links.island().to_owned(),
+            links: self.inner.links.infos(),
         }
+    }
+
+    /// This central's name (`CENTRAL_NAME`).
+    pub(crate) fn central_name(&self) -> String {
+        self.inner.leadership.name().to_owned()
     }
 
     /// Whether peers can move to another central when this one stops.

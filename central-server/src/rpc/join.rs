@@ -70,6 +70,7 @@ impl DirectoryService {
             credential,
             credential_expires,
             revoked: self.revoked(),
+            island: self.inner.links.island().to_owned(),
         })
     }
 

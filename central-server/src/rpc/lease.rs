@@ -66,6 +66,7 @@ impl DirectoryService {
             moved: drain.draining.load(Ordering::Relaxed),
             central: self.inner.leadership.name().to_owned(),
             leader: self.inner.leadership.leader(),
+            island: self.inner.links.island().to_owned(),
         })
     }
 

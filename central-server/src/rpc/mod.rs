@@ -41,6 +41,7 @@ use crate::error::{Auth, Error, Field, Invalid, Limit, Result};
 use crate::identity::Nonces;
 use crate::index::TokenHash;
 use crate::leader::Leadership;
+use crate::link::Links;
 use crate::metrics::Metrics;
 use crate::replication::Replicator;
 
@@ -73,6 +74,8 @@ struct Inner {
     searching: tokio::sync::Semaphore,
     drain: info::Drain,
     streams: revocations::Streams,
+    /// Links to other islands: lookups go there when this one falls short.
+    links: Links,
 }
 
 /// What the service is made of (see `crate::server`).
@@ -85,6 +88,7 @@ pub(crate) struct Parts {
     pub metrics: Option<Arc<Metrics>>,
     pub lease_ttl: Duration,
     pub heartbeat_interval: Duration,
+    pub links: Links,
 }
 
 /// Searches that may run at once: one fewer than the cores, at least one.
@@ -113,6 +117,7 @@ impl DirectoryService {
                     told: Default::default(),
                 },
                 streams: revocations::Streams::default(),
+                links: p.links,
             }),
         }
     }
@@ -267,7 +272,7 @@ impl directory_server::Directory for DirectoryService {
     }
 
     async fn locate(&self, req: Request<v1::LocateRequest>) -> Answer<v1::LocateResponse> {
-        Ok(Response::new(self.locate(req)?))
+        Ok(Response::new(self.locate(req).await?))
     }
 
     async fn search(&self, req: Request<v1::SearchRequest>) -> Answer<v1::SearchResponse> {
@@ -333,6 +338,7 @@ mod tests {
             metrics: None,
             lease_ttl: config.lease_ttl,
             heartbeat_interval: config.heartbeat_interval,
+            links: Links::new(&config.links, None, "test", false, dir.clone(), None),
         });
         let upkeep = tokio::spawn(dir.clone().upkeep_loop(
             opened.leadership,

@@ -11,11 +11,60 @@ use tonic::Request;
 use super::{DEFAULT_PAGE, DirectoryService, PEER_ID_META, bearer, source};
 use crate::error::{Auth, Error, Field, Invalid, Result};
 use crate::index::{Cursor, words};
+use crate::link::forward::{merge_hits, merge_located};
 
 impl DirectoryService {
-    pub(super) fn locate(&self, req: Request<v1::LocateRequest>) -> Result<v1::LocateResponse> {
-        use v1::locate_request::Target;
+    /// Locate here, then in linked islands when this one has fewer
+    /// holders than asked (see `crate::link::forward`).
+    pub(super) async fn locate(
+        &self,
+        req: Request<v1::LocateRequest>,
+    ) -> Result<v1::LocateResponse> {
         let r = req.into_inner();
+        let target = r.target.clone();
+        let mut answer = self.locate_here(r.clone())?;
+        let links = &self.inner.links;
+        let Some(target) = target.filter(|_| links.any()) else {
+            return Ok(answer);
+        };
+        let limits = self.admission().limits();
+        let max_holders = match r.max_holders as usize {
+            0 => limits.max_holders,
+            n => n.min(limits.max_holders),
+        };
+        let short =
+            answer.files.is_empty() || answer.files.iter().any(|f| f.holders.len() < max_holders);
+        if !short {
+            return Ok(answer);
+        }
+        let id = match &target {
+            v1::locate_request::Target::FileId(s) => s.parse::<FileId>().ok(),
+            v1::locate_request::Target::Name(_) => None,
+        };
+        let max_files = if id.is_some() { 1 } else { limits.max_page };
+        let forwarded = links.locate(&target, max_holders as u32).await;
+        for (island, remote) in forwarded.answers {
+            let refused = merge_located(
+                &mut answer.files,
+                &island,
+                remote,
+                id.as_ref(),
+                max_holders,
+                max_files,
+            );
+            if refused > 0 {
+                tracing::warn!(%island, refused, "linked island's Locate answer had entries we refused");
+                links.invalid_answer(&island, "locate");
+            }
+            answer.islands.push(island);
+        }
+        answer.islands_skipped = forwarded.skipped;
+        Ok(answer)
+    }
+
+    /// Locate in this island only (what a linked island is answered).
+    pub(crate) fn locate_here(&self, r: v1::LocateRequest) -> Result<v1::LocateResponse> {
+        use v1::locate_request::Target;
         let limits = self.admission().limits();
         let max_holders = match r.max_holders as usize {
             0 => limits.max_holders,
@@ -69,7 +118,14 @@ impl DirectoryService {
         self.dir()
             .replicas()
             .with_replication(&self.dir().index(), &mut files, now);
-        Ok(v1::LocateResponse { files })
+        let island = self.inner.links.island();
+        for h in files.iter_mut().flat_map(|f| f.holders.iter_mut()) {
+            island.clone_into(&mut h.island);
+        }
+        Ok(v1::LocateResponse {
+            files,
+            ..Default::default()
+        })
     }
 
     pub(super) async fn search(
@@ -88,6 +144,8 @@ impl DirectoryService {
             )?),
         };
         let r = req.into_inner();
+        let first_page = r.page_token.is_empty();
+        let (query, limit) = (r.query.clone(), r.limit);
         if let Some(peer) = named {
             let token = token.ok_or(Auth::SearchWithoutToken(peer))?;
             match self.dir().authorize(&peer, &token, Instant::now()) {
@@ -98,6 +156,36 @@ impl DirectoryService {
                 Err(e) => return Err(e),
             }
         }
+        let links = &self.inner.links;
+        if !(first_page && links.any()) {
+            return self.search_here(r).await;
+        }
+        // Linked islands are asked at once, beside the local search.
+        let (answer, forwarded) = tokio::join!(self.search_here(r), links.search(&query, limit));
+        let mut page = answer?;
+        let max = page.hits.len() + self.page_size(limit);
+        for (island, remote) in forwarded.answers {
+            if merge_hits(&mut page.hits, &island, remote, max) > 0 {
+                tracing::warn!(%island, "linked island's Search answer had hits we refused");
+                links.invalid_answer(&island, "search");
+            }
+            page.islands.push(island);
+        }
+        page.islands_skipped = forwarded.skipped;
+        Ok(page)
+    }
+
+    /// Hits per page for a request's `limit`.
+    fn page_size(&self, limit: u32) -> usize {
+        let max_page = self.admission().limits().max_page;
+        match limit as usize {
+            0 => DEFAULT_PAGE.min(max_page),
+            n => n.min(max_page),
+        }
+    }
+
+    /// Search this island only (what a linked island is answered).
+    pub(crate) async fn search_here(&self, r: v1::SearchRequest) -> Result<v1::SearchResponse> {
         let limits = self.admission().limits();
         if r.query.len() > MAX_QUERY_BYTES {
             return Err(Invalid::QueryTooLong {
@@ -126,10 +214,7 @@ impl DirectoryService {
             }
             .into());
         }
-        let limit = match r.limit as usize {
-            0 => DEFAULT_PAGE.min(limits.max_page),
-            n => n.min(limits.max_page),
-        };
+        let limit = self.page_size(r.limit);
         let cursor = if r.page_token.is_empty() {
             None
         } else {
@@ -161,10 +246,15 @@ impl DirectoryService {
         }
         let mut hits = page.hits;
         self.dir().replicas().hits_with_pins(&mut hits);
+        let island = self.inner.links.island();
+        for h in &mut hits {
+            island.clone_into(&mut h.island);
+        }
         Ok(v1::SearchResponse {
             hits,
             next_page_token: page.next.map(|c| c.encode()).unwrap_or_default(),
             truncated: page.truncated,
+            ..Default::default()
         })
     }
 }

@@ -232,6 +232,7 @@ mod tests {
             size: 1,
             holders: 1,
             lookalike: false,
+            island: String::new(),
         }
     }
 

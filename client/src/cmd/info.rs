@@ -83,10 +83,15 @@ fn describe(f: &LocatedFile) -> String {
         line(
             if i == 0 { "holders" } else { "" },
             format!(
-                "{} ({}, {} uploads)",
+                "{} ({}, {} uploads{})",
                 host_of(&h.peer_url),
                 if h.replica { "replica" } else { "owner" },
-                h.active_uploads
+                h.active_uploads,
+                if h.island.is_empty() {
+                    String::new()
+                } else {
+                    format!(", island {}", h.island)
+                }
             ),
         );
     }
@@ -107,6 +112,7 @@ mod tests {
             active_uploads: 0,
             free_upload_slots: 4,
             replica,
+            island: String::new(),
         };
         let mut f = LocatedFile {
             file_id: "ab".repeat(32),

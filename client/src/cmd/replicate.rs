@@ -56,6 +56,7 @@ mod tests {
             holders: 1,
             replicas_wanted: 0,
             lookalike: false,
+            island: String::new(),
         };
         assert_eq!(target(&id, &[]), id);
         assert_eq!(target("ABABAB", std::slice::from_ref(&hit)), id);

@@ -26,27 +26,56 @@ pub(super) async fn run(ctx: &mut Ctx, args: SearchArgs) -> anyhow::Result<()> {
             );
         }
     };
+    let islands = || {
+        if !results.islands.is_empty() {
+            eprintln!(
+                "linked islands searched too: {}",
+                results.islands.join(", ")
+            );
+        }
+        if !results.islands_skipped.is_empty() {
+            eprintln!(
+                "linked islands not searched (down or too slow): {}",
+                results.islands_skipped.join(", ")
+            );
+        }
+    };
     if results.hits.is_empty() {
         eprintln!("no shared file matches {}", quoted(&q));
+        islands();
         cut();
         return Ok(());
     }
+    // The island column appears once a hit comes from a linked island.
+    let own = results
+        .hits
+        .first()
+        .map(|h| h.island.clone())
+        .unwrap_or_default();
+    let mixed = results.hits.iter().any(|h| h.island != own);
     let rows: Vec<Vec<String>> = results
         .hits
         .iter()
         .map(|h| {
-            vec![
+            let mut row = vec![
                 name(&h.name),
                 short_id(&h.file_id).to_owned(),
                 human_size(h.size),
                 holders(h.holders, h.replicas_wanted),
-            ]
+            ];
+            if mixed {
+                row.push(h.island.clone());
+            }
+            row
         })
         .collect();
-    outp!(
-        "{}",
-        table(&["NAME", "ID", "SIZE", "HOLDERS"], &rows, &[2, 3])
-    );
+    let head: &[&str] = if mixed {
+        &["NAME", "ID", "SIZE", "HOLDERS", "ISLAND"]
+    } else {
+        &["NAME", "ID", "SIZE", "HOLDERS"]
+    };
+    outp!("{}", table(head, &rows, &[2, 3]));
+    islands();
     if results.hits.iter().any(|h| h.replicas_wanted > 0) {
         eprintln!(
             "HOLDERS n/w: n live holders of a file pinned to w copies ({} shows them)",

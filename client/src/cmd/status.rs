@@ -51,6 +51,9 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(l) = s.leader.clone() {
         line("leader", l);
     }
+    if let Some(i) = s.island.clone() {
+        line("island", i);
+    }
     if let Some(e) = s.lease_error.clone() {
         line("central said", e);
     }

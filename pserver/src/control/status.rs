@@ -41,6 +41,7 @@ pub(super) async fn status(
         centrals: central.urls(),
         central_name: central.central_name(),
         leader: central.leader(),
+        island: central.island(),
         central_reachable: central.reachable(),
         lease_age_secs: central.lease_age().map(|d| d.as_secs()),
         lease_error: central.lease_error(),

@@ -70,6 +70,9 @@ impl Central {
         log_refused("join", &answer.refused);
         self.network.set_credential(&answer.credential);
         self.network.note_revoked_list(&answer.revoked);
+        if !answer.island.is_empty() {
+            self.heard.lock().unwrap().island = Some(answer.island.clone());
+        }
         if self.network.is_private()
             && let Err(e) = self.refresh_keys().await
         {
@@ -117,6 +120,9 @@ impl Central {
             let mut h = self.heard.lock().unwrap();
             h.central = (!answer.central.is_empty()).then(|| answer.central.clone());
             h.leader = (!answer.leader.is_empty()).then(|| answer.leader.clone());
+            if !answer.island.is_empty() {
+                h.island = Some(answer.island.clone());
+            }
         }
         let mut s = self.session.lock().unwrap();
         if answer.rejoin {

@@ -401,6 +401,8 @@ pub async fn search_at_central(central: &Central, q: &SearchQuery) -> Result<Sea
         hits: r.hits.into_iter().map(SearchHit::from).collect(),
         next_page: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
         truncated: r.truncated,
+        islands: r.islands,
+        islands_skipped: r.islands_skipped,
     })
 }
 

@@ -88,6 +88,8 @@ struct Heard {
     /// The name of the central we talk to (cleared when we move).
     central: Option<String>,
     leader: Option<String>,
+    /// The directory's island, as Join or Heartbeat answers name it.
+    island: Option<String>,
 }
 
 /// The answer to a Heartbeat.
@@ -261,6 +263,11 @@ impl Central {
     /// The name the central we use gave in its last Heartbeat answer.
     pub fn central_name(&self) -> Option<String> {
         self.heard.lock().unwrap().central.clone()
+    }
+
+    /// The directory's island (CENTRAL_ISLAND_NAME), as it last said.
+    pub fn island(&self) -> Option<String> {
+        self.heard.lock().unwrap().island.clone()
     }
 
     /// The directory's leader, as the last Heartbeat answer named it.
