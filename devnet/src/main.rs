@@ -32,6 +32,14 @@
 //! centrals. Combines with `--tls` (each central gets its own certificate;
 //! etcd itself stays plain HTTP on loopback).
 //!
+//! With `--islands N` it runs N independent islands (2-8): one central
+//! each, on its own SQLite directory, named `island-1..N`
+//! (`CENTRAL_ISLAND_NAME`) and linked to every other one over mutual TLS
+//! (`CENTRAL_LINKS`, `CENTRAL_LINK_CA_FILE`; certificates as with `--tls`,
+//! but no join secret: a private island exports nothing). Peer k joins
+//! island k and asks its own central, so the tour's download crosses
+//! islands.
+//!
 //! Stopping is ordered: peers first (SIGINT: they leave the directory),
 //! then the centrals (SIGTERM: they drain), then the etcd members.
 
@@ -514,7 +522,7 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             }
         }
     }
-    if centrals.len() > 1 {
+    if centrals.len() > 1 && islands.is_none() {
         println!(
             "  every peer lists all {} centrals and moves to another if its central fails; try: kill -9 PID of a central",
             centrals.len(),

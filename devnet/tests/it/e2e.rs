@@ -618,6 +618,50 @@ fn devnet_over_tls_runs_its_tour() {
     }
 }
 
+/// `devnet --islands 3`: three islands linked over mutual TLS, peer k in
+/// island k; the tour's download (beta-notes.md, held by peer 2 in
+/// island-2) crosses islands, and the links are up at every central.
+#[test]
+fn devnet_islands_runs_its_tour_across_islands() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("devnet");
+    let out = Command::new(bin("devnet"))
+        .args(["--islands", "3", "--tour", "--no-build", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "devnet --islands failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Tour complete"), "{stdout}");
+    // peer1's status names its island; its search shows each hit's island.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("island ") && l.trim_end().ends_with(" island-1")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("ISLAND"), "{stdout}");
+    for k in 1..=3 {
+        let env = std::fs::read_to_string(dir.join(format!("island-{k}/.env"))).unwrap();
+        assert!(
+            env.contains(&format!("CENTRAL_ISLAND_NAME=island-{k}")),
+            "{env}"
+        );
+        let links = env
+            .lines()
+            .find_map(|l| l.strip_prefix("CENTRAL_LINKS="))
+            .unwrap();
+        assert_eq!(links.split(',').count(), 2, "{links}");
+        assert!(!env.contains("CENTRAL_JOIN_SECRET"), "{env}");
+    }
+}
+
 /// `devnet --ha`: a 3-member etcd cluster, 3 centrals serving the one
 /// directory stored in it, peers listing every central; the scripted tour
 /// succeeds (a file held by peer 2 is found and fetched by peer 1, whichever

@@ -465,3 +465,50 @@ async fn a_dead_island_costs_one_deadline_and_comes_back() {
     assert!(locate(&ua, &ca, &remote.file_id).await.files.is_empty());
     b.wait_exit(Duration::from_secs(15));
 }
+
+/// An island on etcd (two centrals on one etcd) links as a single central
+/// does: both ends find each other's files, through either of its
+/// centrals, whichever central the holder joined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_island_on_etcd_links_like_a_single_central() {
+    let etcd = tokio::task::spawn_blocking(|| peerdex_testkit::EtcdCluster::start(1))
+        .await
+        .unwrap();
+    let ca = TestCa::new("etcd-islands");
+    let leaf = ca.leaf("central");
+    let ((l1, u1), (l2, u2), (lb, ub)) = (bind().await, bind().await, bind().await);
+    let on_etcd = |name: &'static str| {
+        let link = linked(&ca, &leaf, "e", &[&ub]);
+        let endpoints = etcd.endpoints();
+        move |c: &mut Settings| {
+            link(c);
+            c.etcd_endpoints = Some(endpoints);
+            c.name = Some(name.into());
+        }
+    };
+    let (e1, _d1) = central(l1, on_etcd("e-1")).await;
+    let (e2, _d2) = central(l2, on_etcd("e-2")).await;
+    let (b, _db) = central(lb, linked(&ca, &leaf, "b", &[&u1, &u2])).await;
+    let pe = TestPeer::start(&e1.url, &[], trusts(&ca)).await;
+    let pb = TestPeer::start(&b.url, &[], trusts(&ca)).await;
+    pe.wait_joined().await;
+    pb.wait_joined().await;
+    let fe = upload_ok(&pe, "echo-on-etcd.bin", test_bytes(4_000, 29)).await;
+    let fb = upload_ok(&pb, "bravo-on-sqlite.bin", test_bytes(4_000, 30)).await;
+    // e-2 never saw the peer: it knows B's file through its own link.
+    for (url, id, island) in [(&u2, &fb.file_id, "b"), (&ub, &fe.file_id, "e")] {
+        let r = wait_for(&format!("{url} to find {island}'s file"), T, || async {
+            let r = locate(url, &ca, id).await;
+            (!r.files.is_empty()).then_some(r)
+        })
+        .await;
+        assert_eq!(r.files[0].holders[0].island, island, "{r:?}");
+    }
+    let links = info(&ub, &ca).await.links;
+    assert_eq!(links.len(), 2);
+    assert!(
+        links.iter().all(|l| l.island == "e" && l.state == "up"),
+        "{links:?}"
+    );
+    drop((e1, e2, b));
+}
