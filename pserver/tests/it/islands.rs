@@ -512,3 +512,162 @@ async fn an_island_on_etcd_links_like_a_single_central() {
     );
     drop((e1, e2, b));
 }
+
+/// A hostile island, as a raw Link server: its summary is malformed until
+/// `good` is set, then it holds `id`, and it answers every Locate with
+/// `id` at a wrong size.
+#[derive(Clone)]
+struct Rogue {
+    id: String,
+    good: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[tonic::async_trait]
+impl v1::link_server::Link for Rogue {
+    async fn summary(
+        &self,
+        _: tonic::Request<v1::LinkSummaryRequest>,
+    ) -> Result<tonic::Response<v1::LinkSummaryResponse>, tonic::Status> {
+        use central_server::link::summary::{Summary, id_key};
+        let s = Summary::build(1, vec![id_key(&self.id.parse().unwrap())]);
+        let mut filter = s.to_proto().unwrap();
+        if !self.good.load(std::sync::atomic::Ordering::SeqCst) {
+            filter.fingerprints.truncate(3);
+        }
+        Ok(tonic::Response::new(v1::LinkSummaryResponse {
+            island: "rogue".into(),
+            version: s.version,
+            ids: 1,
+            filter: Some(filter),
+            ..Default::default()
+        }))
+    }
+    async fn locate(
+        &self,
+        _: tonic::Request<v1::LinkLocateRequest>,
+    ) -> Result<tonic::Response<v1::LocateResponse>, tonic::Status> {
+        Ok(tonic::Response::new(v1::LocateResponse {
+            files: vec![v1::LocatedFile {
+                file_id: self.id.clone(),
+                size: 1,
+                names: vec!["lie.bin".into()],
+                holders: vec![v1::Holder {
+                    peer_id: uuid::Uuid::new_v4().to_string(),
+                    peer_url: "http://10.9.9.9:7071".into(),
+                    ..Default::default()
+                }],
+                replication: None,
+            }],
+            ..Default::default()
+        }))
+    }
+    async fn search(
+        &self,
+        _: tonic::Request<v1::LinkSearchRequest>,
+    ) -> Result<tonic::Response<v1::SearchResponse>, tonic::Status> {
+        Err(tonic::Status::unavailable("no"))
+    }
+    async fn leaving(
+        &self,
+        _: tonic::Request<v1::LinkLeavingRequest>,
+    ) -> Result<tonic::Response<v1::LinkLeavingResponse>, tonic::Status> {
+        Ok(tonic::Response::new(v1::LinkLeavingResponse {}))
+    }
+}
+
+/// A malformed summary is refused (the link stays down, counted); a
+/// well-formed one is used, but an answer with a wrong size for a file
+/// this island knows is left out (counted), and the local answer stands.
+/// A linked island over CENTRAL_LINK_RATE is refused RESOURCE_EXHAUSTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_summaries_and_answers_are_contained() {
+    let ca = TestCa::new("rogue");
+    let leaf = ca.leaf("central");
+    let ((la, ua), (lr, ur)) = (bind().await, bind().await);
+    let (a, _da) = central(la, linked(&ca, &leaf, "a", &[&ur])).await;
+    let pa = TestPeer::start(&a.url, &[], trusts(&ca)).await;
+    pa.wait_joined().await;
+    let f = upload_ok(&pa, "honest.bin", test_bytes(9_000, 31)).await;
+    let rogue = Rogue {
+        id: f.file_id.clone(),
+        good: Default::default(),
+    };
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(&leaf.cert).unwrap(),
+        std::fs::read(&leaf.key).unwrap(),
+    );
+    let server = tonic::transport::Server::builder()
+        .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+        .unwrap()
+        .add_service(v1::link_server::LinkServer::new(rogue.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(lr));
+    let server = tokio::spawn(server);
+
+    let invalid = |rpc: &'static str| {
+        let a = &a;
+        async move {
+            metric(
+                a,
+                "peerdex_central_link_queries_total",
+                &[("island", "127.0.0.1"), ("rpc", rpc), ("result", "invalid")],
+            )
+            .await
+                + metric(
+                    a,
+                    "peerdex_central_link_queries_total",
+                    &[("island", "rogue"), ("rpc", rpc), ("result", "invalid")],
+                )
+                .await
+        }
+    };
+    wait_for("the malformed summary to be refused", T, || async {
+        (invalid("summary").await >= 1.0).then_some(())
+    })
+    .await;
+    let l = info(&ua, &ca).await.links.remove(0);
+    assert_ne!(l.state, "up", "{l:?}");
+    assert!(l.error.contains("malformed"), "{l:?}");
+
+    rogue.good.store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_link(&ua, &ca, "rogue", "up").await;
+    let r = locate(&ua, &ca, &f.file_id).await;
+    assert_eq!(r.files.len(), 1, "{r:?}");
+    assert_eq!(r.files[0].size, 9_000);
+    assert_eq!(
+        r.files[0].holders.len(),
+        1,
+        "the rogue's holder is left out: {r:?}"
+    );
+    assert_eq!(r.files[0].holders[0].peer_url, pa.peer_url);
+    assert_eq!(r.islands, ["rogue"]);
+    assert!(invalid("locate").await >= 1.0);
+    server.abort();
+
+    // CENTRAL_LINK_RATE: a linked island's calls beyond the rate (and its
+    // burst of 10 s) are refused with a retry time.
+    let (lc, uc) = bind().await;
+    let (c, _dc) = central(lc, |s: &mut Settings| {
+        linked(&ca, &leaf, "c", &[&ua])(s);
+        s.links.rate = 1;
+    })
+    .await;
+    let mut as_a = LinkClient::new(channel(&uc, &ca, Some(&leaf)));
+    let mut refused = None;
+    for _ in 0..30 {
+        if let Err(e) = as_a
+            .summary(v1::LinkSummaryRequest {
+                island: "a".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            refused = Some(e);
+            break;
+        }
+    }
+    let e = refused.expect("30 calls at once are over 1/s with a 10 s burst");
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("CENTRAL_LINK_RATE"), "{e:?}");
+    assert!(e.metadata().get("retry-after").is_some());
+    drop(c);
+}
