@@ -40,6 +40,14 @@ struct Args {
     /// Locates per kind in part 2.
     #[arg(long, default_value_t = 5_000)]
     rounds: u64,
+    /// Part 3: this many islands in a full mesh (0: skip); Locate
+    /// throughput of one of them for its own ids, against one unlinked
+    /// central holding the same, in the same run.
+    #[arg(long, default_value_t = 10)]
+    mesh: usize,
+    /// Seconds of load per side in part 3.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 fn summary_cost(n: u64) {
@@ -160,7 +168,7 @@ fn link(
     leaf: &peerdex_testkit::tls::CertFiles,
     island: &str,
     to: &str,
-) -> impl FnOnce(&mut central_server::Config) {
+) -> impl FnOnce(&mut central_server::Config) + use<> {
     let tls = ca.central_tls(leaf);
     let ca_pem = std::fs::read(&ca.ca_file).expect("CA");
     let roots = central_server::read_ca_file(&ca.ca_file).expect("CA");
@@ -263,5 +271,93 @@ async fn main() -> Result<()> {
     );
     a.stop().await;
     b.stop().await;
+    if args.mesh > 1 {
+        mesh(&ca, &leaf, &args).await?;
+    }
+    Ok(())
+}
+
+/// Locates per second at `url` for its own ids (`base`), 32 at a time.
+async fn throughput(url: &str, ca: &TestCa, base: u64, per: u64, secs: u64) -> Result<f64> {
+    let stop = Instant::now() + Duration::from_secs(secs);
+    let tasks: Vec<_> = (0..32u64)
+        .map(|t| {
+            let mut c = DirectoryClient::new(channel(url, ca));
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < stop {
+                    let id = fid(base * 1_000_000 + (n * 7919 + t * 104_729) % per);
+                    c.locate(v1::LocateRequest {
+                        target: Some(v1::locate_request::Target::FileId(id)),
+                        max_holders: 0,
+                    })
+                    .await?;
+                    n += 1;
+                }
+                anyhow::Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    Ok(total as f64 / secs as f64)
+}
+
+/// Part 3: one island of a full mesh of `args.mesh` vs one unlinked.
+async fn mesh(ca: &TestCa, leaf: &peerdex_testkit::tls::CertFiles, args: &Args) -> Result<()> {
+    let n = args.mesh;
+    let files = (args.files / 10).max(args.peers);
+    let mut listeners = Vec::new();
+    for _ in 0..=n {
+        listeners.push(tokio::net::TcpListener::bind("127.0.0.1:0").await?);
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .map(|l| Ok(format!("https://{}", l.local_addr()?)))
+        .collect::<Result<_>>()?;
+    let dir = tempfile::tempdir()?;
+    let mut centrals = Vec::new();
+    for (i, l) in listeners.into_iter().enumerate() {
+        // The last one stands alone: the reference.
+        let others: Vec<&str> = match i < n {
+            true => (0..n)
+                .filter(|&j| j != i)
+                .map(|j| urls[j].as_str())
+                .collect(),
+            false => Vec::new(),
+        };
+        let tweak = link(ca, leaf, &format!("i{i}"), &others.join(","));
+        centrals.push(TestCentral::serve(
+            l,
+            &dir.path().join(format!("c{i}")),
+            None,
+            tweak,
+        ));
+    }
+    for (i, url) in urls.iter().enumerate() {
+        let base = if i == n { 10 } else { 10 + i as u64 };
+        populate(url, ca, files, args.peers, base).await?;
+    }
+    let per = files / args.peers * args.peers;
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut linked = Vec::new();
+    let mut alone = Vec::new();
+    for _ in 0..2 {
+        alone.push(throughput(&urls[n], ca, 10, per, args.seconds).await?);
+        linked.push(throughput(&urls[0], ca, 10, per, args.seconds).await?);
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!(
+        "Locate throughput for own ids, 32 in flight, best of 2 interleaved rounds of {} s: linked in a mesh of {n}: {:.0}/s; unlinked: {:.0}/s; ratio {:.2} (goal >= 0.9)",
+        args.seconds,
+        best(&linked),
+        best(&alone),
+        best(&linked) / best(&alone)
+    );
+    for c in centrals {
+        c.stop().await;
+    }
     Ok(())
 }
