@@ -12,6 +12,7 @@ mod disk_space;
 mod failover;
 mod ha;
 mod http_semantics;
+mod library;
 mod metrics;
 mod names;
 mod neighbour_limits;
