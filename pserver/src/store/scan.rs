@@ -175,7 +175,21 @@ impl Store {
             .sort_by(|a, b| (a.on_disk.is_some(), &a.raw).cmp(&(b.on_disk.is_some(), &b.raw)));
 
         let mut seen: HashMap<FileName, (u64, u128, Option<String>)> = HashMap::new();
+        // Names already shared from a file outside the scope (a partial
+        // look at a few paths): a candidate of the same name is another
+        // spelling of it.
         let mut spelt: HashMap<FileName, std::ffi::OsString> = HashMap::new();
+        if let Scope::Paths(_) = scope {
+            let files = self.files.lock().unwrap();
+            for c in &candidates {
+                if let Some(e) = files.get(&c.name) {
+                    let disk = e.on_disk.as_deref().unwrap_or(e.name.as_str());
+                    if !scope.covers(disk) {
+                        spelt.insert(c.name.clone(), disk.into());
+                    }
+                }
+            }
+        }
         for Candidate {
             name,
             on_disk,
