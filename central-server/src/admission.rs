@@ -6,17 +6,23 @@
 //! nobody can spend another peer's allowance; a heartbeat at most once per
 //! half heartbeat interval. Quotas (peers per source address, holdings per
 //! peer and in total) are checked against the index when the change is
-//! made (see [`crate::directory::Admit`]). A refusal is
+//! made (see [`crate::directory::Admit`]). The holdings of one peer
+//! (`CENTRAL_MAX_INVENTORY`) are counted on the running total of its Join
+//! and Publishes (a big inventory joins in pages): entries past the limit
+//! are not taken, the first ones are, and the answer says how many were
+//! left (`over_limit`). A refusal is
 //! RESOURCE_EXHAUSTED naming the setting, with `retry-after` for rates.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use peerdex_common::limit::{Limiter, retry_secs};
 use peerdex_common::sync::lock;
 use peerdex_proto::PeerId;
+use peerdex_proto::convert::SharedFile;
 use tokio::time::Instant;
 
 use crate::config::Limits;
@@ -197,13 +203,16 @@ impl Admission {
     }
 
     /// A Join's inventory against the index: the peers-per-address quota,
-    /// the peer's own size claims, and the directory's size limit.
+    /// the peer's own size claims, the peer's inventory limit (the first
+    /// entries that fit are taken; how many did not is added to `over`)
+    /// and the directory's size limit.
     pub(crate) fn join_inventory(
         &self,
         ix: &Index,
         peer: &PeerId,
         addr: IpAddr,
         inventory: Inventory,
+        over: &AtomicU64,
     ) -> Result<Admitted> {
         let limits = &self.limits;
         if ix.addr_of(peer) != Some(addr) {
@@ -214,34 +223,45 @@ impl Admission {
                 return Err(Limit::PeersPerAddr { joined, addr, max }.into());
             }
         }
-        let (files, refused) = inventory.screen(ix, peer, true, limits.max_message_bytes / 2)?;
+        let (mut files, refused) =
+            inventory.screen(ix, peer, true, limits.max_message_bytes / 2)?;
+        // A Join replaces the inventory: it starts from nothing.
+        self.fit(peer, 0, &mut files, over);
         let total = ix.holdings() - ix.inventory_len(peer) + files.len();
         self.directory_room(total)?;
         Ok((files, refused))
     }
 
-    /// A Publish against the index: the peer's own size claims, and the
-    /// per-peer and directory limits.
+    /// A Publish against the index: the peer's own size claims, the
+    /// per-peer limit on the running total of its inventory (the first
+    /// entries that fit are taken; how many did not is added to `over`)
+    /// and the directory's limit.
     pub(crate) fn publish_inventory(
         &self,
         ix: &Index,
         peer: &PeerId,
         inventory: Inventory,
+        over: &AtomicU64,
     ) -> Result<Admitted> {
         let limits = &self.limits;
-        let (files, refused) = inventory.screen(ix, peer, false, limits.max_message_bytes / 2)?;
-        let total = ix.inventory_len(peer) + files.len();
-        let max = limits.max_inventory;
-        if total > max {
-            return Err(Limit::Inventory {
-                peer: *peer,
-                total,
-                max,
-            }
-            .into());
-        }
+        let (mut files, refused) =
+            inventory.screen(ix, peer, false, limits.max_message_bytes / 2)?;
+        self.fit(peer, ix.inventory_len(peer), &mut files, over);
         self.directory_room(ix.holdings() + files.len())?;
         Ok((files, refused))
+    }
+
+    /// Keep the first of `files` that fit in a peer's inventory of `held`
+    /// entries under CENTRAL_MAX_INVENTORY; count the rest in `over`.
+    fn fit(&self, peer: &PeerId, held: usize, files: &mut Vec<SharedFile>, over: &AtomicU64) {
+        let room = self.limits.max_inventory.saturating_sub(held);
+        if files.len() > room {
+            let left = files.len() - room;
+            files.truncate(room);
+            over.fetch_add(left as u64, Ordering::Relaxed);
+            tracing::info!(%peer, held, taken = room, left, max = self.limits.max_inventory,
+                "the peer's inventory reached CENTRAL_MAX_INVENTORY; the rest of this call is not listed");
+        }
     }
 
     /// The directory would hold `total` entries: within CENTRAL_MAX_FILES?

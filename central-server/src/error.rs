@@ -54,7 +54,9 @@ pub enum Invalid {
         index: usize,
         source: peerdex_proto::convert::WireError,
     },
-    #[error("{field}: {bytes} bytes exceed the limit of {max} bytes (max_name_bytes)")]
+    #[error(
+        "{field}: a file or folder name of {bytes} bytes exceeds the limit of {max} bytes (max_name_bytes, CENTRAL_MAX_NAME_BYTES)"
+    )]
     NameTooLong {
         field: Field,
         bytes: usize,
@@ -151,14 +153,6 @@ pub enum Limit {
         "files: the directory would hold {total} entries, over its limit of {max} (CENTRAL_MAX_FILES); nothing was changed"
     )]
     DirectoryFull { total: usize, max: usize },
-    #[error(
-        "files: the inventory of peer {peer} would reach {total} entries, over the limit of {max} (max_inventory, CENTRAL_MAX_INVENTORY); nothing was changed"
-    )]
-    Inventory {
-        peer: PeerId,
-        total: usize,
-        max: usize,
-    },
     #[error(
         "the directory holds {max} peer keys, its limit (CENTRAL_MAX_KEYS); none is idle enough to forget"
     )]

@@ -616,27 +616,49 @@ async fn peers_per_address_are_capped_and_freed_by_leave() {
     central.stop().await;
 }
 
+/// CENTRAL_MAX_INVENTORY holds on the running total of a peer's Join and
+/// Publish pages: the first entries that fit are taken, the rest are not
+/// (and the answer says how many), never the whole call refused.
 #[tokio::test]
-async fn files_per_peer_count_the_running_total_and_refuse_whole_calls() {
+async fn files_per_peer_count_the_running_total_and_take_the_first_that_fit() {
     let (central, mut c) = start(|l| l.max_inventory = 5).await;
-    let peer = PeerId::new_random();
-    let token = try_join(&mut c, &peer, files(0..3)).await.unwrap();
-    try_publish(&mut c, &peer, &token, files(3..5))
+    // The Challenge tells the limits a peer pages its inventory by.
+    let ch = c
+        .challenge(v1::ChallengeRequest {
+            peer_id: PeerId::new_random().to_string(),
+        })
         .await
-        .unwrap();
-    refused(
-        try_publish(&mut c, &peer, &token, files(5..6)).await,
-        "CENTRAL_MAX_INVENTORY",
-    );
-    assert_eq!(
-        located(&mut c, 5).await,
-        0,
-        "the refused publish changed nothing"
-    );
-    refused(
-        try_join(&mut c, &PeerId::new_random(), files(10..16)).await,
-        "CENTRAL_MAX_INVENTORY",
-    );
+        .unwrap()
+        .into_inner();
+    assert_eq!(ch.max_inventory, 5);
+    assert!(ch.max_message_bytes >= 1024, "{ch:?}");
+    let peer = PeerId::new_random();
+    let joined = join_answer(&mut c, &peer, files(0..3)).await.unwrap();
+    assert_eq!(joined.over_limit, 0);
+    let token = joined.session_token;
+    let page = |files, seq| {
+        authed(
+            v1::PublishRequest {
+                peer_id: peer.to_string(),
+                files,
+                seq,
+            },
+            &token,
+        )
+    };
+    let r = c.publish(page(files(3..5), 1)).await.unwrap().into_inner();
+    assert_eq!((r.over_limit, r.refused.len()), (0, 0));
+    // Over the limit: 5 held, nothing of this page is taken.
+    let r = c.publish(page(files(5..7), 2)).await.unwrap().into_inner();
+    assert_eq!((r.over_limit, r.refused.len()), (2, 0));
+    assert_eq!(located(&mut c, 4).await, 1);
+    assert_eq!(located(&mut c, 5).await, 0, "past the limit: not listed");
+    // A Join over the limit takes its first five.
+    let other = PeerId::new_random();
+    let r = join_answer(&mut c, &other, files(10..17)).await.unwrap();
+    assert_eq!(r.over_limit, 2);
+    assert_eq!(located(&mut c, 14).await, 1);
+    assert_eq!(located(&mut c, 15).await, 0);
     central.stop().await;
 }
 

@@ -261,6 +261,16 @@ impl Client {
         self.json(self.request(Method::GET, &["status"])).await
     }
 
+    /// `GET /api/v1/status?all_unshared=true`: with every file of the share
+    /// folder that is not shared listed (at most 10,000).
+    pub async fn status_all_unshared(&self) -> Result<Status> {
+        self.json(
+            self.request(Method::GET, &["status"])
+                .query(&[("all_unshared", "true")]),
+        )
+        .await
+    }
+
     /// `GET /api/v1/openapi.json`: the OpenAPI document of this API.
     pub async fn openapi(&self) -> Result<serde_json::Value> {
         self.json(self.request(Method::GET, &["openapi.json"]))

@@ -129,7 +129,8 @@ pub(crate) struct GlobalArgs {
 pub(crate) enum Command {
     /// Share files: stream them to your PServer, which publishes them.
     Upload(UploadArgs),
-    /// Download a file by name or id into your PServer's shared folder.
+    /// Download a file by name or id (or a whole folder of one peer's
+    /// share with --folder) into your PServer's shared folder.
     Get(GetArgs),
     /// Search the network by words of file names.
     Search(SearchArgs),
@@ -217,10 +218,19 @@ pub(crate) struct ReplicateArgs {
 
 #[derive(Debug, Clone, Args)]
 pub(crate) struct GetArgs {
-    /// The file's name (exact) or its 64-character id. In the shell, a
-    /// short id from the last search works too.
-    #[arg(value_name = "NAME|ID")]
-    pub(crate) target: String,
+    /// The file's name (exact: its path in the holder's share, e.g.
+    /// `Music/Album/01 Track.mp3`) or its 64-character id. In the shell, a
+    /// short id from the last search works too. The file is stored under
+    /// the same path in your share folder.
+    #[arg(value_name = "NAME|ID", required_unless_present = "folder")]
+    pub(crate) target: Option<String>,
+
+    /// Fetch every file under a folder of one peer's share instead (e.g.
+    /// `--folder "Music/Miles Davis"`), at any depth, as one job with one
+    /// progress bar; each file is stored under the same path in your share
+    /// folder.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["target", "output"])]
+    pub(crate) folder: Option<String>,
 
     /// Also write the file to PATH (a file, or a folder to put it in).
     #[arg(short, long, value_name = "PATH")]
@@ -352,7 +362,7 @@ mod tests {
         let l = ReplLine::try_parse_from(["get", "my file.txt", "-o", "/tmp/x"]).unwrap();
         match l.command {
             ReplCommand::Run(Command::Get(g)) => {
-                assert_eq!(g.target, "my file.txt");
+                assert_eq!(g.target.as_deref(), Some("my file.txt"));
                 assert_eq!(g.output.unwrap(), PathBuf::from("/tmp/x"));
             }
             other => panic!("{other:?}"),

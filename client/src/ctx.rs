@@ -14,6 +14,9 @@ use crate::output::Term;
 pub(crate) struct Ctx {
     pub(crate) api: api::Client,
     pub(crate) json: bool,
+    /// `-v`: full error chains, and more detail where a command has it
+    /// (`status` lists every file that is not shared).
+    pub(crate) verbose: bool,
     pub(crate) term: Term,
     /// In the REPL, hints name commands without the `peerdex` prefix.
     pub(crate) repl: bool,

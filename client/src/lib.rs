@@ -89,6 +89,7 @@ fn run(cli: Cli) -> ExitCode {
     let mut ctx = Ctx {
         api,
         json: cli.global.json,
+        verbose: cli.global.verbose,
         term,
         repl: cli.command.is_none(),
         last_hits: Vec::new(),

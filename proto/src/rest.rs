@@ -63,6 +63,20 @@ pub struct NeighbourStatus {
     pub reachable: bool,
 }
 
+/// Query string of `GET /api/v1/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// List every file of the share folder that is not shared (at most
+    /// [`MAX_UNSHARED_LISTED`]), not only the first 20.
+    #[serde(default)]
+    pub all_unshared: bool,
+}
+
+/// Most unshared files one status lists (`all_unshared=true`); all are
+/// counted.
+pub const MAX_UNSHARED_LISTED: usize = 10_000;
+
 /// `GET /api/v1/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Status {
@@ -131,16 +145,37 @@ pub struct Status {
     /// user's download jobs).
     #[serde(default)]
     pub replica_fetches: Vec<ReplicaFetch>,
-    /// Files in the share folder that are not shared: a name that cannot
-    /// be a file name here (invisible characters, a leading drive prefix,
-    /// not UTF-8…), two Unicode spellings of one name, a symlink leaving
-    /// the folder, unreadable. How many.
+    /// Files (or whole folders) in the share folder that are not shared: a
+    /// name that cannot be a file name here (invisible characters, a
+    /// leading drive prefix, not UTF-8, a path over 1024 bytes…), two
+    /// Unicode spellings of one name, a symlink leaving the folder,
+    /// unreadable. How many.
     #[serde(default)]
     pub unshared_files: u64,
-    /// The first of them (at most 20), each with why.
+    /// The first of them (at most 20; with `all_unshared=true` at most
+    /// 10,000), each with why.
     #[serde(default)]
     pub unshared: Vec<UnsharedFile>,
+    /// Shared files the directory does not list: how many (0 when it
+    /// lists them all).
+    #[serde(default)]
+    pub not_listed_files: u64,
+    /// Why they are not listed and what to do (absent when all are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_listed_reason: Option<String>,
+    /// New or changed files being hashed before they are shared (absent
+    /// when none is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashing: Option<Hashing>,
     pub version: String,
+}
+
+/// Files of the share folder being hashed in the background: `done` of
+/// `total` in the batches under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Hashing {
+    pub done: u64,
+    pub total: u64,
 }
 
 /// A file in the share folder that is not shared, and why.
@@ -418,9 +453,10 @@ pub struct LocateQuery {
     pub name: Option<String>,
 }
 
-/// `POST /api/v1/downloads`: exactly one of `file_id` and `name` (the
-/// OpenAPI schema says so with a `oneOf`, written by hand below). Unknown
-/// fields are refused, not ignored: a misspelt field is a mistake to report.
+/// `POST /api/v1/downloads`: exactly one of `file_id`, `name` and
+/// `folder` (the OpenAPI schema says so with a `oneOf`, written by hand
+/// below). Unknown fields are refused, not ignored: a misspelt field is a
+/// mistake to report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadRequest {
@@ -428,6 +464,31 @@ pub struct DownloadRequest {
     pub file_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// A folder of another peer's share (`Music/Album`): every file under
+    /// it, at any depth, from one holder, as one job; each file lands
+    /// under the same relative path here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub folder: Option<String>,
+}
+
+/// `GET /peer/v1/folder?path=…`: the files this peer shares under one
+/// folder of its share, at any depth, sorted by name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct FolderFiles {
+    pub files: Vec<FileInfo>,
+    /// More files are under it than one answer lists
+    /// ([`MAX_FOLDER_FILES`]): the first are.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Most files one folder listing (and so one folder download) holds.
+pub const MAX_FOLDER_FILES: usize = 10_000;
+
+/// The query of `GET /peer/v1/folder`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FolderQuery {
+    pub path: String,
 }
 
 impl utoipa::PartialSchema for DownloadRequest {
@@ -459,10 +520,18 @@ impl utoipa::PartialSchema for DownloadRequest {
             .item(by(
                 "name",
                 crate::types::FILE_NAME_PATTERN,
-                crate::types::MAX_NAME_BYTES,
-                "an exact file name; several contents under it answer 409 with candidates",
+                crate::types::MAX_PATH_BYTES,
+                "an exact share name (a path relative to the holder's share folder); \
+                 several contents under it answer 409 with candidates",
             ))
-            .description(Some("exactly one of file_id and name"))
+            .item(by(
+                "folder",
+                crate::types::FILE_NAME_PATTERN,
+                crate::types::MAX_PATH_BYTES,
+                "a folder of a holder's share (a relative path): every file under it, \
+                 from one holder, as one job",
+            ))
+            .description(Some("exactly one of file_id, name and folder"))
             .into()
     }
 }
@@ -488,128 +557,7 @@ impl utoipa::PartialSchema for LocateQuery {
 
 impl ToSchema for LocateQuery {}
 
-/// The schemas of the strings and numbers the PServer parses, built from
-/// the parsers' own constants (utoipa's `#[schema(...)]` attributes take
-/// only literals; `schema_with` takes these). Every bound here is one a
-/// parser enforces: a value outside it is answered 400, a value inside it
-/// is never refused for its form.
-pub mod schema {
-    use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
-
-    use crate::types::{
-        FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS,
-        QUERY_PATTERN, UUID_PATTERN,
-    };
-
-    fn string(pattern: &str, min: usize, max: usize, what: &str) -> ObjectBuilder {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some(pattern))
-            .min_length(Some(min))
-            .max_length(Some(max))
-            .description(Some(what))
-    }
-
-    /// A file id ([`crate::FileId`]).
-    pub fn file_id() -> Object {
-        string(
-            FILE_ID_PATTERN,
-            64,
-            64,
-            "a file id: the BLAKE3 hash of the content, 64 lowercase hex characters",
-        )
-        .build()
-    }
-
-    /// A file name ([`crate::FileName`]). `maxLength` counts characters;
-    /// the parser counts UTF-8 bytes (at most 255), which the description
-    /// says.
-    pub fn file_name() -> Object {
-        string(
-            FILE_NAME_PATTERN,
-            1,
-            MAX_NAME_BYTES,
-            "a file name: one path component of at most 255 bytes (UTF-8); \
-             no '/', '\\', ':' or control character, not starting with '.' or \
-             whitespace, not ending with whitespace",
-        )
-        .build()
-    }
-
-    /// A file id or an exact file name (every file id is also a valid
-    /// name: the id is tried first).
-    pub fn file_ref() -> Object {
-        string(
-            FILE_NAME_PATTERN,
-            1,
-            MAX_NAME_BYTES,
-            "a file id (64 lowercase hex characters) or an exact file name \
-             (at most 255 bytes in UTF-8)",
-        )
-        .build()
-    }
-
-    /// A UUID, hyphenated (peer and job ids).
-    pub fn uuid() -> Object {
-        string(UUID_PATTERN, 36, 36, "a UUID, hyphenated")
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Uuid)))
-            .build()
-    }
-
-    /// A search query: at least one character that is not whitespace.
-    pub fn query() -> Object {
-        string(
-            QUERY_PATTERN,
-            1,
-            MAX_QUERY_BYTES,
-            "words (letters and digits; anything else separates them), each a \
-             prefix of a word of the name: at most 1024 bytes (UTF-8) and 16 \
-             distinct words",
-        )
-        .build()
-    }
-
-    /// `limit` of a search.
-    pub fn limit() -> Object {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
-            .minimum(Some(0))
-            .maximum(Some(super::MAX_SEARCH_LIMIT))
-            .description(Some(
-                "hits per page (0: the directory's default; it clamps larger \
-                 ones to its CENTRAL_MAX_PAGE)",
-            ))
-            .build()
-    }
-
-    /// A search page token: hex of 36 to 36 + 255 bytes (what the directory
-    /// decodes; any such token is a position in the hit order), or empty
-    /// (the first page).
-    pub fn page_token() -> Object {
-        string(
-            &format!("^(([0-9a-fA-F]{{2}}){{36,{}}})?$", 36 + MAX_NAME_BYTES),
-            0,
-            2 * (36 + MAX_NAME_BYTES),
-            "`next_page` of the previous answer (empty: the first page)",
-        )
-        .build()
-    }
-
-    /// `replicas` of a pin.
-    pub fn replicas() -> Object {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int32)))
-            .minimum(Some(0))
-            .maximum(Some(MAX_REPLICAS))
-            .description(Some(
-                "live copies wanted: 2 or more, or 0 or 1 to stop asking; a \
-                 directory set to fewer (CENTRAL_MAX_REPLICAS) answers 400 above it",
-            ))
-            .build()
-    }
-}
+pub mod schema;
 
 /// Lifecycle of a download job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -5,8 +5,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Longest accepted file name, in bytes (what common file systems allow).
+/// Longest accepted file name, in bytes (what common file systems allow):
+/// the bound of each component of a share name (see [`FileName`]).
 pub const MAX_NAME_BYTES: usize = 255;
+/// Longest accepted share name (a relative path: folders and file name
+/// with their `/` separators), in bytes. Well under Linux's `PATH_MAX`
+/// (4096), so a share folder's own path fits in front of it.
+pub const MAX_PATH_BYTES: usize = 1024;
 /// Longest accepted peer URL, in bytes.
 pub const MAX_URL_BYTES: usize = 512;
 
@@ -130,48 +135,65 @@ macro_rules! edge_space {
     };
 }
 
+/// One component of a [`FileName`] (a folder or file name) as a regex
+/// group, unanchored: see [`FILE_NAME_PATTERN`].
+macro_rules! name_component {
+    () => {
+        concat!(
+            // A first character other than an ASCII letter (no drive prefix is
+            // possible), then the rest;
+            "(?:[^A-Za-z.",
+            seps_and_controls!(),
+            edge_space!(),
+            invisible_chars!(),
+            "](?:[^",
+            seps_and_controls!(),
+            invisible_chars!(),
+            "]*[^",
+            seps_and_controls!(),
+            edge_space!(),
+            invisible_chars!(),
+            "])?",
+            // or an ASCII letter, then anything but ':' (a drive prefix) and the rest.
+            "|[A-Za-z](?:[^:",
+            seps_and_controls!(),
+            edge_space!(),
+            invisible_chars!(),
+            "]|[^:",
+            seps_and_controls!(),
+            invisible_chars!(),
+            "][^",
+            seps_and_controls!(),
+            invisible_chars!(),
+            "]*[^",
+            seps_and_controls!(),
+            edge_space!(),
+            invisible_chars!(),
+            "])?)"
+        )
+    };
+}
+
 /// [`FileName`] as a JSON Schema (ECMA-262) pattern, for the OpenAPI
-/// document: no `/`, `\`, control character or invisible character
-/// ([`is_invisible`]); not starting with `.`, whitespace or a drive prefix
-/// (`C:`); not ending with whitespace. The byte limit ([`MAX_NAME_BYTES`])
-/// is the schema's `maxLength` (which counts characters, so a name of many
-/// multi-byte characters can still be too long). The invisible characters
+/// document: components separated by single `/`s, each with no `\`,
+/// control character or invisible character ([`is_invisible`]); not
+/// starting with `.`, whitespace or a drive prefix (`C:`); not ending with
+/// whitespace. The byte limit of the whole path ([`MAX_PATH_BYTES`]) is the
+/// schema's `maxLength` (which counts characters, so a name of many
+/// multi-byte characters can still be too long; so can a component, past
+/// [`MAX_NAME_BYTES`]). The invisible characters
 /// stand in the pattern as themselves, not as escapes: Python, Rust and
 /// ECMA-262 with Unicode semantics (what JSON Schema validators use) read
 /// them alike, where an escape of a character past U+FFFF is spelt
 /// differently by each. Checked against [`FileName::from_str`] for every
 /// character by a test.
 pub const FILE_NAME_PATTERN: &str = concat!(
-    // A first character other than an ASCII letter (no drive prefix is
-    // possible), then the rest;
-    "^(?:[^A-Za-z.",
-    seps_and_controls!(),
-    edge_space!(),
-    invisible_chars!(),
-    "](?:[^",
-    seps_and_controls!(),
-    invisible_chars!(),
-    "]*[^",
-    seps_and_controls!(),
-    edge_space!(),
-    invisible_chars!(),
-    "])?",
-    // or an ASCII letter, then anything but ':' (a drive prefix) and the rest.
-    "|[A-Za-z](?:[^:",
-    seps_and_controls!(),
-    edge_space!(),
-    invisible_chars!(),
-    "]|[^:",
-    seps_and_controls!(),
-    invisible_chars!(),
-    "][^",
-    seps_and_controls!(),
-    invisible_chars!(),
-    "]*[^",
-    seps_and_controls!(),
-    edge_space!(),
-    invisible_chars!(),
-    "])?)$"
+    "^",
+    name_component!(),
+    // Further components, each after one '/' (a folder, then a file).
+    "(?:/",
+    name_component!(),
+    ")*$"
 );
 
 /// Characters that show nothing, or change how the text around them shows,
@@ -382,15 +404,21 @@ impl fmt::Display for PeerId {
     }
 }
 
-/// A file name supplied by a user or a peer, safe to join onto a folder.
+/// A file's share name, supplied by a user or a peer, safe to join onto a
+/// folder: its path relative to the share folder, components separated by
+/// `/` (`Music/Album/01 Track.mp3`; a file at the top is one component).
 ///
-/// One path component: not empty, at most [`MAX_NAME_BYTES`] bytes, no `/`,
-/// `\`, NUL or other control characters, no invisible character
-/// ([`is_invisible`]: bidi controls, zero-width and other format
-/// characters), not `.` or `..`, no drive prefix (`C:`), no leading or
-/// trailing whitespace. Names starting with `.` are refused too: they are
-/// hidden files and our own temp files use that prefix. `:` elsewhere is
-/// fine (every system a peer runs on allows it: `meeting 12:30.txt`).
+/// Each component (a folder or the file's name) is checked as a file name:
+/// not empty, at most [`MAX_NAME_BYTES`] bytes, no `\`, NUL or other
+/// control characters, no invisible character ([`is_invisible`]: bidi
+/// controls, zero-width and other format characters), not `.` or `..`, no
+/// drive prefix (`C:`), no leading or trailing whitespace. Components
+/// starting with `.` are refused too: they are hidden files and folders,
+/// and our own temp files use that prefix. `:` elsewhere is fine (every
+/// system a peer runs on allows it: `meeting 12:30.txt`). So a name never
+/// starts or ends with `/`, never holds `//`, and never climbs out of the
+/// folder it is joined onto. The whole path is at most [`MAX_PATH_BYTES`]
+/// bytes.
 ///
 /// Parsing normalizes to NFC (Unicode canonical composition), so one name
 /// is one value however it was typed or stored: `café` with a precomposed
@@ -411,6 +439,75 @@ impl FileName {
     pub fn mixes_scripts(&self) -> bool {
         mixes_scripts(&self.0)
     }
+    /// The folders and the file's own name, in order (at least one).
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+    /// The file's own name: the last component.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+    /// The folder the file is in (`Music/Album` for
+    /// `Music/Album/01.mp3`); `None` at the top of the share folder.
+    pub fn folder(&self) -> Option<&str> {
+        self.0.rsplit_once('/').map(|(dir, _)| dir)
+    }
+    /// Is this file somewhere under `folder` (at any depth)? `folder` is
+    /// a share name too: whole components are compared, so `Music/Al` is
+    /// not a folder of `Music/Album/01.mp3`.
+    pub fn is_under(&self, folder: &FileName) -> bool {
+        self.0
+            .strip_prefix(folder.as_str())
+            .is_some_and(|rest| rest.starts_with('/'))
+    }
+}
+
+/// Why one component of a name is refused, or `None`.
+fn component_error(c: &str) -> Option<std::borrow::Cow<'static, str>> {
+    let fixed = |r: &'static str| Some(std::borrow::Cow::Borrowed(r));
+    if c.is_empty() {
+        return fixed("empty");
+    }
+    if c == "." || c == ".." {
+        return fixed("not a file name");
+    }
+    if c.starts_with('.') {
+        return fixed("names starting with '.' are reserved");
+    }
+    if c.contains('\\') {
+        return fixed("contains a path separator");
+    }
+    if let Some((i, ch)) = c
+        .chars()
+        .enumerate()
+        .find(|&(_, ch)| ch.is_control() || is_invisible(ch))
+    {
+        let named = name_of(ch).map(|n| format!(" {n}")).unwrap_or_default();
+        return Some(
+            format!(
+                "contains U+{:04X}{named} at character {}, {}",
+                ch as u32,
+                i + 1,
+                kind_of(ch)
+            )
+            .into(),
+        );
+    }
+    if c.trim() != c {
+        return fixed("leading or trailing whitespace");
+    }
+    let b = c.as_bytes();
+    if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
+        return fixed(
+            "starts with a drive prefix (a letter and ':'), which Windows tools read as a drive",
+        );
+    }
+    // NFC never brings in a character refused above (no canonical
+    // decomposition involves them), but it can lengthen a name.
+    if to_nfc(c).len() > MAX_NAME_BYTES {
+        return fixed("longer than 255 bytes");
+    }
+    None
 }
 
 impl FromStr for FileName {
@@ -424,49 +521,44 @@ impl FromStr for FileName {
         if s.is_empty() {
             return Err(fixed("empty"));
         }
-        if s.len() > 4 * MAX_NAME_BYTES {
+        if s.len() > 4 * MAX_PATH_BYTES {
             // Not worth normalizing.
-            return Err(fixed("longer than 255 bytes"));
+            return Err(fixed("longer than 1024 bytes"));
         }
-        if s == "." || s == ".." {
-            return Err(fixed("not a file name"));
+        if !s.contains('/') {
+            if let Some(why) = component_error(s) {
+                return Err(reject(why));
+            }
+        } else {
+            if s.starts_with('/') {
+                return Err(fixed(
+                    "starts with '/': a share name is a path relative to the share folder",
+                ));
+            }
+            if s.ends_with('/') {
+                return Err(fixed(
+                    "ends with '/': a share name names a file, not a folder",
+                ));
+            }
+            for (i, c) in s.split('/').enumerate() {
+                if c.is_empty() {
+                    return Err(fixed("has an empty folder name (two '/' in a row)"));
+                }
+                if let Some(why) = component_error(c) {
+                    return Err(reject(
+                        format!(
+                            "its component {} (\"{}\") is refused: {why}",
+                            i + 1,
+                            escape_invisible(&truncate(c))
+                        )
+                        .into(),
+                    ));
+                }
+            }
         }
-        if s.starts_with('.') {
-            return Err(fixed("names starting with '.' are reserved"));
-        }
-        if s.contains(['/', '\\']) {
-            return Err(fixed("contains a path separator"));
-        }
-        if let Some((i, c)) = s
-            .chars()
-            .enumerate()
-            .find(|&(_, c)| c.is_control() || is_invisible(c))
-        {
-            let named = name_of(c).map(|n| format!(" {n}")).unwrap_or_default();
-            return Err(reject(
-                format!(
-                    "contains U+{:04X}{named} at character {}, {}",
-                    c as u32,
-                    i + 1,
-                    kind_of(c)
-                )
-                .into(),
-            ));
-        }
-        if s.trim() != s {
-            return Err(fixed("leading or trailing whitespace"));
-        }
-        let b = s.as_bytes();
-        if b.len() >= 2 && b[1] == b':' && b[0].is_ascii_alphabetic() {
-            return Err(fixed(
-                "starts with a drive prefix (a letter and ':'), which Windows tools read as a drive",
-            ));
-        }
-        // NFC never brings in a character refused above (no canonical
-        // decomposition involves them), but it can lengthen a name.
         let nfc = to_nfc(s);
-        if nfc.len() > MAX_NAME_BYTES {
-            return Err(fixed("longer than 255 bytes"));
+        if nfc.len() > MAX_PATH_BYTES {
+            return Err(fixed("longer than 1024 bytes"));
         }
         Ok(Self(nfc.into_owned()))
     }
@@ -629,7 +721,13 @@ mod tests {
             ".",
             "..",
             "../x",
-            "a/b",
+            "a/../b",
+            "a/./b",
+            "a//b",
+            "a/",
+            "Music/.hidden/x.mp3",
+            "Music/ x/y",
+            "Music/c:/y",
             "a\\b",
             "..\\x",
             "a\0b",
@@ -656,11 +754,41 @@ mod tests {
             ":x",
             "12:30",
             "報告 2024.pdf",
+            "a/b",
+            "Music/Album/01 Track.mp3",
+            "x..y/ab:c d/z",
         ] {
             assert_eq!(good.parse::<FileName>().unwrap().as_str(), good);
         }
         assert!("a".repeat(256).parse::<FileName>().is_err());
         assert!("a".repeat(255).parse::<FileName>().is_ok());
+        // Each component is bounded, and the whole path.
+        let c = "a".repeat(255);
+        assert!(format!("{c}/{c}/{c}/{c}").parse::<FileName>().is_ok());
+        assert!(format!("{c}/{c}/{c}/{c}/a").parse::<FileName>().is_err());
+        assert!(format!("x/{c}a").parse::<FileName>().is_err());
+        // The error says which component and why.
+        let err = "Music/../etc".parse::<FileName>().unwrap_err().to_string();
+        assert!(err.contains("component 2 (\"..\")"), "{err}");
+    }
+
+    #[test]
+    fn share_names_are_paths() {
+        let n: FileName = "Music/Album/01.mp3".parse().unwrap();
+        assert_eq!(
+            n.components().collect::<Vec<_>>(),
+            ["Music", "Album", "01.mp3"]
+        );
+        assert_eq!((n.file_name(), n.folder()), ("01.mp3", Some("Music/Album")));
+        let top: FileName = "a.txt".parse().unwrap();
+        assert_eq!((top.file_name(), top.folder()), ("a.txt", None));
+        assert!(n.is_under(&"Music".parse().unwrap()));
+        assert!(n.is_under(&"Music/Album".parse().unwrap()));
+        assert!(!n.is_under(&"Music/Al".parse().unwrap()));
+        assert!(!n.is_under(&n));
+        // NFC per component.
+        let nfd: FileName = "cafe\u{301}/cafe\u{301}.txt".parse().unwrap();
+        assert_eq!(nfd.as_str(), "caf\u{e9}/caf\u{e9}.txt");
     }
 
     /// One name whatever its spelling: NFD (as macOS tools write it) and

@@ -123,6 +123,8 @@ pub enum Invalid {
     UploadInterrupted(#[source] actix_web::error::PayloadError),
     #[error("give exactly one of file_id and name")]
     OneTarget,
+    #[error("give exactly one of file_id, name and folder")]
+    OneDownloadTarget,
     #[error("{header} must be a small number")]
     Hops { header: &'static str },
     #[error("bad JSON body: {0}")]
@@ -149,6 +151,10 @@ pub enum Missing {
     NoHolder { id: FileId },
     #[error("no live peer shares a file named \"{name}\"; try `search`")]
     NoHolderNamed { name: FileName },
+    #[error(
+        "no live peer shares a folder \"{folder}\" (a path in its share, e.g. Music/Album); try `search` with its words"
+    )]
+    NoFolder { folder: FileName },
     #[error("no live peer other than this one shares file {id}")]
     NoOtherHolder { id: FileId },
     #[error("file {id} is not shared here")]
@@ -177,6 +183,12 @@ pub enum Conflict {
     Appeared { name: FileName },
     #[error("a file named \"{name}\" already exists")]
     Exists { name: FileName },
+    /// A folder of the name cannot be made in the share folder: a file
+    /// has its name, or it is a symlink leading out of the share folder.
+    #[error(
+        "the folder of \"{name}\" cannot be made in the share folder: a file there has the name of one of its folders, or a folder on the way leads outside; rename yours"
+    )]
+    NoFolder { name: FileName },
 }
 
 /// 413: a body over a limit.

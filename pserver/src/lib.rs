@@ -27,7 +27,9 @@
 //!   answers), `declines` (replica declines on their way), `queries`
 //!   (Locate, Search, pins, keys), `revocations` (a private network's
 //!   departures), `lookup` (neighbours first, then the central).
-//! * `store/` — the share folder (`scan`: what is shared, the hash cache),
+//! * `store/` — the share folder tree (`scan`: what is shared, the hash
+//!   cache; `watch`: changes by notification; `hashing`: new files hashed
+//!   on a few threads, with progress),
 //!   the data folder (peer id, temp files), `replicas` (the replica space,
 //!   `data/replicas/`), `space` (the reserve `PSERVER_MIN_FREE_BYTES`,
 //!   clear errors on a full disk).
@@ -107,6 +109,8 @@ pub async fn run(
     let key = identity::load_or_create(store.data_dir()).map_err(StartError::PeerKey)?;
     let api_key = control::tokens::load_key(store.data_dir()).map_err(StartError::ApiKey)?;
     let quota = config.replicas.quota_bytes;
+    // Watching before the first scan: nothing changed meanwhile is missed.
+    let watch = store::watch::ShareWatch::start(store.share_dir());
     let store = tokio::task::spawn_blocking(move || {
         let held = store.load_replicas().map_err(StartError::ReplicaSpace)?;
         if held > 0 || quota > 0 {
@@ -229,6 +233,7 @@ pub async fn run(
     let rescan = tokio::spawn(rescan_loop(
         store.clone(),
         central.clone(),
+        watch,
         config.store.rescan_interval,
         rescan_now.clone(),
         cancel.clone(),
@@ -398,26 +403,41 @@ pub enum StartError {
     Tls(#[from] tls::PemFileError),
 }
 
-/// Publish files dropped into the share folder and withdraw removed ones;
-/// woken early when a served file failed verification (see `serve`).
+/// Publish files dropped into the share folder and withdraw removed ones:
+/// the paths notifications name, once quiet (see `store::watch`), and
+/// everything at a full rescan every `every` (the safety net), when
+/// notifications overflow, or when a served file failed verification
+/// (`now`, see `serve`).
 async fn rescan_loop(
     store: Arc<store::Store>,
     central: Arc<link::Central>,
+    watch: store::watch::ShareWatch,
     every: Duration,
     now: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
+    tracing::info!(notifications = watch.is_watching(), full_rescan_every = ?every,
+        "watching the share folder for changes");
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
-        tokio::select! {
+        let batch = tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-            _ = now.notified() => {}
-        }
+            _ = tick.tick() => None,
+            _ = now.notified() => None,
+            b = watch.next() => Some(b),
+        };
         let s = store.clone();
-        let changes = match tokio::task::spawn_blocking(move || s.rescan()).await {
+        let work = move || match batch {
+            Some(store::watch::Batch::Paths(paths)) => Ok(s.rescan_paths(&paths)),
+            Some(store::watch::Batch::Rescan(why)) => {
+                tracing::info!(why, "rescanning the whole share folder");
+                s.rescan()
+            }
+            None => s.rescan(),
+        };
+        let changes = match tokio::task::spawn_blocking(work).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "cannot rescan the share folder");

@@ -347,13 +347,45 @@
     const copy = el('button', { type: 'button', className: 'secondary copy-id', title: 'Copy the file id' }, 'Copy id');
     copy.setAttribute('aria-label', `Copy the id of ${hit.name}`);
     copy.addEventListener('click', () => copyText(hit.file_id, copy));
+    // A file in a folder of its holder's share: its whole folder can come
+    // too, as one job.
+    const cut = hit.name.lastIndexOf('/');
+    const actions = [copy, dl];
+    if (cut > 0) {
+      const folder = hit.name.slice(0, cut);
+      const all = el('button', { type: 'button', className: 'secondary download-folder', title: `Download every file under ${folder}/ from one peer` }, 'Download folder');
+      all.setAttribute('aria-label', `Download the folder ${folder}`);
+      all.addEventListener('click', () => startFolderDownload(folder, all));
+      actions.push(all);
+    }
     return el('tr', { dataset: { fileId: hit.file_id, name: hit.name } },
       el('td', { className: 'name' }, nameNode(hit.name, hit.lookalike)),
       el('td', { className: 'num', title: `${hit.size} bytes` }, humanSize(hit.size)),
       el('td', { className: 'num' }, String(hit.holders)),
       el('td', { className: 'island' }, hit.island || ''),
       el('td', {}, el('code', { className: 'id', title: hit.file_id }, shortId(hit.file_id))),
-      el('td', { className: 'actions' }, copy, dl));
+      el('td', { className: 'actions' }, ...actions));
+  }
+
+  async function startFolderDownload(folder, button) {
+    button.disabled = true;
+    setText(button, 'Starting…');
+    showError($('search-error'), null);
+    try {
+      const job = await postJson('/api/v1/downloads', { folder });
+      transfers.highlight = job.job_id;
+      transfers.asked.set(job.job_id, `${folder}/`);
+      upsertJob(job);
+      setText(button, 'Started');
+      location.hash = '#transfers';
+    } catch (err) {
+      showError($('search-error'), err);
+    } finally {
+      setTimeout(() => {
+        button.disabled = false;
+        setText(button, 'Download folder');
+      }, 1500);
+    }
   }
 
   async function startDownload(hit, button) {
@@ -391,6 +423,7 @@
 
   function jobTitle(j) {
     // The server names a job once it has confirmed the file's manifest.
+    if (j.request.folder) return `${j.request.folder}/`;
     return j.name || j.request.name || transfers.asked.get(j.job_id)
       || (j.file_id || j.request.file_id || '').slice(0, 16) || j.job_id;
   }
@@ -890,6 +923,15 @@
       s.unshared_files ? `${s.unshared_files} files (rename or remove them)` : 'none');
     fact('unshared', unshared,
       unshared.length ? `: ${unshared.map((u) => `${u.name} (${u.reason})`).join('; ')}` : '');
+    // New or changed files being hashed (they are shared as each is done).
+    const h = s.hashing || null;
+    fact('hashing', h, h ? `hashing ${h.done.toLocaleString('en-US')} of ${h.total.toLocaleString('en-US')}` : 'idle');
+    // Shared files the directory does not list (its limit per peer).
+    const notListed = s.not_listed_files || 0;
+    fact('not_listed_files', notListed,
+      notListed ? `${notListed.toLocaleString('en-US')} files` : 'none');
+    const why = s.not_listed_reason || null;
+    fact('not_listed_reason', why, why ? `: ${why}` : '');
     fact('active_uploads', s.active_uploads, String(s.active_uploads));
     fact('active_downloads', s.active_downloads, String(s.active_downloads));
     fact('bytes_sent', s.bytes_sent, humanSize(s.bytes_sent));

@@ -92,6 +92,7 @@ pub fn by_id(id: &str) -> DownloadRequest {
     DownloadRequest {
         file_id: Some(id.into()),
         name: None,
+        folder: None,
     }
 }
 
@@ -100,6 +101,16 @@ pub fn by_name(name: &str) -> DownloadRequest {
     DownloadRequest {
         file_id: None,
         name: Some(name.into()),
+        folder: None,
+    }
+}
+
+/// A download request for every file under a folder of one holder's share.
+pub fn by_folder(folder: &str) -> DownloadRequest {
+    DownloadRequest {
+        file_id: None,
+        name: None,
+        folder: Some(folder.into()),
     }
 }
 

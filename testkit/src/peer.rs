@@ -141,9 +141,13 @@ impl TestPeer {
         .await;
     }
 
-    /// Put a file into the share folder by hand (picked up by the rescan).
+    /// Put a file into the share folder by hand (picked up by notification
+    /// or the rescan); a name in folders makes them.
     pub fn drop_file(&self, name: &str, bytes: &[u8]) -> PathBuf {
         let p = self.share_dir.join(name);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
         std::fs::write(&p, bytes).unwrap();
         p
     }

@@ -83,7 +83,9 @@ pub struct LimitArgs {
           value_parser = Bounded::<usize>::at_least("CENTRAL_MAX_MESSAGE_BYTES", bounds::MIN_MESSAGE_BYTES))]
     pub max_message_bytes: usize,
 
-    /// Longest accepted file name, in bytes (at most 255).
+    /// Longest accepted file or folder name (each component of a share
+    /// name, which is a relative path of at most 1024 bytes), in bytes
+    /// (at most 255).
     #[arg(long, env = "CENTRAL_MAX_NAME_BYTES", default_value_t = defaults::MAX_NAME_BYTES,
           value_parser = Bounded::<usize>::within("CENTRAL_MAX_NAME_BYTES", 1, bounds::MAX_NAME_BYTES))]
     pub max_name_bytes: usize,

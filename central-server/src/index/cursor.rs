@@ -28,7 +28,7 @@ impl Cursor {
 
     pub fn decode(s: &str) -> Option<Self> {
         let b = hex::decode(s).ok()?;
-        if b.len() < 36 || b.len() > 36 + peerdex_proto::types::MAX_NAME_BYTES {
+        if b.len() < 36 || b.len() > 36 + peerdex_proto::types::MAX_PATH_BYTES {
             return None;
         }
         let holders = u32::from_be_bytes(b[..4].try_into().ok()?);

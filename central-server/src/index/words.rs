@@ -2,7 +2,9 @@
 //!
 //! One definition for both sides, so a query word matches a name word
 //! exactly when a user would expect: any non-alphanumeric character
-//! separates words, and case is folded per character.
+//! separates words, and case is folded per character. A share name is a
+//! path (`Artist/Album/01 Track.mp3`): `/` separates words like any other
+//! punctuation, so every folder's words are words of the name.
 
 /// Split a name or a query into lowercase words: any non-alphanumeric
 /// character separates words.
@@ -44,5 +46,17 @@ mod tests {
         assert_eq!(q("Alpha-Report_v2.BIN"), ["alpha", "report", "v2", "bin"]);
         assert_eq!(q("--"), Vec::<String>::new());
         assert_eq!(q("Ünï cødé"), ["ünï", "cødé"]);
+    }
+
+    /// A share name is a path: the words of every folder count, so a
+    /// search for an artist or an album finds the files under it.
+    #[test]
+    fn folder_words_are_words_of_the_name() {
+        assert_eq!(
+            q("Music/Miles Davis/Kind of Blue/01 So What.flac"),
+            [
+                "music", "miles", "davis", "kind", "of", "blue", "01", "so", "what", "flac"
+            ]
+        );
     }
 }

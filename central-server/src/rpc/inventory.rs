@@ -1,5 +1,11 @@
 //! Publish and Unpublish: a joined peer changes its inventory, one
-//! numbered change (`seq`) at a time.
+//! numbered change (`seq`) at a time. A big inventory arrives this way
+//! too: a Join with a first page, then Publish pages; the peer's limit
+//! (`CENTRAL_MAX_INVENTORY`) holds on the running total (see
+//! `crate::admission`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use peerdex_proto::{FileId, FileName, v1};
 use tonic::Request;
@@ -21,10 +27,17 @@ impl DirectoryService {
         self.peer_rate(&peer, &token)?;
         let inventory = self.parse_files(r.files)?;
         let admission = self.inner.admission.clone();
-        let admit = Box::new(move |ix: &Index| admission.publish_inventory(ix, &peer, inventory));
+        let over = Arc::new(AtomicU64::new(0));
+        let admit = {
+            let over = over.clone();
+            Box::new(move |ix: &Index| admission.publish_inventory(ix, &peer, inventory, &over))
+        };
         let refused = self.dir().publish(peer, token, r.seq, admit).await?;
         log_refused(&peer, &refused);
-        Ok(v1::PublishResponse { refused })
+        Ok(v1::PublishResponse {
+            refused,
+            over_limit: over.load(Ordering::Relaxed),
+        })
     }
 
     pub(super) async fn unpublish(

@@ -1,5 +1,8 @@
 //! Challenge, Join and NetworkKeys: a peer proves its key and joins.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use peerdex_proto::{PeerId, PeerUrl, v1};
 use tokio::time::Instant;
 use tonic::Request;
@@ -19,9 +22,12 @@ impl DirectoryService {
     ) -> Result<v1::ChallengeResponse> {
         self.admission().challenge(&source(&req))?;
         let peer = parse_peer(&req.into_inner().peer_id)?;
+        let limits = self.admission().limits();
         Ok(v1::ChallengeResponse {
             nonce: self.inner.nonces.issue(&peer, Instant::now()),
             valid_secs: secs(NONCE_VALID),
+            max_message_bytes: limits.max_message_bytes as u64,
+            max_inventory: limits.max_inventory as u64,
         })
     }
 
@@ -55,11 +61,16 @@ impl DirectoryService {
             replica_quota: r.replica_quota_bytes,
         };
         let admission = self.inner.admission.clone();
-        let admit = Box::new(move |ix: &crate::index::Index| {
-            admission.join_inventory(ix, &peer, addr, inventory)
-        });
+        let over = Arc::new(AtomicU64::new(0));
+        let admit = {
+            let over = over.clone();
+            Box::new(move |ix: &crate::index::Index| {
+                admission.join_inventory(ix, &peer, addr, inventory, &over)
+            })
+        };
         let (count, refused) = self.dir().join(join, admit).await?;
-        tracing::info!(%peer, files = count, refused = refused.len(), "peer joined");
+        let over_limit = over.load(Ordering::Relaxed);
+        tracing::info!(%peer, files = count, refused = refused.len(), over_limit, "peer joined");
         log_refused(&peer, &refused);
         let (credential, credential_expires) = self.credential(&peer)?;
         Ok(v1::JoinResponse {
@@ -71,6 +82,7 @@ impl DirectoryService {
             credential_expires,
             revoked: self.revoked(),
             island: self.inner.links.island().to_owned(),
+            over_limit,
         })
     }
 

@@ -131,9 +131,9 @@ impl DirectoryService {
     }
 
     /// Parse a Join/Publish inventory; malformed entries are refused one by
-    /// one. Only too many entries fails the call.
+    /// one. How many entries a peer may list is checked on its running
+    /// total by the admission (the message size bounds one call).
     fn parse_files(&self, files: Vec<v1::SharedFile>) -> Result<Inventory> {
-        self.check_entries(files.len())?;
         let mut inv = Inventory {
             total: files.len(),
             ..Inventory::default()
@@ -163,7 +163,7 @@ impl DirectoryService {
         Ok(inv)
     }
 
-    /// At most `CENTRAL_MAX_INVENTORY` entries in one request.
+    /// At most `CENTRAL_MAX_INVENTORY` entries in one Unpublish.
     fn check_entries(&self, n: usize) -> Result<()> {
         let max = self.admission().limits().max_inventory;
         if n > max {
@@ -172,12 +172,16 @@ impl DirectoryService {
         Ok(())
     }
 
+    /// Each component of a share name (a folder or the file's name) within
+    /// `CENTRAL_MAX_NAME_BYTES`; the whole path's bound is the protocol's
+    /// ([`peerdex_proto::types::MAX_PATH_BYTES`], checked by parsing).
     fn check_name_len(&self, name: &str, field: Field) -> Result<()> {
         let max = self.admission().limits().max_name_bytes;
-        if name.len() > max {
+        let longest = name.split('/').map(str::len).max().unwrap_or(0);
+        if longest > max {
             return Err(Invalid::NameTooLong {
                 field,
-                bytes: name.len(),
+                bytes: longest,
                 max,
             }
             .into());

@@ -28,13 +28,17 @@ struct GetReport<'a> {
 }
 
 pub(super) async fn run(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
-    let request = download_request(&args.target, &ctx.last_hits)?;
+    if let Some(folder) = &args.folder {
+        return get_folder(ctx, folder).await;
+    }
+    let target = args.target.clone().unwrap_or_default();
+    let request = download_request(&target, &ctx.last_hits)?;
     if let Some(out) = &args.output {
         check_output(out, args.force, None)?;
     }
     let job = ctx.api.start_download(&request).await?;
     let job = follow(ctx, job).await?;
-    let what = job.name.clone().unwrap_or_else(|| args.target.clone());
+    let what = job.name.clone().unwrap_or_else(|| target.clone());
     match job.state {
         JobState::Done => {}
         JobState::Failed => bail!(
@@ -77,6 +81,51 @@ pub(super) async fn run(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `get --folder PATH`: every file under a folder of one holder's share,
+/// as one job followed with one progress bar.
+async fn get_folder(ctx: &Ctx, folder: &str) -> anyhow::Result<()> {
+    let folder: FileName = folder.trim_end_matches('/').parse().map_err(|e| {
+        anyhow!("{e}; give a folder's path in the holder's share, e.g. \"Music/Album\"")
+    })?;
+    let request = DownloadRequest {
+        file_id: None,
+        name: None,
+        folder: Some(folder.to_string()),
+    };
+    let job = ctx.api.start_download(&request).await?;
+    let job = follow(ctx, job).await?;
+    let size = job.bytes_total.unwrap_or(job.bytes_done);
+    match job.state {
+        JobState::Done => {}
+        JobState::Failed => bail!(
+            "download of folder {} failed: {}",
+            quoted(folder.as_str()),
+            job.error.as_deref().unwrap_or("no reason given")
+        ),
+        _ => bail!(
+            "download of folder {} was cancelled",
+            quoted(folder.as_str())
+        ),
+    }
+    if ctx.json {
+        return ctx.print_json(&GetReport {
+            job: &job,
+            saved_to: None,
+        });
+    }
+    outln!(
+        "{:>10}  {}/",
+        human_size(size),
+        crate::output::name(folder.as_str())
+    );
+    eprintln!(
+        "stored under {}/ in your PServer's shared folder (and shared from now on); {} lists the files",
+        folder,
+        ctx.cmd("ls")
+    );
+    Ok(())
+}
+
 /// `X` is an id if it is one, a short id if it prefixes exactly one id from
 /// the last search, otherwise an exact name.
 fn download_request(target: &str, last_hits: &[SearchHit]) -> anyhow::Result<DownloadRequest> {
@@ -84,6 +133,7 @@ fn download_request(target: &str, last_hits: &[SearchHit]) -> anyhow::Result<Dow
         return Ok(DownloadRequest {
             file_id: Some(id.to_hex()),
             name: None,
+            folder: None,
         });
     }
     if target.len() >= 6 && target.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -98,6 +148,7 @@ fn download_request(target: &str, last_hits: &[SearchHit]) -> anyhow::Result<Dow
             return Ok(DownloadRequest {
                 file_id: Some(id.to_owned()),
                 name: None,
+                folder: None,
             });
         }
     }
@@ -107,10 +158,12 @@ fn download_request(target: &str, last_hits: &[SearchHit]) -> anyhow::Result<Dow
     Ok(DownloadRequest {
         file_id: None,
         name: Some(name.into_string()),
+        folder: None,
     })
 }
 
-/// Where `-o PATH` writes: PATH itself, or PATH/NAME when PATH is a folder.
+/// Where `-o PATH` writes: PATH itself, or PATH/NAME when PATH is a folder
+/// (NAME: the file's own name, without the folders of its share name).
 /// Refuses an existing file without `--force`. Before the name is known
 /// (`name` = None) only checks what can be checked.
 fn check_output(path: &Path, force: bool, name: Option<&str>) -> anyhow::Result<PathBuf> {
@@ -121,7 +174,8 @@ fn check_output(path: &Path, force: bool, name: Option<&str>) -> anyhow::Result<
                 let n: FileName = n
                     .parse()
                     .with_context(|| "the PServer gave the file an unusable name")?;
-                path.join(n.as_str())
+                // The file's own name: its folders in the share stay there.
+                path.join(n.file_name())
             }
         }
     } else {
@@ -273,6 +327,11 @@ mod tests {
         assert!(e.to_string().contains("--force"), "{e}");
         let e = check_output(dir.path(), false, Some("../evil")).unwrap_err();
         assert!(e.to_string().contains("unusable name"), "{e}");
+        // A share name in folders lands in the folder under its own name.
+        assert_eq!(
+            check_output(dir.path(), false, Some("Music/Album/z.bin")).unwrap(),
+            dir.path().join("z.bin")
+        );
         let e = check_output(&dir.path().join("no/such/f"), false, None).unwrap_err();
         assert!(e.to_string().contains("does not exist"), "{e}");
     }

@@ -7,7 +7,11 @@ use super::Ctx;
 use crate::output::{human_size, outp, sanitize};
 
 pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
-    let s = ctx.api.status().await?;
+    let s = if ctx.verbose {
+        ctx.api.status_all_unshared().await?
+    } else {
+        ctx.api.status().await?
+    };
     if ctx.json {
         return ctx.print_json(&s);
     }
@@ -62,6 +66,29 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
         "sharing",
         format!("{} files, {}", s.shared_files, human_size(s.shared_bytes)),
     );
+    if let Some(h) = s.hashing {
+        line(
+            "hashing",
+            format!(
+                "{} of {} new or changed files (shared as each is hashed)",
+                thousands(h.done),
+                thousands(h.total)
+            ),
+        );
+    }
+    if s.not_listed_files > 0 {
+        line(
+            "not listed",
+            format!(
+                "{} shared files are not listed by the directory: {}",
+                thousands(s.not_listed_files),
+                s.not_listed_reason
+                    .as_deref()
+                    .map(sanitize)
+                    .unwrap_or_default()
+            ),
+        );
+    }
     if let Some(unshared) = unshared {
         line("not shared", unshared);
         for f in &s.unshared {
@@ -71,10 +98,13 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
             );
         }
         if s.unshared_files > s.unshared.len() as u64 {
-            line(
-                "",
-                format!("… and {} more", s.unshared_files - s.unshared.len() as u64),
-            );
+            let more = s.unshared_files - s.unshared.len() as u64;
+            let hint = if ctx.verbose {
+                String::new()
+            } else {
+                format!(" ({} lists them all)", ctx.cmd("status --verbose"))
+            };
+            line("", format!("… and {more} more{hint}"));
         }
     }
     line(
@@ -118,6 +148,19 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `n` with a comma every three digits: 50,000.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Files of the share folder that are not shared, and what to do.
 fn unshared_line(s: &peerdex_proto::rest::Status) -> String {
     let n = s.unshared_files;
@@ -148,4 +191,20 @@ fn replicas_line(s: &peerdex_proto::rest::Status) -> String {
         human_size(s.replica_used_bytes),
         human_size(s.replica_quota_bytes)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands_are_grouped() {
+        for (n, s) in [
+            (0, "0"),
+            (999, "999"),
+            (1_234, "1,234"),
+            (50_000, "50,000"),
+            (1_000_000, "1,000,000"),
+        ] {
+            assert_eq!(super::thousands(n), s);
+        }
+    }
 }

@@ -304,7 +304,7 @@ mod tests {
         .unwrap();
         let names: Vec<_> = items.iter().map(|i| i.name.as_str()).collect();
         assert_eq!(names, ["renamed.txt"]);
-        let e = collect_uploads(&args(vec![dir.path().join("a.txt")], false, Some("a/b")))
+        let e = collect_uploads(&args(vec![dir.path().join("a.txt")], false, Some("a//b")))
             .err()
             .unwrap();
         assert!(e.to_string().contains("choose a name with --name"), "{e}");

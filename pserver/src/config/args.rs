@@ -120,9 +120,12 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub drain_secs: u64,
 
-    /// Seconds between rescans of the share folder.
+    /// Seconds between full rescans of the share folder tree: the safety
+    /// net (changes are seen by notification within about a second; the
+    /// rescan catches what notifications cannot see, e.g. on network file
+    /// systems). Default 3600, like Syncthing's hourly full scan.
     #[arg(long, env = "PSERVER_RESCAN_SECS", default_value_t = defaults::RESCAN_SECS,
-          value_parser = clap::value_parser!(u64).range(1..=3600))]
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub rescan_secs: u64,
 
     /// Upload rate cap across all transfers to other peers, in bytes per

@@ -35,7 +35,8 @@ pub mod defaults {
     pub const MIN_FREE_BYTES: u64 = 1 << 30;
     pub const MAX_PARTIAL_BYTES: u64 = 64 << 30;
     pub const REPLICA_QUOTA_BYTES: u64 = 0;
-    pub const RESCAN_SECS: u64 = 2;
+    /// The full rescan is a safety net: notifications see changes.
+    pub const RESCAN_SECS: u64 = 3600;
     pub const MAX_UPLOADS: u32 = 32;
     pub const DRAIN_SECS: u64 = 10;
     pub const MAX_UPLOAD_BPS: u64 = 0;
@@ -185,7 +186,8 @@ impl Default for DownloadConfig {
 /// The share folder and the disk.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// How often the share dir is rescanned for files added or removed by hand.
+    /// How often the whole share folder tree is rescanned (the safety net
+    /// behind notifications, see `store::watch`).
     pub rescan_interval: Duration,
     /// Free space kept for the user in the share and data folders: a
     /// download or upload that would cut into it is refused.

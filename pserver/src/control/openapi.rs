@@ -4,10 +4,10 @@
 
 use actix_web::HttpResponse;
 use peerdex_proto::rest::{
-    ApiError, Candidate, DownloadRequest, FileInfo, FileList, Holder, Job, JobList, LeaseRenewals,
-    LocateQuery, LocateResult, LocatedFile, NeighbourStatus, PinList, PinRequest, PinStatus,
-    ReplicaFetch, Replication, SearchHit, SearchResults, SourceProgress, Status, UnsharedFile,
-    schema,
+    ApiError, Candidate, DownloadRequest, FileInfo, FileList, Hashing, Holder, Job, JobList,
+    LeaseRenewals, LocateQuery, LocateResult, LocatedFile, NeighbourStatus, PinList, PinRequest,
+    PinStatus, ReplicaFetch, Replication, SearchHit, SearchResults, SourceProgress, Status,
+    UnsharedFile, schema,
 };
 use utoipa::OpenApi;
 
@@ -70,6 +70,7 @@ never ends: close the connection to stop."
         Replication,
         ReplicaFetch,
         UnsharedFile,
+        Hashing,
         SearchHit,
         LocateResult,
         LocateQuery,
@@ -322,7 +323,7 @@ mod tests {
     #[test]
     fn the_document_declares_the_parsers_bounds() {
         use peerdex_proto::types::{
-            MAX_NAME_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS, QUERY_PATTERN, UUID_PATTERN,
+            MAX_PATH_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS, QUERY_PATTERN, UUID_PATTERN,
         };
         let doc = document();
         let paths = &doc["paths"];
@@ -342,7 +343,7 @@ mod tests {
         let pin = &schemas["PinRequest"]["properties"];
         assert_eq!(pin["replicas"]["maximum"], MAX_REPLICAS);
         assert_eq!(pin["file"]["minLength"], 1);
-        assert_eq!(pin["file"]["maxLength"], MAX_NAME_BYTES);
+        assert_eq!(pin["file"]["maxLength"], MAX_PATH_BYTES);
         let locate = &schemas["LocateQuery"]["oneOf"];
         assert_eq!(locate[1]["properties"]["name"]["minLength"], 1);
         assert_eq!(locate[0]["additionalProperties"], false);

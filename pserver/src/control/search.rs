@@ -5,7 +5,7 @@ use actix_web::web;
 use peerdex_proto::rest::{
     ApiError, LocateQuery, LocateResult, MAX_SEARCH_LIMIT, SearchQuery, SearchResults,
 };
-use peerdex_proto::types::{MAX_NAME_BYTES, MAX_QUERY_BYTES};
+use peerdex_proto::types::{MAX_PATH_BYTES, MAX_QUERY_BYTES};
 
 use crate::error::{Invalid, Result};
 use crate::link::Central;
@@ -37,7 +37,7 @@ pub(super) async fn search(
         let bytes = page.len() / 2;
         if page.len() % 2 != 0
             || !page.bytes().all(|b| b.is_ascii_hexdigit())
-            || !(36..=36 + MAX_NAME_BYTES).contains(&bytes)
+            || !(36..=36 + MAX_PATH_BYTES).contains(&bytes)
         {
             return Err(Invalid::PageToken.into());
         }

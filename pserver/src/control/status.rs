@@ -3,23 +3,26 @@
 
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
-use peerdex_proto::rest::{LeaseRenewals, NeighbourStatus, Status, UnsharedFile};
+use peerdex_proto::rest::{
+    Hashing, LeaseRenewals, MAX_UNSHARED_LISTED, NeighbourStatus, Status, StatusQuery, UnsharedFile,
+};
 
 use super::Control;
 use crate::download::Downloads;
 use crate::download::replicas::Replicas;
 use crate::error::Result;
-use crate::link::Central;
 use crate::link::lookup::Lookup;
+use crate::link::{Central, NotListed};
 use crate::metrics::{Live, Metrics};
 use crate::peer::uploads::Uploads;
 use crate::rt::MainRt;
 use crate::store::Store;
 
 /// Peer id, URLs, central and neighbour health, lease age and counts.
-#[utoipa::path(get, path = "/api/v1/status", responses((status = 200, body = Status)))]
+#[utoipa::path(get, path = "/api/v1/status", params(StatusQuery), responses((status = 200, body = Status)))]
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn status(
+    q: web::Query<StatusQuery>,
     control: web::Data<Control>,
     store: web::Data<Store>,
     central: web::Data<Central>,
@@ -33,7 +36,13 @@ pub(super) async fn status(
     let probe = lookup.clone().into_inner();
     let neighbours = rt.run(async move { Ok(probe.probe().await) }).await?;
     let (files, bytes) = store.totals();
-    let (unshared_files, unshared) = store.unshared();
+    let shown = if q.all_unshared {
+        MAX_UNSHARED_LISTED
+    } else {
+        crate::store::MAX_UNSHARED_SHOWN
+    };
+    let (unshared_files, unshared) = store.unshared(shown);
+    let not_listed = central.not_listed();
     Ok(web::Json(Status {
         peer_id: control.peer_id.to_string(),
         public_url: control.public_url.to_string(),
@@ -73,8 +82,23 @@ pub(super) async fn status(
             .into_iter()
             .map(|(name, reason)| UnsharedFile { name, reason })
             .collect(),
+        not_listed_files: not_listed.files,
+        not_listed_reason: (not_listed.files > 0).then(|| not_listed_reason(not_listed)),
+        hashing: store.hashing().map(|(done, total)| Hashing { done, total }),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     }))
+}
+
+/// Why some shared files are not listed by the directory, and what to do.
+fn not_listed_reason(n: NotListed) -> String {
+    let limit = match n.max_inventory {
+        0 => "its limit of files per peer".to_owned(),
+        m => format!("its limit of {m} files per peer"),
+    };
+    format!(
+        "the directory lists {limit} (CENTRAL_MAX_INVENTORY); the first files are listed, \
+         these are not: share fewer files, or ask the directory's operator to raise the limit"
+    )
 }
 
 /// This PServer's metrics in the Prometheus text format (behind the same

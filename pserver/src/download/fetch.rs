@@ -212,6 +212,7 @@ pub(super) async fn fetch_replica(
     let req = DownloadRequest {
         file_id: Some(id.to_hex()),
         name: None,
+        folder: None,
     };
     let h = match shared
         .replica_jobs
@@ -309,8 +310,9 @@ pub(super) async fn store_and_publish(
     Ok(())
 }
 
-/// The name to store under: the first name offered, or, if that name is
-/// taken here by a different content, `stem (id12).ext`.
+/// The name to store under: the first name offered (a path: the file lands
+/// in the same folders of our share folder), or, if that name is taken
+/// here by a different content, `stem (id12).ext` in the same folder.
 pub(super) fn pick_name(shared: &Engine, t: &Target, dest: &Dest) -> FileName {
     if let Dest::Replica { name, .. } = dest {
         return name.clone();
@@ -322,7 +324,8 @@ pub(super) fn pick_name(shared: &Engine, t: &Target, dest: &Dest) -> FileName {
     });
     match shared.store.by_name(&base) {
         Some(e) if e.id != t.id => {
-            let s = base.as_str();
+            // The file's own name changes; its folders stay.
+            let s = base.file_name();
             let (stem, ext) = match s.rfind('.') {
                 Some(i) if i > 0 => (&s[..i], &s[i..]),
                 _ => (s, ""),
@@ -331,9 +334,13 @@ pub(super) fn pick_name(shared: &Engine, t: &Target, dest: &Dest) -> FileName {
             while stem.len() + ext.len() + 15 > peerdex_proto::types::MAX_NAME_BYTES {
                 stem.pop();
             }
-            format!("{stem} ({}){ext}", t.id.short())
-                .parse()
-                .unwrap_or(base)
+            let file = format!("{stem} ({}){ext}", t.id.short());
+            match base.folder() {
+                Some(dir) => format!("{dir}/{file}"),
+                None => file,
+            }
+            .parse()
+            .unwrap_or(base)
         }
         _ => base,
     }

@@ -11,6 +11,8 @@
 //! * `fetch` — the verified bytes of one file: space claimed, manifest
 //!   confirmed, swarm run, file stored and published; replica fetches too.
 //! * `jobs` — the job list ([`Jobs`], [`JobHandle`]) and their live state.
+//! * `folder` — a folder of one holder's share as one job: its files, each
+//!   a download of its own under the same relative path, one progress.
 //! * `replicas` — the replica worker: the directory's FETCH and DROP tasks.
 //! * `engine/` — the verified engine: `scheduler` (the swarm over up to
 //!   `PSERVER_MAX_SOURCES` holders; strikes, back-off, end game), `holder`,
@@ -74,6 +76,7 @@ use crate::store::space::NoSpace;
 
 mod engine;
 mod fetch;
+mod folder;
 mod jobs;
 pub(crate) mod replicas;
 mod run;

@@ -57,6 +57,7 @@ pub(super) fn resume_partials(shared: &Arc<Engine>) {
         let req = DownloadRequest {
             file_id: Some(id.to_hex()),
             name: None,
+            folder: None,
         };
         let Ok(h) = shared.jobs.insert(req, Some(id), JobState::Locating) else {
             continue;

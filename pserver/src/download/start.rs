@@ -34,11 +34,15 @@ pub(super) fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
 /// lookups are resolved before a job exists, so an unknown or ambiguous name
 /// is answered at once.
 pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
-    let target = match (&req.file_id, &req.name) {
-        (Some(id), None) => LocateTarget::Id(id.parse()?),
-        (None, Some(name)) => LocateTarget::Name(name.parse()?),
+    let target = match (&req.file_id, &req.name, &req.folder) {
+        (Some(id), None, None) => LocateTarget::Id(id.parse()?),
+        (None, Some(name), None) => LocateTarget::Name(name.parse()?),
+        (None, None, Some(folder)) => {
+            let folder = folder.parse()?;
+            return super::folder::start(shared, req, folder).await;
+        }
         _ => {
-            return Err(Invalid::OneTarget.into());
+            return Err(Invalid::OneDownloadTarget.into());
         }
     };
     // Already here?

@@ -8,6 +8,7 @@ use peerdex_proto::v1::{self};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
+use super::pages::Plan;
 use super::{Beat, CallError, Central, Load, MAX_BACKOFF, RPC_TIMEOUT, TaskSender};
 use crate::metrics::{Metrics, Renewal};
 
@@ -37,32 +38,37 @@ impl Central {
             .map(|s| format!("{:?}: {}", s.code, s.message));
     }
 
-    /// Join with the full inventory, proving our key over a fresh nonce
-    /// from the same central.
+    /// Join with the inventory, proving our key over a fresh nonce from
+    /// the same central: a first page in the Join, then the rest in
+    /// Publish pages that each fit the central's message limit (see
+    /// `pages`). The caller holds the outbox, so no other change of ours
+    /// goes between the pages.
     pub async fn join(&self, inventory: &[SharedFile], load: Load) -> Result<(), CallError> {
         let files: Vec<v1::SharedFile> = inventory.iter().map(Into::into).collect();
-        let (at, r) = self
+        let (at, (r, plan)) = self
             .call("join", |mut c| {
-                let files = files.clone();
+                let files = &files;
                 async move {
-                    let nonce = c
+                    let challenge = c
                         .challenge(v1::ChallengeRequest {
                             peer_id: self.peer_id.to_string(),
                         })
                         .await?
-                        .into_inner()
-                        .nonce;
+                        .into_inner();
+                    let plan =
+                        Plan::new(files, challenge.max_message_bytes, challenge.max_inventory);
+                    let nonce = challenge.nonce;
                     let mut msg = v1::JoinRequest {
                         peer_id: self.peer_id.to_string(),
                         peer_url: self.public_url.to_string(),
-                        files,
+                        files: files[plan.first.clone()].to_vec(),
                         load: Some(load.into()),
                         replica_quota_bytes: self.replica_quota,
                         ..Default::default()
                     };
                     msg.secret_proof = self.network.secret_proof(&nonce, &msg.peer_id);
                     peerdex_proto::identity::prove(&mut msg, &self.key, nonce);
-                    c.join(self.authed(msg)).await
+                    Ok((c.join(self.authed(msg)).await?, plan))
                 }
             })
             .await?;
@@ -83,15 +89,26 @@ impl Central {
         {
             tracing::warn!(error = %e, "cannot save the session token; a restart will wait for the lease to expire");
         }
-        let mut s = self.session.lock().unwrap();
-        s.token = Some(answer.session_token);
-        s.joined = true;
-        s.seq = 0;
-        s.last_renewal = Some(Instant::now());
-        s.interval = Some(Duration::from_secs(
-            answer.heartbeat_interval_secs.max(1) as u64
-        ));
-        drop(s);
+        {
+            let mut s = self.session.lock().unwrap();
+            s.token = Some(answer.session_token);
+            s.joined = true;
+            s.seq = 0;
+            s.last_renewal = Some(Instant::now());
+            s.interval = Some(Duration::from_secs(
+                answer.heartbeat_interval_secs.max(1) as u64
+            ));
+        }
+        self.message_limit
+            .store(plan.max_message_bytes, std::sync::atomic::Ordering::Relaxed);
+        let over = if plan.rest.is_empty() {
+            answer.over_limit
+        } else {
+            tracing::info!(central = %self.links[at].url, files = inventory.len(),
+                pages = plan.rest.len() + 1, "joining in pages");
+            answer.over_limit + self.publish_pages(inventory, &plan).await?
+        };
+        self.set_not_listed(plan.beyond + over, plan.max_inventory);
         tracing::debug!(central = %self.links[at].url, "joined");
         Ok(())
     }
@@ -251,15 +268,15 @@ impl Central {
                     }
                 }
             } else {
-                let inv = {
-                    // The Join's snapshot of the inventory supersedes every
-                    // change still waiting.
-                    let mut queue = self.outbox.lock().await;
-                    queue.clear();
-                    self.session.lock().unwrap().inventory_changed = false;
-                    inventory()
-                };
+                // The Join's snapshot of the inventory supersedes every
+                // change still waiting; the outbox stays ours until the
+                // last page is in, so no change overtakes a page.
+                let mut queue = self.outbox.lock().await;
+                queue.clear();
+                self.session.lock().unwrap().inventory_changed = false;
+                let inv = inventory();
                 let joined = self.join(&inv, load()).await;
+                drop(queue);
                 self.set_lease_error(&joined);
                 match joined {
                     Ok(()) => {

@@ -12,7 +12,9 @@
 //! moves us too, and the next heartbeat goes to the new central at once.
 //! The lease is kept across a move: centrals on etcd share the session;
 //! one that does not know us answers `rejoin`, and we join there with the
-//! whole inventory.
+//! whole inventory. An inventory of any size joins in pages (`pages`): a
+//! Join with a first page, then Publish pages in order, each within the
+//! central's message limit; every (re-)Join does.
 //!
 //! Publish and Unpublish go through one ordered outbox: while we are
 //! joined, a change that no central takes (none answers) waits there, in
@@ -30,7 +32,8 @@
 //!
 //! Layout: `failover` (the list of centrals and the call that moves between
 //! them), `lease` (Join, Heartbeat, the lease loop, Leave), `outbox`
-//! (Publish/Unpublish in order), `declines` (replica declines on their way),
+//! (Publish/Unpublish in order), `pages` (a big inventory's Join in
+//! pages), `declines` (replica declines on their way),
 //! `queries` (Locate, Search, pins, keys), `revocations` (a private
 //! network's departures), `lookup` (neighbours first, then the central).
 
@@ -40,6 +43,7 @@ mod failover;
 mod lease;
 pub(crate) mod lookup;
 mod outbox;
+mod pages;
 mod queries;
 mod revocations;
 
@@ -57,6 +61,7 @@ use tonic::Request;
 use tonic::transport::{Channel, Endpoint};
 
 pub use error::CallError;
+pub use pages::NotListed;
 
 use crate::peer::network::Network;
 use declines::Declines;
@@ -133,6 +138,11 @@ pub struct Central {
     replica_quota: u64,
     /// Replica FETCH tasks declined, for the next Heartbeats.
     declines: Declines,
+    /// Files of ours the directory does not list (its inventory limit).
+    not_listed: Mutex<pages::NotListed>,
+    /// The central's message limit, as its last Challenge said (0 =
+    /// unknown): what our Publish pages fit in.
+    message_limit: std::sync::atomic::AtomicU64,
 }
 
 /// Why the link to the centrals cannot be set up (at start).
@@ -229,6 +239,8 @@ impl Central {
             wake: Notify::new(),
             replica_quota,
             declines: Declines::default(),
+            not_listed: Mutex::default(),
+            message_limit: Default::default(),
         })
     }
 

@@ -36,19 +36,37 @@ impl Change {
 }
 
 impl Central {
-    /// Announce new files. Skipped while not joined: the next Join carries them.
+    /// Announce new files, in pages that each fit the central's message
+    /// limit (many new files at once: a copy into the share folder).
+    /// Skipped while not joined: the next Join carries them.
     pub async fn publish(&self, files: &[SharedFile]) {
-        if !files.is_empty() {
-            let files = files.to_vec();
-            self.change(|seq| Change::Publish(files, seq)).await;
+        for page in self.publish_pages_of(files) {
+            self.change(|seq| Change::Publish(page, seq)).await;
         }
     }
 
-    /// Withdraw files. Skipped while not joined.
+    /// Withdraw files, in pages like [`Central::publish`]. Skipped while
+    /// not joined.
     pub async fn unpublish(&self, files: &[(FileId, FileName)]) {
-        if !files.is_empty() {
-            let files = files.to_vec();
-            self.change(|seq| Change::Unpublish(files, seq)).await;
+        let limit = self
+            .message_limit
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let budget = super::pages::page_budget(limit);
+        let mut page = Vec::new();
+        let mut bytes = 0;
+        for f in files {
+            // The id, the name and the framing of one entry.
+            let n = 64 + f.1.as_str().len() + 8;
+            if !page.is_empty() && bytes + n > budget {
+                let full = std::mem::take(&mut page);
+                self.change(|seq| Change::Unpublish(full, seq)).await;
+                bytes = 0;
+            }
+            page.push(f.clone());
+            bytes += n;
+        }
+        if !page.is_empty() {
+            self.change(|seq| Change::Unpublish(page, seq)).await;
         }
     }
 
@@ -92,7 +110,8 @@ impl Central {
         while let Some(change) = queue.front() {
             let r = self.send(change).await;
             match r {
-                Ok(()) => {
+                Ok(over) => {
+                    self.add_not_listed(over);
                     queue.pop_front();
                 }
                 Err(s) if s.code == Code::Aborted => {
@@ -117,7 +136,10 @@ impl Central {
         Ok(())
     }
 
-    async fn send(&self, change: &Change) -> Result<(), CallError> {
+    /// Send one change; for a Publish, how many of its files the central
+    /// did not take for its inventory limit.
+    pub(super) async fn send(&self, change: &Change) -> Result<u64, CallError> {
+        let mut over = 0;
         match change {
             Change::Publish(files, seq) => {
                 let files: Vec<v1::SharedFile> = files.iter().map(Into::into).collect();
@@ -132,6 +154,7 @@ impl Central {
                     })
                     .await?;
                 log_refused("publish", &r.get_ref().refused);
+                over = r.get_ref().over_limit;
             }
             Change::Unpublish(files, seq) => {
                 let files: Vec<v1::FileRef> = files
@@ -152,7 +175,7 @@ impl Central {
                 .await?;
             }
         }
-        Ok(())
+        Ok(over)
     }
 
     /// The lease loop heard from a central: deliver what waits, first.

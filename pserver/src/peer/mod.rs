@@ -55,6 +55,7 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                     )
                     .to(manifest),
             )
+            .route("/folder", web::get().to(folder))
             .route("/locate", web::get().to(locate))
             .route("/search", web::get().to(search))
             .route("/health", web::get().to(health)),
@@ -267,6 +268,24 @@ fn check_rate(rate: &NeighbourRate, req: &HttpRequest) -> Result<()> {
         Some(a) => rate.check(a.ip()),
         None => Ok(()),
     }
+}
+
+/// The files this peer shares under one folder of its share (for
+/// another peer's folder download), at most `MAX_FOLDER_FILES`. Charged
+/// like the neighbour role's lookups.
+async fn folder(
+    store: web::Data<Store>,
+    rate: web::Data<NeighbourRate>,
+    req: HttpRequest,
+    q: web::Query<peerdex_proto::rest::FolderQuery>,
+) -> Result<web::Json<peerdex_proto::rest::FolderFiles>> {
+    check_rate(&rate, &req)?;
+    let folder: peerdex_proto::FileName = q.path.parse()?;
+    let (files, truncated) = store.files_under(&folder, peerdex_proto::rest::MAX_FOLDER_FILES);
+    Ok(web::Json(peerdex_proto::rest::FolderFiles {
+        files,
+        truncated,
+    }))
 }
 
 async fn locate(

@@ -28,9 +28,14 @@
 //! cache, a partial download's state) leaves the previous version in place
 //! and no temp file behind.
 //!
-//! Only names that parse as [`FileName`] are ever joined onto the share
-//! folder, and files reached through a symlink that leaves the share folder
-//! are neither listed nor served.
+//! The share folder is a tree: every file under it, at any depth, is
+//! shared under its path relative to the folder, with `/` separators
+//! (`Music/Album/01 Track.mp3`, a [`FileName`]); hidden files and folders
+//! are left out. A download lands under the same relative path, its
+//! folders made as needed. Only names that parse as [`FileName`] are ever
+//! joined onto the share folder (no `..`, no empty or hidden component),
+//! and files reached through a symlink that leaves the share folder are
+//! neither listed nor served; symlinks to folders are not followed.
 //!
 //! Names are shared in NFC (see [`FileName`]): a file whose name is written
 //! on disk in another spelling (NFD, as macOS tools write `café`) is shared
@@ -43,9 +48,11 @@
 //! hidden files (a leading `.`, our own temp files too) are left out
 //! quietly, by design.
 
+mod hashing;
 mod replicas;
 mod scan;
 pub(crate) mod space;
+pub(crate) mod watch;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -142,6 +149,8 @@ pub struct Store {
     quarantined: Mutex<std::collections::HashSet<FileId>>,
     /// Files hashed since start (the cache saves re-hashing unchanged ones).
     hashed: AtomicU64,
+    /// The hashing under way (see `hashing`).
+    hashing: hashing::Progress,
     space: std::sync::Arc<Space>,
 }
 
@@ -173,6 +182,7 @@ impl Store {
             replicas: Mutex::new(BTreeMap::new()),
             quarantined: Mutex::new(std::collections::HashSet::new()),
             hashed: AtomicU64::new(0),
+            hashing: hashing::Progress::default(),
             space: std::sync::Arc::new(Space::new(0, 0)),
         };
         let cache = store.load_cache();
@@ -253,6 +263,16 @@ impl Store {
         all
     }
 
+    /// The shared files under `folder` (at any depth), by name: at most
+    /// `max`, and whether there were more.
+    pub fn files_under(&self, folder: &FileName, max: usize) -> (Vec<FileInfo>, bool) {
+        let files = self.files.lock().unwrap();
+        let mut under = files.values().filter(|e| e.name.is_under(folder));
+        let listed: Vec<FileInfo> = under.by_ref().take(max).map(Entry::to_info).collect();
+        let more = under.next().is_some();
+        (listed, more)
+    }
+
     pub fn totals(&self) -> (u64, u64) {
         let files = self.files.lock().unwrap();
         (files.len() as u64, files.values().map(|e| e.size).sum())
@@ -300,13 +320,13 @@ impl Store {
     }
 
     /// Files of the share folder the last rescan could not share: how many,
-    /// and the first [`MAX_UNSHARED_SHOWN`] (name with its invisible and
-    /// control characters escaped, reason).
-    pub fn unshared(&self) -> (u64, Vec<(String, String)>) {
+    /// and the first `max` (name with its invisible and control characters
+    /// escaped, reason).
+    pub fn unshared(&self, max: usize) -> (u64, Vec<(String, String)>) {
         let u = self.unshared.lock().unwrap();
         let shown = u
             .iter()
-            .take(MAX_UNSHARED_SHOWN)
+            .take(max)
             .map(|(n, why)| (escape_invisible(&n.to_string_lossy()), why.clone()))
             .collect();
         (u.len() as u64, shown)
@@ -334,6 +354,29 @@ impl Store {
             };
         }
         let dest = self.share_dir.join(name.as_str());
+        // A name in folders lands in the same folders here (made as
+        // needed), never outside the share folder: a folder on the way
+        // that is a symlink leading out refuses it.
+        let parent = dest.parent().unwrap_or(&self.share_dir).to_path_buf();
+        if let Err(e) = fs::create_dir_all(&parent) {
+            let _ = fs::remove_file(temp);
+            return Err(
+                if e.kind() == io::ErrorKind::NotADirectory
+                    || e.kind() == io::ErrorKind::AlreadyExists
+                {
+                    Conflict::NoFolder { name: name.clone() }.into()
+                } else {
+                    disk_error(&self.space, e, &self.share_dir)
+                },
+            );
+        }
+        if !parent
+            .canonicalize()
+            .is_ok_and(|real| real.starts_with(&self.share_dir))
+        {
+            let _ = fs::remove_file(temp);
+            return Err(Conflict::NoFolder { name: name.clone() }.into());
+        }
         let file = fs::File::open(temp)?;
         file.sync_all()
             .map_err(|e| disk_error(&self.space, e, &self.tmp_dir))?;
@@ -352,9 +395,7 @@ impl Store {
             Err(_) => {
                 // Different file systems (or no hard links): copy to a hidden
                 // temp next to the destination, then rename.
-                let side = self
-                    .share_dir
-                    .join(format!(".peerdex-{}", uuid::Uuid::new_v4()));
+                let side = parent.join(format!(".peerdex-{}", uuid::Uuid::new_v4()));
                 let copied = fs::copy(temp, &side).and_then(|_| fs::File::open(&side)?.sync_all());
                 if let Err(e) = copied {
                     // Nothing half-copied stays in the share folder.
@@ -369,7 +410,7 @@ impl Store {
                 let _ = fs::remove_file(temp);
             }
         }
-        if let Ok(dir) = fs::File::open(&self.share_dir) {
+        if let Ok(dir) = fs::File::open(&parent) {
             let _ = dir.sync_all();
         }
         let dest_meta = fs::metadata(&dest).unwrap_or(meta);

@@ -13,6 +13,7 @@ mod failover;
 mod ha;
 mod http_semantics;
 mod islands;
+mod library;
 mod metrics;
 mod names;
 mod neighbour_limits;

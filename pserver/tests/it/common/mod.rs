@@ -6,7 +6,7 @@
 use std::path::Path;
 
 pub use peerdex_testkit::control::{
-    by_id, by_name, finish, holders, job, refused, search, start_job, upload, upload_ok,
+    by_folder, by_id, by_name, finish, holders, job, refused, search, start_job, upload, upload_ok,
     wait_holders_exactly,
 };
 pub use peerdex_testkit::{
