@@ -140,8 +140,9 @@ macro_rules! edge_space {
 macro_rules! name_component {
     () => {
         concat!(
-            // A first character other than an ASCII letter (no drive prefix is
-            // possible), then the rest;
+            // At most 255 characters (the schema's bound of a component's
+            // 255 bytes: exact for ASCII). A first character other than an
+            // ASCII letter (no drive prefix is possible), then the rest;
             "(?:[^A-Za-z.",
             seps_and_controls!(),
             edge_space!(),
@@ -149,7 +150,7 @@ macro_rules! name_component {
             "](?:[^",
             seps_and_controls!(),
             invisible_chars!(),
-            "]*[^",
+            "]{0,253}[^",
             seps_and_controls!(),
             edge_space!(),
             invisible_chars!(),
@@ -165,7 +166,7 @@ macro_rules! name_component {
             "][^",
             seps_and_controls!(),
             invisible_chars!(),
-            "]*[^",
+            "]{0,252}[^",
             seps_and_controls!(),
             edge_space!(),
             invisible_chars!(),

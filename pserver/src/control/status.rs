@@ -19,7 +19,7 @@ use crate::rt::MainRt;
 use crate::store::Store;
 
 /// Peer id, URLs, central and neighbour health, lease age and counts.
-#[utoipa::path(get, path = "/api/v1/status", params(StatusQuery), responses((status = 200, body = Status)))]
+#[utoipa::path(get, path = "/api/v1/status", params(StatusQuery), responses((status = 200, body = Status), (status = 400, body = peerdex_proto::rest::ApiError, description = "a query string that does not parse (all_unshared is true or false)")))]
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn status(
     q: web::Query<StatusQuery>,
