@@ -32,7 +32,8 @@
 //! them), `lease` (Join, Heartbeat, the lease loop, Leave), `outbox`
 //! (Publish/Unpublish in order), `declines` (replica declines on their way),
 //! `queries` (Locate, Search, pins, keys), `revocations` (a private
-//! network's departures), `lookup` (neighbours first, then the central).
+//! network's departures), `watch` (the Watch stream of wanted files),
+//! `lookup` (neighbours first, then the central).
 
 mod declines;
 mod error;
@@ -42,6 +43,7 @@ pub(crate) mod lookup;
 mod outbox;
 mod queries;
 mod revocations;
+mod watch;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
