@@ -32,6 +32,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long an old stream at another central is still read.
 const OLD_STREAM_GRACE: Duration = Duration::from_secs(2);
 
+/// How a want's error starts when the directory refused to watch it.
+const NOT_WATCHED: &str = "not watched: ";
+
 /// What a stream's reader forwards.
 enum Msg {
     Ready,
@@ -105,7 +108,19 @@ impl Wants {
                                 central: at,
                                 reader,
                             });
-                            *lock(&self.0.watch_error) = None;
+                            // Watched now: a refusal of before is over.
+                            if lock(&self.0.watch_error).take().is_some() {
+                                for w in &mut lock(&self.0.book).entries {
+                                    if w.want
+                                        .error
+                                        .as_deref()
+                                        .is_some_and(|e| e.starts_with(NOT_WATCHED))
+                                    {
+                                        w.want.error = None;
+                                    }
+                                }
+                                self.touch();
+                            }
                         }
                         Err(e)
                             if matches!(
@@ -118,7 +133,7 @@ impl Wants {
                             tracing::warn!(error = %e.message, "the directory refused to watch our wants");
                             let mut book = lock(&self.0.book);
                             for w in book.entries.iter_mut().filter(|w| w.watched()) {
-                                w.want.error = Some(format!("not watched: {}", e.message));
+                                w.want.error = Some(format!("{NOT_WATCHED}{}", e.message));
                             }
                             drop(book);
                             *lock(&self.0.watch_error) = Some(e.message);
