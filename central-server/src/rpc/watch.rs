@@ -97,11 +97,9 @@ impl DirectoryService {
             filter.watch_name(name);
         }
         for q in r.queries {
+            // A query of no word (only punctuation) is taken, as Search
+            // takes it: it matches no name.
             let words = query_words(&q)?;
-            if words.is_empty() {
-                // Only punctuation: it would never match a name.
-                return Err(Invalid::EmptyQuery.into());
-            }
             filter.watch_query(q, words);
         }
         Ok(filter)

@@ -19,8 +19,18 @@ pub struct WantRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// Download it when it appears (default). `false`: notify only.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `null` is refused, as the schema says (a boolean or nothing).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "some_bool"
+    )]
     pub download: Option<bool>,
+}
+
+/// A present `download` must be a boolean (not `null`).
+fn some_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    bool::deserialize(d).map(Some)
 }
 
 impl utoipa::PartialSchema for WantRequest {
@@ -46,8 +56,8 @@ impl utoipa::PartialSchema for WantRequest {
             .item(by("file", schema::file_ref()))
             .item(by("query", schema::query()))
             .description(Some(
-                "exactly one of file (a file id, or an exact name) and query (words: \
-                 at least one letter or digit)",
+                "exactly one of file (a file id, or an exact name) and query (words, \
+                 as a search: a query of no word matches no name)",
             ))
             .into()
     }
@@ -171,4 +181,24 @@ pub struct Events {
     pub wants: Vec<Want>,
     #[serde(default)]
     pub notices: Vec<WantNotice>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn download_is_a_boolean_or_absent() {
+        let r: WantRequest = serde_json::from_str(r#"{"query": "x"}"#).unwrap();
+        assert_eq!(r.download, None);
+        let r: WantRequest = serde_json::from_str(r#"{"file": "x", "download": false}"#).unwrap();
+        assert_eq!(r.download, Some(false));
+        for bad in [
+            r#"{"query": "x", "download": null}"#,
+            r#"{"query": "x", "download": "yes"}"#,
+            r#"{"query": "x", "extra": 1}"#,
+        ] {
+            assert!(serde_json::from_str::<WantRequest>(bad).is_err(), "{bad}");
+        }
+    }
 }

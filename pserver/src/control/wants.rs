@@ -13,7 +13,7 @@ use crate::wants::Wants;
 /// notified, with `"download": false`) the moment a holder appears.
 #[utoipa::path(post, path = "/api/v1/wants", request_body = WantRequest,
     responses((status = 201, body = Want, description = "the want: waiting (watched at the directory), or done at once when the file is in the share folder already"),
-              (status = 400, body = ApiError, description = "not exactly one of file and query, a file that is neither an id nor a valid name, an empty query, one of no word or over 1024 bytes or 16 words"),
+              (status = 400, body = ApiError, description = "not exactly one of file and query, a file that is neither an id nor a valid name, a blank query, one over 1024 bytes or 16 words"),
               (status = 429, body = ApiError, description = "PSERVER_MAX_WANTS wants are waiting already: remove one first")))]
 pub(super) async fn add_want(
     wants: web::Data<Wants>,

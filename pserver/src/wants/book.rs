@@ -37,8 +37,6 @@ pub enum BadWant {
     EmptyQuery,
     #[error("query is {bytes} bytes; at most {MAX_QUERY_BYTES}")]
     QueryTooLong { bytes: usize },
-    #[error("query {query:?} has no word (letters or digits) to match a name with")]
-    NoWord { query: String },
     #[error("query has {words} distinct words; at most {MAX_QUERY_WORDS}")]
     TooManyWords { words: usize },
 }
@@ -79,8 +77,9 @@ impl Wanted {
 }
 
 /// A query as Search takes it: not blank, at most [`MAX_QUERY_BYTES`],
-/// with at least one and at most [`MAX_QUERY_WORDS`] distinct words
-/// (letters and digits; anything else separates them). The directory
+/// at most [`MAX_QUERY_WORDS`] distinct words (letters and digits;
+/// anything else separates them). A query of no word (only punctuation)
+/// is taken, as Search takes it: it matches no name. The directory
 /// parses it again with its own tokenizer when it matches names; this
 /// only refuses early, and alone, what it would refuse for the whole
 /// Watch stream.
@@ -100,9 +99,6 @@ fn check_query(q: &str) -> Result<String, BadWant> {
     words.sort_unstable();
     words.dedup();
     match words.len() {
-        0 => Err(BadWant::NoWord {
-            query: q.to_owned(),
-        }),
         n if n > MAX_QUERY_WORDS => Err(BadWant::TooManyWords { words: n }),
         _ => Ok(q.to_owned()),
     }
@@ -232,12 +228,13 @@ mod tests {
         assert_eq!(w, Wanted::Name("Report.pdf".parse().unwrap()));
         let (w, _) = Wanted::parse(&req(None, Some("  annual report "))).unwrap();
         assert_eq!(w, Wanted::Query("annual report".into()));
+        // No word: taken, as Search takes it (it matches no name).
+        assert!(Wanted::parse(&req(None, Some("-- !!"))).is_ok());
         for (r, what) in [
             (req(None, None), "exactly one"),
             (req(Some("a"), Some("b")), "exactly one"),
             (req(Some("../x"), None), "file must be"),
             (req(None, Some("   ")), "empty"),
-            (req(None, Some("-- !!")), "no word"),
             (req(None, Some(&"w ".repeat(600))), "bytes"),
         ] {
             let e = Wanted::parse(&r).unwrap_err().to_string();
