@@ -188,6 +188,14 @@ pub enum Limit {
     },
     #[error("peer {peer} already has {max} Revocations streams open; close one first")]
     Streams { peer: PeerId, max: usize },
+    #[error(
+        "watch: {count} subscriptions (file ids, names and queries) for peer {peer} exceed the limit of {max} (CENTRAL_MAX_WATCHES_PER_PEER); watch fewer"
+    )]
+    Watches {
+        peer: PeerId,
+        count: usize,
+        max: usize,
+    },
 }
 
 /// Whose allowance a rate limit counts.

@@ -123,6 +123,7 @@ mod rpc;
 mod server;
 mod store;
 mod tls;
+mod watch;
 
 pub use config::{Args, Config, ConfigError, Limits};
 pub use error::{Error, RETRY_AFTER, Result};

@@ -182,6 +182,7 @@ mod tests {
             ("--max-replicas=1", "CENTRAL_MAX_REPLICAS"),
             ("--max-replicas=65", "CENTRAL_MAX_REPLICAS"),
             ("--max-pins-per-peer=0", "CENTRAL_MAX_PINS_PER_PEER"),
+            ("--max-watches-per-peer=0", "CENTRAL_MAX_WATCHES_PER_PEER"),
             (
                 "--max-pinned-bytes-per-peer=-1",
                 "CENTRAL_MAX_PINNED_BYTES_PER_PEER",
@@ -327,6 +328,13 @@ mod tests {
             (
                 "max-pins-per-peer",
                 "CENTRAL_MAX_PINS_PER_PEER",
+                "a positive whole number",
+                &["0"],
+                &["1"],
+            ),
+            (
+                "max-watches-per-peer",
+                "CENTRAL_MAX_WATCHES_PER_PEER",
                 "a positive whole number",
                 &["0"],
                 &["1"],

@@ -37,6 +37,7 @@ fn rpc_of(path: &str) -> Option<Rpc> {
         "Pin" => Rpc::Pin,
         "Pins" => Rpc::Pins,
         "Revocations" => Rpc::Revocations,
+        "Watch" => Rpc::Watch,
         _ => return None,
     })
 }
@@ -122,6 +123,7 @@ mod tests {
             "Pin",
             "Pins",
             "Revocations",
+            "Watch",
         ];
         for n in names {
             assert!(rpc_of(&format!("{PREFIX}{n}")).is_some(), "{n}");

@@ -69,9 +69,11 @@ pub(crate) enum Rpc {
     Pins,
     /// Opening a Revocations stream (not its life).
     Revocations,
+    /// Opening a Watch stream (not its life).
+    Watch,
 }
 
-const RPCS: [&str; 13] = [
+const RPCS: [&str; 14] = [
     "join",
     "heartbeat",
     "publish",
@@ -85,6 +87,7 @@ const RPCS: [&str; 13] = [
     "pin",
     "pins",
     "revocations",
+    "watch",
 ];
 
 /// gRPC status codes as Prometheus label values (0..=16).
@@ -214,6 +217,19 @@ pub(crate) struct Metrics {
     claims_dropped: Counter,
     /// Pins ended because their owner was gone for CENTRAL_PIN_ORPHAN_DAYS.
     orphan_pins_ended: Counter,
+    /// Subscriptions of the Watch streams open here.
+    watches: Gauge,
+    /// Events pushed on Watch streams (read from the registry at scrape).
+    watch_events: Counter,
+}
+
+/// Wanted files at this central, read at each scrape.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Watching {
+    /// Subscriptions (file ids, names, queries) of the open streams.
+    pub subscriptions: usize,
+    /// Events pushed since start.
+    pub events: u64,
 }
 
 /// Replication figures, read at each scrape.
@@ -396,6 +412,15 @@ impl Metrics {
                 &[],
                 "Pins ended because their owner had no lease for CENTRAL_PIN_ORPHAN_DAYS",
             ),
+            watches: gauge(
+                "peerdex_central_watches",
+                "Subscriptions (file ids, exact names, queries) of the Watch streams open at this central",
+            ),
+            watch_events: counter(
+                "peerdex_central_watch_events_total",
+                &[],
+                "Events pushed on Watch streams: a holder appeared for a watched id, name or query",
+            ),
             handle: r.handle(),
             described_links: Default::default(),
             recorder: r,
@@ -552,7 +577,10 @@ impl Metrics {
         holdings: usize,
         role: Role,
         rep: Replication,
+        watching: Watching,
     ) -> String {
+        self.watches.set(watching.subscriptions as f64);
+        self.watch_events.absolute(watching.events);
         self.pins.set(rep.pins as f64);
         for (g, n) in self.pinned.iter().zip([rep.ok, rep.under, rep.lost]) {
             g.set(n as f64);
@@ -604,7 +632,16 @@ mod tests {
             names: 3,
         };
         let (ta, tb) = (
-            a.render(s, 4, Role::default(), Replication::default()),
+            a.render(
+                s,
+                4,
+                Role::default(),
+                Replication::default(),
+                Watching {
+                    subscriptions: 5,
+                    events: 6,
+                },
+            ),
             b.render(
                 Stats {
                     peers: 0,
@@ -614,7 +651,13 @@ mod tests {
                 0,
                 Role::default(),
                 Replication::default(),
+                Watching::default(),
             ),
+        );
+        assert!(ta.contains("peerdex_central_watches 5\n"), "{ta}");
+        assert!(
+            ta.contains("peerdex_central_watch_events_total 6\n"),
+            "{ta}"
         );
         assert!(
             ta.contains(

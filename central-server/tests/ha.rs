@@ -461,3 +461,176 @@ async fn acknowledged_writes_survive_killed_centrals_and_etcd_members() {
     }
     eprintln!("history: {acked} acknowledged writes, {unknown} unknown, revision {rev}");
 }
+
+/// Wanted files on etcd: a Watch at one central hears a publish made
+/// through another at once, with the fields of a Locate answer, for a
+/// file id, an exact name and a query (Search's rules). The subscriptions
+/// are bounded by CENTRAL_MAX_WATCHES_PER_PEER (the refusal names it), a
+/// blank query is refused, a new Watch of the peer replaces its old
+/// stream, and the peer's Leave ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_at_one_central_hears_a_publish_made_through_another() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let etcd = etcd(1).await;
+    let root = tempfile::tempdir().unwrap();
+    let eps = etcd.endpoints();
+    let cs: Vec<Central> = (1..=2)
+        .map(|i| central(root.path(), i, &eps, TTL))
+        .collect();
+    let (mut a, mut b) = (cs[0].client(), cs[1].client());
+    let mut joined = Vec::new();
+    for (k, c) in [&mut a, &mut b].into_iter().enumerate() {
+        let peer = PeerId::new_random();
+        let req = v1::JoinRequest {
+            peer_id: peer.to_string(),
+            peer_url: format!("http://127.0.0.1:{}", 9100 + k),
+            ..Default::default()
+        };
+        let j = signed_join(c, &peer_key(&peer, 0), req).await.unwrap();
+        joined.push((peer, j.into_inner().session_token));
+    }
+    let ((watcher, wt), (holder, ht)) = (joined[0].clone(), joined[1].clone());
+    // Both keep their leases (4 s) for as long as the test runs.
+    let beats: Vec<_> = joined
+        .iter()
+        .map(|(peer, token)| {
+            let (mut c, peer, token) = (cs[0].client(), *peer, token.clone());
+            tokio::spawn(async move {
+                loop {
+                    let req = v1::HeartbeatRequest {
+                        declined: Vec::new(),
+                        peer_id: peer.to_string(),
+                        load: None,
+                    };
+                    let _ = c.heartbeat(authed(req, &token)).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+            })
+        })
+        .collect();
+    let watch = |ids: Vec<String>, names: Vec<&str>, queries: Vec<&str>| v1::WatchRequest {
+        peer_id: watcher.to_string(),
+        file_ids: ids,
+        names: names.into_iter().map(Into::into).collect(),
+        queries: queries.into_iter().map(Into::into).collect(),
+    };
+
+    // Limits, refused by name.
+    let many = (0..101).map(|k| file(9, k).file_id).collect();
+    let e = a
+        .watch(authed(watch(many, vec![], vec![]), &wt))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("CENTRAL_MAX_WATCHES_PER_PEER"),
+        "{}",
+        e.message()
+    );
+    let e = a
+        .watch(authed(watch(vec![], vec![], vec!["  "]), &wt))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    let e = a
+        .watch(authed(watch(vec![], vec![], vec![]), "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+
+    let req = watch(vec![file(1, 0).file_id], vec!["p1-f1.bin"], vec!["P1 F2"]);
+    let mut s = a.watch(authed(req, &wt)).await.unwrap().into_inner();
+    let ready = s.message().await.unwrap().unwrap();
+    assert!(ready.ready, "{ready:?}");
+
+    // Through the other central: three files that match, one that does not.
+    let files = (0..4).map(|k| file(1, k)).collect();
+    b.publish(authed(
+        v1::PublishRequest {
+            peer_id: holder.to_string(),
+            files,
+            seq: 1,
+        },
+        &ht,
+    ))
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap();
+        assert_eq!(ev.files.len(), 1, "{ev:?}");
+        let f = &ev.files[0];
+        assert_eq!(f.holders.len(), 1, "{ev:?}");
+        assert_eq!(f.holders[0].peer_id, holder.to_string());
+        assert_eq!(f.holders[0].peer_url, "http://127.0.0.1:9101");
+        got.push((
+            ev.file_id.clone(),
+            ev.name.clone(),
+            ev.query.clone(),
+            ev.matched_name.clone(),
+            f.file_id.clone(),
+            f.size,
+        ));
+    }
+    got.sort();
+    let (f0, f1, f2) = (file(1, 0), file(1, 1), file(1, 2));
+    let mut want = vec![
+        (
+            f0.file_id.clone(),
+            String::new(),
+            String::new(),
+            String::new(),
+            f0.file_id,
+            f0.size,
+        ),
+        (
+            String::new(),
+            "p1-f1.bin".into(),
+            String::new(),
+            String::new(),
+            f1.file_id,
+            f1.size,
+        ),
+        (
+            String::new(),
+            String::new(),
+            "P1 F2".into(),
+            "p1-f2.bin".into(),
+            f2.file_id,
+            f2.size,
+        ),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    // A new Watch of the peer replaces the old stream.
+    let req = watch(vec![file(1, 5).file_id], vec![], vec![]);
+    let mut s2 = a.watch(authed(req, &wt)).await.unwrap().into_inner();
+    assert!(s2.message().await.unwrap().unwrap().ready);
+    let end = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(end.code(), tonic::Code::Aborted, "{end:?}");
+    // Leave ends it.
+    a.leave(authed(
+        v1::LeaveRequest {
+            peer_id: watcher.to_string(),
+        },
+        &wt,
+    ))
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(10), s2.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(end.code(), tonic::Code::FailedPrecondition, "{end:?}");
+    for b in beats {
+        b.abort();
+    }
+}

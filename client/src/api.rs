@@ -10,7 +10,8 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use peerdex_proto::rest::{
     ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, LocateQuery, LocateResult,
-    PinList, PinRequest, PinStatus, SearchQuery, SearchResults, Status,
+    PinList, PinRequest, PinStatus, SearchQuery, SearchResults, Status, Want, WantList,
+    WantRequest,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode, Url, header};
 use serde::de::DeserializeOwned;
@@ -346,6 +347,23 @@ impl Client {
     /// `GET /api/v1/pins`: the pins this PServer set.
     pub async fn pins(&self) -> Result<PinList> {
         self.json(self.request(Method::GET, &["pins"])).await
+    }
+
+    /// `POST /api/v1/wants`: want a file (id or exact name) or a query.
+    pub async fn want(&self, req: &WantRequest) -> Result<Want> {
+        self.json(self.request(Method::POST, &["wants"]).json(req))
+            .await
+    }
+
+    /// `GET /api/v1/wants`: every want, with its state.
+    pub async fn wants(&self) -> Result<WantList> {
+        self.json(self.request(Method::GET, &["wants"])).await
+    }
+
+    /// `DELETE /api/v1/wants/{want}`: stop wanting; answers the want removed.
+    pub async fn unwant(&self, want_id: &str) -> Result<Want> {
+        self.json(self.request(Method::DELETE, &["wants", want_id]))
+            .await
     }
 
     /// `GET /api/v1/downloads`: every job, oldest first.

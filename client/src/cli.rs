@@ -168,6 +168,31 @@ pub(crate) enum Command {
     /// fetching copies) or lost (no live copy: waits for a peer that has
     /// the file to come back).
     Pins,
+    /// Wait for a file: download it the moment someone shares it.
+    ///
+    /// Your PServer keeps the want (across restarts) and the directory tells
+    /// it the moment a peer shares the file: nothing polls meanwhile. A name
+    /// carried by several different files downloads nothing: you are told
+    /// the candidates, to want one by id. With --query, any file whose name
+    /// matches the words (as `search`); add --no-download to be told only.
+    /// Follow what happens with `peerdex wants`, the web UI, or
+    /// PSERVER_NOTIFY_URL.
+    ///
+    /// Examples:
+    ///   peerdex want report-2024.pdf              download it when it appears
+    ///   peerdex want 9f2c...e1                    the same, by id
+    ///   peerdex want --query annual report --no-download
+    #[command(verbatim_doc_comment)]
+    Want(WantArgs),
+    /// List your wants: what each waits for, its state and what it matched.
+    ///
+    /// STATE is waiting (watched at the directory), matched (a notify-only
+    /// want found files; it keeps watching), ambiguous (several files carry
+    /// the name: want one by id), downloading, or done (the file is in
+    /// place).
+    Wants,
+    /// Stop wanting (a download it started goes on: `cancel` it).
+    Unwant(UnwantArgs),
     /// Print a shell completion script, e.g. `peerdex completions bash > /etc/bash_completion.d/peerdex`.
     Completions(CompletionsArgs),
 }
@@ -214,6 +239,31 @@ pub(crate) struct ReplicateArgs {
     /// Live copies to keep, yours included (2 or more); 0 or 1 stops asking.
     #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub(crate) replicas: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("wanted").required(true).args(["target", "query"])))]
+pub(crate) struct WantArgs {
+    /// The file: its 64-character id or its exact name (in the shell, a
+    /// short id from the last search).
+    #[arg(value_name = "ID|NAME")]
+    pub(crate) target: Option<String>,
+
+    /// Words instead: any file whose name has a word starting with each.
+    #[arg(long, num_args = 1.., value_name = "WORD")]
+    pub(crate) query: Vec<String>,
+
+    /// Only tell me (events, web UI, PSERVER_NOTIFY_URL); download nothing.
+    #[arg(long)]
+    pub(crate) no_download: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct UnwantArgs {
+    /// The want's id, as printed by `want` or `wants` (a unique prefix of
+    /// it works too).
+    #[arg(value_name = "WANT")]
+    pub(crate) want: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -438,6 +488,38 @@ mod tests {
         assert!(matches!(
             ReplLine::try_parse_from(["pins"]).unwrap().command,
             ReplCommand::Run(Command::Pins)
+        ));
+    }
+
+    #[test]
+    fn want_arguments() {
+        let cli = parse_in(&[], &["want", "report.pdf"]).unwrap();
+        match cli.command {
+            Some(Command::Want(w)) => {
+                assert_eq!(w.target.as_deref(), Some("report.pdf"));
+                assert!(w.query.is_empty() && !w.no_download);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = parse_in(
+            &[],
+            &["want", "--query", "annual", "report", "--no-download"],
+        )
+        .unwrap();
+        match cli.command {
+            Some(Command::Want(w)) => {
+                assert_eq!(w.query, ["annual", "report"]);
+                assert!(w.target.is_none() && w.no_download);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [&["want"][..], &["want", "x", "--query", "y"], &["unwant"]] {
+            let e = parse_in(&[], bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+        assert!(matches!(
+            ReplLine::try_parse_from(["wants"]).unwrap().command,
+            ReplCommand::Run(Command::Wants)
         ));
     }
 

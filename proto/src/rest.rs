@@ -15,10 +15,13 @@
 //! | `GET /api/v1/downloads`                | → [`JobList`]                                   |
 //! | `GET /api/v1/downloads/{job}`          | → [`Job`]                                       |
 //! | `GET /api/v1/downloads/{job}/events`   | → `text/event-stream` (or `application/x-ndjson` when asked): one [`Job`] per change, ends after a final state |
-//! | `GET /api/v1/events`                   | → the same framing, one [`JobList`] per change; never ends |
+//! | `GET /api/v1/events`                   | → the same framing, one [`Events`] (jobs, wants, want notices) per change; never ends |
 //! | `DELETE /api/v1/downloads/{job}`       | cancel a running job, remove a finished one → [`Job`] |
 //! | `POST /api/v1/pins`                    | [`PinRequest`] → [`PinStatus`], 404, 409 [`ApiError`] with candidates |
 //! | `GET /api/v1/pins`                     | → [`PinList`] (this PServer's pins)             |
+//! | `POST /api/v1/wants`                   | [`WantRequest`] → 201 [`Want`], 400, 429 (PSERVER_MAX_WANTS) |
+//! | `GET /api/v1/wants`                    | → [`WantList`]                                  |
+//! | `DELETE /api/v1/wants/{want}`          | → [`Want`] (the one removed), 404               |
 //! | `GET /api/v1/openapi.json`             | the OpenAPI document                            |
 //!
 //! # Peer API (`/peer/v1`, public)
@@ -35,6 +38,11 @@
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+
+mod wants;
+pub use wants::{
+    Events, NoticeKind, Want, WantList, WantMatch, WantNotice, WantRequest, WantState,
+};
 
 /// A file shared by this PServer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -108,6 +108,8 @@ pub enum Invalid {
     Replicas { given: u32 },
     #[error("invalid job id {given:?}: expected a hyphenated UUID")]
     JobId { given: String },
+    #[error("invalid want id {given:?}: expected a hyphenated UUID (see `peerdex wants`)")]
+    WantId { given: String },
     #[error("limit is at most {MAX_SEARCH_LIMIT} hits per page")]
     SearchLimit,
     #[error("search query q is empty; give one or more words")]
@@ -134,6 +136,8 @@ pub enum Invalid {
     /// The directory says so, in its words.
     #[error("{message}")]
     Central { message: String },
+    #[error(transparent)]
+    Want(#[from] crate::wants::BadWant),
 }
 
 /// 404: there is no such thing (here, or live on the network).
@@ -147,6 +151,8 @@ pub enum Missing {
     Asset { path: String },
     #[error("no download job {id}")]
     Job { id: String },
+    #[error("no want {id}; list them with `peerdex wants` (GET /api/v1/wants)")]
+    Want { id: String },
     #[error("no live peer shares file {id}")]
     NoHolder { id: FileId },
     #[error("no live peer shares a file named \"{name}\"; try `search`")]

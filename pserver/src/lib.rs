@@ -11,7 +11,7 @@
 //!   default once, in [`config::defaults`].
 //! * `control/` — `/api/v1` for the local `peerdex` client and the web UI,
 //!   one file per resource (`files`, `downloads`, `pins`, `search`,
-//!   `status`), `guard` (`Host`, `Origin`, bearer token and scope),
+//!   `status`, `wants`), `guard` (`Host`, `Origin`, bearer token and scope),
 //!   `openapi`, `webui` (the page, script and style, compiled in, at `/`)
 //!   and [`tokens`] (client tokens: EdDSA JWTs with a scope, signed with
 //!   `api.key`).
@@ -37,6 +37,10 @@
 //!   replica worker (`replicas`: the directory's FETCH and DROP tasks, which
 //!   the lease loop sends it over a channel) and the verified engine
 //!   (`engine/`: swarm, chunks, manifests, partial files).
+//! * `wants/` — wanted files: the list in the data folder (`book`), the
+//!   directory's Watch stream kept open across failover (`watch`), what
+//!   an event does (`react`: notify, or start the normal download), the
+//!   `PSERVER_NOTIFY_URL` webhook (`notify`).
 //! * [`tls`] — certificates of our listeners, roots trusted for the central
 //!   and peers (system + `PSERVER_CA_FILE`), handshake failures in plain words.
 //! * `error` — the one HTTP error type, with a typed reason per class.
@@ -69,6 +73,7 @@ mod rate;
 mod rt;
 mod store;
 pub mod tls;
+mod wants;
 
 pub use control::tokens;
 
@@ -145,6 +150,7 @@ pub async fn run(
         .user_agent(concat!("peerdex-pserver/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(StartError::HttpClient)?;
+    let notify_http = http.clone();
     let http = peer::network::PeerHttp::new(http, network.clone());
     let (files, bytes) = store.totals();
     let rt = rt::MainRt::current();
@@ -180,6 +186,16 @@ pub async fn run(
         },
         rt.clone(),
     );
+    let wants = wants::Wants::open(
+        &config.wants,
+        store.data_dir().to_owned(),
+        downloads.clone(),
+        store.clone(),
+        central.clone(),
+        metrics.clone(),
+        notify_http,
+    )
+    .map_err(StartError::Wants)?;
     let replicas = download::replicas::Replicas::new(
         config.replicas.quota_bytes,
         store.clone(),
@@ -229,6 +245,8 @@ pub async fn run(
         let (central, c) = (central.clone(), cancel.clone());
         tokio::spawn(async move { central.revocations_loop(c).await })
     });
+    // Wanted files: the directory's Watch stream.
+    let wants_watch = tokio::spawn(wants.clone().watch_loop(cancel.clone()));
     let rescan_now = Arc::new(tokio::sync::Notify::new());
     let rescan = tokio::spawn(rescan_loop(
         store.clone(),
@@ -258,7 +276,7 @@ pub async fn run(
         )),
     };
     let api_srv = HttpServer::new({
-        let (store, central, lookup, uploads, downloads, rt, withdraw, metrics, replicas) = (
+        let (store, central, lookup, uploads, downloads, rt, withdraw, metrics, replicas, wants) = (
             store.clone(),
             central.clone(),
             lookup.clone(),
@@ -268,6 +286,7 @@ pub async fn run(
             withdraw.clone(),
             metrics.clone(),
             replicas.clone(),
+            wants.clone(),
         );
         move || {
             App::new()
@@ -281,6 +300,7 @@ pub async fn run(
                 .app_data(web::Data::new(rt.clone()))
                 .app_data(web::Data::new(metrics.clone()))
                 .app_data(web::Data::new(replicas.clone()))
+                .app_data(web::Data::new(wants.clone()))
                 .app_data(json_config())
                 .app_data(query_config())
                 .wrap(middleware::from_fn(control::guard))
@@ -351,7 +371,7 @@ pub async fn run(
     tokio::join!(api_handle.stop(true), peer_handle.stop(true));
     let _ = tokio::join!(api_task, peer_task);
     cancel.cancel();
-    let _ = tokio::join!(lease, rescan, replica_worker);
+    let _ = tokio::join!(lease, rescan, replica_worker, wants_watch);
     if let Some(r) = revocations {
         let _ = r.await;
     }
@@ -392,6 +412,8 @@ pub enum StartError {
     ReplicaSpace(#[source] std::io::Error),
     #[error("cannot read PSERVER_SHARE_DIR: {0}")]
     ShareDir(#[source] std::io::Error),
+    #[error("cannot read the wanted files (wants.json) in PSERVER_DATA_DIR: {0}")]
+    Wants(#[source] std::io::Error),
     #[error(transparent)]
     Task(tokio::task::JoinError),
     #[error(transparent)]

@@ -55,7 +55,21 @@ pub(crate) struct Live {
     pub replica_bytes: u64,
     pub replica_quota_bytes: u64,
     pub replica_fetches_active: usize,
+    /// Wants by state: waiting, matched, ambiguous, downloading, done.
+    pub wants: [usize; 5],
 }
+
+const WANT_STATE: [&[Label]; 5] = [
+    &[Label::from_static_parts("state", "waiting")],
+    &[Label::from_static_parts("state", "matched")],
+    &[Label::from_static_parts("state", "ambiguous")],
+    &[Label::from_static_parts("state", "downloading")],
+    &[Label::from_static_parts("state", "done")],
+];
+const POST_RESULT: [&[Label]; 2] = [
+    &[Label::from_static_parts("result", "ok")],
+    &[Label::from_static_parts("result", "failed")],
+];
 
 /// The metrics of one PServer. Cheap to clone.
 #[derive(Clone)]
@@ -93,6 +107,9 @@ struct Inner {
     shared_bytes: Gauge,
     uploads_active: Gauge,
     downloads_active: Gauge,
+    wants: [Gauge; 5],
+    want_events: Counter,
+    notify_posts: [Counter; 2],
 }
 
 static META: metrics::Metadata<'static> =
@@ -297,6 +314,35 @@ impl Metrics {
                 None,
                 "Download jobs queued or running",
             ),
+            wants: std::array::from_fn(|i| {
+                r.describe_gauge(
+                    KeyName::from_const_str("peerdex_pserver_wants"),
+                    None,
+                    SharedString::const_str(
+                        "Wanted files kept by this PServer, by state (waiting, matched, ambiguous, downloading, done)",
+                    ),
+                );
+                r.register_gauge(
+                    &Key::from_static_parts("peerdex_pserver_wants", WANT_STATE[i]),
+                    &META,
+                )
+            }),
+            want_events: counter(
+                &r,
+                "peerdex_pserver_want_events_total",
+                &[],
+                None,
+                "Events of the directory's Watch stream that matched a want (a holder appeared)",
+            ),
+            notify_posts: std::array::from_fn(|i| {
+                counter(
+                    &r,
+                    "peerdex_pserver_notify_posts_total",
+                    POST_RESULT[i],
+                    None,
+                    "Want notices POSTed to PSERVER_NOTIFY_URL, by result: ok (2xx), failed (no answer in 5 s, not 2xx, or dropped: too many waiting)",
+                )
+            }),
             handle: r.handle(),
         };
         Self(Arc::new(inner))
@@ -344,6 +390,16 @@ impl Metrics {
         self.0.replica_fetches[result as usize].increment(1);
     }
 
+    /// A Watch event matched a want.
+    pub(crate) fn want_event(&self) {
+        self.0.want_events.increment(1);
+    }
+
+    /// A notice POSTed to `PSERVER_NOTIFY_URL` (or not).
+    pub(crate) fn notify_post(&self, ok: bool) {
+        self.0.notify_posts[usize::from(!ok)].increment(1);
+    }
+
     pub(crate) fn replica_dropped(&self) {
         self.0.replica_drops.increment(1);
     }
@@ -385,6 +441,9 @@ impl Metrics {
         i.replica_quota_bytes.set(live.replica_quota_bytes as f64);
         i.replica_fetches_active
             .set(live.replica_fetches_active as f64);
+        for (g, n) in i.wants.iter().zip(live.wants) {
+            g.set(n as f64);
+        }
         i.handle.render()
     }
 }
@@ -408,6 +467,7 @@ mod tests {
             replica_bytes: 5,
             replica_quota_bytes: 9,
             replica_fetches_active: 0,
+            wants: [1, 0, 0, 0, 2],
         };
         let (ta, tb) = (a.render(live()), b.render(live()));
         assert!(ta.contains("peerdex_pserver_bytes_sent_total 10\n"), "{ta}");
@@ -431,5 +491,9 @@ mod tests {
             "{ta}"
         );
         assert!(ta.contains("peerdex_pserver_replica_bytes 5\n"), "{ta}");
+        assert!(
+            ta.contains("peerdex_pserver_wants{state=\"done\"} 2\n"),
+            "{ta}"
+        );
     }
 }

@@ -2,8 +2,8 @@
 // same API and token as the `peerdex` CLI.
 //
 // Layout of this file: helpers (elements, units), the API client and the
-// token prompt, then one block per page (Search, Transfers, My files,
-// Network), then the router and start-up.
+// token prompt, then one block per page (Search, Transfers, Wanted, My
+// files, Network), then the router and start-up.
 //
 // Rules it keeps: every text from the server goes in with textContent, never
 // innerHTML; no inline script or style (the page's Content-Security-Policy
@@ -608,7 +608,8 @@
   }
 
   /** Follow GET /api/v1/events for as long as the page is open: each line
-   *  is a JobList; a dropped or silent stream is opened again with backoff. */
+   *  is an Events (jobs, wants, want notices); a dropped or silent stream
+   *  is opened again with backoff. */
   async function followEvents() {
     let backoff = 1000;
     for (;;) {
@@ -625,6 +626,7 @@
         });
         heard();
         setLive(true, 'live');
+        let first = true;
         const reader = resp.body.getReader();
         const decoder = new TextDecoder();
         let buf = '';
@@ -638,7 +640,11 @@
             const line = buf.slice(0, nl).trim();
             buf = buf.slice(nl + 1);
             if (!line) continue;
-            renderJobs(JSON.parse(line).jobs);
+            const ev = JSON.parse(line);
+            renderJobs(ev.jobs);
+            renderWants(ev.wants || []);
+            noticesArrived(ev.notices || [], first);
+            first = false;
             showError($('transfers-error'), null);
             backoff = 1000;
           }
@@ -656,6 +662,110 @@
       backoff = Math.min(backoff * 2, EVENTS_BACKOFF_MAX_MS);
       setLive(false, 'reconnecting…');
     }
+  }
+
+  // ----------------------------------------------------------------- Wanted
+
+  const wanted = { lastSeq: 0, started: false };
+  const TOAST_MS = 12000;
+
+  /** The wants from the stream: a row each, newest first. */
+  function renderWants(list) {
+    const rows = list.slice().reverse().map(wantRow);
+    $('wanted-table').tBodies[0].replaceChildren(...rows);
+    show($('wanted-table'), rows.length > 0);
+    show($('wanted-empty'), rows.length === 0);
+    const open = list.filter((w) => w.state !== 'done').length;
+    const badge = $('wanted-count');
+    setText(badge, String(open));
+    show(badge, open > 0);
+    badge.setAttribute('aria-label', `${open} waiting`);
+  }
+
+  function wantRow(w) {
+    const what = w.file !== undefined && w.file !== null ? w.file : `words: ${w.query}`;
+    const state = el('span', { className: `state state-${w.state}` }, w.state === 'ambiguous'
+      ? 'ambiguous: several files carry this name; want one by id' : w.state);
+    const matched = el('td', {});
+    for (const m of w.matches || []) {
+      const line = el('div', {}, nameNode(m.name, false), ' ',
+        el('code', { className: 'id', title: m.file_id }, shortId(m.file_id)));
+      if (w.state === 'ambiguous') {
+        const b = el('button', { type: 'button', className: 'secondary want-this' }, 'Want this one');
+        b.setAttribute('aria-label', `Want the file ${m.file_id}`);
+        b.addEventListener('click', () => addWant({ file: m.file_id, download: w.download }, b));
+        line.append(' ', b);
+      }
+      matched.append(line);
+    }
+    const remove = el('button', { type: 'button', className: 'danger secondary remove-want' },
+      w.state === 'done' ? 'Clear' : 'Stop wanting');
+    remove.setAttribute('aria-label', `Stop wanting ${what}`);
+    remove.addEventListener('click', () => removeWant(w.want_id, remove));
+    return el('tr', { dataset: { wantId: w.want_id, state: w.state } },
+      el('td', { className: 'name' }, what, w.error ? el('div', { className: 'warn' }, w.error) : null),
+      el('td', {}, w.download ? 'download' : 'tell me'),
+      el('td', {}, state),
+      matched,
+      el('td', { className: 'actions' }, remove));
+  }
+
+  async function addWant(body, button) {
+    button.disabled = true;
+    showError($('wanted-error'), null);
+    try {
+      await postJson('/api/v1/wants', body);
+      return true;
+    } catch (err) {
+      showError($('wanted-error'), err);
+      return false;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function wantSubmitted(e) {
+    e.preventDefault();
+    const text = $('want-input').value.trim();
+    if (!text) return;
+    const download = !$('want-notify').checked;
+    const body = $('want-words').checked ? { query: text, download } : { file: text, download };
+    if (await addWant(body, $('want-add'))) $('want-input').value = '';
+  }
+
+  async function removeWant(id, button) {
+    button.disabled = true;
+    try {
+      await api(`/api/v1/wants/${encodeURIComponent(id)}`, { method: 'DELETE' });
+      showError($('wanted-error'), null);
+    } catch (err) {
+      showError($('wanted-error'), err);
+      button.disabled = false;
+    }
+  }
+
+  /** Notices of the stream: a toast for each new one (not for those the
+   *  first event of the page's first stream brings: they happened before
+   *  the page opened). */
+  function noticesArrived(notices, firstOfStream) {
+    if (firstOfStream && notices.length && notices[notices.length - 1].seq < wanted.lastSeq) {
+      wanted.lastSeq = 0; // the PServer restarted: its notices count again
+    }
+    for (const n of notices) {
+      if (n.seq <= wanted.lastSeq) continue;
+      wanted.lastSeq = n.seq;
+      if (wanted.started) toast(n);
+    }
+    wanted.started = true;
+  }
+
+  function toast(n) {
+    const t = el('div', { className: `toast toast-${n.kind}`, dataset: { kind: n.kind, wantId: n.want_id } },
+      el('strong', {}, { matched: 'Match', ambiguous: 'Ambiguous name', downloading: 'Wanted file appeared',
+        done: 'Wanted file arrived', failed: 'Download failed' }[n.kind] || 'Wanted'), ' ', n.message);
+    if (n.kind === 'done') refreshFilesSoon();
+    $('toasts').append(t);
+    setTimeout(() => t.remove(), TOAST_MS);
   }
 
   // --------------------------------------------------------------- My files
@@ -986,7 +1096,7 @@
 
   // ----------------------------------------------------------------- Router
 
-  const ROUTES = ['search', 'transfers', 'files', 'network'];
+  const ROUTES = ['search', 'transfers', 'wanted', 'files', 'network'];
 
   function currentRoute() {
     const r = location.hash.replace(/^#/, '');
@@ -1000,7 +1110,7 @@
       if (a.dataset.route === r) a.setAttribute('aria-current', 'page');
       else a.removeAttribute('aria-current');
     }
-    document.title = `peerdex · ${{ search: 'Search', transfers: 'Transfers', files: 'My files', network: 'Network' }[r]}`;
+    document.title = `peerdex · ${{ search: 'Search', transfers: 'Transfers', wanted: 'Wanted', files: 'My files', network: 'Network' }[r]}`;
     document.body.dataset.route = r;
     if (r === 'files') loadFiles();
     if (r === 'transfers') flashHighlight();
@@ -1016,6 +1126,7 @@
       runSearch($('search-input').value, null);
     });
     $('search-input').addEventListener('input', searchTyped);
+    $('want-form').addEventListener('submit', wantSubmitted);
     $('search-more').addEventListener('click', () => {
       if (search.next) runSearch(search.q, search.next);
     });

@@ -19,12 +19,19 @@ pub struct StaticHolder {
     pub addr: SocketAddr,
     /// The file id (BLAKE3, hex) of each content, in the order given.
     pub ids: Vec<String>,
+    shared: Files,
     task: tokio::task::JoinHandle<()>,
 }
 
 struct Content {
     bytes: Vec<u8>,
     manifest: Vec<u8>,
+}
+
+struct Shared {
+    files: HashMap<String, Content>,
+    /// When each file's manifest was first asked for (a download began).
+    asked: std::sync::Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl StaticHolder {
@@ -44,10 +51,14 @@ impl StaticHolder {
                 },
             );
         }
+        let app_state: Files = Arc::new(Shared {
+            files,
+            asked: Default::default(),
+        });
         let app = axum::Router::new()
             .route("/peer/v1/files/{id}/manifest", axum::routing::get(manifest))
             .route("/peer/v1/files/{id}", axum::routing::get(content))
-            .with_state(Arc::new(files));
+            .with_state(app_state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -55,11 +66,22 @@ impl StaticHolder {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Self { addr, ids, task }
+        Self {
+            addr,
+            ids,
+            shared: app_state,
+            task,
+        }
     }
 
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// When the manifest of `id` was first asked for: a downloader began
+    /// (benchmarks time it).
+    pub fn asked_at(&self, id: &str) -> Option<std::time::Instant> {
+        self.shared.asked.lock().unwrap().get(id).copied()
     }
 }
 
@@ -69,17 +91,19 @@ impl Drop for StaticHolder {
     }
 }
 
-type Files = Arc<HashMap<String, Content>>;
+type Files = Arc<Shared>;
 
 async fn manifest(State(files): State<Files>, Path(id): Path<String>) -> Response {
-    match files.get(&id) {
+    let now = std::time::Instant::now();
+    files.asked.lock().unwrap().entry(id.clone()).or_insert(now);
+    match files.files.get(&id) {
         Some(c) => c.manifest.clone().into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
 
 async fn content(State(files): State<Files>, Path(id): Path<String>, h: HeaderMap) -> Response {
-    let Some(c) = files.get(&id) else {
+    let Some(c) = files.files.get(&id) else {
         return StatusCode::NOT_FOUND.into_response();
     };
     let size = c.bytes.len() as u64;

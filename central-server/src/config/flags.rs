@@ -158,6 +158,13 @@ pub struct LimitArgs {
           value_parser = Bounded::<usize>::positive("CENTRAL_MAX_PINS_PER_PEER"))]
     pub max_pins_per_peer: usize,
 
+    /// Subscriptions one peer may hold on its Watch stream (wanted files:
+    /// file ids, exact names and queries together). A PServer's wants
+    /// beyond it are refused naming this setting.
+    #[arg(long, env = "CENTRAL_MAX_WATCHES_PER_PEER", default_value_t = defaults::MAX_WATCHES_PER_PEER,
+          value_parser = Bounded::<usize>::positive("CENTRAL_MAX_WATCHES_PER_PEER"))]
+    pub max_watches_per_peer: usize,
+
     /// Bytes one peer's pins may ask the network to keep: each pinned
     /// file's size times the copies it asks for, summed.
     #[arg(long, env = "CENTRAL_MAX_PINNED_BYTES_PER_PEER", default_value_t = defaults::MAX_PINNED_BYTES_PER_PEER,
@@ -357,6 +364,7 @@ impl From<&LimitArgs> for Limits {
             max_replicas: a.max_replicas,
             max_pins_per_peer: a.max_pins_per_peer,
             max_pinned_bytes_per_peer: a.max_pinned_bytes_per_peer,
+            max_watches_per_peer: a.max_watches_per_peer,
             max_pins_per_addr: a.max_pins_per_addr,
             max_pinned_bytes_per_addr: a.max_pinned_bytes_per_addr,
             ..Limits::default()

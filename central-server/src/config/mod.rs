@@ -85,6 +85,8 @@ pub mod defaults {
     pub const MAX_REPLICAS: u32 = 5;
     /// `CENTRAL_MAX_PINS_PER_PEER`.
     pub const MAX_PINS_PER_PEER: usize = 1000;
+    /// `CENTRAL_MAX_WATCHES_PER_PEER`.
+    pub const MAX_WATCHES_PER_PEER: usize = 100;
     /// `CENTRAL_MAX_PINNED_BYTES_PER_PEER`: 1 TiB.
     pub const MAX_PINNED_BYTES_PER_PEER: u64 = 1 << 40;
     /// `CENTRAL_MAX_PINS_PER_ADDR`.
@@ -176,6 +178,9 @@ pub struct Limits {
     /// Bytes one peer's pins may ask the network to keep, size × copies
     /// summed (`CENTRAL_MAX_PINNED_BYTES_PER_PEER`, default 1 TiB).
     pub max_pinned_bytes_per_peer: u64,
+    /// Subscriptions (file ids, exact names, queries) one peer's Watch
+    /// stream may hold (`CENTRAL_MAX_WATCHES_PER_PEER`, default 100).
+    pub max_watches_per_peer: usize,
     /// Pins set from one source address (`CENTRAL_MAX_PINS_PER_ADDR`,
     /// default 1000): a key costs one Challenge, an address does not.
     pub max_pins_per_addr: usize,
@@ -204,6 +209,7 @@ impl Default for Limits {
             max_replicas: d::MAX_REPLICAS,
             max_pins_per_peer: d::MAX_PINS_PER_PEER,
             max_pinned_bytes_per_peer: d::MAX_PINNED_BYTES_PER_PEER,
+            max_watches_per_peer: d::MAX_WATCHES_PER_PEER,
             max_pins_per_addr: d::MAX_PINS_PER_ADDR,
             max_pinned_bytes_per_addr: d::MAX_PINNED_BYTES_PER_ADDR,
         }
@@ -391,6 +397,10 @@ impl Config {
             (
                 l.max_pins_per_addr,
                 "max_pins_per_addr (CENTRAL_MAX_PINS_PER_ADDR)",
+            ),
+            (
+                l.max_watches_per_peer,
+                "max_watches_per_peer (CENTRAL_MAX_WATCHES_PER_PEER)",
             ),
         ] {
             if v == 0 {

@@ -42,6 +42,9 @@ pub(super) async fn load(dir: &Arc<Shared>, etcd: &Etcd) -> Result<i64> {
     })
     .await?;
     etcd.set_applied(revision);
+    // Changes between the old index and this one were never fed to the
+    // Watch streams: they end, and their PServers check with Locate.
+    dir.watches.reloaded();
     Ok(revision)
 }
 
@@ -51,15 +54,32 @@ async fn apply_changes(dir: &Arc<Shared>, changes: Vec<Change>) -> Result<()> {
         return Ok(());
     }
     let shared = dir.clone();
-    let gone = tokio::task::spawn_blocking(move || {
+    let (gone, appeared) = tokio::task::spawn_blocking(move || {
         let gate = IndexGate(&shared.index);
         let mut steps = Steps::new(&gate);
         let now = Instant::now();
         let mut gone = Vec::new();
+        let mut appeared = Vec::new();
         for c in changes {
             let Some(c) = shared.replicas.apply(c) else {
                 continue;
             };
+            if let Change::Holding {
+                file,
+                name,
+                size,
+                replica,
+                ..
+            } = &c
+                && let Ok(name) = name.parse::<FileName>()
+            {
+                appeared.push(SharedFile {
+                    id: *file,
+                    size: *size,
+                    name,
+                    replica: *replica,
+                });
+            }
             if let Change::PeerGone(p) = &c {
                 steps.ix().retire(p);
                 steps.drop_inventory(p);
@@ -68,9 +88,12 @@ async fn apply_changes(dir: &Arc<Shared>, changes: Vec<Change>) -> Result<()> {
             apply_one(steps.ix(), c, now, &mut gone);
             steps.used += 1;
         }
-        gone
+        (gone, appeared)
     })
     .await?;
+    // Every central applies every change: a publish made through any of
+    // them reaches the Watch streams of all.
+    dir.appeared(&appeared);
     if !gone.is_empty() {
         for p in &gone {
             tracing::info!(peer = %p, "peer gone (left, or its etcd lease ended)");

@@ -124,6 +124,11 @@ impl Directory {
         &self.shared.replicas
     }
 
+    /// The Watch streams open at this central (wanted files).
+    pub(crate) fn watches(&self) -> &std::sync::Arc<crate::watch::Watches> {
+        &self.shared.watches
+    }
+
     pub(crate) fn network(&self) -> Option<&Network> {
         self.shared.network.as_ref()
     }

@@ -19,6 +19,7 @@ use crate::index::{Index, Lease, Load, TokenHash};
 use crate::network::Network;
 use crate::replication::{Replicas, Task, Tasks};
 use crate::store::PublicKey;
+use crate::watch::Watches;
 
 /// The state every store keeps current. Shared as `Arc<Shared>`.
 pub(crate) struct Shared {
@@ -27,6 +28,9 @@ pub(crate) struct Shared {
     /// A private network (`CENTRAL_JOIN_SECRET`): departures revoke
     /// credentials. `None` = open.
     pub(crate) network: Option<Network>,
+    /// The Watch streams open at this central: told of every holding the
+    /// index takes, and of every departure.
+    pub(crate) watches: Arc<Watches>,
     pub(crate) lease_ttl: Duration,
     /// Forget a key binding after this long without a Join (and the peer gone).
     pub(crate) key_retention: Duration,
@@ -43,11 +47,19 @@ impl Shared {
             index: RwLock::new(index),
             replicas: Replicas::default(),
             network,
+            watches: Arc::default(),
             lease_ttl: config.lease_ttl,
             key_retention: config.key_retention,
             max_keys: config.limits.max_keys,
             stripes: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         })
+    }
+
+    /// The index took these holdings (Join, Publish, or etcd's watch):
+    /// a holder appeared for each; the Watch streams hear of it.
+    pub(crate) fn appeared(&self, files: &[SharedFile]) {
+        self.watches
+            .appeared(files.iter().map(|f| (&f.id, &f.name)));
     }
 
     /// The read side of the index lock.
@@ -66,8 +78,10 @@ impl Shared {
         self.stripes[i].lock().await
     }
 
-    /// Departed peers: their credentials are revoked (private network).
+    /// Departed peers: their Watch streams end, their credentials are
+    /// revoked (private network).
     pub(crate) fn departed(&self, peers: &[PeerId]) {
+        self.watches.departed(peers);
         if let Some(net) = &self.network
             && !peers.is_empty()
         {

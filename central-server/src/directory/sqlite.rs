@@ -156,6 +156,8 @@ impl Sqlite {
             steps.ix().set_quota_of(&peer, j.replica_quota);
             steps.drop_inventory(&peer);
             steps.publish(&peer, &files);
+            drop(steps);
+            dir.appeared(&files);
             Ok((files.len(), refused))
         })
         .await
@@ -181,6 +183,8 @@ impl Sqlite {
             let mut steps = Steps::new(gate);
             steps.publish(&peer, &files);
             steps.ix().renew(&peer, None, now + dir.lease_ttl, now);
+            drop(steps);
+            dir.appeared(&files);
             Ok(refused)
         })
         .await

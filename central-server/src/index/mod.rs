@@ -56,6 +56,7 @@ use tokio::time::Instant;
 use bulk::Bulk;
 use compact::{Small, Word};
 pub use cursor::Cursor;
+pub use query::name_matches;
 use slab::{Handles, Slab};
 pub use words::words;
 

@@ -27,6 +27,14 @@ fn has_prefix_word(name: &str, q: &str) -> bool {
     })
 }
 
+/// Whether `name` matches a query as Search matches it: every word of
+/// `query_words` (from the query parser: lowercase) is a prefix of some
+/// word of the name. No word matches nothing. For the Watch stream, which
+/// checks each name as it is published.
+pub fn name_matches(name: &str, query_words: &[String]) -> bool {
+    !query_words.is_empty() && query_words.iter().all(|q| has_prefix_word(name, q))
+}
+
 impl Index {
     /// Metadata and live holders of one content; `None` when unknown or
     /// when no live peer holds it.

@@ -128,6 +128,11 @@ impl DirectoryService {
             draining: self.inner.drain.draining.load(Ordering::Relaxed),
             revision: dir.revision(),
         };
-        Some(m.render(stats, holdings, role, replication))
+        let (subscriptions, events) = dir.watches().figures();
+        let watching = crate::metrics::Watching {
+            subscriptions,
+            events,
+        };
+        Some(m.render(stats, holdings, role, replication, watching))
     }
 }

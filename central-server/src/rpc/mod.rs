@@ -7,6 +7,7 @@
 //! * [`query`] — Locate and Search.
 //! * [`pins`] — Pin and Pins.
 //! * [`revocations`] — the Revocations stream (private networks).
+//! * [`watch`] — the Watch stream (wanted files).
 //! * [`info`] — Info, draining at shutdown, the metrics page.
 //!
 //! A handler parses its request at the edge into typed values, asks
@@ -22,6 +23,7 @@ mod lease;
 mod pins;
 mod query;
 mod revocations;
+mod watch;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -294,6 +296,12 @@ impl directory_server::Directory for DirectoryService {
         req: Request<v1::RevocationsRequest>,
     ) -> Answer<Self::RevocationsStream> {
         Ok(Response::new(self.revocations(req)?))
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(&self, req: Request<v1::WatchRequest>) -> Answer<Self::WatchStream> {
+        Ok(Response::new(self.watch(req)?))
     }
 
     async fn pin(&self, req: Request<v1::PinRequest>) -> Answer<v1::PinResponse> {

@@ -187,32 +187,11 @@ impl DirectoryService {
     /// Search this island only (what a linked island is answered).
     pub(crate) async fn search_here(&self, r: v1::SearchRequest) -> Result<v1::SearchResponse> {
         let limits = self.admission().limits();
-        if r.query.len() > MAX_QUERY_BYTES {
-            return Err(Invalid::QueryTooLong {
-                bytes: r.query.len(),
-                max: MAX_QUERY_BYTES,
-            }
-            .into());
-        }
-        if r.query.trim().is_empty() {
-            return Err(Invalid::EmptyQuery.into());
-        }
-        // Names are kept in NFC (`FileName`): so is the query, so `café`
-        // typed with a combining accent finds `café`.
-        let mut query: Vec<String> = words(&peerdex_proto::types::to_nfc(&r.query)).collect();
-        query.sort_unstable();
-        query.dedup();
+        let query = query_words(&r.query)?;
         if query.is_empty() {
             // Names are found by their words; a query of none (only
             // punctuation, say) matches no name.
             return Ok(v1::SearchResponse::default());
-        }
-        if query.len() > MAX_QUERY_WORDS {
-            return Err(Invalid::TooManyWords {
-                words: query.len(),
-                max: MAX_QUERY_WORDS,
-            }
-            .into());
         }
         let limit = self.page_size(r.limit);
         let cursor = if r.page_token.is_empty() {
@@ -257,4 +236,33 @@ impl DirectoryService {
             ..Default::default()
         })
     }
+}
+
+/// The words of a query, as Search and Watch take them: bounded in bytes
+/// and words, not empty, in NFC (as names are kept, so `café` typed with
+/// a combining accent finds `café`), lowercased by the names' tokenizer,
+/// sorted and without repeats. A query of no word (only punctuation) is
+/// `Ok` and empty: it matches no name.
+pub(super) fn query_words(q: &str) -> Result<Vec<String>> {
+    if q.len() > MAX_QUERY_BYTES {
+        return Err(Invalid::QueryTooLong {
+            bytes: q.len(),
+            max: MAX_QUERY_BYTES,
+        }
+        .into());
+    }
+    if q.trim().is_empty() {
+        return Err(Invalid::EmptyQuery.into());
+    }
+    let mut query: Vec<String> = words(&peerdex_proto::types::to_nfc(q)).collect();
+    query.sort_unstable();
+    query.dedup();
+    if query.len() > MAX_QUERY_WORDS {
+        return Err(Invalid::TooManyWords {
+            words: query.len(),
+            max: MAX_QUERY_WORDS,
+        }
+        .into());
+    }
+    Ok(query)
 }

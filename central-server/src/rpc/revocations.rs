@@ -92,10 +92,11 @@ fn event(revoked: Vec<v1::Revoked>, snapshot: bool) -> Result<v1::RevocationEven
 }
 
 impl DirectoryService {
-    /// End every Revocations stream (shutdown, drain): their PServers
-    /// open them again at another central.
+    /// End every Revocations and Watch stream (shutdown, drain): their
+    /// PServers open them again at another central.
     pub(crate) fn end_streams(&self) {
         self.inner.streams.end.cancel();
+        self.dir().watches().close();
     }
 
     pub(super) fn revocations(

@@ -18,6 +18,7 @@ mod rm;
 mod search;
 mod status;
 mod upload;
+mod wants;
 
 use crate::cli::Command;
 pub(crate) use crate::ctx::Ctx;
@@ -59,6 +60,9 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<()> {
         Command::Cancel(a) => cancel::run(ctx, a).await,
         Command::Replicate(a) => replicate::run(ctx, a).await,
         Command::Pins => pins::run(ctx).await,
+        Command::Want(a) => wants::want(ctx, a).await,
+        Command::Wants => wants::list(ctx).await,
+        Command::Unwant(a) => wants::unwant(ctx, a).await,
         Command::Completions(a) => completions::run(a),
     }
 }

@@ -11,7 +11,7 @@ use peerdex_proto::PeerUrl;
 
 use super::{
     Config, ConfigError, ControlConfig, DownloadConfig, LinkConfig, PeerApiConfig, ReplicaConfig,
-    StoreConfig, defaults, parse_centrals,
+    StoreConfig, WantConfig, defaults, parse_centrals, parse_notify_url,
 };
 use crate::tls::ServerTls;
 
@@ -173,6 +173,23 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub neighbour_rate: u32,
 
+    /// Wanted files (`peerdex want`) this PServer keeps waiting at once; a
+    /// want beyond it is refused naming this setting. Each is one
+    /// subscription at the directory, which allows
+    /// CENTRAL_MAX_WATCHES_PER_PEER (default 100) per peer.
+    #[arg(long, env = "PSERVER_MAX_WANTS", default_value_t = defaults::MAX_WANTS,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max_wants: u64,
+
+    /// URL (http:// or https://) the PServer POSTs a small JSON document to
+    /// when a want matches, is ambiguous, starts downloading, fails or
+    /// completes (a phone notification service, a chat bot, a script).
+    /// Each POST has 5 s; failures are logged and counted
+    /// (peerdex_pserver_notify_failures_total), never retried, never
+    /// blocking. Empty: no notifications.
+    #[arg(long, env = "PSERVER_NOTIFY_URL", value_name = "URL")]
+    pub notify_url: Option<String>,
+
     /// PEM certificate (a chain: leaf first) the peer API serves over TLS,
     /// and the control API when bound off loopback. Set with
     /// PSERVER_TLS_KEY; then PSERVER_PUBLIC_URL must be https://.
@@ -326,6 +343,13 @@ impl Args {
             },
             replicas: ReplicaConfig {
                 quota_bytes: self.replica_quota_bytes,
+            },
+            wants: WantConfig {
+                max_wants: self.max_wants as usize,
+                notify_url: match self.notify_url.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(u) => Some(parse_notify_url(u)?),
+                },
             },
             api_tls: tls.is_some() && off_loopback,
             tls,

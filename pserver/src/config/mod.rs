@@ -47,6 +47,7 @@ pub mod defaults {
     pub const MAX_SOURCES: u64 = 8;
     pub const STALL_TIMEOUT: Duration = Duration::from_secs(15);
     pub const MAX_DOWNLOAD_BPS: u64 = 0;
+    pub const MAX_WANTS: u64 = 100;
 }
 
 /// Validated settings of one PServer.
@@ -68,6 +69,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Space offered for replicas of other peers' files.
     pub replicas: ReplicaConfig,
+    /// Wanted files: how many, and where to tell about them.
+    pub wants: WantConfig,
     /// Certificate and key of the peer API (then `public_url` is
     /// `https://`), and of the control API when `api_tls` is set.
     pub tls: Option<ServerTls>,
@@ -223,6 +226,37 @@ impl Default for ReplicaConfig {
     }
 }
 
+/// Wanted files (`crate::wants`).
+#[derive(Debug, Clone)]
+pub struct WantConfig {
+    /// Wants kept waiting at once (`PSERVER_MAX_WANTS`).
+    pub max_wants: usize,
+    /// Where to POST want notices (`PSERVER_NOTIFY_URL`); `None`: nowhere.
+    pub notify_url: Option<reqwest::Url>,
+}
+
+impl Default for WantConfig {
+    fn default() -> Self {
+        Self {
+            max_wants: defaults::MAX_WANTS as usize,
+            notify_url: None,
+        }
+    }
+}
+
+/// `PSERVER_NOTIFY_URL`: an http:// or https:// URL.
+pub fn parse_notify_url(s: &str) -> Result<reqwest::Url, ConfigError> {
+    let bad = |why: String| ConfigError::NotifyUrl {
+        url: s.to_owned(),
+        why,
+    };
+    let url = reqwest::Url::parse(s).map_err(|e| bad(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad("expected http://host/... or https://host/...".into()));
+    }
+    Ok(url)
+}
+
 impl Config {
     /// Settings for a peer with everything at its default, for tests and
     /// tools, talking to the one central at `central_url` (set
@@ -246,6 +280,7 @@ impl Config {
             downloads: DownloadConfig::default(),
             store: StoreConfig::default(),
             replicas: ReplicaConfig::default(),
+            wants: WantConfig::default(),
             tls: None,
             api_tls: false,
             ca_roots: Vec::new(),
@@ -325,4 +360,6 @@ pub enum ConfigError {
     WeakApiToken,
     #[error("PSERVER_NEIGHBOURS: {0}")]
     Neighbours(#[source] peerdex_proto::ParseError),
+    #[error("PSERVER_NOTIFY_URL {url:?} is not a URL to POST notices to: {why}")]
+    NotifyUrl { url: String, why: String },
 }

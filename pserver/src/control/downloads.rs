@@ -1,16 +1,18 @@
 //! `/api/v1/downloads` and `/api/v1/events`: download jobs, and their
-//! progress as event streams (SSE or NDJSON).
+//! progress (with the wants and their notices) as event streams (SSE or
+//! NDJSON).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use peerdex_proto::rest::{ApiError, DownloadRequest, Job, JobList};
+use peerdex_proto::rest::{ApiError, DownloadRequest, Events, Job, JobList};
 use peerdex_proto::types::parse_hyphenated_uuid;
 
 use crate::download::{Downloads, JobHandle};
 use crate::error::{Error, Invalid, Missing, Result};
+use crate::wants::Wants;
 
 /// Start downloading a file by id or exact name.
 #[utoipa::path(post, path = "/api/v1/downloads", request_body = DownloadRequest,
@@ -94,25 +96,35 @@ pub(super) async fn download_events(
     Ok(framing.respond(job_stream(h, framing)))
 }
 
-/// Follow every download job: one JobList (as `GET /api/v1/downloads`) at
-/// once, then after every change (at most four a second) and at least
-/// every 15 s; as server-sent events or NDJSON (see `Framing`). Never ends
-/// while the PServer runs: the client closes it.
+/// Follow every download job and every want: one Events (the jobs as
+/// `GET /api/v1/downloads`, the wants as `GET /api/v1/wants`, the want
+/// notices kept) at once, then after every change (at most four a
+/// second; notices only those not sent yet on this stream) and at least
+/// every 15 s; as server-sent events or NDJSON (see `Framing`). Never
+/// ends while the PServer runs: the client closes it.
 #[utoipa::path(get, path = "/api/v1/events",
-    responses((status = 200, description = "a stream that never ends while the PServer runs (close the connection to stop): a JobList now, on each change (at most four a second) and at least every 15 s. Server-sent events (one `data:` line of JSON per event) unless the request's Accept names application/x-ndjson (then one JSON line per JobList)",
-               content((JobList = "text/event-stream"), (JobList = "application/x-ndjson"))),
+    responses((status = 200, description = "a stream that never ends while the PServer runs (close the connection to stop): an Events (every job, every want, the want notices kept) now, then one on each change (at most four a second; notices not sent before on this stream) and at least every 15 s. Server-sent events (one `data:` line of JSON per event) unless the request's Accept names application/x-ndjson (then one JSON line per Events)",
+               content((Events = "text/event-stream"), (Events = "application/x-ndjson"))),
               (status = 406, body = ApiError, description = "the Accept header names neither text/event-stream nor application/x-ndjson")))]
 pub(super) async fn events(
     downloads: web::Data<Downloads>,
+    wants: web::Data<Wants>,
     req: HttpRequest,
 ) -> Result<HttpResponse> {
     let framing = Framing::of(&req)?;
-    let rx = downloads.watch();
+    let (jobs_rx, wants_rx) = (downloads.watch(), wants.subscribe());
     let stream = futures_util::stream::unfold(
-        (downloads, rx, true),
-        move |(downloads, mut rx, first)| async move {
+        (downloads, wants, jobs_rx, wants_rx, true, 0u64),
+        move |(downloads, wants, mut jobs_rx, mut wants_rx, first, sent)| async move {
             if !first {
-                if let Ok(Err(_)) = tokio::time::timeout(EVENTS_KEEPALIVE, rx.changed()).await {
+                let changed = tokio::time::timeout(EVENTS_KEEPALIVE, async {
+                    tokio::select! {
+                        r = jobs_rx.changed() => r.is_ok(),
+                        r = wants_rx.changed() => r.is_ok(),
+                    }
+                })
+                .await;
+                if let Ok(false) = changed {
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await; // coalesce bursts
@@ -120,13 +132,18 @@ pub(super) async fn events(
             if downloads.stopping() {
                 return None;
             }
-            rx.mark_unchanged();
-            let list = JobList {
+            jobs_rx.mark_unchanged();
+            wants_rx.mark_unchanged();
+            let notices = wants.notices_after(sent);
+            let sent = notices.last().map_or(sent, |n| n.seq);
+            let events = Events {
                 jobs: downloads.list(),
+                wants: wants.list().wants,
+                notices,
             };
             Some((
-                Ok::<_, actix_web::Error>(framing.frame(&list)),
-                (downloads, rx, false),
+                Ok::<_, actix_web::Error>(framing.frame(&events)),
+                (downloads, wants, jobs_rx, wants_rx, false, sent),
             ))
         },
     );

@@ -12,6 +12,7 @@ pub(crate) mod pins;
 mod search;
 mod status;
 pub mod tokens;
+mod wants;
 mod webui;
 
 use downloads::{
@@ -23,6 +24,7 @@ use openapi::openapi;
 use pins::{list_pins, pin};
 use search::{locate, search};
 use status::{metrics, status};
+use wants::{add_want, list_wants, remove_want};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,7 +85,13 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                 resource("/pins", "GET, POST")
                     .route(web::post().to(pin))
                     .route(web::get().to(list_pins)),
-            ),
+            )
+            .service(
+                resource("/wants", "GET, POST")
+                    .route(web::post().to(add_want))
+                    .route(web::get().to(list_wants)),
+            )
+            .service(resource("/wants/{want}", "DELETE").route(web::delete().to(remove_want))),
     )
     .service(resource("/metrics", "GET").route(web::get().to(metrics)))
     .configure(webui::routes)

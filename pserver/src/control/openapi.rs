@@ -4,10 +4,11 @@
 
 use actix_web::HttpResponse;
 use peerdex_proto::rest::{
-    ApiError, Candidate, DownloadRequest, FileInfo, FileList, Hashing, Holder, Job, JobList,
-    LeaseRenewals, LocateQuery, LocateResult, LocatedFile, NeighbourStatus, PinList, PinRequest,
-    PinStatus, ReplicaFetch, Replication, SearchHit, SearchResults, SourceProgress, Status,
-    UnsharedFile, schema,
+    ApiError, Candidate, DownloadRequest, Events, FileInfo, FileList, Hashing, Holder, Job,
+    JobList, LeaseRenewals, LocateQuery, LocateResult, LocatedFile, NeighbourStatus, NoticeKind,
+    PinList, PinRequest, PinStatus, ReplicaFetch, Replication, SearchHit, SearchResults,
+    SourceProgress, Status, UnsharedFile, Want, WantList, WantMatch, WantNotice, WantRequest,
+    WantState, schema,
 };
 use utoipa::OpenApi;
 
@@ -21,6 +22,7 @@ use super::files::{__path_file_content, __path_list_files, __path_remove_file, _
 use super::pins::{__path_list_pins, __path_pin};
 use super::search::{__path_locate, __path_search};
 use super::status::__path_status;
+use super::wants::{__path_add_want, __path_list_wants, __path_remove_want};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,7 +51,10 @@ never ends: close the connection to stop."
         events,
         cancel_download,
         pin,
-        list_pins
+        list_pins,
+        add_want,
+        list_wants,
+        remove_want
     ),
     modifiers(&CommonAnswers),
     security(("bearer" = [])),
@@ -77,7 +82,15 @@ never ends: close the connection to stop."
         LocatedFile,
         Holder,
         Candidate,
-        SourceProgress
+        SourceProgress,
+        WantRequest,
+        Want,
+        WantList,
+        WantMatch,
+        WantState,
+        WantNotice,
+        NoticeKind,
+        Events
     ))
 )]
 struct ApiDoc;
@@ -150,13 +163,14 @@ impl utoipa::Modify for CommonAnswers {
                             ("cancel", "cancel_download"),
                         ],
                     )],
+                    Some("add_want") => &[("want", &["201"], &[("remove", "remove_want")])],
                     _ => &[],
                 };
                 for (param, codes, targets) in links {
-                    let from = if *param == "file" {
-                        "$response.body#/file_id"
-                    } else {
-                        "$response.body#/job_id"
+                    let from = match *param {
+                        "file" => "$response.body#/file_id",
+                        "want" => "$response.body#/want_id",
+                        _ => "$response.body#/job_id",
                     };
                     for code in *codes {
                         if let Some(RefOr::T(resp)) = op.responses.responses.get_mut(*code) {
@@ -181,7 +195,7 @@ impl utoipa::Modify for CommonAnswers {
                             schema::file_id().into()
                         });
                     }
-                    if param.name == "job" {
+                    if param.name == "job" || param.name == "want" {
                         param.schema = Some(schema::uuid().into());
                     }
                 }
@@ -349,8 +363,18 @@ mod tests {
         assert_eq!(locate[0]["additionalProperties"], false);
         let job = &paths["/api/v1/downloads/{job}"]["get"]["parameters"][0]["schema"];
         assert_eq!(job["pattern"], UUID_PATTERN);
+        let want = &paths["/api/v1/wants/{want}"]["delete"]["parameters"][0]["schema"];
+        assert_eq!(want["pattern"], UUID_PATTERN);
+        let w = &schemas["WantRequest"]["oneOf"];
+        assert_eq!(w[0]["properties"]["file"]["maxLength"], MAX_PATH_BYTES);
+        assert_eq!(w[1]["properties"]["query"]["maxLength"], MAX_QUERY_BYTES);
+        assert_eq!(w[1]["additionalProperties"], false);
         // JSON bodies: too large and not JSON are documented answers.
-        for (path, method) in [("/api/v1/pins", "post"), ("/api/v1/downloads", "post")] {
+        for (path, method) in [
+            ("/api/v1/pins", "post"),
+            ("/api/v1/downloads", "post"),
+            ("/api/v1/wants", "post"),
+        ] {
             for code in ["400", "413", "415"] {
                 assert!(
                     paths[path][method]["responses"].get(code).is_some(),

@@ -17,6 +17,7 @@ use crate::metrics::{Live, Metrics};
 use crate::peer::uploads::Uploads;
 use crate::rt::MainRt;
 use crate::store::Store;
+use crate::wants::Wants;
 
 /// Peer id, URLs, central and neighbour health, lease age and counts.
 #[utoipa::path(get, path = "/api/v1/status", params(StatusQuery), responses((status = 200, body = Status), (status = 400, body = peerdex_proto::rest::ApiError, description = "a query string that does not parse (all_unshared is true or false)")))]
@@ -109,6 +110,7 @@ pub(super) async fn metrics(
     uploads: web::Data<Uploads>,
     downloads: web::Data<Downloads>,
     replicas: web::Data<Replicas>,
+    wants: web::Data<Wants>,
 ) -> HttpResponse {
     let (shared_files, shared_bytes) = store.totals();
     let text = metrics.render(Live {
@@ -120,6 +122,7 @@ pub(super) async fn metrics(
         replica_bytes: store.replica_bytes(),
         replica_quota_bytes: replicas.quota(),
         replica_fetches_active: downloads.replica_fetches().len(),
+        wants: wants.by_state(),
     });
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

@@ -147,10 +147,20 @@ impl Downloads {
     /// Start a download (the `POST /api/v1/downloads` handler's logic), on
     /// the main runtime.
     pub(crate) async fn start(&self, req: DownloadRequest) -> Result<Job> {
+        self.start_located(req, None).await
+    }
+
+    /// Start a download of a file already located (`known`: what a Watch
+    /// event brought, as Locate would answer), or located now (`None`).
+    pub(crate) async fn start_located(
+        &self,
+        req: DownloadRequest,
+        known: Option<Vec<peerdex_proto::rest::LocatedFile>>,
+    ) -> Result<Job> {
         let engine = self.0.clone();
         self.0
             .rt
-            .run(async move { start::start(&engine, req).await })
+            .run(async move { start::start(&engine, req, known).await })
             .await
     }
 

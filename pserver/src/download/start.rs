@@ -32,8 +32,13 @@ pub(super) fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
 
 /// Start a download (the `POST /api/v1/downloads` handler's logic). Name
 /// lookups are resolved before a job exists, so an unknown or ambiguous name
-/// is answered at once.
-pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<Job> {
+/// is answered at once. `known`: the target already located (a Watch
+/// event of the directory brought it): no lookup.
+pub(super) async fn start(
+    shared: &Arc<Engine>,
+    req: DownloadRequest,
+    known: Option<Vec<LocatedFile>>,
+) -> Result<Job> {
     let target = match (&req.file_id, &req.name, &req.folder) {
         (Some(id), None, None) => LocateTarget::Id(id.parse()?),
         (None, Some(name), None) => LocateTarget::Name(name.parse()?),
@@ -67,7 +72,10 @@ pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<
         return Ok(promote_job(shared, req, &t));
     }
     let own = shared.peer_id.to_string();
-    let located = shared.lookup.locate(&shared.central, &target).await?;
+    let located = match known {
+        Some(files) => files,
+        None => shared.lookup.locate(&shared.central, &target).await?,
+    };
     let mut targets: Vec<Target> = located.iter().filter_map(|f| validate(f, &own)).collect();
     if let LocateTarget::Name(name) = &target {
         if let Some(entry) = shared.store.by_name(name)

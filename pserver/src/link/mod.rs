@@ -35,7 +35,8 @@
 //! (Publish/Unpublish in order), `pages` (a big inventory's Join in
 //! pages), `declines` (replica declines on their way),
 //! `queries` (Locate, Search, pins, keys), `revocations` (a private
-//! network's departures), `lookup` (neighbours first, then the central).
+//! network's departures), `watch` (the Watch stream of wanted files),
+//! `lookup` (neighbours first, then the central).
 
 mod declines;
 mod error;
@@ -46,6 +47,7 @@ mod outbox;
 mod pages;
 mod queries;
 mod revocations;
+mod watch;
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

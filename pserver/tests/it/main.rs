@@ -28,4 +28,5 @@ mod swarm;
 mod tls;
 mod trust;
 mod verify;
+mod wants;
 mod webui;

@@ -220,6 +220,18 @@ async fn the_web_ui_in_a_real_browser() {
         .expect("the finished job in the list");
     assert_eq!(done.state, JobState::Done, "{done:?}");
     assert!(!a.path_in_share(c_name).exists());
+    // The Wanted page: one want left, C's words, notify only, matched; its
+    // match downloaded nothing (C's only job is the cancelled one).
+    assert_eq!(result["wanted"], 1);
+    let for_c = jobs
+        .iter()
+        .filter(|j| j.file_id.as_deref() == Some(c_id.as_str()));
+    assert_eq!(for_c.count(), 1, "{jobs:?}");
+    let wants = a.api.wants().await.unwrap().wants;
+    assert_eq!(wants.len(), 1, "{wants:?}");
+    assert_eq!(wants[0].query.as_deref(), Some(c_name));
+    assert!(!wants[0].download);
+    assert_eq!(wants[0].state, peerdex_proto::rest::WantState::Matched);
     wait_for("the cancelled partial to be discarded", T, || async {
         partials(&a).is_empty().then_some(())
     })

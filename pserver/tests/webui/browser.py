@@ -9,6 +9,7 @@ with the venv's Python. Everything it needs comes in environment variables:
   WEBUI_ARTIFACTS    folder for screenshots (and, on failure, page HTML and console)
   WEBUI_B_NAME/ID    a file held by another peer: downloaded to the end
   WEBUI_C_NAME/ID    a big file held by a peer that uploads slowly: cancelled
+                     (then wanted as words, notify only, on the Wanted page)
   WEBUI_PICK         a local file to upload through the file picker
   WEBUI_DROP_NAME    a name for a small file dropped on the drop zone
   CHROMIUM_BIN       the browser (default /usr/bin/chromium)
@@ -232,6 +233,28 @@ def run(page, result):
     expect(page.locator('[data-fact="active_downloads"]')).to_have_attribute("data-value", "0")
     result["facts"] = facts(page)
     shot(page, "network-end")
+
+    # 10. Wanted: a name nobody shares yet waits; the words of a file a
+    # peer shares, notify only, match at once, told by a toast; nothing is
+    # downloaded for them; stop wanting the first.
+    nav(page, "wanted")
+    page.fill("#want-input", "not-shared-yet.txt")
+    page.click("#want-add")
+    waiting = page.locator('#wanted-table tr[data-state="waiting"]')
+    expect(waiting).to_have_count(1)
+    page.fill("#want-input", C_NAME)
+    page.check("#want-words")
+    page.check("#want-notify")
+    page.click("#want-add")
+    expect(page.locator('#wanted-table tr[data-state="matched"]')).to_have_count(1)
+    expect(page.locator('#toasts .toast[data-kind="matched"]').first).to_be_visible()
+    expect(page.locator("#wanted-count")).to_have_text("2")
+    shot(page, "wanted")
+    waiting.locator("button.remove-want").click()
+    expect(waiting).to_have_count(0)
+    expect(page.locator("#wanted-count")).to_have_text("1")
+    result["wanted"] = page.locator("#wanted-table tbody tr").count()
+    log("wants shown, matched, removed")
 
     # The same pages in the dark and on a phone's width (for people to look at).
     page.emulate_media(color_scheme="dark")
