@@ -123,6 +123,12 @@ pub enum Invalid {
     UploadInterrupted(#[source] actix_web::error::PayloadError),
     #[error("give exactly one of file_id and name")]
     OneTarget,
+    #[error(
+        "file {id} is private (encrypted by its owner): it opens only with its ticket; ask the owner for it (`peerdex private` lists them) and run `peerdex get <ticket>`"
+    )]
+    NeedsTicket { id: FileId },
+    #[error(transparent)]
+    Ticket(#[from] peerdex_proto::ticket::TicketError),
     #[error("{header} must be a small number")]
     Hops { header: &'static str },
     #[error("bad JSON body: {0}")]
@@ -149,6 +155,10 @@ pub enum Missing {
     NoHolder { id: FileId },
     #[error("no live peer shares a file named \"{name}\"; try `search`")]
     NoHolderNamed { name: FileName },
+    #[error(
+        "no live peer holds the private file of this ticket (id {id}): its owner and the peers keeping copies of it are offline, or it was removed"
+    )]
+    NoPrivateHolder { id: FileId },
     #[error("no live peer other than this one shares file {id}")]
     NoOtherHolder { id: FileId },
     #[error("file {id} is not shared here")]
@@ -159,6 +169,12 @@ pub enum Missing {
     Gone { id: FileId },
     #[error("file {id} changed on disk; it will be re-hashed")]
     Changed { id: FileId },
+    #[error("this PServer holds no key of a private file {id}; `peerdex private` lists them")]
+    NotPrivate { id: FileId },
+    #[error(
+        "no plaintext of private file {id} in the private folder: fetch it with its ticket first (`peerdex get <ticket>`)"
+    )]
+    NotOpened { id: FileId },
     #[error("file {id} is no longer held here as a replica")]
     ReplicaGone { id: FileId },
     /// The directory says so, in its words.

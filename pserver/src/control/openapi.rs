@@ -19,8 +19,13 @@ use super::downloads::{
 };
 use super::files::{__path_file_content, __path_list_files, __path_remove_file, __path_upload};
 use super::pins::{__path_list_pins, __path_pin};
+use super::private::{
+    __path_fetch_private, __path_list_private, __path_private_content, __path_remove_private,
+    __path_upload_private,
+};
 use super::search::{__path_locate, __path_search};
 use super::status::__path_status;
+use peerdex_proto::private::{PrivateFile, PrivateList, PrivateOrigin, TicketRequest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,7 +54,12 @@ never ends: close the connection to stop."
         events,
         cancel_download,
         pin,
-        list_pins
+        list_pins,
+        upload_private,
+        list_private,
+        fetch_private,
+        remove_private,
+        private_content
     ),
     modifiers(&CommonAnswers),
     security(("bearer" = [])),
@@ -76,7 +86,11 @@ never ends: close the connection to stop."
         LocatedFile,
         Holder,
         Candidate,
-        SourceProgress
+        SourceProgress,
+        PrivateFile,
+        PrivateList,
+        PrivateOrigin,
+        TicketRequest
     ))
 )]
 struct ApiDoc;
