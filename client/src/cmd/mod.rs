@@ -13,6 +13,7 @@ mod info;
 mod jobs;
 mod ls;
 mod pins;
+mod private;
 mod replicate;
 mod rm;
 mod search;
@@ -59,6 +60,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<()> {
         Command::Cancel(a) => cancel::run(ctx, a).await,
         Command::Replicate(a) => replicate::run(ctx, a).await,
         Command::Pins => pins::run(ctx).await,
+        Command::Private(a) => private::run(ctx, a).await,
         Command::Completions(a) => completions::run(a),
     }
 }
