@@ -102,7 +102,7 @@ pub fn ticket_schema() -> utoipa::openapi::schema::Object {
     utoipa::openapi::schema::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .pattern(Some("^peerdex1[a-z2-7]+$"))
-        .min_length(Some(crate::ticket::PREFIX.len() + 1))
+        .min_length(Some(crate::ticket::MIN_TEXT))
         .max_length(Some(crate::ticket::MAX_TEXT))
         .description(Some(
             "a ticket: `peerdex1` and lowercase base32 of the file id, key, nonce prefix, \

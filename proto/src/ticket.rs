@@ -56,6 +56,8 @@ const MIN_BYTES: usize = 1 + 32 + KEY_BYTES + NONCE_BYTES + 8 + 1 + 1 + 1 + CHEC
 /// Largest binary ticket: the longest name and every hint at its longest.
 pub const MAX_BYTES: usize =
     MIN_BYTES - 1 + crate::types::MAX_NAME_BYTES + MAX_HINTS * (2 + crate::types::MAX_URL_BYTES);
+/// Shortest text ticket (without whitespace).
+pub const MIN_TEXT: usize = PREFIX.len() + (MIN_BYTES * 8).div_ceil(5);
 /// Longest text ticket (without whitespace).
 pub const MAX_TEXT: usize = PREFIX.len() + (MAX_BYTES * 8).div_ceil(5);
 
@@ -125,8 +127,7 @@ pub enum TicketError {
     )]
     NotBase32 { at: usize, found: char },
     #[error(
-        "ticket is too short ({len} characters): it was cut off; copy the whole ticket (it has at least {} characters)",
-        PREFIX.len() + (MIN_BYTES * 8).div_ceil(5)
+        "ticket is too short ({len} characters): it was cut off; copy the whole ticket (it has at least {MIN_TEXT} characters)"
     )]
     TooShort { len: usize },
     #[error("ticket is too long ({len} characters, at most {MAX_TEXT})")]
@@ -196,7 +197,7 @@ impl FromStr for Ticket {
                 found: c,
             });
         }
-        if body.len() < (MIN_BYTES * 8).div_ceil(5) {
+        if compact.len() < MIN_TEXT {
             return Err(TicketError::TooShort { len: compact.len() });
         }
         let upper = body.to_ascii_uppercase();

@@ -89,6 +89,11 @@ pub enum Error {
         "this peer (re)started and has not yet received the directory's list of departed peers; it accepts credentials once it has (it comes with its Join)"
     )]
     NotReady,
+    /// A private file asked for without its ticket (403).
+    #[error(
+        "file {id} is private (encrypted by its owner): it opens only with its ticket; ask the owner for it (`peerdex private` lists them) and run `peerdex get <ticket>`"
+    )]
+    NeedsTicket { id: FileId },
     #[error("request already made {hops} hops; neighbours do not forward")]
     LoopDetected { hops: u32 },
     #[error("i/o error: {0}")]
@@ -123,12 +128,11 @@ pub enum Invalid {
     UploadInterrupted(#[source] actix_web::error::PayloadError),
     #[error("give exactly one of file_id and name")]
     OneTarget,
-    #[error(
-        "file {id} is private (encrypted by its owner): it opens only with its ticket; ask the owner for it (`peerdex private` lists them) and run `peerdex get <ticket>`"
-    )]
-    NeedsTicket { id: FileId },
+    /// A ticket that breaks the form the OpenAPI document gives it
+    /// (prefix, alphabet, length); one of that form that still does not
+    /// decode names no file: [`Missing::Ticket`].
     #[error(transparent)]
-    Ticket(#[from] peerdex_proto::ticket::TicketError),
+    Ticket(peerdex_proto::ticket::TicketError),
     #[error("{header} must be a small number")]
     Hops { header: &'static str },
     #[error("bad JSON body: {0}")]
@@ -169,6 +173,10 @@ pub enum Missing {
     Gone { id: FileId },
     #[error("file {id} changed on disk; it will be re-hashed")]
     Changed { id: FileId },
+    /// A ticket of the right form that does not decode (checksum,
+    /// version, fields): it names no file.
+    #[error(transparent)]
+    Ticket(peerdex_proto::ticket::TicketError),
     #[error("this PServer holds no key of a private file {id}; `peerdex private` lists them")]
     NotPrivate { id: FileId },
     #[error(
@@ -348,6 +356,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::NotReady => "not_ready",
             Error::LoopDetected { .. } => "loop_detected",
+            Error::NeedsTicket { .. } => "needs_ticket",
             Error::Io(_) | Error::Internal(_) => "internal",
         }
     }
@@ -389,7 +398,7 @@ impl ResponseError for Error {
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::NeedsTicket { .. } => StatusCode::FORBIDDEN,
             Error::Busy { .. } | Error::Unavailable(_) | Error::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

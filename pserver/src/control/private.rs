@@ -169,19 +169,25 @@ pub(super) async fn list_private(
 /// (verified against its id), opened into the private folder.
 #[utoipa::path(post, path = "/api/v1/private/fetch", request_body = TicketRequest,
     responses((status = 202, body = Job, description = "the job started (or the ciphertext is held here and is being opened); follow it at /api/v1/downloads/{job}/events; `name` is the plaintext's"),
-              (status = 400, body = ApiError, description = "not a ticket: cut off, mistyped, of an unknown version"),
-              (status = 404, body = ApiError, description = "no live peer holds the ciphertext"),
+              (status = 400, body = ApiError, description = "not of a ticket's form: no `peerdex1`, a character outside base32, too short (cut off) or too long"),
+              (status = 404, body = ApiError, description = "the ticket names no file (its checksum does not match: mistyped or cut off; or a layout version this PServer does not know), or no live peer holds the ciphertext"),
               (status = 503, body = ApiError, description = "neither the neighbours nor the central answer")))]
 pub(super) async fn fetch_private(
     downloads: web::Data<Downloads>,
     vault: web::Data<Vault>,
     req: web::Json<TicketRequest>,
 ) -> Result<HttpResponse> {
-    let ticket: Ticket = req
-        .into_inner()
-        .ticket
-        .parse()
-        .map_err(|e| Error::InvalidArgument(Invalid::Ticket(e)))?;
+    let ticket: Ticket = req.into_inner().ticket.parse().map_err(|e| {
+        use peerdex_proto::ticket::TicketError as T;
+        match e {
+            // What the document's pattern and lengths forbid: malformed.
+            T::NoPrefix | T::NotBase32 { .. } | T::TooShort { .. } | T::TooLong { .. } => {
+                Error::InvalidArgument(Invalid::Ticket(e))
+            }
+            // Of the right form, yet it names no file.
+            e => Error::NotFound(Missing::Ticket(e)),
+        }
+    })?;
     let job = downloads.start_private(ticket, vault.into_inner()).await?;
     Ok(HttpResponse::Accepted().json(job))
 }

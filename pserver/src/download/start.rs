@@ -58,7 +58,7 @@ pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<
             .strip_suffix(PRIVATE_SUFFIX)
             .and_then(|hex| hex.parse::<FileId>().ok())
     {
-        return Err(Invalid::NeedsTicket { id }.into());
+        return Err(Error::NeedsTicket { id });
     }
     if let LocateTarget::Id(id) = &target
         && (shared.store.blob(id).is_some()
@@ -67,7 +67,7 @@ pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<
                 .replica(id)
                 .is_some_and(|r| is_private_name(id, r.name.as_str())))
     {
-        return Err(Invalid::NeedsTicket { id: *id }.into());
+        return Err(Error::NeedsTicket { id: *id });
     }
     // Held here as a replica: the user's copy is made from it, whatever
     // the directory says (this peer may hold the last live copy).
@@ -128,7 +128,7 @@ pub(super) async fn start(shared: &Arc<Engine>, req: DownloadRequest) -> Result<
         .into());
     };
     if !t.names.is_empty() && t.names.iter().all(|n| is_private_name(&t.id, n.as_str())) {
-        return Err(Invalid::NeedsTicket { id: t.id }.into());
+        return Err(Error::NeedsTicket { id: t.id });
     }
     if let LocateTarget::Name(n) = &target {
         t.prefer_name(n.clone());

@@ -137,7 +137,7 @@ async fn private_files_reach_replicas_and_readers_as_ciphertext_only() {
     let hits = search(&reader, "tax").await;
     assert!(hits.hits.is_empty(), "{hits:?}");
     let (code, e) = refused(reader.api.start_download(&by_id(&id)).await);
-    assert_eq!(code, 400, "{e:?}");
+    assert_eq!((code, e.code.as_str()), (403, "needs_ticket"), "{e:?}");
     assert!(e.message.contains("ticket"), "{e:?}");
 
     // `peerdex get TICKET -o PATH`, the CLI as users run it.
@@ -247,15 +247,16 @@ async fn bad_tickets_and_tampered_ciphertexts_leave_nothing_behind() {
     let mut typo = up.ticket.clone().into_bytes();
     typo[40] = if typo[40] == b'a' { b'b' } else { b'a' };
     let typo = String::from_utf8(typo).unwrap();
-    for (bad, says) in [
-        ("hello", "starts with peerdex1"),
-        (cut, "checksum"),
-        (&typo[..], "checksum"),
-        ("peerdex1abcd", "too short"),
-        ("peerdex10", "not base32"),
+    // Out of the ticket's form: 400; of its form but naming no file: 404.
+    for (bad, status, says) in [
+        ("hello", 400, "starts with peerdex1"),
+        ("peerdex1abcd", 400, "too short"),
+        ("peerdex10", 400, "not base32"),
+        (cut, 404, "checksum"),
+        (&typo[..], 404, "checksum"),
     ] {
         let (code, e) = refused(b.api.fetch_private(bad).await);
-        assert_eq!((code, e.code.as_str()), (400, "invalid_argument"), "{e:?}");
+        assert_eq!(code, status, "{bad}: {e:?}");
         assert!(e.message.contains(says), "{bad}: {e:?}");
     }
     // A valid ticket of a file nobody holds.
