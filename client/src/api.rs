@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use peerdex_proto::private::{PrivateFile, PrivateList, TicketRequest};
 use peerdex_proto::rest::{
     ApiError, DownloadRequest, FileInfo, FileList, Job, JobList, LocateQuery, LocateResult,
     PinList, PinRequest, PinStatus, SearchQuery, SearchResults, Status, Want, WantList,
@@ -315,6 +316,49 @@ impl Client {
             source: Some(e),
         })?;
         Ok(Uploaded { file, created })
+    }
+
+    /// `POST /api/v1/private?name=` with `body` as the plaintext: sealed
+    /// by the PServer, which answers the file's ticket.
+    pub async fn upload_private(
+        &self,
+        name: &str,
+        len: u64,
+        body: reqwest::Body,
+    ) -> Result<PrivateFile> {
+        let rb = self
+            .request(Method::POST, &["private"])
+            .query(&[("name", name)])
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .body(body);
+        self.json(rb).await
+    }
+
+    /// `GET /api/v1/private`: the keys of private files held, with tickets.
+    pub async fn list_private(&self) -> Result<PrivateList> {
+        self.json(self.request(Method::GET, &["private"])).await
+    }
+
+    /// `POST /api/v1/private/fetch`: fetch and open a private file by ticket.
+    pub async fn fetch_private(&self, ticket: &str) -> Result<Job> {
+        let req = TicketRequest {
+            ticket: ticket.to_owned(),
+        };
+        self.json(self.request(Method::POST, &["private", "fetch"]).json(&req))
+            .await
+    }
+
+    /// `DELETE /api/v1/private/{id}`: key, ciphertext and opened plaintext.
+    pub async fn remove_private(&self, file_id: &str) -> Result<PrivateFile> {
+        self.json(self.request(Method::DELETE, &["private", file_id]))
+            .await
+    }
+
+    /// `GET /api/v1/private/{id}/content`: the plaintext opened there.
+    pub async fn private_content(&self, file_id: &str) -> Result<Response> {
+        self.send(self.request(Method::GET, &["private", file_id, "content"]))
+            .await
     }
 
     /// `GET /api/v1/search`.

@@ -130,7 +130,8 @@ pub(crate) enum Command {
     /// Share files: stream them to your PServer, which publishes them.
     Upload(UploadArgs),
     /// Download a file by name or id (or a whole folder of one peer's
-    /// share with --folder) into your PServer's shared folder.
+    /// share with --folder) into your PServer's shared folder, or a
+    /// private file by its ticket into your PServer's private folder.
     Get(GetArgs),
     /// Search the network by words of file names.
     Search(SearchArgs),
@@ -193,6 +194,18 @@ pub(crate) enum Command {
     Wants,
     /// Stop wanting (a download it started goes on: `cancel` it).
     Unwant(UnwantArgs),
+    /// List your private files with their tickets, or remove one.
+    ///
+    /// A private file (`peerdex upload --private FILE`) is encrypted by
+    /// your PServer before it leaves it: the network stores and serves
+    /// only the ciphertext, under its id. Its ticket (peerdex1...) holds
+    /// the key: whoever has it reads the file with `peerdex get TICKET`.
+    ///
+    /// Examples:
+    ///   peerdex private                     every key held, with its ticket
+    ///   peerdex private rm 9f2c...e1        remove it: key, ciphertext, pin
+    #[command(verbatim_doc_comment)]
+    Private(PrivateArgs),
     /// Print a shell completion script, e.g. `peerdex completions bash > /etc/bash_completion.d/peerdex`.
     Completions(CompletionsArgs),
 }
@@ -218,6 +231,32 @@ pub(crate) struct UploadArgs {
     /// and exits 1.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub(crate) replicas: Option<u32>,
+
+    /// Encrypt each file first (a fresh key per file): the network stores
+    /// and serves only the ciphertext, never finds it by name, and the
+    /// command prints a ticket (peerdex1...) that opens it. Give the
+    /// ticket to whoever may read the file: `peerdex get TICKET`.
+    #[arg(long)]
+    pub(crate) private: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub(crate) struct PrivateArgs {
+    #[command(subcommand)]
+    pub(crate) action: Option<PrivateAction>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub(crate) enum PrivateAction {
+    /// Remove a private file: its key, your PServer's ciphertext (withdrawn
+    /// from the network, its pin ended) and the plaintext opened there.
+    /// Tickets already given keep opening copies others still hold.
+    Rm {
+        /// The ciphertext's id, as `peerdex private` shows it (a unique
+        /// prefix works too).
+        #[arg(value_name = "ID")]
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -271,8 +310,10 @@ pub(crate) struct GetArgs {
     /// The file's name (exact: its path in the holder's share, e.g.
     /// `Music/Album/01 Track.mp3`) or its 64-character id. In the shell, a
     /// short id from the last search works too. The file is stored under
-    /// the same path in your share folder.
-    #[arg(value_name = "NAME|ID", required_unless_present = "folder")]
+    /// the same path in your share folder. A ticket (peerdex1...) fetches
+    /// a private file and stores its plaintext in your PServer's private
+    /// folder (PSERVER_PRIVATE_DIR), never in the shared one.
+    #[arg(value_name = "NAME|ID|TICKET", required_unless_present = "folder")]
     pub(crate) target: Option<String>,
 
     /// Fetch every file under a folder of one peer's share instead (e.g.

@@ -12,7 +12,9 @@
 //!   and key ids of credentials.
 //! * [`range`] — the `Range` header parser of the peer API.
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
-//!   `pserver` and the `peerdex` client.
+//!   `pserver` and the `peerdex` client; [`private`] those of private files.
+//! * [`ticket`] — the ticket of a private file: its versioned, checksummed
+//!   text form (`peerdex1…`), and the name its ciphertext is announced under.
 //!
 //! This crate does no I/O: runtime pieces shared by the servers (files,
 //! settings, rate limits, TLS) are `peerdex-common`'s.
@@ -20,8 +22,10 @@
 pub mod convert;
 pub mod identity;
 pub mod network;
+pub mod private;
 pub mod range;
 pub mod rest;
+pub mod ticket;
 pub mod tree;
 pub mod types;
 

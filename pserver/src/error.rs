@@ -89,6 +89,11 @@ pub enum Error {
         "this peer (re)started and has not yet received the directory's list of departed peers; it accepts credentials once it has (it comes with its Join)"
     )]
     NotReady,
+    /// A private file asked for without its ticket (403).
+    #[error(
+        "file {id} is private (encrypted by its owner): it opens only with its ticket; ask the owner for it (`peerdex private` lists them) and run `peerdex get <ticket>`"
+    )]
+    NeedsTicket { id: FileId },
     #[error("request already made {hops} hops; neighbours do not forward")]
     LoopDetected { hops: u32 },
     #[error("i/o error: {0}")]
@@ -127,6 +132,11 @@ pub enum Invalid {
     OneTarget,
     #[error("give exactly one of file_id, name and folder")]
     OneDownloadTarget,
+    /// A ticket that breaks the form the OpenAPI document gives it
+    /// (prefix, alphabet, length); one of that form that still does not
+    /// decode names no file: [`Missing::Ticket`].
+    #[error(transparent)]
+    Ticket(peerdex_proto::ticket::TicketError),
     #[error("{header} must be a small number")]
     Hops { header: &'static str },
     #[error("bad JSON body: {0}")]
@@ -161,6 +171,10 @@ pub enum Missing {
         "no live peer shares a folder \"{folder}\" (a path in its share, e.g. Music/Album); try `search` with its words"
     )]
     NoFolder { folder: FileName },
+    #[error(
+        "no live peer holds the private file of this ticket (id {id}): its owner and the peers keeping copies of it are offline, or it was removed"
+    )]
+    NoPrivateHolder { id: FileId },
     #[error("no live peer other than this one shares file {id}")]
     NoOtherHolder { id: FileId },
     #[error("file {id} is not shared here")]
@@ -171,6 +185,16 @@ pub enum Missing {
     Gone { id: FileId },
     #[error("file {id} changed on disk; it will be re-hashed")]
     Changed { id: FileId },
+    /// A ticket of the right form that does not decode (checksum,
+    /// version, fields): it names no file.
+    #[error(transparent)]
+    Ticket(peerdex_proto::ticket::TicketError),
+    #[error("this PServer holds no key of a private file {id}; `peerdex private` lists them")]
+    NotPrivate { id: FileId },
+    #[error(
+        "no plaintext of private file {id} in the private folder: fetch it with its ticket first (`peerdex get <ticket>`)"
+    )]
+    NotOpened { id: FileId },
     #[error("file {id} is no longer held here as a replica")]
     ReplicaGone { id: FileId },
     /// The directory says so, in its words.
@@ -350,6 +374,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::NotReady => "not_ready",
             Error::LoopDetected { .. } => "loop_detected",
+            Error::NeedsTicket { .. } => "needs_ticket",
             Error::Io(_) | Error::Internal(_) => "internal",
         }
     }
@@ -391,7 +416,7 @@ impl ResponseError for Error {
             Error::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Forbidden(_) | Error::NeedsTicket { .. } => StatusCode::FORBIDDEN,
             Error::Busy { .. } | Error::Unavailable(_) | Error::NotReady => {
                 StatusCode::SERVICE_UNAVAILABLE
             }

@@ -33,6 +33,10 @@
 //!   the data folder (peer id, temp files), `replicas` (the replica space,
 //!   `data/replicas/`), `space` (the reserve `PSERVER_MIN_FREE_BYTES`,
 //!   clear errors on a full disk).
+//! * `private/` — private files: the STREAM encryption (`crypt`), the
+//!   keys at rest and the private folder (`vault`); their ciphertexts are
+//!   the store's (`store/blobs`), fetched by `download/private`, reached
+//!   through `control/private`.
 //! * `download/` — download jobs (`start`, `run`, `fetch`, `jobs`), the
 //!   replica worker (`replicas`: the directory's FETCH and DROP tasks, which
 //!   the lease loop sends it over a channel) and the verified engine
@@ -69,6 +73,7 @@ mod identity;
 mod link;
 mod metrics;
 mod peer;
+mod private;
 mod rate;
 mod rt;
 mod store;
@@ -118,6 +123,7 @@ pub async fn run(
     let watch = store::watch::ShareWatch::start(store.share_dir());
     let store = tokio::task::spawn_blocking(move || {
         let held = store.load_replicas().map_err(StartError::ReplicaSpace)?;
+        store.load_blobs().map_err(StartError::PrivateBlobs)?;
         if held > 0 || quota > 0 {
             tracing::info!(
                 replicas = held,
@@ -131,6 +137,12 @@ pub async fn run(
     })
     .await
     .map_err(StartError::Task)??;
+    let vault = Arc::new(private::Vault::open(
+        store.data_dir(),
+        &config.private_dir,
+        store.share_dir(),
+        config.public_url.clone(),
+    )?);
     let network = Arc::new(peer::network::Network::new(config.link.join_secret.clone()));
     let central = link::Central::new(
         &config.link.centrals,
@@ -276,7 +288,19 @@ pub async fn run(
         )),
     };
     let api_srv = HttpServer::new({
-        let (store, central, lookup, uploads, downloads, rt, withdraw, metrics, replicas, wants) = (
+        let (
+            store,
+            central,
+            lookup,
+            uploads,
+            downloads,
+            rt,
+            withdraw,
+            metrics,
+            replicas,
+            wants,
+            vault,
+        ) = (
             store.clone(),
             central.clone(),
             lookup.clone(),
@@ -287,6 +311,7 @@ pub async fn run(
             metrics.clone(),
             replicas.clone(),
             wants.clone(),
+            vault.clone(),
         );
         move || {
             App::new()
@@ -301,6 +326,7 @@ pub async fn run(
                 .app_data(web::Data::new(metrics.clone()))
                 .app_data(web::Data::new(replicas.clone()))
                 .app_data(web::Data::new(wants.clone()))
+                .app_data(web::Data::from(vault.clone()))
                 .app_data(json_config())
                 .app_data(query_config())
                 .wrap(middleware::from_fn(control::guard))
@@ -410,6 +436,8 @@ pub enum StartError {
     ApiKey(#[source] std::io::Error),
     #[error("cannot read the replica space in PSERVER_DATA_DIR: {0}")]
     ReplicaSpace(#[source] std::io::Error),
+    #[error("cannot read the ciphertexts of private files in PSERVER_DATA_DIR/private-blobs: {0}")]
+    PrivateBlobs(#[source] std::io::Error),
     #[error("cannot read PSERVER_SHARE_DIR: {0}")]
     ShareDir(#[source] std::io::Error),
     #[error("cannot read the wanted files (wants.json) in PSERVER_DATA_DIR: {0}")]
@@ -423,6 +451,9 @@ pub enum StartError {
     HttpClient(reqwest::Error),
     #[error(transparent)]
     Tls(#[from] tls::PemFileError),
+    /// `PSERVER_PRIVATE_DIR` or the keys of private files.
+    #[error(transparent)]
+    Private(#[from] private::VaultError),
 }
 
 /// Publish files dropped into the share folder and withdraw removed ones:

@@ -1094,9 +1094,108 @@
     }
   }
 
+  // ---------------------------------------------------------- Private files
+
+  async function loadPrivate() {
+    try {
+      const list = await apiJson('/api/v1/private');
+      showError($('private-error'), null);
+      const rows = list.files.map(privateRow);
+      $('private-table').tBodies[0].replaceChildren(...rows);
+      show($('private-table'), rows.length > 0);
+      show($('private-empty'), rows.length === 0);
+      setText($('private-dir'), `Opened files are stored in ${list.private_dir} (never shared).`);
+    } catch (err) {
+      showError($('private-error'), err);
+    }
+  }
+
+  function privateRow(f) {
+    const button = (label, cls, onClick) => {
+      const b = el('button', { type: 'button', className: cls }, label);
+      b.setAttribute('aria-label', `${label} ${f.name}`);
+      b.addEventListener('click', () => onClick(b));
+      return b;
+    };
+    const actions = el('td', { className: 'actions' },
+      button('Copy ticket', 'secondary copy-ticket', (b) => copyText(f.ticket, b)));
+    if (f.saved_as) {
+      actions.append(button('Save', 'secondary save', (b) => savePrivate(f, b)));
+    }
+    actions.append(button('Remove', 'danger secondary remove', async (b) => {
+      b.disabled = true;
+      try {
+        await api(`/api/v1/private/${encodeURIComponent(f.file_id)}`, { method: 'DELETE' });
+      } catch (err) {
+        showError($('private-error'), err);
+      }
+      loadPrivate();
+    }));
+    return el('tr', { dataset: { fileId: f.file_id, name: f.name } },
+      el('td', { className: 'name' }, nameNode(f.name, false)),
+      el('td', { className: 'num', title: `${f.size} bytes` }, humanSize(f.size)),
+      el('td', {}, f.origin === 'owned' ? 'yours' : 'received'),
+      el('td', {}, el('code', { className: 'id', title: f.file_id }, shortId(f.file_id))),
+      actions);
+  }
+
+  async function savePrivate(f, button) {
+    button.disabled = true;
+    try {
+      const resp = await api(`/api/v1/private/${encodeURIComponent(f.file_id)}/content`);
+      const url = URL.createObjectURL(await resp.blob());
+      const a = el('a', { href: url, download: f.saved_as, className: 'sr-only' });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+    } catch (err) {
+      showError($('private-error'), err);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  async function fetchTicket(ev) {
+    ev.preventDefault();
+    const ticket = $('ticket-input').value.trim();
+    showError($('ticket-error'), null);
+    $('ticket-submit').disabled = true;
+    try {
+      const job = await postJson('/api/v1/private/fetch', { ticket });
+      $('ticket-input').value = '';
+      transfers.highlight = job.job_id;
+      upsertJob(job);
+      location.hash = '#transfers';
+    } catch (err) {
+      showError($('ticket-error'), err);
+    } finally {
+      $('ticket-submit').disabled = false;
+    }
+  }
+
+  async function uploadPrivate(file) {
+    const note = $('private-upload');
+    show(note, true);
+    showError($('private-error'), null);
+    setText(note, `encrypting and uploading ${file.name} (${humanSize(file.size)})…`);
+    try {
+      const f = await apiJson(`/api/v1/private?name=${encodeURIComponent(file.name)}`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/octet-stream' },
+        body: file,
+      });
+      setText(note, `${f.name} is private, id ${shortId(f.file_id)}: give its ticket (Copy ticket) to whoever may read it.`);
+      loadPrivate();
+    } catch (err) {
+      show(note, false);
+      showError($('private-error'), err);
+    }
+  }
+
   // ----------------------------------------------------------------- Router
 
-  const ROUTES = ['search', 'transfers', 'wanted', 'files', 'network'];
+  const ROUTES = ['search', 'transfers', 'wanted', 'files', 'private', 'network'];
 
   function currentRoute() {
     const r = location.hash.replace(/^#/, '');
@@ -1110,9 +1209,10 @@
       if (a.dataset.route === r) a.setAttribute('aria-current', 'page');
       else a.removeAttribute('aria-current');
     }
-    document.title = `peerdex · ${{ search: 'Search', transfers: 'Transfers', wanted: 'Wanted', files: 'My files', network: 'Network' }[r]}`;
+    document.title = `peerdex · ${{ search: 'Search', transfers: 'Transfers', wanted: 'Wanted', files: 'My files', private: 'Private', network: 'Network' }[r]}`;
     document.body.dataset.route = r;
     if (r === 'files') loadFiles();
+    if (r === 'private') loadPrivate();
     if (r === 'transfers') flashHighlight();
     if (r === 'search' && !tokenWaiter) $('search-input').focus();
     networkPolling();
@@ -1131,6 +1231,12 @@
       if (search.next) runSearch(search.q, search.next);
     });
     wireDropZone();
+    $('ticket-form').addEventListener('submit', fetchTicket);
+    $('private-input').addEventListener('change', () => {
+      const input = $('private-input');
+      if (input.files.length) uploadPrivate(input.files[0]);
+      input.value = '';
+    });
     window.addEventListener('hashchange', route);
     document.addEventListener('visibilitychange', networkPolling);
     route();

@@ -1,6 +1,11 @@
 //! `get`: have the PServer download a file (by id, short id or exact
 //! name), follow the job live, and with `-o` copy the stored file out.
 //!
+//! A ticket (`peerdex1…`) fetches a private file instead: checked here
+//! first (a cut-off or mistyped ticket is refused before anything is
+//! asked), then fetched and opened by the PServer into its private folder,
+//! and with `-o` copied out from there.
+//!
 //! The output path is checked before the download starts and again once
 //! the name is known; the copy goes through a temp file in the same folder,
 //! renamed into place only when every byte arrived.
@@ -9,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use peerdex_proto::rest::{DownloadRequest, Job, JobState, SearchHit};
+use peerdex_proto::ticket::Ticket;
 use peerdex_proto::{FileId, FileName};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
@@ -32,6 +38,9 @@ pub(super) async fn run(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
         return get_folder(ctx, folder).await;
     }
     let target = args.target.clone().unwrap_or_default();
+    if let Some(ticket) = as_ticket(&target)? {
+        return get_private(ctx, &args, ticket).await;
+    }
     let request = download_request(&target, &ctx.last_hits)?;
     if let Some(out) = &args.output {
         check_output(out, args.force, None)?;
@@ -64,7 +73,8 @@ pub(super) async fn run(ctx: &Ctx, args: GetArgs) -> anyhow::Result<()> {
     if let Some(out) = &args.output {
         let name = job.name.as_deref().unwrap_or(&file_id);
         let dest = check_output(out, args.force, Some(name))?;
-        save_content(ctx, &file_id, size, &dest, args.force).await?;
+        let resp = ctx.api.file_content(&file_id).await?;
+        save_content(ctx, resp, &file_id, size, &dest, args.force).await?;
         if !ctx.json {
             eprintln!("saved to {}", dest.display());
         }
@@ -123,6 +133,73 @@ async fn get_folder(ctx: &Ctx, folder: &str) -> anyhow::Result<()> {
         folder,
         ctx.cmd("ls")
     );
+    Ok(())
+}
+
+/// A ticket, checked: `None` when `target` does not look like one.
+fn as_ticket(target: &str) -> anyhow::Result<Option<(String, Ticket)>> {
+    let t = target.trim();
+    let prefix = peerdex_proto::ticket::PREFIX;
+    if !t
+        .get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    {
+        return Ok(None);
+    }
+    let ticket: Ticket = t.parse()?;
+    Ok(Some((t.to_owned(), ticket)))
+}
+
+/// `get TICKET`: fetch and open a private file, then with `-o` copy its
+/// plaintext out of the private folder.
+async fn get_private(
+    ctx: &Ctx,
+    args: &GetArgs,
+    (text, ticket): (String, Ticket),
+) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        check_output(out, args.force, None)?;
+    }
+    let job = ctx.api.fetch_private(&text).await?;
+    let job = follow(ctx, job).await?;
+    let what = ticket.name.to_string();
+    match job.state {
+        JobState::Done => {}
+        JobState::Failed => bail!(
+            "private file {} could not be fetched: {}",
+            quoted(&what),
+            job.error.as_deref().unwrap_or("no reason given")
+        ),
+        _ => bail!("fetch of private file {} was cancelled", quoted(&what)),
+    }
+    let file_id = ticket.file_id.to_hex();
+    if !ctx.json {
+        outln!(
+            "{file_id}  {:>10}  {}  (private)",
+            human_size(ticket.size),
+            crate::output::name(&what)
+        );
+    }
+    let mut saved_to = None;
+    if let Some(out) = &args.output {
+        let dest = check_output(out, args.force, Some(&what))?;
+        let resp = ctx.api.private_content(&file_id).await?;
+        save_content(ctx, resp, &file_id, ticket.size, &dest, args.force).await?;
+        if !ctx.json {
+            eprintln!("saved to {}", dest.display());
+        }
+        saved_to = Some(dest.display().to_string());
+    } else if !ctx.json {
+        eprintln!(
+            "stored in your PServer's private folder (PSERVER_PRIVATE_DIR; never shared); `peerdex private` lists it"
+        );
+    }
+    if ctx.json {
+        ctx.print_json(&GetReport {
+            job: &job,
+            saved_to,
+        })?;
+    }
     Ok(())
 }
 
@@ -214,6 +291,7 @@ fn parent_dir(path: &Path) -> PathBuf {
 /// the same folder, renamed into place only once every byte arrived.
 async fn save_content(
     ctx: &Ctx,
+    mut resp: reqwest::Response,
     file_id: &str,
     size: u64,
     dest: &Path,
@@ -226,7 +304,6 @@ async fn save_content(
         .tempfile_in(&dir)
         .map_err(|e| anyhow!("cannot create a file in {}: {e}", dir.display()))?;
     let mut out = tokio::fs::File::from_std(temp.as_file().try_clone()?);
-    let mut resp = ctx.api.file_content(file_id).await?;
     let bar = ctx.term.bytes_bar(Some(size));
     bar.set_prefix(format!("writing {}", dest.display()));
     let mut written = 0u64;

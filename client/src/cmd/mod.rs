@@ -13,6 +13,7 @@ mod info;
 mod jobs;
 mod ls;
 mod pins;
+mod private;
 mod replicate;
 mod rm;
 mod search;
@@ -63,6 +64,7 @@ async fn dispatch(ctx: &mut Ctx, command: Command) -> anyhow::Result<()> {
         Command::Want(a) => wants::want(ctx, a).await,
         Command::Wants => wants::list(ctx).await,
         Command::Unwant(a) => wants::unwant(ctx, a).await,
+        Command::Private(a) => private::run(ctx, a).await,
         Command::Completions(a) => completions::run(a),
     }
 }

@@ -4,6 +4,11 @@
 //! share name) before anything is sent, so a typo costs no transfer. One
 //! failed file does not stop the others; the PServer being unreachable does.
 //!
+//! With `--private` each file is sealed by the PServer with a fresh key:
+//! only its ciphertext is stored and announced, and the command prints the
+//! ticket that opens it (`ticket` beside `file_id`, the ciphertext's id,
+//! in the JSON).
+//!
 //! With `--replicas N` each uploaded file is then pinned to N live copies
 //! (as `replicate` does). A refused pin leaves the upload in place: the
 //! command says the file is shared but not pinned, and why, and exits 1.
@@ -13,7 +18,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail};
 use futures_util::TryStreamExt;
 use peerdex_proto::FileName;
-use peerdex_proto::rest::{PinRequest, PinStatus};
+use peerdex_proto::rest::{FileInfo, PinRequest, PinStatus};
 use serde::Serialize;
 
 use super::Ctx;
@@ -36,6 +41,10 @@ struct UploadedJson {
     size: u64,
     /// False when identical content was already shared under that name.
     created: bool,
+    /// With `--private`: the ticket that opens the file (`file_id` is
+    /// the ciphertext's id).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ticket: Option<String>,
     /// With `--replicas`: the pin the directory keeps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pin: Option<PinStatus>,
@@ -65,6 +74,7 @@ struct TooLarge(String);
 
 pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
     let replicas = args.replicas.filter(|&n| n >= 2);
+    let private = args.private;
     let items = tokio::task::spawn_blocking(move || collect_uploads(&args)).await??;
     if items.is_empty() {
         bail!("nothing to upload: the folders given contain no files");
@@ -86,18 +96,25 @@ pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
             ))
             .into())
         } else {
-            upload_one(ctx, &item).await
+            upload_one(ctx, &item, private).await
         };
         match result {
-            Ok(up) => {
+            Ok((up, ticket)) => {
                 if !ctx.json {
-                    let note = if up.created { "" } else { "  (already shared)" };
+                    let note = match (&ticket, up.created) {
+                        (Some(_), _) => "  (private)",
+                        (None, true) => "",
+                        (None, false) => "  (already shared)",
+                    };
                     outln!(
                         "{}  {:>10}  {}{note}",
                         up.file.file_id,
                         human_size(up.file.size),
                         sanitize(&up.file.name)
                     );
+                    if let Some(t) = &ticket {
+                        outln!("  ticket: {t}");
+                    }
                 }
                 let mut pin = None;
                 if let Some(n) = replicas {
@@ -130,6 +147,7 @@ pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
                     name: up.file.name,
                     size: up.file.size,
                     created: up.created,
+                    ticket,
                     pin,
                 });
             }
@@ -162,6 +180,10 @@ pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
     }
     if ctx.json {
         ctx.print_json(&report)?;
+    } else if private && !report.files.is_empty() {
+        eprintln!(
+            "only the ciphertext left your PServer; whoever has a ticket reads the file: peerdex get TICKET (peerdex private lists them)"
+        );
     }
     match (report.errors.len(), report.pin_errors.len()) {
         (0, 0) => Ok(()),
@@ -176,7 +198,11 @@ pub(super) async fn run(ctx: &Ctx, args: UploadArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn upload_one(ctx: &Ctx, item: &UploadItem) -> anyhow::Result<api::Uploaded> {
+async fn upload_one(
+    ctx: &Ctx,
+    item: &UploadItem,
+    private: bool,
+) -> anyhow::Result<(api::Uploaded, Option<String>)> {
     *ctx.interrupt_note.lock().unwrap() = Some(format!(
         "interrupted while uploading {}; it was not stored (files finished before it stay shared)",
         item.path.display()
@@ -190,9 +216,28 @@ async fn upload_one(ctx: &Ctx, item: &UploadItem) -> anyhow::Result<api::Uploade
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
         .inspect_ok(move |chunk| counted.inc(chunk.len() as u64));
     let body = reqwest::Body::wrap_stream(stream);
+    if private {
+        let result = ctx
+            .api
+            .upload_private(item.name.as_str(), item.size, body)
+            .await;
+        bar.finish_and_clear();
+        let p = result?;
+        let file = FileInfo {
+            file_id: p.file_id,
+            name: p.name,
+            size: p.size,
+            lookalike: false,
+        };
+        let up = api::Uploaded {
+            file,
+            created: true,
+        };
+        return Ok((up, Some(p.ticket)));
+    }
     let result = ctx.api.upload(item.name.as_str(), item.size, body).await;
     bar.finish_and_clear();
-    Ok(result?)
+    Ok((result?, None))
 }
 
 fn collect_uploads(args: &UploadArgs) -> anyhow::Result<Vec<UploadItem>> {
@@ -285,6 +330,7 @@ mod tests {
             recursive,
             name: name.map(str::to_owned),
             replicas: None,
+            private: false,
         };
         let e = collect_uploads(&args(vec![dir.path().into()], false, None))
             .err()

@@ -50,6 +50,13 @@ pub struct Args {
     #[arg(long, env = "PSERVER_DATA_DIR", default_value = defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 
+    /// Folder where private files fetched with a ticket (`peerdex get
+    /// TICKET`) are stored in the clear: never scanned, served or
+    /// announced. Must be outside PSERVER_SHARE_DIR. Default:
+    /// PSERVER_DATA_DIR/private.
+    #[arg(long, env = "PSERVER_PRIVATE_DIR")]
+    pub private_dir: Option<PathBuf>,
+
     /// gRPC URL of the central directory, or a comma-separated list of
     /// the centrals that serve one directory (at most 16): the PServer picks
     /// one at random, stays with it while it answers, and moves to the next
@@ -311,6 +318,9 @@ impl Args {
         let c = Config {
             public_url,
             share_dir: self.share_dir,
+            private_dir: self
+                .private_dir
+                .unwrap_or_else(|| self.data_dir.join(defaults::PRIVATE_SUBDIR)),
             data_dir: self.data_dir,
             link: LinkConfig {
                 centrals,

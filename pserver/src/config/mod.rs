@@ -29,6 +29,8 @@ pub mod defaults {
     pub const PEER_ADDR: &str = "0.0.0.0:7071";
     pub const SHARE_DIR: &str = "./data/share";
     pub const DATA_DIR: &str = "./data/pserver";
+    /// `PSERVER_PRIVATE_DIR` is this folder of the data folder unless set.
+    pub const PRIVATE_SUBDIR: &str = "private";
     pub const CENTRAL_URL: &str = "http://127.0.0.1:50051";
     pub const NEIGHBOUR_TIMEOUT: Duration = Duration::from_secs(3);
     pub const MAX_UPLOAD_BYTES: u64 = 64 << 30;
@@ -57,6 +59,10 @@ pub struct Config {
     pub public_url: PeerUrl,
     pub share_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// Where private files opened with a ticket are stored in the clear
+    /// (`PSERVER_PRIVATE_DIR`, default `data_dir/private`): never scanned,
+    /// served or announced; outside the share folder.
+    pub private_dir: PathBuf,
     /// The directory link: centrals, neighbours, private network.
     pub link: LinkConfig,
     /// The control API for the local client.
@@ -270,6 +276,7 @@ impl Config {
         Self {
             public_url,
             share_dir,
+            private_dir: data_dir.join(defaults::PRIVATE_SUBDIR),
             data_dir,
             link: LinkConfig {
                 centrals: vec![central_url],

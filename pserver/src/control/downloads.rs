@@ -17,6 +17,7 @@ use crate::wants::Wants;
 /// Start downloading a file by id or exact name.
 #[utoipa::path(post, path = "/api/v1/downloads", request_body = DownloadRequest,
     responses((status = 202, body = Job, description = "the job started; follow it at /api/v1/downloads/{job}/events"), (status = 400, body = ApiError, description = "not exactly one of a valid file_id and name"),
+              (status = 403, body = ApiError, description = "a private file's ciphertext (code `needs_ticket`: it opens only with its ticket, through /api/v1/private/fetch); or, as on every operation, a Host header that is not this API's address, a change asked by a page of another site, or a client token of scope read"),
               (status = 404, body = ApiError, description = "no live peer shares it"), (status = 409, body = ApiError, description = "the name matches several contents: see candidates"),
               (status = 429, body = ApiError, description = "the directory or a neighbour rate-limits this peer; see Retry-After"),
               (status = 503, body = ApiError, description = "neither the neighbours nor the central answer")))]

@@ -9,6 +9,7 @@ mod files;
 mod guard;
 mod openapi;
 pub(crate) mod pins;
+mod private;
 mod search;
 mod status;
 pub mod tokens;
@@ -22,6 +23,7 @@ use files::{file_content, list_files, remove_file, upload};
 pub(crate) use guard::guard;
 use openapi::openapi;
 use pins::{list_pins, pin};
+use private::{fetch_private, list_private, private_content, remove_private, upload_private};
 use search::{locate, search};
 use status::{metrics, status};
 use wants::{add_want, list_wants, remove_want};
@@ -50,7 +52,7 @@ pub(crate) struct Control {
 }
 
 pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
-    let content = actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head());
+    let content = content_guard();
     cfg.service(
         web::scope("/api/v1")
             .service(resource("/openapi.json", "GET").route(web::get().to(openapi)))
@@ -91,13 +93,29 @@ pub(crate) fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::post().to(add_want))
                     .route(web::get().to(list_wants)),
             )
-            .service(resource("/wants/{want}", "DELETE").route(web::delete().to(remove_want))),
+            .service(resource("/wants/{want}", "DELETE").route(web::delete().to(remove_want)))
+            .service(
+                resource("/private", "GET, POST")
+                    .route(web::post().to(upload_private))
+                    .route(web::get().to(list_private)),
+            )
+            .service(resource("/private/fetch", "POST").route(web::post().to(fetch_private)))
+            .service(resource("/private/{file}", "DELETE").route(web::delete().to(remove_private)))
+            .service(
+                resource("/private/{file}/content", "GET, HEAD")
+                    .route(web::route().guard(content_guard()).to(private_content)),
+            ),
     )
     .service(resource("/metrics", "GET").route(web::get().to(metrics)))
     .configure(webui::routes)
     .default_service(web::to(|| async {
         Err::<HttpResponse, _>(Error::from(Missing::ControlEndpoint))
     }));
+}
+
+/// GET or HEAD.
+fn content_guard() -> actix_web::guard::AnyGuard {
+    actix_web::guard::Any(actix_web::guard::Get()).or(actix_web::guard::Head())
 }
 
 /// A path of this API: a method it does not have is answered 405 with

@@ -20,9 +20,14 @@ use super::downloads::{
 };
 use super::files::{__path_file_content, __path_list_files, __path_remove_file, __path_upload};
 use super::pins::{__path_list_pins, __path_pin};
+use super::private::{
+    __path_fetch_private, __path_list_private, __path_private_content, __path_remove_private,
+    __path_upload_private,
+};
 use super::search::{__path_locate, __path_search};
 use super::status::__path_status;
 use super::wants::{__path_add_want, __path_list_wants, __path_remove_want};
+use peerdex_proto::private::{PrivateFile, PrivateList, PrivateOrigin, TicketRequest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -54,7 +59,12 @@ never ends: close the connection to stop."
         list_pins,
         add_want,
         list_wants,
-        remove_want
+        remove_want,
+        upload_private,
+        list_private,
+        fetch_private,
+        remove_private,
+        private_content
     ),
     modifiers(&CommonAnswers),
     security(("bearer" = [])),
@@ -90,7 +100,11 @@ never ends: close the connection to stop."
         WantState,
         WantNotice,
         NoticeKind,
-        Events
+        Events,
+        PrivateFile,
+        PrivateList,
+        PrivateOrigin,
+        TicketRequest
     ))
 )]
 struct ApiDoc;

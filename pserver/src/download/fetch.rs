@@ -292,6 +292,13 @@ pub(super) async fn store_and_publish(
 ) -> std::result::Result<(), JobEnd> {
     let (s, p, n, id) = (shared.clone(), path.to_owned(), name.clone(), t.id);
     let m = Manifest::clone(&manifest);
+    if let Dest::Private = dest {
+        // Announced by `private` once it opened with its ticket.
+        tokio::task::spawn_blocking(move || s.store.add_blob(&p, id, m))
+            .await?
+            .map_err(DownloadError::Store)?;
+        return Ok(());
+    }
     if let Dest::Replica { .. } = dest {
         let entry = tokio::task::spawn_blocking(move || s.store.add_replica(&p, id, n, m))
             .await?
@@ -314,8 +321,10 @@ pub(super) async fn store_and_publish(
 /// in the same folders of our share folder), or, if that name is taken
 /// here by a different content, `stem (id12).ext` in the same folder.
 pub(super) fn pick_name(shared: &Engine, t: &Target, dest: &Dest) -> FileName {
-    if let Dest::Replica { name, .. } = dest {
-        return name.clone();
+    match dest {
+        Dest::Replica { name, .. } => return name.clone(),
+        Dest::Private => return peerdex_proto::ticket::private_name(&t.id),
+        Dest::Share => {}
     }
     let base = t.names.first().cloned().unwrap_or_else(|| {
         format!("{}.bin", t.id.short())

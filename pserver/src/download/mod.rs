@@ -14,6 +14,9 @@
 //! * `folder` — a folder of one holder's share as one job: its files, each
 //!   a download of its own under the same relative path, one progress.
 //! * `replicas` — the replica worker: the directory's FETCH and DROP tasks.
+//! * `private` — a private file fetched by ticket: its ciphertext through
+//!   the same engine into `data/private-blobs/`, then opened into the
+//!   private folder (see `crate::private`).
 //! * `engine/` — the verified engine: `scheduler` (the swarm over up to
 //!   `PSERVER_MAX_SOURCES` holders; strikes, back-off, end game), `holder`,
 //!   `chunk` (one request for one chunk, verified against the manifest
@@ -78,6 +81,7 @@ mod engine;
 mod fetch;
 mod folder;
 mod jobs;
+mod private;
 pub(crate) mod replicas;
 mod run;
 mod start;
@@ -256,6 +260,21 @@ impl Downloads {
         .await;
     }
 
+    /// Fetch the ciphertext of the private file of `ticket` (unless held
+    /// here) and open it into the private folder, as a job of the user's
+    /// list (the `POST /api/v1/private/fetch` handler's logic).
+    pub(crate) async fn start_private(
+        &self,
+        ticket: peerdex_proto::ticket::Ticket,
+        vault: Arc<crate::private::Vault>,
+    ) -> Result<Job> {
+        let engine = self.0.clone();
+        self.0
+            .rt
+            .run(async move { private::start(&engine, ticket, vault).await })
+            .await
+    }
+
     /// Resume every partial download found in the data folder (call once
     /// at start).
     pub(crate) fn resume_partials(&self) {
@@ -300,6 +319,10 @@ pub(crate) enum DownloadError {
     /// A replica fetch of this file is running already.
     #[error("a fetch of file {id} is running already")]
     AlreadyFetching { id: FileId },
+    /// A private file's ciphertext arrived verified but does not open
+    /// with the ticket, or the private folder cannot take it.
+    #[error("{0}")]
+    Private(crate::private::OpenError),
 }
 
 impl DownloadError {
@@ -311,6 +334,7 @@ impl DownloadError {
                 | DownloadError::Store(_)
                 | DownloadError::LargerThanSaid { .. }
                 | DownloadError::AlreadyFetching { .. }
+                | DownloadError::Private(_)
         )
     }
 }
@@ -330,6 +354,9 @@ pub(crate) enum Dest {
     /// A replica for the directory: into the replica space under `name`,
     /// at most `max_size` bytes.
     Replica { name: FileName, max_size: u64 },
+    /// A private file's ciphertext: into `data/private-blobs/`, not
+    /// announced until it opened (see `private`).
+    Private,
 }
 
 /// Validated answer of a locate: what to fetch and from whom.

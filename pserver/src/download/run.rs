@@ -29,6 +29,7 @@ pub(super) fn partial_dir(shared: &Engine, dest: &Dest) -> PathBuf {
     match dest {
         Dest::Share => shared.store.data_dir().join("partial"),
         Dest::Replica { .. } => shared.store.replica_partial_dir(),
+        Dest::Private => shared.store.blob_partial_dir(),
     }
 }
 
@@ -254,7 +255,10 @@ pub(super) async fn drive(
     h.update(|j| {
         j.state = JobState::Downloading;
         j.file_id = Some(t.id.to_hex());
-        j.name = Some(name.to_string());
+        // A private job shows the plaintext's name, set when it started.
+        if !matches!(dest, Dest::Private) {
+            j.name = Some(name.to_string());
+        }
         j.bytes_total = Some(t.size);
     });
     let dir = partial_dir(shared, dest);
@@ -303,6 +307,9 @@ pub(super) async fn drive(
     store_and_publish(shared, h, &t, &name, partial.part_path(), manifest, dest).await?;
     if let Some(p) = slot.take() {
         p.discard().await; // its state files; the .part became the shared file
+    }
+    if matches!(dest, Dest::Private) {
+        return Ok(()); // done once opened (see `private`)
     }
     // Done only now: nothing of the download is left in the data folder.
     h.update(|j| {

@@ -12,6 +12,7 @@ use super::run::{Begin, spawn_job};
 use super::{Dest, Engine, Target};
 use crate::error::{Error, Invalid, Missing, Result};
 use crate::link::lookup::LocateTarget;
+use peerdex_proto::ticket::{PRIVATE_SUFFIX, is_private_name};
 
 pub(super) fn validate(f: &LocatedFile, own_peer: &str) -> Option<Target> {
     let id: FileId = f.file_id.parse().ok()?;
@@ -57,6 +58,25 @@ pub(super) async fn start(
     };
     if let Some(entry) = local {
         return Ok(finished_job(shared, req, entry.id, entry.name));
+    }
+    // A private file's ciphertext (held here, or as the directory names
+    // it) opens only with its ticket: never copied into the share folder.
+    if let LocateTarget::Name(n) = &target
+        && let Some(id) = n
+            .as_str()
+            .strip_suffix(PRIVATE_SUFFIX)
+            .and_then(|hex| hex.parse::<FileId>().ok())
+    {
+        return Err(Error::NeedsTicket { id });
+    }
+    if let LocateTarget::Id(id) = &target
+        && (shared.store.blob(id).is_some()
+            || shared
+                .store
+                .replica(id)
+                .is_some_and(|r| is_private_name(id, r.name.as_str())))
+    {
+        return Err(Error::NeedsTicket { id: *id });
     }
     // Held here as a replica: the user's copy is made from it, whatever
     // the directory says (this peer may hold the last live copy).
@@ -119,6 +139,9 @@ pub(super) async fn start(
         }
         .into());
     };
+    if !t.names.is_empty() && t.names.iter().all(|n| is_private_name(&t.id, n.as_str())) {
+        return Err(Error::NeedsTicket { id: t.id });
+    }
     if let LocateTarget::Name(n) = &target {
         t.prefer_name(n.clone());
     }

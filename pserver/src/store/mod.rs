@@ -12,6 +12,11 @@
 //!   <file id>        one verified replica, named by its id
 //!   index.json       file id → name, size, mtime, manifest (like the hash cache)
 //!   partial/         replica fetches in progress (see `crate::download`)
+//! private-blobs/   ciphertexts of private files (see `blobs`), like replicas
+//!   <file id>        one verified ciphertext, named by its id
+//!   index.json       file id → size, mtime, manifest
+//!   partial/         fetches by ticket in progress; emptied at start
+//! private-keys.json  keys of private files, 0600 (see `crate::private`)
 //! ```
 //! Replicas are copies of other peers' files that the directory asked this
 //! peer to keep (`PSERVER_REPLICA_QUOTA_BYTES`, see `crate::download::replicas`).
@@ -48,6 +53,7 @@
 //! hidden files (a leading `.`, our own temp files too) are left out
 //! quietly, by design.
 
+mod blobs;
 mod hashing;
 mod replicas;
 mod scan;
@@ -138,12 +144,16 @@ pub struct Store {
     tmp_dir: PathBuf,
     /// `data/replicas/`: replicas held for the directory.
     replica_dir: PathBuf,
+    /// `data/private-blobs/`: ciphertexts of private files (see `blobs`).
+    blob_dir: PathBuf,
     files: Mutex<BTreeMap<FileName, Entry>>,
     /// Files of the share folder the last rescan could not share: name on
     /// disk → why. Each is logged when it first appears here.
     unshared: Mutex<BTreeMap<std::ffi::OsString, String>>,
     /// Replicas held, by id (one name each: the one the directory gave).
     replicas: Mutex<BTreeMap<FileId, Entry>>,
+    /// Ciphertexts of private files held, by id.
+    blobs: Mutex<BTreeMap<FileId, Entry>>,
     /// Ids withdrawn because their bytes failed verification, so requests
     /// for them are told why (bounded: forgotten past [`MAX_QUARANTINED`]).
     quarantined: Mutex<std::collections::HashSet<FileId>>,
@@ -172,11 +182,15 @@ impl Store {
         fs::create_dir_all(&tmp_dir)?;
         let replica_dir = data_dir.join("replicas");
         fs::create_dir_all(&replica_dir)?;
+        let blob_dir = data_dir.join("private-blobs");
+        fs::create_dir_all(&blob_dir)?;
         let store = Self {
             share_dir,
             data_dir,
             tmp_dir,
             replica_dir,
+            blob_dir,
+            blobs: Mutex::new(BTreeMap::new()),
             files: Mutex::new(BTreeMap::new()),
             unshared: Mutex::new(BTreeMap::new()),
             replicas: Mutex::new(BTreeMap::new()),
@@ -245,8 +259,8 @@ impl Store {
     }
 
     /// Everything this peer holds, as announced to the directory: the
-    /// shared files, and the replicas (`replica = true`) whose content the
-    /// user does not share too.
+    /// shared files, the replicas (`replica = true`) whose content the
+    /// user does not share too, and the ciphertexts of private files.
     pub fn inventory(&self) -> Vec<SharedFile> {
         let files = self.files.lock().unwrap();
         let mut all: Vec<SharedFile> = files.values().map(Entry::to_shared).collect();
@@ -260,6 +274,7 @@ impl Store {
                 .filter(|r| !owned.contains(&r.id))
                 .map(Entry::to_shared),
         );
+        all.extend(self.blobs().iter().map(Entry::to_shared));
         all
     }
 
@@ -297,6 +312,8 @@ impl Store {
         let entry = self.shared(id)?;
         let (dir, path) = if entry.replica {
             (&self.replica_dir, self.replica_dir.join(id.to_hex()))
+        } else if self.blob(id).is_some_and(|b| b.name == entry.name) {
+            (&self.blob_dir, self.blob_path(id))
         } else {
             (&self.share_dir, self.share_path(&entry))
         };
@@ -428,10 +445,11 @@ impl Store {
         Ok(Added::New)
     }
 
-    /// The entry of `id` (a shared file, else a replica), or `NotFound`
-    /// saying why it is not shared here.
+    /// The entry of `id` (a shared file, else a replica, else a private
+    /// file's ciphertext), or `NotFound` saying why it is not shared here.
     pub fn shared(&self, id: &FileId) -> Result<Entry> {
-        self.by_id(id).or_else(|| self.replica(id)).ok_or_else(|| {
+        let found = self.by_id(id).or_else(|| self.replica(id));
+        found.or_else(|| self.blob(id)).ok_or_else(|| {
             let id = *id;
             Error::from(if self.quarantined.lock().unwrap().contains(&id) {
                 Missing::Rotten { id }
@@ -451,6 +469,9 @@ impl Store {
         // A rotten replica is simply deleted: the directory has another
         // volunteer fetch a good copy.
         removed.extend(self.remove_replica(id));
+        // So is a rotten ciphertext: its key stays, and a fetch by ticket
+        // gets a good copy from another holder.
+        removed.extend(self.remove_blob(id));
         if !removed.is_empty() {
             let mut q = self.quarantined.lock().unwrap();
             if q.len() >= MAX_QUARANTINED {

@@ -18,6 +18,7 @@ mod metrics;
 mod names;
 mod neighbour_limits;
 mod openapi;
+mod private;
 mod private_network;
 mod replicas;
 mod replication;
