@@ -32,7 +32,7 @@ pub struct PrivateFile {
     #[schema(schema_with = schema::file_id)]
     pub file_id: String,
     /// The plaintext's name (never sent to the directory or other peers).
-    #[schema(schema_with = schema::file_name)]
+    #[schema(schema_with = schema::file_component)]
     pub name: String,
     /// The plaintext's size in bytes.
     pub size: u64,
@@ -91,7 +91,7 @@ impl IntoParams for PrivateUploadQuery {
                 .description(Some(
                     "the plaintext's name: kept in the ticket only, never announced",
                 ))
-                .schema(Some(schema::file_name()))
+                .schema(Some(schema::file_component()))
                 .build(),
         ]
     }

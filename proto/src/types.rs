@@ -175,6 +175,11 @@ macro_rules! name_component {
     };
 }
 
+/// One component of a [`FileName`] (a file name without folders) as a
+/// JSON Schema pattern: what a private file's name is (its ticket keeps
+/// at most [`MAX_NAME_BYTES`]).
+pub const FILE_COMPONENT_PATTERN: &str = concat!("^", name_component!(), "$");
+
 /// [`FileName`] as a JSON Schema (ECMA-262) pattern, for the OpenAPI
 /// document: components separated by single `/`s, each with no `\`,
 /// control character or invisible character ([`is_invisible`]); not

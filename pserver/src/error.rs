@@ -113,8 +113,10 @@ pub enum Invalid {
     Replicas { given: u32 },
     #[error("invalid job id {given:?}: expected a hyphenated UUID")]
     JobId { given: String },
-    #[error("invalid want id {given:?}: expected a hyphenated UUID (see `peerdex wants`)")]
-    WantId { given: String },
+    #[error(
+        "private file name {name:?} has folders: a private file's name is a file name (no '/'), kept in its ticket"
+    )]
+    PrivateName { name: String },
     #[error("limit is at most {MAX_SEARCH_LIMIT} hits per page")]
     SearchLimit,
     #[error("search query q is empty; give one or more words")]

@@ -286,7 +286,7 @@ mod tests {
         v1::LocatedFile {
             file_id: id.into(),
             size,
-            names: vec!["a.txt".into(), "bad/name".into()],
+            names: vec!["a.txt".into(), "../x".into()],
             holders: (0..holders)
                 .map(|i| v1::Holder {
                     peer_id: uuid::Uuid::from_u128(i as u128 + 1).to_string(),

@@ -157,6 +157,9 @@ struct Inner {
     local: Mutex<Option<(Instant, Arc<Summary>)>>,
     dir: Arc<Directory>,
     metrics: Option<Arc<Metrics>>,
+    /// Bumped whenever a linked island's summary changes (Watch streams
+    /// then ask that island for what they wait for).
+    changed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Links {
@@ -189,8 +192,15 @@ impl Links {
                 local: Mutex::new(None),
                 dir,
                 metrics,
+                changed: tokio::sync::watch::Sender::new(0),
             }),
         }
+    }
+
+    /// Wakes when a linked island's summary changed (a file may have
+    /// appeared there).
+    pub(crate) fn summaries_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changed.subscribe()
     }
 
     /// This island's name (`CENTRAL_ISLAND_NAME`).
@@ -361,6 +371,12 @@ impl Links {
                 }
             }
         };
+        let fresh = summary.as_ref().is_some_and(|n| {
+            lock(&r.state)
+                .summary
+                .as_ref()
+                .is_none_or(|o| o.version != n.version)
+        });
         {
             let mut s = lock(&r.state);
             if s.state != LinkState::Up && !a.private {
@@ -375,6 +391,9 @@ impl Links {
             s.summary = summary;
             s.last_ok = Some(Instant::now());
             s.error = None;
+        }
+        if fresh {
+            self.inner.changed.send_modify(|n| *n += 1);
         }
         self.gauges(r);
     }

@@ -14,7 +14,14 @@
 //! loses its stream with a status that says what to do. The stream also
 //! ends with the peer's lease, when the index is reloaded, and when this
 //! central drains or shuts down.
+//!
+//! Linked islands (`crate::link`): when a linked island's summary changes,
+//! each stream asks the islands whose summary may hold one of its watched
+//! ids or exact names (a one-hop Locate under the link deadline) and
+//! pushes what they hold, once per target and island. Queries watch this
+//! island only.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
 use peerdex_proto::{FileId, FileName, PeerId, v1};
@@ -28,6 +35,7 @@ use super::query::query_words;
 use super::{DirectoryService, bearer, parse_peer};
 use crate::error::{Error, Field, Invalid, Limit, Result};
 use crate::index::TokenHash;
+use crate::link::forward::merge_located;
 use crate::watch::{Batch, Ended, Filter, Match, Registration};
 
 /// Events waiting for a subscriber that does not read; beyond, its
@@ -117,6 +125,11 @@ impl DirectoryService {
         let mut tick = tokio::time::interval(self.inner.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = reg.end.clone();
+        // Linked islands: asked for the watched ids and names when their
+        // summary changes; each (target, island) told once.
+        let mut islands = self.inner.links.summaries_changed();
+        islands.mark_unchanged();
+        let mut told = HashSet::new();
         let status = loop {
             // Biased: batches already fed go out before the stream ends,
             // so a replacing stream (which hears only what is applied
@@ -136,6 +149,11 @@ impl DirectoryService {
                     Err(RecvError::Closed) => break ended(Ended::Closing),
                 },
                 () = end.ended() => break ended(end.why()),
+                Ok(()) = islands.changed() => {
+                    if let Err(s) = self.send_linked(&filter, &mut told, &tx).await {
+                        break s;
+                    }
+                }
                 _ = tick.tick() => {
                     if self.dir().authorize(&peer, &token, Instant::now()).is_err() {
                         break ended(Ended::LeaseOver);
@@ -173,6 +191,69 @@ impl DirectoryService {
                 return Err(Status::cancelled("watch: the subscriber went away"));
             }
             self.dir().watches().pushed();
+        }
+        Ok(())
+    }
+
+    /// Ask the linked islands whose summary may hold a watched id or name
+    /// (one hop, under the link deadline) and queue an event for each
+    /// island that has holders, once per (target, island). Queries are
+    /// not asked of linked islands (a Search of every island at every
+    /// change would cost them a search per watcher).
+    async fn send_linked(
+        &self,
+        filter: &Filter,
+        told: &mut HashSet<(String, String)>,
+        tx: &Sender,
+    ) -> std::result::Result<(), Status> {
+        let limits = self.admission().limits();
+        for (m, target) in filter.targets() {
+            let forwarded = self
+                .inner
+                .links
+                .locate(&target, limits.max_holders as u32)
+                .await;
+            for (island, answer) in forwarded.answers {
+                let key = (format!("{target:?}"), island.clone());
+                if told.contains(&key) {
+                    continue;
+                }
+                let mut files = Vec::new();
+                let mut event = v1::WatchEvent::default();
+                let id = match &m {
+                    Match::Id { file, spelled } => {
+                        event.file_id.clone_from(spelled);
+                        Some(*file)
+                    }
+                    Match::Name(name) => {
+                        event.name = name.to_string();
+                        None
+                    }
+                    Match::Query { .. } => continue,
+                };
+                merge_located(
+                    &mut files,
+                    &island,
+                    answer,
+                    id.as_ref(),
+                    limits.max_holders,
+                    limits.max_page,
+                );
+                if files.is_empty() {
+                    continue;
+                }
+                told.insert(key);
+                event.files = files;
+                if tx.capacity() <= 1 {
+                    return Err(Status::resource_exhausted(format!(
+                        "watch: the subscriber did not read {STREAM_BUFFER} events; stream closed: open Watch again and check each wanted file with Locate"
+                    )));
+                }
+                if tx.try_send(Ok(event)).is_err() {
+                    return Err(Status::cancelled("watch: the subscriber went away"));
+                }
+                self.dir().watches().pushed();
+            }
         }
         Ok(())
     }

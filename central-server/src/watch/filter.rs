@@ -51,6 +51,26 @@ impl Filter {
         }
     }
 
+    /// The ids and exact names watched, as Locate targets: what a linked
+    /// island is asked for when its summary changes.
+    pub(crate) fn targets(&self) -> Vec<(Match, peerdex_proto::v1::locate_request::Target)> {
+        use peerdex_proto::v1::locate_request::Target;
+        let ids = self.ids.iter().map(|(file, spelled)| {
+            (
+                Match::Id {
+                    file: *file,
+                    spelled: spelled.clone(),
+                },
+                Target::FileId(file.to_hex()),
+            )
+        });
+        let names = self
+            .names
+            .iter()
+            .map(|n| (Match::Name(n.clone()), Target::Name(n.to_string())));
+        ids.chain(names).collect()
+    }
+
     /// Subscriptions held (each counts against
     /// `CENTRAL_MAX_WATCHES_PER_PEER`).
     pub(crate) fn len(&self) -> usize {

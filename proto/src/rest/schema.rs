@@ -7,8 +7,8 @@
 use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 
 use crate::types::{
-    FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_PATH_BYTES, MAX_QUERY_BYTES, MAX_REPLICAS,
-    QUERY_PATTERN, UUID_PATTERN,
+    FILE_COMPONENT_PATTERN, FILE_ID_PATTERN, FILE_NAME_PATTERN, MAX_NAME_BYTES, MAX_PATH_BYTES,
+    MAX_QUERY_BYTES, MAX_REPLICAS, QUERY_PATTERN, UUID_PATTERN,
 };
 
 fn string(pattern: &str, min: usize, max: usize, what: &str) -> ObjectBuilder {
@@ -43,6 +43,19 @@ pub fn file_name() -> Object {
          separated by '/', at most 1024 bytes (UTF-8); each component at \
          most 255 bytes, no '\\' or control character, not starting with \
          '.', whitespace or a drive prefix, not ending with whitespace",
+    )
+    .build()
+}
+
+/// A file name without folders (a private file's name).
+pub fn file_component() -> Object {
+    string(
+        FILE_COMPONENT_PATTERN,
+        1,
+        MAX_NAME_BYTES,
+        "a file name: at most 255 bytes (UTF-8), no '/', '\\' or control \
+         character, not starting with '.', whitespace or a drive prefix, \
+         not ending with whitespace",
     )
     .build()
 }

@@ -50,6 +50,13 @@ pub(super) async fn upload_private(
     mut body: web::Payload,
 ) -> Result<HttpResponse> {
     let name: FileName = query.into_inner().name.parse()?;
+    // A private file's name travels in its ticket: a file name, no folders.
+    if name.as_str().contains('/') {
+        return Err(Invalid::PrivateName {
+            name: name.to_string(),
+        }
+        .into());
+    }
     let max = control.max_upload_bytes;
     let too_large = || Error::TooLarge(TooLarge::Upload { max });
     let declared = req

@@ -6,7 +6,7 @@ use peerdex_proto::rest::{ApiError, Want, WantList, WantRequest};
 
 use peerdex_proto::types::parse_hyphenated_uuid;
 
-use crate::error::{Error, Invalid, Result};
+use crate::error::{Error, Missing, Result};
 use crate::wants::Wants;
 
 /// Want a file (by id, or an exact name) or a query: downloaded (or
@@ -40,7 +40,9 @@ pub(super) async fn remove_want(
     path: web::Path<String>,
 ) -> Result<web::Json<Want>> {
     let id = path.into_inner();
-    let uuid = parse_hyphenated_uuid(&id)
-        .ok_or_else(|| Error::from(Invalid::WantId { given: id.clone() }))?;
+    // Want ids are UUIDs: anything else names no want (404, as an
+    // unknown UUID), whatever a client took for one.
+    let uuid =
+        parse_hyphenated_uuid(&id).ok_or_else(|| Error::from(Missing::Want { id: id.clone() }))?;
     Ok(web::Json(wants.remove(&uuid.hyphenated().to_string())?))
 }

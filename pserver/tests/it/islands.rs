@@ -671,3 +671,57 @@ async fn hostile_summaries_and_answers_are_contained() {
     assert!(e.metadata().get("retry-after").is_some());
     drop(c);
 }
+
+/// A want covers linked islands: a peer of island A wants a file by id
+/// before anyone has it; a peer of island B shares it; A's peer has it,
+/// byte-exact, pushed by its Watch stream when B's summary changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_want_is_met_by_a_file_shared_in_a_linked_island() {
+    use peerdex_proto::rest::{WantRequest, WantState};
+    let ca = TestCa::new("want-islands");
+    let leaf = ca.leaf("central");
+    let ((la, ua), (lb, ub)) = (bind().await, bind().await);
+    let (_a, _da) = central(la, linked(&ca, &leaf, "a", &[&ub])).await;
+    let (_b, _db) = central(lb, linked(&ca, &leaf, "b", &[&ua])).await;
+    let pa = TestPeer::start(&ua, &[], trusts(&ca)).await;
+    let pb = TestPeer::start(&ub, &[], trusts(&ca)).await;
+    pa.wait_joined().await;
+    pb.wait_joined().await;
+    wait_link(&ua, &ca, "b", "up").await;
+    let bytes = test_bytes(60_000, 32);
+    let id = blake3_hex(&bytes);
+    let want = pa
+        .api
+        .want(&WantRequest {
+            file: Some(id.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    wait_for("the want to be watched", T, || async {
+        let w = pa.api.wants().await.ok()?;
+        w.wants
+            .iter()
+            .any(|w| w.want_id == want.want_id && w.state == WantState::Waiting)
+            .then_some(())
+    })
+    .await;
+    upload_ok(&pb, "wanted-over-there.bin", bytes.clone()).await;
+    wait_for("the want to be met from island b", T, || async {
+        let w = pa.api.wants().await.ok()?;
+        w.wants
+            .iter()
+            .any(|w| w.want_id == want.want_id && w.state == WantState::Done)
+            .then_some(())
+    })
+    .await;
+    let got = pa
+        .api
+        .file_content(&id)
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(blake3_hex(&got), id);
+}

@@ -190,8 +190,8 @@ async fn wants_survive_a_restart_and_limits_are_refused_by_name() {
         assert_eq!(status, 400, "{bad:?}: {e:?}");
         assert!(e.message.contains(what), "{bad:?}: {}", e.message);
     }
-    let (status, _) = refused(b.api.unwant("not-a-want").await);
-    assert_eq!(status, 400);
+    let (status, e) = refused(b.api.unwant("not-a-want").await);
+    assert_eq!((status, e.code.as_str()), (404, "not_found"));
     let (status, e) = refused(b.api.unwant(&uuid::Uuid::new_v4().to_string()).await);
     assert_eq!((status, e.code.as_str()), (404, "not_found"));
 
