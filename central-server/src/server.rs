@@ -250,13 +250,9 @@ pub async fn run_with_metrics(
 
 /// `<host>:<port>`: a central's name when `CENTRAL_NAME` is not set.
 fn default_name(addr: std::net::SocketAddr) -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_owned())
+    let host = crate::config::host()
         .filter(|h| {
-            !h.is_empty()
-                && h.len() <= crate::config::MAX_NAME_LEN - 6
+            h.len() <= crate::config::MAX_NAME_LEN - 6
                 && h.chars()
                     .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
         })

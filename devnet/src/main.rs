@@ -55,6 +55,11 @@ use peerdex_testkit::EtcdCluster;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+mod samples;
+mod tls;
+
+use tls::Tls;
+
 /// Start a local peerdex network (1 central, or 3 on etcd with --ha, + 3 peers) and open the REPL on peer 1.
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
@@ -387,7 +392,7 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     // output line. A neighbour's URL is known only once it runs, so peer 3
     // starts first (no neighbour: it asks the central itself), then peer 1
     // (asks peer 3), then peer 2 (asks peer 1).
-    let samples = sample_files();
+    let samples = samples::sample_files();
     let mut peers: [Option<PeerAddrs>; 3] = [None, None, None];
     for i in START_ORDER {
         let dir = root.join(format!("peer{}", i + 1));
@@ -667,102 +672,4 @@ async fn stop_all(net: &mut Net) {
         let _ = tokio::task::spawn_blocking(move || etcd.stop()).await;
         eprintln!("devnet: etcd stopped");
     }
-}
-
-/// The devnet's throwaway CA (`--tls`), which signs one certificate per
-/// process for the loopback names.
-struct Tls {
-    dir: PathBuf,
-    ca_file: PathBuf,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Tls {
-    fn generate(dir: &Path) -> Result<Self> {
-        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-        std::fs::create_dir_all(dir)?;
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "peerdex devnet CA (throwaway)");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key)?;
-        let ca_file = dir.join("ca.pem");
-        std::fs::write(&ca_file, cert.pem())?;
-        // The CA's key is never written: the devnet signs everything now.
-        Ok(Self {
-            dir: dir.to_owned(),
-            ca_file,
-            issuer: rcgen::Issuer::new(params, key),
-        })
-    }
-
-    /// A certificate for `name` on the loopback names; returns the paths of
-    /// the certificate and of its key (written 0600).
-    fn leaf(&self, name: &str) -> Result<(String, String)> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::new(
-            ["127.0.0.1", "localhost", "::1"].map(String::from).to_vec(),
-        )?;
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("peerdex devnet {name}"));
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}-key.pem")),
-        );
-        std::fs::write(&cert_path, cert.pem())?;
-        write_private(&key_path, key.serialize_pem().as_bytes())?;
-        Ok((
-            cert_path.display().to_string(),
-            key_path.display().to_string(),
-        ))
-    }
-}
-
-/// Write a private key readable by its owner only (0600 from creation on).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
-
-/// A few sample files per peer: text and binary, with searchable names.
-fn sample_files() -> [Vec<(String, Vec<u8>)>; 3] {
-    let noise = |len: usize, seed: u64| -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    };
-    [
-        vec![
-            ("welcome.txt".into(), b"Welcome to peerdex! This file lives on peer1.\n".to_vec()),
-            ("alpha-report.bin".into(), noise(3 << 20, 11)),
-        ],
-        vec![
-            ("beta-notes.md".into(), b"# Beta notes\n\nShared by peer2. Fetched directly from it, verified with BLAKE3.\n".to_vec()),
-            ("quarterly-report.pdf".into(), noise(1 << 20, 22)),
-        ],
-        vec![
-            ("gamma-dataset.csv".into(), (0..5000).map(|i| format!("{i},{}\n", i * i)).collect::<String>().into_bytes()),
-            ("holiday-photo.jpg".into(), noise(5 << 20, 33)),
-        ],
-    ]
 }

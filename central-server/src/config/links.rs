@@ -99,13 +99,20 @@ pub fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
 }
 
-/// The island's name when `CENTRAL_ISLAND_NAME` is not set: the host name,
-/// or `island`.
-pub fn host_name() -> String {
+/// This machine's host name (`HOSTNAME`, else `/etc/hostname`), trimmed;
+/// `None` when neither gives one.
+pub fn host() -> Option<String> {
     std::env::var("HOSTNAME")
         .ok()
         .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
         .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// The island's name when `CENTRAL_ISLAND_NAME` is not set: the host name,
+/// or `island`.
+pub fn host_name() -> String {
+    host()
         .filter(|h| valid_name(h))
         .unwrap_or_else(|| "island".into())
 }

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 pub use flags::{
     Args, EtcdArgs, KeyArgs, LeaseArgs, LimitArgs, LinkArgs, ReplicationArgs, ServeArgs, TlsArgs,
 };
-pub use links::{LinkConfig, LinkUrl, MAX_LINKS, host_name, parse_links, valid_name};
+pub use links::{LinkConfig, LinkUrl, MAX_LINKS, host, host_name, parse_links, valid_name};
 pub use parse::{Expected, OptionalAddr, SettingError};
 
 /// Every default, written once: [`Config::new`], [`Limits::default`] and
@@ -360,11 +360,7 @@ impl Config {
             return Err(E::EtcdPrefix { prefix: p.clone() });
         }
         if let Some(n) = &self.name
-            && (n.is_empty()
-                || n.len() > MAX_NAME_LEN
-                || !n
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c)))
+            && !valid_name(n)
         {
             return Err(E::Name { name: n.clone() });
         }

@@ -33,7 +33,7 @@ impl Links {
     /// and the islands known but not up.
     fn targets(&self, pick: impl Fn(&Summary) -> bool) -> (Vec<(&Remote, String)>, Vec<String>) {
         let mut chosen: Vec<(&Remote, String)> = Vec::new();
-        let mut down: Vec<String> = Vec::new();
+        let (mut up, mut down): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
         for r in self.remotes() {
             match r.up_summary() {
                 Some((island, s)) => {
@@ -41,8 +41,9 @@ impl Links {
                         && !chosen.iter().any(|(_, i)| *i == island)
                         && pick(&s)
                     {
-                        chosen.push((r, island));
+                        chosen.push((r, island.clone()));
                     }
+                    up.push(island);
                 }
                 None => {
                     if let Some(i) = r.island()
@@ -54,11 +55,6 @@ impl Links {
             }
         }
         // An island with one central down and another up is not skipped.
-        let up: Vec<String> = self
-            .remotes()
-            .iter()
-            .filter_map(|r| r.up_summary().map(|(i, _)| i))
-            .collect();
         down.retain(|i| !up.contains(i));
         (chosen, down)
     }

@@ -182,16 +182,23 @@ impl DirectoryService {
             let Some(event) = self.event(m) else {
                 continue;
             };
-            if tx.capacity() <= 1 {
-                return Err(Status::resource_exhausted(format!(
-                    "watch: the subscriber did not read {STREAM_BUFFER} events; stream closed: open Watch again and check each wanted file with Locate"
-                )));
-            }
-            if tx.try_send(Ok(event)).is_err() {
-                return Err(Status::cancelled("watch: the subscriber went away"));
-            }
-            self.dir().watches().pushed();
+            self.queue(tx, event)?;
         }
+        Ok(())
+    }
+
+    /// Queue `event` on a stream; the status to end it with when the
+    /// subscriber does not keep up or went away.
+    fn queue(&self, tx: &Sender, event: v1::WatchEvent) -> std::result::Result<(), Status> {
+        if tx.capacity() <= 1 {
+            return Err(Status::resource_exhausted(format!(
+                "watch: the subscriber did not read {STREAM_BUFFER} events; stream closed: open Watch again and check each wanted file with Locate"
+            )));
+        }
+        if tx.try_send(Ok(event)).is_err() {
+            return Err(Status::cancelled("watch: the subscriber went away"));
+        }
+        self.dir().watches().pushed();
         Ok(())
     }
 
@@ -244,15 +251,7 @@ impl DirectoryService {
                 }
                 told.insert(key);
                 event.files = files;
-                if tx.capacity() <= 1 {
-                    return Err(Status::resource_exhausted(format!(
-                        "watch: the subscriber did not read {STREAM_BUFFER} events; stream closed: open Watch again and check each wanted file with Locate"
-                    )));
-                }
-                if tx.try_send(Ok(event)).is_err() {
-                    return Err(Status::cancelled("watch: the subscriber went away"));
-                }
-                self.dir().watches().pushed();
+                self.queue(tx, event)?;
             }
         }
         Ok(())
