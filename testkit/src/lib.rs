@@ -26,6 +26,9 @@
 //! * [`process`] — a real binary as a child process, its addresses read from
 //!   its own first line of output (never a pre-picked port), killed with real
 //!   signals; and a URL where nothing listens.
+//! * [`netns`] — real NATs on one machine: network namespaces, veth pairs
+//!   and masquerading `iptables` routers; processes started inside them,
+//!   futures run inside them.
 
 pub mod bytes;
 pub mod central;
@@ -33,6 +36,7 @@ pub mod control;
 pub mod etcd;
 pub mod grpc;
 pub mod holder;
+pub mod netns;
 pub mod peer;
 pub mod process;
 pub mod prom;

@@ -44,6 +44,17 @@ impl ChildProc {
     /// Start `program` in `dir` with only `PATH`, `RUST_LOG=info` and `env`
     /// set, and wait for its first line of output.
     pub fn spawn(program: &Path, dir: &Path, env: &[(&str, String)]) -> Self {
+        Self::spawn_with(program, dir, env, |_| {})
+    }
+
+    /// [`ChildProc::spawn`], with `setup` applied to the command before it
+    /// starts (the network namespace of [`crate::netns`] uses it).
+    pub fn spawn_with(
+        program: &Path,
+        dir: &Path,
+        env: &[(&str, String)],
+        setup: impl FnOnce(&mut Command),
+    ) -> Self {
         std::fs::create_dir_all(dir).expect("create the child's folder");
         let stem = program
             .file_stem()
@@ -60,6 +71,7 @@ impl ChildProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        setup(&mut cmd);
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
