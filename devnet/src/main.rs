@@ -40,11 +40,17 @@
 //! island k and asks its own central, so the tour's download crosses
 //! islands.
 //!
+//! With `--nat` (as root) the network runs on a simulated internet of
+//! network namespaces (see [`nat`]): the central and peer3 are public,
+//! peer1 and peer2 each sit behind a NAT router of their own and advertise
+//! their private addresses; peer3 relays for them (`PSERVER_RELAY=true`),
+//! so the tour's download crosses both NATs through it.
+//!
 //! Stopping is ordered: peers first (SIGINT: they leave the directory),
 //! then the centrals (SIGTERM: they drain), then the etcd members.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -52,12 +58,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use peerdex_testkit::EtcdCluster;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
+mod nat;
+mod procs;
 mod samples;
 mod tls;
 
+use nat::NatNet;
+use procs::{PeerAddrs, Proc, spawn, stop_all, write_env};
 use tls::Tls;
 
 /// Start a local peerdex network (1 central, or 3 on etcd with --ha, + 3 peers) and open the REPL on peer 1.
@@ -93,6 +101,12 @@ struct Args {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(2..=8),
           conflicts_with = "ha")]
     islands: Option<u8>,
+    /// Put peer1 and peer2 each behind a NAT of its own (real ones:
+    /// network namespaces and iptables routers; needs root, `ip` and
+    /// `iptables`). peer3 is public and relays for them; the central
+    /// dials every peer back and lists the NATed ones through the relay.
+    #[arg(long, conflicts_with_all = ["ha", "islands", "tls"])]
+    nat: bool,
 }
 
 /// How many centrals `--ha` runs (and etcd members).
@@ -101,18 +115,13 @@ const HA_CENTRALS: usize = 3;
 /// Set while the interactive REPL owns the terminal.
 static REPL_RUNNING: AtomicBool = AtomicBool::new(false);
 
-struct Proc {
-    name: String,
-    child: Child,
-    /// A central (stopped after the peers, with SIGTERM), not a peer.
-    central: bool,
-}
-
 /// Everything devnet started, stopped in order by [`stop_all`].
 #[derive(Default)]
 struct Net {
     procs: Vec<Proc>,
     etcd: Option<EtcdCluster>,
+    /// With `--nat`, the namespaces everything runs in (deleted last).
+    nat: Option<NatNet>,
 }
 
 #[tokio::main]
@@ -138,7 +147,7 @@ async fn main() -> std::process::ExitCode {
             }
         }
     };
-    stop_all(&mut net).await;
+    stop_all(&mut net.procs, net.etcd.take()).await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -187,79 +196,8 @@ fn build() -> Result<()> {
 const NEIGHBOUR: [Option<usize>; 3] = [Some(2), Some(0), None];
 /// Every neighbour starts before the peers that ask it.
 const START_ORDER: [usize; 3] = [2, 0, 1];
-
-/// The addresses a PServer reports on its first line:
-/// `pserver listening: api=http://A peer=http://B public=URL`.
-struct PeerAddrs {
-    api_url: String,
-    /// What other peers use to reach it (its public URL).
-    peer_url: String,
-}
-
-impl PeerAddrs {
-    fn parse(line: &str) -> Option<Self> {
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .map(str::to_owned)
-        };
-        Some(Self {
-            api_url: field("api=")?,
-            peer_url: field("public=")?,
-        })
-    }
-}
-
-fn write_env(dir: &Path, lines: &[(&str, String)]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let body: String = lines.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-    // It may hold a join secret: readable by its owner only.
-    peerdex_common::fs::write_secret(&dir.join(".env"), body.as_bytes())?;
-    Ok(())
-}
-
-/// Start a component in `dir` (where its `.env` is), in its own process group
-/// so a Ctrl+C in the terminal reaches devnet only; devnet stops it in order.
-async fn spawn(bins: &Path, bin: &str, dir: &Path, name: &str) -> Result<(Proc, String)> {
-    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-    let mut cmd = Command::new(bins.join(bin));
-    cmd.current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .process_group(0)
-        .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", bins.join(bin).display()))?;
-    let stdout = child.stdout.take().context("no stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .with_context(|| {
-            format!(
-                "{name} did not start within 30 s; see {}",
-                dir.join(format!("{name}.log")).display()
-            )
-        })??
-        .with_context(|| {
-            format!(
-                "{name} exited at start; see {}",
-                dir.join(format!("{name}.log")).display()
-            )
-        })?;
-    // Keep reading its stdout: a process that prints another line (the
-    // central's metrics address) must not find the pipe closed.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((
-        Proc {
-            name: name.to_owned(),
-            child,
-            central: bin == "central-server",
-        },
-        first,
-    ))
-}
+/// With `--nat`: peer1 and peer2 (each behind a NAT) ask the public peer3.
+const NAT_NEIGHBOUR: [Option<usize>; 3] = [Some(2), Some(2), None];
 
 async fn run(args: &Args, net: &mut Net) -> Result<()> {
     if !args.no_build {
@@ -273,6 +211,11 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     }
     std::fs::create_dir_all(root)?;
     let root = root.canonicalize()?;
+    // With --nat, the simulated internet and its NATs, before anything
+    // starts (without root this is where devnet says what it needs).
+    if args.nat {
+        net.nat = Some(NatNet::build()?);
+    }
 
     // TLS material (with --tls): one CA, one certificate per process.
     let islands = args.islands.map(usize::from);
@@ -326,9 +269,12 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     let mut centrals: Vec<(String, String, String, u32)> = Vec::new();
     for (k, name) in names.iter().enumerate() {
         let central_dir = root.join(name);
-        let listen = island_ports
-            .get(k)
-            .map_or_else(|| "127.0.0.1:0".to_owned(), |p| format!("127.0.0.1:{p}"));
+        let listen = match &net.nat {
+            Some(n) => NatNet::bind_addr(&n.central),
+            None => island_ports
+                .get(k)
+                .map_or_else(|| "127.0.0.1:0".to_owned(), |p| format!("127.0.0.1:{p}")),
+        };
         let mut central_env = vec![
             ("CENTRAL_LISTEN_ADDR", listen),
             ("CENTRAL_DATA_DIR", "./data".into()),
@@ -369,7 +315,8 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             central_env.push(("CENTRAL_LINK_REFRESH_SECS", "2".into()));
         }
         write_env(&central_dir, &central_env)?;
-        let (p, line) = spawn(&bins, "central-server", &central_dir, name).await?;
+        let host = net.nat.as_ref().map(|n| &n.central);
+        let (p, line) = spawn(&bins, "central-server", &central_dir, name, host).await?;
         let pid = p.child.id().unwrap_or_default();
         net.procs.push(p);
         let addr = line
@@ -401,7 +348,9 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             Some(n) => centrals[i % n].2.clone(),
             None => central_url.clone(),
         };
-        let neighbour = NEIGHBOUR[i]
+        // Behind NATs, peer1 and peer2 cannot ask each other: both ask
+        // the public peer3.
+        let neighbour = (if args.nat { NAT_NEIGHBOUR } else { NEIGHBOUR })[i]
             .filter(|_| islands.is_none())
             .map(|n| {
                 peers[n]
@@ -412,8 +361,16 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             .transpose()?;
         let mut env = vec![
             ("PSERVER_API_ADDR", "127.0.0.1:0".into()),
-            // On loopback, the public URL is derived from the bound address.
-            ("PSERVER_PEER_ADDR", "127.0.0.1:0".into()),
+            // The public URL is derived from the bound address: on
+            // loopback, or (--nat) the namespace's own address, which for
+            // peer1 and peer2 is a private one nobody can reach.
+            (
+                "PSERVER_PEER_ADDR",
+                net.nat.as_ref().map_or_else(
+                    || "127.0.0.1:0".to_owned(),
+                    |n| NatNet::bind_addr(&n.peers[i]),
+                ),
+            ),
             ("PSERVER_SHARE_DIR", "./share".into()),
             ("PSERVER_DATA_DIR", "./data".into()),
             ("PSERVER_CENTRAL_URL", central_url.clone()),
@@ -434,13 +391,18 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         if let Some(s) = &join_secret {
             env.push(("PSERVER_JOIN_SECRET", s.clone()));
         }
+        if args.nat && i == 2 {
+            // The public peer relays for the NATed ones.
+            env.push(("PSERVER_RELAY", "true".into()));
+        }
         write_env(&dir, &env)?;
         std::fs::create_dir_all(dir.join("share"))?;
         for (name, bytes) in &samples[i] {
             std::fs::write(dir.join("share").join(name), bytes)?;
         }
         let name = format!("peer{}", i + 1);
-        let (p, line) = spawn(&bins, "pserver", &dir, &name).await?;
+        let host = net.nat.as_ref().map(|n| &n.peers[i]);
+        let (p, line) = spawn(&bins, "pserver", &dir, &name, host).await?;
         net.procs.push(p);
         peers[i] = Some(
             PeerAddrs::parse(&line)
@@ -456,16 +418,11 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     // Wait until every peer holds a lease.
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    for url in &api_urls {
+    for (i, url) in api_urls.iter().enumerate() {
         loop {
-            let joined = http
-                .get(format!("{url}/api/v1/status"))
-                .send()
-                .await
-                .ok()
-                .and_then(|r| r.status().is_success().then_some(r));
-            if let Some(r) = joined
-                && let Ok(s) = r.json::<peerdex_proto::rest::Status>().await
+            let joined = control_get(net, i, &http, format!("{url}/api/v1/status")).await;
+            if let Some(body) = joined
+                && let Ok(s) = serde_json::from_str::<peerdex_proto::rest::Status>(&body)
                 && s.lease_age_secs.is_some()
             {
                 break;
@@ -527,6 +484,11 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
             }
         }
     }
+    if let Some(n) = &net.nat {
+        for line in n.describe() {
+            println!("{line}");
+        }
+    }
     if centrals.len() > 1 && islands.is_none() {
         println!(
             "  every peer lists all {} centrals and moves to another if its central fails; try: kill -9 PID of a central",
@@ -534,10 +496,12 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         );
     }
     for (i, p) in peers.iter().enumerate() {
-        let neighbour = NEIGHBOUR[i].filter(|_| islands.is_none()).map_or_else(
-            || "none (asks the central)".to_owned(),
-            |n| peers[n].peer_url.clone(),
-        );
+        let neighbour = (if args.nat { NAT_NEIGHBOUR } else { NEIGHBOUR })[i]
+            .filter(|_| islands.is_none())
+            .map_or_else(
+                || "none (asks the central)".to_owned(),
+                |n| peers[n].peer_url.clone(),
+            );
         println!(
             "  peer{}     control {}   peer API {}   neighbour {neighbour}",
             i + 1,
@@ -546,18 +510,33 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         );
     }
     let peerdex = bins.join("peerdex");
-    println!(
-        "  in another terminal, talk to peer2: {ca_env}PEERDEX_PSERVER_URL={} {} status",
-        api_urls[1],
-        peerdex.display()
-    );
-    println!("  or open a peer's web UI in a browser: {}/", api_urls[0]);
+    match &net.nat {
+        Some(n) => println!(
+            "  in another terminal, talk to peer2 (its control API is inside its namespace): sudo ip netns exec {} env PEERDEX_PSERVER_URL={} {} status",
+            n.peers[1].ns,
+            api_urls[1],
+            peerdex.display()
+        ),
+        None => {
+            println!(
+                "  in another terminal, talk to peer2: {ca_env}PEERDEX_PSERVER_URL={} {} status",
+                api_urls[1],
+                peerdex.display()
+            );
+            println!("  or open a peer's web UI in a browser: {}/", api_urls[0]);
+        }
+    }
+    // The `peerdex` CLI, run where peer1's control API is.
+    let cli = || match &net.nat {
+        Some(n) => NatNet::command(&n.peers[0], &peerdex),
+        None => tokio::process::Command::new(&peerdex),
+    };
     if std::io::stdin().is_terminal() && !args.tour {
         println!(
             "\nOpening the peerdex REPL on peer1 — try `search report`, `get holiday-photo.jpg` (held by peer3), `status`, `help`; `exit` stops the network.\n"
         );
         REPL_RUNNING.store(true, Ordering::SeqCst);
-        let mut cmd = Command::new(&peerdex);
+        let mut cmd = cli();
         cmd.env("PEERDEX_PSERVER_URL", &api_urls[0]);
         if let Some(t) = &tls {
             cmd.env("PEERDEX_CA_FILE", &t.ca_file);
@@ -572,30 +551,25 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     }
 
     if let Some(n) = islands {
-        // beta-notes.md is held by peer2, in island-2: wait until island-1
-        // has island-2's summary (it is pulled every second).
         println!("  {n} islands, linked to each other; peer k joins island k");
+    }
+    if islands.is_some() || args.nat {
+        // beta-notes.md is held by peer2: in island-2 (wait until island-1
+        // has island-2's summary, pulled every second), or behind a NAT
+        // (wait until it is listed through its relay).
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let hits = http
-                .get(format!("{}/api/v1/search?q=beta", api_urls[0]))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success());
-            let found = match hits {
-                Some(r) => r
-                    .json::<peerdex_proto::rest::SearchResults>()
-                    .await
-                    .is_ok_and(|s| !s.hits.is_empty()),
-                None => false,
-            };
+            let url = format!("{}/api/v1/search?q=beta", api_urls[0]);
+            let found = control_get(net, 0, &http, url).await.is_some_and(|body| {
+                serde_json::from_str::<peerdex_proto::rest::SearchResults>(&body)
+                    .is_ok_and(|s| !s.hits.is_empty())
+            });
             if found {
                 break;
             }
             if Instant::now() > deadline {
                 bail!(
-                    "island-1 did not see island-2's files within 30 s; see the centrals' logs in {}",
+                    "peer1 did not find peer2's beta-notes.md within 30 s; see the logs in {}",
                     root.display()
                 );
             }
@@ -611,7 +585,7 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     ];
     for step in steps {
         println!("$ peerdex {}", step.join(" "));
-        let mut cmd = Command::new(&peerdex);
+        let mut cmd = cli();
         cmd.args(step)
             .env("PEERDEX_PSERVER_URL", &api_urls[0])
             .env("NO_COLOR", "1")
@@ -625,51 +599,27 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
         }
         println!();
     }
-    println!(
-        "Tour complete: peer1 found beta-notes.md through its neighbour, fetched it from peer2 and now shares it."
-    );
+    if args.nat {
+        println!(
+            "Tour complete: peer1 found beta-notes.md through its neighbour and fetched it from peer2 across both NATs, through peer3's relay."
+        );
+    } else {
+        println!(
+            "Tour complete: peer1 found beta-notes.md through its neighbour, fetched it from peer2 and now shares it."
+        );
+    }
     Ok(())
 }
 
-/// Stop everything in order: the peers (SIGINT, their Ctrl+C path: they
-/// leave the directory), then the centrals (SIGTERM: they drain), then the
-/// etcd members (SIGTERM). A process still running after 15 s is killed.
-async fn stop_all(net: &mut Net) {
-    for centrals in [false, true] {
-        let sig = if centrals {
-            libc::SIGTERM
-        } else {
-            libc::SIGINT
-        };
-        let group: Vec<&mut Proc> = net
-            .procs
-            .iter_mut()
-            .rev()
-            .filter(|p| p.central == centrals)
-            .collect();
-        for p in &group {
-            if let Some(pid) = p.child.id() {
-                // SAFETY: plain kill(2) on a child we started.
-                #[allow(unsafe_code)]
-                unsafe {
-                    libc::kill(pid as i32, sig);
-                }
-            }
-        }
-        for p in group {
-            match tokio::time::timeout(Duration::from_secs(15), p.child.wait()).await {
-                Ok(Ok(s)) if s.success() => eprintln!("devnet: {} stopped", p.name),
-                Ok(Ok(s)) => eprintln!("devnet: {} stopped ({s})", p.name),
-                _ => {
-                    eprintln!("devnet: {} did not stop in 15 s; killing it", p.name);
-                    let _ = p.child.kill().await;
-                }
-            }
-        }
+/// GET `url` on peer `i`'s control API: from here, or (`--nat`) from
+/// inside the peer's namespace. The body of a success, else `None`.
+async fn control_get(net: &Net, i: usize, http: &reqwest::Client, url: String) -> Option<String> {
+    if let Some(n) = &net.nat {
+        return n.get(&n.peers[i], url).await;
     }
-    net.procs.clear();
-    if let Some(mut etcd) = net.etcd.take() {
-        let _ = tokio::task::spawn_blocking(move || etcd.stop()).await;
-        eprintln!("devnet: etcd stopped");
+    let r = http.get(url).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
     }
+    r.text().await.ok()
 }
