@@ -70,6 +70,12 @@ pub enum Invalid {
     EmptyQuery,
     #[error("page_token: not a token from a previous search answer")]
     PageToken,
+    #[error(
+        "peer_url: {url} is a relay URL; advertise your own peer API (the directory assigns relays)"
+    )]
+    RelayUrl { url: String },
+    #[error("reachability: {value} is not AUTO (0), PUBLIC (1) or FIREWALLED (2)")]
+    Reachability { value: i32 },
     #[error("target: file_id or name is required")]
     NoTarget,
     #[error(

@@ -86,6 +86,8 @@
 //! * `directory/` — the one directory interface: the index and the
 //!   replication state kept equal to their store, SQLite (`sqlite`) or etcd
 //!   (`on_etcd`, `follow`), chosen once at start; changes in steps (`gate`).
+//! * `reach/` — reachability at Join (the dial-back of the advertised
+//!   URL) and the relay a peer nobody can reach is listed through.
 //! * `replication/` — the planner, the replication state, the leader's
 //!   rounds and audits.
 //! * `link/` — links to other islands (`CENTRAL_LINKS`): their state and
@@ -118,6 +120,7 @@ mod metering;
 mod metrics;
 mod network;
 mod oversize;
+mod reach;
 mod replication;
 mod rpc;
 mod server;

@@ -93,6 +93,10 @@ pub async fn run_with_metrics(
         lease_ttl: config.lease_ttl,
         heartbeat_interval: config.heartbeat_interval,
         links: links.clone(),
+        reach: Arc::new(crate::reach::Reachability::new(
+            config.dial_back,
+            &config.peer_ca,
+        )?),
     });
     let stats = directory.stats();
 

@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::time::Instant;
 
 use crate::error::{Corrupt, Error, Result};
-use crate::index::{Index, TokenHash};
+use crate::index::{Index, Reach, TokenHash};
 use crate::replication::Pin;
 
 /// File name of the database inside the data directory.
@@ -30,7 +30,7 @@ pub const DB_FILE: &str = "central.db";
 
 /// The schema this version writes (`PRAGMA user_version`). 0 is the first
 /// release's schema, which [`Store::open`] migrates.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA: &str = "
 CREATE TABLE peers(
@@ -89,6 +89,13 @@ CREATE TABLE pins(
 const PIN_OWNERS: &str = "
 ALTER TABLE pins ADD COLUMN addr TEXT;
 ALTER TABLE pins ADD COLUMN orphaned_at INTEGER;
+";
+
+/// Version 6 (issue 25): whether a peer relays for firewalled peers (how
+/// many), and whether its holdings are unlisted (unreachable, no relay).
+const REACH: &str = "
+ALTER TABLE peers ADD COLUMN relay_max INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE peers ADD COLUMN unlisted INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// From the first release (`files(id, file_id, size, chunk_size,
@@ -161,6 +168,7 @@ impl Store {
                 tx.execute_batch(KEYS)?;
                 tx.execute_batch(REPLICAS)?;
                 tx.execute_batch(PIN_OWNERS)?;
+                tx.execute_batch(REACH)?;
             }
             (2, _) => {
                 tracing::info!(
@@ -169,6 +177,7 @@ impl Store {
                 tx.execute_batch(KEYS)?;
                 tx.execute_batch(REPLICAS)?;
                 tx.execute_batch(PIN_OWNERS)?;
+                tx.execute_batch(REACH)?;
             }
             (3, _) => {
                 tracing::info!(
@@ -176,12 +185,14 @@ impl Store {
                 );
                 tx.execute_batch(REPLICAS)?;
                 tx.execute_batch(PIN_OWNERS)?;
+                tx.execute_batch(REACH)?;
             }
             (4, _) => {
                 tracing::info!(
                     "migrating the database from schema 4 to {SCHEMA_VERSION} (pin owners' addresses)"
                 );
                 tx.execute_batch(PIN_OWNERS)?;
+                tx.execute_batch(REACH)?;
             }
             (0, true) => {
                 let (files, holdings): (i64, i64) = tx.query_row(
@@ -198,11 +209,18 @@ impl Store {
                 tx.execute_batch(KEYS)?;
                 tx.execute_batch(REPLICAS)?;
                 tx.execute_batch(PIN_OWNERS)?;
+                tx.execute_batch(REACH)?;
+            }
+            (5, _) => {
+                tracing::info!(
+                    "migrating the database from schema 5 to {SCHEMA_VERSION} (relays, unlisted peers)"
+                );
+                tx.execute_batch(REACH)?;
             }
             (v, _) => {
                 return Err(Corrupt::Schema {
                     version: v,
-                    known: "0, 2, 3, 4 or 5",
+                    known: "0, 2, 3, 4, 5 or 6",
                 }
                 .into());
             }
@@ -253,9 +271,9 @@ impl Store {
             Ok(i)
         };
         let mut peer_of_row: Vec<u32> = Vec::new();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, peer_id, url, token_hash, replica_quota FROM peers")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, peer_id, url, token_hash, replica_quota, relay_max, unlisted FROM peers",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let row: i64 = r.get(0)?;
@@ -283,6 +301,13 @@ impl Store {
             let i = slot(&mut peer_of_row, row)?;
             peer_of_row[i] = ix.insert_peer(id, url, hash, expires);
             ix.set_replica_quota(peer_of_row[i], r.get::<_, i64>(4)? as u64);
+            ix.set_reach_of(
+                &id,
+                Reach {
+                    relay_max: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                    unlisted: r.get::<_, i64>(6)? != 0,
+                },
+            );
         }
 
         let mut file_of_row: Vec<u32> = Vec::new();
@@ -421,6 +446,7 @@ impl Store {
         key: &PublicKey,
         now: i64,
         replica_quota: u64,
+        reach: Reach,
         files: &[SharedFile],
     ) -> Result<()> {
         let tx = self.conn.transaction()?;
@@ -430,15 +456,19 @@ impl Store {
             params![peer.as_uuid().as_bytes(), key.as_slice(), now],
         )?;
         let row: i64 = tx.query_row(
-            "INSERT INTO peers(peer_id, url, token_hash, replica_quota) VALUES(?1, ?2, ?3, ?4)
+            "INSERT INTO peers(peer_id, url, token_hash, replica_quota, relay_max, unlisted)
+             VALUES(?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(peer_id) DO UPDATE SET url = excluded.url,
-                 token_hash = excluded.token_hash, replica_quota = excluded.replica_quota
+                 token_hash = excluded.token_hash, replica_quota = excluded.replica_quota,
+                 relay_max = excluded.relay_max, unlisted = excluded.unlisted
              RETURNING id",
             params![
                 peer.as_uuid().as_bytes(),
                 url.as_str(),
                 token_hash,
-                size_col(replica_quota)
+                size_col(replica_quota),
+                i64::from(reach.relay_max),
+                i64::from(reach.unlisted)
             ],
             |r| r.get(0),
         )?;
@@ -696,6 +726,7 @@ mod tests {
                 &[11; 32],
                 1,
                 0,
+                Reach::default(),
                 &[sf(1, 10, "one.bin"), sf(2, 20, "two.bin")],
             )
             .unwrap();
@@ -707,13 +738,26 @@ mod tests {
                 &[22; 32],
                 1,
                 0,
+                Reach {
+                    relay_max: 4,
+                    unlisted: false,
+                },
                 &[sf(2, 20, "zwei.bin"), sf(1, 11, "eins.bin")],
             )
             .unwrap();
             s.publish(&b, &[sf(3, u64::MAX, "drei.bin")]).unwrap();
             s.unpublish(&b, &[(fid(3), None)]).unwrap();
-            s.join(&a, &url, &[3; 32], &[11; 32], 2, 0, &[sf(1, 10, "one.bin")])
-                .unwrap(); // replaces
+            s.join(
+                &a,
+                &url,
+                &[3; 32],
+                &[11; 32],
+                2,
+                0,
+                Reach::default(),
+                &[sf(1, 10, "one.bin")],
+            )
+            .unwrap(); // replaces
             s.close().unwrap();
         }
         let mut s = Store::open(dir.path()).unwrap();
@@ -727,6 +771,9 @@ mod tests {
         assert_eq!(one.names, ["eins.bin", "one.bin"]);
         assert_eq!(one.size, 10, "10 and 11 once each: the smaller");
         assert_eq!(ix.locate_id(&fid(2), now, 9).unwrap().names, ["zwei.bin"]);
+        // A relay's offer survives the restart.
+        let relays = ix.relay_candidates(now);
+        assert_eq!((relays.len(), relays[0].peer, relays[0].max), (1, b, 4));
         // Key bindings: kept across a restart and after a peer leaves; a
         // present peer's is never forgotten, an absent one's only once idle
         // past the cut-off (or to make room).
@@ -734,13 +781,15 @@ mod tests {
         assert_eq!(s.key_of(&b).unwrap(), Some([22; 32]));
         let c = PeerId::new_random();
         assert_eq!(s.key_of(&c).unwrap(), None);
-        s.join(&c, &url, &[4; 32], &[33; 32], 1, 0, &[]).unwrap();
+        s.join(&c, &url, &[4; 32], &[33; 32], 1, 0, Reach::default(), &[])
+            .unwrap();
         s.remove_peers(&[c]).unwrap();
         assert_eq!(s.key_of(&c).unwrap(), Some([33; 32]), "kept after leaving");
         assert_eq!(s.forget_idle_keys(1, 10).unwrap(), 0, "not idle yet");
         assert_eq!(s.forget_idle_keys(0, 2).unwrap(), 1, "over the cap");
         assert_eq!((s.key_of(&c).unwrap(), s.keys_held().unwrap()), (None, 2));
-        s.join(&c, &url, &[4; 32], &[33; 32], 1, 0, &[]).unwrap();
+        s.join(&c, &url, &[4; 32], &[33; 32], 1, 0, Reach::default(), &[])
+            .unwrap();
         s.remove_peers(&[c]).unwrap();
         assert_eq!(s.forget_idle_keys(2, 10).unwrap(), 1, "joined at 1 < 2");
         assert_eq!(

@@ -43,6 +43,30 @@ pub fn load(cert: &Path, key: &Path) -> Result<TlsFiles> {
 
 /// Read a PEM file of CA certificates (`CENTRAL_PEER_CA_FILE`): at least
 /// one certificate, or a message that names the setting.
+/// The TLS client of the central's calls to peers (audits, dial-backs):
+/// HTTP/1.1, the system's roots plus `CENTRAL_PEER_CA_FILE`.
+pub(crate) fn peer_client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        match rustls_platform_verifier::Verifier::new_with_extra_roots(
+            extra_roots.iter().cloned(),
+            provider.clone(),
+        ) {
+            Ok(v) => Arc::new(v),
+            Err(e) => return Err(crate::error::Error::PeerRoots(e)),
+        };
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(crate::error::Error::PeerRoots)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tls)
+}
+
 pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(read_certs("CENTRAL_PEER_CA_FILE", path)?)
 }

@@ -11,6 +11,8 @@
 //! * [`network`] — private networks: the join-secret proof, the audience
 //!   and key ids of credentials.
 //! * [`range`] — the `Range` header parser of the peer API.
+//! * [`relay`] — relays for peers behind NAT: the attach token a relay
+//!   checks, the tunnel's paths and headers.
 //! * [`rest`] — serde DTOs of the PServer control API and peer API, shared by
 //!   `pserver` and the `peerdex` client; [`private`] those of private files.
 //! * [`ticket`] — the ticket of a private file: its versioned, checksummed
@@ -24,6 +26,7 @@ pub mod identity;
 pub mod network;
 pub mod private;
 pub mod range;
+pub mod relay;
 pub mod rest;
 pub mod ticket;
 pub mod tree;

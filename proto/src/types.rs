@@ -577,13 +577,37 @@ impl fmt::Display for FileName {
 }
 
 /// Base URL of a peer's public peer API: `http(s)://host:port`, no path,
-/// query, fragment or credentials. Stored without a trailing slash.
+/// query, fragment or credentials; or a relay URL, the same followed by
+/// exactly `/peer/v1/relay/<peer id>` (a peer behind NAT reached through
+/// the relay at `host:port`, see [`PeerUrl::relayed`]). Stored without a
+/// trailing slash.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct PeerUrl(String);
+
+/// The path a relay serves a firewalled peer's peer API under.
+pub const RELAY_PATH: &str = "/peer/v1/relay/";
 
 impl PeerUrl {
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// For a relay URL: the relay's own base URL and the relayed peer.
+    pub fn relayed(&self) -> Option<(PeerUrl, PeerId)> {
+        let scheme_end = self.0.find("://")? + 3;
+        let slash = scheme_end + self.0[scheme_end..].find('/')?;
+        let peer = self.0[slash..].strip_prefix(RELAY_PATH)?.parse().ok()?;
+        Some((PeerUrl(self.0[..slash].to_owned()), peer))
+    }
+
+    /// The relay URL of `peer` through the relay at this (base) URL.
+    pub fn relay_for(&self, peer: &PeerId) -> PeerUrl {
+        PeerUrl(format!("{}{RELAY_PATH}{peer}", self.0))
+    }
+
+    /// `true` for a base URL (no relay path).
+    pub fn is_base(&self) -> bool {
+        self.relayed().is_none()
     }
 }
 
@@ -601,7 +625,19 @@ impl FromStr for PeerUrl {
             .strip_prefix("http://")
             .or_else(|| s.strip_prefix("https://"))
             .ok_or_else(|| reject("must start with http:// or https://"))?;
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        // A relay URL: the relay's authority, then exactly the relay path
+        // and a peer id in its canonical (lowercase, hyphenated) form.
+        let authority = match rest.find(RELAY_PATH) {
+            Some(at) => {
+                let id = &rest[at + RELAY_PATH.len()..];
+                match id.parse::<PeerId>() {
+                    Ok(p) if p.to_string() == id => &rest[..at],
+                    _ => return Err(reject("a relay URL ends with /peer/v1/relay/<peer id>")),
+                }
+            }
+            None => rest,
+        };
         if authority.is_empty() {
             return Err(reject("missing host"));
         }
@@ -936,6 +972,29 @@ mod tests {
 
     fn blake3_like() -> String {
         "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262".to_owned()
+    }
+
+    #[test]
+    fn relay_urls() {
+        let id = "0b6c3a8e-3f43-4d44-9a43-5d1b0c7a9e21";
+        let url: PeerUrl = format!("https://relay.example:7071/peer/v1/relay/{id}")
+            .parse()
+            .unwrap();
+        let (base, peer) = url.relayed().unwrap();
+        assert_eq!(base.as_str(), "https://relay.example:7071");
+        assert_eq!(peer.to_string(), id);
+        assert_eq!(base.relay_for(&peer), url);
+        assert!(base.is_base() && !url.is_base());
+        for bad in [
+            format!("http://h:1/peer/v1/relay/{}", id.to_uppercase()),
+            "http://h:1/peer/v1/relay/".to_owned(),
+            "http://h:1/peer/v1/relay/x".to_owned(),
+            format!("http://h:1/peer/v1/relay/{id}/x"),
+            format!("http://h:1/x/peer/v1/relay/{id}"),
+            format!("http://h:1/peer/v1/relay/{id}?q"),
+        ] {
+            assert!(bad.parse::<PeerUrl>().is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -75,6 +75,7 @@ mod metrics;
 mod peer;
 mod private;
 mod rate;
+mod relay;
 mod rt;
 mod store;
 pub mod tls;
@@ -144,6 +145,12 @@ pub async fn run(
         config.public_url.clone(),
     )?);
     let network = Arc::new(peer::network::Network::new(config.link.join_secret.clone()));
+    let relay_offer = if config.relay.enabled {
+        config.relay.max_peers
+    } else {
+        0
+    };
+    let reach = Arc::new(relay::Reach::new(config.relay.reachability, relay_offer));
     let central = link::Central::new(
         &config.link.centrals,
         peer_id,
@@ -153,6 +160,7 @@ pub async fn run(
         store.data_dir(),
         &config.ca_roots,
         config.replicas.quota_bytes,
+        reach.clone(),
     )?;
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls::http_client_config(&config.ca_roots))
@@ -169,6 +177,35 @@ pub async fn run(
     let store = Arc::new(store);
     let central = Arc::new(central);
     let metrics = metrics::Metrics::new();
+    let cancel = CancellationToken::new();
+    // Peers behind NAT: the proxy that answers tunnelled requests with our
+    // peer API, callbacks (both sides), and the relay side.
+    let proxy = relay::LocalProxy::new(&config.public_url, peer_addr, &config.ca_roots)
+        .map_err(StartError::HttpClient)?;
+    let tunnel_tls = Arc::new(tls::http_client_config(&config.ca_roots));
+    let callbacks = relay::Callbacks::start(
+        relay::callback::Parts {
+            peer_id,
+            public_url: config.public_url.clone(),
+            reach: reach.clone(),
+            http: http.clone(),
+            proxy: proxy.clone(),
+            network: network.clone(),
+            tls: tunnel_tls.clone(),
+            metrics: metrics.clone(),
+            rt: rt.clone(),
+        },
+        cancel.clone(),
+    )
+    .await
+    .map_err(StartError::Listener)?;
+    let http = http.with_callbacks(callbacks.clone());
+    let relay = Arc::new(relay::Relay::new(
+        &config.relay,
+        central.clone(),
+        metrics.clone(),
+        rt.clone(),
+    ));
     let lookup = Arc::new(link::lookup::Lookup::new(
         &config.link.neighbours,
         http.clone(),
@@ -229,7 +266,6 @@ pub async fn run(
     };
     let (api_tls, peer_tls) = (tls_config(config.api_tls)?, tls_config(true)?);
 
-    let cancel = CancellationToken::new();
     // Replica tasks go from the lease loop to the replica worker, which
     // stops when the lease loop has ended.
     let (task_tx, task_rx) = tokio::sync::mpsc::channel(8);
@@ -257,6 +293,18 @@ pub async fn run(
         let (central, c) = (central.clone(), cancel.clone());
         tokio::spawn(async move { central.revocations_loop(c).await })
     });
+    // Behind NAT: keep a tunnel to the relay the directory assigns.
+    let attach = tokio::spawn(relay::attach_loop(
+        relay::Attach {
+            peer_id,
+            reach: reach.clone(),
+            central: central.clone(),
+            network: network.clone(),
+            proxy,
+            tls: tunnel_tls,
+        },
+        cancel.clone(),
+    ));
     // Wanted files: the directory's Watch stream.
     let wants_watch = tokio::spawn(wants.clone().watch_loop(cancel.clone()));
     let rescan_now = Arc::new(tokio::sync::Notify::new());
@@ -300,6 +348,8 @@ pub async fn run(
             replicas,
             wants,
             vault,
+            relay,
+            reach,
         ) = (
             store.clone(),
             central.clone(),
@@ -312,6 +362,8 @@ pub async fn run(
             replicas.clone(),
             wants.clone(),
             vault.clone(),
+            relay.clone(),
+            reach.clone(),
         );
         move || {
             App::new()
@@ -327,6 +379,8 @@ pub async fn run(
                 .app_data(web::Data::new(replicas.clone()))
                 .app_data(web::Data::new(wants.clone()))
                 .app_data(web::Data::from(vault.clone()))
+                .app_data(web::Data::new(relay.clone()))
+                .app_data(web::Data::from(reach.clone()))
                 .app_data(json_config())
                 .app_data(query_config())
                 .wrap(middleware::from_fn(control::guard))
@@ -348,8 +402,14 @@ pub async fn run(
     let neighbour_rate =
         peer::limits::NeighbourRate::new(config.peer_api.neighbour_rate, metrics.clone());
     let peer_srv = HttpServer::new({
-        let (store, central, uploads, rt) =
-            (store.clone(), central.clone(), uploads.clone(), rt.clone());
+        let (store, central, uploads, rt, relay, callbacks) = (
+            store.clone(),
+            central.clone(),
+            uploads.clone(),
+            rt.clone(),
+            relay.clone(),
+            callbacks.clone(),
+        );
         move || {
             App::new()
                 .app_data(web::Data::new(peer_id))
@@ -360,6 +420,8 @@ pub async fn run(
                 .app_data(web::Data::new(neighbour_rate.clone()))
                 .app_data(web::Data::from(network.clone()))
                 .app_data(web::Data::new(rt.clone()))
+                .app_data(web::Data::new(relay.clone()))
+                .app_data(web::Data::new(callbacks.clone()))
                 .app_data(query_config())
                 .wrap(middleware::from_fn(peer::guard))
                 .wrap(no_store())
@@ -397,7 +459,7 @@ pub async fn run(
     tokio::join!(api_handle.stop(true), peer_handle.stop(true));
     let _ = tokio::join!(api_task, peer_task);
     cancel.cancel();
-    let _ = tokio::join!(lease, rescan, replica_worker, wants_watch);
+    let _ = tokio::join!(lease, rescan, replica_worker, wants_watch, attach);
     if let Some(r) = revocations {
         let _ = r.await;
     }

@@ -57,6 +57,10 @@ pub(crate) struct Live {
     pub replica_fetches_active: usize,
     /// Wants by state: waiting, matched, ambiguous, downloading, done.
     pub wants: [usize; 5],
+    /// Peers behind NAT relayed through us now.
+    pub relay_peers: usize,
+    /// Whether the directory's last dial-back reached us.
+    pub reachable: bool,
 }
 
 const WANT_STATE: [&[Label]; 5] = [
@@ -110,6 +114,10 @@ struct Inner {
     wants: [Gauge; 5],
     want_events: Counter,
     notify_posts: [Counter; 2],
+    relay_bytes: Counter,
+    callback_transfers: Counter,
+    relay_peers: Gauge,
+    reachable: Gauge,
 }
 
 static META: metrics::Metadata<'static> =
@@ -327,6 +335,32 @@ impl Metrics {
                     &META,
                 )
             }),
+            relay_bytes: counter(
+                &r,
+                "peerdex_pserver_relay_bytes_total",
+                &[],
+                Some(Unit::Bytes),
+                "Bytes this relay carried for peers behind NAT (both directions)",
+            ),
+            callback_transfers: counter(
+                &r,
+                "peerdex_pserver_callback_transfers_total",
+                &[],
+                None,
+                "Holders behind NAT that called this PServer back and served it directly (no relay)",
+            ),
+            relay_peers: gauge(
+                &r,
+                "peerdex_pserver_relay_peers",
+                None,
+                "Peers behind NAT attached to this relay",
+            ),
+            reachable: gauge(
+                &r,
+                "peerdex_pserver_reachable",
+                None,
+                "1 when the directory's dial-back reached this PServer at its public URL, else 0",
+            ),
             want_events: counter(
                 &r,
                 "peerdex_pserver_want_events_total",
@@ -400,6 +434,14 @@ impl Metrics {
         self.0.notify_posts[usize::from(!ok)].increment(1);
     }
 
+    pub(crate) fn relayed(&self, n: u64) {
+        self.0.relay_bytes.increment(n);
+    }
+
+    pub(crate) fn callback_transfer(&self) {
+        self.0.callback_transfers.increment(1);
+    }
+
     pub(crate) fn replica_dropped(&self) {
         self.0.replica_drops.increment(1);
     }
@@ -444,6 +486,8 @@ impl Metrics {
         for (g, n) in i.wants.iter().zip(live.wants) {
             g.set(n as f64);
         }
+        i.relay_peers.set(live.relay_peers as f64);
+        i.reachable.set(f64::from(u8::from(live.reachable)));
         i.handle.render()
     }
 }
@@ -468,6 +512,8 @@ mod tests {
             replica_quota_bytes: 9,
             replica_fetches_active: 0,
             wants: [1, 0, 0, 0, 2],
+            relay_peers: 3,
+            reachable: true,
         };
         let (ta, tb) = (a.render(live()), b.render(live()));
         assert!(ta.contains("peerdex_pserver_bytes_sent_total 10\n"), "{ta}");
@@ -491,6 +537,15 @@ mod tests {
             "{ta}"
         );
         assert!(ta.contains("peerdex_pserver_replica_bytes 5\n"), "{ta}");
+        a.relayed(7);
+        let ta = a.render(live());
+        assert!(ta.contains("peerdex_pserver_relay_bytes_total 7\n"), "{ta}");
+        assert!(ta.contains("peerdex_pserver_relay_peers 3\n"), "{ta}");
+        assert!(ta.contains("peerdex_pserver_reachable 1\n"), "{ta}");
+        assert!(
+            ta.contains("peerdex_pserver_callback_transfers_total 0\n"),
+            "{ta}"
+        );
         assert!(
             ta.contains("peerdex_pserver_wants{state=\"done\"} 2\n"),
             "{ta}"

@@ -1065,6 +1065,11 @@
     // The directory's island (CENTRAL_ISLAND_NAME).
     const island = s.island ?? null;
     fact('island', island, island || '—');
+    // How other peers reach us: directly, or through a relay (behind NAT).
+    const nat = s.reachability || null;
+    const relaying = nat && nat.relaying_for !== undefined && nat.relaying_for !== null
+      ? `; relaying for ${nat.relaying_for} peers behind NAT` : '';
+    fact('reachability', nat, nat ? `${nat.summary}${relaying}` : '—');
     setText($('network-updated'), `Updated ${new Date().toLocaleTimeString()}; refreshed every ${NETWORK_POLL_MS / 1000} s on this page.`);
     setText($('footer-peer'), `peer ${shortId(s.peer_id)} · peerdex ${s.version}`);
     setText($('upload-limit'), s.max_upload_bytes ? `Up to ${humanSize(s.max_upload_bytes)} per file.` : '');

@@ -27,7 +27,8 @@ pub struct TestCentral {
 }
 
 /// The settings a test tweaks: the central's own config (its defaults
-/// until a tweak changes them; the data folder is the test's).
+/// until a tweak changes them, except `dial_back`, off unless a tweak
+/// turns it on; the data folder is the test's).
 pub use central_server::{Config as Settings, Limits};
 
 /// Set the lease TTL `ttl`, with heartbeats advised at a third of it (at
@@ -118,6 +119,9 @@ impl TestCentral {
             .map(|l| format!("http://{}/metrics", l.local_addr().unwrap()));
         let addr = listener.local_addr().unwrap();
         let mut settings = Settings::new(data_dir);
+        // Most tests simulate peers at URLs nobody serves: the dial-back
+        // (CENTRAL_DIAL_BACK) is on only where a test turns it on.
+        settings.dial_back = false;
         tweak(&mut settings);
         let scheme = if settings.tls.is_some() {
             "https"

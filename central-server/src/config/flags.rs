@@ -28,6 +28,8 @@ pub struct Args {
     #[command(flatten)]
     pub replication: ReplicationArgs,
     #[command(flatten)]
+    pub reach: ReachArgs,
+    #[command(flatten)]
     pub keys: KeyArgs,
     #[command(flatten)]
     pub etcd: EtcdArgs,
@@ -182,6 +184,18 @@ pub struct LimitArgs {
     #[arg(long, env = "CENTRAL_MAX_PINNED_BYTES_PER_ADDR", default_value_t = defaults::MAX_PINNED_BYTES_PER_ADDR,
           value_parser = Bounded::<u64>::positive("CENTRAL_MAX_PINNED_BYTES_PER_ADDR"))]
     pub max_pinned_bytes_per_addr: u64,
+}
+
+/// Reachability of peers (issue 25).
+#[derive(Debug, Section)]
+pub struct ReachArgs {
+    /// Dial back every peer's advertised URL at Join (GET
+    /// /peer/v1/health, 2 s): a peer nobody can reach is listed only
+    /// through a relay (PSERVER_RELAY) and never with its own URL. false
+    /// believes every peer: only for closed networks and simulations.
+    #[arg(long, env = "CENTRAL_DIAL_BACK", default_value_t = defaults::DIAL_BACK,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub dial_back: bool,
 }
 
 /// Pins, replicas and audits.
@@ -411,6 +425,7 @@ impl Args {
         self.lease.apply(&mut c);
         c.limits = Limits::from(&self.limits);
         self.replication.apply(&mut c);
+        c.dial_back = self.reach.dial_back;
         self.keys.apply(&mut c);
         self.etcd.apply(&mut c);
         self.links.apply(&mut c);

@@ -37,6 +37,8 @@ pub mod defaults {
     pub const LEASE_TTL_SECS: u64 = 30;
     /// `CENTRAL_HEARTBEAT_SECS`.
     pub const HEARTBEAT_SECS: u64 = 10;
+    /// `CENTRAL_DIAL_BACK`.
+    pub const DIAL_BACK: bool = true;
     /// `CENTRAL_LINK_REFRESH_SECS`.
     pub const LINK_REFRESH_SECS: u64 = 10;
     /// `CENTRAL_LINK_TIMEOUT_MS`.
@@ -274,6 +276,11 @@ pub struct Config {
     pub peer_ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The island's name and its links to other islands (`crate::link`).
     pub links: LinkConfig,
+    /// Dial back every advertised peer URL at Join (`CENTRAL_DIAL_BACK`,
+    /// default true): an unreachable peer is listed only through a relay.
+    /// false = believe every peer (closed LANs; tests and benchmarks that
+    /// simulate peers).
+    pub dial_back: bool,
 }
 
 /// Longest `CENTRAL_NAME`.
@@ -301,6 +308,7 @@ impl Config {
             audit_retry: Duration::from_secs(d::AUDIT_RETRY_SECS),
             peer_ca: Vec::new(),
             links: LinkConfig::default(),
+            dial_back: d::DIAL_BACK,
         }
     }
 

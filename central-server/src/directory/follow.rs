@@ -198,6 +198,13 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
             };
             ix.begin_join(peer, url, hash, load, never(now), record.addr);
             ix.set_quota_of(&peer, record.replica_quota);
+            ix.set_reach_of(
+                &peer,
+                crate::index::Reach {
+                    relay_max: record.relay_max,
+                    unlisted: record.unlisted,
+                },
+            );
         }
         Change::PeerGone(peer) => {
             if ix.remove_peer(&peer) {

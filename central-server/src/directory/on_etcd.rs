@@ -163,6 +163,8 @@ impl OnEtcd {
             active_uploads: j.load.active_uploads,
             free_upload_slots: j.load.free_upload_slots,
             replica_quota: j.replica_quota,
+            relay_max: j.reach.relay_max,
+            unlisted: j.reach.unlisted,
         };
         let write = JoinWrite {
             peer,

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use crate::config::Config;
 use crate::error::{Auth, Error, Result};
 use crate::etcd::Decline;
-use crate::index::{Index, Lease, Load, TokenHash};
+use crate::index::{Index, Lease, Load, Reach, TokenHash};
 use crate::network::Network;
 use crate::replication::{Replicas, Task, Tasks};
 use crate::store::PublicKey;
@@ -105,6 +105,8 @@ pub(crate) struct Join {
     pub nonce: Vec<u8>,
     pub unix_now: i64,
     pub replica_quota: u64,
+    /// Relay offer and listing, as the Join's reachability check decided.
+    pub reach: Reach,
 }
 
 /// The entries of an inventory that are taken, and the refusals.

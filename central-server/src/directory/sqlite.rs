@@ -141,6 +141,7 @@ impl Sqlite {
                 &j.key,
                 j.unix_now,
                 j.replica_quota,
+                j.reach,
                 &files,
             )?;
             db.forget_seqs(&[peer]);
@@ -154,6 +155,7 @@ impl Sqlite {
                 Some(j.addr),
             );
             steps.ix().set_quota_of(&peer, j.replica_quota);
+            steps.ix().set_reach_of(&peer, j.reach);
             steps.drop_inventory(&peer);
             steps.publish(&peer, &files);
             drop(steps);

@@ -27,6 +27,16 @@ pub(crate) struct PeerRecord {
     /// Space offered for replicas.
     #[serde(default)]
     pub replica_quota: u64,
+    /// Relays for up to this many firewalled peers (issue 25).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub relay_max: u32,
+    /// Unreachable and no relay: its holdings are in no answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlisted: bool,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A FETCH a volunteer would not do, as stored in `declined/<peer>/<file>`.

@@ -42,6 +42,7 @@ mod holdings;
 mod names;
 mod peers;
 mod query;
+mod relays;
 mod slab;
 mod words;
 
@@ -57,6 +58,7 @@ use bulk::Bulk;
 use compact::{Small, Word};
 pub use cursor::Cursor;
 pub use query::name_matches;
+pub use relays::{Reach, RelayCandidate};
 use slab::{Handles, Slab};
 pub use words::words;
 
@@ -111,6 +113,8 @@ struct Peer {
     replicas: HashSet<u32>,
     /// Space it offers for replicas (`replica_quota_bytes` of its Join).
     replica_quota: u64,
+    /// Whether it relays, and whether its holdings are listed (issue 25).
+    reach: Reach,
 }
 
 impl Peer {

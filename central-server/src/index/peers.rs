@@ -12,7 +12,7 @@ use peerdex_proto::convert::SharedFile;
 use peerdex_proto::{PeerId, PeerUrl};
 use tokio::time::Instant;
 
-use super::{Index, Lease, Load, Peer, TokenHash};
+use super::{Index, Lease, Load, Peer, Reach, TokenHash};
 
 impl Index {
     /// `t` as nanoseconds since the epoch: a lease end as the atomic
@@ -189,6 +189,7 @@ impl Index {
             holdings: HashSet::new(),
             replicas: HashSet::new(),
             replica_quota: 0,
+            reach: Reach::default(),
         });
         self.peer_ix.insert(id, p);
         p

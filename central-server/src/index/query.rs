@@ -427,6 +427,8 @@ impl Index {
     fn located(&self, f: u32, now: Instant, max_holders: usize) -> Option<v1::LocatedFile> {
         let file = self.files.get(f);
         let mut holders = self.live_holders(f, now);
+        // An unreachable peer without a relay holds, but nobody can fetch.
+        holders.retain(|&p| !self.peers.get(p).reach.unlisted);
         if holders.is_empty() {
             return None;
         }

@@ -42,22 +42,7 @@ pub struct Auditor {
 
 impl Auditor {
     pub fn new(extra_roots: &[CertificateDer<'static>]) -> crate::error::Result<Self> {
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let verifier: std::sync::Arc<dyn rustls::client::danger::ServerCertVerifier> =
-            match rustls_platform_verifier::Verifier::new_with_extra_roots(
-                extra_roots.iter().cloned(),
-                provider.clone(),
-            ) {
-                Ok(v) => std::sync::Arc::new(v),
-                Err(e) => return Err(crate::error::Error::PeerRoots(e)),
-            };
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(crate::error::Error::PeerRoots)?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let tls = crate::tls::peer_client_config(extra_roots)?;
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(Duration::from_secs(3))

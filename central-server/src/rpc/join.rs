@@ -45,12 +45,33 @@ impl DirectoryService {
         if let Some(net) = self.dir().network() {
             net.admit(&r)?;
         }
+        if url.relayed().is_some() {
+            return Err(Invalid::RelayUrl {
+                url: url.to_string(),
+            }
+            .into());
+        }
+        let ask = crate::reach::Ask::from_request(&r)?;
         let key = self.prove_key(&peer, &r, now)?;
         let inventory = self.parse_files(r.files)?;
+        let credential = self.dir().network().and_then(|n| n.own_credential().ok());
+        let verdict = self
+            .inner
+            .reach
+            .judge(&peer, &url, ask.mode, credential.as_deref())
+            .await;
+        let listing = crate::reach::listing(
+            &self.dir().index(),
+            &peer,
+            url,
+            &ask,
+            &verdict,
+            Instant::now(),
+        );
         let session_token = hex::encode(rand::random::<[u8; 32]>());
         let join = Join {
             peer,
-            url,
+            url: listing.url.clone(),
             key,
             token,
             addr,
@@ -59,6 +80,7 @@ impl DirectoryService {
             nonce: r.nonce,
             unix_now: unix_secs(),
             replica_quota: r.replica_quota_bytes,
+            reach: listing.reach,
         };
         let admission = self.inner.admission.clone();
         let over = Arc::new(AtomicU64::new(0));
@@ -70,7 +92,9 @@ impl DirectoryService {
         };
         let (count, refused) = self.dir().join(join, admit).await?;
         let over_limit = over.load(Ordering::Relaxed);
-        tracing::info!(%peer, files = count, refused = refused.len(), over_limit, "peer joined");
+        tracing::info!(%peer, files = count, refused = refused.len(), over_limit,
+            reachable = verdict.reachable, listed = %listing.url, unlisted = listing.reach.unlisted,
+            "peer joined");
         log_refused(&peer, &refused);
         let (credential, credential_expires) = self.credential(&peer)?;
         Ok(v1::JoinResponse {
@@ -83,6 +107,14 @@ impl DirectoryService {
             revoked: self.revoked(),
             island: self.inner.links.island().to_owned(),
             over_limit,
+            reachable: verdict.reachable,
+            reachability: verdict.why,
+            relay: listing.relay,
+            listed_url: if listing.reach.unlisted {
+                String::new()
+            } else {
+                listing.url.to_string()
+            },
         })
     }
 

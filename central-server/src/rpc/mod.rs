@@ -78,6 +78,8 @@ struct Inner {
     streams: revocations::Streams,
     /// Links to other islands: lookups go there when this one falls short.
     links: Links,
+    /// Dial-backs and relay assignment at Join (issue 25).
+    reach: Arc<crate::reach::Reachability>,
 }
 
 /// What the service is made of (see `crate::server`).
@@ -91,6 +93,7 @@ pub(crate) struct Parts {
     pub lease_ttl: Duration,
     pub heartbeat_interval: Duration,
     pub links: Links,
+    pub reach: Arc<crate::reach::Reachability>,
 }
 
 /// Searches that may run at once: one fewer than the cores, at least one.
@@ -120,6 +123,7 @@ impl DirectoryService {
                 },
                 streams: revocations::Streams::default(),
                 links: p.links,
+                reach: p.reach,
             }),
         }
     }
@@ -351,6 +355,7 @@ mod tests {
             lease_ttl: config.lease_ttl,
             heartbeat_interval: config.heartbeat_interval,
             links: Links::new(&config.links, None, "test", false, dir.clone(), None),
+            reach: Arc::new(crate::reach::Reachability::new(false, &[]).unwrap()),
         });
         let upkeep = tokio::spawn(dir.clone().upkeep_loop(
             opened.leadership,

@@ -58,6 +58,12 @@ pub(super) async fn run(ctx: &Ctx) -> anyhow::Result<()> {
     if let Some(i) = s.island.clone() {
         line("island", i);
     }
+    if let Some(r) = &s.reachability {
+        let relaying = r.relaying_for.map_or(String::new(), |n| {
+            format!("; relaying for {n} peers behind NAT")
+        });
+        line("reached", format!("{}{relaying}", r.summary));
+    }
     if let Some(e) = s.lease_error.clone() {
         line("central said", e);
     }

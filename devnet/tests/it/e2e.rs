@@ -662,6 +662,50 @@ fn devnet_islands_runs_its_tour_across_islands() {
     }
 }
 
+/// `devnet --nat` (root): peer1 and peer2 each behind a real NAT, peer3
+/// public and relaying. The tour's download (beta-notes.md, held by peer2)
+/// crosses both NATs through peer3's relay, byte for byte; peer1's status
+/// says it is behind NAT and names its relay; and devnet leaves no
+/// namespace behind.
+#[test]
+fn devnet_nat_runs_its_tour_through_a_relay() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("devnet");
+    let out = Command::new(bin("devnet"))
+        .args(["--nat", "--tour", "--no-build", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "devnet --nat failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Tour complete"), "{stdout}");
+    assert!(stdout.contains("behind NAT"), "peer1's status: {stdout}");
+    let fetched = std::fs::read(dir.join("peer1/share/beta-notes.md")).unwrap();
+    let original = std::fs::read(dir.join("peer2/share/beta-notes.md")).unwrap();
+    assert_eq!(fetched, original);
+    let env = std::fs::read_to_string(dir.join("peer3/.env")).unwrap();
+    assert!(env.contains("PSERVER_RELAY=true"), "{env}");
+    // Its namespaces are gone (their names carry devnet's pid).
+    let left = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with("-peer1") || n.ends_with("-nat1"))
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    assert!(
+        !left.iter().any(|n| stdout.contains(n.as_str())),
+        "devnet left {left:?} behind"
+    );
+}
+
 /// `devnet --ha`: a 3-member etcd cluster, 3 centrals serving the one
 /// directory stored in it, peers listing every central; the scripted tour
 /// succeeds (a file held by peer 2 is found and fetched by peer 1, whichever

@@ -10,8 +10,8 @@ use clap::Parser;
 use peerdex_proto::PeerUrl;
 
 use super::{
-    Config, ConfigError, ControlConfig, DownloadConfig, LinkConfig, PeerApiConfig, ReplicaConfig,
-    StoreConfig, WantConfig, defaults, parse_centrals, parse_notify_url,
+    Config, ConfigError, ControlConfig, DownloadConfig, LinkConfig, PeerApiConfig, RelayConfig,
+    ReplicaConfig, StoreConfig, WantConfig, defaults, parse_centrals, parse_notify_url,
 };
 use crate::tls::ServerTls;
 
@@ -197,6 +197,34 @@ pub struct Args {
     #[arg(long, env = "PSERVER_NOTIFY_URL", value_name = "URL")]
     pub notify_url: Option<String>,
 
+    /// How the directory judges whether other peers can reach this one at
+    /// PSERVER_PUBLIC_URL. auto: it dials the URL back at every Join; if
+    /// nobody can reach it (a home router, a carrier NAT), this PServer
+    /// keeps a tunnel to a relay and its files are listed through the
+    /// relay. public: dialled back too, but never relayed (if the dial-back
+    /// fails, the files are not listed and `peerdex status` says why).
+    /// firewalled: always through a relay, no dial-back.
+    #[arg(long, env = "PSERVER_REACHABILITY", value_enum, default_value_t = defaults::REACHABILITY)]
+    pub reachability: super::Reachability,
+
+    /// Offer to relay for peers behind NAT (taken only when the directory
+    /// can reach this PServer): requests for their files pass through this
+    /// peer API, bytes in and out, never stored.
+    #[arg(long, env = "PSERVER_RELAY", default_value_t = defaults::RELAY,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub relay: bool,
+
+    /// Peers behind NAT relayed at once; an attach beyond it is refused
+    /// with 503 + Retry-After and the directory assigns another relay.
+    #[arg(long, env = "PSERVER_RELAY_MAX_PEERS", default_value_t = defaults::RELAY_MAX_PEERS,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub relay_max_peers: u32,
+
+    /// Bytes per second relayed for each peer behind NAT, both directions
+    /// together (token bucket). 0 = unlimited.
+    #[arg(long, env = "PSERVER_RELAY_MAX_BPS", default_value_t = defaults::RELAY_MAX_BPS)]
+    pub relay_max_bps: u64,
+
     /// PEM certificate (a chain: leaf first) the peer API serves over TLS,
     /// and the control API when bound off loopback. Set with
     /// PSERVER_TLS_KEY; then PSERVER_PUBLIC_URL must be https://.
@@ -360,6 +388,12 @@ impl Args {
                     None | Some("") => None,
                     Some(u) => Some(parse_notify_url(u)?),
                 },
+            },
+            relay: RelayConfig {
+                reachability: self.reachability,
+                enabled: self.relay,
+                max_peers: self.relay_max_peers,
+                max_bps: self.relay_max_bps,
             },
             api_tls: tls.is_some() && off_loopback,
             tls,

@@ -50,6 +50,10 @@ pub mod defaults {
     pub const STALL_TIMEOUT: Duration = Duration::from_secs(15);
     pub const MAX_DOWNLOAD_BPS: u64 = 0;
     pub const MAX_WANTS: u64 = 100;
+    pub const REACHABILITY: super::Reachability = super::Reachability::Auto;
+    pub const RELAY: bool = false;
+    pub const RELAY_MAX_PEERS: u32 = 64;
+    pub const RELAY_MAX_BPS: u64 = 0;
 }
 
 /// Validated settings of one PServer.
@@ -77,6 +81,8 @@ pub struct Config {
     pub replicas: ReplicaConfig,
     /// Wanted files: how many, and where to tell about them.
     pub wants: WantConfig,
+    /// Reachability and relaying (peers behind NAT, `crate::relay`).
+    pub relay: RelayConfig,
     /// Certificate and key of the peer API (then `public_url` is
     /// `https://`), and of the control API when `api_tls` is set.
     pub tls: Option<ServerTls>,
@@ -250,6 +256,46 @@ impl Default for WantConfig {
     }
 }
 
+/// How the directory judges whether other peers can reach this one
+/// (`PSERVER_REACHABILITY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Reachability {
+    /// The directory dials our public URL back: reachable if it answers,
+    /// else we are shared through a relay.
+    Auto,
+    /// We must be reachable directly: the directory dials back, and if it
+    /// fails our files are not listed (no relay); the status says why.
+    Public,
+    /// We are behind a NAT or firewall: no dial-back, always a relay.
+    Firewalled,
+}
+
+/// Reachability and relaying (`crate::relay`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// `PSERVER_REACHABILITY`.
+    pub reachability: Reachability,
+    /// `PSERVER_RELAY`: offer to relay for firewalled peers (taken by the
+    /// directory only when we are reachable).
+    pub enabled: bool,
+    /// `PSERVER_RELAY_MAX_PEERS`: firewalled peers relayed at once.
+    pub max_peers: u32,
+    /// `PSERVER_RELAY_MAX_BPS`: bytes per second per relayed peer (0 =
+    /// unlimited).
+    pub max_bps: u64,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            reachability: defaults::REACHABILITY,
+            enabled: defaults::RELAY,
+            max_peers: defaults::RELAY_MAX_PEERS,
+            max_bps: defaults::RELAY_MAX_BPS,
+        }
+    }
+}
+
 /// `PSERVER_NOTIFY_URL`: an http:// or https:// URL.
 pub fn parse_notify_url(s: &str) -> Result<reqwest::Url, ConfigError> {
     let bad = |why: String| ConfigError::NotifyUrl {
@@ -288,6 +334,7 @@ impl Config {
             store: StoreConfig::default(),
             replicas: ReplicaConfig::default(),
             wants: WantConfig::default(),
+            relay: RelayConfig::default(),
             tls: None,
             api_tls: false,
             ca_roots: Vec::new(),

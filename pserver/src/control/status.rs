@@ -1,6 +1,8 @@
 //! `GET /api/v1/status` and `GET /metrics`: what this PServer reports
 //! about itself.
 
+use std::sync::Arc;
+
 use actix_web::http::header;
 use actix_web::{HttpResponse, web};
 use peerdex_proto::rest::{
@@ -15,6 +17,7 @@ use crate::link::lookup::Lookup;
 use crate::link::{Central, NotListed};
 use crate::metrics::{Live, Metrics};
 use crate::peer::uploads::Uploads;
+use crate::relay::{Reach, Relay};
 use crate::rt::MainRt;
 use crate::store::Store;
 use crate::wants::Wants;
@@ -33,7 +36,9 @@ pub(super) async fn status(
     rt: web::Data<MainRt>,
     metrics: web::Data<Metrics>,
     replicas: web::Data<Replicas>,
+    nat: (web::Data<Reach>, web::Data<Arc<Relay>>),
 ) -> Result<web::Json<Status>> {
+    let (reach, relay) = nat;
     let probe = lookup.clone().into_inner();
     let neighbours = rt.run(async move { Ok(probe.probe().await) }).await?;
     let (files, bytes) = store.totals();
@@ -87,6 +92,7 @@ pub(super) async fn status(
         not_listed_reason: (not_listed.files > 0).then(|| not_listed_reason(not_listed)),
         hashing: store.hashing().map(|(done, total)| Hashing { done, total }),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        reachability: reach.status(relay.enabled().then(|| relay.peers() as u32)),
     }))
 }
 
@@ -111,7 +117,9 @@ pub(super) async fn metrics(
     downloads: web::Data<Downloads>,
     replicas: web::Data<Replicas>,
     wants: web::Data<Wants>,
+    nat: (web::Data<Reach>, web::Data<Arc<Relay>>),
 ) -> HttpResponse {
+    let (reach, relay) = nat;
     let (shared_files, shared_bytes) = store.totals();
     let text = metrics.render(Live {
         shared_files: shared_files as usize,
@@ -123,6 +131,8 @@ pub(super) async fn metrics(
         replica_quota_bytes: replicas.quota(),
         replica_fetches_active: downloads.replica_fetches().len(),
         wants: wants.by_state(),
+        relay_peers: relay.peers(),
+        reachable: reach.reachable(),
     });
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

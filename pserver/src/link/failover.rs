@@ -143,6 +143,10 @@ mod tests {
             dir,
             &[],
             0,
+            Arc::new(crate::relay::Reach::new(
+                crate::config::Reachability::Auto,
+                0,
+            )),
         )
         .unwrap();
         c.current.store(0, Ordering::Release);

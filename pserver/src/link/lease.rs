@@ -58,12 +58,16 @@ impl Central {
                     let plan =
                         Plan::new(files, challenge.max_message_bytes, challenge.max_inventory);
                     let nonce = challenge.nonce;
+                    let ask = self.reach.join_ask();
                     let mut msg = v1::JoinRequest {
                         peer_id: self.peer_id.to_string(),
                         peer_url: self.public_url.to_string(),
                         files: files[plan.first.clone()].to_vec(),
                         load: Some(load.into()),
                         replica_quota_bytes: self.replica_quota,
+                        reachability: ask.reachability,
+                        relay_max_peers: ask.relay_max_peers,
+                        avoid_relays: ask.avoid_relays,
                         ..Default::default()
                     };
                     msg.secret_proof = self.network.secret_proof(&nonce, &msg.peer_id);
@@ -74,6 +78,14 @@ impl Central {
             .await?;
         let answer = r.into_inner();
         log_refused("join", &answer.refused);
+        if answer.reachable {
+            tracing::info!(url = %self.public_url, "the directory reached us: other peers download from us directly");
+        } else {
+            tracing::warn!(url = %self.public_url, why = %answer.reachability,
+                relay = answer.relay.as_ref().map_or("none", |r| r.relay_url.as_str()),
+                listed = %answer.listed_url, "the directory cannot reach us: shared through a relay");
+        }
+        self.reach.joined(&answer);
         self.network.set_credential(&answer.credential);
         self.network.note_revoked_list(&answer.revoked);
         if !answer.island.is_empty() {

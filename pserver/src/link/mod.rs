@@ -145,6 +145,8 @@ pub struct Central {
     /// The central's message limit, as its last Challenge said (0 =
     /// unknown): what our Publish pages fit in.
     message_limit: std::sync::atomic::AtomicU64,
+    /// Our reachability: what each Join asks and what its answer said.
+    reach: Arc<crate::relay::Reach>,
 }
 
 /// Why the link to the centrals cannot be set up (at start).
@@ -200,6 +202,7 @@ impl Central {
         data_dir: &std::path::Path,
         ca_roots: &[rustls::pki_types::CertificateDer<'static>],
         replica_quota: u64,
+        reach: Arc<crate::relay::Reach>,
     ) -> Result<Self, SetupError> {
         if urls.is_empty() {
             return Err(SetupError::NoCentral);
@@ -243,6 +246,7 @@ impl Central {
             declines: Declines::default(),
             not_listed: Mutex::default(),
             message_limit: Default::default(),
+            reach,
         })
     }
 
@@ -335,6 +339,21 @@ impl Central {
             s.inventory_changed = true;
         }
         !s.joined
+    }
+
+    /// Join again soon (the lease loop wakes): a peer behind NAT asks
+    /// for another relay this way.
+    pub(crate) fn rejoin_soon(&self) {
+        self.mark_not_joined();
+    }
+
+    /// The key a relay checks attach tokens with: the BLAKE3 hash of our
+    /// session token, which the directory keeps (see
+    /// `peerdex_proto::relay`). `None` while not joined.
+    pub(crate) fn session_key(&self) -> Option<[u8; 32]> {
+        let s = self.session.lock().unwrap();
+        let t = s.token.as_ref().filter(|_| s.joined)?;
+        Some(*blake3::hash(t.as_bytes()).as_bytes())
     }
 
     fn mark_not_joined(&self) {

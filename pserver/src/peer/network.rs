@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use peerdex_proto::network::{Credential, audience, secret_proof, unix_now};
-use peerdex_proto::v1;
+use peerdex_proto::{PeerUrl, v1};
 
 /// How often, at most, an unknown key id makes us ask the directory for
 /// its keys again.
@@ -210,15 +210,47 @@ impl Network {
 pub(crate) struct PeerHttp {
     client: reqwest::Client,
     network: Arc<Network>,
+    /// Holders behind NAT that call us back are fetched through their
+    /// callback tunnel (`crate::relay::callback`).
+    callbacks: Option<Arc<crate::relay::Callbacks>>,
 }
 
 impl PeerHttp {
     pub(crate) fn new(client: reqwest::Client, network: Arc<Network>) -> Self {
-        Self { client, network }
+        Self {
+            client,
+            network,
+            callbacks: None,
+        }
+    }
+
+    /// The same client, fetching from holders behind NAT through their
+    /// callback tunnels when they call us back.
+    pub(crate) fn with_callbacks(&self, callbacks: Arc<crate::relay::Callbacks>) -> Self {
+        Self {
+            callbacks: Some(callbacks),
+            ..self.clone()
+        }
+    }
+
+    /// Where to reach the holder listed at `url`: its callback tunnel when
+    /// it has one for us, else `url` itself.
+    pub(crate) async fn base(&self, url: &PeerUrl) -> PeerUrl {
+        match &self.callbacks {
+            Some(c) => c.route(url).await.unwrap_or_else(|| url.clone()),
+            None => url.clone(),
+        }
     }
 
     pub(crate) fn get(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
-        let rb = self.client.get(url);
+        self.authed(self.client.get(url))
+    }
+
+    pub(crate) fn post(&self, url: impl reqwest::IntoUrl) -> reqwest::RequestBuilder {
+        self.authed(self.client.post(url))
+    }
+
+    fn authed(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
         match self.network.credential() {
             Some(c) => rb.bearer_auth(c),
             None => rb,

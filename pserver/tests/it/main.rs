@@ -16,6 +16,7 @@ mod islands;
 mod library;
 mod metrics;
 mod names;
+mod nat;
 mod neighbour_limits;
 mod openapi;
 mod private;

@@ -266,7 +266,7 @@ async fn get(
     id: FileId,
     stall: Duration,
 ) -> Result<Manifest, Fault> {
-    let url = format!("{}/peer/v1/files/{id}/manifest", src.url);
+    let url = format!("{}/peer/v1/files/{id}/manifest", http.base(&src.url).await);
     let resp = tokio::time::timeout(stall, http.get(url).send())
         .await
         .map_err(|_| Fault::NoAnswer(stall))?

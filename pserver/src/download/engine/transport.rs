@@ -69,9 +69,10 @@ pub(crate) fn http_fetcher(
 ) -> Fetcher {
     Arc::new(move |src: &Source, start: u64, end: u64| {
         let (http, limit, metrics) = (http.clone(), limit.clone(), metrics.clone());
-        let url = format!("{}/peer/v1/files/{id}", src.url);
+        let listed = src.url.clone();
         let base = src.url.to_string();
         Box::pin(async move {
+            let url = format!("{}/peer/v1/files/{id}", http.base(&listed).await);
             let resp = http
                 .get(url)
                 .header(reqwest::header::RANGE, format!("bytes={start}-{end}"))
