@@ -83,6 +83,8 @@ impl DirectoryService {
             revoked: self.revoked(),
             island: self.inner.links.island().to_owned(),
             over_limit,
+            central: self.inner.leadership.name().to_owned(),
+            leader: self.inner.leadership.leader(),
         })
     }
 
