@@ -236,8 +236,16 @@ async fn fetch_while_opening(
         tokio::select! {
             r = &mut download => break r,
             r = &mut opening, if opened.is_none() => {
-                // Not this ticket's file, or altered: fetch no more.
-                r?;
+                if let Err(e) = r {
+                    // Not this ticket's file, or altered: fetch no more.
+                    // The download stops at its next chunk and ends on its
+                    // own (never dropped while it stores the file).
+                    if let Dest::Private(follow) = &dest {
+                        follow.refuse();
+                    }
+                    let _ = download.await;
+                    return Err(e.into());
+                }
                 opened = Some(Ok(()));
             }
         }
@@ -309,6 +317,13 @@ impl Follow {
             let reader = partial.follow();
             *lock(&self.prefix) = Some(reader.prefix());
             let _ = tx.send(reader);
+        }
+    }
+
+    /// What was read does not open: the download takes no more chunks.
+    fn refuse(&self) {
+        if let Some(p) = lock(&self.prefix).as_ref() {
+            p.refuse();
         }
     }
 

@@ -599,6 +599,7 @@ impl Writer {
         if i >= self.written.len() || self.written[i] {
             return Ok(());
         }
+        self.refused()?;
         let expected = chunk_len(i, self.chunk_size, self.size);
         if data.len() as u64 != expected {
             return Err(io::Error::other(format!(
@@ -621,12 +622,23 @@ impl Writer {
         if i >= self.written.len() || self.written[i] {
             return Ok(());
         }
+        self.refused()?;
         self.written[i] = true;
         self.grow();
         self.dirty = true;
         self.unsynced += chunk_len(i, self.chunk_size, self.size);
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint(false);
+        }
+        Ok(())
+    }
+
+    /// The prefix's reader wants no more of the file (see `prefix`).
+    fn refused(&self) -> io::Result<()> {
+        if self.prefix.refused() {
+            return Err(io::Error::other(
+                "the download was stopped: its content was refused by its reader",
+            ));
         }
         Ok(())
     }
@@ -723,6 +735,16 @@ mod tests {
         let (r, read) = reading.await.unwrap();
         assert!(r.is_err());
         assert_eq!(read, 1024, "only the verified prefix is read");
+
+        // A reader that refuses the content stops the download: the
+        // writer takes no more chunks.
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partial::open(dir.path(), &m, "x.bin").unwrap();
+        p.follow().prefix().refuse();
+        let _ = p.write(0, Bytes::copy_from_slice(&data[..1024])).await;
+        let e = p.finish().await.unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        p.discard().await;
     }
 
     #[tokio::test]

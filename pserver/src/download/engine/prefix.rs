@@ -29,6 +29,9 @@ struct State {
     /// No more growth: the partial's writer stopped, or the reader's owner
     /// gave up.
     closed: bool,
+    /// The reader's owner wants no more of the file (what it read does not
+    /// open): the writer takes no more chunks, so the download stops.
+    refused: bool,
 }
 
 impl Prefix {
@@ -37,6 +40,7 @@ impl Prefix {
             state: Mutex::new(State {
                 bytes,
                 closed: false,
+                refused: false,
             }),
             grew: Condvar::new(),
         })
@@ -55,6 +59,19 @@ impl Prefix {
     pub(crate) fn close(&self) {
         lock(&self.state).closed = true;
         self.grew.notify_all();
+    }
+
+    /// The reader's owner wants no more of the file: the partial's writer
+    /// refuses the next chunks (the download ends with an error).
+    pub(crate) fn refuse(&self) {
+        let mut s = lock(&self.state);
+        s.refused = true;
+        s.closed = true;
+        self.grew.notify_all();
+    }
+
+    pub(super) fn refused(&self) -> bool {
+        lock(&self.state).refused
     }
 
     /// Wait until the prefix reaches past `pos`; its end then, or `None`
