@@ -3,9 +3,10 @@
 # download of SIZE_MIB between two PServers on loopback, end to end through
 # `peerdex get`, in the same run. Plain: `peerdex get ID` (verified chunks,
 # fsync, moved into the share folder). Private: `peerdex get TICKET` (the
-# ciphertext verified the same way and kept as a blob, then opened:
-# ChaCha20-Poly1305 STREAM, each 64 KiB segment authenticated, into a temp
-# file, fsync, moved into the private folder). Not part of CI.
+# ciphertext verified the same way and kept as a blob, and opened while it
+# downloads: ChaCha20-Poly1305 STREAM, each 64 KiB segment of the verified
+# prefix authenticated and decrypted into a temp file flushed as it grows,
+# moved into the private folder once all is verified). Not part of CI.
 #
 #   bench/private.sh [SIZE_MIB=1024] [RUNS=3]
 #

@@ -96,12 +96,13 @@ pub struct Status {
     /// Every central of `PSERVER_CENTRAL_URL`, in its order.
     #[serde(default)]
     pub centrals: Vec<String>,
-    /// The name the central in use gave in its last Heartbeat answer; null
-    /// when unknown (not heard yet, or a central that gives none).
+    /// The name the central in use gave in its Join or last Heartbeat
+    /// answer; null when unknown (not heard yet, or a central that gives
+    /// none).
     #[serde(default)]
     pub central_name: Option<String>,
-    /// The directory's leader, as the last Heartbeat answer named it; null
-    /// when unknown.
+    /// The directory's leader, as the Join or last Heartbeat answer named
+    /// it; null when unknown.
     #[serde(default)]
     pub leader: Option<String>,
     /// The directory's island (CENTRAL_ISLAND_NAME), as the last Join or

@@ -996,7 +996,7 @@
     fact('peer_id', s.peer_id, s.peer_id);
     fact('public_url', s.public_url, s.public_url);
     // Every central of the list, in its order; the one in use says so,
-    // with the name it gave in its last heartbeat answer.
+    // with the name it gave in its Join answer or last heartbeat answer.
     const name = s.central_name ?? null;
     const central = el('li', {},
       el('code', { dataset: { fact: 'central_url', value: raw(s.central_url) } }, s.central_url), ' ',
@@ -1059,7 +1059,7 @@
     fact('lease_renewals', s.lease_renewals, `${r.ok} ok, ${r.rejoin} rejoin, ${r.error} error`);
     fact('max_upload_bytes', s.max_upload_bytes, s.max_upload_bytes ? humanSize(s.max_upload_bytes) : 'no limit');
     fact('version', s.version, s.version);
-    // The directory's leader, as the last heartbeat answer named it.
+    // The directory's leader, as the Join or last heartbeat answer named it.
     const leader = s.leader ?? null;
     fact('leader', leader, leader || '—');
     // The directory's island (CENTRAL_ISLAND_NAME).

@@ -115,6 +115,8 @@ impl DirectoryService {
             } else {
                 listing.url.to_string()
             },
+            central: self.inner.leadership.name().to_owned(),
+            leader: self.inner.leadership.leader(),
         })
     }
 

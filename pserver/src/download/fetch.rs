@@ -292,7 +292,7 @@ pub(super) async fn store_and_publish(
 ) -> std::result::Result<(), JobEnd> {
     let (s, p, n, id) = (shared.clone(), path.to_owned(), name.clone(), t.id);
     let m = Manifest::clone(&manifest);
-    if let Dest::Private = dest {
+    if let Dest::Private(_) = dest {
         // Announced by `private` once it opened with its ticket.
         tokio::task::spawn_blocking(move || s.store.add_blob(&p, id, m))
             .await?
@@ -323,7 +323,7 @@ pub(super) async fn store_and_publish(
 pub(super) fn pick_name(shared: &Engine, t: &Target, dest: &Dest) -> FileName {
     match dest {
         Dest::Replica { name, .. } => return name.clone(),
-        Dest::Private => return peerdex_proto::ticket::private_name(&t.id),
+        Dest::Private(_) => return peerdex_proto::ticket::private_name(&t.id),
         Dest::Share => {}
     }
     let base = t.names.first().cloned().unwrap_or_else(|| {

@@ -347,7 +347,6 @@ pub(crate) enum ReplicaEnd {
 }
 
 /// Where a download goes.
-#[derive(Debug, Clone)]
 pub(crate) enum Dest {
     /// The user's download: into the share folder, under the best name.
     Share,
@@ -355,8 +354,10 @@ pub(crate) enum Dest {
     /// at most `max_size` bytes.
     Replica { name: FileName, max_size: u64 },
     /// A private file's ciphertext: into `data/private-blobs/`, not
-    /// announced until it opened (see `private`).
-    Private,
+    /// announced until it opened (see `private`); the partial's reader is
+    /// handed to the opening as soon as the partial is open, so the file
+    /// is opened while it downloads.
+    Private(private::Follow),
 }
 
 /// Validated answer of a locate: what to fetch and from whom.

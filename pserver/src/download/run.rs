@@ -29,7 +29,7 @@ pub(super) fn partial_dir(shared: &Engine, dest: &Dest) -> PathBuf {
     match dest {
         Dest::Share => shared.store.data_dir().join("partial"),
         Dest::Replica { .. } => shared.store.replica_partial_dir(),
-        Dest::Private => shared.store.blob_partial_dir(),
+        Dest::Private(_) => shared.store.blob_partial_dir(),
     }
 }
 
@@ -256,7 +256,7 @@ pub(super) async fn drive(
         j.state = JobState::Downloading;
         j.file_id = Some(t.id.to_hex());
         // A private job shows the plaintext's name, set when it started.
-        if !matches!(dest, Dest::Private) {
+        if !matches!(dest, Dest::Private(_)) {
             j.name = Some(name.to_string());
         }
         j.bytes_total = Some(t.size);
@@ -268,6 +268,9 @@ pub(super) async fn drive(
         .await?
         .map_err(|e| shared.store.space().explain(e, &dir))?;
     let partial = slot.insert(opened);
+    if let Dest::Private(follow) = dest {
+        follow.hand(partial); // opened while it downloads
+    }
     let mut swarm = Swarm::new(
         manifest.clone(),
         partial.verified(),
@@ -308,7 +311,7 @@ pub(super) async fn drive(
     if let Some(p) = slot.take() {
         p.discard().await; // its state files; the .part became the shared file
     }
-    if matches!(dest, Dest::Private) {
+    if matches!(dest, Dest::Private(_)) {
         return Ok(()); // done once opened (see `private`)
     }
     // Done only now: nothing of the download is left in the data folder.

@@ -88,8 +88,15 @@ impl Central {
         self.reach.joined(&answer);
         self.network.set_credential(&answer.credential);
         self.network.note_revoked_list(&answer.revoked);
-        if !answer.island.is_empty() {
-            self.heard.lock().unwrap().island = Some(answer.island.clone());
+        {
+            // Named from the Join on (a status read before the first
+            // Heartbeat names the central too).
+            let mut h = self.heard.lock().unwrap();
+            if !answer.island.is_empty() {
+                h.island = Some(answer.island.clone());
+            }
+            h.central = (!answer.central.is_empty()).then(|| answer.central.clone());
+            h.leader = (!answer.leader.is_empty()).then(|| answer.leader.clone());
         }
         if self.network.is_private()
             && let Err(e) = self.refresh_keys().await

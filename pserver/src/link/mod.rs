@@ -278,7 +278,8 @@ impl Central {
         self.links.iter().map(|l| l.url.clone()).collect()
     }
 
-    /// The name the central we use gave in its last Heartbeat answer.
+    /// The name the central we use gave in its Join or last Heartbeat
+    /// answer.
     pub fn central_name(&self) -> Option<String> {
         self.heard.lock().unwrap().central.clone()
     }
@@ -288,7 +289,8 @@ impl Central {
         self.heard.lock().unwrap().island.clone()
     }
 
-    /// The directory's leader, as the last Heartbeat answer named it.
+    /// The directory's leader, as the Join or last Heartbeat answer named
+    /// it.
     pub fn leader(&self) -> Option<String> {
         self.heard.lock().unwrap().leader.clone()
     }

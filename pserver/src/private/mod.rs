@@ -26,4 +26,4 @@
 pub(crate) mod crypt;
 mod vault;
 
-pub(crate) use vault::{OpenError, Vault, VaultError};
+pub(crate) use vault::{OpenError, Vault, VaultError, open_to_temp};

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -215,39 +215,40 @@ impl Vault {
     /// once. Blocking. The name it is saved under.
     pub(crate) fn open_into_folder(
         &self,
-        src: &mut fs::File,
+        src: &mut impl Read,
         len: u64,
         ticket: &Ticket,
         temp: &Path,
     ) -> Result<FileName, OpenError> {
-        if let Some((path, name)) = self.saved(&ticket.file_id)
-            && fs::metadata(&path).is_ok_and(|m| m.len() == ticket.size)
-        {
+        if let Some(name) = self.saved_whole(ticket) {
             return Ok(name);
         }
-        let opened = (|| {
-            let mut options = fs::OpenOptions::new();
-            options.write(true).create_new(true);
-            #[cfg(unix)]
-            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-            let file = options.open(temp)?;
-            let mut out = io::BufWriter::with_capacity(1 << 20, file);
-            let mut src = io::BufReader::with_capacity(1 << 20, src);
-            crypt::open(&mut src, len, ticket, &mut out)?;
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()?;
-            Ok::<_, OpenError>(())
-        })();
-        let placed = opened.and_then(|()| self.place(temp, ticket));
+        open_to_temp(src, len, ticket, temp)?;
+        self.place(temp, ticket)
+    }
+
+    /// The name of the plaintext of `ticket` saved here before, if it is
+    /// still there whole.
+    pub(crate) fn saved_whole(&self, ticket: &Ticket) -> Option<FileName> {
+        let (path, name) = self.saved(&ticket.file_id)?;
+        fs::metadata(&path)
+            .is_ok_and(|m| m.len() == ticket.size)
+            .then_some(name)
+    }
+
+    /// Move the authenticated plaintext `temp` (made by [`open_to_temp`])
+    /// into the private folder without replacing anything there, and keep
+    /// its key; `temp` is gone either way. Blocking. The name it is saved
+    /// under.
+    pub(crate) fn place(&self, temp: &Path, ticket: &Ticket) -> Result<FileName, OpenError> {
+        let placed = self.place_temp(temp, ticket);
         if placed.is_err() {
             let _ = fs::remove_file(temp);
         }
         placed
     }
 
-    /// Move the authenticated plaintext `temp` into the private folder
-    /// without replacing anything there.
-    fn place(&self, temp: &Path, ticket: &Ticket) -> Result<FileName, OpenError> {
+    fn place_temp(&self, temp: &Path, ticket: &Ticket) -> Result<FileName, OpenError> {
         let folder = |source| OpenError::Folder {
             dir: self.dir.clone(),
             source,
@@ -310,6 +311,89 @@ impl Vault {
             records.iter().map(|(id, r)| (id.to_hex(), r)).collect();
         let bytes = serde_json::to_vec_pretty(&by_hex).map_err(io::Error::other)?;
         peerdex_common::fs::write_secret(&self.keys_path, &bytes)
+    }
+}
+
+/// Plaintext written between two background flushes of [`open_to_temp`].
+const FLUSH_EVERY: u64 = 32 << 20;
+
+/// Open the ciphertext read from `src` (`len` bytes, read in order) with
+/// `ticket` into `temp` (a fresh path in the data folder, mode 0600), each
+/// segment authenticated before it is written, then fsync'd: on success
+/// `temp` holds the whole authenticated plaintext, not yet in the private
+/// folder ([`Vault::place`] puts it there); on failure `temp` is deleted.
+/// A thread flushes what is written every [`FLUSH_EVERY`] bytes while the
+/// opening goes on, so the final fsync has little left to write. Blocking.
+pub(crate) fn open_to_temp(
+    src: &mut impl Read,
+    len: u64,
+    ticket: &Ticket,
+    temp: &Path,
+) -> Result<(), OpenError> {
+    let opened = (|| {
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options.open(temp)?;
+        let syncing = file.try_clone()?;
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(0);
+            // An error of a background flush is kept for the caller (the
+            // kernel reports a write-back error once).
+            let flusher = scope.spawn(move || {
+                while rx.recv().is_ok() {
+                    syncing.sync_data()?;
+                }
+                Ok::<_, io::Error>(())
+            });
+            let mut out = Flushing {
+                file: &file,
+                unflushed: 0,
+                tx: Some(tx),
+            };
+            let opened = crypt::open(src, len, ticket, &mut out);
+            out.tx = None;
+            let flushed = flusher
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("flush thread panicked")));
+            opened?;
+            flushed?;
+            Ok::<_, OpenError>(())
+        })?;
+        file.sync_all()?;
+        Ok::<_, OpenError>(())
+    })();
+    if opened.is_err() {
+        let _ = fs::remove_file(temp);
+    }
+    opened
+}
+
+/// Writes straight to the file (the segments are 64 KiB already) and asks
+/// the flush thread to flush every [`FLUSH_EVERY`] bytes (skipped while it
+/// is still busy with the last one).
+struct Flushing<'a> {
+    file: &'a fs::File,
+    unflushed: u64,
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl Write for Flushing<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (&*self.file).write(buf)?;
+        self.unflushed += n as u64;
+        if self.unflushed >= FLUSH_EVERY
+            && let Some(tx) = &self.tx
+            && tx.try_send(()).is_ok()
+        {
+            self.unflushed = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 

@@ -232,6 +232,8 @@ async fn bad_tickets_and_tampered_ciphertexts_leave_nothing_behind() {
     let b_blobs = b.data_dir.join("private-blobs");
     let nothing_on_b = || {
         assert_eq!(files_under(&b_private), Vec::<PathBuf>::new());
+        // Nor a temp plaintext (a file opens while it downloads).
+        assert_eq!(files_under(&b.data_dir.join("tmp")), Vec::<PathBuf>::new());
         assert_eq!(files_under(&b.share_dir), Vec::<PathBuf>::new());
         let blobs: Vec<PathBuf> = files_under(&b_blobs)
             .into_iter()

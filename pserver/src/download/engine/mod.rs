@@ -11,10 +11,13 @@
 //!   liars struck off.
 //! * `partial` — the partial file on disk (`data/partial/`), resumed after
 //!   a restart, and its cap.
+//! * `prefix` — the partial's verified prefix, and a reader that follows
+//!   it while the download runs (a private file opens as it arrives).
 
 pub(super) mod chunk;
 pub(super) mod holder;
 pub(super) mod manifest;
 pub(super) mod partial;
+pub(super) mod prefix;
 pub(super) mod scheduler;
 pub(super) mod transport;

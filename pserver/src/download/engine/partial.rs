@@ -45,6 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use peerdex_common::fs::write_atomic;
 
+use super::prefix::{Prefix, PrefixReader};
+
 /// Checkpoint at least this often while chunks arrive...
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// ...or after this many bytes, whichever comes first.
@@ -121,6 +123,8 @@ pub(crate) struct Partial {
     tx: Option<mpsc::Sender<Cmd>>,
     worker: Option<tokio::task::JoinHandle<()>>,
     in_place: Arc<fs::File>,
+    /// The verified prefix, grown by the writer.
+    prefix: Arc<Prefix>,
 }
 
 impl Partial {
@@ -183,6 +187,7 @@ impl Partial {
         let failed = Arc::new(Mutex::new(None));
         let mut writer = Writer::new(file, &paths, manifest.chunk_size(), size, verified.clone())?;
         writer.failed = failed.clone();
+        let prefix = writer.prefix.clone();
         let worker = tokio::task::spawn_blocking(move || writer.run(rx));
         Ok(Self {
             paths,
@@ -193,7 +198,16 @@ impl Partial {
             tx: Some(tx),
             worker: Some(worker),
             in_place,
+            prefix,
         })
+    }
+
+    /// A reader of the file from its start that follows the verified
+    /// prefix while the download runs (see `prefix`). It keeps the `.part`
+    /// open, so it reads on after the file was moved into place; once the
+    /// partial stops, a read beyond what was verified fails.
+    pub fn follow(&self) -> PrefixReader {
+        PrefixReader::new(self.in_place.clone(), self.prefix.clone(), self.size)
     }
 
     /// The `.part` file, for writing a chunk in place while it streams in
@@ -506,6 +520,9 @@ struct Writer {
     checkpointer: Option<std::thread::JoinHandle<()>>,
     /// The write that failed (shared with the [`Partial`]).
     failed: Arc<Mutex<Option<io::Error>>>,
+    /// The first chunk not written yet, and the prefix it ends.
+    next: usize,
+    prefix: Arc<Prefix>,
 }
 
 impl Writer {
@@ -533,10 +550,14 @@ impl Writer {
                     }
                 }
             })?;
+        let next = written.iter().position(|w| !w).unwrap_or(written.len());
+        let prefix = Prefix::new((next as u64 * chunk_size).min(size));
         Ok(Self {
             file,
             chunk_size,
             size,
+            next,
+            prefix,
             written,
             dirty: false,
             unsynced: 0,
@@ -565,6 +586,7 @@ impl Writer {
             }
         }
         drop(rx);
+        self.prefix.close();
         // What was written before a failure is verified and on disk: keep it.
         self.checkpoint(true);
         self.checkpoints = None;
@@ -577,6 +599,7 @@ impl Writer {
         if i >= self.written.len() || self.written[i] {
             return Ok(());
         }
+        self.refused()?;
         let expected = chunk_len(i, self.chunk_size, self.size);
         if data.len() as u64 != expected {
             return Err(io::Error::other(format!(
@@ -586,6 +609,7 @@ impl Writer {
         }
         self.file.write_all_at(&data, i as u64 * self.chunk_size)?;
         self.written[i] = true;
+        self.grow();
         self.dirty = true;
         self.unsynced += data.len() as u64;
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
@@ -598,13 +622,37 @@ impl Writer {
         if i >= self.written.len() || self.written[i] {
             return Ok(());
         }
+        self.refused()?;
         self.written[i] = true;
+        self.grow();
         self.dirty = true;
         self.unsynced += chunk_len(i, self.chunk_size, self.size);
         if self.unsynced >= CHECKPOINT_BYTES || self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
             self.checkpoint(false);
         }
         Ok(())
+    }
+
+    /// The prefix's reader wants no more of the file (see `prefix`).
+    fn refused(&self) -> io::Result<()> {
+        if self.prefix.refused() {
+            return Err(io::Error::other(
+                "the download was stopped: its content was refused by its reader",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Move the verified prefix past the chunks written in a row.
+    fn grow(&mut self) {
+        let from = self.next;
+        while self.next < self.written.len() && self.written[self.next] {
+            self.next += 1;
+        }
+        if self.next > from {
+            self.prefix
+                .advance((self.next as u64 * self.chunk_size).min(self.size));
+        }
     }
 
     /// Hand the current bitmap to the checkpoint thread (fsync, then the
@@ -646,6 +694,57 @@ mod tests {
         let mut h = TreeHasher::with_chunk_size(cs);
         h.update(data);
         h.finish().1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_follower_reads_the_verified_prefix_only_and_in_order() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let data = peerdex_testkit::test_bytes(10_000, 3);
+        let m = manifest(&data, 1024);
+        let p = Partial::open(dir.path(), &m, "x.bin").unwrap();
+        let mut r = p.follow();
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).map(|_| got)
+        });
+        // Last chunk first: nothing past chunk 0 may be read before chunk 0.
+        for i in (0..10usize).rev() {
+            let c = &data[i * 1024..((i + 1) * 1024).min(data.len())];
+            p.write(i, Bytes::copy_from_slice(c)).await.unwrap();
+        }
+        assert_eq!(reading.await.unwrap().unwrap(), data);
+
+        // A partial that stops short: the follower gets an error, never a
+        // short file.
+        let dir = tempfile::tempdir().unwrap();
+        let p = Partial::open(dir.path(), &m, "x.bin").unwrap();
+        let mut r = p.follow();
+        p.write(0, Bytes::copy_from_slice(&data[..1024]))
+            .await
+            .unwrap();
+        p.write(2, Bytes::copy_from_slice(&data[2048..3072]))
+            .await
+            .unwrap();
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut got = Vec::new();
+            let r = r.read_to_end(&mut got);
+            (r, got.len())
+        });
+        p.discard().await;
+        let (r, read) = reading.await.unwrap();
+        assert!(r.is_err());
+        assert_eq!(read, 1024, "only the verified prefix is read");
+
+        // A reader that refuses the content stops the download: the
+        // writer takes no more chunks.
+        let dir = tempfile::tempdir().unwrap();
+        let mut p = Partial::open(dir.path(), &m, "x.bin").unwrap();
+        p.follow().prefix().refuse();
+        let _ = p.write(0, Bytes::copy_from_slice(&data[..1024])).await;
+        let e = p.finish().await.unwrap_err();
+        assert!(e.to_string().contains("refused"), "{e}");
+        p.discard().await;
     }
 
     #[tokio::test]
