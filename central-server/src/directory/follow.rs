@@ -9,12 +9,13 @@
 //! The follower writes the snapshot between two watch answers, so the
 //! index, the mirror and the revision agree ([`Snapshots`]).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use peerdex_proto::convert::SharedFile;
-use peerdex_proto::{FileName, PeerId, PeerUrl, v1};
+use peerdex_proto::{FileId, FileName, PeerId, PeerUrl, v1};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -22,7 +23,7 @@ use super::gate::{IndexGate, Steps};
 use super::shared::Shared;
 use crate::error::{Error, Result};
 use crate::etcd::{Change, Etcd};
-use crate::index::{Index, Load, TokenHash};
+use crate::index::{Holdings, Index, Load, Row, TokenHash};
 use crate::snapshot::{self, Snapshot};
 
 /// The longest wait for the watch to bring a snapshot's index up to date
@@ -93,12 +94,17 @@ pub(super) async fn start(
 
 /// The index a snapshot describes (its mirror restored on the way).
 fn from_snapshot(shared: &Shared, etcd: &Etcd, snap: Snapshot) -> Index {
-    let changes = etcd.restore(&snap.kvs);
+    build(shared, etcd.restore(&snap.kvs), &snap.holdings)
+}
+
+/// A whole index with the bulk loader: `changes` (peers first, and the
+/// replication keys) one by one, then every holding of `holdings`.
+fn build(shared: &Shared, changes: Vec<Change>, holdings: &Holdings) -> Index {
     let peers = changes
         .iter()
         .filter(|c| matches!(c, Change::Peer { .. }))
         .count();
-    let mut fresh = Index::with_capacity(peers, snap.holdings.files.len());
+    let mut fresh = Index::with_capacity(peers, holdings.files.len());
     let now = Instant::now();
     let mut gone = Vec::new();
     shared.replicas.clear();
@@ -107,12 +113,59 @@ fn from_snapshot(shared: &Shared, etcd: &Etcd, snap: Snapshot) -> Index {
             apply_one(&mut fresh, c, now, &mut gone);
         }
     }
-    let skipped = fresh.import(&snap.holdings);
+    let skipped = fresh.import(holdings);
     if skipped > 0 {
-        tracing::warn!(skipped, "snapshot holdings without their peer were skipped");
+        tracing::warn!(
+            skipped,
+            "holdings without their peer (or with a contradicting size) were skipped"
+        );
     }
     fresh.finish_bulk();
     fresh
+}
+
+/// A full read's changes: the holdings in tables for the bulk loader
+/// (names checked as the watch checks them), everything else as is.
+fn tables(changes: Vec<Change>) -> (Vec<Change>, Holdings) {
+    let mut h = Holdings::default();
+    let mut peer_at: HashMap<PeerId, u32> = HashMap::new();
+    let mut file_at: HashMap<FileId, u32> = HashMap::new();
+    let mut rest = Vec::new();
+    for c in changes {
+        let Change::Holding {
+            peer,
+            file,
+            name,
+            size,
+            replica,
+        } = c
+        else {
+            rest.push(c);
+            continue;
+        };
+        if name.parse::<FileName>().is_err() {
+            tracing::warn!(%peer, "etcd: holding with a bad name ignored");
+            continue;
+        }
+        let peer = *peer_at.entry(peer).or_insert_with(|| {
+            h.peers.push(peer);
+            h.peers.len() as u32 - 1
+        });
+        let file = *file_at.entry(file).or_insert_with(|| {
+            h.files.push(file);
+            h.files.len() as u32 - 1
+        });
+        h.names.push_str(&name);
+        h.name_ends.push(h.names.len() as u64);
+        h.rows.push(Row {
+            peer,
+            file,
+            name: h.name_ends.len() as u32 - 1,
+            size,
+            replica,
+        });
+    }
+    (rest, h)
 }
 
 /// Wait until the watch has applied every change etcd had when this is
@@ -188,17 +241,9 @@ pub(super) async fn load(dir: &Arc<Shared>, etcd: &Etcd) -> Result<i64> {
     let (changes, revision) = etcd.snapshot().await?;
     let shared = dir.clone();
     tokio::task::spawn_blocking(move || {
-        let mut fresh = Index::new();
-        fresh.defer_postings(true);
-        let now = Instant::now();
-        let mut gone = Vec::new();
-        shared.replicas.clear();
-        for c in changes {
-            if let Some(c) = shared.replicas.apply(c) {
-                apply_one(&mut fresh, c, now, &mut gone);
-            }
-        }
-        fresh.defer_postings(false);
+        let (changes, holdings) = tables(changes);
+        let fresh = build(&shared, changes, &holdings);
+        drop(holdings);
         *shared.index.write() = fresh;
     })
     .await?;
