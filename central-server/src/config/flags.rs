@@ -54,7 +54,7 @@ pub struct ServeArgs {
     pub metrics_addr: OptionalAddr,
 
     /// Directory of the database (created if missing). The index survives
-    /// restarts there.
+    /// restarts there. On etcd: this central's snapshot of its index only.
     #[arg(long, env = "CENTRAL_DATA_DIR", default_value = defaults::DATA_DIR)]
     pub data_dir: PathBuf,
 }
