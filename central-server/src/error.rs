@@ -365,6 +365,12 @@ pub enum Error {
     TlsFile(#[from] peerdex_common::tls::PemFileError),
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// The data folder (`CENTRAL_DATA_DIR`) cannot be created.
+    #[error("CENTRAL_DATA_DIR {}: cannot create it: {source}", path.display())]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("grpc transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]

@@ -96,7 +96,8 @@
 //! * `index/` — the in-memory index (peers and leases, holdings, names and
 //!   postings, queries, slabs, the bulk load used at restart).
 //! * `store` — SQLite. `etcd/` — the etcd client, key schema, follower and
-//!   writes.
+//!   writes. `snapshot` — the local snapshot of a directory on etcd (a
+//!   restart loads it and follows the watch from its revision).
 //! * `config/` — [`Config`], [`Limits`], their defaults, bounds and
 //!   validation, and [`Args`]: the flags in sections that fill them.
 //! * `tls` — [`TlsFiles`]: the certificate and key of the gRPC port.
@@ -124,6 +125,7 @@ mod reach;
 mod replication;
 mod rpc;
 mod server;
+mod snapshot;
 mod store;
 mod tls;
 mod watch;

@@ -516,6 +516,24 @@ impl EtcdCluster {
         Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
     }
 
+    /// Member `i`'s database size in bytes, as its endpoint status reports
+    /// it (`dbSize`: the file etcd keeps, free pages included).
+    pub fn db_size(&self, i: usize) -> Result<u64, String> {
+        let v = post(
+            self.members[i].client_port,
+            "/v3/maintenance/status",
+            &serde_json::json!({}),
+        )?;
+        json_u64(&v["dbSize"]).ok_or_else(|| format!("status answered {v}"))
+    }
+
+    /// Compact the cluster's history up to `revision` (through member
+    /// `i`): older revisions can no longer be read or watched from.
+    pub fn compact(&self, i: usize, revision: u64) -> Result<(), String> {
+        let body = serde_json::json!({"revision": revision.to_string(), "physical": true});
+        post(self.members[i].client_port, "/v3/kv/compaction", &body).map(|_| ())
+    }
+
     /// Stop every member cleanly: SIGTERM, then SIGKILL whatever still runs
     /// after 10 s.
     pub fn stop(&mut self) {

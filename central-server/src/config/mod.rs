@@ -49,6 +49,8 @@ pub mod defaults {
     pub const KEY_RETENTION_DAYS: u32 = 90;
     /// `CENTRAL_ETCD_PREFIX`.
     pub const ETCD_PREFIX: &str = "/peerdex/";
+    /// `CENTRAL_SNAPSHOT_SECS`.
+    pub const SNAPSHOT_SECS: u64 = 300;
     /// `CENTRAL_REPLICA_GRACE_SECS`.
     pub const REPLICA_GRACE_SECS: u64 = 300;
     /// `CENTRAL_PIN_ORPHAN_DAYS`.
@@ -248,6 +250,12 @@ pub struct Config {
     /// The directory's keys in etcd start with this (`CENTRAL_ETCD_PREFIX`,
     /// default `/peerdex/`): several directories can share one cluster.
     pub etcd_prefix: String,
+    /// On etcd: how often this central writes the snapshot of its index
+    /// to `data_dir` (when it changed; also at a clean shutdown), so that
+    /// a restart loads it and follows etcd from its revision instead of
+    /// reading the whole directory (`CENTRAL_SNAPSHOT_SECS`, default 300).
+    /// Zero: no snapshot is written or read.
+    pub snapshot_every: Duration,
     /// This central's name in answers, logs and the leader election
     /// (`CENTRAL_NAME`; default `<host>:<port>`).
     pub name: Option<String>,
@@ -300,6 +308,7 @@ impl Config {
             tls: None,
             etcd_endpoints: None,
             etcd_prefix: d::ETCD_PREFIX.into(),
+            snapshot_every: Duration::from_secs(d::SNAPSHOT_SECS),
             name: None,
             drain: None,
             replica_grace: Duration::from_secs(d::REPLICA_GRACE_SECS),

@@ -59,6 +59,8 @@ const CHORES_EVERY: Duration = Duration::from_secs(60);
 pub(crate) struct Directory {
     shared: Arc<Shared>,
     backend: Backend,
+    /// Where the index came from at start (Info tells).
+    source: v1::IndexSource,
 }
 
 /// Where the directory is persisted.
@@ -93,6 +95,7 @@ impl Directory {
                     directory: Arc::new(Self {
                         shared,
                         backend: Backend::Sqlite(db),
+                        source: v1::IndexSource::Database,
                     }),
                     nonces: Nonces::new(),
                     leadership: Leadership::alone(name),
@@ -105,6 +108,7 @@ impl Directory {
                     directory: Arc::new(Self {
                         shared: o.shared,
                         backend: Backend::Etcd(o.store),
+                        source: o.source,
                     }),
                     nonces: o.nonces,
                     leadership: o.leadership,
@@ -131,6 +135,12 @@ impl Directory {
 
     pub(crate) fn network(&self) -> Option<&Network> {
         self.shared.network.as_ref()
+    }
+
+    /// Where the index came from at start: the database, the snapshot,
+    /// or a full read of etcd (and why).
+    pub(crate) fn index_source(&self) -> v1::IndexSource {
+        self.source
     }
 
     /// `sqlite` or `etcd`, for Info and the log.

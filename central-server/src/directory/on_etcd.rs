@@ -40,6 +40,8 @@ pub(super) struct Opened {
     pub leadership: Leadership,
     /// The follower and the election.
     pub tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where the index came from at start.
+    pub source: v1::IndexSource,
 }
 
 /// Connect to etcd, take the directory's shared secrets, load the index
@@ -54,15 +56,37 @@ pub(super) async fn open(
     let (nonces, network) = shared_secrets(&etcd, config).await?;
     let leadership = Leadership::new(name);
     let shared = Shared::new(Index::new(), network, config);
-    let revision = follow::load(&shared, &etcd).await?;
+    let (_, cluster) = etcd.position().await?;
+    let snaps = follow::Snapshots {
+        path: crate::snapshot::path_in(&config.data_dir),
+        every: config.snapshot_every,
+        cluster,
+    };
+    if !snaps.every.is_zero() {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    }
+    let (revision, source) = follow::start(&shared, &etcd, &snaps).await?;
     tracing::info!(endpoints = %etcd.endpoints(), prefix = %config.etcd_prefix, revision,
-        "the directory is on etcd; following its changes");
+        source = source.as_str_name(), "the directory is on etcd; following its changes");
+    let follower = tokio::spawn(follow::follow_loop(
+        shared.clone(),
+        etcd.clone(),
+        cancel.clone(),
+        snaps,
+        source,
+    ));
+    if source == v1::IndexSource::Snapshot {
+        follow::catch_up(&etcd).await?;
+        tracing::info!(
+            revision = etcd.applied(),
+            "caught up with etcd after the snapshot"
+        );
+    }
     let tasks = vec![
-        tokio::spawn(follow::follow_loop(
-            shared.clone(),
-            etcd.clone(),
-            cancel.clone(),
-        )),
+        follower,
         tokio::spawn(leadership.clone().run(
             etcd.waiting_client(),
             etcd.key("election"),
@@ -76,6 +100,7 @@ pub(super) async fn open(
         nonces,
         leadership,
         tasks,
+        source,
     })
 }
 

@@ -141,6 +141,11 @@ impl Etcd {
         })
     }
 
+    /// The directory's key prefix (`CENTRAL_ETCD_PREFIX`).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     pub(crate) fn endpoints(&self) -> &str {
         &self.endpoints
     }
@@ -254,6 +259,11 @@ impl Etcd {
 
     /// The current revision of the cluster.
     pub(crate) async fn revision(&self) -> Result<i64> {
+        Ok(self.position().await?.0)
+    }
+
+    /// The current revision of the cluster and the cluster's id.
+    pub(crate) async fn position(&self) -> Result<(i64, u64)> {
         let key = self.key("secrets/nonce");
         let r = self
             .retry("read the revision", |mut c| {
@@ -261,7 +271,31 @@ impl Etcd {
                 async move { c.get(key, Some(GetOptions::new().with_keys_only())).await }
             })
             .await?;
-        Ok(r.header().map_or(0, |h| h.revision()))
+        Ok(r.header()
+            .map_or((0, 0), |h| (h.revision(), h.cluster_id())))
+    }
+
+    /// Whether etcd still keeps its history from `revision` on: false
+    /// once it was compacted past it (or when it is ahead of the cluster,
+    /// as for a snapshot of an etcd restored from an older backup).
+    pub(crate) async fn has_history_from(&self, revision: i64) -> Result<bool> {
+        let key = self.key("secrets/nonce");
+        let opts = GetOptions::new().with_keys_only().with_revision(revision);
+        match self
+            .retry("read at a revision", |mut c| {
+                let (key, opts) = (key.clone(), opts.clone());
+                async move { c.get(key, Some(opts)).await }
+            })
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.to_string().contains("compacted") || e.to_string().contains("future rev") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

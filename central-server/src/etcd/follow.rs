@@ -20,6 +20,7 @@ use super::schema::{
 };
 use crate::error::Result;
 use crate::replication::{Pin, Proof, Task};
+use crate::snapshot::Kv;
 
 /// Keys per page of the start-up range read.
 const PAGE: i64 = 2000;
@@ -90,9 +91,15 @@ pub(crate) struct PeerMeta {
 /// What the watch told this central beyond the index.
 #[derive(Default)]
 pub(super) struct Mirror {
-    peers: HashMap<PeerId, PeerMeta>,
+    /// Each peer's lease and record revision, and its record exactly as
+    /// stored (a snapshot keeps it).
+    peers: HashMap<PeerId, (PeerMeta, Box<[u8]>)>,
     /// Key bindings, with the exact stored bytes (compared by a Join).
     keys: HashMap<PeerId, (Binding, Vec<u8>)>,
+    /// The replication keys (pins, tasks, declines, proofs) as stored,
+    /// by key without the prefix, with their revision: few, and kept for
+    /// the snapshot only.
+    replication: HashMap<String, (Vec<u8>, i64)>,
 }
 
 impl Etcd {
@@ -173,20 +180,32 @@ impl Etcd {
     /// not the index's (bindings are only mirrored).
     fn decode_put(&self, kv: &KeyValue) -> Option<Change> {
         let key = kv.key_str().ok()?;
-        let value = kv.value();
-        match Key::parse(self.strip(key)?)? {
+        self.decode_stored(self.strip(key)?, kv.value(), kv.mod_revision())
+    }
+
+    /// [`Etcd::decode_put`] of a key (without the prefix) and value as
+    /// stored, at `mod_revision` (from etcd, or from a snapshot).
+    fn decode_stored(&self, key: &str, value: &[u8], mod_revision: i64) -> Option<Change> {
+        let parsed = Key::parse(key)?;
+        if matches!(
+            parsed,
+            Key::Pin { .. } | Key::Task { .. } | Key::Declined { .. } | Key::Proof { .. }
+        ) {
+            lock(&self.mirror)
+                .replication
+                .insert(key.to_owned(), (value.to_vec(), mod_revision));
+        }
+        match parsed {
             Key::Peer(peer) => match serde_json::from_slice::<PeerRecord>(value) {
                 Ok(record) => {
-                    let old = lock(&self.mirror).peers.insert(
-                        peer,
-                        PeerMeta {
-                            lease: record.lease,
-                            mod_revision: kv.mod_revision(),
-                        },
-                    );
+                    let meta = PeerMeta {
+                        lease: record.lease,
+                        mod_revision,
+                    };
+                    let old = lock(&self.mirror).peers.insert(peer, (meta, value.into()));
                     Some(Change::Peer {
                         peer,
-                        new_session: old.is_some_and(|o| o.lease != record.lease),
+                        new_session: old.is_some_and(|(o, _)| o.lease != record.lease),
                         record,
                     })
                 }
@@ -240,8 +259,10 @@ impl Etcd {
     }
 
     fn decode_delete(&self, kv: &KeyValue) -> Option<Change> {
-        let key = kv.key_str().ok()?;
-        match Key::parse(self.strip(key)?)? {
+        let key = self.strip(kv.key_str().ok()?)?;
+        let parsed = Key::parse(key)?;
+        lock(&self.mirror).replication.remove(key);
+        match parsed {
             Key::Peer(peer) => {
                 lock(&self.mirror).peers.remove(&peer);
                 Some(Change::PeerGone(peer))
@@ -375,7 +396,42 @@ impl Etcd {
     }
 
     pub(crate) fn peer_meta(&self, peer: &PeerId) -> Option<PeerMeta> {
-        lock(&self.mirror).peers.get(peer).copied()
+        lock(&self.mirror).peers.get(peer).map(|(m, _)| *m)
+    }
+
+    /// Every followed key but the holdings, as stored (for a snapshot:
+    /// the index keeps the holdings).
+    pub(crate) fn mirrored(&self) -> Vec<Kv> {
+        let m = lock(&self.mirror);
+        let peers = m.peers.iter().map(|(p, (meta, raw))| Kv {
+            key: format!("peers/{p}"),
+            value: raw.to_vec(),
+            mod_revision: meta.mod_revision,
+        });
+        let keys = m.keys.iter().map(|(p, (_, raw))| Kv {
+            key: format!("keys/{p}"),
+            value: raw.clone(),
+            mod_revision: 0,
+        });
+        let replication = m.replication.iter().map(|(k, (v, rev))| Kv {
+            key: k.clone(),
+            value: v.clone(),
+            mod_revision: *rev,
+        });
+        peers.chain(keys).chain(replication).collect()
+    }
+
+    /// Rebuild the mirror from a snapshot's keys ([`Etcd::mirrored`]);
+    /// the changes they make, peers first (as [`Etcd::snapshot`] orders
+    /// them).
+    pub(crate) fn restore(&self, kvs: &[Kv]) -> Vec<Change> {
+        *lock(&self.mirror) = Mirror::default();
+        let mut changes: Vec<Change> = kvs
+            .iter()
+            .filter_map(|kv| self.decode_stored(&kv.key, &kv.value, kv.mod_revision))
+            .collect();
+        changes.sort_by_key(|c| !matches!(c, Change::Peer { .. }));
+        changes
     }
 
     pub(crate) fn binding(&self, peer: &PeerId) -> Option<Binding> {

@@ -34,10 +34,12 @@
 //! * `compact` — inline-one lists and inline short words.
 //! * [`cursor`] — the search page token.
 //! * `bulk` — the restart path: load every row, build tokens on a thread.
+//! * `export` — every holding in flat tables and back (the snapshot).
 
 mod bulk;
 mod compact;
 mod cursor;
+mod export;
 mod holdings;
 mod names;
 mod peers;
@@ -57,6 +59,7 @@ use tokio::time::Instant;
 use bulk::Bulk;
 use compact::{Small, Word};
 pub use cursor::Cursor;
+pub use export::{Holdings, Row};
 pub use query::name_matches;
 pub use relays::{Reach, RelayCandidate};
 use slab::{Handles, Slab};

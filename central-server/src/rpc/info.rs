@@ -50,6 +50,7 @@ impl DirectoryService {
                 .collect(),
             island: self.inner.links.island().to_owned(),
             links: self.inner.links.infos(),
+            index_source: dir.index_source().into(),
         }
     }
 

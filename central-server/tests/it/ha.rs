@@ -634,3 +634,190 @@ async fn a_watch_at_one_central_hears_a_publish_made_through_another() {
         b.abort();
     }
 }
+
+/// What a central answers about `files`: per file, its size, names and
+/// holders (sorted), or nothing.
+async fn answers(
+    c: &Central,
+    files: &[SharedFile],
+) -> Vec<Option<(u64, Vec<String>, Vec<String>)>> {
+    let mut out = Vec::new();
+    for f in files {
+        out.push(c.locate(&f.file_id).await.map(|l| {
+            let mut names = l.names.clone();
+            names.sort();
+            let mut holders: Vec<String> = l.holders.iter().map(|h| h.peer_id.clone()).collect();
+            holders.sort();
+            (l.size, names, holders)
+        }));
+    }
+    out
+}
+
+/// Restart `c` (stopped) and wait until it answers Info: where its index
+/// came from.
+async fn restarted(c: &mut Central) -> v1::IndexSource {
+    c.restart();
+    let i = wait_for(
+        "the restarted central to answer",
+        Duration::from_secs(30),
+        || info(c),
+    )
+    .await;
+    i.index_source()
+}
+
+/// A bigger island (issue 27): a central stopped cleanly writes a
+/// snapshot of its index; restarted, it loads it and catches up with what
+/// changed meanwhile through another central before it serves (nothing
+/// lost, nothing stale). A snapshot older than etcd's compacted history,
+/// or damaged, is not used: a full read, and the same answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_the_snapshot_and_catches_up_or_reads_everything() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let etcd = etcd(1).await;
+    let root = tempfile::tempdir().unwrap();
+    let eps = etcd.endpoints();
+    let mut a = central(root.path(), 1, &eps, HISTORY_TTL);
+    let b = central(root.path(), 2, &eps, HISTORY_TTL);
+    let snapshot = a.dir().join("index.snapshot");
+    let first = wait_for("A to answer", Duration::from_secs(30), || info(&a)).await;
+    assert_eq!(first.index_source(), v1::IndexSource::FullRead);
+
+    // Four peers, joined through A, kept alive through B.
+    let (mut ca, mut cb) = (a.client(), b.client());
+    let mut peers = Vec::new();
+    let mut all: Vec<SharedFile> = Vec::new();
+    for p in 0..4 {
+        let peer = PeerId::new_random();
+        let files: Vec<SharedFile> = (0..3).map(|k| file(p, k)).collect();
+        all.extend(files.iter().cloned());
+        let req = v1::JoinRequest {
+            peer_id: peer.to_string(),
+            peer_url: format!("http://127.0.0.1:{}", 9200 + p),
+            files,
+            ..Default::default()
+        };
+        let j = signed_join(&mut ca, &peer_key(&peer, 0), req)
+            .await
+            .unwrap();
+        peers.push((peer, j.into_inner().session_token));
+    }
+    let beats: Vec<_> = peers
+        .iter()
+        .map(|(peer, token)| {
+            let (mut c, peer, token) = (b.client(), *peer, token.clone());
+            tokio::spawn(async move {
+                loop {
+                    let req = v1::HeartbeatRequest {
+                        declined: Vec::new(),
+                        peer_id: peer.to_string(),
+                        load: None,
+                    };
+                    let _ = c.heartbeat(authed(req, &token)).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+            })
+        })
+        .collect();
+    let publish = |p: usize, files: Vec<SharedFile>, seq: u64| v1::PublishRequest {
+        peer_id: peers[p].0.to_string(),
+        files,
+        seq,
+    };
+
+    // B applies the Joins through its own watch.
+    let joined = all.clone();
+    wait_for("B to see every Join", Duration::from_secs(10), || async {
+        let seen = answers(&b, &joined).await;
+        seen.iter().all(Option::is_some).then_some(())
+    })
+    .await;
+
+    all.extend((10..13).map(|k| file(0, k)));
+    all.push(file(9, 0));
+
+    // 1. A stale snapshot catches up and loses nothing.
+    a.terminate(Duration::from_secs(20));
+    assert!(snapshot.is_file(), "a clean stop writes the snapshot");
+    // Meanwhile, through B: a publish, an unpublish, a leave, a new peer.
+    cb.publish(authed(
+        publish(0, (10..12).map(|k| file(0, k)).collect(), 1),
+        &peers[0].1,
+    ))
+    .await
+    .unwrap();
+    cb.unpublish(authed(
+        v1::UnpublishRequest {
+            peer_id: peers[1].0.to_string(),
+            files: vec![v1::FileRef {
+                file_id: file(1, 0).file_id,
+                name: String::new(),
+            }],
+            seq: 1,
+        },
+        &peers[1].1,
+    ))
+    .await
+    .unwrap();
+    cb.leave(authed(
+        v1::LeaveRequest {
+            peer_id: peers[2].0.to_string(),
+        },
+        &peers[2].1,
+    ))
+    .await
+    .unwrap();
+    let late = PeerId::new_random();
+    let req = v1::JoinRequest {
+        peer_id: late.to_string(),
+        peer_url: "http://127.0.0.1:9299".into(),
+        files: vec![file(9, 0)],
+        ..Default::default()
+    };
+    signed_join(&mut cb, &peer_key(&late, 0), req)
+        .await
+        .unwrap();
+    let want = answers(&b, &all).await;
+    assert_eq!(restarted(&mut a).await, v1::IndexSource::Snapshot);
+    // Its very first answers are current: it caught up before serving.
+    assert_eq!(answers(&a, &all).await, want);
+    assert!(
+        want[12].is_some() && want[3].is_none() && want[6].is_none(),
+        "{want:?}"
+    );
+
+    // 2. A snapshot behind a compaction: a full read, the same answers.
+    a.terminate(Duration::from_secs(20));
+    cb.publish(authed(publish(0, vec![file(0, 12)], 2), &peers[0].1))
+        .await
+        .unwrap();
+    let rev = etcd.put(0, "/unrelated/mark", "x").unwrap();
+    etcd.compact(0, rev).unwrap();
+    let want = answers(&b, &all).await;
+    assert_eq!(restarted(&mut a).await, v1::IndexSource::FullReadStale);
+    assert_eq!(answers(&a, &all).await, want);
+
+    // 3. A damaged snapshot: deleted, a full read, the same answers; the
+    //    full read is snapshotted again at once.
+    a.terminate(Duration::from_secs(20));
+    let mut bytes = std::fs::read(&snapshot).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&snapshot, &bytes).unwrap();
+    assert_eq!(restarted(&mut a).await, v1::IndexSource::FullReadCorrupt);
+    assert_eq!(answers(&a, &all).await, want);
+    wait_for("a fresh snapshot", Duration::from_secs(10), || async {
+        std::fs::read(&snapshot)
+            .ok()
+            .filter(|b| *b != bytes)
+            .map(|_| ())
+    })
+    .await;
+    a.terminate(Duration::from_secs(20));
+    assert_eq!(restarted(&mut a).await, v1::IndexSource::Snapshot);
+    assert_eq!(answers(&a, &all).await, want);
+    for t in beats {
+        t.abort();
+    }
+}

@@ -73,6 +73,31 @@ pub(crate) struct Args {
     /// found like the tests find it: PATH, ETCD_BIN or the pinned wheel).
     #[arg(long)]
     pub(crate) etcd_endpoints: Option<String>,
+    /// Simulate an island (issue 27): a 3-member etcd and 3 centrals on it
+    /// (or one SQLite central with `--store sqlite`), `--peers` peers
+    /// holding `--files` files in total under realistic names, all
+    /// heartbeating at the default interval from a few connections; prints
+    /// Join time, memory per holding, etcd size, heartbeat rate, Locate p99
+    /// quiet and heartbeating, start-up and restart times.
+    #[arg(long, conflicts_with_all = ["addr", "restarts_only", "metrics_ab", "etcd_ab"])]
+    pub(crate) island: bool,
+    /// The store of `--island`.
+    #[arg(long, value_enum, default_value_t = Store::Etcd, requires = "island")]
+    pub(crate) store: Store,
+    /// Connections per central that carry every peer's heartbeats in
+    /// `--island` (each with up to 256 heartbeats in flight).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(crate) heartbeat_connections: u64,
+    /// Print one JSON object instead of tables (`--island`).
+    #[arg(long, requires = "island")]
+    pub(crate) json: bool,
+}
+
+/// The directory store an island runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Store {
+    Etcd,
+    Sqlite,
 }
 
 /// Lease settings of the started central (the defaults).
@@ -97,6 +122,57 @@ const NOUN: [&str; 8] = [
 ];
 
 const EXT: [&str; 4] = ["bin", "pdf", "mp3", "tar.gz"];
+
+/// Syllables of the synthetic words of [`track_name`] (32 of them: about
+/// 33,000 distinct words of two or three syllables).
+const SYLLABLES: [&str; 32] = [
+    "ka", "lo", "ve", "num", "ri", "sa", "to", "mi", "dan", "el", "or", "ba", "li", "zu", "ne",
+    "fa", "go", "ra", "tin", "po", "se", "mar", "ku", "de", "an", "vi", "ho", "ly", "ste", "ca",
+    "ber", "mo",
+];
+
+/// A capitalised word of two or three syllables chosen by `h`.
+fn word(h: u64) -> String {
+    let n = 2 + (h & 1) as usize;
+    let mut w = String::new();
+    for k in 0..n {
+        w.push_str(SYLLABLES[((h >> (1 + 5 * k)) & 31) as usize]);
+    }
+    let mut c = w.chars();
+    c.next()
+        .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+        .unwrap_or_default()
+}
+
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A music library's file name, `Artist - Album/NN Title.ext` (about 40
+/// bytes): 12 tracks an album, 4 albums an artist, each track of file `i`
+/// its own content. Words repeat across names as in a real library (an
+/// artist's name in all its files, common title words everywhere).
+pub(crate) fn track_name(i: u64) -> String {
+    let album = i / 12;
+    let artist = album / 4;
+    let (ha, hb, ht) = (mix(artist), mix(album ^ 0xA1B2), mix(i ^ 0x5EED));
+    let title = if ht & 3 == 0 {
+        word(ht >> 8)
+    } else {
+        format!("{} {}", word(ht >> 8), word(ht >> 24))
+    };
+    format!(
+        "{} {} - {}/{:02} {title}.{}",
+        word(ha),
+        word(ha >> 16),
+        word(hb),
+        i % 12 + 1,
+        ["flac", "mp3", "ogg", "m4a"][(hb >> 40) as usize % 4]
+    )
+}
 
 pub(crate) fn file_name(i: u64) -> String {
     let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -30,8 +30,12 @@
 //! target/release/central-bench
 //! ```
 //!
+//! `--island` (issue 27) simulates a whole island instead (a 3-member
+//! etcd and 3 centrals, or one SQLite central with `--store sqlite`) and
+//! prints its figures, one JSON object with `--json`: see `island`.
+//!
 //! Layout: `args` (the command line, lease settings, the synthetic
-//! index), `procs` (the central and health-server processes, `/proc`),
+//! index), `island` (the island run), `procs` (the central and health-server processes, `/proc`),
 //! `load` (populate, keep-alive, the generators and the three Locate
 //! measurements), `ab` (the metrics and store A/B runs), `report` (table
 //! rows); this file runs the main measurement and prints it. Ids, the
@@ -40,6 +44,7 @@
 
 mod ab;
 mod args;
+mod island;
 mod load;
 mod procs;
 mod report;
@@ -99,6 +104,9 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     if args.etcd_ab > 0 {
         return etcd_ab(&args, &bin, &data).await;
+    }
+    if args.island {
+        return island::island(&args, &bin, &data).await;
     }
     let mut central = match args.addr {
         Some(_) => None,
