@@ -226,8 +226,11 @@ impl CentralProc {
     }
 
     fn spawn(dir: &Path, addr: &str, env: &[(String, String)]) -> crate::process::ChildProc {
-        let mut all: Vec<(&str, String)> =
-            env.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        // Simulated peers advertise URLs nobody serves: no dial-back
+        // unless the test's own settings ask for it (they come later, and
+        // the last of a name wins).
+        let mut all: Vec<(&str, String)> = vec![("CENTRAL_DIAL_BACK", "false".to_owned())];
+        all.extend(env.iter().map(|(k, v)| (k.as_str(), v.clone())));
         all.push(("CENTRAL_LISTEN_ADDR", addr.to_owned()));
         all.push(("CENTRAL_DATA_DIR", dir.display().to_string()));
         crate::process::ChildProc::spawn(&crate::process::bin("central-server"), dir, &all)

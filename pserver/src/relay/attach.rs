@@ -145,7 +145,8 @@ impl LocalProxy {
             .map_err(|e| (400, e.to_string()))?;
         let mut rb = self.http.request(method, format!("{}{path}", self.base));
         for (k, v) in &parts.headers {
-            if !hop_by_hop(k.as_str()) {
+            // The body is whole: its length is the client's to write.
+            if !hop_by_hop(k.as_str()) && k != http::header::CONTENT_LENGTH {
                 rb = rb.header(k.as_str(), v.as_bytes());
             }
         }

@@ -386,7 +386,7 @@ pub(crate) async fn forward(
         .method(req.method().as_str())
         .uri(uri);
     for (k, v) in req.headers() {
-        if !hop_by_hop(k.as_str()) {
+        if !hop_by_hop(k.as_str()) && k != actix_web::http::header::CONTENT_LENGTH {
             out = out.header(k.as_str(), v.as_bytes());
         }
     }
