@@ -17,6 +17,7 @@
 # binary against the same central build. The old PServer reads one folder
 # level only, so "before" gets the same N files in ONE flat folder (what it
 # can share at all) and PSERVER_RESCAN_SECS=2 (its default then).
+# SKIP_AFTER=1 runs the "before" rows only (with BEFORE_PSERVER).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
@@ -86,12 +87,14 @@ CENTRAL_LISTEN_ADDR=$CENTRAL CENTRAL_METRICS_ADDR=$METRICS CENTRAL_DATA_DIR=$WOR
 PIDS+=($!)
 until curl -sf "http://$METRICS/metrics" >/dev/null; do sleep 0.1; done
 
-echo "# $N files of 1 KiB in $F folders; $(date -u); $(nproc) cores" >&2
+echo "# $N files of 1 KiB in $F folders; $(date -u); $(nproc) cores; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 make_tree "$WORK/tree" "$F"
 echo "| start | until all listed | CPU until then | peak RSS | idle CPU over 60 s | RSS at rest |"
 echo "|---|---:|---:|---:|---:|---:|"
-run "after, hashes not cached" "$BIN/pserver" "$WORK/tree" "$WORK/data" 3600 900
-run "after, hashes cached" "$BIN/pserver" "$WORK/tree" "$WORK/data" 3600 900
+if [ -z "${SKIP_AFTER:-}" ]; then
+  run "after, hashes not cached" "$BIN/pserver" "$WORK/tree" "$WORK/data" 3600 900
+  run "after, hashes cached" "$BIN/pserver" "$WORK/tree" "$WORK/data" 3600 900
+fi
 if [ -n "${BEFORE_PSERVER:-}" ]; then
   make_tree "$WORK/flat" 1
   # The old Join of 100k files is over the message limit: it never

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use peerdex_proto::FileName;
 
-use super::scan::hash_path;
+use super::scan::{HASH_BUF, hash_path_with};
 use super::{Entry, Store};
 
 /// At most this many files are hashed at once (fewer on a machine with
@@ -63,6 +63,7 @@ impl Store {
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| {
+                    let mut buf = vec![0u8; HASH_BUF];
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let Some((name, size, mtime, on_disk)) = todo.get(i) else {
@@ -71,7 +72,7 @@ impl Store {
                         let disk = on_disk.as_deref().unwrap_or(name.as_str());
                         let path = self.share_dir.join(disk);
                         self.hashed.fetch_add(1, Ordering::Relaxed);
-                        let hashed = hash_path(&path);
+                        let hashed = hash_path_with(&path, &mut buf);
                         progress.done.fetch_add(1, Ordering::Relaxed);
                         match hashed {
                             Ok((id, m)) if m.size() == *size => {

@@ -79,11 +79,21 @@ pub(super) fn mtime_ns(meta: &fs::Metadata) -> u128 {
 /// what was read: compare it with the size expected, the file may be
 /// changing).
 pub fn hash_path(path: &Path) -> io::Result<(FileId, Manifest)> {
+    hash_path_with(path, &mut vec![0u8; HASH_BUF])
+}
+
+/// The read buffer of [`hash_path_with`].
+pub(super) const HASH_BUF: usize = 1 << 20;
+
+/// [`hash_path`] reading through `buf` (not empty): a caller that hashes
+/// many files (a library of small ones) reuses one buffer instead of
+/// allocating and zeroing a MiB per file, which also kept the heap of
+/// each hashing thread fragmented (RSS at rest).
+pub(super) fn hash_path_with(path: &Path, buf: &mut [u8]) -> io::Result<(FileId, Manifest)> {
     let mut f = fs::File::open(path)?;
     let mut h = TreeHasher::new();
-    let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = match f.read(&mut buf) {
+        let n = match f.read(buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
