@@ -48,6 +48,9 @@ fn central(dir: &std::path::Path, env: &[(&str, &str)]) -> (ChildProc, String) {
     let mut all: Vec<(&str, String)> = vec![
         ("CENTRAL_LISTEN_ADDR", "127.0.0.1:0".into()),
         ("CENTRAL_DATA_DIR", dir.join("db").display().to_string()),
+        // The raw peers here say they serve at NOWHERE: no dial-back, or
+        // none of them would be listed.
+        ("CENTRAL_DIAL_BACK", "false".into()),
     ];
     all.extend(env.iter().map(|&(k, v)| (k, v.to_owned())));
     // `CENTRAL_SERVER_BIN` runs another build instead (to measure the

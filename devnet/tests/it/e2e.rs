@@ -50,14 +50,15 @@ fn start_central(dir: &Path, listen: &str, ttl: u64, heartbeat: u64) -> Central 
 /// The join secret of the private network the TLS tests run.
 const JOIN_SECRET: &str = "e2e-join-secret-4f0c9a";
 
-/// [`start_central`], on TLS only with `tls` (certificate, key), as a
-/// private network ([`JOIN_SECRET`]).
+/// [`start_central`], on TLS only with `tls` (certificate, key, and the
+/// CA that signs the peers' certificates, which its dial-back to every
+/// joining peer trusts), as a private network ([`JOIN_SECRET`]).
 fn start_central_with(
     dir: &Path,
     listen: &str,
     ttl: u64,
     heartbeat: u64,
-    tls: Option<&CertFiles>,
+    tls: Option<(&CertFiles, &Path)>,
 ) -> Central {
     let mut env = vec![
         ("CENTRAL_LISTEN_ADDR", listen.to_owned()),
@@ -65,10 +66,11 @@ fn start_central_with(
         ("CENTRAL_LEASE_TTL_SECS", ttl.to_string()),
         ("CENTRAL_HEARTBEAT_SECS", heartbeat.to_string()),
     ];
-    if let Some(t) = tls {
+    if let Some((t, ca)) = tls {
         // Over TLS, a private network too.
         env.push(("CENTRAL_TLS_CERT", t.cert.display().to_string()));
         env.push(("CENTRAL_TLS_KEY", t.key.display().to_string()));
+        env.push(("CENTRAL_PEER_CA_FILE", ca.display().to_string()));
         env.push(("CENTRAL_JOIN_SECRET", JOIN_SECRET.to_owned()));
     }
     let proc = ChildProc::spawn(&bin("central-server"), dir, &env);
@@ -241,7 +243,7 @@ fn full_shape(ca: Option<&TestCa>) {
         "127.0.0.1:0",
         30,
         10,
-        central_tls.as_ref(),
+        central_tls.as_ref().zip(ca.map(|ca| ca.ca_file.as_path())),
     );
     let peer_tls: Vec<Vec<(&str, String)>> = (1..=3)
         .map(|i| match ca {

@@ -111,7 +111,14 @@ impl Reach {
             let judged =
                 !a.reachability.is_empty() || a.relay.is_some() || !a.listed_url.is_empty();
             s.reachable = a.reachable || !judged;
-            s.reason = a.reachability.clone();
+            // A Join that carried the FIREWALLED hint of an auto peer (its
+            // tunnel dropped: no dial-back needed to re-join) is answered
+            // "the peer says it is firewalled"; the dial-back's own reason
+            // (which URL nobody could reach) stays what the user is told.
+            let hinted = self.mode == Reachability::Auto && s.known_firewalled;
+            if !(hinted && !s.reason.is_empty()) {
+                s.reason = a.reachability.clone();
+            }
             s.listed_url = (!a.listed_url.is_empty()).then(|| a.listed_url.clone());
             if s.relay != relay {
                 s.attached = false;

@@ -104,15 +104,17 @@ fn https(ca: &TestCa) -> reqwest::Client {
         .unwrap()
 }
 
-/// `GET /peer/v1/health` of `peer_url` with `credential`: the status, its
-/// Retry-After and the body.
+/// `GET /peer/v1/folder?path=probe` of `peer_url` with `credential` (a
+/// route the network credential guards; `/peer/v1/health` answers anyone,
+/// for the directory's dial-back): the status, its Retry-After and the
+/// body.
 async fn ask(
     http: &reqwest::Client,
     peer_url: &str,
     credential: &str,
 ) -> (StatusCode, Option<String>, String) {
     let r = http
-        .get(format!("{peer_url}/peer/v1/health"))
+        .get(format!("{peer_url}/peer/v1/folder?path=probe"))
         .bearer_auth(credential)
         .send()
         .await
