@@ -116,7 +116,7 @@ impl Reach {
             // "the peer says it is firewalled"; the dial-back's own reason
             // (which URL nobody could reach) stays what the user is told.
             let hinted = self.mode == Reachability::Auto && s.known_firewalled;
-            if !(hinted && !s.reason.is_empty()) {
+            if !hinted || s.reason.is_empty() {
                 s.reason = a.reachability.clone();
             }
             s.listed_url = (!a.listed_url.is_empty()).then(|| a.listed_url.clone());
