@@ -11,7 +11,7 @@
 //! (new session) refuses the tokens of the old one.
 
 use crate::network::constant_time_eq;
-use crate::types::PeerId;
+use crate::types::{PeerId, PeerUrl};
 
 /// Header of an attach request: the attaching peer's id.
 pub const PEER_ID_HEADER: &str = "peerdex-peer-id";
@@ -19,6 +19,31 @@ pub const PEER_ID_HEADER: &str = "peerdex-peer-id";
 pub const ATTACH_TOKEN_HEADER: &str = "peerdex-relay-token";
 /// Header of a callback tunnel: the one-time token the downloader gave.
 pub const CALLBACK_TOKEN_HEADER: &str = "peerdex-callback-token";
+/// The path a relay serves a firewalled peer's peer API under: a relay
+/// URL is a relay's base URL, then this, then the peer id.
+pub const RELAY_PATH: &str = "/peer/v1/relay/";
+
+/// Relay URLs (the parse of `PeerUrl` accepts them, see its docs).
+impl PeerUrl {
+    /// For a relay URL: the relay's own base URL and the relayed peer.
+    pub fn relayed(&self) -> Option<(PeerUrl, PeerId)> {
+        let scheme_end = self.0.find("://")? + 3;
+        let slash = scheme_end + self.0[scheme_end..].find('/')?;
+        let peer = self.0[slash..].strip_prefix(RELAY_PATH)?.parse().ok()?;
+        Some((PeerUrl(self.0[..slash].to_owned()), peer))
+    }
+
+    /// The relay URL of `peer` through the relay at this (base) URL.
+    pub fn relay_for(&self, peer: &PeerId) -> PeerUrl {
+        PeerUrl(format!("{}{RELAY_PATH}{peer}", self.0))
+    }
+
+    /// `true` for a base URL (no relay path).
+    pub fn is_base(&self) -> bool {
+        self.relayed().is_none()
+    }
+}
+
 /// The relay's attach endpoint, under its peer API.
 pub const ATTACH_PATH: &str = "/peer/v1/relay/attach";
 /// A downloader's endpoint where a called-back holder opens its tunnel.

@@ -39,7 +39,9 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+mod reach;
 mod wants;
+pub use reach::Reachability;
 pub use wants::{
     Events, NoticeKind, Want, WantList, WantMatch, WantNotice, WantRequest, WantState,
 };
@@ -181,33 +183,6 @@ pub struct Status {
     /// (absent until the first Join answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reachability: Option<Reachability>,
-}
-
-/// How other peers reach this PServer (peers behind NAT, issue 25).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-pub struct Reachability {
-    /// One line for people: "reachable", "behind NAT, shared through
-    /// relay <url>", or why the files are not listed.
-    pub summary: String,
-    /// The directory's dial-back reached `public_url`.
-    pub reachable: bool,
-    /// `PSERVER_REACHABILITY`: auto, public or firewalled.
-    pub mode: String,
-    /// Why the directory could not reach us (absent when it could).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// The URL our files are listed under (absent: not listed).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listed_url: Option<String>,
-    /// The relay assigned to us (behind NAT), and whether our tunnel to
-    /// it is up.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relay_url: Option<String>,
-    #[serde(default)]
-    pub relay_attached: bool,
-    /// We relay for others (`PSERVER_RELAY`): peers attached now.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub relaying_for: Option<u32>,
 }
 
 /// Files of the share folder being hashed in the background: `done` of

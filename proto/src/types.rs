@@ -5,6 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::relay::RELAY_PATH;
+
 /// Longest accepted file name, in bytes (what common file systems allow):
 /// the bound of each component of a share name (see [`FileName`]).
 pub const MAX_NAME_BYTES: usize = 255;
@@ -582,32 +584,11 @@ impl fmt::Display for FileName {
 /// the relay at `host:port`, see [`PeerUrl::relayed`]). Stored without a
 /// trailing slash.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
-pub struct PeerUrl(String);
-
-/// The path a relay serves a firewalled peer's peer API under.
-pub const RELAY_PATH: &str = "/peer/v1/relay/";
+pub struct PeerUrl(pub(crate) String);
 
 impl PeerUrl {
     pub fn as_str(&self) -> &str {
         &self.0
-    }
-
-    /// For a relay URL: the relay's own base URL and the relayed peer.
-    pub fn relayed(&self) -> Option<(PeerUrl, PeerId)> {
-        let scheme_end = self.0.find("://")? + 3;
-        let slash = scheme_end + self.0[scheme_end..].find('/')?;
-        let peer = self.0[slash..].strip_prefix(RELAY_PATH)?.parse().ok()?;
-        Some((PeerUrl(self.0[..slash].to_owned()), peer))
-    }
-
-    /// The relay URL of `peer` through the relay at this (base) URL.
-    pub fn relay_for(&self, peer: &PeerId) -> PeerUrl {
-        PeerUrl(format!("{}{RELAY_PATH}{peer}", self.0))
-    }
-
-    /// `true` for a base URL (no relay path).
-    pub fn is_base(&self) -> bool {
-        self.relayed().is_none()
     }
 }
 

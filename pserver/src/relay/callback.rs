@@ -354,7 +354,7 @@ impl Callbacks {
         };
         let path = req.uri().path().to_owned();
         let Some((holder, tail)) = path
-            .strip_prefix("/peer/v1/relay/")
+            .strip_prefix(peerdex_proto::relay::RELAY_PATH)
             .and_then(|r| r.split_once('/'))
         else {
             return fail(404, "not a tunnelled path".into());
