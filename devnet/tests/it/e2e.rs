@@ -534,20 +534,7 @@ fn devnet_over_tls_runs_its_tour() {
     use std::os::unix::fs::PermissionsExt;
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("devnet");
-    let out = Command::new(bin("devnet"))
-        .args(["--tls", "--tour", "--no-build", "--dir"])
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "devnet --tls failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("Tour complete"), "{stdout}");
+    let stdout = run_tour(&["--tls"], &dir);
     assert!(stdout.contains("central   https://"), "{stdout}");
     assert!(stdout.contains("PEERDEX_CA_FILE="), "{stdout}");
     let tls = dir.join("tls");
@@ -620,6 +607,28 @@ fn devnet_over_tls_runs_its_tour() {
     }
 }
 
+/// `devnet FLAGS --tour --no-build --dir DIR`, which must succeed and
+/// complete its tour: its stdout.
+fn run_tour(flags: &[&str], dir: &Path) -> String {
+    let out = Command::new(bin("devnet"))
+        .args(flags)
+        .args(["--tour", "--no-build", "--dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "devnet {} failed ({}):\n{stdout}\n{}",
+        flags.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Tour complete"), "{stdout}");
+    stdout
+}
+
 /// `devnet --islands 3`: three islands linked over mutual TLS, peer k in
 /// island k; the tour's download (beta-notes.md, held by peer 2 in
 /// island-2) crosses islands, and the links are up at every central.
@@ -627,20 +636,7 @@ fn devnet_over_tls_runs_its_tour() {
 fn devnet_islands_runs_its_tour_across_islands() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("devnet");
-    let out = Command::new(bin("devnet"))
-        .args(["--islands", "3", "--tour", "--no-build", "--dir"])
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "devnet --islands failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("Tour complete"), "{stdout}");
+    let stdout = run_tour(&["--islands", "3"], &dir);
     // peer1's status names its island; its search shows each hit's island.
     assert!(
         stdout
@@ -673,20 +669,7 @@ fn devnet_islands_runs_its_tour_across_islands() {
 fn devnet_nat_runs_its_tour_through_a_relay() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("devnet");
-    let out = Command::new(bin("devnet"))
-        .args(["--nat", "--tour", "--no-build", "--dir"])
-        .arg(&dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "devnet --nat failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("Tour complete"), "{stdout}");
+    let stdout = run_tour(&["--nat"], &dir);
     assert!(stdout.contains("behind NAT"), "peer1's status: {stdout}");
     let fetched = std::fs::read(dir.join("peer1/share/beta-notes.md")).unwrap();
     let original = std::fs::read(dir.join("peer2/share/beta-notes.md")).unwrap();
