@@ -4,7 +4,7 @@
 # `peerdex get`, in the same run. Plain: `peerdex get ID` (verified chunks,
 # fsync, moved into the share folder). Private: `peerdex get TICKET` (the
 # ciphertext verified the same way and kept as a blob, and opened while it
-# downloads: ChaCha20-Poly1305 STREAM, each 64 KiB segment of the verified
+# downloads: AES-256-GCM STREAM, each 64 KiB segment of the verified
 # prefix authenticated and decrypted into a temp file flushed as it grows,
 # moved into the private folder once all is verified). Not part of CI.
 #

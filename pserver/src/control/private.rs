@@ -26,7 +26,7 @@ use crate::download::Downloads;
 use crate::error::{Error, Invalid, Missing, Result, TooLarge};
 use crate::link::Central;
 use crate::private::Vault;
-use crate::private::crypt::{Sealer, ciphertext_size, fresh_key};
+use crate::private::crypt::{CIPHER, Sealer, ciphertext_size, fresh_key};
 use crate::rt::MainRt;
 use crate::store::Store;
 
@@ -73,7 +73,7 @@ pub(super) async fn upload_private(
     let claim = space.claim(&tmp, ciphertext_size(declared.unwrap_or(0)), &what)?;
     let disk = |e: std::io::Error| crate::store::space::disk_error(&space, e, &tmp);
     let (key, nonce) = fresh_key()?;
-    let mut sealer = Sealer::new(&key, &nonce);
+    let mut sealer = Sealer::new(CIPHER, &key, &nonce);
     let temp = store.temp_path("private-upload");
     let guard = TempGuard(temp.clone());
     let file = tokio::fs::OpenOptions::new()
@@ -112,6 +112,7 @@ pub(super) async fn upload_private(
     let (id, manifest) = hasher.finish();
     let ticket = Ticket {
         file_id: id,
+        cipher: CIPHER,
         key,
         nonce,
         size,

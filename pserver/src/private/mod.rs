@@ -1,8 +1,9 @@
 //! Private files: encrypted by the owner's PServer before they leave it,
 //! addressed by the ciphertext's BLAKE3, fetched by ticket.
 //!
-//! * `crypt` — ChaCha20-Poly1305 STREAM (RustCrypto's `aead::stream`,
-//!   64 KiB segments, a fresh random key and nonce prefix per file):
+//! * `crypt` — AES-256-GCM STREAM (RustCrypto's `aead::stream` over
+//!   ring's AEADs, 64 KiB segments, a fresh random key and nonce prefix
+//!   per file; ChaCha20-Poly1305 for the files of version-1 tickets):
 //!   sealing a plaintext given in pieces, opening a ciphertext segment by
 //!   segment, each authenticated before it is written.
 //! * `vault` — the keys at rest (`data/private-keys.json`, 0600) and the

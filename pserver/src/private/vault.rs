@@ -440,11 +440,16 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::private::crypt::{Sealer, fresh_key};
+    use crate::private::crypt::{CIPHER, Sealer, fresh_key};
+    use peerdex_proto::ticket::Cipher;
 
     fn sealed(plain: &[u8], name: &str, dir: &Path) -> (Ticket, PathBuf) {
+        sealed_with(CIPHER, plain, name, dir)
+    }
+
+    fn sealed_with(cipher: Cipher, plain: &[u8], name: &str, dir: &Path) -> (Ticket, PathBuf) {
         let (key, nonce) = fresh_key().unwrap();
-        let mut s = Sealer::new(&key, &nonce);
+        let mut s = Sealer::new(cipher, &key, &nonce);
         let mut ct = Vec::new();
         s.push(plain, &mut ct).unwrap();
         s.finish(&mut ct).unwrap();
@@ -452,6 +457,7 @@ mod tests {
         fs::write(&path, &ct).unwrap();
         let t = Ticket {
             file_id: FileId::from_bytes(*blake3::hash(&ct).as_bytes()),
+            cipher,
             key,
             nonce,
             size: plain.len() as u64,
@@ -514,6 +520,17 @@ mod tests {
         assert!(e.to_string().contains("does not open"), "{e}");
         assert!(!data.join("t3").exists());
         assert_eq!(fs::read_dir(&private).unwrap().count(), 2);
+
+        // A file sealed before version 2 (ChaCha20-Poly1305), its ticket
+        // read back from its text form, still opens.
+        let (t1, ct1) = sealed_with(Cipher::ChaCha20Poly1305, b"old one", "old.txt", root.path());
+        let t1: Ticket = t1.encode().parse().unwrap();
+        assert_eq!(t1.cipher, Cipher::ChaCha20Poly1305);
+        let mut f = fs::File::open(&ct1).unwrap();
+        v.open_into_folder(&mut f, 7 + 16, &t1, &data.join("t4"))
+            .unwrap();
+        assert_eq!(fs::read(private.join("old.txt")).unwrap(), b"old one");
+        assert!(v.remove(&t1.file_id, false).unwrap().is_some());
 
         // Kept across a restart; removal deletes key and plaintext.
         drop(v);
