@@ -13,10 +13,16 @@ fn tmp_path(path: &Path) -> PathBuf {
     path.with_extension(format!("tmp-{}", std::process::id()))
 }
 
-fn write_via_tmp(path: &Path, bytes: &[u8], options: &fs::OpenOptions) -> io::Result<()> {
+fn write_via_tmp(
+    path: &Path,
+    options: &fs::OpenOptions,
+    write: impl FnOnce(&mut io::BufWriter<fs::File>) -> io::Result<()>,
+) -> io::Result<()> {
     let tmp = tmp_path(path);
-    let written = options.open(&tmp).and_then(|mut f| {
-        io::Write::write_all(&mut f, bytes)?;
+    let written = options.open(&tmp).and_then(|f| {
+        let mut w = io::BufWriter::with_capacity(64 * 1024, f);
+        write(&mut w)?;
+        let f = w.into_inner().map_err(io::IntoInnerError::into_error)?;
         f.sync_all()
     });
     let result = written.and_then(|()| fs::rename(&tmp, path));
@@ -30,7 +36,20 @@ fn write_via_tmp(path: &Path, bytes: &[u8], options: &fs::OpenOptions) -> io::Re
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut options = fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
-    write_via_tmp(path, bytes, &options)
+    write_via_tmp(path, &options, |w| io::Write::write_all(w, bytes))
+}
+
+/// [`write_atomic`] for a file written piece by piece: `write` streams the
+/// content into a buffered writer (the whole file is never in memory at
+/// once; a big index is serialized straight to disk). The target is
+/// replaced only if `write` succeeds.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<fs::File>) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    write_via_tmp(path, &options, write)
 }
 
 /// Write a secret (a key, a token) atomically, readable by its owner only
@@ -41,7 +60,7 @@ pub fn write_secret(path: &Path, bytes: &[u8]) -> io::Result<()> {
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    write_via_tmp(path, bytes, &options)
+    write_via_tmp(path, &options, |w| io::Write::write_all(w, bytes))
 }
 
 #[cfg(test)]
@@ -57,6 +76,28 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"second");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn a_streamed_write_lands_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.json");
+        write_atomic_with(&path, |w| {
+            for i in 0..100_000u32 {
+                io::Write::write_all(w, &i.to_be_bytes())?;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(fs::metadata(&path).unwrap().len(), 400_000);
+        // A writer that fails half way: the old file stays, no temporary.
+        let failed = write_atomic_with(&path, |w| {
+            io::Write::write_all(w, &[0; 100_000])?;
+            Err(io::Error::other("serializer failed"))
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "serializer failed");
+        assert_eq!(fs::metadata(&path).unwrap().len(), 400_000);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

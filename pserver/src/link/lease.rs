@@ -44,36 +44,38 @@ impl Central {
     /// `pages`). The caller holds the outbox, so no other change of ours
     /// goes between the pages.
     pub async fn join(&self, inventory: &[SharedFile], load: Load) -> Result<(), CallError> {
-        let files: Vec<v1::SharedFile> = inventory.iter().map(Into::into).collect();
         let (at, (r, plan)) = self
-            .call("join", |mut c| {
-                let files = &files;
-                async move {
-                    let challenge = c
-                        .challenge(v1::ChallengeRequest {
-                            peer_id: self.peer_id.to_string(),
-                        })
-                        .await?
-                        .into_inner();
-                    let plan =
-                        Plan::new(files, challenge.max_message_bytes, challenge.max_inventory);
-                    let nonce = challenge.nonce;
-                    let ask = self.reach.join_ask();
-                    let mut msg = v1::JoinRequest {
+            .call("join", |mut c| async move {
+                let challenge = c
+                    .challenge(v1::ChallengeRequest {
                         peer_id: self.peer_id.to_string(),
-                        peer_url: self.public_url.to_string(),
-                        files: files[plan.first.clone()].to_vec(),
-                        load: Some(load.into()),
-                        replica_quota_bytes: self.replica_quota,
-                        reachability: ask.reachability,
-                        relay_max_peers: ask.relay_max_peers,
-                        avoid_relays: ask.avoid_relays,
-                        ..Default::default()
-                    };
-                    msg.secret_proof = self.network.secret_proof(&nonce, &msg.peer_id);
-                    peerdex_proto::identity::prove(&mut msg, &self.key, nonce);
-                    Ok((c.join(self.authed(msg)).await?, plan))
-                }
+                    })
+                    .await?
+                    .into_inner();
+                let plan = Plan::new(
+                    inventory,
+                    challenge.max_message_bytes,
+                    challenge.max_inventory,
+                );
+                let nonce = challenge.nonce;
+                let ask = self.reach.join_ask();
+                let mut msg = v1::JoinRequest {
+                    peer_id: self.peer_id.to_string(),
+                    peer_url: self.public_url.to_string(),
+                    files: inventory[plan.first.clone()]
+                        .iter()
+                        .map(Into::into)
+                        .collect(),
+                    load: Some(load.into()),
+                    replica_quota_bytes: self.replica_quota,
+                    reachability: ask.reachability,
+                    relay_max_peers: ask.relay_max_peers,
+                    avoid_relays: ask.avoid_relays,
+                    ..Default::default()
+                };
+                msg.secret_proof = self.network.secret_proof(&nonce, &msg.peer_id);
+                peerdex_proto::identity::prove(&mut msg, &self.key, nonce);
+                Ok((c.join(self.authed(msg)).await?, plan))
             })
             .await?;
         let answer = r.into_inner();

@@ -47,12 +47,10 @@ pub(super) struct Plan {
 impl Plan {
     /// Cut `files` in pages of at most `max_message_bytes` / 2 (and
     /// [`MAX_PAGE_BYTES`]) each, keeping at most `max_inventory` files
-    /// (0 = no limit said). Every page holds at least one file.
-    pub(super) fn new(
-        files: &[v1::SharedFile],
-        max_message_bytes: u64,
-        max_inventory: u64,
-    ) -> Self {
+    /// (0 = no limit said). Every page holds at least one file. Each
+    /// file's wire form is made only to be measured (never a full copy of
+    /// the inventory in wire form: a page is converted when it is sent).
+    pub(super) fn new(files: &[SharedFile], max_message_bytes: u64, max_inventory: u64) -> Self {
         let budget = page_budget(max_message_bytes);
         let kept = match max_inventory {
             0 => files.len(),
@@ -62,7 +60,8 @@ impl Plan {
         let (mut start, mut bytes) = (0, 0usize);
         for (i, f) in files[..kept].iter().enumerate() {
             // The entry, its tag and its length prefix.
-            let n = f.encoded_len() + 1 + prost::length_delimiter_len(f.encoded_len());
+            let len = v1::SharedFile::from(f).encoded_len();
+            let n = len + 1 + prost::length_delimiter_len(len);
             if i > start && bytes + n > budget {
                 pages.push(start..i);
                 (start, bytes) = (i, 0);
@@ -158,11 +157,10 @@ impl Central {
     /// `files` cut in pages that each fit the message limit the central
     /// gave at our last Join (a big batch of new files, after a rescan).
     pub(super) fn publish_pages_of(&self, files: &[SharedFile]) -> Vec<Vec<SharedFile>> {
-        let wire: Vec<v1::SharedFile> = files.iter().map(Into::into).collect();
         let limit = self
             .message_limit
             .load(std::sync::atomic::Ordering::Relaxed);
-        let plan = Plan::new(&wire, limit, 0);
+        let plan = Plan::new(files, limit, 0);
         std::iter::once(plan.first)
             .chain(plan.rest)
             .filter(|r| !r.is_empty())
@@ -203,12 +201,14 @@ impl Central {
 mod tests {
     use super::*;
 
-    fn files(n: usize) -> Vec<v1::SharedFile> {
+    fn files(n: usize) -> Vec<SharedFile> {
         (0..n)
-            .map(|i| v1::SharedFile {
-                file_id: format!("{i:064x}"),
+            .map(|i| SharedFile {
+                id: format!("{i:064x}").parse().unwrap(),
                 size: i as u64,
-                name: format!("Music/Album {}/{i:05} track.mp3", i / 100),
+                name: format!("Music/Album {}/{i:05} track.mp3", i / 100)
+                    .parse()
+                    .unwrap(),
                 replica: false,
             })
             .collect()
@@ -227,7 +227,7 @@ mod tests {
             next = page.end;
             let msg = v1::PublishRequest {
                 peer_id: uuid::Uuid::nil().to_string(),
-                files: f[page.clone()].to_vec(),
+                files: f[page.clone()].iter().map(Into::into).collect(),
                 seq: u64::MAX,
             };
             assert!(msg.encoded_len() <= 32 * 1024, "{}", msg.encoded_len());

@@ -54,6 +54,7 @@
 //! quietly, by design.
 
 mod blobs;
+mod cache;
 mod hashing;
 mod replicas;
 mod scan;

@@ -1,5 +1,5 @@
 //! The share folder scan: what is shared, what changed since the last
-//! scan, and the hash cache (`data/hashes.json`) that makes a restart cheap:
+//! scan. The hash cache (`cache`) makes a restart cheap:
 //! a file whose size and mtime did not change is not hashed again.
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,10 +11,8 @@ use std::time::UNIX_EPOCH;
 use peerdex_proto::tree::{Manifest, TreeHasher};
 use peerdex_proto::types::{MAX_PATH_BYTES, escape_invisible};
 use peerdex_proto::{FileId, FileName};
-use serde::{Deserialize, Serialize};
 
 use super::{Changes, Entry, Store};
-use peerdex_common::fs::write_atomic;
 
 /// A file the walk found that may be shared.
 struct Candidate {
@@ -54,18 +52,6 @@ fn check_component(s: &str) -> Result<(), String> {
         Err(peerdex_proto::ParseError::FileName { reason, .. }) => Err(reason.into_owned()),
         Err(other) => Err(other.to_string()),
     }
-}
-
-#[derive(Serialize, Deserialize)]
-pub(super) struct CacheEntry {
-    size: u64,
-    mtime_ns: u128,
-    file_id: String,
-    /// [`Manifest::encode`], hex; checked against the id again when loaded.
-    manifest: String,
-    /// The name on disk, when not spelt as the key (the NFC name).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    on_disk: Option<String>,
 }
 
 pub(super) fn mtime_ns(meta: &fs::Metadata) -> u128 {
@@ -453,72 +439,6 @@ impl Store {
     }
 
     // ── replicas ────────────────────────────────────────────────────────
-
-    fn cache_path(&self) -> PathBuf {
-        self.data_dir.join("hash-cache.json")
-    }
-
-    pub(super) fn load_cache(&self) -> BTreeMap<FileName, Entry> {
-        let Ok(bytes) = fs::read(self.cache_path()) else {
-            return BTreeMap::new();
-        };
-        let Ok(raw) = serde_json::from_slice::<BTreeMap<String, CacheEntry>>(&bytes) else {
-            tracing::warn!("hash cache unreadable; files will be re-hashed");
-            return BTreeMap::new();
-        };
-        raw.into_iter()
-            .filter_map(|(key, c)| {
-                let name: FileName = key.parse().ok()?;
-                // A cache written before names were normalized has the
-                // disk's spelling as its key.
-                let on_disk = c.on_disk.or_else(|| (key != name.as_str()).then_some(key));
-                let id: FileId = c.file_id.parse().ok()?;
-                let manifest = Manifest::decode(id, &hex::decode(c.manifest).ok()?)
-                    .ok()
-                    .filter(|m| m.size() == c.size)?;
-                Some((
-                    name.clone(),
-                    Entry {
-                        name,
-                        on_disk,
-                        id,
-                        size: c.size,
-                        mtime_ns: c.mtime_ns,
-                        manifest: std::sync::Arc::new(manifest),
-                        replica: false,
-                    },
-                ))
-            })
-            .collect()
-    }
-
-    pub(super) fn save_cache(&self) {
-        let raw: BTreeMap<String, CacheEntry> = self
-            .files
-            .lock()
-            .unwrap()
-            .values()
-            .map(|e| {
-                (
-                    e.name.to_string(),
-                    CacheEntry {
-                        size: e.size,
-                        mtime_ns: e.mtime_ns,
-                        file_id: e.id.to_hex(),
-                        manifest: hex::encode(e.manifest.encode()),
-                        on_disk: e.on_disk.clone(),
-                    },
-                )
-            })
-            .collect();
-        let result = serde_json::to_vec(&raw)
-            .map_err(io::Error::other)
-            .and_then(|bytes| write_atomic(&self.cache_path(), &bytes));
-        if let Err(e) = result {
-            let e = self.space.explain(e, &self.data_dir);
-            tracing::warn!(error = %e, "cannot save hash cache; the previous one stays (files it misses are hashed again at the next start)");
-        }
-    }
 }
 
 #[cfg(test)]
