@@ -27,13 +27,15 @@
 //!   answers), `declines` (replica declines on their way), `queries`
 //!   (Locate, Search, pins, keys), `revocations` (a private network's
 //!   departures), `lookup` (neighbours first, then the central).
-//! * `store/` — the share folder tree (`scan`: what is shared, the hash
-//!   cache; `watch`: changes by notification; `hashing`: new files hashed
-//!   on a few threads, with progress),
+//! * `store/` — the share folder tree (`scan`: what is shared; `cache`:
+//!   the hash cache, streamed to and from disk; `watch`: changes by
+//!   notification; `hashing`: new files hashed on a few threads, with
+//!   progress),
 //!   the data folder (peer id, temp files), `replicas` (the replica space,
 //!   `data/replicas/`), `space` (the reserve `PSERVER_MIN_FREE_BYTES`,
 //!   clear errors on a full disk).
-//! * `private/` — private files: the STREAM encryption (`crypt`), the
+//! * `private/` — private files: the STREAM encryption (`crypt`: AES-256-GCM
+//!   for ticket version 2, ChaCha20-Poly1305 for version 1), the
 //!   keys at rest and the private folder (`vault`); their ciphertexts are
 //!   the store's (`store/blobs`), fetched by `download/private`, reached
 //!   through `control/private`.
@@ -204,7 +206,6 @@ pub async fn run(
         &config.relay,
         central.clone(),
         metrics.clone(),
-        rt.clone(),
     ));
     let lookup = Arc::new(link::lookup::Lookup::new(
         &config.link.neighbours,

@@ -170,7 +170,7 @@ impl LocalProxy {
     }
 
     /// Serve the tunnel `io` with our peer API until it closes.
-    pub(crate) async fn serve(&self, io: tokio::io::DuplexStream) -> Result<(), hyper::Error> {
+    pub(crate) async fn serve(&self, io: tunnel::DialedIo) -> Result<(), hyper::Error> {
         let me = self.clone();
         tunnel::serve(
             io,

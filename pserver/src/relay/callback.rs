@@ -291,8 +291,8 @@ pub(super) async fn attach(
     .ok_or(RelayError::CallbackToken)?;
     let (resp, io) =
         tunnel::accept(&req, body).map_err(|e| RelayError::WebSocket(e.to_string()))?;
-    let rt = c.rt.clone();
-    rt.spawn(async move {
+    // On this worker: the accepted socket is not `Send` (see `tunnel`).
+    actix_web::rt::spawn(async move {
         match tunnel::client(io).await {
             Ok((send, conn)) => {
                 let generation = c.tunnels.insert(holder, send, 0);
@@ -322,6 +322,9 @@ async fn gateway(
                 Err(_) => continue,
             },
         };
+        // No Nagle delay on answers written piece by piece (see
+        // `peer::limits::Conn::accept`).
+        let _ = stream.set_nodelay(true);
         let c = c.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req| {
@@ -372,7 +375,7 @@ impl Callbacks {
             peerdex_proto::network::unix_now(),
             std::sync::atomic::Ordering::Relaxed,
         );
-        let Ok(_permit) = t.slots.clone().try_acquire_owned() else {
+        let Ok(permit) = t.slots.clone().try_acquire_owned() else {
             return fail(503, "too many requests at once".into());
         };
         let mut uri = format!("{}/{tail}", tunnel::TUNNEL_ORIGIN);
@@ -395,7 +398,14 @@ impl Callbacks {
             return fail(502, e.to_string());
         }
         match send.send_request(out).await {
-            Ok(resp) => resp.map(|b| b.boxed_unsync()),
+            // The slot is held until the answer's body is done.
+            Ok(resp) => resp.map(|b| {
+                b.map_frame(move |f| {
+                    let _held = &permit;
+                    f
+                })
+                .boxed_unsync()
+            }),
             Err(e) => fail(502, e.to_string()),
         }
     }

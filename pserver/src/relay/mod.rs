@@ -57,7 +57,6 @@ pub(crate) use state::Reach;
 use crate::link::Central;
 use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
-use crate::rt::MainRt;
 
 /// Requests carried at once for one relayed peer (beyond: 503 +
 /// Retry-After). Below the peer API's own per-source connection cap, since
@@ -234,7 +233,6 @@ pub(crate) struct Relay {
     tunnels: Tunnels,
     central: Arc<Central>,
     metrics: Metrics,
-    rt: MainRt,
 }
 
 impl Relay {
@@ -242,7 +240,6 @@ impl Relay {
         config: &crate::config::RelayConfig,
         central: Arc<Central>,
         metrics: Metrics,
-        rt: MainRt,
     ) -> Self {
         Self {
             enabled: config.enabled,
@@ -251,7 +248,6 @@ impl Relay {
             tunnels: Tunnels::default(),
             central,
             metrics,
-            rt,
         }
     }
 
@@ -317,7 +313,8 @@ async fn relay_attach(
     let (resp, io) =
         tunnel::accept(&req, body).map_err(|e| RelayError::WebSocket(e.to_string()))?;
     let r = relay.get_ref().clone();
-    relay.rt.spawn(async move {
+    // On this worker: the accepted socket is not `Send` (see `tunnel`).
+    actix_web::rt::spawn(async move {
         match tunnel::client(io).await {
             Ok((send, conn)) => {
                 let generation = r.tunnels.insert(peer, send, r.max_bps);

@@ -2,34 +2,45 @@
 //! opened. The side that dialed is the HTTP/2 *server* (it answers the
 //! requests); the side that accepted is the HTTP/2 *client* (a relay, or a
 //! downloader that asked for a callback). A WebSocket binary message is the
-//! only framing: the bytes of each side are pumped between the socket and
-//! an in-memory pipe that hyper reads and writes.
+//! only framing: hyper reads each message's bytes as they came and writes
+//! each of its writes as one message ([`AcceptedIo`], [`DialedIo`]), in its
+//! own task, with no pipe or pump between.
 //!
-//! The accepting side runs on an actix worker (its socket is not `Send`),
-//! the HTTP/2 connection on the main runtime; the pipe joins them. HTTP/2
+//! The accepting side's socket belongs to an actix worker (it is not
+//! `Send`), so that side's HTTP/2 connection runs on that worker; its
+//! request handle is used from any thread. Large messages and frames keep
+//! the wake-ups per byte few. HTTP/2
 //! keep-alive pings (every [`KEEPALIVE`], answered within
 //! [`KEEPALIVE_TIMEOUT`]) find a dead tunnel even when no TCP reset comes.
 
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use peerdex_proto::PeerUrl;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// Bytes in flight in the pipe between the socket and hyper.
-const PIPE: usize = 512 * 1024;
-/// Largest WebSocket message sent (actix-ws reads up to 64 KiB by default;
-/// we allow it [`MAX_FRAME`]).
-const CHUNK: usize = 60 * 1024;
+/// Largest WebSocket message sent: large messages mean few wake-ups per
+/// byte carried (actix-ws reads up to 64 KiB by default; we allow it
+/// [`MAX_FRAME`]).
+const CHUNK: usize = 256 * 1024;
 const MAX_FRAME: usize = 1 << 20;
+/// Largest HTTP/2 frame either side accepts (the default, 16 KiB, means
+/// one frame, and one wake-up of the side reading it, per 16 KiB).
+const H2_FRAME: u32 = 256 * 1024;
+/// Bytes of a response the answering side buffers ahead per stream.
+const H2_SEND_BUF: usize = 1 << 20;
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(10);
 pub(crate) const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 flow-control windows: enough for a fast transfer to keep the
@@ -69,49 +80,166 @@ impl DialError {
 }
 
 /// Accept a tunnel on an actix worker: the WebSocket answer to send, and
-/// the pipe end to run HTTP/2 over (on the main runtime).
+/// the tunnel's bytes to run HTTP/2 over (on this same worker: the
+/// socket is not `Send`, see [`client`]).
 pub(crate) fn accept(
     req: &HttpRequest,
     body: web::Payload,
-) -> Result<(HttpResponse, DuplexStream), actix_web::Error> {
+) -> Result<(HttpResponse, AcceptedIo), actix_web::Error> {
     let (resp, session, stream) = actix_ws::handle(req, body)?;
-    let mut stream = stream.max_frame_size(MAX_FRAME);
-    let (ours, theirs) = tokio::io::duplex(PIPE);
-    let (mut rd, mut wr) = tokio::io::split(ours);
-    let mut pong = session.clone();
-    actix_web::rt::spawn(async move {
-        while let Some(Ok(msg)) = stream.recv().await {
-            match msg {
-                actix_ws::Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
-                actix_ws::Message::Ping(p) => {
-                    let _ = pong.pong(&p).await;
-                }
-                actix_ws::Message::Close(_) => break,
-                _ => {}
-            }
+    Ok((
+        resp,
+        AcceptedIo {
+            stream: stream.max_frame_size(MAX_FRAME),
+            session,
+            rd: Bytes::new(),
+            sending: None,
+            closing: None,
+        },
+    ))
+}
+
+type Sending = Pin<Box<dyn Future<Output = Result<(), actix_ws::Closed>>>>;
+
+/// The accepting side's WebSocket as a byte stream for hyper: each binary
+/// message read is handed over as it is, each write is one message. No
+/// pipe, no pump task: HTTP/2 reads and writes the socket's messages in
+/// its own task.
+pub(crate) struct AcceptedIo {
+    stream: actix_ws::MessageStream,
+    session: actix_ws::Session,
+    /// What is left of the last message read.
+    rd: Bytes,
+    /// The message being handed to the socket's writer.
+    sending: Option<Sending>,
+    closing: Option<Sending>,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the tunnel's WebSocket closed")
+}
+
+impl AcceptedIo {
+    fn poll_sent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(f) = self.sending.as_mut() {
+            let r = ready!(f.as_mut().poll(cx));
+            self.sending = None;
+            r.map_err(|_| closed())?;
         }
-        let _ = wr.shutdown().await;
-    });
-    let mut session = session;
-    actix_web::rt::spawn(async move {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if session
-                        .binary(Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            }
+        Poll::Ready(Ok(()))
+    }
+
+    fn send(&mut self, msg: Bytes) {
+        let mut session = self.session.clone();
+        self.sending = Some(Box::pin(async move { session.binary(msg).await }));
+    }
+}
+
+impl AsyncRead for AcceptedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        read_messages(&mut me.rd, buf, || {
+            me.stream.poll_next_unpin(cx).map(|m| match m {
+                Some(Ok(actix_ws::Message::Binary(b))) => Ok(Piece::Data(b)),
+                Some(Ok(actix_ws::Message::Close(_))) | None => Ok(Piece::End),
+                Some(Ok(_)) => Ok(Piece::Other),
+                Some(Err(e)) => Err(io::Error::other(e)),
+            })
+        })
+    }
+}
+
+impl AsyncWrite for AcceptedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_sent(cx))?;
+        let msg = gather(bufs);
+        let n = msg.len();
+        if n > 0 {
+            self.send(msg);
         }
-        let _ = session.close(None).await;
-    });
-    Ok((resp, theirs))
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_sent(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_sent(cx))?;
+        if self.closing.is_none() {
+            let session = self.session.clone();
+            self.closing = Some(Box::pin(async move { session.close(None).await }));
+        }
+        if let Some(f) = self.closing.as_mut() {
+            let _ = ready!(f.as_mut().poll(cx));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// What one WebSocket message is to the byte stream over it.
+enum Piece {
+    Data(Bytes),
+    /// A close, or the socket's end: EOF.
+    End,
+    /// Ping, pong, text: not tunnel bytes.
+    Other,
+}
+
+/// Both sides' `poll_read`: serve `buf` from what is left of the last
+/// message (`rd`), taking the next one from `next` when it is used up.
+fn read_messages(
+    rd: &mut Bytes,
+    buf: &mut ReadBuf<'_>,
+    mut next: impl FnMut() -> Poll<io::Result<Piece>>,
+) -> Poll<io::Result<()>> {
+    loop {
+        if !rd.is_empty() {
+            let n = rd.len().min(buf.remaining());
+            buf.put_slice(&rd.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        match ready!(next())? {
+            Piece::Data(b) => *rd = b,
+            Piece::End => return Poll::Ready(Ok(())),
+            Piece::Other => {}
+        }
+    }
+}
+
+/// Up to [`CHUNK`] bytes of `bufs` as one message (HTTP/2 writes a frame's
+/// header and its payload as two slices: one message, not two).
+fn gather(bufs: &[io::IoSlice<'_>]) -> Bytes {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let mut msg = BytesMut::with_capacity(total.min(CHUNK));
+    for b in bufs {
+        let room = CHUNK - msg.len();
+        if room == 0 {
+            break;
+        }
+        msg.extend_from_slice(&b[..b.len().min(room)]);
+    }
+    msg.freeze()
 }
 
 /// Dial `url` + `path` with a WebSocket (TLS for https, trusting `tls`'s
@@ -121,7 +249,7 @@ pub(crate) async fn dial(
     path: &str,
     headers: &[(&'static str, String)],
     tls: &Arc<rustls::ClientConfig>,
-) -> Result<DuplexStream, DialError> {
+) -> Result<DialedIo, DialError> {
     let base = url.as_str();
     let (secure, authority) = match base.strip_prefix("https://") {
         Some(a) => (true, a),
@@ -152,9 +280,9 @@ pub(crate) async fn dial(
                 .connect(name, tcp)
                 .await
                 .map_err(|e| connect(e.to_string()))?;
-            handshake(base, req, tls).await
+            handshake(base, req, Stream::Right(tls)).await
         } else {
-            handshake(base, req, tcp).await
+            handshake(base, req, Stream::Left(tcp)).await
         }
     };
     tokio::time::timeout(DIAL_TIMEOUT, work)
@@ -176,14 +304,11 @@ fn split_authority(authority: &str, default_port: u16) -> (String, u16) {
     }
 }
 
-async fn handshake<S>(
+async fn handshake(
     base: &str,
     req: tokio_tungstenite::tungstenite::handshake::client::Request,
-    stream: S,
-) -> Result<DuplexStream, DialError>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+    stream: Stream,
+) -> Result<DialedIo, DialError> {
     use tokio_tungstenite::tungstenite::Error as WsError;
     let mut config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
     config.max_frame_size = Some(MAX_FRAME);
@@ -209,55 +334,111 @@ where
                 why: e.to_string(),
             },
         })?;
-    let (mut sink, mut stream) = ws.split();
-    let (ours, theirs) = tokio::io::duplex(PIPE);
-    let (mut rd, mut wr) = tokio::io::split(ours);
-    tokio::spawn(async move {
-        while let Some(Ok(msg)) = stream.next().await {
-            match msg {
-                Message::Binary(b) if wr.write_all(&b).await.is_err() => break,
-                Message::Close(_) => break,
-                _ => {}
-            }
+    Ok(DialedIo {
+        ws,
+        rd: Bytes::new(),
+    })
+}
+
+/// The dialing side's WebSocket as a byte stream for hyper (as
+/// [`AcceptedIo`]: messages handed over as they are, one message per
+/// write, no pipe or pump task).
+pub(crate) struct DialedIo {
+    ws: tokio_tungstenite::WebSocketStream<Stream>,
+    rd: Bytes,
+}
+
+/// A dialed socket, with or without TLS.
+type Stream = tokio_util::either::Either<
+    tokio::net::TcpStream,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+>;
+
+impl AsyncRead for DialedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        read_messages(&mut me.rd, buf, || {
+            me.ws.poll_next_unpin(cx).map(|m| match m {
+                Some(Ok(Message::Binary(b))) => Ok(Piece::Data(b)),
+                Some(Ok(Message::Close(_))) | None => Ok(Piece::End),
+                Some(Ok(_)) => Ok(Piece::Other),
+                Some(Err(e)) => Err(io::Error::other(e)),
+            })
+        })
+    }
+}
+
+impl AsyncWrite for DialedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[io::IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+        let msg = gather(bufs);
+        let n = msg.len();
+        if n > 0 {
+            self.ws
+                .start_send_unpin(Message::binary(msg))
+                .map_err(io::Error::other)?;
         }
-        let _ = wr.shutdown().await;
-    });
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let msg = Message::binary(Bytes::copy_from_slice(&buf[..n]));
-                    if sink.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = sink.close().await;
-    });
-    Ok(theirs)
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.ws.poll_flush_unpin(cx).map_err(io::Error::other)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.ws.poll_close_unpin(cx).map_err(io::Error::other)
+    }
+}
+
+/// Runs hyper's tasks of a tunnel on the current actix worker (the
+/// accepted socket is not `Send`).
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F> hyper::rt::Executor<F> for LocalExec
+where
+    F: Future + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::task::spawn_local(fut);
+    }
 }
 
 /// The HTTP/2 client end of a tunnel (the accepting side). The returned
 /// future drives the connection: it ends when the tunnel closes.
+/// Runs on the actix worker that accepted it (spawn it there with
+/// `actix_web::rt::spawn`); its `SendRequest` is used from any thread.
 pub(crate) async fn client(
-    io: DuplexStream,
-) -> Result<
-    (
-        SendRequest<Full<Bytes>>,
-        impl std::future::Future<Output = ()> + Send,
-    ),
-    hyper::Error,
-> {
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+    io: AcceptedIo,
+) -> Result<(SendRequest<Full<Bytes>>, impl Future<Output = ()>), hyper::Error> {
+    let (send, conn) = hyper::client::conn::http2::Builder::new(LocalExec)
         .timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(H2_FRAME)
         .handshake(TokioIo::new(io))
         .await?;
     Ok((send, async move {
@@ -269,7 +450,7 @@ pub(crate) async fn client(
 
 /// Serve HTTP/2 on the dialing side of a tunnel with `service` until the
 /// tunnel closes.
-pub(crate) async fn serve<S, B>(io: DuplexStream, service: S) -> Result<(), hyper::Error>
+pub(crate) async fn serve<S, B>(io: DialedIo, service: S) -> Result<(), hyper::Error>
 where
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
@@ -288,6 +469,8 @@ where
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(H2_FRAME)
+        .max_send_buf_size(H2_SEND_BUF)
         .serve_connection(TokioIo::new(io), service)
         .await
 }
