@@ -331,6 +331,13 @@ pub enum Error {
     /// The embedded database failed. Retry later.
     #[error("storage error: {0}")]
     Storage(#[from] rusqlite::Error),
+    /// The commit of a group of changes (this one among them) failed:
+    /// none of them was made. Retry later.
+    #[error("storage error: the commit of {changes} grouped changes failed: {source}")]
+    GroupCommit {
+        changes: usize,
+        source: std::sync::Arc<rusqlite::Error>,
+    },
     /// The directory's store (etcd) did not answer, or a write could not
     /// be confirmed; nothing acknowledged is lost. Retry (here or at
     /// another central).

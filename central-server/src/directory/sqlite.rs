@@ -6,8 +6,20 @@
 //! order, and an RPC is acknowledged only after its commit. Changes by a
 //! peer of its own inventory apply in order (the store mutex is held
 //! across the index steps).
+//!
+//! **Group commit.** Joins, Publishes and Unpublishes queue up
+//! ([`Sqlite::grouped`]); one committer on the blocking pool takes every
+//! change waiting (in arrival order, up to [`GROUP_MAX`], never two of one
+//! peer), checks and writes each in a savepoint of one transaction, commits
+//! them together (one fsync instead of one per change), then applies them
+//! to the index in order and answers each. A change that fails its checks
+//! is rolled back alone; a failed commit fails the whole group and applies
+//! none of it. Readers still never see a change before it is durable. As
+//! on etcd, the directory-wide limits (holdings, peers per address) are
+//! checked against the index as committed, so the changes of one group
+//! can pass them together by at most one group.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use peerdex_common::sync::lock;
@@ -28,12 +40,36 @@ use crate::store::{Store, Withdrawal};
 /// Publishes interleave with a mass expiry).
 pub const SWEEP_TX_HOLDINGS: usize = 20_000;
 
+/// Most changes committed in one group.
+pub const GROUP_MAX: usize = 256;
+
+/// What a grouped change does to the index once its group is committed;
+/// it returns the answer.
+type Apply<T> = Box<dyn FnOnce(&Shared, &Sqlite, &IndexGate<'_>) -> T + Send>;
+
+/// A grouped change, type-erased: checks and writes (in the group's
+/// transaction); `None` when it failed (its caller has the error), else
+/// what to do once the group's commit succeeded (`Ok`) or failed (`Err`).
+type Job = Box<dyn FnOnce(&Shared, &Sqlite, &IndexGate<'_>, &mut Store) -> Option<Finish> + Send>;
+type Finish = Box<dyn FnOnce(std::result::Result<Committed<'_>, Error>) + Send>;
+
+/// What an applied change takes: the directory, the store, the index.
+type Committed<'a> = (&'a Shared, &'a Sqlite, &'a IndexGate<'a>);
+
 pub(super) struct Sqlite {
     /// `None` once closed at shutdown.
     store: Mutex<Option<Store>>,
     /// The last inventory change number applied per peer in this session
     /// (etcd keeps it in `seq/<peer>`).
     seqs: Mutex<HashMap<PeerId, u64>>,
+    /// Grouped changes waiting for the committer, and whether it runs.
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<(PeerId, Job)>,
+    running: bool,
 }
 
 /// Open the database in the data folder and load the index (every peer
@@ -56,6 +92,7 @@ pub(super) async fn open(config: &Config) -> Result<(Arc<Sqlite>, Arc<Shared>)> 
     let db = Arc::new(Sqlite {
         store: Mutex::new(Some(store)),
         seqs: Mutex::default(),
+        queue: Mutex::default(),
     });
     let shared = Shared::new(index, network, config);
     shared.replicas.load_pins(pins);
@@ -78,6 +115,106 @@ impl Sqlite {
             f(&shared, &db, &IndexGate(&shared.index), store)
         })
         .await?
+    }
+
+    /// Run a change of `peer` in the next group commit: `prepare` checks
+    /// and writes under the store mutex, inside the group's transaction;
+    /// what it returns is applied to the index once the group committed.
+    async fn grouped<T, F>(
+        self: &Arc<Self>,
+        shared: &Arc<Shared>,
+        peer: PeerId,
+        prepare: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared, &Sqlite, &IndexGate<'_>, &mut Store) -> Result<Apply<T>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<T>>();
+        let job: Job = Box::new(
+            move |dir, db, gate, store| match prepare(dir, db, gate, store) {
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    None
+                }
+                Ok(apply) => Some(Box::new(move |committed| {
+                    let _ = tx.send(committed.map(|(dir, db, gate)| apply(dir, db, gate)));
+                })),
+            },
+        );
+        let start = {
+            let mut q = lock(&self.queue);
+            q.jobs.push_back((peer, job));
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            let (db, shared) = (self.clone(), shared.clone());
+            tokio::task::spawn_blocking(move || db.commit_groups(&shared));
+        }
+        // Dropped unanswered only when the store is closed (or the
+        // committer panicked).
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// The committer: one group after another until none waits.
+    fn commit_groups(&self, shared: &Shared) {
+        /// Whatever ends the committer (a panic too), the next change
+        /// starts another; the changes still queued then are answered
+        /// `Closed` (dropped) only if the store is gone.
+        struct Running<'a>(&'a Mutex<Queue>);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                let mut q = lock(self.0);
+                q.running = false;
+                if std::thread::panicking() {
+                    q.jobs.clear();
+                }
+            }
+        }
+        let _running = Running(&self.queue);
+        let gate = IndexGate(&shared.index);
+        loop {
+            let mut store = lock(&self.store);
+            let group = {
+                let mut q = lock(&self.queue);
+                if q.jobs.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                take_group(&mut q.jobs)
+            };
+            let Some(store) = store.as_mut() else {
+                continue; // closed: the group's callers get `Closed`
+            };
+            if let Err(e) = store.begin() {
+                tracing::error!(error = %e, changes = group.len(), "cannot start a group commit");
+                continue;
+            }
+            let done: Vec<Finish> = group
+                .into_iter()
+                .filter_map(|(_, job)| job(shared, self, &gate, store))
+                .collect();
+            match store.commit() {
+                Ok(()) => {
+                    for finish in done {
+                        finish(Ok((shared, self, &gate)));
+                    }
+                }
+                Err(e) => {
+                    store.rollback();
+                    let source = Arc::new(e);
+                    let changes = done.len();
+                    for finish in done {
+                        finish(Err(Error::GroupCommit {
+                            changes,
+                            source: source.clone(),
+                        }));
+                    }
+                }
+            }
+        }
     }
 
     /// Check that change `seq` of `peer` comes after the last one applied
@@ -114,8 +251,8 @@ impl Sqlite {
         j: Join,
         admit: Admit,
     ) -> Result<(usize, Vec<v1::Refused>)> {
-        self.write(shared, move |dir, db, gate, store| {
-            let peer = j.peer;
+        let peer = j.peer;
+        self.grouped(shared, peer, move |dir, _, gate, store| {
             let bound = store.key_of(&peer)?;
             if bound.is_some_and(|b| b != j.key) {
                 return Err(Error::OtherKey(peer));
@@ -128,10 +265,9 @@ impl Sqlite {
                     return Err(Limit::Keys { max: dir.max_keys }.into());
                 }
             }
-            let now = Instant::now();
             let (files, refused) = {
                 let ix = gate.read();
-                check_rejoin(&ix, &j, bound.is_some(), now)?;
+                check_rejoin(&ix, &j, bound.is_some(), Instant::now())?;
                 admit(&ix)?
             };
             store.join(
@@ -144,23 +280,28 @@ impl Sqlite {
                 j.reach,
                 &files,
             )?;
-            db.forget_seqs(&[peer]);
-            let mut steps = Steps::new(gate);
-            steps.ix().begin_join(
-                peer,
-                j.url,
-                j.hash,
-                j.load,
-                now + dir.lease_ttl,
-                Some(j.addr),
-            );
-            steps.ix().set_quota_of(&peer, j.replica_quota);
-            steps.ix().set_reach_of(&peer, j.reach);
-            steps.drop_inventory(&peer);
-            steps.publish(&peer, &files);
-            drop(steps);
-            dir.appeared(&files);
-            Ok((files.len(), refused))
+            Ok(
+                Box::new(move |dir: &Shared, db: &Sqlite, gate: &IndexGate<'_>| {
+                    db.forget_seqs(&[peer]);
+                    let now = Instant::now();
+                    let mut steps = Steps::new(gate);
+                    steps.ix().begin_join(
+                        peer,
+                        j.url,
+                        j.hash,
+                        j.load,
+                        now + dir.lease_ttl,
+                        Some(j.addr),
+                    );
+                    steps.ix().set_quota_of(&peer, j.replica_quota);
+                    steps.ix().set_reach_of(&peer, j.reach);
+                    steps.drop_inventory(&peer);
+                    steps.publish(&peer, &files);
+                    drop(steps);
+                    dir.appeared(&files);
+                    (files.len(), refused)
+                }) as Apply<_>,
+            )
         })
         .await
     }
@@ -173,21 +314,25 @@ impl Sqlite {
         seq: u64,
         admit: Admit,
     ) -> Result<Vec<v1::Refused>> {
-        self.write(shared, move |dir, db, gate, store| {
-            let now = Instant::now();
+        self.grouped(shared, peer, move |_, db, gate, store| {
             let (files, refused) = {
                 let ix = gate.read();
-                authorize(&ix, &peer, &token, now)?;
+                authorize(&ix, &peer, &token, Instant::now())?;
                 admit(&ix)?
             };
             db.in_order(peer, seq)?;
             store.publish(&peer, &files)?;
-            let mut steps = Steps::new(gate);
-            steps.publish(&peer, &files);
-            steps.ix().renew(&peer, None, now + dir.lease_ttl, now);
-            drop(steps);
-            dir.appeared(&files);
-            Ok(refused)
+            Ok(
+                Box::new(move |dir: &Shared, _: &Sqlite, gate: &IndexGate<'_>| {
+                    let now = Instant::now();
+                    let mut steps = Steps::new(gate);
+                    steps.publish(&peer, &files);
+                    steps.ix().renew(&peer, None, now + dir.lease_ttl, now);
+                    drop(steps);
+                    dir.appeared(&files);
+                    refused
+                }) as Apply<_>,
+            )
         })
         .await
     }
@@ -200,15 +345,18 @@ impl Sqlite {
         seq: u64,
         refs: Vec<Withdrawal>,
     ) -> Result<()> {
-        self.write(shared, move |dir, db, gate, store| {
-            let now = Instant::now();
-            authorize(&gate.read(), &peer, &token, now)?;
+        self.grouped(shared, peer, move |_, db, gate, store| {
+            authorize(&gate.read(), &peer, &token, Instant::now())?;
             db.in_order(peer, seq)?;
             store.unpublish(&peer, &refs)?;
-            let mut steps = Steps::new(gate);
-            steps.unpublish(&peer, &refs);
-            steps.ix().renew(&peer, None, now + dir.lease_ttl, now);
-            Ok(())
+            Ok(
+                Box::new(move |dir: &Shared, _: &Sqlite, gate: &IndexGate<'_>| {
+                    let now = Instant::now();
+                    let mut steps = Steps::new(gate);
+                    steps.unpublish(&peer, &refs);
+                    steps.ix().renew(&peer, None, now + dir.lease_ttl, now);
+                }) as Apply<_>,
+            )
         })
         .await
     }
@@ -346,4 +494,20 @@ impl Sqlite {
         })
         .await?
     }
+}
+
+/// The next group: the changes at the front of the queue, in order, up to
+/// [`GROUP_MAX`], and never two of one peer (the second waits for the
+/// next group, so a peer's changes apply in order, each checked against
+/// the index its predecessor left).
+fn take_group(jobs: &mut VecDeque<(PeerId, Job)>) -> Vec<(PeerId, Job)> {
+    let mut peers = HashSet::new();
+    let mut group = Vec::new();
+    while group.len() < GROUP_MAX
+        && let Some((peer, _)) = jobs.front()
+        && peers.insert(*peer)
+    {
+        group.extend(jobs.pop_front());
+    }
+    group
 }

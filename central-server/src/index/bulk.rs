@@ -68,7 +68,7 @@ impl Index {
         ix.peers = Slab::with_capacity(peers);
         ix.peer_ix.reserve(peers);
         ix.files = Slab::with_capacity(files);
-        ix.names = Slab::with_capacity(files);
+        ix.names = super::arena::Names::with_capacity(files);
         ix.name_ix = Handles::with_capacity(files);
         ix.bulk = Some(Bulk {
             // About as many distinct words as names (a name's own number, say).

@@ -70,7 +70,7 @@ impl Index {
                     out.files.len() as u32 - 1
                 });
                 let name = remap(&mut name_map, n, || {
-                    out.names.push_str(&self.names.get(n).text);
+                    out.names.push_str(self.names.text(n));
                     out.name_ends.push(out.names.len() as u64);
                     out.name_ends.len() as u32 - 1
                 });

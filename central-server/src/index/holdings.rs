@@ -56,10 +56,7 @@ impl Index {
                 .refs
                 .iter()
                 .filter(|&&(rp, rn)| {
-                    rp == p
-                        && name
-                            .as_deref()
-                            .is_none_or(|n| &*self.names.get(rn).text == n)
+                    rp == p && name.as_deref().is_none_or(|n| self.names.text(rn) == n)
                 })
                 .map(|&(_, rn)| (f, rn))
                 .collect();

@@ -31,11 +31,13 @@
 //! * [`words`](mod@words) — the tokenizer shared by names and queries.
 //! * `slab` — `u32`-handle storage for peers, files and names, and the
 //!   key → handle tables.
+//! * `arena` — the names, with their texts in one buffer.
 //! * `compact` — inline-one lists and inline short words.
 //! * [`cursor`] — the search page token.
 //! * `bulk` — the restart path: load every row, build tokens on a thread.
 //! * `export` — every holding in flat tables and back (the snapshot).
 
+mod arena;
 mod bulk;
 mod compact;
 mod cursor;
@@ -138,7 +140,8 @@ struct File {
 }
 
 struct Name {
-    text: Box<str>,
+    /// Where its text is in [`arena::Names`]' buffer.
+    span: arena::Span,
     /// Files carrying this name (each at most once).
     files: Small<u32>,
 }
@@ -188,7 +191,7 @@ pub struct Index {
     /// file → `(peer, size)`, one entry per such holder. Empty unless
     /// holders disagree, so it costs nothing in the usual case.
     other_sizes: HashMap<u32, Vec<(u32, u64)>>,
-    names: Slab<Name>,
+    names: arena::Names,
     /// Name text → name handle.
     name_ix: Handles,
     /// Lowercased word → names containing it (sorted, unique).
@@ -224,7 +227,7 @@ impl Index {
             files: Slab::new(),
             file_ix: Handles::new(),
             other_sizes: HashMap::new(),
-            names: Slab::new(),
+            names: arena::Names::new(),
             name_ix: Handles::new(),
             tokens: BTreeMap::new(),
             bulk: None,
@@ -381,7 +384,7 @@ pub(super) mod tests {
                 .tokens
                 .iter()
                 .map(|(w, ns)| {
-                    let texts = ns.iter().map(|&n| ix.names.get(n).text.to_string());
+                    let texts = ns.iter().map(|&n| ix.names.text(n).to_string());
                     (w.as_str().to_owned(), texts.collect())
                 })
                 .collect(),

@@ -4,32 +4,29 @@
 
 use std::collections::HashMap;
 
-use super::compact::{Small, Word};
+use super::Index;
+use super::compact::Word;
 use super::words::words;
-use super::{Index, Name};
 
 impl Index {
     pub(super) fn name(&self, text: &str) -> Option<u32> {
-        self.name_ix.get(text, |n| &*self.names.get(n).text)
+        self.name_ix.get(text, |n| self.names.text(n))
     }
 
     pub(super) fn intern_name(&mut self, name: &str) -> u32 {
         // A handle freed by a dropped name may be reused here: its old
         // postings must be gone first.
         self.flush_postings();
-        let vacant = match self.name_ix.find(name, |n| &*self.names.get(n).text) {
+        let vacant = match self.name_ix.find(name, |n| self.names.text(n)) {
             Ok(n) => return n,
             Err(vacant) => vacant,
         };
-        let n = self.names.insert(Name {
-            text: name.into(),
-            files: Small::default(),
-        });
+        let n = self.names.insert(name);
         if let Some(bulk) = &mut self.bulk {
             bulk.name(n, name);
         }
         let names = &self.names;
-        self.name_ix.insert_at(vacant, n, |m| &*names.get(m).text);
+        self.name_ix.insert_at(vacant, n, |m| names.text(m));
         if self.bulk.is_none() {
             let mut ws: Vec<String> = words(name).collect();
             ws.sort_unstable();
@@ -46,10 +43,9 @@ impl Index {
 
     pub(super) fn drop_name(&mut self, n: u32) {
         let names = &self.names;
-        let text = &*names.get(n).text;
-        self.name_ix.remove(text, |m| &*names.get(m).text);
-        if let Some(name) = self.names.remove(n) {
-            self.unposted.push((n, name.text));
+        self.name_ix.remove(names.text(n), |m| names.text(m));
+        if let Some(text) = self.names.remove(n) {
+            self.unposted.push((n, text));
         }
     }
 

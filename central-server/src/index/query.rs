@@ -166,7 +166,10 @@ impl Index {
                 let Some(name) = self.names.try_get(n) else {
                     continue;
                 };
-                if !others.iter().all(|q| has_prefix_word(&name.text, q)) {
+                if !others
+                    .iter()
+                    .all(|q| has_prefix_word(self.names.text_of(name), q))
+                {
                     continue;
                 }
                 for &f in name.files.iter() {
@@ -183,9 +186,8 @@ impl Index {
                 }
             }
         }
-        let key = |&(h, n, f): &(u32, u32, u32)| {
-            (Reverse(h), &*self.names.get(n).text, self.files.get(f).id)
-        };
+        let key =
+            |&(h, n, f): &(u32, u32, u32)| (Reverse(h), self.names.text(n), self.files.get(f).id);
         let mut keyed: Vec<_> = matches.iter().map(|m| (key(m), *m)).collect();
         if let Some(c) = after {
             let ck = c.key();
@@ -342,7 +344,7 @@ impl Index {
                     .refs
                     .iter()
                     .filter(|&&(p, _)| self.live(p, now))
-                    .map(|&(_, n)| &*self.names.get(n).text)
+                    .map(|&(_, n)| self.names.text(n))
                     .min()
                     .map(str::to_owned)
                     .or_else(|| pin.map(|p| p.2.clone()))
@@ -388,7 +390,7 @@ impl Index {
             keys.push(id_key(&file.id));
             for &(_, n) in live {
                 if named.insert(n) {
-                    keys.push(name_key(&self.names.get(n).text));
+                    keys.push(name_key(self.names.text(n)));
                 }
             }
         }
@@ -443,7 +445,7 @@ impl Index {
             .refs
             .iter()
             .filter(|&&(p, _)| self.live(p, now))
-            .map(|&(_, n)| &*self.names.get(n).text)
+            .map(|&(_, n)| self.names.text(n))
             .collect();
         names.sort_unstable();
         names.dedup();

@@ -920,34 +920,64 @@ async fn bad_config_is_refused_before_serving() {
     assert!(e.to_string().contains("CENTRAL_HEARTBEAT_SECS"), "{e}");
 }
 
+/// Concurrent changes (on SQLite: committed in groups, one fsync for
+/// many) all land, the refused ones among them change nothing and fail no
+/// other, and every acknowledged one survives a restart.
 async fn concurrent_joins_all_land(store: Store) {
     let env = Env::new(store).await;
-    let central = env.start_with(|_| {}).await;
+    let dir = tempfile::tempdir().unwrap();
+    let central = env.start_in(dir.path(), |_| {}).await;
     let c = client(&central).await;
-    let tasks: Vec<_> = (0..20u32)
-        .map(|k| {
-            let mut c = c.clone();
-            tokio::spawn(async move {
-                let files = (0..10)
-                    .map(|i| file(i, &format!("common-{i}.dat")))
-                    .collect();
-                join(&mut c, &PeerId::new_random(), 8000 + k as u16, files).await
-            })
+    // Ten peers joined first: each squatted (refused) and publishing, while
+    // twenty new ones join, all at once.
+    let mut first = Vec::new();
+    for k in 0..10u16 {
+        let p = PeerId::new_random();
+        let t = join(&mut c.clone(), &p, 7000 + k, vec![file(100, "old.dat")]).await;
+        first.push((p, t));
+    }
+    let joins = (0..20u32).map(|k| {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            let files = (0..10)
+                .map(|i| file(i, &format!("common-{i}.dat")))
+                .collect();
+            join(&mut c, &PeerId::new_random(), 8000 + k as u16, files).await;
         })
-        .collect();
+    });
+    let others = first.iter().cloned().map(|(p, t)| {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            denied(squat(&mut c, &p, None).await);
+            let files = vec![file(3, "common-3.dat"), file(101, "new.dat")];
+            assert_eq!(publish(&mut c, &p, &t, files).await.unwrap(), vec![]);
+        })
+    });
+    let tasks: Vec<_> = joins.chain(others).collect();
     for t in tasks {
         t.await.unwrap();
     }
-    let mut c = c.clone();
-    assert_eq!(
-        locate_id(&mut c, 3).await[0].holders.len(),
-        20,
-        "every acknowledged join is visible"
-    );
-    assert_eq!(
-        search(&mut c, "common", 0, "").await.unwrap().hits[0].holders,
-        20
-    );
+    let check = |c: DirectoryClient<Channel>| async move {
+        let mut c = c;
+        assert_eq!(
+            locate_id(&mut c, 3).await[0].holders.len(),
+            30,
+            "every acknowledged join and publish is visible"
+        );
+        for i in [100, 101] {
+            assert_eq!(locate_id(&mut c, i).await[0].holders.len(), 10, "file {i}");
+        }
+        let hits = search(&mut c, "common", 0, "").await.unwrap().hits;
+        let hit = hits
+            .iter()
+            .find(|h| h.file_id == fid(3))
+            .expect("file 3 found");
+        assert_eq!(hit.holders, 30);
+    };
+    check(c.clone()).await;
+    central.stop().await;
+    let central = env.start_in(dir.path(), |_| {}).await;
+    check(client(&central).await).await;
     central.stop().await;
 }
 

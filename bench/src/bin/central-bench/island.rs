@@ -51,6 +51,9 @@ const BEATS_IN_FLIGHT: usize = 256;
 struct Beats {
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Every failure of the run by gRPC code, with the first message of
+    /// each code (why heartbeats fail, in the report).
+    why: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>,
 }
 
 /// The 1-minute load average of the machine (shared with other work).
@@ -239,7 +242,15 @@ fn heartbeats(
                         };
                         let counter = match c.heartbeat(authed(req, &token)).await {
                             Ok(_) => &beats.ok,
-                            Err(_) => &beats.failed,
+                            Err(e) => {
+                                if let Ok(mut why) = beats.why.lock() {
+                                    let entry = why
+                                        .entry(format!("{:?}", e.code()))
+                                        .or_insert_with(|| (0, e.message().to_owned()));
+                                    entry.0 += 1;
+                                }
+                                &beats.failed
+                            }
                         };
                         counter.fetch_add(1, Ordering::Relaxed);
                         drop(permit);
@@ -402,6 +413,9 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
         "etcd_db_bytes": etcd_db_bytes,
         "heartbeats_per_second": heartbeats_per_second,
         "heartbeat_failures": heartbeat_failures,
+        "heartbeat_failures_by_code": beats.why.lock().map(|w| w.iter().map(|(code, (n, first))| {
+            (code.clone(), serde_json::json!({ "count": n, "first": first }))
+        }).collect::<serde_json::Map<_, _>>()).unwrap_or_default(),
         "locate_p99_ms_quiet": ms(quiet.p99_us),
         "locate_p99_ms_heartbeating": ms(busy.p99_us),
         "locate_errors": quiet.errors + busy.errors,

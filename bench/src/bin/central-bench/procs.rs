@@ -123,6 +123,9 @@ pub(crate) fn start_central_env(
         .env("CENTRAL_JOIN_RATE", "0")
         .env("CENTRAL_SEARCH_RATE", "0")
         .env("CENTRAL_MAX_PEERS_PER_ADDR", "1000000")
+        // The simulated peers serve nothing at their advertised URLs: a
+        // dial-back would find none of them and list none of their files.
+        .env("CENTRAL_DIAL_BACK", "false")
         .env("NO_COLOR", "1")
         // The sweeper's lines, shown in the report.
         .env("RUST_LOG", "warn,central_server::directory=info")

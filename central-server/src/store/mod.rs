@@ -3,9 +3,11 @@
 //! Three tables: `peers` (id, URL, BLAKE3 hash of the session token),
 //! `files` (content id) and `holdings` (file, peer, name, and the size this
 //! peer claims for the file). Integer surrogate keys keep the holdings table
-//! and its peer index small. Every mutation is one transaction, committed
-//! before the RPC is acknowledged, so an acknowledged change survives
-//! `kill -9`. Contents nobody holds any more are deleted in the same
+//! and its peer index small. Every mutation is one savepoint: alone, its
+//! own transaction; between [`Store::begin`] and [`Store::commit`], one of
+//! a group of changes committed together (one fsync for all: the group
+//! commit of `directory/sqlite.rs`). Either way it is committed before the
+//! RPC is acknowledged, so an acknowledged change survives `kill -9`. Contents nobody holds any more are deleted in the same
 //! transaction. Leases are not stored: after a restart every peer gets a
 //! fresh one. No manifest is stored: holders serve them.
 //!
@@ -18,12 +20,16 @@ use std::path::Path;
 
 use peerdex_proto::convert::SharedFile;
 use peerdex_proto::{FileId, PeerId, PeerUrl};
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::time::Instant;
 
 use crate::error::{Corrupt, Error, Result};
 use crate::index::{Index, Reach, TokenHash};
 use crate::replication::Pin;
+
+mod rows;
+
+use rows::{drop_holdings, drop_if_orphan, insert_files, peer_row, size_col};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "central.db";
@@ -143,8 +149,12 @@ impl Store {
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(Corrupt::NotWal { mode }.into());
         }
+        // The savepoints of a group commit journal pages in memory, not in a
+        // temporary file; 16 MiB of page cache keeps the content-id index's
+        // hot pages of a big group from being read again.
         conn.execute_batch(
-            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=5000;",
+            "PRAGMA synchronous=FULL; PRAGMA foreign_keys=OFF; PRAGMA busy_timeout=5000;
+             PRAGMA temp_store=MEMORY; PRAGMA cache_size=-16384;",
         )?;
         let mut store = Self { conn };
         store.upgrade()?;
@@ -161,38 +171,19 @@ impl Store {
             [],
             |r| r.get(0),
         )?;
-        match (version, has_tables) {
+        // Each step of the schema after version 0 with the version it
+        // upgrades from: a database runs the steps from its version on.
+        const STEPS: [(i64, &str, &str); 4] = [
+            (2, KEYS, "peer keys"),
+            (3, REPLICAS, "replicas"),
+            (4, PIN_OWNERS, "pins' owners' addresses"),
+            (5, REACH, "relays, unlisted peers"),
+        ];
+        let from = match (version, has_tables) {
             (SCHEMA_VERSION, _) => return Ok(()),
             (0, false) => {
                 tx.execute_batch(SCHEMA)?;
-                tx.execute_batch(KEYS)?;
-                tx.execute_batch(REPLICAS)?;
-                tx.execute_batch(PIN_OWNERS)?;
-                tx.execute_batch(REACH)?;
-            }
-            (2, _) => {
-                tracing::info!(
-                    "migrating the database from schema 2 to {SCHEMA_VERSION} (peer keys, replicas and pins)"
-                );
-                tx.execute_batch(KEYS)?;
-                tx.execute_batch(REPLICAS)?;
-                tx.execute_batch(PIN_OWNERS)?;
-                tx.execute_batch(REACH)?;
-            }
-            (3, _) => {
-                tracing::info!(
-                    "migrating the database from schema 3 to {SCHEMA_VERSION} (replicas and pins)"
-                );
-                tx.execute_batch(REPLICAS)?;
-                tx.execute_batch(PIN_OWNERS)?;
-                tx.execute_batch(REACH)?;
-            }
-            (4, _) => {
-                tracing::info!(
-                    "migrating the database from schema 4 to {SCHEMA_VERSION} (pin owners' addresses)"
-                );
-                tx.execute_batch(PIN_OWNERS)?;
-                tx.execute_batch(REACH)?;
+                0
             }
             (0, true) => {
                 let (files, holdings): (i64, i64) = tx.query_row(
@@ -206,17 +197,9 @@ impl Store {
                     "migrating the database from schema 0 to {SCHEMA_VERSION} (manifests dropped, sizes kept per holding)"
                 );
                 tx.execute_batch(MIGRATE_FROM_0)?;
-                tx.execute_batch(KEYS)?;
-                tx.execute_batch(REPLICAS)?;
-                tx.execute_batch(PIN_OWNERS)?;
-                tx.execute_batch(REACH)?;
+                0
             }
-            (5, _) => {
-                tracing::info!(
-                    "migrating the database from schema 5 to {SCHEMA_VERSION} (relays, unlisted peers)"
-                );
-                tx.execute_batch(REACH)?;
-            }
+            (v @ 2..=5, _) => v,
             (v, _) => {
                 return Err(Corrupt::Schema {
                     version: v,
@@ -224,6 +207,17 @@ impl Store {
                 }
                 .into());
             }
+        };
+        let steps: Vec<_> = STEPS.iter().filter(|(v, ..)| *v >= from).collect();
+        if from > 0 {
+            let what: Vec<_> = steps.iter().map(|(_, _, what)| *what).collect();
+            tracing::info!(
+                "migrating the database from schema {from} to {SCHEMA_VERSION} ({})",
+                what.join(", ")
+            );
+        }
+        for (_, sql, _) in steps {
+            tx.execute_batch(sql)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -413,7 +407,7 @@ impl Store {
     /// bindings are held, those of absent peers idle longest. Returns how
     /// many were forgotten.
     pub fn forget_idle_keys(&mut self, before: i64, max: u64) -> Result<usize> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let mut n = tx.execute(
             "DELETE FROM peer_keys WHERE last_join < ?1
              AND NOT EXISTS (SELECT 1 FROM peers WHERE peers.peer_id = peer_keys.peer_id)",
@@ -449,7 +443,7 @@ impl Store {
         reach: Reach,
         files: &[SharedFile],
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         tx.execute(
             "INSERT INTO peer_keys(peer_id, public_key, last_join) VALUES(?1, ?2, ?3)
              ON CONFLICT(peer_id) DO UPDATE SET last_join = excluded.last_join",
@@ -480,7 +474,7 @@ impl Store {
 
     /// Add files to a peer's inventory.
     pub fn publish(&mut self, peer: &PeerId, files: &[SharedFile]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let Some(row) = peer_row(&tx, peer)? else {
             return Err(Error::NotJoined(*peer));
         };
@@ -491,7 +485,7 @@ impl Store {
 
     /// Withdraw files (one name, or every name when `None`).
     pub fn unpublish(&mut self, peer: &PeerId, refs: &[Withdrawal]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         let Some(row) = peer_row(&tx, peer)? else {
             return Err(Error::NotJoined(*peer));
         };
@@ -522,7 +516,7 @@ impl Store {
 
     /// Remove peers and their inventories (Leave, lease expiry).
     pub fn remove_peers(&mut self, peers: &[PeerId]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         for peer in peers {
             if let Some(row) = peer_row(&tx, peer)? {
                 drop_holdings(&tx, row)?;
@@ -599,66 +593,33 @@ impl Store {
         Ok(())
     }
 
+    /// Start a group: the changes until [`Store::commit`] share one
+    /// transaction, each in a savepoint of its own (a failed one is rolled
+    /// back alone).
+    pub fn begin(&mut self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Commit the group [`Store::begin`] started (one fsync); on failure
+    /// the caller calls [`Store::rollback`].
+    pub fn commit(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")
+    }
+
+    /// Undo the group [`Store::begin`] started (after a failed commit).
+    pub fn rollback(&mut self) {
+        if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+            tracing::warn!(error = %e, "rollback of a failed group commit");
+        }
+    }
+
     /// Checkpoint the WAL and close the database.
     pub fn close(self) -> Result<()> {
         self.conn
             .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")?;
         self.conn.close().map_err(|(_, e)| Error::Storage(e))
     }
-}
-
-fn peer_row(tx: &Transaction<'_>, peer: &PeerId) -> Result<Option<i64>> {
-    Ok(tx
-        .prepare_cached("SELECT id FROM peers WHERE peer_id = ?1")?
-        .query_row([peer.as_uuid().as_bytes()], |r| r.get(0))
-        .optional()?)
-}
-
-fn drop_holdings(tx: &Transaction<'_>, peer_row: i64) -> Result<()> {
-    let files: Vec<i64> = tx
-        .prepare_cached("DELETE FROM holdings WHERE peer = ?1 RETURNING file")?
-        .query_map([peer_row], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    for f in files {
-        drop_if_orphan(tx, f)?;
-    }
-    Ok(())
-}
-
-fn drop_if_orphan(tx: &Transaction<'_>, file_row: i64) -> Result<()> {
-    tx.prepare_cached(
-        "DELETE FROM files WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM holdings WHERE file = ?1)",
-    )?
-    .execute([file_row])?;
-    Ok(())
-}
-
-/// Add holdings, each with the size the peer claims (the service has
-/// screened out a peer's contradicting claims, so a repeated holding says
-/// the same size).
-fn insert_files(tx: &Transaction<'_>, peer_row: i64, files: &[SharedFile]) -> Result<()> {
-    let mut file = tx.prepare_cached("INSERT OR IGNORE INTO files(file_id) VALUES(?1)")?;
-    let mut file_row = tx.prepare_cached("SELECT id FROM files WHERE file_id = ?1")?;
-    let mut hold = tx.prepare_cached(
-        "INSERT OR IGNORE INTO holdings(file, peer, name, size) VALUES(?1, ?2, ?3, ?4)",
-    )?;
-    // The last announcement of a file says whether the peer holds it as a
-    // replica (every name of it: see `Index::mark_replica`).
-    let mut flag =
-        tx.prepare_cached("UPDATE holdings SET replica = ?3 WHERE file = ?1 AND peer = ?2")?;
-    for f in files {
-        file.execute([f.id.as_bytes()])?;
-        let row: i64 = file_row.query_row([f.id.as_bytes()], |r| r.get(0))?;
-        hold.execute(params![row, peer_row, f.name.as_str(), size_col(f.size)])?;
-        flag.execute(params![row, peer_row, f.replica])?;
-    }
-    Ok(())
-}
-
-/// SQLite integers are signed: sizes are stored as their two's complement
-/// bit pattern and read back with `as u64`, so every `u64` round-trips.
-fn size_col(size: u64) -> i64 {
-    size as i64
 }
 
 #[cfg(test)]
@@ -683,6 +644,93 @@ mod tests {
         s.conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
             .unwrap()
+    }
+
+    /// A group: changes share one transaction, a failed one is undone
+    /// alone, a rolled-back group leaves nothing; a file's replica flag
+    /// follows its last announcement, for every name the peer holds it
+    /// under.
+    #[test]
+    fn a_group_commits_together_and_a_failed_change_is_undone_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let url: PeerUrl = "http://127.0.0.1:1".parse().unwrap();
+        let (a, b, gone) = (
+            PeerId::new_random(),
+            PeerId::new_random(),
+            PeerId::new_random(),
+        );
+        let flags = |s: &Store| -> Vec<(String, bool)> {
+            let mut st = s
+                .conn
+                .prepare("SELECT name, replica FROM holdings ORDER BY name")
+                .unwrap();
+            st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        {
+            let mut s = Store::open(dir.path()).unwrap();
+            s.begin().unwrap();
+            s.join(
+                &a,
+                &url,
+                &[1; 32],
+                &[11; 32],
+                1,
+                0,
+                Reach::default(),
+                &[sf(1, 10, "a.bin")],
+            )
+            .unwrap();
+            // Fails inside its savepoint: undone alone, the group goes on.
+            let e = s.publish(&gone, &[sf(2, 20, "never.bin")]).unwrap_err();
+            assert!(matches!(e, Error::NotJoined(p) if p == gone), "{e:?}");
+            s.join(
+                &b,
+                &url,
+                &[2; 32],
+                &[22; 32],
+                1,
+                0,
+                Reach::default(),
+                &[sf(3, 30, "b.bin")],
+            )
+            .unwrap();
+            s.commit().unwrap();
+            // A group rolled back leaves nothing.
+            s.begin().unwrap();
+            s.publish(&a, &[sf(4, 40, "rolled back.bin")]).unwrap();
+            s.rollback();
+            // The replica flag: a second name as a replica marks both.
+            let replica = SharedFile {
+                replica: true,
+                ..sf(1, 10, "a copy.bin")
+            };
+            s.publish(&a, &[replica]).unwrap();
+            assert_eq!(
+                flags(&s),
+                [
+                    ("a copy.bin".into(), true),
+                    ("a.bin".into(), true),
+                    ("b.bin".into(), false)
+                ]
+            );
+            s.publish(&a, &[sf(1, 10, "a.bin")]).unwrap();
+            assert_eq!(
+                flags(&s)[..2],
+                [("a copy.bin".into(), false), ("a.bin".into(), false)]
+            );
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            (
+                count(&s, "peers"),
+                count(&s, "files"),
+                count(&s, "holdings")
+            ),
+            (2, 2, 3)
+        );
     }
 
     #[test]
