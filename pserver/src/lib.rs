@@ -180,10 +180,9 @@ pub async fn run(
     let central = Arc::new(central);
     let metrics = metrics::Metrics::new();
     let cancel = CancellationToken::new();
-    // Peers behind NAT: the proxy that answers tunnelled requests with our
-    // peer API, callbacks (both sides), and the relay side.
-    let proxy = relay::LocalProxy::new(&config.public_url, peer_addr, &config.ca_roots)
-        .map_err(StartError::HttpClient)?;
+    // Peers behind NAT: the thread that answers tunnelled requests with
+    // our peer API, callbacks (both sides), and the relay side.
+    let tunnels = relay::TunnelServer::start().map_err(StartError::Listener)?;
     let tunnel_tls = Arc::new(tls::http_client_config(&config.ca_roots));
     let callbacks = relay::Callbacks::start(
         relay::callback::Parts {
@@ -191,7 +190,7 @@ pub async fn run(
             public_url: config.public_url.clone(),
             reach: reach.clone(),
             http: http.clone(),
-            proxy: proxy.clone(),
+            server: tunnels.clone(),
             network: network.clone(),
             tls: tunnel_tls.clone(),
             metrics: metrics.clone(),
@@ -301,7 +300,7 @@ pub async fn run(
             reach: reach.clone(),
             central: central.clone(),
             network: network.clone(),
-            proxy,
+            server: tunnels.clone(),
             tls: tunnel_tls,
         },
         cancel.clone(),
@@ -402,7 +401,9 @@ pub async fn run(
     let conns = peer::limits::ConnLimit::new(config.peer_api.max_conns_per_addr);
     let neighbour_rate =
         peer::limits::NeighbourRate::new(config.peer_api.neighbour_rate, metrics.clone());
-    let peer_srv = HttpServer::new({
+    // The peer API, on the peer port and through every tunnel we dial
+    // (behind NAT: to our relay, and callbacks).
+    let peer_app = {
         let (store, central, uploads, rt, relay, callbacks) = (
             store.clone(),
             central.clone(),
@@ -428,17 +429,19 @@ pub async fn run(
                 .wrap(no_store())
                 .configure(peer::routes)
         }
-    })
-    .workers(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
-    .on_connect(move |io, ext| peer::limits::Conn::accept(&conns, io, ext))
-    // A request head must arrive within 5 s, an idle keep-alive connection
-    // is closed after 15 s, and a closing one gets 1 s to say goodbye: no
-    // socket is held open by a silent client (responses: see `uploads`).
-    .client_request_timeout(Duration::from_secs(5))
-    .keep_alive(Duration::from_secs(15))
-    .client_disconnect_timeout(Duration::from_secs(1))
-    .disable_signals()
-    .shutdown_timeout(drain);
+    };
+    tunnels.set_app(peer_app.clone());
+    let peer_srv = HttpServer::new(peer_app)
+        .workers(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+        .on_connect(move |io, ext| peer::limits::Conn::accept(&conns, io, ext))
+        // A request head must arrive within 5 s, an idle keep-alive connection
+        // is closed after 15 s, and a closing one gets 1 s to say goodbye: no
+        // socket is held open by a silent client (responses: see `uploads`).
+        .client_request_timeout(Duration::from_secs(5))
+        .keep_alive(Duration::from_secs(15))
+        .client_disconnect_timeout(Duration::from_secs(1))
+        .disable_signals()
+        .shutdown_timeout(drain);
     let peer_srv = match peer_tls {
         Some(tls) => peer_srv.listen_rustls_0_23(peer, tls),
         None => peer_srv.listen(peer),

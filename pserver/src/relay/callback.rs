@@ -31,8 +31,9 @@ use peerdex_proto::relay::{
 use peerdex_proto::{PeerId, PeerUrl};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::serve::TunnelServer;
 use super::state::Reach;
-use super::{LocalProxy, RelayError, Tunnels, header, peer_header, tunnel};
+use super::{RelayError, Tunnels, header, peer_header, tunnel};
 use crate::metrics::Metrics;
 use crate::peer::network::{Network, PeerHttp};
 use crate::rt::MainRt;
@@ -73,7 +74,7 @@ pub(crate) struct Callbacks {
     http: PeerHttp,
     /// Holder side: callback tunnels served now.
     serving: Arc<Semaphore>,
-    proxy: LocalProxy,
+    server: Arc<TunnelServer>,
     network: Arc<Network>,
     tls: Arc<rustls::ClientConfig>,
     metrics: Metrics,
@@ -86,7 +87,7 @@ pub(crate) struct Parts {
     pub public_url: PeerUrl,
     pub reach: Arc<Reach>,
     pub http: PeerHttp,
-    pub proxy: LocalProxy,
+    pub server: Arc<TunnelServer>,
     pub network: Arc<Network>,
     pub tls: Arc<rustls::ClientConfig>,
     pub metrics: Metrics,
@@ -112,7 +113,7 @@ impl Callbacks {
             gateway: listener.local_addr()?,
             http: p.http,
             serving: Arc::new(Semaphore::new(MAX_CALLBACKS)),
-            proxy: p.proxy,
+            server: p.server,
             network: p.network,
             tls: p.tls,
             metrics: p.metrics,
@@ -260,8 +261,10 @@ pub(super) async fn asked(
         match tunnel::dial(&url, CALLBACK_ATTACH_PATH, &headers, &c.tls).await {
             Ok(io) => {
                 tracing::info!(downloader = %url, "calling a downloader back: serving it directly");
-                let _ = c.proxy.serve(io).await;
-                tracing::debug!(downloader = %url, "callback tunnel closed");
+                let source = io.peer_addr();
+                let served = c.server.serve(io, source).await;
+                tracing::debug!(downloader = %url, result = ?served.err().map(|e| e.to_string()),
+                    "callback tunnel closed");
             }
             Err(e) => {
                 tracing::info!(downloader = %url, error = %e, "cannot call the downloader back")

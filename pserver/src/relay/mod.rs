@@ -2,18 +2,20 @@
 //! one mechanism, the reverse tunnel (`tunnel`): a peer nobody can dial
 //! dials out with a WebSocket on the other side's peer API port and
 //! serves HTTP/2 over it; the other side sends requests down the tunnel.
-//! The unreachable side answers every request by passing it to its *own*
-//! peer API over loopback (`attach::LocalProxy`), so Range, HEAD, ETag,
-//! a private network's credentials, verify-on-serve, upload slots and
-//! rate caps work unchanged, and only `/peer/v1/...` paths are ever
-//! answered (never the relay or callback endpoints, never the control API).
+//! The unreachable side answers every request with its *own* peer API,
+//! the same actix `App`, served in process over the tunnel (`serve`), so
+//! Range, HEAD, ETag, a private network's credentials, verify-on-serve,
+//! upload slots and rate caps work unchanged, and only `/peer/v1/...`
+//! paths are ever answered (never the relay or callback endpoints, never
+//! the control API).
 //!
 //! * `state` — what the directory said at our last Join (reachable or
 //!   not, why, the relay assigned, the URL our files are listed under),
 //!   what the next Join asks, and `peerdex status`'s line.
 //! * `attach` — the firewalled side: keep one tunnel to the assigned relay
-//!   (re-join for another when it dies, drains or refuses), and the proxy
-//!   to our own peer API that answers through every tunnel.
+//!   (re-join for another when it dies, drains or refuses).
+//! * `serve` — the thread that answers every tunnel we dialed (to our
+//!   relay, or a callback) with our peer API.
 //! * [`Relay`] (here) — the relay side (`PSERVER_RELAY=true`): accept the
 //!   tunnels of the peers the directory assigned us (their attach token
 //!   proves it, see `peerdex_proto::relay`), at most
@@ -31,6 +33,7 @@
 
 mod attach;
 pub(crate) mod callback;
+mod serve;
 pub(crate) mod state;
 mod tunnel;
 
@@ -50,8 +53,9 @@ use peerdex_proto::relay::{ATTACH_TOKEN_HEADER, AttachTokenError, PEER_ID_HEADER
 use peerdex_proto::rest::ApiError;
 use tokio::sync::Semaphore;
 
-pub(crate) use attach::{Attach, LocalProxy, attach_loop};
+pub(crate) use attach::{Attach, attach_loop};
 pub(crate) use callback::Callbacks;
+pub(crate) use serve::TunnelServer;
 pub(crate) use state::Reach;
 
 use crate::link::Central;
@@ -59,8 +63,7 @@ use crate::metrics::Metrics;
 use crate::rate::RateLimiter;
 
 /// Requests carried at once for one relayed peer (beyond: 503 +
-/// Retry-After). Below the peer API's own per-source connection cap, since
-/// every request reaches the relayed peer's API from its loopback.
+/// Retry-After).
 pub(crate) const MAX_REQUESTS: usize = 12;
 /// Largest request body carried (peer-API requests are GET, HEAD and a
 /// small callback POST).

@@ -1,17 +1,19 @@
 //! The reverse tunnel: HTTP/2 over a WebSocket that the unreachable side
 //! opened. The side that dialed is the HTTP/2 *server* (it answers the
-//! requests); the side that accepted is the HTTP/2 *client* (a relay, or a
-//! downloader that asked for a callback). A WebSocket binary message is the
-//! only framing: hyper reads each message's bytes as they came and writes
-//! each of its writes as one message ([`AcceptedIo`], [`DialedIo`]), in its
-//! own task, with no pipe or pump between.
+//! requests with its peer API, see `serve`); the side that accepted is the
+//! HTTP/2 *client* (hyper; a relay, or a downloader that asked for a
+//! callback). A WebSocket binary message is the only framing: each side
+//! reads each message's bytes as they came, the accepting side writes each
+//! of its writes as one message ([`AcceptedIo`]), the dialing side gathers
+//! its writes into messages of up to [`CHUNK`] ([`DialedIo`]), in the
+//! HTTP/2 connection's own task, with no pipe or pump between.
 //!
 //! The accepting side's socket belongs to an actix worker (it is not
 //! `Send`), so that side's HTTP/2 connection runs on that worker; its
 //! request handle is used from any thread. Large messages and frames keep
-//! the wake-ups per byte few. HTTP/2
-//! keep-alive pings (every [`KEEPALIVE`], answered within
-//! [`KEEPALIVE_TIMEOUT`]) find a dead tunnel even when no TCP reset comes.
+//! the wake-ups per byte few. HTTP/2 keep-alive pings (every
+//! [`KEEPALIVE`], answered within [`KEEPALIVE_TIMEOUT`]) find a dead
+//! tunnel even when no TCP reset comes.
 
 use std::future::Future;
 use std::io;
@@ -25,7 +27,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::Full;
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use peerdex_proto::PeerUrl;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::Message;
@@ -243,7 +245,7 @@ fn gather(bufs: &[io::IoSlice<'_>]) -> Bytes {
 }
 
 /// Dial `url` + `path` with a WebSocket (TLS for https, trusting `tls`'s
-/// roots), sending `headers`; the pipe end to serve HTTP/2 on.
+/// roots), sending `headers`: the tunnel to serve HTTP/2 on.
 pub(crate) async fn dial(
     url: &PeerUrl,
     path: &str,
@@ -337,15 +339,44 @@ async fn handshake(
     Ok(DialedIo {
         ws,
         rd: Bytes::new(),
+        wr: BytesMut::new(),
     })
 }
 
-/// The dialing side's WebSocket as a byte stream for hyper (as
-/// [`AcceptedIo`]: messages handed over as they are, one message per
-/// write, no pipe or pump task).
+/// The dialing side's WebSocket as a byte stream for HTTP/2 (as
+/// [`AcceptedIo`]: messages read are handed over as they are, no pipe or
+/// pump task). Writes are gathered until a flush or [`CHUNK`] bytes:
+/// HTTP/2 writes each frame on its own (and a window update or a small
+/// last piece is a frame), and a message per write would mean a wake-up
+/// of the relay per frame.
 pub(crate) struct DialedIo {
     ws: tokio_tungstenite::WebSocketStream<Stream>,
     rd: Bytes,
+    wr: BytesMut,
+}
+
+impl DialedIo {
+    /// The address at the tunnel's other end (a relay, or the downloader
+    /// that asked for a callback).
+    pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        match self.ws.get_ref() {
+            Stream::Left(tcp) => tcp.peer_addr().ok(),
+            Stream::Right(tls) => tls.get_ref().0.peer_addr().ok(),
+        }
+    }
+
+    /// Hand what was gathered to the WebSocket as one message.
+    fn poll_send_gathered(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.wr.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
+        let msg = std::mem::replace(&mut self.wr, BytesMut::with_capacity(CHUNK)).freeze();
+        self.ws
+            .start_send_unpin(Message::binary(msg))
+            .map_err(io::Error::other)?;
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// A dialed socket, with or without TLS.
@@ -386,13 +417,19 @@ impl AsyncWrite for DialedIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        ready!(self.ws.poll_ready_unpin(cx)).map_err(io::Error::other)?;
-        let msg = gather(bufs);
-        let n = msg.len();
-        if n > 0 {
-            self.ws
-                .start_send_unpin(Message::binary(msg))
-                .map_err(io::Error::other)?;
+        let me = &mut *self;
+        if me.wr.len() >= CHUNK {
+            ready!(me.poll_send_gathered(cx))?;
+        }
+        let room = CHUNK - me.wr.len();
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(room - n);
+            me.wr.extend_from_slice(&b[..take]);
+            n += take;
+            if n == room {
+                break;
+            }
         }
         Poll::Ready(Ok(n))
     }
@@ -402,18 +439,21 @@ impl AsyncWrite for DialedIo {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_gathered(cx))?;
         self.ws.poll_flush_unpin(cx).map_err(io::Error::other)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_send_gathered(cx))?;
         self.ws.poll_close_unpin(cx).map_err(io::Error::other)
     }
 }
 
-/// Runs hyper's tasks of a tunnel on the current actix worker (the
-/// accepted socket is not `Send`).
+/// Runs hyper's tasks of a tunnel on the current thread: an actix worker
+/// (the accepted socket is not `Send`), or the tunnel thread (the peer
+/// API's `App` is not).
 #[derive(Clone, Copy)]
-struct LocalExec;
+pub(crate) struct LocalExec;
 
 impl<F> hyper::rt::Executor<F> for LocalExec
 where
@@ -448,31 +488,18 @@ pub(crate) async fn client(
     }))
 }
 
-/// Serve HTTP/2 on the dialing side of a tunnel with `service` until the
-/// tunnel closes.
-pub(crate) async fn serve<S, B>(io: DialedIo, service: S) -> Result<(), hyper::Error>
-where
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = std::convert::Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
+/// The HTTP/2 server end of a tunnel (the dialing side), for the thread
+/// that serves tunnels (`serve`: its tasks are not `Send`).
+pub(crate) fn server() -> hyper::server::conn::http2::Builder<LocalExec> {
+    let mut b = hyper::server::conn::http2::Builder::new(LocalExec);
+    b.timer(TokioTimer::new())
         .keep_alive_interval(KEEPALIVE)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(H2_FRAME)
-        .max_send_buf_size(H2_SEND_BUF)
-        .serve_connection(TokioIo::new(io), service)
-        .await
+        .max_send_buf_size(H2_SEND_BUF);
+    b
 }
 
 #[cfg(test)]
