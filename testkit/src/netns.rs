@@ -78,6 +78,9 @@ pub struct Lab {
     /// Next LAN (192.168.N.0/24) and, per LAN, next host number.
     next_lan: u8,
     lan_hosts: Vec<(u8, u8)>,
+    /// Each internet link's rate each way, in Mbit/s (None: as fast as the
+    /// machine moves bytes).
+    link_mbit: Option<u32>,
 }
 
 impl Lab {
@@ -114,11 +117,23 @@ impl Lab {
             next_public: 11,
             next_lan: 1,
             lan_hosts: Vec::new(),
+            link_mbit: None,
         };
         lab.add_ns(&wan)?;
         ip(&["-n", &wan, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &wan, "link", "set", "br0", "up"])?;
         Ok(lab)
+    }
+
+    /// Give every internet link made from now on (a public host's, a NAT
+    /// router's) a rate of `mbit` Mbit/s each way, as an access line has:
+    /// a token bucket (`tc tbf`) on both ends of the link. On one machine,
+    /// unlimited links make every transfer a race for the CPU (each byte
+    /// costs its sender's and receiver's kernel, and twice that through a
+    /// relay); with links slower than the CPU, what a transfer reaches is
+    /// what its protocol makes of the line, as on a real network.
+    pub fn limit_links(&mut self, mbit: u32) {
+        self.link_mbit = Some(mbit);
     }
 
     /// A host on the simulated internet, reachable by every other host.
@@ -360,6 +375,34 @@ impl Lab {
         let ip = Ipv4Addr::from([WAN[0], WAN[1], WAN[2], n]);
         ip_cmd(ns, &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         ip_cmd(ns, &["link", "set", "eth0", "up"])?;
+        if let Some(mbit) = self.link_mbit {
+            // 10 ms of the rate as the bucket (at least 64 KiB: a GSO
+            // packet), 50 ms of queue.
+            let burst = (u64::from(mbit) * 1_000_000 / 8 / 100).max(64 * 1024);
+            for (nsn, dev) in [(ns, "eth0"), (self.wan.as_str(), port.as_str())] {
+                run(
+                    "ip",
+                    &[
+                        "netns",
+                        "exec",
+                        nsn,
+                        "tc",
+                        "qdisc",
+                        "add",
+                        "dev",
+                        dev,
+                        "root",
+                        "tbf",
+                        "rate",
+                        &format!("{mbit}mbit"),
+                        "burst",
+                        &burst.to_string(),
+                        "latency",
+                        "50ms",
+                    ],
+                )?;
+            }
+        }
         Ok(ip)
     }
 }

@@ -14,8 +14,9 @@
 //!   public downloader back: no byte through the relay).
 //!
 //! Reported: MiB/s (median of the runs), the relayed/direct ratio (goal
-//! ≥ 0.7), the relay's CPU seconds per GiB it carried and the bytes it
-//! carried per transfer (its `peerdex_pserver_relay_bytes_total`); and the
+//! ≥ 0.7), the CPU seconds per GiB moved of the relay, the holder and the
+//! downloader, and the bytes the relay carried per transfer (its
+//! `peerdex_pserver_relay_bytes_total`); and the
 //! time from a firewalled peer's start until its file is listed and until
 //! another peer has downloaded it (goal < 2 s + one heartbeat).
 //!
@@ -48,6 +49,11 @@ struct Args {
     /// Folder for every process's files (emptied first).
     #[arg(long, default_value = "/tmp/peerdex-nat-bench")]
     dir: PathBuf,
+    /// Each internet link's rate each way, in Mbit/s (`tc tbf` on both ends
+    /// of every public host's and NAT router's link); 0: unlimited, every
+    /// transfer then races for this machine's CPU.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    link_mbit: u32,
     /// One JSON object on stdout instead of the table.
     #[arg(long)]
     json: bool,
@@ -58,6 +64,8 @@ struct Row {
     name: &'static str,
     mib_per_s: Vec<f64>,
     relay_cpu_per_gib: Vec<f64>,
+    holder_cpu_per_gib: Vec<f64>,
+    downloader_cpu_per_gib: Vec<f64>,
     relay_bytes: Vec<u64>,
 }
 
@@ -67,6 +75,8 @@ impl Row {
             name,
             mib_per_s: vec![],
             relay_cpu_per_gib: vec![],
+            holder_cpu_per_gib: vec![],
+            downloader_cpu_per_gib: vec![],
             relay_bytes: vec![],
         }
     }
@@ -88,6 +98,9 @@ async fn main() -> Result<()> {
     }
     std::fs::create_dir_all(&args.dir)?;
     let mut lab = Lab::new().map_err(anyhow::Error::msg)?;
+    if args.link_mbit > 0 {
+        lab.limit_links(args.link_mbit);
+    }
     let h = |r: Result<Host, String>| r.map_err(anyhow::Error::msg);
     let central_host = h(lab.public("central"))?;
     let relay_host = h(lab.public("relay"))?;
@@ -164,14 +177,26 @@ async fn main() -> Result<()> {
         Row::new("callback (NAT → public)"),
     ];
     for run in 1..=args.runs {
-        for (k, (who, id)) in [(&b, &direct_id), (&nb, &nat_id), (&b, &nat_id)]
-            .into_iter()
-            .enumerate()
+        for (k, (who, holder, id)) in [
+            (&b, &a, &direct_id),
+            (&nb, &na, &nat_id),
+            (&b, &na, &nat_id),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let cpu0 = cpu_secs(&relay.proc)?;
+            let (held0, got0) = (cpu_secs(&holder.proc)?, cpu_secs(&who.proc)?);
             let bytes0 = relay_bytes(&lab, &relay).await;
             let secs = download(&lab, who, id, Duration::from_secs(1800)).await?;
             let cpu = cpu_secs(&relay.proc)? - cpu0;
+            let gib = size as f64 / (1u64 << 30) as f64;
+            rows[k]
+                .holder_cpu_per_gib
+                .push((cpu_secs(&holder.proc)? - held0) / gib);
+            rows[k]
+                .downloader_cpu_per_gib
+                .push((cpu_secs(&who.proc)? - got0) / gib);
             let carried = relay_bytes(&lab, &relay).await.saturating_sub(bytes0);
             let mibs = args.size_mib as f64 / secs;
             eprintln!(
@@ -179,9 +204,7 @@ async fn main() -> Result<()> {
                 rows[k].name
             );
             rows[k].mib_per_s.push(mibs);
-            rows[k]
-                .relay_cpu_per_gib
-                .push(cpu / (size as f64 / (1u64 << 30) as f64));
+            rows[k].relay_cpu_per_gib.push(cpu / gib);
             rows[k].relay_bytes.push(carried);
             remove(&lab, who, id).await?;
         }
@@ -217,6 +240,8 @@ async fn main() -> Result<()> {
                 "mib_per_s": med(&rows[k].mib_per_s),
                 "ratio_to_direct": med(&rows[k].mib_per_s) / direct,
                 "relay_cpu_s_per_gib": med(&rows[k].relay_cpu_per_gib),
+                "holder_cpu_s_per_gib": med(&rows[k].holder_cpu_per_gib),
+                "downloader_cpu_s_per_gib": med(&rows[k].downloader_cpu_per_gib),
                 "relay_bytes": rows[k].relay_bytes.iter().max(),
             })
         };
@@ -226,6 +251,7 @@ async fn main() -> Result<()> {
                 "size_mib": args.size_mib,
                 "runs": args.runs,
                 "heartbeat_secs": hb,
+                "link_mbit": args.link_mbit,
                 "direct": row(0),
                 "relayed": row(1),
                 "callback": row(2),
@@ -235,18 +261,27 @@ async fn main() -> Result<()> {
         );
     } else {
         println!(
-            "\n{} MiB, median of {} runs, heartbeat {hb} s",
-            args.size_mib, args.runs
+            "\n{} MiB, median of {} runs, heartbeat {hb} s, links {}",
+            args.size_mib,
+            args.runs,
+            match args.link_mbit {
+                0 => "unlimited".to_owned(),
+                m => format!("{m} Mbit/s each way"),
+            }
         );
-        println!("| transfer | MiB/s | vs direct | relay CPU-s/GiB | bytes via relay |");
-        println!("|---|---:|---:|---:|---:|");
+        println!(
+            "| transfer | MiB/s | vs direct | relay CPU-s/GiB | holder CPU-s/GiB | downloader CPU-s/GiB | bytes via relay |"
+        );
+        println!("|---|---:|---:|---:|---:|---:|---:|");
         for r in &rows {
             println!(
-                "| {} | {:.1} | {:.2}x | {:.2} | {} |",
+                "| {} | {:.1} | {:.2}x | {:.2} | {:.2} | {:.2} | {} |",
                 r.name,
                 med(&r.mib_per_s),
                 med(&r.mib_per_s) / direct,
                 med(&r.relay_cpu_per_gib),
+                med(&r.holder_cpu_per_gib),
+                med(&r.downloader_cpu_per_gib),
                 r.relay_bytes.iter().max().unwrap_or(&0)
             );
         }
