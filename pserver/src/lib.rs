@@ -293,18 +293,6 @@ pub async fn run(
         let (central, c) = (central.clone(), cancel.clone());
         tokio::spawn(async move { central.revocations_loop(c).await })
     });
-    // Behind NAT: keep a tunnel to the relay the directory assigns.
-    let attach = tokio::spawn(relay::attach_loop(
-        relay::Attach {
-            peer_id,
-            reach: reach.clone(),
-            central: central.clone(),
-            network: network.clone(),
-            server: tunnels.clone(),
-            tls: tunnel_tls,
-        },
-        cancel.clone(),
-    ));
     // Wanted files: the directory's Watch stream.
     let wants_watch = tokio::spawn(wants.clone().watch_loop(cancel.clone()));
     let rescan_now = Arc::new(tokio::sync::Notify::new());
@@ -404,13 +392,14 @@ pub async fn run(
     // The peer API, on the peer port and through every tunnel we dial
     // (behind NAT: to our relay, and callbacks).
     let peer_app = {
-        let (store, central, uploads, rt, relay, callbacks) = (
+        let (store, central, uploads, rt, relay, callbacks, network) = (
             store.clone(),
             central.clone(),
             uploads.clone(),
             rt.clone(),
             relay.clone(),
             callbacks.clone(),
+            network.clone(),
         );
         move || {
             App::new()
@@ -430,7 +419,20 @@ pub async fn run(
                 .configure(peer::routes)
         }
     };
+    // Before any tunnel can open: the attach loop starts only now.
     tunnels.set_app(peer_app.clone());
+    // Behind NAT: keep a tunnel to the relay the directory assigns.
+    let attach = tokio::spawn(relay::attach_loop(
+        relay::Attach {
+            peer_id,
+            reach: reach.clone(),
+            central: central.clone(),
+            network: network.clone(),
+            server: tunnels.clone(),
+            tls: tunnel_tls,
+        },
+        cancel.clone(),
+    ));
     let peer_srv = HttpServer::new(peer_app)
         .workers(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
         .on_connect(move |io, ext| peer::limits::Conn::accept(&conns, io, ext))
