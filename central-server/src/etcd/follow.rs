@@ -287,15 +287,17 @@ impl Etcd {
         match Key::parse(key) {
             Some(Key::Page { peer }) => {
                 if current(&peer) {
-                    out.extend(page_rows(key, kv.value()).into_iter().map(|r| {
-                        Change::Holding {
-                            peer,
-                            file: r.file,
-                            name: r.name,
-                            size: r.size,
-                            replica: r.replica,
-                        }
-                    }));
+                    out.extend(
+                        page_rows(key, kv.value())
+                            .into_iter()
+                            .map(|r| Change::Holding {
+                                peer,
+                                file: r.file,
+                                name: r.name,
+                                size: r.size,
+                                replica: r.replica,
+                            }),
+                    );
                 }
             }
             Some(Key::Tombstone { peer, file, name }) => {
@@ -437,7 +439,10 @@ impl Etcd {
     pub(crate) fn decode(&self, events: &[etcd_client::Event]) -> Vec<Change> {
         let record_put = |ev: &etcd_client::Event| {
             ev.event_type() == EventType::Put
-                && ev.kv().and_then(|kv| kv.key_str().ok()).and_then(|k| self.strip(k))
+                && ev
+                    .kv()
+                    .and_then(|kv| kv.key_str().ok())
+                    .and_then(|k| self.strip(k))
                     .is_some_and(|k| k.starts_with("peers/"))
         };
         let (mut first, mut middle, mut last) = (Vec::new(), Vec::new(), Vec::new());

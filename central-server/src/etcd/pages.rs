@@ -63,15 +63,13 @@ pub(crate) enum PageError {
         "inventory page fails its check (corrupt or truncated); ignored until its peer joins again"
     )]
     Check,
-    #[error(
-        "inventory page of version {0}, this central reads version 1: upgrade this central"
-    )]
+    #[error("inventory page of version {0}, this central reads version 1: upgrade this central")]
     Version(u8),
-    #[error(
-        "inventory page ends inside row {row} of {rows}; ignored until its peer joins again"
-    )]
+    #[error("inventory page ends inside row {row} of {rows}; ignored until its peer joins again")]
     Truncated { row: u64, rows: u64 },
-    #[error("inventory page row {row} is malformed ({problem}); ignored until its peer joins again")]
+    #[error(
+        "inventory page row {row} is malformed ({problem}); ignored until its peer joins again"
+    )]
     Row { row: u64, problem: &'static str },
     #[error(
         "inventory page has {extra} bytes after its {rows} rows; ignored until its peer joins again"

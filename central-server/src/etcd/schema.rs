@@ -363,7 +363,10 @@ mod tests {
                 format!("proofs/{p}/{h}"),
                 Some(Key::Proof { peer: p, file: f }),
             ),
-            (format!("inv/{p}/{:020}.{:06}", 0, 3), Some(Key::Page { peer: p })),
+            (
+                format!("inv/{p}/{:020}.{:06}", 0, 3),
+                Some(Key::Page { peer: p }),
+            ),
             (
                 format!("inv/{p}/gone/{h}"),
                 Some(Key::Tombstone {

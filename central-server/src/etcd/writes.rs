@@ -146,7 +146,12 @@ impl Etcd {
 
     /// Write `ops` from `from` on, in transactions that fit (see
     /// [`Ops`]); the revision of the last.
-    async fn write(&self, what: &'static str, ops: &Ops, mut from: usize) -> Result<i64, EtcdError> {
+    async fn write(
+        &self,
+        what: &'static str,
+        ops: &Ops,
+        mut from: usize,
+    ) -> Result<i64, EtcdError> {
         let mut revision = 0;
         while from < ops.len() {
             let to = ops.fit(from, TXN_OPS, TXN_BYTES);

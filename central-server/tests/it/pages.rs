@@ -174,23 +174,41 @@ async fn a_big_inventory_in_pages_reads_the_same_by_watch_full_read_and_snapshot
     assert_eq!(keys, 0, "no key per holding");
     let ids = N + 80;
     converges("A to answer the Join", &a, &want(&model, ids, &peer)).await;
-    converges("B to learn the Join by its watch", &b, &want(&model, ids, &peer)).await;
+    converges(
+        "B to learn the Join by its watch",
+        &b,
+        &want(&model, ids, &peer),
+    )
+    .await;
 
     // Live changes through both centrals: a big Publish (pages), a small
     // one (a key), withdrawals of paged holdings, of every name of a
     // file, of a key; then holdings withdrawn from a page published again.
-    publish(&b, &peer, &token, 1, (N..N + 40).map(|k| file(k, &name(k))).collect()).await;
+    publish(
+        &b,
+        &peer,
+        &token,
+        1,
+        (N..N + 40).map(|k| file(k, &name(k))).collect(),
+    )
+    .await;
     publish(&b, &peer, &token, 2, vec![file(N + 40, &name(N + 40))]).await;
     for k in N..N + 41 {
         model.entry(k).or_default().insert(name(k));
     }
-    unpublish(&a, &peer, &token, 3, vec![
-        (0, name(0).as_str()),
-        (1, ""),
-        (N + 5, name(N + 5).as_str()),
-        (N + 40, ""),
-        (7, name(7).as_str()),
-    ])
+    unpublish(
+        &a,
+        &peer,
+        &token,
+        3,
+        vec![
+            (0, name(0).as_str()),
+            (1, ""),
+            (N + 5, name(N + 5).as_str()),
+            (N + 40, ""),
+            (7, name(7).as_str()),
+        ],
+    )
     .await;
     for k in [0, 1, N + 5, N + 40, 7] {
         model.remove(&k);
@@ -206,7 +224,11 @@ async fn a_big_inventory_in_pages_reads_the_same_by_watch_full_read_and_snapshot
     model.entry(0).or_default().insert(name(0));
     let want = want(&model, ids, &peer);
     assert!(want[0].is_some() && want[N + 5].is_none() && want[N + 40].is_none());
-    assert_eq!(want[1].as_ref().map(|w| w.0.len()), Some(1), "one name of file 1 back");
+    assert_eq!(
+        want[1].as_ref().map(|w| w.0.len()),
+        Some(1),
+        "one name of file 1 back"
+    );
     converges("A to answer the changes", &a, &want).await;
     converges("B to learn the changes by its watch", &b, &want).await;
 
@@ -214,16 +236,28 @@ async fn a_big_inventory_in_pages_reads_the_same_by_watch_full_read_and_snapshot
     let mut c = central(root.path(), 3, &eps, HISTORY_TTL);
     let started = wait_for("C to answer", Duration::from_secs(30), || info(&c)).await;
     assert_eq!(started.index_source(), v1::IndexSource::FullRead);
-    assert_eq!(held(&c, ids).await.as_deref(), Some(&want[..]), "C by a full read");
+    assert_eq!(
+        held(&c, ids).await.as_deref(),
+        Some(&want[..]),
+        "C by a full read"
+    );
 
     // Restarted, A starts from its snapshot; C, stopped at once after its
     // full read, from its own.
     a.terminate(Duration::from_secs(20));
     assert_eq!(restarted(&mut a).await, v1::IndexSource::Snapshot);
-    assert_eq!(held(&a, ids).await.as_deref(), Some(&want[..]), "A by its snapshot");
+    assert_eq!(
+        held(&a, ids).await.as_deref(),
+        Some(&want[..]),
+        "A by its snapshot"
+    );
     c.terminate(Duration::from_secs(20));
     assert_eq!(restarted(&mut c).await, v1::IndexSource::Snapshot);
-    assert_eq!(held(&c, ids).await.as_deref(), Some(&want[..]), "C by its snapshot");
+    assert_eq!(
+        held(&c, ids).await.as_deref(),
+        Some(&want[..]),
+        "C by its snapshot"
+    );
     beats.abort();
 }
 
@@ -271,10 +305,17 @@ async fn a_rejoin_replaces_the_pages_and_a_lease_end_drops_them_everywhere() {
     converges("A to learn the re-Join by its watch", &a, &want_new).await;
     // The old lease was revoked: only the new session's page is left.
     assert_eq!(etcd.count(0, &format!("/peerdex/inv/{peer}/")).unwrap(), 1);
-    assert_eq!(etcd.count(0, &format!("/peerdex/files/{peer}/")).unwrap(), 0);
+    assert_eq!(
+        etcd.count(0, &format!("/peerdex/files/{peer}/")).unwrap(),
+        0
+    );
     let c = central(root.path(), 3, &eps, TTL);
     wait_for("C to answer", Duration::from_secs(30), || info(&c)).await;
-    assert_eq!(held(&c, ids).await.as_deref(), Some(&want_new[..]), "C by a full read");
+    assert_eq!(
+        held(&c, ids).await.as_deref(),
+        Some(&want_new[..]),
+        "C by a full read"
+    );
 
     // The lease ends: everything goes, at every central and in etcd.
     beats.abort();
