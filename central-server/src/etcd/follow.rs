@@ -432,11 +432,15 @@ impl Etcd {
         }
     }
 
-    /// Decode one watch answer's events in order, peers' puts first and
-    /// peers' deletes last (a transaction's events may come in any key
-    /// order). Peers' puts are also decoded first, so that the pages of a
-    /// Join find the lease its record brings (see `decode_put`).
+    /// Decode one watch answer's events in order. Within one revision
+    /// (one transaction, or one lease's end) peers' puts come first and
+    /// peers' deletes last, as a transaction's events may come in any key
+    /// order; peers' puts are also decoded first, so that the pages of a
+    /// Join find the lease its record brings (see `decode_put`). Revisions
+    /// stay in their order: an answer of a watch catching up holds many,
+    /// say a lease's end and then the peer's new Join.
     pub(crate) fn decode(&self, events: &[etcd_client::Event]) -> Vec<Change> {
+        let revision = |ev: &etcd_client::Event| ev.kv().map_or(0, KeyValue::mod_revision);
         let record_put = |ev: &etcd_client::Event| {
             ev.event_type() == EventType::Put
                 && ev
@@ -445,27 +449,30 @@ impl Etcd {
                     .and_then(|k| self.strip(k))
                     .is_some_and(|k| k.starts_with("peers/"))
         };
-        let (mut first, mut middle, mut last) = (Vec::new(), Vec::new(), Vec::new());
+        let mut out = Vec::new();
         let mut decoded = Vec::new();
-        let records = events.iter().filter(|ev| record_put(ev));
-        let others = events.iter().filter(|ev| !record_put(ev));
-        for ev in records.chain(others) {
-            let Some(kv) = ev.kv() else { continue };
-            match ev.event_type() {
-                EventType::Put => self.decode_put(kv, &mut decoded),
-                EventType::Delete => decoded.extend(self.decode_delete(kv)),
-            }
-            for c in decoded.drain(..) {
-                match c {
-                    c @ Change::Peer { .. } => first.push(c),
-                    c @ Change::PeerGone(_) => last.push(c),
-                    c => middle.push(c),
+        for txn in events.chunk_by(|a, b| revision(a) == revision(b)) {
+            let (mut middle, mut last) = (Vec::new(), Vec::new());
+            let records = txn.iter().filter(|ev| record_put(ev));
+            let others = txn.iter().filter(|ev| !record_put(ev));
+            for ev in records.chain(others) {
+                let Some(kv) = ev.kv() else { continue };
+                match ev.event_type() {
+                    EventType::Put => self.decode_put(kv, &mut decoded),
+                    EventType::Delete => decoded.extend(self.decode_delete(kv)),
+                }
+                for c in decoded.drain(..) {
+                    match c {
+                        c @ Change::Peer { .. } => out.push(c),
+                        c @ Change::PeerGone(_) => last.push(c),
+                        c => middle.push(c),
+                    }
                 }
             }
+            out.extend(middle);
+            out.extend(last);
         }
-        first.extend(middle);
-        first.extend(last);
-        first
+        out
     }
 
     /// Start following changes from `revision`.
