@@ -9,7 +9,8 @@
 //!   session token, etcd lease, source address, load), attached to the
 //!   peer's etcd lease;
 //! * `inv/<peer id>/<change>.<part>` → a page of the peer's holdings
-//!   (compact binary rows, about 64 KiB: see `pages`), written by its
+//!   (compact binary rows, deflated, up to about 64 KiB of rows: see
+//!   `pages`), written by its
 //!   Join (change 0) and by big Publishes (change = the Publish's
 //!   number), attached to the same lease, so that when the peer stops
 //!   heartbeating etcd itself drops everything it announced, in one
