@@ -10,9 +10,9 @@
 //!   peer's etcd lease;
 //! * `inv/<peer id>/<change>.<part>` → a page of the peer's holdings
 //!   (compact binary rows, deflated, up to about 64 KiB of rows: see
-//!   `pages`), written by its
-//!   Join (change 0) and by big Publishes (change = the Publish's
-//!   number), attached to the same lease, so that when the peer stops
+//!   `pages`), written by its Join (change 0) and by big Publishes
+//!   (change = the Publish's number), attached to the same lease, so that
+//!   when the peer stops
 //!   heartbeating etcd itself drops everything it announced, in one
 //!   revision (issue 27: a key per holding made a 268 MB database and a
 //!   minutes-long Join per 1M holdings);
