@@ -516,6 +516,23 @@ impl EtcdCluster {
         Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
     }
 
+    /// How many keys start with `prefix`, read through member `i`.
+    pub fn count(&self, i: usize, prefix: &str) -> Result<u64, String> {
+        let mut end = prefix.as_bytes().to_vec();
+        match end.last_mut() {
+            Some(b) if *b < 0xff => *b += 1,
+            _ => return Err(format!("cannot count under {prefix:?}")),
+        }
+        let body = serde_json::json!({
+            "key": b64(prefix.as_bytes()),
+            "range_end": b64(&end),
+            "count_only": true,
+        });
+        let v = post(self.members[i].client_port, "/v3/kv/range", &body)?;
+        // The gateway leaves zero fields out.
+        Ok(json_u64(&v["count"]).unwrap_or(0))
+    }
+
     /// Member `i`'s database size in bytes, as its endpoint status reports
     /// it (`dbSize`: the file etcd keeps, free pages included).
     pub fn db_size(&self, i: usize) -> Result<u64, String> {

@@ -483,7 +483,7 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
             );
         }
         Change::HoldingGone { peer, file, name } => {
-            ix.unpublish(&peer, &[(file, Some(name))]);
+            ix.unpublish(&peer, &[(file, name)]);
         }
         Change::Pin { .. }
         | Change::Task { .. }

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 
 use super::Etcd;
 use super::client::EtcdError;
+use super::pages;
 use super::schema::{
-    Binding, Decline, FOLLOWED_AFTER_HOLDINGS, Key, PeerRecord, holdings_of, json,
+    Binding, Decline, FOLLOWED_AFTER_HOLDINGS, Key, PeerRecord, holdings_of, inventory_of, json,
     parse_holding_value, range_end,
 };
 use crate::error::Result;
@@ -24,6 +25,17 @@ use crate::snapshot::Kv;
 
 /// Keys per page of the start-up range read.
 const PAGE: i64 = 2000;
+
+/// Inventory pages per range read: at most ~70 KiB each (see `pages`),
+/// so an answer stays well below the client's 4 MiB message limit.
+const PAGES_PER_READ: i64 = 16;
+
+/// The largest watch answer taken. etcd sends up to 1000 revisions in one
+/// answer while a watcher catches up (after a snapshot, a reconnect), and
+/// a Join's revision carries up to [`super::writes::TXN_BYTES`] of
+/// pages: the client's default of 4 MiB would refuse such an answer, and
+/// the watch would fail on it again at every retry.
+const WATCH_MESSAGE_BYTES: usize = 1 << 30;
 
 /// Peers' holdings read at once at start-up.
 const SNAPSHOT_READS: usize = 16;
@@ -49,10 +61,11 @@ pub(crate) enum Change {
         size: u64,
         replica: bool,
     },
+    /// One name (`Some`) or every name of a file withdrawn.
     HoldingGone {
         peer: PeerId,
         file: FileId,
-        name: String,
+        name: Option<String>,
     },
     /// A pin set (`Some`) or removed.
     Pin {
@@ -111,45 +124,124 @@ impl Etcd {
         // paginated read of the whole prefix costs O(n²). Read the peers
         // and the key bindings, then each peer's holdings under its own
         // prefix (a few in flight), all at the revision of the first read.
-        let (mut kvs, revision) = self.read_prefix("peers/", 0).await?;
-        let (keys, _) = self.read_prefix("keys/", revision).await?;
+        let (mut kvs, revision) = self.read_prefix("peers/", 0, PAGE).await?;
+        let (keys, _) = self.read_prefix("keys/", revision, PAGE).await?;
         *lock(&self.mirror) = Mirror::default();
         let mut changes = Vec::new();
-        let mut ids = Vec::new();
         for kv in kvs.drain(..).chain(keys) {
-            if let Some(c) = self.decode_put(&kv) {
-                if let Change::Peer { peer, .. } = &c {
-                    ids.push(*peer);
-                }
-                changes.push(c);
-            }
+            self.decode_put(&kv, &mut changes);
         }
+        let ids: Vec<(PeerId, i64)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::Peer { peer, record, .. } => Some((*peer, record.lease)),
+                _ => None,
+            })
+            .collect();
         use futures_util::StreamExt;
         let mut reads = futures_util::stream::iter(ids)
-            .map(|p| async move { self.read_prefix(&holdings_of(&p), revision).await })
+            .map(|(p, lease)| async move {
+                let (mut kvs, _) = self.read_prefix(&holdings_of(&p), revision, PAGE).await?;
+                let (pages, _) = self
+                    .read_prefix(&inventory_of(&p), revision, PAGES_PER_READ)
+                    .await?;
+                kvs.extend(pages);
+                Ok::<_, crate::error::Error>((p, lease, kvs))
+            })
             .buffer_unordered(SNAPSHOT_READS);
         while let Some(r) = reads.next().await {
-            let (kvs, _) = r?;
-            changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
+            let (peer, lease, kvs) = r?;
+            self.replay(peer, lease, kvs, &mut changes);
         }
         drop(reads);
         for rest in FOLLOWED_AFTER_HOLDINGS {
-            let (kvs, _) = self.read_prefix(rest, revision).await?;
-            changes.extend(kvs.iter().filter_map(|kv| self.decode_put(kv)));
+            let (kvs, _) = self.read_prefix(rest, revision, PAGE).await?;
+            for kv in &kvs {
+                self.decode_put(kv, &mut changes);
+            }
         }
         Ok((changes, revision))
     }
 
-    /// Every key under `prefix + rest`, in pages, at `revision` (0: the
-    /// current one, returned).
-    async fn read_prefix(&self, rest: &str, revision: i64) -> Result<(Vec<KeyValue>, i64)> {
+    /// A peer's holdings at a full read: its keys of holdings, its pages
+    /// and its tombstones replayed in the order etcd wrote them (mod
+    /// revision), so that a tombstone withdraws only what was announced
+    /// before it, and a holding announced twice counts once. Pages and
+    /// tombstones of another lease than the peer's (an earlier session
+    /// whose lease is not revoked yet) do not count. A page that does not
+    /// decode is skipped whole (logged).
+    fn replay(&self, peer: PeerId, lease: i64, mut kvs: Vec<KeyValue>, out: &mut Vec<Change>) {
+        kvs.sort_by_key(KeyValue::mod_revision);
+        let mut held: HashMap<FileId, Vec<(String, u64, bool)>> = HashMap::new();
+        fn hold(
+            held: &mut HashMap<FileId, Vec<(String, u64, bool)>>,
+            file: FileId,
+            name: String,
+            size: u64,
+            replica: bool,
+        ) {
+            let names = held.entry(file).or_default();
+            match names.iter_mut().find(|(n, ..)| *n == name) {
+                Some(h) => *h = (name, size, replica),
+                None => names.push((name, size, replica)),
+            }
+        }
+        for kv in &kvs {
+            let Some(key) = kv.key_str().ok().and_then(|k| self.strip(k)) else {
+                continue;
+            };
+            match Key::parse(key) {
+                Some(Key::Holding { file, name, .. }) => {
+                    if let Some((size, replica)) = parse_holding_value(kv.value()) {
+                        hold(&mut held, file, name, size, replica);
+                    }
+                }
+                Some(Key::Page { .. }) if kv.lease() == lease => {
+                    for r in page_rows(key, kv.value()) {
+                        hold(&mut held, r.file, r.name, r.size, r.replica);
+                    }
+                }
+                Some(Key::Tombstone { file, name, .. }) if kv.lease() == lease => match name {
+                    Some(n) => {
+                        if let Some(names) = held.get_mut(&file) {
+                            names.retain(|(h, ..)| *h != n);
+                        }
+                    }
+                    None => {
+                        held.remove(&file);
+                    }
+                },
+                _ => {}
+            }
+        }
+        for (file, names) in held {
+            for (name, size, replica) in names {
+                out.push(Change::Holding {
+                    peer,
+                    file,
+                    name,
+                    size,
+                    replica,
+                });
+            }
+        }
+    }
+
+    /// Every key under `prefix + rest`, `limit` keys a read, at
+    /// `revision` (0: the current one, returned).
+    async fn read_prefix(
+        &self,
+        rest: &str,
+        revision: i64,
+        limit: i64,
+    ) -> Result<(Vec<KeyValue>, i64)> {
         let start = self.key(rest).into_bytes();
         let end = range_end(&start);
         let mut from = start;
         let mut revision = revision;
         let mut kvs: Vec<KeyValue> = Vec::new();
         loop {
-            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(PAGE);
+            let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
             if revision > 0 {
                 opts = opts.with_revision(revision);
             }
@@ -176,11 +268,45 @@ impl Etcd {
         }
     }
 
-    /// Decode a put (and note it in the mirror); `None` for keys that are
-    /// not the index's (bindings are only mirrored).
-    fn decode_put(&self, kv: &KeyValue) -> Option<Change> {
-        let key = kv.key_str().ok()?;
-        self.decode_stored(self.strip(key)?, kv.value(), kv.mod_revision())
+    /// Decode a put into `out` (and note it in the mirror); nothing for
+    /// keys that are not the index's (bindings are only mirrored). A page
+    /// or tombstone counts only on its peer's current lease: one of an
+    /// earlier session (written late, or read before its lease's
+    /// revocation) would otherwise land in the new session.
+    fn decode_put(&self, kv: &KeyValue, out: &mut Vec<Change>) {
+        let Some(key) = kv.key_str().ok().and_then(|k| self.strip(k)) else {
+            return;
+        };
+        let current = |peer: &PeerId| {
+            let live = self.peer_meta(peer).is_some_and(|m| m.lease == kv.lease());
+            if !live {
+                tracing::debug!(key, "etcd: inventory of another session ignored");
+            }
+            live
+        };
+        match Key::parse(key) {
+            Some(Key::Page { peer }) => {
+                if current(&peer) {
+                    out.extend(
+                        page_rows(key, kv.value())
+                            .into_iter()
+                            .map(|r| Change::Holding {
+                                peer,
+                                file: r.file,
+                                name: r.name,
+                                size: r.size,
+                                replica: r.replica,
+                            }),
+                    );
+                }
+            }
+            Some(Key::Tombstone { peer, file, name }) => {
+                if current(&peer) {
+                    out.push(Change::HoldingGone { peer, file, name });
+                }
+            }
+            _ => out.extend(self.decode_stored(key, kv.value(), kv.mod_revision())),
+        }
     }
 
     /// [`Etcd::decode_put`] of a key (without the prefix) and value as
@@ -255,6 +381,9 @@ impl Etcd {
                 file,
                 proof: Some(json(key, value)?),
             }),
+            // Decoded with their lease (see `decode_put`); a snapshot's
+            // keys never hold them.
+            Key::Page { .. } | Key::Tombstone { .. } => None,
         }
     }
 
@@ -271,7 +400,15 @@ impl Etcd {
                 lock(&self.mirror).keys.remove(&peer);
                 None
             }
-            Key::Holding { peer, file, name } => Some(Change::HoldingGone { peer, file, name }),
+            Key::Holding { peer, file, name } => Some(Change::HoldingGone {
+                peer,
+                file,
+                name: Some(name),
+            }),
+            // A page or tombstone goes with its session: at a lease's end
+            // (the peer's record goes too) or after a new Join (whose
+            // record already dropped the old inventory).
+            Key::Page { .. } | Key::Tombstone { .. } => None,
             Key::Pin { file, peer } => Some(Change::Pin {
                 file,
                 peer,
@@ -295,27 +432,47 @@ impl Etcd {
         }
     }
 
-    /// Decode one watch answer's events in order, peers' puts first and
-    /// peers' deletes last (a transaction's events may come in any key
-    /// order).
+    /// Decode one watch answer's events in order. Within one revision
+    /// (one transaction, or one lease's end) peers' puts come first and
+    /// peers' deletes last, as a transaction's events may come in any key
+    /// order; peers' puts are also decoded first, so that the pages of a
+    /// Join find the lease its record brings (see `decode_put`). Revisions
+    /// stay in their order: an answer of a watch catching up holds many,
+    /// say a lease's end and then the peer's new Join.
     pub(crate) fn decode(&self, events: &[etcd_client::Event]) -> Vec<Change> {
-        let (mut first, mut middle, mut last) = (Vec::new(), Vec::new(), Vec::new());
-        for ev in events {
-            let Some(kv) = ev.kv() else { continue };
-            let change = match ev.event_type() {
-                EventType::Put => self.decode_put(kv),
-                EventType::Delete => self.decode_delete(kv),
-            };
-            match change {
-                Some(c @ Change::Peer { .. }) => first.push(c),
-                Some(c @ Change::PeerGone(_)) => last.push(c),
-                Some(c) => middle.push(c),
-                None => {}
+        let revision = |ev: &etcd_client::Event| ev.kv().map_or(0, KeyValue::mod_revision);
+        let record_put = |ev: &etcd_client::Event| {
+            ev.event_type() == EventType::Put
+                && ev
+                    .kv()
+                    .and_then(|kv| kv.key_str().ok())
+                    .and_then(|k| self.strip(k))
+                    .is_some_and(|k| k.starts_with("peers/"))
+        };
+        let mut out = Vec::new();
+        let mut decoded = Vec::new();
+        for txn in events.chunk_by(|a, b| revision(a) == revision(b)) {
+            let (mut middle, mut last) = (Vec::new(), Vec::new());
+            let records = txn.iter().filter(|ev| record_put(ev));
+            let others = txn.iter().filter(|ev| !record_put(ev));
+            for ev in records.chain(others) {
+                let Some(kv) = ev.kv() else { continue };
+                match ev.event_type() {
+                    EventType::Put => self.decode_put(kv, &mut decoded),
+                    EventType::Delete => decoded.extend(self.decode_delete(kv)),
+                }
+                for c in decoded.drain(..) {
+                    match c {
+                        c @ Change::Peer { .. } => out.push(c),
+                        c @ Change::PeerGone(_) => last.push(c),
+                        c => middle.push(c),
+                    }
+                }
             }
+            out.extend(middle);
+            out.extend(last);
         }
-        first.extend(middle);
-        first.extend(last);
-        first
+        out
     }
 
     /// Start following changes from `revision`.
@@ -325,9 +482,12 @@ impl Etcd {
             .with_prefix()
             .with_start_revision(revision);
         Ok(self
-            .retry("watch", |mut c| {
+            .retry("watch", |c| {
                 let (prefix, opts) = (prefix.clone(), opts.clone());
-                async move { c.watch(prefix, Some(opts)).await }
+                let mut w = c
+                    .watch_client()
+                    .max_decoding_message_size(WATCH_MESSAGE_BYTES);
+                async move { w.watch(prefix, Some(opts)).await }
             })
             .await?)
     }
@@ -471,4 +631,11 @@ impl Etcd {
             .map(|(p, _)| p)
             .collect()
     }
+}
+
+/// The rows of a stored page; none (logged) when it does not decode.
+fn page_rows(key: &str, value: &[u8]) -> Vec<pages::PageRow> {
+    pages::decode(value)
+        .inspect_err(|e| tracing::warn!(key, error = %e, "etcd: inventory page refused"))
+        .unwrap_or_default()
 }

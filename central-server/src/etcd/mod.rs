@@ -8,10 +8,22 @@
 //! * `peers/<peer id>` → [`PeerRecord`] (JSON: URL, BLAKE3 hash of the
 //!   session token, etcd lease, source address, load), attached to the
 //!   peer's etcd lease;
-//! * `files/<peer id>/<file id>/<name>` → the size this peer claims
-//!   (followed by ` r` when it holds the file as a replica), attached to
-//!   the same lease, so that when the peer stops heartbeating etcd itself
-//!   drops everything it announced, in one revision;
+//! * `inv/<peer id>/<change>.<part>` → a page of the peer's holdings
+//!   (compact binary rows, deflated, up to about 64 KiB of rows: see
+//!   `pages`), written by its Join (change 0) and by big Publishes
+//!   (change = the Publish's number), attached to the same lease, so that
+//!   when the peer stops
+//!   heartbeating etcd itself drops everything it announced, in one
+//!   revision (issue 27: a key per holding made a 268 MB database and a
+//!   minutes-long Join per 1M holdings);
+//! * `files/<peer id>/<file id>/<name>` → one holding published while
+//!   live (a small Publish), or written by an older central: the size
+//!   this peer claims (followed by ` r` for a replica), on the lease;
+//! * `inv/<peer id>/gone/<file id>[/<name>]` → empty, on the lease: a
+//!   withdrawal of one name (or all names) of a file, which may live in
+//!   a page. A peer's inventory is its pages, holding keys and tombstones
+//!   replayed in revision order; a new Join deletes the old holding keys
+//!   and its pages replace the old ones (which go with the old lease);
 //! * `seq/<peer id>` → the number of the last inventory change applied
 //!   for the peer's session (zero-padded, see [`Ordered`]), on its lease;
 //! * `pins/<file id>/<peer id>` → a [`Pin`](crate::replication::Pin)
@@ -42,7 +54,8 @@
 //! A Heartbeat is a keep-alive of the peer's etcd lease, whichever central
 //! receives it. Inventories bigger than one transaction
 //! ([`TXN_OPS`](writes::TXN_OPS) operations, etcd's default
-//! `--max-txn-ops`) are written in batches under the same lease.
+//! `--max-txn-ops`, or [`TXN_BYTES`](writes::TXN_BYTES) of pages) are
+//! written in batches under the same lease.
 //!
 //! # Reads from memory
 //!
@@ -72,6 +85,7 @@
 //!   an etcd failure becomes ([`lease_gone`]); leases, shared secrets,
 //!   revision and compaction.
 //! * `schema` — every key layout and stored value, encoded and read back.
+//! * `pages` — the binary format of an inventory page.
 //! * `follow` — the snapshot read, the watch, decoding into [`Change`],
 //!   the mirror (leases, bindings) and the applied revision.
 //! * `writes` — Join, ordered inventory changes, Leave, pins, proofs,
@@ -79,6 +93,7 @@
 
 mod client;
 mod follow;
+mod pages;
 mod schema;
 mod writes;
 

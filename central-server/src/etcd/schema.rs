@@ -65,6 +65,8 @@ impl Binding {
 }
 
 /// A key of the directory, read back from its text (after the prefix).
+/// Pages and tombstones read back their peer only: their value (and
+/// lease) says the rest.
 /// Keys the index does not follow (`nonces/`, `secrets/`, `seq/`,
 /// `election`, `fence`) read as `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +89,17 @@ pub(super) enum Key {
     Declined { peer: PeerId, file: FileId },
     /// `proofs/<peer>/<file>`
     Proof { peer: PeerId, file: FileId },
+    /// `inv/<peer>/<change>.<part>`: holdings in a page (see `pages`),
+    /// written by the Join (change 0) or a Publish of the session.
+    Page { peer: PeerId },
+    /// `inv/<peer>/gone/<file>` (every name) or
+    /// `inv/<peer>/gone/<file>/<name>`: a withdrawal of holdings that may
+    /// live in a page, which is not rewritten (see `writes`).
+    Tombstone {
+        peer: PeerId,
+        file: FileId,
+        name: Option<String>,
+    },
 }
 
 impl Key {
@@ -100,6 +113,8 @@ impl Key {
         } else if let Some(path) = rest.strip_prefix("files/") {
             let (peer, file, name) = split_holding(path)?;
             Some(Key::Holding { peer, file, name })
+        } else if let Some(path) = rest.strip_prefix("inv/") {
+            split_inventory(path)
         } else if let Some(path) = rest.strip_prefix("pins/") {
             let (file, peer) = split_pair(path)?;
             Some(Key::Pin {
@@ -184,6 +199,20 @@ impl Etcd {
         self.key(&format!("proofs/{peer}/{}", file.to_hex()))
     }
 
+    /// Page `part` of change `seq` (0: the Join) of `peer`'s inventory:
+    /// zero-padded, so a peer's pages list in the order written.
+    pub(super) fn page_key(&self, peer: &PeerId, seq: u64, part: usize) -> String {
+        self.key(&format!("inv/{peer}/{seq:020}.{part:06}"))
+    }
+
+    /// The withdrawal of one name of `file` (`Some`) or of all of them.
+    pub(super) fn tombstone_key(&self, peer: &PeerId, file: &FileId, name: Option<&str>) -> String {
+        match name {
+            Some(n) => self.key(&format!("inv/{peer}/gone/{}/{n}", file.to_hex())),
+            None => self.key(&format!("inv/{peer}/gone/{}", file.to_hex())),
+        }
+    }
+
     /// A spent Join nonce.
     pub(super) fn nonce_key(&self, nonce: &[u8]) -> String {
         self.key(&format!("nonces/{}", hex::encode(nonce)))
@@ -193,6 +222,11 @@ impl Etcd {
 /// The prefix of a peer's holdings (every file), without the directory's.
 pub(super) fn holdings_of(peer: &PeerId) -> String {
     format!("files/{peer}/")
+}
+
+/// The prefix of a peer's pages and tombstones, without the directory's.
+pub(super) fn inventory_of(peer: &PeerId) -> String {
+    format!("inv/{peer}/")
 }
 
 /// A holding's value: the size claimed, followed by ` r` for a replica.
@@ -248,6 +282,28 @@ fn split_holding(path: &str) -> Option<(PeerId, FileId, String)> {
     let (peer, rest) = path.split_once('/')?;
     let (file, name) = rest.split_once('/')?;
     Some((peer.parse().ok()?, file.parse().ok()?, name.to_owned()))
+}
+
+/// `<peer>/<change>.<part>` of a page key, or
+/// `<peer>/gone/<file>[/<name>]` of a tombstone.
+fn split_inventory(path: &str) -> Option<Key> {
+    let (peer, rest) = path.split_once('/')?;
+    let peer = peer.parse().ok()?;
+    if let Some(gone) = rest.strip_prefix("gone/") {
+        let (file, name) = match gone.split_once('/') {
+            Some((f, n)) if !n.is_empty() => (f, Some(n.to_owned())),
+            Some(_) => return None,
+            None => (gone, None),
+        };
+        return Some(Key::Tombstone {
+            peer,
+            file: file.parse().ok()?,
+            name,
+        });
+    }
+    let (seq, part) = rest.split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(seq) && digits(part)).then_some(Key::Page { peer })
 }
 
 /// A JSON value, or `None` (logged) when it does not read.
@@ -307,6 +363,31 @@ mod tests {
                 format!("proofs/{p}/{h}"),
                 Some(Key::Proof { peer: p, file: f }),
             ),
+            (
+                format!("inv/{p}/{:020}.{:06}", 0, 3),
+                Some(Key::Page { peer: p }),
+            ),
+            (
+                format!("inv/{p}/gone/{h}"),
+                Some(Key::Tombstone {
+                    peer: p,
+                    file: f,
+                    name: None,
+                }),
+            ),
+            (
+                format!("inv/{p}/gone/{h}/dir/a.txt"),
+                Some(Key::Tombstone {
+                    peer: p,
+                    file: f,
+                    name: Some("dir/a.txt".into()),
+                }),
+            ),
+            (format!("inv/{p}/gone/{h}/"), None),
+            (format!("inv/{p}/gone/zz"), None),
+            (format!("inv/{p}/7"), None),
+            (format!("inv/{p}/x.1"), None),
+            (format!("inv/nope/{:020}.{:06}", 0, 0), None),
             // A pair key never holds a third part; ids must parse.
             (format!("pins/{h}/{p}/x"), None),
             (format!("tasks/{h}/{p}"), None),

@@ -15,13 +15,70 @@ use tokio::time::Instant;
 
 use super::Etcd;
 use super::client::{EtcdError, lease_not_found, unavailable};
-use super::schema::{Binding, Decline, PeerRecord, holding_value, parse_seq, seq_value};
+use super::pages;
+use super::schema::{
+    Binding, Decline, PeerRecord, holding_value, holdings_of, parse_seq, seq_value,
+};
 use crate::error::Result;
 use crate::replication::{Pin, Proof, Task};
 
 /// Most operations in one etcd transaction (etcd's default
 /// `--max-txn-ops`).
 pub const TXN_OPS: usize = 128;
+
+/// Most bytes of operations in one transaction: etcd refuses a request
+/// over its `--max-request-bytes` (1.5 MiB by default), and inventory
+/// pages are big values (see `pages`). This leaves room for the rest of
+/// a Join's first transaction.
+pub const TXN_BYTES: usize = 1024 * 1024;
+
+/// A Publish of at least this many files, as an ordered change, is
+/// written in pages (a big inventory joins as a Join and Publish pages,
+/// issue 30); a smaller one as a key per holding, which costs less than
+/// a page for a few rows.
+pub const PAGED_PUBLISH: usize = 32;
+
+/// The operations of one write with their size in bytes, cut into
+/// transactions of at most [`TXN_OPS`] operations and [`TXN_BYTES`].
+#[derive(Default)]
+struct Ops(Vec<(TxnOp, usize)>);
+
+impl Ops {
+    fn put(&mut self, key: String, value: Vec<u8>, lease: Option<i64>) {
+        let bytes = key.len() + value.len();
+        let opts = lease.map(|l| PutOptions::new().with_lease(l));
+        self.0.push((TxnOp::put(key, value, opts), bytes));
+    }
+
+    fn delete(&mut self, key: String, prefix: bool) {
+        let bytes = key.len();
+        let opts = prefix.then(|| DeleteOptions::new().with_prefix());
+        self.0.push((TxnOp::delete(key, opts), bytes));
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The end of the operations from `from` that fit in `ops` operations
+    /// and `bytes` (at least one, so every transaction makes progress).
+    fn fit(&self, from: usize, ops: usize, bytes: usize) -> usize {
+        let mut end = from;
+        let mut used = 0;
+        while end < self.0.len() && end - from < ops {
+            used += self.0[end].1;
+            if used > bytes && end > from {
+                break;
+            }
+            end += 1;
+        }
+        end
+    }
+
+    fn slice(&self, from: usize, to: usize) -> Vec<TxnOp> {
+        self.0[from..to].iter().map(|(op, _)| op.clone()).collect()
+    }
+}
 
 /// A Join's write: the first transaction checks the key binding, the
 /// nonce and the peer's record revision, and puts the binding, the spent
@@ -87,17 +144,42 @@ impl Etcd {
         Ok(revision)
     }
 
-    fn put_holdings(&self, peer: &PeerId, lease: i64, files: &[SharedFile]) -> Vec<TxnOp> {
-        files
-            .iter()
-            .map(|f| {
-                TxnOp::put(
-                    self.holding_key(peer, &f.id, f.name.as_str()),
-                    holding_value(f.size, f.replica),
-                    Some(PutOptions::new().with_lease(lease)),
-                )
-            })
-            .collect()
+    /// Write `ops` from `from` on, in transactions that fit (see
+    /// [`Ops`]); the revision of the last.
+    async fn write(
+        &self,
+        what: &'static str,
+        ops: &Ops,
+        mut from: usize,
+    ) -> Result<i64, EtcdError> {
+        let mut revision = 0;
+        while from < ops.len() {
+            let to = ops.fit(from, TXN_OPS, TXN_BYTES);
+            let r = self
+                .txn(what, Txn::new().and_then(ops.slice(from, to)))
+                .await?;
+            revision = r.header().map_or(revision, |h| h.revision());
+            from = to;
+        }
+        Ok(revision)
+    }
+
+    /// One key per holding (`files/<peer>/<file>/<name>`).
+    fn put_holdings(&self, ops: &mut Ops, peer: &PeerId, lease: i64, files: &[SharedFile]) {
+        for f in files {
+            ops.put(
+                self.holding_key(peer, &f.id, f.name.as_str()),
+                holding_value(f.size, f.replica).into_bytes(),
+                Some(lease),
+            );
+        }
+    }
+
+    /// The holdings of change `seq` (0: the Join) in pages (see `pages`).
+    fn put_pages(&self, ops: &mut Ops, peer: &PeerId, lease: i64, seq: u64, files: &[SharedFile]) {
+        for (part, page) in pages::encode(files).into_iter().enumerate() {
+            ops.put(self.page_key(peer, seq, part), page, Some(lease));
+        }
     }
 
     /// A Join: see [`JoinWrite`]. On success, the revision to wait for and
@@ -147,10 +229,28 @@ impl Etcd {
                 record,
                 Some(PutOptions::new().with_lease(lease)),
             ),
+            // The previous session's holdings kept as keys (published
+            // while live, or written by an older central) go now, before
+            // the pages are written: left to the revocation of the old
+            // lease below, their deletes would withdraw, at every
+            // central, the same holdings the new pages announce. Its
+            // pages and tombstones need not: a page's delete changes
+            // nothing, and a full read counts only those of the peer's
+            // current lease.
+            TxnOp::delete(
+                self.key(&holdings_of(&peer)),
+                Some(DeleteOptions::new().with_prefix()),
+            ),
         ];
-        let mut rest = self.put_holdings(&peer, lease, w.files);
-        let first = rest.len().min(TXN_OPS - ops.len());
-        ops.extend(rest.drain(..first));
+        let fixed_bytes = 4096 + w.nonce.len() * 2;
+        let mut inventory = Ops::default();
+        self.put_pages(&mut inventory, &peer, lease, 0, w.files);
+        let first = if inventory.len() == 0 {
+            0
+        } else {
+            inventory.fit(0, TXN_OPS - ops.len(), TXN_BYTES - fixed_bytes)
+        };
+        ops.extend(inventory.slice(0, first));
         let txn = Txn::new()
             .when(when)
             .and_then(ops)
@@ -181,8 +281,8 @@ impl Etcd {
             return Ok(Err(JoinConflict::Raced));
         }
         let mut revision = r.header().map_or(0, |h| h.revision());
-        if !rest.is_empty() {
-            revision = revision.max(self.batches("join", rest).await?);
+        if first < inventory.len() {
+            revision = revision.max(self.write("join", &inventory, first).await?);
         }
         if let Some(old) = before
             && old.lease != lease
@@ -208,10 +308,10 @@ impl Etcd {
         peer: &PeerId,
         lease: i64,
         seq: u64,
-        ops: Vec<TxnOp>,
+        ops: Ops,
     ) -> Result<Ordered> {
         if seq == 0 {
-            return Ok(Ordered::Applied(self.batches(what, ops).await?));
+            return Ok(Ordered::Applied(self.write(what, &ops, 0).await?));
         }
         let key = self.seq_key(peer);
         let mut first = vec![TxnOp::put(
@@ -219,8 +319,8 @@ impl Etcd {
             seq_value(seq),
             Some(PutOptions::new().with_lease(lease)),
         )];
-        let split = ops.len().min(TXN_OPS - 1);
-        first.extend_from_slice(&ops[..split]);
+        let split = ops.fit(0, TXN_OPS - 1, TXN_BYTES);
+        first.extend(ops.slice(0, split));
         let txn = Txn::new()
             .when([Compare::value(key.clone(), CompareOp::Less, seq_value(seq))])
             .and_then(first)
@@ -229,7 +329,7 @@ impl Etcd {
         if r.succeeded() {
             let mut revision = r.header().map_or(0, |h| h.revision());
             if split < ops.len() {
-                revision = revision.max(self.batches(what, ops[split..].to_vec()).await?);
+                revision = revision.max(self.write(what, &ops, split).await?);
             }
             return Ok(Ordered::Applied(revision));
         }
@@ -241,12 +341,14 @@ impl Etcd {
         });
         Ok(match stored {
             None => Ordered::Gone,
-            Some(n) if n == seq => Ordered::Applied(self.batches(what, ops).await?),
+            Some(n) if n == seq => Ordered::Applied(self.write(what, &ops, 0).await?),
             Some(n) => Ordered::Superseded(n),
         })
     }
 
-    /// Add holdings under the peer's lease, as change `seq`.
+    /// Add holdings under the peer's lease, as change `seq`: in pages
+    /// named after the change when there are many (a repeat of the change
+    /// rewrites the same pages), else a key each.
     pub(crate) async fn publish(
         &self,
         peer: &PeerId,
@@ -254,12 +356,24 @@ impl Etcd {
         seq: u64,
         files: &[SharedFile],
     ) -> Result<Ordered> {
-        let ops = self.put_holdings(peer, lease, files);
+        let mut ops = Ops::default();
+        if seq > 0 && files.len() >= PAGED_PUBLISH {
+            self.put_pages(&mut ops, peer, lease, seq, files);
+        } else {
+            self.put_holdings(&mut ops, peer, lease, files);
+        }
         self.ordered("publish", peer, lease, seq, ops).await
     }
 
     /// Withdraw holdings (one name, or every name of a file), as change
-    /// `seq`.
+    /// `seq`: the holding's key goes, and a tombstone on the peer's lease
+    /// withdraws it from the pages, which stay as written. Rewriting the
+    /// page instead would mean reading it, a compare-and-swap against
+    /// other centrals, ~64 KiB through Raft and into etcd's history for
+    /// one row, and a watch that diffs pages; a tombstone is one small
+    /// put in the same ordered transaction. Tombstones go with the
+    /// session (its lease), and a full read replays them in revision
+    /// order, so a holding published again later counts again.
     pub(crate) async fn unpublish(
         &self,
         peer: &PeerId,
@@ -267,16 +381,23 @@ impl Etcd {
         seq: u64,
         refs: &[(FileId, Option<String>)],
     ) -> Result<Ordered> {
-        let ops = refs
-            .iter()
-            .map(|(file, name)| match name {
-                Some(n) => TxnOp::delete(self.holding_key(peer, file, n), None),
-                None => TxnOp::delete(
-                    self.names_key(peer, file),
-                    Some(DeleteOptions::new().with_prefix()),
-                ),
-            })
-            .collect();
+        let mut ops = Ops::default();
+        // etcd refuses a transaction that puts one key twice.
+        let mut seen = std::collections::HashSet::new();
+        for (file, name) in refs {
+            if !seen.insert((file, name.as_deref())) {
+                continue;
+            }
+            match name {
+                Some(n) => ops.delete(self.holding_key(peer, file, n), false),
+                None => ops.delete(self.names_key(peer, file), true),
+            }
+            ops.put(
+                self.tombstone_key(peer, file, name.as_deref()),
+                Vec::new(),
+                Some(lease),
+            );
+        }
         self.ordered("unpublish", peer, lease, seq, ops).await
     }
 

@@ -17,20 +17,20 @@ use peerdex_testkit::wait_for;
 use tonic::transport::Channel;
 
 /// Lease TTL of the centrals here (whole seconds, as the setting takes).
-const TTL: Duration = Duration::from_secs(4);
+pub(super) const TTL: Duration = Duration::from_secs(4);
 /// The history test's: peers' heartbeats must outlive a killed etcd
 /// leader and a paused central on a busy 2-core machine (the test suite
 /// runs beside it). At 6 s, two runs of 2026-11-23 under a parallel build
 /// lost a lease: the surviving etcd members, starved of CPU, timed out
 /// requests for 10 s after the kill, and keep-alives with them.
-const HISTORY_TTL: Duration = Duration::from_secs(10);
+pub(super) const HISTORY_TTL: Duration = Duration::from_secs(10);
 
 /// Each test here runs 3 etcd members and 3 centrals and times faults
 /// among them; side by side on a 2-core machine they starve each other's
 /// etcd members of CPU (elections, timed-out requests), so they take turns.
-static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(super) static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-fn central(root: &Path, i: usize, endpoints: &str, ttl: Duration) -> Central {
+pub(super) fn central(root: &Path, i: usize, endpoints: &str, ttl: Duration) -> Central {
     Central::on_etcd(
         &root.join(format!("c{i}")),
         endpoints,
@@ -46,13 +46,13 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-async fn etcd(members: usize) -> EtcdCluster {
+pub(super) async fn etcd(members: usize) -> EtcdCluster {
     tokio::task::spawn_blocking(move || EtcdCluster::start(members))
         .await
         .unwrap()
 }
 
-async fn info(c: &Central) -> Option<v1::InfoResponse> {
+pub(super) async fn info(c: &Central) -> Option<v1::InfoResponse> {
     let mut client = c.client();
     tokio::time::timeout(Duration::from_millis(700), client.info(v1::InfoRequest {}))
         .await
@@ -656,7 +656,7 @@ async fn answers(
 
 /// Restart `c` (stopped) and wait until it answers Info: where its index
 /// came from.
-async fn restarted(c: &mut Central) -> v1::IndexSource {
+pub(super) async fn restarted(c: &mut Central) -> v1::IndexSource {
     c.restart();
     let i = wait_for(
         "the restarted central to answer",

@@ -7,8 +7,11 @@
 //! * [`ha`] — the directory on etcd under faults (members and centrals
 //!   killed, paused, restarted).
 //! * [`metrics`] — `/metrics` read with the reference Prometheus parser.
+//! * [`pages`] — inventories in pages on etcd (issue 27), read by the
+//!   watch, a full read and a snapshot.
 
 mod abuse;
 mod directory;
 mod ha;
 mod metrics;
+mod pages;
