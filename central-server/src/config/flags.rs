@@ -262,6 +262,15 @@ pub struct EtcdArgs {
     #[arg(long, env = "CENTRAL_ETCD_PREFIX", default_value = defaults::ETCD_PREFIX)]
     pub etcd_prefix: String,
 
+    /// Write a peer's inventory to etcd in pages (a few large keys per
+    /// Join instead of a key per holding). Set false while a rolling
+    /// upgrade still runs centrals from before pages (they read only a key
+    /// per holding), true again once every central is upgraded; pages are
+    /// read either way.
+    #[arg(long, env = "CENTRAL_ETCD_PAGES", default_value_t = defaults::ETCD_PAGES,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub etcd_pages: bool,
+
     // The help shows `<hostname>:<port>` as written, not as HTML.
     #[allow(rustdoc::invalid_html_tags)]
     /// This central's name in answers, logs and the leader election
@@ -421,6 +430,7 @@ impl EtcdArgs {
     fn apply(&self, c: &mut Config) {
         c.etcd_endpoints = set(&self.etcd_endpoints);
         c.etcd_prefix.clone_from(&self.etcd_prefix);
+        c.etcd_pages = self.etcd_pages;
         c.name = set(&self.name);
         c.snapshot_every = Duration::from_secs(self.snapshot_secs);
     }

@@ -49,6 +49,7 @@ pub mod defaults {
     pub const KEY_RETENTION_DAYS: u32 = 90;
     /// `CENTRAL_ETCD_PREFIX`.
     pub const ETCD_PREFIX: &str = "/peerdex/";
+    pub const ETCD_PAGES: bool = true;
     /// `CENTRAL_SNAPSHOT_SECS`.
     pub const SNAPSHOT_SECS: u64 = 300;
     /// `CENTRAL_REPLICA_GRACE_SECS`.
@@ -250,6 +251,10 @@ pub struct Config {
     /// The directory's keys in etcd start with this (`CENTRAL_ETCD_PREFIX`,
     /// default `/peerdex/`): several directories can share one cluster.
     pub etcd_prefix: String,
+    /// Write inventories to etcd in pages (`CENTRAL_ETCD_PAGES`, default
+    /// true); false keeps a key per holding, which centrals from before
+    /// pages can read (during a rolling upgrade).
+    pub etcd_pages: bool,
     /// On etcd: how often this central writes the snapshot of its index
     /// to `data_dir` (when it changed; also at a clean shutdown), so that
     /// a restart loads it and follows etcd from its revision instead of
@@ -308,6 +313,7 @@ impl Config {
             tls: None,
             etcd_endpoints: None,
             etcd_prefix: d::ETCD_PREFIX.into(),
+            etcd_pages: d::ETCD_PAGES,
             snapshot_every: Duration::from_secs(d::SNAPSHOT_SECS),
             name: None,
             drain: None,

@@ -52,7 +52,7 @@ pub(super) async fn open(
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<Opened> {
-    let etcd = Arc::new(Etcd::connect(endpoints, &config.etcd_prefix).await?);
+    let etcd = Arc::new(Etcd::connect(endpoints, &config.etcd_prefix, config.etcd_pages).await?);
     let (nonces, network) = shared_secrets(&etcd, config).await?;
     let leadership = Leadership::new(name);
     let shared = Shared::new(Index::new(), network, config);

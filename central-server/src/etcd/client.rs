@@ -103,8 +103,9 @@ fn transient(e: &etcd_client::Error) -> bool {
 }
 
 impl Etcd {
-    /// Connect to `endpoints` (comma-separated URLs).
-    pub(crate) async fn connect(endpoints: &str, prefix: &str) -> Result<Self> {
+    /// Connect to `endpoints` (comma-separated URLs); `pages`: write
+    /// inventories in pages (`CENTRAL_ETCD_PAGES`).
+    pub(crate) async fn connect(endpoints: &str, prefix: &str, pages: bool) -> Result<Self> {
         let list: Vec<&str> = endpoints
             .split(',')
             .map(str::trim)
@@ -133,6 +134,7 @@ impl Etcd {
             client,
             waiting,
             prefix: prefix.to_owned(),
+            pages,
             endpoints: endpoints.to_owned(),
             mirror: std::sync::Mutex::default(),
             applied: watch::Sender::new(0),

@@ -117,6 +117,9 @@ pub(crate) struct Etcd {
     /// For calls that wait without a deadline (a campaign).
     waiting: Client,
     prefix: String,
+    /// Write inventories in pages (`CENTRAL_ETCD_PAGES`; a key per holding
+    /// otherwise, which centrals from before pages read).
+    pages: bool,
     endpoints: String,
     mirror: Mutex<follow::Mirror>,
     applied: watch::Sender<i64>,

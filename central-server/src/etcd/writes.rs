@@ -229,22 +229,32 @@ impl Etcd {
                 record,
                 Some(PutOptions::new().with_lease(lease)),
             ),
-            // The previous session's holdings kept as keys (published
-            // while live, or written by an older central) go now, before
-            // the pages are written: left to the revocation of the old
-            // lease below, their deletes would withdraw, at every
-            // central, the same holdings the new pages announce. Its
-            // pages and tombstones need not: a page's delete changes
-            // nothing, and a full read counts only those of the peer's
-            // current lease.
-            TxnOp::delete(
+        ];
+        // The previous session's holdings kept as keys (published while
+        // live, or written by an older central) go now, before the pages
+        // are written: left to the revocation of the old lease below,
+        // their deletes would withdraw, at every central, the same
+        // holdings the new pages announce. Its pages and tombstones need
+        // not: a page's delete changes nothing, and a full read counts
+        // only those of the peer's current lease.
+        if self.pages {
+            ops.push(TxnOp::delete(
                 self.key(&holdings_of(&peer)),
                 Some(DeleteOptions::new().with_prefix()),
-            ),
-        ];
+            ));
+        }
+        // Without pages (`CENTRAL_ETCD_PAGES=false`) the new session's keys
+        // are put again under its lease (etcd refuses a delete and a put of
+        // one key in one transaction), and the revocation of the old lease
+        // below takes only the keys the new inventory does not hold, as
+        // before pages.
         let fixed_bytes = 4096 + w.nonce.len() * 2;
         let mut inventory = Ops::default();
-        self.put_pages(&mut inventory, &peer, lease, 0, w.files);
+        if self.pages {
+            self.put_pages(&mut inventory, &peer, lease, 0, w.files);
+        } else {
+            self.put_holdings(&mut inventory, &peer, lease, w.files);
+        }
         let first = if inventory.len() == 0 {
             0
         } else {
@@ -357,7 +367,7 @@ impl Etcd {
         files: &[SharedFile],
     ) -> Result<Ordered> {
         let mut ops = Ops::default();
-        if seq > 0 && files.len() >= PAGED_PUBLISH {
+        if self.pages && seq > 0 && files.len() >= PAGED_PUBLISH {
             self.put_pages(&mut ops, peer, lease, seq, files);
         } else {
             self.put_holdings(&mut ops, peer, lease, files);

@@ -325,3 +325,94 @@ async fn a_rejoin_replaces_the_pages_and_a_lease_end_drops_them_everywhere() {
     }
     assert_eq!(etcd.count(0, &format!("/peerdex/inv/{peer}/")).unwrap(), 0);
 }
+
+/// The first step of a rolling upgrade: a central with
+/// `CENTRAL_ETCD_PAGES=false` writes a key per holding (what centrals from
+/// before pages read), Join and big Publish alike; a paged central beside
+/// it reads them, and a Join through the paged one is read back by the
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_told_not_to_write_pages_writes_a_key_per_holding() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let etcd = etcd(1).await;
+    let root = tempfile::tempdir().unwrap();
+    let eps = etcd.endpoints();
+    let mut env: Vec<(String, String)> = [
+        ("CENTRAL_ETCD_ENDPOINTS", eps.clone()),
+        ("CENTRAL_NAME", "central-keys".to_owned()),
+        ("CENTRAL_LEASE_TTL_SECS", HISTORY_TTL.as_secs().to_string()),
+        ("CENTRAL_HEARTBEAT_SECS", "1".to_owned()),
+        ("CENTRAL_JOIN_RATE", "0".to_owned()),
+        ("CENTRAL_PUBLISH_RATE", "0".to_owned()),
+        ("CENTRAL_ETCD_PAGES", "false".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    env.push(("RUST_LOG".into(), "info".into()));
+    let keys = Central::start(&root.path().join("keys"), "central-keys", env);
+    let paged = central(root.path(), 2, &eps, HISTORY_TTL);
+    for c in [&keys, &paged] {
+        wait_for("a central to answer", Duration::from_secs(30), || info(c)).await;
+    }
+    let peer = PeerId::new_random();
+    let n = 300;
+    let token = join(&keys, &peer, (0..n).map(|k| file(k, &name(k))).collect()).await;
+    let beats = heartbeats(&paged, peer, token.clone());
+    publish(
+        &keys,
+        &peer,
+        &token,
+        1,
+        (n..n + 40).map(|k| file(k, &name(k))).collect(),
+    )
+    .await;
+    let count = |prefix: &str| {
+        etcd.count(0, &format!("/peerdex/{prefix}/{peer}/"))
+            .unwrap()
+    };
+    assert_eq!(count("inv"), 0, "no page");
+    assert_eq!(count("files"), (n + 40) as u64, "a key per holding");
+    let model: Model = (0..n + 40)
+        .map(|k| (k, BTreeSet::from([name(k)])))
+        .collect();
+    let ids = n + 50;
+    converges(
+        "the paged central to read the keys",
+        &paged,
+        &want(&model, ids, &peer),
+    )
+    .await;
+    beats.abort();
+
+    // The other way: a Join through the paged central, read by this one.
+    let other = PeerId::new_random();
+    let token = join(&paged, &other, (0..n).map(|k| file(k, &name(k))).collect()).await;
+    let beats = heartbeats(&keys, other, token);
+    assert!(etcd.count(0, &format!("/peerdex/inv/{other}/")).unwrap() > 0);
+    let model: Model = (0..n).map(|k| (k, BTreeSet::from([name(k)]))).collect();
+    let want_other = want(&model, n, &other);
+    wait_for(
+        "the keys central to read the pages",
+        Duration::from_secs(30),
+        || async {
+            let got = held(&keys, n).await?;
+            // Both peers hold files 0..n now: compare the other's holders only.
+            let mine = got
+                .into_iter()
+                .map(|f| {
+                    f.map(|(names, holders)| {
+                        let h: Vec<String> = holders
+                            .into_iter()
+                            .filter(|h| *h == other.to_string())
+                            .collect();
+                        (names, h)
+                    })
+                })
+                .collect::<Vec<_>>();
+            (mine == want_other).then_some(())
+        },
+    )
+    .await;
+    beats.abort();
+}
