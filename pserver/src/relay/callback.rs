@@ -31,9 +31,10 @@ use peerdex_proto::relay::{
 use peerdex_proto::{PeerId, PeerUrl};
 use tokio::sync::{Semaphore, oneshot};
 
+use super::carry::{RelayError, Tunnels, check_path, header, hop_by_hop, peer_header};
 use super::serve::TunnelServer;
 use super::state::Reach;
-use super::{RelayError, Tunnels, header, peer_header, tunnel};
+use super::tunnel;
 use crate::metrics::Metrics;
 use crate::peer::network::{Network, PeerHttp};
 use crate::rt::MainRt;
@@ -371,7 +372,7 @@ impl Callbacks {
         let Some(t) = self.tunnels.get(&holder) else {
             return fail(503, format!("no callback tunnel from {holder}"));
         };
-        if super::check_path(tail).is_err() {
+        if check_path(tail).is_err() {
             return fail(404, "only the peer API is carried".into());
         }
         t.last_used.store(
@@ -389,7 +390,7 @@ impl Callbacks {
         let (parts, _) = req.into_parts();
         let mut out = http::Request::builder().method(parts.method).uri(uri);
         for (k, v) in &parts.headers {
-            if !super::hop_by_hop(k.as_str()) {
+            if !hop_by_hop(k.as_str()) {
                 out = out.header(k, v);
             }
         }

@@ -38,8 +38,8 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, oneshot};
 
+use super::carry::{MAX_REQUEST_BODY, RelayError, check_path, hop_by_hop};
 use super::tunnel::{self, DialedIo};
-use super::{MAX_REQUEST_BODY, RelayError, check_path, hop_by_hop};
 
 /// Why serving a tunnel ended other than by the tunnel closing.
 #[derive(Debug, thiserror::Error)]
