@@ -46,6 +46,28 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Keep `peer`'s lease alive through `c`, a heartbeat every `every`,
+/// until aborted.
+pub(super) fn heartbeats(
+    c: &Central,
+    peer: PeerId,
+    token: String,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let mut c = c.client();
+    tokio::spawn(async move {
+        loop {
+            let req = v1::HeartbeatRequest {
+                declined: Vec::new(),
+                peer_id: peer.to_string(),
+                load: None,
+            };
+            let _ = c.heartbeat(authed(req, &token)).await;
+            tokio::time::sleep(every).await;
+        }
+    })
+}
+
 pub(super) async fn etcd(members: usize) -> EtcdCluster {
     tokio::task::spawn_blocking(move || EtcdCluster::start(members))
         .await
@@ -493,20 +515,7 @@ async fn a_watch_at_one_central_hears_a_publish_made_through_another() {
     // Both keep their leases (4 s) for as long as the test runs.
     let beats: Vec<_> = joined
         .iter()
-        .map(|(peer, token)| {
-            let (mut c, peer, token) = (cs[0].client(), *peer, token.clone());
-            tokio::spawn(async move {
-                loop {
-                    let req = v1::HeartbeatRequest {
-                        declined: Vec::new(),
-                        peer_id: peer.to_string(),
-                        load: None,
-                    };
-                    let _ = c.heartbeat(authed(req, &token)).await;
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                }
-            })
-        })
+        .map(|(peer, token)| heartbeats(&cs[0], *peer, token.clone(), Duration::from_millis(700)))
         .collect();
     let watch = |ids: Vec<String>, names: Vec<&str>, queries: Vec<&str>| v1::WatchRequest {
         peer_id: watcher.to_string(),
@@ -705,20 +714,7 @@ async fn a_restart_loads_the_snapshot_and_catches_up_or_reads_everything() {
     }
     let beats: Vec<_> = peers
         .iter()
-        .map(|(peer, token)| {
-            let (mut c, peer, token) = (b.client(), *peer, token.clone());
-            tokio::spawn(async move {
-                loop {
-                    let req = v1::HeartbeatRequest {
-                        declined: Vec::new(),
-                        peer_id: peer.to_string(),
-                        load: None,
-                    };
-                    let _ = c.heartbeat(authed(req, &token)).await;
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                }
-            })
-        })
+        .map(|(peer, token)| heartbeats(&b, *peer, token.clone(), Duration::from_millis(700)))
         .collect();
     let publish = |p: usize, files: Vec<SharedFile>, seq: u64| v1::PublishRequest {
         peer_id: peers[p].0.to_string(),

@@ -107,18 +107,7 @@ async fn join(c: &Central, peer: &PeerId, files: Vec<SharedFile>) -> String {
 
 /// Keep the peer's lease alive through `c` until aborted.
 fn heartbeats(c: &Central, peer: PeerId, token: String) -> tokio::task::JoinHandle<()> {
-    let mut c = c.client();
-    tokio::spawn(async move {
-        loop {
-            let req = v1::HeartbeatRequest {
-                declined: Vec::new(),
-                peer_id: peer.to_string(),
-                load: None,
-            };
-            let _ = c.heartbeat(authed(req, &token)).await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    })
+    super::ha::heartbeats(c, peer, token, Duration::from_millis(500))
 }
 
 async fn publish(c: &Central, peer: &PeerId, token: &str, seq: u64, files: Vec<SharedFile>) {
