@@ -213,10 +213,21 @@ where
         }
     }
     let (areq, _) = areq.replace_payload(actix_http::Payload::from(body));
-    let resp = match service.call(areq).await {
-        Ok(r) => r.map_into_boxed_body().into_parts().1,
-        Err(e) => e.error_response().map_into_boxed_body(),
-    };
+    match service.call(areq).await {
+        Ok(r) => to_hyper(r.map_into_boxed_body().into_parts().1),
+        Err(e) => to_hyper(e.error_response()),
+    }
+}
+
+/// An answer of ours rather than the peer API's.
+fn refusal(e: RelayError) -> http::Response<AppBody> {
+    to_hyper(e.error_response())
+}
+
+/// An actix response as hyper sends it: its status, its headers but those
+/// of one hop, its body (an empty 502 if hyper refuses the head: never a
+/// panic).
+fn to_hyper(resp: actix_web::HttpResponse) -> http::Response<AppBody> {
     let mut out = http::Response::builder().status(resp.status().as_u16());
     for (k, v) in resp.headers() {
         if !hop_by_hop(k.as_str()) {
@@ -224,17 +235,11 @@ where
         }
     }
     out.body(AppBody::new(resp.into_body()))
-        .unwrap_or_else(|_| refusal(RelayError::Body))
-}
-
-/// An answer of ours rather than the peer API's (never a panic).
-fn refusal(e: RelayError) -> http::Response<AppBody> {
-    let resp = e.error_response();
-    let mut out = http::Response::builder().status(resp.status().as_u16());
-    for (k, v) in resp.headers() {
-        out = out.header(k.as_str(), v.as_bytes());
-    }
-    out.body(AppBody::new(resp.into_body())).unwrap_or_default()
+        .unwrap_or_else(|_| {
+            let mut bad = http::Response::default();
+            *bad.status_mut() = http::StatusCode::BAD_GATEWAY;
+            bad
+        })
 }
 
 /// An actix response body as hyper sends it: its pieces as DATA frames,
