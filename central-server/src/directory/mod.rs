@@ -263,11 +263,13 @@ impl Directory {
     }
 
     /// Remove every peer whose lease ended by `now`; returns how many.
-    /// `None`: etcd ends leases itself (the follower applies it).
-    pub(crate) async fn expire(self: &Arc<Self>, now: Instant) -> Result<Option<usize>> {
+    /// On etcd: end the sessions this central keeps whose heartbeats
+    /// stopped (the follower then removes them at every central) and,
+    /// when `leader`, those of centrals gone that nobody adopted.
+    pub(crate) async fn expire(self: &Arc<Self>, now: Instant, leader: bool) -> Result<usize> {
         match &self.backend {
-            Backend::Sqlite(db) => db.expire(&self.shared, now).await.map(Some),
-            Backend::Etcd(_) => Ok(None),
+            Backend::Sqlite(db) => db.expire(&self.shared, now).await,
+            Backend::Etcd(e) => e.expire(&self.shared, now, leader).await,
         }
     }
 
@@ -365,6 +367,8 @@ impl Directory {
     pub(crate) async fn close(self: &Arc<Self>) -> Result<()> {
         match &self.backend {
             Backend::Sqlite(db) => db.close().await,
+            // Its lease stays: restarted, it keeps its sessions; if not,
+            // they move to other centrals or the leader ends them.
             Backend::Etcd(_) => Ok(()),
         }
     }
@@ -401,9 +405,8 @@ impl Directory {
                 }
             }
             let started = std::time::Instant::now();
-            match self.expire(Instant::now()).await {
-                Ok(None) => {}
-                Ok(Some(n)) => {
+            match self.expire(Instant::now(), leadership.is_leader()).await {
+                Ok(n) => {
                     on_sweep(n, started.elapsed());
                     if n == 0 {
                         continue;

@@ -7,7 +7,11 @@
 //! of one peer are serialized by its stripe of the directory's locks, so
 //! its calls apply in order.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use futures_util::StreamExt;
+use peerdex_common::sync::lock;
 
 use peerdex_proto::{FileId, PeerId, v1};
 use tokio::time::Instant;
@@ -17,7 +21,9 @@ use super::follow::{self, never};
 use super::shared::{Admit, Join, Shared, TaskChanges, authorize, check_leave, check_rejoin};
 use crate::config::Config;
 use crate::error::{Corrupt, Error, Limit, NonceError, Result};
-use crate::etcd::{Binding, Decline, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord};
+use crate::etcd::{
+    Adopted, Binding, Decline, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord, peer_lease_ttl,
+};
 use crate::identity::{NONCE_VALID, Nonces};
 use crate::index::{Index, Load, TokenHash};
 use crate::leader::{self, Leadership};
@@ -25,11 +31,18 @@ use crate::network::Network;
 use crate::replication::{Pin, Proof};
 use crate::store::Withdrawal;
 
+/// The file in the data folder that names this central's lease (see
+/// `etcd::sessions`).
+const LEASE_FILE: &str = "central.lease";
+
 /// How many revisions of history the leader keeps when it compacts.
 const COMPACT_KEEP: i64 = 10_000;
 
 pub(super) struct OnEtcd {
     pub(super) etcd: Arc<Etcd>,
+    /// Centrals whose lease the leader found gone, and since when: their
+    /// sessions not adopted a lease TTL later are ended.
+    dead_owners: std::sync::Mutex<HashMap<i64, Instant>>,
 }
 
 /// A directory on etcd, opened.
@@ -56,6 +69,20 @@ pub(super) async fn open(
     let (nonces, network) = shared_secrets(&etcd, config).await?;
     let leadership = Leadership::new(name);
     let shared = Shared::new(Index::new(), network, config);
+    // Before the index is read: the sessions this central keeps are
+    // told by its lease. After a restart it keeps its old one, if etcd
+    // still has it (a rolling restart moves no session).
+    let lease_file = std::fs::create_dir_all(&config.data_dir)
+        .is_ok()
+        .then(|| config.data_dir.join(LEASE_FILE));
+    let (own, resumed) = etcd
+        .resume_own_lease(config.lease_ttl, lease_file.as_deref())
+        .await?;
+    tracing::info!(
+        lease = own,
+        resumed,
+        "this central's lease (the sessions it keeps name it)"
+    );
     let (_, cluster) = etcd.position().await?;
     let snaps = follow::Snapshots {
         path: crate::snapshot::path_in(&config.data_dir),
@@ -87,6 +114,10 @@ pub(super) async fn open(
     }
     let tasks = vec![
         follower,
+        tokio::spawn(
+            etcd.clone()
+                .keep_own_lease(config.lease_ttl, lease_file, cancel.clone()),
+        ),
         tokio::spawn(leadership.clone().run(
             etcd.waiting_client(),
             etcd.key("election"),
@@ -95,7 +126,10 @@ pub(super) async fn open(
         )),
     ];
     Ok(Opened {
-        store: OnEtcd { etcd },
+        store: OnEtcd {
+            etcd,
+            dead_owners: Default::default(),
+        },
         shared,
         nonces,
         leadership,
@@ -179,11 +213,13 @@ impl OnEtcd {
             check_rejoin(&ix, &j, bound.is_some(), now)?;
             admit(&ix)?
         };
-        let lease = etcd.grant(dir.lease_ttl).await?;
+        let peer_ttl = peer_lease_ttl(dir.lease_ttl);
+        let lease = etcd.grant(peer_ttl).await?;
         let record = PeerRecord {
             url: j.url.to_string(),
             token: hex::encode(j.hash),
             lease,
+            owner: etcd.own_lease(),
             addr: Some(j.addr),
             active_uploads: j.load.active_uploads,
             free_upload_slots: j.load.free_upload_slots,
@@ -216,11 +252,15 @@ impl OnEtcd {
                 return Err(e);
             }
         };
+        etcd.renewed(peer, Instant::now(), peer_ttl / 3);
         etcd.wait_applied(revision).await?;
         Ok((files.len(), refused))
     }
 
-    /// Keep `peer`'s etcd lease alive (it was authorized and paced).
+    /// A heartbeat of `peer` (authorized and paced): renewed in this
+    /// central's memory when it keeps the session, adopted when another
+    /// central did; etcd hears of it only for an adoption and once in a
+    /// third of the peer's lease (see `etcd::sessions`).
     pub(super) async fn heartbeat(
         &self,
         dir: &Shared,
@@ -228,16 +268,106 @@ impl OnEtcd {
         load: Option<Load>,
         now: Instant,
     ) -> Result<bool> {
-        let Some(meta) = self.etcd.peer_meta(peer) else {
-            tracing::debug!(%peer, "heartbeat: the peer has no lease record in the mirror");
+        let etcd = &self.etcd;
+        let Some(meta) = etcd.peer_meta(peer) else {
+            tracing::debug!(%peer, "heartbeat: the peer has no record in the mirror");
             return Ok(false);
         };
-        if !self.etcd.keep_alive(meta.lease).await? {
-            tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
-            return Ok(false);
+        if meta.owner == 0 {
+            // A session of a central from before: its short lease is
+            // kept alive by every heartbeat, as it was.
+            if !etcd.keep_alive(meta.lease).await? {
+                tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+                return Ok(false);
+            }
+            dir.index().renew(peer, load, never(now), now);
+            return Ok(true);
         }
-        dir.index().renew(peer, load, never(now), now);
-        Ok(true)
+        if meta.owner != etcd.own_lease() {
+            let _serial = dir.serial(peer).await;
+            match etcd.adopt(peer, &meta).await? {
+                Adopted::Taken => {
+                    tracing::debug!(%peer, from = meta.owner, "heartbeat: session adopted from another central");
+                    etcd.renewed(*peer, now, peer_lease_ttl(dir.lease_ttl) / 3);
+                }
+                // Changed meanwhile: the next heartbeat looks again.
+                Adopted::Raced => return Ok(true),
+                Adopted::Gone => {
+                    tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+                    return Ok(false);
+                }
+            }
+        } else if etcd.renewal_due(peer, now, peer_lease_ttl(dir.lease_ttl) / 3) {
+            if !etcd.keep_alive(meta.lease).await? {
+                tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+                return Ok(false);
+            }
+            etcd.renewed(*peer, now, peer_lease_ttl(dir.lease_ttl) / 3);
+        }
+        Ok(dir.index().renew(peer, load, now + dir.lease_ttl, now))
+    }
+
+    /// End the sessions this central keeps whose heartbeats stopped and,
+    /// when it leads, those of centrals gone that nobody adopted within a
+    /// lease TTL. Returns how many ended.
+    pub(super) async fn expire(&self, dir: &Shared, now: Instant, leader: bool) -> Result<usize> {
+        let etcd = &self.etcd;
+        let own = etcd.own_lease();
+        let expired = dir.index().expired(now);
+        let mut ends: Vec<(PeerId, crate::etcd::PeerMeta)> = expired
+            .into_iter()
+            .filter_map(|(p, _)| etcd.peer_meta(&p).map(|m| (p, m)))
+            .filter(|(_, m)| own != 0 && m.owner == own)
+            .collect();
+        if leader {
+            ends.extend(self.orphans(dir, now).await?);
+        } else {
+            lock(&self.dead_owners).clear();
+        }
+        let ended: Vec<Result<bool>> = futures_util::stream::iter(ends)
+            .map(|(p, m)| async move { etcd.end_session(&p, &m).await })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut n = 0;
+        for r in ended {
+            n += usize::from(r?);
+        }
+        Ok(n)
+    }
+
+    /// Sessions kept by centrals whose lease is gone for longer than a
+    /// lease TTL (nobody adopted them: their peers are gone too).
+    async fn orphans(
+        &self,
+        dir: &Shared,
+        now: Instant,
+    ) -> Result<Vec<(PeerId, crate::etcd::PeerMeta)>> {
+        let by_owner = self.etcd.sessions_kept_by_others(self.etcd.own_lease());
+        let mut out = Vec::new();
+        let mut seen = Vec::with_capacity(by_owner.len());
+        for (owner, sessions) in by_owner {
+            seen.push(owner);
+            let since = lock(&self.dead_owners).get(&owner).copied();
+            let since = match since {
+                Some(t) => t,
+                None if self.etcd.lease_alive(owner).await? => continue,
+                None => {
+                    tracing::info!(
+                        central_lease = owner,
+                        sessions = sessions.len(),
+                        "a central's lease is gone; its peers not adopted within a lease TTL will be removed"
+                    );
+                    lock(&self.dead_owners).insert(owner, now);
+                    now
+                }
+            };
+            if now.saturating_duration_since(since) >= dir.lease_ttl {
+                out.extend(sessions);
+            }
+        }
+        lock(&self.dead_owners).retain(|o, _| seen.contains(o));
+        Ok(out)
     }
 
     pub(super) async fn publish(

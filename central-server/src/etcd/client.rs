@@ -140,6 +140,8 @@ impl Etcd {
             applied: watch::Sender::new(0),
             fenced: tokio::sync::Mutex::new(0),
             nonce_lease: tokio::sync::Mutex::new(None),
+            own_lease: std::sync::atomic::AtomicI64::new(0),
+            renewals: std::sync::Mutex::default(),
         })
     }
 

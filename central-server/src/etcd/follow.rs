@@ -52,6 +52,9 @@ pub(crate) enum Change {
         peer: PeerId,
         record: PeerRecord,
         new_session: bool,
+        /// This central keeps the session (it ends it when the
+        /// heartbeats stop); other centrals wait for etcd's word.
+        owned: bool,
     },
     PeerGone(PeerId),
     Holding {
@@ -99,6 +102,8 @@ pub(crate) enum Change {
 pub(crate) struct PeerMeta {
     pub lease: i64,
     pub mod_revision: i64,
+    /// The central that keeps the session ([`PeerRecord::owner`]).
+    pub owner: i64,
 }
 
 /// What the watch told this central beyond the index.
@@ -327,11 +332,13 @@ impl Etcd {
                     let meta = PeerMeta {
                         lease: record.lease,
                         mod_revision,
+                        owner: record.owner,
                     };
                     let old = lock(&self.mirror).peers.insert(peer, (meta, value.into()));
                     Some(Change::Peer {
                         peer,
                         new_session: old.is_some_and(|(o, _)| o.lease != record.lease),
+                        owned: record.owner != 0 && record.owner == self.own_lease(),
                         record,
                     })
                 }
@@ -394,6 +401,7 @@ impl Etcd {
         match parsed {
             Key::Peer(peer) => {
                 lock(&self.mirror).peers.remove(&peer);
+                self.forget_renewal(&peer);
                 Some(Change::PeerGone(peer))
             }
             Key::Binding(peer) => {
@@ -599,6 +607,30 @@ impl Etcd {
     }
 
     /// The binding of `peer` exactly as stored (a Join compares it).
+    /// `peer`'s record exactly as stored.
+    pub(super) fn peer_record_bytes(&self, peer: &PeerId) -> Option<Box<[u8]>> {
+        lock(&self.mirror)
+            .peers
+            .get(peer)
+            .map(|(_, raw)| raw.clone())
+    }
+
+    /// The sessions kept by another central than `own`, by that
+    /// central's lease (records of a central from before, owner 0, are
+    /// left out: etcd ends them).
+    pub(crate) fn sessions_kept_by_others(
+        &self,
+        own: i64,
+    ) -> HashMap<i64, Vec<(PeerId, PeerMeta)>> {
+        let mut by: HashMap<i64, Vec<(PeerId, PeerMeta)>> = HashMap::new();
+        for (p, (m, _)) in lock(&self.mirror).peers.iter() {
+            if m.owner != 0 && m.owner != own {
+                by.entry(m.owner).or_default().push((*p, *m));
+            }
+        }
+        by
+    }
+
     pub(super) fn binding_bytes(&self, peer: &PeerId) -> Option<Vec<u8>> {
         lock(&self.mirror)
             .keys

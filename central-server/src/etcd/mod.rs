@@ -6,8 +6,8 @@
 //! Under the prefix (`CENTRAL_ETCD_PREFIX`, default `/peerdex/`):
 //!
 //! * `peers/<peer id>` → [`PeerRecord`] (JSON: URL, BLAKE3 hash of the
-//!   session token, etcd lease, source address, load), attached to the
-//!   peer's etcd lease;
+//!   session token, etcd lease, the lease of the central that keeps the
+//!   session, source address, load), attached to the peer's etcd lease;
 //! * `inv/<peer id>/<change>.<part>` → a page of the peer's holdings
 //!   (compact binary rows, deflated, up to about 64 KiB of rows: see
 //!   `pages`), written by its Join (change 0) and by big Publishes
@@ -51,8 +51,9 @@
 //! * `fence` → empty, rewritten when a central waits for a write that
 //!   made no event of its own (see "Reads from memory" below).
 //!
-//! A Heartbeat is a keep-alive of the peer's etcd lease, whichever central
-//! receives it. Inventories bigger than one transaction
+//! A Heartbeat stays in the memory of the central that keeps the peer's
+//! session (the record's `owner`, see `sessions`); a heartbeat at another
+//! central adopts the session with one write of the record. Inventories bigger than one transaction
 //! ([`TXN_OPS`](writes::TXN_OPS) operations, etcd's default
 //! `--max-txn-ops`, or [`TXN_BYTES`](writes::TXN_BYTES) of pages) are
 //! written in batches under the same lease.
@@ -88,6 +89,8 @@
 //! * `pages` — the binary format of an inventory page.
 //! * `follow` — the snapshot read, the watch, decoding into [`Change`],
 //!   the mirror (leases, bindings) and the applied revision.
+//! * `sessions` — this central's lease, sessions kept in memory: adoption,
+//!   renewal of a peer's lease, the end of a session.
 //! * `writes` — Join, ordered inventory changes, Leave, pins, proofs,
 //!   tasks, declines, forgotten bindings.
 
@@ -95,6 +98,7 @@ mod client;
 mod follow;
 mod pages;
 mod schema;
+mod sessions;
 mod writes;
 
 use std::sync::Mutex;
@@ -105,8 +109,9 @@ use tokio::time::Instant;
 
 pub use client::EtcdError;
 pub(crate) use client::lease_gone;
-pub(crate) use follow::Change;
+pub(crate) use follow::{Change, PeerMeta};
 pub(crate) use schema::{Binding, Decline, PeerRecord};
+pub(crate) use sessions::{Adopted, peer_lease_ttl};
 pub(crate) use writes::{JoinConflict, JoinWrite, Ordered};
 
 /// The directory's handle on etcd: two clients (one with a deadline per
@@ -127,4 +132,10 @@ pub(crate) struct Etcd {
     fenced: tokio::sync::Mutex<i64>,
     /// The shared lease of spent nonces, and when it was granted.
     nonce_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
+    /// This central's own lease: the sessions it keeps name it (see
+    /// `sessions`).
+    own_lease: std::sync::atomic::AtomicI64,
+    /// When each peer whose session this central keeps is due a renewal
+    /// of its etcd lease.
+    renewals: Mutex<std::collections::HashMap<peerdex_proto::PeerId, Instant>>,
 }

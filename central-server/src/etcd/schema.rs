@@ -18,6 +18,13 @@ pub(crate) struct PeerRecord {
     /// Hex BLAKE3 hash of the session token.
     pub token: String,
     pub lease: i64,
+    /// The lease of the central that keeps this peer's session: the one
+    /// its heartbeats reach (issue 27). Heartbeats are kept in that
+    /// central's memory, not sent to etcd; it ends the session when they
+    /// stop. 0 (a record of a central from before) means none: the
+    /// peer's own short lease is kept alive by every heartbeat.
+    #[serde(default, skip_serializing_if = "is_zero_lease")]
+    pub owner: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub addr: Option<IpAddr>,
     #[serde(default)]
@@ -36,6 +43,10 @@ pub(crate) struct PeerRecord {
 }
 
 fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn is_zero_lease(n: &i64) -> bool {
     *n == 0
 }
 

@@ -9,9 +9,12 @@
 //! * [`metrics`] — `/metrics` read with the reference Prometheus parser.
 //! * [`pages`] — inventories in pages on etcd (issue 27), read by the
 //!   watch, a full read and a snapshot.
+//! * [`sessions`] — liveness kept by the centrals on etcd (issue 27):
+//!   heartbeats in memory, adoption, a killed central's peers.
 
 mod abuse;
 mod directory;
 mod ha;
 mod metrics;
 mod pages;
+mod sessions;

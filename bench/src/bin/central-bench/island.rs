@@ -51,6 +51,9 @@ const BEATS_IN_FLIGHT: usize = 256;
 struct Beats {
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Answered, but the peer was told to join again: its session was
+    /// lost (the bench's peers do not join again).
+    rejoin: AtomicU64,
     /// Every failure of the run by gRPC code, with the first message of
     /// each code (why heartbeats fail, in the report).
     why: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>,
@@ -241,6 +244,7 @@ fn heartbeats(
                             load: None,
                         };
                         let counter = match c.heartbeat(authed(req, &token)).await {
+                            Ok(a) if a.get_ref().rejoin => &beats.rejoin,
                             Ok(_) => &beats.ok,
                             Err(e) => {
                                 if let Ok(mut why) = beats.why.lock() {
@@ -261,6 +265,10 @@ fn heartbeats(
             }
         });
     }
+}
+
+fn addrs_now(centrals: &[Proc]) -> Vec<std::net::SocketAddr> {
+    centrals.iter().map(|c| c.addr).collect()
 }
 
 /// Wait until every central's index holds `files` contents.
@@ -391,6 +399,19 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
     )
     .await?;
     centrals[again] = p;
+    // A restart must cost no session: a heartbeat interval and a bit
+    // later, every central still holds every holding and no peer was
+    // told to join again.
+    tokio::time::sleep(Duration::from_secs(HEARTBEAT_SECS + 2)).await;
+    let mut after_restart = true;
+    for a in addrs_now(&centrals) {
+        let mut c = DirectoryClient::new(channel(a).await?);
+        let n = c.info(v1::InfoRequest {}).await?.into_inner().files;
+        if n != holdings {
+            eprintln!("the central at {a} holds {n} of {holdings} files after the restart");
+            after_restart = false;
+        }
+    }
     let load_after = load_average();
     stop.store(true, Ordering::Relaxed);
     for c in &mut centrals {
@@ -413,6 +434,8 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
         "etcd_db_bytes": etcd_db_bytes,
         "heartbeats_per_second": heartbeats_per_second,
         "heartbeat_failures": heartbeat_failures,
+        "heartbeats_told_to_rejoin": beats.rejoin.load(Ordering::Relaxed),
+        "every_holding_listed_after_restart": after_restart,
         "heartbeat_failures_by_code": beats.why.lock().map(|w| w.iter().map(|(code, (n, first))| {
             (code.clone(), serde_json::json!({ "count": n, "first": first }))
         }).collect::<serde_json::Map<_, _>>()).unwrap_or_default(),

@@ -1,0 +1,285 @@
+//! Sessions kept by centrals, not by etcd (issue 27: liveness that
+//! scales).
+//!
+//! Each central holds one etcd lease of its own (the *central lease*,
+//! `CENTRAL_LEASE_TTL_SECS`, kept alive here). A peer's record names the
+//! central that keeps its session ([`PeerRecord::owner`]): the one its
+//! heartbeats reach. That central keeps the heartbeats in memory, as a
+//! SQLite central does, and sends etcd nothing for them; it ends the
+//! session (deletes the record, revokes the peer's lease) when they stop.
+//! A peer's own lease, which its inventory hangs on, is long
+//! ([`peer_lease_ttl`]) and renewed by its central once in a third of it.
+//! So an island of N peers costs etcd N / (peer lease / 3) keep-alives a
+//! second instead of one per heartbeat (10,000 a second at 100k peers).
+//!
+//! A heartbeat that reaches another central than the owner (its central
+//! died, or the PServer moved on) *adopts* the session: one write of the
+//! record naming the new central. Nothing else moves: the inventory stays
+//! where it is, listed all along. The leading central ends the sessions
+//! of a central whose lease is gone that nobody adopted within a lease
+//! TTL (peers that died with their central).
+//!
+//! [`PeerRecord::owner`]: super::PeerRecord::owner
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use peerdex_proto::PeerId;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::{lease_not_found, unavailable};
+use super::follow::PeerMeta;
+use peerdex_common::sync::lock;
+
+use super::{Etcd, PeerRecord};
+use crate::error::Result;
+
+/// The etcd lease of a peer's session: long, since its central ends the
+/// session itself when the heartbeats stop; it matters only when no
+/// central is left to do so. Renewed once in a third of it.
+pub(crate) fn peer_lease_ttl(lease_ttl: Duration) -> Duration {
+    (lease_ttl * 60).max(Duration::from_secs(1800))
+}
+
+/// What became of an adoption.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Adopted {
+    /// The record names this central now.
+    Taken,
+    /// The record changed meanwhile (a Join, another adoption): the next
+    /// heartbeat tries again.
+    Raced,
+    /// The peer's lease is gone: it must join again.
+    Gone,
+}
+
+impl Etcd {
+    /// This central's lease (0 before [`Etcd::take_own_lease`]).
+    pub(crate) fn own_lease(&self) -> i64 {
+        self.own_lease.load(Relaxed)
+    }
+
+    /// Grant this central a lease of `ttl` (at start, and when etcd lost
+    /// the last one), written down in `file` when given.
+    pub(crate) async fn take_own_lease(&self, ttl: Duration, file: Option<&Path>) -> Result<i64> {
+        let id = self.grant(ttl).await?;
+        self.own_lease.store(id, Relaxed);
+        if let Some(file) = file {
+            let tmp = file.with_extension("tmp");
+            let written =
+                std::fs::write(&tmp, format!("{id}\n")).and_then(|()| std::fs::rename(&tmp, file));
+            if let Err(e) = written {
+                tracing::warn!(file = %file.display(), error = %e,
+                    "cannot write down this central's lease; a restart takes a new one (its peers then move with one write each)");
+            }
+        }
+        Ok(id)
+    }
+
+    /// At start: the lease this central had before a restart, written
+    /// down in `file`, when etcd still has it (the sessions it kept stay
+    /// kept, nothing is written); a new one otherwise. Returns the lease
+    /// and whether it was resumed.
+    pub(crate) async fn resume_own_lease(
+        &self,
+        ttl: Duration,
+        file: Option<&Path>,
+    ) -> Result<(i64, bool)> {
+        let before = file
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .filter(|id| *id > 0);
+        if let Some(id) = before
+            && self.lease_alive(id).await?
+        {
+            self.own_lease.store(id, Relaxed);
+            return Ok((id, true));
+        }
+        Ok((self.take_own_lease(ttl, file).await?, false))
+    }
+
+    /// Keep this central's lease alive until `cancel`, a keep-alive every
+    /// third of `ttl`. When etcd lost it (this central was cut off for
+    /// longer than `ttl`), a new one is granted: the sessions the old one
+    /// kept are adopted again by their next heartbeats, or ended by the
+    /// leader.
+    pub(crate) async fn keep_own_lease(
+        self: Arc<Self>,
+        ttl: Duration,
+        file: Option<PathBuf>,
+        cancel: CancellationToken,
+    ) {
+        let every = (ttl / 3).max(Duration::from_millis(100));
+        loop {
+            let id = self.own_lease();
+            let kept = tokio::select! {
+                _ = cancel.cancelled() => return,
+                kept = self.keep_alive_every(id, every) => kept,
+            };
+            match kept {
+                Ok(()) => {
+                    tracing::warn!(
+                        lease = id,
+                        "etcd lost this central's lease; taking a new one (its peers are adopted again by their heartbeats)"
+                    );
+                    while let Err(e) = self.take_own_lease(ttl, file.as_deref()).await {
+                        tracing::warn!(error = %e, "cannot take a central lease; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, lease = id, "keeping this central's lease alive failed; retrying");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(every / 4) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keep lease `id` alive on one stream, a keep-alive `every`; returns
+    /// `Ok` when etcd no longer has it, an error when the stream broke.
+    async fn keep_alive_every(&self, id: i64, every: Duration) -> Result<(), etcd_client::Error> {
+        let (mut keeper, mut stream) = match self.client.clone().lease_keep_alive(id).await {
+            Ok(s) => s,
+            Err(e) if lease_not_found(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        loop {
+            tokio::time::sleep(every).await;
+            keeper.keep_alive().await?;
+            match tokio::time::timeout(every.max(Duration::from_secs(1)), stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {}
+                Ok(Ok(Some(_))) => return Ok(()),
+                Ok(Ok(None)) => {
+                    return Err(etcd_client::Error::LeaseKeepAliveError(
+                        "the keep-alive stream ended".into(),
+                    ));
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(etcd_client::Error::LeaseKeepAliveError(
+                        "no keep-alive answer in time".into(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether etcd still has lease `id`.
+    pub(crate) async fn lease_alive(&self, id: i64) -> Result<bool> {
+        let r = self
+            .retry("read a lease", |mut c| async move {
+                c.lease_time_to_live(id, None).await
+            })
+            .await?;
+        Ok(r.ttl() > 0)
+    }
+
+    /// Whether this central should renew `peer`'s etcd lease now (once
+    /// every `every`). A session it has no date for (kept before a
+    /// restart, adopted) is given one at random within `every`, so that a
+    /// restart does not renew every lease at once: the peer's lease has
+    /// at least two thirds of its time left (see [`peer_lease_ttl`]).
+    pub(crate) fn renewal_due(&self, peer: &PeerId, now: Instant, every: Duration) -> bool {
+        let mut r = lock(&self.renewals);
+        match r.get(peer) {
+            Some(due) => *due <= now,
+            None => {
+                r.insert(*peer, now + every.mul_f64(rand::random::<f64>()));
+                false
+            }
+        }
+    }
+
+    /// `peer`'s etcd lease was renewed (or granted) at `now`; the next
+    /// renewal is due `after`.
+    pub(crate) fn renewed(&self, peer: PeerId, now: Instant, after: Duration) {
+        lock(&self.renewals).insert(peer, now + after);
+    }
+
+    pub(super) fn forget_renewal(&self, peer: &PeerId) {
+        lock(&self.renewals).remove(peer);
+    }
+
+    /// Make this central the owner of `peer`'s session: its record,
+    /// unchanged since `meta`, rewritten naming this central's lease, on
+    /// the peer's lease (refused when etcd no longer has it: the peer is
+    /// gone). One write; the inventory stays as it is.
+    pub(crate) async fn adopt(&self, peer: &PeerId, meta: &PeerMeta) -> Result<Adopted> {
+        let own = self.own_lease();
+        let Some(raw) = self.peer_record_bytes(peer) else {
+            return Ok(Adopted::Raced);
+        };
+        let mut record: PeerRecord = match serde_json::from_slice(&raw) {
+            Ok(r) => r,
+            Err(_) => return Ok(Adopted::Raced),
+        };
+        if own == 0 || record.owner == own {
+            return Ok(Adopted::Raced);
+        }
+        record.owner = own;
+        let value = serde_json::to_vec(&record).map_err(|source| super::EtcdError::Encode {
+            what: "a peer record",
+            source,
+        })?;
+        let key = self.peer_key(peer);
+        let put = TxnOp::put(
+            key.clone(),
+            value,
+            Some(PutOptions::new().with_lease(meta.lease)),
+        );
+        match self.txn("adopt a session", unchanged(key, meta, put)).await {
+            Ok(r) if r.succeeded() => Ok(Adopted::Taken),
+            Ok(_) => Ok(Adopted::Raced),
+            Err(e) if e.lease_gone() => Ok(Adopted::Gone),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// End `peer`'s session, if its record is still the one of `meta`:
+    /// the record goes (every central drops the peer), then its lease is
+    /// revoked, which takes its inventory. Returns whether it ended.
+    pub(crate) async fn end_session(&self, peer: &PeerId, meta: &PeerMeta) -> Result<bool> {
+        let key = self.peer_key(peer);
+        let delete = TxnOp::delete(key.clone(), None);
+        if !self
+            .txn("end a session", unchanged(key, meta, delete))
+            .await?
+            .succeeded()
+        {
+            return Ok(false);
+        }
+        self.forget_renewal(peer);
+        match self.client.clone().lease_revoke(meta.lease).await {
+            Ok(_) => {}
+            Err(e) if lease_not_found(&e) => {}
+            // The lease runs out by itself (see `peer_lease_ttl`); the
+            // record is gone, so nothing on it is listed meanwhile.
+            Err(e) => {
+                tracing::debug!(%peer, error = %unavailable("revoke a lease", e), "the ended session's lease stays until it runs out")
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// `op` on a peer's record `key`, if the record is still the one of
+/// `meta` (no Join, adoption or end since).
+fn unchanged(key: String, meta: &PeerMeta, op: TxnOp) -> Txn {
+    Txn::new()
+        .when([Compare::mod_revision(
+            key,
+            CompareOp::Equal,
+            meta.mod_revision,
+        )])
+        .and_then([op])
+}
