@@ -110,7 +110,7 @@ fn build(shared: &Shared, changes: Vec<Change>, holdings: &Holdings) -> Index {
     shared.replicas.clear();
     for c in changes {
         if let Some(c) = shared.replicas.apply(c) {
-            apply_one(&mut fresh, c, now, shared.lease_ttl, &mut gone);
+            apply_one(&mut fresh, c, now, &mut gone);
         }
     }
     let skipped = fresh.import(holdings);
@@ -230,8 +230,10 @@ async fn save(dir: &Arc<Shared>, etcd: &Arc<Etcd>, snaps: &Snapshots) -> i64 {
     }
 }
 
-/// A session that never ends by this central's clock: the central that
-/// keeps it (or etcd) ends it.
+/// A session that never ends by the index's clock: etcd says when it
+/// ended (the central that keeps it ends it there, see
+/// `etcd::sessions`), so a central whose view is behind (paused, its
+/// watch lagging) never turns a live peer away by its own clock.
 pub(super) fn never(now: Instant) -> Instant {
     now + Duration::from_secs(100 * 365 * 86_400)
 }
@@ -292,7 +294,7 @@ async fn apply_changes(dir: &Arc<Shared>, changes: Vec<Change>) -> Result<()> {
                 steps.drop_inventory(p);
             }
             steps.room();
-            apply_one(steps.ix(), c, now, shared.lease_ttl, &mut gone);
+            apply_one(steps.ix(), c, now, &mut gone);
             steps.used += 1;
         }
         (gone, appeared)
@@ -428,15 +430,12 @@ async fn follow(
 }
 
 /// One change into `ix`; peers that went are added to `gone`.
-/// Apply one change; a session this central keeps ends `ttl` after now
-/// unless its heartbeats renew it, any other when etcd says so.
-fn apply_one(ix: &mut Index, c: Change, now: Instant, ttl: Duration, gone: &mut Vec<PeerId>) {
+fn apply_one(ix: &mut Index, c: Change, now: Instant, gone: &mut Vec<PeerId>) {
     match c {
         Change::Peer {
             peer,
             record,
             new_session,
-            owned,
         } => {
             let (Ok(url), Some(hash)) = (record.url.parse::<PeerUrl>(), token_hash(&record.token))
             else {
@@ -450,8 +449,7 @@ fn apply_one(ix: &mut Index, c: Change, now: Instant, ttl: Duration, gone: &mut 
                 active_uploads: record.active_uploads,
                 free_upload_slots: record.free_upload_slots,
             };
-            let expires = if owned { now + ttl } else { never(now) };
-            ix.begin_join(peer, url, hash, load, expires, record.addr);
+            ix.begin_join(peer, url, hash, load, never(now), record.addr);
             ix.set_quota_of(&peer, record.replica_quota);
             ix.set_reach_of(
                 &peer,

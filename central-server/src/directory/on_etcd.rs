@@ -96,6 +96,24 @@ pub(super) async fn open(
         })?;
     }
     let (revision, source) = follow::start(&shared, &etcd, &snaps).await?;
+    // The sessions this central kept before a restart (its lease taken
+    // back) end a lease TTL from now unless their heartbeats come.
+    let now = Instant::now();
+    let kept = etcd.sessions_kept_by(own);
+    for p in &kept {
+        etcd.heard(
+            *p,
+            now,
+            config.lease_ttl,
+            peer_lease_ttl(config.lease_ttl) / 3,
+        );
+    }
+    if resumed {
+        tracing::info!(
+            sessions = kept.len(),
+            "keeping the sessions this central kept before its restart"
+        );
+    }
     tracing::info!(endpoints = %etcd.endpoints(), prefix = %config.etcd_prefix, revision,
         source = source.as_str_name(), "the directory is on etcd; following its changes");
     let follower = tokio::spawn(follow::follow_loop(
@@ -252,7 +270,9 @@ impl OnEtcd {
                 return Err(e);
             }
         };
-        etcd.renewed(peer, Instant::now(), peer_ttl / 3);
+        let now = Instant::now();
+        etcd.heard(peer, now, dir.lease_ttl, peer_ttl / 3);
+        etcd.renewed(peer, now, peer_ttl / 3);
         etcd.wait_applied(revision).await?;
         Ok((files.len(), refused))
     }
@@ -283,12 +303,13 @@ impl OnEtcd {
             dir.index().renew(peer, load, never(now), now);
             return Ok(true);
         }
+        let every = peer_lease_ttl(dir.lease_ttl) / 3;
         if meta.owner != etcd.own_lease() {
             let _serial = dir.serial(peer).await;
             match etcd.adopt(peer, &meta).await? {
                 Adopted::Taken => {
                     tracing::debug!(%peer, from = meta.owner, "heartbeat: session adopted from another central");
-                    etcd.renewed(*peer, now, peer_lease_ttl(dir.lease_ttl) / 3);
+                    etcd.heard(*peer, now, dir.lease_ttl, every);
                 }
                 // Changed meanwhile: the next heartbeat looks again.
                 Adopted::Raced => return Ok(true),
@@ -297,14 +318,16 @@ impl OnEtcd {
                     return Ok(false);
                 }
             }
-        } else if etcd.renewal_due(peer, now, peer_lease_ttl(dir.lease_ttl) / 3) {
+        } else if etcd.heard(*peer, now, dir.lease_ttl, every) {
             if !etcd.keep_alive(meta.lease).await? {
                 tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
                 return Ok(false);
             }
-            etcd.renewed(*peer, now, peer_lease_ttl(dir.lease_ttl) / 3);
+            etcd.renewed(*peer, now, every);
         }
-        Ok(dir.index().renew(peer, load, now + dir.lease_ttl, now))
+        // The index's clock never ends a session on etcd (see
+        // `follow::never`); this stores the load.
+        Ok(dir.index().renew(peer, load, never(now), now))
     }
 
     /// End the sessions this central keeps whose heartbeats stopped and,
@@ -313,10 +336,10 @@ impl OnEtcd {
     pub(super) async fn expire(&self, dir: &Shared, now: Instant, leader: bool) -> Result<usize> {
         let etcd = &self.etcd;
         let own = etcd.own_lease();
-        let expired = dir.index().expired(now);
-        let mut ends: Vec<(PeerId, crate::etcd::PeerMeta)> = expired
+        let mut ends: Vec<(PeerId, crate::etcd::PeerMeta)> = etcd
+            .silent(now)
             .into_iter()
-            .filter_map(|(p, _)| etcd.peer_meta(&p).map(|m| (p, m)))
+            .filter_map(|p| etcd.peer_meta(&p).map(|m| (p, m)))
             .filter(|(_, m)| own != 0 && m.owner == own)
             .collect();
         if leader {

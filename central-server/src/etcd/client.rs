@@ -141,7 +141,7 @@ impl Etcd {
             fenced: tokio::sync::Mutex::new(0),
             nonce_lease: tokio::sync::Mutex::new(None),
             own_lease: std::sync::atomic::AtomicI64::new(0),
-            renewals: std::sync::Mutex::default(),
+            kept: std::sync::Mutex::default(),
         })
     }
 

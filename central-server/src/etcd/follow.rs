@@ -52,9 +52,6 @@ pub(crate) enum Change {
         peer: PeerId,
         record: PeerRecord,
         new_session: bool,
-        /// This central keeps the session (it ends it when the
-        /// heartbeats stop); other centrals wait for etcd's word.
-        owned: bool,
     },
     PeerGone(PeerId),
     Holding {
@@ -338,7 +335,6 @@ impl Etcd {
                     Some(Change::Peer {
                         peer,
                         new_session: old.is_some_and(|(o, _)| o.lease != record.lease),
-                        owned: record.owner != 0 && record.owner == self.own_lease(),
                         record,
                     })
                 }
@@ -401,7 +397,7 @@ impl Etcd {
         match parsed {
             Key::Peer(peer) => {
                 lock(&self.mirror).peers.remove(&peer);
-                self.forget_renewal(&peer);
+                self.forget_session(&peer);
                 Some(Change::PeerGone(peer))
             }
             Key::Binding(peer) => {
@@ -613,6 +609,17 @@ impl Etcd {
             .peers
             .get(peer)
             .map(|(_, raw)| raw.clone())
+    }
+
+    /// The peers whose record names `own` as the central that keeps
+    /// their session.
+    pub(crate) fn sessions_kept_by(&self, own: i64) -> Vec<PeerId> {
+        lock(&self.mirror)
+            .peers
+            .iter()
+            .filter(|(_, (m, _))| m.owner != 0 && m.owner == own)
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// The sessions kept by another central than `own`, by that

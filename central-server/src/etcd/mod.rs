@@ -135,7 +135,9 @@ pub(crate) struct Etcd {
     /// This central's own lease: the sessions it keeps name it (see
     /// `sessions`).
     own_lease: std::sync::atomic::AtomicI64,
-    /// When each peer whose session this central keeps is due a renewal
-    /// of its etcd lease.
-    renewals: Mutex<std::collections::HashMap<peerdex_proto::PeerId, Instant>>,
+    /// The sessions this central keeps: when each ends, when its peer's
+    /// etcd lease is due a renewal. Not the index's clock: a central that
+    /// was paused must not turn away, by its own stale clock, a peer
+    /// another central adopted meanwhile.
+    kept: Mutex<std::collections::HashMap<peerdex_proto::PeerId, sessions::Kept>>,
 }

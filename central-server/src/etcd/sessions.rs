@@ -45,6 +45,14 @@ pub(crate) fn peer_lease_ttl(lease_ttl: Duration) -> Duration {
     (lease_ttl * 60).max(Duration::from_secs(1800))
 }
 
+/// A session this central keeps (see [`Etcd::heard`]).
+pub(crate) struct Kept {
+    /// When it ends unless a heartbeat comes.
+    ends: Instant,
+    /// When the peer's etcd lease is due a renewal.
+    renew: Instant,
+}
+
 /// What became of an adoption.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Adopted {
@@ -184,30 +192,46 @@ impl Etcd {
         Ok(r.ttl() > 0)
     }
 
-    /// Whether this central should renew `peer`'s etcd lease now (once
-    /// every `every`). A session it has no date for (kept before a
-    /// restart, adopted) is given one at random within `every`, so that a
-    /// restart does not renew every lease at once: the peer's lease has
-    /// at least two thirds of its time left (see [`peer_lease_ttl`]).
-    pub(crate) fn renewal_due(&self, peer: &PeerId, now: Instant, every: Duration) -> bool {
-        let mut r = lock(&self.renewals);
-        match r.get(peer) {
-            Some(due) => *due <= now,
-            None => {
-                r.insert(*peer, now + every.mul_f64(rand::random::<f64>()));
-                false
-            }
+    /// A heartbeat of a session this central keeps came `now`: it ends
+    /// `ttl` later unless another comes. Returns whether the peer's etcd
+    /// lease is due a renewal (once every `every`; a session this central
+    /// had no date for, kept before a restart or just adopted, gets one
+    /// at random within `every`, so that a restart does not renew every
+    /// lease at once: a peer's lease then still has at least two thirds
+    /// of its time, see [`peer_lease_ttl`]).
+    pub(crate) fn heard(&self, peer: PeerId, now: Instant, ttl: Duration, every: Duration) -> bool {
+        let mut kept = lock(&self.kept);
+        let k = kept.entry(peer).or_insert_with(|| Kept {
+            ends: now,
+            renew: now + every.mul_f64(rand::random::<f64>()),
+        });
+        k.ends = now + ttl;
+        k.renew <= now
+    }
+
+    /// `peer`'s etcd lease was renewed (or granted) `now`.
+    pub(crate) fn renewed(&self, peer: PeerId, now: Instant, every: Duration) {
+        if let Some(k) = lock(&self.kept).get_mut(&peer) {
+            k.renew = now + every;
         }
     }
 
-    /// `peer`'s etcd lease was renewed (or granted) at `now`; the next
-    /// renewal is due `after`.
-    pub(crate) fn renewed(&self, peer: PeerId, now: Instant, after: Duration) {
-        lock(&self.renewals).insert(peer, now + after);
+    /// The sessions this central keeps whose heartbeats stopped by
+    /// `now` (they are forgotten here: ending them is the caller's).
+    pub(crate) fn silent(&self, now: Instant) -> Vec<PeerId> {
+        let mut out = Vec::new();
+        lock(&self.kept).retain(|p, k| {
+            let gone = k.ends <= now;
+            if gone {
+                out.push(*p);
+            }
+            !gone
+        });
+        out
     }
 
-    pub(super) fn forget_renewal(&self, peer: &PeerId) {
-        lock(&self.renewals).remove(peer);
+    pub(super) fn forget_session(&self, peer: &PeerId) {
+        lock(&self.kept).remove(peer);
     }
 
     /// Make this central the owner of `peer`'s session: its record,
@@ -258,7 +282,7 @@ impl Etcd {
         {
             return Ok(false);
         }
-        self.forget_renewal(peer);
+        self.forget_session(peer);
         match self.client.clone().lease_revoke(meta.lease).await {
             Ok(_) => {}
             Err(e) if lease_not_found(&e) => {}

@@ -54,10 +54,39 @@ struct Beats {
     /// Answered, but the peer was told to join again: its session was
     /// lost (the bench's peers do not join again).
     rejoin: AtomicU64,
+    /// When each peer's last heartbeat was answered.
+    last: std::sync::Mutex<std::collections::HashMap<PeerId, Instant>>,
+    /// Answered heartbeats that came more than a lease TTL (30 s, the
+    /// default) after the peer's previous one: the bench fell behind, and
+    /// the central may have ended the session meanwhile.
+    late: AtomicU64,
+    /// The longest time between two answered heartbeats of one peer, ms.
+    max_gap_ms: AtomicU64,
     /// Every failure of the run by gRPC code, with the first message of
     /// each code (why heartbeats fail, in the report).
     why: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>,
 }
+
+impl Beats {
+    /// `peer`'s heartbeat was answered now: how long since the last.
+    fn answered(&self, peer: PeerId) {
+        let now = Instant::now();
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if let Some(before) = last.insert(peer, now) {
+            let gap = now - before;
+            self.max_gap_ms
+                .fetch_max(gap.as_millis() as u64, Ordering::Relaxed);
+            if gap > Duration::from_secs(LEASE_TTL_SECS) {
+                self.late.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The central's default lease TTL (`CENTRAL_LEASE_TTL_SECS`).
+const LEASE_TTL_SECS: u64 = 30;
 
 /// The 1-minute load average of the machine (shared with other work).
 fn load_average() -> f64 {
@@ -245,7 +274,10 @@ fn heartbeats(
                         };
                         let counter = match c.heartbeat(authed(req, &token)).await {
                             Ok(a) if a.get_ref().rejoin => &beats.rejoin,
-                            Ok(_) => &beats.ok,
+                            Ok(_) => {
+                                beats.answered(peer);
+                                &beats.ok
+                            }
                             Err(e) => {
                                 if let Ok(mut why) = beats.why.lock() {
                                     let entry = why
@@ -389,6 +421,11 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
         }
         None => None,
     };
+    let (late, max_gap_ms, rejoin) = (
+        beats.late.load(Ordering::Relaxed),
+        beats.max_gap_ms.load(Ordering::Relaxed),
+        beats.rejoin.load(Ordering::Relaxed),
+    );
     eprintln!("one central restarts on its own data folder …");
     let again = if n > 1 { 1 } else { 0 };
     sigterm_and_wait(&mut centrals[again])?;
@@ -435,6 +472,9 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
         "heartbeats_per_second": heartbeats_per_second,
         "heartbeat_failures": heartbeat_failures,
         "heartbeats_told_to_rejoin": beats.rejoin.load(Ordering::Relaxed),
+        "heartbeats_told_to_rejoin_before_restart": rejoin,
+        "heartbeats_late_before_restart": late,
+        "heartbeat_max_gap_seconds_before_restart": max_gap_ms as f64 / 1000.0,
         "every_holding_listed_after_restart": after_restart,
         "heartbeat_failures_by_code": beats.why.lock().map(|w| w.iter().map(|(code, (n, first))| {
             (code.clone(), serde_json::json!({ "count": n, "first": first }))
