@@ -556,13 +556,15 @@ async fn run(args: &Args, net: &mut Net) -> Result<()> {
     if islands.is_some() || args.nat {
         // beta-notes.md is held by peer2: in island-2 (wait until island-1
         // has island-2's summary, pulled every second), or behind a NAT
-        // (wait until it is listed through its relay).
+        // (wait until it is listed through its relay). Asked as `get`
+        // asks, by Locate: a Search also counts a holder that waits for
+        // its relay, which nobody can fetch from yet.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let url = format!("{}/api/v1/search?q=beta", api_urls[0]);
+            let url = format!("{}/api/v1/locate?name=beta-notes.md", api_urls[0]);
             let found = control_get(net, 0, &http, url).await.is_some_and(|body| {
-                serde_json::from_str::<peerdex_proto::rest::SearchResults>(&body)
-                    .is_ok_and(|s| !s.hits.is_empty())
+                serde_json::from_str::<peerdex_proto::rest::LocateResult>(&body)
+                    .is_ok_and(|l| !l.files.is_empty())
             });
             if found {
                 break;
