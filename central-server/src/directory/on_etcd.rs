@@ -21,9 +21,7 @@ use super::follow::{self, never};
 use super::shared::{Admit, Join, Shared, TaskChanges, authorize, check_leave, check_rejoin};
 use crate::config::Config;
 use crate::error::{Corrupt, Error, Limit, NonceError, Result};
-use crate::etcd::{
-    Adopted, Binding, Decline, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord, peer_lease_ttl,
-};
+use crate::etcd::{Adopted, Binding, Decline, Etcd, JoinConflict, JoinWrite, Ordered, PeerRecord};
 use crate::identity::{NONCE_VALID, Nonces};
 use crate::index::{Index, Load, TokenHash};
 use crate::leader::{self, Leadership};
@@ -65,7 +63,15 @@ pub(super) async fn open(
     name: &str,
     cancel: &CancellationToken,
 ) -> Result<Opened> {
-    let etcd = Arc::new(Etcd::connect(endpoints, &config.etcd_prefix, config.etcd_pages).await?);
+    let etcd = Arc::new(
+        Etcd::connect(
+            endpoints,
+            &config.etcd_prefix,
+            config.etcd_pages,
+            config.lease_ttl,
+        )
+        .await?,
+    );
     let (nonces, network) = shared_secrets(&etcd, config).await?;
     let leadership = Leadership::new(name);
     let shared = Shared::new(Index::new(), network, config);
@@ -75,9 +81,7 @@ pub(super) async fn open(
     let lease_file = std::fs::create_dir_all(&config.data_dir)
         .is_ok()
         .then(|| config.data_dir.join(LEASE_FILE));
-    let (own, resumed) = etcd
-        .resume_own_lease(config.lease_ttl, lease_file.as_deref())
-        .await?;
+    let (own, resumed) = etcd.resume_own_lease(lease_file.as_deref()).await?;
     tracing::info!(
         lease = own,
         resumed,
@@ -101,12 +105,7 @@ pub(super) async fn open(
     let now = Instant::now();
     let kept = etcd.sessions_kept_by(own);
     for p in &kept {
-        etcd.heard(
-            *p,
-            now,
-            config.lease_ttl,
-            peer_lease_ttl(config.lease_ttl) / 3,
-        );
+        etcd.heard(*p, now);
     }
     if resumed {
         tracing::info!(
@@ -132,10 +131,7 @@ pub(super) async fn open(
     }
     let tasks = vec![
         follower,
-        tokio::spawn(
-            etcd.clone()
-                .keep_own_lease(config.lease_ttl, lease_file, cancel.clone()),
-        ),
+        tokio::spawn(etcd.clone().keep_own_lease(lease_file, cancel.clone())),
         tokio::spawn(leadership.clone().run(
             etcd.waiting_client(),
             etcd.key("election"),
@@ -231,8 +227,7 @@ impl OnEtcd {
             check_rejoin(&ix, &j, bound.is_some(), now)?;
             admit(&ix)?
         };
-        let peer_ttl = peer_lease_ttl(dir.lease_ttl);
-        let lease = etcd.grant(peer_ttl).await?;
+        let lease = etcd.grant(etcd.peer_lease_ttl()).await?;
         let record = PeerRecord {
             url: j.url.to_string(),
             token: hex::encode(j.hash),
@@ -271,8 +266,8 @@ impl OnEtcd {
             }
         };
         let now = Instant::now();
-        etcd.heard(peer, now, dir.lease_ttl, peer_ttl / 3);
-        etcd.renewed(peer, now, peer_ttl / 3);
+        etcd.heard(peer, now);
+        etcd.renewed(peer, now);
         etcd.wait_applied(revision).await?;
         Ok((files.len(), refused))
     }
@@ -296,34 +291,28 @@ impl OnEtcd {
         if meta.owner == 0 {
             // A session of a central from before: its short lease is
             // kept alive by every heartbeat, as it was.
-            if !etcd.keep_alive(meta.lease).await? {
-                tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+            if !etcd.renew_peer_lease(peer, &meta).await? {
                 return Ok(false);
             }
             dir.index().renew(peer, load, never(now), now);
             return Ok(true);
         }
-        let every = peer_lease_ttl(dir.lease_ttl) / 3;
         if meta.owner != etcd.own_lease() {
             let _serial = dir.serial(peer).await;
-            match etcd.adopt(peer, &meta).await? {
+            match etcd.adopt(peer).await? {
                 Adopted::Taken => {
                     tracing::debug!(%peer, from = meta.owner, "heartbeat: session adopted from another central");
-                    etcd.heard(*peer, now, dir.lease_ttl, every);
+                    etcd.heard(*peer, now);
                 }
                 // Changed meanwhile: the next heartbeat looks again.
                 Adopted::Raced => return Ok(true),
-                Adopted::Gone => {
-                    tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
-                    return Ok(false);
-                }
+                Adopted::Gone => return Ok(false),
             }
-        } else if etcd.heard(*peer, now, dir.lease_ttl, every) {
-            if !etcd.keep_alive(meta.lease).await? {
-                tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+        } else if etcd.heard(*peer, now) {
+            if !etcd.renew_peer_lease(peer, &meta).await? {
                 return Ok(false);
             }
-            etcd.renewed(*peer, now, every);
+            etcd.renewed(*peer, now);
         }
         // The index's clock never ends a session on etcd (see
         // `follow::never`); this stores the load.

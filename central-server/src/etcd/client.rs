@@ -104,8 +104,14 @@ fn transient(e: &etcd_client::Error) -> bool {
 
 impl Etcd {
     /// Connect to `endpoints` (comma-separated URLs); `pages`: write
-    /// inventories in pages (`CENTRAL_ETCD_PAGES`).
-    pub(crate) async fn connect(endpoints: &str, prefix: &str, pages: bool) -> Result<Self> {
+    /// inventories in pages (`CENTRAL_ETCD_PAGES`); `lease_ttl`: this
+    /// central's lease and its sessions' (`CENTRAL_LEASE_TTL_SECS`).
+    pub(crate) async fn connect(
+        endpoints: &str,
+        prefix: &str,
+        pages: bool,
+        lease_ttl: Duration,
+    ) -> Result<Self> {
         let list: Vec<&str> = endpoints
             .split(',')
             .map(str::trim)
@@ -140,6 +146,7 @@ impl Etcd {
             applied: watch::Sender::new(0),
             fenced: tokio::sync::Mutex::new(0),
             nonce_lease: tokio::sync::Mutex::new(None),
+            lease_ttl,
             own_lease: std::sync::atomic::AtomicI64::new(0),
             kept: std::sync::Mutex::default(),
         })

@@ -602,13 +602,10 @@ impl Etcd {
         lock(&self.mirror).keys.get(peer).map(|(b, _)| b.clone())
     }
 
-    /// The binding of `peer` exactly as stored (a Join compares it).
-    /// `peer`'s record exactly as stored.
-    pub(super) fn peer_record_bytes(&self, peer: &PeerId) -> Option<Box<[u8]>> {
-        lock(&self.mirror)
-            .peers
-            .get(peer)
-            .map(|(_, raw)| raw.clone())
+    /// `peer`'s record exactly as stored, with what it says of the
+    /// session, read together.
+    pub(super) fn peer_record(&self, peer: &PeerId) -> Option<(PeerMeta, Box<[u8]>)> {
+        lock(&self.mirror).peers.get(peer).cloned()
     }
 
     /// The peers whose record names `own` as the central that keeps
@@ -638,6 +635,7 @@ impl Etcd {
         by
     }
 
+    /// The binding of `peer` exactly as stored (a Join compares it).
     pub(super) fn binding_bytes(&self, peer: &PeerId) -> Option<Vec<u8>> {
         lock(&self.mirror)
             .keys

@@ -53,8 +53,8 @@
 //!
 //! A Heartbeat stays in the memory of the central that keeps the peer's
 //! session (the record's `owner`, see `sessions`); a heartbeat at another
-//! central adopts the session with one write of the record. Inventories bigger than one transaction
-//! ([`TXN_OPS`](writes::TXN_OPS) operations, etcd's default
+//! central adopts the session with one write of the record. Inventories
+//! bigger than one transaction ([`TXN_OPS`](writes::TXN_OPS) operations, etcd's default
 //! `--max-txn-ops`, or [`TXN_BYTES`](writes::TXN_BYTES) of pages) are
 //! written in batches under the same lease.
 //!
@@ -111,7 +111,7 @@ pub use client::EtcdError;
 pub(crate) use client::lease_gone;
 pub(crate) use follow::{Change, PeerMeta};
 pub(crate) use schema::{Binding, Decline, PeerRecord};
-pub(crate) use sessions::{Adopted, peer_lease_ttl};
+pub(crate) use sessions::Adopted;
 pub(crate) use writes::{JoinConflict, JoinWrite, Ordered};
 
 /// The directory's handle on etcd: two clients (one with a deadline per
@@ -132,6 +132,9 @@ pub(crate) struct Etcd {
     fenced: tokio::sync::Mutex<i64>,
     /// The shared lease of spent nonces, and when it was granted.
     nonce_lease: tokio::sync::Mutex<Option<(i64, Instant)>>,
+    /// `CENTRAL_LEASE_TTL_SECS`: this central's own lease, and how long a
+    /// session it keeps lasts without a heartbeat.
+    lease_ttl: std::time::Duration,
     /// This central's own lease: the sessions it keeps name it (see
     /// `sessions`).
     own_lease: std::sync::atomic::AtomicI64,

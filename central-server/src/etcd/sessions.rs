@@ -8,7 +8,7 @@
 //! SQLite central does, and sends etcd nothing for them; it ends the
 //! session (deletes the record, revokes the peer's lease) when they stop.
 //! A peer's own lease, which its inventory hangs on, is long
-//! ([`peer_lease_ttl`]) and renewed by its central once in a third of it.
+//! ([`Etcd::peer_lease_ttl`]) and renewed by its central once in a third of it.
 //! So an island of N peers costs etcd N / (peer lease / 3) keep-alives a
 //! second instead of one per heartbeat (10,000 a second at 100k peers).
 //!
@@ -27,23 +27,15 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
+use peerdex_common::sync::lock;
 use peerdex_proto::PeerId;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{lease_not_found, unavailable};
 use super::follow::PeerMeta;
-use peerdex_common::sync::lock;
-
 use super::{Etcd, PeerRecord};
 use crate::error::Result;
-
-/// The etcd lease of a peer's session: long, since its central ends the
-/// session itself when the heartbeats stop; it matters only when no
-/// central is left to do so. Renewed once in a third of it.
-pub(crate) fn peer_lease_ttl(lease_ttl: Duration) -> Duration {
-    (lease_ttl * 60).max(Duration::from_secs(1800))
-}
 
 /// A session this central keeps (see [`Etcd::heard`]).
 pub(crate) struct Kept {
@@ -66,15 +58,28 @@ pub(crate) enum Adopted {
 }
 
 impl Etcd {
+    /// The etcd lease of a peer's session: long (60 lease TTLs, at least
+    /// 30 minutes), since its central ends the session itself when the
+    /// heartbeats stop; it matters only when no central is left to do
+    /// so. Renewed once in a third of it.
+    pub(crate) fn peer_lease_ttl(&self) -> Duration {
+        (self.lease_ttl * 60).max(Duration::from_secs(1800))
+    }
+
+    /// How often a peer's lease is renewed.
+    fn renew_every(&self) -> Duration {
+        self.peer_lease_ttl() / 3
+    }
+
     /// This central's lease (0 before [`Etcd::take_own_lease`]).
     pub(crate) fn own_lease(&self) -> i64 {
         self.own_lease.load(Relaxed)
     }
 
-    /// Grant this central a lease of `ttl` (at start, and when etcd lost
-    /// the last one), written down in `file` when given.
-    pub(crate) async fn take_own_lease(&self, ttl: Duration, file: Option<&Path>) -> Result<i64> {
-        let id = self.grant(ttl).await?;
+    /// Grant this central a lease (at start, and when etcd lost the last
+    /// one), written down in `file` when given.
+    async fn take_own_lease(&self, file: Option<&Path>) -> Result<i64> {
+        let id = self.grant(self.lease_ttl).await?;
         self.own_lease.store(id, Relaxed);
         if let Some(file) = file {
             let tmp = file.with_extension("tmp");
@@ -92,11 +97,7 @@ impl Etcd {
     /// down in `file`, when etcd still has it (the sessions it kept stay
     /// kept, nothing is written); a new one otherwise. Returns the lease
     /// and whether it was resumed.
-    pub(crate) async fn resume_own_lease(
-        &self,
-        ttl: Duration,
-        file: Option<&Path>,
-    ) -> Result<(i64, bool)> {
+    pub(crate) async fn resume_own_lease(&self, file: Option<&Path>) -> Result<(i64, bool)> {
         let before = file
             .and_then(|f| std::fs::read_to_string(f).ok())
             .and_then(|s| s.trim().parse::<i64>().ok())
@@ -107,21 +108,20 @@ impl Etcd {
             self.own_lease.store(id, Relaxed);
             return Ok((id, true));
         }
-        Ok((self.take_own_lease(ttl, file).await?, false))
+        Ok((self.take_own_lease(file).await?, false))
     }
 
     /// Keep this central's lease alive until `cancel`, a keep-alive every
-    /// third of `ttl`. When etcd lost it (this central was cut off for
-    /// longer than `ttl`), a new one is granted: the sessions the old one
+    /// third of its TTL. When etcd lost it (this central was cut off for
+    /// longer than the TTL), a new one is granted: the sessions the old one
     /// kept are adopted again by their next heartbeats, or ended by the
     /// leader.
     pub(crate) async fn keep_own_lease(
         self: Arc<Self>,
-        ttl: Duration,
         file: Option<PathBuf>,
         cancel: CancellationToken,
     ) {
-        let every = (ttl / 3).max(Duration::from_millis(100));
+        let every = (self.lease_ttl / 3).max(Duration::from_millis(100));
         loop {
             let id = self.own_lease();
             let kept = tokio::select! {
@@ -134,7 +134,7 @@ impl Etcd {
                         lease = id,
                         "etcd lost this central's lease; taking a new one (its peers are adopted again by their heartbeats)"
                     );
-                    while let Err(e) = self.take_own_lease(ttl, file.as_deref()).await {
+                    while let Err(e) = self.take_own_lease(file.as_deref()).await {
                         tracing::warn!(error = %e, "cannot take a central lease; retrying");
                         tokio::select! {
                             _ = cancel.cancelled() => return,
@@ -192,28 +192,40 @@ impl Etcd {
         Ok(r.ttl() > 0)
     }
 
-    /// A heartbeat of a session this central keeps came `now`: it ends
-    /// `ttl` later unless another comes. Returns whether the peer's etcd
-    /// lease is due a renewal (once every `every`; a session this central
-    /// had no date for, kept before a restart or just adopted, gets one
-    /// at random within `every`, so that a restart does not renew every
-    /// lease at once: a peer's lease then still has at least two thirds
-    /// of its time, see [`peer_lease_ttl`]).
-    pub(crate) fn heard(&self, peer: PeerId, now: Instant, ttl: Duration, every: Duration) -> bool {
+    /// A heartbeat of a session this central keeps came `now`: it ends a
+    /// lease TTL later unless another comes. Returns whether the peer's
+    /// etcd lease is due a renewal (once a third of
+    /// [`Etcd::peer_lease_ttl`]; a session this central had no date for,
+    /// kept before a restart or just adopted, gets one at random within
+    /// that third, so that a restart does not renew every lease at once:
+    /// a peer's lease then still has at least two thirds of its time).
+    pub(crate) fn heard(&self, peer: PeerId, now: Instant) -> bool {
+        let every = self.renew_every();
         let mut kept = lock(&self.kept);
         let k = kept.entry(peer).or_insert_with(|| Kept {
             ends: now,
             renew: now + every.mul_f64(rand::random::<f64>()),
         });
-        k.ends = now + ttl;
+        k.ends = now + self.lease_ttl;
         k.renew <= now
     }
 
     /// `peer`'s etcd lease was renewed (or granted) `now`.
-    pub(crate) fn renewed(&self, peer: PeerId, now: Instant, every: Duration) {
+    pub(crate) fn renewed(&self, peer: PeerId, now: Instant) {
+        let every = self.renew_every();
         if let Some(k) = lock(&self.kept).get_mut(&peer) {
             k.renew = now + every;
         }
+    }
+
+    /// Renew `peer`'s etcd lease (`meta.lease`) now; false when etcd no
+    /// longer has it (the peer must join again).
+    pub(crate) async fn renew_peer_lease(&self, peer: &PeerId, meta: &PeerMeta) -> Result<bool> {
+        let alive = self.keep_alive(meta.lease).await?;
+        if !alive {
+            tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+        }
+        Ok(alive)
     }
 
     /// The sessions this central keeps whose heartbeats stopped by
@@ -234,13 +246,13 @@ impl Etcd {
         lock(&self.kept).remove(peer);
     }
 
-    /// Make this central the owner of `peer`'s session: its record,
-    /// unchanged since `meta`, rewritten naming this central's lease, on
-    /// the peer's lease (refused when etcd no longer has it: the peer is
-    /// gone). One write; the inventory stays as it is.
-    pub(crate) async fn adopt(&self, peer: &PeerId, meta: &PeerMeta) -> Result<Adopted> {
+    /// Make this central the owner of `peer`'s session: its record, as
+    /// the mirror has it, rewritten naming this central's lease if it is
+    /// unchanged in etcd, on the peer's lease (refused when etcd no longer
+    /// has it: the peer is gone). One write; the inventory stays as it is.
+    pub(crate) async fn adopt(&self, peer: &PeerId) -> Result<Adopted> {
         let own = self.own_lease();
-        let Some(raw) = self.peer_record_bytes(peer) else {
+        let Some((meta, raw)) = self.peer_record(peer) else {
             return Ok(Adopted::Raced);
         };
         let mut record: PeerRecord = match serde_json::from_slice(&raw) {
@@ -261,10 +273,16 @@ impl Etcd {
             value,
             Some(PutOptions::new().with_lease(meta.lease)),
         );
-        match self.txn("adopt a session", unchanged(key, meta, put)).await {
+        match self
+            .txn("adopt a session", unchanged(key, &meta, put))
+            .await
+        {
             Ok(r) if r.succeeded() => Ok(Adopted::Taken),
             Ok(_) => Ok(Adopted::Raced),
-            Err(e) if e.lease_gone() => Ok(Adopted::Gone),
+            Err(e) if e.lease_gone() => {
+                tracing::debug!(%peer, lease = meta.lease, "heartbeat: etcd no longer has the peer's lease");
+                Ok(Adopted::Gone)
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -286,7 +304,7 @@ impl Etcd {
         match self.client.clone().lease_revoke(meta.lease).await {
             Ok(_) => {}
             Err(e) if lease_not_found(&e) => {}
-            // The lease runs out by itself (see `peer_lease_ttl`); the
+            // The lease runs out by itself (see `Etcd::peer_lease_ttl`); the
             // record is gone, so nothing on it is listed meanwhile.
             Err(e) => {
                 tracing::debug!(%peer, error = %unavailable("revoke a lease", e), "the ended session's lease stays until it runs out")

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use peerdex_proto::PeerId;
 use peerdex_proto::v1::{self, SharedFile};
 use peerdex_testkit::central::CentralProc as Central;
+use peerdex_testkit::etcd::EtcdCluster;
 use peerdex_testkit::grpc::{authed, peer_key, signed_join};
 use peerdex_testkit::wait_for;
 
@@ -23,6 +24,24 @@ fn file(peer: usize, k: usize) -> SharedFile {
         size: 10 + k as u64,
         name: format!("s{peer}-{k}.bin"),
     }
+}
+
+/// `n` centrals (lease TTL [`TTL`]) on a one-member etcd, all answering;
+/// the cluster and the data folders live as long as the returned values.
+async fn centrals(n: usize) -> (EtcdCluster, tempfile::TempDir, Vec<Central>) {
+    let etcd = etcd(1).await;
+    let root = tempfile::tempdir().unwrap();
+    let eps = etcd.endpoints();
+    let cs: Vec<Central> = (1..=n)
+        .map(|i| central(root.path(), i, &eps, TTL))
+        .collect();
+    for c in &cs {
+        wait_for("the centrals to answer", Duration::from_secs(30), || {
+            info(c)
+        })
+        .await;
+    }
+    (etcd, root, cs)
 }
 
 /// Join `peer` (number `k`) with three files through `c`; its token.
@@ -109,18 +128,7 @@ async fn listed(c: &Central, peer: &PeerId, k: usize) -> Option<bool> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_central_s_peers_move_and_its_dead_peers_go() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let etcd = etcd(1).await;
-    let root = tempfile::tempdir().unwrap();
-    let eps = etcd.endpoints();
-    let mut cs: Vec<Central> = (1..=3)
-        .map(|i| central(root.path(), i, &eps, TTL))
-        .collect();
-    for c in &cs {
-        wait_for("the centrals to answer", Duration::from_secs(30), || {
-            info(c)
-        })
-        .await;
-    }
+    let (_etcd, _root, mut cs) = centrals(3).await;
     const LIVE: usize = 4;
     let rejoins = Arc::new(Mutex::new(Vec::new()));
     let mut peers = Vec::new();
@@ -224,14 +232,7 @@ async fn lease_renewals(url: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_stay_in_the_central_that_keeps_the_session() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let etcd = etcd(1).await;
-    let root = tempfile::tempdir().unwrap();
-    let eps = etcd.endpoints();
-    let cs = vec![central(root.path(), 1, &eps, TTL)];
-    wait_for("the central to answer", Duration::from_secs(30), || {
-        info(&cs[0])
-    })
-    .await;
+    let (etcd, _root, cs) = centrals(1).await;
     let url = etcd.client_url(0);
     // The central's own leases (its lease, the election's) as a baseline:
     // 4 s without peers, then 4 s with 40 peers heartbeating.

@@ -350,7 +350,7 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
             holdings,
         )?);
     }
-    let addrs: Vec<_> = centrals.iter().map(|c| c.addr).collect();
+    let addrs = addrs_now(&centrals);
     converge(&addrs, 0).await?;
     let empty: Vec<f64> = centrals
         .iter()
