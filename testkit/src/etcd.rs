@@ -516,6 +516,29 @@ impl EtcdCluster {
         Ok(Some(String::from_utf8_lossy(&raw).into_owned()))
     }
 
+    /// Revoke lease `id` through member `i` (etcd drops every key on it),
+    /// as etcd does itself when the lease's holder is silent for its TTL.
+    pub fn revoke_lease(&self, i: usize, id: i64) -> Result<(), String> {
+        let body = serde_json::json!({"ID": id.to_string()});
+        post(self.members[i].client_port, "/v3/lease/revoke", &body).map(|_| ())
+    }
+
+    /// The seconds lease `id` has left, read through member `i`; `None`
+    /// when etcd has no such lease.
+    pub fn lease_ttl(&self, i: usize, id: i64) -> Result<Option<u64>, String> {
+        let body = serde_json::json!({"ID": id.to_string()});
+        let v = post(self.members[i].client_port, "/v3/lease/timetolive", &body)?;
+        // -1 for a lease etcd does not have; the gateway leaves 0 out.
+        match v["TTL"]
+            .as_str()
+            .and_then(|s| s.parse::<i64>().ok())
+            .or_else(|| v["TTL"].as_i64())
+        {
+            Some(t) if t > 0 => Ok(Some(t as u64)),
+            _ => Ok(None),
+        }
+    }
+
     /// How many keys start with `prefix`, read through member `i`.
     pub fn count(&self, i: usize, prefix: &str) -> Result<u64, String> {
         let mut end = prefix.as_bytes().to_vec();

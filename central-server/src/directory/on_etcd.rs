@@ -87,6 +87,9 @@ pub(super) async fn open(
         resumed,
         "this central's lease (the sessions it keeps name it)"
     );
+    // Kept alive from now on, through the index's load too: a full read
+    // can outlast the lease's TTL.
+    let keeper = tokio::spawn(etcd.clone().keep_own_lease(cancel.clone()));
     let (_, cluster) = etcd.position().await?;
     let snaps = follow::Snapshots {
         path: crate::snapshot::path_in(&config.data_dir),
@@ -131,7 +134,7 @@ pub(super) async fn open(
     }
     let tasks = vec![
         follower,
-        tokio::spawn(etcd.clone().keep_own_lease(lease_file, cancel.clone())),
+        keeper,
         tokio::spawn(leadership.clone().run(
             etcd.waiting_client(),
             etcd.key("election"),
@@ -331,11 +334,13 @@ impl OnEtcd {
             .filter_map(|p| etcd.peer_meta(&p).map(|m| (p, m)))
             .filter(|(_, m)| own != 0 && m.owner == own)
             .collect();
+        let silent = ends.len();
         if leader {
             ends.extend(self.orphans(dir, now).await?);
         } else {
             lock(&self.dead_owners).clear();
         }
+        let ends_len = ends.len();
         let ended: Vec<Result<bool>> = futures_util::stream::iter(ends)
             .map(|(p, m)| async move { etcd.end_session(&p, &m).await })
             .buffer_unordered(16)
@@ -344,6 +349,14 @@ impl OnEtcd {
         let mut n = 0;
         for r in ended {
             n += usize::from(r?);
+        }
+        if n > 0 {
+            tracing::info!(
+                ended = n,
+                silent,
+                orphaned = ends_len - silent,
+                "sessions ended: heartbeats stopped for a lease TTL here, or their central is gone and nobody adopted them"
+            );
         }
         Ok(n)
     }
@@ -359,11 +372,15 @@ impl OnEtcd {
         let mut out = Vec::new();
         let mut seen = Vec::with_capacity(by_owner.len());
         for (owner, sessions) in by_owner {
+            // Looked at every sweep: a central cut off for longer than its
+            // lease grants it again under the same id when it is back.
+            if self.etcd.lease_alive(owner).await? {
+                continue;
+            }
             seen.push(owner);
             let since = lock(&self.dead_owners).get(&owner).copied();
             let since = match since {
                 Some(t) => t,
-                None if self.etcd.lease_alive(owner).await? => continue,
                 None => {
                     tracing::info!(
                         central_lease = owner,

@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, LeaseGrantOptions, Txn, TxnOp,
+};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -87,6 +89,11 @@ const LEASE_NOT_FOUND: &str = "lease not found";
 /// that ended already).
 pub(super) fn lease_not_found(e: &etcd_client::Error) -> bool {
     e.to_string().contains(LEASE_NOT_FOUND)
+}
+
+/// Whether etcd refused to grant a lease under an id it already has.
+fn lease_exists(e: &etcd_client::Error) -> bool {
+    e.to_string().contains("lease already exists")
 }
 
 /// A call worth repeating at another member: no answer, or no leader.
@@ -234,6 +241,26 @@ impl Etcd {
             })
             .await?;
         Ok(r.id())
+    }
+
+    /// Grant lease `id` again, after etcd lost it (its holder was cut off
+    /// for longer than its TTL): whatever names the lease stays valid.
+    /// etcd answering that it has the lease already counts as done (an
+    /// earlier try whose answer was lost; ids are 63 random bits, and
+    /// only their holder asks for its own).
+    pub(crate) async fn grant_again(&self, id: i64, ttl: Duration) -> Result<()> {
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        let r = self
+            .retry("grant a lease again", |mut c| async move {
+                c.lease_grant(secs, Some(LeaseGrantOptions::new().with_id(id)))
+                    .await
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(EtcdError::Unavailable { source, .. }) if lease_exists(&source) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Renew a lease; false when etcd no longer has it.

@@ -21,7 +21,7 @@
 //!
 //! [`PeerRecord::owner`]: super::PeerRecord::owner
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -76,8 +76,8 @@ impl Etcd {
         self.own_lease.load(Relaxed)
     }
 
-    /// Grant this central a lease (at start, and when etcd lost the last
-    /// one), written down in `file` when given.
+    /// Grant this central a new lease, written down in `file` when
+    /// given (a first start; or the one before could not be taken back).
     async fn take_own_lease(&self, file: Option<&Path>) -> Result<i64> {
         let id = self.grant(self.lease_ttl).await?;
         self.own_lease.store(id, Relaxed);
@@ -94,17 +94,20 @@ impl Etcd {
     }
 
     /// At start: the lease this central had before a restart, written
-    /// down in `file`, when etcd still has it (the sessions it kept stay
-    /// kept, nothing is written); a new one otherwise. Returns the lease
-    /// and whether it was resumed.
+    /// down in `file`: kept if etcd still has it, granted again under the
+    /// same id if etcd lost it (the central was down longer than its TTL);
+    /// either way the sessions that name it stay this central's, and
+    /// nothing is written for them. A new lease on a first start. Returns
+    /// the lease and whether it is the one from before.
     pub(crate) async fn resume_own_lease(&self, file: Option<&Path>) -> Result<(i64, bool)> {
         let before = file
             .and_then(|f| std::fs::read_to_string(f).ok())
             .and_then(|s| s.trim().parse::<i64>().ok())
             .filter(|id| *id > 0);
-        if let Some(id) = before
-            && self.lease_alive(id).await?
-        {
+        if let Some(id) = before {
+            if !self.lease_alive(id).await? {
+                self.grant_again(id, self.lease_ttl).await?;
+            }
             self.own_lease.store(id, Relaxed);
             return Ok((id, true));
         }
@@ -112,15 +115,12 @@ impl Etcd {
     }
 
     /// Keep this central's lease alive until `cancel`, a keep-alive every
-    /// third of its TTL. When etcd lost it (this central was cut off for
-    /// longer than the TTL), a new one is granted: the sessions the old one
-    /// kept are adopted again by their next heartbeats, or ended by the
-    /// leader.
-    pub(crate) async fn keep_own_lease(
-        self: Arc<Self>,
-        file: Option<PathBuf>,
-        cancel: CancellationToken,
-    ) {
+    /// third of its TTL. When etcd lost it (this central was cut off, or
+    /// starved of CPU, for longer than the TTL) it is granted again under
+    /// the same id: the sessions that name it stay this central's, and
+    /// nothing moves unless the leading central ended some meanwhile
+    /// (which it does only a lease TTL after it found the lease gone).
+    pub(crate) async fn keep_own_lease(self: Arc<Self>, cancel: CancellationToken) {
         let every = (self.lease_ttl / 3).max(Duration::from_millis(100));
         loop {
             let id = self.own_lease();
@@ -132,13 +132,25 @@ impl Etcd {
                 Ok(()) => {
                     tracing::warn!(
                         lease = id,
-                        "etcd lost this central's lease; taking a new one (its peers are adopted again by their heartbeats)"
+                        "etcd lost this central's lease; granting it again under the same id (the sessions that name it stay here)"
                     );
-                    while let Err(e) = self.take_own_lease(file.as_deref()).await {
-                        tracing::warn!(error = %e, "cannot take a central lease; retrying");
-                        tokio::select! {
+                    loop {
+                        let again = tokio::select! {
                             _ = cancel.cancelled() => return,
-                            _ = tokio::time::sleep(every) => {}
+                            again = self.grant_again(id, self.lease_ttl) => again,
+                        };
+                        match again {
+                            Ok(()) => {
+                                tracing::info!(lease = id, "this central's lease is back");
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot grant this central's lease again; retrying");
+                                tokio::select! {
+                                    _ = cancel.cancelled() => return,
+                                    _ = tokio::time::sleep(every / 4) => {}
+                                }
+                            }
                         }
                     }
                 }

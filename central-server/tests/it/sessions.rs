@@ -265,3 +265,92 @@ async fn heartbeats_stay_in_the_central_that_keeps_the_session() {
         assert_eq!(listed(&cs[0], p, k).await, Some(true));
     }
 }
+
+/// The lease of the central at `dir`, as it wrote it down.
+fn lease_of(c: &Central) -> i64 {
+    std::fs::read_to_string(c.dir().join("central.lease"))
+        .expect("the central wrote its lease down")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// etcd loses a central's lease (as when the central is cut off, or
+/// starved of CPU, for longer than its TTL; here revoked): the central
+/// grants it again under the same id, so the sessions that name it stay
+/// its own: no peer is told to join again, none is adopted, none ended,
+/// and the other central (whichever leads) lists every file all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_central_whose_lease_etcd_lost_takes_it_back_and_keeps_its_sessions() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let (etcd, _root, cs) = centrals(2).await;
+    const PEERS: usize = 3;
+    let rejoins = Arc::new(Mutex::new(Vec::new()));
+    let mut peers = Vec::new();
+    let mut tasks = Vec::new();
+    for k in 0..PEERS {
+        let peer = PeerId::new_random();
+        let token = join(&cs[0], &peer, k).await;
+        tasks.push(beats(&cs, 0, peer, token, rejoins.clone()));
+        peers.push(peer);
+    }
+    for (k, p) in peers.iter().enumerate() {
+        wait_for(
+            "every peer listed at the other central",
+            Duration::from_secs(10),
+            || async { (listed(&cs[1], p, k).await == Some(true)).then_some(()) },
+        )
+        .await;
+    }
+    let lease = lease_of(&cs[0]);
+    assert!(
+        etcd.lease_ttl(0, lease).unwrap().is_some(),
+        "the central's lease is alive"
+    );
+    etcd.revoke_lease(0, lease).unwrap();
+    let lost = Instant::now();
+    assert_eq!(
+        etcd.lease_ttl(0, lease).unwrap(),
+        None,
+        "etcd lost the lease"
+    );
+    // Back under the same id within a keep-alive period (a third of the
+    // TTL) and a bit.
+    wait_for("the central's lease back", TTL * 2, || async {
+        etcd.lease_ttl(0, lease).unwrap().map(|_| ())
+    })
+    .await;
+    eprintln!("the lease was back {:?} after etcd lost it", lost.elapsed());
+    // For three lease TTLs (past the leader's grace for a dead central's
+    // sessions): every file listed at both centrals, every time.
+    let mut missing = Vec::new();
+    while lost.elapsed() < TTL * 3 {
+        for c in &cs {
+            for (k, p) in peers.iter().enumerate() {
+                if listed(c, p, k).await != Some(true) {
+                    missing.push(format!("peer {k} at {} {:?} after", c.name, lost.elapsed()));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for t in tasks {
+        t.abort();
+    }
+    let logs = cs[0].all_logs() + &cs[1].all_logs();
+    assert!(
+        missing.is_empty(),
+        "files went missing: {missing:?}\n{logs}"
+    );
+    assert!(
+        rejoins.lock().unwrap().is_empty(),
+        "peers were told to join again: {:?}\n{logs}",
+        rejoins.lock().unwrap()
+    );
+    assert!(logs.contains("this central's lease is back"), "{logs}");
+    assert!(
+        !logs.contains("session adopted") && !logs.contains("sessions ended"),
+        "nothing moved, nothing ended:\n{logs}"
+    );
+    assert_eq!(lease_of(&cs[0]), lease, "the same lease, written down");
+}

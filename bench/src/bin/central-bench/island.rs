@@ -62,6 +62,10 @@ struct Beats {
     late: AtomicU64,
     /// The longest time between two answered heartbeats of one peer, ms.
     max_gap_ms: AtomicU64,
+    /// The peers told to join again, each with how long before its first
+    /// such answer its last heartbeat had been answered (a lost session
+    /// of a peer that kept heartbeating shows a short gap here).
+    lost: std::sync::Mutex<std::collections::HashMap<PeerId, Duration>>,
     /// Every failure of the run by gRPC code, with the first message of
     /// each code (why heartbeats fail, in the report).
     why: std::sync::Mutex<std::collections::BTreeMap<String, (u64, String)>>,
@@ -82,6 +86,40 @@ impl Beats {
                 self.late.fetch_add(1, Ordering::Relaxed);
             }
         }
+    }
+
+    /// `peer` was told to join again now.
+    fn told_to_rejoin(&self, peer: PeerId) {
+        self.rejoin.fetch_add(1, Ordering::Relaxed);
+        let since = self
+            .last
+            .lock()
+            .ok()
+            .and_then(|l| l.get(&peer).map(|t| t.elapsed()))
+            .unwrap_or(Duration::MAX);
+        if let Ok(mut lost) = self.lost.lock()
+            && !lost.contains_key(&peer)
+        {
+            eprintln!(
+                "  peer {peer} told to join again, {:.1} s after its last answered heartbeat",
+                since.as_secs_f64()
+            );
+            lost.insert(peer, since);
+        }
+    }
+
+    /// How many peers were told to join again, and the longest time any
+    /// of them had been answered before (seconds; none answered: NaN).
+    fn lost(&self) -> (usize, f64) {
+        let Ok(lost) = self.lost.lock() else {
+            return (0, f64::NAN);
+        };
+        let longest = lost
+            .values()
+            .filter(|d| **d != Duration::MAX)
+            .map(Duration::as_secs_f64)
+            .fold(f64::NAN, f64::max);
+        (lost.len(), longest)
     }
 }
 
@@ -273,7 +311,11 @@ fn heartbeats(
                             load: None,
                         };
                         let counter = match c.heartbeat(authed(req, &token)).await {
-                            Ok(a) if a.get_ref().rejoin => &beats.rejoin,
+                            Ok(a) if a.get_ref().rejoin => {
+                                beats.told_to_rejoin(peer);
+                                drop(permit);
+                                return;
+                            }
                             Ok(_) => {
                                 beats.answered(peer);
                                 &beats.ok
@@ -430,6 +472,11 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
     let again = if n > 1 { 1 } else { 0 };
     sigterm_and_wait(&mut centrals[again])?;
     let dir = data.join(format!("c{again}"));
+    // Its log of the run so far is kept beside the new one.
+    let _ = std::fs::rename(
+        dir.with_extension("log"),
+        dir.with_extension("before-restart.log"),
+    );
     let (p, restart_seconds) = time_to_serve(
         || central(bin, &dir, endpoints.as_deref(), holdings),
         &probe,
@@ -450,6 +497,7 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
         }
     }
     let load_after = load_average();
+    let (lost_peers, lost_gap) = beats.lost();
     stop.store(true, Ordering::Relaxed);
     for c in &mut centrals {
         sigterm_and_wait(c).context("stop a central")?;
@@ -472,6 +520,8 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
         "heartbeats_per_second": heartbeats_per_second,
         "heartbeat_failures": heartbeat_failures,
         "heartbeats_told_to_rejoin": beats.rejoin.load(Ordering::Relaxed),
+        "peers_told_to_rejoin": lost_peers,
+        "rejoin_after_answered_seconds_max": lost_gap,
         "heartbeats_told_to_rejoin_before_restart": rejoin,
         "heartbeats_late_before_restart": late,
         "heartbeat_max_gap_seconds_before_restart": max_gap_ms as f64 / 1000.0,
