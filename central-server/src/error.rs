@@ -274,8 +274,8 @@ pub enum Corrupt {
         table: &'static str,
         problem: &'static str,
     },
-    #[error("holding ({file_row}, {peer_row}) refers to a missing row")]
-    MissingRow { file_row: i64, peer_row: i64 },
+    #[error("a holding of peer row {peer_row} refers to a missing peer")]
+    MissingPeer { peer_row: i64 },
     #[error("unexpected column type: {0}")]
     Column(rusqlite::types::FromSqlError),
     #[error("etcd: {key}: {problem}")]

@@ -1,14 +1,19 @@
 //! The durable copy of the index: SQLite (bundled), WAL, `synchronous=FULL`.
 //!
-//! Three tables: `peers` (id, URL, BLAKE3 hash of the session token),
-//! `files` (content id) and `holdings` (file, peer, name, and the size this
-//! peer claims for the file). Integer surrogate keys keep the holdings table
-//! and its peer index small. Every mutation is one savepoint: alone, its
+//! The inventories: `peers` (id, URL, BLAKE3 hash of the session token)
+//! and `holdings` (peer row, content id, name, the size this peer claims
+//! for the file, replica flag), keyed by peer first: a Join's rows go in
+//! one after the other at the end of the table, and a peer's inventory is
+//! dropped as one range (schema 7; before, a `files` table gave each
+//! content a row id, and its unique index on random content ids made
+//! nearly every insert dirty another page: most of a Join's time, in
+//! writing those pages to the WAL and checkpointing them). Nothing is
+//! looked up by content id here: the in-memory index answers that. Every
+//! mutation is one savepoint: alone, its
 //! own transaction; between [`Store::begin`] and [`Store::commit`], one of
 //! a group of changes committed together (one fsync for all: the group
 //! commit of `directory/sqlite.rs`). Either way it is committed before the
-//! RPC is acknowledged, so an acknowledged change survives `kill -9`. Contents nobody holds any more are deleted in the same
-//! transaction. Leases are not stored: after a restart every peer gets a
+//! RPC is acknowledged, so an acknowledged change survives `kill -9`. Leases are not stored: after a restart every peer gets a
 //! fresh one. No manifest is stored: holders serve them.
 //!
 //! The schema is versioned with `PRAGMA user_version` ([`SCHEMA_VERSION`]).
@@ -29,14 +34,14 @@ use crate::replication::Pin;
 
 mod rows;
 
-use rows::{drop_holdings, drop_if_orphan, insert_files, peer_row, size_col};
+use rows::{drop_holdings, insert_files, peer_row, size_col};
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "central.db";
 
 /// The schema this version writes (`PRAGMA user_version`). 0 is the first
 /// release's schema, which [`Store::open`] migrates.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 const SCHEMA: &str = "
 CREATE TABLE peers(
@@ -125,6 +130,26 @@ ALTER TABLE files DROP COLUMN chunk_size;
 ALTER TABLE files DROP COLUMN chunk_hashes;
 ";
 
+/// Version 7 (issue 27): holdings keyed by peer, with the content id in
+/// the row; no `files` table (see the module doc).
+const BY_PEER: &str = "
+CREATE TABLE held(
+    peer INTEGER NOT NULL,
+    file_id BLOB NOT NULL,
+    name TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    replica INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(peer, file_id, name)
+) WITHOUT ROWID;
+INSERT INTO held(peer, file_id, name, size, replica)
+    SELECT h.peer, f.file_id, h.name, h.size, h.replica
+    FROM holdings h JOIN files f ON f.id = h.file
+    ORDER BY h.peer, f.file_id, h.name;
+DROP TABLE holdings;
+DROP TABLE files;
+ALTER TABLE held RENAME TO holdings;
+";
+
 /// Largest database read through a memory map at load (beyond it SQLite
 /// reads the rest with plain reads).
 const LOAD_MMAP_BYTES: i64 = 1 << 30;
@@ -173,11 +198,12 @@ impl Store {
         )?;
         // Each step of the schema after version 0 with the version it
         // upgrades from: a database runs the steps from its version on.
-        const STEPS: [(i64, &str, &str); 4] = [
+        const STEPS: [(i64, &str, &str); 5] = [
             (2, KEYS, "peer keys"),
             (3, REPLICAS, "replicas"),
             (4, PIN_OWNERS, "pins' owners' addresses"),
             (5, REACH, "relays, unlisted peers"),
+            (6, BY_PEER, "holdings keyed by peer"),
         ];
         let from = match (version, has_tables) {
             (SCHEMA_VERSION, _) => return Ok(()),
@@ -199,11 +225,11 @@ impl Store {
                 tx.execute_batch(MIGRATE_FROM_0)?;
                 0
             }
-            (v @ 2..=5, _) => v,
+            (v @ 2..=6, _) => v,
             (v, _) => {
                 return Err(Corrupt::Schema {
                     version: v,
-                    known: "0, 2, 3, 4, 5 or 6",
+                    known: "0, 2, 3, 4, 5, 6 or 7",
                 }
                 .into());
             }
@@ -246,9 +272,10 @@ impl Store {
             Ok(n.unwrap_or(0).max(0) as usize)
         };
         let t0 = std::time::Instant::now();
+        // Holdings bound the contents (as many when each has one holder).
         let mut ix = Index::with_capacity(
             count("SELECT max(id) FROM peers")?,
-            count("SELECT max(id) FROM files")?,
+            count("SELECT count(*) FROM holdings")?,
         );
 
         // Row ids are dense (INTEGER PRIMARY KEY), so plain vectors map them.
@@ -304,50 +331,30 @@ impl Store {
             );
         }
 
-        let mut file_of_row: Vec<u32> = Vec::new();
-        let mut stmt = self.conn.prepare("SELECT id, file_id FROM files")?;
-        let mut rows = stmt.query([])?;
-        while let Some(r) = rows.next()? {
-            let row: i64 = r.get(0)?;
-            let id = FileId::from_bytes(r.get_ref(1)?.as_blob()?.try_into().map_err(|_| {
-                Corrupt::Row {
-                    table: "files",
-                    row,
-                    problem: "the file id is not 32 bytes",
-                }
-            })?);
-            let i = slot(&mut file_of_row, row)?;
-            file_of_row[i] = ix.insert_file(id);
-        }
-        ix.files_loaded();
-
-        tracing::debug!(
-            ms = t0.elapsed().as_millis() as u64,
-            "loaded peers and files"
-        );
+        // Rows come by peer; a content's slot is made at its first holding.
+        let mut file_slot: std::collections::HashMap<FileId, u32> =
+            std::collections::HashMap::new();
         let mut stmt = self
             .conn
-            .prepare("SELECT file, peer, name, size, replica FROM holdings")?;
+            .prepare("SELECT peer, file_id, name, size, replica FROM holdings")?;
         let mut rows = stmt.query([])?;
         let mut contradictions = 0u64;
         while let Some(r) = rows.next()? {
-            let (f, p): (i64, i64) = (r.get(0)?, r.get(1)?);
-            let get =
-                |v: &[u32], row: i64| usize::try_from(row).ok().and_then(|i| v.get(i)).copied();
-            let (Some(f), Some(p)) = (get(&file_of_row, f), get(&peer_of_row, p)) else {
-                return Err(Corrupt::MissingRow {
-                    file_row: f,
-                    peer_row: p,
-                }
-                .into());
-            };
-            if f == NONE || p == NONE {
-                return Err(Corrupt::Table {
+            let row: i64 = r.get(0)?;
+            let p = usize::try_from(row)
+                .ok()
+                .and_then(|i| peer_of_row.get(i))
+                .copied()
+                .filter(|p| *p != NONE)
+                .ok_or(Corrupt::MissingPeer { peer_row: row })?;
+            let id = FileId::from_bytes(r.get_ref(1)?.as_blob()?.try_into().map_err(|_| {
+                Corrupt::Row {
                     table: "holdings",
-                    problem: "a holding refers to a missing row",
+                    row,
+                    problem: "a file id is not 32 bytes",
                 }
-                .into());
-            }
+            })?);
+            let f = *file_slot.entry(id).or_insert_with(|| ix.insert_file(id));
             let size = r.get::<_, i64>(3)? as u64;
             // Never written (Join/Publish screen a peer's contradictions);
             // kept out of the index if a hand-edited database has some.
@@ -360,6 +367,8 @@ impl Store {
                 ix.mark_replica(p, f, r.get::<_, bool>(4)?);
             }
         }
+        drop(file_slot);
+        ix.files_loaded();
         if contradictions > 0 {
             tracing::warn!(
                 holdings = contradictions,
@@ -490,24 +499,16 @@ impl Store {
             return Err(Error::NotJoined(*peer));
         };
         {
-            let mut file_row = tx.prepare_cached("SELECT id FROM files WHERE file_id = ?1")?;
             let mut del_one = tx.prepare_cached(
-                "DELETE FROM holdings WHERE file = ?1 AND peer = ?2 AND name = ?3",
+                "DELETE FROM holdings WHERE peer = ?1 AND file_id = ?2 AND name = ?3",
             )?;
             let mut del_all =
-                tx.prepare_cached("DELETE FROM holdings WHERE file = ?1 AND peer = ?2")?;
+                tx.prepare_cached("DELETE FROM holdings WHERE peer = ?1 AND file_id = ?2")?;
             for (id, name) in refs {
-                let Some(f): Option<i64> = file_row
-                    .query_row([id.as_bytes()], |r| r.get(0))
-                    .optional()?
-                else {
-                    continue;
-                };
                 match name {
-                    Some(n) => del_one.execute(params![f, row, n])?,
-                    None => del_all.execute(params![f, row])?,
+                    Some(n) => del_one.execute(params![row, id.as_bytes(), n])?,
+                    None => del_all.execute(params![row, id.as_bytes()])?,
                 };
-                drop_if_orphan(&tx, f)?;
             }
         }
         tx.commit()?;
@@ -640,6 +641,15 @@ mod tests {
         }
     }
 
+    /// Distinct contents held.
+    fn contents(s: &Store) -> i64 {
+        s.conn
+            .query_row("SELECT count(DISTINCT file_id) FROM holdings", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    }
+
     fn count(s: &Store, table: &str) -> i64 {
         s.conn
             .query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
@@ -724,11 +734,7 @@ mod tests {
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(
-            (
-                count(&s, "peers"),
-                count(&s, "files"),
-                count(&s, "holdings")
-            ),
+            (count(&s, "peers"), contents(&s), count(&s, "holdings")),
             (2, 2, 3)
         );
     }
@@ -862,7 +868,7 @@ mod tests {
                 ("zwei.bin".to_owned(), 20)
             ]
         );
-        assert_eq!(count(&s, "files"), 2, "orphaned contents are deleted");
+        assert_eq!(contents(&s), 2, "orphaned contents are deleted");
         assert!(matches!(
             s.publish(&PeerId::new_random(), &[]),
             Err(Error::NotJoined(_))
@@ -1001,11 +1007,7 @@ mod tests {
             "a migrated database has exactly the schema of a new one"
         );
         assert_eq!(
-            (
-                count(&s, "peers"),
-                count(&s, "files"),
-                count(&s, "holdings")
-            ),
+            (count(&s, "peers"), contents(&s), count(&s, "holdings")),
             (3, 3, 5)
         );
 
