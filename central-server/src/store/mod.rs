@@ -273,10 +273,8 @@ impl Store {
         };
         let t0 = std::time::Instant::now();
         // Holdings bound the contents (as many when each has one holder).
-        let mut ix = Index::with_capacity(
-            count("SELECT max(id) FROM peers")?,
-            count("SELECT count(*) FROM holdings")?,
-        );
+        let holdings = count("SELECT count(*) FROM holdings")?;
+        let mut ix = Index::with_capacity(count("SELECT max(id) FROM peers")?, holdings);
 
         // Row ids are dense (INTEGER PRIMARY KEY), so plain vectors map them.
         const NONE: u32 = u32::MAX;
@@ -333,7 +331,7 @@ impl Store {
 
         // Rows come by peer; a content's slot is made at its first holding.
         let mut file_slot: std::collections::HashMap<FileId, u32> =
-            std::collections::HashMap::new();
+            std::collections::HashMap::with_capacity(holdings);
         let mut stmt = self
             .conn
             .prepare("SELECT peer, file_id, name, size, replica FROM holdings")?;

@@ -198,6 +198,7 @@ async fn populate(
     args: &Args,
     per_peer: u64,
     peers: Peers,
+    retries: Arc<AtomicU64>,
 ) -> anyhow::Result<f64> {
     let mut clients = Vec::new();
     for a in addrs {
@@ -207,8 +208,13 @@ async fn populate(
     let next = Arc::new(AtomicU64::new(0));
     let workers: Vec<_> = (0..args.join_concurrency)
         .map(|_| {
-            let (clients, next, peers, total) =
-                (clients.clone(), next.clone(), peers.clone(), args.peers);
+            let (clients, next, peers, total, retries) = (
+                clients.clone(),
+                next.clone(),
+                peers.clone(),
+                args.peers,
+                retries.clone(),
+            );
             tokio::spawn(async move {
                 loop {
                     let p = next.fetch_add(1, Ordering::Relaxed);
@@ -237,10 +243,21 @@ async fn populate(
                         ..Default::default()
                     };
                     let mut c = clients[at].clone();
-                    let token = signed_join(&mut c, &peer_key(&peer, 0), req)
-                        .await?
-                        .into_inner()
-                        .session_token;
+                    // A central that answers Unavailable (etcd busy, or its
+                    // watch behind a committed write) asks for the call
+                    // again, as a PServer makes it: a few times, counted.
+                    let mut tries = 0;
+                    let token = loop {
+                        match signed_join(&mut c, &peer_key(&peer, 0), req.clone()).await {
+                            Ok(a) => break a.into_inner().session_token,
+                            Err(e) if e.code() == tonic::Code::Unavailable && tries < 5 => {
+                                tries += 1;
+                                retries.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    };
                     if let Ok(mut j) = peers.lock() {
                         j.push((peer, token, at));
                     }
@@ -417,7 +434,9 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
             paused.clone(),
         );
     }
-    let join_seconds = populate(&addrs, args, per_peer, peers.clone()).await?;
+    let join_retries = Arc::new(AtomicU64::new(0));
+    let join_seconds =
+        populate(&addrs, args, per_peer, peers.clone(), join_retries.clone()).await?;
     eprintln!("joined in {join_seconds:.1} s; waiting for every central to hold them all …");
     converge(&addrs, holdings).await?;
     let per_holding: Vec<f64> = centrals
@@ -514,6 +533,7 @@ pub(crate) async fn island(args: &Args, bin: &PathBuf, data: &Path) -> anyhow::R
         "peers": args.peers,
         "holdings": holdings,
         "join_seconds": join_seconds,
+        "join_retries": join_retries.load(Ordering::Relaxed),
         "rss_bytes_per_holding": rss_bytes_per_holding,
         "rss_bytes_per_holding_each": per_holding,
         "etcd_db_bytes": etcd_db_bytes,

@@ -42,6 +42,17 @@ pub(crate) struct Proc {
     pub(crate) addr: SocketAddr,
 }
 
+/// A server the bench started never outlives it (a run that fails half
+/// way leaves no central behind).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 pub(crate) fn spawn(mut cmd: Command, prefix: &str) -> anyhow::Result<Proc> {
     let mut child = cmd
         .stdin(Stdio::piped())
