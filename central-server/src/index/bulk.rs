@@ -1,7 +1,9 @@
 //! The bulk load used at every restart: [`Index::with_capacity`], then
 //! [`Index::insert_peer`] and [`Index::insert_file`] for every peer and
 //! file, [`Index::files_loaded`], [`Index::add_ref`] for every holding,
-//! then [`Index::finish_bulk`].
+//! then [`Index::finish_bulk`]; or, when holdings come by peer (SQLite's
+//! table), [`Index::file_or_insert`] for each holding's content instead
+//! of `insert_file` and `files_loaded`.
 //!
 //! It answers exactly like an index built by Join/Publish, but faster: slabs
 //! are sized up front, and the work that the rows after it do not need runs
@@ -26,6 +28,8 @@ pub(super) struct Bulk {
     ids: Vec<(u32, FileId)>,
     /// Building `file_ix` from `ids`, once [`Index::files_loaded`] ran.
     file_ix: Option<JoinHandle<Handles>>,
+    /// Files went into `file_ix` as they came ([`Index::file_or_insert`]).
+    direct: bool,
 }
 
 impl Bulk {
@@ -75,6 +79,7 @@ impl Index {
             tokens: TokenBuilder::spawn(files),
             ids: Vec::with_capacity(files),
             file_ix: None,
+            direct: false,
         });
         ix
     }
@@ -84,9 +89,39 @@ impl Index {
     pub fn files_loaded(&mut self) {
         if let Some(bulk) = &mut self.bulk
             && bulk.file_ix.is_none()
+            && !bulk.direct
         {
             let ids = std::mem::take(&mut bulk.ids);
             bulk.file_ix = Some(std::thread::spawn(move || file_table(ids)));
+        }
+    }
+
+    /// For a load whose holdings come by peer, not by content (SQLite's):
+    /// the slot of content `id`, made at its first holding, its id table
+    /// built as the load goes (one random-access table, where a map of the
+    /// loader's and the table built after it would be two). Not mixed with
+    /// [`Index::insert_file`] in one load. `expected`: how many contents
+    /// to size the table for at the first call.
+    pub fn file_or_insert(&mut self, id: FileId, expected: usize) -> u32 {
+        if let Some(bulk) = &mut self.bulk
+            && !bulk.direct
+        {
+            bulk.direct = true;
+            self.file_ix = Handles::with_capacity(expected);
+        }
+        let files = &self.files;
+        match self.file_ix.find(&id, |g| &files.get(g).id) {
+            Ok(f) => f,
+            Err(at) => {
+                let f = self.files.insert(super::File {
+                    id,
+                    size: 0,
+                    refs: Small::default(),
+                });
+                let files = &self.files;
+                self.file_ix.insert_at(at, f, |g| &files.get(g).id);
+                f
+            }
         }
     }
 
@@ -96,6 +131,7 @@ impl Index {
             // Files inserted after `files_loaded` (or without it) too.
             let mut table = match bulk.file_ix.take() {
                 Some(t) => t.join().expect("file id table thread panicked"),
+                None if bulk.direct => std::mem::replace(&mut self.file_ix, Handles::new()),
                 None => Handles::with_capacity(bulk.ids.len()),
             };
             let files = &self.files;

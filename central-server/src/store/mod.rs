@@ -330,8 +330,6 @@ impl Store {
         }
 
         // Rows come by peer; a content's slot is made at its first holding.
-        let mut file_slot: std::collections::HashMap<FileId, u32> =
-            std::collections::HashMap::with_capacity(holdings);
         let mut stmt = self
             .conn
             .prepare("SELECT peer, file_id, name, size, replica FROM holdings")?;
@@ -352,7 +350,7 @@ impl Store {
                     problem: "a file id is not 32 bytes",
                 }
             })?);
-            let f = *file_slot.entry(id).or_insert_with(|| ix.insert_file(id));
+            let f = ix.file_or_insert(id, holdings);
             let size = r.get::<_, i64>(3)? as u64;
             // Never written (Join/Publish screen a peer's contradictions);
             // kept out of the index if a hand-edited database has some.
@@ -365,8 +363,6 @@ impl Store {
                 ix.mark_replica(p, f, r.get::<_, bool>(4)?);
             }
         }
-        drop(file_slot);
-        ix.files_loaded();
         if contradictions > 0 {
             tracing::warn!(
                 holdings = contradictions,
