@@ -234,33 +234,39 @@ impl Etcd {
 
     /// A lease for a new session of `ttl`.
     pub(crate) async fn grant(&self, ttl: Duration) -> Result<i64> {
-        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let r = self
-            .retry("grant a lease", |mut c| async move {
-                c.lease_grant(secs, None).await
-            })
-            .await?;
-        Ok(r.id())
+        Ok(self.grant_as(0, ttl, "grant a lease").await?.id())
     }
 
-    /// Grant lease `id` again, after etcd lost it (its holder was cut off
-    /// for longer than its TTL): whatever names the lease stays valid.
-    /// etcd answering that it has the lease already counts as done (an
-    /// earlier try whose answer was lost; ids are 63 random bits, and
-    /// only their holder asks for its own).
-    pub(crate) async fn grant_again(&self, id: i64, ttl: Duration) -> Result<()> {
-        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
-        let r = self
-            .retry("grant a lease again", |mut c| async move {
-                c.lease_grant(secs, Some(LeaseGrantOptions::new().with_id(id)))
-                    .await
-            })
-            .await;
-        match r {
+    /// Grant this central's lease `id` again, after etcd lost it (the
+    /// central was cut off for longer than its TTL): whatever names the
+    /// lease stays valid. etcd answering that it has the lease already
+    /// counts as done (an earlier try whose answer was lost; ids are 63
+    /// random bits, and only their holder asks for its own).
+    pub(crate) async fn grant_again(&self, id: i64) -> Result<()> {
+        match self
+            .grant_as(id, self.lease_ttl, "grant a lease again")
+            .await
+        {
             Ok(_) => Ok(()),
             Err(EtcdError::Unavailable { source, .. }) if lease_exists(&source) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// A lease of `ttl` (whole seconds, at least one) under `id`, or an
+    /// id of etcd's choosing when `id` is 0.
+    async fn grant_as(
+        &self,
+        id: i64,
+        ttl: Duration,
+        what: &'static str,
+    ) -> Result<etcd_client::LeaseGrantResponse, EtcdError> {
+        let secs = ttl.as_millis().div_ceil(1000).max(1) as i64;
+        self.retry(what, |mut c| async move {
+            c.lease_grant(secs, Some(LeaseGrantOptions::new().with_id(id)))
+                .await
+        })
+        .await
     }
 
     /// Renew a lease; false when etcd no longer has it.

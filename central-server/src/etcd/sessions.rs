@@ -106,7 +106,7 @@ impl Etcd {
             .filter(|id| *id > 0);
         if let Some(id) = before {
             if !self.lease_alive(id).await? {
-                self.grant_again(id, self.lease_ttl).await?;
+                self.grant_again(id).await?;
             }
             self.own_lease.store(id, Relaxed);
             return Ok((id, true));
@@ -137,7 +137,7 @@ impl Etcd {
                     loop {
                         let again = tokio::select! {
                             _ = cancel.cancelled() => return,
-                            again = self.grant_again(id, self.lease_ttl) => again,
+                            again = self.grant_again(id) => again,
                         };
                         match again {
                             Ok(()) => {

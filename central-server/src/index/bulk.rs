@@ -113,11 +113,7 @@ impl Index {
         match self.file_ix.find(&id, |g| &files.get(g).id) {
             Ok(f) => f,
             Err(at) => {
-                let f = self.files.insert(super::File {
-                    id,
-                    size: 0,
-                    refs: Small::default(),
-                });
+                let f = self.new_file(id);
                 let files = &self.files;
                 self.file_ix.insert_at(at, f, |g| &files.get(g).id);
                 f

@@ -112,11 +112,7 @@ impl Index {
 
     /// Insert a content with no holders yet; returns its handle.
     pub fn insert_file(&mut self, id: FileId) -> u32 {
-        let f = self.files.insert(File {
-            id,
-            size: 0,
-            refs: Small::default(),
-        });
+        let f = self.new_file(id);
         match &mut self.bulk {
             Some(bulk) => bulk.file(f, id),
             None => {
@@ -125,6 +121,15 @@ impl Index {
             }
         }
         f
+    }
+
+    /// A content with no holders yet in the slab, not yet findable by id.
+    pub(super) fn new_file(&mut self, id: FileId) -> u32 {
+        self.files.insert(File {
+            id,
+            size: 0,
+            refs: Small::default(),
+        })
     }
 
     /// Record that peer handle `p` holds file handle `f` under `name` and
