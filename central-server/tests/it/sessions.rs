@@ -100,6 +100,24 @@ fn beats(
     })
 }
 
+/// `n` peers (numbers `0..n`) joined through `cs[0]`, each heartbeating
+/// there from now on (see [`beats`]); the peers and their heartbeat tasks,
+/// in that order.
+async fn join_beating(
+    cs: &[Central],
+    n: usize,
+    rejoins: &Arc<Mutex<Vec<String>>>,
+) -> (Vec<PeerId>, Vec<tokio::task::JoinHandle<()>>) {
+    let (mut peers, mut tasks) = (Vec::new(), Vec::new());
+    for k in 0..n {
+        let peer = PeerId::new_random();
+        let token = join(&cs[0], &peer, k).await;
+        tasks.push(beats(cs, 0, peer, token, rejoins.clone()));
+        peers.push(peer);
+    }
+    (peers, tasks)
+}
+
 /// Whether every file of peer `k` is listed with `peer` as a holder at
 /// `c` (`Some(false)`: none of them; `None`: some but not all).
 async fn listed(c: &Central, peer: &PeerId, k: usize) -> Option<bool> {
@@ -131,15 +149,8 @@ async fn a_killed_central_s_peers_move_and_its_dead_peers_go() {
     let (_etcd, _root, mut cs) = centrals(3).await;
     const LIVE: usize = 4;
     let rejoins = Arc::new(Mutex::new(Vec::new()));
-    let mut peers = Vec::new();
-    let mut tasks = Vec::new();
     // Peers 0..LIVE live on; peer LIVE dies with the central.
-    for k in 0..=LIVE {
-        let peer = PeerId::new_random();
-        let token = join(&cs[0], &peer, k).await;
-        tasks.push(beats(&cs, 0, peer, token, rejoins.clone()));
-        peers.push(peer);
-    }
+    let (peers, mut tasks) = join_beating(&cs, LIVE + 1, &rejoins).await;
     for c in &cs[1..] {
         for (k, p) in peers.iter().enumerate() {
             wait_for(
@@ -240,14 +251,7 @@ async fn heartbeats_stay_in_the_central_that_keeps_the_session() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let idle = lease_renewals(&url).await - start;
     let rejoins = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    let mut peers = Vec::new();
-    for k in 0..40 {
-        let peer = PeerId::new_random();
-        let token = join(&cs[0], &peer, k).await;
-        tasks.push(beats(&cs, 0, peer, token.clone(), rejoins.clone()));
-        peers.push((peer, token));
-    }
+    let (peers, tasks) = join_beating(&cs, 40, &rejoins).await;
     let before = lease_renewals(&url).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     for t in tasks {
@@ -261,7 +265,7 @@ async fn heartbeats_stay_in_the_central_that_keeps_the_session() {
     );
     assert!(rejoins.lock().unwrap().is_empty());
     // And the peers are live: all listed.
-    for (k, (p, _)) in peers.iter().enumerate().take(5) {
+    for (k, p) in peers.iter().enumerate().take(5) {
         assert_eq!(listed(&cs[0], p, k).await, Some(true));
     }
 }
@@ -286,14 +290,7 @@ async fn a_central_whose_lease_etcd_lost_takes_it_back_and_keeps_its_sessions() 
     let (etcd, _root, cs) = centrals(2).await;
     const PEERS: usize = 3;
     let rejoins = Arc::new(Mutex::new(Vec::new()));
-    let mut peers = Vec::new();
-    let mut tasks = Vec::new();
-    for k in 0..PEERS {
-        let peer = PeerId::new_random();
-        let token = join(&cs[0], &peer, k).await;
-        tasks.push(beats(&cs, 0, peer, token, rejoins.clone()));
-        peers.push(peer);
-    }
+    let (peers, tasks) = join_beating(&cs, PEERS, &rejoins).await;
     for (k, p) in peers.iter().enumerate() {
         wait_for(
             "every peer listed at the other central",
